@@ -1,0 +1,116 @@
+"""One exception hierarchy for the whole project. No HTTP knowledge here:
+the HTTP layer maps these to status codes in exactly one place (http/wire.py)."""
+
+
+class RaftSQLiteError(Exception):
+    """Base of every error we raise on purpose."""
+
+    #: machine-readable short code, stable across releases
+    code = "error"
+
+
+class DecodeError(RaftSQLiteError, ValueError):
+    """Bytes that are not a valid frame, message, entry or command."""
+
+    code = "decode_error"
+
+
+class EncodeError(RaftSQLiteError, ValueError):
+    """A value that cannot be encoded (e.g. an int outside int64, an unknown type)."""
+
+    code = "encode_error"
+
+
+class ConfigError(RaftSQLiteError, ValueError):
+    """Invalid configuration or command-line flags."""
+
+    code = "config_error"
+
+
+class BadRequest(RaftSQLiteError):
+    """The client sent something malformed; nothing was changed."""
+
+    code = "bad_request"
+
+
+class PayloadTooLarge(BadRequest):
+    code = "payload_too_large"
+
+
+class StatementRefused(BadRequest):
+    """A statement that cannot be replicated safely (ATTACH, load_extension, ...)."""
+
+    code = "statement_refused"
+
+
+class NotFound(RaftSQLiteError):
+    code = "not_found"
+
+
+class NotLeader(RaftSQLiteError):
+    """This member is not the leader. ``leader_id``/``leader_addr`` say who is, if known."""
+
+    code = "not_leader"
+
+    def __init__(self, message="not leader", leader_id=None, leader_addr=None):
+        super().__init__(message)
+        self.leader_id = leader_id
+        self.leader_addr = leader_addr
+
+
+class LeaderNotFound(RaftSQLiteError):
+    code = "leader_not_found"
+
+
+class ProposalDropped(RaftSQLiteError):
+    """The proposal was definitely not committed (safe to retry)."""
+
+    code = "proposal_dropped"
+    definite = True
+
+
+class OutcomeUnknown(RaftSQLiteError):
+    """The proposal may or may not commit (leadership lost, timeout after sending)."""
+
+    code = "outcome_unknown"
+    definite = False
+
+
+class Timeout(RaftSQLiteError):
+    code = "timeout"
+
+
+class Unavailable(RaftSQLiteError):
+    code = "unavailable"
+
+
+class StaleRead(RaftSQLiteError):
+    """A read at level none with freshness_strict found the node too far behind."""
+
+    code = "stale_read"
+
+
+class StorageCorrupt(RaftSQLiteError):
+    """On-disk state is damaged before its tail; the node refuses to start."""
+
+    code = "storage_corrupt"
+
+
+class Moved(RaftSQLiteError):
+    """A shard does not own this key (stale catalog epoch): refresh and retry."""
+
+    code = "moved"
+    retryable = True
+
+
+class Fenced(RaftSQLiteError):
+    """A key range is briefly fenced for a move: wait and retry."""
+
+    code = "fenced"
+    retryable = True
+
+
+class RoutingRefused(BadRequest):
+    """The router cannot answer this statement correctly across shards."""
+
+    code = "routing_refused"
