@@ -282,8 +282,7 @@ class RaftLog:
             expect = seg.first
             offsets = seg.offsets
             while off < size:
-                n = codec.frame_length(buf, off) if hasattr(codec, "frame_length") else \
-                    _frame_length(buf, off)
+                n = _frame_length(buf, off)
                 err = None
                 if n is None or n <= 0 or off + n > size:
                     err = "record extends past the end of the file"
@@ -675,19 +674,20 @@ def _run_term(runs, index):
 
 
 def _frame_length(buf, off):
-    """Total length of the frame starting at ``off`` (little-endian u32 prefix)."""
-    if off + 4 > len(buf):
+    """Total length of the frame starting at ``off``: 8 + the u32 length field
+    (raftsqlite/codec/FORMAT.md)."""
+    if off + 8 > len(buf):
         return None
-    return struct.unpack_from("<I", buf, off)[0]
+    return 8 + struct.unpack_from("<I", buf, off)[0]
 
 
 def _valid_record_after(buf, start, size):
     """Whether any whole, valid entry frame starts at or after ``start``. A torn write
     leaves only garbage after the tear; a valid record after a bad one means damage."""
     off = start
-    while off + 4 <= size:
+    while off + codec.HEADER_SIZE <= size:
         n = _frame_length(buf, off)
-        if n and 8 < n <= size - off:
+        if codec.HEADER_SIZE <= n <= size - off:
             try:
                 codec.decode_entry(buf[off:off + n])
                 return True
