@@ -468,6 +468,10 @@ class RaftLog:
             b.entries = list(entries)
         if hard_state is not None:
             hs = hard_state
+            new_last = b.entries[-1].index if b.entries else last
+            if hs.commit > new_last:
+                # Never make a commit index durable above the durable log.
+                hs = HardState(hs.term, hs.vote, new_last)
             w = self._hs_written
             now = time.monotonic()
             if (force_state or hs.term != w.term or hs.vote != w.vote
