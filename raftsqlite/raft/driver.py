@@ -310,6 +310,8 @@ class RaftNode:
                  failed=self._failed)
         if self.core is not None:
             s["core"] = self.core.stats()
+            if self.core.role == Role.LEADER:
+                s["progress"] = self.core.progress()
         s["log"] = self.log.stats()
         if self.transport is not None:
             s["transport"] = self.transport.stats()
