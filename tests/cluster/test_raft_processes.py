@@ -203,6 +203,14 @@ def test_leader_kill9_then_restart_catches_up(group):
         assert ss[0]["keys"] == 300
         vals = await read_all(g, new, [b"a5", b"b199"])
         assert vals == {b"a5": b"v-a5", b"b199": b"v-b199"}
+        # a follower refuses writes, naming the leader
+        c = await g.client(old)
+        try:
+            with pytest.raises(DemoError) as ei:
+                await c.put(b"f", b"1")
+        finally:
+            await c.close()
+        assert ei.value.code == "not_leader" and ei.value.leader == new
         return failover
     failover = run(main())
     assert failover < 10
@@ -345,4 +353,22 @@ def test_add_member_catches_up_as_learner_then_promoted_and_removed(group):
         assert len(acked) == 20
         s = await g.status(await g.leader(among=["n1", "n2", "n3"]))
         assert "n4" not in s["core"]["voters"] and "n4" not in s["core"]["learners"]
+    run(main())
+
+
+def test_sigterm_leader_hands_over(group):
+    """SIGTERM makes a leader hand leadership to another member before exiting cleanly."""
+    g = group()
+    g.start_all()
+
+    async def main():
+        await write_keys(g, [b"t%d" % i for i in range(20)])
+        lead = await g.leader()
+        p = g.procs.pop(lead)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+        rest = [n for n in g.ids if n != lead]
+        new = await g.leader(among=rest, timeout=3)
+        assert "leadership transfer on stop failed" not in g.log_text(lead)
+        assert len(await write_keys(g, [b"u%d" % i for i in range(20)])) == 20
     run(main())
