@@ -542,7 +542,8 @@ class RaftNode:
                 if not f.done():
                     f.set_result(None)
         th = self.config.snapshot_threshold
-        if th and not self._snapshotting and self._applied - self._snap_index >= th:
+        if th and self._running and not self._snapshotting and \
+                self._applied - self._snap_index >= th:
             self._snapshotting = True
             self._loop.create_task(self._take_snapshot())
 
