@@ -582,7 +582,10 @@ cdef class FrameDecoder:
         return 0
 
     def feed(self, data):
+        """Bytes in, whole validated frames out: a list of
+        (group, type, term, index, payload) tuples, possibly empty."""
         cdef Py_buffer view
+        cdef uint8_t *nb
         cdef Py_ssize_t pos = 0, size
         cdef list out = []
         if self._error is not None:
@@ -611,8 +614,10 @@ cdef class FrameDecoder:
             self.frames += len(out)
             if self._cap > 1 << 20 and self._len < self._cap // 4:
                 # a burst of big frames must not pin a big buffer forever
-                self._cap = max(self._len, 4096)
-                self._buf = <uint8_t *>PyMem_Realloc(self._buf, self._cap)
+                nb = <uint8_t *>PyMem_Realloc(self._buf, max(self._len, 4096))
+                if nb != NULL:
+                    self._buf = nb
+                    self._cap = max(self._len, 4096)
         return out
 
     def stats(self):

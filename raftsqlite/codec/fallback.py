@@ -21,6 +21,7 @@ BODY_HEADER_SIZE = 21       # what ``length`` counts besides the payload
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 ENTRY_FRAME_BASE = 0x40     # frame type of a log record = 0x40 | entry type
 MESSAGE_VERSION = 1
+CRC_HARDWARE = False       # the twin computes CRC-32C from a table
 CONF_CHANGE_VERSION = 1
 _MAX_LENGTH = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -177,6 +178,8 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data):
+        """Bytes in, whole validated frames out: a list of
+        (group, type, term, index, payload) tuples, possibly empty."""
         if self._error is not None:
             raise DecodeError(self._error)
         try:
