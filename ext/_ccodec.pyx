@@ -532,8 +532,10 @@ cdef class FrameDecoder:
     """Incremental frame decoding: feed bytes as they arrive, get whole frames out.
 
     A frame whose length field exceeds ``max_frame_size`` is refused as soon as its
-    header arrives, so a peer cannot make us buffer without bound. After an error the
-    decoder stays failed: the stream position is lost and the connection must close.
+    header arrives, so a peer cannot make us buffer without bound. Frames that precede a
+    bad one are still returned; the error is raised by that call if it returned nothing,
+    else by the next one. After an error the decoder stays failed (the stream position is
+    lost; the connection must close). ``offset`` counts bytes of whole good frames.
     """
 
     cdef unsigned char *_buf
@@ -606,6 +608,10 @@ cdef class FrameDecoder:
         except DecodeError as e:
             self._error = f"stream failed at offset {self.offset + <unsigned long long>pos}: {e}"
             self._len = 0
+            self.offset += <unsigned long long>pos
+            self.frames += len(out)
+            if out:
+                return out  # deliver the good frames first; the next feed raises
             raise DecodeError(self._error) from None
         if pos:
             memmove(self._buf, self._buf + pos, self._len - pos)
