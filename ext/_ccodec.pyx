@@ -565,6 +565,11 @@ cdef class FrameDecoder:
         PyMem_Free(self._buf)
 
     @property
+    def failed(self):
+        """True once a bad frame was seen (even if its error is not raised yet)."""
+        return self._error is not None
+
+    @property
     def pending(self):
         """Bytes buffered that do not yet form a whole frame."""
         return self._len

@@ -175,6 +175,11 @@ class FrameDecoder:
         self.offset = 0   # stream bytes consumed by whole frames
 
     @property
+    def failed(self):
+        """True once a bad frame was seen (even if its error is not raised yet)."""
+        return self._error is not None
+
+    @property
     def pending(self):
         """Bytes buffered that do not yet form a whole frame."""
         return len(self._buf)

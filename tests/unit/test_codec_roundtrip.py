@@ -64,6 +64,7 @@ def test_frame_decoder_incremental(codec):
     frames = [(g, 1 + g % 3, g * 10, g * 100, bytes([g]) * g) for g in range(20)]
     stream = b"".join(codec.encode_frame(*f) for f in frames)
     d = codec.FrameDecoder(1 << 20)
+    assert not d.failed
     out = []
     for i in range(len(stream)):
         out.extend(d.feed(stream[i:i + 1]))
@@ -190,6 +191,7 @@ def test_frame_decoder_offset_locates_corruption(codec):
     out = d.feed(stream)
     assert [codec.entry_from_frame(f)[1].index for f in out] == [1, 2, 3, 4, 5]
     assert d.offset == sum(map(len, good)) and d.frames == 5
+    assert d.failed  # a transport can close now instead of waiting for more bytes
     with pytest.raises(DecodeError, match=f"offset {sum(map(len, good))}"):
         d.feed(b"")
     st = d.stats()
