@@ -532,8 +532,10 @@ cdef class FrameDecoder:
     """Incremental frame decoding: feed bytes as they arrive, get whole frames out.
 
     A frame whose length field exceeds ``max_frame_size`` is refused as soon as its
-    header arrives, so a peer cannot make us buffer without bound. After an error the
-    decoder stays failed: the stream position is lost and the connection must close.
+    header arrives, so a peer cannot make us buffer without bound. Frames that precede a
+    bad one are still returned; the error is raised by that call if it returned nothing,
+    else by the next one. After an error the decoder stays failed (the stream position is
+    lost; the connection must close). ``offset`` counts bytes of whole good frames.
     """
 
     cdef unsigned char *_buf
@@ -563,6 +565,11 @@ cdef class FrameDecoder:
         PyMem_Free(self._buf)
 
     @property
+    def failed(self):
+        """True once a bad frame was seen (even if its error is not raised yet)."""
+        return self._error is not None
+
+    @property
     def pending(self):
         """Bytes buffered that do not yet form a whole frame."""
         return self._len
@@ -582,7 +589,10 @@ cdef class FrameDecoder:
         return 0
 
     def feed(self, data):
+        """Bytes in, whole validated frames out: a list of
+        (group, type, term, index, payload) tuples, possibly empty."""
         cdef Py_buffer view
+        cdef uint8_t *nb
         cdef Py_ssize_t pos = 0, size
         cdef list out = []
         if self._error is not None:
@@ -603,6 +613,10 @@ cdef class FrameDecoder:
         except DecodeError as e:
             self._error = f"stream failed at offset {self.offset + <unsigned long long>pos}: {e}"
             self._len = 0
+            self.offset += <unsigned long long>pos
+            self.frames += len(out)
+            if out:
+                return out  # deliver the good frames first; the next feed raises
             raise DecodeError(self._error) from None
         if pos:
             memmove(self._buf, self._buf + pos, self._len - pos)
@@ -611,8 +625,10 @@ cdef class FrameDecoder:
             self.frames += len(out)
             if self._cap > 1 << 20 and self._len < self._cap // 4:
                 # a burst of big frames must not pin a big buffer forever
-                self._cap = max(self._len, 4096)
-                self._buf = <uint8_t *>PyMem_Realloc(self._buf, self._cap)
+                nb = <uint8_t *>PyMem_Realloc(self._buf, max(self._len, 4096))
+                if nb != NULL:
+                    self._buf = nb
+                    self._cap = max(self._len, 4096)
         return out
 
     def stats(self):
