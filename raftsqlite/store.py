@@ -369,7 +369,7 @@ class Store:
         return await self._call(fn())
 
     # ---- backup and load --------------------------------------------------------------
-    async def backup(self, fmt="binary", tables=None, path=None):
+    async def backup(self, path=None, *, fmt="binary", tables=None):
         """Write a backup to ``path`` (default: a new temp file in the data dir) and
         return the path; the caller streams and deletes it. ``fmt``: "binary" (a SQLite
         file) or "sql" (a dump)."""
@@ -393,9 +393,11 @@ class Store:
             return path
         return await asyncio.get_running_loop().run_in_executor(self._io, work)
 
-    async def load(self, source, timeout=None):
+    async def load(self, source, *, fmt=None, timeout=None):
         """Load a SQLite file (replaces every user table) or a SQL dump (executed as
-        given) through the log, so every member gets it. ``source``: a path, or bytes."""
+        given) through the log, so every member gets it. ``source``: a path, or bytes.
+        The format is detected from the content (``fmt`` is accepted for the HTTP layer;
+        the file's header decides)."""
         self._require_leader()
         loop = asyncio.get_running_loop()
         tmp = None
@@ -458,25 +460,42 @@ class Store:
 
     # ---- status -----------------------------------------------------------------------
     def status(self) -> dict:
+        """rqlite's /status "store" section (its keys), plus ours."""
         lead = self.leader()
         r = self.raft
+        role = getattr(r, "role", None)
+        state = (getattr(role, "value", role) or ("leader" if r.is_leader else "follower"))
         return {
             "node_id": self.node_id,
-            "leader": {"node_id": lead.node_id if lead else "",
-                       "addr": lead.http_addr if lead else "",
-                       "raft_addr": lead.raft_addr if lead else ""},
-            "is_leader": self.is_leader(),
-            "voter": self.voter,
-            "ready": self.ready(),
-            "raft": {"term": r.term, "commit_index": r.commit_index,
-                     "applied_index": r.applied_index, "last_log_index": r.last_log_index,
+            "raft": {"state": str(state).replace("-", " ").title().replace(" ", ""),
+                     "voter": self.voter, "term": r.term,
+                     "commit_index": r.commit_index, "applied_index": r.applied_index,
+                     "last_log_index": r.last_log_index,
                      "last_snapshot_index": r.last_snapshot_index},
+            "leader": {"node_id": lead.node_id if lead else "",
+                       "addr": lead.raft_addr if lead else "",
+                       "api_addr": lead.http_addr if lead else ""},
+            "is_leader": self.is_leader(),
+            "ready": self.ready(),
             "fsm_index": self.fsm.applied_index(),
             "db_applied_index": self.fsm.applied_index(),
             "sqlite3": {"path": self.db.path, "size": self.db.file_size()},
             "members": [{"node_id": m.node_id, "raft_addr": m.raft_addr,
                          "http_addr": m.http_addr, "voter": m.voter} for m in self.members()],
+            "group_commit": {"batches": self.counters["write_batches"],
+                             "requests": self.counters["batched_requests"],
+                             "max_batch": self.counters["max_batch"]},
         }
+
+    async def wait_synced(self, timeout=None):
+        """Wait until this node has applied everything committed when called."""
+        target = self.raft.commit_index
+        deadline = time.monotonic() + (timeout or self.config.read_timeout)
+        while self.fsm.applied_index() < target:
+            if time.monotonic() > deadline:
+                raise Timeout(f"not synced within {timeout}s (applied "
+                              f"{self.fsm.applied_index()} < {target})")
+            await asyncio.sleep(0.01)
 
     def stats(self) -> dict:
         c = dict(self.counters)

@@ -261,7 +261,9 @@ def test_backup_and_load_round_trip(env, tmp_path):
         await store.execute([Statement("CREATE TABLE t (a, b)"),
                              Statement("INSERT INTO t VALUES (1, x'00ff'), (2, 'two')")])
         path = await store.backup()
-        dump = await store.backup(fmt="sql")
+        dump_path = await store.backup(fmt="sql")
+        with open(dump_path, "rb") as f:
+            dump = f.read()
         await store.execute([Statement("DROP TABLE t"), Statement("CREATE TABLE other (z)")])
         with open(path, "rb") as f:
             res = await store.load(f.read())
