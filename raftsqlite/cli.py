@@ -64,6 +64,9 @@ def build_parser():
     flag("batch-max", dest="batch_max_requests", type=int,
          default=_SDEFAULTS["batch_max_requests"][0], metavar="N",
          help=_SDEFAULTS["batch_max_requests"][1])
+    flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
+         help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
+              "for tests, benchmarks and tuning")
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     return p
@@ -74,14 +77,33 @@ def config_from_args(argv=None) -> NodeConfig:
     join = tuple(a.strip() for a in args.join.split(",") if a.strip())
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
                         batch_max_requests=args.batch_max_requests)
+    overrides = []
+    for opt in args.raft_opts:
+        name, sep, value = opt.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"-raft-opt wants NAME=VALUE, got {opt!r}")
+        overrides.append((name.strip(), _parse_value(value.strip())))
     cfg = NodeConfig(node_id=args.node_id, data_dir=args.data_dir, http_addr=args.http_addr,
                      raft_addr=args.raft_addr, http_adv=args.http_adv, raft_adv=args.raft_adv,
                      join=join, voter=not args.non_voter, shard=args.shard,
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
-                     join_timeout=args.join_timeout, store=store)
+                     join_timeout=args.join_timeout, store=store,
+                     raft_overrides=tuple(overrides))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args
+
+
+def _parse_value(v):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
 
 
 def main(argv=None):
