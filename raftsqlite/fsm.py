@@ -81,7 +81,7 @@ class FSM:
         self._applied, self._applied_term = self._read_meta()
         self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0,
-                         "apply_seconds": 0.0}
+                         "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
 
     # ---- contract -------------------------------------------------------------------
     def applied_index(self) -> int:
@@ -147,7 +147,10 @@ class FSM:
     def snapshot(self, path):
         """Consistent copy of the database at some applied index; returns that
         (index, term), read from the copy itself so they always match its contents."""
+        t0 = time.perf_counter()
         self.db.backup_to(path)
+        self.counters["last_snapshot_seconds"] = time.perf_counter() - t0
+        self.counters["snapshots"] += 1
         meta = dict(self.db.read_file_internal(path, "SELECT k, v FROM _raftsqlite_meta"))
         return int(meta.get("applied_index", 0)), int(meta.get("applied_term", 0))
 
