@@ -159,8 +159,9 @@ def test_leader_kill_under_write_load_loses_nothing_acknowledged(cluster):
 
 
 def test_full_restart_keeps_everything_and_replays_nothing_twice(tmp_path):
-    """All members killed (-9) and restarted: every acknowledged row is there exactly
-    once (row counts exact), and the group accepts writes again."""
+    """SIGTERM on the leader exits cleanly and hands leadership over; then all members
+    killed (-9) and restarted: every acknowledged row is there exactly once (row counts
+    exact), and the group accepts writes again."""
     c = Cluster(str(tmp_path), 3)
     try:
         c.start()
@@ -171,6 +172,12 @@ def test_full_restart_keeps_everything_and_replays_nothing_twice(tmp_path):
             assert st == 200 and "error" not in body["results"][0]
         for n in c.nodes:
             wait_for(lambda: values(n.http, "SELECT count(*) FROM r") == [[60]], 10, "copies")
+        # SIGTERM on the leader: clean exit, leadership handed over (no election wait)
+        lead.terminate(20)
+        assert lead.proc.returncode == 0, lead.tail()
+        t0 = time.monotonic()
+        c.leader(10)
+        assert time.monotonic() - t0 < 5
         for n in c.nodes:
             n.kill()
         for n in c.nodes:
