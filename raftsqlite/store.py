@@ -337,9 +337,31 @@ class Store:
                 return {"node_id": node_id, "already_member": True}
             if m.raft_addr != raft_addr or (http_addr and m.http_addr != http_addr):
                 await self._call(self.raft.remove_member(node_id, timeout=timeout))
-        await self._call(self.raft.add_member(node_id, raft_addr, http_addr, voter=bool(voter),
-                                              timeout=timeout))
+        nudge = asyncio.get_running_loop().create_task(self._nudge(node_id))
+        try:
+            await self._call(self.raft.add_member(node_id, raft_addr, http_addr,
+                                                  voter=bool(voter), timeout=timeout))
+        finally:
+            nudge.cancel()
+        # once more after a learner-only add, which returns before any replication
+        await self._nudge_once()
         return {"node_id": node_id, "already_member": False}
+
+    async def _nudge(self, node_id):
+        """While a new member catches up, append a no-op now and then. A new member's
+        first probe can be lost (it is sent before the connection exists); with the log
+        idle the leader has nothing new to send, so it would wait forever. A fresh entry
+        gives it something to send and the follower's reject starts the back-off."""
+        while True:
+            await asyncio.sleep(0.5)
+            await self._nudge_once()
+
+    async def _nudge_once(self):
+        try:
+            if self.raft.is_leader:
+                await self.raft.propose(self._encode(Command(CommandType.NOOP)), 5.0)
+        except Exception:  # best effort: the next nudge or write does the same job
+            pass
 
     async def remove(self, node_id, timeout=None):
         if not node_id or not isinstance(node_id, str):
