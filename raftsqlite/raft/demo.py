@@ -247,6 +247,7 @@ def parse_args(argv):
     p.add_argument("--tick", type=float, default=RaftConfig.tick_interval)
     p.add_argument("--snapshot-threshold", type=int, default=RaftConfig.snapshot_threshold)
     p.add_argument("--snapshot-trailing", type=int, default=RaftConfig.snapshot_trailing)
+    p.add_argument("--segment-bytes", type=int, default=RaftConfig.segment_bytes)
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -256,6 +257,7 @@ async def amain(args):
                      fsync=not args.no_fsync, tick_interval=args.tick,
                      snapshot_threshold=args.snapshot_threshold,
                      snapshot_trailing=args.snapshot_trailing,
+                     segment_bytes=args.segment_bytes,
                      cluster_id="raftsqlite-demo")
     fsm = KVStateMachine()
     node = RaftNode(cfg, fsm)
@@ -289,7 +291,11 @@ def main(argv=None):
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(amain(args))
+    try:
+        asyncio.run(amain(args))
+    except errors.RaftSQLiteError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
