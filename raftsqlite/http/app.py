@@ -143,8 +143,9 @@ async def _on_error(request, exc):
         status = getattr(exc, "status_code", 500) or 500
         msg = str(exc) or _SANIC_CODES.get(status, "error")
         if status == 413:
-            msg = (f"request body too large: the limit is "
-                   f"{ctx.settings.max_body_bytes} bytes")
+            limit = (ctx.settings.max_load_bytes if request.path == "/db/load"
+                     else ctx.settings.max_body_bytes)
+            msg = f"request body too large: the limit is {limit} bytes"
         ctx.counters[f"status_{status}"] += 1
         headers = getattr(exc, "headers", None) or None
         return wire.error_response(status, msg, _SANIC_CODES.get(status, "error"), headers)

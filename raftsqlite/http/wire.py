@@ -109,11 +109,12 @@ def json_response(obj, status=200, *, pretty=False, blob_array=False, headers=No
 
 def _render_one(r, timings, associative, query_family):
     err = r.get("error")
-    if "columns" in r:
-        if err:
-            out = {"rows": [], "error": err} if (associative and query_family) \
-                else {"error": err}
-        elif associative:
+    if err and associative and query_family:
+        out = {"rows": [], "error": err}  # rqlite's AssociativeRows: rows never omitted
+    elif err:
+        out = {"error": err}
+    elif "columns" in r:
+        if associative:
             cols = r.get("columns") or ()
             types = r.get("types") or ()
             out = {}
@@ -131,8 +132,6 @@ def _render_one(r, timings, associative, query_family):
             vals = r.get("values")
             if vals:
                 out["values"] = vals
-    elif err:
-        out = {"error": err}
     else:
         out = {}
         lid = r.get("last_insert_id")
