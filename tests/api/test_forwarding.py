@@ -94,3 +94,16 @@ def test_queued_writes_on_follower_reach_leader(trio):
     assert r.status == 200, r
     r = leader.http.get("/db/query?q=SELECT+x+FROM+t")
     assert r.json()["results"][0]["values"] == [[1]]
+
+
+def test_forwarding_honours_timeout(trio):
+    """A forwarded request waits no longer than its timeout for the leader: 504, and the
+    follower keeps serving."""
+    import time
+    leader, follower, _ = trio
+    leader.store.delay = 3.0
+    t0 = time.monotonic()
+    r = follower.http.post("/db/execute?timeout=500ms", ["CREATE TABLE t (x)"])
+    assert r.status == 504 and r.json()["code"] == "timeout"
+    assert time.monotonic() - t0 < 2.5
+    assert follower.http.get("/readyz?noleader").status == 200
