@@ -101,3 +101,23 @@ def test_join_forms():
         parse_join(b'{"id": "n3", "addr": "h:3", "voter": "no"}')
     with pytest.raises(errors.BadRequest, match="node_id"):
         parse_join(b'{"raft_addr": "h:3"}')
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftsqlite.http.params import make_statement
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 65), max_value=2 ** 65),
+                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+                     st.sampled_from(["x'00'", " X'ab' ", "x'zz'", "x", "xylophone"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_scalars, max_size=6))
+def test_bulk_fast_path_matches_full_path(params):
+    """The fast path for ["SQL", scalars...] converts exactly as the full path does."""
+    import orjson
+    body = orjson.dumps([["SELECT 1"] + params])
+    doc = orjson.loads(body)
+    assert parse_statements(body, 10) == [make_statement("SELECT 1", doc[0][1:])]
