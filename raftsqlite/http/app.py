@@ -134,7 +134,7 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
         "KEEP_ALIVE_TIMEOUT": settings.keep_alive_timeout,
         # Backups and loads of large databases take long; the per-request `timeout`
         # flag bounds the SQL work itself.
-        "REQUEST_TIMEOUT": 3600,
+        "REQUEST_TIMEOUT": 60,
         "RESPONSE_TIMEOUT": 3600,
         "ACCESS_LOG": False,
         "MOTD": False,

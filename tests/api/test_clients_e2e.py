@@ -101,3 +101,31 @@ def test_backup_then_load_into_fresh_cluster(cluster, tmp_path):
                         f"{a} to hold the loaded data")
     finally:
         fresh.stop()
+
+
+def test_random_requests_against_real_nodes_never_500(cluster):
+    """The no-500 property again, against real nodes (leader and follower), so errors the
+    real store raises are covered too."""
+    import json as _json
+    from urllib.parse import quote
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.api.test_property import METHODS, PATHS, bodies, query_strings
+
+    paths = [p for p in PATHS if p not in ("/remove", "/leader", "/join", "/db/load",
+                                           "/snapshot")]
+    addrs = [cluster.leader(), cluster.follower()]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(method=st.sampled_from(METHODS), path=st.sampled_from(paths), qs=query_strings(),
+           body=bodies, which=st.sampled_from([0, 1]))
+    def check(method, path, qs, body, which):
+        url = f"http://{addrs[which]}{path}" + ("?" + qs if qs else "")
+        st_, resp = http(method, url, body or None, timeout=30)
+        assert st_ != 500, (method, path, qs, body, resp)
+        if st_ >= 400:
+            assert set(_json.loads(resp)) == {"error", "code"}, resp
+    check()
+    assert all(http("GET", f"http://{a}/readyz")[0] == 200 for a in cluster.http)
