@@ -129,3 +129,49 @@ def test_random_requests_against_real_nodes_never_500(cluster):
             assert set(_json.loads(resp)) == {"error", "code"}, resp
     check()
     assert all(http("GET", f"http://{a}/readyz")[0] == 200 for a in cluster.http)
+
+
+RQLITE_JS = r"""
+const { DataApiClient } = require('rqlite-js');
+(async () => {
+  const c = new DataApiClient(process.argv[2]);
+  const t = process.argv[3];
+  const out = {};
+  let r = await c.execute(`CREATE TABLE ${t} (id integer not null primary key, name text)`);
+  out.create_error = r.hasError();
+  r = await c.execute([`INSERT INTO ${t}(name) VALUES('fiona')`, `INSERT INTO ${t}(name) VALUES('sinead')`],
+                      { transaction: true });
+  out.ids = [r.get(0).getLastInsertId(), r.get(1).getLastInsertId()];
+  r = await c.execute(`UPDATE ${t} SET name='justin' WHERE name='fiona'`);
+  out.updated = r.get(0).getRowsAffected();
+  r = await c.query(`SELECT id, name FROM ${t} ORDER BY id`, { level: 'strong' });
+  out.rows = r.toArray();
+  r = await c.execute(`INSERT INTO nope VALUES(1)`);
+  out.error = r.hasError() ? r.getFirstError().toString() : null;
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_rqlite_js(cluster, role, tmp_path):
+    """rqlite-js (npm) against the leader and a follower, when Node.js and the package
+    are available (RQLITE_JS_NODE_PATH, default /tmp/rqlitejs/node_modules; rqlite-js
+    2.5.7 needs @babel/runtime installed beside it)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    node_path = os.environ.get("RQLITE_JS_NODE_PATH", "/tmp/rqlitejs/node_modules")
+    if not shutil.which("node") or not os.path.isdir(os.path.join(node_path, "rqlite-js")):
+        pytest.skip("node or rqlite-js not installed (npm install rqlite-js @babel/runtime)")
+    script = tmp_path / "check.js"
+    script.write_text(RQLITE_JS)
+    addr = cluster.leader() if role == "leader" else cluster.follower()
+    p = subprocess.run(["node", str(script), f"http://{addr}", f"js_{role}"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "NODE_PATH": node_path})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["create_error"] is False and out["ids"] == [1, 2] and out["updated"] == 1
+    assert out["rows"] == [{"id": 1, "name": "justin"}, {"id": 2, "name": "sinead"}]
+    assert out["error"] and "no such table" in out["error"]
