@@ -42,6 +42,8 @@ STATUS = (
     (errors.Moved, 503),
     (errors.Fenced, 503),
     (errors.StorageCorrupt, 503),
+    # Any other deliberate error: the node could not do it now. Only a bug is a 500.
+    (errors.RaftSQLiteError, 503),
 )
 
 # rqlite answers these with 200 and a top-level "error" beside empty "results".

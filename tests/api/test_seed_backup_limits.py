@@ -113,6 +113,7 @@ def test_limits_answer_413(serve):
     (errors.ProposalDropped("dropped"), 503, "proposal_dropped"),
     (errors.StatementRefused("ATTACH is refused"), 400, "statement_refused"),
     (errors.Moved("moved"), 503, "moved"),
+    (errors.RaftSQLiteError("cannot snapshot now"), 503, "error"),
     (RuntimeError("bug"), 500, "internal"),
 ])
 def test_store_errors_map_once(single, exc, status, code):
