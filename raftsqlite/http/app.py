@@ -146,6 +146,11 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     app.blueprint(rqlite.blueprint())
     app.blueprint(seed.blueprint())
     app.blueprint(cluster.blueprint())
+    # Other layers add their own API families (the sharding router's /table/*, /shards)
+    # without this module importing them: node.http_blueprints holds Blueprints or
+    # zero-argument factories returning one.
+    for bp in getattr(node, "http_blueprints", None) or ():
+        app.blueprint(bp() if callable(bp) and not hasattr(bp, "routes") else bp)
     app.exception(Exception)(_on_error)
 
     @app.before_server_start
