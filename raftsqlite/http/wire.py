@@ -33,6 +33,7 @@ STATUS = (
     (errors.EncodeError, 400),
     (errors.ConfigError, 400),
     (errors.NotFound, 404),
+    (errors.QueueWaitTimeout, 408),      # rqlite's status for ?queue&wait timing out
     (errors.Timeout, 504),
     (errors.LeaderNotFound, 503),
     (errors.NotLeader, 503),             # only when forwarding was impossible

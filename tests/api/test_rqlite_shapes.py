@@ -168,3 +168,11 @@ def test_queued_writes(single):
     assert r2["sequence_number"] > r1["sequence_number"] > 0
     vals = h.get("/db/query?q=SELECT+name+FROM+foo+ORDER+BY+id").json()["results"][0]["values"]
     assert vals == [["q1"], ["q2"]]
+
+
+def test_queue_wait_timeout_is_408(single):
+    """?queue&wait that outlives its timeout answers 408 (rqlite's status) in our shape."""
+    single.store.delay = 1.5
+    r = single.http.post("/db/execute?queue&wait&timeout=200ms", ["SELECT 1"])
+    assert r.status == 408 and r.json() == {"error": "queue wait timeout",
+                                            "code": "queue_wait_timeout"}
