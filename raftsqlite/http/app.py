@@ -112,6 +112,21 @@ class AppContext:
         os.makedirs(d, exist_ok=True)
         return d
 
+    def clean_spool(self):
+        """Spool files left by a process killed mid-load or mid-backup. Only our own
+        prefixes, and only in the node's own spool dir (never the shared temp dir)."""
+        if not self.settings.spool_dir or not os.path.isdir(self.settings.spool_dir):
+            return 0
+        n = 0
+        for name in os.listdir(self.settings.spool_dir):
+            if name.startswith((".load-", ".backup-")):
+                try:
+                    os.unlink(os.path.join(self.settings.spool_dir, name))
+                    n += 1
+                except OSError:
+                    pass
+        return n
+
     def stats(self):
         return {
             "bind_addr": self.bind_addr,
@@ -157,6 +172,7 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     async def _start(app):
         ctx = app.ctx
         ctx.client = Client(timeout=settings.default_timeout)
+        ctx.clean_spool()
         ctx.queue.start()
         if manage_node:
             await node.start()

@@ -142,3 +142,16 @@ def test_unknown_route_and_method_in_one_shape(single):
     assert set(single.http.get("/nope").json()) == {"error", "code"}
     r = single.http.req("PUT", "/db/query")
     assert r.status == 405 and set(r.json()) == {"error", "code"}
+
+
+def test_stale_spool_files_removed_at_start(serve, tmp_path):
+    """Spool files a killed node left behind are removed when the app starts; other files
+    in the directory are not touched."""
+    (tmp_path / ".load-abc").write_bytes(b"x")
+    (tmp_path / ".backup-def").write_bytes(b"x")
+    (tmp_path / "db.sqlite").write_bytes(b"keep")
+    cl = Cluster()
+    st = FakeStore(cl, "n")
+    cl.leader_id = "n"
+    serve(FakeNode(st), settings=HTTPConfig(spool_dir=str(tmp_path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite"]
