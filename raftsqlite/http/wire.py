@@ -92,15 +92,20 @@ def _blob_array(o):
 
 def dumps(obj, *, pretty=False, blob_array=False):
     default = _blob_array if blob_array else _blob_b64
+    try:
+        raw = orjson.dumps(obj, default=default)  # NaN/inf become null
+    except (orjson.JSONEncodeError, TypeError):
+        # e.g. a lone surrogate in a TEXT value: escape it (the text stays valid JSON)
+        raw = json.dumps(obj, default=default, ensure_ascii=True,
+                         separators=(",", ":")).encode("ascii")
     if not pretty:
-        try:
-            return orjson.dumps(obj, default=default)
-        except (orjson.JSONEncodeError, TypeError):
-            pass  # e.g. a lone surrogate in a TEXT value: the slow path escapes it
-    return json.dumps(obj, default=default, ensure_ascii=False, allow_nan=False,
-                      indent=4 if pretty else None,
-                      separators=None if pretty else (",", ":"),
-                      ).encode("utf-8", "surrogatepass")
+        return raw
+    # Go's MarshalIndent layout; rare, so the simple path is fine.
+    doc = json.loads(raw)
+    try:
+        return json.dumps(doc, indent=4, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(doc, indent=4, ensure_ascii=True).encode("ascii")
 
 
 def json_response(obj, status=200, *, pretty=False, blob_array=False, headers=None):

@@ -176,3 +176,19 @@ def test_queue_wait_timeout_is_408(single):
     r = single.http.post("/db/execute?queue&wait&timeout=200ms", ["SELECT 1"])
     assert r.status == 408 and r.json() == {"error": "queue wait timeout",
                                             "code": "queue_wait_timeout"}
+
+
+def test_odd_values_render_as_valid_json(single):
+    """Infinite REALs render as null (plain or pretty); lone surrogates never break
+    rendering."""
+    h = single.http
+    for flags in ("", "&pretty"):
+        r = h.get("/db/query?q=SELECT+1e999,+-1e999" + flags)
+        assert r.status == 200 and r.json()["results"][0]["values"] == [[None, None]]
+    # A lone surrogate cannot arrive in a JSON body (it is refused, clearly) ...
+    r = h.post("/db/query", '[["SELECT ?", "a\\ud800b"]]')
+    assert r.status == 400 and "surrogate" in r.json()["error"]
+    # ... but if a value holds one, rendering still produces valid JSON.
+    from raftsqlite.http.wire import dumps
+    assert json.loads(dumps({"v": "a\ud800b"})) == {"v": "a\ud800b"}
+    assert json.loads(dumps({"v": "a\ud800b"}, pretty=True)) == {"v": "a\ud800b"}
