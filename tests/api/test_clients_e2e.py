@@ -1,5 +1,7 @@
 """Real rqlite clients from PyPI against a real 3-node raft-sqlite cluster, pointed at the
 leader and at a follower; backup from one cluster loaded into a fresh one."""
+import json
+
 import pytest
 
 from tests.api.procs import LocalCluster, http, node_available
@@ -175,3 +177,19 @@ def test_rqlite_js(cluster, role, tmp_path):
     assert out["create_error"] is False and out["ids"] == [1, 2] and out["updated"] == 1
     assert out["rows"] == [{"id": 1, "name": "justin"}, {"id": 2, "name": "sinead"}]
     assert out["error"] and "no such table" in out["error"]
+
+
+def test_seed_readme_commands_on_every_node(cluster):
+    """The seed README's execute and query examples, sent to each member in turn."""
+    for i, a in enumerate(cluster.http):
+        base = f"http://{a}"
+        st, body = http("POST", base + "/execute", {"query": "CREATE TABLE IF NOT EXISTS users "
+                        "(id INTEGER PRIMARY KEY, name TEXT, email TEXT)"})
+        assert st == 200, body
+        st, body = http("POST", base + "/execute", b'{"query":"INSERT INTO users (name, email) '
+                        b'VALUES (?, ?)", "args":["John Doe", "john@example.com"]}')
+        assert st == 200 and json.loads(body)["rows_affected"] == 1, body
+        st, body = http("GET", base + "/query?q=SELECT%20*%20FROM%20users")
+        rows = json.loads(body)
+        assert st == 200 and len(rows) == i + 1
+        assert rows[0] == {"id": 1, "name": "John Doe", "email": "john@example.com"}
