@@ -18,6 +18,8 @@ from raftsqlite.codec.model import Statement
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 
+_HEX_START = ("x", "X", " ", "\t", "\n", "\r")
+
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
 
 # Flags whose presence alone turns them on (rqlite's HasKey semantics).
@@ -212,14 +214,36 @@ def parse_statements(body, max_statements):
         raise errors.PayloadTooLarge(
             f"too many statements: {len(doc)} in one request, the limit is {max_statements}")
     out = []
+    append = out.append
     for i, item in enumerate(doc):
         t = type(item)
         if t is str:
-            out.append(Statement(item, None))
+            append(Statement(item, None))
         elif t is list:
             if not item:
                 raise errors.BadRequest(f"invalid request: statement {i + 1} is an empty array")
-            out.append(make_statement(item[0], item[1:], f"statement {i + 1}"))
+            if len(item) == 1:
+                append(make_statement(item[0], (), f"statement {i + 1}"))
+                continue
+            # Fast path for the common bulk form ["SQL", scalar, scalar, ...]; anything
+            # unusual (a dict, an array, a hex string, a huge int) takes the full path.
+            sql = item[0]
+            params = item[1:]
+            if type(sql) is str:
+                for v in params:
+                    tv = type(v)
+                    if tv is str:
+                        if v[:1] in _HEX_START:
+                            break
+                    elif tv is int:
+                        if not INT64_MIN <= v <= INT64_MAX:
+                            break
+                    elif v is not None and tv is not float and tv is not bool:
+                        break
+                else:
+                    append(Statement(sql, params))
+                    continue
+            append(make_statement(sql, params, f"statement {i + 1}"))
         else:
             raise errors.BadRequest(
                 f"invalid request: statement {i + 1} must be a string or an array")

@@ -4,6 +4,7 @@ Handlers are thin: parse once (params.py), one call into the SQL backend (forwar
 the leader when needed, forward.py), render (wire.py).
 """
 import asyncio
+import codecs
 import os
 import tempfile
 import zlib
@@ -53,7 +54,7 @@ async def _queued(request, p, started):
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
-            return wire.error_response(408, "queue wait timeout", "timeout")
+            raise errors.QueueWaitTimeout("queue wait timeout") from None
     body = wire.queued_body(seq, p, started=started, now=perf_counter())
     return wire.json_response(body, pretty=p.pretty)
 
@@ -140,8 +141,8 @@ def blueprint():
         request.stream.request_max_size = ctx.settings.max_load_bytes
         fd, path = tempfile.mkstemp(prefix=".load-", dir=ctx.spool_dir())
         try:
-            head = await _spool(request, fd)
-            fd = None
+            spool_fd, fd = fd, None  # _spool owns (and closes) it from here
+            head = await _spool(request, spool_fd)
             if not head:
                 raise errors.BadRequest("no data: send a SQLite database file or a SQL dump")
             if head.startswith(SQLITE_MAGIC):
@@ -169,27 +170,54 @@ def blueprint():
 
 async def _spool(request, fd):
     """Write the request body to ``fd`` off the loop, in ~1 MiB writes; returns the first
-    bytes (to tell a SQLite file from a SQL dump). Never holds the body in memory."""
+    bytes (to tell a SQLite file from a SQL dump). Never holds the body in memory. A body
+    that is not a SQLite file must be a SQL dump: UTF-8 text without NUL bytes."""
     loop = asyncio.get_running_loop()
     f = os.fdopen(fd, "wb")
-    head, buf, size = b"", [], 0
+    head, buf, size, text_check, bad = b"", [], 0, None, None
     try:
         async for chunk in request.stream:
             if chunk is None:
                 break
             if len(head) < 16:
                 head += bytes(chunk[:16 - len(head)])
+                if len(head) >= 16 and not head.startswith(SQLITE_MAGIC):
+                    text_check = codecs.getincrementaldecoder("utf-8")()
+            if bad is not None:
+                continue  # drain the body so the connection stays usable, write nothing
+            if text_check is not None:
+                bad = _check_text(text_check, chunk)
             buf.append(chunk)
             size += len(chunk)
             if size >= CHUNK:
                 data, buf, size = b"".join(buf), [], 0
                 await loop.run_in_executor(None, f.write, data)
-        if buf:
+        if bad is None and len(head) < 16 and not head.startswith(SQLITE_MAGIC[:len(head)]):
+            bad = _check_text(codecs.getincrementaldecoder("utf-8")(), head)
+        if bad is None and text_check is not None:
+            try:
+                text_check.decode(b"", final=True)
+            except UnicodeDecodeError:
+                bad = "it ends inside a UTF-8 character"
+        if buf and bad is None:
             await loop.run_in_executor(None, f.write, b"".join(buf))
         await loop.run_in_executor(None, f.flush)
     finally:
         f.close()
+    if bad is not None and not head.startswith(b"\x1f\x8b"):
+        raise errors.BadRequest(f"load data is neither a SQLite database file nor a SQL "
+                                f"dump: {bad}")
     return head
+
+
+def _check_text(decoder, chunk):
+    if b"\x00" in chunk:
+        return "it contains NUL bytes"
+    try:
+        decoder.decode(bytes(chunk))
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text"
+    return None
 
 
 async def _send_file(resp, path, compress):

@@ -33,6 +33,7 @@ STATUS = (
     (errors.EncodeError, 400),
     (errors.ConfigError, 400),
     (errors.NotFound, 404),
+    (errors.QueueWaitTimeout, 408),      # rqlite's status for ?queue&wait timing out
     (errors.Timeout, 504),
     (errors.LeaderNotFound, 503),
     (errors.NotLeader, 503),             # only when forwarding was impossible
@@ -42,6 +43,8 @@ STATUS = (
     (errors.Moved, 503),
     (errors.Fenced, 503),
     (errors.StorageCorrupt, 503),
+    # Any other deliberate error: the node could not do it now. Only a bug is a 500.
+    (errors.RaftSQLiteError, 503),
 )
 
 # rqlite answers these with 200 and a top-level "error" beside empty "results".
@@ -89,15 +92,20 @@ def _blob_array(o):
 
 def dumps(obj, *, pretty=False, blob_array=False):
     default = _blob_array if blob_array else _blob_b64
+    try:
+        raw = orjson.dumps(obj, default=default)  # NaN/inf become null
+    except (orjson.JSONEncodeError, TypeError):
+        # e.g. a lone surrogate in a TEXT value: escape it (the text stays valid JSON)
+        raw = json.dumps(obj, default=default, ensure_ascii=True,
+                         separators=(",", ":")).encode("ascii")
     if not pretty:
-        try:
-            return orjson.dumps(obj, default=default)
-        except (orjson.JSONEncodeError, TypeError):
-            pass  # e.g. a lone surrogate in a TEXT value: the slow path escapes it
-    return json.dumps(obj, default=default, ensure_ascii=False, allow_nan=False,
-                      indent=4 if pretty else None,
-                      separators=None if pretty else (",", ":"),
-                      ).encode("utf-8", "surrogatepass")
+        return raw
+    # Go's MarshalIndent layout; rare, so the simple path is fine.
+    doc = json.loads(raw)
+    try:
+        return json.dumps(doc, indent=4, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(doc, indent=4, ensure_ascii=True).encode("ascii")
 
 
 def json_response(obj, status=200, *, pretty=False, blob_array=False, headers=None):
@@ -109,11 +117,12 @@ def json_response(obj, status=200, *, pretty=False, blob_array=False, headers=No
 
 def _render_one(r, timings, associative, query_family):
     err = r.get("error")
-    if "columns" in r:
-        if err:
-            out = {"rows": [], "error": err} if (associative and query_family) \
-                else {"error": err}
-        elif associative:
+    if err and associative and query_family:
+        out = {"rows": [], "error": err}  # rqlite's AssociativeRows: rows never omitted
+    elif err:
+        out = {"error": err}
+    elif "columns" in r:
+        if associative:
             cols = r.get("columns") or ()
             types = r.get("types") or ()
             out = {}
@@ -131,8 +140,6 @@ def _render_one(r, timings, associative, query_family):
             vals = r.get("values")
             if vals:
                 out["values"] = vals
-    elif err:
-        out = {"error": err}
     else:
         out = {}
         lid = r.get("last_insert_id")

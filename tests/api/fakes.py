@@ -180,12 +180,18 @@ class FakeStore:
         self._need_leader()
         with self.cluster.lock:
             if fmt == "sqlite":
-                src = sqlite3.connect(path)
-                src.backup(self.cluster.conn)
-                src.close()
+                try:
+                    src = sqlite3.connect(path)
+                    src.backup(self.cluster.conn)
+                    src.close()
+                except sqlite3.DatabaseError as e:
+                    raise errors.BadRequest(f"not a valid SQLite database: {e}") from None
                 return {"results": []}
             with open(path) as f:
-                self.cluster.conn.executescript(f.read())
+                try:
+                    self.cluster.conn.executescript(f.read())
+                except sqlite3.Error as e:
+                    return {"results": [{"error": str(e)}]}
             return {"results": [{"last_insert_id": 0, "rows_affected": 0}]}
 
     # ---- status ----
