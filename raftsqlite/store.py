@@ -266,16 +266,29 @@ class Store:
     def _check_fresh(self, freshness, strict):
         if not freshness or self.raft.is_leader:
             return
-        contact = getattr(self.raft, "last_leader_contact", None)
-        if not self.raft.leader_id or contact is None:
+        age = self._leader_contact_age()
+        if not self.raft.leader_id or age is None:
             raise StaleRead("no leader contact; data may be stale beyond freshness")
-        age = time.monotonic() - contact
         if age > freshness:
             raise StaleRead(f"last leader contact {age:.3f}s ago exceeds freshness "
                             f"{freshness:g}s")
         if strict and self.fsm.applied_index() < self.raft.commit_index:
             raise StaleRead("this node has not applied everything committed yet "
                             "(freshness_strict)")
+
+    def _leader_contact_age(self):
+        """Seconds since this follower last heard from its leader, or None if unknown."""
+        contact = getattr(self.raft, "last_leader_contact", None)
+        if contact is not None:
+            return time.monotonic() - contact
+        # Until the driver exposes it: the core counts ticks since the leader's last
+        # message (reset by every append and heartbeat), so ticks x tick length is the age.
+        core = getattr(self.raft, "core", None)
+        ticks = getattr(core, "_election_elapsed", None)
+        tick = getattr(getattr(self.raft, "config", None), "tick_interval", None)
+        if ticks is None or tick is None:
+            return None
+        return ticks * tick
 
     async def request(self, statements, *, transaction=False, request_id=None, level="weak",
                       freshness=None, freshness_strict=False, db_timeout=None, timeout=None):

@@ -243,6 +243,10 @@ def test_non_voter_read_replica(tmp_path):
         assert st == 200 and body["results"][1]["rows_affected"] == 1, body
         wait_for(lambda: values(n2.http, "SELECT a FROM t") == [[42]], 10, "replica data")
         assert not n2.is_leader()
+        q = urllib.parse.urlencode({"q": "SELECT a FROM t", "level": "none",
+                                    "freshness": "2s"})
+        st, body = call(n2.http, "GET", "/db/query?" + q)
+        assert st == 200 and body["results"][0]["values"] == [[42]], body
     finally:
         n1.kill()
         n2.kill()
