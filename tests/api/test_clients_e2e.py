@@ -109,7 +109,6 @@ def test_random_requests_against_real_nodes_never_500(cluster):
     """The no-500 property again, against real nodes (leader and follower), so errors the
     real store raises are covered too."""
     import json as _json
-    from urllib.parse import quote
 
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
