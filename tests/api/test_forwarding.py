@@ -129,3 +129,11 @@ def test_request_endpoint_forwards_and_associative(trio):
     assert r.body == (b'{"results":[{"rows":null},{"last_insert_id":1,"rows_affected":1,'
                       b'"rows":null},{"types":{"id":"integer","n":"text"},'
                       b'"rows":[{"id":1,"n":"x"}]}]}')
+
+
+def test_load_redirect_before_upload(trio):
+    """/db/load?redirect on a follower answers 301 to the leader without loading."""
+    leader, follower, _ = trio
+    r = follower.http.post("/db/load?redirect", "CREATE TABLE z (x);")
+    assert r.status == 301 and r.headers["location"] == f"http://{leader.addr}/db/load?redirect"
+    assert not any(c[0] == "load" for c in follower.store.calls + leader.store.calls)
