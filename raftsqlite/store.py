@@ -26,7 +26,7 @@ from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.db import split_sql
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, PayloadTooLarge, RaftSQLiteError, StaleRead,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped, RaftSQLiteError, StaleRead,
                                Timeout)
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
@@ -190,6 +190,10 @@ class Store:
 
     def _map_error(self, exc):
         if isinstance(exc, NotLeader):
+            return self._not_leader()
+        if isinstance(exc, ProposalDropped) and not self.raft.is_leader:
+            # definitely not committed and we lost leadership: the caller (HTTP) may
+            # safely forward the same request to the new leader
             return self._not_leader()
         if isinstance(exc, (EncodeError, OverflowError, TypeError, ValueError)) and \
                 not isinstance(exc, RaftSQLiteError):
