@@ -306,5 +306,5 @@ def test_write_timeout_is_reported_and_others_unaffected(env):
         with pytest.raises(Timeout):
             await slow
         await asyncio.sleep(0.5)
-        return await store.query([Statement("SELECT count(*) FROM sqlite_schema")])
-    assert run(go())["results"][0]["values"] == [[1]]
+        return await store.query([Statement("SELECT count(*) FROM t")])
+    assert run(go())["results"][0]["values"] == [[0]]
