@@ -251,6 +251,12 @@ class Store:
     async def _local_read(self, stmts, transaction, db_timeout):
         reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
         pairs = [(st.sql, st.params) for st in reads if st is not None]
+        budget = self.config.inline_read_budget
+        if budget > 0 and (db_timeout is None or db_timeout > budget):
+            res = self.db.read_inline(pairs, transaction=bool(transaction), budget=budget)
+            if res is not None:
+                self.counters["reads_local"] += 1
+                return _merge_refused(reads, res)
         loop = asyncio.get_running_loop()
         res = await loop.run_in_executor(
             self._reads, lambda: self.db.read(pairs, transaction=bool(transaction),

@@ -308,3 +308,21 @@ def test_write_timeout_is_reported_and_others_unaffected(env):
         await asyncio.sleep(0.5)
         return await store.query([Statement("SELECT count(*) FROM t")])
     assert run(go())["results"][0]["values"] == [[0]]
+
+
+def test_long_read_falls_back_from_the_loop_to_a_thread(env):
+    """A read past the inline budget is interrupted on the loop and re-run on a reader
+    thread, giving the full answer."""
+    store, _ = env
+    q = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) "
+         "SELECT count(*) FROM c")
+
+    async def go():
+        r = await store.query([Statement(q)], level="none")
+        p = await store.query([Statement("SELECT 1")], level="none")
+        return r, p
+    r, p = run(go())
+    assert r["results"][0]["values"] == [[3000000]]
+    assert p["results"][0]["values"] == [[1]]
+    st = store.db.stats()
+    assert st["inline_fallbacks"] >= 1 and st["inline_reads"] >= 1
