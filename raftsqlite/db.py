@@ -303,6 +303,31 @@ class Database:
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
         self.stats_counters["snapshots"] += 1
 
+    def copy_files_to(self, path):
+        """Fast consistent copy for the apply thread only: with no write in progress (the
+        caller is the writer's own thread, between transactions) and no other connection
+        able to write or checkpoint (readers are read-only), the database file plus its
+        WAL *is* a consistent state. Copy both at file speed, then fold the WAL into the
+        copy and make it a plain file. About 3x faster than the backup API, which matters
+        because the writer waits for it."""
+        import shutil
+        tmp = path + ".tmp"
+        for p in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+            if os.path.exists(p):
+                os.unlink(p)
+        shutil.copyfile(self.path, tmp)
+        if os.path.exists(self.path + "-wal"):
+            shutil.copyfile(self.path + "-wal", tmp + "-wal")
+        dst = apsw.Connection(tmp, flags=_RW)
+        try:
+            dst.execute("PRAGMA journal_mode=DELETE")   # checkpoints and drops the WAL
+        finally:
+            dst.close()
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self.stats_counters["snapshots"] += 1
+
     def restore_from(self, path):
         """Replace the whole database by the SQLite file at ``path`` (writer thread).
         Readers keep working and see the new state once it commits."""

@@ -76,6 +76,7 @@ class FSM:
         self._handlers = {"drop_all": _drop_all}
         self._restore_listeners = []
         self._lock = threading.Lock()    # apply/restore never overlap
+        self._apply_thread = None
         for sql in _SCHEMA:
             db.internal(sql)
         self._applied, self._applied_term = self._read_meta()
@@ -107,6 +108,7 @@ class FSM:
         todo = [(i, e) for i, e in enumerate(entries) if e.index > self._applied]
         if not todo:
             return results
+        self._apply_thread = threading.get_ident()
         with self._lock:
             poisoned = set()
             while True:
@@ -148,7 +150,14 @@ class FSM:
         """Consistent copy of the database at some applied index; returns that
         (index, term), read from the copy itself so they always match its contents."""
         t0 = time.perf_counter()
-        self.db.backup_to(path)
+        if threading.get_ident() == self._apply_thread:
+            # Called on the apply thread: applies wait for us whatever we do, so take the
+            # fastest consistent copy (raw files; nothing can write meanwhile).
+            with self._lock:
+                self.db.copy_files_to(path)
+        else:
+            # Another thread: copy from a read transaction while applies go on.
+            self.db.backup_to(path)
         self.counters["last_snapshot_seconds"] = time.perf_counter() - t0
         self.counters["snapshots"] += 1
         meta = dict(self.db.read_file_internal(path, "SELECT k, v FROM _raftsqlite_meta"))

@@ -164,3 +164,25 @@ def test_snapshot_and_restore(fsm, tmp_path):
     other.apply([ex(3, req("INSERT INTO t VALUES (2)"), term=3)])
     assert other_db.checksum("t") == fsm.db.checksum("t")
     other_db.close()
+
+
+def test_snapshot_on_apply_thread_and_elsewhere_agree(fsm, tmp_path):
+    """Both snapshot paths (raw files on the apply thread, backup API on another thread)
+    give a file holding exactly the state at the index they return, including rows
+    still only in the WAL."""
+    import threading
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))] +
+              [ex(i, req(("INSERT INTO t VALUES (?)", [i]))) for i in range(2, 40)])
+    a = str(tmp_path / "a.snap")
+    b = str(tmp_path / "b.snap")
+    assert fsm.snapshot(a) == (39, 1)                  # same thread as apply
+    out = []
+    th = threading.Thread(target=lambda: out.append(fsm.snapshot(b)))
+    th.start()
+    th.join(10)
+    assert out == [(39, 1)]
+    for p in (a, b):
+        assert Database.read_file_internal(p, "SELECT count(*), sum(a) FROM t") == \
+            [(38, sum(range(2, 40)))]
+        with open(p, "rb") as f:
+            assert f.read(20)[18:20] == b"\x01\x01"   # rollback-journal file, no WAL needed
