@@ -186,3 +186,34 @@ def test_snapshot_on_apply_thread_and_elsewhere_agree(fsm, tmp_path):
             [(38, sum(range(2, 40)))]
         with open(p, "rb") as f:
             assert f.read(20)[18:20] == b"\x01\x01"   # rollback-journal file, no WAL needed
+
+
+def test_request_hook_refuses_one_request(fsm):
+    """A request hook raising a RaftSQLiteError fails that request alone, before its
+    statements run; neighbours in the batch apply."""
+    from raftsqlite.errors import Moved
+
+    def hook(ctx, request):
+        if request.request_id == b"stale":
+            raise Moved("key range moved; refresh the catalog")
+    fsm.register_system_handler("noop", lambda ctx, a: None)
+    fsm.add_request_hook(hook)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))])
+    res = fsm.apply([ex(2, req("INSERT INTO t VALUES (1)", request_id=b"stale"),
+                        req("INSERT INTO t VALUES (2)"))])[0]["results"]
+    assert res[0][0]["code"] == "moved" and "moved" in res[0][0]["error"]
+    assert res[1][0]["rows_affected"] == 1
+    assert fsm.db.read([("SELECT a FROM t", None)])[0]["values"] == [[2]]
+
+
+def test_create_function_on_writer_and_readers(fsm):
+    """A function registered once is usable by applies and by reads on any thread."""
+    import threading
+    fsm.db.create_function("twice", 1, lambda x: 2 * x)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)", "INSERT INTO t VALUES (twice(21))"))])
+    out = []
+    th = threading.Thread(target=lambda: out.append(
+        fsm.db.read([("SELECT twice(a) FROM t", None)])[0]["values"]))
+    th.start()
+    th.join(10)
+    assert out == [[[84]]]
