@@ -158,7 +158,26 @@ def _render_one(r, timings, associative, query_family):
 
 
 def render_results(results, *, timings=False, associative=False, query_family=False):
-    return [_render_one(r, timings, associative, query_family) for r in results]
+    if timings or associative:
+        return [_render_one(r, timings, associative, query_family) for r in results]
+    # The common case, kept tight for 1000-statement batches.
+    out = []
+    append = out.append
+    for r in results:
+        if "columns" in r or r.get("error"):
+            append(_render_one(r, False, False, query_family))
+            continue
+        lid = r.get("last_insert_id")
+        ra = r.get("rows_affected")
+        if lid and ra:
+            append({"last_insert_id": lid, "rows_affected": ra})
+        elif lid:
+            append({"last_insert_id": lid})
+        elif ra:
+            append({"rows_affected": ra})
+        else:
+            append({})
+    return out
 
 
 def rqlite_body(result, p, *, started=None, query_family=False, now=None):

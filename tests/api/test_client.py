@@ -1,5 +1,4 @@
 """raftsqlite.client: convenience calls, pooled connections, transport errors as ours."""
-import asyncio
 
 import pytest
 
