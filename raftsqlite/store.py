@@ -26,7 +26,7 @@ from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.db import split_sql
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, PayloadTooLarge, RaftSQLiteError, StaleRead,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped, RaftSQLiteError, StaleRead,
                                Timeout)
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
@@ -191,6 +191,10 @@ class Store:
     def _map_error(self, exc):
         if isinstance(exc, NotLeader):
             return self._not_leader()
+        if isinstance(exc, ProposalDropped) and not self.raft.is_leader:
+            # definitely not committed and we lost leadership: the caller (HTTP) may
+            # safely forward the same request to the new leader
+            return self._not_leader()
         if isinstance(exc, (EncodeError, OverflowError, TypeError, ValueError)) and \
                 not isinstance(exc, RaftSQLiteError):
             return BadRequest(f"cannot encode request: {exc}")
@@ -201,6 +205,22 @@ class Store:
         if isinstance(exc, asyncio.TimeoutError):
             return Timeout("proposal timed out; outcome unknown")
         return OutcomeUnknown(f"write failed: {type(exc).__name__}: {exc}")
+
+    async def system(self, ops, *, timeout=None):
+        """Propose SYSTEM ops ``[(name, args: bytes)]`` (handled by FSM handlers registered
+        by name, e.g. the sharding catalog). -> {"results": [one per op], "raft_index"}."""
+        ops = [(str(n), bytes(a)) for n, a in ops]
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.SYSTEM, ops=ops),
+                                      timeout or self.config.write_timeout)
+        return {"results": res["results"], "raft_index": res["index"]}
+
+    async def barrier(self, *, timeout=None):
+        """Return once everything proposed before this call is applied here (leader)."""
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.NOOP),
+                                      timeout or self.config.write_timeout)
+        return res["index"]
 
     async def _propose_one(self, cmd, timeout):
         try:
@@ -247,6 +267,12 @@ class Store:
     async def _local_read(self, stmts, transaction, db_timeout):
         reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
         pairs = [(st.sql, st.params) for st in reads if st is not None]
+        budget = self.config.inline_read_budget
+        if budget > 0 and (db_timeout is None or db_timeout > budget):
+            res = self.db.read_inline(pairs, transaction=bool(transaction), budget=budget)
+            if res is not None:
+                self.counters["reads_local"] += 1
+                return _merge_refused(reads, res)
         loop = asyncio.get_running_loop()
         res = await loop.run_in_executor(
             self._reads, lambda: self.db.read(pairs, transaction=bool(transaction),

@@ -357,6 +357,10 @@ class RaftNode:
         if len(dl) > 4 * (len(self._pending) + len(self._props) + len(self._reads) + 64):
             self._deadlines = [d for d in dl if not d[2].done()]
             heapq.heapify(self._deadlines)
+        if len(self._read_rounds) > 64:
+            # Rounds whose answer never came (leader lost): their callers timed out.
+            self._read_rounds = {c: fs for c, fs in self._read_rounds.items()
+                                 if not all(f.done() for f in fs)}
 
     def _resolve(self, node_id):
         m = self.core.member(node_id) if self.core is not None else None
@@ -542,7 +546,8 @@ class RaftNode:
                 if not f.done():
                     f.set_result(None)
         th = self.config.snapshot_threshold
-        if th and not self._snapshotting and self._applied - self._snap_index >= th:
+        if th and self._running and not self._snapshotting and \
+                self._applied - self._snap_index >= th:
             self._snapshotting = True
             self._loop.create_task(self._take_snapshot())
 

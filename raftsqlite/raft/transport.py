@@ -22,6 +22,7 @@ import random
 import socket
 
 from raftsqlite import codec
+from raftsqlite.codec.model import MsgType
 from raftsqlite.errors import DecodeError
 from raftsqlite.raft.config import split_addr
 
@@ -32,6 +33,8 @@ T_HELLO_OK = 0x81
 T_HELLO_REFUSE = 0x82   # payload: the reason, UTF-8
 PROTOCOL_VERSION = 1
 CONNECT_QUEUE_BYTES = 1 << 20   # kept for a peer while its connection is being made
+# Requests a follower forwards to its leader keep the original sender in ``frm``.
+_FORWARDED = (MsgType.READ_INDEX, MsgType.TRANSFER_LEADER)
 
 
 class _Inbound(asyncio.Protocol):
@@ -74,7 +77,7 @@ class _Inbound(asyncio.Protocol):
                 owner.stats_["bad_frames"] += 1
                 self.tr.close()
                 return
-            if g != group or msg.frm != self.peer:
+            if g != group or (msg.frm != self.peer and msg.type not in _FORWARDED):
                 owner.stats_["misrouted"] += 1
                 continue
             owner.stats_["msgs_in"] += 1

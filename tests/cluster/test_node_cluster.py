@@ -228,11 +228,12 @@ def test_new_member_catches_up_by_snapshot(tmp_path):
 
 
 def test_non_voter_read_replica(tmp_path):
-    """-non-voter joins as a learner: not counted as a voter, forwards writes, serves
-    local reads with the replicated data."""
+    """-non-voter joins as a learner (through the second -join address when the first is
+    dead): not counted as a voter, forwards writes, serves local reads, honours freshness."""
     n1 = NodeProc(str(tmp_path), "node1", free_port(), free_port()).start()
-    n2 = NodeProc(str(tmp_path), "node2", free_port(), free_port(), join=[n1.http],
-                  extra=["-non-voter"])
+    # the first -join address is dead: the node must go on to the next one
+    n2 = NodeProc(str(tmp_path), "node2", free_port(), free_port(),
+                  join=[f"127.0.0.1:{free_port()}", n1.http], extra=["-non-voter"])
     try:
         wait_for(n1.ready, 30, "node1 ready")
         n2.start()

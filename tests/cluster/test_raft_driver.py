@@ -122,3 +122,61 @@ def test_raising_apply_fails_stop(tmp_path):
         assert node.stats()["failed"]
         await node.stop()
     run(main())
+
+
+def test_nothing_acknowledged_before_durable(tmp_path):
+    """Three members in one loop: every successful APPEND_RESP names only entries that
+    member had already fdatasynced, and every vote granted was durable (state file
+    written) before the answer left."""
+    from raftsqlite.codec.model import MsgType
+
+    async def main():
+        ports = [free_port() for _ in range(3)]
+        ids = ["a", "b", "c"]
+        members = [Member(i, f"127.0.0.1:{p}") for i, p in zip(ids, ports)]
+        nodes = []
+        violations = []
+        for nid, port in zip(ids, ports):
+            c = RaftConfig(node_id=nid, data_dir=str(tmp_path / nid), tick_interval=0.01,
+                           raft_addr=f"127.0.0.1:{port}")
+            node = RaftNode(c, KVStateMachine())
+            await node.start()
+            durable = {"last": 0, "vote": ("", 0)}
+            real_write = node.log.write
+
+            def write(b, real_write=real_write, durable=durable):
+                real_write(b)
+                if b.entries:
+                    durable["last"] = b.entries[-1].index
+                elif b.truncate is not None:
+                    durable["last"] = min(durable["last"], b.truncate[0].first + b.truncate[2] - 1)
+                if b.state_bytes is not None:
+                    durable["vote"] = (b.state.vote, b.state.term)
+            node.log.write = write
+            real_send = node.transport.send
+
+            def send(m, real_send=real_send, durable=durable, nid=nid):
+                if m.type == MsgType.APPEND_RESP and not m.reject and m.index > durable["last"]:
+                    violations.append((nid, "ack", m.index, durable["last"]))
+                if m.type == MsgType.VOTE_RESP and not m.reject and \
+                        durable["vote"] != (m.to, m.term):
+                    violations.append((nid, "vote", m.to, m.term, durable["vote"]))
+                real_send(m)
+            node.transport.send = send
+            nodes.append(node)
+        for n in nodes:
+            await n.bootstrap(members)
+        for _ in range(500):
+            if any(n.is_leader for n in nodes):
+                break
+            await asyncio.sleep(0.01)
+        lead = next(n for n in nodes if n.is_leader)
+        for i in range(0, 600, 100):
+            await asyncio.gather(*[lead.propose(b"k%d=v" % j) for j in range(i, i + 100)])
+        await lead.transfer_leadership(None, timeout=5)   # one more election
+        lead = next(n for n in nodes if n.is_leader)
+        await asyncio.gather(*[lead.propose(b"z%d=v" % j) for j in range(100)])
+        for n in nodes:
+            await n.stop()
+        assert not violations, violations[:5]
+    run(main())

@@ -203,6 +203,9 @@ def test_leader_kill9_then_restart_catches_up(group):
         assert ss[0]["keys"] == 300
         vals = await read_all(g, new, [b"a5", b"b199"])
         assert vals == {b"a5": b"v-a5", b"b199": b"v-b199"}
+        # a linearizable read on the restarted follower sees the latest write
+        await write_keys(g, [b"last"])
+        assert await read_all(g, old, [b"last"]) == {b"last": b"v-last"}
         # a follower refuses writes, naming the leader
         c = await g.client(old)
         try:
