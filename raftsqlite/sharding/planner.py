@@ -1,0 +1,1127 @@
+"""SQL text -> route plan, parsed once per text (sqlglot) and cached.
+
+A plan is *logical*: it says which table and which key values a statement is bound to,
+the SQL to run on one shard (the original text) or on many (a rewrite), and how to merge.
+It does not say which groups own the keys: ``Plan.route(catalog, params)`` resolves that
+at execution time from the current catalog, so a catalog refresh never invalidates the
+cache. The cache is dropped only when table registrations change (``schema_version``).
+
+What is refused, and why, is decided here; see docs/design/sharding.md for the list.
+"""
+import threading
+from collections import OrderedDict
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from raftsqlite.errors import RoutingRefused
+from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding.merge import PARTIALS
+from raftsqlite.sharding.ownership import GuardItem
+
+D = "sqlite"
+_DIALECT = sqlglot.Dialect.get_or_raise(D)
+DEFAULT_GROUP = "default"
+
+
+def _refuse(why, todo):
+    return RoutingRefused(f"{why}. What to do: {todo}.")
+
+
+# ---- plans ----------------------------------------------------------------------------
+
+class Call:
+    """One statement to run on one group."""
+    __slots__ = ("group", "sql", "params", "guard")
+
+    def __init__(self, group, sql, params, guard=None):
+        self.group = group
+        self.sql = sql
+        self.params = params
+        self.guard = guard  # list[GuardItem] or None (unsharded)
+
+    def __repr__(self):
+        return f"Call({self.group!r}, {self.sql!r}, {self.params!r})"
+
+
+class Route:
+    """A plan resolved against a catalog: the calls and how to combine their results."""
+    __slots__ = ("kind", "calls", "merge", "write")
+
+    def __init__(self, kind, calls, merge=None, write=False):
+        self.kind = kind      # "default" | "single" | "scatter" | "fanout"
+        self.calls = calls
+        self.merge = merge    # None (one call), or a merge spec dict
+        self.write = write
+
+
+class Plan:
+    kind = "default"
+    write = False
+
+    def route(self, catalog, params):
+        raise NotImplementedError
+
+    def explain(self, catalog, params=None):
+        r = self.route(catalog, params)
+        return {"kind": self.kind, "route": r.kind, "write": r.write,
+                "tables": getattr(self, "tables", []),
+                "shards": [c.group for c in r.calls],
+                "sql": [{"shard": c.group, "sql": c.sql} for c in r.calls],
+                "merge": _merge_steps(r.merge)}
+
+
+class DefaultPlan(Plan):
+    """Not about any sharded table: the default group runs it unchanged."""
+    kind = "default"
+
+    def __init__(self, sql, write=None):
+        self.sql = sql
+        self.tables = []
+        self.write = write
+
+    def route(self, catalog, params):
+        return Route("default", [Call(DEFAULT_GROUP, self.sql, params)], None, self.write)
+
+
+def _merge_steps(m):
+    if not m:
+        return ["none: one shard answers"]
+    if m["kind"] == "write":
+        return ["per-shard results: rows_affected summed; each shard's outcome reported"]
+    if m["kind"] == "agg":
+        return [f"partial aggregates per shard ({m['width']} columns)",
+                f"re-aggregate in SQLite: {m['final_sql']}"]
+    steps = []
+    if m.get("order"):
+        steps.append("k-way merge on " + ", ".join(
+            f"column {i}{' DESC' if d else ''}" for i, d, _, _ in m["order"]))
+    else:
+        steps.append("concatenate")
+    if m.get("distinct"):
+        steps.append("remove duplicates across shards")
+    if m.get("limit") or m.get("offset"):
+        steps.append(f"each shard returns LIMIT+OFFSET rows; slice LIMIT {_fmt_src(m.get('limit'))} "
+                     f"OFFSET {_fmt_src(m.get('offset'))}")
+    if m.get("hidden"):
+        steps.append(f"drop {m['hidden']} sort column(s) added for the merge")
+    return steps
+
+
+def _fmt_src(src):
+    if src is None:
+        return "-"
+    kind, v = src
+    return repr(v) if kind == "lit" else f"?{v + 1}" if kind == "pos" else f":{v}"
+
+
+def _params_for(names, params):
+    """Named-parameter dict for rewritten SQL, where positional ``?`` became ``:__pN``."""
+    out = {}
+    for n in names:
+        if n.startswith("__p"):
+            i = int(n[3:])
+            if not isinstance(params, (list, tuple)) or i >= len(params):
+                raise RoutingRefused(f"statement needs parameter {i + 1}, which was not given")
+            out[n] = params[i]
+        else:
+            if not isinstance(params, dict) or n not in params:
+                raise RoutingRefused(f"statement needs parameter :{n}, which was not given")
+            out[n] = params[n]
+    return out
+
+
+def _resolve(src, params):
+    kind, v = src
+    if kind == "lit":
+        return v
+    if kind == "pos":
+        if not isinstance(params, (list, tuple)) or v >= len(params):
+            raise RoutingRefused(f"statement needs parameter {v + 1}, which was not given")
+        return params[v]
+    if not isinstance(params, dict) or v not in params:
+        raise RoutingRefused(f"statement needs parameter :{v}, which was not given")
+    return params[v]
+
+
+class _Sharded(Plan):
+    """Common to plans on one colocation group."""
+
+    def _tinfo(self, catalog):
+        t = catalog.table(self.table)
+        if t is None:
+            raise RoutingRefused(f"table {self.table} is no longer registered; retry the statement")
+        col = catalog.colocations[t["colocation"]]
+        if not col["starts"]:
+            raise _refuse(f"table {self.table} is registered for sharding but is on no shard yet",
+                          "add it to a shard first: POST /table/add-to-shard")
+        return t, col
+
+    def _owners(self, catalog, params):
+        """{group: [kid, ...]} for a key-bound plan."""
+        t, col = self._tinfo(catalog)
+        out = {}
+        for src in self.keys:
+            kid = ks.key_id(_resolve(src, params), t["shard_func"], t.get("key_affinity"))
+            g = col["owners"][ks.index_of(col["starts"], kid)]
+            out.setdefault(g, []).append(kid)
+        return t, col, out
+
+    def _guard(self, col, kids):
+        return [GuardItem(tb, col["epoch"], kids) for tb in self.tables]
+
+
+class ReadPlan(_Sharded):
+    kind = "read"
+
+    def __init__(self, sql, tables, keys, scatter_sql, scatter_names, merge):
+        self.sql = sql
+        self.tables = tables
+        self.table = tables[0]
+        self.keys = keys                    # [src] or None
+        self.scatter_sql = scatter_sql
+        self.scatter_names = scatter_names  # params the rewrite needs (None: original params)
+        self.merge = merge
+
+    def route(self, catalog, params):
+        if self.keys is not None:
+            t, col, owners = self._owners(catalog, params)
+            if len(owners) == 1:
+                (g, kids), = owners.items()
+                return Route("single", [Call(g, self.sql, params, self._guard(col, kids))])
+            groups = sorted(owners)
+        else:
+            t, col = self._tinfo(catalog)
+            owners = {}
+            groups = sorted(set(col["owners"]))
+            if len(groups) == 1:
+                return Route("single", [Call(groups[0], self.sql, params, self._guard(col, None))])
+        p = params if self.scatter_names is None else _params_for(self.scatter_names, params)
+        calls = [Call(g, self.scatter_sql, p, self._guard(col, owners.get(g))) for g in groups]
+        return Route("scatter", calls, self.merge)
+
+
+class WritePlan(_Sharded):
+    """UPDATE / DELETE."""
+    kind = "write"
+    write = True
+
+    def __init__(self, sql, table, keys, single_only):
+        self.sql = sql
+        self.table = table
+        self.tables = [table]
+        self.keys = keys
+        self.single_only = single_only  # ORDER BY/LIMIT on a write: one shard or refuse
+
+    def route(self, catalog, params):
+        if self.keys is not None:
+            t, col, owners = self._owners(catalog, params)
+            groups = {g: kids for g, kids in owners.items()}
+        else:
+            t, col = self._tinfo(catalog)
+            groups = {g: None for g in sorted(set(col["owners"]))}
+        if len(groups) > 1 and self.single_only:
+            raise _refuse("UPDATE/DELETE with ORDER BY or LIMIT would pick rows on each shard "
+                          "separately, not across the table",
+                          "bind the shard key to one value, or select the keys first and write by key")
+        calls = [Call(g, self.sql, params, self._guard(col, kids)) for g, kids in sorted(groups.items())]
+        return Route("single" if len(calls) == 1 else "scatter", calls,
+                     None if len(calls) == 1 else {"kind": "write"}, True)
+
+
+class InsertPlan(_Sharded):
+    kind = "insert"
+    write = True
+
+    def __init__(self, sql, table, keys, prefix, rows, suffix, row_names):
+        self.sql = sql
+        self.table = table
+        self.tables = [table]
+        self.keys = keys          # one source per VALUES row
+        self.prefix, self.rows, self.suffix = prefix, rows, suffix
+        self.row_names = row_names  # per row: parameter names its rewritten SQL uses
+
+    def route(self, catalog, params):
+        t, col = self._tinfo(catalog)
+        by = {}
+        for i, src in enumerate(self.keys):
+            kid = ks.key_id(_resolve(src, params), t["shard_func"], t.get("key_affinity"))
+            g = col["owners"][ks.index_of(col["starts"], kid)]
+            by.setdefault(g, ([], []))
+            by[g][0].append(i)
+            by[g][1].append(kid)
+        if len(by) == 1:
+            (g, (_, kids)), = by.items()
+            return Route("single", [Call(g, self.sql, params, self._guard(col, kids))], None, True)
+        calls = []
+        for g in sorted(by):
+            idx, kids = by[g]
+            sql = self.prefix + ", ".join(self.rows[i] for i in idx) + self.suffix
+            names = [n for i in idx for n in self.row_names[i]] + self.row_names[-1]
+            calls.append(Call(g, sql, _params_for(dict.fromkeys(names), params),
+                              self._guard(col, kids)))
+        return Route("scatter", calls, {"kind": "write"}, True)
+
+
+class DDLPlan(Plan):
+    """DDL on a sharded table: every shard holding it, and the default group (which keeps
+    the schema as the template for shards added later). Made idempotent so that a retry
+    after a partial failure converges."""
+    kind = "ddl"
+    write = True
+
+    def __init__(self, sql, tables, fanout_sql, all_groups=False):
+        self.sql = sql
+        self.tables = tables
+        self.fanout_sql = fanout_sql
+        self.all_groups = all_groups
+
+    def route(self, catalog, params):
+        groups = {DEFAULT_GROUP}
+        if self.all_groups:
+            groups.update(catalog.groups)
+        for t in self.tables:
+            col = catalog.colocation_of(t)
+            if col is not None:
+                groups.update(col["shards"])
+                groups.update(col["owners"])
+        calls = [Call(g, self.fanout_sql, params) for g in sorted(groups)]
+        return Route("fanout", calls, {"kind": "write", "ddl": True}, True)
+
+
+# ---- the planner ------------------------------------------------------------------------
+
+class Planner:
+    """Plans statements with a bounded LRU cache keyed by SQL text."""
+
+    def __init__(self, cache_size=2048):
+        self.cache_size = cache_size
+        self._cache = OrderedDict()
+        self._schema = None
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def plan(self, sql, catalog):
+        with self._lock:
+            if self._schema != catalog.schema_version:
+                self._cache.clear()
+                self._schema = catalog.schema_version
+            hit = self._cache.get(sql)
+            if hit is not None:
+                self._cache.move_to_end(sql)
+                self.hits += 1
+                if isinstance(hit, RoutingRefused):
+                    raise RoutingRefused(str(hit))
+                return hit
+        self.misses += 1
+        try:
+            plan = build_plan(sql, catalog)
+        except RoutingRefused as e:
+            plan = e
+        with self._lock:
+            self._cache[sql] = plan
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        if isinstance(plan, RoutingRefused):
+            raise RoutingRefused(str(plan))
+        return plan
+
+    def clear(self):
+        with self._lock:
+            self._cache.clear()
+
+    def stats(self):
+        return {"cached": len(self._cache), "capacity": self.cache_size,
+                "hits": self.hits, "misses": self.misses}
+
+
+def _mentions(sql_lower, catalog):
+    return any(t in sql_lower for t in catalog.tables)
+
+
+def build_plan(sql, catalog):
+    if not catalog.tables:
+        return DefaultPlan(sql)
+    low = sql.lower()
+    drop_index = low.lstrip().startswith("drop index")
+    if not drop_index and not _mentions(low, catalog):
+        return DefaultPlan(sql)
+    try:
+        tokens = _DIALECT.tokenize(sql)
+    except SqlglotError as e:
+        raise _refuse(f"cannot parse the statement to route it ({e})", "check its syntax") from None
+    named_sql, npos = _name_positionals(sql, tokens)
+    try:
+        stmts = [s for s in sqlglot.parse(named_sql, read=D) if s is not None]
+    except SqlglotError as e:
+        raise _refuse(f"cannot parse a statement on a sharded table to route it ({str(e)[:200]})",
+                      "use SQLite syntax that the router understands, or target one shard "
+                      "explicitly with shard_id=") from None
+    tables = _registered_in(stmts, catalog)
+    if not tables and not drop_index:
+        return DefaultPlan(sql)
+    if len(stmts) != 1:
+        raise _refuse("several statements in one SQL text touch a sharded table",
+                      "send them as separate statements")
+    st = stmts[0]
+    ctx = _Ctx(sql, tokens, catalog, npos)
+    if isinstance(st, exp.Select):
+        return _plan_select(st, ctx)
+    if isinstance(st, exp.Insert):
+        return _plan_insert(st, ctx)
+    if isinstance(st, (exp.Update, exp.Delete)):
+        return _plan_write(st, ctx)
+    if isinstance(st, (exp.Create, exp.Drop, exp.Alter)):
+        return _plan_ddl(st, ctx, tables)
+    if isinstance(st, exp.Union) or isinstance(st, exp.SetOperation):
+        raise _refuse("UNION/INTERSECT/EXCEPT over sharded tables is not supported",
+                      "run each part as its own query and combine the results")
+    if isinstance(st, exp.Command):
+        raise _refuse(f"the router cannot analyse this {st.name} statement on sharded table(s) "
+                      f"{', '.join(tables)}", "rewrite it (e.g. INSERT OR REPLACE instead of "
+                      "REPLACE), or target one shard explicitly with shard_id=")
+    if isinstance(st, (exp.Pragma, exp.Transaction, exp.Commit, exp.Rollback)):
+        return DefaultPlan(sql)
+    raise _refuse(f"{type(st).__name__.upper()} statements on sharded tables are not routed",
+                  "target one shard explicitly with shard_id=")
+
+
+class _Ctx:
+    def __init__(self, sql, tokens, catalog, npos):
+        self.sql = sql
+        self.tokens = tokens
+        self.catalog = catalog
+        self.npos = npos
+
+
+def _name_positionals(sql, tokens):
+    """Rewrite every ``?`` to ``:__pN`` (N = its position), so that rewritten SQL which
+    drops, moves or repeats a parameter still binds the right value."""
+    out, last, n = [], 0, 0
+    prev = None
+    for t in tokens:
+        if prev is not None and prev.token_type == TokenType.PLACEHOLDER and prev.text == "?" \
+                and t.token_type == TokenType.NUMBER and t.start == prev.end + 1:
+            raise _refuse("numbered parameters (?NNN) are not supported on sharded tables",
+                          "use ? or :name parameters")
+        if t.token_type == TokenType.PLACEHOLDER and t.text == "?":
+            out.append(sql[last:t.start])
+            out.append(f":__p{n}")
+            n += 1
+            last = t.end + 1
+        prev = t
+    if not n:
+        return sql, 0
+    out.append(sql[last:])
+    return "".join(out), n
+
+
+def _tname(t):
+    return t.name.lower()
+
+
+def _registered_in(stmts, catalog):
+    found = []
+    for st in stmts:
+        ctes = {c.alias_or_name.lower() for c in st.find_all(exp.CTE)}
+        for t in st.find_all(exp.Table):
+            n = _tname(t)
+            if n in catalog.tables and n not in ctes and n not in found:
+                found.append(n)
+    return found
+
+
+def _src(e):
+    """A value source for an expression that is a literal or a parameter, else None."""
+    if isinstance(e, exp.Paren):
+        return _src(e.this)
+    if isinstance(e, exp.Literal):
+        if e.is_string:
+            return ("lit", e.this)
+        try:
+            return ("lit", int(e.this))
+        except ValueError:
+            try:
+                return ("lit", float(e.this))
+            except ValueError:
+                return None
+    if isinstance(e, exp.Neg) and isinstance(e.this, exp.Literal) and not e.this.is_string:
+        s = _src(e.this)
+        return None if s is None else ("lit", -s[1])
+    if isinstance(e, exp.Placeholder):
+        n = e.name
+        if not n:
+            return None
+        if n.startswith("__p") and n[3:].isdigit():
+            return ("pos", int(n[3:]))
+        return ("name", n)
+    if isinstance(e, exp.Parameter):
+        return ("name", e.name)
+    if isinstance(e, exp.Column) and not e.table and e.name.startswith("$"):
+        return ("name", e.name[1:])
+    if isinstance(e, exp.HexString):
+        try:
+            return ("lit", bytes.fromhex(e.this))
+        except ValueError:
+            return None
+    if isinstance(e, exp.Boolean):
+        return ("lit", 1 if e.this else 0)
+    return None
+
+
+def _param_names(node):
+    names = []
+    for p in node.find_all(exp.Placeholder, exp.Parameter):
+        if p.name:
+            names.append(p.name)
+    for c in node.find_all(exp.Column):
+        if not c.table and c.name.startswith("$"):
+            names.append(c.name[1:])
+    return names
+
+
+def _conjuncts(e):
+    if e is None:
+        return []
+    if isinstance(e, exp.Paren):
+        return _conjuncts(e.this)
+    if isinstance(e, exp.And):
+        return _conjuncts(e.this) + _conjuncts(e.expression)
+    return [e]
+
+
+def _has_subquery(node):
+    return any(isinstance(n, (exp.Select, exp.Subquery)) for n in node.walk() if n is not node)
+
+
+# ---- SELECT ---------------------------------------------------------------------------
+
+class _Tables:
+    """The tables of a FROM clause: alias -> table name, checked for colocation."""
+
+    def __init__(self, sel, ctx):
+        self.alias = {}
+        cat = ctx.catalog
+        froms = []
+        if sel.args.get("from_") is not None:
+            froms.append(sel.args["from_"].this)
+        joins = sel.args.get("joins") or []
+        froms.extend(j.this for j in joins)
+        for f in froms:
+            if not isinstance(f, exp.Table):
+                raise _refuse("a subquery or table function in FROM together with a sharded "
+                              "table cannot be answered across shards",
+                              "query the sharded table directly")
+            n = _tname(f)
+            if n not in cat.tables:
+                raise _refuse(f"table {n} is not sharded (it lives in the default group) and "
+                              "cannot be joined with a sharded table",
+                              "join only tables of one colocation group on their shard key, "
+                              "or query them separately")
+            self.alias[f.alias_or_name.lower()] = n
+        cols = {cat.tables[n]["colocation"] for n in self.alias.values()}
+        if len(cols) > 1:
+            raise _refuse(f"tables {', '.join(sorted(set(self.alias.values())))} are not in one "
+                          "colocation group, so matching rows may be on different shards",
+                          "register them with colocate_with so equal keys share a shard, or "
+                          "query them separately")
+        self.names = list(dict.fromkeys(self.alias.values()))
+        self.cat = cat
+        self.joins = joins
+        self.single = len(self.alias) == 1
+
+    def key_of(self, col):
+        """The alias whose shard key ``col`` names, or None."""
+        if not isinstance(col, exp.Column):
+            return None
+        if col.table:
+            a = col.table.lower()
+            n = self.alias.get(a)
+            if n is not None and col.name.lower() == self.cat.tables[n]["shard_key"].lower():
+                return a
+            return None
+        if self.single:
+            (a, n), = self.alias.items()
+            return a if col.name.lower() == self.cat.tables[n]["shard_key"].lower() else None
+        return None
+
+    def check_colocated_join(self, where):
+        if self.single:
+            return
+        parent = {a: a for a in self.alias}
+
+        def find(a):
+            while parent[a] != a:
+                a = parent[a]
+            return a
+        conds = list(_conjuncts(where))
+        for j in self.joins:
+            kind = (j.args.get("side") or "").upper()
+            if kind in ("RIGHT", "FULL") or (j.args.get("kind") or "").upper() == "CROSS" and not j.args.get("on"):
+                pass
+            conds.extend(_conjuncts(j.args.get("on")))
+            for u in j.args.get("using") or []:
+                right = j.this.alias_or_name.lower()
+                for a, n in self.alias.items():
+                    if a != right and u.name.lower() == self.cat.tables[n]["shard_key"].lower() \
+                            and u.name.lower() == self.cat.tables[self.alias[right]]["shard_key"].lower():
+                        parent[find(a)] = find(right)
+        for c in conds:
+            if isinstance(c, exp.EQ):
+                a, b = self.key_of(c.this), self.key_of(c.expression)
+                if a and b:
+                    parent[find(a)] = find(b)
+        if len({find(a) for a in self.alias}) > 1:
+            raise _refuse("a join between sharded tables must match their shard keys (e.g. "
+                          "ON a.id = b.id); otherwise matching rows may be on different shards",
+                          "join on the shard key, or query the tables separately")
+
+
+def _key_binding(where, tabs):
+    """Sources of the shard-key values a WHERE clause binds (``=``, ``IN``), or None."""
+    for c in _conjuncts(where):
+        if isinstance(c, exp.EQ):
+            for col, val in ((c.this, c.expression), (c.expression, c.this)):
+                if tabs.key_of(col):
+                    s = _src(val)
+                    if s is not None and s != ("lit", None):
+                        return [s]
+        elif isinstance(c, exp.In) and tabs.key_of(c.this) and not c.args.get("query") \
+                and not c.args.get("unnest") and not c.args.get("is_global"):
+            srcs = [_src(v) for v in c.expressions]
+            if srcs and all(s is not None for s in srcs):
+                return srcs
+    return None
+
+
+def _span_names(sql, tokens):
+    """The text of each item of the outermost SELECT list, which is the column name
+    SQLite gives an unaliased expression (sqlglot would re-spell it)."""
+    depth, start, items, cur = 0, None, [], []
+    for t in tokens:
+        tt = t.token_type
+        if start is None:
+            if tt == TokenType.SELECT and depth == 0:
+                start = True
+            elif tt == TokenType.L_PAREN:
+                depth += 1
+            elif tt == TokenType.R_PAREN:
+                depth -= 1
+            continue
+        if depth == 0 and tt in (TokenType.DISTINCT, TokenType.ALL) and not cur and not items:
+            continue
+        if tt == TokenType.L_PAREN:
+            depth += 1
+        elif tt == TokenType.R_PAREN:
+            depth -= 1
+        if depth == 0 and tt in (TokenType.FROM, TokenType.WHERE, TokenType.GROUP_BY,
+                                 TokenType.ORDER_BY, TokenType.LIMIT, TokenType.HAVING):
+            break
+        if depth == 0 and tt == TokenType.COMMA:
+            items.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    if cur:
+        items.append(cur)
+    out = []
+    for toks in items:
+        a, b = toks[0].start, toks[-1].end + 1
+        out.append(sql[a:b].strip())
+    return out
+
+
+def _sqlite_name(proj, span):
+    if isinstance(proj, exp.Alias):
+        return proj.alias
+    if isinstance(proj, exp.Column):
+        return proj.name
+    return span
+
+
+def _is_agg(n):
+    if isinstance(n, exp.Filter):
+        return _is_agg(n.this)
+    if isinstance(n, (exp.Min, exp.Max)):
+        return not n.expressions
+    if isinstance(n, exp.Anonymous):
+        return n.name.lower() == "total"
+    return isinstance(n, exp.AggFunc)
+
+
+def _aggs(node):
+    out = []
+    for n in node.walk():
+        if _is_agg(n) and not any(_is_agg(p) for p in _ancestors(n, node)):
+            out.append(n)
+    return out
+
+
+def _ancestors(n, stop):
+    p = n.parent
+    while p is not None and p is not stop:
+        yield p
+        p = p.parent
+    if p is stop:
+        yield p
+
+
+def _limit_src(sel, arg):
+    node = sel.args.get(arg)
+    if node is None:
+        return None
+    e = node.expression if arg == "limit" else node.this if node.this is not None else node.expression
+    s = _src(e)
+    if s is None:
+        raise _refuse(f"{arg.upper()} must be a number or a parameter on a sharded table",
+                      "compute it first and pass it as a parameter")
+    return s
+
+
+def _plan_select(sel, ctx):
+    if sel.args.get("with_") is not None or sel.args.get("with") is not None:
+        raise _refuse("WITH (common table expressions) over sharded tables is not supported",
+                      "run the inner query first and pass its result as parameters")
+    if _has_subquery(sel):
+        raise _refuse("subqueries over sharded tables cannot be answered across shards "
+                      "(each shard would see only its own rows)",
+                      "run the subquery separately and pass its result as a parameter")
+    if any(isinstance(n, exp.Window) for n in sel.walk()):
+        window_ok = False
+    else:
+        window_ok = True
+    tabs = _Tables(sel, ctx)
+    where = sel.args.get("where")
+    where = where.this if where is not None else None
+    tabs.check_colocated_join(where)
+    keys = _key_binding(where, tabs)
+    projs = sel.expressions
+    spans = _span_names(ctx.sql, ctx.tokens)
+    if len(spans) != len(projs):
+        spans = [p.sql(D) for p in projs]
+    names = [_sqlite_name(p, s) for p, s in zip(projs, spans)]
+    group = sel.args.get("group")
+    group_exprs = list(group.expressions) if group is not None else []
+    having = sel.args.get("having")
+    order = sel.args.get("order")
+    has_agg = bool(group_exprs) or any(_aggs(p) for p in projs) or \
+        (having is not None and _aggs(having))
+    grouped_by_key = any(tabs.key_of(g) for g in _resolve_group(group_exprs, projs))
+
+    if not window_ok and (keys is None or len(keys) != 1):
+        raise _refuse("window functions over a sharded table would see one shard at a time",
+                      "bind the shard key to one value, or compute the window client-side")
+    if has_agg and not grouped_by_key:
+        scatter, merge = _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order)
+    else:
+        scatter, merge = _rewrite_rows(sel, projs, names, order)
+    # Rewritten SQL binds positional parameters by name (:__pN); named ones pass as given.
+    names_needed = sorted(set(_param_names(scatter))) if ctx.npos else None
+    return ReadPlan(ctx.sql, tabs.names, keys, scatter.sql(D), names_needed, merge)
+
+
+def _resolve_group(group_exprs, projs):
+    """GROUP BY items with positions and output aliases replaced by what they name."""
+    out = []
+    aliases = {p.alias.lower(): p.this for p in projs if isinstance(p, exp.Alias)}
+    for g in group_exprs:
+        if isinstance(g, exp.Literal) and not g.is_string and g.this.isdigit():
+            i = int(g.this) - 1
+            if 0 <= i < len(projs):
+                p = projs[i]
+                out.append(p.this if isinstance(p, exp.Alias) else p)
+                continue
+        if isinstance(g, exp.Column) and not g.table and g.name.lower() in aliases:
+            out.append(aliases[g.name.lower()])
+            continue
+        out.append(g)
+    return out
+
+
+def _unalias(p):
+    return p.this if isinstance(p, exp.Alias) else p
+
+
+def _order_terms(order, projs, names):
+    """[(output index or None, Ordered, inner expr, collation)]"""
+    out = []
+    for o in order.expressions:
+        e = o.this
+        coll = None
+        if isinstance(e, exp.Collate):
+            coll = e.expression.name.lower()
+            e = e.this
+        idx = None
+        if isinstance(e, exp.Literal) and not e.is_string and e.this.isdigit():
+            idx = int(e.this) - 1
+            if not 0 <= idx < len(projs):
+                raise _refuse(f"ORDER BY term {e.this} is out of range", "fix the column number")
+        elif isinstance(e, exp.Column) and not e.table:
+            for i, (p, n) in enumerate(zip(projs, names)):
+                if isinstance(p, exp.Alias) and n.lower() == e.name.lower():
+                    idx = i
+                    break
+        if idx is None:
+            for i, p in enumerate(projs):
+                if _unalias(p) == e:
+                    idx = i
+                    break
+        if coll not in (None, "binary", "nocase", "rtrim"):
+            raise _refuse(f"ORDER BY ... COLLATE {coll} cannot be merged across shards",
+                          "use BINARY, NOCASE or RTRIM")
+        out.append((idx, o, e, coll))
+    return out
+
+
+def _rewrite_rows(sel, projs, names, order):
+    """Scatter SQL and merge spec for a query whose rows do not need re-aggregation."""
+    s = sel.copy()
+    new_projs = []
+    for p, n in zip(projs, names):
+        if isinstance(p, (exp.Alias, exp.Column, exp.Star)) or \
+                (isinstance(p, exp.Column) and isinstance(p.this, exp.Star)):
+            new_projs.append(p.copy())
+        else:
+            new_projs.append(exp.alias_(p.copy(), n, quoted=True))
+    distinct = s.args.get("distinct") is not None
+    if distinct and s.args["distinct"].args.get("on"):
+        raise _refuse("DISTINCT ON is not SQLite", "use GROUP BY")
+    merge = {"kind": "rows", "order": [], "hidden": 0, "distinct": distinct}
+    if order is not None:
+        terms = _order_terms(order, projs, names)
+        hidden = []
+        for idx, o, e, coll in terms:
+            if idx is None:
+                if distinct:
+                    raise _refuse("SELECT DISTINCT ... ORDER BY a column that is not selected "
+                                  "has no single right answer to merge",
+                                  "add the ORDER BY column to the select list")
+                # A sort column the client did not select rides along at the end of each
+                # shard's rows (SELECT * has no known width, so count from the end).
+                new_projs.append(exp.alias_(e.copy(), f"__rs_o{len(hidden)}", quoted=True))
+                idx = ("hidden", len(hidden))
+                hidden.append(e)
+            merge["order"].append([idx, bool(o.args.get("desc")), bool(o.args.get("nulls_first")), coll])
+        h = len(hidden)
+        merge["order"] = [(-(h - i[1]) if isinstance(i, tuple) else i, d, nf, c)
+                          for i, d, nf, c in merge["order"]]
+        merge["hidden"] = h
+    s.set("expressions", new_projs)
+    lim, off = _limit_src(sel, "limit"), _limit_src(sel, "offset")
+    merge["limit"], merge["offset"] = lim, off
+    if off is not None or lim is not None:
+        s.set("offset", None)
+        s.set("limit", None)
+        if lim is not None:
+            if off is None:
+                s.set("limit", exp.Limit(expression=sel.args["limit"].expression.copy()))
+            elif lim[0] == "lit" and off[0] == "lit":
+                n = lim[1] if lim[1] < 0 else lim[1] + max(off[1], 0)
+                s.set("limit", exp.Limit(expression=exp.Literal.number(n)))
+            else:
+                le = sel.args["limit"].expression.copy()
+                oe = _offset_expr(sel).copy()
+                s.set("limit", exp.Limit(expression=exp.Case(
+                    ifs=[exp.If(this=exp.LT(this=le.copy(), expression=exp.Literal.number(0)),
+                                true=exp.Literal.number(-1))],
+                    default=exp.Add(this=le, expression=exp.Max(this=oe, expressions=[
+                        exp.Literal.number(0)])))))
+    return s, merge
+
+
+def _offset_expr(sel):
+    node = sel.args["offset"]
+    return node.expression if node.expression is not None else node.this
+
+
+_MERGE_FN = {"count": "SUM", "sum": "SUM", "total": "TOTAL", "min": "MIN", "max": "MAX"}
+
+
+def _agg_kind(n, tabs_key):
+    inner = n.this if isinstance(n, exp.Filter) else n
+    if isinstance(inner, exp.Count):
+        if isinstance(inner.this, exp.Distinct):
+            ds = inner.this.expressions
+            if len(ds) == 1 and tabs_key(ds[0]):
+                return "count"  # distinct keys never repeat across shards
+            raise _refuse("COUNT(DISTINCT ...) of a column other than the shard key cannot be "
+                          "merged across shards (a value may be on several shards)",
+                          "GROUP BY that column and count the rows client-side")
+        return "count"
+    if isinstance(inner, exp.Avg):
+        return "avg"
+    if isinstance(inner, (exp.Sum, exp.Min, exp.Max)):
+        if isinstance(inner.this, exp.Distinct):
+            if isinstance(inner, (exp.Min, exp.Max)):
+                return type(inner).__name__.lower()
+            raise _refuse("SUM(DISTINCT ...) cannot be merged across shards",
+                          "GROUP BY the column and sum client-side")
+        return type(inner).__name__.lower()
+    if isinstance(inner, exp.Anonymous) and inner.name.lower() == "total":
+        return "total"
+    fname = inner.sql_name() if hasattr(inner, "sql_name") else type(inner).__name__
+    raise _refuse(f"aggregate {fname} cannot be merged across shards",
+                  "use COUNT, SUM, TOTAL, MIN, MAX or AVG, GROUP BY the shard key, "
+                  "or bind the shard key to one value")
+
+
+def _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order):
+    tabs_key = tabs.key_of
+    if any(isinstance(p, exp.Star) or (isinstance(p, exp.Column) and isinstance(p.this, exp.Star))
+           for p in projs):
+        raise _refuse("SELECT * with aggregates or GROUP BY cannot be merged across shards",
+                      "name the grouped columns")
+    groups = _resolve_group(group_exprs, projs)
+    shard_cols = []
+    gcols = {}
+    for i, g in enumerate(groups):
+        gcols[i] = exp.column(f"__rs_c{len(shard_cols)}")
+        shard_cols.append(exp.alias_(g.copy(), f"__rs_g{i}", quoted=True))
+    partial_of = []  # (agg node, [shard column index], kind)
+
+    def partials(n):
+        for a, cols, kind in partial_of:
+            if a == n:
+                return cols, kind
+        kind = _agg_kind(n, tabs_key)
+        inner = n.this if isinstance(n, exp.Filter) else n
+        if kind == "avg":
+            filt = n.expression.copy() if isinstance(n, exp.Filter) else None
+            parts = [exp.Sum(this=inner.this.copy()), exp.Count(this=inner.this.copy())]
+            if filt is not None:
+                parts = [exp.Filter(this=p, expression=filt.copy()) for p in parts]
+        else:
+            parts = [n.copy()]
+        cols = []
+        for p in parts:
+            cols.append(len(shard_cols))
+            shard_cols.append(exp.alias_(p, f"__rs_a{len(shard_cols)}", quoted=True))
+        partial_of.append((n, cols, kind))
+        return cols, kind
+
+    def final(node):
+        """``node`` with group expressions and aggregates replaced by merged columns."""
+        def tr(n):
+            for i, g in enumerate(groups):
+                if n == g:
+                    return gcols[i].copy()
+            if _is_agg(n):
+                cols, kind = partials(n)
+                c = [exp.column(f"__rs_c{i}") for i in cols]
+                if kind == "avg":
+                    return exp.Case(ifs=[exp.If(this=exp.GT(this=exp.Sum(this=c[1]), expression=exp.Literal.number(0)),
+                                                true=exp.Div(this=exp.Cast(this=exp.Sum(this=c[0]), to=exp.DataType.build("REAL")),
+                                                             expression=exp.Sum(this=c[1].copy())))])
+                fn = _MERGE_FN[kind]
+                if fn == "TOTAL":
+                    return exp.Anonymous(this="TOTAL", expressions=[c[0]])
+                return {"SUM": exp.Sum, "MIN": exp.Min, "MAX": exp.Max}[fn](this=c[0])
+            return n
+        return node.copy().transform(tr)
+
+    out_projs = []
+    for p, n in zip(projs, names):
+        f = final(_unalias(p))
+        out_projs.append(exp.alias_(f, n, quoted=True))
+    names_lc = {n.lower() for n in names}
+    fin = exp.Select(expressions=out_projs).from_(PARTIALS)
+    if groups:
+        fin = fin.group_by(*[gcols[i].copy() for i in range(len(groups))])
+    if having is not None:
+        fin.set("having", exp.Having(this=final(having.this)))
+    if order is not None:
+        fin.set("order", exp.Order(expressions=[final(o) for o in order.expressions]))
+    if sel.args.get("distinct") is not None:
+        fin.set("distinct", exp.Distinct())
+    if sel.args.get("limit") is not None:
+        fin.set("limit", sel.args["limit"].copy())
+    if sel.args.get("offset") is not None:
+        fin.set("offset", sel.args["offset"].copy())
+    # Whatever column is left was neither grouped nor aggregated (SQLite's "bare column"),
+    # whose value depends on which row a shard happened to pick.
+    for part in ("expressions", "having", "order"):
+        nodes = fin.args.get(part)
+        nodes = nodes if isinstance(nodes, list) else [nodes] if nodes is not None else []
+        for c in (c for n in nodes for c in n.find_all(exp.Column)):
+            nm = c.name
+            if not c.table and nm.startswith("__rs_c") and nm[6:].isdigit():
+                continue
+            # HAVING and ORDER BY may name an output column; the select list may not
+            # name a column that is neither grouped nor aggregated.
+            if part != "expressions" and not c.table and nm.lower() in names_lc:
+                continue
+            raise _refuse(f"column {c.sql(D)} is neither grouped nor aggregated, so its value "
+                          "would depend on which shard's row was picked",
+                          "add it to GROUP BY or wrap it in an aggregate")
+    s = sel.copy()
+    for arg in ("order", "limit", "offset", "having", "distinct"):
+        s.set(arg, None)
+    s.set("expressions", shard_cols)
+    if groups:
+        s.set("group", exp.Group(expressions=[g.copy() for g in groups]))
+    width = len(shard_cols)
+    final_sql = fin.sql(D)
+    merge = {"kind": "agg", "width": width, "final_sql": final_sql,
+             "final_params": sorted(set(_param_names(fin)))}
+    return s, merge
+
+
+# ---- INSERT / UPDATE / DELETE --------------------------------------------------------
+
+def _plan_insert(ins, ctx):
+    target = ins.this
+    cols = None
+    if isinstance(target, exp.Schema):
+        cols = [c.name for c in target.expressions]
+        target = target.this
+    name = _tname(target)
+    cat = ctx.catalog
+    t = cat.tables.get(name)
+    if t is None:
+        raise _refuse("INSERT ... SELECT from a sharded table into another table is not supported",
+                      "read the rows first, then insert them")
+    src = ins.expression
+    if not isinstance(src, exp.Values):
+        raise _refuse(f"INSERT into sharded table {name} needs a VALUES list (INSERT ... SELECT "
+                      "and DEFAULT VALUES cannot be routed)", "insert explicit rows with VALUES")
+    if _has_subquery(src):
+        raise _refuse("a subquery inside INSERT VALUES on a sharded table cannot be routed",
+                      "compute the value first and pass it as a parameter")
+    if cols is None:
+        cols = t.get("columns")
+        if not cols:
+            raise _refuse(f"INSERT into sharded table {name} must name its columns",
+                          f"write INSERT INTO {name} (col, ...) VALUES (...)")
+    key = t["shard_key"].lower()
+    lc = [c.lower() for c in cols]
+    if key not in lc:
+        raise _refuse(f"INSERT into sharded table {name} does not give the shard key "
+                      f"{t['shard_key']}; an auto-assigned key cannot be routed (each shard "
+                      "would number rows on its own)", f"give {t['shard_key']} an explicit value")
+    ki = lc.index(key)
+    conflict = ins.args.get("conflict")
+    if conflict is not None:
+        for e in conflict.expressions or []:
+            if isinstance(e, exp.EQ) and isinstance(e.this, exp.Column) and e.this.name.lower() == key:
+                raise _refuse(f"ON CONFLICT DO UPDATE may not change the shard key {t['shard_key']}",
+                              "delete the row and insert it with the new key")
+    if conflict is not None and _has_subquery(conflict):
+        raise _refuse("a subquery in ON CONFLICT on a sharded table cannot be routed",
+                      "compute the value first")
+    keys = []
+    for row in src.expressions:
+        vals = row.expressions if isinstance(row, exp.Tuple) else [row]
+        if len(vals) != len(cols):
+            raise _refuse(f"a VALUES row has {len(vals)} values for {len(cols)} columns",
+                          "give one value per column")
+        s = _src(vals[ki])
+        if s is None:
+            raise _refuse(f"the shard key {t['shard_key']} must be a literal or a parameter in "
+                          "INSERT (an expression cannot be routed before it runs)",
+                          "compute the key first and pass it as a parameter")
+        if s == ("lit", None):
+            raise _refuse(f"the shard key {t['shard_key']} is NULL; a row without a key has no shard",
+                          "give the key a value")
+        keys.append(s)
+    rows = [r.sql(D) for r in src.expressions]
+    row_names = [_param_names(r) for r in src.expressions]
+    shell = ins.copy()
+    shell.set("expression", exp.Values(expressions=[exp.Tuple(expressions=[exp.column("__RS_ROWS__")])]))
+    text = shell.sql(D)
+    marker = "(__RS_ROWS__)"
+    if text.count(marker) != 1:
+        raise _refuse("cannot split this INSERT per shard", "insert rows of one shard at a time")
+    prefix, suffix = text.split(marker)
+    rest = ins.copy()
+    rest.set("expression", None)
+    row_names.append(_param_names(conflict) if conflict is not None else [])
+    if ins.args.get("returning") is not None:
+        row_names[-1] += _param_names(ins.args["returning"])
+    return InsertPlan(ctx.sql, name, keys, prefix, rows, suffix, row_names)
+
+
+def _plan_write(st, ctx):
+    target = st.this
+    if not isinstance(target, exp.Table):
+        raise _refuse("cannot find the table this statement writes", "name one table")
+    name = _tname(target)
+    t = ctx.catalog.tables.get(name)
+    if t is None:
+        raise _refuse("a write to an unsharded table that reads a sharded table cannot be routed",
+                      "read the sharded rows first, then write")
+    if st.args.get("from_") is not None or st.args.get("from") is not None or st.args.get("joins"):
+        raise _refuse("UPDATE ... FROM / DELETE with joins on a sharded table is not supported",
+                      "write by key")
+    if _has_subquery(st):
+        raise _refuse("a subquery inside UPDATE/DELETE on a sharded table would see only one "
+                      "shard's rows", "run the subquery first and pass its result as a parameter")
+    key = t["shard_key"].lower()
+    if isinstance(st, exp.Update):
+        for e in st.expressions:
+            cols = [e.this] if not isinstance(e.this, exp.Tuple) else e.this.expressions
+            for c in cols:
+                if isinstance(c, exp.Column) and c.name.lower() == key:
+                    raise _refuse(f"UPDATE cannot change the shard key {t['shard_key']} of {name}: "
+                                  "the row would have to move to another shard",
+                                  "DELETE the row and INSERT it with the new key")
+    tabs = _SingleTable(name, target.alias_or_name.lower(), key)
+    where = st.args.get("where")
+    keys = _key_binding(where.this if where is not None else None, tabs)
+    single_only = st.args.get("order") is not None or st.args.get("limit") is not None
+    return WritePlan(ctx.sql, name, keys, single_only)
+
+
+class _SingleTable:
+    def __init__(self, name, alias, key):
+        self.name, self.alias, self.key = name, alias, key
+
+    def key_of(self, col):
+        if isinstance(col, exp.Column) and col.name.lower() == self.key and \
+                (not col.table or col.table.lower() in (self.alias, self.name)):
+            return self.alias
+        return None
+
+
+# ---- DDL --------------------------------------------------------------------------------
+
+def _plan_ddl(st, ctx, tables):
+    kind = (st.args.get("kind") or "").upper()
+    if isinstance(st, exp.Drop) and kind == "INDEX":
+        s = st.copy()
+        s.set("exists", True)
+        return DDLPlan(ctx.sql, tables, s.sql(D), all_groups=True)
+    if isinstance(st, exp.Create):
+        if kind in ("VIEW", "TRIGGER"):
+            raise _refuse(f"a {kind} over sharded table(s) {', '.join(tables)} would see one "
+                          "shard's rows", "query the tables through the router instead")
+        if kind == "TABLE" and st.expression is not None:
+            raise _refuse("CREATE TABLE ... AS SELECT over a sharded table is not supported",
+                          "create the table, then insert rows through the router")
+        s = st.copy()
+        s.set("exists", True)
+        return DDLPlan(ctx.sql, tables, s.sql(D))
+    if isinstance(st, exp.Drop):
+        s = st.copy()
+        s.set("exists", True)
+        return DDLPlan(ctx.sql, tables, s.sql(D))
+    if isinstance(st, exp.Alter):
+        name = _tname(st.this)
+        t = ctx.catalog.tables.get(name)
+        key = t["shard_key"].lower()
+        for a in st.args.get("actions") or []:
+            if type(a).__name__ in ("AlterRename", "RenameTable"):
+                raise _refuse(f"renaming sharded table {name} would detach it from the catalog",
+                              "create the new table, register it, and copy the rows")
+            if isinstance(a, exp.RenameColumn) and a.this.name.lower() == key:
+                raise _refuse(f"renaming the shard key {t['shard_key']} of {name} would break routing",
+                              "keep the key column's name")
+            if isinstance(a, exp.Drop) and any(c.name.lower() == key for c in a.args.get("tables") or []):
+                raise _refuse(f"dropping the shard key {t['shard_key']} of {name} would break routing",
+                              "remove the table from sharding first")
+        # ADD COLUMN has no IF NOT EXISTS in SQLite: the router treats "duplicate column"
+        # from a shard as already applied, which makes a retried fan-out converge.
+        return DDLPlan(ctx.sql, tables, ctx.sql)
+    raise _refuse(f"this DDL on sharded table(s) {', '.join(tables)} is not routed",
+                  "target one shard explicitly with shard_id=")
