@@ -191,7 +191,8 @@ class Catalog:
             if cname in self.colocations:
                 raise BadRequest(f"colocation group {cname} exists already")
             self.colocations[cname] = {"shard_func": func, "shards": [], "starts": [],
-                                       "owners": [], "epoch": self.epoch, "fences": []}
+                                       "owners": [], "epoch": self.epoch, "fences": [],
+                                       "shard_epochs": {}}
         cols = a.get("columns")
         self.tables[t] = {"shard_key": key, "shard_func": func, "colocation": cname,
                           "key_affinity": aff,
@@ -223,8 +224,7 @@ class Catalog:
         assigned = False
         if not col["starts"]:
             # The first shard of a table takes the whole keyspace: there is nothing to move.
-            col["starts"], col["owners"] = [0], [g]
-            self._bump(col)
+            self._reown(col, [0], [g])
             assigned = True
         return {"table": t, "shard": g, "ranges_assigned": assigned, "epoch": col["epoch"]}
 
@@ -274,8 +274,7 @@ class Catalog:
         if not col["starts"]:
             raise BadRequest("the table has no ranges yet; add it to a shard first")
         start, end = int(a["start"]), int(ks.end_from_json(a.get("end")))
-        col["starts"], col["owners"] = ks.assign(col["starts"], col["owners"], start, end, owner)
-        self._bump(col)
+        self._reown(col, *ks.assign(col["starts"], col["owners"], start, end, owner))
         return {"epoch": col["epoch"]}
 
     def _op_fence(self, a):
@@ -347,18 +346,30 @@ class Catalog:
         if m["phase"] != "fenced":
             raise BadRequest(f"move {m['id']} must be fenced before its switch (is {m['phase']})")
         col = self.colocations[m["colocation"]]
-        col["starts"], col["owners"] = ks.assign(col["starts"], col["owners"], m["start"],
-                                                 m["end"], m["target"])
+        self._reown(col, *ks.assign(col["starts"], col["owners"], m["start"], m["end"], m["target"]))
         col["fences"] = [f for f in col["fences"] if not (f[0] >= m["start"] and f[1] <= m["end"])]
-        self._bump(col)
         m["phase"] = "switched"
         m["epoch"] = col["epoch"]
         return m
 
     # ---- helpers ----------------------------------------------------------------------
-    def _bump(self, col):
+    def _reown(self, col, starts, owners):
+        """Set new ranges; bump the epoch, and record it for each shard whose owned spans
+        changed. Shards check scatter writes against their own epoch, so a move between
+        two shards never makes a third one reject writes."""
+        before = {g: ks.owned_spans(col["starts"], col["owners"], g) for g in set(col["owners"])}
+        col["starts"], col["owners"] = starts, owners
+        after = {g: ks.owned_spans(starts, owners, g) for g in set(owners)}
+        changed = [g for g in set(before) | set(after) if before.get(g) != after.get(g)]
+        if not changed:
+            return
         self.epoch += 1
         col["epoch"] = self.epoch
+        for g in changed:
+            col["shard_epochs"][g] = self.epoch
+
+    def shard_epoch(self, col, group):
+        return col["shard_epochs"].get(group, 0)
 
     def _expect(self, col, a):
         if a.get("expect_epoch") is not None and a["expect_epoch"] != col["epoch"]:
@@ -409,7 +420,7 @@ class Catalog:
         for cname, col in self.colocations.items():
             spans = ks.owned_spans(col["starts"], col["owners"], group)
             if group in col["shards"] or spans:
-                out[cname] = {"epoch": col["epoch"], "shard_func": col["shard_func"],
+                out[cname] = {"epoch": col["shard_epochs"].get(group, 0), "shard_func": col["shard_func"],
                               "tables": sorted(t for t, r in self.tables.items()
                                                if r["colocation"] == cname),
                               "ranges": [[s, ks.end_to_json(e)] for s, e in spans]}

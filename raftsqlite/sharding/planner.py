@@ -169,8 +169,10 @@ class _Sharded(Plan):
             out.setdefault(g, []).append(kid)
         return t, col, out
 
-    def _guard(self, col, kids):
-        return [GuardItem(tb, col["epoch"], kids) for tb in self.tables]
+    def _guard(self, col, group, kids):
+        # The epoch is the group's own: when its ranges last changed (see Catalog._reown).
+        e = col["shard_epochs"].get(group, 0)
+        return [GuardItem(tb, e, kids) for tb in self.tables]
 
 
 class ReadPlan(_Sharded):
@@ -190,16 +192,16 @@ class ReadPlan(_Sharded):
             t, col, owners = self._owners(catalog, params)
             if len(owners) == 1:
                 (g, kids), = owners.items()
-                return Route("single", [Call(g, self.sql, params, self._guard(col, kids))])
+                return Route("single", [Call(g, self.sql, params, self._guard(col, g, kids))])
             groups = sorted(owners)
         else:
             t, col = self._tinfo(catalog)
             owners = {}
             groups = sorted(set(col["owners"]))
             if len(groups) == 1:
-                return Route("single", [Call(groups[0], self.sql, params, self._guard(col, None))])
+                return Route("single", [Call(groups[0], self.sql, params, self._guard(col, groups[0], None))])
         p = params if self.scatter_names is None else _params_for(self.scatter_names, params)
-        calls = [Call(g, self.scatter_sql, p, self._guard(col, owners.get(g))) for g in groups]
+        calls = [Call(g, self.scatter_sql, p, self._guard(col, g, owners.get(g))) for g in groups]
         return Route("scatter", calls, self.merge)
 
 
@@ -226,7 +228,7 @@ class WritePlan(_Sharded):
             raise _refuse("UPDATE/DELETE with ORDER BY or LIMIT would pick rows on each shard "
                           "separately, not across the table",
                           "bind the shard key to one value, or select the keys first and write by key")
-        calls = [Call(g, self.sql, params, self._guard(col, kids)) for g, kids in sorted(groups.items())]
+        calls = [Call(g, self.sql, params, self._guard(col, g, kids)) for g, kids in sorted(groups.items())]
         return Route("single" if len(calls) == 1 else "scatter", calls,
                      None if len(calls) == 1 else {"kind": "write"}, True)
 
@@ -254,14 +256,14 @@ class InsertPlan(_Sharded):
             by[g][1].append(kid)
         if len(by) == 1:
             (g, (_, kids)), = by.items()
-            return Route("single", [Call(g, self.sql, params, self._guard(col, kids))], None, True)
+            return Route("single", [Call(g, self.sql, params, self._guard(col, g, kids))], None, True)
         calls = []
         for g in sorted(by):
             idx, kids = by[g]
             sql = self.prefix + ", ".join(self.rows[i] for i in idx) + self.suffix
             names = [n for i in idx for n in self.row_names[i]] + self.row_names[-1]
             calls.append(Call(g, sql, _params_for(dict.fromkeys(names), params),
-                              self._guard(col, kids)))
+                              self._guard(col, g, kids)))
         return Route("scatter", calls, {"kind": "write"}, True)
 
 
