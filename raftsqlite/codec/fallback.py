@@ -487,10 +487,21 @@ def decode_message(buf):
     return group, _decode_message_body(mtype, term, index, payload)
 
 
+def _unpack_frame(frame):
+    if not isinstance(frame, tuple) or len(frame) != 5:
+        raise DecodeError("a frame is a (group, type, term, index, payload) tuple")
+    group, ftype, term, index, payload = frame
+    if not (isinstance(group, int) and isinstance(ftype, int) and isinstance(term, int)
+            and isinstance(index, int) and 0 <= group <= 0xFFFFFFFF and 0 <= ftype <= 255
+            and 0 <= term <= _U64 and 0 <= index <= _U64):
+        raise DecodeError("frame tuple fields out of range")
+    return group, ftype, term, index, _view(payload)
+
+
 def message_from_frame(frame):
     """A frame tuple from ``FrameDecoder.feed`` -> (group, Message)."""
-    group, mtype, term, index, payload = frame
-    return group, _decode_message_body(mtype, term, index, _view(payload))
+    group, mtype, term, index, payload = _unpack_frame(frame)
+    return group, _decode_message_body(mtype, term, index, payload)
 
 
 def encode_entry(entry, group=0):
@@ -516,7 +527,7 @@ def decode_entry(buf):
 
 def entry_from_frame(frame):
     """A frame tuple from ``FrameDecoder.feed`` -> (group, Entry)."""
-    group, ftype, term, index, payload = frame
+    group, ftype, term, index, payload = _unpack_frame(frame)
     return group, _entry_from(ftype, term, index, payload)
 
 
