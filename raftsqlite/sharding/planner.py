@@ -8,6 +8,7 @@ cache. The cache is dropped only when table registrations change (``schema_versi
 
 What is refused, and why, is decided here; see docs/design/sharding.md for the list.
 """
+import re
 import threading
 from collections import OrderedDict
 
@@ -362,6 +363,14 @@ def build_plan(sql, catalog):
                       "use SQLite syntax that the router understands, or target one shard "
                       "explicitly with shard_id=") from None
     tables = _registered_in(stmts, catalog)
+    if any(isinstance(st, exp.Command) for st in stmts):
+        # sqlglot could not analyse it; if a token names a sharded table, routing it
+        # blind to the default group would be a silent wrong answer.
+        named = sorted(set(re.findall(r"\w+", low)) & set(catalog.tables))
+        if named:
+            raise _refuse(f"the router cannot analyse this statement on sharded table(s) "
+                          f"{', '.join(named)}", "rewrite it (e.g. INSERT OR REPLACE instead of "
+                          "REPLACE), or target one shard explicitly with shard_id=")
     if not tables and not drop_index:
         return DefaultPlan(sql)
     if len(stmts) != 1:
