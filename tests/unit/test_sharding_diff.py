@@ -52,7 +52,10 @@ def corpus(users, orders, seed):
           ("SELECT * FROM users ORDER BY city DESC NULLS FIRST, id LIMIT 40", None, True),
           ("SELECT id FROM users ORDER BY id LIMIT -1 OFFSET 230", None, True),
           ("SELECT id, age FROM users ORDER BY age, id LIMIT 2, 5", None, True),
-          ("SELECT id FROM users LIMIT 0", None, True)]
+          ("SELECT id FROM users LIMIT 0", None, True),
+          ("SELECT id, age FROM users WHERE age > ? ORDER BY age, id LIMIT ?, ?", [a, m, n], True),
+          ("SELECT id FROM users WHERE age > :a ORDER BY id DESC LIMIT :n OFFSET :m",
+           {"a": a, "n": n, "m": m}, True)]
     # aggregates
     k = r.randint(1, 5)
     q += [("SELECT COUNT(*) FROM users", None, True),
