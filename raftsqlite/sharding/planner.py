@@ -158,13 +158,20 @@ class _Sharded(Plan):
         return t, col
 
     def _owners(self, catalog, params):
-        """{group: [kid, ...]} for a key-bound plan."""
+        """{group: [kid, ...]} for a key-bound plan. ``key = NULL`` matches no row, so a
+        NULL binding needs no shard; if nothing else is bound, any one owner answers
+        (with no rows)."""
         t, col = self._tinfo(catalog)
         out = {}
         for src in self.keys:
-            kid = ks.key_id(_resolve(src, params), t["shard_func"], t.get("key_affinity"))
+            v = _resolve(src, params)
+            if v is None:
+                continue
+            kid = ks.key_id(v, t["shard_func"], t.get("key_affinity"))
             g = col["owners"][ks.index_of(col["starts"], kid)]
             out.setdefault(g, []).append(kid)
+        if not out:
+            out[col["owners"][0]] = []
         return t, col, out
 
     def _guard(self, col, group, kids):
