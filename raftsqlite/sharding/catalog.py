@@ -463,6 +463,21 @@ class Catalog:
                         "fenced": [ks.fmt_range(*f) for f in col["fences"]]})
         return out
 
+    def describe_groups(self):
+        """The catalog's part of ``GET /shards`` (leaders and health are live state the
+        node adds): groups, members, and what each group owns."""
+        out = []
+        for g in sorted(self.groups):
+            owns = {}
+            for cname, col in self.colocations.items():
+                n = sum(1 for o in col["owners"] if o == g)
+                if n or g in col["shards"]:
+                    owns[cname] = {"ranges": n, "epoch": col["shard_epochs"].get(g, 0)}
+            out.append({"group": g, "default": g == DEFAULT_GROUP,
+                        "members": [dict(node_id=n, **m) for n, m in sorted(self.groups[g]["members"].items())],
+                        "colocations": owns})
+        return out
+
     def stats(self):
         return {"epoch": self.epoch, "version": self.version, "groups": len(self.groups),
                 "tables": len(self.tables), "colocations": len(self.colocations),

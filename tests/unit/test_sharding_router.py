@@ -322,3 +322,35 @@ def test_explain_shape(env):
     assert e["route"] == "single" and len(e["shards"]) == 1
     e = router.explain("INSERT INTO users (id, name) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
     assert e["kind"] == "insert" and sum(s["sql"].count("(") - 1 for s in e["sql"]) == 4
+
+
+def test_catalog_cache_long_poll_and_shared_refresh():
+    """Invariants: a waiting long-poll returns as soon as a newer catalog is published
+    (well within a second); concurrent refreshes share one fetch; older copies never
+    replace newer ones."""
+    from raftsqlite.sharding.cache import CatalogCache
+    from raftsqlite.sharding.catalog import Catalog
+
+    async def go():
+        master = Catalog()
+        server = CatalogCache(catalog=master.copy())
+        fetches = []
+
+        async def fetch(after, timeout):
+            fetches.append(after)
+            await asyncio.sleep(0.01)
+            return master.to_bytes()
+        client = CatalogCache(fetch)
+        waiter = asyncio.create_task(server.wait_newer(server.current().version, 2.0))
+        await asyncio.sleep(0.01)
+        master.apply("catalog.add_group", {"group": "s1"})
+        t0 = asyncio.get_running_loop().time()
+        await server.publish(master.to_bytes())
+        got = await waiter
+        assert got is not None and "s1" in got.groups
+        assert asyncio.get_running_loop().time() - t0 < 0.5
+        assert await server.wait_newer(got.version, 0.05) is None
+        await asyncio.gather(*[client.refresh() for _ in range(5)])
+        assert len(fetches) == 1 and "s1" in client.current().groups
+        assert not await client.publish(Catalog().to_bytes())
+    run(go())
