@@ -151,7 +151,7 @@ def merge_rows(results, spec, params):
     else:
         rows = (r for rows in lists for r in rows)
     if spec.get("distinct"):
-        rows = _distinct(rows)
+        rows = _distinct(rows, spec.get("distinct_colls"))
     limit = resolve_int(spec.get("limit"), params, "LIMIT")
     offset = resolve_int(spec.get("offset"), params, "OFFSET") or 0
     if offset < 0:
@@ -168,10 +168,17 @@ def merge_rows(results, spec, params):
     return {"columns": list(cols), "types": list(types or []), "values": out}
 
 
-def _distinct(rows):
+def _distinct(rows, colls=None):
+    # Values equal under a column's collation are duplicates (NOCASE 'Oslo' == 'oslo').
+    folds = [(i, _nocase if c == "nocase" else _rtrim) for i, c in enumerate(colls or ())
+             if c in ("nocase", "rtrim")]
     seen = set()
     for r in rows:
-        k = tuple(_hashable(v) for v in r)
+        k = [_hashable(v) for v in r]
+        for i, f in folds:
+            if i < len(k) and isinstance(k[i], str):
+                k[i] = f(k[i])
+        k = tuple(k)
         if k not in seen:
             seen.add(k)
             yield r
@@ -206,7 +213,9 @@ def merge_aggregates(results, spec, params):
                 raise ShardError(group, f"partial aggregate row has {len(r)} columns, expected {width}")
             rows.append(r)
     c = _conn()
-    cols = ", ".join(f"__rs_c{i}" for i in range(width))
+    colls = {int(k): v for k, v in (spec.get("colls") or {}).items()}
+    cols = ", ".join(f"__rs_c{i}" + (f" COLLATE {colls[i].upper()}" if i in colls else "")
+                     for i in range(width))
     c.execute(f"DROP TABLE IF EXISTS temp.{PARTIALS}")
     c.execute(f"CREATE TEMP TABLE {PARTIALS} ({cols})")
     try:

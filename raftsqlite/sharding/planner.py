@@ -486,7 +486,7 @@ def _plan_select(sel, ctx):
     if has_agg and not grouped_by_key:
         scatter, merge = _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order)
     else:
-        scatter, merge = _rewrite_rows(sel, projs, names, order)
+        scatter, merge = _rewrite_rows(sel, tabs, projs, names, order)
     # Rewritten SQL binds positional parameters by name (:__pN); named ones pass as given.
     names_needed = sorted(set(_param_names(scatter))) if ctx.npos else None
     return ReadPlan(ctx.sql, tabs.names, keys, scatter, names_needed, merge)

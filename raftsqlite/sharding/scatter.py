@@ -6,7 +6,11 @@
 - the rewrite of a SELECT for scatter-gather: extra sort columns and LIMIT n+m for row
   merges, partial aggregates plus the final re-aggregation query for aggregate merges.
 """
+from functools import lru_cache
+
+import sqlglot
 from sqlglot import exp
+from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
 from raftsqlite.errors import RoutingRefused
@@ -89,6 +93,25 @@ def _has_subquery(node):
 
 # ---- SELECT ---------------------------------------------------------------------------
 
+@lru_cache(maxsize=256)
+def declared_collations(create_sql):
+    """``{column: collation}`` for columns declared with COLLATE in a CREATE TABLE.
+    SQLite orders, groups and compares such a column by its collation even when a query
+    does not say so, so the merge must too."""
+    if not create_sql:
+        return {}
+    try:
+        st = sqlglot.parse_one(create_sql, read=D)
+    except SqlglotError:
+        return {}
+    out = {}
+    for cd in st.find_all(exp.ColumnDef):
+        for c in cd.args.get("constraints") or []:
+            if isinstance(c.args.get("kind"), exp.CollateColumnConstraint):
+                out[cd.name.lower()] = c.args["kind"].this.name.lower()
+    return out
+
+
 class _Tables:
     """The tables of a FROM clause: alias -> table name, checked for colocation."""
 
@@ -122,6 +145,21 @@ class _Tables:
         self.cat = cat
         self.joins = joins
         self.single = len(self.alias) == 1
+        self.colls = {a: declared_collations(cat.tables[n].get("create_sql"))
+                      for a, n in self.alias.items()}
+
+    def collation_of(self, e):
+        """The collation SQLite uses for expression ``e``: an explicit COLLATE, else the
+        declared collation of a plain column, else None (BINARY)."""
+        if isinstance(e, exp.Collate):
+            return e.expression.name.lower()
+        if not isinstance(e, exp.Column):
+            return None
+        name = e.name.lower()
+        if e.table:
+            return self.colls.get(e.table.lower(), {}).get(name)
+        found = {c[name] for c in self.colls.values() if name in c}
+        return found.pop() if len(found) == 1 else None
 
     def key_of(self, col):
         """The alias whose shard key ``col`` names, or None."""
@@ -293,7 +331,7 @@ def _unalias(p):
     return p.this if isinstance(p, exp.Alias) else p
 
 
-def _order_terms(order, projs, names):
+def _order_terms(order, projs, names, tabs):
     """[(output index or None, Ordered, inner expr, collation)]"""
     out = []
     for o in order.expressions:
@@ -317,14 +355,17 @@ def _order_terms(order, projs, names):
                 if _unalias(p) == e:
                     idx = i
                     break
+        if coll is None:
+            coll = tabs.collation_of(e if idx is None or isinstance(e, exp.Column) and e.table
+                                     else _unalias(projs[idx]))
         if coll not in (None, "binary", "nocase", "rtrim"):
-            raise _refuse(f"ORDER BY ... COLLATE {coll} cannot be merged across shards",
+            raise _refuse(f"ordering by collation {coll} cannot be merged across shards",
                           "use BINARY, NOCASE or RTRIM")
         out.append((idx, o, e, coll))
     return out
 
 
-def _rewrite_rows(sel, projs, names, order):
+def _rewrite_rows(sel, tabs, projs, names, order):
     """Scatter SQL and merge spec for a query whose rows do not need re-aggregation."""
     s = sel.copy()
     new_projs = []
@@ -337,9 +378,10 @@ def _rewrite_rows(sel, projs, names, order):
     distinct = s.args.get("distinct") is not None
     if distinct and s.args["distinct"].args.get("on"):
         raise _refuse("DISTINCT ON is not SQLite", "use GROUP BY")
-    merge = {"kind": "rows", "order": [], "hidden": 0, "distinct": distinct}
+    merge = {"kind": "rows", "order": [], "hidden": 0, "distinct": distinct,
+             "distinct_colls": [tabs.collation_of(_unalias(p)) for p in projs] if distinct else None}
     if order is not None:
-        terms = _order_terms(order, projs, names)
+        terms = _order_terms(order, projs, names, tabs)
         hidden = []
         for idx, o, e, coll in terms:
             if idx is None:
@@ -425,7 +467,10 @@ def _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order):
     groups = _resolve_group(group_exprs, projs)
     shard_cols = []
     gcols = {}
+    colls = {}  # partial column -> collation it must keep in the final aggregation
     for i, g in enumerate(groups):
+        if tabs.collation_of(g):
+            colls[len(shard_cols)] = tabs.collation_of(g)
         gcols[i] = exp.column(f"__rs_c{len(shard_cols)}")
         shard_cols.append(exp.alias_(g.copy(), f"__rs_g{i}", quoted=True))
     partial_of = []  # (agg node, [shard column index], kind)
@@ -445,6 +490,8 @@ def _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order):
             parts = [n.copy()]
         cols = []
         for p in parts:
+            if kind in ("min", "max") and tabs.collation_of(inner.this):
+                colls[len(shard_cols)] = tabs.collation_of(inner.this)
             cols.append(len(shard_cols))
             shard_cols.append(exp.alias_(p, f"__rs_a{len(shard_cols)}", quoted=True))
         partial_of.append((n, cols, kind))
@@ -512,6 +559,10 @@ def _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order):
         s.set("group", exp.Group(expressions=[g.copy() for g in groups]))
     width = len(shard_cols)
     final_sql = fin.sql(D)
-    merge = {"kind": "agg", "width": width, "final_sql": final_sql,
+    bad = {c for c in colls.values() if c not in ("binary", "nocase", "rtrim")}
+    if bad:
+        raise _refuse(f"collation {', '.join(sorted(bad))} is not available to merge across shards",
+                      "group by a column with BINARY, NOCASE or RTRIM collation")
+    merge = {"kind": "agg", "width": width, "final_sql": final_sql, "colls": colls,
              "final_params": sorted(set(_param_names(fin)))}
     return s, merge
