@@ -201,6 +201,24 @@ class Catalog:
         self.schema_version += 1
         return {"table": t, "colocation": cname}
 
+    def _op_set_table_schema(self, a):
+        """Record what the router learns about a table after registration (its CREATE
+        statement, column list, key affinity), e.g. after a routed CREATE TABLE."""
+        t = self._table(a["table"])
+        rec = self.tables[t]
+        if "key_affinity" in a:
+            if a["key_affinity"] not in (None, "integer", "text", "blob", "real", "numeric"):
+                raise BadRequest(f"key_affinity {a['key_affinity']!r} is not a SQLite affinity")
+            if a["key_affinity"] != rec["key_affinity"] and self.colocations[rec["colocation"]]["starts"]:
+                raise BadRequest(f"table {t} is on shards already; changing how its keys hash "
+                                 "would strand its rows. Set key_affinity when registering")
+            rec["key_affinity"] = a["key_affinity"]
+        if "columns" in a:
+            rec["columns"] = [str(c) for c in a["columns"]] if a["columns"] else None
+        if "create_sql" in a:
+            rec["create_sql"] = a["create_sql"]
+        self.schema_version += 1
+
     def _op_unregister_table(self, a):
         t = self._table(a["table"])
         cname = self.tables[t]["colocation"]

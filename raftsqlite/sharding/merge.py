@@ -206,8 +206,11 @@ def merge_aggregates(results, spec, params):
     declared types (so values keep their types), run the plan's final query on it."""
     rows = []
     width = spec["width"]
+    shard_types = None
     for group, res in results:
         _check_shard(res, group)
+        if shard_types is None and res.get("types"):
+            shard_types = res["types"]
         for r in res.get("values") or []:
             if len(r) != width:
                 raise ShardError(group, f"partial aggregate row has {len(r)} columns, expected {width}")
@@ -229,7 +232,9 @@ def merge_aggregates(results, spec, params):
         names = [d[0] for d in cur.description] if cur.description else []
     finally:
         c.execute(f"DROP TABLE IF EXISTS temp.{PARTIALS}")
-    return {"columns": names, "types": list(spec.get("types") or [""] * len(names)), "values": values}
+    types = [shard_types[i] if i is not None and shard_types and i < len(shard_types) else ""
+             for i in (spec.get("types_from") or [None] * len(names))]
+    return {"columns": names, "types": types, "values": values}
 
 
 def _final_params(spec, params):

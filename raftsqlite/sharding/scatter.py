@@ -518,8 +518,10 @@ def _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order):
         return node.copy().transform(tr)
 
     out_projs = []
+    types_from = []  # a grouped plain column keeps the declared type the shard reported
     for p, n in zip(projs, names):
         f = final(_unalias(p))
+        types_from.append(int(f.name[6:]) if isinstance(f, exp.Column) and f.name.startswith("__rs_c") else None)
         out_projs.append(exp.alias_(f, n, quoted=True))
     names_lc = {n.lower() for n in names}
     fin = exp.Select(expressions=out_projs).from_(PARTIALS)
@@ -564,5 +566,6 @@ def _rewrite_agg(sel, tabs, projs, names, group_exprs, having, order):
         raise _refuse(f"collation {', '.join(sorted(bad))} is not available to merge across shards",
                       "group by a column with BINARY, NOCASE or RTRIM collation")
     merge = {"kind": "agg", "width": width, "final_sql": final_sql, "colls": colls,
+             "types_from": types_from,
              "final_params": sorted(set(_param_names(fin)))}
     return s, merge
