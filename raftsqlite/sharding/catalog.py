@@ -352,7 +352,7 @@ class Catalog:
             elif phase not in MOVE_PHASES or MOVE_PHASES.index(phase) < MOVE_PHASES.index(m["phase"]):
                 raise BadRequest(f"move {m['id']}: cannot go from {m['phase']} to {phase!r}")
             m["phase"] = phase
-        for k in ("rows_copied", "rows_total", "error", "updated", "resume", "checksum"):
+        for k in ("rows_copied", "rows_total", "error", "updated", "resume", "checksum", "cleaned"):
             if k in a:
                 m[k] = a[k]
         return m
@@ -426,6 +426,23 @@ class Catalog:
         if col is None or not col["starts"]:
             return None
         return col["owners"][ks.index_of(col["starts"], kid)]
+
+    def foreign_holders(self, colocation):
+        """Groups that hold rows of ``colocation`` in ranges they do not own: a move's
+        target from its first copied batch until the switch (or until a cancelled move is
+        cleaned up), its source from the switch until cleanup. Scatter statements on
+        them are restricted to owned rows."""
+        out = set()
+        for m in self.moves.values():
+            if m["colocation"] != colocation:
+                continue
+            ph = m["phase"]
+            if ph in ("copying", "catching_up", "verifying", "fenced") or \
+                    (ph in ("cancelled", "failed") and not m.get("cleaned")):
+                out.add(m["target"])
+            elif ph in ("switched", "cleaning"):
+                out.add(m["source"])
+        return out
 
     def owning_groups(self, table):
         """Groups owning part of ``table``, in a stable order."""

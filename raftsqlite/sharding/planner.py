@@ -174,6 +174,24 @@ class _Sharded(Plan):
             out[col["owners"][0]] = []
         return t, col, out
 
+    def _owned_only(self, ast, cname):
+        """``ast`` restricted to rows this shard owns: a shard that holds rows of a range
+        it does not own (a move's target while copying, its source until cleanup) must
+        not answer with them. ``rs_owns`` is the SQL function every shard registers."""
+        conds = [exp.Anonymous(this="rs_owns", expressions=[exp.Literal.string(cname),
+                                                           exp.column(key, table=alias)])
+                 for alias, key in self.owns_terms]
+        return ast.where(exp.and_(*conds), copy=True).sql(D)
+
+    def _sql_for(self, catalog, g, default_sql, ast):
+        cname = catalog.tables[self.table]["colocation"]
+        if g not in catalog.foreign_holders(cname):
+            return default_sql
+        f = self._filtered.get(cname)
+        if f is None:
+            f = self._filtered[cname] = self._owned_only(ast, cname)
+        return f
+
     def _guard(self, col, group, kids):
         # The epoch is the group's own: when its ranges last changed (see Catalog._reown).
         e = col["shard_epochs"].get(group, 0)
@@ -183,7 +201,9 @@ class _Sharded(Plan):
 class ReadPlan(_Sharded):
     kind = "read"
 
-    def __init__(self, sql, tables, keys, scatter_ast, scatter_names, merge):
+    def __init__(self, sql, tables, keys, scatter_ast, scatter_names, merge, owns_terms):
+        self.owns_terms = owns_terms        # [(alias, shard key)] of the FROM clause
+        self._filtered = {}
         self.sql = sql
         self.tables = tables
         self.table = tables[0]
@@ -214,7 +234,8 @@ class ReadPlan(_Sharded):
             if len(groups) == 1:
                 return Route("single", [Call(groups[0], self.sql, params, self._guard(col, groups[0], None))])
         p = params if self.scatter_names is None else _params_for(self.scatter_names, params)
-        calls = [Call(g, self.scatter_sql, p, self._guard(col, g, owners.get(g))) for g in groups]
+        calls = [Call(g, self._sql_for(catalog, g, self.scatter_sql, self._scatter_ast), p,
+                      self._guard(col, g, owners.get(g))) for g in groups]
         return Route("scatter", calls, self.merge)
 
 
@@ -223,7 +244,11 @@ class WritePlan(_Sharded):
     kind = "write"
     write = True
 
-    def __init__(self, sql, table, keys, single_only):
+    def __init__(self, sql, table, keys, single_only, ast, names, owns_terms):
+        self.ast = ast                  # for the owned-rows-only variant during moves
+        self.names = names              # parameters that variant binds by name, if any
+        self.owns_terms = owns_terms
+        self._filtered = {}
         self.sql = sql
         self.table = table
         self.tables = [table]
@@ -241,7 +266,11 @@ class WritePlan(_Sharded):
             raise _refuse("UPDATE/DELETE with ORDER BY or LIMIT would pick rows on each shard "
                           "separately, not across the table",
                           "bind the shard key to one value, or select the keys first and write by key")
-        calls = [Call(g, self.sql, params, self._guard(col, g, kids)) for g, kids in sorted(groups.items())]
+        calls = []
+        for g, kids in sorted(groups.items()):
+            sql = self.sql if kids is not None else self._sql_for(catalog, g, self.sql, self.ast)
+            p = params if sql is self.sql or self.names is None else _params_for(self.names, params)
+            calls.append(Call(g, sql, p, self._guard(col, g, kids)))
         return Route("single" if len(calls) == 1 else "scatter", calls,
                      None if len(calls) == 1 else {"kind": "write"}, True)
 
@@ -489,7 +518,8 @@ def _plan_select(sel, ctx):
         scatter, merge = _rewrite_rows(sel, tabs, projs, names, order)
     # Rewritten SQL binds positional parameters by name (:__pN); named ones pass as given.
     names_needed = sorted(set(_param_names(scatter))) if ctx.npos else None
-    return ReadPlan(ctx.sql, tabs.names, keys, scatter, names_needed, merge)
+    owns = [(a, ctx.catalog.tables[n]["shard_key"]) for a, n in tabs.alias.items()]
+    return ReadPlan(ctx.sql, tabs.names, keys, scatter, names_needed, merge, owns)
 
 
 # ---- INSERT / UPDATE / DELETE --------------------------------------------------------
@@ -594,7 +624,9 @@ def _plan_write(st, ctx):
     where = st.args.get("where")
     keys = _key_binding(where.this if where is not None else None, tabs)
     single_only = st.args.get("order") is not None or st.args.get("limit") is not None
-    return WritePlan(ctx.sql, name, keys, single_only)
+    names = sorted(set(_param_names(st))) if ctx.npos else None
+    return WritePlan(ctx.sql, name, keys, single_only, st, names,
+                     [(target.alias_or_name, t["shard_key"])])
 
 
 class _SingleTable:

@@ -354,3 +354,36 @@ def test_catalog_cache_long_poll_and_shared_refresh():
         assert len(fetches) == 1 and "s1" in client.current().groups
         assert not await client.publish(Catalog().to_bytes())
     run(go())
+
+
+def test_rows_of_unowned_ranges_are_never_answered(env):
+    """Invariant (fits #7): while a move's target holds copied rows it does not own yet,
+    and while its source still holds rows it no longer owns, scatter reads and writes
+    count every row exactly once."""
+    cl, router, plain, users, orders = env
+    col = cl.catalog.colocation_of("users")
+    i = col["owners"].index("s1")
+    start, end = ks.range_of(col["starts"], i)
+    mv = cl.op("move_create", table="users", start=start, end=ks.end_to_json(end), target="s2")
+    cl.op("move_update", move_id=mv["id"], phase="copying")
+    lo = ks.signed(start)
+    hi_sql, hi = (" AND rs_kid('hash', id) < ?", (ks.signed(end),)) if end < ks.KEYSPACE_END else ("", ())
+    rows = cl.sql("s1", "SELECT * FROM users WHERE rs_kid('hash', id) >= ?" + hi_sql, (lo,) + hi)
+    assert rows
+    cl.groups["s2"].conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?)", rows)  # copied
+    q = "SELECT COUNT(*), SUM(age) FROM users"
+    want = [list(plain.execute(q).fetchone())]
+    assert run(router.query([q]))[0]["values"] == want
+    res = run(router.execute(["UPDATE users SET score = 1.5 WHERE age > 40"]))[0]
+    assert res["rows_affected"] == plain.execute("UPDATE users SET score = 1.5 WHERE age > 40").rowcount
+    # the switch: the target owns the range, the source keeps its copy until cleanup
+    cl.sql("s2", "DELETE FROM users WHERE rs_kid('hash', id) >= ?" + hi_sql, (lo,) + hi)
+    cl.groups["s2"].conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                                     cl.sql("s1", "SELECT * FROM users WHERE rs_kid('hash', id) >= ?" + hi_sql, (lo,) + hi))
+    cl.op("move_update", move_id=mv["id"], phase="fenced")
+    cl.op("move_switch", move_id=mv["id"])
+    assert run(router.query([q]))[0]["values"] == want
+    got = run(router.query(["SELECT id, score FROM users ORDER BY id"]))[0]["values"]
+    assert [tuple(r) for r in got] == plain.execute("SELECT id, score FROM users ORDER BY id").fetchall()
+    cl.op("move_update", move_id=mv["id"], phase="done")
+    assert cl.catalog.foreign_holders("users") == set()
