@@ -187,3 +187,33 @@ def test_catalog_is_deterministic_and_atomic(seq):
             if col["starts"]:
                 ks.check_starts(col["starts"])
                 assert set(col["owners"]) <= set(col["shards"])
+
+
+def test_seed_api_bodies_become_catalog_ops():
+    """Invariants: the seed's /table/* bodies map to catalog ops that apply; bad bodies
+    are clear BadRequests; a plan computed from an outdated catalog is not applied; the
+    applied plan spreads the table over its shards."""
+    from raftsqlite.sharding import ops
+    c = Catalog()
+    for g in ("shard1", "shard2"):
+        c.apply("catalog.add_group", {"group": g})
+    c.apply(*ops.register({"table_name": "Users", "shard_key": "id", "shard_func": "hash"},
+                          key_decl_type="INTEGER"))
+    assert c.table("users")["key_affinity"] == "integer"
+    c.apply(*ops.add_to_shard({"table_name": "users", "shard_id": "shard1"}))
+    c.apply(*ops.add_to_shard({"table_name": "users", "shard_id": "shard2"}))
+    plan = ops.rebalance_plan({"table_name": "users", "dry_run": True}, c)
+    assert plan["dry_run"] and len(plan["moves"]) == 1
+    for op in ops.assign_ops(plan):
+        c.apply(*op)
+    assert sorted(set(c.colocation_of("users")["owners"])) == ["shard1", "shard2"]
+    before = c.to_bytes()
+    with pytest.raises(BadRequest, match="epoch changed"):
+        c.apply(*ops.assign_ops(plan)[0])   # the same plan again: computed at an old epoch
+    assert c.to_bytes() == before
+    for body in ({}, {"table_name": ""}, {"table_name": "t", "shard_key": 3}, [],
+                 {"table_name": "t", "shard_key": "id", "shard_func": "geo"}):
+        with pytest.raises(BadRequest):
+            ops.register(body)
+    with pytest.raises(NotFound):
+        c.apply(*ops.add_to_shard({"table_name": "users", "shard_id": "nope"}))
