@@ -22,17 +22,27 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def make_env(shards=("s1", "s2", "s3"), n_users=240, n_orders=600, seed=1):
+def make_env(shards=("s1", "s2", "s3"), n_users=240, n_orders=600, seed=1, func="hash"):
     cl = FakeCluster(shards)
-    cl.op("register_table", table="users", shard_key="id", shard_func="hash", key_affinity="integer",
+    cl.op("register_table", table="users", shard_key="id", shard_func=func, key_affinity="integer",
           create_sql=USERS)
-    cl.op("register_table", table="orders", shard_key="user_id", shard_func="hash",
+    cl.op("register_table", table="orders", shard_key="user_id", shard_func=func,
           key_affinity="integer", colocate_with="users")
     for s in shards:
         cl.op("add_to_shard", table="users", shard=s)
-    # The table is still empty, so the rebalance plan can switch ownership directly.
-    for m in cl.catalog.plan_rebalance("users")["moves"]:
-        cl.op("assign", table="users", start=m["start"], end=m["end"], owner=m["target"])
+    if func == "hash":
+        # The table is still empty, so the rebalance plan can switch ownership directly.
+        for m in cl.catalog.plan_rebalance("users")["moves"]:
+            cl.op("assign", table="users", start=m["start"], end=m["end"], owner=m["target"])
+    else:
+        # Range sharding: ids run from -293 to 7*n-300; cut the id space into equal parts.
+        from raftsqlite.sharding import keyspace as ks
+        hi = 7 * n_users - 300
+        cuts = [ks.key_id(-300 + (hi + 300) * (i + 1) // len(shards), "range", "integer")
+                for i in range(len(shards) - 1)]
+        bounds = [0] + cuts + [ks.KEYSPACE_END]
+        for i, s in enumerate(shards):
+            cl.op("assign", table="users", start=bounds[i], end=ks.end_to_json(bounds[i + 1]), owner=s)
     router = Router(cl.executor, cl.source)
     plain = sqlite3.connect(":memory:", isolation_level=None)
     for ddl in (USERS, ORDERS):

@@ -10,9 +10,9 @@ from sharding_env import make_env, norm_rows, run
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def env():
-    return make_env()
+@pytest.fixture(scope="module", params=["hash", "range"])
+def env(request):
+    return make_env(func=request.param)
 
 
 def corpus(users, orders, seed):
@@ -121,7 +121,8 @@ def test_scatter_really_scatters(env):
         assert rows, g
         total += len(rows)
         for (i,) in rows:
-            assert cat.owner_of("users", ks.key_id(i, "hash", "integer")) == g
+            func = cat.table("users")["shard_func"]
+            assert cat.owner_of("users", ks.key_id(i, func, "integer")) == g
     assert total == len(users)
     assert cl.sql("default", "SELECT COUNT(*) FROM users")[0][0] == 0
 
