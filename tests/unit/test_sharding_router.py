@@ -5,6 +5,7 @@ import pytest
 
 from raftsqlite.errors import Fenced, Moved, RoutingRefused
 from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding.catalog import Catalog
 from raftsqlite.sharding.fake import FakeCluster
 from raftsqlite.sharding.ownership import GuardItem
 from raftsqlite.sharding.planner import Planner
@@ -329,7 +330,6 @@ def test_catalog_cache_long_poll_and_shared_refresh():
     (well within a second); concurrent refreshes share one fetch; older copies never
     replace newer ones."""
     from raftsqlite.sharding.cache import CatalogCache
-    from raftsqlite.sharding.catalog import Catalog
 
     async def go():
         master = Catalog()
@@ -387,3 +387,47 @@ def test_rows_of_unowned_ranges_are_never_answered(env):
     assert [tuple(r) for r in got] == plain.execute("SELECT id, score FROM users ORDER BY id").fetchall()
     cl.op("move_update", move_id=mv["id"], phase="done")
     assert cl.catalog.foreign_holders("users") == set()
+
+
+def test_fsm_glue_state_follows_the_database():
+    """Invariants: own.*/catalog.* handlers keep their state only in the meta table of the
+    apply transaction: a rolled-back transaction leaves no trace in what check() sees,
+    a bad op changes nothing, and a fresh state object reads the same bytes."""
+    import sqlite3
+    from raftsqlite.errors import BadRequest
+    from raftsqlite.sharding.glue import CATALOG_OPS, CatalogState, ShardState, op_args
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE _raftsqlite_meta (k TEXT PRIMARY KEY, v)")
+
+    class Ctx:
+        def execute(self, sql, params=None):
+            return conn.execute(sql, params or ()).fetchall()
+
+    class FakeFSM:
+        def __init__(self):
+            self.h = {}
+
+        def register_system_handler(self, name, fn):
+            self.h[name] = fn
+    fsm, ctx = FakeFSM(), Ctx()
+    shard = ShardState("s1")
+    shard.register(fsm)
+    changes = []
+    cat = CatalogState(on_change=changes.append)
+    cat.register(fsm)
+    assert "catalog.register_table" in CATALOG_OPS and "own.set" in fsm.h
+    fsm.h["catalog.add_group"](ctx, op_args({"group": "s1"}))
+    assert changes and Catalog.from_bytes(changes[-1]).groups.keys() >= {"s1"}
+    conn.execute("BEGIN")
+    fsm.h["own.set"](ctx, op_args({"colocation": "t", "epoch": 1, "tables": ["t"], "ranges": [[0, None]]}))
+    shard.check(ctx.execute, [GuardItem("t", 1, [5])])
+    conn.execute("ROLLBACK")
+    with pytest.raises(Moved):
+        shard.check(ctx.execute, [GuardItem("t", 1, [5])])
+    fsm.h["own.set"](ctx, op_args({"colocation": "t", "epoch": 1, "tables": ["t"], "ranges": [[0, None]]}))
+    before = conn.execute("SELECT v FROM _raftsqlite_meta WHERE k = 'sharding.ownership'").fetchone()
+    with pytest.raises(BadRequest):
+        fsm.h["own.fence"](ctx, op_args({"colocation": "nope", "start": 0}))
+    assert conn.execute("SELECT v FROM _raftsqlite_meta WHERE k = 'sharding.ownership'").fetchone() == before
+    ShardState("s1").check(ctx.execute, [GuardItem("t", 1, [5])])
