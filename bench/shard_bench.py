@@ -10,9 +10,15 @@ Now (before integration) it measures what exists in-process:
   overhead, not cluster scaling; their keys are prefixed ``inproc_``.
 
 The cluster figures the issue asks for (``insert_rps_1_group``, ``insert_rps_2_groups``,
-``scale_ratio`` over real groups of one member each) need the integrated node; until then
-they print as null. Usage: ``python bench/shard_bench.py [--quick]``.
-Last line: one JSON object.
+``scale_ratio``, scatter latency over 1M rows) come from ``--cluster``: a default group
+and 1, then 2, shard groups of one member each (separate ``raft-sqlite`` processes on
+127.0.0.1, started and stopped by PID), driven through this router over the rqlite HTTP
+API by ``--clients`` concurrent tasks. Until the node checks guards, ``guard_checked`` is
+false (routing is exercised, ownership checks are not).
+
+Usage: ``python bench/shard_bench.py [--quick]`` (in-process) or
+``python bench/shard_bench.py --cluster [--node-src DIR] [--seconds 5] [--clients 64]
+[--rows 1000000]``. Last line: one JSON object.
 """
 import asyncio
 import json
@@ -101,8 +107,158 @@ async def inproc(shards, rows, reads):
     return ins, rd, lat
 
 
+# ---- real groups (one process each) -----------------------------------------------------
+
+class HttpGroupExecutor:
+    """``GroupExecutor`` over the rqlite-compatible API of single-member groups. The
+    guard is not sent: ownership checks need the FSM integration; here no range moves."""
+
+    def __init__(self, urls, session):
+        self.urls = urls
+        self.s = session
+
+    @staticmethod
+    def _body(statements):
+        out = []
+        for st in statements:
+            p = st.params
+            out.append([st.sql] + (list(p) if isinstance(p, (list, tuple)) else [p] if p else []))
+        return out
+
+    async def _post(self, group, path, statements):
+        async with self.s.post(self.urls[group] + path, json=self._body(statements)) as r:
+            body = await r.json(content_type=None)
+        if "results" not in body:
+            raise RuntimeError(f"{group}{path}: {body}")
+        return body["results"]
+
+    async def execute(self, group, statements, *, transaction=False, guard=None):
+        return await self._post(group, "/db/execute" + ("?transaction" if transaction else ""), statements)
+
+    async def query(self, group, statements, *, guard=None, **opts):
+        return await self._post(group, "/db/query", statements)
+
+
+class Procs:
+    """Single-member groups on free ports; stopped by PID."""
+
+    def __init__(self, node_src, tmp):
+        self.node_src, self.tmp, self.procs = node_src, tmp, []
+
+    def start(self, name):
+        import socket
+        import subprocess
+        ports = []
+        for _ in range(2):
+            with socket.socket() as so:
+                so.bind(("127.0.0.1", 0))
+                ports.append(so.getsockname()[1])
+        env = dict(os.environ, PYTHONPATH=self.node_src)
+        log = open(os.path.join(self.tmp, name + ".log"), "w")
+        p = subprocess.Popen([sys.executable, "-m", "raftsqlite", "-id", name, "-data",
+                              os.path.join(self.tmp, name), "-http", f"127.0.0.1:{ports[0]}",
+                              "-raft", f"127.0.0.1:{ports[1]}"], env=env, stdout=log, stderr=log,
+                             cwd=self.tmp)
+        self.procs.append(p)
+        return f"http://127.0.0.1:{ports[0]}"
+
+    async def ready(self, session, url, timeout=30):
+        t = time.monotonic() + timeout
+        while time.monotonic() < t:
+            try:
+                async with session.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"node at {url} not ready in {timeout}s")
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except Exception:
+                p.kill()
+
+
+async def cluster_run(n_groups, node_src, seconds, clients, rows_scan):
+    import tempfile
+    import aiohttp
+    tmp = tempfile.mkdtemp(prefix="shard_bench_")
+    procs = Procs(node_src, tmp)
+    shards = tuple(f"s{i + 1}" for i in range(n_groups))
+    try:
+        urls = {"default": procs.start("default")}
+        for s_ in shards:
+            urls[s_] = procs.start(s_)
+        conn = aiohttp.TCPConnector(limit=clients * 2)
+        async with aiohttp.ClientSession(connector=conn) as session:
+            for u in urls.values():
+                await procs.ready(session, u)
+            cl = make_cluster(shards)
+            r = Router(HttpGroupExecutor(urls, session), cl.source)
+            await r.execute(["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, city TEXT)"])
+            counter = iter(range(10 ** 9))
+
+            async def writer(stop):
+                n = 0
+                while time.monotonic() < stop:
+                    i = next(counter)
+                    await r.execute([("INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)",
+                                      [i, f"n{i}", i % 80, f"c{i % 7}"])])
+                    n += 1
+                return n
+            stop = time.monotonic() + 1.0
+            await asyncio.gather(*[writer(stop) for _ in range(clients)])   # warm-up
+            t0 = time.monotonic()
+            n = sum(await asyncio.gather(*[writer(t0 + seconds) for _ in range(clients)]))
+            ins = n / (time.monotonic() - t0)
+            written = next(counter)
+
+            async def reader(stop, seed):
+                k, m = seed, 0
+                while time.monotonic() < stop:
+                    k = (k * 7919 + 13) % written
+                    await r.query([("SELECT * FROM users WHERE id = ?", [k])])
+                    m += 1
+                return m
+            t0 = time.monotonic()
+            m = sum(await asyncio.gather(*[reader(t0 + seconds, c) for c in range(clients)]))
+            rd = m / (time.monotonic() - t0)
+            lat = {}
+            if rows_scan:
+                batch = 500
+                base = 10 ** 8
+                for b0 in range(0, rows_scan, batch * clients):
+                    async def load(start):
+                        if start >= rows_scan:
+                            return
+                        k = min(batch, rows_scan - start)
+                        vals = ", ".join(f"({base + start + j}, 'b', {(start + j) % 97}, 'x')" for j in range(k))
+                        res = await r.execute([f"INSERT INTO users (id, name, age, city) VALUES {vals}"])
+                        assert "error" not in res[0], res[0]
+                    await asyncio.gather(*[load(b0 + c * batch) for c in range(clients)])
+                for name, sql in (("count", "SELECT COUNT(*) FROM users"),
+                                  ("order_limit", "SELECT id, name FROM users ORDER BY age DESC, id LIMIT 10")):
+                    xs = []
+                    for _ in range(5):
+                        t = time.perf_counter()
+                        res = await r.query([sql])
+                        xs.append((time.perf_counter() - t) * 1e3)
+                        assert "error" not in res[0], res[0]
+                    lat[name] = round(statistics.median(xs), 1)
+            return ins, rd, lat
+    finally:
+        procs.stop()
+
+
 def main():
     quick = "--quick" in sys.argv
+    if "--cluster" in sys.argv:
+        return main_cluster()
     runs, n = (3, 20) if quick else (7, 100)
     print(f"# shard_bench: python {platform.python_version()} on {platform.machine()}, "
           f"{os.cpu_count()} cpus, hash implementation {codec.IMPLEMENTATION}")
@@ -135,6 +291,42 @@ def main():
         "insert_rps_1_group": None, "insert_rps_2_groups": None, "scale_ratio": None,
         "hash_impl": codec.IMPLEMENTATION,
     }))
+
+
+def _arg(name, default):
+    if name in sys.argv:
+        return type(default)(sys.argv[sys.argv.index(name) + 1])
+    return default
+
+
+def main_cluster():
+    """Real single-member groups (separate processes; the router runs in this process).
+    ``--node-src DIR`` puts DIR first on the nodes' PYTHONPATH (a checkout with the node)."""
+    node_src = _arg("--node-src", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    seconds = _arg("--seconds", 5.0)
+    clients = _arg("--clients", 64)
+    rows = _arg("--rows", 1_000_000)
+    print(f"# shard_bench --cluster: python {platform.python_version()}, {os.cpu_count()} cpus, "
+          f"node from {node_src}, {clients} clients, {seconds}s per phase, scan over {rows} rows")
+    print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    cat = make_cluster(("s1", "s2", "s3")).catalog
+    costs = plan_costs(cat, 7, 100)
+    warm = statistics.median(v["warm_us"] for v in costs.values())
+    cold = statistics.median(v["cold_us"] for v in costs.values())
+    out = {}
+    for n in (1, 2):
+        ins, rd, lat = asyncio.run(cluster_run(n, node_src, seconds, clients, rows if n == 2 else 0))
+        out[n] = (ins, rd, lat)
+        print(f"{n} group(s): routed single-row inserts {ins:,.0f}/s, point reads {rd:,.0f}/s"
+              + (f", scatter COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms"
+                 f" over {rows} rows" if lat else ""))
+    print(json.dumps({
+        "insert_rps_1_group": round(out[1][0]), "insert_rps_2_groups": round(out[2][0]),
+        "scale_ratio": round(out[2][0] / out[1][0], 2),
+        "point_read_rps_1_group": round(out[1][1]), "point_read_rps_2_groups": round(out[2][1]),
+        "scatter_count_ms": out[2][2].get("count"), "scatter_order_limit_ms": out[2][2].get("order_limit"),
+        "scan_rows": rows, "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
+        "guard_checked": False, "hash_impl": codec.IMPLEMENTATION}))
 
 
 if __name__ == "__main__":
