@@ -279,7 +279,7 @@ def main():
         print(f"in-process, {len(shards)} group(s), {rows} rows: routed inserts {ins:,.0f}/s, "
               f"point reads {rd:,.0f}/s, scatter COUNT(*) {lat['count']} ms, "
               f"ORDER BY LIMIT 10 {lat['order_limit']} ms")
-    print("cluster figures (real groups over HTTP/Raft): not measured yet, need the integrated node")
+    print("cluster figures (real groups over HTTP/Raft): run with --cluster")
     print(json.dumps({
         "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
         "plan_costs": costs,
