@@ -186,10 +186,9 @@ class _Tables:
                 a = parent[a]
             return a
         conds = list(_conjuncts(where))
+        # Any join kind (inner, LEFT/RIGHT/FULL outer) stays inside a shard when the key
+        # equality links every table: rows without a partner still live with their key.
         for j in self.joins:
-            kind = (j.args.get("side") or "").upper()
-            if kind in ("RIGHT", "FULL") or (j.args.get("kind") or "").upper() == "CROSS" and not j.args.get("on"):
-                pass
             conds.extend(_conjuncts(j.args.get("on")))
             for u in j.args.get("using") or []:
                 right = j.this.alias_or_name.lower()
