@@ -83,6 +83,14 @@ class FakeExecutor:
         return r
 
 
+    async def request(self, group, statements, *, transaction=False, **opts):
+        if self.yield_each:
+            await asyncio.sleep(0)
+        r = self.groups[group].run(statements, transaction, None, write=True)
+        self.log.extend((group, s.sql) for s in statements)
+        return r
+
+
 class FakeCatalogSource:
     """The authoritative catalog plus the router's cached copy. ``refresh`` copies."""
 

@@ -6,6 +6,8 @@ and wired by the node without this module knowing about HTTP, Raft or apsw:
 ``GroupExecutor``
     ``async execute(group, statements, *, transaction=False, guard=None) -> list[dict]``
     ``async query(group, statements, *, guard=None, **opts) -> list[dict]``
+    ``async request(group, statements, *, transaction=False, **opts) -> list[dict]``
+    (rqlite's mixed /db/request; used only for the default group)
     ``statements`` is a list of ``raftsqlite.codec.model.Statement``; ``guard`` is the
     bytes of ``ownership.encode_guard`` (None for the default group or ``shard_id=``).
     One result per statement: ``{"columns","types","values"}`` for a query,
@@ -72,6 +74,27 @@ class Router:
         if shard_id is not None:
             return await self.ex.query(shard_id, statements, **opts)
         return await self._run(statements, False, write=False, opts=opts)
+
+    async def request(self, statements, transaction=False, **opts):
+        """rqlite's ``/db/request``: reads and writes mixed. All-unsharded requests go to
+        the default group's ``request`` unchanged; otherwise each statement takes the read
+        or the write path by its plan (a transaction must then stay in one group)."""
+        statements = _stmts(statements)
+        cat = self.cat.current()
+        plans = [self.planner.plan(s.sql, cat) for s in statements]
+        if all(p.kind == "default" for p in plans):
+            return await self.ex.request(DEFAULT_GROUP, statements, transaction=transaction, **opts)
+        if transaction:
+            return await self._run(statements, True, write=True)
+        out = []
+        for st, p in zip(statements, plans):
+            if p.kind == "default":
+                out.extend(await self.ex.request(DEFAULT_GROUP, [st], **opts))
+            elif p.kind == "read":
+                out.extend(await self.query([st], **opts))
+            else:
+                out.extend(await self.execute([st]))
+        return out
 
     def plan(self, sql):
         return self.planner.plan(sql, self.cat.current())

@@ -431,3 +431,19 @@ def test_fsm_glue_state_follows_the_database():
         fsm.h["own.fence"](ctx, op_args({"colocation": "nope", "start": 0}))
     assert conn.execute("SELECT v FROM _raftsqlite_meta WHERE k = 'sharding.ownership'").fetchone() == before
     ShardState("s1").check(ctx.execute, [GuardItem("t", 1, [5])])
+
+
+def test_db_request_mixes_reads_and_writes(env):
+    """Invariant: /db/request routes each statement by its own plan: unsharded ones to
+    the default group unchanged, sharded reads merged, sharded writes per shard."""
+    cl, router, plain, users, orders = env
+    run(router.execute(["CREATE TABLE kv (k TEXT, v TEXT)"]))
+    res = run(router.request([("INSERT INTO kv VALUES ('a', 'b')", None),
+                              ("SELECT COUNT(*) FROM users", None),
+                              ("UPDATE users SET age = 1 WHERE id = ?", [users[0][0]]),
+                              ("SELECT v FROM kv", None)]))
+    assert res[0]["rows_affected"] == 1
+    assert res[1]["values"] == [[len(users)]]
+    assert res[2]["rows_affected"] == 1
+    assert res[3]["values"] == [["b"]]
+    assert run(router.request([("SELECT * FROM kv", None)]))[0]["values"] == [["a", "b"]]
