@@ -1,0 +1,333 @@
+"""Sharding benchmark.
+
+Now (before integration) it measures what exists in-process:
+- the router's planning cost per statement, cold (parse + analyse + rewrite, empty plan
+  cache) and warm (cache hit + resolving owners for the bound parameters), median of
+  several runs, per statement shape;
+- routed single-row inserts/s and point reads/s through planner + router + merge over
+  in-process sqlite3 groups (1 and 2 shard groups), and scatter-gather latency of
+  COUNT(*) and ORDER BY ... LIMIT 10. These run in ONE process, so they show router
+  overhead, not cluster scaling; their keys are prefixed ``inproc_``.
+
+The cluster figures the issue asks for (``insert_rps_1_group``, ``insert_rps_2_groups``,
+``scale_ratio``, scatter latency over 1M rows) come from ``--cluster``: a default group
+and 1, then 2, shard groups of one member each (separate ``raft-sqlite`` processes on
+127.0.0.1, started and stopped by PID), driven through this router over the rqlite HTTP
+API by ``--clients`` concurrent tasks. Until the node checks guards, ``guard_checked`` is
+false (routing is exercised, ownership checks are not).
+
+Usage: ``python bench/shard_bench.py [--quick]`` (in-process) or
+``python bench/shard_bench.py --cluster [--node-src DIR] [--seconds 5] [--clients 64]
+[--rows 1000000]``. Last line: one JSON object.
+"""
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from raftsqlite import codec  # noqa: E402
+from raftsqlite.sharding.fake import FakeCluster  # noqa: E402
+from raftsqlite.sharding.planner import Planner, build_plan  # noqa: E402
+from raftsqlite.sharding.router import Router  # noqa: E402
+
+SHAPES = {
+    "point_select": ("SELECT id, name, age FROM users WHERE id = ?", [12345]),
+    "in_select": ("SELECT id, name FROM users WHERE id IN (?, ?, ?, ?)", [1, 2, 3, 4]),
+    "insert_1row": ("INSERT INTO users (id, name, age) VALUES (?, ?, ?)", [7, "x", 3]),
+    "insert_4rows": ("INSERT INTO users (id, name, age) VALUES (?, ?, ?), (?, ?, ?), (?, ?, ?), (?, ?, ?)",
+                     [1, "a", 1, 2, "b", 2, 3, "c", 3, 4, "d", 4]),
+    "update_by_key": ("UPDATE users SET age = age + 1 WHERE id = ?", [99]),
+    "scatter_order_limit": ("SELECT id, name FROM users WHERE age > ? ORDER BY age DESC, id LIMIT 10 OFFSET 5", [30]),
+    "scatter_agg": ("SELECT city, COUNT(*), AVG(age) FROM users GROUP BY city HAVING COUNT(*) > ? ORDER BY 2 DESC", [1]),
+    "colocated_join": ("SELECT u.name, o.amount FROM users u JOIN orders o ON u.id = o.user_id WHERE u.id = ?", [5]),
+    "unsharded": ("SELECT * FROM settings WHERE k = ?", ["a"]),
+}
+
+
+def make_cluster(shards):
+    cl = FakeCluster(shards, yield_each=False)
+    cl.op("register_table", table="users", shard_key="id", key_affinity="integer")
+    cl.op("register_table", table="orders", shard_key="user_id", key_affinity="integer",
+          colocate_with="users")
+    for s in shards:
+        cl.op("add_to_shard", table="users", shard=s)
+    for m in cl.catalog.plan_rebalance("users")["moves"]:
+        cl.op("assign", table="users", start=m["start"], end=m["end"], owner=m["target"])
+    return cl
+
+
+def plan_costs(cat, runs, n):
+    out = {}
+    for name, (sql, params) in SHAPES.items():
+        cold, warm = [], []
+        for _ in range(runs):
+            t = time.perf_counter()
+            for _ in range(n):
+                build_plan(sql, cat).route(cat, params)
+            cold.append((time.perf_counter() - t) / n * 1e6)
+            p = Planner()
+            p.plan(sql, cat)
+            t = time.perf_counter()
+            for _ in range(n * 20):
+                p.plan(sql, cat).route(cat, params)
+            warm.append((time.perf_counter() - t) / (n * 20) * 1e6)
+        # Median of the runs (the machine is shared, so the minimum is printed too).
+        out[name] = {"cold_us": round(statistics.median(cold), 1), "warm_us": round(statistics.median(warm), 2),
+                     "cold_us_min": round(min(cold), 1), "warm_us_min": round(min(warm), 2)}
+    return out
+
+
+async def inproc(shards, rows, reads):
+    cl = make_cluster(shards)
+    r = Router(cl.executor, cl.source)
+    await r.execute(["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, city TEXT)"])
+    t = time.perf_counter()
+    for i in range(rows):
+        await r.execute([("INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)",
+                          [i, f"n{i}", i % 80, f"c{i % 7}"])])
+    ins = rows / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(reads):
+        await r.query([("SELECT * FROM users WHERE id = ?", [(i * 7919) % rows])])
+    rd = reads / (time.perf_counter() - t)
+    lat = {}
+    for name, sql in (("count", "SELECT COUNT(*) FROM users"),
+                      ("order_limit", "SELECT id, name FROM users ORDER BY age DESC, id LIMIT 10")):
+        xs = []
+        for _ in range(7):
+            t = time.perf_counter()
+            await r.query([sql])
+            xs.append((time.perf_counter() - t) * 1e3)
+        lat[name] = round(statistics.median(xs), 2)
+    return ins, rd, lat
+
+
+# ---- real groups (one process each) -----------------------------------------------------
+
+class HttpGroupExecutor:
+    """``GroupExecutor`` over the rqlite-compatible API of single-member groups. The
+    guard is not sent: ownership checks need the FSM integration; here no range moves."""
+
+    def __init__(self, urls, session):
+        self.urls = urls
+        self.s = session
+
+    @staticmethod
+    def _body(statements):
+        out = []
+        for st in statements:
+            p = st.params
+            out.append([st.sql] + (list(p) if isinstance(p, (list, tuple)) else [p] if p else []))
+        return out
+
+    async def _post(self, group, path, statements):
+        async with self.s.post(self.urls[group] + path, json=self._body(statements)) as r:
+            body = await r.json(content_type=None)
+        if "results" not in body:
+            raise RuntimeError(f"{group}{path}: {body}")
+        return body["results"]
+
+    async def execute(self, group, statements, *, transaction=False, guard=None):
+        return await self._post(group, "/db/execute" + ("?transaction" if transaction else ""), statements)
+
+    async def query(self, group, statements, *, guard=None, **opts):
+        return await self._post(group, "/db/query", statements)
+
+
+class Procs:
+    """Single-member groups on free ports; stopped by PID."""
+
+    def __init__(self, node_src, tmp):
+        self.node_src, self.tmp, self.procs = node_src, tmp, []
+
+    def start(self, name):
+        import socket
+        import subprocess
+        ports = []
+        for _ in range(2):
+            with socket.socket() as so:
+                so.bind(("127.0.0.1", 0))
+                ports.append(so.getsockname()[1])
+        env = dict(os.environ, PYTHONPATH=self.node_src)
+        log = open(os.path.join(self.tmp, name + ".log"), "w")
+        p = subprocess.Popen([sys.executable, "-m", "raftsqlite", "-id", name, "-data",
+                              os.path.join(self.tmp, name), "-http", f"127.0.0.1:{ports[0]}",
+                              "-raft", f"127.0.0.1:{ports[1]}"], env=env, stdout=log, stderr=log,
+                             cwd=self.tmp)
+        self.procs.append(p)
+        return f"http://127.0.0.1:{ports[0]}"
+
+    async def ready(self, session, url, timeout=30):
+        t = time.monotonic() + timeout
+        while time.monotonic() < t:
+            try:
+                async with session.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"node at {url} not ready in {timeout}s")
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except Exception:
+                p.kill()
+
+
+async def cluster_run(n_groups, node_src, seconds, clients, rows_scan):
+    import tempfile
+    import aiohttp
+    tmp = tempfile.mkdtemp(prefix="shard_bench_")
+    procs = Procs(node_src, tmp)
+    shards = tuple(f"s{i + 1}" for i in range(n_groups))
+    try:
+        urls = {"default": procs.start("default")}
+        for s_ in shards:
+            urls[s_] = procs.start(s_)
+        conn = aiohttp.TCPConnector(limit=clients * 2)
+        async with aiohttp.ClientSession(connector=conn) as session:
+            for u in urls.values():
+                await procs.ready(session, u)
+            cl = make_cluster(shards)
+            r = Router(HttpGroupExecutor(urls, session), cl.source)
+            await r.execute(["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, city TEXT)"])
+            counter = iter(range(10 ** 9))
+
+            async def writer(stop):
+                n = 0
+                while time.monotonic() < stop:
+                    i = next(counter)
+                    await r.execute([("INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)",
+                                      [i, f"n{i}", i % 80, f"c{i % 7}"])])
+                    n += 1
+                return n
+            stop = time.monotonic() + 1.0
+            await asyncio.gather(*[writer(stop) for _ in range(clients)])   # warm-up
+            t0 = time.monotonic()
+            n = sum(await asyncio.gather(*[writer(t0 + seconds) for _ in range(clients)]))
+            ins = n / (time.monotonic() - t0)
+            written = next(counter)
+
+            async def reader(stop, seed):
+                k, m = seed, 0
+                while time.monotonic() < stop:
+                    k = (k * 7919 + 13) % written
+                    await r.query([("SELECT * FROM users WHERE id = ?", [k])])
+                    m += 1
+                return m
+            t0 = time.monotonic()
+            m = sum(await asyncio.gather(*[reader(t0 + seconds, c) for c in range(clients)]))
+            rd = m / (time.monotonic() - t0)
+            lat = {}
+            if rows_scan:
+                batch = 500
+                base = 10 ** 8
+                for b0 in range(0, rows_scan, batch * clients):
+                    async def load(start):
+                        if start >= rows_scan:
+                            return
+                        k = min(batch, rows_scan - start)
+                        vals = ", ".join(f"({base + start + j}, 'b', {(start + j) % 97}, 'x')" for j in range(k))
+                        res = await r.execute([f"INSERT INTO users (id, name, age, city) VALUES {vals}"])
+                        assert "error" not in res[0], res[0]
+                    await asyncio.gather(*[load(b0 + c * batch) for c in range(clients)])
+                for name, sql in (("count", "SELECT COUNT(*) FROM users"),
+                                  ("order_limit", "SELECT id, name FROM users ORDER BY age DESC, id LIMIT 10")):
+                    xs = []
+                    for _ in range(5):
+                        t = time.perf_counter()
+                        res = await r.query([sql])
+                        xs.append((time.perf_counter() - t) * 1e3)
+                        assert "error" not in res[0], res[0]
+                    lat[name] = round(statistics.median(xs), 1)
+            return ins, rd, lat
+    finally:
+        procs.stop()
+
+
+def main():
+    quick = "--quick" in sys.argv
+    if "--cluster" in sys.argv:
+        return main_cluster()
+    runs, n = (3, 20) if quick else (7, 100)
+    print(f"# shard_bench: python {platform.python_version()} on {platform.machine()}, "
+          f"{os.cpu_count()} cpus, hash implementation {codec.IMPLEMENTATION}")
+    print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    cat = make_cluster(("s1", "s2", "s3")).catalog
+    costs = plan_costs(cat, runs, n)
+    print(f"{'statement':24s} {'cold us':>10s} {'warm us':>10s}   (min of {runs} runs: cold, warm)")
+    for k, v in costs.items():
+        print(f"{k:24s} {v['cold_us']:10.1f} {v['warm_us']:10.2f}   ({v['cold_us_min']:.1f}, {v['warm_us_min']:.2f})")
+    cold = statistics.median(v["cold_us"] for v in costs.values())
+    warm = statistics.median(v["warm_us"] for v in costs.values())
+    print(f"median over shapes: cold {cold:.1f} us, warm {warm:.2f} us per statement")
+    rows, reads = (2000, 2000) if quick else (20000, 20000)
+    res = {}
+    for shards in (("s1",), ("s1", "s2")):
+        ins, rd, lat = asyncio.run(inproc(shards, rows, reads))
+        res[len(shards)] = (ins, rd, lat)
+        print(f"in-process, {len(shards)} group(s), {rows} rows: routed inserts {ins:,.0f}/s, "
+              f"point reads {rd:,.0f}/s, scatter COUNT(*) {lat['count']} ms, "
+              f"ORDER BY LIMIT 10 {lat['order_limit']} ms")
+    print("cluster figures (real groups over HTTP/Raft): run with --cluster")
+    print(json.dumps({
+        "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
+        "plan_costs": costs,
+        "inproc_insert_rps_1_group": round(res[1][0]), "inproc_insert_rps_2_groups": round(res[2][0]),
+        "inproc_point_read_rps_1_group": round(res[1][1]), "inproc_point_read_rps_2_groups": round(res[2][1]),
+        "inproc_rows": rows,
+        "inproc_scatter_count_ms_2_groups": res[2][2]["count"],
+        "inproc_scatter_order_limit_ms_2_groups": res[2][2]["order_limit"],
+        "insert_rps_1_group": None, "insert_rps_2_groups": None, "scale_ratio": None,
+        "hash_impl": codec.IMPLEMENTATION,
+    }))
+
+
+def _arg(name, default):
+    if name in sys.argv:
+        return type(default)(sys.argv[sys.argv.index(name) + 1])
+    return default
+
+
+def main_cluster():
+    """Real single-member groups (separate processes; the router runs in this process).
+    ``--node-src DIR`` puts DIR first on the nodes' PYTHONPATH (a checkout with the node)."""
+    node_src = _arg("--node-src", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    seconds = _arg("--seconds", 5.0)
+    clients = _arg("--clients", 64)
+    rows = _arg("--rows", 1_000_000)
+    print(f"# shard_bench --cluster: python {platform.python_version()}, {os.cpu_count()} cpus, "
+          f"node from {node_src}, {clients} clients, {seconds}s per phase, scan over {rows} rows")
+    print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    cat = make_cluster(("s1", "s2", "s3")).catalog
+    costs = plan_costs(cat, 7, 100)
+    warm = statistics.median(v["warm_us"] for v in costs.values())
+    cold = statistics.median(v["cold_us"] for v in costs.values())
+    out = {}
+    for n in (1, 2):
+        ins, rd, lat = asyncio.run(cluster_run(n, node_src, seconds, clients, rows if n == 2 else 0))
+        out[n] = (ins, rd, lat)
+        print(f"{n} group(s): routed single-row inserts {ins:,.0f}/s, point reads {rd:,.0f}/s"
+              + (f", scatter COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms"
+                 f" over {rows} rows" if lat else ""))
+    print(json.dumps({
+        "insert_rps_1_group": round(out[1][0]), "insert_rps_2_groups": round(out[2][0]),
+        "scale_ratio": round(out[2][0] / out[1][0], 2),
+        "point_read_rps_1_group": round(out[1][1]), "point_read_rps_2_groups": round(out[2][1]),
+        "scatter_count_ms": out[2][2].get("count"), "scatter_order_limit_ms": out[2][2].get("order_limit"),
+        "scan_rows": rows, "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
+        "guard_checked": False, "hash_impl": codec.IMPLEMENTATION}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""What a shard knows about itself, and the check it runs on every routed statement.
+
+Each shard group replicates (in its own FSM, via SYSTEM ops ``own.*``) the ranges it owns
+per colocation group, the ranges fenced for a move, and the colocation epoch. A router
+sends with every routed request a **guard**: for each table it touches, the epoch the
+router believed and the keyspace ids of the keys it routed on (or "all of it" for a
+scatter). The shard's FSM checks the guard inside the apply transaction, before the
+statements run, so the check is ordered with fences and switches in the shard's own log:
+
+- a key outside the owned ranges            -> ``Moved`` (retryable: refresh, re-route)
+- a scatter with a different colocation epoch -> ``Moved`` (the router's set of shards
+  may be missing one that gained a range, or include one that lost it)
+- a write to a fenced range (scatter: any fence) -> ``Fenced`` (retryable: wait)
+
+Key-bound statements do not compare epochs: owning the key is what makes the write
+correct, and a move always fences the source before the catalog switches, so a router
+that is ahead of the shard meets ``Fenced`` until the shard catches up.
+"""
+import struct
+
+import orjson
+
+from raftsqlite.errors import BadRequest, DecodeError, Fenced, Moved, RaftSQLiteError
+from raftsqlite.sharding import keyspace as ks
+
+OP_PREFIX = "own."
+GUARD_MAGIC = b"G\x01"
+_ALL = 0xFFFFFFFF
+_HDR = struct.Struct(">H")
+_ITEM = struct.Struct(">QI")
+
+
+class GuardItem:
+    __slots__ = ("table", "epoch", "kids")
+
+    def __init__(self, table, epoch, kids=None):
+        self.table = table
+        self.epoch = epoch
+        self.kids = None if kids is None else list(kids)  # None: every row of the shard
+
+    def __eq__(self, o):
+        return isinstance(o, GuardItem) and (self.table, self.epoch, self.kids) == (o.table, o.epoch, o.kids)
+
+    def __repr__(self):
+        return f"GuardItem({self.table!r}, {self.epoch}, {self.kids!r})"
+
+
+def encode_guard(items):
+    """Guard bytes: magic+version, count, then per table: name, epoch, key count
+    (0xFFFFFFFF for a scatter) and the u64 keyspace ids."""
+    out = [GUARD_MAGIC, _HDR.pack(len(items))]
+    for it in items:
+        name = it.table.encode("utf-8")
+        out.append(_HDR.pack(len(name)))
+        out.append(name)
+        kids = it.kids
+        out.append(_ITEM.pack(it.epoch, _ALL if kids is None else len(kids)))
+        if kids:
+            out.append(struct.pack(f">{len(kids)}Q", *kids))
+    return b"".join(out)
+
+
+def decode_guard(buf):
+    buf = bytes(buf)
+    if buf[:2] != GUARD_MAGIC:
+        raise DecodeError("not a routing guard (bad magic or version)")
+    try:
+        (n,) = _HDR.unpack_from(buf, 2)
+        p = 4
+        items = []
+        for _ in range(n):
+            (ln,) = _HDR.unpack_from(buf, p)
+            p += 2
+            if p + ln > len(buf):
+                raise DecodeError("routing guard truncated")
+            name = buf[p:p + ln].decode("utf-8")
+            p += ln
+            epoch, cnt = _ITEM.unpack_from(buf, p)
+            p += _ITEM.size
+            kids = None
+            if cnt != _ALL:
+                if p + 8 * cnt > len(buf):
+                    raise DecodeError("routing guard truncated")
+                kids = list(struct.unpack_from(f">{cnt}Q", buf, p))
+                p += 8 * cnt
+            items.append(GuardItem(name, epoch, kids))
+    except (struct.error, UnicodeDecodeError) as e:
+        raise DecodeError(f"routing guard malformed: {e}") from None
+    if p != len(buf):
+        raise DecodeError("routing guard has trailing bytes")
+    return items
+
+
+class ShardOwnership:
+    """The replicated self-knowledge of one shard group. Deterministic: ``apply`` is
+    called by the FSM with the same ops in the same order on every member."""
+
+    def __init__(self, group=""):
+        self.group = group
+        self.cols = {}     # colocation -> {"epoch", "shard_func", "tables", "ranges", "fenced"}
+        self._by_table = {}
+
+    # ---- state --------------------------------------------------------------------------
+    def _reindex(self):
+        self._by_table = {t: c for c, g in self.cols.items() for t in g["tables"]}
+
+    def to_bytes(self):
+        return orjson.dumps({"group": self.group, "cols": {
+            c: {"epoch": g["epoch"], "shard_func": g["shard_func"], "tables": g["tables"],
+                "ranges": [[s, ks.end_to_json(e)] for s, e in g["ranges"]],
+                "fenced": [[s, ks.end_to_json(e)] for s, e in g["fenced"]]}
+            for c, g in self.cols.items()}}, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_bytes(cls, b):
+        o = cls()
+        if b:
+            d = orjson.loads(b)
+            o.group = d.get("group", "")
+            for c, g in d["cols"].items():
+                o.cols[c] = {"epoch": g["epoch"], "shard_func": g["shard_func"],
+                             "tables": list(g["tables"]),
+                             "ranges": [(s, ks.end_from_json(e)) for s, e in g["ranges"]],
+                             "fenced": [(s, ks.end_from_json(e)) for s, e in g["fenced"]]}
+            o._reindex()
+        return o
+
+    def apply(self, op, args=None):
+        """Apply an ``own.*`` SYSTEM op; returns a JSON-able result or raises (no change)."""
+        name = op[len(OP_PREFIX):] if op.startswith(OP_PREFIX) else op
+        fn = getattr(self, "_op_" + name, None)
+        if fn is None:
+            raise BadRequest(f"unknown ownership op {op!r}")
+        if isinstance(args, (bytes, bytearray, memoryview)):
+            try:
+                args = orjson.loads(args) if len(args) else {}
+            except orjson.JSONDecodeError as e:
+                raise BadRequest(f"ownership op {op}: arguments are not JSON: {e}") from None
+        before = self.to_bytes()
+        try:
+            res = fn(args or {})
+        except RaftSQLiteError:
+            self.__dict__.update(ShardOwnership.from_bytes(before).__dict__)
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            self.__dict__.update(ShardOwnership.from_bytes(before).__dict__)
+            raise BadRequest(f"ownership op {op}: bad arguments ({type(e).__name__}: {e})") from None
+        self._reindex()
+        return res or {}
+
+    @staticmethod
+    def encode_op(name, **args):
+        return OP_PREFIX + name, orjson.dumps(args)
+
+    def _set_one(self, cname, a):
+        cur = self.cols.get(cname)
+        if cur is not None and a["epoch"] < cur["epoch"]:
+            return False  # an older view arriving late (a retried proposal): keep the newer
+        fenced = cur["fenced"] if cur is not None else []
+        ranges = ks.normalise_spans((s, ks.end_from_json(e)) for s, e in a["ranges"])
+        if a.get("shard_func", "hash") not in ks.SHARD_FUNCS:
+            raise BadRequest(f"bad shard_func {a.get('shard_func')!r}")
+        self.cols[cname] = {"epoch": int(a["epoch"]), "shard_func": a.get("shard_func", "hash"),
+                            "tables": sorted(str(t).lower() for t in a["tables"]),
+                            "ranges": ranges,
+                            "fenced": [f for f in fenced if _inside(f, ranges)]}
+        return True
+
+    def _op_set(self, a):
+        """``{colocation, epoch, shard_func, tables, ranges}``: this shard's view of one
+        colocation group, as ``Catalog.ownership_for`` computes it."""
+        return {"applied": self._set_one(a["colocation"], a)}
+
+    def _op_set_all(self, a):
+        """``{"group", "cols": Catalog.ownership_for(group)}``; colocation groups that are
+        absent are dropped (their epoch must have moved on in the catalog)."""
+        if a.get("group"):
+            self.group = a["group"]
+        applied = {c: self._set_one(c, g) for c, g in a["cols"].items()}
+        for c in [c for c in self.cols if c not in a["cols"]]:
+            del self.cols[c]
+        return {"applied": applied}
+
+    def _op_fence(self, a):
+        g = self._col(a["colocation"])
+        span = (int(a["start"]), ks.end_from_json(a.get("end")))
+        g["fenced"] = ks.normalise_spans(g["fenced"] + [span])
+
+    def _op_unfence(self, a):
+        g = self._col(a["colocation"])
+        s, e = int(a["start"]), ks.end_from_json(a.get("end"))
+        g["fenced"] = [f for f in g["fenced"] if not (f[0] >= s and f[1] <= e)]
+
+    def _op_drop(self, a):
+        self.cols.pop(a["colocation"], None)
+
+    def _col(self, c):
+        if c not in self.cols:
+            raise BadRequest(f"this shard holds no colocation group {c!r}")
+        return self.cols[c]
+
+    # ---- the check --------------------------------------------------------------------
+    def check(self, guard, write=True):
+        """Raise ``Moved`` or ``Fenced`` unless every item of ``guard`` (bytes or a list
+        of ``GuardItem``) may run here now. Reads pass ``write=False`` (fences do not
+        stop reads: the source still holds the rows until the switch)."""
+        items = decode_guard(guard) if isinstance(guard, (bytes, bytearray, memoryview)) else guard
+        for it in items:
+            cname = self._by_table.get(it.table)
+            if cname is None:
+                raise _moved(f"shard {self.group or '?'} holds no part of table {it.table}",
+                             it, None)
+            g = self.cols[cname]
+            if it.kids is None:
+                if it.epoch != g["epoch"]:
+                    raise _moved(f"routing epoch {it.epoch} for {it.table} is not this shard's "
+                                 f"epoch {g['epoch']}: the table's ranges changed", it, g["epoch"])
+                if write and g["fenced"]:
+                    raise _fenced(f"part of {it.table} is fenced for a move; retry shortly", it)
+                continue
+            for kid in it.kids:
+                if not ks.span_contains(g["ranges"], kid):
+                    raise _moved(f"shard {self.group or '?'} does not own keyspace id {kid:016x} "
+                                 f"of {it.table} (shard epoch {g['epoch']}, router epoch {it.epoch})",
+                                 it, g["epoch"])
+                if write and g["fenced"] and ks.span_contains(g["fenced"], kid):
+                    raise _fenced(f"keyspace id {kid:016x} of {it.table} is fenced for a move; "
+                                  "retry shortly", it)
+
+    def owns(self, colocation, value):
+        """``rs_owns(colocation, value)`` for SQL: does this shard own the stored key?
+        Lets a scatter read skip rows a move has copied in but not yet switched."""
+        g = self.cols.get(colocation)
+        if g is None or value is None:
+            return 0
+        return 1 if ks.span_contains(g["ranges"], ks.sql_kid(g["shard_func"], value) + (1 << 63)) else 0
+
+    def stats(self):
+        return {"group": self.group, "colocations": {
+            c: {"epoch": g["epoch"], "ranges": [ks.fmt_range(*r) for r in g["ranges"]],
+                "fenced": [ks.fmt_range(*r) for r in g["fenced"]], "tables": g["tables"]}
+            for c, g in self.cols.items()}}
+
+
+def _inside(span, spans):
+    return any(s <= span[0] and span[1] <= e for s, e in spans)
+
+
+def _moved(msg, item, shard_epoch):
+    e = Moved(msg)
+    e.table = item.table
+    e.router_epoch = item.epoch
+    e.shard_epoch = shard_epoch
+    return e
+
+
+def _fenced(msg, item):
+    e = Fenced(msg)
+    e.table = item.table
+    return e
