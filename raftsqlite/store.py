@@ -26,7 +26,8 @@ from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.db import split_sql
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, PayloadTooLarge, ProposalDropped, RaftSQLiteError, StaleRead,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped,
+                               RaftSQLiteError, StaleRead,
                                Timeout)
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
