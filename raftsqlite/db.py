@@ -480,19 +480,25 @@ def sql_literal(v) -> str:
 
 def split_sql(text: str):
     """Split SQL text into complete statements (uses SQLite's own completeness check)."""
-    out, buf = [], []
-    for line in text.splitlines(keepends=True):
+    return list(iter_sql(text.splitlines(keepends=True)))
+
+
+def iter_sql(lines):
+    """Complete statements from an iterable of lines (a file streams, never held whole)."""
+    buf = []
+    for line in lines:
         buf.append(line)
+        if ";" not in line:
+            continue
         chunk = "".join(buf)
         if apsw.complete(chunk):
             s = chunk.strip()
             if s:
-                out.append(s)
+                yield s
             buf = []
     rest = "".join(buf).strip()
     if rest:
-        out.append(rest)
-    return out
+        yield rest
 
 
 def _fsync_file(path):
