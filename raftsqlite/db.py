@@ -273,12 +273,15 @@ class Database:
         conn = self.reader()
         deadline = time.monotonic() + budget
         conn.set_progress_handler(lambda: time.monotonic() > deadline, 500)
+        conn.set_busy_timeout(0)    # never sleep on a lock on the loop: fall back instead
         try:
             res = self.read(statements, transaction=transaction)
         finally:
             conn.set_progress_handler(None)
+            conn.set_busy_timeout(self.busy_timeout_ms)
         for r in res:
-            if r.get("error", "").startswith("query interrupted"):
+            err = r.get("error", "")
+            if err.startswith("query interrupted") or "database is locked" in err:
                 self.stats_counters["inline_fallbacks"] += 1
                 return None
         self.stats_counters["inline_reads"] += 1
