@@ -165,9 +165,9 @@ class RaftCore:
         self._voters = set()
         self._learners = set()
         self._set_members(snap.members)
-        self._conf_history = [(snap.index, self.members)]
-        self._replay_conf_changes(snap.index, self.applied)
-        self._pending_conf_index = 0
+        self._conf_history = [(snap.index, self.members)]   # (index, members) per change
+        self._leaving = False             # leader whose own removal is in its log
+        self._replay_conf_changes(snap.index, last)
         # role
         self.leader = None
         self._prs = {}
@@ -272,7 +272,10 @@ class RaftCore:
         u = self._unstable
         if first == off + len(u):
             u.extend(ents)
+            self._scan_conf(ents)
             return
+        self._rollback_conf(first)
+        self._scan_conf(ents)
         self._stats["truncations"] += 1
         if first <= off:
             self._offset = first
@@ -292,6 +295,8 @@ class RaftCore:
             u.append(Entry(t, i, etype, d))
             i += 1
         self._bcast = True
+        if etype == EntryType.CONF_CHANGE:
+            self._scan_conf(u[first - self._offset:])
         return first
 
     def _commit_to(self, c):
@@ -319,7 +324,7 @@ class RaftCore:
         return None if m is None else Member(m.node_id, m.raft_addr, m.http_addr, m.voter)
 
     def members_at(self, index):
-        """Membership as of applied index ``index`` (the snapshot a driver takes)."""
+        """Membership as of committed index ``index`` (for the snapshot a driver takes)."""
         best = self._conf_history[0][1]
         for idx, ms in self._conf_history:
             if idx <= index:
@@ -345,6 +350,19 @@ class RaftCore:
                 if e.type == EntryType.CONF_CHANGE:
                     self._apply_conf_change(e)
             i = ents[-1].index + 1
+
+    def _scan_conf(self, ents):
+        for e in ents:
+            if e.type == EntryType.CONF_CHANGE:
+                self._apply_conf_change(e)
+
+    def _rollback_conf(self, first):
+        """Entries from ``first`` on are being replaced: forget their changes."""
+        h = self._conf_history
+        if h[-1][0] >= first:
+            while len(h) > 1 and h[-1][0] >= first:
+                h.pop()
+            self._set_members(h[-1][1])
 
     def _apply_conf_change(self, e):
         cc = decode_conf_change(e.data)
@@ -379,9 +397,8 @@ class RaftCore:
                     self._dirty.discard(nid)
             if self._transferee is not None and self._transferee not in self._voters:
                 self._transferee = None
-            if self.node_id not in self._voters:
-                self._step_down_removed()
-            elif self._maybe_commit():
+            self._leaving = self.node_id not in self._voters
+            if self._maybe_commit():
                 self._bcast = True
 
     def _prune_conf_history(self):
@@ -391,8 +408,10 @@ class RaftCore:
             h.pop(0)
 
     def _step_down_removed(self):
-        # Our removal is applied, hence committed: tell the others the commit index,
-        # and hand leadership to the most caught-up voter so nobody waits a timeout.
+        # Our removal is committed: the remaining voters hold it and use the new
+        # configuration already. Send the commit index and hand leadership to the most
+        # caught-up voter so nobody waits for an election timeout.
+        self._bcast = True
         self._flush_appends()
         best = None
         for nid in sorted(self._voters):
@@ -429,6 +448,7 @@ class RaftCore:
         self._heartbeat_elapsed = 0
         self._rand_timeout = self._new_timeout()
         self._transferee = None
+        self._leaving = False
         self._votes = {}
         self._reads_blocked = []
         self._reads_waiting = []
@@ -468,32 +488,26 @@ class RaftCore:
             me.match = self._offset - 1
             me.become_replicate()
             me.recent_active = True
-        # A fresh leader does not know whether its uncommitted tail holds a membership
-        # change; forbid a new one until its own no-op is applied.
-        self._pending_conf_index = self._append_new([b""])
+        self._leaving = self.node_id not in self._voters
+        self._append_new([b""])
         self._stats["leader_terms"] += 1
 
     def _promotable(self):
-        return self.node_id in self._voters and self._pending_snap is None
-
-    def _has_unapplied_conf_change(self):
-        i = self.applied + 1
-        while i <= self.commit:
-            ents = self._slice(i, self.commit + 1, self.cfg.max_committed_bytes)
-            if not ents:
-                return False
-            for e in ents:
-                if e.type == EntryType.CONF_CHANGE:
-                    return True
-            i = ents[-1].index + 1
-        return False
+        if self._pending_snap is not None:
+            return False
+        if self.node_id in self._voters:
+            return True
+        # Raft thesis 4.2.2: a voter whose removal (or demotion) is in its log but not
+        # known committed may still be needed to elect the leader that commits it; it
+        # campaigns, but does not count its own vote.
+        h = self._conf_history
+        return (len(h) > 1 and h[-1][0] > self.commit
+                and any(m.node_id == self.node_id and m.voter for m in h[-2][1]))
 
     def _hup(self, transfer, pre_done=False):
         """Start an election: PreVote first unless disabled, already won (``pre_done``)
         or asked by the leader (``transfer``, which also overrides followers' lease)."""
         if self.role_ == Role.LEADER or not self._promotable():
-            return
-        if self._has_unapplied_conf_change():
             return
         if self.cfg.pre_vote and not transfer and not pre_done:
             self._become_pre_candidate()
@@ -556,10 +570,7 @@ class RaftCore:
         self._unstable = [Entry(1, i + 1, EntryType.CONF_CHANGE, encode_conf_change(cc))
                           for i, cc in enumerate(ents)]
         self.commit = len(ents)
-        # Take effect now (idempotent when handed out again as committed entries), so
-        # the node can campaign without waiting for a Ready cycle.
-        for e in self._unstable:
-            self._apply_conf_change(e)
+        self._scan_conf(self._unstable)
 
     def tick(self):
         if self.role_ == Role.LEADER:
@@ -624,11 +635,16 @@ class RaftCore:
             raise errors.NotLeader(leader_id=self.leader, leader_addr=m.http_addr if m else None)
         if self._transferee is not None:
             raise errors.ProposalDropped("leadership transfer in progress")
+        if self._leaving:
+            raise errors.ProposalDropped("this leader is being removed from the group")
 
     def propose_conf_change(self, cc):
         self._check_proposable()
-        if self._pending_conf_index > self.applied:
+        if self._conf_history[-1][0] > self.commit:
             raise errors.ProposalDropped("a membership change is already in progress")
+        if self.log_term(self.commit) != self.term:
+            # Ongaro's fix for single-server changes: commit in our term first.
+            raise errors.ProposalDropped("new leader has not committed its first entry yet")
         cur = self._members.get(cc.node_id)
         t = cc.type
         if not cc.node_id:
@@ -650,7 +666,6 @@ class RaftCore:
             raise errors.BadRequest(f"unknown membership change type {t!r}")
         data = encode_conf_change(cc)
         idx = self._append_new([data], EntryType.CONF_CHANGE)
-        self._pending_conf_index = idx
         return self.term, idx
 
     def read_index(self, context):
@@ -1042,7 +1057,7 @@ class RaftCore:
 
     def has_ready(self):
         return bool(
-            self._msgs or self._read_states or self._bcast or self._dirty or self._reads_waiting
+            (self._leaving and self.commit >= self._conf_history[-1][0]) or self._msgs or self._read_states or self._bcast or self._dirty or self._reads_waiting
             or self.last_index > self._in_progress
             or (self._pending_snap is not None and not self._snap_handed)
             or self.commit > self.applied
@@ -1050,6 +1065,8 @@ class RaftCore:
             or (self.role, self.leader) != self._rl_handed)
 
     def ready(self):
+        if self._leaving and self.role_ == Role.LEADER and self.commit >= self._conf_history[-1][0]:
+            self._step_down_removed()
         rd = Ready()
         if self._pending_snap is not None and not self._snap_handed:
             rd.snapshot = self._pending_snap
@@ -1065,9 +1082,6 @@ class RaftCore:
             rd.committed = ents
             if ents:
                 self.applied = ents[-1].index
-                for e in ents:
-                    if e.type == EntryType.CONF_CHANGE:
-                        self._apply_conf_change(e)
         if self._bcast or self._dirty:
             self._flush_appends()
         if self._reads_waiting:
