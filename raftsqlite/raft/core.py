@@ -22,7 +22,7 @@ Inputs (all return quickly; none does I/O)::
     core.propose_conf_change(cc: ConfChange) -> (term, index)  # one pending at a time
     core.read_index(context: bytes)          # answer arrives as Ready.read_states[ReadState(index, context)]
     core.transfer_leadership(to: str | None) # leader (or forwarded to it); None = most caught-up voter
-    core.campaign()                          # start an election now (tests; a lone bootstrapped node)
+    core.campaign(force=False)               # start an election now (force: like a transfer)
     core.report_unreachable(to: str)         # transport failed to send to ``to``
     core.report_snapshot(to: str, ok: bool)  # snapshot stream to ``to`` finished / failed
 
@@ -614,9 +614,10 @@ class RaftCore:
             if nid != self.node_id:
                 self._send(Message(MsgType.HEARTBEAT, to=nid, commit=min(pr.match, c), context=ctx))
 
-    def campaign(self):
-        """Start an election now (skipping the timeout, not PreVote)."""
-        self._hup(transfer=False)
+    def campaign(self, force=False):
+        """Start an election now. ``force`` campaigns as a leadership transfer does:
+        no PreVote, and voters' leader lease is overridden (tests, operators)."""
+        self._hup(transfer=force)
 
     def propose(self, data):
         return self.propose_batch([data])
