@@ -148,6 +148,7 @@ class FSM:
                     raise
                 break
             self._applied, self._applied_term = last.index, last.term
+            self.db.set_entry_context(0, 0, None)
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
@@ -210,6 +211,7 @@ class FSM:
             return {"index": e.index, "error": f"undecodable entry: {exc}"}, 0
         t = cmd.type
         self._current = (e.index, e.term)
+        self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
         if t == CommandType.EXECUTE:
             out, added = [], 0
             for ri, req in enumerate(cmd.requests):
@@ -224,7 +226,8 @@ class FSM:
             return {"index": e.index, "results": [self._query_request(r, (pos, ri))
                                                   for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
-            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops]}, 0
+            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops
+                                                  if n != CLOCK_OP]}, 0
         return {"index": e.index, "results": []}, 0
 
     def _execute_request(self, req, poisoned, key):
@@ -313,6 +316,21 @@ class FSM:
         return result
 
 
+CLOCK_OP = "clock"
+
+
+def clock_op(ms):
+    """The op that carries the proposing leader's instant (Julian-day milliseconds)."""
+    return (CLOCK_OP, int(ms).to_bytes(8, "big"))
+
+
+def _clock(ops):
+    for name, args in ops:
+        if name == CLOCK_OP and len(args) == 8:
+            return int.from_bytes(args, "big")
+    return None
+
+
 def _drop_all(ctx, args):
     """Remove every user table, index, view and trigger (first step of a load)."""
     rows = ctx.execute("SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' "
@@ -333,7 +351,9 @@ def _b64(obj):
 
 
 def _dump_result(results) -> bytes:
-    return orjson.dumps(results, default=_b64)
+    # "time" differs per replica; stored rows must not, so replicas stay byte-identical
+    return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
+                        default=_b64)
 
 
 def _unb64(obj):
