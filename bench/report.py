@@ -117,6 +117,14 @@ def workload_tables(rows: list[dict]) -> list[str]:
     return out
 
 
+def _colors(rows: list[dict]) -> dict[str, str]:
+    """One colour per system label, the same in every plot."""
+    labels = sorted({_label(r) for r in rows},
+                    key=lambda l: (SYSTEM_ORDER.index(l.split(" ")[0])
+                                   if l.split(" ")[0] in SYSTEM_ORDER else 99, l))
+    return {l: f"C{i % 10}" for i, l in enumerate(labels)}
+
+
 def plot_throughput(rows: list[dict], path: str) -> bool:
     import matplotlib
     matplotlib.use("Agg")
@@ -127,12 +135,17 @@ def plot_throughput(rows: list[dict], path: str) -> bool:
             series.setdefault(_label(r), []).append((r["clients"], r["rps"]))
     if not series:
         return False
+    colors = _colors(rows)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label in sorted(series, key=lambda s: (SYSTEM_ORDER.index(s.split(" ")[0])
                                                if s.split(" ")[0] in SYSTEM_ORDER else 99, s)):
         pts = sorted(series[label])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                color=colors[label])
     ax.set_xscale("log", base=2)
+    ticks = sorted({p[0] for pts in series.values() for p in pts})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
     ax.set_yscale("log")
     ax.set_xlabel("clients (connections, or proposals in flight)")
     ax.set_ylabel("single-row writes / s")
@@ -157,20 +170,21 @@ def plot_latency(rows: list[dict], path: str) -> bool:
     cols = 2
     nrows = -(-len(workloads) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(11, 3.2 * nrows), squeeze=False)
+    # One line per system across p50 -> p99 -> p99.9, on a log axis: the shape of the tail
+    # is what matters, and lines (unlike bars) do not pretend a log axis starts at zero.
+    colors = _colors(rows)
+    keys = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9"))
     for ax, w in zip(axes.flat, workloads):
-        wrows = sorted([r for r in rows if r["workload"] == w], key=_sys_key)
-        xs = range(len(wrows))
-        width = 0.27
-        for k, (key, name) in enumerate((("p50_ms", "p50"), ("p99_ms", "p99"),
-                                         ("p999_ms", "p99.9"))):
-            ax.bar([x + (k - 1) * width for x in xs], [max(r.get(key) or 0, 1e-3) for r in wrows],
-                   width, label=name)
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([_label(r) for r in wrows], fontsize=7)
+        for r in sorted([r for r in rows if r["workload"] == w], key=_sys_key):
+            pts = [(i, r[k]) for i, (k, _) in enumerate(keys) if r.get(k)]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(r),
+                    color=colors[_label(r)])
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([name for _, name in keys])
         ax.set_yscale("log")
         ax.set_ylabel("ms")
         ax.set_title(WORKLOAD_TITLES.get(w, w), fontsize=9)
-        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(workloads):]:
         ax.axis("off")

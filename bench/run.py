@@ -64,9 +64,11 @@ def machine_info() -> dict:
             "platform": platform.platform(), "loadavg": list(os.getloadavg())}
 
 
-def _cmd_out(cmd: list[str], timeout: float = 10) -> str | None:
+def _cmd_out(cmd: list[str], timeout: float = 10, any_exit: bool = False) -> str | None:
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+        if r.returncode != 0 and not any_exit:
+            return None
         return (r.stdout or r.stderr).strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -77,8 +79,10 @@ def versions() -> dict:
     from .peers import apsw_peer, etcd, pysyncobj_peer
     v = {"python": platform.python_version(), "apsw": apsw_peer.version(),
          "etcd": etcd.version(), "pysyncobj": pysyncobj_peer.version(),
-         "wrk": (_cmd_out([WRK, "-v"]) or "").splitlines()[0].split(" Copyright")[0]
-         if WRK else None}
+         "wrk": None}
+    if WRK:  # `wrk -v` prints its version with the usage text and exits 1
+        v["wrk"] = ((_cmd_out([WRK, "-v"], any_exit=True) or "?").splitlines()[0]
+                    .split(" Copyright")[0].strip())
     commit = _cmd_out(["git", "rev-parse", "HEAD"])
     dirty = _cmd_out(["git", "status", "--porcelain", "--untracked-files=no"])
     v["raftsqlite_commit"] = (commit + ("+dirty" if dirty else "")) if commit else None

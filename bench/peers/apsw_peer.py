@@ -30,7 +30,7 @@ def available() -> tuple[bool, str]:
 def version() -> str | None:
     try:
         import apsw
-        return f"apsw {apsw.apswversion()} / SQLite {apsw.sqlitelibversion()}"
+        return f"{apsw.apswversion()} (SQLite {apsw.sqlitelibversion()})"
     except ImportError:
         return None
 

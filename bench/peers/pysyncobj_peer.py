@@ -104,7 +104,8 @@ def _load(obj, inflight: int, duration: float, max_ops: int, value_size: int) ->
     wall = time.perf_counter() - t0
     pct = percentiles_ms(lat)
     return {"system": "pysyncobj", "inflight": inflight, "ops": len(lat), "submitted": n,
-            "errors": errors, "rps": round(len(lat) / wall, 1), "duration_s": round(wall, 3),
+            "errors": errors, "rps": round(len(lat) / wall, 1),
+            "rows_per_s": round(len(lat) / wall, 1), "duration_s": round(wall, 3),
             "p50_ms": pct["p50"], "p90_ms": pct["p90"], "p99_ms": pct["p99"],
             "p999_ms": pct["p999"], "max_ms": pct["max"], "mean_ms": pct["mean"]}
 
