@@ -435,15 +435,20 @@ def run_wrk(base_url: str, wl: Workload, connections: int, duration_s: float,
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         # wait4 gives the child's own rusage: the driver's CPU, nothing else's.
         deadline = time.monotonic() + secs + REQUEST_TIMEOUT_S + 20
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, ru = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
+        try:
+            while True:
+                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pid, status, ru = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.02)
+        except BaseException:  # interrupted (SIGTERM from the runner): leave no wrk behind
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - t0
         srv_frac = ((_proc_cpu_s(watch_pids) - srv0) / wall) if watch_pids else None

@@ -47,6 +47,7 @@ class Ctx:
         self.root = a.root
         self.notes: list[str] = []
         self.rows: list[dict] = []
+        self.raftsqlite_info: dict | None = None
 
     def note(self, msg: str):
         self.notes.append(msg)
@@ -127,8 +128,24 @@ def _start_raftsqlite(ctx, stack) -> rcluster.RaftsqliteCluster | None:
     except (RuntimeError, TimeoutError, OSError) as e:
         ctx.note(f"raftsqlite not measured: the 3-member cluster did not start: {e}")
         return None
-    print(f"raftsqlite: 3 members up, leader {c.leader_url()}", flush=True)
+    impl = _codec_impl(ctx.root)
+    ctx.raftsqlite_info = {"root": ctx.root, "codec": impl, "members": 3, "fsync": True}
+    if impl != "c":
+        ctx.note(f"raftsqlite runs the {impl} codec, not the compiled one "
+                 "(build it: python setup.py build_ext --inplace)")
+    print(f"raftsqlite: 3 members up, leader {c.leader_url()}, codec {impl}", flush=True)
     return c
+
+
+def _codec_impl(root: str) -> str | None:
+    try:
+        out = subprocess.run([sys.executable, "-c",
+                              "import raftsqlite.codec as c; print(c.IMPLEMENTATION)"],
+                             cwd=root, env=rcluster._env(root), capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def _start_etcd(ctx, stack) -> etcd_peer.EtcdCluster | None:
@@ -226,7 +243,8 @@ def headline(ctx) -> dict:
         "insert_rps", "etcd_put_rps", "bulk_rows_per_s", "apsw_bulk_rows_per_s")) else "partial"
     if ctx.quick:  # quick mode measures raftsqlite alone by design
         status = "ok" if out["insert_rps"] is not None else "skipped"
-    return {**out, "suite": "headline", "status": status, "repeat": ctx.repeat,
+    return {**out, "suite": "headline", "status": status, "raftsqlite": ctx.raftsqlite_info,
+            "repeat": ctx.repeat,
             "duration_s": ctx.duration, "rows": rows, "notes": ctx.notes}
 
 
@@ -314,6 +332,7 @@ def workloads(ctx, with_raftsqlite: bool = True) -> dict:
         # apsw: the faster of its synchronous settings is the ceiling (see _best_apsw)
         summary[key] = max(v or 0, summary.get(key) or 0) if r["system"] == "apsw" else v
     return {"suite": "workloads" if with_raftsqlite else "peers", **summary,
+            "raftsqlite": ctx.raftsqlite_info,
             "repeat": ctx.repeat, "duration_s": ctx.duration, "rows": rows,
             "notes": ctx.notes}
 
