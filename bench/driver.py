@@ -310,10 +310,12 @@ class LoadResult:
         return d
 
 
-def _finish(driver, wl, connections, wall, requests, errors, pct_ms, cpu_s, threads,
+def _finish(driver, wl, connections, wall, requests, ok, errors, pct_ms, cpu_s, threads,
             server_cpu_frac=None) -> LoadResult:
+    """``requests``: attempts that got an answer or failed on the wire; ``ok``: answered
+    with success (2xx, and no ``error`` in the body when the workload checks bodies)."""
     wall = max(wall, 1e-9)
-    ok = max(0, requests - sum(errors.values()))
+    ok = max(0, ok)
     cpu_frac = cpu_s / wall
     res = LoadResult(
         driver=driver, workload=wl.name, connections=connections, duration_s=round(wall, 3),
@@ -459,10 +461,14 @@ def run_wrk(base_url: str, wl: Workload, connections: int, duration_s: float,
         raise RuntimeError(f"wrk failed (exit {proc.returncode}): {text[-2000:]}")
     w = json.loads(line[len("WRKJSON "):])
     errors = {k[4:]: w[k] for k in w if k.startswith("err_") and w[k]}
+    # wrk's `requests` are completed responses: failed statuses and app errors are among
+    # them; connect/read/write/timeout errors are not.
+    ok = w["requests"] - w["err_status"] - w["err_app"]
+    attempts = w["requests"] + w["err_read"] + w["err_write"] + w["err_timeout"]
     pct = {"p50": w["p50_us"] / 1e3, "p90": w["p90_us"] / 1e3, "p99": w["p99_us"] / 1e3,
            "p999": w["p999_us"] / 1e3, "max": w["max_us"] / 1e3,
            "mean": round(w["mean_us"] / 1e3, 3)}
-    res = _finish("wrk", wl, connections, w["duration_us"] / 1e6, w["requests"], errors, pct,
+    res = _finish("wrk", wl, connections, w["duration_us"] / 1e6, attempts, ok, errors, pct,
                   ru.ru_utime + ru.ru_stime, threads,
                   round(srv_frac, 3) if srv_frac is not None else None)
     return res
@@ -583,7 +589,8 @@ def run_asyncio(base_url: str, wl: Workload, connections: int, duration_s: float
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     errors = {k: v for k, v in errors.items() if v}
     requests = len(lat) + errors.get("timeout", 0) + errors.get("read", 0)
-    return _finish("asyncio", wl, connections, wall, requests, errors, percentiles_ms(lat),
+    ok = len(lat) - errors.get("status", 0) - errors.get("app", 0)
+    return _finish("asyncio", wl, connections, wall, requests, ok, errors, percentiles_ms(lat),
                    cpu, 1, round(srv_frac, 3) if srv_frac is not None else None)
 
 

@@ -228,7 +228,11 @@ def headline(ctx) -> dict:
         "apsw_bulk_rows_per_s": ab and ab["rows_per_s"],
         "apsw_bulk_synchronous": ab and ab.get("synchronous"),
         "bulk_fraction_of_apsw": _ratio(rb and rb["rows_per_s"], ab and ab["rows_per_s"]),
+        "bulk_connections": BULK_CONNS,
     }
+    # The spread of the ratio across repeats (each repeat measures both back to back).
+    if r64 and e64 and len(r64["runs"]) == len(e64["runs"]):
+        out["ratio_vs_etcd_runs"] = [_ratio(a, b) for a, b in zip(r64["runs"], e64["runs"])]
     out["targets_met"] = {
         "ratio_vs_etcd>=2": None if out["ratio_vs_etcd"] is None
         else out["ratio_vs_etcd"] >= TARGETS["ratio_vs_etcd"],
