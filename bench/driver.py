@@ -185,6 +185,31 @@ end
         return self.read.request(cid, n, host)
 
 
+class Rotate(Workload):
+    """Request ``n`` of each connection comes from ``parts[n % len(parts)]``: several kinds of
+    request through one run (used to check every request builder in one short wrk run)."""
+
+    def __init__(self, parts: list[Workload], name: str = "rotate"):
+        self.parts, self.name = list(parts), name
+        self.check_body = any(p.check_body for p in self.parts)
+
+    def lua_req(self) -> str:
+        blocks = []
+        for i, part in enumerate(self.parts):
+            body = part.lua_req().replace("function req(", f"function req_{i}(")
+            blocks.append(f"do\n{body}\nend")
+        table = ", ".join(f"req_{i}" for i in range(len(self.parts)))
+        return "\n".join(blocks) + f"""
+local PARTS = {{{table}}}
+function req(tid, n)
+  return PARTS[(n % {len(self.parts)}) + 1](tid, n)
+end
+"""
+
+    def request(self, cid, n, host):
+        return self.parts[n % len(self.parts)].request(cid, n, host)
+
+
 def _b64_digit_triples() -> list[str]:
     # A 9-digit decimal key is three 3-byte groups, and base64 maps each 3-byte group to
     # 4 characters independently: a 1000-entry table lets Lua base64-encode keys cheaply.
