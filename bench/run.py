@@ -220,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-save", action="store_true", help="do not write result files")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = p.parse_args(argv)
+    if args.suite == "quick":
+        args.quick = True
     modules = discover()
     if args.list:
         for n, path in modules.items():
