@@ -203,3 +203,21 @@ def test_report_renders_tables_and_plots(tmp_path):
         data = (tmp_path / "docs" / "performance" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert f"performance/{png}" in text
+
+
+def test_missing_peer_is_skipped_with_a_note(monkeypatch):
+    """A peer that is not installed is skipped with a note naming it, and nothing is
+    measured in its place."""
+    from contextlib import ExitStack
+    from bench.peers import etcd as etcd_peer
+
+    monkeypatch.setattr(etcd_peer, "ETCD", None)
+
+    class A:
+        quick, duration, repeat, driver, root = False, 1.0, 1, "auto", REPO_ROOT
+    ctx = suites.Ctx(A)
+    with ExitStack() as stack:
+        assert suites._start_etcd(ctx, stack) is None
+    assert ctx.rows == [] and any("etcd is not installed" in n for n in ctx.notes)
+    with pytest.raises(FileNotFoundError):
+        etcd_peer.EtcdCluster(3)
