@@ -64,6 +64,9 @@ def build_parser():
     flag("batch-max", dest="batch_max_requests", type=int,
          default=_SDEFAULTS["batch_max_requests"][0], metavar="N",
          help=_SDEFAULTS["batch_max_requests"][1])
+    flag("read-inline-budget", dest="inline_read_budget", type=float,
+         default=_SDEFAULTS["inline_read_budget"][0], metavar="SECONDS",
+         help=_SDEFAULTS["inline_read_budget"][1])
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
@@ -76,7 +79,8 @@ def config_from_args(argv=None) -> NodeConfig:
     args = build_parser().parse_args(argv)
     join = tuple(a.strip() for a in args.join.split(",") if a.strip())
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
-                        batch_max_requests=args.batch_max_requests)
+                        batch_max_requests=args.batch_max_requests,
+                        inline_read_budget=args.inline_read_budget)
     overrides = []
     for opt in args.raft_opts:
         name, sep, value = opt.partition("=")

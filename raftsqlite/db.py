@@ -153,7 +153,8 @@ class Database:
         self._write_access = _Access()
         self.writer = self._open_writer()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
-                               "snapshots": 0, "restores": 0}
+                               "snapshots": 0, "restores": 0, "inline_reads": 0,
+                               "inline_fallbacks": 0}
 
     # ---- connections ---------------------------------------------------------------
     def _open_writer(self):
@@ -247,6 +248,25 @@ class Database:
                 conn.set_progress_handler(None)
         self.stats_counters["reads"] += len(results)
         return results
+
+    def read_inline(self, statements, *, transaction=False, budget=0.002):
+        """Like ``read`` but meant for the event loop thread: SQLite is interrupted once
+        ``budget`` seconds pass, and then None is returned so the caller re-runs the read
+        on a reader thread. Point reads finish in microseconds, far cheaper than a thread
+        hop; a long read costs at most ``budget`` of loop time."""
+        conn = self.reader()
+        deadline = time.monotonic() + budget
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 500)
+        try:
+            res = self.read(statements, transaction=transaction)
+        finally:
+            conn.set_progress_handler(None)
+        for r in res:
+            if r.get("error", "").startswith("query interrupted"):
+                self.stats_counters["inline_fallbacks"] += 1
+                return None
+        self.stats_counters["inline_reads"] += 1
+        return res
 
     def read_internal(self, sql, params=None):
         conn = self.reader()

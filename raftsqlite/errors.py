@@ -121,3 +121,10 @@ class SQLError(BadRequest):
     (the seed's /execute and /query)."""
 
     code = "sql_error"
+
+
+class QueueWaitTimeout(Timeout):
+    """A queued write (``?queue&wait``) was not written within the request's timeout; it
+    stays queued and may still be written."""
+
+    code = "queue_wait_timeout"

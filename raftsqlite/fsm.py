@@ -81,7 +81,7 @@ class FSM:
         self._applied, self._applied_term = self._read_meta()
         self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0,
-                         "apply_seconds": 0.0}
+                         "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
 
     # ---- contract -------------------------------------------------------------------
     def applied_index(self) -> int:
@@ -147,7 +147,10 @@ class FSM:
     def snapshot(self, path):
         """Consistent copy of the database at some applied index; returns that
         (index, term), read from the copy itself so they always match its contents."""
+        t0 = time.perf_counter()
         self.db.backup_to(path)
+        self.counters["last_snapshot_seconds"] = time.perf_counter() - t0
+        self.counters["snapshots"] += 1
         meta = dict(self.db.read_file_internal(path, "SELECT k, v FROM _raftsqlite_meta"))
         return int(meta.get("applied_index", 0)), int(meta.get("applied_term", 0))
 
@@ -197,7 +200,11 @@ class FSM:
                 added += new
             return {"index": e.index, "results": out}, added
         if t == CommandType.QUERY:
-            return {"index": e.index, "results": [self._query_request(r) for r in cmd.requests]}, 0
+            if any((pos, ri) in poisoned for ri in range(len(cmd.requests))):
+                return {"index": e.index, "results": [[{"error": _ROLLED_BACK, "time": 0.0}]
+                                                      for _ in cmd.requests]}, 0
+            return {"index": e.index, "results": [self._query_request(r, (pos, ri))
+                                                  for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
             return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops]}, 0
         return {"index": e.index, "results": []}, 0
@@ -242,27 +249,24 @@ class FSM:
             return results, 1
         return results, 0
 
-    def _query_request(self, req):
+    def _query_request(self, req, key):
         db = self.db
         results = []
         db.internal("SAVEPOINT _raftsqlite_q")
-        try:
-            for st in req.statements:
-                if INTERNAL_PREFIX in st.sql.lower():
-                    r = {"error": _INTERNAL_REFUSED, "time": 0.0}
-                else:
-                    r = db.run_user(st.sql, st.params)
-                    if not db.in_transaction():
-                        # a read cannot legitimately end the transaction; re-open it so the
-                        # rest of the batch and the index still commit together
-                        db.internal("BEGIN IMMEDIATE")
-                        db.internal("SAVEPOINT _raftsqlite_q")
-                results.append(r)
-                if req.transaction and "error" in r:
-                    break
-        finally:
-            db.internal("ROLLBACK TO _raftsqlite_q")
-            db.internal("RELEASE _raftsqlite_q")
+        for st in req.statements:
+            if INTERNAL_PREFIX in st.sql.lower():
+                r = {"error": _INTERNAL_REFUSED, "time": 0.0}
+            else:
+                r = db.run_user(st.sql, st.params)
+                if not db.in_transaction():
+                    # cannot happen for a read; if it does, treat it like a write that
+                    # ended the transaction: re-run the batch without it
+                    raise _TxnLost(key)
+            results.append(r)
+            if req.transaction and "error" in r:
+                break
+        db.internal("ROLLBACK TO _raftsqlite_q")
+        db.internal("RELEASE _raftsqlite_q")
         return results
 
     def _system_op(self, e, name, args):

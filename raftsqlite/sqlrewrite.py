@@ -23,10 +23,20 @@ from raftsqlite.errors import StatementRefused
 
 INTERNAL_PREFIX = "_raftsqlite_"
 
-_CANDIDATES = re.compile(
-    r"random|current_(?:timestamp|date|time)|\b(?:date|time|datetime|julianday|strftime|"
-    r"unixepoch)\s*\(|attach|detach|load_extension|vacuum|pragma|;|begin|commit|end\b|"
-    r"rollback|savepoint|release|_raftsqlite_", re.I)
+# Plain substrings (lowercase) that a statement needing any work must contain: checking
+# them with ``in`` is several times cheaper than one case-insensitive regex search.
+_CANDIDATE_WORDS = ("random", "current_", "date", "time", "julianday", "unixepoch", "attach", "detach",
+                    "load_extension", "vacuum", "pragma", ";", "begin", "commit", "end",
+                    "rollback", "savepoint", "release", "_raftsqlite_")
+
+
+def _maybe(sql):
+    low = sql.lower()
+    for w in _CANDIDATE_WORDS:
+        if w in low:
+            return True
+    return False
+
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
@@ -243,7 +253,7 @@ def rewrite(sql, *, now=None, rng=None):
     per request so every statement of it sees the same instant."""
     if not isinstance(sql, str):
         raise StatementRefused(f"statement must be a string, got {type(sql).__name__}")
-    if not _CANDIDATES.search(sql):
+    if not _maybe(sql):
         return sql
     if INTERNAL_PREFIX in sql.lower():
         raise StatementRefused(f"statement refers to internal tables ({INTERNAL_PREFIX}*), "
@@ -274,7 +284,7 @@ def check(sql):
     """Refusal checks only (for reads, which are never rewritten)."""
     if not isinstance(sql, str):
         raise StatementRefused(f"statement must be a string, got {type(sql).__name__}")
-    if not _CANDIDATES.search(sql):
+    if not _maybe(sql):
         return
     if INTERNAL_PREFIX in sql.lower():
         raise StatementRefused(f"statement refers to internal tables ({INTERNAL_PREFIX}*), "

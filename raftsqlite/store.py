@@ -26,7 +26,7 @@ from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.db import split_sql
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, PayloadTooLarge, RaftSQLiteError, StaleRead,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped, RaftSQLiteError, StaleRead,
                                Timeout)
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
@@ -132,11 +132,13 @@ class Store:
         return self._await(fut, timeout)
 
     async def _await(self, fut, timeout):
+        # A timer instead of wait_for(shield(...)): no extra task per write on the hot path.
+        # The batch still completes for everyone else; this caller just stops waiting.
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, fut, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            raise Timeout(f"write not confirmed within {timeout:g}s; it may still be "
-                          f"applied (outcome unknown)") from None
+            return await fut
+        finally:
+            handle.cancel()
 
     def _flush(self):
         self._wait_handle = None
@@ -188,6 +190,10 @@ class Store:
 
     def _map_error(self, exc):
         if isinstance(exc, NotLeader):
+            return self._not_leader()
+        if isinstance(exc, ProposalDropped) and not self.raft.is_leader:
+            # definitely not committed and we lost leadership: the caller (HTTP) may
+            # safely forward the same request to the new leader
             return self._not_leader()
         if isinstance(exc, (EncodeError, OverflowError, TypeError, ValueError)) and \
                 not isinstance(exc, RaftSQLiteError):
@@ -245,6 +251,12 @@ class Store:
     async def _local_read(self, stmts, transaction, db_timeout):
         reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
         pairs = [(st.sql, st.params) for st in reads if st is not None]
+        budget = self.config.inline_read_budget
+        if budget > 0 and (db_timeout is None or db_timeout > budget):
+            res = self.db.read_inline(pairs, transaction=bool(transaction), budget=budget)
+            if res is not None:
+                self.counters["reads_local"] += 1
+                return _merge_refused(reads, res)
         loop = asyncio.get_running_loop()
         res = await loop.run_in_executor(
             self._reads, lambda: self.db.read(pairs, transaction=bool(transaction),
@@ -264,16 +276,29 @@ class Store:
     def _check_fresh(self, freshness, strict):
         if not freshness or self.raft.is_leader:
             return
-        contact = getattr(self.raft, "last_leader_contact", None)
-        if not self.raft.leader_id or contact is None:
+        age = self._leader_contact_age()
+        if not self.raft.leader_id or age is None:
             raise StaleRead("no leader contact; data may be stale beyond freshness")
-        age = time.monotonic() - contact
         if age > freshness:
             raise StaleRead(f"last leader contact {age:.3f}s ago exceeds freshness "
                             f"{freshness:g}s")
         if strict and self.fsm.applied_index() < self.raft.commit_index:
             raise StaleRead("this node has not applied everything committed yet "
                             "(freshness_strict)")
+
+    def _leader_contact_age(self):
+        """Seconds since this follower last heard from its leader, or None if unknown."""
+        contact = getattr(self.raft, "last_leader_contact", None)
+        if contact is not None:
+            return time.monotonic() - contact
+        # Until the driver exposes it: the core counts ticks since the leader's last
+        # message (reset by every append and heartbeat), so ticks x tick length is the age.
+        core = getattr(self.raft, "core", None)
+        ticks = getattr(core, "_election_elapsed", None)
+        tick = getattr(getattr(self.raft, "config", None), "tick_interval", None)
+        if ticks is None or tick is None:
+            return None
+        return ticks * tick
 
     async def request(self, statements, *, transaction=False, request_id=None, level="weak",
                       freshness=None, freshness_strict=False, db_timeout=None, timeout=None):
@@ -335,9 +360,31 @@ class Store:
                 return {"node_id": node_id, "already_member": True}
             if m.raft_addr != raft_addr or (http_addr and m.http_addr != http_addr):
                 await self._call(self.raft.remove_member(node_id, timeout=timeout))
-        await self._call(self.raft.add_member(node_id, raft_addr, http_addr, voter=bool(voter),
-                                              timeout=timeout))
+        nudge = asyncio.get_running_loop().create_task(self._nudge(node_id))
+        try:
+            await self._call(self.raft.add_member(node_id, raft_addr, http_addr,
+                                                  voter=bool(voter), timeout=timeout))
+        finally:
+            nudge.cancel()
+        # once more after a learner-only add, which returns before any replication
+        await self._nudge_once()
         return {"node_id": node_id, "already_member": False}
+
+    async def _nudge(self, node_id):
+        """While a new member catches up, append a no-op now and then. A new member's
+        first probe can be lost (it is sent before the connection exists); with the log
+        idle the leader has nothing new to send, so it would wait forever. A fresh entry
+        gives it something to send and the follower's reject starts the back-off."""
+        while True:
+            await asyncio.sleep(0.5)
+            await self._nudge_once()
+
+    async def _nudge_once(self):
+        try:
+            if self.raft.is_leader:
+                await self.raft.propose(self._encode(Command(CommandType.NOOP)), 5.0)
+        except Exception:  # best effort: the next nudge or write does the same job
+            pass
 
     async def remove(self, node_id, timeout=None):
         if not node_id or not isinstance(node_id, str):
@@ -363,7 +410,8 @@ class Store:
 
     async def snapshot(self):
         """Take a snapshot now and compact the log."""
-        fn = getattr(self.raft, "snapshot", None) or getattr(self.raft, "take_snapshot", None)
+        fn = getattr(self.raft, "snapshot", None) or getattr(self.raft, "take_snapshot", None) \
+            or getattr(self.raft, "_take_snapshot", None)   # until the driver has a public one
         if fn is None:
             raise RaftSQLiteError("this Raft engine cannot take snapshots on demand")
         return await self._call(fn())
@@ -504,6 +552,12 @@ class Store:
         c["avg_batch"] = (c["batched_requests"] / c["write_batches"]) if c["write_batches"] else 0
         return {"store": c, "fsm": self.fsm.stats(), "db": self.db.stats(),
                 "raft": self.raft.stats() if hasattr(self.raft, "stats") else {}}
+
+
+def _expire(fut, timeout):
+    if not fut.done():
+        fut.set_exception(Timeout(f"write not confirmed within {timeout:g}s; it may still "
+                                  f"be applied (outcome unknown)"))
 
 
 def _check_value(v, i):

@@ -54,7 +54,7 @@ async def _queued(request, p, started):
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
-            return wire.error_response(408, "queue wait timeout", "timeout")
+            raise errors.QueueWaitTimeout("queue wait timeout") from None
     body = wire.queued_body(seq, p, started=started, now=perf_counter())
     return wire.json_response(body, pretty=p.pretty)
 

@@ -182,6 +182,7 @@ class RaftCore:
         self._read_states = []
         self._bcast = False
         self._dirty = set()
+        self._probe = set()               # peers owed an APPEND even if it is empty
         # ReadIndex (leader): reads waiting for our first commit in this term, reads
         # waiting for a round, rounds in flight [id, index, acks, requests]
         self._reads_blocked = []
@@ -434,6 +435,7 @@ class RaftCore:
         self._read_rounds = []
         self._bcast = False
         self._dirty.clear()
+        self._probe.clear()
 
     def _become_follower(self, term, leader):
         self._reset(term)
@@ -906,6 +908,12 @@ class RaftCore:
             pr.recent_active = True
             if pr.state == PROBE:
                 pr.paused = False
+            if pr.match < self.last_index and pr.state != SNAPSHOT:
+                # APPENDs may have been lost: free a slot and send one from pr.next,
+                # even empty, so a follower missing entries rejects and we back off.
+                if len(pr.inflight) >= self.cfg.max_inflight:
+                    pr.inflight.popleft()
+                self._probe.add(m.frm)
             if pr.match < self.last_index or pr.commit_sent < self.commit:
                 self._dirty.add(m.frm)
             if m.context and m.frm in self._voters:
@@ -963,9 +971,12 @@ class RaftCore:
         if self._bcast:
             targets = [n for n in self._prs if n != self.node_id]
         else:
-            targets = [n for n in self._dirty if n in self._prs and n != self.node_id]
+            # dict order, not set order: runs must not depend on PYTHONHASHSEED
+            dirty = self._dirty
+            targets = [n for n in self._prs if n in dirty and n != self.node_id]
         self._bcast = False
         self._dirty.clear()
+        self._probe.intersection_update(targets)
         for nid in targets:
             self._send_appends(nid, self._prs[nid])
 
@@ -973,9 +984,12 @@ class RaftCore:
         cfg = self.cfg
         last = self.last_index
         allow_empty = True
+        force = to in self._probe
+        if force:
+            self._probe.discard(to)
         while not pr.blocked(cfg.max_inflight):
             nxt = pr.next
-            if nxt > last and not (allow_empty and pr.commit_sent < self.commit):
+            if nxt > last and not (allow_empty and (force or pr.commit_sent < self.commit)):
                 return
             prev = nxt - 1
             pt = self.log_term(prev)

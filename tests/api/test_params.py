@@ -117,7 +117,22 @@ _scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 65),
 @given(st.lists(_scalars, max_size=6))
 def test_bulk_fast_path_matches_full_path(params):
     """The fast path for ["SQL", scalars...] converts exactly as the full path does."""
-    import orjson
-    body = orjson.dumps([["SELECT 1"] + params])
-    doc = orjson.loads(body)
+    import json
+    body = json.dumps([["SELECT 1"] + params]).encode()
+    doc = json.loads(body)
     assert parse_statements(body, 10) == [make_statement("SELECT 1", doc[0][1:])]
+
+
+def test_http_settings_documented_and_validated():
+    """Every HTTP setting has help text; a non-positive limit is a ConfigError; node
+    config fields (http_<name>, store.max_statements) are picked up."""
+    from types import SimpleNamespace
+
+    from raftsqlite.http.backend import HTTPConfig
+    assert all(h for _, h in HTTPConfig.help().values())
+    with pytest.raises(errors.ConfigError):
+        HTTPConfig(max_body_bytes=0)
+    cfg = SimpleNamespace(http_max_body_bytes=123, store=SimpleNamespace(max_statements=7),
+                          data_dir="/tmp/x")
+    s = HTTPConfig.from_node_config(cfg)
+    assert (s.max_body_bytes, s.max_statements, s.spool_dir) == (123, 7, "/tmp/x")

@@ -278,3 +278,51 @@ def test_backup_and_load_round_trip(env, tmp_path):
     assert q["results"][0]["values"] == [[1, b"\x00\xff"], [2, "two"]]
     assert "no such table" in gone["results"][0]["error"]
     assert q2["results"][0]["values"] == q["results"][0]["values"], res2
+
+
+def test_dropped_proposal_after_losing_leadership_becomes_not_leader(env):
+    """A proposal definitely not committed because leadership moved is reported as
+    NotLeader (safe to forward), not as an unknown outcome."""
+    from raftsqlite.errors import ProposalDropped
+    store, raft = env
+
+    async def dropping(data, timeout):
+        raft.is_leader, raft.leader_id = False, "n2"
+        raise ProposalDropped("entry was replaced by a new leader's entry")
+    raft.propose = dropping
+    with pytest.raises(NotLeader) as ei:
+        run(store.execute([Statement("CREATE TABLE t (a)")]))
+    assert ei.value.leader_addr == "127.0.0.1:3"
+
+
+def test_write_timeout_is_reported_and_others_unaffected(env):
+    """A caller whose deadline passes gets Timeout; the batch still completes."""
+    from raftsqlite.errors import Timeout
+    store, raft = env
+    raft.delay = 0.3
+
+    async def go():
+        slow = store.execute([Statement("CREATE TABLE t (a)")], timeout=0.05)
+        with pytest.raises(Timeout):
+            await slow
+        await asyncio.sleep(0.5)
+        return await store.query([Statement("SELECT count(*) FROM t")])
+    assert run(go())["results"][0]["values"] == [[0]]
+
+
+def test_long_read_falls_back_from_the_loop_to_a_thread(env):
+    """A read past the inline budget is interrupted on the loop and re-run on a reader
+    thread, giving the full answer."""
+    store, _ = env
+    q = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) "
+         "SELECT count(*) FROM c")
+
+    async def go():
+        r = await store.query([Statement(q)], level="none")
+        p = await store.query([Statement("SELECT 1")], level="none")
+        return r, p
+    r, p = run(go())
+    assert r["results"][0]["values"] == [[3000000]]
+    assert p["results"][0]["values"] == [[1]]
+    st = store.db.stats()
+    assert st["inline_fallbacks"] >= 1 and st["inline_reads"] >= 1
