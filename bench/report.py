@@ -99,8 +99,8 @@ def workload_tables(rows: list[dict]) -> list[str]:
         metric = "rows_per_s" if bulk else "rps"
         out += [f"### {WORKLOAD_TITLES.get(w, w)} (`{w}`)", "",
                 f"| system | clients | {'rows/s' if bulk else 'req/s'} | p50 ms | p99 ms "
-                f"| p99.9 ms | raftsqlite ÷ this | runs | notes |",
-                "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+                f"| p99.9 ms | raftsqlite ÷ this | server CPU (cores) | runs | notes |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in wrows:
             ratio = (ours[metric] / r[metric]) if ours and r.get(metric) else None
             notes = []
@@ -112,7 +112,8 @@ def workload_tables(rows: list[dict]) -> list[str]:
             out.append(f"| {_label(r)} | {r['clients']} | {_fmt(r.get(metric))} | "
                        f"{_fmt(r.get('p50_ms'), 3)} | {_fmt(r.get('p99_ms'), 3)} | "
                        f"{_fmt(r.get('p999_ms'), 3)} | "
-                       f"{'–' if r is ours else _fmt(ratio, 2)} | {runs} | {'; '.join(notes)} |")
+                       f"{'–' if r is ours else _fmt(ratio, 2)} | "
+                       f"{_fmt(r.get('server_cpu_frac'), 2)} | {runs} | {'; '.join(notes)} |")
         out.append("")
     return out
 
@@ -268,6 +269,9 @@ def render(latest: dict[str, dict], img_dir: str, out_path: str) -> str:
                   ""]
         lines += [f"- **{s}**: {SYSTEM_NOTES[s]}" for s in SYSTEM_ORDER
                   if any(r["system"] == s for r in rows)]
+        lines.append("- *server CPU*: cores used by the system's processes during the run (all "
+                     "members together); on a shared 2-core machine a low figure with a low "
+                     "throughput means the servers were starved or waiting (fsync), not busy.")
         lines += [f"- {n}" for n in suite["result"].get("notes") or []]
         lines.append("")
         os.makedirs(img_dir, exist_ok=True)
