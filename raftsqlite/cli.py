@@ -127,6 +127,9 @@ def main(argv=None):
     except RaftSQLiteError as e:
         print(f"raft-sqlite: {e}", file=sys.stderr)
         return 1
+    except OSError as e:   # e.g. a port already in use, an unwritable data dir
+        print(f"raft-sqlite: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -151,12 +151,26 @@ class Database:
         self._readers = []            # every reader opened, so close() can close them
         self._readers_lock = threading.Lock()
         self._write_access = _Access()
+        self._functions = {}
         self.writer = self._open_writer()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
                                "snapshots": 0, "restores": 0, "inline_reads": 0,
                                "inline_fallbacks": 0}
 
     # ---- connections ---------------------------------------------------------------
+    def create_function(self, name, nargs, fn, deterministic=True):
+        """Register a SQL function on the writer and on every reader (present and future),
+        e.g. the sharding layer's keyspace functions."""
+        self._functions[name] = (nargs, fn, deterministic)
+        with self._readers_lock:
+            conns = [self.writer] + list(self._readers)
+        for c in conns:
+            self._register(c, name, nargs, fn, deterministic)
+
+    @staticmethod
+    def _register(conn, name, nargs, fn, deterministic):
+        conn.create_scalar_function(name, fn, nargs, deterministic=deterministic)
+
     def _open_writer(self):
         conn = apsw.Connection(self.path, flags=_RW)
         conn.set_busy_timeout(self.busy_timeout_ms)
@@ -175,6 +189,8 @@ class Database:
             conn.set_busy_timeout(self.busy_timeout_ms)
             access = _Access()
             conn.authorizer = access.authorize
+            for name, (nargs, fn, det) in list(self._functions.items()):
+                self._register(conn, name, nargs, fn, det)
             self._local.conn = conn
             self._local.access = access
             with self._readers_lock:
@@ -298,6 +314,31 @@ class Database:
                 dst.close()
         finally:
             src.close()
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self.stats_counters["snapshots"] += 1
+
+    def copy_files_to(self, path):
+        """Fast consistent copy for the apply thread only: with no write in progress (the
+        caller is the writer's own thread, between transactions) and no other connection
+        able to write or checkpoint (readers are read-only), the database file plus its
+        WAL *is* a consistent state. Copy both at file speed, then fold the WAL into the
+        copy and make it a plain file. About 3x faster than the backup API, which matters
+        because the writer waits for it."""
+        import shutil
+        tmp = path + ".tmp"
+        for p in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+            if os.path.exists(p):
+                os.unlink(p)
+        shutil.copyfile(self.path, tmp)
+        if os.path.exists(self.path + "-wal"):
+            shutil.copyfile(self.path + "-wal", tmp + "-wal")
+        dst = apsw.Connection(tmp, flags=_RW)
+        try:
+            dst.execute("PRAGMA journal_mode=DELETE")   # checkpoints and drops the WAL
+        finally:
+            dst.close()
         _fsync_file(tmp)
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(os.path.abspath(path)))

@@ -27,7 +27,7 @@ import orjson
 
 from raftsqlite.codec.model import CommandType, EntryType
 from raftsqlite.db import INTERNAL_PREFIX
-from raftsqlite.errors import DecodeError
+from raftsqlite.errors import DecodeError, RaftSQLiteError
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS _raftsqlite_meta (k TEXT PRIMARY KEY, v)",
@@ -75,7 +75,10 @@ class FSM:
         self._decode = decode
         self._handlers = {"drop_all": _drop_all}
         self._restore_listeners = []
+        self._request_hooks = []
         self._lock = threading.Lock()    # apply/restore never overlap
+        self._apply_thread = None
+        self._current = (0, 0)
         for sql in _SCHEMA:
             db.internal(sql)
         self._applied, self._applied_term = self._read_meta()
@@ -95,6 +98,12 @@ class FSM:
         raising rolls back that op alone and yields ``{"error": str(exc)}``."""
         self._handlers[name] = fn
 
+    def add_request_hook(self, fn):
+        """``fn(ctx: SystemContext, request)`` runs before each EXECUTE request; raising a
+        RaftSQLiteError (e.g. Moved, Fenced) fails that request alone, with
+        ``{"error": message, "code": exc.code}``, before any of its statements run."""
+        self._request_hooks.append(fn)
+
     def add_restore_listener(self, fn):
         """``fn()`` is called after the database was replaced by a snapshot."""
         self._restore_listeners.append(fn)
@@ -107,6 +116,7 @@ class FSM:
         todo = [(i, e) for i, e in enumerate(entries) if e.index > self._applied]
         if not todo:
             return results
+        self._apply_thread = threading.get_ident()
         with self._lock:
             poisoned = set()
             while True:
@@ -148,7 +158,14 @@ class FSM:
         """Consistent copy of the database at some applied index; returns that
         (index, term), read from the copy itself so they always match its contents."""
         t0 = time.perf_counter()
-        self.db.backup_to(path)
+        if threading.get_ident() == self._apply_thread:
+            # Called on the apply thread: applies wait for us whatever we do, so take the
+            # fastest consistent copy (raw files; nothing can write meanwhile).
+            with self._lock:
+                self.db.copy_files_to(path)
+        else:
+            # Another thread: copy from a read transaction while applies go on.
+            self.db.backup_to(path)
         self.counters["last_snapshot_seconds"] = time.perf_counter() - t0
         self.counters["snapshots"] += 1
         meta = dict(self.db.read_file_internal(path, "SELECT k, v FROM _raftsqlite_meta"))
@@ -192,6 +209,7 @@ class FSM:
             self.counters["decode_errors"] += 1
             return {"index": e.index, "error": f"undecodable entry: {exc}"}, 0
         t = cmd.type
+        self._current = (e.index, e.term)
         if t == CommandType.EXECUTE:
             out, added = [], 0
             for ri, req in enumerate(cmd.requests):
@@ -219,8 +237,17 @@ class FSM:
                 self.counters["dedup_hits"] += 1
                 return _load_result(row[0][0]), 0
         self.counters["requests"] += 1
+        refused = None
+        for hook in self._request_hooks:
+            try:
+                hook(SystemContext(db, self._current[0], self._current[1]), req)
+            except RaftSQLiteError as exc:
+                refused = {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
+                break
         if poisoned:
             results = [{"error": _ROLLED_BACK, "time": 0.0}]
+        elif refused is not None:
+            results = [refused]
         else:
             results = []
             txn = req.transaction

@@ -206,6 +206,22 @@ class Store:
             return Timeout("proposal timed out; outcome unknown")
         return OutcomeUnknown(f"write failed: {type(exc).__name__}: {exc}")
 
+    async def system(self, ops, *, timeout=None):
+        """Propose SYSTEM ops ``[(name, args: bytes)]`` (handled by FSM handlers registered
+        by name, e.g. the sharding catalog). -> {"results": [one per op], "raft_index"}."""
+        ops = [(str(n), bytes(a)) for n, a in ops]
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.SYSTEM, ops=ops),
+                                      timeout or self.config.write_timeout)
+        return {"results": res["results"], "raft_index": res["index"]}
+
+    async def barrier(self, *, timeout=None):
+        """Return once everything proposed before this call is applied here (leader)."""
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.NOOP),
+                                      timeout or self.config.write_timeout)
+        return res["index"]
+
     async def _propose_one(self, cmd, timeout):
         try:
             data = self._encode(cmd)

@@ -8,14 +8,13 @@ stop; with ``manage_node=True`` they also start and stop the node itself.
 Every exception a handler raises ends in ``_on_error``, which uses wire.py's single
 mapping, so every route answers errors in the one JSON shape.
 """
+import asyncio
 import collections
 import itertools
 import logging
 import os
 import tempfile
 import time
-
-import asyncio
 
 from sanic import Sanic
 from sanic.exceptions import SanicException
@@ -241,8 +240,6 @@ async def stop_server(srv):
 
 def run(node, host, port):
     """Standalone: run the app (and the node) on uvloop until interrupted."""
-    import asyncio
-
     import uvloop
 
     async def main():

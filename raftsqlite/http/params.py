@@ -63,7 +63,7 @@ class QueryParams:
 
     __slots__ = PRESENCE_FLAGS + (
         "level", "freshness", "timeout", "db_timeout", "q", "ver", "fmt", "tables", "key",
-        "retries", "auto_route", "shard_id", "query_string", "raw")
+        "retries", "auto_route", "shard_id", "query_string", "raw", "linearizable_timeout")
 
     def __init__(self, query_string=""):
         self.query_string = query_string
@@ -88,6 +88,7 @@ class QueryParams:
         self.freshness = self._duration("freshness")
         self.timeout = self._duration("timeout")
         self.db_timeout = self._duration("db_timeout")
+        self.linearizable_timeout = self._duration("linearizable_timeout")
         if self.freshness_strict and self.freshness is None:
             raise errors.BadRequest("freshness_strict requires freshness")
         if self.timeout == 0:

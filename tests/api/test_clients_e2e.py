@@ -109,7 +109,6 @@ def test_random_requests_against_real_nodes_never_500(cluster):
     """The no-500 property again, against real nodes (leader and follower), so errors the
     real store raises are covered too."""
     import json as _json
-    from urllib.parse import quote
 
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -193,3 +192,24 @@ def test_seed_readme_commands_on_every_node(cluster):
         rows = json.loads(body)
         assert st == 200 and len(rows) == i + 1
         assert rows[0] == {"id": 1, "name": "John Doe", "email": "john@example.com"}
+
+
+def test_real_status_nodes_readyz(cluster):
+    """On real nodes: /status has every rqlite key, /nodes lists all three with one
+    leader, /readyz is ready (also with sync)."""
+    from raftsqlite.http.cluster import REQUIRED_STATUS_KEYS
+    leaders = set()
+    for a in cluster.http:
+        st, body = http("GET", f"http://{a}/status")
+        doc = json.loads(body)
+        for key in REQUIRED_STATUS_KEYS:
+            d = doc
+            for k in key.split("."):
+                assert k in d, f"{a}: /status lacks {key}"
+                d = d[k]
+        st, body = http("GET", f"http://{a}/nodes?ver=2")
+        nodes = json.loads(body)["nodes"]
+        assert len(nodes) == 3 and all(n["reachable"] for n in nodes)
+        leaders |= {n["id"] for n in nodes if n["leader"]}
+        assert http("GET", f"http://{a}/readyz?sync")[0] == 200
+    assert len(leaders) == 1

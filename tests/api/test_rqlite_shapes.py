@@ -147,6 +147,9 @@ def test_query_flags_reach_store(single):
     assert name == "query"
     assert kw == {"level": "none", "freshness": 60.0, "freshness_strict": True,
                   "db_timeout": 2.0, "timeout": 3.0}
+    h.get("/db/query?q=SELECT+1&level=linearizable&linearizable_timeout=250ms")
+    assert single.store.calls[-1][1]["timeout"] == 0.25
+    assert h.get("/db/query?q=SELECT+1&linearizable_timeout=x").status == 400
     h.get("/db/query?q=SELECT+1&level=auto")
     assert single.store.calls[-1][1]["level"] == "weak"  # a voter reads at weak
 

@@ -164,3 +164,56 @@ def test_snapshot_and_restore(fsm, tmp_path):
     other.apply([ex(3, req("INSERT INTO t VALUES (2)"), term=3)])
     assert other_db.checksum("t") == fsm.db.checksum("t")
     other_db.close()
+
+
+def test_snapshot_on_apply_thread_and_elsewhere_agree(fsm, tmp_path):
+    """Both snapshot paths (raw files on the apply thread, backup API on another thread)
+    give a file holding exactly the state at the index they return, including rows
+    still only in the WAL."""
+    import threading
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))] +
+              [ex(i, req(("INSERT INTO t VALUES (?)", [i]))) for i in range(2, 40)])
+    a = str(tmp_path / "a.snap")
+    b = str(tmp_path / "b.snap")
+    assert fsm.snapshot(a) == (39, 1)                  # same thread as apply
+    out = []
+    th = threading.Thread(target=lambda: out.append(fsm.snapshot(b)))
+    th.start()
+    th.join(10)
+    assert out == [(39, 1)]
+    for p in (a, b):
+        assert Database.read_file_internal(p, "SELECT count(*), sum(a) FROM t") == \
+            [(38, sum(range(2, 40)))]
+        with open(p, "rb") as f:
+            assert f.read(20)[18:20] == b"\x01\x01"   # rollback-journal file, no WAL needed
+
+
+def test_request_hook_refuses_one_request(fsm):
+    """A request hook raising a RaftSQLiteError fails that request alone, before its
+    statements run; neighbours in the batch apply."""
+    from raftsqlite.errors import Moved
+
+    def hook(ctx, request):
+        if request.request_id == b"stale":
+            raise Moved("key range moved; refresh the catalog")
+    fsm.register_system_handler("noop", lambda ctx, a: None)
+    fsm.add_request_hook(hook)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))])
+    res = fsm.apply([ex(2, req("INSERT INTO t VALUES (1)", request_id=b"stale"),
+                        req("INSERT INTO t VALUES (2)"))])[0]["results"]
+    assert res[0][0]["code"] == "moved" and "moved" in res[0][0]["error"]
+    assert res[1][0]["rows_affected"] == 1
+    assert fsm.db.read([("SELECT a FROM t", None)])[0]["values"] == [[2]]
+
+
+def test_create_function_on_writer_and_readers(fsm):
+    """A function registered once is usable by applies and by reads on any thread."""
+    import threading
+    fsm.db.create_function("twice", 1, lambda x: 2 * x)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)", "INSERT INTO t VALUES (twice(21))"))])
+    out = []
+    th = threading.Thread(target=lambda: out.append(
+        fsm.db.read([("SELECT twice(a) FROM t", None)])[0]["values"]))
+    th.start()
+    th.join(10)
+    assert out == [[[84]]]

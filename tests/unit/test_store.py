@@ -326,3 +326,18 @@ def test_long_read_falls_back_from_the_loop_to_a_thread(env):
     assert p["results"][0]["values"] == [[1]]
     st = store.db.stats()
     assert st["inline_fallbacks"] >= 1 and st["inline_reads"] >= 1
+
+
+def test_system_ops_through_the_store(env):
+    """Store.system proposes SYSTEM ops and returns one result per op."""
+    store, _ = env
+    store.fsm.register_system_handler("echo", lambda ctx, args: {"got": args.decode(),
+                                                                 "index": ctx.index})
+
+    async def go():
+        r = await store.system([("echo", b"hi"), ("missing", b"")])
+        i = await store.barrier()
+        return r, i
+    r, i = run(go())
+    assert r["results"][0] == {"got": "hi", "index": r["raft_index"]}
+    assert "unknown" in r["results"][1]["error"] and i == r["raft_index"] + 1

@@ -70,3 +70,20 @@ def test_help_and_bad_flag_exit_codes():
     r = subprocess.run([sys.executable, "-m", "raftsqlite", "-http", "bogus"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "http_addr" in r.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    """A busy HTTP port ends the process with a message, not a traceback."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with socket.socket() as r:
+            r.bind(("127.0.0.1", 0))
+            raft_port = r.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "raftsqlite", "-data", str(tmp_path / "d"),
+                            "-http", f"127.0.0.1:{port}", "-raft", f"127.0.0.1:{raft_port}"],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "raft-sqlite:" in r.stderr
