@@ -169,7 +169,7 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
               clients: int = 6, out: str | Path | None = None, faults=FAULTS,
               client_timeout: float = 3.0, hold=(2.0, 4.0), quiet=(1.0, 3.0),
               extra_args=(), max_ops: int = 1_000_000, topology: str = "group",
-              log=print) -> dict:
+              unsafe_read_level: str | None = None, log=print) -> dict:
     """One complete run; returns the summary (also written to ``out/summary.json``)."""
     if topology != "group":
         raise errors.ConfigError(
@@ -183,11 +183,13 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     history = History()
-    wls = [WORKLOADS[name](history, random.Random(rng.random())) for name in workloads]
+    wls = [WORKLOADS[name](history, random.Random(rng.random()),
+                           unsafe_read_level=unsafe_read_level) for name in workloads]
     cluster = LocalCluster(members, out / "cluster", seed=rng.random(), extra_args=extra_args)
     nemesis = Nemesis(cluster, history, random.Random(rng.random()), faults, hold, quiet)
     summary: dict = {"seed": seed, "workloads": list(workloads), "duration_s": duration,
-                     "members": members, "clients": clients, "out": str(out)}
+                     "members": members, "clients": clients, "out": str(out),
+                     "faults_enabled": list(faults), "unsafe_read_level": unsafe_read_level}
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256,
                                                                    force_close=True))
     t_start = time.monotonic()
@@ -241,6 +243,7 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
         summary["convergence"] = conv.to_dict()
     except BaseException as e:
         summary["error"] = f"{type(e).__name__}: {e}"
+        e.add_note(f"nemesis run (seed {seed}): history, schedule and member logs in {out}")
         raise
     finally:
         history.close_pending()
@@ -336,6 +339,9 @@ def main(argv=None) -> int:
                    help="keep member data directories of a passing run")
     p.add_argument("--node-arg", action="append", default=[],
                    help="extra argument for every node (repeatable)")
+    p.add_argument("--unsafe-read-level", choices=("none", "weak"), default=None,
+                   help="issue reads at this level but check them as linearizable: shows "
+                        "that the checkers catch stale reads (expect FAIL under partitions)")
     a = p.parse_args(argv)
     names = tuple(WORKLOADS) if a.workload == "all" else tuple(a.workload.split(","))
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -344,6 +350,7 @@ def main(argv=None) -> int:
         s = asyncio.run(run(names, a.duration, seed, a.members, clients, a.out,
                             tuple(x for x in a.faults.split(",") if x), a.client_timeout,
                             extra_args=a.node_arg, topology=a.topology,
+                            unsafe_read_level=a.unsafe_read_level,
                             log=lambda m: print(m, file=sys.stderr, flush=True)))
     except errors.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -115,9 +115,20 @@ class Workload:
     name = "workload"
     tables: tuple[str, ...] = ()
 
-    def __init__(self, history: History, rng: random.Random):
+    def __init__(self, history: History, rng: random.Random,
+                 unsafe_read_level: str | None = None):
         self.history = history
         self.rng = rng
+        # Reads issued at this level but recorded (and so checked) as linearizable: a
+        # way to show the checkers catch stale reads end to end (expect a FAIL).
+        self.unsafe_read_level = unsafe_read_level
+
+    def read_level(self) -> tuple[str, str]:
+        """(level sent to the node, level recorded in the history)."""
+        if self.unsafe_read_level:
+            return self.unsafe_read_level, "linearizable"
+        level = self.rng.choice(("linearizable", "strong"))
+        return level, level
 
     async def setup(self, client: NodeClient) -> None:
         raise NotImplementedError
@@ -168,8 +179,8 @@ class Bank(Workload):
     tables = ("bank_accounts", "bank_transfers")
 
     def __init__(self, history, rng, accounts: int = 8, balance: int = 100,
-                 max_amount: int = 30):
-        super().__init__(history, rng)
+                 max_amount: int = 30, **kw):
+        super().__init__(history, rng, **kw)
         self.initial = {i: balance for i in range(accounts)}
         self.max_amount = max_amount
         self._ids = itertools.count(1)
@@ -192,13 +203,13 @@ class Bank(Workload):
 
     async def op(self, proc, client):
         if self.rng.random() < 0.5:
-            level = self.rng.choice(("linearizable", "strong"))
+            level, recorded = self.read_level()
 
             async def read():
                 res = await client.query(["SELECT id, balance FROM bank_accounts ORDER BY id"],
                                          level)
                 return {r[0]: r[1] for r in rows(res[0])}
-            return await run_op(self.history, proc, "read_all", None, None, client, level,
+            return await run_op(self.history, proc, "read_all", None, None, client, recorded,
                                 read)
         src, dst = self.rng.sample(sorted(self.initial), 2)
         amount = self.rng.randint(1, self.max_amount)
@@ -239,8 +250,8 @@ class Register(Workload):
     name = "register"
     tables = ("reg_registers",)
 
-    def __init__(self, history, rng, keys: int = 8):
-        super().__init__(history, rng)
+    def __init__(self, history, rng, keys: int = 8, **kw):
+        super().__init__(history, rng, **kw)
         self.keys = list(range(keys))
         self._values = itertools.count(1)      # unique values: the checker relies on it
         self.last_seen: dict = {}
@@ -259,7 +270,7 @@ class Register(Workload):
         key = self.rng.choice(self.keys)
         r = self.rng.random()
         if r < 0.4:
-            level = self.rng.choice(("linearizable", "strong"))
+            level, recorded = self.read_level()
 
             async def read():
                 res = await client.query([["SELECT v FROM reg_registers WHERE k = ?", key]],
@@ -269,7 +280,7 @@ class Register(Workload):
                     raise Indefinite(f"register {key} missing")   # never expected
                 self.last_seen[(proc, key)] = vals[0][0]
                 return vals[0][0]
-            return await run_op(self.history, proc, "read", key, None, client, level, read)
+            return await run_op(self.history, proc, "read", key, None, client, recorded, read)
         elif r < 0.7:
             v = next(self._values)
 
@@ -317,8 +328,8 @@ class Append(Workload):
     name = "append"
     tables = ("app_items",)
 
-    def __init__(self, history, rng, keys: int = 4):
-        super().__init__(history, rng)
+    def __init__(self, history, rng, keys: int = 4, **kw):
+        super().__init__(history, rng, **kw)
         self.keys = list(range(keys))
         self._n = itertools.count(1)
 
@@ -341,13 +352,13 @@ class Append(Workload):
                 return None
             return await run_op(self.history, proc, "append", key, value, client, None, append)
         else:
-            level = self.rng.choice(("linearizable", "strong"))
+            level, recorded = self.read_level()
 
             async def read():
                 res = await client.query(
                     [["SELECT v FROM app_items WHERE k = ? ORDER BY id", key]], level)
                 return [r[0] for r in rows(res[0])]
-            return await run_op(self.history, proc, "read", key, None, client, level, read)
+            return await run_op(self.history, proc, "read", key, None, client, recorded, read)
 
     async def final(self, client):
         res = await client.query(["SELECT k, v FROM app_items ORDER BY id"], "strong")
