@@ -241,6 +241,13 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
         conv = await wait_converged(cluster, session, tables=None, timeout=30)
         results.append(conv)
         summary["convergence"] = conv.to_dict()
+        # Evidence of what the run exercised (e.g. snapshots were taken).
+        for m in cluster.members.values():
+            doc = await cluster.status(m)
+            raft = ((doc or {}).get("store") or {}).get("raft") or {}
+            summary.setdefault("members_final", {})[m.id] = {
+                k: raft.get(k) for k in ("state", "term", "commit_index", "applied_index",
+                                         "last_snapshot_index")}
     except BaseException as e:
         summary["error"] = f"{type(e).__name__}: {e}"
         e.add_note(f"nemesis run (seed {seed}): history, schedule and member logs in {out}")
@@ -284,6 +291,12 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
     return summary
 
 
+def snapshot_args(threshold: int) -> list[str]:
+    """Node flags that make snapshots (and catch-up by snapshot) happen in a short run."""
+    return ["-snapshot-threshold", str(threshold),
+            "-raft-opt", f"snapshot_trailing={max(1, threshold // 4)}"]
+
+
 def format_summary(s: dict) -> str:
     lines = [f"seed {s['seed']}  workloads {','.join(s['workloads'])}  "
              f"{s['duration_s']:g}s on {s['members']} members  ({s.get('elapsed_s')}s total)"]
@@ -300,6 +313,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  convergence {'passed' if conv.get('valid') else 'FAILED'}"
                  f" ({conv.get('stats', {}).get('tables', 0)} tables)")
     lines.append("  faults: " + ", ".join(f"{k} {v}" for k, v in s.get("faults", {}).items()))
+    for mid, st in sorted(s.get("members_final", {}).items()):
+        lines.append(f"  {mid}: " + ", ".join(f"{k} {v}" for k, v in st.items()))
     for f in s.get("restart_failures", []):
         tail = [ln for ln in f.splitlines() if ln.strip()]
         lines.append(f"  RESTART FAILED: {tail[0][:200]}")
@@ -339,6 +354,9 @@ def main(argv=None) -> int:
                    help="keep member data directories of a passing run")
     p.add_argument("--node-arg", action="append", default=[],
                    help="extra argument for every node (repeatable)")
+    p.add_argument("--snapshot-threshold", type=int, default=None,
+                   help="nodes snapshot every N applied entries and keep N/4 behind, so "
+                        "restarted members catch up by snapshot (default: the node's)")
     p.add_argument("--unsafe-read-level", choices=("none", "weak"), default=None,
                    help="issue reads at this level but check them as linearizable: shows "
                         "that the checkers catch stale reads (expect FAIL under partitions)")
@@ -346,10 +364,13 @@ def main(argv=None) -> int:
     names = tuple(WORKLOADS) if a.workload == "all" else tuple(a.workload.split(","))
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
     clients = a.clients or 6 * len(names)
+    node_args = list(a.node_arg)
+    if a.snapshot_threshold:
+        node_args += snapshot_args(a.snapshot_threshold)
     try:
         s = asyncio.run(run(names, a.duration, seed, a.members, clients, a.out,
                             tuple(x for x in a.faults.split(",") if x), a.client_timeout,
-                            extra_args=a.node_arg, topology=a.topology,
+                            extra_args=node_args, topology=a.topology,
                             unsafe_read_level=a.unsafe_read_level,
                             log=lambda m: print(m, file=sys.stderr, flush=True)))
     except errors.ConfigError as e:
