@@ -238,7 +238,8 @@ def _step(spec, state):
     return state if state != spec[1] else _ILLEGAL        # "n"
 
 
-def check_linearizable_key(ops: list[Op], initial=None, max_states: int = 200_000) -> dict:
+def check_linearizable_key(ops: list[Op], initial=None, max_states: int = 200_000,
+                           t0: float = 0.0) -> dict:
     """Search for a linearization of one key's operations (Wing & Gong with Lowe's
     memoisation of (placed set, state) pairs already explored).
 
@@ -332,7 +333,8 @@ def check_linearizable_key(ops: list[Op], initial=None, max_states: int = 200_00
     if stuck is not None:
         op = steps[stuck][0]
         out["stuck_at"] = {"op": op.id, "f": op.f, "value": op.value, "result": op.result,
-                           "node": op.node, "invoke": op.invoke, "complete": op.complete}
+                           "node": op.node, "invoke": round(op.invoke - t0, 6),
+                           "complete": round(op.complete - t0, 6)}
     out["placed_before"] = [steps[i][0].id for i in prefix[-8:]]
     return out
 
@@ -356,7 +358,7 @@ def check_register(history: History, initial=None, max_states: int = 200_000,
             truncated.append(key)
             ops = ops[:max_ops_per_key]
         init = initial.get(key) if isinstance(initial, dict) else initial
-        r = check_linearizable_key(ops, init, max_states)
+        r = check_linearizable_key(ops, init, max_states, t0=history.start)
         total_states += r["states"]
         if r["valid"] is None:
             inconclusive.append(key)
