@@ -391,7 +391,14 @@ def check_append(history: History, final: dict) -> CheckResult:
     invoked = {}
     for op in appends:
         invoked[(op.key, _hashable(op.value))] = op
-    reads = [op for op in history.select("read") if _checked_read(op)]
+    reads = []
+    for op in history.select("read"):
+        if not _checked_read(op):
+            continue
+        if not isinstance(op.result, list):
+            res.add("malformed_read", op=op.id, result=repr(op.result)[:100])
+            continue
+        reads.append(op)
     keys = {op.key for op in appends} | set(final)
     lost = 0
     for key in sorted(keys, key=str):

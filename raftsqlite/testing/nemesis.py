@@ -9,7 +9,7 @@ set the workloads up, run concurrent clients against random members while the ne
 injects a fault every few seconds and heals it, then heal everything, read the final
 state, wait for every member to converge, and check. The summary's last line is one JSON
 object with ``acked_ops``, ``faults``, ``lost_acked_writes``, ``violations`` and
-``max_unavailable_s``. Everything (history, schedule, summary, member logs) is written to
+``max_unavailable_s``. Everything (histories, schedule, summary, member logs) is written to
 the output folder, whose path is printed.
 """
 from __future__ import annotations
@@ -130,12 +130,13 @@ class Nemesis:
             await asyncio.sleep(self.rng.uniform(*self.quiet))
 
 
-def unavailability(history: History, write_fs, kinds=LEADER_FAULTS) -> list[dict]:
-    """For each leader fault: seconds from the fault to the first acknowledged write
-    invoked after it (a lower bound, flagged, when none came before the next fault)."""
+def unavailability(history: History, write_fs, kinds=LEADER_FAULTS, ops=None) -> list[dict]:
+    """For each leader fault in ``history.events``: seconds from the fault to the first
+    acknowledged write (of ``ops``, default the history's own) invoked after it (a lower
+    bound, flagged, when none came before the next fault)."""
     faults = [e for e in history.events if e.kind not in ("heal", "restart_failed")]
-    writes = sorted((op for op in history.ops if op.f in write_fs and op.ok),
-                    key=lambda o: o.complete)
+    writes = sorted((op for op in (history.ops if ops is None else ops)
+                     if op.f in write_fs and op.ok), key=lambda o: o.complete)
     end = history.now()
     out = []
     for i, e in enumerate(faults):
@@ -179,11 +180,23 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
     for w in workloads:
         if w not in WORKLOADS:
             raise errors.ConfigError(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
+    bad = set(faults) - set(FAULTS)
+    if bad or not faults:
+        raise errors.ConfigError(f"unknown fault kinds {sorted(bad)}; known: {', '.join(FAULTS)}"
+                                 if bad else "no fault kinds given")
+    if duration <= 0 or members < 1 or clients < 1:
+        raise errors.ConfigError("duration, members and clients must be positive")
     out = Path(out or tempfile.mkdtemp(prefix=f"raftsqlite-nemesis-{'-'.join(workloads)}-"))
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    # One history per workload (their op names and keys overlap), one for the nemesis's
+    # events, all on the same clock and start.
     history = History()
-    wls = [WORKLOADS[name](history, random.Random(rng.random()),
+    histories = {}
+    for name in workloads:
+        histories[name] = History()
+        histories[name].start = history.start
+    wls = [WORKLOADS[name](histories[name], random.Random(rng.random()),
                            unsafe_read_level=unsafe_read_level) for name in workloads]
     cluster = LocalCluster(members, out / "cluster", seed=rng.random(), extra_args=extra_args)
     nemesis = Nemesis(cluster, history, random.Random(rng.random()), faults, hold, quiet)
@@ -224,7 +237,8 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        history.close_pending()
+        for h in histories.values():
+            h.close_pending()
         log("nemesis: healing and reading the final state")
         await nemesis.heal()
         leader = await cluster.wait_for_leader(30)
@@ -253,12 +267,14 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
         e.add_note(f"nemesis run (seed {seed}): history, schedule and member logs in {out}")
         raise
     finally:
-        history.close_pending()
+        for h in histories.values():
+            h.close_pending()
         await session.close()
         await cluster.stop()
         summary["elapsed_s"] = round(time.monotonic() - t_start, 1)
         summary["cluster"] = cluster.stats()
-        history.dump(out / "history.jsonl")
+        for name, h in histories.items():
+            h.dump(out / f"history-{name}.jsonl")
         (out / "schedule.json").write_text(json.dumps(
             [{"time": round(e.time - history.start, 3), "kind": e.kind, **e.detail}
              for e in history.events], indent=1, default=repr))
@@ -266,19 +282,21 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
             (out / "summary.json").write_text(json.dumps(summary, indent=1, default=repr))
     s = summarize(results)
     writes = tuple(f for w in wls for f in w.writes())
-    unav = unavailability(history, writes)
+    all_ops = [op for h in histories.values() for op in h.ops]
+    unav = unavailability(history, writes, ops=all_ops)
     kill_unav = [u["seconds"] for u in unav if u["kind"] == "kill_leader"]
     for w in wls:
         fs = w.writes() + ("read", "read_all")
-        ops = [op for op in history.ops if op.f in fs and op.process < 10_000]
+        ops = [op for op in w.history.ops if op.f in fs and op.process < 10_000]
         per_workload[w.name].update(
             ops=len(ops), ok=sum(o.outcome == "ok" for o in ops),
             failed=sum(o.outcome == "failed" for o in ops),
             unknown=sum(o.outcome == "unknown" for o in ops))
     summary.update(
         valid=s["valid"] and not nemesis.restart_failures,
-        acked_ops=sum(1 for op in history.ops if op.ok),
-        ops=history.counts(),
+        acked_ops=sum(1 for op in all_ops if op.ok),
+        ops={k: sum(h.counts()[k] for h in histories.values())
+             for k in ("ok", "failed", "unknown", "pending")},
         faults=dict(sorted(nemesis.counts.items())),
         lost_acked_writes=s["lost_acked_writes"],
         violations=s["violations"] + len(nemesis.restart_failures),
