@@ -245,14 +245,19 @@ class Bank(Workload):
 
 # -------------------------------------------------------------------------------------
 class Register(Workload):
-    """Per-key read, write and compare-and-set (``UPDATE ... WHERE v = ?``)."""
+    """Per-key read, write and compare-and-set (``UPDATE ... WHERE v = ?``).
+
+    Keys start absent (value None). ``keys`` are in use at a time; each is retired after
+    ``ops_per_key`` operations and replaced by a fresh one, so every key's history stays
+    small enough for the linearizability search however long the run.
+    """
 
     name = "register"
     tables = ("reg_registers",)
 
-    def __init__(self, history, rng, keys: int = 8, **kw):
+    def __init__(self, history, rng, keys: int = 8, ops_per_key: int = 250, **kw):
         super().__init__(history, rng, **kw)
-        self.keys = list(range(keys))
+        self.keys = KeyRotation(rng, keys, ops_per_key)
         self._values = itertools.count(1)      # unique values: the checker relies on it
         self.last_seen: dict = {}
 
@@ -262,46 +267,46 @@ class Register(Workload):
     async def setup(self, client):
         stmts = [["CREATE TABLE IF NOT EXISTS reg_registers (k INTEGER PRIMARY KEY, "
                   "v INTEGER NOT NULL)"]]
-        stmts += [["INSERT OR IGNORE INTO reg_registers(k, v) VALUES (?, 0)", k]
-                  for k in self.keys]
         await setup_with_retry(lambda: Bank._exec_checked(client, stmts))
 
+    @staticmethod
+    async def _read(client, key, level):
+        res = await client.query([["SELECT v FROM reg_registers WHERE k = ?", key]], level)
+        vals = rows(res[0])
+        return vals[0][0] if vals else None
+
     async def op(self, proc, client):
-        key = self.rng.choice(self.keys)
+        key = self.keys.pick()
         r = self.rng.random()
+        old = self.last_seen.get((proc, key))
         if r < 0.4:
             level, recorded = self.read_level()
 
             async def read():
-                res = await client.query([["SELECT v FROM reg_registers WHERE k = ?", key]],
-                                         level)
-                vals = rows(res[0])
-                if not vals:
-                    raise Indefinite(f"register {key} missing")   # never expected
-                self.last_seen[(proc, key)] = vals[0][0]
-                return vals[0][0]
+                v = await self._read(client, key, level)
+                self.last_seen[(proc, key)] = v
+                return v
             return await run_op(self.history, proc, "read", key, None, client, recorded, read)
-        elif r < 0.7:
+        if r < 0.7 or old is None:              # no CAS from an absent value
             v = next(self._values)
 
             async def write():
                 _check_results(await client.execute(
-                    [["UPDATE reg_registers SET v = ? WHERE k = ?", v, key]]))
+                    [["INSERT INTO reg_registers(k, v) VALUES (?, ?) "
+                      "ON CONFLICT(k) DO UPDATE SET v = excluded.v", key, v]]))
                 self.last_seen[(proc, key)] = v
                 return None
             return await run_op(self.history, proc, "write", key, v, client, None, write)
-        else:
-            old = self.last_seen.get((proc, key), 0)
-            new = next(self._values)
+        new = next(self._values)
 
-            async def cas():
-                res = _check_results(await client.execute(
-                    [["UPDATE reg_registers SET v = ? WHERE k = ? AND v = ?", new, key, old]]))
-                applied = res[0].get("rows_affected", 0) == 1
-                if applied:
-                    self.last_seen[(proc, key)] = new
-                return {"applied": applied}
-            return await run_op(self.history, proc, "cas", key, [old, new], client, None, cas)
+        async def cas():
+            res = _check_results(await client.execute(
+                [["UPDATE reg_registers SET v = ? WHERE k = ? AND v = ?", new, key, old]]))
+            applied = res[0].get("rows_affected", 0) == 1
+            if applied:
+                self.last_seen[(proc, key)] = new
+            return {"applied": applied}
+        return await run_op(self.history, proc, "cas", key, [old, new], client, None, cas)
 
     async def final(self, client):
         res = await client.query(["SELECT k, v FROM reg_registers ORDER BY k"], "strong")
@@ -310,15 +315,36 @@ class Register(Workload):
     async def final_reads(self, client, proc: int = 10_000) -> None:
         """One linearizable read per key after the heal, into the history, so a write
         lost at the very end is caught by the linearizability check."""
-        for key in self.keys:
+        for key in self.keys.used:
             async def read(key=key):
-                res = await client.query([["SELECT v FROM reg_registers WHERE k = ?", key]],
-                                         "linearizable")
-                return rows(res[0])[0][0]
+                return await self._read(client, key, "linearizable")
             await run_op(self.history, proc, "read", key, None, client, "linearizable", read)
 
     def check(self, final):
-        return [check_register(self.history, initial=0)]
+        return [check_register(self.history, initial=None)]
+
+
+class KeyRotation:
+    """``active`` keys in use at once; a key is retired after ``ops_per_key`` picks and a
+    fresh key takes its place (Jepsen's "independent keys")."""
+
+    def __init__(self, rng: random.Random, active: int, ops_per_key: int):
+        self.rng = rng
+        self.active = list(range(active))
+        self.next = active
+        self.ops_per_key = ops_per_key
+        self.count: dict = {}
+        self.used: list = list(self.active)
+
+    def pick(self):
+        i = self.rng.randrange(len(self.active))
+        key = self.active[i]
+        self.count[key] = self.count.get(key, 0) + 1
+        if self.count[key] >= self.ops_per_key:
+            self.active[i] = self.next
+            self.used.append(self.next)
+            self.next += 1
+        return key
 
 
 # -------------------------------------------------------------------------------------
@@ -328,9 +354,9 @@ class Append(Workload):
     name = "append"
     tables = ("app_items",)
 
-    def __init__(self, history, rng, keys: int = 4, **kw):
+    def __init__(self, history, rng, keys: int = 4, ops_per_key: int = 300, **kw):
         super().__init__(history, rng, **kw)
-        self.keys = list(range(keys))
+        self.keys = KeyRotation(rng, keys, ops_per_key)   # bounds list length and checks
         self._n = itertools.count(1)
 
     def writes(self):
@@ -342,7 +368,7 @@ class Append(Workload):
         await setup_with_retry(lambda: Bank._exec_checked(client, stmts))
 
     async def op(self, proc, client):
-        key = self.rng.choice(self.keys)
+        key = self.keys.pick()
         if self.rng.random() < 0.5:
             value = f"{proc}:{next(self._n)}"
 
@@ -362,7 +388,7 @@ class Append(Workload):
 
     async def final(self, client):
         res = await client.query(["SELECT k, v FROM app_items ORDER BY id"], "strong")
-        lists: dict = {k: [] for k in self.keys}
+        lists: dict = {k: [] for k in self.keys.used}
         for k, v in rows(res[0]):
             lists.setdefault(k, []).append(v)
         return {"lists": lists}

@@ -109,3 +109,15 @@ def test_unavailability_is_time_to_first_ack_invoked_after_the_fault():
     assert r == [{"kind": "kill_leader", "member": "n1", "seconds": 1.6, "recovered": True},
                  {"kind": "pause_leader", "member": "n2", "seconds": 10.0,
                   "recovered": False}]
+
+
+def test_key_rotation_bounds_ops_per_key():
+    """Each key gets at most ops_per_key operations; retired keys stay listed for the
+    final reads."""
+    from raftsqlite.testing.workloads import KeyRotation
+    kr = KeyRotation(random.Random(3), active=3, ops_per_key=10)
+    picks = [kr.pick() for _ in range(200)]
+    counts = {k: picks.count(k) for k in set(picks)}
+    assert max(counts.values()) <= 10
+    assert set(picks) <= set(kr.used) and len(kr.active) == 3
+    assert len(kr.used) >= 200 // 10
