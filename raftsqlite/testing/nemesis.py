@@ -69,6 +69,16 @@ class Nemesis:
         return self.cluster.members[self.rng.choice(self._ids())], False
 
     async def inject(self, kind: str) -> dict:
+        c = self.cluster
+        if kind in ("isolate_leader", "partition", "bridge"):
+            # Held bytes (a silent partition) or refused connections (an unreachable host).
+            c.net.mode = self.rng.choice(("stall", "reset"))
+            detail = await self._inject(kind)
+            detail["mode"] = c.net.mode
+            return detail
+        return await self._inject(kind)
+
+    async def _inject(self, kind: str) -> dict:
         c, ids = self.cluster, self._ids()
         if kind in ("kill", "pause"):
             m = c.members[self.rng.choice(ids)]
