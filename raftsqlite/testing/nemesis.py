@@ -267,6 +267,11 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
             summary.setdefault("members_final", {})[m.id] = {
                 k: raft.get(k) for k in ("state", "term", "commit_index", "applied_index",
                                          "last_snapshot_index")}
+        # A healed, idle group should keep one leader; losing it is an availability bug.
+        try:
+            summary["leader_after_heal"] = (await cluster.wait_for_leader(10)).id
+        except errors.Timeout:
+            summary["leader_after_heal"] = None
     except BaseException as e:
         summary["error"] = f"{type(e).__name__}: {e}"
         e.add_note(f"nemesis run (seed {seed}): history, schedule and member logs in {out}")
@@ -351,6 +356,8 @@ def format_summary(s: dict) -> str:
         tail = [ln for ln in f.splitlines() if ln.strip()]
         lines.append(f"  RESTART FAILED: {tail[0][:200]}")
         lines += [f"      {ln[:200]}" for ln in tail[-2:]]
+    if "leader_after_heal" in s and s["leader_after_heal"] is None:
+        lines.append("  WARNING: no leader agreed by a majority within 10 s after the heal")
     unav = s.get("unavailability", [])
     if unav:
         worst = max(unav, key=lambda u: u["seconds"])
