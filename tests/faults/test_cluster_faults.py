@@ -8,6 +8,10 @@ the seed and every member's log.
 """
 import asyncio
 import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 DURATION = float(os.environ.get("RAFTSQLITE_FAULTS_DURATION", "40"))
 SEED = int(os.environ.get("RAFTSQLITE_FAULTS_SEED", "0")) or None
+ARTIFACTS = Path(os.environ.get("RAFTSQLITE_FAULTS_ARTIFACTS")
+                 or Path(tempfile.gettempdir()) / "raftsqlite-faults")
 
 
 def test_partition_through_the_proxy_forces_a_new_leader(node_available, tmp_path):
@@ -65,14 +71,16 @@ def test_member_killed_right_after_joining_restarts(node_available, tmp_path):
 
 
 @pytest.mark.parametrize("workload", ["bank", "register", "append"])
-def test_workload_under_mixed_faults(node_available, tmp_path, workload):
+def test_workload_under_mixed_faults(node_available, workload):
     """Under kills (leader included), pauses, partitions, bridges, delay, loss and
     whole-cluster restarts, with snapshots every 300 entries (so restarted members catch
     up by snapshot): no acknowledged write is lost, every checker passes (bank total and
     no negative balance; per-key linearizability; appends exactly once in one order),
     every member converges to the same database, and the system did real work."""
     seed = SEED if SEED is not None else {"bank": 11, "register": 12, "append": 13}[workload]
-    out = tmp_path / "run"
+    # Not tmp_path: pytest keeps only its last few temp folders (shared by every run on
+    # the machine), and a failure's history and logs must outlive them.
+    out = ARTIFACTS / f"{workload}-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     s = asyncio.run(run((workload,), duration=DURATION, seed=seed, members=3, clients=6,
                         out=out, faults=FAULTS, hold=(1.5, 3.0), quiet=(1.0, 2.0),
                         extra_args=snapshot_args(300), log=lambda m: None))
@@ -82,3 +90,4 @@ def test_workload_under_mixed_faults(node_available, tmp_path, workload):
     assert s["valid"], report
     assert s["acked_ops"] >= 50, f"too little work to mean anything\n{report}"
     assert sum(s["faults"].values()) >= 3, f"too few faults injected\n{report}"
+    shutil.rmtree(out, ignore_errors=True)          # kept only when something failed
