@@ -453,7 +453,10 @@ class Sim:
         if not self.active:
             return
         cands = [n for n in self.live() if not n.removed]
-        if cands:
+        lead = self.leader()
+        if lead is not None and not lead.removed and self.rng.random() < 0.5:
+            self._crash(lead)     # leaders with unreplicated entries make the hard cases
+        elif cands:
             self._crash(self.rng.choice(cands))
         self.at(self.now + self.rng.randint(1, 2 * self.p.crash_every), self._fault_crash)
 

@@ -393,3 +393,38 @@ def test_send_early_only_for_stable_leader():
     a.propose(b"x")
     rd = a.ready()
     assert rd.send_early and rd.entries
+
+
+def test_idle_group_has_no_ready():
+    """Once messages settle, no core reports work: a driver's has_ready loop ends."""
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    a.propose(b"x")
+    net.pump()
+    assert not any(net.core(i).has_ready() for i in "abc")
+
+
+def test_report_unreachable_moves_follower_to_probe():
+    """After the transport reports a follower unreachable, the leader stops pipelining
+    to it and probes again."""
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    a.propose(b"x")
+    net.pump()
+    assert a.progress()["b"]["state"] == "replicate"
+    a.report_unreachable("b")
+    assert a.progress()["b"]["state"] == "probe"
+
+
+def test_members_at_follows_history():
+    """members_at(index) gives the configuration in force at a committed index (what a
+    snapshot taken there must record)."""
+    from raftsqlite.codec.model import ConfChange, ConfChangeType
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    before = a.commit
+    a.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "c"))
+    net.pump()
+    assert sorted(m.node_id for m in a.members_at(before)) == ["a", "b", "c"]
+    assert sorted(m.node_id for m in a.members_at(a.commit)) == ["a", "b"]
+    assert a.member("a").http_addr == "http-a"
