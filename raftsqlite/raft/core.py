@@ -325,24 +325,29 @@ class RaftCore(LogViewMixin, MembershipMixin):
 
     def bootstrap(self, members):
         """Start a new group: term-1 CONF_CHANGE entries adding ``members``, committed.
-        Every member bootstrapped with the same list gets the same log."""
-        if self.last_index != 0 or self.term != 0 or self._log.snapshot_meta().index != 0:
-            raise errors.ConfigError(f"{self.node_id}: cannot bootstrap, the log is not empty")
+        Every member bootstrapped with the same list gets the same log. Idempotent until
+        the term-1 hard state is durable: a crash in the middle can leave a prefix of
+        these entries, so a driver asked to bootstrap calls this again at start while
+        ``core.term == 0``."""
         members = list(members)
         if not any(m.voter for m in members):
             raise errors.ConfigError("bootstrap needs at least one voter")
         if len({m.node_id for m in members}) != len(members):
             raise errors.ConfigError("bootstrap members have duplicate ids")
-        ents = []
+        ccs = []
         for m in members:
-            ents.append(ConfChange(_C_ADD_LEARNER, m.node_id, m.raft_addr, m.http_addr))
+            ccs.append(ConfChange(_C_ADD_LEARNER, m.node_id, m.raft_addr, m.http_addr))
             if m.voter:
-                ents.append(ConfChange(_C_PROMOTE, m.node_id))
+                ccs.append(ConfChange(_C_PROMOTE, m.node_id))
+        ents = [Entry(1, i + 1, _E_CONF_CHANGE, encode_conf_change(cc)) for i, cc in enumerate(ccs)]
+        have = self.last_index
+        if (self.term != 0 or self._log.snapshot_meta().index != 0 or have > len(ents)
+                or any(self._slice(i, i + 1, 1)[0] != ents[i - 1] for i in range(1, have + 1))):
+            raise errors.ConfigError(f"{self.node_id}: cannot bootstrap, the log is not empty")
         self.term = 1
-        self._unstable = [Entry(1, i + 1, _E_CONF_CHANGE, encode_conf_change(cc))
-                          for i, cc in enumerate(ents)]
+        self._rollback_conf(1)
+        self._truncate_append(ents)
         self.commit = len(ents)
-        self._scan_conf(self._unstable)
 
     def tick(self):
         if self.role_ is _R_LEADER:

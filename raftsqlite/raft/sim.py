@@ -106,6 +106,7 @@ class SimNode:
         self.recv_snaps = {}         # (index, term) -> snapshot image received
         self.removed = False         # its removal is committed: it will be shut down
         self.gone = False            # shut down for good
+        self.boot = None             # members to bootstrap with (the initial nodes)
         self.commit_seen = 0
 
 
@@ -167,6 +168,8 @@ class Sim:
             node.applied = d.snapshot_meta().index
         node.core = RaftCore(node.id, d, self.p.cfg, random.Random(self.rng.random()),
                              applied=node.applied)
+        if node.boot and node.core.term == 0:
+            node.core.bootstrap(node.boot)     # a crash may have cut the first one short
         node.commit_seen = node.core.commit
         self.at(self.now + self.rng.randint(1, TICK), self._tick, node, node.inc)
 
@@ -603,8 +606,8 @@ class Sim:
         first = [self._new_node() for _ in range(p.n_initial)]
         boot = [Member(n.id, f"raft-{n.id}", f"http-{n.id}") for n in first]
         for n in first:
+            n.boot = boot
             self._start(n)
-            n.core.bootstrap(boot)
             self._after(n)
         for cid in range(p.clients):
             self.at(self.rng.randint(0, 50), self._client, cid)

@@ -428,3 +428,26 @@ def test_members_at_follows_history():
     assert sorted(m.node_id for m in a.members_at(before)) == ["a", "b", "c"]
     assert sorted(m.node_id for m in a.members_at(a.commit)) == ["a", "b"]
     assert a.member("a").http_addr == "http-a"
+
+
+@pytest.mark.parametrize("kept", [0, 1, 3])
+def test_bootstrap_resumes_after_a_torn_first_write(kept):
+    """A crash while the bootstrap entries are written leaves a prefix; bootstrapping
+    again completes it, and the node can lead."""
+    net = MemNet(["a"], bootstrap=False)
+    n = net.nodes["a"]
+    members = [Member("a"), Member("b")]
+    rd = n.core.ready() if n.core.has_ready() else None
+    if rd is not None:
+        n.core.advance(rd)
+    n.core.bootstrap(members)
+    rd = n.core.ready()
+    n.log.append(rd.entries[:kept])     # torn: some entries, no hard state
+    net.crash("a")
+    c = net.restart("a")
+    assert c.term == 0
+    c.bootstrap(members)
+    net.pump()
+    assert c.term == 1 and c.voters == {"a", "b"} and c.commit == 4
+    with pytest.raises(errors.ConfigError):
+        c.bootstrap([Member("a")])
