@@ -34,6 +34,7 @@ from raftsqlite.raft.memlog import MemLog
 TICK = 10            # ms of simulated time per core tick
 OP_TIMEOUT = 400     # ms before a client gives up on an operation (outcome unknown)
 KEYS = ("x", "y", "z")
+DURATION = 3000     # ms of faults and load per seed, then heal and converge
 
 
 class SimFailure(AssertionError):
@@ -111,7 +112,7 @@ class SimNode:
 
 
 class Sim:
-    def __init__(self, seed, duration=1500, verbose=False):
+    def __init__(self, seed, duration=DURATION, verbose=False):
         self.seed = seed
         self.rng = random.Random(seed)
         self.p = Params(self.rng, duration)
@@ -755,12 +756,12 @@ class Sim:
                 f"commit={max(self.global_log, default=0)} nodes={len(self.nodes)} {self.stats}")
 
 
-def run_seed(seed, duration=1500, verbose=False):
+def run_seed(seed, duration=DURATION, verbose=False):
     return Sim(seed, duration, verbose).run()
 
 
 def replay_command(seed, duration):
-    extra = f" --duration {duration}" if duration != 1500 else ""
+    extra = f" --duration {duration}" if duration != DURATION else ""
     return f"python -m raftsqlite.raft.sim --seed {seed}{extra} -v"
 
 
@@ -769,7 +770,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=100, help="number of seeds to run")
     ap.add_argument("--start", type=int, default=0, help="first seed")
     ap.add_argument("--seed", type=int, help="run exactly this seed")
-    ap.add_argument("--duration", type=int, default=1500, help="simulated ms of faults and load")
+    ap.add_argument("--duration", type=int, default=DURATION, help="simulated ms of faults and load")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     seeds = [a.seed] if a.seed is not None else range(a.start, a.start + a.seeds)

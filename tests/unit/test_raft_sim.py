@@ -22,7 +22,7 @@ def test_simulator_many_seeds():
         try:
             run_seed(seed)
         except Exception as e:  # noqa: BLE001 - every failure is reported with its replay
-            failures.append(f"{type(e).__name__}: {str(e)[:300]}\n  replay: {replay_command(seed, 1500)}")
+            failures.append(f"{type(e).__name__}: {str(e)[:300]}\n  replay: {replay_command(seed, simmod.DURATION)}")
     assert not failures, f"{len(failures)} of {SEEDS} seeds failed:\n" + "\n".join(failures[:10])
 
 
