@@ -64,6 +64,9 @@ def build_parser():
     flag("batch-max", dest="batch_max_requests", type=int,
          default=_SDEFAULTS["batch_max_requests"][0], metavar="N",
          help=_SDEFAULTS["batch_max_requests"][1])
+    flag("read-inline-budget", dest="inline_read_budget", type=float,
+         default=_SDEFAULTS["inline_read_budget"][0], metavar="SECONDS",
+         help=_SDEFAULTS["inline_read_budget"][1])
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
@@ -76,7 +79,8 @@ def config_from_args(argv=None) -> NodeConfig:
     args = build_parser().parse_args(argv)
     join = tuple(a.strip() for a in args.join.split(",") if a.strip())
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
-                        batch_max_requests=args.batch_max_requests)
+                        batch_max_requests=args.batch_max_requests,
+                        inline_read_budget=args.inline_read_budget)
     overrides = []
     for opt in args.raft_opts:
         name, sep, value = opt.partition("=")
@@ -106,7 +110,27 @@ def _parse_value(v):
     return v
 
 
+def _subcommand(argv):
+    """``raft-sqlite NAME ...`` runs ``raftsqlite.commands.NAME.main(argv)`` (e.g. the
+    sharding layer's ``demo`` or ``rebalance``); other layers add modules there."""
+    import importlib
+    name = argv[0]
+    if not name.replace("-", "_").isidentifier():
+        print(f"raft-sqlite: unknown command {name!r}", file=sys.stderr)
+        return 2
+    try:
+        mod = importlib.import_module(f"raftsqlite.commands.{name.replace('-', '_')}")
+    except ModuleNotFoundError:
+        print(f"raft-sqlite: unknown command {name!r} (run raft-sqlite --help for the node's "
+              f"flags)", file=sys.stderr)
+        return 2
+    return mod.main(argv[1:])
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-"):
+        return _subcommand(argv)
     try:
         cfg, args = config_from_args(argv)
     except ConfigError as e:
@@ -121,6 +145,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         pass
     except RaftSQLiteError as e:
+        print(f"raft-sqlite: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:   # e.g. a port already in use, an unwritable data dir
         print(f"raft-sqlite: {e}", file=sys.stderr)
         return 1
     return 0

@@ -35,6 +35,9 @@ class StoreConfig(_Help):
     max_inflight: int = _f(2, "Group-commit proposals in flight at once; more requests "
                               "queue and are packed into the next entry.")
     read_threads: int = _f(4, "Threads running local reads off the event loop.")
+    inline_read_budget: float = _f(0.002, "Seconds a local read may run on the event loop "
+                                          "before it is interrupted and re-run on a reader "
+                                          "thread (0 = always use the threads).")
     write_timeout: float = _f(10.0, "Default seconds a write waits to be committed and applied.")
     read_timeout: float = _f(10.0, "Default seconds a linearizable/strong read waits.")
     dedup_keep: int = _f(10_000, "Request ids remembered (with their results) so a retried "
@@ -50,7 +53,7 @@ class StoreConfig(_Help):
                      "dedup_keep", "max_statements"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("batch_wait", "busy_timeout_ms"):
+        for name in ("batch_wait", "busy_timeout_ms", "inline_read_budget"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("write_timeout", "read_timeout"):

@@ -121,3 +121,18 @@ class SQLError(BadRequest):
     (the seed's /execute and /query)."""
 
     code = "sql_error"
+
+
+class QueueWaitTimeout(Timeout):
+    """A queued write (``?queue&wait``) was not written within the request's timeout; it
+    stays queued and may still be written."""
+
+    code = "queue_wait_timeout"
+
+
+class Unreachable(Unavailable):
+    """Could not connect to the node a request had to go to (e.g. the leader): nothing
+    was sent, so nothing was applied; safe to retry."""
+
+    code = "unreachable"
+    definite = True

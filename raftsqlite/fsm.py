@@ -27,7 +27,7 @@ import orjson
 
 from raftsqlite.codec.model import CommandType, EntryType
 from raftsqlite.db import INTERNAL_PREFIX
-from raftsqlite.errors import DecodeError
+from raftsqlite.errors import DecodeError, RaftSQLiteError
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS _raftsqlite_meta (k TEXT PRIMARY KEY, v)",
@@ -75,13 +75,16 @@ class FSM:
         self._decode = decode
         self._handlers = {"drop_all": _drop_all}
         self._restore_listeners = []
+        self._request_hooks = []
         self._lock = threading.Lock()    # apply/restore never overlap
+        self._apply_thread = None
+        self._current = (0, 0)
         for sql in _SCHEMA:
             db.internal(sql)
         self._applied, self._applied_term = self._read_meta()
         self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0,
-                         "apply_seconds": 0.0}
+                         "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
 
     # ---- contract -------------------------------------------------------------------
     def applied_index(self) -> int:
@@ -95,6 +98,12 @@ class FSM:
         raising rolls back that op alone and yields ``{"error": str(exc)}``."""
         self._handlers[name] = fn
 
+    def add_request_hook(self, fn):
+        """``fn(ctx: SystemContext, request)`` runs before each EXECUTE request; raising a
+        RaftSQLiteError (e.g. Moved, Fenced) fails that request alone, with
+        ``{"error": message, "code": exc.code}``, before any of its statements run."""
+        self._request_hooks.append(fn)
+
     def add_restore_listener(self, fn):
         """``fn()`` is called after the database was replaced by a snapshot."""
         self._restore_listeners.append(fn)
@@ -107,6 +116,7 @@ class FSM:
         todo = [(i, e) for i, e in enumerate(entries) if e.index > self._applied]
         if not todo:
             return results
+        self._apply_thread = threading.get_ident()
         with self._lock:
             poisoned = set()
             while True:
@@ -138,6 +148,7 @@ class FSM:
                     raise
                 break
             self._applied, self._applied_term = last.index, last.term
+            self.db.set_entry_context(0, 0, None)
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
@@ -147,7 +158,17 @@ class FSM:
     def snapshot(self, path):
         """Consistent copy of the database at some applied index; returns that
         (index, term), read from the copy itself so they always match its contents."""
-        self.db.backup_to(path)
+        t0 = time.perf_counter()
+        if threading.get_ident() == self._apply_thread:
+            # Called on the apply thread: applies wait for us whatever we do, so take the
+            # fastest consistent copy (raw files; nothing can write meanwhile).
+            with self._lock:
+                self.db.copy_files_to(path)
+        else:
+            # Another thread: copy from a read transaction while applies go on.
+            self.db.backup_to(path)
+        self.counters["last_snapshot_seconds"] = time.perf_counter() - t0
+        self.counters["snapshots"] += 1
         meta = dict(self.db.read_file_internal(path, "SELECT k, v FROM _raftsqlite_meta"))
         return int(meta.get("applied_index", 0)), int(meta.get("applied_term", 0))
 
@@ -189,6 +210,8 @@ class FSM:
             self.counters["decode_errors"] += 1
             return {"index": e.index, "error": f"undecodable entry: {exc}"}, 0
         t = cmd.type
+        self._current = (e.index, e.term)
+        self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
         if t == CommandType.EXECUTE:
             out, added = [], 0
             for ri, req in enumerate(cmd.requests):
@@ -197,9 +220,14 @@ class FSM:
                 added += new
             return {"index": e.index, "results": out}, added
         if t == CommandType.QUERY:
-            return {"index": e.index, "results": [self._query_request(r) for r in cmd.requests]}, 0
+            if any((pos, ri) in poisoned for ri in range(len(cmd.requests))):
+                return {"index": e.index, "results": [[{"error": _ROLLED_BACK, "time": 0.0}]
+                                                      for _ in cmd.requests]}, 0
+            return {"index": e.index, "results": [self._query_request(r, (pos, ri))
+                                                  for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
-            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops]}, 0
+            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops
+                                                  if n != CLOCK_OP]}, 0
         return {"index": e.index, "results": []}, 0
 
     def _execute_request(self, req, poisoned, key):
@@ -212,8 +240,17 @@ class FSM:
                 self.counters["dedup_hits"] += 1
                 return _load_result(row[0][0]), 0
         self.counters["requests"] += 1
+        refused = None
+        for hook in self._request_hooks:
+            try:
+                hook(SystemContext(db, self._current[0], self._current[1]), req)
+            except RaftSQLiteError as exc:
+                refused = {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
+                break
         if poisoned:
             results = [{"error": _ROLLED_BACK, "time": 0.0}]
+        elif refused is not None:
+            results = [refused]
         else:
             results = []
             txn = req.transaction
@@ -242,27 +279,24 @@ class FSM:
             return results, 1
         return results, 0
 
-    def _query_request(self, req):
+    def _query_request(self, req, key):
         db = self.db
         results = []
         db.internal("SAVEPOINT _raftsqlite_q")
-        try:
-            for st in req.statements:
-                if INTERNAL_PREFIX in st.sql.lower():
-                    r = {"error": _INTERNAL_REFUSED, "time": 0.0}
-                else:
-                    r = db.run_user(st.sql, st.params)
-                    if not db.in_transaction():
-                        # a read cannot legitimately end the transaction; re-open it so the
-                        # rest of the batch and the index still commit together
-                        db.internal("BEGIN IMMEDIATE")
-                        db.internal("SAVEPOINT _raftsqlite_q")
-                results.append(r)
-                if req.transaction and "error" in r:
-                    break
-        finally:
-            db.internal("ROLLBACK TO _raftsqlite_q")
-            db.internal("RELEASE _raftsqlite_q")
+        for st in req.statements:
+            if INTERNAL_PREFIX in st.sql.lower():
+                r = {"error": _INTERNAL_REFUSED, "time": 0.0}
+            else:
+                r = db.run_user(st.sql, st.params)
+                if not db.in_transaction():
+                    # cannot happen for a read; if it does, treat it like a write that
+                    # ended the transaction: re-run the batch without it
+                    raise _TxnLost(key)
+            results.append(r)
+            if req.transaction and "error" in r:
+                break
+        db.internal("ROLLBACK TO _raftsqlite_q")
+        db.internal("RELEASE _raftsqlite_q")
         return results
 
     def _system_op(self, e, name, args):
@@ -280,6 +314,21 @@ class FSM:
             result = {"error": str(exc) or type(exc).__name__}
         db.internal("RELEASE _raftsqlite_sys")
         return result
+
+
+CLOCK_OP = "clock"
+
+
+def clock_op(ms):
+    """The op that carries the proposing leader's instant (Julian-day milliseconds)."""
+    return (CLOCK_OP, int(ms).to_bytes(8, "big"))
+
+
+def _clock(ops):
+    for name, args in ops:
+        if name == CLOCK_OP and len(args) == 8:
+            return int.from_bytes(args, "big")
+    return None
 
 
 def _drop_all(ctx, args):
@@ -302,7 +351,9 @@ def _b64(obj):
 
 
 def _dump_result(results) -> bytes:
-    return orjson.dumps(results, default=_b64)
+    # "time" differs per replica; stored rows must not, so replicas stay byte-identical
+    return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
+                        default=_b64)
 
 
 def _unb64(obj):

@@ -74,8 +74,8 @@ class Node:
 
     async def _serve_http(self):
         from raftsqlite.http.app import create_app, start_server
-        self.app = create_app(self, name=f"raftsqlite_{self.config.node_id}".replace("-", "_")
-                              .replace(".", "_"))
+        safe = "".join(c if c.isalnum() else "_" for c in self.config.node_id)
+        self.app = create_app(self, name=f"raftsqlite_{safe}")
         host, port = listen_addr(self.config.http_addr)
         self._server = await start_server(self.app, host, port)
         log.info("HTTP API on %s:%d (advertised %s)", host, port, self.config.http_advertise)

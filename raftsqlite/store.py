@@ -24,9 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from raftsqlite import sqlrewrite
 from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
-from raftsqlite.db import split_sql
+from raftsqlite.fsm import clock_op
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, PayloadTooLarge, RaftSQLiteError, StaleRead,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped,
+                               RaftSQLiteError, StaleRead,
                                Timeout)
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
@@ -132,11 +133,13 @@ class Store:
         return self._await(fut, timeout)
 
     async def _await(self, fut, timeout):
+        # A timer instead of wait_for(shield(...)): no extra task per write on the hot path.
+        # The batch still completes for everyone else; this caller just stops waiting.
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, fut, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            raise Timeout(f"write not confirmed within {timeout:g}s; it may still be "
-                          f"applied (outcome unknown)") from None
+            return await fut
+        finally:
+            handle.cancel()
 
     def _flush(self):
         self._wait_handle = None
@@ -160,7 +163,8 @@ class Store:
     async def _propose_batch(self, batch):
         try:
             try:
-                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch]))
+                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
+                                            [clock_op(self.db.clock_now_ms())]))
             except (EncodeError, ValueError, TypeError, OverflowError):
                 if len(batch) == 1:
                     raise
@@ -189,6 +193,10 @@ class Store:
     def _map_error(self, exc):
         if isinstance(exc, NotLeader):
             return self._not_leader()
+        if isinstance(exc, ProposalDropped) and not self.raft.is_leader:
+            # definitely not committed and we lost leadership: the caller (HTTP) may
+            # safely forward the same request to the new leader
+            return self._not_leader()
         if isinstance(exc, (EncodeError, OverflowError, TypeError, ValueError)) and \
                 not isinstance(exc, RaftSQLiteError):
             return BadRequest(f"cannot encode request: {exc}")
@@ -199,6 +207,22 @@ class Store:
         if isinstance(exc, asyncio.TimeoutError):
             return Timeout("proposal timed out; outcome unknown")
         return OutcomeUnknown(f"write failed: {type(exc).__name__}: {exc}")
+
+    async def system(self, ops, *, timeout=None):
+        """Propose SYSTEM ops ``[(name, args: bytes)]`` (handled by FSM handlers registered
+        by name, e.g. the sharding catalog). -> {"results": [one per op], "raft_index"}."""
+        ops = [(str(n), bytes(a)) for n, a in ops]
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.SYSTEM, ops=ops),
+                                      timeout or self.config.write_timeout)
+        return {"results": res["results"], "raft_index": res["index"]}
+
+    async def barrier(self, *, timeout=None):
+        """Return once everything proposed before this call is applied here (leader)."""
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.NOOP),
+                                      timeout or self.config.write_timeout)
+        return res["index"]
 
     async def _propose_one(self, cmd, timeout):
         try:
@@ -226,7 +250,8 @@ class Store:
             reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
             runnable = [st for st in reads if st is not None]
             res = await self._propose_one(
-                Command(CommandType.QUERY, [Request(runnable, bool(transaction))]), timeout)
+                Command(CommandType.QUERY, [Request(runnable, bool(transaction))],
+                        [clock_op(self.db.clock_now_ms())]), timeout)
             self.counters["reads_strong"] += 1
             return {"results": _merge_refused(reads, res["results"][0] if runnable else []),
                     "raft_index": res["index"]}
@@ -245,6 +270,12 @@ class Store:
     async def _local_read(self, stmts, transaction, db_timeout):
         reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
         pairs = [(st.sql, st.params) for st in reads if st is not None]
+        budget = self.config.inline_read_budget
+        if budget > 0 and (db_timeout is None or db_timeout > budget):
+            res = self.db.read_inline(pairs, transaction=bool(transaction), budget=budget)
+            if res is not None:
+                self.counters["reads_local"] += 1
+                return _merge_refused(reads, res)
         loop = asyncio.get_running_loop()
         res = await loop.run_in_executor(
             self._reads, lambda: self.db.read(pairs, transaction=bool(transaction),
@@ -264,16 +295,29 @@ class Store:
     def _check_fresh(self, freshness, strict):
         if not freshness or self.raft.is_leader:
             return
-        contact = getattr(self.raft, "last_leader_contact", None)
-        if not self.raft.leader_id or contact is None:
+        age = self._leader_contact_age()
+        if not self.raft.leader_id or age is None:
             raise StaleRead("no leader contact; data may be stale beyond freshness")
-        age = time.monotonic() - contact
         if age > freshness:
             raise StaleRead(f"last leader contact {age:.3f}s ago exceeds freshness "
                             f"{freshness:g}s")
         if strict and self.fsm.applied_index() < self.raft.commit_index:
             raise StaleRead("this node has not applied everything committed yet "
                             "(freshness_strict)")
+
+    def _leader_contact_age(self):
+        """Seconds since this follower last heard from its leader, or None if unknown."""
+        contact = getattr(self.raft, "last_leader_contact", None)
+        if contact is not None:
+            return time.monotonic() - contact
+        # Until the driver exposes it: the core counts ticks since the leader's last
+        # message (reset by every append and heartbeat), so ticks x tick length is the age.
+        core = getattr(self.raft, "core", None)
+        ticks = getattr(core, "_election_elapsed", None)
+        tick = getattr(getattr(self.raft, "config", None), "tick_interval", None)
+        if ticks is None or tick is None:
+            return None
+        return ticks * tick
 
     async def request(self, statements, *, transaction=False, request_id=None, level="weak",
                       freshness=None, freshness_strict=False, db_timeout=None, timeout=None):
@@ -335,9 +379,31 @@ class Store:
                 return {"node_id": node_id, "already_member": True}
             if m.raft_addr != raft_addr or (http_addr and m.http_addr != http_addr):
                 await self._call(self.raft.remove_member(node_id, timeout=timeout))
-        await self._call(self.raft.add_member(node_id, raft_addr, http_addr, voter=bool(voter),
-                                              timeout=timeout))
+        nudge = asyncio.get_running_loop().create_task(self._nudge(node_id))
+        try:
+            await self._call(self.raft.add_member(node_id, raft_addr, http_addr,
+                                                  voter=bool(voter), timeout=timeout))
+        finally:
+            nudge.cancel()
+        # once more after a learner-only add, which returns before any replication
+        await self._nudge_once()
         return {"node_id": node_id, "already_member": False}
+
+    async def _nudge(self, node_id):
+        """While a new member catches up, append a no-op now and then. A new member's
+        first probe can be lost (it is sent before the connection exists); with the log
+        idle the leader has nothing new to send, so it would wait forever. A fresh entry
+        gives it something to send and the follower's reject starts the back-off."""
+        while True:
+            await asyncio.sleep(0.5)
+            await self._nudge_once()
+
+    async def _nudge_once(self):
+        try:
+            if self.raft.is_leader:
+                await self.raft.propose(self._encode(Command(CommandType.NOOP)), 5.0)
+        except Exception:  # best effort: the next nudge or write does the same job
+            pass
 
     async def remove(self, node_id, timeout=None):
         if not node_id or not isinstance(node_id, str):
@@ -363,7 +429,8 @@ class Store:
 
     async def snapshot(self):
         """Take a snapshot now and compact the log."""
-        fn = getattr(self.raft, "snapshot", None) or getattr(self.raft, "take_snapshot", None)
+        fn = getattr(self.raft, "snapshot", None) or getattr(self.raft, "take_snapshot", None) \
+            or getattr(self.raft, "_take_snapshot", None)   # until the driver has a public one
         if fn is None:
             raise RaftSQLiteError("this Raft engine cannot take snapshots on demand")
         return await self._call(fn())
@@ -397,65 +464,86 @@ class Store:
         """Load a SQLite file (replaces every user table) or a SQL dump (executed as
         given) through the log, so every member gets it. ``source``: a path, or bytes.
         The format is detected from the content (``fmt`` is accepted for the HTTP layer;
-        the file's header decides)."""
+        the file's header decides). Streams: a first pass checks every statement (a
+        refused one changes nothing), a second proposes chunks of ``batch_max_bytes``, so
+        a large file is never held in memory. Chunks are separate log entries: a load is
+        not atomic as a whole; a failing chunk stops it and the answer says so."""
         self._require_leader()
         loop = asyncio.get_running_loop()
         tmp = None
         if isinstance(source, (bytes, bytearray, memoryview)):
-            data = bytes(source)
-            if data[:16] == b"SQLite format 3\x00":
-                fd, tmp = tempfile.mkstemp(prefix="load-", dir=os.path.dirname(self.db.path))
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                source = tmp
-            else:
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BadRequest("load: body is neither a SQLite file nor UTF-8 SQL text") \
-                        from None
-                source = None
+            fd, tmp = tempfile.mkstemp(prefix="load-", dir=os.path.dirname(self.db.path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(source)
+            source = tmp
         try:
-            if source is not None:
-                if not os.path.exists(source):
-                    raise BadRequest(f"load: no such file {source}")
-                is_db = self.db.is_sqlite_file(source)
-                if is_db:
-                    stmts = await loop.run_in_executor(
-                        self._io, lambda: list(self.db.iterdump(path=source)))
-                else:
-                    with open(source, "r", encoding="utf-8") as f:
-                        text = f.read()
-            else:
-                is_db = False
-            if not is_db:
-                stmts = await loop.run_in_executor(self._io, split_sql, text)
+            if not isinstance(source, str) or not os.path.exists(source):
+                raise BadRequest(f"load: no such file {source}")
+            is_db = self.db.is_sqlite_file(source)
+            await loop.run_in_executor(self._io, self._check_load, source, is_db)
+            return await self._load_chunks(source, is_db,
+                                           timeout or max(self.config.write_timeout, 60.0))
         finally:
             if tmp:
                 os.unlink(tmp)
-        stmts = [s for s in stmts if not _is_dump_control(s)]
-        for s in stmts:
+
+    def _load_statements(self, path, is_db):
+        if is_db:
+            it = self.db.iterdump(path=path)
+        else:
+            f = open(path, "r", encoding="utf-8")
+            it = _closing_lines(f)
+        try:
+            for s in it:
+                if not _is_dump_control(s):
+                    yield s
+        except UnicodeDecodeError:
+            raise BadRequest("load: the body is neither a SQLite file nor UTF-8 SQL text") \
+                from None
+
+    def _check_load(self, path, is_db):
+        for s in self._load_statements(path, is_db):
             sqlrewrite.check(s)
-        timeout = timeout or max(self.config.write_timeout, 60.0)
+
+    async def _load_chunks(self, path, is_db, timeout):
+        loop = asyncio.get_running_loop()
+        gen = self._load_statements(path, is_db)
+        limit = self.config.batch_max_bytes
+
+        def take():
+            chunk, size = [], 0
+            for s in gen:
+                chunk.append(s)
+                size += len(s)
+                if size >= limit:
+                    break
+            return chunk
+
         index = 0
         if is_db:
             res = await self._propose_one(Command(CommandType.SYSTEM, ops=[("drop_all", b"")]),
                                           timeout)
             index = res["index"]
-        errors, n = [], 0
-        for chunk in _chunks(stmts, self.config.batch_max_bytes):
-            req = Request([Statement(s) for s in chunk], transaction=True)
-            res = await self._propose_one(Command(CommandType.EXECUTE, [req]), timeout)
-            index = res["index"]
-            for r in res["results"][0]:
-                if "error" in r:
-                    errors.append(r["error"])
-            n += len(chunk)
-            if errors:
-                break
+        n, error = 0, None
+        try:
+            while True:
+                chunk = await loop.run_in_executor(self._io, take)
+                if not chunk:
+                    break
+                req = Request([Statement(s) for s in chunk], transaction=True)
+                res = await self._propose_one(Command(CommandType.EXECUTE, [req],
+                                                      [clock_op(self.db.clock_now_ms())]),
+                                              timeout)
+                index = res["index"]
+                error = next((r["error"] for r in res["results"][0] if "error" in r), None)
+                if error:
+                    break
+                n += len(chunk)
+        finally:
+            await loop.run_in_executor(self._io, gen.close)
         out = {"statements": n, "raft_index": index}
-        if errors:
-            out["error"] = errors[0]
+        if error:
+            out["error"] = error
         return out
 
     # ---- status -----------------------------------------------------------------------
@@ -506,6 +594,12 @@ class Store:
                 "raft": self.raft.stats() if hasattr(self.raft, "stats") else {}}
 
 
+def _expire(fut, timeout):
+    if not fut.done():
+        fut.set_exception(Timeout(f"write not confirmed within {timeout:g}s; it may still "
+                                  f"be applied (outcome unknown)"))
+
+
 def _check_value(v, i):
     if v is None or isinstance(v, (str, bytes, bool, float)):
         return
@@ -545,13 +639,7 @@ def _is_dump_control(s):
                          "SAVEPOINT", "RELEASE"))
 
 
-def _chunks(stmts, max_bytes):
-    chunk, size = [], 0
-    for s in stmts:
-        if chunk and size + len(s) > max_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(s)
-        size += len(s)
-    if chunk:
-        yield chunk
+def _closing_lines(f):
+    from raftsqlite.db import iter_sql
+    with f:
+        yield from iter_sql(f)

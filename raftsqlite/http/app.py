@@ -8,14 +8,13 @@ stop; with ``manage_node=True`` they also start and stop the node itself.
 Every exception a handler raises ends in ``_on_error``, which uses wire.py's single
 mapping, so every route answers errors in the one JSON shape.
 """
+import asyncio
 import collections
 import itertools
 import logging
 import os
 import tempfile
 import time
-
-import asyncio
 
 from sanic import Sanic
 from sanic.exceptions import SanicException
@@ -112,6 +111,21 @@ class AppContext:
         os.makedirs(d, exist_ok=True)
         return d
 
+    def clean_spool(self):
+        """Spool files left by a process killed mid-load or mid-backup. Only our own
+        prefixes, and only in the node's own spool dir (never the shared temp dir)."""
+        if not self.settings.spool_dir or not os.path.isdir(self.settings.spool_dir):
+            return 0
+        n = 0
+        for name in os.listdir(self.settings.spool_dir):
+            if name.startswith((".load-", ".backup-")):
+                try:
+                    os.unlink(os.path.join(self.settings.spool_dir, name))
+                    n += 1
+                except OSError:
+                    pass
+        return n
+
     def stats(self):
         return {
             "bind_addr": self.bind_addr,
@@ -146,12 +160,18 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     app.blueprint(rqlite.blueprint())
     app.blueprint(seed.blueprint())
     app.blueprint(cluster.blueprint())
+    # Other layers add their own API families (the sharding router's /table/*, /shards)
+    # without this module importing them: node.http_blueprints holds Blueprints or
+    # zero-argument factories returning one.
+    for bp in getattr(node, "http_blueprints", None) or ():
+        app.blueprint(bp() if callable(bp) and not hasattr(bp, "routes") else bp)
     app.exception(Exception)(_on_error)
 
     @app.before_server_start
     async def _start(app):
         ctx = app.ctx
         ctx.client = Client(timeout=settings.default_timeout)
+        ctx.clean_spool()
         ctx.queue.start()
         if manage_node:
             await node.start()
@@ -220,8 +240,6 @@ async def stop_server(srv):
 
 def run(node, host, port):
     """Standalone: run the app (and the node) on uvloop until interrupted."""
-    import asyncio
-
     import uvloop
 
     async def main():

@@ -120,10 +120,13 @@ class StoreSQL:
             timeout=p.timeout if p is not None else None)
 
     async def query(self, statements, p, level):
+        timeout = p.timeout
+        if level == "linearizable" and p.linearizable_timeout:
+            timeout = p.linearizable_timeout  # rqlite's bound on the leadership check
         return await self.store.query(
             statements, level=level, freshness=p.freshness,
             freshness_strict=p.freshness_strict, transaction=p.transaction,
-            db_timeout=p.db_timeout, timeout=p.timeout)
+            db_timeout=p.db_timeout, timeout=timeout)
 
     async def request(self, statements, p, level):
         return await self.store.request(

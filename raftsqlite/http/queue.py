@@ -74,7 +74,12 @@ class WriteQueue:
         if len(self._items) >= self.capacity:
             raise errors.Unavailable(f"the write queue is full ({self.capacity} requests); "
                                      f"retry later")
-        fut = asyncio.get_running_loop().create_future() if wait else None
+        fut = None
+        if wait:
+            fut = asyncio.get_running_loop().create_future()
+            # A waiter that timed out no longer reads the outcome; consume it so a failed
+            # batch is not reported as "exception never retrieved".
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         seq = self._next_seq()
         self._items.append((seq, statements, fut))
         self.counters["queued"] += 1

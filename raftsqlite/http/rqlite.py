@@ -54,7 +54,7 @@ async def _queued(request, p, started):
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
-            return wire.error_response(408, "queue wait timeout", "timeout")
+            raise errors.QueueWaitTimeout("queue wait timeout") from None
     body = wire.queued_body(seq, p, started=started, now=perf_counter())
     return wire.json_response(body, pretty=p.pretty)
 
@@ -139,6 +139,10 @@ def blueprint():
         ctx.counters["loads"] += 1
         # Streaming lifts Sanic's limit; ours for loads is separate and much larger.
         request.stream.request_max_size = ctx.settings.max_load_bytes
+        if p.redirect and not ctx.store.is_leader():
+            # Say where to send it before the client uploads a large body to us.
+            _, ready = fwd.forward_target(request, p, None)
+            return ready
         fd, path = tempfile.mkstemp(prefix=".load-", dir=ctx.spool_dir())
         try:
             spool_fd, fd = fd, None  # _spool owns (and closes) it from here

@@ -33,6 +33,7 @@ STATUS = (
     (errors.EncodeError, 400),
     (errors.ConfigError, 400),
     (errors.NotFound, 404),
+    (errors.QueueWaitTimeout, 408),      # rqlite's status for ?queue&wait timing out
     (errors.Timeout, 504),
     (errors.LeaderNotFound, 503),
     (errors.NotLeader, 503),             # only when forwarding was impossible
@@ -42,6 +43,8 @@ STATUS = (
     (errors.Moved, 503),
     (errors.Fenced, 503),
     (errors.StorageCorrupt, 503),
+    # Any other deliberate error: the node could not do it now. Only a bug is a 500.
+    (errors.RaftSQLiteError, 503),
 )
 
 # rqlite answers these with 200 and a top-level "error" beside empty "results".
@@ -89,15 +92,20 @@ def _blob_array(o):
 
 def dumps(obj, *, pretty=False, blob_array=False):
     default = _blob_array if blob_array else _blob_b64
+    try:
+        raw = orjson.dumps(obj, default=default)  # NaN/inf become null
+    except (orjson.JSONEncodeError, TypeError):
+        # e.g. a lone surrogate in a TEXT value: escape it (the text stays valid JSON)
+        raw = json.dumps(obj, default=default, ensure_ascii=True,
+                         separators=(",", ":")).encode("ascii")
     if not pretty:
-        try:
-            return orjson.dumps(obj, default=default)
-        except (orjson.JSONEncodeError, TypeError):
-            pass  # e.g. a lone surrogate in a TEXT value: the slow path escapes it
-    return json.dumps(obj, default=default, ensure_ascii=False, allow_nan=False,
-                      indent=4 if pretty else None,
-                      separators=None if pretty else (",", ":"),
-                      ).encode("utf-8", "surrogatepass")
+        return raw
+    # Go's MarshalIndent layout; rare, so the simple path is fine.
+    doc = json.loads(raw)
+    try:
+        return json.dumps(doc, indent=4, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(doc, indent=4, ensure_ascii=True).encode("ascii")
 
 
 def json_response(obj, status=200, *, pretty=False, blob_array=False, headers=None):
@@ -150,7 +158,26 @@ def _render_one(r, timings, associative, query_family):
 
 
 def render_results(results, *, timings=False, associative=False, query_family=False):
-    return [_render_one(r, timings, associative, query_family) for r in results]
+    if timings or associative:
+        return [_render_one(r, timings, associative, query_family) for r in results]
+    # The common case, kept tight for 1000-statement batches.
+    out = []
+    append = out.append
+    for r in results:
+        if "columns" in r or r.get("error"):
+            append(_render_one(r, False, False, query_family))
+            continue
+        lid = r.get("last_insert_id")
+        ra = r.get("rows_affected")
+        if lid and ra:
+            append({"last_insert_id": lid, "rows_affected": ra})
+        elif lid:
+            append({"last_insert_id": lid})
+        elif ra:
+            append({"rows_affected": ra})
+        else:
+            append({})
+    return out
 
 
 def rqlite_body(result, p, *, started=None, query_family=False, now=None):

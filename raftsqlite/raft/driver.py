@@ -56,6 +56,7 @@ class RaftNode:
         self._run_task = None
         self._tick_handle = None
         self._running = False
+        self._started = False
         self._failed = None
         self._props = []            # (data, future) not yet given to the core
         self._pending = {}          # index -> (term, future)
@@ -113,12 +114,17 @@ class RaftNode:
                                    on_unreachable=self.core.report_unreachable)
         await self.transport.start()
         self._running = True
+        self._started = True
         self._run_task = self._loop.create_task(self._run())
         self._tick_handle = self._loop.call_later(cfg.tick_interval, self._on_tick)
         self._wake.set()
 
     async def stop(self):
-        if not self._running:
+        if not self._started:
+            return
+        self._started = False
+        if self._failed is not None:
+            await self._close_failed()
             return
         if self.config.transfer_on_stop and self.is_leader and len(self.core.voters) > 1:
             try:
@@ -147,6 +153,17 @@ class RaftNode:
         self.log.close()
         for ex in (self._persist_exec, self._apply_exec, self._io_exec):
             ex.shutdown(wait=True)
+
+    async def _close_failed(self):
+        """Release sockets, files and threads of a member that failed; write nothing."""
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        for t in list(self._streams.values()):
+            t.cancel()
+        await self.transport.stop()
+        self.log.close()
+        for ex in (self._persist_exec, self._apply_exec, self._io_exec):
+            ex.shutdown(wait=False)
 
     async def bootstrap(self, members):
         """Make this member the first of a new group (fresh data dir only)."""
@@ -310,6 +327,8 @@ class RaftNode:
                  failed=self._failed)
         if self.core is not None:
             s["core"] = self.core.stats()
+            if self.core.role == Role.LEADER:
+                s["progress"] = self.core.progress()
         s["log"] = self.log.stats()
         if self.transport is not None:
             s["transport"] = self.transport.stats()
@@ -338,6 +357,10 @@ class RaftNode:
         if len(dl) > 4 * (len(self._pending) + len(self._props) + len(self._reads) + 64):
             self._deadlines = [d for d in dl if not d[2].done()]
             heapq.heapify(self._deadlines)
+        if len(self._read_rounds) > 64:
+            # Rounds whose answer never came (leader lost): their callers timed out.
+            self._read_rounds = {c: fs for c, fs in self._read_rounds.items()
+                                 if not all(f.done() for f in fs)}
 
     def _resolve(self, node_id):
         m = self.core.member(node_id) if self.core is not None else None
@@ -523,7 +546,8 @@ class RaftNode:
                 if not f.done():
                     f.set_result(None)
         th = self.config.snapshot_threshold
-        if th and not self._snapshotting and self._applied - self._snap_index >= th:
+        if th and self._running and not self._snapshotting and \
+                self._applied - self._snap_index >= th:
             self._snapshotting = True
             self._loop.create_task(self._take_snapshot())
 

@@ -22,6 +22,7 @@ import random
 import socket
 
 from raftsqlite import codec
+from raftsqlite.codec.model import MsgType
 from raftsqlite.errors import DecodeError
 from raftsqlite.raft.config import split_addr
 
@@ -31,6 +32,9 @@ T_HELLO = 0x80      # dialler -> listener: JSON {cluster, from, addr, to, versio
 T_HELLO_OK = 0x81
 T_HELLO_REFUSE = 0x82   # payload: the reason, UTF-8
 PROTOCOL_VERSION = 1
+CONNECT_QUEUE_BYTES = 1 << 20   # kept for a peer while its connection is being made
+# Requests a follower forwards to its leader keep the original sender in ``frm``.
+_FORWARDED = (MsgType.READ_INDEX, MsgType.TRANSFER_LEADER)
 
 
 class _Inbound(asyncio.Protocol):
@@ -73,7 +77,7 @@ class _Inbound(asyncio.Protocol):
                 owner.stats_["bad_frames"] += 1
                 self.tr.close()
                 return
-            if g != group or msg.frm != self.peer:
+            if g != group or (msg.frm != self.peer and msg.type not in _FORWARDED):
                 owner.stats_["misrouted"] += 1
                 continue
             owner.stats_["msgs_in"] += 1
@@ -170,6 +174,8 @@ class _Peer:
         self.proto = None         # connected and handshaken _Outbound
         self.pending = []         # frames waiting for flush()
         self.pending_bytes = 0
+        self.early = []           # frames queued while connecting
+        self.early_bytes = 0
         self.task = None
         self.backoff = owner.reconnect_min
         self.dropped = 0
@@ -196,6 +202,10 @@ class _Peer:
                                                   owner.hello_for(self.node_id)))
                 await asyncio.wait_for(proto.ready, 3.0)
                 self.proto = proto
+                if self.early:
+                    proto.tr.write(b"".join(self.early))
+                    self.sent += len(self.early)
+                    self.early, self.early_bytes = [], 0
                 self.connects += 1
                 self.backoff = owner.reconnect_min
                 self.last_error = ""
@@ -211,6 +221,12 @@ class _Peer:
                 self.last_error = str(e) or type(e).__name__
                 delay = self.backoff
                 self.backoff = min(owner.reconnect_max, self.backoff * 2)
+            if self.early:
+                # Stale by the next attempt: Raft will have retransmitted what matters.
+                self.dropped += len(self.early)
+                owner.stats_["dropped"] += len(self.early)
+                self.early, self.early_bytes = [], 0
+                owner.on_unreachable(self.node_id)
             await asyncio.sleep(delay * (0.5 + random.random()))
 
     def _lost(self, proto):
@@ -301,7 +317,15 @@ class Transport:
         proto = p.proto
         if proto is None:
             p.ensure_connecting()
-            self._drop(p)
+            # Keep a little while the connection is being made, so the first messages to
+            # a new peer (a probe, a vote) are not lost to connection set-up.
+            if p.task is not None and not p.task.done() and \
+                    p.early_bytes < CONNECT_QUEUE_BYTES:
+                frame = codec.encode_message(msg, self.group_id)
+                p.early.append(frame)
+                p.early_bytes += len(frame)
+            else:
+                self._drop(p)
             return
         frame = codec.encode_message(msg, self.group_id)
         if proto.tr.get_write_buffer_size() + p.pending_bytes + len(frame) > self.send_buffer_bytes:

@@ -1,5 +1,7 @@
 """Real rqlite clients from PyPI against a real 3-node raft-sqlite cluster, pointed at the
 leader and at a follower; backup from one cluster loaded into a fresh one."""
+import json
+
 import pytest
 
 from tests.api.procs import LocalCluster, http, node_available
@@ -86,8 +88,12 @@ def test_backup_then_load_into_fresh_cluster(cluster, tmp_path):
     assert st == 200
     q = "/db/query?q=SELECT%20*%20FROM%20bk%20ORDER%20BY%20id"
     want = http("GET", src + q)[1]
-    st, backup = http("GET", src + "/db/backup")
+    # Through a follower: it relays the leader's stream.
+    st, backup = http("GET", f"http://{cluster.follower()}/db/backup")
     assert st == 200 and backup.startswith(b"SQLite format 3\x00")
+    st, zipped = http("GET", src + "/db/backup?compress")
+    import gzip
+    assert st == 200 and gzip.decompress(zipped).startswith(b"SQLite format 3\x00")
     st, dump = http("GET", src + "/db/backup?fmt=sql")
     assert st == 200 and b"CREATE TABLE bk" in dump
 
@@ -107,7 +113,6 @@ def test_random_requests_against_real_nodes_never_500(cluster):
     """The no-500 property again, against real nodes (leader and follower), so errors the
     real store raises are covered too."""
     import json as _json
-    from urllib.parse import quote
 
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -129,3 +134,86 @@ def test_random_requests_against_real_nodes_never_500(cluster):
             assert set(_json.loads(resp)) == {"error", "code"}, resp
     check()
     assert all(http("GET", f"http://{a}/readyz")[0] == 200 for a in cluster.http)
+
+
+RQLITE_JS = r"""
+const { DataApiClient } = require('rqlite-js');
+(async () => {
+  const c = new DataApiClient(process.argv[2]);
+  const t = process.argv[3];
+  const out = {};
+  let r = await c.execute(`CREATE TABLE ${t} (id integer not null primary key, name text)`);
+  out.create_error = r.hasError();
+  r = await c.execute([`INSERT INTO ${t}(name) VALUES('fiona')`, `INSERT INTO ${t}(name) VALUES('sinead')`],
+                      { transaction: true });
+  out.ids = [r.get(0).getLastInsertId(), r.get(1).getLastInsertId()];
+  r = await c.execute(`UPDATE ${t} SET name='justin' WHERE name='fiona'`);
+  out.updated = r.get(0).getRowsAffected();
+  r = await c.query(`SELECT id, name FROM ${t} ORDER BY id`, { level: 'strong' });
+  out.rows = r.toArray();
+  r = await c.execute(`INSERT INTO nope VALUES(1)`);
+  out.error = r.hasError() ? r.getFirstError().toString() : null;
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_rqlite_js(cluster, role, tmp_path):
+    """rqlite-js (npm) against the leader and a follower, when Node.js and the package
+    are available (RQLITE_JS_NODE_PATH, default /tmp/rqlitejs/node_modules; rqlite-js
+    2.5.7 needs @babel/runtime installed beside it)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    node_path = os.environ.get("RQLITE_JS_NODE_PATH", "/tmp/rqlitejs/node_modules")
+    if not shutil.which("node") or not os.path.isdir(os.path.join(node_path, "rqlite-js")):
+        pytest.skip("node or rqlite-js not installed (npm install rqlite-js @babel/runtime)")
+    script = tmp_path / "check.js"
+    script.write_text(RQLITE_JS)
+    addr = cluster.leader() if role == "leader" else cluster.follower()
+    p = subprocess.run(["node", str(script), f"http://{addr}", f"js_{role}"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "NODE_PATH": node_path})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["create_error"] is False and out["ids"] == [1, 2] and out["updated"] == 1
+    assert out["rows"] == [{"id": 1, "name": "justin"}, {"id": 2, "name": "sinead"}]
+    assert out["error"] and "no such table" in out["error"]
+
+
+def test_seed_readme_commands_on_every_node(cluster):
+    """The seed README's execute and query examples, sent to each member in turn."""
+    for i, a in enumerate(cluster.http):
+        base = f"http://{a}"
+        st, body = http("POST", base + "/execute", {"query": "CREATE TABLE IF NOT EXISTS users "
+                        "(id INTEGER PRIMARY KEY, name TEXT, email TEXT)"})
+        assert st == 200, body
+        st, body = http("POST", base + "/execute", b'{"query":"INSERT INTO users (name, email) '
+                        b'VALUES (?, ?)", "args":["John Doe", "john@example.com"]}')
+        assert st == 200 and json.loads(body)["rows_affected"] == 1, body
+        st, body = http("GET", base + "/query?q=SELECT%20*%20FROM%20users")
+        rows = json.loads(body)
+        assert st == 200 and len(rows) == i + 1
+        assert rows[0] == {"id": 1, "name": "John Doe", "email": "john@example.com"}
+
+
+def test_real_status_nodes_readyz(cluster):
+    """On real nodes: /status has every rqlite key, /nodes lists all three with one
+    leader, /readyz is ready (also with sync)."""
+    from raftsqlite.http.cluster import REQUIRED_STATUS_KEYS
+    leaders = set()
+    for a in cluster.http:
+        st, body = http("GET", f"http://{a}/status")
+        doc = json.loads(body)
+        for key in REQUIRED_STATUS_KEYS:
+            d = doc
+            for k in key.split("."):
+                assert k in d, f"{a}: /status lacks {key}"
+                d = d[k]
+        st, body = http("GET", f"http://{a}/nodes?ver=2")
+        nodes = json.loads(body)["nodes"]
+        assert len(nodes) == 3 and all(n["reachable"] for n in nodes)
+        leaders |= {n["id"] for n in nodes if n["leader"]}
+        assert http("GET", f"http://{a}/readyz?sync")[0] == 200
+    assert len(leaders) == 1

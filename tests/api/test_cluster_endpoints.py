@@ -88,3 +88,35 @@ def test_go_duration_strings():
     assert go_duration(0.0015) == "1.5ms"
     assert go_duration(2.0) == "2s"
     assert go_duration(42e-9) == "42ns"
+
+
+def test_extra_blueprints_and_error_shape(serve):
+    """node.http_blueprints are served, and their errors use the one error shape."""
+    from sanic import Blueprint
+    from sanic.response import json as sjson
+
+    from raftsqlite import errors
+    from tests.api.fakes import Cluster, FakeNode, FakeStore
+
+    def tables():
+        bp = Blueprint("tables_test")
+
+        @bp.get("/tables")
+        async def list_tables(request):
+            return sjson({"tables": [], "node": request.app.ctx.node_id()})
+
+        @bp.post("/table/register")
+        async def register(request):
+            raise errors.RoutingRefused("cannot shard this table")
+        return bp
+
+    cl = Cluster()
+    st = FakeStore(cl, "n1")
+    cl.leader_id = "n1"
+    node = FakeNode(st)
+    node.http_blueprints = [tables]
+    s = serve(node)
+    assert s.http.get("/tables").json() == {"tables": [], "node": "n1"}
+    r = s.http.post("/table/register", {})
+    assert r.status == 400 and r.json() == {"error": "cannot shard this table",
+                                            "code": "routing_refused"}

@@ -84,6 +84,7 @@ def test_unreachable_leader_is_503(trio, serve):
     leader.store.member.http_addr = "127.0.0.1:1"
     r = follower.http.post("/db/execute?timeout=2s", ["CREATE TABLE t (x)"])
     assert r.status == 503 and "127.0.0.1:1" in r.json()["error"]
+    assert r.json()["code"] == "unreachable"  # nothing was sent: a definite failure
 
 
 def test_queued_writes_on_follower_reach_leader(trio):
@@ -107,3 +108,33 @@ def test_forwarding_honours_timeout(trio):
     assert r.status == 504 and r.json()["code"] == "timeout"
     assert time.monotonic() - t0 < 2.5
     assert follower.http.get("/readyz?noleader").status == 200
+
+
+def test_backup_noleader_is_local(trio):
+    """/db/backup?noleader on a follower is served by the follower itself."""
+    leader, follower, _ = trio
+    follower.store.cluster.conn.execute("CREATE TABLE k (x)")
+    r = follower.http.get("/db/backup?noleader")
+    assert r.status == 200 and r.body.startswith(b"SQLite format 3")
+    assert "x-rqlite-served-by" not in r.headers
+    assert follower.store.calls[-1][0] == "backup"
+    assert not any(c[0] == "backup" for c in leader.store.calls)
+
+
+def test_request_endpoint_forwards_and_associative(trio):
+    """/db/request on a follower goes to the leader; associative renders both kinds."""
+    leader, follower, _ = trio
+    r = follower.http.post("/db/request?associative", [
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, n TEXT)", "INSERT INTO a(n) VALUES('x')",
+        "SELECT * FROM a"])
+    assert r.body == (b'{"results":[{"rows":null},{"last_insert_id":1,"rows_affected":1,'
+                      b'"rows":null},{"types":{"id":"integer","n":"text"},'
+                      b'"rows":[{"id":1,"n":"x"}]}]}')
+
+
+def test_load_redirect_before_upload(trio):
+    """/db/load?redirect on a follower answers 301 to the leader without loading."""
+    leader, follower, _ = trio
+    r = follower.http.post("/db/load?redirect", "CREATE TABLE z (x);")
+    assert r.status == 301 and r.headers["location"] == f"http://{leader.addr}/db/load?redirect"
+    assert not any(c[0] == "load" for c in follower.store.calls + leader.store.calls)

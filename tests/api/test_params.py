@@ -16,7 +16,8 @@ def test_go_durations(text, seconds):
     assert parse_duration(text, "timeout") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "s", "1x", "1s2", "-1s", "1.2.3s", "ms"])
+@pytest.mark.parametrize("text", ["", "5", "s", "1x", "1s2", "-1s", "1.2.3s", "ms", "1e9999h",
+                                  "25h"])
 def test_bad_durations_are_clear_400s(text):
     """A malformed or negative duration is a BadRequest naming the flag."""
     with pytest.raises(errors.BadRequest, match="timeout"):
@@ -121,3 +122,18 @@ def test_bulk_fast_path_matches_full_path(params):
     body = json.dumps([["SELECT 1"] + params]).encode()
     doc = json.loads(body)
     assert parse_statements(body, 10) == [make_statement("SELECT 1", doc[0][1:])]
+
+
+def test_http_settings_documented_and_validated():
+    """Every HTTP setting has help text; a non-positive limit is a ConfigError; node
+    config fields (http_<name>, store.max_statements) are picked up."""
+    from types import SimpleNamespace
+
+    from raftsqlite.http.backend import HTTPConfig
+    assert all(h for _, h in HTTPConfig.help().values())
+    with pytest.raises(errors.ConfigError):
+        HTTPConfig(max_body_bytes=0)
+    cfg = SimpleNamespace(http_max_body_bytes=123, store=SimpleNamespace(max_statements=7),
+                          data_dir="/tmp/x")
+    s = HTTPConfig.from_node_config(cfg)
+    assert (s.max_body_bytes, s.max_statements, s.spool_dir) == (123, 7, "/tmp/x")

@@ -43,7 +43,7 @@ def query_strings():
         lambda ps: "&".join(quote(k) if v is None else f"{quote(k)}={quote(v)}" for k, v in ps))
 
 
-@settings(max_examples=600, deadline=None,
+@settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(method=st.sampled_from(METHODS), path=st.sampled_from(PATHS), qs=query_strings(),
        body=bodies, ctype=st.sampled_from(["application/json", "text/plain", "",

@@ -147,6 +147,9 @@ def test_query_flags_reach_store(single):
     assert name == "query"
     assert kw == {"level": "none", "freshness": 60.0, "freshness_strict": True,
                   "db_timeout": 2.0, "timeout": 3.0}
+    h.get("/db/query?q=SELECT+1&level=linearizable&linearizable_timeout=250ms")
+    assert single.store.calls[-1][1]["timeout"] == 0.25
+    assert h.get("/db/query?q=SELECT+1&linearizable_timeout=x").status == 400
     h.get("/db/query?q=SELECT+1&level=auto")
     assert single.store.calls[-1][1]["level"] == "weak"  # a voter reads at weak
 
@@ -168,3 +171,27 @@ def test_queued_writes(single):
     assert r2["sequence_number"] > r1["sequence_number"] > 0
     vals = h.get("/db/query?q=SELECT+name+FROM+foo+ORDER+BY+id").json()["results"][0]["values"]
     assert vals == [["q1"], ["q2"]]
+
+
+def test_queue_wait_timeout_is_408(single):
+    """?queue&wait that outlives its timeout answers 408 (rqlite's status) in our shape."""
+    single.store.delay = 1.5
+    r = single.http.post("/db/execute?queue&wait&timeout=200ms", ["SELECT 1"])
+    assert r.status == 408 and r.json() == {"error": "queue wait timeout",
+                                            "code": "queue_wait_timeout"}
+
+
+def test_odd_values_render_as_valid_json(single):
+    """Infinite REALs render as null (plain or pretty); lone surrogates never break
+    rendering."""
+    h = single.http
+    for flags in ("", "&pretty"):
+        r = h.get("/db/query?q=SELECT+1e999,+-1e999" + flags)
+        assert r.status == 200 and r.json()["results"][0]["values"] == [[None, None]]
+    # A lone surrogate cannot arrive in a JSON body (it is refused, clearly) ...
+    r = h.post("/db/query", '[["SELECT ?", "a\\ud800b"]]')
+    assert r.status == 400 and "surrogate" in r.json()["error"]
+    # ... but if a value holds one, rendering still produces valid JSON.
+    from raftsqlite.http.wire import dumps
+    assert json.loads(dumps({"v": "a\ud800b"})) == {"v": "a\ud800b"}
+    assert json.loads(dumps({"v": "a\ud800b"}, pretty=True)) == {"v": "a\ud800b"}

@@ -113,6 +113,7 @@ def test_limits_answer_413(serve):
     (errors.ProposalDropped("dropped"), 503, "proposal_dropped"),
     (errors.StatementRefused("ATTACH is refused"), 400, "statement_refused"),
     (errors.Moved("moved"), 503, "moved"),
+    (errors.RaftSQLiteError("cannot snapshot now"), 503, "error"),
     (RuntimeError("bug"), 500, "internal"),
 ])
 def test_store_errors_map_once(single, exc, status, code):
@@ -141,3 +142,43 @@ def test_unknown_route_and_method_in_one_shape(single):
     assert set(single.http.get("/nope").json()) == {"error", "code"}
     r = single.http.req("PUT", "/db/query")
     assert r.status == 405 and set(r.json()) == {"error", "code"}
+
+
+def test_stale_spool_files_removed_at_start(serve, tmp_path):
+    """Spool files a killed node left behind are removed when the app starts; other files
+    in the directory are not touched."""
+    (tmp_path / ".load-abc").write_bytes(b"x")
+    (tmp_path / ".backup-def").write_bytes(b"x")
+    (tmp_path / "db.sqlite").write_bytes(b"keep")
+    cl = Cluster()
+    st = FakeStore(cl, "n")
+    cl.leader_id = "n"
+    serve(FakeNode(st), settings=HTTPConfig(spool_dir=str(tmp_path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite"]
+
+
+def test_large_load_is_streamed_not_buffered(single):
+    """A 150 MB /db/load body goes to disk in chunks: the server's memory high-water mark
+    grows by far less than the body, and the store sees the whole file."""
+    import http.client
+    import resource
+
+    seen = {}
+
+    async def load(path, *, fmt="sqlite"):
+        import os
+        seen["size"], seen["fmt"] = os.path.getsize(path), fmt
+        return {"results": []}
+    single.store.load = load
+    chunk = b"INSERT INTO t VALUES(1);\n" * 40_000          # ~1 MB of SQL text
+    n = 150
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    conn = http.client.HTTPConnection("127.0.0.1", single.port, timeout=60)
+    conn.request("POST", "/db/load", body=(chunk for _ in range(n)), encode_chunked=True,
+                 headers={"Content-Type": "application/octet-stream"})
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    conn.close()
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert seen == {"size": len(chunk) * n, "fmt": "sql"}
+    assert grew_mb < 50, f"memory high-water grew {grew_mb:.0f} MB for a {n} MB body"

@@ -52,18 +52,29 @@ def test_seed_readme_commands_answered_from_every_node(cluster):
 
 
 def test_determinism_of_random_and_now(cluster):
-    """random(), randomblob() and datetime('now') give identical rows on every member."""
+    """random(), randomblob() and datetime('now') give identical rows on every member,
+    also when evaluated during apply (DEFAULT CURRENT_TIMESTAMP, DEFAULT (random()),
+    datetime('now') in a trigger)."""
     lead = cluster.leader()
     st, body = execute(lead.http, [
         "CREATE TABLE d (r INTEGER, t TEXT, b BLOB, c TEXT)",
         "INSERT INTO d VALUES (random(), datetime('now'), randomblob(16), CURRENT_TIMESTAMP)",
         "INSERT INTO d SELECT random(), strftime('%f','now'), randomblob(8), date() FROM d"])
     assert st == 200 and all("error" not in r for r in body["results"]), body
-    ref = values(lead.http, "SELECT r, t, hex(b), c FROM d ORDER BY rowid", level="strong")
-    assert len(ref) == 2
+    # evaluated during apply, not rewritable: column defaults and trigger bodies
+    st, body = execute(lead.http, [
+        "CREATE TABLE e (a, ts DEFAULT CURRENT_TIMESTAMP, r DEFAULT (random()))",
+        "CREATE TABLE elog (a, at)",
+        "CREATE TRIGGER etr AFTER INSERT ON e BEGIN "
+        "INSERT INTO elog VALUES (new.a, strftime('%Y-%m-%d %H:%M:%f', 'now')); END",
+        "INSERT INTO e(a) VALUES (1)", "INSERT INTO e(a) VALUES (2)"])
+    assert st == 200 and all("error" not in r for r in body["results"]), body
+    q = ("SELECT d.r, d.t, hex(d.b), d.c, e.ts, e.r, elog.at FROM d, e JOIN elog "
+         "ON elog.a = e.a ORDER BY d.rowid, e.a")
+    ref = values(lead.http, q, level="strong")
+    assert len(ref) == 4
     for n in cluster.nodes:
-        wait_for(lambda: values(n.http, "SELECT r, t, hex(b), c FROM d ORDER BY rowid") == ref,
-                 10, f"identical rows on {n.node_id}")
+        wait_for(lambda: values(n.http, q) == ref, 10, f"identical rows on {n.node_id}")
 
 
 def test_bad_input_on_seed_endpoints(cluster):
@@ -159,8 +170,9 @@ def test_leader_kill_under_write_load_loses_nothing_acknowledged(cluster):
 
 
 def test_full_restart_keeps_everything_and_replays_nothing_twice(tmp_path):
-    """All members killed (-9) and restarted: every acknowledged row is there exactly
-    once (row counts exact), and the group accepts writes again."""
+    """SIGTERM on the leader exits cleanly and hands leadership over; then all members
+    killed (-9) and restarted: every acknowledged row is there exactly once (row counts
+    exact), and the group accepts writes again."""
     c = Cluster(str(tmp_path), 3)
     try:
         c.start()
@@ -171,6 +183,12 @@ def test_full_restart_keeps_everything_and_replays_nothing_twice(tmp_path):
             assert st == 200 and "error" not in body["results"][0]
         for n in c.nodes:
             wait_for(lambda: values(n.http, "SELECT count(*) FROM r") == [[60]], 10, "copies")
+        # SIGTERM on the leader: clean exit, leadership handed over (no election wait)
+        lead.terminate(20)
+        assert lead.proc.returncode == 0, lead.tail()
+        t0 = time.monotonic()
+        c.leader(10)
+        assert time.monotonic() - t0 < 5
         for n in c.nodes:
             n.kill()
         for n in c.nodes:
@@ -190,21 +208,22 @@ def test_full_restart_keeps_everything_and_replays_nothing_twice(tmp_path):
 def test_new_member_catches_up_by_snapshot(tmp_path):
     """A member joining after the log was compacted installs a snapshot (a SQLite file)
     and ends with identical data."""
-    extra = ["-snapshot-threshold", "20", "-raft-opt", "snapshot_trailing=5"]
+    extra = ["-snapshot-threshold", "20", "-raft-opt", "snapshot_trailing=5",
+             "-raft-opt", "segment_bytes=1024"]
     n1 = NodeProc(str(tmp_path), "node1", free_port(), free_port(), extra=extra).start()
     n2 = None
     try:
         wait_for(n1.ready, 30, "node1 ready")
         execute(n1.http, ["CREATE TABLE big (k INTEGER PRIMARY KEY, b BLOB)"])
-        # ~24 MB of deterministic data in one statement, then enough entries to compact
+        # 52 MB of deterministic data in one statement, then enough entries to compact
         st, body = execute(n1.http, [
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 24) "
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 52) "
             "INSERT INTO big SELECT x, zeroblob(1048576) FROM c"], timeout=60)
-        assert st == 200 and body["results"][0]["rows_affected"] == 24, body
+        assert st == 200 and body["results"][0]["rows_affected"] == 52, body
         for i in range(40):
             execute(n1.http, [["INSERT INTO big VALUES (?, ?)", 1000 + i, b"x".hex()]])
-        wait_for(lambda: n1.status()["store"]["raft"]["last_snapshot_index"] > 5, 30,
-                 "a snapshot on node1")
+        wait_for(lambda: n1.status()["raft"]["log"]["first_index"] > 2, 30,
+                 "a snapshot on node1 and a compacted log")
         n2 = NodeProc(str(tmp_path), "node2", free_port(), free_port(), join=[n1.http],
                       extra=extra).start()
         wait_for(n2.ready, 60, "node2 ready")
@@ -217,3 +236,29 @@ def test_new_member_catches_up_by_snapshot(tmp_path):
         for n in (n1, n2):
             if n is not None:
                 n.kill()
+
+
+def test_non_voter_read_replica(tmp_path):
+    """-non-voter joins as a learner (through the second -join address when the first is
+    dead): not counted as a voter, forwards writes, serves local reads, honours freshness."""
+    n1 = NodeProc(str(tmp_path), "node1", free_port(), free_port()).start()
+    # the first -join address is dead: the node must go on to the next one
+    n2 = NodeProc(str(tmp_path), "node2", free_port(), free_port(),
+                  join=[f"127.0.0.1:{free_port()}", n1.http], extra=["-non-voter"])
+    try:
+        wait_for(n1.ready, 30, "node1 ready")
+        n2.start()
+        wait_for(n2.ready, 30, "replica ready")
+        members = {m["node_id"]: m["voter"] for m in n1.status()["store"]["members"]}
+        assert members == {"node1": True, "node2": False}
+        st, body = execute(n2.http, ["CREATE TABLE t (a)", "INSERT INTO t VALUES (42)"])
+        assert st == 200 and body["results"][1]["rows_affected"] == 1, body
+        wait_for(lambda: values(n2.http, "SELECT a FROM t") == [[42]], 10, "replica data")
+        assert not n2.is_leader()
+        q = urllib.parse.urlencode({"q": "SELECT a FROM t", "level": "none",
+                                    "freshness": "2s"})
+        st, body = call(n2.http, "GET", "/db/query?" + q)
+        assert st == 200 and body["results"][0]["values"] == [[42]], body
+    finally:
+        n1.kill()
+        n2.kill()

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from raftsqlite.raft.demo import OP_GET, DemoClient, DemoError
+import json
+
+from raftsqlite.raft.demo import OP_ADD, OP_GET, OP_REMOVE, DemoClient, DemoError
 
 pytestmark = pytest.mark.cluster
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,15 +42,24 @@ class Group:
         self.extra = list(extra)
         self.procs = {}
 
+    def add_slot(self, nid):
+        """Reserve ports for a member that will join later (not in the bootstrap list)."""
+        raft, cmd = free_ports(2)
+        self.raft[nid] = f"127.0.0.1:{raft}"
+        self.cmd[nid] = cmd
+        self.joiners = getattr(self, "joiners", set()) | {nid}
+
     def start(self, nid):
-        peers = ",".join(f"{i}={a}" for i, a in self.raft.items())
+        joiners = getattr(self, "joiners", set())
+        peers = ",".join(f"{i}={a}" for i, a in self.raft.items() if i not in joiners)
+        join = ["--join"] if nid in joiners else []
         logf = open(os.path.join(str(self.tmp), f"{nid}.log"), "ab")
         env = dict(os.environ, PYTHONPATH=ROOT)
         self.procs[nid] = subprocess.Popen(
             [sys.executable, "-m", "raftsqlite.raft.demo", "--id", nid,
              "--data", os.path.join(str(self.tmp), nid), "--raft", self.raft[nid],
              "--port", str(self.cmd[nid]), "--peers", peers, "--tick", "0.02",
-             "--log-level", "INFO"] + self.extra,
+             "--log-level", "INFO"] + join + self.extra,
             stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(self.tmp))
         logf.close()
 
@@ -192,6 +203,17 @@ def test_leader_kill9_then_restart_catches_up(group):
         assert ss[0]["keys"] == 300
         vals = await read_all(g, new, [b"a5", b"b199"])
         assert vals == {b"a5": b"v-a5", b"b199": b"v-b199"}
+        # a linearizable read on the restarted follower sees the latest write
+        await write_keys(g, [b"last"])
+        assert await read_all(g, old, [b"last"]) == {b"last": b"v-last"}
+        # a follower refuses writes, naming the leader
+        c = await g.client(old)
+        try:
+            with pytest.raises(DemoError) as ei:
+                await c.put(b"f", b"1")
+        finally:
+            await c.close()
+        assert ei.value.code == "not_leader" and ei.value.leader == new
         return failover
     failover = run(main())
     assert failover < 10
@@ -299,3 +321,57 @@ def test_damaged_log_refused_torn_tail_truncated(group, tmp_path):
     assert p.wait(15) == 2
     out = g.log_text("n1")
     assert "corrupt log record in" in out and seg in out and "offset" in out
+
+
+def test_add_member_catches_up_as_learner_then_promoted_and_removed(group):
+    """A new member joins as a learner, catches up, is promoted to voter, holds the same
+    state; removing it leaves the group committing."""
+    g = group()
+    g.add_slot("n4")
+    for nid in ("n1", "n2", "n3"):
+        g.start(nid)
+
+    async def main():
+        await write_keys(g, [b"m%d" % i for i in range(300)], inflight=64)
+        g.start("n4")
+        await g.status("n4")   # up and listening before it is added, as with a real join
+        lead = await g.leader(among=["n1", "n2", "n3"])
+        c = await g.client(lead)
+        try:
+            await c.request(OP_ADD, json.dumps({"id": "n4", "raft": g.raft["n4"]}).encode(), 30)
+        finally:
+            await c.close()
+        s = await g.status(lead)
+        assert "n4" in s["core"]["voters"]
+        await write_keys(g, [b"after%d" % i for i in range(50)])
+        ss = await g.converged(["n1", "n2", "n3", "n4"])
+        assert ss[0]["keys"] == 350
+        c = await g.client(lead)
+        try:
+            await c.request(OP_REMOVE, json.dumps({"id": "n4"}).encode(), 10)
+        finally:
+            await c.close()
+        g.kill("n4")
+        acked = await write_keys(g, [b"gone%d" % i for i in range(20)])
+        assert len(acked) == 20
+        s = await g.status(await g.leader(among=["n1", "n2", "n3"]))
+        assert "n4" not in s["core"]["voters"] and "n4" not in s["core"]["learners"]
+    run(main())
+
+
+def test_sigterm_leader_hands_over(group):
+    """SIGTERM makes a leader hand leadership to another member before exiting cleanly."""
+    g = group()
+    g.start_all()
+
+    async def main():
+        await write_keys(g, [b"t%d" % i for i in range(20)])
+        lead = await g.leader()
+        p = g.procs.pop(lead)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+        rest = [n for n in g.ids if n != lead]
+        new = await g.leader(among=rest, timeout=3)
+        assert "leadership transfer on stop failed" not in g.log_text(lead)
+        assert len(await write_keys(g, [b"u%d" % i for i in range(20)])) == 20
+    run(main())

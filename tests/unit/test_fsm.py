@@ -94,7 +94,8 @@ def test_request_id_dedup_returns_first_result(fsm):
                               request_id=b"abc"))])[0]
     r2 = fsm.apply([ex(3, req(("INSERT INTO t VALUES (?)", [b"\x00"]), "SELECT a FROM t",
                               request_id=b"abc"))])[0]
-    assert r1["results"] == r2["results"]
+    strip = [[{k: v for k, v in x.items() if k != "time"} for x in rr] for rr in r1["results"]]
+    assert r2["results"] == strip            # same answer (timings are not replicated)
     assert r2["results"][0][1]["values"] == [[b"\x00"]]
     assert count(fsm) == 1
     for i in range(10):
@@ -164,3 +165,110 @@ def test_snapshot_and_restore(fsm, tmp_path):
     other.apply([ex(3, req("INSERT INTO t VALUES (2)"), term=3)])
     assert other_db.checksum("t") == fsm.db.checksum("t")
     other_db.close()
+
+
+def test_snapshot_on_apply_thread_and_elsewhere_agree(fsm, tmp_path):
+    """Both snapshot paths (raw files on the apply thread, backup API on another thread)
+    give a file holding exactly the state at the index they return, including rows
+    still only in the WAL."""
+    import threading
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))] +
+              [ex(i, req(("INSERT INTO t VALUES (?)", [i]))) for i in range(2, 40)])
+    a = str(tmp_path / "a.snap")
+    b = str(tmp_path / "b.snap")
+    assert fsm.snapshot(a) == (39, 1)                  # same thread as apply
+    out = []
+    th = threading.Thread(target=lambda: out.append(fsm.snapshot(b)))
+    th.start()
+    th.join(10)
+    assert out == [(39, 1)]
+    for p in (a, b):
+        assert Database.read_file_internal(p, "SELECT count(*), sum(a) FROM t") == \
+            [(38, sum(range(2, 40)))]
+        with open(p, "rb") as f:
+            assert f.read(20)[18:20] == b"\x01\x01"   # rollback-journal file, no WAL needed
+
+
+def test_request_hook_refuses_one_request(fsm):
+    """A request hook raising a RaftSQLiteError fails that request alone, before its
+    statements run; neighbours in the batch apply."""
+    from raftsqlite.errors import Moved
+
+    def hook(ctx, request):
+        if request.request_id == b"stale":
+            raise Moved("key range moved; refresh the catalog")
+    fsm.register_system_handler("noop", lambda ctx, a: None)
+    fsm.add_request_hook(hook)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))])
+    res = fsm.apply([ex(2, req("INSERT INTO t VALUES (1)", request_id=b"stale"),
+                        req("INSERT INTO t VALUES (2)"))])[0]["results"]
+    assert res[0][0]["code"] == "moved" and "moved" in res[0][0]["error"]
+    assert res[1][0]["rows_affected"] == 1
+    assert fsm.db.read([("SELECT a FROM t", None)])[0]["values"] == [[2]]
+
+
+def test_create_function_on_writer_and_readers(fsm):
+    """A function registered once is usable by applies and by reads on any thread."""
+    import threading
+    fsm.db.create_function("twice", 1, lambda x: 2 * x)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)", "INSERT INTO t VALUES (twice(21))"))])
+    out = []
+    th = threading.Thread(target=lambda: out.append(
+        fsm.db.read([("SELECT twice(a) FROM t", None)])[0]["values"]))
+    th.start()
+    th.join(10)
+    assert out == [[[84]]]
+
+
+def test_replicas_end_byte_identical(tmp_path):
+    """Two replicas applying the same entries hold identical rows in every table, the
+    internal ones included (no per-replica timings or ids leak into stored state)."""
+    entries = [ex(1, req("CREATE TABLE t (a UNIQUE, b)")),
+               ex(2, req(("INSERT INTO t VALUES (?, ?)", [1, b"\x00"]), request_id=b"r1"),
+                  req("INSERT OR ROLLBACK INTO t VALUES (1, 2)"),
+                  req("INSERT INTO t VALUES (2, 2)", "INSERT INTO t VALUES (1, 1)",
+                      transaction=True, request_id=b"r2")),
+               ex(3, req(("INSERT INTO t VALUES (?, ?)", [1, b"\x00"]), request_id=b"r1"))]
+    dumps = []
+    for name in ("a", "b"):
+        db = Database(str(tmp_path / f"{name}.sqlite"))
+        f = FSM(db)
+        f.apply(entries[:1])
+        f.apply(entries[1:])
+        dumps.append([db.read_internal(f"SELECT * FROM {t} ORDER BY 1") for t in
+                      ("t", "_raftsqlite_requests", "_raftsqlite_meta")])
+        db.close()
+    assert dumps[0] == dumps[1]
+    assert len(dumps[0][1]) == 2
+
+
+def test_defaults_and_triggers_are_deterministic(tmp_path):
+    """'now' and random() evaluated during apply (column defaults, triggers) give the
+    same values on every replica, whenever each replica applies: the instant travels in
+    the entry (clock op) and the random generator is seeded by the entry's position."""
+    import time as _time
+    from raftsqlite.fsm import clock_op
+    ddl = ex(1, req("CREATE TABLE t (a, ts DEFAULT CURRENT_TIMESTAMP, r DEFAULT (random()), "
+                    "b DEFAULT (randomblob(4)))",
+                    "CREATE TABLE log (x, at)",
+                    "CREATE TRIGGER tr AFTER INSERT ON t BEGIN "
+                    "INSERT INTO log VALUES (new.a, strftime('%Y-%m-%d %H:%M:%f', 'now')); END"))
+    clock_ms = Database.clock_now_ms() - 86_400_000        # yesterday, to be sure
+    ins = Entry(1, 2, EntryType.NORMAL, encode_command(Command(
+        CommandType.EXECUTE, [req("INSERT INTO t(a) VALUES (1)", "INSERT INTO t(a) VALUES (2)")],
+        [clock_op(clock_ms)])))
+    rows = []
+    for name in ("a", "b"):
+        db = Database(str(tmp_path / f"{name}.sqlite"))
+        f = FSM(db)
+        f.apply([ddl, ins])
+        rows.append((db.read_internal("SELECT * FROM t ORDER BY a"),
+                     db.read_internal("SELECT * FROM log ORDER BY x")))
+        db.close()
+        _time.sleep(1.1)      # the second replica applies a second later
+    assert rows[0] == rows[1]
+    t_rows, log_rows = rows[0]
+    assert t_rows[0][2] != t_rows[1][2]           # two random() values, not one
+    unix_s = (clock_ms - 210866760000000) // 1000
+    assert t_rows[0][1] == _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(unix_s))
+    assert log_rows[0][1][:19] == t_rows[0][1]

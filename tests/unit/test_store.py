@@ -136,7 +136,8 @@ def test_request_id_retry_is_idempotent(env):
         q = await store.query([Statement("SELECT count(*) FROM t")])
         return a, b, q
     a, b, q = run(go())
-    assert a["results"] == b["results"] and q["results"][0]["values"] == [[1]]
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in a["results"]]
+    assert b["results"] == strip and q["results"][0]["values"] == [[1]]
 
 
 def test_non_leader_write_names_leader_http_address(env):
@@ -278,3 +279,92 @@ def test_backup_and_load_round_trip(env, tmp_path):
     assert q["results"][0]["values"] == [[1, b"\x00\xff"], [2, "two"]]
     assert "no such table" in gone["results"][0]["error"]
     assert q2["results"][0]["values"] == q["results"][0]["values"], res2
+
+
+def test_dropped_proposal_after_losing_leadership_becomes_not_leader(env):
+    """A proposal definitely not committed because leadership moved is reported as
+    NotLeader (safe to forward), not as an unknown outcome."""
+    from raftsqlite.errors import ProposalDropped
+    store, raft = env
+
+    async def dropping(data, timeout):
+        raft.is_leader, raft.leader_id = False, "n2"
+        raise ProposalDropped("entry was replaced by a new leader's entry")
+    raft.propose = dropping
+    with pytest.raises(NotLeader) as ei:
+        run(store.execute([Statement("CREATE TABLE t (a)")]))
+    assert ei.value.leader_addr == "127.0.0.1:3"
+
+
+def test_write_timeout_is_reported_and_others_unaffected(env):
+    """A caller whose deadline passes gets Timeout; the batch still completes."""
+    from raftsqlite.errors import Timeout
+    store, raft = env
+    raft.delay = 0.3
+
+    async def go():
+        slow = store.execute([Statement("CREATE TABLE t (a)")], timeout=0.05)
+        with pytest.raises(Timeout):
+            await slow
+        await asyncio.sleep(0.5)
+        return await store.query([Statement("SELECT count(*) FROM t")])
+    assert run(go())["results"][0]["values"] == [[0]]
+
+
+def test_long_read_falls_back_from_the_loop_to_a_thread(env):
+    """A read past the inline budget is interrupted on the loop and re-run on a reader
+    thread, giving the full answer."""
+    store, _ = env
+    q = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) "
+         "SELECT count(*) FROM c")
+
+    async def go():
+        r = await store.query([Statement(q)], level="none")
+        p = await store.query([Statement("SELECT 1")], level="none")
+        return r, p
+    r, p = run(go())
+    assert r["results"][0]["values"] == [[3000000]]
+    assert p["results"][0]["values"] == [[1]]
+    st = store.db.stats()
+    assert st["inline_fallbacks"] >= 1 and st["inline_reads"] >= 1
+
+
+def test_system_ops_through_the_store(env):
+    """Store.system proposes SYSTEM ops and returns one result per op."""
+    store, _ = env
+    store.fsm.register_system_handler("echo", lambda ctx, args: {"got": args.decode(),
+                                                                 "index": ctx.index})
+
+    async def go():
+        r = await store.system([("echo", b"hi"), ("missing", b"")])
+        i = await store.barrier()
+        return r, i
+    r, i = run(go())
+    assert r["results"][0] == {"got": "hi", "index": r["raft_index"]}
+    assert "unknown" in r["results"][1]["error"] and i == r["raft_index"] + 1
+
+
+def test_load_refused_statement_changes_nothing(env, tmp_path):
+    """A dump containing a refused statement is rejected before anything is proposed."""
+    store, raft = env
+    dump = tmp_path / "d.sql"
+    dump.write_text("CREATE TABLE a (x);\nINSERT INTO a VALUES (1);\nATTACH 'x' AS y;\n")
+    with pytest.raises(StatementRefused):
+        run(store.load(str(dump)))
+    assert raft.proposals == []
+
+
+def test_load_streams_in_chunks(env, tmp_path):
+    """A dump larger than one entry is applied in several entries, all rows arriving."""
+    store, raft = env
+    store.config = StoreConfig(batch_max_bytes=2000)
+    dump = tmp_path / "d.sql"
+    with open(dump, "w") as f:
+        f.write("CREATE TABLE a (x, pad);\n")
+        for i in range(500):
+            f.write(f"INSERT INTO a VALUES ({i}, 'padding-padding');\n")
+    res = run(store.load(str(dump)))
+    assert res["statements"] == 501 and "error" not in res
+    assert len(raft.proposals) > 5
+    q = run(store.query([Statement("SELECT count(*), sum(x) FROM a")]))
+    assert q["results"][0]["values"] == [[500, sum(range(500))]]
