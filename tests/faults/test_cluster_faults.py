@@ -51,13 +51,10 @@ def test_partition_through_the_proxy_forces_a_new_leader(node_available, tmp_pat
     asyncio.run(main())
 
 
-@pytest.mark.xfail(reason="node bug found by this suite: a member killed right after its "
-                          "join completes restarts with 'cannot bootstrap, the log is not "
-                          "empty' (node.start's freshness test disagrees with the core)",
-                   strict=False)
 def test_member_killed_right_after_joining_restarts(node_available, tmp_path):
     """Every member comes back from its own data directory, even one killed (with all
-    the others) the moment the leader lists it as a voter."""
+    the others) the moment the leader lists it as a voter. (Regression: this suite found
+    such a member refusing to start with 'cannot bootstrap, the log is not empty'.)"""
     async def main():
         async with LocalCluster(3, tmp_path / "c", seed=1) as c:
             for m in c.members.values():
