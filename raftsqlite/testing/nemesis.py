@@ -35,9 +35,10 @@ from .workloads import WORKLOADS, NodeClient, member_checksums, setup_with_retry
 
 #: Every fault the nemesis knows. "Leader" faults find the current leader first.
 FAULTS = ("kill", "kill_leader", "pause", "pause_leader", "isolate_leader", "partition",
-          "bridge", "delay", "drop", "restart_all")
+          "bridge", "one_way_leader", "delay", "drop", "restart_all")
 #: Faults after which the time to the next acknowledged write is measured.
-LEADER_FAULTS = ("kill_leader", "pause_leader", "isolate_leader", "restart_all")
+LEADER_FAULTS = ("kill_leader", "pause_leader", "isolate_leader", "one_way_leader",
+                 "restart_all")
 
 
 class Nemesis:
@@ -71,7 +72,7 @@ class Nemesis:
 
     async def inject(self, kind: str) -> dict:
         c = self.cluster
-        if kind in ("isolate_leader", "partition", "bridge"):
+        if kind in ("isolate_leader", "partition", "bridge", "one_way_leader"):
             # Held bytes (a silent partition) or refused connections (an unreachable host).
             c.net.mode = self.rng.choice(("stall", "reset"))
             detail = await self._inject(kind)
@@ -85,14 +86,19 @@ class Nemesis:
             m = c.members[self.rng.choice(ids)]
             (c.kill if kind == "kill" else c.pause)(m)
             return {"member": m.id}
-        if kind in ("kill_leader", "pause_leader", "isolate_leader"):
+        if kind in ("kill_leader", "pause_leader", "isolate_leader", "one_way_leader"):
             m, was_leader = await self._leader_or_random()
             if kind == "kill_leader":
                 c.kill(m)
             elif kind == "pause_leader":
                 c.pause(m)
-            else:
+            elif kind == "isolate_leader":
                 c.net.isolate(m.id, ids)
+            else:
+                # Asymmetric: what the leader sends is held, what it receives arrives.
+                for o in ids:
+                    if o != m.id:
+                        c.net.block(m.id, o, both=False)
             return {"member": m.id, "was_leader": was_leader}
         if kind == "partition":
             shuffled = self.rng.sample(ids, len(ids))
