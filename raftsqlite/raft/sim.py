@@ -458,7 +458,15 @@ class Sim:
             return
         cands = [n for n in self.live() if not n.removed]
         lead = self.leader()
-        if lead is not None and not lead.removed and self.rng.random() < 0.5:
+        r = self.rng.random()
+        if r < 0.1:
+            for n in cands:       # power loss: every member loses its unsynced writes
+                self._crash(n)
+        elif r < 0.3:
+            busy = [n for n in cands if n.busy is not None]
+            if busy:              # in the middle of an fsync
+                self._crash(self.rng.choice(busy))
+        elif lead is not None and not lead.removed and r < 0.65:
             self._crash(lead)     # leaders with unreplicated entries make the hard cases
         elif cands:
             self._crash(self.rng.choice(cands))
