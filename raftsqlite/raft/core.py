@@ -824,7 +824,7 @@ class RaftCore(LogViewMixin, MembershipMixin):
         rid = self._round_seq
         self._read_rounds.append([rid, self.commit, {self.node_id}, self._reads_waiting])
         self._reads_waiting = []
-        if self._quorum() <= 1:
+        if self._quorum() <= 1 and self.node_id in self._voters:
             self._read_ack(self.node_id, rid)
         else:
             self._bcast_heartbeat(rid)
