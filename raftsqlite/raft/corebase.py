@@ -67,7 +67,6 @@ class RaftInvariantError(AssertionError):
 class LogViewMixin:
     """The core's view of its log: storage[..offset-1] + tail (+ a pending snapshot)."""
 
-
     @property
     def last_index(self):
         return self._offset - 1 + len(self._unstable)
@@ -178,7 +177,6 @@ class LogViewMixin:
 
 class MembershipMixin:
     """Members and the history of configurations (a change takes effect when appended)."""
-
 
     @property
     def members(self):
