@@ -72,6 +72,7 @@ class Params:
         self.delay_max = rng.choice((1, 3, 8, 20))
         self.spike = rng.choice((0.0, 0.01, 0.05))
         self.disk_max = rng.choice((0, 1, 2, 5))
+        self.disk_spike = rng.choice((0.0, 0.0, 0.05, 0.3))   # share of fsyncs taking 20-60 ms
         self.crash_every = rng.choice((0, 150, 400, 1000))
         self.fsm_loss = rng.choice((0.0, 0.3))
         self.partition_every = rng.choice((0, 200, 500))
@@ -225,9 +226,12 @@ class Sim:
             prev_t = node.core.log_term(rd.entries[0].index - 1) if rd.entries else None
             node.busy = (rd, rd.send_early, prev_t)
             needs_disk = rd.entries or rd.hard_state is not None or rd.snapshot is not None
-            if needs_disk and self.p.disk_max:
-                self.at(self.now + self.rng.randint(0, self.p.disk_max), self._ready_done,
-                        node, node.inc)
+            p = self.p
+            if needs_disk and (p.disk_max or p.disk_spike):
+                d = self.rng.randint(0, p.disk_max)
+                if p.disk_spike and self.rng.random() < p.disk_spike:
+                    d += self.rng.randint(20, 60)
+                self.at(self.now + d, self._ready_done, node, node.inc)
                 return
             self._ready_done(node, node.inc, pump=False)
 
