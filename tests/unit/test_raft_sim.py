@@ -118,3 +118,17 @@ def test_simulator_catches_reads_without_quorum(monkeypatch):
     monkeypatch.setattr(RaftCore, "_leader_read", leader_read)
     seed, msg = _first_failing_seed(300)
     assert seed is not None, "the simulator missed non-linearizable reads"
+
+
+def test_simulator_catches_messages_sent_before_fsync(monkeypatch):
+    """If every Ready's messages (acks, votes) went out before its fsync, a crash can
+    lose a vote or an acknowledged entry; some seed must show it."""
+    orig = RaftCore.ready
+
+    def ready(self):
+        rd = orig(self)
+        rd.send_early = True
+        return rd
+    monkeypatch.setattr(RaftCore, "ready", ready)
+    seed, msg = _first_failing_seed(200)
+    assert seed is not None, "the simulator missed acknowledgements sent before fsync"
