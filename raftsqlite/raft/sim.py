@@ -30,6 +30,7 @@ from raftsqlite.codec import decode_conf_change
 from raftsqlite.codec.model import ConfChange, ConfChangeType, EntryType, Member, Message, MsgType
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.memlog import MemLog
+from raftsqlite.raft.simcheck import check_linearizable
 
 TICK = 10            # ms of simulated time per core tick
 OP_TIMEOUT = 400     # ms before a client gives up on an operation (outcome unknown)
@@ -710,57 +711,7 @@ class Sim:
         self._check_linearizable()
 
     def _check_linearizable(self):
-        """Every op has a point in the committed order: log ops their index, ReadIndex
-        reads the applied index they read at. Results must match the order, and an op
-        invoked after another completed must not be placed before it."""
-        # register value per key after each index
-        hist = {k: [(0, None)] for k in KEYS}
-        vals = {}
-        for i in range(1, max(self.global_log, default=0) + 1):
-            term, data = self.global_log[i]
-            if not data or data[:1] not in b"0123456789":
-                continue
-            oid, kind, key, a, b = data.decode().split(":")
-            cur = vals.get(key)
-            if kind == "w" or (kind == "c" and cur == a):
-                vals[key] = a if kind == "w" else b
-                hist[key].append((i, vals[key]))
-
-        def value_at(key, i):   # after applying index i
-            h = hist[key]
-            lo, hi = 0, len(h)
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if h[mid][0] <= i:
-                    lo = mid
-                else:
-                    hi = mid
-            return h[lo][1]
-
-        ok = [op for op in self.ops if op.status == "ok"]
-        for op in ok:
-            if op.kind == "ri" or op.kind == "r":
-                want = value_at(op.key, op.position if op.kind == "ri" else op.position - 1)
-                if op.result != want:
-                    self.fail(f"{op} read {op.result!r}, committed order says {want!r}")
-            elif op.kind == "c":
-                want = value_at(op.key, op.position - 1) == op.a
-                if op.result != want:
-                    self.fail(f"{op} cas result {op.result}, committed order says {want}")
-        by_complete = sorted(ok, key=lambda o: (o.complete, o.id))
-        k = 0
-        best = None
-        for op in sorted(ok, key=lambda o: (o.invoke, o.id)):
-            while k < len(by_complete) and by_complete[k].complete < op.invoke:
-                c = by_complete[k]
-                if best is None or c.position > best.position:
-                    best = c
-                k += 1
-            if best is None:
-                continue
-            if op.position < best.position or (op.kind != "ri" and op.position == best.position):
-                self.fail(f"not linearizable: {op} invoked after {best} completed, "
-                          f"but ordered before it")
+        check_linearizable(self.global_log, self.ops, KEYS, self.fail)
 
     def totals(self):
         """Counters for the aggregate line of a multi-seed run (what got exercised)."""
