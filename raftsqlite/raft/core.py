@@ -20,7 +20,8 @@ rule would break: a bug or a lying disk; never catch it).
 
 Inputs (all return quickly; none does I/O)::
 
-    core.bootstrap(members: list[Member])   # fresh log only; term-1 CONF_CHANGE entries, committed
+    core.bootstrap(members: list[Member]) -> bool  # term-1 CONF_CHANGE entries, committed;
+                                             # idempotent: call at every start of a bootstrap node
     core.tick()                              # one logical clock tick (driver's timer)
     core.step(msg: Message)                  # a message received from a peer
     core.propose(data: bytes) -> (term, index)         # leader only: raises NotLeader, ProposalDropped
@@ -325,10 +326,11 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
 
     def bootstrap(self, members):
         """Start a new group: term-1 CONF_CHANGE entries adding ``members``, committed.
-        Every member bootstrapped with the same list gets the same log. Idempotent until
-        the term-1 hard state is durable: a crash in the middle can leave a prefix of
-        these entries, so a driver asked to bootstrap calls this again at start while
-        ``core.term == 0``."""
+        Every member bootstrapped with the same list gets the same log. Idempotent, so a
+        driver started as a bootstrap node may call it at every start: it completes a
+        bootstrap that a crash cut short (a prefix of the entries, maybe the hard state
+        without them) and returns True, returns False once it is done (or the log is
+        already compacted), and raises ConfigError if the log holds another history."""
         members = list(members)
         if not any(m.voter for m in members):
             raise errors.ConfigError("bootstrap needs at least one voter")
@@ -340,14 +342,25 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
             if m.voter:
                 ccs.append(ConfChange(_C_PROMOTE, m.node_id))
         ents = [Entry(1, i + 1, _E_CONF_CHANGE, encode_conf_change(cc)) for i, cc in enumerate(ccs)]
-        have = self.last_index
-        if (self.term != 0 or self._log.snapshot_meta().index != 0 or have > len(ents)
-                or any(self._slice(i, i + 1, 1)[0] != ents[i - 1] for i in range(1, have + 1))):
-            raise errors.ConfigError(f"{self.node_id}: cannot bootstrap, the log is not empty")
+        n = len(ents)
+        if self._log.snapshot_meta().index > 0 or self._pending_snap is not None:
+            return False
+        have = min(self.last_index, n)
+        for i in range(1, have + 1):
+            # (term-1 entries after ours would be another, longer bootstrap)
+            if self._slice(i, i + 1, 1)[0] != ents[i - 1] or self.log_term(n + 1) == 1:
+                raise errors.ConfigError(
+                    f"{self.node_id}: cannot bootstrap, the log holds another history")
+        if self.commit >= n:
+            return False
+        if self.term > 1 or self.vote:
+            raise errors.ConfigError(f"{self.node_id}: cannot bootstrap, the node has voted")
         self.term = 1
-        self._rollback_conf(1)
-        self._truncate_append(ents)
-        self.commit = len(ents)
+        if have < n:
+            self._rollback_conf(have + 1)
+            self._truncate_append(ents[have:])
+        self.commit = n
+        return True
 
     def tick(self):
         if self.role_ is _R_LEADER:

@@ -172,8 +172,8 @@ class Sim:
             node.applied = d.snapshot_meta().index
         node.core = RaftCore(node.id, d, self.p.cfg, random.Random(self.rng.random()),
                              applied=node.applied)
-        if node.boot and node.core.term == 0:
-            node.core.bootstrap(node.boot)     # a crash may have cut the first one short
+        if node.boot:
+            node.core.bootstrap(node.boot)     # completes one a crash cut short
         node.commit_seen = node.core.commit
         self.at(self.now + self.rng.randint(1, TICK), self._tick, node, node.inc)
 

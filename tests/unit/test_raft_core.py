@@ -357,11 +357,18 @@ def test_unpersisted_entries_are_lost_on_crash():
     assert a2.last_index == last
 
 
-def test_bootstrap_refuses_non_empty_log():
-    """bootstrap() on a node with history is a clear error, not a silent reset."""
+def test_bootstrap_refuses_another_history_and_repeats_harmlessly():
+    """bootstrap() on a node with another history is a clear error, not a silent reset;
+    with the same members it is a no-op."""
     net = MemNet(["a"])
+    a = net.elect("a")
+    a.propose(b"x")
+    net.pump()
+    last = a.last_index
+    assert net.core("a").bootstrap([Member("a", "raft-a", "http-a")]) is False
+    assert a.last_index == last and a.is_leader
     with pytest.raises(errors.ConfigError):
-        net.core("a").bootstrap([Member("a")])
+        net.core("a").bootstrap([Member("a"), Member("b")])
 
 
 def test_ready_entries_handed_out_once():
@@ -431,7 +438,8 @@ def test_members_at_follows_history():
 
 
 @pytest.mark.parametrize("kept", [0, 1, 3])
-def test_bootstrap_resumes_after_a_torn_first_write(kept):
+@pytest.mark.parametrize("with_hs", [False, True])
+def test_bootstrap_resumes_after_a_torn_first_write(kept, with_hs):
     """A crash while the bootstrap entries are written leaves a prefix; bootstrapping
     again completes it, and the node can lead."""
     net = MemNet(["a"], bootstrap=False)
@@ -442,12 +450,15 @@ def test_bootstrap_resumes_after_a_torn_first_write(kept):
         n.core.advance(rd)
     n.core.bootstrap(members)
     rd = n.core.ready()
-    n.log.append(rd.entries[:kept])     # torn: some entries, no hard state
+    n.log.append(rd.entries[:kept])     # torn: some entries...
+    if with_hs:
+        n.log.set_hard_state(rd.hard_state)   # ...and maybe the hard state
     net.crash("a")
     c = net.restart("a")
-    assert c.term == 0
-    c.bootstrap(members)
+    assert c.commit < 4
+    assert c.bootstrap(members) is True
     net.pump()
     assert c.term == 1 and c.voters == {"a", "b"} and c.commit == 4
+    assert c.bootstrap(members) is False
     with pytest.raises(errors.ConfigError):
         c.bootstrap([Member("a")])
