@@ -55,8 +55,9 @@ The Ready cycle (contract)
   ``log.last_index()`` (a follower replacing a conflicting suffix, or entries already
   written): drop every stored entry from that index on, then append. After this the
   LogReader must serve them (``last_index()`` covers them).
-* ``rd.hard_state``: persist if not None. Write entries before the hard state (a commit
-  index above the last stored entry is clamped at restart, but never rely on it).
+* ``rd.hard_state``: persist if not None, in any order with the entries: its commit
+  index only covers entries durable before this Ready. Only a change of term or vote
+  must be fsynced before the messages; a commit-only change need not be.
 * ``rd.snapshot`` (SnapshotMeta): make the received file the node's snapshot and reset
   the log so that ``snapshot_meta() == rd.snapshot``, ``first_index() == index + 1``,
   ``last_index() == index`` (durably), then restore the state machine from the file,
@@ -739,7 +740,11 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
     # ---- the Ready cycle -----------------------------------------------------------
 
     def _hs(self):
-        return (self.term, self.vote, self.commit)
+        # The persisted commit index covers only entries durable before this Ready: a
+        # driver may write the hard state before (or without) the entries of the same
+        # Ready, and after a truncation a stale entry may still sit on disk at an index
+        # we know committed with another term (found by sim seed 303011).
+        return (self.term, self.vote, min(self.commit, self._durable))
 
     def has_ready(self):
         return bool(

@@ -462,3 +462,31 @@ def test_bootstrap_resumes_after_a_torn_first_write(kept, with_hs):
     assert c.bootstrap(members) is False
     with pytest.raises(errors.ConfigError):
         c.bootstrap([Member("a")])
+
+
+def test_persisted_commit_never_covers_entries_not_yet_durable():
+    """A Ready's hard-state commit covers only entries durable before it: a follower
+    replacing a stale tail must not persist a commit index that, after a crash, would
+    apply the stale entry still on disk (sim seed 303011)."""
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    net.isolate("a")
+    for i in range(3):
+        a.propose(b"stale")
+    net.pump()
+    net.heal()
+    net.isolate("a")
+    b = net.elect("b")
+    for i in range(3):
+        b.propose(b"new")
+    net.pump()
+    net.heal()
+    net.readies = []
+    net.tick(3)
+    trunc = [rd for nid, rd in net.readies if nid == "a" and rd.entries
+             and rd.entries[0].index <= b.commit]
+    assert trunc, "a never received the replacing entries"
+    for rd in trunc:
+        assert rd.hard_state is None or rd.hard_state.commit < rd.entries[0].index
+    assert [e.data for e in net.nodes["a"].applied if e.data] == \
+        [e.data for e in net.nodes["b"].applied if e.data]
