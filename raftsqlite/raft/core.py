@@ -45,7 +45,9 @@ members (list[Member] with raft_addr/http_addr), voters, learners, is_leader``;
 ``member(node_id) -> Member | None``, ``members_at(index) -> list[Member]`` (membership as of
 an applied index, for the snapshot a driver takes), ``progress() -> dict`` (leader:
 match/next/state per peer, to decide when a learner is caught up), ``stats() -> dict``,
-``log_term(index) -> int | None`` (the core's view of its log, for tests and the simulator).
+``log_term(index) -> int | None`` (the core's view of its log, for tests and the simulator),
+``hard_state() -> HardState`` (safe to persist at any time, e.g. at shutdown; never build
+one from ``core.commit``, which may cover entries that are not durable yet).
 
 The Ready cycle (contract)
 --------------------------
@@ -745,6 +747,11 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
         # Ready, and after a truncation a stale entry may still sit on disk at an index
         # we know committed with another term (found by sim seed 303011).
         return (self.term, self.vote, min(self.commit, self._durable))
+
+    def hard_state(self):
+        """The hard state that may be persisted now (e.g. once more at shutdown). Never
+        persist ``core.commit`` itself: it may cover entries not yet durable."""
+        return HardState(*self._hs())
 
     def has_ready(self):
         return bool(

@@ -490,3 +490,16 @@ def test_persisted_commit_never_covers_entries_not_yet_durable():
         assert rd.hard_state is None or rd.hard_state.commit < rd.entries[0].index
     assert [e.data for e in net.nodes["a"].applied if e.data] == \
         [e.data for e in net.nodes["b"].applied if e.data]
+
+
+def test_hard_state_for_shutdown_is_durable_safe():
+    """core.hard_state() never claims a commit beyond the durable log."""
+    net = MemNet(["a"])
+    a = net.elect("a")
+    a.propose(b"x")
+    rd = a.ready()               # taken, not persisted
+    assert a.hard_state().commit <= net.nodes["a"].log.last_index()
+    net.nodes["a"].log.apply_ready(rd)
+    a.advance(rd)
+    net.pump()
+    assert a.hard_state().commit == a.commit
