@@ -111,6 +111,10 @@ def _parse_value(v):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        from raftsqlite.sharding.local import demo
+        return demo(argv[1:])
     try:
         cfg, args = config_from_args(argv)
     except ConfigError as e:
