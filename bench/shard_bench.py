@@ -1,24 +1,23 @@
 """Sharding benchmark.
 
-Now (before integration) it measures what exists in-process:
-- the router's planning cost per statement, cold (parse + analyse + rewrite, empty plan
-  cache) and warm (cache hit + resolving owners for the bound parameters), median of
-  several runs, per statement shape;
-- routed single-row inserts/s and point reads/s through planner + router + merge over
-  in-process sqlite3 groups (1 and 2 shard groups), and scatter-gather latency of
-  COUNT(*) and ORDER BY ... LIMIT 10. These run in ONE process, so they show router
-  overhead, not cluster scaling; their keys are prefixed ``inproc_``.
+Default (in-process): the router's planning cost per statement, cold (parse + analyse +
+rewrite, empty plan cache) and warm (cache hit + resolving owners for the bound
+parameters), and routed inserts / point reads / scatter latency over in-process sqlite3
+groups (keys prefixed ``inproc_``: router overhead, not cluster scaling).
 
-The cluster figures the issue asks for (``insert_rps_1_group``, ``insert_rps_2_groups``,
-``scale_ratio``, scatter latency over 1M rows) come from ``--cluster``: a default group
-and 1, then 2, shard groups of one member each (separate ``raft-sqlite`` processes on
-127.0.0.1, started and stopped by PID), driven through this router over the rqlite HTTP
-API by ``--clients`` concurrent tasks. Until the node checks guards, ``guard_checked`` is
-false (routing is exercised, ownership checks are not).
+``--cluster``: real clusters, a default group with 1 and with 2 shard groups of one
+member each (separate ``raft-sqlite -shard`` processes on 127.0.0.1, fsync on), set up
+through the seed's /table/* API. Routed single-row INSERTs come from ``--workers`` load
+processes, each with its own client-side router (``Router`` + ``POST /shard/call`` with
+ownership guards checked by the shards' FSMs); windows alternate between the two
+clusters ``--reps`` times so both see the same machine load, and the per-process CPU use
+of each window is printed. ``node_routed_*`` sends the same INSERTs to the shard nodes'
+own routers instead. Then the 2-group cluster is loaded to ``--rows`` rows and
+``SELECT COUNT(*)`` and ``ORDER BY ... LIMIT 10`` are timed through the router.
 
-Usage: ``python bench/shard_bench.py [--quick]`` (in-process) or
-``python bench/shard_bench.py --cluster [--node-src DIR] [--seconds 5] [--clients 64]
-[--rows 1000000]``. Last line: one JSON object.
+Usage: ``python bench/shard_bench.py [--quick]`` or ``python bench/shard_bench.py
+--cluster [--seconds 3] [--clients 64] [--workers 2] [--reps 3] [--rows 1000000]
+[--no-fsync]``. Last line: one JSON object.
 """
 import asyncio
 import json
