@@ -208,6 +208,9 @@ class ShardingService:
         if self.is_default:
             self.catalog_state = CatalogState(on_change=self._catalog_applied)
             self.catalog_state.register(fsm)
+            # a snapshot install replaces the catalog without an op: republish it
+            fsm.add_restore_listener(lambda: self._catalog_applied(
+                self.catalog_state.load(db.read_internal).to_bytes()))
         self.executor = NodeGroupExecutor(self)
         self.router = Router(self.executor, self.cache)
         self.sql = RouterSQL(self)
