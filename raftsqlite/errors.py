@@ -114,3 +114,17 @@ class RoutingRefused(BadRequest):
     """The router cannot answer this statement correctly across shards."""
 
     code = "routing_refused"
+
+
+class SQLError(BadRequest):
+    """A statement failed in SQLite where the API has no per-statement error slot
+    (the seed's /execute and /query)."""
+
+    code = "sql_error"
+
+
+class QueueWaitTimeout(Timeout):
+    """A queued write (``?queue&wait``) was not written within the request's timeout; it
+    stays queued and may still be written."""
+
+    code = "queue_wait_timeout"

@@ -62,3 +62,12 @@ keyspace_ids = _hash.keyspace_ids
 
 codec_module = _codec
 hash_module = _hash
+
+
+def stats():
+    """Which implementation runs, and why not the compiled one if so (for /status)."""
+    return {
+        "implementation": IMPLEMENTATION,
+        "crc32c_hardware": bool(getattr(_codec, "CRC_HARDWARE", False)),
+        "compiled_unavailable_reason": IMPORT_ERROR,
+    }

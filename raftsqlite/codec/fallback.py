@@ -21,6 +21,7 @@ BODY_HEADER_SIZE = 21       # what ``length`` counts besides the payload
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 ENTRY_FRAME_BASE = 0x40     # frame type of a log record = 0x40 | entry type
 MESSAGE_VERSION = 1
+CRC_HARDWARE = False       # the twin computes CRC-32C from a table
 CONF_CHANGE_VERSION = 1
 _MAX_LENGTH = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -158,8 +159,10 @@ class FrameDecoder:
     """Incremental frame decoding: feed bytes as they arrive, get whole frames out.
 
     A frame whose length field exceeds ``max_frame_size`` is refused as soon as its
-    header arrives, so a peer cannot make us buffer without bound. After an error the
-    decoder stays failed: the stream position is lost and the connection must close.
+    header arrives, so a peer cannot make us buffer without bound. Frames that precede a
+    bad one are still returned; the error is raised by that call if it returned nothing,
+    else by the next one. After an error the decoder stays failed (the stream position is
+    lost; the connection must close). ``offset`` counts bytes of whole good frames.
     """
 
     def __init__(self, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
@@ -172,11 +175,18 @@ class FrameDecoder:
         self.offset = 0   # stream bytes consumed by whole frames
 
     @property
+    def failed(self):
+        """True once a bad frame was seen (even if its error is not raised yet)."""
+        return self._error is not None
+
+    @property
     def pending(self):
         """Bytes buffered that do not yet form a whole frame."""
         return len(self._buf)
 
     def feed(self, data):
+        """Bytes in, whole validated frames out: a list of
+        (group, type, term, index, payload) tuples, possibly empty."""
         if self._error is not None:
             raise DecodeError(self._error)
         try:
@@ -199,6 +209,10 @@ class FrameDecoder:
         except DecodeError as e:
             self._error = f"stream failed at offset {self.offset + pos}: {e}"
             self._buf = bytearray()
+            self.offset += pos
+            self.frames += len(out)
+            if out:
+                return out  # deliver the good frames first; the next feed raises
             raise DecodeError(self._error) from None
         if pos:
             del buf[:pos]

@@ -11,6 +11,7 @@ the router's job: this module hashes the value it is given.
 """
 import math
 import struct
+from bisect import bisect_right
 
 from raftsqlite.errors import EncodeError
 
@@ -197,7 +198,6 @@ def owners_batch(values, starts, mode="hash"):
     else:
         raise EncodeError(f"mode must be 'hash' or 'range', got {mode!r}")
     starts = _check_starts(starts)
-    from bisect import bisect_right
     return [bisect_right(starts, key(v)) - 1 for v in values]
 
 

@@ -59,6 +59,10 @@ class Ready:
     role: Optional[Role] = None                          # set when role/leader changed
     leader: Optional[str] = None
     dropped: list = field(default_factory=list)          # proposal tokens definitely not committed
+    # True when ``messages`` may be sent before or while step 1 runs: a stable leader
+    # replicating its own new entries (Raft thesis 10.2.1). False: send after step 1.
+    # A driver that ignores it (always sends after step 1) is still correct, only slower.
+    send_early: bool = False
 
 
 class LogReader(Protocol):

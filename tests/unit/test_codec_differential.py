@@ -23,8 +23,8 @@ except ImportError:
     C = None
 
 pytestmark = pytest.mark.skipif(C is None, reason="raftsqlite._ccodec not built")
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(max_examples=150 * int(os.environ.get("RAFTSQLITE_FUZZ_SCALE", "1")),
+                    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 u64 = st.one_of(st.integers(0, 300), st.integers(0, 2**64 - 1))
 u32 = st.integers(0, 2**32 - 1)

@@ -22,7 +22,11 @@ except ImportError:
 IMPLS = [PY] + ([C] if C is not None else [])
 VEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vectors")
 SEED = int(os.environ.get("RAFTSQLITE_FUZZ_SEED", "20260101"))
-BUDGET_S = 4.0   # per test: bounded in count and in time
+# per test: bounded in count and in time; raise both for a long run, e.g.
+# RAFTSQLITE_FUZZ_SCALE=1000 RAFTSQLITE_FUZZ_SEED=7 pytest tests/unit/test_codec_fuzz.py --timeout 0
+SCALE = int(os.environ.get("RAFTSQLITE_FUZZ_SCALE", "1"))
+BUDGET_S = 4.0 * SCALE
+N = 20000 * SCALE
 
 
 def _cases():
@@ -76,7 +80,7 @@ def _agree(name, arg):
 
 def _inputs(rnd, seeds):
     deadline = time.monotonic() + BUDGET_S
-    for i in range(20000):
+    for i in range(N):
         if time.monotonic() > deadline:
             return
         if i % 4 == 0:
@@ -102,7 +106,7 @@ def test_fuzz_bodies_bypassing_crc():
     rnd = random.Random(SEED + 1)
     deadline = time.monotonic() + BUDGET_S
     ok = 0
-    for i in range(20000):
+    for i in range(N):
         if time.monotonic() > deadline:
             break
         group, ftype, term, index, payload = rnd.choice(SEED_BODIES)
@@ -139,7 +143,7 @@ def test_fuzz_stream_decoder():
     implementations return the same frames and the same verdict for the same chunking."""
     rnd = random.Random(SEED + 3)
     deadline = time.monotonic() + BUDGET_S
-    for _ in range(300):
+    for _ in range(300 * SCALE):
         if time.monotonic() > deadline:
             break
         frames = [rnd.choice(SEED_FRAMES) for _ in range(rnd.randint(1, 8))]
@@ -149,7 +153,7 @@ def test_fuzz_stream_decoder():
         if corrupt:
             stream = _mutate(rnd, stream)
         max_size = rnd.choice([64, 1 << 16])
-        cuts = sorted(rnd.sample(range(1, len(stream)), min(len(stream) - 1, rnd.randint(0, 20))))
+        cuts = sorted(rnd.sample(range(1, len(stream)), max(0, min(len(stream) - 1, rnd.randint(0, 20)))))
         chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
         results = []
         for m in IMPLS:

@@ -18,7 +18,8 @@ except ImportError:
     C = None
 
 IMPLS = [PY] + ([C] if C is not None else [])
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200 * int(os.environ.get("RAFTSQLITE_FUZZ_SCALE", "1")),
+                    deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 keys = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(), st.text(max_size=20),
                  st.binary(max_size=20), st.booleans())

@@ -1,0 +1,5 @@
+import sys
+
+from raftsqlite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""``raft-sqlite``: command-line flags -> NodeConfig -> a running node. Nothing else.
+
+Flags are accepted the way the seed's README writes them (Go style, one dash:
+``-id node1 -data ./node1 -http :11000 -raft :12000 -join localhost:11000``) and with two
+dashes (``--id node1``), and as ``-flag=value``.
+"""
+import argparse
+import logging
+import sys
+
+from raftsqlite.config import NodeConfig, StoreConfig
+from raftsqlite.errors import ConfigError, RaftSQLiteError
+
+_DEFAULTS = NodeConfig.help()
+_SDEFAULTS = StoreConfig.help()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="raft-sqlite",
+        description="A replicated SQLite node (Raft), with an rqlite-compatible HTTP API. "
+                    "With no flags: one node, data in ./raftsqlite-data, HTTP on "
+                    "127.0.0.1:4001, Raft on 127.0.0.1:4002.",
+        epilog="Example: raft-sqlite -id node1 -data ./node1 -http :11000 -raft :12000; "
+               "then raft-sqlite -id node2 -data ./node2 -http :11001 -raft :12001 "
+               "-join localhost:11000")
+
+    def flag(name, **kw):
+        p.add_argument("-" + name, "--" + name, **kw)
+
+    flag("id", dest="node_id", default="", metavar="ID",
+         help="node id, unique in its group and stable across restarts (default: derived "
+              "from the Raft address)")
+    flag("data", dest="data_dir", default=_DEFAULTS["data_dir"][0], metavar="DIR",
+         help="data directory (default: %(default)s)")
+    flag("http", dest="http_addr", default=_DEFAULTS["http_addr"][0], metavar="ADDR",
+         help="HTTP API listen address, host:port or :port for all interfaces "
+              "(default: %(default)s)")
+    flag("raft", dest="raft_addr", default=_DEFAULTS["raft_addr"][0], metavar="ADDR",
+         help="Raft listen address (default: %(default)s)")
+    flag("http-adv", dest="http_adv", default="", metavar="ADDR",
+         help="HTTP address advertised to other nodes and clients")
+    flag("raft-adv", dest="raft_adv", default="", metavar="ADDR",
+         help="Raft address advertised to other members")
+    flag("join", dest="join", default="", metavar="ADDRS",
+         help="comma-separated HTTP addresses of existing members to join through "
+              "(ignored when the data dir already holds this member's log)")
+    flag("non-voter", dest="non_voter", action="store_true",
+         help="start as a non-voting read replica (needs -join)")
+    flag("shard", dest="shard", default="", metavar="NAME",
+         help="shard group this node belongs to (default: the default group)")
+    flag("no-fsync", dest="no_fsync", action="store_true",
+         help="do not fdatasync the Raft log (unsafe: loses acknowledged writes on power "
+              "loss; for experiments only)")
+    flag("snapshot-threshold", dest="snapshot_threshold", type=int,
+         default=_DEFAULTS["snapshot_threshold"][0], metavar="N",
+         help="applied entries between automatic snapshots (default: %(default)s)")
+    flag("join-timeout", dest="join_timeout", type=float, default=_DEFAULTS["join_timeout"][0],
+         metavar="SECONDS", help="how long to retry -join (default: %(default)s)")
+    flag("batch-wait", dest="batch_wait", type=float, default=_SDEFAULTS["batch_wait"][0],
+         metavar="SECONDS", help=_SDEFAULTS["batch_wait"][1])
+    flag("max-inflight", dest="max_inflight", type=int, default=_SDEFAULTS["max_inflight"][0],
+         metavar="N", help=_SDEFAULTS["max_inflight"][1])
+    flag("batch-max", dest="batch_max_requests", type=int,
+         default=_SDEFAULTS["batch_max_requests"][0], metavar="N",
+         help=_SDEFAULTS["batch_max_requests"][1])
+    flag("read-inline-budget", dest="inline_read_budget", type=float,
+         default=_SDEFAULTS["inline_read_budget"][0], metavar="SECONDS",
+         help=_SDEFAULTS["inline_read_budget"][1])
+    flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
+         help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
+              "for tests, benchmarks and tuning")
+    flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
+         help="logging level: DEBUG, INFO, WARNING (default), ERROR")
+    return p
+
+
+def config_from_args(argv=None) -> NodeConfig:
+    args = build_parser().parse_args(argv)
+    join = tuple(a.strip() for a in args.join.split(",") if a.strip())
+    store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
+                        batch_max_requests=args.batch_max_requests,
+                        inline_read_budget=args.inline_read_budget)
+    overrides = []
+    for opt in args.raft_opts:
+        name, sep, value = opt.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"-raft-opt wants NAME=VALUE, got {opt!r}")
+        overrides.append((name.strip(), _parse_value(value.strip())))
+    cfg = NodeConfig(node_id=args.node_id, data_dir=args.data_dir, http_addr=args.http_addr,
+                     raft_addr=args.raft_addr, http_adv=args.http_adv, raft_adv=args.raft_adv,
+                     join=join, voter=not args.non_voter, shard=args.shard,
+                     fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
+                     join_timeout=args.join_timeout, store=store,
+                     raft_overrides=tuple(overrides))
+    if not cfg.voter and not cfg.join:
+        raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
+    return cfg, args
+
+
+def _parse_value(v):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def main(argv=None):
+    try:
+        cfg, args = config_from_args(argv)
+    except ConfigError as e:
+        print(f"raft-sqlite: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from raftsqlite.node import run_node
+    try:
+        import uvloop
+        uvloop.run(run_node(cfg))
+    except KeyboardInterrupt:
+        pass
+    except RaftSQLiteError as e:
+        print(f"raft-sqlite: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:   # e.g. a port already in use, an unwritable data dir
+        print(f"raft-sqlite: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Settings of one node (CLI-level) and of its store (group commit, reads, limits).
+
+Settings are data: every field has a default and help text (``help()``); each class
+validates itself on construction so a bad value fails at start with a ``ConfigError``.
+The Raft engine's own settings live in ``raftsqlite.raft.config.RaftConfig``; the node
+builds one from a ``NodeConfig``.
+"""
+import os
+import socket
+from dataclasses import dataclass, field, fields
+
+from raftsqlite.errors import ConfigError
+
+
+def _f(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+class _Help:
+    @classmethod
+    def help(cls) -> dict:
+        """name -> (default, help) for every setting; a test checks none is undocumented."""
+        return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class StoreConfig(_Help):
+    batch_max_requests: int = _f(512, "Most client write requests packed into one log entry "
+                                      "(group commit).")
+    batch_max_bytes: int = _f(4 << 20, "Most statement bytes packed into one log entry.")
+    batch_wait: float = _f(0.0, "Seconds to wait for more writes before proposing when "
+                                "nothing is in flight (0 keeps one-client latency lowest; "
+                                "writes arriving while a proposal is in flight are batched "
+                                "anyway).")
+    max_inflight: int = _f(2, "Group-commit proposals in flight at once; more requests "
+                              "queue and are packed into the next entry.")
+    read_threads: int = _f(4, "Threads running local reads off the event loop.")
+    inline_read_budget: float = _f(0.002, "Seconds a local read may run on the event loop "
+                                          "before it is interrupted and re-run on a reader "
+                                          "thread (0 = always use the threads).")
+    write_timeout: float = _f(10.0, "Default seconds a write waits to be committed and applied.")
+    read_timeout: float = _f(10.0, "Default seconds a linearizable/strong read waits.")
+    dedup_keep: int = _f(10_000, "Request ids remembered (with their results) so a retried "
+                                 "write returns its first result.")
+    busy_timeout_ms: int = _f(5000, "SQLite busy timeout of every connection, milliseconds.")
+    sqlite_synchronous: str = _f("NORMAL", "PRAGMA synchronous of the database (the Raft "
+                                           "log is the durable record; NORMAL in WAL mode "
+                                           "survives process crashes).")
+    max_statements: int = _f(100_000, "Most statements in one request.")
+
+    def __post_init__(self):
+        for name in ("batch_max_requests", "batch_max_bytes", "max_inflight", "read_threads",
+                     "dedup_keep", "max_statements"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_wait", "busy_timeout_ms", "inline_read_budget"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("write_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA, "
+                              f"got {self.sqlite_synchronous!r}")
+
+
+@dataclass(frozen=True)
+class NodeConfig(_Help):
+    node_id: str = _f("", "This node's id, unique in its group and stable across restarts "
+                          "(default: derived from the Raft address).")
+    data_dir: str = _f("./raftsqlite-data", "Directory for the SQLite file, Raft log and "
+                                            "snapshots.")
+    http_addr: str = _f("127.0.0.1:4001", "host:port the HTTP API listens on (':port' = all "
+                                          "interfaces).")
+    raft_addr: str = _f("127.0.0.1:4002", "host:port the Raft transport listens on.")
+    http_adv: str = _f("", "HTTP address other nodes and clients are told to use "
+                           "(default: derived from http_addr).")
+    raft_adv: str = _f("", "Raft address other members use (default: derived from raft_addr).")
+    join: tuple = _f((), "HTTP addresses of existing members to join through.")
+    voter: bool = _f(True, "False starts a non-voting read replica.")
+    shard: str = _f("", "Name of the shard group this node belongs to ('' = default group).")
+    fsync: bool = _f(True, "fdatasync the Raft log before acknowledging.")
+    snapshot_threshold: int = _f(50_000, "Applied entries between automatic snapshots.")
+    join_timeout: float = _f(60.0, "Seconds to keep retrying -join before giving up.")
+    store: StoreConfig = _f(None, "Store settings (group commit, reads).")
+    raft_overrides: tuple = _f((), "Extra RaftConfig settings as (name, value) pairs "
+                                    "(tests and benchmarks).")
+
+    def __post_init__(self):
+        if self.store is None:
+            object.__setattr__(self, "store", StoreConfig())
+        for name in ("http_addr", "raft_addr"):
+            parse_addr(getattr(self, name), name)
+        for name in ("http_adv", "raft_adv"):
+            if getattr(self, name):
+                host, _ = parse_addr(getattr(self, name), name)
+                if not host:
+                    raise ConfigError(f"{name} needs a host name, got {getattr(self, name)!r}")
+        for a in self.join:
+            parse_addr(a, "join")
+        if not self.node_id:
+            object.__setattr__(self, "node_id", default_node_id(self.raft_advertise))
+        if any(c.isspace() or c in "/\\" for c in self.node_id):
+            raise ConfigError(f"node id must be one word without slashes, got {self.node_id!r}")
+        if self.shard and not all(c.isalnum() or c in "-_." for c in self.shard):
+            raise ConfigError(f"shard name must be letters, digits, '-', '_' or '.', "
+                              f"got {self.shard!r}")
+        if self.snapshot_threshold < 0 or self.join_timeout <= 0:
+            raise ConfigError("snapshot_threshold must be >= 0 and join_timeout > 0")
+
+    @property
+    def http_advertise(self) -> str:
+        return self.http_adv or advertise(self.http_addr)
+
+    @property
+    def raft_advertise(self) -> str:
+        return self.raft_adv or advertise(self.raft_addr)
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.data_dir, "db.sqlite")
+
+    @property
+    def raft_dir(self) -> str:
+        return os.path.join(self.data_dir, "raft")
+
+
+def parse_addr(addr: str, name: str = "address"):
+    """'host:port' or ':port' -> (host or '', port); anything else is a ConfigError."""
+    if not isinstance(addr, str):
+        raise ConfigError(f"{name} must be host:port, got {addr!r}")
+    if "://" in addr:
+        addr = addr.split("://", 1)[1].rstrip("/")
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not (0 < int(port) < 65536):
+        raise ConfigError(f"{name} must be host:port or :port, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def listen_addr(addr: str):
+    """Where to bind: a host-less address listens on every interface."""
+    host, port = parse_addr(addr)
+    return host or "0.0.0.0", port
+
+
+def advertise(addr: str) -> str:
+    """What others are told: a host-less or wildcard address advertises this machine's
+    name, so members on other machines can reach it."""
+    host, port = parse_addr(addr)
+    if host in ("", "0.0.0.0", "::"):
+        host = _reachable_hostname()
+    return f"{host}:{port}"
+
+
+def _reachable_hostname() -> str:
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None)
+        return name
+    except OSError:
+        return "127.0.0.1"
+
+
+def default_node_id(raft_advertise: str) -> str:
+    return raft_advertise.replace(":", "-").replace("[", "").replace("]", "")

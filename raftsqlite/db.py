@@ -1,0 +1,511 @@
+"""SQLite through apsw: the only module that imports apsw or sets pragmas.
+
+One writer connection, used only by the apply path (one executor thread). Reads use
+per-thread read-only connections opened lazily; in WAL mode they never block the
+writer and always see a committed state. Snapshots are online-backup copies taken from
+a separate read connection inside one read transaction, so the writer keeps going while
+a large file is copied. Restore copies pages into the live database through the writer,
+so open readers simply see the new state after it commits.
+
+Statement results are neutral dicts (see ``run_statement``); nothing here knows HTTP.
+"""
+import os
+import threading
+import time
+
+import apsw
+
+INTERNAL_PREFIX = "_raftsqlite_"
+
+_RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+_RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+
+# Pragmas a user statement may not run: they change durability or the file format
+# underneath replication, or let SQL rewrite the schema table directly.
+_DENIED_PRAGMAS = frozenset({
+    "journal_mode", "synchronous", "wal_checkpoint", "wal_autocheckpoint",
+    "writable_schema", "locking_mode", "mmap_size", "temp_store_directory",
+    "data_store_directory", "journal_size_limit",
+})
+
+_TABLE_OPS = None
+
+
+def _table_ops():
+    global _TABLE_OPS
+    if _TABLE_OPS is None:
+        names = ("CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE",
+                 "CREATE_TEMP_TRIGGER", "CREATE_TRIGGER", "DELETE", "DROP_INDEX",
+                 "DROP_TABLE", "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER",
+                 "DROP_TRIGGER", "INSERT", "READ", "UPDATE", "ALTER_TABLE", "ANALYZE",
+                 "CREATE_VIEW", "DROP_VIEW", "CREATE_TEMP_VIEW", "DROP_TEMP_VIEW",
+                 "CREATE_VTABLE", "DROP_VTABLE")
+        _TABLE_OPS = frozenset(getattr(apsw, "SQLITE_" + n) for n in names)
+    return _TABLE_OPS
+
+
+class _Access:
+    """Per-connection switch: internal statements (ours) may touch _raftsqlite_* tables
+    and run transaction control; user statements may not."""
+
+    __slots__ = ("internal",)
+
+    def __init__(self):
+        self.internal = False
+
+    def authorize(self, op, p1, p2, dbname, trigger):
+        if self.internal:
+            return apsw.SQLITE_OK
+        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+            return apsw.SQLITE_DENY
+        if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            return apsw.SQLITE_DENY
+        if op == apsw.SQLITE_PRAGMA:
+            return apsw.SQLITE_DENY if (p1 or "").lower() in _DENIED_PRAGMAS else apsw.SQLITE_OK
+        if op in _table_ops():
+            for p in (p1, p2):
+                if p and p.lower().startswith(INTERNAL_PREFIX):
+                    return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+
+class Interrupted(Exception):
+    """A read ran past its db_timeout and was interrupted."""
+
+
+def error_message(exc: BaseException) -> str:
+    msg = str(exc)
+    if isinstance(exc, apsw.InterruptError):
+        return "query interrupted (db_timeout exceeded)"
+    if isinstance(exc, apsw.AuthError):
+        return f"{msg}: statement refused (internal tables, ATTACH/DETACH, transaction " \
+               f"control and durability pragmas are not allowed)"
+    return msg or type(exc).__name__
+
+
+def run_statement(conn, sql, params=None):
+    """Run one SQL text on ``conn``; return a neutral result dict:
+    write -> {"last_insert_id", "rows_affected"}; read -> {"columns", "types", "values"};
+    failure -> {"error"}; always "time" (seconds). Never raises for SQL errors."""
+    t0 = time.perf_counter()
+    desc = None
+
+    def trace(cursor, _sql, _bindings):
+        nonlocal desc
+        d = cursor.description
+        if d:
+            desc = d
+        return True
+
+    before = conn.total_changes()
+    try:
+        cur = conn.cursor()
+        cur.exec_trace = trace
+        if params is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql, params)
+        rows = cur.fetchall() if desc is not None else []
+    except apsw.Error as e:
+        return {"error": error_message(e), "time": time.perf_counter() - t0}
+    except (TypeError, ValueError, OverflowError) as e:
+        return {"error": f"bad parameter: {e}", "time": time.perf_counter() - t0}
+    if desc is not None:
+        columns = [d[0] for d in desc]
+        types = [(d[1] or "").lower() for d in desc]
+        if rows and "" in types:
+            # rqlite's rule: no declared type -> the first row's storage class
+            first = rows[0]
+            for i, t in enumerate(types):
+                if not t:
+                    types[i] = _storage_class(first[i])
+        return {"columns": columns, "types": types, "values": [list(r) for r in rows],
+                "time": time.perf_counter() - t0}
+    changed = conn.total_changes() - before
+    return {"last_insert_id": conn.last_insert_rowid() if changed else 0,
+            "rows_affected": conn.changes() if changed else 0,
+            "time": time.perf_counter() - t0}
+
+
+def _storage_class(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "real"
+    if isinstance(v, str):
+        return "text"
+    return "blob"
+
+
+class Database:
+    """The node's SQLite file: one writer, per-thread readers, backup and restore."""
+
+    def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL"):
+        self.path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._readers = []            # every reader opened, so close() can close them
+        self._readers_lock = threading.Lock()
+        self._write_access = _Access()
+        self._functions = {}
+        self.writer = self._open_writer()
+        self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
+                               "snapshots": 0, "restores": 0, "inline_reads": 0,
+                               "inline_fallbacks": 0}
+
+    # ---- connections ---------------------------------------------------------------
+    def create_function(self, name, nargs, fn, deterministic=True):
+        """Register a SQL function on the writer and on every reader (present and future),
+        e.g. the sharding layer's keyspace functions."""
+        self._functions[name] = (nargs, fn, deterministic)
+        with self._readers_lock:
+            conns = [self.writer] + list(self._readers)
+        for c in conns:
+            self._register(c, name, nargs, fn, deterministic)
+
+    @staticmethod
+    def _register(conn, name, nargs, fn, deterministic):
+        conn.create_scalar_function(name, fn, nargs, deterministic=deterministic)
+
+    def _open_writer(self):
+        conn = apsw.Connection(self.path, flags=_RW)
+        conn.set_busy_timeout(self.busy_timeout_ms)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+        if mode.lower() != "wal":
+            raise apsw.CantOpenError(f"could not switch {self.path} to WAL (got {mode})")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.authorizer = self._write_access.authorize
+        return conn
+
+    def reader(self):
+        """This thread's read-only connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = apsw.Connection(self.path, flags=_RO)
+            conn.set_busy_timeout(self.busy_timeout_ms)
+            access = _Access()
+            conn.authorizer = access.authorize
+            for name, (nargs, fn, det) in list(self._functions.items()):
+                self._register(conn, name, nargs, fn, det)
+            self._local.conn = conn
+            self._local.access = access
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self):
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for c in readers:
+            try:
+                c.close(True)
+            except apsw.Error:
+                pass
+        try:
+            self.writer.close(True)
+        except apsw.Error:
+            pass
+
+    # ---- the writer (apply path only) ---------------------------------------------
+    def internal(self, sql, params=None):
+        """Run one of our own statements on the writer; may touch _raftsqlite_* tables."""
+        acc = self._write_access
+        prev, acc.internal = acc.internal, True
+        try:
+            if params is None:
+                return self.writer.execute(sql).fetchall()
+            return self.writer.execute(sql, params).fetchall()
+        finally:
+            acc.internal = prev
+
+    def run_user(self, sql, params=None):
+        """Run a client statement on the writer (inside the apply transaction)."""
+        return run_statement(self.writer, sql, params)
+
+    def in_transaction(self) -> bool:
+        return self.writer.in_transaction
+
+    # ---- reads (reader threads) ----------------------------------------------------
+    def read(self, statements, *, transaction=False, db_timeout=None, internal=False):
+        """Run (sql, params) pairs on this thread's reader; one result dict each. With
+        ``transaction`` all statements see one snapshot. ``db_timeout`` (seconds)
+        interrupts SQLite when exceeded."""
+        conn = self.reader()
+        access = self._local.access
+        access.internal = internal
+        if db_timeout:
+            deadline = time.monotonic() + db_timeout
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+        results = []
+        try:
+            if transaction:
+                access.internal = True
+                conn.execute("BEGIN")
+                access.internal = internal
+            try:
+                for sql, params in statements:
+                    r = run_statement(conn, sql, params)
+                    if "error" in r:
+                        self.stats_counters["read_errors"] += 1
+                        if r["error"].startswith("query interrupted"):
+                            self.stats_counters["interrupted"] += 1
+                    results.append(r)
+            finally:
+                if transaction:
+                    access.internal = True
+                    conn.execute("COMMIT" if conn.in_transaction else "SELECT 1")
+        finally:
+            access.internal = False
+            if db_timeout:
+                conn.set_progress_handler(None)
+        self.stats_counters["reads"] += len(results)
+        return results
+
+    def read_inline(self, statements, *, transaction=False, budget=0.002):
+        """Like ``read`` but meant for the event loop thread: SQLite is interrupted once
+        ``budget`` seconds pass, and then None is returned so the caller re-runs the read
+        on a reader thread. Point reads finish in microseconds, far cheaper than a thread
+        hop; a long read costs at most ``budget`` of loop time."""
+        conn = self.reader()
+        deadline = time.monotonic() + budget
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 500)
+        try:
+            res = self.read(statements, transaction=transaction)
+        finally:
+            conn.set_progress_handler(None)
+        for r in res:
+            if r.get("error", "").startswith("query interrupted"):
+                self.stats_counters["inline_fallbacks"] += 1
+                return None
+        self.stats_counters["inline_reads"] += 1
+        return res
+
+    def read_internal(self, sql, params=None):
+        conn = self.reader()
+        access = self._local.access
+        access.internal = True
+        try:
+            return conn.execute(sql, params).fetchall() if params is not None \
+                else conn.execute(sql).fetchall()
+        finally:
+            access.internal = False
+
+    # ---- snapshots -------------------------------------------------------------------
+    def backup_to(self, path):
+        """Consistent copy of the database into ``path`` (atomically replaced, fsynced).
+        Copies inside one read transaction of a separate connection, so the writer is
+        never blocked; the copy is a plain rollback-journal SQLite file."""
+        tmp = path + ".tmp"
+        for p in (tmp, tmp + "-journal"):
+            if os.path.exists(p):
+                os.unlink(p)
+        src = apsw.Connection(self.path, flags=_RO)
+        try:
+            dst = apsw.Connection(tmp, flags=_RW)
+            try:
+                with dst.backup("main", src, "main") as b:
+                    b.step(-1)     # one step = one read transaction = one consistent state
+                dst.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self.stats_counters["snapshots"] += 1
+
+    def copy_files_to(self, path):
+        """Fast consistent copy for the apply thread only: with no write in progress (the
+        caller is the writer's own thread, between transactions) and no other connection
+        able to write or checkpoint (readers are read-only), the database file plus its
+        WAL *is* a consistent state. Copy both at file speed, then fold the WAL into the
+        copy and make it a plain file. About 3x faster than the backup API, which matters
+        because the writer waits for it."""
+        import shutil
+        tmp = path + ".tmp"
+        for p in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+            if os.path.exists(p):
+                os.unlink(p)
+        shutil.copyfile(self.path, tmp)
+        if os.path.exists(self.path + "-wal"):
+            shutil.copyfile(self.path + "-wal", tmp + "-wal")
+        dst = apsw.Connection(tmp, flags=_RW)
+        try:
+            dst.execute("PRAGMA journal_mode=DELETE")   # checkpoints and drops the WAL
+        finally:
+            dst.close()
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self.stats_counters["snapshots"] += 1
+
+    def restore_from(self, path):
+        """Replace the whole database by the SQLite file at ``path`` (writer thread).
+        Readers keep working and see the new state once it commits."""
+        src = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO)
+        try:
+            acc = self._write_access
+            acc.internal = True
+            try:
+                with self.writer.backup("main", src, "main") as b:
+                    b.step(-1)
+            finally:
+                acc.internal = False
+        finally:
+            src.close()
+        self.writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        self.stats_counters["restores"] += 1
+
+    @staticmethod
+    def read_file_internal(path, sql, params=()):
+        """Run one query against another SQLite file (a snapshot), read-only."""
+        c = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO)
+        try:
+            return c.execute(sql, params).fetchall()
+        finally:
+            c.close()
+
+    @staticmethod
+    def is_sqlite_file(path) -> bool:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+
+    # ---- dumps and checks ----------------------------------------------------------
+    def user_objects(self, conn=None):
+        """(type, name, tbl_name, sql) of every user schema object, tables first."""
+        conn = conn or self.reader()
+        rows = _internal_query(conn, "SELECT type, name, tbl_name, sql FROM sqlite_schema "
+                               "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                               "AND name NOT LIKE '\\_raftsqlite\\_%' ESCAPE '\\' "
+                               "AND sql IS NOT NULL")
+        order = {"table": 0, "index": 1, "view": 2, "trigger": 3}
+        return sorted(rows, key=lambda r: (order.get(r[0], 4), r[1]))
+
+    def iterdump(self, tables=None, path=None):
+        """SQL text that recreates the user tables (or only ``tables``) with their rows,
+        one statement per item, from one consistent snapshot. ``path`` dumps another file."""
+        conn = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO) \
+            if path else apsw.Connection(self.path, flags=_RO)
+        try:
+            conn.execute("BEGIN")
+            objs = self.user_objects(conn)
+            if tables:
+                wanted = {t.lower() for t in tables}
+                objs = [o for o in objs if o[2].lower() in wanted]
+            yield "PRAGMA foreign_keys=OFF;"
+            yield "BEGIN TRANSACTION;"
+            for typ, name, tbl, sql in objs:
+                if typ != "table":
+                    continue
+                if sql.upper().startswith("CREATE VIRTUAL TABLE"):
+                    yield sql + ";"
+                    continue
+                yield sql + ";"
+                qname = quote_ident(name)
+                for row in conn.execute(f"SELECT * FROM {qname}"):
+                    yield f"INSERT INTO {qname} VALUES(" + ",".join(map(sql_literal, row)) + ");"
+            for typ, name, tbl, sql in objs:
+                if typ != "table":
+                    yield sql + ";"
+            yield "COMMIT;"
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def checksum(self, table) -> str:
+        """Order-independent-of-storage digest of a table's rows (sorted by every column),
+        for comparing replicas in tests."""
+        import hashlib
+        h = hashlib.sha256()
+        conn = apsw.Connection(self.path, flags=_RO)
+        try:
+            q = quote_ident(table)
+            ncols = len(conn.execute(f"PRAGMA table_info({q})").fetchall())
+            order = ",".join(str(i + 1) for i in range(max(ncols, 1)))
+            for row in conn.execute(f"SELECT * FROM {q} ORDER BY {order}"):
+                h.update(repr(row).encode())
+        finally:
+            conn.close()
+        return h.hexdigest()
+
+    def file_size(self) -> int:
+        size = 0
+        for p in (self.path, self.path + "-wal"):
+            try:
+                size += os.path.getsize(p)
+            except OSError:
+                pass
+        return size
+
+    def stats(self) -> dict:
+        return dict(self.stats_counters, path=self.path, size_bytes=self.file_size(),
+                    reader_connections=len(self._readers), sqlite_version=apsw.sqlite_lib_version())
+
+
+def _internal_query(conn, sql):
+    return conn.execute(sql).fetchall()
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(v) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v:
+            return "NULL"
+        if v in (float("inf"), float("-inf")):
+            return "1e999" if v > 0 else "-1e999"
+        return repr(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "X'" + bytes(v).hex().upper() + "'"
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def split_sql(text: str):
+    """Split SQL text into complete statements (uses SQLite's own completeness check)."""
+    out, buf = [], []
+    for line in text.splitlines(keepends=True):
+        buf.append(line)
+        chunk = "".join(buf)
+        if apsw.complete(chunk):
+            s = chunk.strip()
+            if s:
+                out.append(s)
+            buf = []
+    rest = "".join(buf).strip()
+    if rest:
+        out.append(rest)
+    return out
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,350 @@
+"""The replicated state machine: applies committed Raft entries to SQLite.
+
+Called by the Raft driver from one executor thread, never on the event loop.
+
+* One SQLite transaction per ``apply(entries)`` call, holding every entry of the call and
+  the last applied index/term (table ``_raftsqlite_meta``), so a crash either keeps all
+  of it with its index or none of it, and replay never applies anything twice.
+* An EXECUTE entry carries a batch of client requests (group commit). Each request keeps
+  its own results; a ``transaction`` request runs in a SAVEPOINT and is rolled back alone
+  at its first error; otherwise each statement stands alone (SQLite's statement-level
+  atomicity). A request id makes a retried request return its first result: ids and
+  results are kept in ``_raftsqlite_requests`` (the last ``dedup_keep``), replicated
+  like any other row, so every replica answers a retry the same way.
+* A statement that rolls back the whole SQLite transaction (``INSERT OR ROLLBACK``,
+  ``RAISE(ROLLBACK)``) would undo other requests of the batch: the batch is re-run from
+  its start with that request marked failed. Every replica does the same, deterministically.
+* QUERY entries (reads at level ``strong``) run inside a savepoint that is always rolled
+  back, so nothing a read does can change the database.
+* SYSTEM entries dispatch ``(name, args)`` ops to handlers registered by name; they run
+  inside the apply transaction (the sharding catalog uses this).
+"""
+import base64
+import threading
+import time
+
+import orjson
+
+from raftsqlite.codec.model import CommandType, EntryType
+from raftsqlite.db import INTERNAL_PREFIX
+from raftsqlite.errors import DecodeError, RaftSQLiteError
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS _raftsqlite_meta (k TEXT PRIMARY KEY, v)",
+    "CREATE TABLE IF NOT EXISTS _raftsqlite_requests (seq INTEGER PRIMARY KEY, "
+    "request_id BLOB NOT NULL UNIQUE, result BLOB NOT NULL)",
+)
+
+_ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBACK or "
+                "RAISE(ROLLBACK)); this request was not applied")
+_INTERNAL_REFUSED = (f"statement refers to internal tables ({INTERNAL_PREFIX}*), which only "
+                     f"the node itself may touch")
+
+
+class _TxnLost(Exception):
+    """A user statement ended the SQLite transaction; carries the request's position."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+class SystemContext:
+    """What a SYSTEM handler may use: SQL inside the apply transaction (internal access,
+    so it may keep its own ``_raftsqlite_*`` tables), and the entry's index and term."""
+
+    __slots__ = ("_db", "index", "term")
+
+    def __init__(self, db, index, term):
+        self._db = db
+        self.index = index
+        self.term = term
+
+    def execute(self, sql, params=None):
+        return self._db.internal(sql, params)
+
+    def run_user(self, sql, params=None):
+        """Run a statement with user rights (results as for EXECUTE)."""
+        return self._db.run_user(sql, params)
+
+
+class FSM:
+    def __init__(self, db, *, dedup_keep=10_000, decode=None):
+        self.db = db
+        self.dedup_keep = dedup_keep
+        self._decode = decode
+        self._handlers = {"drop_all": _drop_all}
+        self._restore_listeners = []
+        self._request_hooks = []
+        self._lock = threading.Lock()    # apply/restore never overlap
+        self._apply_thread = None
+        self._current = (0, 0)
+        for sql in _SCHEMA:
+            db.internal(sql)
+        self._applied, self._applied_term = self._read_meta()
+        self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
+                         "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0,
+                         "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
+
+    # ---- contract -------------------------------------------------------------------
+    def applied_index(self) -> int:
+        return self._applied
+
+    def applied_term(self) -> int:
+        return self._applied_term
+
+    def register_system_handler(self, name, fn):
+        """``fn(ctx: SystemContext, args: bytes) -> result`` (any JSON-able value);
+        raising rolls back that op alone and yields ``{"error": str(exc)}``."""
+        self._handlers[name] = fn
+
+    def add_request_hook(self, fn):
+        """``fn(ctx: SystemContext, request)`` runs before each EXECUTE request; raising a
+        RaftSQLiteError (e.g. Moved, Fenced) fails that request alone, with
+        ``{"error": message, "code": exc.code}``, before any of its statements run."""
+        self._request_hooks.append(fn)
+
+    def add_restore_listener(self, fn):
+        """``fn()`` is called after the database was replaced by a snapshot."""
+        self._restore_listeners.append(fn)
+
+    def apply(self, entries):
+        """One result per entry, same order. Already applied entries (index <= applied
+        index) are skipped and yield None."""
+        t0 = time.perf_counter()
+        results = [None] * len(entries)
+        todo = [(i, e) for i, e in enumerate(entries) if e.index > self._applied]
+        if not todo:
+            return results
+        self._apply_thread = threading.get_ident()
+        with self._lock:
+            poisoned = set()
+            while True:
+                db = self.db
+                db.internal("BEGIN IMMEDIATE")
+                try:
+                    dedup_added = 0
+                    for pos, e in todo:
+                        res, added = self._apply_entry(e, pos, poisoned)
+                        results[pos] = res
+                        dedup_added += added
+                    last = todo[-1][1]
+                    if dedup_added:
+                        db.internal("DELETE FROM _raftsqlite_requests WHERE seq <= "
+                                    "(SELECT max(seq) FROM _raftsqlite_requests) - ?",
+                                    (self.dedup_keep,))
+                    db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
+                                "('applied_index', ?), ('applied_term', ?)",
+                                (last.index, last.term))
+                    db.internal("COMMIT")
+                except _TxnLost as lost:
+                    # SQLite already rolled everything back; re-run without that request
+                    poisoned.add(lost.key)
+                    self.counters["txn_reruns"] += 1
+                    continue
+                except BaseException:
+                    if db.in_transaction():
+                        db.internal("ROLLBACK")
+                    raise
+                break
+            self._applied, self._applied_term = last.index, last.term
+        c = self.counters
+        c["entries"] += len(todo)
+        c["batches"] += 1
+        c["apply_seconds"] += time.perf_counter() - t0
+        return results
+
+    def snapshot(self, path):
+        """Consistent copy of the database at some applied index; returns that
+        (index, term), read from the copy itself so they always match its contents."""
+        t0 = time.perf_counter()
+        if threading.get_ident() == self._apply_thread:
+            # Called on the apply thread: applies wait for us whatever we do, so take the
+            # fastest consistent copy (raw files; nothing can write meanwhile).
+            with self._lock:
+                self.db.copy_files_to(path)
+        else:
+            # Another thread: copy from a read transaction while applies go on.
+            self.db.backup_to(path)
+        self.counters["last_snapshot_seconds"] = time.perf_counter() - t0
+        self.counters["snapshots"] += 1
+        meta = dict(self.db.read_file_internal(path, "SELECT k, v FROM _raftsqlite_meta"))
+        return int(meta.get("applied_index", 0)), int(meta.get("applied_term", 0))
+
+    def restore(self, path, meta):
+        """Replace the database by the snapshot file; the applied index becomes
+        ``meta.index``."""
+        with self._lock:
+            self.db.restore_from(path)
+            for sql in _SCHEMA:
+                self.db.internal(sql)
+            self.db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
+                             "('applied_index', ?), ('applied_term', ?)", (meta.index, meta.term))
+            self._applied, self._applied_term = meta.index, meta.term
+        for fn in self._restore_listeners:
+            fn()
+
+    def stats(self) -> dict:
+        return dict(self.counters, applied_index=self._applied, applied_term=self._applied_term,
+                    system_handlers=sorted(self._handlers))
+
+    # ---- internals ------------------------------------------------------------------
+    def _read_meta(self):
+        meta = dict(self.db.internal("SELECT k, v FROM _raftsqlite_meta"))
+        return int(meta.get("applied_index", 0)), int(meta.get("applied_term", 0))
+
+    def _decode_command(self, data):
+        if self._decode is None:
+            from raftsqlite.codec import decode_command
+            self._decode = decode_command
+        return self._decode(data)
+
+    def _apply_entry(self, e, pos, poisoned):
+        """-> (result, dedup rows added)."""
+        if e.type != EntryType.NORMAL or not e.data:
+            return None, 0
+        try:
+            cmd = self._decode_command(e.data)
+        except DecodeError as exc:
+            self.counters["decode_errors"] += 1
+            return {"index": e.index, "error": f"undecodable entry: {exc}"}, 0
+        t = cmd.type
+        self._current = (e.index, e.term)
+        if t == CommandType.EXECUTE:
+            out, added = [], 0
+            for ri, req in enumerate(cmd.requests):
+                res, new = self._execute_request(req, (pos, ri) in poisoned, (pos, ri))
+                out.append(res)
+                added += new
+            return {"index": e.index, "results": out}, added
+        if t == CommandType.QUERY:
+            if any((pos, ri) in poisoned for ri in range(len(cmd.requests))):
+                return {"index": e.index, "results": [[{"error": _ROLLED_BACK, "time": 0.0}]
+                                                      for _ in cmd.requests]}, 0
+            return {"index": e.index, "results": [self._query_request(r, (pos, ri))
+                                                  for ri, r in enumerate(cmd.requests)]}, 0
+        if t == CommandType.SYSTEM:
+            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops]}, 0
+        return {"index": e.index, "results": []}, 0
+
+    def _execute_request(self, req, poisoned, key):
+        db = self.db
+        rid = req.request_id
+        if rid:
+            row = db.internal("SELECT result FROM _raftsqlite_requests WHERE request_id = ?",
+                              (bytes(rid),))
+            if row:
+                self.counters["dedup_hits"] += 1
+                return _load_result(row[0][0]), 0
+        self.counters["requests"] += 1
+        refused = None
+        for hook in self._request_hooks:
+            try:
+                hook(SystemContext(db, self._current[0], self._current[1]), req)
+            except RaftSQLiteError as exc:
+                refused = {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
+                break
+        if poisoned:
+            results = [{"error": _ROLLED_BACK, "time": 0.0}]
+        elif refused is not None:
+            results = [refused]
+        else:
+            results = []
+            txn = req.transaction
+            if txn:
+                db.internal("SAVEPOINT _raftsqlite_req")
+            failed = False
+            for st in req.statements:
+                self.counters["statements"] += 1
+                if INTERNAL_PREFIX in st.sql.lower():
+                    r = {"error": _INTERNAL_REFUSED, "time": 0.0}
+                else:
+                    r = db.run_user(st.sql, st.params)
+                    if not db.in_transaction():
+                        raise _TxnLost(key)
+                results.append(r)
+                if txn and "error" in r:
+                    failed = True
+                    break
+            if txn:
+                if failed:
+                    db.internal("ROLLBACK TO _raftsqlite_req")
+                db.internal("RELEASE _raftsqlite_req")
+        if rid:
+            db.internal("INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)",
+                        (bytes(rid), _dump_result(results)))
+            return results, 1
+        return results, 0
+
+    def _query_request(self, req, key):
+        db = self.db
+        results = []
+        db.internal("SAVEPOINT _raftsqlite_q")
+        for st in req.statements:
+            if INTERNAL_PREFIX in st.sql.lower():
+                r = {"error": _INTERNAL_REFUSED, "time": 0.0}
+            else:
+                r = db.run_user(st.sql, st.params)
+                if not db.in_transaction():
+                    # cannot happen for a read; if it does, treat it like a write that
+                    # ended the transaction: re-run the batch without it
+                    raise _TxnLost(key)
+            results.append(r)
+            if req.transaction and "error" in r:
+                break
+        db.internal("ROLLBACK TO _raftsqlite_q")
+        db.internal("RELEASE _raftsqlite_q")
+        return results
+
+    def _system_op(self, e, name, args):
+        fn = self._handlers.get(name)
+        if fn is None:
+            return {"error": f"unknown system op {name!r}"}
+        db = self.db
+        db.internal("SAVEPOINT _raftsqlite_sys")
+        try:
+            result = fn(SystemContext(db, e.index, e.term), args)
+        except Exception as exc:  # a handler's failure is data, the same on every replica
+            if not db.in_transaction():
+                raise
+            db.internal("ROLLBACK TO _raftsqlite_sys")
+            result = {"error": str(exc) or type(exc).__name__}
+        db.internal("RELEASE _raftsqlite_sys")
+        return result
+
+
+def _drop_all(ctx, args):
+    """Remove every user table, index, view and trigger (first step of a load)."""
+    rows = ctx.execute("SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' "
+                       "ESCAPE '\\' AND name NOT LIKE '\\_raftsqlite\\_%' ESCAPE '\\'")
+    dropped = 0
+    for typ, name in rows:
+        if typ in ("table", "view"):
+            q = '"' + name.replace('"', '""') + '"'
+            ctx.execute(f"DROP {typ.upper()} IF EXISTS {q}")
+            dropped += 1
+    return {"dropped": dropped}
+
+
+def _b64(obj):
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"$b64": base64.b64encode(bytes(obj)).decode()}
+    raise TypeError
+
+
+def _dump_result(results) -> bytes:
+    return orjson.dumps(results, default=_b64)
+
+
+def _unb64(obj):
+    if isinstance(obj, dict):
+        if len(obj) == 1 and "$b64" in obj:
+            return base64.b64decode(obj["$b64"])
+        return {k: _unb64(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unb64(v) for v in obj]
+    return obj
+
+
+def _load_result(blob):
+    return _unb64(orjson.loads(blob))

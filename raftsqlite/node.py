@@ -1,0 +1,171 @@
+"""The composition root: builds one node from a ``NodeConfig`` and owns start/stop order.
+
+Start: open SQLite (db, fsm) -> start Raft (log replay, snapshot restore, transport) ->
+bootstrap a fresh single-node group, unless told to join -> serve HTTP -> join through an
+existing member (fresh data dir only; retried with backoff across the given addresses).
+A node restarted with data needs no ``-join``: its membership is in its Raft log.
+
+Stop (SIGTERM): stop accepting HTTP -> Raft stop (a leader hands leadership over first)
+-> store and SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
+before anything is acknowledged, and SQLite replays from it.
+"""
+import asyncio
+import logging
+import os
+import random
+
+from raftsqlite.codec.model import Member
+from raftsqlite.config import NodeConfig, listen_addr
+from raftsqlite.db import Database
+from raftsqlite.errors import ConfigError, RaftSQLiteError, Unavailable
+from raftsqlite.fsm import FSM
+from raftsqlite.store import Store
+
+log = logging.getLogger("raftsqlite.node")
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        from raftsqlite.raft.config import RaftConfig
+        from raftsqlite.raft.driver import RaftNode
+        self.config = config
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.db = Database(config.db_path, busy_timeout_ms=config.store.busy_timeout_ms,
+                           synchronous=config.store.sqlite_synchronous)
+        self.fsm = FSM(self.db, dedup_keep=config.store.dedup_keep)
+        host, port = listen_addr(config.raft_addr)
+        kw = dict(node_id=config.node_id, data_dir=config.raft_dir, raft_addr=f"{host}:{port}",
+                  advertise_addr=config.raft_advertise, http_addr=config.http_advertise,
+                  fsync=config.fsync, snapshot_threshold=config.snapshot_threshold)
+        kw.update(dict(config.raft_overrides))
+        try:
+            self.raft_config = RaftConfig(**kw)
+        except TypeError as e:
+            raise ConfigError(f"bad Raft setting: {e}") from None
+        self.raft = RaftNode(self.raft_config, self.fsm)
+        self.store = Store(self.raft, self.fsm, self.db, config.store, node_id=config.node_id,
+                           voter=config.voter)
+        self.sql_backend = None     # the sharding router may install one
+        self.app = None
+        self._server = None
+        self._join_task = None
+        self._started = False
+
+    # ---- lifecycle --------------------------------------------------------------------
+    async def start(self):
+        cfg = self.config
+        await self.raft.start()
+        fresh = self.raft.last_log_index == 0 and self.raft.last_snapshot_index == 0
+        if fresh and not cfg.join:
+            if not cfg.voter:
+                raise ConfigError("a non-voter cannot start a new group; give -join")
+            await self.raft.bootstrap([Member(cfg.node_id, cfg.raft_advertise,
+                                              cfg.http_advertise, True)])
+            log.info("bootstrapped a new group as %s", cfg.node_id)
+        await self._serve_http()
+        self._started = True
+        if cfg.join:
+            if fresh:
+                await self._join(cfg.join)
+            else:
+                # already a member: a repeated join only refreshes addresses; never fatal
+                self._join_task = asyncio.get_running_loop().create_task(
+                    self._join_quietly(cfg.join))
+
+    async def _serve_http(self):
+        from raftsqlite.http.app import create_app, start_server
+        safe = "".join(c if c.isalnum() else "_" for c in self.config.node_id)
+        self.app = create_app(self, name=f"raftsqlite_{safe}")
+        host, port = listen_addr(self.config.http_addr)
+        self._server = await start_server(self.app, host, port)
+        log.info("HTTP API on %s:%d (advertised %s)", host, port, self.config.http_advertise)
+
+    async def stop(self):
+        if self._join_task is not None:
+            self._join_task.cancel()
+        if self._server is not None:
+            from raftsqlite.http.app import stop_server
+            try:
+                await stop_server(self._server)
+            except Exception as e:  # keep shutting the rest down
+                log.warning("HTTP server stop: %r", e)
+            self._server = None
+        try:
+            await self.raft.stop()
+        except Exception as e:
+            log.warning("raft stop: %r", e)
+        self.store.close()
+        self.db.close()
+        self._started = False
+
+    # ---- joining ----------------------------------------------------------------------
+    async def _join(self, addrs):
+        """POST /join to the given members until one accepts (it forwards to the leader),
+        with backoff, for at most ``join_timeout`` seconds."""
+        import aiohttp
+        cfg = self.config
+        body = {"node_id": cfg.node_id, "raft_addr": cfg.raft_advertise,
+                "http_addr": cfg.http_advertise, "voter": cfg.voter}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.join_timeout
+        delay, last = 0.1, "no attempt"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            while loop.time() < deadline:
+                for a in addrs:
+                    url = _url(a, "/join")
+                    try:
+                        async with s.post(url, json=body) as r:
+                            text = await r.text()
+                            if r.status == 200:
+                                log.info("joined through %s", a)
+                                return
+                            last = f"{url}: HTTP {r.status} {text[:200]}"
+                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                        last = f"{url}: {type(e).__name__} {e}"
+                    log.info("join attempt failed: %s", last)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise Unavailable(f"could not join through {', '.join(addrs)} within "
+                          f"{cfg.join_timeout:g}s (last error: {last})")
+
+    async def _join_quietly(self, addrs):
+        try:
+            await self._join(addrs)
+        except (RaftSQLiteError, asyncio.CancelledError) as e:
+            log.info("re-join skipped: %s", e)
+
+    # ---- status -----------------------------------------------------------------------
+    def stats(self) -> dict:
+        s = self.store.stats()
+        s["node"] = {"node_id": self.config.node_id, "shard": self.config.shard,
+                     "http_addr": self.config.http_advertise,
+                     "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
+                     "data_dir": os.path.abspath(self.config.data_dir)}
+        return s
+
+
+def _url(addr, path):
+    if "://" not in addr:
+        addr = "http://" + addr
+    return addr.rstrip("/") + path
+
+
+async def run_node(config: NodeConfig, stop_event: asyncio.Event = None):
+    """Start a node, run until ``stop_event`` (or SIGTERM/SIGINT), then stop cleanly."""
+    import signal
+    node = Node(config)
+    stop_event = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop_event.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await node.start()
+        print(f"raft-sqlite node {config.node_id} ready: HTTP {config.http_advertise}, "
+              f"Raft {config.raft_advertise}, data {os.path.abspath(config.data_dir)}",
+              flush=True)
+        await stop_event.wait()
+    finally:
+        await node.stop()

@@ -1,0 +1,113 @@
+"""Settings of one Raft member: timing, batching limits, storage and transport.
+
+Settings are data: each field has a default and help text (``RaftConfig.help()``), and
+``RaftConfig`` validates itself on construction so a bad value fails at start with a
+clear ``ConfigError`` instead of misbehaving later.
+"""
+from dataclasses import dataclass, field, fields
+
+from raftsqlite.errors import ConfigError
+
+
+def _f(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    node_id: str = _f("node1", "This member's id; unique in its group, stable across restarts.")
+    data_dir: str = _f("./data", "Directory holding the Raft log, state file and snapshots.")
+    raft_addr: str = _f("127.0.0.1:4002", "host:port the Raft transport listens on.")
+    advertise_addr: str = _f("", "host:port other members use to reach this one "
+                                 "(default: raft_addr).")
+    http_addr: str = _f("", "This member's HTTP address, recorded in the membership.")
+    cluster_id: str = _f("raftsqlite", "Connections from members of another cluster are refused.")
+    group_id: int = _f(0, "Raft group id carried in every frame (0 = the default group).")
+
+    tick_interval: float = _f(0.05, "Seconds per logical tick of the core.")
+    election_ticks: int = _f(10, "Election timeout in ticks; randomized in [n, 2n).")
+    heartbeat_ticks: int = _f(2, "Leader heartbeat interval in ticks.")
+    pre_vote: bool = _f(True, "Run a PreVote round before a real election.")
+    check_quorum: bool = _f(True, "A leader steps down without quorum contact for an "
+                                  "election timeout.")
+
+    max_msg_bytes: int = _f(1 << 20, "Upper bound on entry bytes in one AppendEntries message.")
+    max_inflight: int = _f(256, "AppendEntries messages in flight per follower.")
+    max_frame_bytes: int = _f(64 << 20, "Largest frame accepted from the network; a bigger "
+                                        "one closes the connection.")
+    send_buffer_bytes: int = _f(32 << 20, "Per-peer bytes queued for sending; beyond this, "
+                                          "messages are dropped (Raft retries).")
+    max_proposal_bytes: int = _f(16 << 20, "Largest single proposal accepted.")
+    max_pending_proposals: int = _f(100_000, "Proposals awaiting commit before new ones "
+                                             "are refused.")
+
+    fsync: bool = _f(True, "fdatasync the log before acknowledging entries. Turning it off "
+                           "loses acknowledged writes on power loss.")
+    segment_bytes: int = _f(64 << 20, "Size at which a log segment file is closed and a new "
+                                      "one started.")
+    cache_entries: int = _f(20_000, "Recent log entries kept in memory; older ones are read "
+                                    "from disk.")
+    cache_bytes: int = _f(64 << 20, "Upper bound on bytes of cached entries.")
+
+    snapshot_threshold: int = _f(50_000, "Take a snapshot after this many applied entries "
+                                         "since the last one (0 = never).")
+    snapshot_trailing: int = _f(5_000, "Entries kept in the log after a snapshot so slightly "
+                                       "slow followers need no snapshot.")
+    snapshot_chunk_bytes: int = _f(1 << 20, "Bytes per SNAPSHOT message when streaming a "
+                                            "snapshot file.")
+    snapshots_kept: int = _f(2, "Snapshot files kept in the data dir.")
+
+    reconnect_min: float = _f(0.02, "First reconnect delay to a peer, seconds.")
+    reconnect_max: float = _f(1.0, "Largest reconnect delay to a peer, seconds.")
+    transfer_on_stop: bool = _f(True, "A leader that stops hands leadership over first.")
+    apply_batch: int = _f(4096, "Most committed entries passed to one state-machine apply call.")
+
+    def __post_init__(self):
+        if not self.node_id or any(c.isspace() for c in self.node_id):
+            raise ConfigError(f"node_id must be a non-empty word, got {self.node_id!r}")
+        _hostport(self.raft_addr, "raft_addr")
+        if self.advertise_addr:
+            _hostport(self.advertise_addr, "advertise_addr")
+        if not (0 <= self.group_id < 1 << 32):
+            raise ConfigError(f"group_id must fit in 32 bits, got {self.group_id}")
+        if self.tick_interval <= 0:
+            raise ConfigError("tick_interval must be > 0")
+        if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError("need 1 <= heartbeat_ticks < election_ticks, got "
+                              f"{self.heartbeat_ticks} and {self.election_ticks}")
+        for name in ("max_msg_bytes", "max_inflight", "max_frame_bytes", "send_buffer_bytes",
+                     "segment_bytes", "cache_entries", "cache_bytes", "snapshot_chunk_bytes",
+                     "snapshots_kept", "apply_batch", "max_proposal_bytes",
+                     "max_pending_proposals"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.snapshot_threshold < 0 or self.snapshot_trailing < 0:
+            raise ConfigError("snapshot_threshold and snapshot_trailing must be >= 0")
+        if self.max_frame_bytes < self.max_msg_bytes + 4096:
+            raise ConfigError("max_frame_bytes must exceed max_msg_bytes")
+        if self.snapshot_chunk_bytes + 4096 > self.max_frame_bytes:
+            raise ConfigError("snapshot_chunk_bytes must be below max_frame_bytes")
+        if not (0 < self.reconnect_min <= self.reconnect_max):
+            raise ConfigError("need 0 < reconnect_min <= reconnect_max")
+
+    @property
+    def advertise(self) -> str:
+        return self.advertise_addr or self.raft_addr
+
+    @classmethod
+    def help(cls) -> dict:
+        """name -> (default, help) for every setting; a test checks none is undocumented."""
+        return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}
+
+
+def _hostport(addr: str, name: str):
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+        raise ConfigError(f"{name} must be host:port, got {addr!r}")
+    return host, int(port)
+
+
+def split_addr(addr: str):
+    """'host:port' -> (host, port); ':port' -> ('0.0.0.0', port)."""
+    host, port = _hostport(addr, "address")
+    return host or "0.0.0.0", port

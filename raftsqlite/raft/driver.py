@@ -1,0 +1,703 @@
+"""RaftNode: runs the pure core on the node's event loop. See docs/design/raft-io.md.
+
+One task (``_run``) turns the core's Ready batches into I/O, strictly one at a time:
+persist (one executor thread: write + one fdatasync for the whole batch), send (one write
+per peer), hand committed entries to the state machine (a second single-thread executor,
+so applying overlaps with the next batch's fsync), then ``core.advance``. Everything that
+arrives while a batch is being persisted (proposals, reads, messages) piles up and goes
+into the next batch: under load many proposals share one Ready, one fdatasync and one
+AppendEntries per follower.
+"""
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from raftsqlite import errors
+from raftsqlite.codec.model import ConfChange, ConfChangeType, Message, MsgType, SnapshotMeta
+from raftsqlite.raft.core import CoreConfig, RaftCore
+from raftsqlite.raft.log import RaftLog, fsync_dir
+from raftsqlite.raft.transport import Transport
+from raftsqlite.raft.types import HardState, Role
+
+log = logging.getLogger(__name__)
+
+
+class _SnapRecv:
+    __slots__ = ("key", "meta", "fd", "tmp", "offset")
+
+    def __init__(self, key, meta, fd, tmp):
+        self.key = key
+        self.meta = meta
+        self.fd = fd
+        self.tmp = tmp
+        self.offset = 0
+
+
+class RaftNode:
+    def __init__(self, config, state_machine, loop=None):
+        self.config = config
+        self.fsm = state_machine
+        self.node_id = config.node_id
+        self.log = RaftLog(config.data_dir, group=config.group_id,
+                           segment_bytes=config.segment_bytes,
+                           cache_entries=config.cache_entries, cache_bytes=config.cache_bytes,
+                           fsync=config.fsync)
+        self.core = None
+        self.transport = None
+        self._loop = loop
+        self._persist_exec = None   # the one path for log writes and fsyncs
+        self._apply_exec = None     # the one path for state-machine calls
+        self._io_exec = None        # snapshot file streaming
+        self._wake = None
+        self._run_task = None
+        self._tick_handle = None
+        self._running = False
+        self._started = False
+        self._failed = None
+        self._props = []            # (data, future) not yet given to the core
+        self._pending = {}          # index -> (term, future)
+        self._deadlines = []        # heap of (deadline, seq, future)
+        self._seq = itertools.count()
+        self._reads = []            # futures waiting for the next ReadIndex round
+        self._read_rounds = {}      # context -> [futures]
+        self._read_wait = []        # heap of (index, seq, [futures]) until applied
+        self._ctx_seq = itertools.count(1)
+        self._applied = 0
+        self._apply_queued = 0      # last index handed to the apply executor
+        self._snap_index = 0
+        self._snapshotting = False
+        self._compact_req = None
+        self._streams = {}          # peer -> task streaming a snapshot
+        self._recv = {}             # peer -> _SnapRecv
+        self._held = None           # messages held while a received snapshot is finalized
+        self._leader_waiters = []
+        self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
+                       "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
+                       "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
+                       "persist_s": 0.0}
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self):
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._persist_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-persist")
+        self._apply_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-apply")
+        self._io_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-io")
+        self._wake = asyncio.Event()
+        await self._in(self._persist_exec, self.log.open)
+        applied = await self._in(self._apply_exec, self.fsm.applied_index)
+        snap = self.log.snapshot_meta()
+        if applied < snap.index:
+            path = self.log.snapshot_path(snap.index, snap.term)
+            if not os.path.exists(path):
+                raise errors.StorageCorrupt(
+                    f"state machine is at index {applied} but the log starts after snapshot "
+                    f"{snap.index}, whose file {path} is missing")
+            await self._in(self._apply_exec, self.fsm.restore, path, snap)
+            applied = snap.index
+        if applied > self.log.last_index():
+            raise errors.StorageCorrupt(
+                f"state machine is at index {applied} but the Raft log in {self.log.dir} ends at "
+                f"{self.log.last_index()}: the log was lost; remove this member and re-add it")
+        self._applied = self._apply_queued = applied
+        self._snap_index = snap.index
+        self.core = RaftCore(self.node_id, self.log, CoreConfig(
+            election_tick=cfg.election_ticks, heartbeat_tick=cfg.heartbeat_ticks,
+            pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum,
+            max_msg_bytes=cfg.max_msg_bytes, max_inflight=cfg.max_inflight), applied=applied)
+        self.transport = Transport(cfg, self._on_message, resolve=self._resolve,
+                                   on_unreachable=self.core.report_unreachable)
+        await self.transport.start()
+        self._running = True
+        self._started = True
+        self._run_task = self._loop.create_task(self._run())
+        self._tick_handle = self._loop.call_later(cfg.tick_interval, self._on_tick)
+        self._wake.set()
+
+    async def stop(self):
+        if not self._started:
+            return
+        self._started = False
+        if self._failed is not None:
+            await self._close_failed()
+            return
+        if self.config.transfer_on_stop and self.is_leader and len(self.core.voters) > 1:
+            try:
+                await self.transfer_leadership(None, timeout=2.0)
+            except errors.RaftSQLiteError as e:
+                log.warning("leadership transfer on stop failed: %s", e)
+        self._running = False
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._wake.set()
+        if self._run_task is not None:
+            try:
+                await asyncio.wait_for(self._run_task, 5.0)
+            except (asyncio.TimeoutError, Exception) as e:
+                log.warning("raft loop did not stop cleanly: %r", e)
+                self._run_task.cancel()
+        for t in list(self._streams.values()):
+            t.cancel()
+        await self.transport.stop()
+        self._fail_all(errors.OutcomeUnknown("node stopped"), proposed_only=False)
+        # Applies already queued finish before the commit index is written.
+        await self._in(self._apply_exec, lambda: None)
+        # The commit index is written lazily while running; write it once more on the way out.
+        hs = HardState(self.core.term, self.core.vote, self.core.commit)
+        await self._in(self._persist_exec, self.log.persist, hs, (), None, True)
+        self.log.close()
+        for ex in (self._persist_exec, self._apply_exec, self._io_exec):
+            ex.shutdown(wait=True)
+
+    async def _close_failed(self):
+        """Release sockets, files and threads of a member that failed; write nothing."""
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        for t in list(self._streams.values()):
+            t.cancel()
+        await self.transport.stop()
+        self.log.close()
+        for ex in (self._persist_exec, self._apply_exec, self._io_exec):
+            ex.shutdown(wait=False)
+
+    async def bootstrap(self, members):
+        """Make this member the first of a new group (fresh data dir only)."""
+        if self.log.last_index() > 0 or self.log.snapshot_meta().index > 0:
+            raise errors.BadRequest("bootstrap on a data dir that already holds a log")
+        self.core.bootstrap(list(members))
+        self._wake.set()
+        await self._until(lambda: self.log.last_index() >= len(members), 5.0)
+        if len(members) == 1 and members[0].node_id == self.node_id:
+            self.core.campaign()
+            self._wake.set()
+
+    def _in(self, executor, fn, *args):
+        return self._loop.run_in_executor(executor, fn, *args)
+
+    async def _until(self, cond, timeout, err=None):
+        deadline = self._loop.time() + timeout
+        while not cond():
+            if self._failed is not None:
+                raise errors.Unavailable(f"raft node failed: {self._failed}")
+            if self._loop.time() > deadline:
+                raise err or errors.Timeout("timed out")
+            await asyncio.sleep(self.config.tick_interval / 2)
+
+    # ---- public API ------------------------------------------------------------------
+
+    @property
+    def is_leader(self):
+        return self.core is not None and self.core.role == Role.LEADER
+
+    @property
+    def leader_id(self):
+        return self.core.leader if self.core is not None else None
+
+    @property
+    def term(self):
+        return self.core.term
+
+    @property
+    def members(self):
+        return self.core.members
+
+    @property
+    def commit_index(self):
+        return self.core.commit
+
+    @property
+    def applied_index(self):
+        return self._applied
+
+    @property
+    def last_log_index(self):
+        return self.core.last_index
+
+    @property
+    def last_snapshot_index(self):
+        return self.log.snapshot_meta().index
+
+    def _not_leader(self):
+        lid = self.core.leader
+        m = self.core.member(lid) if lid else None
+        return errors.NotLeader(leader_id=lid, leader_addr=m.http_addr if m else None)
+
+    async def propose(self, data, timeout=10.0):
+        """Replicate ``data``; returns what the state machine's apply returned for it."""
+        return await self.propose_future(data, timeout)
+
+    def propose_future(self, data, timeout=10.0):
+        """``propose`` without a coroutine: returns the future (hot path for servers that
+        answer from a callback)."""
+        if self._failed is not None:
+            raise errors.Unavailable(f"raft node failed: {self._failed}")
+        if not self._running:
+            raise errors.ProposalDropped("node is not running")
+        if self.core.role != Role.LEADER:
+            raise self._not_leader()
+        if len(data) > self.config.max_proposal_bytes:
+            raise errors.PayloadTooLarge(
+                f"proposal of {len(data)} bytes exceeds {self.config.max_proposal_bytes}")
+        if len(self._pending) + len(self._props) >= self.config.max_pending_proposals:
+            raise errors.ProposalDropped("too many proposals in flight")
+        fut = self._loop.create_future()
+        self._props.append((data, fut))
+        heapq.heappush(self._deadlines, (self._loop.time() + timeout, next(self._seq), fut))
+        self._wake.set()
+        return fut
+
+    async def read_index(self, timeout=5.0):
+        """Return once a linearizable read may run on this member's state machine."""
+        if self._failed is not None:
+            raise errors.Unavailable(f"raft node failed: {self._failed}")
+        fut = self._loop.create_future()
+        self._reads.append(fut)
+        heapq.heappush(self._deadlines, (self._loop.time() + timeout, next(self._seq), fut))
+        self._stats["reads"] += 1
+        self._wake.set()
+        await fut
+
+    async def add_member(self, node_id, raft_addr, http_addr="", voter=True, timeout=30.0):
+        """Add as a learner, wait until it has caught up, then promote it (if voter)."""
+        deadline = self._loop.time() + timeout
+        m = self.core.member(node_id)
+        if m is None:
+            await self._conf_change(ConfChange(ConfChangeType.ADD_LEARNER, node_id, raft_addr,
+                                               http_addr), deadline)
+            m = self.core.member(node_id)
+        if not voter or (m is not None and m.voter):
+            return
+
+        def caught_up():
+            if not self.is_leader:
+                raise self._not_leader()
+            pr = self.core.progress().get(node_id)
+            return pr is not None and pr.get("match", 0) >= self.core.commit - 16
+        await self._until(caught_up, max(0.1, deadline - self._loop.time()),
+                          errors.Timeout(f"{node_id} did not catch up within {timeout}s"))
+        await self._conf_change(ConfChange(ConfChangeType.PROMOTE, node_id), deadline)
+
+    async def remove_member(self, node_id, timeout=10.0):
+        if self.core.member(node_id) is None:
+            return
+        await self._conf_change(ConfChange(ConfChangeType.REMOVE, node_id),
+                                self._loop.time() + timeout)
+        self.transport.forget(node_id)
+
+    async def _conf_change(self, cc, deadline):
+        while True:
+            if self.core.role != Role.LEADER:
+                raise self._not_leader()
+            try:
+                term, index = self.core.propose_conf_change(cc)
+                break
+            except errors.ProposalDropped:
+                # one change at a time: wait for the previous one to apply
+                if self._loop.time() > deadline:
+                    raise errors.Timeout("another membership change is still in progress")
+                await asyncio.sleep(self.config.tick_interval)
+        fut = self._loop.create_future()
+        self._pending[index] = (term, fut)
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), fut))
+        self._wake.set()
+        await fut
+
+    async def transfer_leadership(self, to=None, timeout=5.0):
+        before = self.core.leader
+        self.core.transfer_leadership(to)
+        self._wake.set()
+
+        def moved():
+            lead = self.core.leader
+            return lead is not None and lead != before and (to is None or lead == to)
+        await self._until(moved, timeout, errors.Timeout("leadership transfer timed out"))
+
+    def stats(self):
+        s = dict(self._stats)
+        s.update(node_id=self.node_id, role=self.core.role.value if self.core else None,
+                 leader=self.leader_id if self.core else None,
+                 term=self.core.term if self.core else 0,
+                 commit=self.core.commit if self.core else 0, applied=self._applied,
+                 pending_proposals=len(self._pending) + len(self._props),
+                 failed=self._failed)
+        if self.core is not None:
+            s["core"] = self.core.stats()
+            if self.core.role == Role.LEADER:
+                s["progress"] = self.core.progress()
+        s["log"] = self.log.stats()
+        if self.transport is not None:
+            s["transport"] = self.transport.stats()
+        return s
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _on_tick(self):
+        if not self._running:
+            return
+        self._tick_handle = self._loop.call_later(self.config.tick_interval, self._on_tick)
+        try:
+            self.core.tick()
+        except Exception:
+            log.exception("core.tick failed")
+        self._expire(self._loop.time())
+        self._wake.set()
+
+    def _expire(self, now):
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, _, fut = heapq.heappop(dl)
+            if not fut.done():
+                self._stats["timeouts"] += 1
+                fut.set_exception(errors.OutcomeUnknown("timed out waiting for commit"))
+        if len(dl) > 4 * (len(self._pending) + len(self._props) + len(self._reads) + 64):
+            self._deadlines = [d for d in dl if not d[2].done()]
+            heapq.heapify(self._deadlines)
+        if len(self._read_rounds) > 64:
+            # Rounds whose answer never came (leader lost): their callers timed out.
+            self._read_rounds = {c: fs for c, fs in self._read_rounds.items()
+                                 if not all(f.done() for f in fs)}
+
+    def _resolve(self, node_id):
+        m = self.core.member(node_id) if self.core is not None else None
+        return m.raft_addr if m is not None and m.raft_addr else None
+
+    def _on_message(self, msg):
+        if self._held is not None:
+            self._held.append(msg)
+            return
+        t = msg.type
+        if t == MsgType.SNAPSHOT:
+            # On the wire a SNAPSHOT is always a chunk of a streamed file; the core only
+            # sees the completed one (_finish_recv).
+            self._on_snapshot_chunk(msg)
+            return
+        try:
+            self.core.step(msg)
+        except errors.RaftSQLiteError as e:
+            log.debug("step %s from %s: %s", t, msg.frm, e)
+        except Exception:
+            log.exception("core.step failed on %r", msg)
+        self._wake.set()
+
+    async def _run(self):
+        core = self.core
+        while self._running:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._feed_core()
+                while core.has_ready():
+                    rd = core.ready()
+                    await self._handle_ready(rd)
+                    core.advance(rd)
+                    self._feed_core()
+                if self._compact_req is not None:
+                    await self._compact()
+            except Exception as e:
+                # A failed fsync or write leaves the log in an unknown state: stop here
+                # rather than acknowledge anything more (fail-stop).
+                log.exception("raft node %s failed", self.node_id)
+                self._failed = repr(e)
+                self._fail_all(errors.Unavailable(f"raft node failed: {e!r}"), proposed_only=False)
+                self._running = False
+                return
+
+    def _feed_core(self):
+        if self._props:
+            props = [p for p in self._props if not p[1].done()]
+            self._props = []
+            if props:
+                try:
+                    term, first = self.core.propose_batch([d for d, _ in props])
+                except errors.RaftSQLiteError as e:
+                    if isinstance(e, errors.NotLeader):
+                        e = self._not_leader()
+                    for _, f in props:
+                        if not f.done():
+                            f.set_exception(e)
+                else:
+                    pend = self._pending
+                    for k, (_, f) in enumerate(props):
+                        pend[first + k] = (term, f)
+                    self._stats["proposals"] += len(props)
+                    self._stats["batches"] += 1
+        if self._reads:
+            reads = [f for f in self._reads if not f.done()]
+            self._reads = []
+            if reads:
+                ctx = next(self._ctx_seq).to_bytes(8, "little")
+                try:
+                    self.core.read_index(ctx)
+                except errors.RaftSQLiteError as e:
+                    for f in reads:
+                        f.set_exception(e)
+                else:
+                    self._read_rounds[ctx] = reads
+                    self._stats["read_rounds"] += 1
+
+    async def _handle_ready(self, rd):
+        self._stats["ready"] += 1
+        if rd.send_early and rd.messages:
+            self._send(rd.messages)
+        if rd.snapshot is not None:
+            await self._install_snapshot(rd.snapshot)
+        if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            b = self.log.prepare(rd.hard_state, rd.entries, rd.snapshot)
+            if b.blob or b.state_bytes is not None or b.reset or b.truncate is not None:
+                t0 = time.perf_counter()
+                await self._in(self._persist_exec, self.log.write, b)
+                self._stats["persist_s"] += time.perf_counter() - t0
+            self.log.finish(b)
+        if not rd.send_early and rd.messages:
+            self._send(rd.messages)
+        if rd.committed:
+            self._apply(rd.committed)
+        if rd.read_states:
+            for rs in rd.read_states:
+                futs = self._read_rounds.pop(rs.context, None)
+                if futs:
+                    if self._applied >= rs.index:
+                        for f in futs:
+                            if not f.done():
+                                f.set_result(None)
+                    else:
+                        heapq.heappush(self._read_wait, (rs.index, next(self._seq), futs))
+        if rd.role is not None and rd.role != Role.LEADER:
+            self._fail_all(errors.OutcomeUnknown("leadership lost before commit"),
+                           proposed_only=True)
+
+    def _send(self, messages):
+        tr = self.transport
+        for m in messages:
+            if m.type == MsgType.SNAPSHOT:
+                self._start_stream(m)
+            else:
+                tr.send(m)
+        tr.flush()
+
+    def _fail_all(self, exc, proposed_only):
+        pend = self._pending
+        self._pending = {}
+        for _, f in pend.values():
+            if not f.done():
+                f.set_exception(exc)
+        if not proposed_only:
+            for _, f in self._props:
+                if not f.done():
+                    f.set_exception(errors.ProposalDropped(str(exc)))
+            self._props = []
+            for futs in list(self._read_rounds.values()) + [w[2] for w in self._read_wait]:
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(errors.Unavailable(str(exc)))
+            self._read_rounds = {}
+            self._read_wait = []
+        else:
+            # Reads in flight on a lost leadership will never be answered.
+            for futs in self._read_rounds.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(self._not_leader())
+            self._read_rounds = {}
+
+    # ---- applying ------------------------------------------------------------------------
+
+    def _apply(self, entries):
+        n = self.config.apply_batch
+        for i in range(0, len(entries), n):
+            chunk = entries[i:i + n]
+            self._apply_queued = chunk[-1].index
+            fut = self._in(self._apply_exec, self.fsm.apply, chunk)
+            fut.add_done_callback(lambda f, c=chunk: self._on_applied(c, f))
+
+    def _on_applied(self, entries, fut):
+        exc = fut.exception() if not fut.cancelled() else RuntimeError("apply cancelled")
+        if exc is not None:
+            # The state machine's contract is to never raise; if it does, its state is
+            # unknown, so this member stops applying (fail-stop) instead of diverging.
+            log.error("state machine apply failed at index %d: %r", entries[0].index, exc)
+            self._failed = f"apply failed at index {entries[0].index}: {exc!r}"
+            self._fail_all(errors.Unavailable(self._failed), proposed_only=False)
+            self._running = False
+            self._wake.set()
+            return
+        results = fut.result()
+        pend = self._pending
+        if pend:
+            for e, r in zip(entries, results):
+                p = pend.pop(e.index, None)
+                if p is not None and not p[1].done():
+                    if p[0] == e.term:
+                        p[1].set_result(r)
+                    else:
+                        p[1].set_exception(errors.ProposalDropped(
+                            "entry was replaced by a new leader's entry"))
+        self._applied = entries[-1].index
+        self._stats["applied_entries"] += len(entries)
+        self._stats["apply_calls"] += 1
+        rw = self._read_wait
+        while rw and rw[0][0] <= self._applied:
+            for f in heapq.heappop(rw)[2]:
+                if not f.done():
+                    f.set_result(None)
+        th = self.config.snapshot_threshold
+        if th and self._running and not self._snapshotting and \
+                self._applied - self._snap_index >= th:
+            self._snapshotting = True
+            self._loop.create_task(self._take_snapshot())
+
+    # ---- snapshots -------------------------------------------------------------------------
+
+    async def _take_snapshot(self):
+        try:
+            tmp = os.path.join(self.log.snap_dir, "local.snap.tmp")
+            index, term = await self._in(self._apply_exec, self.fsm.snapshot, tmp)
+            path = self.log.snapshot_path(index, term)
+
+            def publish():
+                os.replace(tmp, path)
+                if self.config.fsync:
+                    fsync_dir(self.log.snap_dir)
+            await self._in(self._io_exec, publish)
+            meta = SnapshotMeta(index, term, self.core.members_at(index))
+            self._snap_index = index
+            keep = max(1, index - self.config.snapshot_trailing + 1)
+            self._compact_req = (meta, keep)
+            self._stats["snapshots_taken"] += 1
+            self._wake.set()
+        except Exception:
+            log.exception("taking a snapshot failed")
+        finally:
+            self._snapshotting = False
+
+    async def _compact(self):
+        meta, keep = self._compact_req
+        self._compact_req = None
+        if meta.index <= self.log.snapshot_meta().index:
+            return
+        b = self.log.prepare_compact(meta, keep)
+        await self._in(self._persist_exec, self.log.write_compact, b)
+        self.log.finish_compact(b)
+        await self._in(self._io_exec, self._prune_snapshots, meta)
+
+    def _prune_snapshots(self, keep_meta):
+        """Delete older snapshot files (never the one the log points at, nor one being sent)."""
+        keep = {os.path.basename(self.log.snapshot_path(keep_meta.index, keep_meta.term))}
+        names = sorted(n for n in os.listdir(self.log.snap_dir) if n.endswith(".snap"))
+        keep.update(names[-self.config.snapshots_kept:])
+        for n in names:
+            if n not in keep:
+                try:
+                    os.unlink(os.path.join(self.log.snap_dir, n))
+                except FileNotFoundError:
+                    pass
+
+    def _start_stream(self, m):
+        old = self._streams.get(m.to)
+        if old is not None and not old.done():
+            return
+        self._streams[m.to] = self._loop.create_task(self._stream_snapshot(m))
+
+    async def _stream_snapshot(self, m):
+        meta = m.snapshot
+        path = self.log.snapshot_path(meta.index, meta.term)
+        ok = False
+        try:
+            f = await self._in(self._io_exec, open, path, "rb")
+            try:
+                size = os.fstat(f.fileno()).st_size
+                off = 0
+                chunk = self.config.snapshot_chunk_bytes
+                while True:
+                    data = await self._in(self._io_exec, f.read, chunk)
+                    done = off + len(data) >= size
+                    await self.transport.send_stream(Message(
+                        MsgType.SNAPSHOT, frm=self.node_id, to=m.to, term=m.term,
+                        snapshot=meta, offset=off, data=data, done=done))
+                    off += len(data)
+                    if done:
+                        break
+            finally:
+                f.close()
+            ok = True
+            self._stats["snapshots_sent"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("streaming snapshot %d to %s failed: %r", meta.index, m.to, e)
+        finally:
+            if self.core is not None and self._running:
+                self.core.report_snapshot(m.to, ok)
+                self._wake.set()
+
+    def _on_snapshot_chunk(self, m):
+        meta = m.snapshot
+        if meta is None:
+            return
+        key = (m.frm, meta.index, meta.term)
+        st = self._recv.get(m.frm)
+        if m.offset == 0:
+            if st is not None:
+                os.close(st.fd)
+            tmp = os.path.join(self.log.snap_dir, f"recv-{m.frm}.tmp")
+            st = _SnapRecv(key, meta, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+                           tmp)
+            self._recv[m.frm] = st
+        elif st is None or st.key != key or st.offset != m.offset:
+            # A chunk out of sequence (we restarted, or lost part of the stream).
+            self.transport.send(Message(MsgType.SNAPSHOT_RESP, frm=self.node_id, to=m.frm,
+                                        term=self.core.term, index=meta.index, reject=True))
+            self.transport.flush()
+            return
+        # Chunks are written on the loop: a page-cache write of one chunk is short, and the
+        # single fsync happens in the executor when the file is complete.
+        view = memoryview(m.data)
+        while view:
+            view = view[os.write(st.fd, view):]
+        st.offset += len(m.data)
+        if m.done:
+            del self._recv[m.frm]
+            # Hold later messages from the leader until the snapshot is stepped in, so its
+            # appends are not rejected against the old log.
+            self._held = []
+            self._loop.create_task(self._finish_recv(st, m))
+
+    async def _finish_recv(self, st, m):
+        try:
+            path = self.log.snapshot_path(st.meta.index, st.meta.term)
+
+            def finalize():
+                if self.config.fsync:
+                    os.fsync(st.fd)
+                os.close(st.fd)
+                os.replace(st.tmp, path)
+                if self.config.fsync:
+                    fsync_dir(self.log.snap_dir)
+            await self._in(self._io_exec, finalize)
+            self._stats["snapshots_received"] += 1
+            self.core.step(Message(MsgType.SNAPSHOT, frm=m.frm, to=self.node_id, term=m.term,
+                                   snapshot=st.meta, done=True))
+        except Exception:
+            log.exception("receiving snapshot %d from %s failed", st.meta.index, m.frm)
+        finally:
+            held, self._held = self._held, None
+            for msg in held or ():
+                self._on_message(msg)
+            self._wake.set()
+
+    async def _install_snapshot(self, meta):
+        """Restore the state machine from a received snapshot (after queued applies)."""
+        path = self.log.snapshot_path(meta.index, meta.term)
+        await self._in(self._apply_exec, self.fsm.restore, path, meta)
+        self._applied = self._apply_queued = meta.index
+        self._snap_index = meta.index
+        rw = self._read_wait
+        while rw and rw[0][0] <= self._applied:
+            for f in heapq.heappop(rw)[2]:
+                if not f.done():
+                    f.set_result(None)

@@ -1,0 +1,701 @@
+"""Durable Raft log: append-only segment files of codec frames, a small state file,
+and the latest snapshot's metadata. See docs/design/raft-io.md.
+
+Layout of ``<data_dir>/raft``::
+
+    state             term, vote, commit: one frame, replaced atomically
+    snapshot          SnapshotMeta of the latest snapshot: one frame, replaced atomically
+    log/<first>.seg   segments; records are ``codec.encode_entry`` frames, consecutive indexes
+    snap/<index>-<term>.snap   snapshot files made by the state machine
+
+Threading: the core reads this log on the event loop. Every change is split in three so that
+only syscalls leave the loop: ``prepare`` (loop: plan the bytes, change nothing visible),
+``write`` (executor: write, truncate, fdatasync, rename) and ``finish`` (loop: update the
+in-memory index and cache). Only one batch is in flight at a time (the driver's single
+persistence path), so a plan made from the current state stays valid until it finishes.
+"""
+import array
+import bisect
+import json
+import logging
+import mmap
+import os
+import struct
+import time
+
+from raftsqlite import codec
+from raftsqlite.codec.model import Entry, Member, SnapshotMeta
+from raftsqlite.errors import DecodeError, StorageCorrupt
+from raftsqlite.raft.types import HardState
+
+log = logging.getLogger(__name__)
+
+_T_STATE = 0xE0        # frame type of the state file
+_T_SNAPMETA = 0xE1     # frame type of the snapshot meta file
+SEG_SUFFIX = ".seg"
+# A commit-only change of the hard state is written at most this often: the commit index
+# is recoverable from the leader, so it need not cost two fsyncs per batch.
+COMMIT_PERSIST_INTERVAL = 1.0
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, data, fsync=True):
+    """Replace ``path`` by ``data``: write a temp file, fsync, rename, fsync the dir, so a
+    crash leaves either the old or the new content, never a mix."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def encode_hard_state(hs, group=0):
+    return codec.encode_frame(group, _T_STATE, hs.term, hs.commit, hs.vote.encode())
+
+
+def decode_hard_state(buf):
+    _, typ, term, commit, payload = codec.decode_frame(buf)
+    if typ != _T_STATE:
+        raise DecodeError(f"not a state frame (type {typ})")
+    return HardState(term=term, vote=bytes(payload).decode(), commit=commit)
+
+
+def encode_snapshot_meta(meta, group=0):
+    members = [[m.node_id, m.raft_addr, m.http_addr, bool(m.voter)] for m in meta.members]
+    return codec.encode_frame(group, _T_SNAPMETA, meta.term, meta.index,
+                              json.dumps(members).encode())
+
+
+def decode_snapshot_meta(buf):
+    _, typ, term, index, payload = codec.decode_frame(buf)
+    if typ != _T_SNAPMETA:
+        raise DecodeError(f"not a snapshot meta frame (type {typ})")
+    try:
+        members = [Member(*m) for m in json.loads(bytes(payload))]
+    except (ValueError, TypeError) as e:
+        raise DecodeError(f"bad snapshot member list: {e}") from None
+    return SnapshotMeta(index, term, members)
+
+
+class _Segment:
+    __slots__ = ("path", "first", "offsets", "size", "fd")
+
+    def __init__(self, path, first):
+        self.path = path
+        self.first = first
+        self.offsets = array.array("Q")  # file offset of each record, in index order
+        self.size = 0                    # bytes of whole records
+        self.fd = None
+
+    @property
+    def last(self):
+        return self.first + len(self.offsets) - 1
+
+    def end_of(self, i):
+        """Offset just past the record at position ``i``."""
+        return self.offsets[i + 1] if i + 1 < len(self.offsets) else self.size
+
+    def open(self):
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self.fd
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Batch:
+    """One persistence step, planned on the loop and executed in the executor."""
+
+    __slots__ = ("snapshot", "meta_bytes", "reset", "truncate", "delete", "new_segment",
+                 "segment", "blob", "offsets", "entries", "state", "state_bytes",
+                 "drop_before")
+
+    def __init__(self):
+        self.snapshot = None      # SnapshotMeta being installed (log reset)
+        self.meta_bytes = None    # snapshot meta file content to write
+        self.reset = False
+        self.truncate = None      # (segment, byte offset, entry position) or None
+        self.delete = []          # segments whose files go away
+        self.new_segment = None   # segment created by this batch
+        self.segment = None       # segment the blob is appended to
+        self.blob = b""
+        self.offsets = []
+        self.entries = []
+        self.state = None
+        self.state_bytes = None
+        self.drop_before = None   # compaction: drop segments wholly below this index
+
+
+class RaftLog:
+    """The durable log of one member. Implements ``raftsqlite.raft.types.LogReader``."""
+
+    def __init__(self, data_dir, *, group=0, segment_bytes=64 << 20, cache_entries=20_000,
+                 cache_bytes=64 << 20, fsync=True):
+        self.dir = os.path.join(data_dir, "raft")
+        self.log_dir = os.path.join(self.dir, "log")
+        self.snap_dir = os.path.join(self.dir, "snap")
+        self.group = group
+        self.segment_bytes = segment_bytes
+        self.cache_entries = cache_entries
+        self.cache_bytes = cache_bytes
+        self.fsync = fsync
+        self._segments = []          # list[_Segment], ascending, consecutive
+        self._seg_firsts = []        # their first indexes, for bisect
+        self._first = 1
+        self._last = 0
+        self._run_idx = [0]          # term runs: entries from _run_idx[k] on have _run_term[k]
+        self._run_term = [0]
+        self._cache = []             # recent entries, indexes [_cache_first, _last]
+        self._cache_first = 1
+        self._cache_size = 0
+        self._hs = HardState()
+        self._hs_written = HardState()
+        self._hs_time = 0.0
+        self._snap = SnapshotMeta(0, 0, [])
+        self._stats = {"fsyncs": 0, "batches": 0, "bytes_written": 0, "disk_reads": 0,
+                       "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0}
+        self._opened = False
+
+    # ---- start-up ---------------------------------------------------------------------
+
+    def open(self):
+        """Load state, snapshot meta and segments; truncate a torn tail; refuse a log that
+        is damaged before its tail (``StorageCorrupt`` naming file and offset)."""
+        for d in (self.dir, self.log_dir, self.snap_dir):
+            os.makedirs(d, exist_ok=True)
+        state_path = os.path.join(self.dir, "state")
+        if os.path.exists(state_path):
+            self._hs = self._read_small(state_path, decode_hard_state)
+            self._hs_written = HardState(self._hs.term, self._hs.vote, self._hs.commit)
+        meta_path = os.path.join(self.dir, "snapshot")
+        if os.path.exists(meta_path):
+            self._snap = self._read_small(meta_path, decode_snapshot_meta)
+        self._first = self._snap.index + 1
+        self._last = self._snap.index
+        self._run_idx = [self._snap.index]
+        self._run_term = [self._snap.term]
+        names = sorted(n for n in os.listdir(self.log_dir) if n.endswith(SEG_SUFFIX))
+        segs = []
+        for n in names:
+            try:
+                first = int(n[: -len(SEG_SUFFIX)])
+            except ValueError:
+                raise StorageCorrupt(f"unexpected file in log dir: {os.path.join(self.log_dir, n)}")
+            segs.append(_Segment(os.path.join(self.log_dir, n), first))
+        segs.sort(key=lambda s: s.first)
+        runs = []  # (index, term) where a new term starts, over all segments
+        for k, seg in enumerate(segs):
+            if k and seg.first != segs[k - 1].last + 1:
+                raise StorageCorrupt(
+                    f"log gap: {seg.path} starts at index {seg.first} but the segment before "
+                    f"it ends at {segs[k - 1].last}")
+            self._scan(seg, is_last=(k == len(segs) - 1), runs=runs)
+        snap = self._snap
+        if segs and snap.index > 0:
+            lo, hi = segs[0].first, segs[-1].last
+            ok = lo == snap.index + 1 or (
+                lo <= snap.index <= hi and _run_term(runs, snap.index) == snap.term)
+            if not ok:
+                if lo > snap.index + 1:
+                    raise StorageCorrupt(f"log gap: {segs[0].path} starts at index {lo} but "
+                                         f"the snapshot ends at {snap.index}")
+                # An installed snapshot whose log reset was interrupted: the old log is void.
+                log.warning("log [%d, %d] does not match snapshot %d/%d; resetting the log",
+                            lo, hi, snap.index, snap.term)
+                for seg in segs:
+                    seg.close()
+                    os.unlink(seg.path)
+                segs, runs = [], []
+        if segs and not segs[0].offsets:
+            # Only an empty segment: it must start right after the snapshot.
+            if segs[0].first != snap.index + 1:
+                segs[0].close()
+                os.unlink(segs[0].path)
+                segs = []
+        if segs:
+            s0 = segs[0].first
+            if s0 == snap.index + 1:
+                self._first, dummy_term = s0, snap.term
+            else:
+                # Entries before the snapshot kept for slow followers: the first one serves
+                # as the known-term predecessor of the first readable entry.
+                self._first, dummy_term = s0 + 1, _run_term(runs, s0)
+            self._last = segs[-1].last
+            self._run_idx = [self._first - 1] + [i for i, _ in runs if i >= self._first]
+            self._run_term = [dummy_term] + [t for i, t in runs if i >= self._first]
+            self._segments = segs
+            self._seg_firsts = [s.first for s in segs]
+            n = min(self.cache_entries // 2, self._last - self._first + 1)
+            if n > 0:
+                self._cache_first = self._last + 1
+                self._cache_extend(self.entries(self._last - n + 1, self._last + 1))
+            else:
+                self._cache_first = self._last + 1
+        else:
+            self._cache_first = self._first
+        if self._hs.commit > self._last:
+            # Commit is only written after the entries it covers are durable; a larger
+            # value means the log lost synced data.
+            raise StorageCorrupt(f"state file says commit {self._hs.commit} but the log in "
+                                 f"{self.log_dir} ends at {self._last}")
+        self._opened = True
+
+    def _read_small(self, path, decode):
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            return decode(data)
+        except DecodeError as e:
+            raise StorageCorrupt(f"{path} at offset 0: {e}") from None
+
+    def _scan(self, seg, is_last, runs):
+        size = os.path.getsize(seg.path)
+        if size == 0:
+            return
+        with open(seg.path, "rb") as f:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            off = 0
+            expect = seg.first
+            offsets = seg.offsets
+            while off < size:
+                n = _frame_length(buf, off)
+                err = None
+                if n is None or n <= 0 or off + n > size:
+                    err = "record extends past the end of the file"
+                else:
+                    try:
+                        _, e = codec.decode_entry(buf[off:off + n])
+                        if e.index != expect:
+                            err = f"record has index {e.index}, expected {expect}"
+                        elif not runs or runs[-1][1] != e.term:
+                            runs.append((e.index, e.term))
+                    except DecodeError as ex:
+                        err = str(ex)
+                if err is not None:
+                    if is_last and not _valid_record_after(buf, off + 1, size):
+                        log.warning("truncating torn tail of %s at offset %d (%d bytes): %s",
+                                    seg.path, off, size - off, err)
+                        self._stats["truncated_tail_bytes"] += size - off
+                        break
+                    raise StorageCorrupt(
+                        f"corrupt log record in {seg.path} at offset {off} (index {expect}): "
+                        f"{err}; records follow it, so this is not a torn tail. Restore this "
+                        f"member from a snapshot or remove it from the group and re-add it.")
+                offsets.append(off)
+                off += n
+                expect += 1
+            seg.size = off
+        finally:
+            buf.close()
+        if seg.size < size:
+            fd = seg.open()
+            os.ftruncate(fd, seg.size)
+            if self.fsync:
+                os.fsync(fd)
+
+    # ---- LogReader ----------------------------------------------------------------------
+
+    def first_index(self):
+        return self._first
+
+    def last_index(self):
+        return self._last
+
+    def term(self, index):
+        if index < self._first - 1 or index > self._last:
+            if index == self._snap.index:
+                return self._snap.term
+            raise IndexError(f"term({index}) outside log [{self._first - 1}, {self._last}]")
+        k = bisect.bisect_right(self._run_idx, index) - 1
+        return self._run_term[k]
+
+    def entries(self, lo, hi, max_bytes=1 << 62):
+        """Entries [lo, hi), stopping once ``max_bytes`` of data is reached (at least one)."""
+        if lo < self._first or hi > self._last + 1:
+            raise IndexError(f"entries({lo}, {hi}) outside log [{self._first}, {self._last}]")
+        out = []
+        size = 0
+        i = lo
+        while i < hi:
+            if i >= self._cache_first:
+                part = self._cache[i - self._cache_first: hi - self._cache_first]
+            else:
+                k = bisect.bisect_right(self._seg_firsts, i) - 1
+                seg = self._segments[k]
+                part = self._read_range(seg, i, min(hi, seg.last + 1, self._cache_first),
+                                        max_bytes - size)
+            for e in part:
+                size += len(e.data)
+                if out and size > max_bytes:
+                    return out
+                out.append(e)
+            i += len(part)
+        return out
+
+    def snapshot_meta(self):
+        return self._snap
+
+    def hard_state(self):
+        return self._hs
+
+    # ---- reads from disk ---------------------------------------------------------------
+
+    def _read_range(self, seg, lo, hi, max_bytes=1 << 62):
+        p0 = lo - seg.first
+        p1 = hi - seg.first
+        start = seg.offsets[p0]
+        # Read only about as much as asked: find the record end that covers max_bytes.
+        end_pos = p1
+        if max_bytes < 1 << 62:
+            limit = start + max_bytes + 4096
+            end_pos = max(p0 + 1, min(p1, bisect.bisect_right(seg.offsets, limit, p0, p1)))
+        end = seg.end_of(end_pos - 1)
+        data = os.pread(seg.open(), end - start, start)
+        self._stats["disk_reads"] += 1
+        out = []
+        for p in range(p0, end_pos):
+            a = seg.offsets[p] - start
+            b = seg.end_of(p) - start
+            _, e = codec.decode_entry(data[a:b])
+            out.append(e)
+        return out
+
+    # ---- cache ---------------------------------------------------------------------------
+
+    def _cache_extend(self, entries):
+        if not entries:
+            return
+        if not self._cache:
+            self._cache_first = entries[0].index
+        self._cache.extend(entries)
+        self._cache_size += sum(len(e.data) for e in entries)
+        if len(self._cache) > self.cache_entries or self._cache_size > self.cache_bytes:
+            # Trim to 3/4 so the O(n) list shift is amortized over many appends.
+            keep = max(1, min(len(self._cache), self.cache_entries * 3 // 4))
+            drop = len(self._cache) - keep
+            while drop < len(self._cache) - 1 and self._cache_size - sum(
+                    len(e.data) for e in self._cache[:drop]) > self.cache_bytes * 3 // 4:
+                drop += max(1, (len(self._cache) - drop) // 4)
+            drop = min(drop, len(self._cache) - 1)
+            self._cache_size -= sum(len(e.data) for e in self._cache[:drop])
+            del self._cache[:drop]
+            self._cache_first += drop
+
+    def _cache_truncate(self, index):
+        """Drop cached entries >= index."""
+        if index < self._cache_first:
+            self._cache = []
+            self._cache_size = 0
+            self._cache_first = index
+            return
+        k = index - self._cache_first
+        self._cache_size -= sum(len(e.data) for e in self._cache[k:])
+        del self._cache[k:]
+
+    # ---- persistence: prepare (loop) / write (executor) / finish (loop) --------------------
+
+    def prepare(self, hard_state=None, entries=(), snapshot=None, force_state=False):
+        b = _Batch()
+        last = self._last
+        segments = self._segments
+        if snapshot is not None:
+            b.snapshot = snapshot
+            b.meta_bytes = encode_snapshot_meta(snapshot, self.group)
+            b.reset = True
+            b.delete = list(segments)
+            last = snapshot.index
+            segments = []
+        if entries:
+            first_new = entries[0].index
+            if first_new > last + 1:
+                raise ValueError(f"append at {first_new} leaves a gap after {last}")
+            if first_new <= self._snap.index and not b.reset:
+                raise ValueError(f"append at {first_new} is below the snapshot "
+                                 f"{self._snap.index}")
+            if first_new <= last and not b.reset:
+                # Conflicting suffix: drop whole later segments, truncate the one holding it.
+                k = bisect.bisect_right(self._seg_firsts, first_new) - 1
+                if k < 0:
+                    raise ValueError(f"append at {first_new} below the first segment")
+                seg = segments[k]
+                pos = first_new - seg.first
+                b.truncate = (seg, seg.offsets[pos] if pos < len(seg.offsets) else seg.size, pos)
+                b.delete = segments[k + 1:]
+                segments = segments[:k + 1]
+            active = segments[-1] if segments else None
+            size = active.size if active is not None else 0
+            if b.truncate is not None and b.truncate[0] is active:
+                size = b.truncate[1]
+            if active is None or size >= self.segment_bytes:
+                b.new_segment = _Segment(os.path.join(self.log_dir, f"{first_new:020d}{SEG_SUFFIX}"),
+                                         first_new)
+                active = b.new_segment
+                size = 0
+            b.segment = active
+            parts = []
+            offs = []
+            for e in entries:
+                rec = codec.encode_entry(e, self.group)
+                offs.append(size)
+                size += len(rec)
+                parts.append(rec)
+            b.blob = b"".join(parts)
+            b.offsets = offs
+            b.entries = list(entries)
+        if hard_state is not None:
+            hs = hard_state
+            new_last = b.entries[-1].index if b.entries else last
+            if hs.commit > new_last:
+                # Never make a commit index durable above the durable log.
+                hs = HardState(hs.term, hs.vote, new_last)
+            w = self._hs_written
+            now = time.monotonic()
+            if (force_state or hs.term != w.term or hs.vote != w.vote
+                    or (hs.commit != w.commit and now - self._hs_time >= COMMIT_PERSIST_INTERVAL)):
+                b.state = HardState(hs.term, hs.vote, hs.commit)
+                b.state_bytes = encode_hard_state(b.state, self.group)
+            elif hs.commit != self._hs.commit:
+                b.state = HardState(hs.term, hs.vote, hs.commit)  # in memory only, for now
+        return b
+
+    def write(self, b):
+        """Executor side: the syscalls of a planned batch. Entries are durable on return."""
+        if b.reset:
+            write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
+        if b.truncate is not None:
+            seg, off, _ = b.truncate
+            os.ftruncate(seg.open(), off)
+        for seg in b.delete:
+            if seg is not b.segment:
+                try:
+                    os.unlink(seg.path)
+                except FileNotFoundError:
+                    pass
+        if b.new_segment is not None:
+            fd = b.new_segment.open()
+            os.ftruncate(fd, 0)
+        if b.blob:
+            fd = b.segment.open()
+            os.lseek(fd, b.offsets[0], os.SEEK_SET)
+            _write_all(fd, b.blob)
+            self._stats["bytes_written"] += len(b.blob)
+        if self.fsync and (b.blob or b.truncate is not None):
+            os.fdatasync(b.segment.fd if b.segment is not None else b.truncate[0].fd)
+            self._stats["fsyncs"] += 1
+        if self.fsync and (b.new_segment is not None or b.delete):
+            fsync_dir(self.log_dir)
+        if b.state_bytes is not None:
+            # Entries first, then the state: a durable commit index never exceeds the log.
+            write_atomic(os.path.join(self.dir, "state"), b.state_bytes, self.fsync)
+            self._stats["state_writes"] += 1
+        self._stats["batches"] += 1
+
+    def finish(self, b):
+        """Loop side: make the written batch visible."""
+        if b.reset:
+            for seg in self._segments:
+                if seg is not b.segment:
+                    seg.close()
+            self._segments = []
+            self._seg_firsts = []
+            self._snap = b.snapshot
+            self._first = b.snapshot.index + 1
+            self._last = b.snapshot.index
+            self._run_idx = [b.snapshot.index]
+            self._run_term = [b.snapshot.term]
+            self._cache = []
+            self._cache_size = 0
+            self._cache_first = self._first
+        if b.truncate is not None:
+            seg, off, pos = b.truncate
+            first_new = seg.first + pos
+            for s in b.delete:
+                s.close()
+            n = len(self._segments) - len(b.delete)
+            del self._segments[n:]
+            del self._seg_firsts[n:]
+            del seg.offsets[pos:]
+            seg.size = off
+            self._last = first_new - 1
+            k = bisect.bisect_right(self._run_idx, self._last)
+            del self._run_idx[k:]
+            del self._run_term[k:]
+            self._cache_truncate(first_new)
+            if not seg.offsets and seg is not b.segment:
+                seg.close()
+                self._segments.remove(seg)
+                self._seg_firsts.remove(seg.first)
+        if b.new_segment is not None:
+            if self._segments and not self._segments[-1].offsets:
+                old = self._segments.pop()
+                self._seg_firsts.pop()
+                if old.path != b.new_segment.path:
+                    old.close()
+                    try:
+                        os.unlink(old.path)
+                    except FileNotFoundError:
+                        pass
+            self._segments.append(b.new_segment)
+            self._seg_firsts.append(b.new_segment.first)
+        if b.entries:
+            seg = b.segment
+            seg.offsets.extend(b.offsets)
+            seg.size = b.offsets[0] + len(b.blob)
+            for e in b.entries:
+                if e.term != self._run_term[-1]:
+                    self._run_idx.append(e.index)
+                    self._run_term.append(e.term)
+            self._last = b.entries[-1].index
+            if self._cache and self._cache_first + len(self._cache) != b.entries[0].index:
+                self._cache_truncate(b.entries[0].index)
+            self._cache_extend(b.entries)
+        if b.state is not None:
+            self._hs = b.state
+            if b.state_bytes is not None:
+                self._hs_written = b.state
+                self._hs_time = time.monotonic()
+
+    def persist(self, hard_state=None, entries=(), snapshot=None, force_state=False):
+        """prepare + write + finish in one call (tests, start-up, shutdown)."""
+        b = self.prepare(hard_state, entries, snapshot, force_state)
+        self.write(b)
+        self.finish(b)
+
+    # ---- compaction ------------------------------------------------------------------------
+
+    def prepare_compact(self, meta, keep_from):
+        """After a local snapshot at ``meta``: record it and drop segments that hold only
+        entries below ``keep_from`` (<= meta.index + 1)."""
+        b = _Batch()
+        b.meta_bytes = encode_snapshot_meta(meta, self.group)
+        b.snapshot = meta
+        keep_from = min(keep_from, meta.index + 1, self._last + 1)
+        b.drop_before = keep_from
+        for k, seg in enumerate(self._segments):
+            nxt = self._segments[k + 1].first if k + 1 < len(self._segments) else None
+            if nxt is not None and nxt <= keep_from and seg is not self._segments[-1]:
+                b.delete.append(seg)
+        return b
+
+    def write_compact(self, b):
+        write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
+        for seg in b.delete:
+            try:
+                os.unlink(seg.path)
+            except FileNotFoundError:
+                pass
+        if b.delete and self.fsync:
+            fsync_dir(self.log_dir)
+
+    def finish_compact(self, b):
+        if b.snapshot.index < self._snap.index:
+            return
+        self._snap = b.snapshot
+        for seg in b.delete:
+            seg.close()
+            self._segments.remove(seg)
+            self._seg_firsts.remove(seg.first)
+        self._stats["segments_deleted"] += len(b.delete)
+        new_first = self._segments[0].first if self._segments else self._snap.index + 1
+        new_first = max(new_first, self._first)
+        if self._last < self._snap.index:
+            # A snapshot ahead of the log (cannot happen locally, but keep the log sane).
+            new_first = self._snap.index + 1
+            self._last = self._snap.index
+        if new_first > self._first:
+            before = new_first - 1
+            t = self.term(before) if before >= self._first - 1 else self._snap.term
+            k = bisect.bisect_right(self._run_idx, before) - 1
+            self._run_idx = [before] + self._run_idx[k + 1:]
+            self._run_term = [t] + self._run_term[k + 1:]
+            self._first = new_first
+            if self._cache_first < new_first:
+                drop = min(len(self._cache), new_first - self._cache_first)
+                self._cache_size -= sum(len(e.data) for e in self._cache[:drop])
+                del self._cache[:drop]
+                self._cache_first = new_first
+
+    def compact(self, meta, keep_from):
+        b = self.prepare_compact(meta, keep_from)
+        self.write_compact(b)
+        self.finish_compact(b)
+
+    # ---- snapshots on disk ----------------------------------------------------------------
+
+    def snapshot_path(self, index, term):
+        return os.path.join(self.snap_dir, f"{index:020d}-{term:020d}.snap")
+
+    def prune_snapshots(self, keep):
+        """Delete all but the ``keep`` newest snapshot files (executor side)."""
+        names = sorted(n for n in os.listdir(self.snap_dir) if n.endswith(".snap"))
+        for n in names[:-keep] if keep else names:
+            os.unlink(os.path.join(self.snap_dir, n))
+        for n in os.listdir(self.snap_dir):
+            if n.endswith(".tmp"):
+                os.unlink(os.path.join(self.snap_dir, n))
+
+    # ---- misc --------------------------------------------------------------------------------
+
+    def close(self):
+        for seg in self._segments:
+            seg.close()
+
+    def stats(self):
+        s = dict(self._stats)
+        s.update(first_index=self._first, last_index=self._last, segments=len(self._segments),
+                 cached_entries=len(self._cache), cached_bytes=self._cache_size,
+                 snapshot_index=self._snap.index, term=self._hs.term)
+        return s
+
+
+def _run_term(runs, index):
+    k = bisect.bisect_right(runs, (index, 1 << 64)) - 1
+    return runs[k][1] if k >= 0 else 0
+
+
+def _frame_length(buf, off):
+    """Total length of the frame starting at ``off``: 8 + the u32 length field
+    (raftsqlite/codec/FORMAT.md)."""
+    if off + 8 > len(buf):
+        return None
+    return 8 + struct.unpack_from("<I", buf, off)[0]
+
+
+def _valid_record_after(buf, start, size):
+    """Whether any whole, valid entry frame starts at or after ``start``. A torn write
+    leaves only garbage after the tear; a valid record after a bad one means damage."""
+    off = start
+    while off + codec.HEADER_SIZE <= size:
+        n = _frame_length(buf, off)
+        if codec.HEADER_SIZE <= n <= size - off:
+            try:
+                codec.decode_entry(buf[off:off + n])
+                return True
+            except DecodeError:
+                pass
+        off += 1
+    return False

@@ -1,0 +1,791 @@
+"""Deterministic simulator for the Raft core: N cores in one process on a simulated
+network, disk and clock, all driven by one seeded ``random.Random``.
+
+Faults: message delay, loss, duplication and reordering; partitions; crash and restart
+losing every write not yet fsynced (a crash during a Ready keeps a random prefix of its
+writes, as a torn append would); state machines that lose their own state back to the
+last snapshot; membership changes (add learner, promote, demote, remove, the leader
+included) and leadership transfers mid-run; snapshots with log compaction.
+
+Checked continuously: at most one leader per term; log matching (same index and term ->
+same entry and same previous term); leader completeness (a new leader of term T holds
+every entry committed by a leader of a term < T); state-machine safety (one entry per
+index, applied in order, everywhere). Checked at the end, after healing: every
+acknowledged proposal is applied on every member and never lost; definitely failed ones
+are absent; all members converge to the same state; a register workload (write, cas,
+reads through the log and linearizable ReadIndex reads, on followers too) is
+linearizable against the committed order.
+
+    python -m raftsqlite.raft.sim --seeds 500          # seeds 0..499
+    python -m raftsqlite.raft.sim --seed 1234 -v       # replay one seed
+"""
+import argparse
+import heapq
+import os
+import random
+import sys
+import time
+
+from raftsqlite import errors
+from raftsqlite.codec import decode_conf_change
+from raftsqlite.codec.model import ConfChange, ConfChangeType, EntryType, Member, Message, MsgType
+from raftsqlite.raft.core import CoreConfig, RaftCore
+from raftsqlite.raft.memlog import MemLog
+
+TICK = 10            # ms of simulated time per core tick
+OP_TIMEOUT = 400     # ms before a client gives up on an operation (outcome unknown)
+KEYS = ("x", "y", "z")
+
+
+class SimFailure(AssertionError):
+    pass
+
+
+class Op:
+    __slots__ = ("id", "kind", "key", "a", "b", "invoke", "complete", "status", "result",
+                 "position", "client", "node")
+
+    def __init__(self, oid, kind, key, a, b, invoke, client):
+        self.id, self.kind, self.key, self.a, self.b = oid, kind, key, a, b
+        self.invoke, self.client = invoke, client
+        self.complete = None
+        self.status = None     # "ok", "fail" (definitely no effect), "unknown"
+        self.result = None
+        self.position = None   # log index (log ops) or applied index read at (ReadIndex)
+        self.node = None
+
+    def data(self):
+        return f"{self.id}:{self.kind}:{self.key}:{self.a}:{self.b}".encode()
+
+    def __repr__(self):
+        return (f"Op#{self.id}({self.kind} {self.key} {self.a} {self.b} on {self.node} "
+                f"[{self.invoke},{self.complete}] {self.status} res={self.result} pos={self.position})")
+
+
+class Params:
+    """Everything a run varies, drawn from the seed's generator."""
+
+    def __init__(self, rng, duration):
+        self.n_initial = rng.choice((1, 3, 3, 3, 5, 5))
+        self.loss = rng.choice((0.0, 0.0, 0.01, 0.05, 0.15))
+        self.dup = rng.choice((0.0, 0.02, 0.1))
+        self.delay_max = rng.choice((1, 3, 8, 20))
+        self.spike = rng.choice((0.0, 0.01, 0.05))
+        self.disk_max = rng.choice((0, 1, 2, 5))
+        self.crash_every = rng.choice((0, 150, 400, 1000))
+        self.fsm_loss = rng.choice((0.0, 0.3))
+        self.partition_every = rng.choice((0, 200, 500))
+        self.member_every = rng.choice((0, 60, 150, 400))
+        self.transfer_every = rng.choice((0, 100, 300))
+        self.snap_every = rng.choice((3, 8, 30, 10**9))
+        self.clients = rng.randint(1, 4)
+        self.think_max = rng.choice((0, 5, 20))
+        self.duration = duration
+        self.cfg = CoreConfig(
+            election_tick=10, heartbeat_tick=rng.choice((1, 1, 2, 3)),
+            pre_vote=rng.random() < 0.8, check_quorum=rng.random() < 0.8,
+            max_msg_bytes=rng.choice((40, 200, 1 << 20)),
+            max_inflight=rng.choice((1, 2, 4, 64)),
+            max_committed_bytes=rng.choice((40, 500, 1 << 20)))
+
+    def __repr__(self):
+        return " ".join(f"{k}={v}" for k, v in vars(self).items())
+
+
+class SimNode:
+    def __init__(self, nid):
+        self.id = nid
+        self.disk = MemLog()
+        self.core = None
+        self.inc = 0                 # incarnation: events of a crashed life are ignored
+        self.state = {}              # the register state machine (durable, like SQLite)
+        self.applied = 0
+        self.busy = None             # (Ready, sent_early) while its step 1 is "on disk"
+        self.props = {}              # index -> (term, Op)
+        self.reads = {}              # context -> Op waiting for a ReadState
+        self.read_wait = []          # (read index, Op) waiting for apply
+        self.recv_snaps = {}         # (index, term) -> snapshot image received
+        self.removed = False         # its removal is committed: it will be shut down
+        self.gone = False            # shut down for good
+        self.commit_seen = 0
+
+
+class Sim:
+    def __init__(self, seed, duration=1500, verbose=False):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.p = Params(self.rng, duration)
+        self.verbose = verbose
+        self.now = 0
+        self._q = []
+        self._seq = 0
+        self.nodes = {}
+        self._next_node = 1
+        self._next_op = 1
+        self.groups = None           # partition: node id -> side
+        self.loss = self.p.loss
+        self.active = True
+        self.global_log = {}         # index -> (term, data) of the first apply anywhere
+        self.commit_term = {}        # index -> lowest leader term that committed it
+        self.leaders = {}            # term -> node id
+        self.seen = {}               # (index, term) -> (data, previous term)
+        self.op_index = {}           # op id -> log index it committed at
+        self.ops = []
+        self.client_leader = {}
+        self.stats = {"events": 0, "msgs": 0, "crashes": 0, "partitions": 0,
+                      "conf_changes": 0, "transfers": 0, "snapshots": 0}
+
+    # ---- event queue -------------------------------------------------------------
+
+    def at(self, t, fn, *args):
+        self._seq += 1
+        heapq.heappush(self._q, (t, self._seq, fn, args))
+
+    def log(self, *a):
+        if self.verbose:
+            print(f"[{self.now:6d}]", *a)
+
+    def fail(self, msg):
+        raise SimFailure(f"seed {self.seed} at t={self.now}: {msg}")
+
+    # ---- nodes -----------------------------------------------------------------------
+
+    def _new_node(self):
+        nid = f"n{self._next_node}"
+        self._next_node += 1
+        node = SimNode(nid)
+        self.nodes[nid] = node
+        return node
+
+    def _start(self, node):
+        if node.gone:
+            return
+        d = node.disk
+        if node.applied < d.snapshot_meta().index:
+            # A crash between the log reset and the state-machine restore of a snapshot
+            # install: the driver restores from the snapshot file at start.
+            node.state = dict(d.snapshot_data)
+            node.applied = d.snapshot_meta().index
+        node.core = RaftCore(node.id, d, self.p.cfg, random.Random(self.rng.random()),
+                             applied=node.applied)
+        node.commit_seen = node.core.commit
+        self.at(self.now + self.rng.randint(1, TICK), self._tick, node, node.inc)
+
+    def live(self):
+        return [n for n in self.nodes.values() if n.core is not None]
+
+    def leader(self):
+        best = None
+        for n in self.live():
+            if n.core.is_leader and (best is None or n.core.term > best.core.term):
+                best = n
+        return best
+
+    # ---- driving a core ----------------------------------------------------------------
+
+    def _after(self, node):
+        core = node.core
+        if core is None:
+            return
+        if core.is_leader:
+            t = core.term
+            who = self.leaders.get(t)
+            if who is None:
+                self.leaders[t] = node.id
+                self.log(node.id, "leader of term", t)
+                self._check_leader_completeness(node)
+            elif who != node.id:
+                self.fail(f"two leaders in term {t}: {who} and {node.id}")
+            for i in range(node.commit_seen + 1, core.commit + 1):
+                ct = self.commit_term.get(i)
+                if ct is None or ct[0] > t:
+                    self.commit_term[i] = (t, core.log_term(i))
+        if core.commit > node.commit_seen:
+            node.commit_seen = core.commit
+        self._pump(node)
+
+    def _check_leader_completeness(self, node):
+        core = node.core
+        first = core.first_index
+        for i, (ct, et) in self.commit_term.items():
+            if ct < core.term and i >= first and core.log_term(i) != et:
+                self.fail(f"leader {node.id} of term {core.term} lacks entry {i} (term {et}) "
+                          f"committed in term {ct}; has term {core.log_term(i)}")
+
+    def _pump(self, node):
+        while node.core is not None and node.busy is None and node.core.has_ready():
+            rd = node.core.ready()
+            if rd.send_early:
+                for m in rd.messages:
+                    self._send(node, m)
+            prev_t = node.core.log_term(rd.entries[0].index - 1) if rd.entries else None
+            node.busy = (rd, rd.send_early, prev_t)
+            needs_disk = rd.entries or rd.hard_state is not None or rd.snapshot is not None
+            if needs_disk and self.p.disk_max:
+                self.at(self.now + self.rng.randint(0, self.p.disk_max), self._ready_done,
+                        node, node.inc)
+                return
+            self._ready_done(node, node.inc, pump=False)
+
+    def _ready_done(self, node, inc, pump=True):
+        if node.inc != inc or node.busy is None:
+            return
+        rd, sent, prev_t = node.busy
+        data = None
+        if rd.snapshot is not None:
+            s = rd.snapshot
+            data = node.recv_snaps.get((s.index, s.term))
+            if data is None:
+                self.fail(f"{node.id}: snapshot {s.index}/{s.term} installed but never received")
+            node.recv_snaps = {k: v for k, v in node.recv_snaps.items() if k[0] > s.index}
+            self._drop_pending(node, s.index)
+        if rd.entries:
+            self._check_entries(node, rd.entries, prev_t)
+        node.disk.apply_ready(rd, data)
+        if rd.snapshot is not None:
+            node.state = dict(data)
+            node.applied = rd.snapshot.index
+        if not sent:
+            for m in rd.messages:
+                self._send(node, m)
+        for e in rd.committed:
+            self._apply(node, e)
+        for rs in rd.read_states:
+            op = node.reads.pop(rs.context, None)
+            if op is not None:
+                node.read_wait.append((rs.index, op))
+        self._serve_reads(node)
+        node.busy = None
+        node.core.advance(rd)
+        self._maybe_compact(node)
+        if pump:
+            self._after(node)
+
+    def _check_entries(self, node, ents, prev_t):
+        for e in ents:
+            key = (e.index, e.term)
+            got = self.seen.get(key)
+            if got is None:
+                self.seen[key] = (e.data, prev_t)
+            elif got != (e.data, prev_t):
+                self.fail(f"log matching: {node.id} entry {key} {e.data!r} prev term {prev_t} "
+                          f"!= {got}")
+            prev_t = e.term
+
+    def _maybe_compact(self, node):
+        d = node.disk
+        si = d.snapshot_meta().index
+        if node.applied - si >= self.p.snap_every and node.applied <= d.last_index():
+            d.compact(node.applied, node.core.members_at(node.applied), dict(node.state))
+            self.stats["snapshots"] += 1
+
+    # ---- the replicated state machine ------------------------------------------------
+
+    def _apply(self, node, e):
+        i = e.index
+        if i <= node.applied:
+            return  # replay after a restart: the state machine already has it
+        if i != node.applied + 1:
+            self.fail(f"{node.id} applies {i} after {node.applied}")
+        g = self.global_log.get(i)
+        if g is None:
+            self.global_log[i] = (e.term, e.data)
+            self._first_apply(e)
+        elif g != (e.term, e.data):
+            self.fail(f"state machine safety: {node.id} applies {i} = {(e.term, e.data)} "
+                      f"but another member applied {g}")
+        node.applied = i
+        result = None
+        if e.type == EntryType.NORMAL and e.data:
+            oid, kind, key, a, b = e.data.decode().split(":")
+            cur = node.state.get(key)
+            if kind == "w":
+                node.state[key] = a
+            elif kind == "c":
+                result = cur == a
+                if result:
+                    node.state[key] = b
+            elif kind == "r":
+                result = cur
+        p = node.props.pop(i, None)
+        if p is not None:
+            term, op = p
+            if term == e.term:
+                self._complete(op, "ok", result, i)
+            else:
+                self._complete(op, "fail")
+
+    def _first_apply(self, e):
+        if e.type == EntryType.CONF_CHANGE:
+            cc = decode_conf_change(e.data)
+            self.stats["conf_changes"] += 1
+            self.log("conf change applied", e.index, cc)
+            if cc.type == ConfChangeType.REMOVE:
+                n = self.nodes.get(cc.node_id)
+                if n is not None and not n.removed:
+                    n.removed = True
+                    self.at(self.now + self.rng.randint(0, 300), self._shutdown, n)
+        elif e.data:
+            oid = int(e.data.split(b":", 1)[0])
+            if oid in self.op_index:
+                self.fail(f"op {oid} committed twice: {self.op_index[oid]} and {e.index}")
+            self.op_index[oid] = e.index
+
+    def _serve_reads(self, node):
+        if not node.read_wait:
+            return
+        keep = []
+        for idx, op in node.read_wait:
+            if node.applied >= idx:
+                self._complete(op, "ok", node.state.get(op.key), node.applied)
+            else:
+                keep.append((idx, op))
+        node.read_wait = keep
+
+    def _drop_pending(self, node, upto):
+        for i in [i for i in node.props if i <= upto]:
+            self._complete(node.props.pop(i)[1], "unknown")
+
+    # ---- network -----------------------------------------------------------------------
+
+    def _cut(self, a, b):
+        g = self.groups
+        return g is not None and a in g and b in g and g[a] != g[b]
+
+    def _delay(self):
+        d = self.rng.randint(1, self.p.delay_max)
+        if self.p.spike and self.rng.random() < self.p.spike:
+            d += self.rng.randint(20, 150)
+        return d
+
+    def _send(self, src, m):
+        self.stats["msgs"] += 1
+        dst = self.nodes.get(m.to)
+        if dst is None:
+            return
+        lost = self._cut(src.id, m.to) or (self.loss and self.rng.random() < self.loss)
+        if m.type == MsgType.SNAPSHOT:
+            if lost:
+                self.at(self.now + self._delay(), self._snap_report, src, src.inc, m.to, False)
+                return
+            meta = src.disk.snapshot_meta()
+            msg = Message(MsgType.SNAPSHOT, frm=m.frm, to=m.to, term=m.term, snapshot=meta, done=True)
+            self.at(self.now + self._delay() * 3, self._deliver_snap, dst, msg,
+                    dict(src.disk.snapshot_data or {}), src, src.inc)
+            return
+        if lost:
+            return
+        self.at(self.now + self._delay(), self._deliver, dst, m)
+        if self.p.dup and self.rng.random() < self.p.dup:
+            self.at(self.now + self._delay(), self._deliver, dst, m)
+
+    def _deliver(self, dst, m):
+        if dst.core is None or self._cut(m.frm, dst.id):
+            return
+        dst.core.step(m)
+        self._after(dst)
+
+    def _deliver_snap(self, dst, m, data, src, src_inc):
+        ok = dst.core is not None and not self._cut(m.frm, dst.id)
+        if ok:
+            dst.recv_snaps[(m.snapshot.index, m.snapshot.term)] = data
+            dst.core.step(m)
+            self._after(dst)
+        self.at(self.now + self._delay(), self._snap_report, src, src_inc, dst.id, ok)
+
+    def _snap_report(self, src, inc, to, ok):
+        if src.inc == inc and src.core is not None:
+            src.core.report_snapshot(to, ok)
+            self._after(src)
+
+    # ---- time and faults ----------------------------------------------------------
+
+    def _tick(self, node, inc):
+        if node.inc != inc or node.core is None:
+            return
+        node.core.tick()
+        self._after(node)
+        self.at(self.now + TICK, self._tick, node, inc)
+
+    def _crash(self, node):
+        if node.core is None:
+            return
+        self.stats["crashes"] += 1
+        self.log("crash", node.id)
+        if node.busy is not None:
+            rd, _, prev_t = node.busy
+            if rd.snapshot is not None:
+                if self.rng.random() < 0.5:
+                    s = rd.snapshot
+                    node.disk.install_snapshot(s, node.recv_snaps.get((s.index, s.term)))
+            else:
+                k = self.rng.randint(0, len(rd.entries))
+                if k:
+                    self._check_entries(node, rd.entries[:k], prev_t)
+                    node.disk.append(rd.entries[:k])
+                if rd.hard_state is not None and self.rng.random() < 0.5:
+                    node.disk.set_hard_state(rd.hard_state)
+        node.core = None
+        node.busy = None
+        node.inc += 1
+        for i in list(node.props):
+            self._complete(node.props.pop(i)[1], "unknown")
+        for op in list(node.reads.values()) + [op for _, op in node.read_wait]:
+            self._complete(op, "fail")
+        node.reads, node.read_wait, node.recv_snaps = {}, [], {}
+        if self.p.fsm_loss and self.rng.random() < self.p.fsm_loss:
+            node.state = dict(node.disk.snapshot_data or {})
+            node.applied = node.disk.snapshot_meta().index
+        self.at(self.now + self.rng.randint(10, 300), self._restart, node)
+
+    def _restart(self, node):
+        if node.core is None and not node.gone:
+            self.log("restart", node.id)
+            self._start(node)
+
+    def _shutdown(self, node):
+        if not node.gone:
+            self.log("shutdown (removed)", node.id)
+            if node.core is not None:
+                self._crash(node)
+            node.gone = True
+
+    def _fault_crash(self):
+        if not self.active:
+            return
+        cands = [n for n in self.live() if not n.removed]
+        if cands:
+            self._crash(self.rng.choice(cands))
+        self.at(self.now + self.rng.randint(1, 2 * self.p.crash_every), self._fault_crash)
+
+    def _fault_partition(self):
+        if not self.active:
+            return
+        if self.groups is not None:
+            self.groups = None
+            self.log("heal")
+        else:
+            ids = [n.id for n in self.nodes.values() if not n.gone]
+            self.groups = {i: self.rng.randint(0, 1) for i in ids}
+            lead = self.leader()
+            if lead is not None and self.rng.random() < 0.5:   # isolate the leader
+                self.groups = {i: int(i == lead.id) for i in ids}
+            self.stats["partitions"] += 1
+            self.log("partition", self.groups)
+        self.at(self.now + self.rng.randint(1, 2 * self.p.partition_every), self._fault_partition)
+
+    def _fault_member(self):
+        if not self.active:
+            return
+        self.at(self.now + self.rng.randint(1, 2 * self.p.member_every), self._fault_member)
+        lead = self.leader()
+        if lead is None:
+            return
+        core = lead.core
+        members = core.members
+        voters = [m.node_id for m in members if m.voter]
+        learners = [m.node_id for m in members if not m.voter]
+        prog = core.progress()
+        r = self.rng.random()
+        cc = None
+        caught = [i for i in learners if i in prog and prog[i]["match"] >= core.commit - 2]
+        if caught and r < 0.6:
+            cc = ConfChange(ConfChangeType.PROMOTE, self.rng.choice(caught))
+        elif len(members) < 5 and r < 0.8:
+            node = self._new_node()
+            self._start(node)
+            cc = ConfChange(ConfChangeType.ADD_LEARNER, node.id, f"raft-{node.id}", f"http-{node.id}")
+        elif len(voters) > 1:
+            victim = self.rng.choice(voters + learners)
+            kind = ConfChangeType.DEMOTE if (victim in voters and self.rng.random() < 0.3) \
+                else ConfChangeType.REMOVE
+            cc = ConfChange(kind, victim)
+        if cc is None:
+            return
+        try:
+            core.propose_conf_change(cc)
+            self.log("propose", cc)
+        except (errors.ProposalDropped, errors.BadRequest, errors.NotLeader) as e:
+            self.log("conf change refused:", e)
+        self._after(lead)
+
+    def _fault_transfer(self):
+        if not self.active:
+            return
+        self.at(self.now + self.rng.randint(1, 2 * self.p.transfer_every), self._fault_transfer)
+        lead = self.leader()
+        if lead is None:
+            return
+        voters = sorted(lead.core.voters - {lead.id})
+        to = self.rng.choice(voters + [None]) if voters else None
+        try:
+            lead.core.transfer_leadership(to)
+            self.stats["transfers"] += 1
+        except errors.RaftSQLiteError:
+            pass
+        self._after(lead)
+
+    # ---- clients ---------------------------------------------------------------------
+
+    def _client(self, cid):
+        if not self.active:
+            return
+        rng = self.rng
+        kind = rng.choice(("w", "w", "c", "r", "ri", "ri"))
+        key = rng.choice(KEYS)
+        op = Op(self._next_op, kind, key, None, None, self.now, cid)
+        self._next_op += 1
+        if kind == "w":
+            op.a = str(op.id)
+        elif kind == "c":
+            op.a, op.b = rng.choice(("None", str(rng.randint(1, op.id)))), str(op.id)
+        else:
+            op.a = ""
+        self.ops.append(op)
+        live = self.live()
+        if not live:
+            self._complete(op, "fail")
+            return
+        if kind == "ri":
+            node = rng.choice(live)
+            op.node = node.id
+            ctx = str(op.id).encode()
+            try:
+                node.core.read_index(ctx)
+            except errors.LeaderNotFound:
+                self._complete(op, "fail")
+                return
+            node.reads[ctx] = op
+        else:
+            guess = self.nodes.get(self.client_leader.get(cid))
+            node = guess if guess is not None and guess.core is not None else rng.choice(live)
+            for _hop in range(2):
+                try:
+                    term, index = node.core.propose(op.data())
+                except errors.NotLeader as e:
+                    nxt = self.nodes.get(e.leader_id)
+                    if nxt is None or nxt.core is None:
+                        break
+                    node = nxt
+                    continue
+                except errors.ProposalDropped:
+                    break
+                op.node = node.id
+                self.client_leader[cid] = node.id
+                node.props[index] = (term, op)
+                break
+            else:
+                pass
+            if op.node is None:
+                self._complete(op, "fail")
+                return
+        self.at(self.now + OP_TIMEOUT, self._timeout, op)
+        self._after(node)
+
+    def _timeout(self, op):
+        if op.status is None:
+            self._complete(op, "unknown" if op.kind != "ri" else "fail")
+
+    def _complete(self, op, status, result=None, position=None):
+        if op.status is not None:
+            return
+        op.status, op.result, op.position, op.complete = status, result, position, self.now
+        if self.active:
+            pause = self.p.think_max if status == "ok" else 30   # back off after a failure
+            self.at(self.now + 1 + self.rng.randint(0, pause), self._client, op.client)
+
+    # ---- the run -----------------------------------------------------------------------
+
+    def run(self):
+        p = self.p
+        first = [self._new_node() for _ in range(p.n_initial)]
+        boot = [Member(n.id, f"raft-{n.id}", f"http-{n.id}") for n in first]
+        for n in first:
+            self._start(n)
+            n.core.bootstrap(boot)
+            self._after(n)
+        for cid in range(p.clients):
+            self.at(self.rng.randint(0, 50), self._client, cid)
+        if p.crash_every:
+            self.at(self.rng.randint(1, p.crash_every), self._fault_crash)
+        if p.partition_every:
+            self.at(self.rng.randint(1, p.partition_every), self._fault_partition)
+        if p.member_every:
+            self.at(self.rng.randint(1, p.member_every), self._fault_member)
+        if p.transfer_every:
+            self.at(self.rng.randint(1, p.transfer_every), self._fault_transfer)
+        self.at(p.duration, self._heal)
+        deadline = p.duration + 15000
+        q = self._q
+        while q:
+            t, _, fn, args = heapq.heappop(q)
+            self.now = t
+            self.stats["events"] += 1
+            fn(*args)
+            if not self.active and t >= self._next_check:
+                if self._converged():
+                    break
+                self._next_check = t + 50
+                if t > deadline:
+                    self.fail("no convergence 15 s after healing: " + self._describe())
+        self._final_checks()
+        return self
+
+    def _heal(self):
+        self.log("heal all; stop faults and clients")
+        self.active = False
+        self.groups = None
+        self.loss = 0.0
+        for n in self.nodes.values():
+            if n.core is None and not n.gone and not n.removed:
+                self.at(self.now + self.rng.randint(1, 50), self._restart, n)
+        self._next_check = self.now + OP_TIMEOUT
+
+    def _converged(self):
+        lead = self.leader()
+        if lead is None or lead.busy is not None:
+            return False
+        c = lead.core
+        if c.commit != c.last_index or lead.applied != c.commit:
+            return False
+        if any(op.status is None for op in self.ops):
+            return False
+        for m in c.members:
+            n = self.nodes.get(m.node_id)
+            if n is None or n.core is None or n.busy is not None or n.applied != c.commit:
+                return False
+        return True
+
+    def _describe(self):
+        out = []
+        for n in self.nodes.values():
+            if n.core is None:
+                out.append(f"{n.id}: down gone={n.gone} removed={n.removed}")
+            else:
+                c = n.core
+                out.append(f"{n.id}: {c.role.value} term={c.term} leader={c.leader} commit={c.commit} "
+                           f"applied={n.applied} last={c.last_index} members={[m.node_id + ('' if m.voter else '~') for m in c.members]}"
+                           f" progress={c.progress()}")
+        return "\n  " + "\n  ".join(out)
+
+    def _final_checks(self):
+        lead = self.leader()
+        members = [self.nodes[m.node_id] for m in lead.core.members]
+        ref = members[0].state
+        for n in members:
+            if n.state != ref:
+                self.fail(f"state of {n.id} {n.state} != {members[0].id} {ref}")
+        top = lead.core.commit
+        for op in self.ops:
+            if op.kind == "ri":
+                continue
+            idx = self.op_index.get(op.id)
+            if op.status == "ok":
+                if idx != op.position:
+                    self.fail(f"acknowledged {op} committed at {idx}")
+                if idx > top:
+                    self.fail(f"acknowledged {op} beyond final commit {top}")
+            elif op.status == "fail" and idx is not None:
+                self.fail(f"definitely failed {op} was committed at {idx}")
+        self._check_linearizable()
+
+    def _check_linearizable(self):
+        """Every op has a point in the committed order: log ops their index, ReadIndex
+        reads the applied index they read at. Results must match the order, and an op
+        invoked after another completed must not be placed before it."""
+        # register value per key after each index
+        hist = {k: [(0, None)] for k in KEYS}
+        vals = {}
+        for i in range(1, max(self.global_log, default=0) + 1):
+            term, data = self.global_log[i]
+            if not data or data[:1] not in b"0123456789":
+                continue
+            oid, kind, key, a, b = data.decode().split(":")
+            cur = vals.get(key)
+            if kind == "w" or (kind == "c" and cur == a):
+                vals[key] = a if kind == "w" else b
+                hist[key].append((i, vals[key]))
+
+        def value_at(key, i):   # after applying index i
+            h = hist[key]
+            lo, hi = 0, len(h)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if h[mid][0] <= i:
+                    lo = mid
+                else:
+                    hi = mid
+            return h[lo][1]
+
+        ok = [op for op in self.ops if op.status == "ok"]
+        for op in ok:
+            if op.kind == "ri" or op.kind == "r":
+                want = value_at(op.key, op.position if op.kind == "ri" else op.position - 1)
+                if op.result != want:
+                    self.fail(f"{op} read {op.result!r}, committed order says {want!r}")
+            elif op.kind == "c":
+                want = value_at(op.key, op.position - 1) == op.a
+                if op.result != want:
+                    self.fail(f"{op} cas result {op.result}, committed order says {want}")
+        by_complete = sorted(ok, key=lambda o: (o.complete, o.id))
+        k = 0
+        best = None
+        for op in sorted(ok, key=lambda o: (o.invoke, o.id)):
+            while k < len(by_complete) and by_complete[k].complete < op.invoke:
+                c = by_complete[k]
+                if best is None or c.position > best.position:
+                    best = c
+                k += 1
+            if best is None:
+                continue
+            if op.position < best.position or (op.kind != "ri" and op.position == best.position):
+                self.fail(f"not linearizable: {op} invoked after {best} completed, "
+                          f"but ordered before it")
+
+    def summary(self):
+        st = {}
+        for op in self.ops:
+            st[op.status] = st.get(op.status, 0) + 1
+        return (f"seed {self.seed}: t={self.now} ops={st} leaders={len(self.leaders)} "
+                f"commit={max(self.global_log, default=0)} nodes={len(self.nodes)} {self.stats}")
+
+
+def run_seed(seed, duration=1500, verbose=False):
+    return Sim(seed, duration, verbose).run()
+
+
+def replay_command(seed, duration):
+    extra = f" --duration {duration}" if duration != 1500 else ""
+    return f"python -m raftsqlite.raft.sim --seed {seed}{extra} -v"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=100, help="number of seeds to run")
+    ap.add_argument("--start", type=int, default=0, help="first seed")
+    ap.add_argument("--seed", type=int, help="run exactly this seed")
+    ap.add_argument("--duration", type=int, default=1500, help="simulated ms of faults and load")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    seeds = [a.seed] if a.seed is not None else range(a.start, a.start + a.seeds)
+    t0 = time.time()
+    failures = 0
+    n = 0
+    for seed in seeds:
+        n += 1
+        try:
+            sim = run_seed(seed, a.duration, a.verbose)
+            if a.verbose or a.seed is not None:
+                print(sim.summary())
+        except Exception as e:  # noqa: BLE001 - any failure of a seed is reported the same way
+            failures += 1
+            print(f"FAIL seed {seed}: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"  replay: {replay_command(seed, a.duration)}", file=sys.stderr)
+        if n % 100 == 0:
+            print(f"{n} seeds, {failures} failures, {time.time() - t0:.1f}s", flush=True)
+    print(f"ran {n} seeds from {seeds[0]}: {failures} failures in {time.time() - t0:.1f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,627 @@
+"""The store: what the HTTP layer calls. Writes through the Raft log with group commit,
+reads at the consistency levels of rqlite, membership, backups and loads.
+
+Group commit (DESIGN.md decision 10): a write arriving when fewer than ``max_inflight``
+proposals are in flight is proposed at once (one client sees one round trip); writes
+arriving while proposals are in flight queue up and leave together, as one log entry,
+when a slot frees. The FSM applies each entry in one SQLite transaction and keeps every
+request's results and atomicity apart.
+
+Reads: ``none`` reads locally (optionally bounded by ``freshness``), ``weak`` reads
+locally on a node that believes it leads, ``linearizable`` first confirms leadership
+with a ReadIndex round, ``strong`` sends the read through the log, ``auto`` is ``none``
+on a non-voter and ``weak`` elsewhere. Local reads run on one thread pool, never on the
+event loop.
+"""
+import asyncio
+import collections
+import os
+import random
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from raftsqlite import sqlrewrite
+from raftsqlite.codec.model import Command, CommandType, Request, Statement
+from raftsqlite.config import StoreConfig
+from raftsqlite.db import split_sql
+from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped, RaftSQLiteError, StaleRead,
+                               Timeout)
+
+LEVELS = ("none", "weak", "linearizable", "strong", "auto")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_QUERY_WRITE_ERROR = "attempt to change database via query operation"
+
+
+class Store:
+    def __init__(self, raft, fsm, db, config: StoreConfig = None, *, node_id="", voter=True,
+                 encode=None):
+        self.raft = raft
+        self.fsm = fsm
+        self.db = db
+        self.config = config or StoreConfig()
+        self.node_id = node_id
+        self.voter = voter
+        if encode is None:
+            from raftsqlite.codec import encode_command as encode
+        self._encode = encode
+        self._reads = ThreadPoolExecutor(self.config.read_threads,
+                                         thread_name_prefix="raftsqlite-read")
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="raftsqlite-store-io")
+        self._queue = collections.deque()
+        self._inflight = 0
+        self._wait_handle = None
+        self._rng = random.Random()
+        self._closed = False
+        self.counters = {"writes": 0, "write_batches": 0, "batched_requests": 0,
+                         "max_batch": 0, "reads_local": 0, "reads_linearizable": 0,
+                         "reads_strong": 0, "not_leader": 0, "write_errors": 0}
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def close(self):
+        self._closed = True
+        for _, fut, _ in self._queue:
+            if not fut.done():
+                fut.set_exception(OutcomeUnknown("node is shutting down"))
+        self._queue.clear()
+        self._reads.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+    # ---- leadership -------------------------------------------------------------------
+    def is_leader(self) -> bool:
+        return bool(self.raft.is_leader)
+
+    def members(self):
+        return list(self.raft.members)
+
+    def member(self, node_id):
+        for m in self.raft.members:
+            if m.node_id == node_id:
+                return m
+        return None
+
+    def leader(self):
+        lid = self.raft.leader_id
+        return self.member(lid) if lid else None
+
+    def _not_leader(self):
+        self.counters["not_leader"] += 1
+        lead = self.leader()
+        if lead is None:
+            return LeaderNotFound("leader not found")
+        return NotLeader(f"not leader; leader is {lead.node_id} at {lead.http_addr}",
+                         leader_id=lead.node_id, leader_addr=lead.http_addr)
+
+    def _require_leader(self):
+        if not self.raft.is_leader:
+            raise self._not_leader()
+
+    def ready(self) -> bool:
+        """A leader is known and this node has applied what it knew to be committed."""
+        if not self.raft.leader_id:
+            return False
+        return self.fsm.applied_index() >= min(self.raft.commit_index,
+                                               self.raft.last_log_index)
+
+    # ---- writes -----------------------------------------------------------------------
+    async def execute(self, statements, *, transaction=False, request_id=None, timeout=None):
+        """Apply statements through the log. -> {"results": [...], "raft_index": int}."""
+        stmts = self._validate(statements)
+        if not stmts:
+            return {"results": [], "raft_index": self.fsm.applied_index()}
+        stmts = sqlrewrite.rewrite_statements(stmts, rng=self._rng)
+        self._require_leader()
+        rid = _request_id(request_id)
+        index, results = await self._submit(Request(stmts, bool(transaction), rid),
+                                            timeout or self.config.write_timeout)
+        self.counters["writes"] += 1
+        return {"results": results, "raft_index": index}
+
+    def _submit(self, req, timeout):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        size = sum(len(s.sql) + 16 * (len(s.params) if s.params else 0) for s in req.statements)
+        self._queue.append((req, fut, size))
+        if self._inflight < self.config.max_inflight:
+            if self.config.batch_wait > 0 and self._inflight == 0:
+                if self._wait_handle is None:
+                    self._wait_handle = loop.call_later(self.config.batch_wait, self._flush)
+            else:
+                self._flush()
+        return self._await(fut, timeout)
+
+    async def _await(self, fut, timeout):
+        # A timer instead of wait_for(shield(...)): no extra task per write on the hot path.
+        # The batch still completes for everyone else; this caller just stops waiting.
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, fut, timeout)
+        try:
+            return await fut
+        finally:
+            handle.cancel()
+
+    def _flush(self):
+        self._wait_handle = None
+        cfg = self.config
+        while self._queue and self._inflight < cfg.max_inflight:
+            batch, nbytes = [], 0
+            while self._queue and len(batch) < cfg.batch_max_requests:
+                item = self._queue[0]
+                if batch and nbytes + item[2] > cfg.batch_max_bytes:
+                    break
+                self._queue.popleft()
+                if item[1].done():      # caller gave up before we proposed: drop it
+                    continue
+                batch.append(item)
+                nbytes += item[2]
+            if not batch:
+                continue
+            self._inflight += 1
+            asyncio.get_running_loop().create_task(self._propose_batch(batch))
+
+    async def _propose_batch(self, batch):
+        try:
+            try:
+                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch]))
+            except (EncodeError, ValueError, TypeError, OverflowError):
+                if len(batch) == 1:
+                    raise
+                # one request cannot be encoded: propose each alone so only it fails
+                await asyncio.gather(*(self._propose_batch([b]) for b in batch))
+                return
+            self.counters["write_batches"] += 1
+            self.counters["batched_requests"] += len(batch)
+            self.counters["max_batch"] = max(self.counters["max_batch"], len(batch))
+            res = await self.raft.propose(data, self.config.write_timeout)
+            index, results = res["index"], res["results"]
+            for i, (_, fut, _) in enumerate(batch):
+                if not fut.done():
+                    fut.set_result((index, results[i]))
+        except Exception as exc:  # every caller of the batch learns the same outcome
+            self.counters["write_errors"] += 1
+            err = self._map_error(exc)
+            for _, fut, _ in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+        finally:
+            self._inflight -= 1
+            if self._queue and not self._closed:
+                self._flush()
+
+    def _map_error(self, exc):
+        if isinstance(exc, NotLeader):
+            return self._not_leader()
+        if isinstance(exc, ProposalDropped) and not self.raft.is_leader:
+            # definitely not committed and we lost leadership: the caller (HTTP) may
+            # safely forward the same request to the new leader
+            return self._not_leader()
+        if isinstance(exc, (EncodeError, OverflowError, TypeError, ValueError)) and \
+                not isinstance(exc, RaftSQLiteError):
+            return BadRequest(f"cannot encode request: {exc}")
+        if isinstance(exc, EncodeError):
+            return BadRequest(f"cannot encode request: {exc}")
+        if isinstance(exc, RaftSQLiteError):
+            return exc
+        if isinstance(exc, asyncio.TimeoutError):
+            return Timeout("proposal timed out; outcome unknown")
+        return OutcomeUnknown(f"write failed: {type(exc).__name__}: {exc}")
+
+    async def system(self, ops, *, timeout=None):
+        """Propose SYSTEM ops ``[(name, args: bytes)]`` (handled by FSM handlers registered
+        by name, e.g. the sharding catalog). -> {"results": [one per op], "raft_index"}."""
+        ops = [(str(n), bytes(a)) for n, a in ops]
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.SYSTEM, ops=ops),
+                                      timeout or self.config.write_timeout)
+        return {"results": res["results"], "raft_index": res["index"]}
+
+    async def barrier(self, *, timeout=None):
+        """Return once everything proposed before this call is applied here (leader)."""
+        self._require_leader()
+        res = await self._propose_one(Command(CommandType.NOOP),
+                                      timeout or self.config.write_timeout)
+        return res["index"]
+
+    async def _propose_one(self, cmd, timeout):
+        try:
+            data = self._encode(cmd)
+        except (EncodeError, ValueError, TypeError, OverflowError) as exc:
+            raise BadRequest(f"cannot encode request: {exc}") from None
+        try:
+            return await self.raft.propose(data, timeout)
+        except Exception as exc:
+            raise self._map_error(exc) from None
+
+    # ---- reads ------------------------------------------------------------------------
+    async def query(self, statements, *, level="weak", freshness=None, freshness_strict=False,
+                    transaction=False, db_timeout=None, timeout=None):
+        """Run reads. -> {"results": [...]} (a write statement gets an error result)."""
+        stmts = self._validate(statements)
+        level = self._level(level)
+        for st in stmts:
+            sqlrewrite.check(st.sql)
+        if not stmts:
+            return {"results": []}
+        timeout = timeout or self.config.read_timeout
+        if level == "strong":
+            self._require_leader()
+            reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
+            runnable = [st for st in reads if st is not None]
+            res = await self._propose_one(
+                Command(CommandType.QUERY, [Request(runnable, bool(transaction))]), timeout)
+            self.counters["reads_strong"] += 1
+            return {"results": _merge_refused(reads, res["results"][0] if runnable else []),
+                    "raft_index": res["index"]}
+        if level == "none":
+            self._check_fresh(freshness, freshness_strict)
+        else:
+            self._require_leader()
+            if level == "linearizable":
+                try:
+                    await self.raft.read_index(timeout)
+                except Exception as exc:
+                    raise self._map_error(exc) from None
+                self.counters["reads_linearizable"] += 1
+        return {"results": await self._local_read(stmts, transaction, db_timeout)}
+
+    async def _local_read(self, stmts, transaction, db_timeout):
+        reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
+        pairs = [(st.sql, st.params) for st in reads if st is not None]
+        budget = self.config.inline_read_budget
+        if budget > 0 and (db_timeout is None or db_timeout > budget):
+            res = self.db.read_inline(pairs, transaction=bool(transaction), budget=budget)
+            if res is not None:
+                self.counters["reads_local"] += 1
+                return _merge_refused(reads, res)
+        loop = asyncio.get_running_loop()
+        res = await loop.run_in_executor(
+            self._reads, lambda: self.db.read(pairs, transaction=bool(transaction),
+                                              db_timeout=db_timeout))
+        self.counters["reads_local"] += 1
+        return _merge_refused(reads, res)
+
+    def _level(self, level):
+        level = (level or "weak").lower()
+        if level not in LEVELS:
+            raise BadRequest(f"unknown read consistency level {level!r}; use one of "
+                             f"{', '.join(LEVELS)}")
+        if level == "auto":
+            level = "weak" if self.voter else "none"
+        return level
+
+    def _check_fresh(self, freshness, strict):
+        if not freshness or self.raft.is_leader:
+            return
+        age = self._leader_contact_age()
+        if not self.raft.leader_id or age is None:
+            raise StaleRead("no leader contact; data may be stale beyond freshness")
+        if age > freshness:
+            raise StaleRead(f"last leader contact {age:.3f}s ago exceeds freshness "
+                            f"{freshness:g}s")
+        if strict and self.fsm.applied_index() < self.raft.commit_index:
+            raise StaleRead("this node has not applied everything committed yet "
+                            "(freshness_strict)")
+
+    def _leader_contact_age(self):
+        """Seconds since this follower last heard from its leader, or None if unknown."""
+        contact = getattr(self.raft, "last_leader_contact", None)
+        if contact is not None:
+            return time.monotonic() - contact
+        # Until the driver exposes it: the core counts ticks since the leader's last
+        # message (reset by every append and heartbeat), so ticks x tick length is the age.
+        core = getattr(self.raft, "core", None)
+        ticks = getattr(core, "_election_elapsed", None)
+        tick = getattr(getattr(self.raft, "config", None), "tick_interval", None)
+        if ticks is None or tick is None:
+            return None
+        return ticks * tick
+
+    async def request(self, statements, *, transaction=False, request_id=None, level="weak",
+                      freshness=None, freshness_strict=False, db_timeout=None, timeout=None):
+        """Mixed reads and writes: all reads -> a read at ``level``; any write -> the
+        whole request goes through the log (reads in it see the log's order)."""
+        stmts = self._validate(statements)
+        if stmts and all(sqlrewrite.is_read_only(st.sql) for st in stmts):
+            return await self.query(stmts, level=level, freshness=freshness,
+                                    freshness_strict=freshness_strict, transaction=transaction,
+                                    db_timeout=db_timeout, timeout=timeout)
+        return await self.execute(stmts, transaction=transaction, request_id=request_id,
+                                  timeout=timeout)
+
+    # ---- validation -------------------------------------------------------------------
+    def _validate(self, statements):
+        if not isinstance(statements, (list, tuple)):
+            raise BadRequest("statements must be a list")
+        if len(statements) > self.config.max_statements:
+            raise PayloadTooLarge(f"too many statements: {len(statements)} > "
+                                  f"{self.config.max_statements}")
+        out = []
+        for i, st in enumerate(statements):
+            if isinstance(st, str):
+                st = Statement(st)
+            if not isinstance(st, Statement) or not isinstance(st.sql, str):
+                raise BadRequest(f"statement {i} is not SQL text")
+            p = st.params
+            if p is not None:
+                if isinstance(p, tuple):
+                    p = list(p)
+                    st = Statement(st.sql, p)
+                if isinstance(p, list):
+                    for v in p:
+                        _check_value(v, i)
+                elif isinstance(p, dict):
+                    for k, v in p.items():
+                        if not isinstance(k, str) or not k:
+                            raise BadRequest(f"statement {i}: parameter names must be "
+                                             f"non-empty strings")
+                        _check_value(v, i)
+                else:
+                    raise BadRequest(f"statement {i}: parameters must be a list or an object")
+            out.append(st)
+        return out
+
+    # ---- membership -------------------------------------------------------------------
+    async def join(self, node_id, raft_addr, http_addr="", voter=True, timeout=None):
+        """Add a member (learner first, promoted once caught up when ``voter``). Joining
+        again with the same addresses is harmless; new addresses replace the old."""
+        if not node_id or not isinstance(node_id, str) or not isinstance(raft_addr, str) \
+                or not raft_addr:
+            raise BadRequest("join needs node_id and raft_addr")
+        self._require_leader()
+        timeout = timeout or max(self.config.write_timeout, 30.0)
+        m = self.member(node_id)
+        if m is not None:
+            if m.raft_addr == raft_addr and (not http_addr or m.http_addr == http_addr) \
+                    and bool(m.voter) == bool(voter):
+                return {"node_id": node_id, "already_member": True}
+            if m.raft_addr != raft_addr or (http_addr and m.http_addr != http_addr):
+                await self._call(self.raft.remove_member(node_id, timeout=timeout))
+        nudge = asyncio.get_running_loop().create_task(self._nudge(node_id))
+        try:
+            await self._call(self.raft.add_member(node_id, raft_addr, http_addr,
+                                                  voter=bool(voter), timeout=timeout))
+        finally:
+            nudge.cancel()
+        # once more after a learner-only add, which returns before any replication
+        await self._nudge_once()
+        return {"node_id": node_id, "already_member": False}
+
+    async def _nudge(self, node_id):
+        """While a new member catches up, append a no-op now and then. A new member's
+        first probe can be lost (it is sent before the connection exists); with the log
+        idle the leader has nothing new to send, so it would wait forever. A fresh entry
+        gives it something to send and the follower's reject starts the back-off."""
+        while True:
+            await asyncio.sleep(0.5)
+            await self._nudge_once()
+
+    async def _nudge_once(self):
+        try:
+            if self.raft.is_leader:
+                await self.raft.propose(self._encode(Command(CommandType.NOOP)), 5.0)
+        except Exception:  # best effort: the next nudge or write does the same job
+            pass
+
+    async def remove(self, node_id, timeout=None):
+        if not node_id or not isinstance(node_id, str):
+            raise BadRequest("remove needs a node id")
+        self._require_leader()
+        if self.member(node_id) is None:
+            raise NotFound(f"node {node_id!r} is not a member")
+        await self._call(self.raft.remove_member(node_id, timeout=timeout or 30.0))
+        return {"node_id": node_id}
+
+    async def transfer_leadership(self, to=None, timeout=None):
+        self._require_leader()
+        if to is not None and self.member(to) is None:
+            raise NotFound(f"node {to!r} is not a member")
+        await self._call(self.raft.transfer_leadership(to, timeout=timeout or 10.0))
+        return {"leader": self.raft.leader_id}
+
+    async def _call(self, aw):
+        try:
+            return await aw
+        except Exception as exc:
+            raise self._map_error(exc) from None
+
+    async def snapshot(self):
+        """Take a snapshot now and compact the log."""
+        fn = getattr(self.raft, "snapshot", None) or getattr(self.raft, "take_snapshot", None) \
+            or getattr(self.raft, "_take_snapshot", None)   # until the driver has a public one
+        if fn is None:
+            raise RaftSQLiteError("this Raft engine cannot take snapshots on demand")
+        return await self._call(fn())
+
+    # ---- backup and load --------------------------------------------------------------
+    async def backup(self, path=None, *, fmt="binary", tables=None):
+        """Write a backup to ``path`` (default: a new temp file in the data dir) and
+        return the path; the caller streams and deletes it. ``fmt``: "binary" (a SQLite
+        file) or "sql" (a dump)."""
+        if fmt not in ("binary", "sql"):
+            raise BadRequest(f"unknown backup format {fmt!r}; use binary or sql")
+        if path is None:
+            d = os.path.join(os.path.dirname(self.db.path), "tmp")
+            os.makedirs(d, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix="backup-", suffix=".sqlite" if fmt == "binary"
+                                        else ".sql", dir=d)
+            os.close(fd)
+
+        def work():
+            if fmt == "binary":
+                self.db.backup_to(path)
+            else:
+                with open(path, "w", encoding="utf-8") as f:
+                    for line in self.db.iterdump(tables=tables):
+                        f.write(line)
+                        f.write("\n")
+            return path
+        return await asyncio.get_running_loop().run_in_executor(self._io, work)
+
+    async def load(self, source, *, fmt=None, timeout=None):
+        """Load a SQLite file (replaces every user table) or a SQL dump (executed as
+        given) through the log, so every member gets it. ``source``: a path, or bytes.
+        The format is detected from the content (``fmt`` is accepted for the HTTP layer;
+        the file's header decides)."""
+        self._require_leader()
+        loop = asyncio.get_running_loop()
+        tmp = None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            if data[:16] == b"SQLite format 3\x00":
+                fd, tmp = tempfile.mkstemp(prefix="load-", dir=os.path.dirname(self.db.path))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                source = tmp
+            else:
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest("load: body is neither a SQLite file nor UTF-8 SQL text") \
+                        from None
+                source = None
+        try:
+            if source is not None:
+                if not os.path.exists(source):
+                    raise BadRequest(f"load: no such file {source}")
+                is_db = self.db.is_sqlite_file(source)
+                if is_db:
+                    stmts = await loop.run_in_executor(
+                        self._io, lambda: list(self.db.iterdump(path=source)))
+                else:
+                    with open(source, "r", encoding="utf-8") as f:
+                        text = f.read()
+            else:
+                is_db = False
+            if not is_db:
+                stmts = await loop.run_in_executor(self._io, split_sql, text)
+        finally:
+            if tmp:
+                os.unlink(tmp)
+        stmts = [s for s in stmts if not _is_dump_control(s)]
+        for s in stmts:
+            sqlrewrite.check(s)
+        timeout = timeout or max(self.config.write_timeout, 60.0)
+        index = 0
+        if is_db:
+            res = await self._propose_one(Command(CommandType.SYSTEM, ops=[("drop_all", b"")]),
+                                          timeout)
+            index = res["index"]
+        errors, n = [], 0
+        for chunk in _chunks(stmts, self.config.batch_max_bytes):
+            req = Request([Statement(s) for s in chunk], transaction=True)
+            res = await self._propose_one(Command(CommandType.EXECUTE, [req]), timeout)
+            index = res["index"]
+            for r in res["results"][0]:
+                if "error" in r:
+                    errors.append(r["error"])
+            n += len(chunk)
+            if errors:
+                break
+        out = {"statements": n, "raft_index": index}
+        if errors:
+            out["error"] = errors[0]
+        return out
+
+    # ---- status -----------------------------------------------------------------------
+    def status(self) -> dict:
+        """rqlite's /status "store" section (its keys), plus ours."""
+        lead = self.leader()
+        r = self.raft
+        role = getattr(r, "role", None)
+        state = (getattr(role, "value", role) or ("leader" if r.is_leader else "follower"))
+        return {
+            "node_id": self.node_id,
+            "raft": {"state": str(state).replace("-", " ").title().replace(" ", ""),
+                     "voter": self.voter, "term": r.term,
+                     "commit_index": r.commit_index, "applied_index": r.applied_index,
+                     "last_log_index": r.last_log_index,
+                     "last_snapshot_index": r.last_snapshot_index},
+            "leader": {"node_id": lead.node_id if lead else "",
+                       "addr": lead.raft_addr if lead else "",
+                       "api_addr": lead.http_addr if lead else ""},
+            "is_leader": self.is_leader(),
+            "ready": self.ready(),
+            "fsm_index": self.fsm.applied_index(),
+            "db_applied_index": self.fsm.applied_index(),
+            "sqlite3": {"path": self.db.path, "size": self.db.file_size()},
+            "members": [{"node_id": m.node_id, "raft_addr": m.raft_addr,
+                         "http_addr": m.http_addr, "voter": m.voter} for m in self.members()],
+            "group_commit": {"batches": self.counters["write_batches"],
+                             "requests": self.counters["batched_requests"],
+                             "max_batch": self.counters["max_batch"]},
+        }
+
+    async def wait_synced(self, timeout=None):
+        """Wait until this node has applied everything committed when called."""
+        target = self.raft.commit_index
+        deadline = time.monotonic() + (timeout or self.config.read_timeout)
+        while self.fsm.applied_index() < target:
+            if time.monotonic() > deadline:
+                raise Timeout(f"not synced within {timeout}s (applied "
+                              f"{self.fsm.applied_index()} < {target})")
+            await asyncio.sleep(0.01)
+
+    def stats(self) -> dict:
+        c = dict(self.counters)
+        c["queue_depth"] = len(self._queue)
+        c["inflight"] = self._inflight
+        c["avg_batch"] = (c["batched_requests"] / c["write_batches"]) if c["write_batches"] else 0
+        return {"store": c, "fsm": self.fsm.stats(), "db": self.db.stats(),
+                "raft": self.raft.stats() if hasattr(self.raft, "stats") else {}}
+
+
+def _expire(fut, timeout):
+    if not fut.done():
+        fut.set_exception(Timeout(f"write not confirmed within {timeout:g}s; it may still "
+                                  f"be applied (outcome unknown)"))
+
+
+def _check_value(v, i):
+    if v is None or isinstance(v, (str, bytes, bool, float)):
+        return
+    if isinstance(v, int):
+        if not (_INT64[0] <= v <= _INT64[1]):
+            raise BadRequest(f"statement {i}: integer parameter {v} is outside 64 bits")
+        return
+    if isinstance(v, (bytearray, memoryview)):
+        return
+    raise BadRequest(f"statement {i}: unsupported parameter type {type(v).__name__}")
+
+
+def _request_id(rid):
+    if rid is None or rid == "" or rid == b"":
+        return None
+    if isinstance(rid, str):
+        return rid.encode("utf-8")
+    if isinstance(rid, (bytes, bytearray)):
+        return bytes(rid)
+    if isinstance(rid, int):
+        return str(rid).encode()
+    raise BadRequest("request_id must be a string")
+
+
+def _merge_refused(reads, results):
+    """Re-insert an error result for each write statement that a read refused to run."""
+    out, it = [], iter(results)
+    for st in reads:
+        out.append(next(it, {"error": "not executed"}) if st is not None
+                   else {"error": _QUERY_WRITE_ERROR})
+    return out
+
+
+def _is_dump_control(s):
+    u = s.lstrip().upper()
+    return u.startswith(("BEGIN", "COMMIT", "END TRANSACTION", "ROLLBACK", "PRAGMA",
+                         "SAVEPOINT", "RELEASE"))
+
+
+def _chunks(stmts, max_bytes):
+    chunk, size = [], 0
+    for s in stmts:
+        if chunk and size + len(s) > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(s)
+        size += len(s)
+    if chunk:
+        yield chunk

@@ -1,0 +1,215 @@
+"""Real rqlite clients from PyPI against a real 3-node raft-sqlite cluster, pointed at the
+leader and at a follower; backup from one cluster loaded into a fresh one."""
+import json
+
+import pytest
+
+from tests.api.procs import LocalCluster, http, node_available
+
+pytestmark = [pytest.mark.cluster,
+              pytest.mark.skipif(not node_available(), reason="raft-sqlite node not built")]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cl = LocalCluster(3, str(tmp_path_factory.mktemp("e2e"))).start()
+    yield cl
+    cl.stop()
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_pyrqlite_dbapi(cluster, role):
+    """pyrqlite: create, parameterized insert, select with types, BLOBs, errors, through
+    the leader and through a follower (which forwards)."""
+    import pyrqlite.dbapi2 as dbapi2
+    addr = cluster.leader() if role == "leader" else cluster.follower()
+    host, port = addr.split(":")
+    conn = dbapi2.connect(host=host, port=int(port))
+    cur = conn.cursor()
+    t = f"py_{role}"
+    cur.execute(f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB)")
+    cur.execute(f"INSERT INTO {t}(name, score, data) VALUES(?, ?, ?)", ("fiona", 2.5, b"\x00\xff"))
+    assert cur.lastrowid == 1
+    cur.executemany(f"INSERT INTO {t}(name, score) VALUES(?, ?)", [("a", 1.0), ("b", 2.0)])
+    cur.execute(f"SELECT id, name, score, data FROM {t} ORDER BY id")
+    rows = cur.fetchall()
+    assert [tuple(r.values()) if hasattr(r, "values") else tuple(r) for r in rows][0][:3] == \
+        (1, "fiona", 2.5)
+    assert len(rows) == 3
+    cur.execute(f"UPDATE {t} SET score = score + 1 WHERE name IN ('a', 'b')")
+    assert cur.rowcount == 2
+    with pytest.raises(dbapi2.Error):
+        cur.execute("INSERT INTO no_such_table VALUES(1)")
+    conn.close()
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_sqlalchemy_orm(cluster, role):
+    """sqlalchemy-rqlite: create_all, insert, query, update, delete through
+    rqlite+pyrqlite://, via the leader and via a follower."""
+    sa = pytest.importorskip("sqlalchemy")
+    from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = f"users_{role}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+        age: Mapped[int] = mapped_column(default=0)
+
+    addr = cluster.leader() if role == "leader" else cluster.follower()
+    engine = sa.create_engine(f"rqlite+pyrqlite://{addr}/")
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all([User(name="ann", age=30), User(name="bob", age=40)])
+        s.commit()
+        assert [u.name for u in s.query(User).order_by(User.id)] == ["ann", "bob"]
+        bob = s.query(User).filter_by(name="bob").one()
+        bob.age = 41
+        s.commit()
+        assert s.query(User).filter_by(name="bob").one().age == 41
+        s.delete(bob)
+        s.commit()
+        assert s.query(User).count() == 1
+    engine.dispose()
+
+
+def test_backup_then_load_into_fresh_cluster(cluster, tmp_path):
+    """GET /db/backup from one cluster, POST /db/load into a fresh one: same content on
+    every member of the new cluster."""
+    src = f"http://{cluster.leader()}"
+    st, _ = http("POST", src + "/db/execute", [
+        "CREATE TABLE bk (id INTEGER PRIMARY KEY, v TEXT, b BLOB)"])
+    assert st == 200
+    st, _ = http("POST", src + "/db/execute?transaction",
+                 [["INSERT INTO bk(v, b) VALUES(?, ?)", f"v{i}", [i % 256, 1]] for i in range(500)])
+    assert st == 200
+    q = "/db/query?q=SELECT%20*%20FROM%20bk%20ORDER%20BY%20id"
+    want = http("GET", src + q)[1]
+    st, backup = http("GET", src + "/db/backup")
+    assert st == 200 and backup.startswith(b"SQLite format 3\x00")
+    st, dump = http("GET", src + "/db/backup?fmt=sql")
+    assert st == 200 and b"CREATE TABLE bk" in dump
+
+    fresh = LocalCluster(3, str(tmp_path)).start()
+    try:
+        st, body = http("POST", f"http://{fresh.follower()}/db/load", backup,
+                        ctype="application/octet-stream", timeout=60)
+        assert st == 200, body
+        for a in fresh.http:  # each member's own copy (level=none), once it has caught up
+            fresh._wait(lambda: http("GET", f"http://{a}{q}&level=none")[1] == want, 30,
+                        f"{a} to hold the loaded data")
+    finally:
+        fresh.stop()
+
+
+def test_random_requests_against_real_nodes_never_500(cluster):
+    """The no-500 property again, against real nodes (leader and follower), so errors the
+    real store raises are covered too."""
+    import json as _json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.api.test_property import METHODS, PATHS, bodies, query_strings
+
+    paths = [p for p in PATHS if p not in ("/remove", "/leader", "/join", "/db/load",
+                                           "/snapshot")]
+    addrs = [cluster.leader(), cluster.follower()]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(method=st.sampled_from(METHODS), path=st.sampled_from(paths), qs=query_strings(),
+           body=bodies, which=st.sampled_from([0, 1]))
+    def check(method, path, qs, body, which):
+        url = f"http://{addrs[which]}{path}" + ("?" + qs if qs else "")
+        st_, resp = http(method, url, body or None, timeout=30)
+        assert st_ != 500, (method, path, qs, body, resp)
+        if st_ >= 400:
+            assert set(_json.loads(resp)) == {"error", "code"}, resp
+    check()
+    assert all(http("GET", f"http://{a}/readyz")[0] == 200 for a in cluster.http)
+
+
+RQLITE_JS = r"""
+const { DataApiClient } = require('rqlite-js');
+(async () => {
+  const c = new DataApiClient(process.argv[2]);
+  const t = process.argv[3];
+  const out = {};
+  let r = await c.execute(`CREATE TABLE ${t} (id integer not null primary key, name text)`);
+  out.create_error = r.hasError();
+  r = await c.execute([`INSERT INTO ${t}(name) VALUES('fiona')`, `INSERT INTO ${t}(name) VALUES('sinead')`],
+                      { transaction: true });
+  out.ids = [r.get(0).getLastInsertId(), r.get(1).getLastInsertId()];
+  r = await c.execute(`UPDATE ${t} SET name='justin' WHERE name='fiona'`);
+  out.updated = r.get(0).getRowsAffected();
+  r = await c.query(`SELECT id, name FROM ${t} ORDER BY id`, { level: 'strong' });
+  out.rows = r.toArray();
+  r = await c.execute(`INSERT INTO nope VALUES(1)`);
+  out.error = r.hasError() ? r.getFirstError().toString() : null;
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_rqlite_js(cluster, role, tmp_path):
+    """rqlite-js (npm) against the leader and a follower, when Node.js and the package
+    are available (RQLITE_JS_NODE_PATH, default /tmp/rqlitejs/node_modules; rqlite-js
+    2.5.7 needs @babel/runtime installed beside it)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    node_path = os.environ.get("RQLITE_JS_NODE_PATH", "/tmp/rqlitejs/node_modules")
+    if not shutil.which("node") or not os.path.isdir(os.path.join(node_path, "rqlite-js")):
+        pytest.skip("node or rqlite-js not installed (npm install rqlite-js @babel/runtime)")
+    script = tmp_path / "check.js"
+    script.write_text(RQLITE_JS)
+    addr = cluster.leader() if role == "leader" else cluster.follower()
+    p = subprocess.run(["node", str(script), f"http://{addr}", f"js_{role}"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "NODE_PATH": node_path})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["create_error"] is False and out["ids"] == [1, 2] and out["updated"] == 1
+    assert out["rows"] == [{"id": 1, "name": "justin"}, {"id": 2, "name": "sinead"}]
+    assert out["error"] and "no such table" in out["error"]
+
+
+def test_seed_readme_commands_on_every_node(cluster):
+    """The seed README's execute and query examples, sent to each member in turn."""
+    for i, a in enumerate(cluster.http):
+        base = f"http://{a}"
+        st, body = http("POST", base + "/execute", {"query": "CREATE TABLE IF NOT EXISTS users "
+                        "(id INTEGER PRIMARY KEY, name TEXT, email TEXT)"})
+        assert st == 200, body
+        st, body = http("POST", base + "/execute", b'{"query":"INSERT INTO users (name, email) '
+                        b'VALUES (?, ?)", "args":["John Doe", "john@example.com"]}')
+        assert st == 200 and json.loads(body)["rows_affected"] == 1, body
+        st, body = http("GET", base + "/query?q=SELECT%20*%20FROM%20users")
+        rows = json.loads(body)
+        assert st == 200 and len(rows) == i + 1
+        assert rows[0] == {"id": 1, "name": "John Doe", "email": "john@example.com"}
+
+
+def test_real_status_nodes_readyz(cluster):
+    """On real nodes: /status has every rqlite key, /nodes lists all three with one
+    leader, /readyz is ready (also with sync)."""
+    from raftsqlite.http.cluster import REQUIRED_STATUS_KEYS
+    leaders = set()
+    for a in cluster.http:
+        st, body = http("GET", f"http://{a}/status")
+        doc = json.loads(body)
+        for key in REQUIRED_STATUS_KEYS:
+            d = doc
+            for k in key.split("."):
+                assert k in d, f"{a}: /status lacks {key}"
+                d = d[k]
+        st, body = http("GET", f"http://{a}/nodes?ver=2")
+        nodes = json.loads(body)["nodes"]
+        assert len(nodes) == 3 and all(n["reachable"] for n in nodes)
+        leaders |= {n["id"] for n in nodes if n["leader"]}
+        assert http("GET", f"http://{a}/readyz?sync")[0] == 200
+    assert len(leaders) == 1

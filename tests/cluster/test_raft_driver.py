@@ -1,0 +1,182 @@
+"""RaftNode in one process (one member, loopback listener): proposal results and
+errors, ReadIndex, snapshots with compaction, restart from snapshot + log, fail-stop."""
+import asyncio
+import os
+import socket
+
+import pytest
+
+from raftsqlite import errors
+from raftsqlite.codec.model import Member
+from raftsqlite.raft.config import RaftConfig
+from raftsqlite.raft.demo import KVStateMachine
+from raftsqlite.raft.driver import RaftNode
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cfg(tmp_path, **kw):
+    kw.setdefault("raft_addr", f"127.0.0.1:{free_port()}")
+    return RaftConfig(node_id="n1", data_dir=str(tmp_path), tick_interval=0.01, **kw)
+
+
+async def single(c, fsm=None):
+    fsm = fsm or KVStateMachine()
+    node = RaftNode(c, fsm)
+    await node.start()
+    if node.last_log_index == 0:
+        await node.bootstrap([Member("n1", c.raft_addr)])
+    for _ in range(500):
+        if node.is_leader:
+            break
+        await asyncio.sleep(0.01)
+    assert node.is_leader
+    return node, fsm
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_propose_returns_state_machine_result(tmp_path):
+    """propose() resolves with exactly what apply returned for that entry; concurrent
+    proposals share batches and all apply once, in order."""
+    async def main():
+        node, fsm = await single(cfg(tmp_path))
+        idx = await node.propose(b"a=1")
+        assert idx == node.applied_index and fsm.data[b"a"] == b"1"
+        res = await asyncio.gather(*[node.propose(b"k%d=%d" % (i, i)) for i in range(500)])
+        assert res == sorted(res) and len(set(res)) == 500
+        assert node.stats()["batches"] < 500
+        await node.read_index()
+        assert len(fsm.data) == 501
+        await node.stop()
+    run(main())
+
+
+def test_errors_are_definite_or_not(tmp_path):
+    """Oversized proposals are refused up front; a stopped node drops proposals."""
+    async def main():
+        node, _ = await single(cfg(tmp_path, max_proposal_bytes=100))
+        with pytest.raises(errors.PayloadTooLarge):
+            await node.propose(b"x" * 101)
+        await node.stop()
+        with pytest.raises(errors.ProposalDropped):
+            await node.propose(b"a=1")
+    run(main())
+
+
+def test_snapshot_compaction_and_restart(tmp_path):
+    """Past the threshold a snapshot is taken and the log compacted; a restart with an
+    empty in-memory state machine restores the snapshot and replays the rest."""
+    c = cfg(tmp_path, snapshot_threshold=200, snapshot_trailing=10, segment_bytes=4096)
+
+    async def first():
+        node, fsm = await single(c)
+        for i in range(0, 1000, 50):
+            await asyncio.gather(*[node.propose(b"k%d=%d" % (j, j)) for j in range(i, i + 50)])
+        for _ in range(200):
+            if node.log.first_index() > 100:
+                break
+            await asyncio.sleep(0.02)
+        assert node.stats()["snapshots_taken"] >= 1
+        assert node.log.first_index() > 100
+        digest = fsm.digest()
+        await node.stop()
+        return digest
+
+    async def second(digest):
+        node, fsm = await single(c)
+        await node.read_index()
+        assert fsm.digest() == digest and len(fsm.data) == 1000
+        await node.stop()
+    d = run(first())
+    snaps = os.listdir(os.path.join(str(tmp_path), "raft", "snap"))
+    assert any(n.endswith(".snap") for n in snaps)
+    run(second(d))
+
+
+class Exploding(KVStateMachine):
+    def apply(self, entries):
+        if any(e.data == b"boom=1" for e in entries):
+            raise RuntimeError("bug in the state machine")
+        return super().apply(entries)
+
+
+def test_raising_apply_fails_stop(tmp_path):
+    """A state machine that raises stops the member: callers get Unavailable, never a
+    hang, and nothing more is acknowledged."""
+    async def main():
+        node, _ = await single(cfg(tmp_path), Exploding())
+        await node.propose(b"a=1")
+        with pytest.raises(errors.Unavailable):
+            await node.propose(b"boom=1", timeout=5)
+        with pytest.raises(errors.Unavailable):
+            await node.propose(b"b=1", timeout=5)
+        assert node.stats()["failed"]
+        await node.stop()
+    run(main())
+
+
+def test_nothing_acknowledged_before_durable(tmp_path):
+    """Three members in one loop: every successful APPEND_RESP names only entries that
+    member had already fdatasynced, and every vote granted was durable (state file
+    written) before the answer left."""
+    from raftsqlite.codec.model import MsgType
+
+    async def main():
+        ports = [free_port() for _ in range(3)]
+        ids = ["a", "b", "c"]
+        members = [Member(i, f"127.0.0.1:{p}") for i, p in zip(ids, ports)]
+        nodes = []
+        violations = []
+        for nid, port in zip(ids, ports):
+            c = RaftConfig(node_id=nid, data_dir=str(tmp_path / nid), tick_interval=0.01,
+                           raft_addr=f"127.0.0.1:{port}")
+            node = RaftNode(c, KVStateMachine())
+            await node.start()
+            durable = {"last": 0, "vote": ("", 0)}
+            real_write = node.log.write
+
+            def write(b, real_write=real_write, durable=durable):
+                real_write(b)
+                if b.entries:
+                    durable["last"] = b.entries[-1].index
+                elif b.truncate is not None:
+                    durable["last"] = min(durable["last"], b.truncate[0].first + b.truncate[2] - 1)
+                if b.state_bytes is not None:
+                    durable["vote"] = (b.state.vote, b.state.term)
+            node.log.write = write
+            real_send = node.transport.send
+
+            def send(m, real_send=real_send, durable=durable, nid=nid):
+                if m.type == MsgType.APPEND_RESP and not m.reject and m.index > durable["last"]:
+                    violations.append((nid, "ack", m.index, durable["last"]))
+                if m.type == MsgType.VOTE_RESP and not m.reject and \
+                        durable["vote"] != (m.to, m.term):
+                    violations.append((nid, "vote", m.to, m.term, durable["vote"]))
+                real_send(m)
+            node.transport.send = send
+            nodes.append(node)
+        for n in nodes:
+            await n.bootstrap(members)
+        for _ in range(500):
+            if any(n.is_leader for n in nodes):
+                break
+            await asyncio.sleep(0.01)
+        lead = next(n for n in nodes if n.is_leader)
+        for i in range(0, 600, 100):
+            await asyncio.gather(*[lead.propose(b"k%d=v" % j) for j in range(i, i + 100)])
+        await lead.transfer_leadership(None, timeout=5)   # one more election
+        lead = next(n for n in nodes if n.is_leader)
+        await asyncio.gather(*[lead.propose(b"z%d=v" % j) for j in range(100)])
+        for n in nodes:
+            await n.stop()
+        assert not violations, violations[:5]
+    run(main())

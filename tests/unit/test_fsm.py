@@ -1,0 +1,219 @@
+"""fsm.py: entries applied once, in order, with per-request isolation and dedup."""
+import pytest
+
+from raftsqlite.codec import encode_command
+from raftsqlite.codec.model import (Command, CommandType, Entry, EntryType, Request,
+                                    SnapshotMeta, Statement)
+from raftsqlite.db import Database
+from raftsqlite.fsm import FSM
+
+
+@pytest.fixture
+def fsm(tmp_path):
+    db = Database(str(tmp_path / "db.sqlite"))
+    f = FSM(db, dedup_keep=5)
+    yield f
+    db.close()
+
+
+def ex(index, *requests, term=1):
+    return Entry(term, index, EntryType.NORMAL, encode_command(Command(CommandType.EXECUTE, requests)))
+
+
+def req(*sqls, transaction=False, request_id=None):
+    sts = [Statement(s) if isinstance(s, str) else Statement(*s) for s in sqls]
+    return Request(sts, transaction=transaction, request_id=request_id)
+
+
+def count(fsm, table="t"):
+    return fsm.db.read([(f"SELECT count(*) FROM {table}", None)])[0]["values"][0][0]
+
+
+def test_apply_returns_one_result_per_entry_and_stores_index(fsm):
+    """Results line up with entries; the applied index/term are stored with the data."""
+    entries = [Entry(1, 1), ex(2, req("CREATE TABLE t (a)")),
+               ex(3, req(("INSERT INTO t VALUES (?)", [1])), req(("INSERT INTO t VALUES (?)", [2])))]
+    res = fsm.apply(entries)
+    assert res[0] is None
+    assert res[1]["index"] == 2
+    assert [r[0]["last_insert_id"] for r in res[2]["results"]] == [1, 2]
+    assert fsm.applied_index() == 3
+    assert FSM(fsm.db).applied_index() == 3   # durable: read back from SQLite
+
+
+def test_replay_never_applies_twice(fsm):
+    """Entries at or below the applied index are skipped (row counts stay exact)."""
+    entries = [ex(1, req("CREATE TABLE t (a)")), ex(2, req("INSERT INTO t VALUES (1)"))]
+    fsm.apply(entries)
+    assert fsm.apply(entries) == [None, None]
+    fsm.apply(entries + [ex(3, req("INSERT INTO t VALUES (2)"))])
+    assert count(fsm) == 2 and fsm.applied_index() == 3
+
+
+def test_transaction_request_rolls_back_alone(fsm):
+    """A failing transaction request is rolled back; other requests in the same entry
+    (group commit) are untouched."""
+    fsm.apply([ex(1, req("CREATE TABLE t (a UNIQUE)"))])
+    res = fsm.apply([ex(2,
+                        req("INSERT INTO t VALUES (1)"),
+                        req("INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (1)",
+                            "INSERT INTO t VALUES (3)", transaction=True),
+                        req("INSERT INTO t VALUES (4)"))])[0]["results"]
+    assert res[0][0]["rows_affected"] == 1
+    assert len(res[1]) == 2 and "UNIQUE" in res[1][1]["error"]
+    assert res[2][0]["rows_affected"] == 1
+    vals = fsm.db.read([("SELECT a FROM t ORDER BY a", None)])[0]["values"]
+    assert vals == [[1], [4]]
+
+
+def test_non_transaction_statements_are_independent(fsm):
+    """Without the transaction flag, a failing statement does not stop the others."""
+    fsm.apply([ex(1, req("CREATE TABLE t (a UNIQUE)"))])
+    res = fsm.apply([ex(2, req("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1)",
+                               "INSERT INTO t VALUES (2)"))])[0]["results"][0]
+    assert "error" in res[1] and res[2]["rows_affected"] == 1
+    assert count(fsm) == 2
+
+
+def test_statement_that_rolls_back_everything_only_fails_its_request(fsm):
+    """INSERT OR ROLLBACK ends SQLite's whole transaction; the batch is re-run and only
+    that request fails, deterministically."""
+    fsm.apply([ex(1, req("CREATE TABLE t (a UNIQUE)"))])
+    res = fsm.apply([ex(2, req("INSERT INTO t VALUES (1)")),
+                     ex(3, req("INSERT OR ROLLBACK INTO t VALUES (1)"), req("INSERT INTO t VALUES (2)"))])
+    assert "rolled back" in res[1]["results"][0][0]["error"]
+    assert res[1]["results"][1][0]["rows_affected"] == 1
+    assert count(fsm) == 2 and fsm.applied_index() == 3
+
+
+def test_request_id_dedup_returns_first_result(fsm):
+    """A retried request id returns the first result and changes nothing; the table of
+    ids stays bounded."""
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))])
+    r1 = fsm.apply([ex(2, req(("INSERT INTO t VALUES (?)", [b"\x00"]), "SELECT a FROM t",
+                              request_id=b"abc"))])[0]
+    r2 = fsm.apply([ex(3, req(("INSERT INTO t VALUES (?)", [b"\x00"]), "SELECT a FROM t",
+                              request_id=b"abc"))])[0]
+    assert r1["results"] == r2["results"]
+    assert r2["results"][0][1]["values"] == [[b"\x00"]]
+    assert count(fsm) == 1
+    for i in range(10):
+        fsm.apply([ex(4 + i, req("INSERT INTO t VALUES (9)", request_id=b"id%d" % i))])
+    n = fsm.db.read_internal("SELECT count(*) FROM _raftsqlite_requests")[0][0]
+    assert n == 5
+
+
+def test_query_entries_cannot_change_anything(fsm):
+    """A QUERY entry (strong read) returns rows and any write in it is rolled back."""
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"), req("INSERT INTO t VALUES (1)"))])
+    cmd = Command(CommandType.QUERY, [req("SELECT a FROM t", "DELETE FROM t")])
+    res = fsm.apply([Entry(1, 2, EntryType.NORMAL, encode_command(cmd))])[0]
+    assert res["results"][0][0]["values"] == [[1]]
+    assert count(fsm) == 1 and fsm.applied_index() == 2
+
+
+def test_internal_tables_refused(fsm):
+    """User statements in entries cannot touch _raftsqlite_* tables."""
+    res = fsm.apply([ex(1, req("DELETE FROM _raftsqlite_meta"))])[0]["results"][0][0]
+    assert "internal" in res["error"]
+    assert fsm.applied_index() == 1
+
+
+def test_system_ops_dispatch_and_isolate_failures(fsm):
+    """SYSTEM ops go to registered handlers inside the apply transaction; a raising
+    handler rolls back only its own op."""
+    def put(ctx, args):
+        ctx.execute("CREATE TABLE IF NOT EXISTS _raftsqlite_kv (k PRIMARY KEY, v)")
+        ctx.execute("INSERT OR REPLACE INTO _raftsqlite_kv VALUES ('k', ?)", (args,))
+        return {"ok": ctx.index}
+
+    def boom(ctx, args):
+        ctx.execute("DELETE FROM _raftsqlite_kv")
+        raise ValueError("nope")
+
+    fsm.register_system_handler("put", put)
+    fsm.register_system_handler("boom", boom)
+    cmd = Command(CommandType.SYSTEM, ops=[("put", b"v1"), ("boom", b""), ("missing", b"")])
+    res = fsm.apply([Entry(1, 1, EntryType.NORMAL, encode_command(cmd))])[0]["results"]
+    assert res[0] == {"ok": 1} and res[1] == {"error": "nope"} and "unknown" in res[2]["error"]
+    assert fsm.db.read_internal("SELECT v FROM _raftsqlite_kv") == [(b"v1",)]
+
+
+def test_bad_payload_is_an_error_result(fsm):
+    """Undecodable entry data yields an error result, not an exception."""
+    res = fsm.apply([Entry(1, 1, EntryType.NORMAL, b"\xff\x00garbage")])[0]
+    assert "undecodable" in res["error"] and fsm.applied_index() == 1
+
+
+def test_conf_change_only_moves_index(fsm):
+    res = fsm.apply([Entry(2, 7, EntryType.CONF_CHANGE, b"x")])
+    assert res == [None] and fsm.applied_index() == 7 and fsm.applied_term() == 2
+
+
+def test_snapshot_and_restore(fsm, tmp_path):
+    """snapshot() returns the index/term of the copy; restore() replaces the state and
+    the applied index, and later entries apply on top."""
+    fsm.apply([ex(1, req("CREATE TABLE t (a)")), ex(2, req("INSERT INTO t VALUES (1)"), term=3)])
+    snap = str(tmp_path / "snap")
+    assert fsm.snapshot(snap) == (2, 3)
+    fsm.apply([ex(3, req("INSERT INTO t VALUES (2)"), term=3)])
+    other_db = Database(str(tmp_path / "other.sqlite"))
+    other = FSM(other_db)
+    other.restore(snap, SnapshotMeta(2, 3))
+    assert other.applied_index() == 2 and count(other) == 1
+    other.apply([ex(3, req("INSERT INTO t VALUES (2)"), term=3)])
+    assert other_db.checksum("t") == fsm.db.checksum("t")
+    other_db.close()
+
+
+def test_snapshot_on_apply_thread_and_elsewhere_agree(fsm, tmp_path):
+    """Both snapshot paths (raw files on the apply thread, backup API on another thread)
+    give a file holding exactly the state at the index they return, including rows
+    still only in the WAL."""
+    import threading
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))] +
+              [ex(i, req(("INSERT INTO t VALUES (?)", [i]))) for i in range(2, 40)])
+    a = str(tmp_path / "a.snap")
+    b = str(tmp_path / "b.snap")
+    assert fsm.snapshot(a) == (39, 1)                  # same thread as apply
+    out = []
+    th = threading.Thread(target=lambda: out.append(fsm.snapshot(b)))
+    th.start()
+    th.join(10)
+    assert out == [(39, 1)]
+    for p in (a, b):
+        assert Database.read_file_internal(p, "SELECT count(*), sum(a) FROM t") == \
+            [(38, sum(range(2, 40)))]
+        with open(p, "rb") as f:
+            assert f.read(20)[18:20] == b"\x01\x01"   # rollback-journal file, no WAL needed
+
+
+def test_request_hook_refuses_one_request(fsm):
+    """A request hook raising a RaftSQLiteError fails that request alone, before its
+    statements run; neighbours in the batch apply."""
+    from raftsqlite.errors import Moved
+
+    def hook(ctx, request):
+        if request.request_id == b"stale":
+            raise Moved("key range moved; refresh the catalog")
+    fsm.register_system_handler("noop", lambda ctx, a: None)
+    fsm.add_request_hook(hook)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)"))])
+    res = fsm.apply([ex(2, req("INSERT INTO t VALUES (1)", request_id=b"stale"),
+                        req("INSERT INTO t VALUES (2)"))])[0]["results"]
+    assert res[0][0]["code"] == "moved" and "moved" in res[0][0]["error"]
+    assert res[1][0]["rows_affected"] == 1
+    assert fsm.db.read([("SELECT a FROM t", None)])[0]["values"] == [[2]]
+
+
+def test_create_function_on_writer_and_readers(fsm):
+    """A function registered once is usable by applies and by reads on any thread."""
+    import threading
+    fsm.db.create_function("twice", 1, lambda x: 2 * x)
+    fsm.apply([ex(1, req("CREATE TABLE t (a)", "INSERT INTO t VALUES (twice(21))"))])
+    out = []
+    th = threading.Thread(target=lambda: out.append(
+        fsm.db.read([("SELECT twice(a) FROM t", None)])[0]["values"]))
+    th.start()
+    th.join(10)
+    assert out == [[[84]]]

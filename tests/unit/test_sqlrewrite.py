@@ -1,0 +1,134 @@
+"""sqlrewrite: deterministic literals, untouched quotes, refusals, read/write classes."""
+import random
+import re
+
+import pytest
+
+from raftsqlite.db import Database
+from raftsqlite.errors import StatementRefused
+from raftsqlite.sqlrewrite import check, is_read_only, rewrite
+
+NOW = 1764140985.25
+
+
+def rw(sql, seed=1):
+    return rewrite(sql, now=NOW, rng=random.Random(seed))
+
+
+def test_fast_path_returns_same_object():
+    """Statements without candidate keywords are returned untouched (same object)."""
+    sql = "INSERT INTO users(name, email) VALUES (?, ?)"
+    assert rw(sql) is sql
+
+
+def test_random_and_now_become_literals():
+    """random() and datetime('now') become literals; no non-deterministic call remains."""
+    out = rw("INSERT INTO t VALUES (random(), datetime('now'), CURRENT_TIMESTAMP, date())")
+    assert "random" not in out.lower() and "'now'" not in out.lower()
+    assert "CURRENT_TIMESTAMP" not in out
+    assert "2025-11-26 07:09:45.250" in out
+    assert rw("SELECT random()", seed=5) == rw("SELECT random()", seed=5)
+
+
+@pytest.mark.parametrize("expr", ["random()", "randomblob(4)", "date()", "time()",
+                                  "datetime()", "julianday()", "unixepoch()",
+                                  "strftime('%s')", "current_time", "DATETIME('now')"])
+def test_every_non_deterministic_form_is_replaced(expr):
+    """Each form is replaced (the output differs from the input and names no such call)."""
+    out = rw(f"INSERT INTO t VALUES ({expr})")
+    assert out != f"INSERT INTO t VALUES ({expr})"
+    assert "'now'" not in out.lower() and "()" not in out
+
+
+def test_quotes_and_comments_are_never_rewritten():
+    """Text inside string literals, quoted identifiers and comments stays as written."""
+    sql = "SELECT 'random()', \"random\", [now], `date`('x') -- random()\n"
+    assert rw(sql) == sql
+    sql2 = "SELECT 'it''s random()' , /* datetime('now') */ 1"
+    assert rw(sql2) == sql2
+
+
+def test_negative_random_cannot_become_a_comment():
+    """1-random() must not become '1--123' (a comment)."""
+    for seed in range(20):
+        out = rw("SELECT 1-random()", seed)
+        assert "--" not in out
+
+
+@pytest.mark.parametrize("expr", [
+    "random()", "randomblob(8)", "datetime('now')", "date('now','+1 day')", "time()",
+    "julianday('NOW')", "unixepoch()", "strftime('%s')", "strftime('%Y', 'now')",
+    "CURRENT_DATE", "CURRENT_TIME", "CURRENT_TIMESTAMP", "datetime(datetime('now'), '+1 hour')"])
+def test_rewritten_sql_is_valid_and_stable(tmp_path, expr):
+    """The rewritten statement runs in SQLite and gives the same value every time
+    (the property that makes replicas identical)."""
+    db = Database(str(tmp_path / "d.sqlite"))
+    try:
+        out = rw(f"SELECT {expr}")
+        a = db.run_user(out)
+        b = db.run_user(out)
+        assert "error" not in a, (out, a)
+        assert a["values"] == b["values"]
+    finally:
+        db.close()
+
+
+def test_ddl_defaults_are_kept():
+    """DEFAULT CURRENT_TIMESTAMP in DDL stays an expression (freezing it would be wrong)."""
+    sql = "CREATE TABLE t (ts TEXT DEFAULT CURRENT_TIMESTAMP, r DEFAULT (random()))"
+    assert rw(sql) == sql
+
+
+def test_trigger_body_is_one_statement():
+    """A trigger's BEGIN..END body (with CASE..END) is not split at inner semicolons."""
+    sql = ("CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = CASE WHEN 1 THEN 2 END;"
+           " INSERT INTO u VALUES (1); END")
+    assert rw(sql) == sql
+
+
+@pytest.mark.parametrize("sql,word", [
+    ("ATTACH DATABASE 'x.db' AS x", "ATTACH"), ("detach x", "DETACH"),
+    ("SELECT load_extension('evil.so')", "load_extension"),
+    ("VACUUM INTO '/tmp/copy.db'", "VACUUM INTO"),
+    ("PRAGMA journal_mode=DELETE", "journal_mode"), ("pragma main.synchronous = 0", "synchronous"),
+    ("PRAGMA wal_checkpoint(TRUNCATE)", "wal_checkpoint"),
+    ("PRAGMA wal_autocheckpoint=0", "wal_autocheckpoint"),
+    ("INSERT INTO t VALUES (1); ATTACH 'y' AS y", "ATTACH"),
+    ("BEGIN", "BEGIN"), ("COMMIT", "COMMIT"),
+    ("SELECT * FROM _raftsqlite_meta", "internal"),
+    ("SELECT randomblob(?)", "randomblob")])
+def test_refusals_name_the_statement(sql, word):
+    """Unsafe statements are refused with a StatementRefused naming what was refused."""
+    with pytest.raises(StatementRefused) as ei:
+        rw(sql)
+    assert word.lower() in str(ei.value).lower()
+    if word != "randomblob":  # a read may use randomblob(?) freely: it is never logged
+        with pytest.raises(StatementRefused):
+            check(sql)
+
+
+def test_refusal_keywords_inside_strings_are_fine():
+    """'attach' inside a string literal is data, not a statement."""
+    assert rw("INSERT INTO t VALUES ('ATTACH x; PRAGMA journal_mode=off')") \
+        == "INSERT INTO t VALUES ('ATTACH x; PRAGMA journal_mode=off')"
+
+
+@pytest.mark.parametrize("sql,ro", [
+    ("SELECT 1", True), ("  select * from t where a = 'x;y'", True),
+    ("SELECT replace(a, 'x', 'y') FROM t", True),
+    ("WITH c AS (SELECT 1) SELECT * FROM c", True),
+    ("WITH c AS (SELECT 1) INSERT INTO t SELECT * FROM c", False),
+    ("INSERT INTO t VALUES (1)", False), ("REPLACE INTO t VALUES (1)", False),
+    ("UPDATE t SET a=1", False), ("DELETE FROM t", False), ("CREATE TABLE x (a)", False),
+    ("PRAGMA table_info(t)", True), ("PRAGMA foreign_keys=ON", False),
+    ("EXPLAIN QUERY PLAN SELECT 1", True), ("SELECT 1; SELECT 2", True),
+    ("SELECT 1; DELETE FROM t", False), ("", False), ("VALUES (1)", True)])
+def test_is_read_only(sql, ro):
+    """Reads are classified as reads; anything that may write is a write."""
+    assert is_read_only(sql) is ro
+
+
+def test_random_literal_is_int64():
+    for seed in range(50):
+        v = int(re.search(r"-?\d+", rw("SELECT random()", seed)).group())
+        assert -(1 << 63) <= v < (1 << 63)

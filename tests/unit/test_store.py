@@ -1,0 +1,343 @@
+"""store.py against a fake single-member Raft: group commit, levels, errors, load."""
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from raftsqlite.codec.model import Entry, EntryType, Member, Statement
+from raftsqlite.config import StoreConfig
+from raftsqlite.db import Database
+from raftsqlite.errors import (BadRequest, LeaderNotFound, NotLeader, StatementRefused,
+                               StaleRead)
+from raftsqlite.fsm import FSM
+from raftsqlite.store import Store
+
+
+class FakeRaft:
+    """One member that commits each proposal after ``delay`` and applies it on an
+    executor thread, like the driver does."""
+
+    def __init__(self, fsm, delay=0.002):
+        self.fsm = fsm
+        self.delay = delay
+        self.is_leader = True
+        self.leader_id = "n1"
+        self.members = [Member("n1", "127.0.0.1:2", "127.0.0.1:1"),
+                        Member("n2", "127.0.0.1:4", "127.0.0.1:3")]
+        self.term = 1
+        self.index = fsm.applied_index()
+        self.proposals = []
+        self.read_index_calls = 0
+        self.last_leader_contact = None
+        self._exec = ThreadPoolExecutor(1)
+        self._lock = asyncio.Lock()
+
+    commit_index = property(lambda s: s.index)
+    applied_index = property(lambda s: s.fsm.applied_index())
+    last_log_index = property(lambda s: s.index)
+    last_snapshot_index = 0
+
+    async def propose(self, data, timeout):
+        if not self.is_leader:
+            raise NotLeader(leader_id=self.leader_id)
+        self.proposals.append(data)
+        await asyncio.sleep(self.delay)
+        async with self._lock:
+            self.index += 1
+            e = Entry(self.term, self.index, EntryType.NORMAL, data)
+            return (await asyncio.get_running_loop().run_in_executor(
+                self._exec, self.fsm.apply, [e]))[0]
+
+    async def read_index(self, timeout):
+        self.read_index_calls += 1
+
+    async def add_member(self, node_id, raft_addr, http_addr, voter=True, timeout=None):
+        self.members.append(Member(node_id, raft_addr, http_addr, voter))
+
+    async def remove_member(self, node_id, timeout=None):
+        self.members = [m for m in self.members if m.node_id != node_id]
+
+    async def transfer_leadership(self, to=None, timeout=None):
+        self.leader_id = to or "n2"
+        self.is_leader = False
+
+
+@pytest.fixture
+def env(tmp_path):
+    db = Database(str(tmp_path / "db.sqlite"))
+    fsm = FSM(db)
+    raft = FakeRaft(fsm)
+    store = Store(raft, fsm, db, StoreConfig(max_inflight=1), node_id="n1")
+    yield store, raft
+    store.close()
+    db.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_execute_and_query_seed_shapes(env):
+    """execute returns per-statement write results and the raft index; query reads back."""
+    store, raft = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")])
+        r = await store.execute([Statement("INSERT INTO users(name) VALUES (?)", ["John"])])
+        q = await store.query([Statement("SELECT * FROM users")])
+        return r, q
+    r, q = run(go())
+    assert r["results"][0]["last_insert_id"] == 1 and r["raft_index"] == 2
+    assert q["results"][0]["values"] == [[1, "John"]]
+
+
+def test_concurrent_writes_are_group_committed(env):
+    """Writes arriving while a proposal is in flight share one log entry, and each
+    caller gets its own result."""
+    store, raft = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a)")])
+        before = len(raft.proposals)
+        res = await asyncio.gather(*(store.execute([Statement("INSERT INTO t VALUES (?)", [i])])
+                                     for i in range(50)))
+        return res, len(raft.proposals) - before
+    res, proposals = run(go())
+    assert proposals < 10
+    ids = sorted(r["results"][0]["last_insert_id"] for r in res)
+    assert ids == list(range(1, 51))
+
+
+def test_one_failing_request_does_not_touch_batch_neighbours(env):
+    """In one group-committed entry, a failing transaction rolls back only itself."""
+    store, raft = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a UNIQUE)")])
+        jobs = [store.execute([Statement("INSERT INTO t VALUES (?)", [i])]) for i in range(5)]
+        jobs.append(store.execute([Statement("INSERT INTO t VALUES (100)"),
+                                   Statement("INSERT INTO t VALUES (1)")], transaction=True))
+        res = await asyncio.gather(*jobs)
+        q = await store.query([Statement("SELECT count(*) FROM t")])
+        return res, q
+    res, q = run(go())
+    assert "error" in res[-1]["results"][-1]
+    assert q["results"][0]["values"] == [[5]]
+
+
+def test_request_id_retry_is_idempotent(env):
+    """The same request id applied twice changes the database once."""
+    store, _ = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a)")])
+        a = await store.execute([Statement("INSERT INTO t VALUES (1)")], request_id="r-1")
+        b = await store.execute([Statement("INSERT INTO t VALUES (1)")], request_id="r-1")
+        q = await store.query([Statement("SELECT count(*) FROM t")])
+        return a, b, q
+    a, b, q = run(go())
+    assert a["results"] == b["results"] and q["results"][0]["values"] == [[1]]
+
+
+def test_non_leader_write_names_leader_http_address(env):
+    """A follower refuses writes with NotLeader carrying the leader's HTTP address."""
+    store, raft = env
+    raft.is_leader, raft.leader_id = False, "n2"
+    with pytest.raises(NotLeader) as ei:
+        run(store.execute([Statement("CREATE TABLE t (a)")]))
+    assert ei.value.leader_id == "n2" and ei.value.leader_addr == "127.0.0.1:3"
+    raft.leader_id = None
+    with pytest.raises(LeaderNotFound):
+        run(store.execute([Statement("CREATE TABLE t (a)")]))
+
+
+def test_levels(env):
+    """weak/linearizable need the leader; linearizable does a ReadIndex; strong goes
+    through the log; none reads locally and honours freshness."""
+    store, raft = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a)")])
+        n = len(raft.proposals)
+        await store.query([Statement("SELECT * FROM t")], level="linearizable")
+        assert raft.read_index_calls == 1
+        s = await store.query([Statement("SELECT count(*) FROM t")], level="strong")
+        assert len(raft.proposals) == n + 1 and s["results"][0]["values"] == [[0]]
+        raft.is_leader, raft.leader_id = False, "n2"
+        with pytest.raises(NotLeader):
+            await store.query([Statement("SELECT 1")], level="weak")
+        r = await store.query([Statement("SELECT 1")], level="none")
+        assert r["results"][0]["values"] == [[1]]
+        with pytest.raises(StaleRead):
+            await store.query([Statement("SELECT 1")], level="none", freshness=0.5)
+        import time
+        raft.last_leader_contact = time.monotonic()
+        await store.query([Statement("SELECT 1")], level="none", freshness=0.5)
+        with pytest.raises(BadRequest):
+            await store.query([Statement("SELECT 1")], level="bogus")
+    run(go())
+
+
+def test_query_refuses_writes_per_statement(env):
+    """A write sent to query() is not run; it gets rqlite's error, others still run."""
+    store, _ = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a)")])
+        r = await store.query([Statement("SELECT 1"), Statement("INSERT INTO t VALUES (1)")])
+        q = await store.query([Statement("SELECT count(*) FROM t")])
+        return r, q
+    r, q = run(go())
+    assert r["results"][0]["values"] == [[1]]
+    assert "attempt to change database" in r["results"][1]["error"]
+    assert q["results"][0]["values"] == [[0]]
+
+
+def test_request_routes_mixed(env):
+    """request(): reads only -> no log entry; any write -> through the log."""
+    store, raft = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a)")])
+        n = len(raft.proposals)
+        await store.request([Statement("SELECT 1")])
+        assert len(raft.proposals) == n
+        r = await store.request([Statement("INSERT INTO t VALUES (5)"), Statement("SELECT a FROM t")])
+        assert len(raft.proposals) == n + 1
+        return r
+    r = run(go())
+    assert r["results"][1]["values"] == [[5]]
+
+
+@pytest.mark.parametrize("bad", [
+    "not a list", [Statement("SELECT ?", [1 << 70])], [Statement("SELECT ?", [object()])],
+    [Statement("SELECT ?", 5)], [123]])
+def test_bad_input_is_bad_request(env, bad):
+    """Malformed statements or parameters raise BadRequest; nothing is proposed."""
+    store, raft = env
+    with pytest.raises(BadRequest):
+        run(store.execute(bad))
+    assert raft.proposals == []
+
+
+def test_refused_statement_is_not_proposed(env):
+    store, raft = env
+    with pytest.raises(StatementRefused):
+        run(store.execute([Statement("ATTACH 'x' AS y")]))
+    assert raft.proposals == []
+
+
+def test_rewrite_happens_before_logging(env):
+    """What reaches the log has literals instead of random()/now."""
+    from raftsqlite.codec import decode_command
+    store, raft = env
+    run(store.execute([Statement("CREATE TABLE t (a, b)")]))
+    run(store.execute([Statement("INSERT INTO t VALUES (random(), datetime('now'))")]))
+    sql = decode_command(raft.proposals[-1]).requests[0].statements[0].sql
+    assert "random" not in sql and "'now'" not in sql
+
+
+def test_membership_and_transfer(env):
+    store, raft = env
+
+    async def go():
+        await store.join("n3", "127.0.0.1:6", "127.0.0.1:5")
+        again = await store.join("n3", "127.0.0.1:6", "127.0.0.1:5")
+        assert again["already_member"]
+        assert [m.node_id for m in store.members()] == ["n1", "n2", "n3"]
+        await store.remove("n2")
+        assert [m.node_id for m in store.members()] == ["n1", "n3"]
+        await store.transfer_leadership("n3")
+        assert not store.is_leader()
+    run(go())
+
+
+def test_backup_and_load_round_trip(env, tmp_path):
+    """A binary backup loaded through the log reproduces the tables (and replaces
+    what was there); a SQL dump loads too."""
+    store, _ = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a, b)"),
+                             Statement("INSERT INTO t VALUES (1, x'00ff'), (2, 'two')")])
+        path = await store.backup()
+        dump_path = await store.backup(fmt="sql")
+        with open(dump_path, "rb") as f:
+            dump = f.read()
+        await store.execute([Statement("DROP TABLE t"), Statement("CREATE TABLE other (z)")])
+        with open(path, "rb") as f:
+            res = await store.load(f.read())
+        assert "error" not in res
+        q = await store.query([Statement("SELECT * FROM t ORDER BY a")])
+        gone = await store.query([Statement("SELECT * FROM other")])
+        await store.execute([Statement("DROP TABLE t")])
+        res2 = await store.load(dump)
+        q2 = await store.query([Statement("SELECT * FROM t ORDER BY a")])
+        return q, gone, q2, res2
+    q, gone, q2, res2 = run(go())
+    assert q["results"][0]["values"] == [[1, b"\x00\xff"], [2, "two"]]
+    assert "no such table" in gone["results"][0]["error"]
+    assert q2["results"][0]["values"] == q["results"][0]["values"], res2
+
+
+def test_dropped_proposal_after_losing_leadership_becomes_not_leader(env):
+    """A proposal definitely not committed because leadership moved is reported as
+    NotLeader (safe to forward), not as an unknown outcome."""
+    from raftsqlite.errors import ProposalDropped
+    store, raft = env
+
+    async def dropping(data, timeout):
+        raft.is_leader, raft.leader_id = False, "n2"
+        raise ProposalDropped("entry was replaced by a new leader's entry")
+    raft.propose = dropping
+    with pytest.raises(NotLeader) as ei:
+        run(store.execute([Statement("CREATE TABLE t (a)")]))
+    assert ei.value.leader_addr == "127.0.0.1:3"
+
+
+def test_write_timeout_is_reported_and_others_unaffected(env):
+    """A caller whose deadline passes gets Timeout; the batch still completes."""
+    from raftsqlite.errors import Timeout
+    store, raft = env
+    raft.delay = 0.3
+
+    async def go():
+        slow = store.execute([Statement("CREATE TABLE t (a)")], timeout=0.05)
+        with pytest.raises(Timeout):
+            await slow
+        await asyncio.sleep(0.5)
+        return await store.query([Statement("SELECT count(*) FROM t")])
+    assert run(go())["results"][0]["values"] == [[0]]
+
+
+def test_long_read_falls_back_from_the_loop_to_a_thread(env):
+    """A read past the inline budget is interrupted on the loop and re-run on a reader
+    thread, giving the full answer."""
+    store, _ = env
+    q = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) "
+         "SELECT count(*) FROM c")
+
+    async def go():
+        r = await store.query([Statement(q)], level="none")
+        p = await store.query([Statement("SELECT 1")], level="none")
+        return r, p
+    r, p = run(go())
+    assert r["results"][0]["values"] == [[3000000]]
+    assert p["results"][0]["values"] == [[1]]
+    st = store.db.stats()
+    assert st["inline_fallbacks"] >= 1 and st["inline_reads"] >= 1
+
+
+def test_system_ops_through_the_store(env):
+    """Store.system proposes SYSTEM ops and returns one result per op."""
+    store, _ = env
+    store.fsm.register_system_handler("echo", lambda ctx, args: {"got": args.decode(),
+                                                                 "index": ctx.index})
+
+    async def go():
+        r = await store.system([("echo", b"hi"), ("missing", b"")])
+        i = await store.barrier()
+        return r, i
+    r, i = run(go())
+    assert r["results"][0] == {"got": "hi", "index": r["raft_index"]}
+    assert "unknown" in r["results"][1]["error"] and i == r["raft_index"] + 1
