@@ -3,8 +3,9 @@
 Used by followers to forward requests to the leader, by the router to reach shard groups,
 and by tests. One ``aiohttp`` session per client, with a pooled keep-alive connector, so
 forwarding costs no TCP handshake per request. Transport failures become our errors:
-``Unavailable`` (could not reach the node: nothing was sent, or the connection broke) and
-``Timeout`` (no answer in time: a write may or may not have been applied).
+``Unreachable`` (could not connect: nothing was sent, safe to retry), ``Unavailable`` (the
+connection broke after sending: outcome unknown) and ``Timeout`` (no answer in time: a
+write may or may not have been applied).
 """
 import asyncio
 from urllib.parse import urlencode
@@ -99,9 +100,14 @@ class Client:
             self.failures += 1
             raise errors.Timeout(f"no answer from {addr} within {t.total:g}s; a write may "
                                  f"or may not have been applied") from None
-        except aiohttp.ClientError as e:
+        except aiohttp.ClientConnectorError as e:
             self.failures += 1
-            raise errors.Unavailable(f"cannot reach {addr}: {e}") from None
+            raise errors.Unreachable(f"cannot reach {addr}: {e} (nothing was sent)") from None
+        except aiohttp.ClientError as e:
+            # The connection broke after the request may have been sent: outcome unknown.
+            self.failures += 1
+            raise errors.Unavailable(f"connection to {addr} failed: {e}; a write may or "
+                                     f"may not have been applied") from None
 
     async def stream(self, method, addr, path, *, body=None, headers=None, timeout=None):
         """A request whose response is consumed in chunks: returns (status, headers,
@@ -116,9 +122,12 @@ class Client:
         except asyncio.TimeoutError:
             self.failures += 1
             raise errors.Timeout(f"no answer from {addr}") from None
+        except aiohttp.ClientConnectorError as e:
+            self.failures += 1
+            raise errors.Unreachable(f"cannot reach {addr}: {e} (nothing was sent)") from None
         except aiohttp.ClientError as e:
             self.failures += 1
-            raise errors.Unavailable(f"cannot reach {addr}: {e}") from None
+            raise errors.Unavailable(f"connection to {addr} failed: {e}") from None
 
         async def chunks():
             try:

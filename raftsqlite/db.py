@@ -273,12 +273,15 @@ class Database:
         conn = self.reader()
         deadline = time.monotonic() + budget
         conn.set_progress_handler(lambda: time.monotonic() > deadline, 500)
+        conn.set_busy_timeout(0)    # never sleep on a lock on the loop: fall back instead
         try:
             res = self.read(statements, transaction=transaction)
         finally:
             conn.set_progress_handler(None)
+            conn.set_busy_timeout(self.busy_timeout_ms)
         for r in res:
-            if r.get("error", "").startswith("query interrupted"):
+            err = r.get("error", "")
+            if err.startswith("query interrupted") or "database is locked" in err:
                 self.stats_counters["inline_fallbacks"] += 1
                 return None
         self.stats_counters["inline_reads"] += 1
@@ -358,7 +361,12 @@ class Database:
                 acc.internal = False
         finally:
             src.close()
-        self.writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        try:
+            # shrink the WAL the restore filled; a reader still in an old snapshot may
+            # keep it from finishing, which is harmless (autocheckpoint goes on later)
+            self.writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.BusyError:
+            pass
         self.stats_counters["restores"] += 1
 
     @staticmethod
@@ -475,19 +483,25 @@ def sql_literal(v) -> str:
 
 def split_sql(text: str):
     """Split SQL text into complete statements (uses SQLite's own completeness check)."""
-    out, buf = [], []
-    for line in text.splitlines(keepends=True):
+    return list(iter_sql(text.splitlines(keepends=True)))
+
+
+def iter_sql(lines):
+    """Complete statements from an iterable of lines (a file streams, never held whole)."""
+    buf = []
+    for line in lines:
         buf.append(line)
+        if ";" not in line:
+            continue
         chunk = "".join(buf)
         if apsw.complete(chunk):
             s = chunk.strip()
             if s:
-                out.append(s)
+                yield s
             buf = []
     rest = "".join(buf).strip()
     if rest:
-        out.append(rest)
-    return out
+        yield rest
 
 
 def _fsync_file(path):

@@ -128,3 +128,11 @@ class QueueWaitTimeout(Timeout):
     stays queued and may still be written."""
 
     code = "queue_wait_timeout"
+
+
+class Unreachable(Unavailable):
+    """Could not connect to the node a request had to go to (e.g. the leader): nothing
+    was sent, so nothing was applied; safe to retry."""
+
+    code = "unreachable"
+    definite = True

@@ -333,7 +333,9 @@ def _b64(obj):
 
 
 def _dump_result(results) -> bytes:
-    return orjson.dumps(results, default=_b64)
+    # "time" differs per replica; stored rows must not, so replicas stay byte-identical
+    return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
+                        default=_b64)
 
 
 def _unb64(obj):

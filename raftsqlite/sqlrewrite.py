@@ -25,7 +25,8 @@ INTERNAL_PREFIX = "_raftsqlite_"
 
 # Plain substrings (lowercase) that a statement needing any work must contain: checking
 # them with ``in`` is several times cheaper than one case-insensitive regex search.
-_CANDIDATE_WORDS = ("random", "current_", "date", "time", "julianday", "unixepoch", "attach", "detach",
+_CANDIDATE_WORDS = ("random", "current_", "date", "time", "julianday", "unixepoch", "attach",
+                    "detach",
                     "load_extension", "vacuum", "pragma", ";", "begin", "commit", "end",
                     "rollback", "savepoint", "release", "_raftsqlite_")
 

@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from raftsqlite import sqlrewrite
 from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
-from raftsqlite.db import split_sql
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, PayloadTooLarge, ProposalDropped, RaftSQLiteError, StaleRead,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped,
+                               RaftSQLiteError, StaleRead,
                                Timeout)
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
@@ -461,65 +461,84 @@ class Store:
         """Load a SQLite file (replaces every user table) or a SQL dump (executed as
         given) through the log, so every member gets it. ``source``: a path, or bytes.
         The format is detected from the content (``fmt`` is accepted for the HTTP layer;
-        the file's header decides)."""
+        the file's header decides). Streams: a first pass checks every statement (a
+        refused one changes nothing), a second proposes chunks of ``batch_max_bytes``, so
+        a large file is never held in memory. Chunks are separate log entries: a load is
+        not atomic as a whole; a failing chunk stops it and the answer says so."""
         self._require_leader()
         loop = asyncio.get_running_loop()
         tmp = None
         if isinstance(source, (bytes, bytearray, memoryview)):
-            data = bytes(source)
-            if data[:16] == b"SQLite format 3\x00":
-                fd, tmp = tempfile.mkstemp(prefix="load-", dir=os.path.dirname(self.db.path))
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                source = tmp
-            else:
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BadRequest("load: body is neither a SQLite file nor UTF-8 SQL text") \
-                        from None
-                source = None
+            fd, tmp = tempfile.mkstemp(prefix="load-", dir=os.path.dirname(self.db.path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(source)
+            source = tmp
         try:
-            if source is not None:
-                if not os.path.exists(source):
-                    raise BadRequest(f"load: no such file {source}")
-                is_db = self.db.is_sqlite_file(source)
-                if is_db:
-                    stmts = await loop.run_in_executor(
-                        self._io, lambda: list(self.db.iterdump(path=source)))
-                else:
-                    with open(source, "r", encoding="utf-8") as f:
-                        text = f.read()
-            else:
-                is_db = False
-            if not is_db:
-                stmts = await loop.run_in_executor(self._io, split_sql, text)
+            if not isinstance(source, str) or not os.path.exists(source):
+                raise BadRequest(f"load: no such file {source}")
+            is_db = self.db.is_sqlite_file(source)
+            await loop.run_in_executor(self._io, self._check_load, source, is_db)
+            return await self._load_chunks(source, is_db,
+                                           timeout or max(self.config.write_timeout, 60.0))
         finally:
             if tmp:
                 os.unlink(tmp)
-        stmts = [s for s in stmts if not _is_dump_control(s)]
-        for s in stmts:
+
+    def _load_statements(self, path, is_db):
+        if is_db:
+            it = self.db.iterdump(path=path)
+        else:
+            f = open(path, "r", encoding="utf-8")
+            it = _closing_lines(f)
+        try:
+            for s in it:
+                if not _is_dump_control(s):
+                    yield s
+        except UnicodeDecodeError:
+            raise BadRequest("load: the body is neither a SQLite file nor UTF-8 SQL text") \
+                from None
+
+    def _check_load(self, path, is_db):
+        for s in self._load_statements(path, is_db):
             sqlrewrite.check(s)
-        timeout = timeout or max(self.config.write_timeout, 60.0)
+
+    async def _load_chunks(self, path, is_db, timeout):
+        loop = asyncio.get_running_loop()
+        gen = self._load_statements(path, is_db)
+        limit = self.config.batch_max_bytes
+
+        def take():
+            chunk, size = [], 0
+            for s in gen:
+                chunk.append(s)
+                size += len(s)
+                if size >= limit:
+                    break
+            return chunk
+
         index = 0
         if is_db:
             res = await self._propose_one(Command(CommandType.SYSTEM, ops=[("drop_all", b"")]),
                                           timeout)
             index = res["index"]
-        errors, n = [], 0
-        for chunk in _chunks(stmts, self.config.batch_max_bytes):
-            req = Request([Statement(s) for s in chunk], transaction=True)
-            res = await self._propose_one(Command(CommandType.EXECUTE, [req]), timeout)
-            index = res["index"]
-            for r in res["results"][0]:
-                if "error" in r:
-                    errors.append(r["error"])
-            n += len(chunk)
-            if errors:
-                break
+        n, error = 0, None
+        try:
+            while True:
+                chunk = await loop.run_in_executor(self._io, take)
+                if not chunk:
+                    break
+                req = Request([Statement(s) for s in chunk], transaction=True)
+                res = await self._propose_one(Command(CommandType.EXECUTE, [req]), timeout)
+                index = res["index"]
+                error = next((r["error"] for r in res["results"][0] if "error" in r), None)
+                if error:
+                    break
+                n += len(chunk)
+        finally:
+            await loop.run_in_executor(self._io, gen.close)
         out = {"statements": n, "raft_index": index}
-        if errors:
-            out["error"] = errors[0]
+        if error:
+            out["error"] = error
         return out
 
     # ---- status -----------------------------------------------------------------------
@@ -615,13 +634,7 @@ def _is_dump_control(s):
                          "SAVEPOINT", "RELEASE"))
 
 
-def _chunks(stmts, max_bytes):
-    chunk, size = [], 0
-    for s in stmts:
-        if chunk and size + len(s) > max_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(s)
-        size += len(s)
-    if chunk:
-        yield chunk
+def _closing_lines(f):
+    from raftsqlite.db import iter_sql
+    with f:
+        yield from iter_sql(f)

@@ -29,6 +29,7 @@ PRESENCE_FLAGS = (
     "freshness_strict", "qualify_columns", "norwrandom", "norwtime", "vacuum",
 )
 
+MAX_DURATION = 86400.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
          "m": 60.0, "h": 3600.0}
@@ -54,6 +55,8 @@ def parse_duration(text, name):
         pos = m.end()
     if not s:
         raise errors.BadRequest(f"{name} is not a valid duration: {text!r}")
+    if not total <= MAX_DURATION:  # also refuses inf and nan
+        raise errors.BadRequest(f"{name} is too long: {text!r} (at most 24h)")
     return total
 
 

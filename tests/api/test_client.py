@@ -15,7 +15,7 @@ def test_flags_and_urls():
 
 def test_client_calls_and_errors(single, bgloop):
     """execute/query round-trip through a served app on one pooled connection; an
-    unreachable node is Unavailable; a slow one is Timeout."""
+    unreachable node is Unreachable (nothing sent); a slow one is Timeout."""
     async def go():
         async with Client(timeout=5) as c:
             r = await c.execute(single.addr, ["CREATE TABLE t (x)", ["INSERT INTO t VALUES(?)", 3]])
@@ -25,7 +25,7 @@ def test_client_calls_and_errors(single, bgloop):
             for _ in range(20):
                 await c.query(single.addr, ["SELECT 1"], level="none")
             assert c.session.connector._conns  # keep-alive pool holds the connection
-            with pytest.raises(errors.Unavailable):
+            with pytest.raises(errors.Unreachable):
                 await c.request("GET", "127.0.0.1:1", "/status")
             single.store.delay = 2
             with pytest.raises(errors.Timeout):

@@ -88,8 +88,12 @@ def test_backup_then_load_into_fresh_cluster(cluster, tmp_path):
     assert st == 200
     q = "/db/query?q=SELECT%20*%20FROM%20bk%20ORDER%20BY%20id"
     want = http("GET", src + q)[1]
-    st, backup = http("GET", src + "/db/backup")
+    # Through a follower: it relays the leader's stream.
+    st, backup = http("GET", f"http://{cluster.follower()}/db/backup")
     assert st == 200 and backup.startswith(b"SQLite format 3\x00")
+    st, zipped = http("GET", src + "/db/backup?compress")
+    import gzip
+    assert st == 200 and gzip.decompress(zipped).startswith(b"SQLite format 3\x00")
     st, dump = http("GET", src + "/db/backup?fmt=sql")
     assert st == 200 and b"CREATE TABLE bk" in dump
 

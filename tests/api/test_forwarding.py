@@ -84,6 +84,7 @@ def test_unreachable_leader_is_503(trio, serve):
     leader.store.member.http_addr = "127.0.0.1:1"
     r = follower.http.post("/db/execute?timeout=2s", ["CREATE TABLE t (x)"])
     assert r.status == 503 and "127.0.0.1:1" in r.json()["error"]
+    assert r.json()["code"] == "unreachable"  # nothing was sent: a definite failure
 
 
 def test_queued_writes_on_follower_reach_leader(trio):

@@ -16,7 +16,8 @@ def test_go_durations(text, seconds):
     assert parse_duration(text, "timeout") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "s", "1x", "1s2", "-1s", "1.2.3s", "ms"])
+@pytest.mark.parametrize("text", ["", "5", "s", "1x", "1s2", "-1s", "1.2.3s", "ms", "1e9999h",
+                                  "25h"])
 def test_bad_durations_are_clear_400s(text):
     """A malformed or negative duration is a BadRequest naming the flag."""
     with pytest.raises(errors.BadRequest, match="timeout"):

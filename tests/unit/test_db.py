@@ -128,3 +128,22 @@ def test_sql_literal_quotes():
     assert sql_literal("a'b") == "'a''b'"
     assert sql_literal(b"\x01") == "X'01'"
     assert sql_literal(None) == "NULL"
+
+
+def test_restore_with_a_reader_mid_transaction(db, tmp_path):
+    """A reader holding an old snapshot neither blocks nor breaks a restore."""
+    db.busy_timeout_ms = 50
+    db.writer.set_busy_timeout(50)
+    db.run_user("CREATE TABLE t (a)")
+    db.run_user("INSERT INTO t VALUES (1)")
+    snap = str(tmp_path / "s")
+    db.backup_to(snap)
+    db.run_user("INSERT INTO t VALUES (2)")
+    import apsw
+    other = apsw.Connection(db.path, flags=apsw.SQLITE_OPEN_READONLY)
+    other.execute("BEGIN")
+    assert other.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
+    db.restore_from(snap)
+    assert db.read([("SELECT count(*) FROM t", None)])[0]["values"] == [[1]]
+    other.execute("COMMIT")
+    other.close()
