@@ -246,7 +246,10 @@ class MoveRunner:
                                         guard=None))
 
     async def _cat_op(self, name, **args):
-        return await self._retry(self.b.catalog_op, name, args)
+        res = await self._retry(self.b.catalog_op, name, args)
+        if isinstance(res, dict) and "start" in res and "end" in res:
+            res["end"] = ks.end_from_json(res["end"])   # JSON carries the keyspace end as null
+        return res
 
     async def _own_op(self, grp, name, **args):
         return await self._retry(self.b.own_op, grp, name, args)

@@ -1,0 +1,192 @@
+"""Real processes for the rebalance tests and bench: a default group and shard groups of
+one member each (``tests.cluster.rebalance_node``, the stand-in node integration), a
+router in the calling process (the real ``Router`` over HTTP, with guards), and checks.
+Everything started is stopped by PID."""
+import asyncio
+import os
+import sys
+import time
+
+import orjson
+
+from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding.catalog import Catalog
+from raftsqlite.sharding.rebalance_remote import HttpCatalogSource, HttpExecutor
+from raftsqlite.sharding.router import Router
+
+from tests.cluster.node_harness import NodeProc, call, free_port, wait_for
+
+GROUPS = ("default", "s1", "s2")
+
+
+class ShardedCluster:
+    def __init__(self, workdir, shards=("s1", "s2"), env=None):
+        self.workdir = workdir
+        self.env = env or {}
+        self.procs = {}
+        for g in ("default",) + tuple(shards):
+            p = NodeProc(workdir, f"{g}-n1", free_port(), free_port(),
+                         extra=[] if g == "default" else ["-shard", g])
+            self.procs[g] = p
+        self.shards = tuple(shards)
+
+    def argv(self, g):
+        p = self.procs[g]
+        return [sys.executable, "-m", "tests.cluster.rebalance_node"] + p.argv()[3:]
+
+    def start(self, g=None, timeout=30):
+        for name in ([g] if g else list(self.procs)):
+            p = self.procs[name]
+            old = os.environ.copy()
+            os.environ.update(self.env)
+            try:
+                p.start(self.argv(name))
+            finally:
+                os.environ.clear()
+                os.environ.update(old)
+        for name in ([g] if g else list(self.procs)):
+            wait_for(lambda: self.procs[name].is_leader(), timeout, f"{name} leader")
+
+    def stop(self):
+        for p in self.procs.values():
+            p.kill()
+
+    def addr(self, g):
+        return self.procs[g].http
+
+    # ---- catalog --------------------------------------------------------------------
+    def system(self, g, ops, timeout=15):
+        st, body = call(self.addr(g), "POST", "/_rs/system",
+                        orjson.dumps({"ops": ops}).decode(), timeout=timeout)
+        assert st == 200, (g, ops, body)
+        return body["results"]
+
+    def catalog(self):
+        st, body = call(self.addr("default"), "GET", "/_rs/catalog")
+        assert st == 200, body
+        return Catalog.from_dict(body["catalog"])
+
+    def push_ownership(self, groups=None):
+        cat = self.catalog()
+        for g in groups or self.shards:
+            self.system(g, [["own.set_all", {"group": g, "cols": cat.ownership_for(g)}]])
+
+    def bootstrap(self):
+        for g in self.shards:
+            p = self.procs[g]
+            self.system("default", [["catalog.add_group", {"group": g, "members": [
+                {"node_id": p.node_id, "http_addr": p.http,
+                 "raft_addr": f"127.0.0.1:{p.raft_port}"}]}]])
+
+    # ---- data -----------------------------------------------------------------------
+    def rows(self, g, sql, params=()):
+        st, body = call(self.addr(g), "POST", "/db/query?level=linearizable",
+                        orjson.dumps([[sql] + list(params)]).decode(), timeout=30)
+        assert st == 200, body
+        r = body["results"][0]
+        assert "error" not in r, r
+        return [tuple(x) for x in r.get("values") or []]
+
+    def execute(self, g, stmts, timeout=30):
+        st, body = call(self.addr(g), "POST", "/db/execute?transaction=true",
+                        orjson.dumps(stmts).decode(), timeout=timeout)
+        assert st == 200 and all("error" not in r for r in body["results"]), body
+        return body["results"]
+
+    def router(self):
+        ex = HttpExecutor({g: [self.addr(g)] for g in self.procs})
+        src = HttpCatalogSource(ex)
+        return Router(ex, src), ex, src
+
+    def rebalance(self, body, timeout=30):
+        return call(self.addr("default"), "POST", "/table/rebalance", orjson.dumps(body).decode(),
+                    timeout=timeout)
+
+    def status(self):
+        st, body = call(self.addr("default"), "GET", "/table/rebalance/status")
+        assert st == 200, body
+        return body
+
+    def wait_moves_end(self, timeout=90):
+        def ended():
+            s = self.status()
+            if s["moves"] and all(m["phase"] in ("done", "cancelled", "failed") for m in s["moves"]):
+                return s
+        return wait_for(ended, timeout, "moves to end", interval=0.2)
+
+
+def setup_table(cl, n_rows, table="kv"):
+    """kv registered, on s1 with n_rows rows, then s2 added (owning nothing yet)."""
+    cl.bootstrap()
+    cl.system("default", [["catalog.register_table", {"table": table, "shard_key": "id",
+                                                      "shard_func": "hash", "key_affinity": "integer"}],
+                          ["catalog.add_to_shard", {"table": table, "shard": "s1"}]])
+    cl.push_ownership(["s1"])
+    cl.execute("s1", [f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT, n INTEGER)"])
+    rows = [(i, f"v{i}", i % 97) for i in range(1, n_rows + 1)]
+    for b in range(0, n_rows, 2000):
+        part = rows[b:b + 2000]
+        cl.execute("s1", [[f"INSERT INTO {table}(id, v, n) VALUES " + ",".join("(?,?,?)" for _ in part)]
+                          + [x for r in part for x in r]])
+    cl.system("default", [["catalog.add_to_shard", {"table": table, "shard": "s2"}]])
+    cl.push_ownership()
+    return rows
+
+
+def check_placement(cl, ref_rows, table="kv"):
+    """Every acknowledged row present exactly once, on the shard owning its key, and
+    each shard's own view equals the catalog (no fence left, no trigger left)."""
+    cat = cl.catalog()
+    union = []
+    for g in cl.shards:
+        if not cl.rows(g, "SELECT 1 FROM sqlite_master WHERE name = ?", [table]):
+            continue
+        rows = cl.rows(g, f"SELECT id, v, n FROM {table}")
+        for r in rows:
+            owner = cat.owner_of(table, ks.key_id(r[0], "hash", "integer"))
+            assert owner == g, f"row {r} on {g}, owned by {owner}"
+        union.extend(rows)
+        assert not cl.rows(g, "SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    assert len(union) == len(set(r[0] for r in union)), "a key is held twice"
+    want = sorted(ref_rows)
+    got = sorted(union)
+    if got != want:
+        missing = set(want) - set(got)
+        extra = set(got) - set(want)
+        raise AssertionError(f"{len(missing)} acknowledged rows missing (e.g. {sorted(missing)[:3]}), "
+                             f"{len(extra)} unexpected (e.g. {sorted(extra)[:3]})")
+    col = cat.colocations[table]
+    ks.check_starts(col["starts"])
+    assert not col["fences"]
+    return cat
+
+
+async def write_load(router, ref, stop, seed, stats, n_max=100000, key_max=None, rate=None,
+                     table="kv"):
+    """Random insert/update/delete through the router; the reference (a sqlite3
+    connection) gets a write only once it was acknowledged. Latencies recorded."""
+    import random
+    rnd = random.Random(seed)
+    t_next = time.monotonic()
+    for i in range(n_max):
+        if stop.is_set():
+            break
+        if rate:
+            t_next += 1.0 / rate
+            d = t_next - time.monotonic()
+            if d > 0:
+                await asyncio.sleep(d)
+        op = rnd.random()
+        k = rnd.randint(1, key_max)
+        if op < 0.4:
+            sql, args = f"INSERT OR REPLACE INTO {table}(id, v, n) VALUES (?, ?, ?)", [k, f"w{seed}-{i}", i]
+        elif op < 0.75:
+            sql, args = f"UPDATE {table} SET v = ?, n = n + 1 WHERE id = ?", [f"u{seed}-{i}", k]
+        else:
+            sql, args = f"DELETE FROM {table} WHERE id = ?", [k]
+        t0 = time.monotonic()
+        res = await router.execute([(sql, args)])
+        stats.setdefault("lat", []).append((t0, time.monotonic() - t0))
+        assert "error" not in res[0], res
+        ref.execute(sql, args)
+        stats["acked"] = stats.get("acked", 0) + 1
