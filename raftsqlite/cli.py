@@ -111,6 +111,10 @@ def _parse_value(v):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["rebalance"]:   # #7: raft-sqlite rebalance TABLE --wait (an HTTP client)
+        from raftsqlite.sharding.rebalance_cli import main as rebalance_main
+        return rebalance_main(argv[1:])
     try:
         cfg, args = config_from_args(argv)
     except ConfigError as e:

@@ -392,6 +392,7 @@ class MoveRunner:
             w, p = self._rng(key).where()
             while True:
                 await self._cancel_check()
+                await self._throttle(t0, rows0)
                 if after is None:
                     keys = await self._read(m["source"], f"SELECT DISTINCT {_q(key)} FROM {_q(t)} "
                                             f"WHERE {w} ORDER BY 1 LIMIT ?", p + [self.cfg.batch_rows])
@@ -405,7 +406,6 @@ class MoveRunner:
                 self.rows_copied += await self._sync_keys(t, key, keys)
                 after = keys[-1]
                 self._at("copy_batch")
-                await self._throttle(t0, rows0)
                 if self.clock() - last_report >= self.cfg.progress_every_s:
                     last_report = self.clock()
                     resume.update(table=ti, after=key_to_json(after))
@@ -416,9 +416,10 @@ class MoveRunner:
         self._at("copied")
 
     async def _throttle(self, t0, rows0):
+        # a batch waits for its own budget first, so no burst ever beats the limit
         rate = self.cfg.max_rows_per_s
         if rate:
-            ahead = (self.rows_copied - rows0) / rate - (self.clock() - t0)
+            ahead = (self.rows_copied - rows0 + self.cfg.batch_rows) / rate - (self.clock() - t0)
             if ahead > 0:
                 await asyncio.sleep(ahead)
 

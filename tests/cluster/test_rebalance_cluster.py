@@ -6,6 +6,8 @@ import sqlite3
 
 import pytest
 
+from raftsqlite.sharding import keyspace as ks
+
 from tests.cluster.rebalance_harness import ShardedCluster, check_placement, setup_table, write_load
 
 pytestmark = pytest.mark.timeout(180)
@@ -53,7 +55,7 @@ def test_dry_run_then_move_with_concurrent_writes(cluster):
         router, ex, src = cl.router()
         await src.refresh()
         stop = asyncio.Event()
-        stats = {}
+        stats = {"old_catalog": src.current()}
         ws = [asyncio.create_task(write_load(router, ref, stop, s, stats, key_max=N_ROWS + 5000))
               for s in range(3)]
         await asyncio.sleep(0.5)
@@ -72,3 +74,29 @@ def test_dry_run_then_move_with_concurrent_writes(cluster):
     assert stats["acked"] > 50
     cat = check_placement(cl, ref.execute("SELECT id, v, n FROM kv").fetchall())
     assert sorted(set(cat.colocations["kv"]["owners"])) == ["s1", "s2"]
+
+    # A router that still holds the catalog from before the move writes keys of the moved
+    # range: the old owner must refuse every one (nothing applied there).
+    old = stats["old_catalog"]
+
+    async def stale_writes():
+        router, ex, src = cl.router()
+        src.cat = old
+        ex.cat = old
+        mv = cl.catalog().moves["m1"]
+        keys = [k for k in range(N_ROWS + 10_000, N_ROWS + 12_000)
+                if mv["start"] <= ks.key_id(k, "hash", "integer") < ks.end_from_json(mv["end"])][:30]
+        assert old.owner_of("kv", ks.key_id(keys[0], "hash", "integer")) == "s1"
+        for k in keys:
+            r = await router.execute([("INSERT INTO kv(id, v, n) VALUES (?, 'late', 0)", [k])])
+            assert "error" not in r[0], r
+            ref.execute("INSERT INTO kv(id, v, n) VALUES (?, 'late', 0)", [k])
+        st = router.stats()
+        await ex.close()
+        return keys, st
+    keys, rstats = asyncio.run(stale_writes())
+    assert rstats["moved_retries"] >= 1, rstats
+    marks = ",".join("?" * len(keys))
+    assert cl.rows("s1", f"SELECT count(*) FROM kv WHERE id IN ({marks})", keys)[0][0] == 0
+    assert cl.rows("s2", f"SELECT count(*) FROM kv WHERE id IN ({marks})", keys)[0][0] == len(keys)
+    check_placement(cl, ref.execute("SELECT id, v, n FROM kv").fetchall())
