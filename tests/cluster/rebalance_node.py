@@ -54,6 +54,7 @@ class StandinNode(node_mod.Node):
             import os
             cfg = RebalanceConfig(**orjson.loads(os.environ.get("RS_REBALANCE", "{}")))
             self.rebalancer = Rebalancer(self.backend, cfg)
+            self.rebalancer.hook = _fault_hook(os.environ.get("RS_FAULT"))
             bps.append(lambda: rebalance_blueprint(lambda req: self._need_rebalancer()))
         self.http_blueprints = bps
         self._resume_task = None
@@ -140,6 +141,31 @@ class StandinNode(node_mod.Node):
             return js({"results": results})
 
         return bp
+
+
+def _fault_hook(spec):
+    """Tests: ``RS_FAULT={"step", "action": "die"|"pause", "flag": path}``. ``die``
+    SIGKILLs this process at the step (once: a marker file remembers); ``pause`` blocks
+    the coordinator at the step until ``flag.go`` exists (the test kills and restarts
+    another process meanwhile), after writing ``flag.reached``."""
+    if not spec:
+        return None
+    import os
+    import signal
+    import time
+    f = orjson.loads(spec)
+
+    def hook(step):
+        if step != f["step"] or os.path.exists(f["flag"] + ".done"):
+            return
+        open(f["flag"] + ".done", "w").close()
+        if f["action"] == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        open(f["flag"] + ".reached", "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(f["flag"] + ".go") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return hook
 
 
 def main(argv=None):
