@@ -36,16 +36,46 @@ class ShardedCluster:
 
     def start(self, g=None, timeout=30):
         for name in ([g] if g else list(self.procs)):
-            p = self.procs[name]
-            old = os.environ.copy()
-            os.environ.update(self.env)
-            try:
-                p.start(self.argv(name))
-            finally:
-                os.environ.clear()
-                os.environ.update(old)
+            self._launch(name)
         for name in ([g] if g else list(self.procs)):
-            wait_for(lambda: self.procs[name].is_leader(), timeout, f"{name} leader")
+            p = self.procs[name]
+            for attempt in range(3):
+                if self._wait_ours(p, timeout):
+                    break
+                if p.alive() or g is not None:
+                    raise AssertionError(f"{name} did not become leader: {p.tail(10)}")
+                # our process died: on this shared machine someone took the port we
+                # picked; a first start may move to new ports
+                p.http_port, p.raft_port = free_port(), free_port()
+                p.http = f"127.0.0.1:{p.http_port}"
+                self._launch(name)
+            else:
+                raise AssertionError(f"{name} could not start: {p.tail(10)}")
+
+    def _launch(self, name):
+        p = self.procs[name]
+        old = os.environ.copy()
+        os.environ.update(self.env)
+        try:
+            p.start(self.argv(name))
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+
+    @staticmethod
+    def _wait_ours(p, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not p.alive():
+                return False
+            try:
+                s = p.status()
+                if s and s["store"].get("is_leader") and s["node"]["node_id"] == p.node_id:
+                    return True
+            except Exception:
+                pass
+            time.sleep(0.05)
+        return False
 
     def stop(self):
         for p in self.procs.values():

@@ -263,3 +263,60 @@ def test_stale_router_never_writes_to_old_owner():
     marks = ",".join("?" * len(keys))
     assert cl.sql("s1", f"SELECT count(*) FROM kv WHERE id IN ({marks})", keys)[0][0] == 0
     assert cl.sql("s2", f"SELECT count(*) FROM kv WHERE id IN ({marks})", keys)[0][0] == len(keys)
+
+
+def test_remove_from_shard_drains_then_removes():
+    """Invariant: removing a shard from a table moves every range it owns to the others,
+    then takes it out of the placement; the data check holds."""
+    cl, router, ref = make(1500)
+    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=200))
+
+    async def main():
+        plan = await rb.plan("kv")
+        await rb.wait([m["move_id"] for m in plan["moves"]], timeout=30)
+        assert set(cl.catalog.colocations["kv"]["owners"]) == {"s1", "s2"}
+        plan2 = await rb.remove_from_shard("kv", "s1", wait=True)
+        return plan2
+    plan2 = asyncio.run(main())
+    assert [(m["source"], m["target"]) for m in plan2["moves"]] == [("s1", "s2")]
+    col = cl.catalog.colocations["kv"]
+    assert set(col["owners"]) == {"s2"} and col["shards"] == ["s2"]
+    assert cl.sql("s1", "SELECT count(*) FROM kv")[0][0] == 0
+    assert sorted(cl.sql("s2", "SELECT * FROM kv")) == sorted(ref.execute("SELECT * FROM kv").fetchall())
+
+
+def test_split_at_key_and_move_range():
+    """Invariant: splitting at a key changes no ownership (epoch unchanged); moving the
+    range that starts at that key puts exactly those rows on the named shard."""
+    cl, router, ref = make(1500)
+    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=200))
+    epoch = cl.catalog.epoch
+
+    async def main():
+        res = await rb.split("kv", key=777)
+        assert cl.catalog.epoch == epoch
+        at = res["at"]
+        col = cl.catalog.colocations["kv"]
+        assert at in col["starts"]
+        i = col["starts"].index(at)
+        end = col["starts"][i + 1] if i + 1 < len(col["starts"]) else None
+        await rb.move_range("kv", at, end, "s2", wait=True)
+        return at, end
+    at, end = asyncio.run(main())
+    e = ks.end_from_json(end)
+    want = [r for r in ref.execute("SELECT * FROM kv").fetchall()
+            if at <= ks.key_id(r[0], "hash", "integer") < e]
+    assert sorted(cl.sql("s2", "SELECT * FROM kv")) == sorted(want)
+    assert cl.catalog.owner_of("kv", ks.key_id(777, "hash", "integer")) == "s2"
+    check_placement(cl, ref)
+
+
+def test_move_of_unknown_table_is_a_clear_error():
+    """Invariant: planning an unregistered table raises NotFound naming it; nothing changes."""
+    from raftsqlite.errors import NotFound
+    cl, router, ref = make(100)
+    before = cl.catalog.to_bytes()
+    rb = Rebalancer(FakeMoveBackend(cl))
+    with pytest.raises(NotFound, match="nosuch"):
+        asyncio.run(rb.plan("nosuch", dry_run=True))
+    assert cl.catalog.to_bytes() == before
