@@ -107,122 +107,74 @@ async def inproc(shards, rows, reads):
     return ins, rd, lat
 
 
-# ---- real groups (one process each) -----------------------------------------------------
+# ---- real sharded clusters (one process per group) -------------------------------------
 
-class HttpGroupExecutor:
-    """``GroupExecutor`` over the rqlite-compatible API of single-member groups. The
-    guard is not sent: ownership checks need the FSM integration; here no range moves."""
-
-    def __init__(self, urls, session):
-        self.urls = urls
-        self.s = session
-
-    @staticmethod
-    def _body(statements):
-        out = []
-        for st in statements:
-            p = st.params
-            out.append([st.sql] + (list(p) if isinstance(p, (list, tuple)) else [p] if p else []))
-        return out
-
-    async def _post(self, group, path, statements):
-        async with self.s.post(self.urls[group] + path, json=self._body(statements)) as r:
-            body = await r.json(content_type=None)
-        if "results" not in body:
-            raise RuntimeError(f"{group}{path}: {body}")
-        return body["results"]
-
-    async def execute(self, group, statements, *, transaction=False, guard=None):
-        return await self._post(group, "/db/execute" + ("?transaction" if transaction else ""), statements)
-
-    async def query(self, group, statements, *, guard=None, **opts):
-        return await self._post(group, "/db/query", statements)
+def setup_cluster(tmp, n_groups):
+    from raftsqlite.sharding.local import LocalCluster, http
+    shards = tuple(f"shard{i + 1}" for i in range(n_groups))
+    cl = LocalCluster(os.path.join(tmp, f"g{n_groups}"), shards=shards).start()
+    d = cl.addrs["default"]
+    for method, path, body in (
+            ("POST", "/db/execute", ["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, city TEXT)"]),
+            ("POST", "/table/register", {"table_name": "users", "shard_key": "id", "shard_func": "hash"}),
+            *[("POST", "/table/add-to-shard", {"table_name": "users", "shard_id": s}) for s in shards],
+            ("POST", "/table/rebalance", {"table_name": "users"})):
+        st, res = http(method, d, path, body)
+        assert st == 200, (path, st, res)
+    # every node's router must know the table before the load starts
+    deadline = time.monotonic() + 10
+    for s in shards:
+        while True:
+            st, res = http("GET", cl.addrs[s], "/table/explain?q=SELECT+1+FROM+users+WHERE+id%3D1")
+            if st == 200 and res.get("shards"):
+                break
+            assert time.monotonic() < deadline, res
+            time.sleep(0.1)
+    return cl, shards
 
 
-class Procs:
-    """Single-member groups on free ports; stopped by PID."""
-
-    def __init__(self, node_src, tmp):
-        self.node_src, self.tmp, self.procs = node_src, tmp, []
-
-    def start(self, name):
-        import socket
-        import subprocess
-        ports = []
-        for _ in range(2):
-            with socket.socket() as so:
-                so.bind(("127.0.0.1", 0))
-                ports.append(so.getsockname()[1])
-        env = dict(os.environ, PYTHONPATH=self.node_src)
-        log = open(os.path.join(self.tmp, name + ".log"), "w")
-        p = subprocess.Popen([sys.executable, "-m", "raftsqlite", "-id", name, "-data",
-                              os.path.join(self.tmp, name), "-http", f"127.0.0.1:{ports[0]}",
-                              "-raft", f"127.0.0.1:{ports[1]}"], env=env, stdout=log, stderr=log,
-                             cwd=self.tmp)
-        self.procs.append(p)
-        return f"http://127.0.0.1:{ports[0]}"
-
-    async def ready(self, session, url, timeout=30):
-        t = time.monotonic() + timeout
-        while time.monotonic() < t:
-            try:
-                async with session.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"node at {url} not ready in {timeout}s")
-
-    def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except Exception:
-                p.kill()
-
-
-async def cluster_run(n_groups, node_src, seconds, clients, rows_scan):
+async def cluster_run(n_groups, seconds, clients, rows_scan):
+    """Single-row routed INSERTs and point reads spread over the shard nodes (each node's
+    router routes; a client may hit any node), then scatter queries over ``rows_scan``."""
     import tempfile
     import aiohttp
     tmp = tempfile.mkdtemp(prefix="shard_bench_")
-    procs = Procs(node_src, tmp)
-    shards = tuple(f"s{i + 1}" for i in range(n_groups))
+    cl, shards = setup_cluster(tmp, n_groups)
     try:
-        urls = {"default": procs.start("default")}
-        for s_ in shards:
-            urls[s_] = procs.start(s_)
+        entry = [cl.addrs[s] for s in shards]
         conn = aiohttp.TCPConnector(limit=clients * 2)
         async with aiohttp.ClientSession(connector=conn) as session:
-            for u in urls.values():
-                await procs.ready(session, u)
-            cl = make_cluster(shards)
-            r = Router(HttpGroupExecutor(urls, session), cl.source)
-            await r.execute(["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, city TEXT)"])
             counter = iter(range(10 ** 9))
 
-            async def writer(stop):
+            async def post(addr, path, body):
+                async with session.post(f"http://{addr}{path}", json=body) as r:
+                    out = await r.json(content_type=None)
+                if r.status != 200 or "error" in out.get("results", [{}])[0]:
+                    raise RuntimeError(f"{path}: {r.status} {out}")
+                return out
+
+            async def writer(stop, c):
                 n = 0
+                addr = entry[c % len(entry)]
                 while time.monotonic() < stop:
                     i = next(counter)
-                    await r.execute([("INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)",
-                                      [i, f"n{i}", i % 80, f"c{i % 7}"])])
+                    await post(addr, "/db/execute", [["INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)",
+                                                      i, f"n{i}", i % 80, f"c{i % 7}"]])
                     n += 1
                 return n
             stop = time.monotonic() + 1.0
-            await asyncio.gather(*[writer(stop) for _ in range(clients)])   # warm-up
+            await asyncio.gather(*[writer(stop, c) for c in range(clients)])   # warm-up
             t0 = time.monotonic()
-            n = sum(await asyncio.gather(*[writer(t0 + seconds) for _ in range(clients)]))
+            n = sum(await asyncio.gather(*[writer(t0 + seconds, c) for c in range(clients)]))
             ins = n / (time.monotonic() - t0)
             written = next(counter)
 
-            async def reader(stop, seed):
-                k, m = seed, 0
+            async def reader(stop, c):
+                k, m = c, 0
+                addr = entry[c % len(entry)]
                 while time.monotonic() < stop:
                     k = (k * 7919 + 13) % written
-                    await r.query([("SELECT * FROM users WHERE id = ?", [k])])
+                    await post(addr, "/db/query", [["SELECT * FROM users WHERE id = ?", k]])
                     m += 1
                 return m
             t0 = time.monotonic()
@@ -230,29 +182,31 @@ async def cluster_run(n_groups, node_src, seconds, clients, rows_scan):
             rd = m / (time.monotonic() - t0)
             lat = {}
             if rows_scan:
-                batch = 500
+                batch, par = 500, 8
                 base = 10 ** 8
-                for b0 in range(0, rows_scan, batch * clients):
-                    async def load(start):
-                        if start >= rows_scan:
-                            return
-                        k = min(batch, rows_scan - start)
-                        vals = ", ".join(f"({base + start + j}, 'b', {(start + j) % 97}, 'x')" for j in range(k))
-                        res = await r.execute([f"INSERT INTO users (id, name, age, city) VALUES {vals}"])
-                        assert "error" not in res[0], res[0]
-                    await asyncio.gather(*[load(b0 + c * batch) for c in range(clients)])
-                for name, sql in (("count", "SELECT COUNT(*) FROM users"),
-                                  ("order_limit", "SELECT id, name FROM users ORDER BY age DESC, id LIMIT 10")):
+                sql = "INSERT INTO users (id, name, age, city) VALUES " + ", ".join(["(?, ?, ?, ?)"] * batch)
+                t_load = time.monotonic()
+                starts = iter(range(0, rows_scan - rows_scan % batch, batch))
+
+                async def loader(c):
+                    for s0 in starts:
+                        params = [v for j in range(batch) for v in (base + s0 + j, "b", (s0 + j) % 97, "x")]
+                        await post(entry[c % len(entry)], "/db/execute", [[sql] + params])
+                await asyncio.gather(*[loader(c) for c in range(par)])
+                lat["load_rows_per_s"] = round(rows_scan / (time.monotonic() - t_load))
+                d = cl.addrs["default"]
+                for name, q in (("count", "SELECT COUNT(*) FROM users"),
+                                ("order_limit", "SELECT id, name FROM users ORDER BY age DESC, id LIMIT 10")):
                     xs = []
                     for _ in range(5):
                         t = time.perf_counter()
-                        res = await r.query([sql])
+                        await post(d, "/db/query", [[q]])
                         xs.append((time.perf_counter() - t) * 1e3)
-                        assert "error" not in res[0], res[0]
                     lat[name] = round(statistics.median(xs), 1)
+                lat["total_rows"] = (await post(d, "/db/query", [["SELECT COUNT(*) FROM users"]]))["results"][0]["values"][0][0]
             return ins, rd, lat
     finally:
-        procs.stop()
+        cl.stop()
 
 
 def main():
@@ -300,33 +254,37 @@ def _arg(name, default):
 
 
 def main_cluster():
-    """Real single-member groups (separate processes; the router runs in this process).
-    ``--node-src DIR`` puts DIR first on the nodes' PYTHONPATH (a checkout with the node)."""
-    node_src = _arg("--node-src", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """Real clusters: a default group and 1, then 2, shard groups of one member each
+    (separate ``raft-sqlite`` processes, fsync on), driven over HTTP through the nodes'
+    own routers with ownership guards checked by each shard's FSM."""
     seconds = _arg("--seconds", 5.0)
     clients = _arg("--clients", 64)
     rows = _arg("--rows", 1_000_000)
     print(f"# shard_bench --cluster: python {platform.python_version()}, {os.cpu_count()} cpus, "
-          f"node from {node_src}, {clients} clients, {seconds}s per phase, scan over {rows} rows")
+          f"{clients} clients, {seconds}s per phase, scan over {rows} rows; load "
+          f"{os.getloadavg()[0]:.2f}")
     print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     cat = make_cluster(("s1", "s2", "s3")).catalog
     costs = plan_costs(cat, 7, 100)
     warm = statistics.median(v["warm_us"] for v in costs.values())
     cold = statistics.median(v["cold_us"] for v in costs.values())
+    print(f"planning cost per statement (median over shapes): cold {cold:.1f} us, warm {warm:.2f} us")
     out = {}
     for n in (1, 2):
-        ins, rd, lat = asyncio.run(cluster_run(n, node_src, seconds, clients, rows if n == 2 else 0))
+        ins, rd, lat = asyncio.run(cluster_run(n, seconds, clients, rows if n == 2 else 0))
         out[n] = (ins, rd, lat)
-        print(f"{n} group(s): routed single-row inserts {ins:,.0f}/s, point reads {rd:,.0f}/s"
-              + (f", scatter COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms"
-                 f" over {rows} rows" if lat else ""))
+        print(f"{n} shard group(s): routed single-row inserts {ins:,.0f}/s, point reads {rd:,.0f}/s"
+              + (f"; loaded {lat['total_rows']} rows at {lat['load_rows_per_s']:,} rows/s; scatter "
+                 f"COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms" if lat else ""),
+              flush=True)
     print(json.dumps({
         "insert_rps_1_group": round(out[1][0]), "insert_rps_2_groups": round(out[2][0]),
         "scale_ratio": round(out[2][0] / out[1][0], 2),
         "point_read_rps_1_group": round(out[1][1]), "point_read_rps_2_groups": round(out[2][1]),
         "scatter_count_ms": out[2][2].get("count"), "scatter_order_limit_ms": out[2][2].get("order_limit"),
-        "scan_rows": rows, "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
-        "guard_checked": False, "hash_impl": codec.IMPLEMENTATION}))
+        "scan_rows": out[2][2].get("total_rows"), "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
+        "guard_checked": True, "hash_impl": codec.IMPLEMENTATION,
+        "loadavg_1m_end": round(os.getloadavg()[0], 2)}))
 
 
 if __name__ == "__main__":

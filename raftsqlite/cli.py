@@ -112,6 +112,9 @@ def _parse_value(v):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        from raftsqlite.sharding.local import demo
+        return demo(argv[1:])
     if argv[:1] == ["rebalance"]:   # #7: raft-sqlite rebalance TABLE --wait (an HTTP client)
         from raftsqlite.sharding.rebalance_cli import main as rebalance_main
         return rebalance_main(argv[1:])
