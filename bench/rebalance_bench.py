@@ -46,7 +46,7 @@ def main():
     print(f"# python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
           f"default + 2 shard groups, one member each, fsync on; {a.rows} rows, half moved")
     work = tempfile.mkdtemp(prefix="rs_rebalance_bench_")
-    cl = ShardedCluster(work, env={"RS_REBALANCE": json.dumps(
+    cl = ShardedCluster(work, env={"RAFTSQLITE_REBALANCE": json.dumps(
         {"batch_rows": a.batch_rows, "max_rows_per_s": a.max_rows_per_s})})
     try:
         cl.start()

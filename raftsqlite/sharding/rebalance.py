@@ -619,12 +619,26 @@ class MoveRunner:
             self._at("pushed_" + ("target" if g == m["target"] else "source"))
 
     async def _delete_range(self, group):
+        """Delete the range's rows on ``group`` in rowid windows: each batch reads the next
+        rowids of the range, then deletes that window (a seek, never a rescan from the
+        start). Only called where nobody else writes the range (source after the switch,
+        target of a rolled-back move)."""
         for t, key in self.tables:
+            if not await self._read(group, "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                    "AND name = ?", [t]):
+                continue   # a move rolled back before the target had the table
             w, p = self._rng(key).where()
+            after = -(1 << 63)
             while True:
-                res = await self._write(group, [(f"DELETE FROM {_q(t)} WHERE rowid IN (SELECT rowid FROM "
-                                                 f"{_q(t)} WHERE {w} LIMIT ?)", p + [5000])])
-                if res[0].get("rows_affected", 0) < 5000:
+                rows = await self._read(group, f"SELECT rowid FROM {_q(t)} WHERE rowid > ? AND {w} "
+                                        "ORDER BY rowid LIMIT 5000", [after] + p)
+                if not rows:
+                    break
+                hi = rows[-1][0]
+                await self._write(group, [(f"DELETE FROM {_q(t)} WHERE rowid > ? AND rowid <= ? AND {w}",
+                                           [after, hi] + p)])
+                after = hi
+                if len(rows) < 5000:
                     break
 
     async def _cleanup(self):

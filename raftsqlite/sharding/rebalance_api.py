@@ -51,7 +51,9 @@ def _sane(o):
     return o
 
 
-def blueprint(get_rebalancer, name="rebalance"):
+def blueprint(get_rebalancer, name="rebalance", skip_owned=False):
+    """``skip_owned``: leave out /table/rebalance and /table/remove-from-shard (the
+    sharding blueprint owns those paths in the node and delegates to ``rebalance_node``)."""
     from sanic import Blueprint
     bp = Blueprint(name)
 
@@ -85,9 +87,14 @@ def blueprint(get_rebalancer, name="rebalance"):
     async def cancel(rb, b):
         return await rb.cancel(_field(b, "move_id"))
 
-    @bp.post("/table/rebalance")
-    async def _rebalance(request):
-        return await guarded(rebalance, request)
+    if not skip_owned:
+        @bp.post("/table/rebalance")
+        async def _rebalance(request):
+            return await guarded(rebalance, request)
+
+        @bp.post("/table/remove-from-shard")
+        async def _remove(request):
+            return await guarded(remove_from_shard, request)
 
     @bp.get("/table/rebalance/status")
     async def _status(request):
@@ -97,10 +104,6 @@ def blueprint(get_rebalancer, name="rebalance"):
     @bp.post("/table/rebalance/cancel")
     async def _cancel(request):
         return await guarded(cancel, request)
-
-    @bp.post("/table/remove-from-shard")
-    async def _remove(request):
-        return await guarded(remove_from_shard, request)
 
     @bp.post("/table/split")
     async def _split(request):

@@ -2,8 +2,8 @@
 coordinator that reaches groups over the network:
 
 - ``HttpExecutor``: the router's ``GroupExecutor`` over ``/db/execute`` and
-  ``/db/query?level=linearizable`` of a group's members, or, when a guard is given,
-  over ``POST <guarded_path>`` (the route that hands the guard to the shard's FSM).
+  ``/db/query?level=linearizable`` (with ``shard_id``) of a group's members, or, when a
+  guard is given, over ``POST /shard/call`` (which hands the guard to the shard's FSM).
 - ``HttpMoveBackend``: ``MoveBackend`` with the catalog read from / ops proposed to the
   default group, own ops proposed to shard groups.
 
@@ -60,27 +60,42 @@ class _Http:
             return [m["http_addr"] for m in self.cat.groups[group]["members"].values() if m.get("http_addr")]
         raise errors.NotFound(f"no address known for group {group!r}")
 
-    async def call(self, group, method, path, body=None, params=None):
+    async def call(self, group, method, path, body=None, params=None, raw=False):
         last = None
         for a in self.addrs(group):
             url = ("" if "://" in a else "http://") + a + path
+            kw = {"data": body, "headers": {"Content-Type": "application/octet-stream"}} if raw \
+                else {"json": body}
             try:
-                async with self.session().request(method, url, json=body, params=params,
-                                                  allow_redirects=True) as r:
+                async with self.session().request(method, url, params=params,
+                                                  allow_redirects=True, **kw) as r:
                     data = await r.read()
+                    if r.headers.get("Content-Type", "").startswith("application/octet-stream"):
+                        return {"bytes": data}
                     try:
-                        j = orjson.loads(data) if data else {}
+                        j = _unb64(orjson.loads(data)) if data else {}
                     except orjson.JSONDecodeError:
                         j = {"error": data.decode(errors="replace")}
                     if r.status == 200:
                         return j
-                    if r.status in (502, 503, 504):
+                    if r.status in (502, 503, 504) and j.get("code") not in _CODES:
                         last = errors.Unavailable(j.get("error", f"HTTP {r.status}"))
                         continue
                     _raise_for(r.status, j)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 last = errors.Unavailable(f"{group} at {a}: {type(e).__name__}: {e}")
         raise last or errors.Unavailable(f"group {group} has no member")
+
+
+def _unb64(o):
+    import base64
+    if isinstance(o, dict):
+        if len(o) == 1 and "$b64" in o:
+            return base64.b64decode(o["$b64"])
+        return {k: _unb64(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_unb64(v) for v in o]
+    return o
 
 
 def _stmts(statements):
@@ -97,23 +112,27 @@ def _check_results(res):
 
 
 class HttpExecutor(_Http):
-    def __init__(self, static=None, guarded_path="/_rs/execute", timeout=30.0):
-        super().__init__(static, timeout)
-        self.guarded_path = guarded_path
+    """Guarded writes go codec-encoded (with their guard) to ``POST /shard/call`` of the
+    group, which hands the guard to its FSM; everything else to ``/db/*`` with
+    ``shard_id=<group>`` (so the receiving node runs it on its own group, unrouted)."""
 
     async def execute(self, group, statements, *, transaction=False, guard=None):
         if guard is not None:
-            j = await self.call(group, "POST", self.guarded_path,
-                                {"statements": _stmts(statements), "transaction": transaction,
-                                 "guard": bytes(guard).hex()})
+            from raftsqlite.codec import encode_command
+            from raftsqlite.codec.model import Command, CommandType, Request
+            body = encode_command(Command(CommandType.EXECUTE,
+                                          [Request(list(statements), bool(transaction), None, bytes(guard))]))
+            j = await self.call(group, "POST", "/shard/call", body, params={"kind": "execute"}, raw=True)
         else:
-            j = await self.call(group, "POST", "/db/execute", _stmts(statements),
-                                params={"transaction": "true"} if transaction else None)
+            params = {"shard_id": group}
+            if transaction:
+                params["transaction"] = "true"
+            j = await self.call(group, "POST", "/db/execute", _stmts(statements), params=params)
         return _check_results(j.get("results", []))
 
     async def query(self, group, statements, *, guard=None, **opts):
         j = await self.call(group, "POST", "/db/query", _stmts(statements),
-                            params={"level": "linearizable", "types": "false"})
+                            params={"level": "linearizable", "types": "false", "shard_id": group})
         return j.get("results", [])
 
     async def request(self, group, statements, *, transaction=False, **opts):
@@ -121,9 +140,9 @@ class HttpExecutor(_Http):
 
 
 class HttpCatalogSource:
-    """The router's ``CatalogSource`` over ``GET <catalog_path>`` of the default group."""
+    """The router's ``CatalogSource`` over ``GET /shard/catalog`` of the default group."""
 
-    def __init__(self, http, catalog_path="/_rs/catalog"):
+    def __init__(self, http, catalog_path="/shard/catalog?after=-1"):
         self.http = http
         self.path = catalog_path
         self.cat = Catalog()
@@ -135,13 +154,13 @@ class HttpCatalogSource:
     async def refresh(self):
         self.refreshes += 1
         j = await self.http.call(DEFAULT_GROUP, "GET", self.path)
-        self.cat = Catalog.from_dict(j["catalog"])
+        self.cat = Catalog.from_bytes(j["bytes"]) if "bytes" in j else Catalog.from_dict(j["catalog"])
         self.http.cat = self.cat
         return self.cat
 
 
 class HttpMoveBackend:
-    def __init__(self, executor, catalog_path="/_rs/catalog", system_path="/_rs/system",
+    def __init__(self, executor, catalog_path="/shard/catalog?after=-1", system_path="/shard/system",
                  local_catalog=None, local_system=None):
         self.executor = executor
         self.source = HttpCatalogSource(executor, catalog_path)
@@ -159,8 +178,13 @@ class HttpMoveBackend:
     async def _system(self, group, name, args):
         if group == DEFAULT_GROUP and self.local_system is not None:
             return await self.local_system(name, args)
-        j = await self.executor.call(group, "POST", self.system_path, {"ops": [[name, args]]})
-        return j["results"][0]
+        import base64
+        j = await self.executor.call(group, "POST", self.system_path, {"ops": [[
+            name, base64.b64encode(orjson.dumps(args)).decode()]]})
+        r = j["results"][0]
+        if isinstance(r, dict) and r.get("error") and set(r) <= {"error", "code", "time"}:
+            raise errors.BadRequest(r["error"])
+        return r
 
     async def catalog_op(self, name, args):
         return await self._system(DEFAULT_GROUP, "catalog." + name, args)

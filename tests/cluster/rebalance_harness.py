@@ -1,7 +1,12 @@
 """Real processes for the rebalance tests and bench: a default group and shard groups of
-one member each (``tests.cluster.rebalance_node``, the stand-in node integration), a
-router in the calling process (the real ``Router`` over HTTP, with guards), and checks.
-Everything started is stopped by PID."""
+one member each (``raft-sqlite`` nodes; shards started with ``-shard NAME -join
+<default>``), writes through a node's router (``/db/execute``) or through a router in
+the calling process (the real ``Router`` over HTTP, with guards), and checks.
+Everything started is stopped by PID.
+
+Env passed to nodes: ``RAFTSQLITE_REBALANCE`` (settings JSON) and
+``RAFTSQLITE_REBALANCE_FAULT`` (fault injection at a workflow step, tests only)."""
+import base64
 import asyncio
 import os
 import sys
@@ -32,7 +37,10 @@ class ShardedCluster:
 
     def argv(self, g):
         p = self.procs[g]
-        return [sys.executable, "-m", "tests.cluster.rebalance_node"] + p.argv()[3:]
+        a = p.argv()
+        if g != "default":
+            a += ["-join", self.addr("default")]
+        return a
 
     def start(self, g=None, timeout=30):
         for name in ([g] if g else list(self.procs)):
@@ -62,8 +70,7 @@ class ShardedCluster:
             os.environ.clear()
             os.environ.update(old)
 
-    @staticmethod
-    def _wait_ours(p, timeout):
+    def _wait_ours(self, p, timeout):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not p.alive():
@@ -71,7 +78,9 @@ class ShardedCluster:
             try:
                 s = p.status()
                 if s and s["store"].get("is_leader") and s["node"]["node_id"] == p.node_id:
-                    return True
+                    g = s["node"].get("shard") or "default"
+                    if g == "default" or g in self.catalog().groups:
+                        return True
             except Exception:
                 pass
             time.sleep(0.05)
@@ -86,31 +95,31 @@ class ShardedCluster:
 
     # ---- catalog --------------------------------------------------------------------
     def system(self, g, ops, timeout=15):
-        st, body = call(self.addr(g), "POST", "/_rs/system",
+        ops = [[n, base64.b64encode(orjson.dumps(a)).decode()] for n, a in ops]
+        st, body = call(self.addr(g), "POST", "/shard/system",
                         orjson.dumps({"ops": ops}).decode(), timeout=timeout)
         assert st == 200, (g, ops, body)
         return body["results"]
 
     def catalog(self):
-        st, body = call(self.addr("default"), "GET", "/_rs/catalog")
+        st, body = call(self.addr("default"), "GET", "/shard/catalog?after=-1", raw=True)
         assert st == 200, body
-        return Catalog.from_dict(body["catalog"])
+        return Catalog.from_bytes(body)
+
+    def api(self, path, body, timeout=30):
+        st, res = call(self.addr("default"), "POST", path, orjson.dumps(body).decode(), timeout=timeout)
+        assert st == 200, (path, body, res)
+        return res
 
     def push_ownership(self, groups=None):
         cat = self.catalog()
         for g in groups or self.shards:
             self.system(g, [["own.set_all", {"group": g, "cols": cat.ownership_for(g)}]])
 
-    def bootstrap(self):
-        for g in self.shards:
-            p = self.procs[g]
-            self.system("default", [["catalog.add_group", {"group": g, "members": [
-                {"node_id": p.node_id, "http_addr": p.http,
-                 "raft_addr": f"127.0.0.1:{p.raft_port}"}]}]])
 
     # ---- data -----------------------------------------------------------------------
     def rows(self, g, sql, params=()):
-        st, body = call(self.addr(g), "POST", "/db/query?level=linearizable",
+        st, body = call(self.addr(g), "POST", f"/db/query?level=linearizable&shard_id={g}",
                         orjson.dumps([[sql] + list(params)]).decode(), timeout=30)
         assert st == 200, body
         r = body["results"][0]
@@ -118,7 +127,7 @@ class ShardedCluster:
         return [tuple(x) for x in r.get("values") or []]
 
     def execute(self, g, stmts, timeout=30):
-        st, body = call(self.addr(g), "POST", "/db/execute?transaction=true",
+        st, body = call(self.addr(g), "POST", f"/db/execute?transaction=true&shard_id={g}",
                         orjson.dumps(stmts).decode(), timeout=timeout)
         assert st == 200 and all("error" not in r for r in body["results"]), body
         return body["results"]
@@ -146,21 +155,45 @@ class ShardedCluster:
 
 
 def setup_table(cl, n_rows, table="kv"):
-    """kv registered, on s1 with n_rows rows, then s2 added (owning nothing yet)."""
-    cl.bootstrap()
-    cl.system("default", [["catalog.register_table", {"table": table, "shard_key": "id",
-                                                      "shard_func": "hash", "key_affinity": "integer"}],
-                          ["catalog.add_to_shard", {"table": table, "shard": "s1"}]])
-    cl.push_ownership(["s1"])
-    cl.execute("s1", [f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT, n INTEGER)"])
+    """kv registered through the seed's API, on s1 with n_rows rows (loaded through the
+    default node's router), then s2 added (owning nothing yet)."""
+    cl.execute("default", [f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT, n INTEGER)"])
+    cl.api("/table/register", {"table_name": table, "shard_key": "id", "shard_func": "hash"})
+    cl.api("/table/add-to-shard", {"table_name": table, "shard_id": "s1"})
     rows = [(i, f"v{i}", i % 97) for i in range(1, n_rows + 1)]
     for b in range(0, n_rows, 2000):
         part = rows[b:b + 2000]
-        cl.execute("s1", [[f"INSERT INTO {table}(id, v, n) VALUES " + ",".join("(?,?,?)" for _ in part)]
-                          + [x for r in part for x in r]])
-    cl.system("default", [["catalog.add_to_shard", {"table": table, "shard": "s2"}]])
-    cl.push_ownership()
+        st, res = call(cl.addr("default"), "POST", "/db/execute", orjson.dumps(
+            [[f"INSERT INTO {table}(id, v, n) VALUES " + ",".join("(?,?,?)" for _ in part)]
+             + [x for r in part for x in r]]).decode(), timeout=60)
+        assert st == 200 and "error" not in res["results"][0], res
+    assert cl.rows("s1", f"SELECT count(*) FROM {table}")[0][0] == n_rows
+    cl.api("/table/add-to-shard", {"table_name": table, "shard_id": "s2"})
     return rows
+
+
+class NodeSQL:
+    """Writes through a node's own router (``POST /db/execute``): the product's path."""
+
+    def __init__(self, addr):
+        self.addr = addr
+        self.session = None
+
+    async def execute(self, statements):
+        import aiohttp
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        body = [[sql] + list(args) for sql, args in statements]
+        async with self.session.post(f"http://{self.addr}/db/execute", data=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json"}) as r:
+            j = orjson.loads(await r.read())
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}: {j}")
+            return j["results"]
+
+    async def close(self):
+        if self.session is not None:
+            await self.session.close()
 
 
 def check_placement(cl, ref_rows, table="kv", skip_keys=()):

@@ -8,7 +8,7 @@ import pytest
 
 from raftsqlite.sharding import keyspace as ks
 
-from tests.cluster.rebalance_harness import ShardedCluster, check_placement, setup_table, write_load
+from tests.cluster.rebalance_harness import NodeSQL, ShardedCluster, check_placement, setup_table, write_load
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -17,7 +17,7 @@ N_ROWS = 100_000
 
 @pytest.fixture()
 def cluster(tmp_path):
-    cl = ShardedCluster(str(tmp_path), env={"RS_REBALANCE": '{"batch_rows": 2000}'})
+    cl = ShardedCluster(str(tmp_path), env={"RAFTSQLITE_REBALANCE": '{"batch_rows": 2000}'})
     try:
         cl.start()
         yield cl
@@ -56,8 +56,11 @@ def test_dry_run_then_move_with_concurrent_writes(cluster):
         await src.refresh()
         stop = asyncio.Event()
         stats = {"old_catalog": src.current()}
-        ws = [asyncio.create_task(write_load(router, ref, stop, s, stats, key_max=N_ROWS + 5000))
-              for s in range(3)]
+        # clients write through the default node's router (the product's path) and
+        # through a router in this process (guards over /shard/call)
+        node_sql = NodeSQL(cl.addr("default"))
+        ws = [asyncio.create_task(write_load(w, ref, stop, s, stats, key_max=N_ROWS + 5000))
+              for s, w in enumerate((node_sql, node_sql, router))]
         await asyncio.sleep(0.5)
         st, plan = await asyncio.to_thread(cl.rebalance, {"table_name": "kv"})
         assert st == 200, plan
@@ -66,6 +69,7 @@ def test_dry_run_then_move_with_concurrent_writes(cluster):
         stop.set()
         await asyncio.gather(*ws)
         await ex.close()
+        await node_sql.close()
         return status, stats
     status, stats = asyncio.run(main())
     m = status["moves"][0]

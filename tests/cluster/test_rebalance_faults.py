@@ -35,8 +35,8 @@ def test_kill_at_step(tmp_path, who, step):
     flag = str(tmp_path / "fault")
     action = "die" if who == "coordinator" else "pause"
     cl = ShardedCluster(str(tmp_path), env={
-        "RS_REBALANCE": '{"batch_rows": 500, "retry_s": 60}',
-        "RS_FAULT": orjson.dumps({"step": step, "action": action, "flag": flag}).decode()})
+        "RAFTSQLITE_REBALANCE": '{"batch_rows": 500, "retry_s": 60}',
+        "RAFTSQLITE_REBALANCE_FAULT": orjson.dumps({"step": step, "action": action, "flag": flag}).decode()})
     try:
         cl.start()
         rows = setup_table(cl, N_ROWS)

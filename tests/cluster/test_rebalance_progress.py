@@ -20,7 +20,7 @@ def test_throttled_copy_status_and_cli(tmp_path):
     """Invariants: the copy never runs faster than max_rows_per_s; while copying, the
     status reports rows to go > 0, a rate and an ETA; the CLI waits with a progress bar
     and exits 0 once the move is done; the data check holds afterwards."""
-    cl = ShardedCluster(str(tmp_path), env={"RS_REBALANCE": f'{{"batch_rows": 250, "max_rows_per_s": {RATE}}}'})
+    cl = ShardedCluster(str(tmp_path), env={"RAFTSQLITE_REBALANCE": f'{{"batch_rows": 250, "max_rows_per_s": {RATE}}}'})
     try:
         cl.start()
         rows = setup_table(cl, 20_000)
