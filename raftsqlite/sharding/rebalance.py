@@ -280,9 +280,11 @@ class MoveRunner:
     def _rng(self, key):
         return _Range(self.func, key, self.m["start"], self.m["end"])
 
-    def _at(self, name):
+    async def _at(self, name):
         if self.hook is not None:
-            self.hook(name)
+            r = self.hook(name)
+            if asyncio.iscoroutine(r):   # a test hook may wait without blocking the loop
+                await r
 
     async def _cancel_check(self):
         if self.cancel_requested:
@@ -368,7 +370,7 @@ class MoveRunner:
         if m["phase"] == "planned":
             await self._ensure_target_schema()
             await self._install_capture()
-            self._at("capture_installed")
+            await self._at("capture_installed")
             total = 0
             for t, key in self.tables:
                 w, p = self._rng(key).where()
@@ -405,7 +407,7 @@ class MoveRunner:
                 keys = [k[0] for k in keys]
                 self.rows_copied += await self._sync_keys(t, key, keys)
                 after = keys[-1]
-                self._at("copy_batch")
+                await self._at("copy_batch")
                 if self.clock() - last_report >= self.cfg.progress_every_s:
                     last_report = self.clock()
                     resume.update(table=ti, after=key_to_json(after))
@@ -413,7 +415,7 @@ class MoveRunner:
             ti, after = ti + 1, None
         resume.update(table=ti, after=None, copied_at=self.clock())
         await self._update(phase="catching_up", rows_copied=self.rows_copied, resume=resume)
-        self._at("copied")
+        await self._at("copied")
 
     async def _throttle(self, t0, rows0):
         # a batch waits for its own budget first, so no burst ever beats the limit
@@ -484,7 +486,7 @@ class MoveRunner:
             await self._cancel_check()
             ch, self.change_seq = await self._changes()
             n = await self._apply_changes(ch)
-            self._at("catchup_round")
+            await self._at("catchup_round")
             if n < self.cfg.catchup_quiet:
                 break
         await self._update(phase="verifying")
@@ -548,7 +550,7 @@ class MoveRunner:
         self.pre_checksum = self._compare(src, tgt, late, "verification")
         self.verify_seq = s
         self.verify_excluded = late
-        self._at("verified")
+        await self._at("verified")
 
     async def _fence_and_drain(self):
         m = self.m
@@ -559,7 +561,7 @@ class MoveRunner:
         self.fence_started = time.monotonic()
         await self._own_op(m["source"], "fence", colocation=m["colocation"], start=m["start"],
                            end=ks.end_to_json(m["end"]))
-        self._at("fenced")
+        await self._at("fenced")
         if self.cancel_requested or (await self._retry(self.b.catalog)).moves[self.id]["phase"] == "cancelled":
             raise Cancelled(f"move {self.id} was cancelled")
         if self.verify_seq is None:
@@ -586,7 +588,7 @@ class MoveRunner:
         # (with a pre-fence check, keys changed after it count in both parts of "rows")
         self.m = await self._cat_op("move_update", move_id=self.id, checksum=total.to_json(),
                                     updated=self.clock())
-        self._at("drained")
+        await self._at("drained")
 
     async def _key_checksum(self, group, t, keys):
         key = dict(self.tables)[t]
@@ -604,7 +606,7 @@ class MoveRunner:
         m = self.m
         if m["phase"] == "fenced":
             self.m = await self._cat_op("move_switch", move_id=self.id)
-            self._at("switched_catalog")
+            await self._at("switched_catalog")
         await self._push_ownership()
         if self.fence_started is not None:
             self.fence_ms = (time.monotonic() - self.fence_started) * 1000
@@ -616,7 +618,7 @@ class MoveRunner:
         m = self.m
         for g in (m["target"], m["source"]):
             await self._own_op(g, "set_all", group=g, cols=cat.ownership_for(g))
-            self._at("pushed_" + ("target" if g == m["target"] else "source"))
+            await self._at("pushed_" + ("target" if g == m["target"] else "source"))
 
     async def _delete_range(self, group):
         """Delete the range's rows on ``group`` in rowid windows: each batch reads the next
@@ -648,7 +650,7 @@ class MoveRunner:
         await self._drop_capture()
         await self._delete_range(m["source"])
         await self._write(m["source"], [(f"DELETE FROM {CHANGES} WHERE move = ?", [self.id])])
-        self._at("cleaned")
+        await self._at("cleaned")
         await self._update(phase="done", cleaned=True)
 
     async def _rollback(self, phase, error):
@@ -665,7 +667,7 @@ class MoveRunner:
                                end=ks.end_to_json(m["end"]))
         except BadRequest:
             pass  # the source holds no such colocation: nothing fenced
-        self._at("rollback_unfenced")
+        await self._at("rollback_unfenced")
         await self._drop_capture()
         await self._delete_range(m["target"])
         await self._write(m["source"], [(f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY "

@@ -117,9 +117,12 @@ def fault_hook(spec):
         if f["action"] == "die":
             os.kill(os.getpid(), signal.SIGKILL)
         open(f["flag"] + ".reached", "w").close()
+        return _pause(f["flag"] + ".go")
+
+    async def _pause(go):
         deadline = time.monotonic() + 60
-        while not os.path.exists(f["flag"] + ".go") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
     return hook
 
 

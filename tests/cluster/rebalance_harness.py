@@ -48,7 +48,7 @@ class ShardedCluster:
         for name in ([g] if g else list(self.procs)):
             p = self.procs[name]
             for attempt in range(3):
-                if self._wait_ours(p, timeout):
+                if self._wait_ours(p, timeout, registered=g is None):
                     break
                 if p.alive() or g is not None:
                     raise AssertionError(f"{name} did not become leader: {p.tail(10)}")
@@ -70,7 +70,7 @@ class ShardedCluster:
             os.environ.clear()
             os.environ.update(old)
 
-    def _wait_ours(self, p, timeout):
+    def _wait_ours(self, p, timeout, registered=True):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not p.alive():
@@ -79,7 +79,7 @@ class ShardedCluster:
                 s = p.status()
                 if s and s["store"].get("is_leader") and s["node"]["node_id"] == p.node_id:
                     g = s["node"].get("shard") or "default"
-                    if g == "default" or g in self.catalog().groups:
+                    if not registered or g == "default" or g in self.catalog().groups:
                         return True
             except Exception:
                 pass
