@@ -424,7 +424,11 @@ class ShardingService:
         members = cat.groups.get(group, {}).get("members", {})
         addrs = [m["http_addr"] for _, m in sorted(members.items()) if m.get("http_addr")]
         if group == self.group:
-            addrs = [self.node.config.http_advertise] + [a for a in addrs if a != self.node.config.http_advertise]
+            # our own group: its leader as we know it (a follower's own endpoint would
+            # only forward there)
+            lead = self.node.store.leader()
+            first = lead.http_addr if lead is not None and lead.http_addr else self.node.config.http_advertise
+            addrs = [first] + [a for a in addrs if a != first]
         if group == DEFAULT_GROUP:
             addrs += [a for a in self.seeds if a not in addrs]
         lead = self.executor.leaders.get(group)
