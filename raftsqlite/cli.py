@@ -110,14 +110,30 @@ def _parse_value(v):
     return v
 
 
+def _subcommand(argv):
+    """``raft-sqlite NAME ...`` runs ``raftsqlite.commands.NAME.main(argv)`` (e.g. the
+    sharding layer's ``demo`` or ``rebalance``); other layers add modules there."""
+    import importlib
+    name = argv[0]
+    if not name.replace("-", "_").isidentifier():
+        print(f"raft-sqlite: unknown command {name!r}", file=sys.stderr)
+        return 2
+    try:
+        mod = importlib.import_module(f"raftsqlite.commands.{name.replace('-', '_')}")
+    except ModuleNotFoundError:
+        print(f"raft-sqlite: unknown command {name!r} (run raft-sqlite --help for the node's "
+              f"flags)", file=sys.stderr)
+        return 2
+    return mod.main(argv[1:])
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo"]:
         from raftsqlite.sharding.local import demo
         return demo(argv[1:])
-    if argv[:1] == ["rebalance"]:   # #7: raft-sqlite rebalance TABLE --wait (an HTTP client)
-        from raftsqlite.sharding.rebalance_cli import main as rebalance_main
-        return rebalance_main(argv[1:])
+    if argv and not argv[0].startswith("-"):
+        return _subcommand(argv)
     try:
         cfg, args = config_from_args(argv)
     except ConfigError as e:

@@ -9,7 +9,9 @@ so open readers simply see the new state after it commits.
 
 Statement results are neutral dicts (see ``run_statement``); nothing here knows HTTP.
 """
+import itertools
 import os
+import random
 import threading
 import time
 
@@ -67,6 +69,28 @@ class _Access:
                 if p and p.lower().startswith(INTERNAL_PREFIX):
                     return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
+
+
+_JULIAN_EPOCH_MS = 210866760000000   # unix epoch expressed in Julian-day milliseconds
+_vfs_ids = itertools.count(1)
+
+
+class _ClockVFS(apsw.VFS):
+    """The default VFS with one change: while ``now_ms`` is set, SQLite's idea of "now"
+    (CURRENT_TIMESTAMP, 'now', column defaults, triggers) is that instant. The apply path
+    sets it to the time carried in each log entry, so every replica computes the same
+    values. Everything else is the base VFS."""
+
+    def __init__(self, name):
+        self.now_ms = None
+        self.name = name
+        super().__init__(name, base="")
+
+    def xCurrentTimeInt64(self):
+        ms = self.now_ms
+        if ms is not None:
+            return ms
+        return super().xCurrentTimeInt64()
 
 
 class Interrupted(Exception):
@@ -172,14 +196,44 @@ class Database:
         conn.create_scalar_function(name, fn, nargs, deterministic=deterministic)
 
     def _open_writer(self):
-        conn = apsw.Connection(self.path, flags=_RW)
+        try:
+            self._clock = _ClockVFS(f"raftsqlite-clock-{os.getpid()}-{next(_vfs_ids)}")
+            conn = apsw.Connection(self.path, flags=_RW, vfs=self._clock.name)
+        except apsw.Error:
+            self._clock = None   # no deterministic clock; rewriting still covers most 'now'
+            conn = apsw.Connection(self.path, flags=_RW)
         conn.set_busy_timeout(self.busy_timeout_ms)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
         if mode.lower() != "wal":
             raise apsw.CantOpenError(f"could not switch {self.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.authorizer = self._write_access.authorize
+        # random()/randomblob() evaluated while applying (in defaults, triggers, or any
+        # form the rewriter left alone) come from a generator seeded per log entry
+        self._rng = random.Random(0)
+        conn.create_scalar_function("random", lambda: self._rng.getrandbits(64) - (1 << 63),
+                                    0, deterministic=False)
+        conn.create_scalar_function("randomblob", self._randomblob, 1, deterministic=False)
         return conn
+
+    def _randomblob(self, n):
+        try:
+            n = max(1, int(n))
+        except (TypeError, ValueError):
+            n = 1
+        return self._rng.getrandbits(8 * n).to_bytes(n, "big")
+
+    def set_entry_context(self, index, term, clock_ms=None):
+        """Called by the apply path before each entry: the entry's instant (Julian-day
+        ms, or None for the real clock) and a random seed derived from its position."""
+        if self._clock is not None:
+            self._clock.now_ms = clock_ms
+        self._rng.seed(index * 1_000_003 + term)
+
+    @staticmethod
+    def clock_now_ms() -> int:
+        """This machine's "now" in the unit the clock VFS uses."""
+        return int(time.time() * 1000) + _JULIAN_EPOCH_MS
 
     def reader(self):
         """This thread's read-only connection (opened on first use)."""
@@ -209,6 +263,11 @@ class Database:
             self.writer.close(True)
         except apsw.Error:
             pass
+        if self._clock is not None:
+            try:
+                self._clock.unregister()
+            except apsw.Error:
+                pass
 
     # ---- the writer (apply path only) ---------------------------------------------
     def internal(self, sql, params=None):

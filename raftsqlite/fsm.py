@@ -148,6 +148,7 @@ class FSM:
                     raise
                 break
             self._applied, self._applied_term = last.index, last.term
+            self.db.set_entry_context(0, 0, None)
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
@@ -210,6 +211,7 @@ class FSM:
             return {"index": e.index, "error": f"undecodable entry: {exc}"}, 0
         t = cmd.type
         self._current = (e.index, e.term)
+        self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
         if t == CommandType.EXECUTE:
             out, added = [], 0
             for ri, req in enumerate(cmd.requests):
@@ -224,7 +226,8 @@ class FSM:
             return {"index": e.index, "results": [self._query_request(r, (pos, ri))
                                                   for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
-            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops]}, 0
+            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops
+                                                  if n != CLOCK_OP]}, 0
         return {"index": e.index, "results": []}, 0
 
     def _execute_request(self, req, poisoned, key):
@@ -311,6 +314,21 @@ class FSM:
             result = {"error": str(exc) or type(exc).__name__}
         db.internal("RELEASE _raftsqlite_sys")
         return result
+
+
+CLOCK_OP = "clock"
+
+
+def clock_op(ms):
+    """The op that carries the proposing leader's instant (Julian-day milliseconds)."""
+    return (CLOCK_OP, int(ms).to_bytes(8, "big"))
+
+
+def _clock(ops):
+    for name, args in ops:
+        if name == CLOCK_OP and len(args) == 8:
+            return int.from_bytes(args, "big")
+    return None
 
 
 def _drop_all(ctx, args):

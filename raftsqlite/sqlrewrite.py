@@ -10,8 +10,9 @@ A small tokenizer keeps string literals, quoted identifiers and comments intact.
 fast path is one regex search over the text; most statements never get tokenized.
 
 Not rewritten: DDL (``CREATE``/``ALTER``): a ``DEFAULT CURRENT_TIMESTAMP`` or a trigger
-body must stay an expression, so rows that rely on such defaults get each replica's own
-apply time (rqlite has the same limitation). Pass explicit values for exact replicas.
+body must stay an expression. Those are evaluated while applying, and are deterministic
+there too: each log entry carries the leader's instant (read by SQLite through the
+writer's clock VFS) and ``random()`` is seeded by the entry's position (see db.py, fsm.py).
 """
 import random as _random
 import re

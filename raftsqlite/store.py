@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from raftsqlite import sqlrewrite
 from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
+from raftsqlite.fsm import clock_op
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
                                OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
                                RaftSQLiteError, StaleRead,
@@ -172,7 +173,8 @@ class Store:
     async def _propose_batch(self, batch):
         try:
             try:
-                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch]))
+                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
+                                            [clock_op(self.db.clock_now_ms())]))
             except (EncodeError, ValueError, TypeError, OverflowError):
                 if len(batch) == 1:
                     raise
@@ -262,7 +264,8 @@ class Store:
             reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
             runnable = [st for st in reads if st is not None]
             res = await self._propose_one(
-                Command(CommandType.QUERY, [Request(runnable, bool(transaction))]), timeout)
+                Command(CommandType.QUERY, [Request(runnable, bool(transaction))],
+                        [clock_op(self.db.clock_now_ms())]), timeout)
             self.counters["reads_strong"] += 1
             return {"results": _merge_refused(reads, res["results"][0] if runnable else []),
                     "raft_index": res["index"]}
@@ -542,7 +545,9 @@ class Store:
                 if not chunk:
                     break
                 req = Request([Statement(s) for s in chunk], transaction=True)
-                res = await self._propose_one(Command(CommandType.EXECUTE, [req]), timeout)
+                res = await self._propose_one(Command(CommandType.EXECUTE, [req],
+                                                      [clock_op(self.db.clock_now_ms())]),
+                                              timeout)
                 index = res["index"]
                 error = next((r["error"] for r in res["results"][0] if "error" in r), None)
                 if error:

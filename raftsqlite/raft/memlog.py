@@ -1,6 +1,8 @@
 """An in-memory LogReader with the write side a driver needs: the "disk" of the unit
 tests and the simulator. Only what ``apply_ready`` stored is here, so dropping the core
 and keeping this object is exactly a crash that loses everything not yet fsynced."""
+import random
+
 from raftsqlite.codec.model import SnapshotMeta
 from raftsqlite.raft.types import HardState
 
@@ -92,3 +94,148 @@ class MemLog:
             self.append(rd.entries)
         if rd.hard_state is not None:
             self.set_hard_state(rd.hard_state)
+
+
+class MemNode:
+    """One member of a MemNet: a core, its MemLog "disk" and what it applied."""
+
+    def __init__(self, nid, cfg, seed):
+        self.id = nid
+        self.cfg = cfg
+        self.seed = seed
+        self.log = MemLog()
+        self.applied = []            # applied entries (the state machine), snapshot-covered ones too
+        self.read_states = []
+        self.core = None
+        self.snap_inbox = {}
+
+    def start(self):
+        from raftsqlite.raft.core import RaftCore
+        self.core = RaftCore(self.id, self.log, self.cfg, random.Random(self.seed),
+                             applied=len(self.applied))
+        return self.core
+
+
+class MemNet:
+    """A synchronous in-process network of cores for table-driven tests.
+
+    ``pump()`` runs every core's Ready cycle and delivers queued messages (FIFO) until
+    nothing moves. Links can be cut; ``drop`` (a predicate on Message) loses messages;
+    every delivered or dropped message is recorded in ``sent``. Snapshots are "streamed"
+    whole: the receiver gets the sender's applied entries up to the snapshot index."""
+
+    def __init__(self, ids, cfg=None, seed=0, bootstrap=True, learners=()):
+        from raftsqlite.codec.model import Member
+        from raftsqlite.raft.core import CoreConfig
+        self.cfg = cfg or CoreConfig()
+        self.nodes = {}
+        self.queue = []
+        self.sent = []
+        self.cut = set()
+        self.drop = None
+        self._seed = seed
+        for i, nid in enumerate(ids):
+            self.add_node(nid)
+        if bootstrap:
+            members = [Member(n, f"raft-{n}", f"http-{n}", n not in learners) for n in ids]
+            for nid in ids:
+                self.nodes[nid].core.bootstrap(members)
+            self.pump()
+
+    def add_node(self, nid):
+        self._seed += 1
+        n = MemNode(nid, self.cfg, self._seed)
+        self.nodes[nid] = n
+        n.start()
+        return n
+
+    def core(self, nid):
+        return self.nodes[nid].core
+
+    def leader(self):
+        ls = [n.id for n in self.nodes.values() if n.core is not None and n.core.is_leader]
+        return max(ls, key=lambda i: self.nodes[i].core.term) if ls else None
+
+    def _drain(self, n):
+        core = n.core
+        while core is not None and core.has_ready():
+            rd = core.ready()
+            data = None
+            if rd.snapshot is not None:
+                data = n.snap_inbox.pop((rd.snapshot.index, rd.snapshot.term))
+                n.applied = list(data)
+            n.log.apply_ready(rd, data)
+            self.queue.extend(rd.messages)
+            for e in rd.committed:
+                if e.index > len(n.applied):
+                    assert e.index == len(n.applied) + 1, (n.id, e.index, len(n.applied))
+                    n.applied.append(e)
+            n.read_states.extend(rd.read_states)
+            core.advance(rd)
+
+    def pump(self, limit=100000):
+        for _ in range(limit):
+            for n in list(self.nodes.values()):
+                self._drain(n)
+            if not self.queue:
+                return
+            q, self.queue = self.queue, []
+            for m in q:
+                self._deliver(m)
+        raise RuntimeError("MemNet.pump did not settle")
+
+    def _deliver(self, m):
+        self.sent.append(m)
+        dst = self.nodes.get(m.to)
+        src = self.nodes.get(m.frm)
+        lost = (dst is None or dst.core is None or (m.frm, m.to) in self.cut
+                or (self.drop is not None and self.drop(m)))
+        from raftsqlite.codec.model import Message, MsgType
+        if m.type == MsgType.SNAPSHOT:
+            if not lost:
+                meta = src.log.snapshot_meta()
+                dst.snap_inbox[(meta.index, meta.term)] = list(src.applied[:meta.index])
+                dst.core.step(Message(MsgType.SNAPSHOT, frm=m.frm, to=m.to, term=m.term,
+                                      snapshot=meta, done=True))
+            if src is not None and src.core is not None:
+                src.core.report_snapshot(m.to, not lost)
+            return
+        if not lost:
+            dst.core.step(m)
+
+    def tick(self, n=1, ids=None):
+        for _ in range(n):
+            for nid in (ids or list(self.nodes)):
+                c = self.nodes[nid].core
+                if c is not None:
+                    c.tick()
+            self.pump()
+
+    def elect(self, nid):
+        self.nodes[nid].core.campaign(force=True)
+        self.pump()
+        assert self.nodes[nid].core.is_leader, f"{nid} did not win: {self.nodes[nid].core.stats()}"
+        return self.nodes[nid].core
+
+    def isolate(self, nid):
+        for o in self.nodes:
+            if o != nid:
+                self.cut.add((nid, o))
+                self.cut.add((o, nid))
+
+    def heal(self):
+        self.cut.clear()
+        self.drop = None
+
+    def crash(self, nid):
+        """Lose the core (volatile state); the MemLog keeps what was persisted."""
+        self.nodes[nid].core = None
+
+    def restart(self, nid):
+        return self.nodes[nid].start()
+
+    def compact(self, nid, index=None):
+        """Take a snapshot at ``index`` (default: applied) and drop the log before it."""
+        n = self.nodes[nid]
+        index = len(n.applied) if index is None else index
+        n.log.compact(index, n.core.members_at(index))

@@ -21,7 +21,6 @@ linearizable against the committed order.
 """
 import argparse
 import heapq
-import os
 import random
 import sys
 import time

@@ -52,18 +52,29 @@ def test_seed_readme_commands_answered_from_every_node(cluster):
 
 
 def test_determinism_of_random_and_now(cluster):
-    """random(), randomblob() and datetime('now') give identical rows on every member."""
+    """random(), randomblob() and datetime('now') give identical rows on every member,
+    also when evaluated during apply (DEFAULT CURRENT_TIMESTAMP, DEFAULT (random()),
+    datetime('now') in a trigger)."""
     lead = cluster.leader()
     st, body = execute(lead.http, [
         "CREATE TABLE d (r INTEGER, t TEXT, b BLOB, c TEXT)",
         "INSERT INTO d VALUES (random(), datetime('now'), randomblob(16), CURRENT_TIMESTAMP)",
         "INSERT INTO d SELECT random(), strftime('%f','now'), randomblob(8), date() FROM d"])
     assert st == 200 and all("error" not in r for r in body["results"]), body
-    ref = values(lead.http, "SELECT r, t, hex(b), c FROM d ORDER BY rowid", level="strong")
-    assert len(ref) == 2
+    # evaluated during apply, not rewritable: column defaults and trigger bodies
+    st, body = execute(lead.http, [
+        "CREATE TABLE e (a, ts DEFAULT CURRENT_TIMESTAMP, r DEFAULT (random()))",
+        "CREATE TABLE elog (a, at)",
+        "CREATE TRIGGER etr AFTER INSERT ON e BEGIN "
+        "INSERT INTO elog VALUES (new.a, strftime('%Y-%m-%d %H:%M:%f', 'now')); END",
+        "INSERT INTO e(a) VALUES (1)", "INSERT INTO e(a) VALUES (2)"])
+    assert st == 200 and all("error" not in r for r in body["results"]), body
+    q = ("SELECT d.r, d.t, hex(d.b), d.c, e.ts, e.r, elog.at FROM d, e JOIN elog "
+         "ON elog.a = e.a ORDER BY d.rowid, e.a")
+    ref = values(lead.http, q, level="strong")
+    assert len(ref) == 4
     for n in cluster.nodes:
-        wait_for(lambda: values(n.http, "SELECT r, t, hex(b), c FROM d ORDER BY rowid") == ref,
-                 10, f"identical rows on {n.node_id}")
+        wait_for(lambda: values(n.http, q) == ref, 10, f"identical rows on {n.node_id}")
 
 
 def test_bad_input_on_seed_endpoints(cluster):

@@ -240,3 +240,35 @@ def test_replicas_end_byte_identical(tmp_path):
         db.close()
     assert dumps[0] == dumps[1]
     assert len(dumps[0][1]) == 2
+
+
+def test_defaults_and_triggers_are_deterministic(tmp_path):
+    """'now' and random() evaluated during apply (column defaults, triggers) give the
+    same values on every replica, whenever each replica applies: the instant travels in
+    the entry (clock op) and the random generator is seeded by the entry's position."""
+    import time as _time
+    from raftsqlite.fsm import clock_op
+    ddl = ex(1, req("CREATE TABLE t (a, ts DEFAULT CURRENT_TIMESTAMP, r DEFAULT (random()), "
+                    "b DEFAULT (randomblob(4)))",
+                    "CREATE TABLE log (x, at)",
+                    "CREATE TRIGGER tr AFTER INSERT ON t BEGIN "
+                    "INSERT INTO log VALUES (new.a, strftime('%Y-%m-%d %H:%M:%f', 'now')); END"))
+    clock_ms = Database.clock_now_ms() - 86_400_000        # yesterday, to be sure
+    ins = Entry(1, 2, EntryType.NORMAL, encode_command(Command(
+        CommandType.EXECUTE, [req("INSERT INTO t(a) VALUES (1)", "INSERT INTO t(a) VALUES (2)")],
+        [clock_op(clock_ms)])))
+    rows = []
+    for name in ("a", "b"):
+        db = Database(str(tmp_path / f"{name}.sqlite"))
+        f = FSM(db)
+        f.apply([ddl, ins])
+        rows.append((db.read_internal("SELECT * FROM t ORDER BY a"),
+                     db.read_internal("SELECT * FROM log ORDER BY x")))
+        db.close()
+        _time.sleep(1.1)      # the second replica applies a second later
+    assert rows[0] == rows[1]
+    t_rows, log_rows = rows[0]
+    assert t_rows[0][2] != t_rows[1][2]           # two random() values, not one
+    unix_s = (clock_ms - 210866760000000) // 1000
+    assert t_rows[0][1] == _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(unix_s))
+    assert log_rows[0][1][:19] == t_rows[0][1]

@@ -87,3 +87,10 @@ def test_port_in_use_is_a_clear_error(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "raft-sqlite:" in r.stderr
+
+
+def test_unknown_subcommand_is_a_clear_error():
+    """A word that is no flag names a subcommand; an unknown one exits 2 with a message."""
+    r = subprocess.run([sys.executable, "-m", "raftsqlite", "frobnicate"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr

@@ -1,0 +1,1 @@
+"""``raft-sqlite <name> ...`` subcommands: ``raftsqlite.commands.<name>.main(argv)``."""

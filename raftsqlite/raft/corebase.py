@@ -1,0 +1,296 @@
+"""Parts of the Raft core (see core.py for the contract): shared constants, the
+configuration, and two mixins of RaftCore that keep core.py readable: the log view
+(durable storage + in-memory tail) and membership. They use RaftCore's attributes."""
+from dataclasses import dataclass
+
+from raftsqlite import errors
+from raftsqlite.codec import decode_conf_change
+from raftsqlite.codec.model import ConfChangeType, Entry, EntryType, Member, Message, MsgType
+from raftsqlite.raft.progress import Progress
+from raftsqlite.raft.types import Role
+
+# Enum members cached as module constants: attribute access on an Enum class costs
+# ~10x a global lookup, and these sit on the per-message path.
+_R_CANDIDATE = Role.CANDIDATE
+_R_FOLLOWER = Role.FOLLOWER
+_R_LEADER = Role.LEADER
+_R_LEARNER = Role.LEARNER
+_R_PRE_CANDIDATE = Role.PRE_CANDIDATE
+_M_APPEND = MsgType.APPEND
+_M_APPEND_RESP = MsgType.APPEND_RESP
+_M_HEARTBEAT = MsgType.HEARTBEAT
+_M_HEARTBEAT_RESP = MsgType.HEARTBEAT_RESP
+_M_PREVOTE = MsgType.PREVOTE
+_M_PREVOTE_RESP = MsgType.PREVOTE_RESP
+_M_READ_INDEX = MsgType.READ_INDEX
+_M_READ_INDEX_RESP = MsgType.READ_INDEX_RESP
+_M_SNAPSHOT = MsgType.SNAPSHOT
+_M_SNAPSHOT_RESP = MsgType.SNAPSHOT_RESP
+_M_TIMEOUT_NOW = MsgType.TIMEOUT_NOW
+_M_TRANSFER_LEADER = MsgType.TRANSFER_LEADER
+_M_VOTE = MsgType.VOTE
+_M_VOTE_RESP = MsgType.VOTE_RESP
+_E_CONF_CHANGE = EntryType.CONF_CHANGE
+_E_NORMAL = EntryType.NORMAL
+_C_ADD_LEARNER = ConfChangeType.ADD_LEARNER
+_C_DEMOTE = ConfChangeType.DEMOTE
+_C_PROMOTE = ConfChangeType.PROMOTE
+_C_REMOVE = ConfChangeType.REMOVE
+_TRANSFER = b"transfer"      # VOTE context of a campaign started by TIMEOUT_NOW
+_ENTRY_OVERHEAD = 24         # per-entry bytes counted on top of the payload
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Tunables of the core; ticks are the driver's timer periods."""
+
+    election_tick: int = 10          # follower waits [election_tick, 2*election_tick) ticks
+    heartbeat_tick: int = 1          # leader heartbeat period
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_msg_bytes: int = 1 << 20     # entry bytes per APPEND (at least one entry is sent)
+    max_inflight: int = 256          # APPEND messages in flight per follower
+    max_committed_bytes: int = 8 << 20   # entry bytes handed out per Ready.committed
+
+    def __post_init__(self):
+        if self.election_tick <= self.heartbeat_tick or self.heartbeat_tick < 1:
+            raise errors.ConfigError("election_tick must exceed heartbeat_tick >= 1")
+        if self.max_inflight < 1 or self.max_msg_bytes < 1:
+            raise errors.ConfigError("max_inflight and max_msg_bytes must be >= 1")
+
+
+
+class RaftInvariantError(AssertionError):
+    """Raised when the core would break a Raft safety rule (a bug, or a lying disk)."""
+
+
+class LogViewMixin:
+    """The core's view of its log: storage[..offset-1] + tail (+ a pending snapshot)."""
+
+
+    @property
+    def last_index(self):
+        return self._offset - 1 + len(self._unstable)
+
+    @property
+    def first_index(self):
+        if self._pending_snap is not None:
+            return self._pending_snap.index + 1
+        return self._log.first_index()
+
+    def log_term(self, i):
+        """Term of entry ``i`` in this core's view of its log; None if compacted or absent."""
+        off = self._offset
+        if i >= off:
+            k = i - off
+            if k < len(self._unstable):
+                return self._unstable[k].term
+            return None
+        if i <= 0:
+            return 0
+        ps = self._pending_snap
+        if ps is not None:
+            return ps.term if i == ps.index else None
+        first = self._log.first_index()
+        if i < first - 1:
+            return None
+        return self._log.term(i)
+
+    def _slice(self, lo, hi, max_bytes):
+        """Entries [lo, hi) (at least one if lo < hi), or None if lo is compacted."""
+        off = self._offset
+        out = []
+        used = 0
+        if lo < off:
+            if self._pending_snap is not None or lo < self._log.first_index():
+                return None
+            shi = min(hi, off)
+            out = self._log.entries(lo, shi, max_bytes)
+            for e in out:
+                used += len(e.data) + _ENTRY_OVERHEAD
+            if len(out) < shi - lo or hi <= off:
+                return out
+            lo = off
+        u = self._unstable
+        for k in range(lo - off, hi - off):
+            e = u[k]
+            used += len(e.data) + _ENTRY_OVERHEAD
+            if used > max_bytes and out:
+                break
+            out.append(e)
+        return out
+
+    def _up_to_date(self, index, term):
+        lt = self.log_term(self.last_index) or 0
+        return term > lt or (term == lt and index >= self.last_index)
+
+    def _find_conflict_by_term(self, index, term):
+        """Largest i <= index whose term is <= term (fast back-off)."""
+        if index > self.last_index:
+            return index
+        while index > 0:
+            t = self.log_term(index)
+            if t is None or t <= term:
+                break
+            index -= 1
+        return index
+
+    def _truncate_append(self, ents):
+        first = ents[0].index
+        off = self._offset
+        u = self._unstable
+        if first == off + len(u):
+            u.extend(ents)
+            self._scan_conf(ents)
+            return
+        self._rollback_conf(first)
+        self._scan_conf(ents)
+        self._stats["truncations"] += 1
+        if first <= off:
+            self._offset = first
+            self._unstable = list(ents)
+        else:
+            del u[first - off:]
+            u.extend(ents)
+        self._in_progress = min(self._in_progress, first - 1)
+        self._durable = min(self._durable, first - 1)
+
+    def _append_new(self, datas, etype=_E_NORMAL):
+        """Leader: append our own entries; returns the first index."""
+        first = self.last_index + 1
+        t = self.term
+        u = self._unstable
+        i = first
+        for d in datas:
+            u.append(Entry(t, i, etype, d))
+            i += 1
+        self._bcast = True
+        if etype == _E_CONF_CHANGE:
+            self._scan_conf(u[first - self._offset:])
+        return first
+
+    def _commit_to(self, c):
+        if c > self.commit:
+            if c > self.last_index:
+                raise RaftInvariantError(f"{self.node_id}: commit {c} beyond last index {self.last_index}")
+            self.commit = c
+
+
+class MembershipMixin:
+    """Members and the history of configurations (a change takes effect when appended)."""
+
+
+    @property
+    def members(self):
+        return [Member(m.node_id, m.raft_addr, m.http_addr, m.voter) for m in self._members.values()]
+
+    @property
+    def voters(self):
+        return set(self._voters)
+
+    @property
+    def learners(self):
+        return set(self._learners)
+
+    def member(self, node_id):
+        m = self._members.get(node_id)
+        return None if m is None else Member(m.node_id, m.raft_addr, m.http_addr, m.voter)
+
+    def members_at(self, index):
+        """Membership as of committed index ``index`` (for the snapshot a driver takes)."""
+        best = self._conf_history[0][1]
+        for idx, ms in self._conf_history:
+            if idx <= index:
+                best = ms
+            else:
+                break
+        return [Member(m.node_id, m.raft_addr, m.http_addr, m.voter) for m in best]
+
+    def _set_members(self, members):
+        self._members = {}
+        for m in members:
+            self._members[m.node_id] = Member(m.node_id, m.raft_addr, m.http_addr, m.voter)
+        self._voters = {i for i, m in self._members.items() if m.voter}
+        self._learners = {i for i, m in self._members.items() if not m.voter}
+
+    def _replay_conf_changes(self, lo, hi):
+        i = lo + 1
+        while i <= hi:
+            ents = self._slice(i, hi + 1, self.cfg.max_committed_bytes)
+            if not ents:
+                break
+            for e in ents:
+                if e.type == _E_CONF_CHANGE:
+                    self._apply_conf_change(e)
+            i = ents[-1].index + 1
+
+    def _scan_conf(self, ents):
+        for e in ents:
+            if e.type == _E_CONF_CHANGE:
+                self._apply_conf_change(e)
+
+    def _rollback_conf(self, first):
+        """Entries from ``first`` on are being replaced: forget their changes."""
+        h = self._conf_history
+        if h[-1][0] >= first:
+            while len(h) > 1 and h[-1][0] >= first:
+                h.pop()
+            self._set_members(h[-1][1])
+
+    def _apply_conf_change(self, e):
+        cc = decode_conf_change(e.data)
+        ms = self._members
+        cur = ms.get(cc.node_id)
+        t = cc.type
+        if t == _C_ADD_LEARNER:
+            if cur is None:
+                ms[cc.node_id] = Member(cc.node_id, cc.raft_addr, cc.http_addr, False)
+        elif t == _C_PROMOTE:
+            if cur is not None:
+                cur.voter = True
+        elif t == _C_DEMOTE:
+            if cur is not None and len(self._voters) > 1:
+                cur.voter = False
+        elif t == _C_REMOVE:
+            if cur is not None and (not cur.voter or len(self._voters) > 1):
+                del ms[cc.node_id]
+        self._voters = {i for i, m in ms.items() if m.voter}
+        self._learners = {i for i, m in ms.items() if not m.voter}
+        self._conf_history.append((e.index, self.members))
+        self._prune_conf_history()
+        if self.role_ is _R_LEADER:
+            last = self.last_index
+            for nid in ms:
+                if nid not in self._prs:
+                    self._prs[nid] = Progress(last + 1)
+                    self._prs[nid].recent_active = True
+            for nid in list(self._prs):
+                if nid not in ms:
+                    del self._prs[nid]
+                    self._dirty.discard(nid)
+            if self._transferee is not None and self._transferee not in self._voters:
+                self._transferee = None
+            self._leaving = self.node_id not in self._voters
+            if self._maybe_commit():
+                self._bcast = True
+
+    def _prune_conf_history(self):
+        h = self._conf_history
+        snap_idx = self._log.first_index() - 1
+        while len(h) > 1 and h[1][0] <= snap_idx:
+            h.pop(0)
+
+    def _step_down_removed(self):
+        # Our removal is committed: the remaining voters hold it and use the new
+        # configuration already. Send the commit index and hand leadership to the most
+        # caught-up voter so nobody waits for an election timeout.
+        self._bcast = True
+        self._flush_appends()
+        best = None
+        for nid in sorted(self._voters):
+            pr = self._prs.get(nid)
+            if pr is not None and (best is None or pr.match > self._prs[best].match):
+                best = nid
+        if best is not None:
+            self._send(Message(_M_TIMEOUT_NOW, to=best))
+        self._become_follower(self.term, None)
