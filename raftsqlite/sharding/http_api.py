@@ -217,7 +217,9 @@ def blueprint():
         svc = _svc(request)
         body = _body(request)
         if _REBALANCE:   # #7 hook: plans, dry runs and online moves live in rebalance_node
-            return wire.json_response(await _REBALANCE.handle(request, "rebalance", body))
+            res = await _REBALANCE.handle(request, "rebalance", body)
+            if res is not None:    # None: no rows to move, switch at once below
+                return wire.json_response(res)
         await svc.cache.refresh()
         cat = svc.cache.current()
         plan = ops.rebalance_plan(body, cat)

@@ -136,7 +136,8 @@ def _coordinator(request):
 
 async def handle(request, kind, body):
     """``/table/rebalance`` and ``/table/remove-from-shard`` (called by http_api): run on
-    the coordinator, forwarding there once from any other node."""
+    the coordinator, forwarding there once from any other node. ``None`` means "no rows
+    to move": http_api then switches the ranges at once, as it does without #7."""
     node = request.app.ctx.node
     rb = getattr(node, "rebalancer", None)
     if rb is not None and node.store.is_leader():
@@ -144,7 +145,14 @@ async def handle(request, kind, body):
             dry = body.get("dry_run", False)
             if not isinstance(dry, bool):
                 raise errors.BadRequest("dry_run must be true or false")
-            plan = await rb.plan(_field(body, "table_name"), dry_run=dry)
+            table = _field(body, "table_name")
+            if not dry:
+                # ranges whose sources hold no rows switch at once (http_api's own path)
+                cat = await rb.b.catalog()
+                rows, _ = await rb._estimates(cat, table)
+                if not any(rows.values()):
+                    return None
+            plan = await rb.plan(table, dry_run=dry)
             plan["status"] = "dry_run" if dry else ("balanced" if not plan["moves"] else "moving")
             return _sane(plan)
         return _sane(await rb.remove_from_shard(_field(body, "table_name"), _field(body, "shard_id")))
