@@ -20,8 +20,7 @@ N_ROWS = 10_000
 STEPS = ["copy_batch", "copied", "verified", "fenced", "drained", "switched_catalog",
          "pushed_target", "pushed_source", "cleaned"]
 QUICK = [("coordinator", "copy_batch"), ("coordinator", "fenced"), ("coordinator", "switched_catalog"),
-         ("source", "fenced"), ("source", "pushed_target"), ("target", "copy_batch"),
-         ("target", "verified")]
+         ("source", "fenced"), ("target", "copy_batch")]
 CASES = list(itertools.product(("coordinator", "source", "target"), STEPS)) \
     if os.environ.get("RS_FAULTS_FULL") else QUICK
 VICTIM = {"coordinator": "default", "source": "s1", "target": "s2"}

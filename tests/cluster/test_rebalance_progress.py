@@ -59,3 +59,29 @@ def test_cli_bad_table_is_a_clear_error(tmp_path):
         assert b"nosuch" in r.stderr and b"not registered" in r.stderr, r.stderr
     finally:
         cl.stop()
+
+
+def test_cancel_before_fence_rolls_back(tmp_path):
+    """Invariant: a move cancelled while copying (before its fence) rolls back on real
+    nodes: ownership unchanged (s1 owns everything), the target holds none of the rows,
+    no trigger or fence is left, and every row is still on s1 exactly once."""
+    cl = ShardedCluster(str(tmp_path), env={"RAFTSQLITE_REBALANCE": '{"batch_rows": 200, "max_rows_per_s": 2000}'})
+    try:
+        cl.start()
+        rows = setup_table(cl, 10_000)
+        st, plan = cl.rebalance({"table_name": "kv"})
+        assert st == 200, plan
+        mid = plan["moves"][0]["move_id"]
+        wait_for(lambda: any(m["phase"] == "copying" and m["rows_copied"] > 0 for m in cl.status()["moves"]),
+                 30, "copy progress")
+        res = cl.api("/table/rebalance/cancel", {"move_id": mid})
+        assert res["phase"] == "cancelled"
+        m = wait_for(lambda: next((m for m in cl.status()["moves"]
+                                   if m["move_id"] == mid and m["phase"] == "cancelled"), None), 30, "cancel")
+        wait_for(lambda: cl.catalog().moves[mid].get("cleaned"), 30, "rollback cleanup")
+        cat = check_placement(cl, rows)
+        assert set(cat.colocations["kv"]["owners"]) == {"s1"}
+        assert cl.rows("s2", "SELECT count(*) FROM kv")[0][0] == 0
+        assert m["error"]
+    finally:
+        cl.stop()
