@@ -108,6 +108,15 @@ class Cancelled(RaftSQLiteError):
     code = "cancelled"
 
 
+class NotCoordinator(RaftSQLiteError):
+    """This node stopped being the coordinator (it lost the default group's leadership):
+    the runner stops at once, neither finishing nor rolling back; the new leader's
+    coordinator resumes the move from the catalog."""
+
+    code = "not_coordinator"
+    retryable = False
+
+
 # ---- row encoding and checksums ----------------------------------------------------
 
 def _tag(v):
@@ -316,6 +325,8 @@ class MoveRunner:
         except Cancelled:
             await self._rollback("cancelled", None)
             return self.m
+        except NotCoordinator:
+            raise
         except RaftSQLiteError as e:
             cur = await self._load()
             if MOVE_PHASES.index(cur["phase"]) >= MOVE_PHASES.index("switched") \

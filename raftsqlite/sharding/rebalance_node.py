@@ -15,7 +15,7 @@ import orjson
 
 from raftsqlite import errors
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
-from raftsqlite.sharding.rebalance import RebalanceConfig
+from raftsqlite.sharding.rebalance import NotCoordinator, RebalanceConfig
 from raftsqlite.sharding.rebalance_api import _sane
 from raftsqlite.sharding.rebalance_service import Rebalancer
 
@@ -25,12 +25,17 @@ FORWARDED = "X-Raftsqlite-Rebalance-Forwarded"
 
 class _LinearizableExecutor:
     """The node's group executor with reads forced to ``linearizable`` (a move must read
-    what the group's leader has committed, never a stale follower)."""
+    what the group's leader has committed, never a stale follower), and writes refused
+    once this node no longer leads the default group (a deposed coordinator must not
+    write stale copies into a target; the new one resumes from the catalog)."""
 
-    def __init__(self, ex):
+    def __init__(self, ex, is_leader):
         self.ex = ex
+        self.is_leader = is_leader
 
     async def execute(self, group, statements, *, transaction=False, guard=None):
+        if not self.is_leader():
+            raise NotCoordinator("this node no longer leads the default group")
         return await self.ex.execute(group, statements, transaction=transaction, guard=guard)
 
     async def query(self, group, statements, *, guard=None, **opts):
@@ -40,14 +45,14 @@ class _LinearizableExecutor:
 class NodeMoveBackend:
     def __init__(self, svc):
         self.svc = svc
-        self.executor = _LinearizableExecutor(svc.executor)
+        self.executor = _LinearizableExecutor(svc.executor, svc.node.store.is_leader)
 
     async def catalog(self):
         svc = self.svc
         if svc.is_default and svc.node.store.is_leader():
             await svc.node.store.barrier()
             return Catalog.from_bytes(svc.catalog_state.load(svc.node.db.read_internal).to_bytes())
-        raise errors.NotLeader("the rebalance coordinator runs on the default group's leader")
+        raise NotCoordinator("the rebalance coordinator runs on the default group's leader")
 
     async def _one(self, group, name, args):
         res = (await self.svc.system(group, [(name, orjson.dumps(_sane(args)))]))[0]

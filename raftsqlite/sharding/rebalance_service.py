@@ -180,11 +180,20 @@ class Rebalancer:
             try:
                 if is_coordinator():
                     await self.resume_all()
+                else:
+                    self.stop_all()   # a deposed leader must not keep writing to shards
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.info("rebalance resume: %r", e)
             await asyncio.sleep(every)
+
+    def stop_all(self):
+        """Cancel every move task running here (the catalog keeps their state)."""
+        for t in set(self.tasks.values()) | set(self._chains.values()):
+            if not t.done():
+                t.cancel()
+        self.runners.clear()
 
     async def wait(self, ids=None, timeout=None):
         ids = list(ids if ids is not None else self.tasks)

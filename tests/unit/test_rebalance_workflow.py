@@ -320,3 +320,51 @@ def test_move_of_unknown_table_is_a_clear_error():
     with pytest.raises(NotFound, match="nosuch"):
         asyncio.run(rb.plan("nosuch", dry_run=True))
     assert cl.catalog.to_bytes() == before
+
+
+def test_deposed_coordinator_stops_without_rollback_and_successor_finishes():
+    """Invariant: a coordinator that loses the default group's leadership stops at once
+    (no further shard writes, no rollback: the catalog keeps the move's phase), and the
+    next coordinator resumes the move to done with the data check holding."""
+    from raftsqlite.sharding.rebalance import NotCoordinator
+    cl, router, ref = make(1500)
+    be = FakeMoveBackend(cl)
+    leader = {"ok": True}
+    inner = be.executor
+
+    class Ex:
+        async def execute(self, *a, **kw):
+            if not leader["ok"]:
+                raise NotCoordinator("deposed")
+            return await inner.execute(*a, **kw)
+
+        async def query(self, *a, **kw):
+            return await inner.query(*a, **kw)
+
+    class Deposable(FakeMoveBackend):
+        def __init__(self):
+            super().__init__(cl)
+            self.executor = Ex()
+    rb = Rebalancer(Deposable(), RebalanceConfig(batch_rows=100))
+    batches = []
+
+    def hook(step):
+        if step == "copy_batch":
+            batches.append(1)
+            if len(batches) == 3:
+                leader["ok"] = False
+    rb.hook = hook
+
+    async def main():
+        plan = await rb.plan("kv")
+        mid = plan["moves"][0]["move_id"]
+        with pytest.raises(NotCoordinator):
+            await rb.wait([mid], timeout=30)
+        assert cl.catalog.moves[mid]["phase"] == "copying"
+        n_target = cl.sql("s2", "SELECT count(*) FROM kv")[0][0]
+        rb2 = Rebalancer(be, RebalanceConfig(batch_rows=100))
+        await rb2.resume_all()
+        return n_target, await rb2.wait([mid], timeout=30)
+    n_target, res = asyncio.run(main())
+    assert n_target > 0 and list(res.values()) == ["done"]
+    check_placement(cl, ref)
