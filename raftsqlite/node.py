@@ -52,6 +52,9 @@ class Node:
         self.sharding = ShardingService(self)
         self.sql_backend = self.sharding.sql
         self.http_blueprints = [sharding_blueprint]
+        # #7: the rebalance coordinator and its routes (default-group nodes only)
+        from raftsqlite.sharding.rebalance_node import attach as attach_rebalancer
+        attach_rebalancer(self)
         self.app = None
         self._server = None
         self._join_task = None

@@ -24,6 +24,11 @@ from raftsqlite.sharding.service import dump_results
 
 _OCTET = "application/octet-stream"
 
+try:   # #7: online rebalancing, when present, handles /table/rebalance and remove-from-shard
+    from raftsqlite.sharding import rebalance_node as _REBALANCE
+except ImportError:
+    _REBALANCE = None
+
 
 def _svc(request):
     return request.app.ctx.node.sharding
@@ -200,6 +205,8 @@ def blueprint():
     @bp.post("/table/remove-from-shard")
     async def remove_from_shard(request):
         svc = _svc(request)
+        if _REBALANCE:   # #7 hook: drain the shard's ranges online, then remove it
+            return wire.json_response(await _REBALANCE.handle(request, "remove", _body(request)))
         op, args = ops.remove_from_shard(_body(request))
         res = await svc.catalog_op(op, args)
         return wire.json_response({"result": res, "note": "the shard keeps its ranges until a "
@@ -209,6 +216,10 @@ def blueprint():
     async def rebalance(request):
         svc = _svc(request)
         body = _body(request)
+        if _REBALANCE:   # #7 hook: plans, dry runs and online moves live in rebalance_node
+            res = await _REBALANCE.handle(request, "rebalance", body)
+            if res is not None:    # None: no rows to move, switch at once below
+                return wire.json_response(res)
         await svc.cache.refresh()
         cat = svc.cache.current()
         plan = ops.rebalance_plan(body, cat)
