@@ -5,7 +5,9 @@ Layout of ``<data_dir>/raft``::
 
     state             term, vote, commit: one frame, replaced atomically
     snapshot          SnapshotMeta of the latest snapshot: one frame, replaced atomically
-    log/<first>.seg   segments; records are ``codec.encode_entry`` frames, consecutive indexes
+    log/<first>.seg   segments; records are ``codec.encode_entry`` frames, consecutive indexes,
+                      then (in a preallocated segment) zeros up to the end of the file
+    next-segment      the spare: a preallocated, zero-filled file that becomes the next segment
     snap/<index>-<term>.snap   snapshot files made by the state machine
 
 Threading: the core reads this log on the event loop. Every change is split in three so that
@@ -20,7 +22,9 @@ import json
 import logging
 import mmap
 import os
+import re
 import struct
+import threading
 import time
 
 from raftsqlite import codec
@@ -36,6 +40,17 @@ SEG_SUFFIX = ".seg"
 # A commit-only change of the hard state is written at most this often: the commit index
 # is recoverable from the leader, so it need not cost two fsyncs per batch.
 COMMIT_PERSIST_INTERVAL = 1.0
+SPARE_NAME = "next-segment"
+# The first spare of a run is small (a fresh member's start-up writes little disk traffic);
+# each later one doubles up to the segment size, so a busy log reaches full segments soon.
+FIRST_SPARE_BYTES = 1 << 20
+# A fresh log (and one reset by a snapshot) starts in a plain, growing segment and moves to
+# a spare only once that holds this much: small logs (tests, idle groups) stay in one
+# small file, a busy one moves within its first few hundred entries. Below this segment
+# size there is no preallocation at all.
+PLAIN_SEGMENT_BYTES = 64 << 10
+_ZERO_CHUNK = bytes(1 << 20)
+_PAGE = 4096
 
 
 def fsync_dir(path):
@@ -69,6 +84,26 @@ def _write_all(fd, data):
         view = view[n:]
 
 
+def _pwrite_all(fd, data, off):
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view = view[n:]
+        off += n
+
+
+def _write_zeros(fd, off, n):
+    while n > 0:
+        k = min(n, len(_ZERO_CHUNK))
+        _pwrite_all(fd, memoryview(_ZERO_CHUNK)[:k], off)
+        off += k
+        n -= k
+
+
+def _round_up(n, to=_PAGE):
+    return -(-n // to) * to
+
+
 def encode_hard_state(hs, group=0):
     return codec.encode_frame(group, _T_STATE, hs.term, hs.commit, hs.vote.encode())
 
@@ -98,14 +133,17 @@ def decode_snapshot_meta(buf):
 
 
 class _Segment:
-    __slots__ = ("path", "first", "offsets", "size", "fd")
+    __slots__ = ("path", "first", "offsets", "size", "fd", "alloc")
 
-    def __init__(self, path, first):
+    def __init__(self, path, first, alloc=0):
         self.path = path
         self.first = first
         self.offsets = array.array("Q")  # file offset of each record, in index order
         self.size = 0                    # bytes of whole records
         self.fd = None
+        # File size; bytes in [size, alloc) are zeros already written to disk, so a write
+        # there changes no metadata and its fdatasync flushes only data.
+        self.alloc = alloc
 
     @property
     def last(self):
@@ -131,7 +169,7 @@ class _Batch:
 
     __slots__ = ("snapshot", "meta_bytes", "reset", "truncate", "delete", "new_segment",
                  "segment", "blob", "offsets", "entries", "state", "state_bytes",
-                 "drop_before")
+                 "drop_before", "use_spare", "seal")
 
     def __init__(self):
         self.snapshot = None      # SnapshotMeta being installed (log reset)
@@ -147,13 +185,102 @@ class _Batch:
         self.state = None
         self.state_bytes = None
         self.drop_before = None   # compaction: drop segments wholly below this index
+        self.use_spare = False    # new_segment is the prepared spare, renamed into place
+        self.seal = None          # (segment, data end): the segment left behind, trimmed
+
+
+class _Spare:
+    """The next segment, prepared by a background thread: ``fallocate``d, zero-filled and
+    synced, so that appends to it overwrite blocks that are already allocated and written
+    (an fdatasync of a growing or merely fallocated file also commits the metadata of the
+    new or converted extents, which costs about three times as much on ext4).
+
+    States: absent, being prepared (thread alive), ready. Only a ready spare is taken; the
+    thread never touches the file after it is marked ready, and only the persist path
+    renames it (``take``), so the two never write the same file."""
+
+    def __init__(self, path, fsync):
+        self.path = path
+        self.fsync = fsync
+        self.size = 0
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self.error = None
+        self.prepared = 0
+        self._retry_at = 0.0
+
+    def ready(self):
+        return self._ready.is_set()
+
+    def ensure(self, size):
+        """Start preparing a spare of ``size`` bytes unless one is ready or under way."""
+        if self._ready.is_set() or (self._thread is not None and self._thread.is_alive()):
+            return
+        if self.error is not None and time.monotonic() < self._retry_at:
+            return  # the last attempt failed (disk full?): do not retry on every batch
+        self.size = size
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(size,), daemon=True,
+                                        name="raft-prealloc")
+        self._thread.start()
+
+    def wait(self, timeout):
+        return self._ready.wait(timeout)
+
+    def take(self, dest):
+        """Persist path: rename the ready spare to ``dest`` (the caller syncs the dir)."""
+        os.rename(self.path, dest)
+        self._ready.clear()
+
+    def stop(self, timeout=5.0):
+        self._stop.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+
+    def _run(self, size):
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                try:
+                    # Contiguous extents first; the zero-fill below then writes them.
+                    os.posix_fallocate(fd, 0, size)
+                except (OSError, AttributeError):
+                    pass  # no fallocate here: the zero-fill alone allocates the blocks
+                off = 0
+                step = 4 << 20
+                while off < size:
+                    if self._stop.is_set():
+                        return
+                    n = min(step, size - off)
+                    _write_zeros(fd, off, n)
+                    off += n
+                    if self.fsync:
+                        # Sync in steps: a bounded burst of writeback at a time, so the
+                        # foreground's fdatasyncs do not queue behind one huge flush.
+                        os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if not self._stop.is_set():
+                self.prepared += 1
+                self._ready.set()
+        except OSError as e:
+            # No spare: the log keeps working with growing segments (slower fsyncs).
+            self.error = f"{type(e).__name__}: {e}"
+            self._retry_at = time.monotonic() + 10.0
+            log.warning("could not prepare the next log segment %s: %s", self.path, e)
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 class RaftLog:
     """The durable log of one member. Implements ``raftsqlite.raft.types.LogReader``."""
 
     def __init__(self, data_dir, *, group=0, segment_bytes=64 << 20, cache_entries=20_000,
-                 cache_bytes=64 << 20, fsync=True):
+                 cache_bytes=64 << 20, fsync=True, preallocate=None):
         self.dir = os.path.join(data_dir, "raft")
         self.log_dir = os.path.join(self.dir, "log")
         self.snap_dir = os.path.join(self.dir, "snap")
@@ -162,6 +289,14 @@ class RaftLog:
         self.cache_entries = cache_entries
         self.cache_bytes = cache_bytes
         self.fsync = fsync
+        # Preallocation only pays for fdatasync; without fsync it is just disk traffic.
+        self.preallocate = (fsync if preallocate is None else preallocate) and \
+            segment_bytes >= PLAIN_SEGMENT_BYTES
+        # A batch is never split, so a segment may run a little past segment_bytes.
+        self._spare_max = _round_up(segment_bytes + max(_PAGE, min(segment_bytes // 16, 1 << 20)))
+        self._spare_next = min(self._spare_max, FIRST_SPARE_BYTES)
+        self._spare = _Spare(os.path.join(self.dir, SPARE_NAME), fsync) if self.preallocate \
+            else None
         self._segments = []          # list[_Segment], ascending, consecutive
         self._seg_firsts = []        # their first indexes, for bisect
         self._first = 1
@@ -176,7 +311,8 @@ class RaftLog:
         self._hs_time = 0.0
         self._snap = SnapshotMeta(0, 0, [])
         self._stats = {"fsyncs": 0, "batches": 0, "bytes_written": 0, "disk_reads": 0,
-                       "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0}
+                       "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0,
+                       "segments_from_spare": 0, "segments_grown": 0, "open_seconds": 0.0}
         self._opened = False
 
     # ---- start-up ---------------------------------------------------------------------
@@ -184,8 +320,13 @@ class RaftLog:
     def open(self):
         """Load state, snapshot meta and segments; truncate a torn tail; refuse a log that
         is damaged before its tail (``StorageCorrupt`` naming file and offset)."""
+        t0 = time.monotonic()
         for d in (self.dir, self.log_dir, self.snap_dir):
             os.makedirs(d, exist_ok=True)
+        spare = os.path.join(self.dir, SPARE_NAME)
+        if os.path.exists(spare):
+            # Possibly half prepared when we stopped: never trusted, made again.
+            os.unlink(spare)
         state_path = os.path.join(self.dir, "state")
         if os.path.exists(state_path):
             self._hs = self._read_small(state_path, decode_hard_state)
@@ -262,6 +403,13 @@ class RaftLog:
             raise StorageCorrupt(f"state file says commit {self._hs.commit} but the log in "
                                  f"{self.log_dir} ends at {self._last}")
         self._opened = True
+        self._stats["open_seconds"] = round(time.monotonic() - t0, 4)
+        if self._spare is not None:
+            self._spare.ensure(self._spare_next)
+
+    def wait_spare(self, timeout=10.0):
+        """Wait until the next segment is prepared (tests and benchmarks)."""
+        return self._spare is not None and self._spare.wait(timeout)
 
     def _read_small(self, path, decode):
         with open(path, "rb") as f:
@@ -273,33 +421,46 @@ class RaftLog:
 
     def _scan(self, seg, is_last, runs):
         size = os.path.getsize(seg.path)
+        seg.alloc = size
         if size == 0:
             return
         with open(seg.path, "rb") as f:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        dirty = None
         try:
             off = 0
             expect = seg.first
             offsets = seg.offsets
             while off < size:
-                n = _frame_length(buf, off)
                 err = None
-                if n is None or n <= 0 or off + n > size:
-                    err = "record extends past the end of the file"
+                if buf[off:off + 4] == b"\0\0\0\0":
+                    # A zero length field is where writing stopped: the rest is the
+                    # preallocated tail, which must be zeros to its end.
+                    dirty = _nonzero_end(buf, off, size)
+                    if dirty == off:
+                        break
+                    err = "zero length field followed by non-zero bytes"
                 else:
-                    try:
-                        _, e = codec.decode_entry(buf[off:off + n])
-                        if e.index != expect:
-                            err = f"record has index {e.index}, expected {expect}"
-                        elif not runs or runs[-1][1] != e.term:
-                            runs.append((e.index, e.term))
-                    except DecodeError as ex:
-                        err = str(ex)
+                    n = _frame_length(buf, off)
+                    if n is None or n <= 0 or off + n > size:
+                        err = "record extends past the end of the file"
+                    else:
+                        try:
+                            _, e = codec.decode_entry(buf[off:off + n])
+                            if e.index != expect:
+                                err = f"record has index {e.index}, expected {expect}"
+                            elif not runs or runs[-1][1] != e.term:
+                                runs.append((e.index, e.term))
+                        except DecodeError as ex:
+                            err = str(ex)
                 if err is not None:
-                    if is_last and not _valid_record_after(buf, off + 1, size):
+                    if dirty is None:
+                        dirty = _nonzero_end(buf, off, size)
+                    if is_last and not _valid_record_after(buf, off + 1, dirty, size,
+                                                           self.group):
                         log.warning("truncating torn tail of %s at offset %d (%d bytes): %s",
-                                    seg.path, off, size - off, err)
-                        self._stats["truncated_tail_bytes"] += size - off
+                                    seg.path, off, dirty - off, err)
+                        self._stats["truncated_tail_bytes"] += dirty - off
                         break
                     raise StorageCorrupt(
                         f"corrupt log record in {seg.path} at offset {off} (index {expect}): "
@@ -311,11 +472,13 @@ class RaftLog:
             seg.size = off
         finally:
             buf.close()
-        if seg.size < size:
+        if dirty is not None and dirty > seg.size:
+            # Zero the torn bytes rather than cut the file: the file keeps its
+            # preallocated blocks, and the scan of the next start sees a clean end.
             fd = seg.open()
-            os.ftruncate(fd, seg.size)
+            _write_zeros(fd, seg.size, dirty - seg.size)
             if self.fsync:
-                os.fsync(fd)
+                os.fdatasync(fd)
 
     # ---- LogReader ----------------------------------------------------------------------
 
@@ -443,27 +606,36 @@ class RaftLog:
                     raise ValueError(f"append at {first_new} below the first segment")
                 seg = segments[k]
                 pos = first_new - seg.first
-                b.truncate = (seg, seg.offsets[pos] if pos < len(seg.offsets) else seg.size, pos)
+                b.truncate = (seg, seg.offsets[pos] if pos < len(seg.offsets) else seg.size, pos,
+                              seg.size)
                 b.delete = segments[k + 1:]
                 segments = segments[:k + 1]
             active = segments[-1] if segments else None
             size = active.size if active is not None else 0
             if b.truncate is not None and b.truncate[0] is active:
                 size = b.truncate[1]
-            if active is None or size >= self.segment_bytes:
+            parts = [codec.encode_entry(e, self.group) for e in entries]
+            b.blob = b"".join(parts)
+            spare = (self._spare is not None and size >= PLAIN_SEGMENT_BYTES
+                     and self._spare.ready())
+            # Move to the prepared spare rather than grow a file: when this batch would run
+            # past the active segment's preallocated blocks (or it has none).
+            if (active is None or size >= self.segment_bytes
+                    or (spare and b.truncate is None and size + len(b.blob) > active.alloc)):
+                if active is not None and active.alloc > size and not b.reset:
+                    b.seal = (active, size)
                 b.new_segment = _Segment(os.path.join(self.log_dir, f"{first_new:020d}{SEG_SUFFIX}"),
                                          first_new)
+                if spare:
+                    b.use_spare = True
+                    b.new_segment.alloc = self._spare.size
                 active = b.new_segment
                 size = 0
             b.segment = active
-            parts = []
             offs = []
-            for e in entries:
-                rec = codec.encode_entry(e, self.group)
+            for rec in parts:
                 offs.append(size)
                 size += len(rec)
-                parts.append(rec)
-            b.blob = b"".join(parts)
             b.offsets = offs
             b.entries = list(entries)
         if hard_state is not None:
@@ -487,21 +659,36 @@ class RaftLog:
         if b.reset:
             write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
         if b.truncate is not None:
-            seg, off, _ = b.truncate
-            os.ftruncate(seg.open(), off)
+            seg, off, _, end = b.truncate
+            if end > off:
+                # Zero the replaced suffix (keeping the file's blocks) and make that durable
+                # before new records land beside it: a crash must never leave a new record
+                # followed by old ones that still parse. Conflicts are rare; two syncs are fine.
+                fd = seg.open()
+                _write_zeros(fd, off, end - off)
+                if self.fsync:
+                    os.fdatasync(fd)
+                    self._stats["fsyncs"] += 1
         for seg in b.delete:
             if seg is not b.segment:
                 try:
                     os.unlink(seg.path)
                 except FileNotFoundError:
                     pass
+        if b.seal is not None:
+            # The segment left behind gives back its unused preallocation. Its records are
+            # already durable and the scan accepts a zero tail, so no sync is needed.
+            seg, end = b.seal
+            os.ftruncate(seg.open(), end)
         if b.new_segment is not None:
-            fd = b.new_segment.open()
-            os.ftruncate(fd, 0)
+            if b.use_spare:
+                self._spare.take(b.new_segment.path)
+                self._stats["segments_from_spare"] += 1
+            else:
+                os.ftruncate(b.new_segment.open(), 0)
+                self._stats["segments_grown"] += 1
         if b.blob:
-            fd = b.segment.open()
-            os.lseek(fd, b.offsets[0], os.SEEK_SET)
-            _write_all(fd, b.blob)
+            _pwrite_all(b.segment.open(), b.blob, b.offsets[0])
             self._stats["bytes_written"] += len(b.blob)
         if self.fsync and (b.blob or b.truncate is not None):
             os.fdatasync(b.segment.fd if b.segment is not None else b.truncate[0].fd)
@@ -531,7 +718,7 @@ class RaftLog:
             self._cache_size = 0
             self._cache_first = self._first
         if b.truncate is not None:
-            seg, off, pos = b.truncate
+            seg, off, pos, _ = b.truncate
             first_new = seg.first + pos
             for s in b.delete:
                 s.close()
@@ -549,22 +736,30 @@ class RaftLog:
                 seg.close()
                 self._segments.remove(seg)
                 self._seg_firsts.remove(seg.first)
+        if b.seal is not None:
+            seg, end = b.seal
+            seg.alloc = end
         if b.new_segment is not None:
             if self._segments and not self._segments[-1].offsets:
                 old = self._segments.pop()
                 self._seg_firsts.pop()
+                old.close()
                 if old.path != b.new_segment.path:
-                    old.close()
                     try:
                         os.unlink(old.path)
                     except FileNotFoundError:
                         pass
             self._segments.append(b.new_segment)
             self._seg_firsts.append(b.new_segment.first)
+            if b.use_spare:
+                self._spare_next = min(self._spare_max, self._spare_next * 2)
+        if self._spare is not None and not self._spare.ready():
+            self._spare.ensure(self._spare_next)
         if b.entries:
             seg = b.segment
             seg.offsets.extend(b.offsets)
             seg.size = b.offsets[0] + len(b.blob)
+            seg.alloc = max(seg.alloc, seg.size)
             for e in b.entries:
                 if e.term != self._run_term[-1]:
                     self._run_idx.append(e.index)
@@ -661,6 +856,8 @@ class RaftLog:
     # ---- misc --------------------------------------------------------------------------------
 
     def close(self):
+        if self._spare is not None:
+            self._spare.stop()
         for seg in self._segments:
             seg.close()
 
@@ -668,7 +865,10 @@ class RaftLog:
         s = dict(self._stats)
         s.update(first_index=self._first, last_index=self._last, segments=len(self._segments),
                  cached_entries=len(self._cache), cached_bytes=self._cache_size,
-                 snapshot_index=self._snap.index, term=self._hs.term)
+                 snapshot_index=self._snap.index, term=self._hs.term,
+                 spare_ready=bool(self._spare and self._spare.ready()),
+                 active_preallocated_bytes=(self._segments[-1].alloc - self._segments[-1].size
+                                            if self._segments else 0))
         return s
 
 
@@ -685,17 +885,37 @@ def _frame_length(buf, off):
     return 8 + struct.unpack_from("<I", buf, off)[0]
 
 
-def _valid_record_after(buf, start, size):
-    """Whether any whole, valid entry frame starts at or after ``start``. A torn write
-    leaves only garbage after the tear; a valid record after a bad one means damage."""
-    off = start
-    while off + codec.HEADER_SIZE <= size:
+def _nonzero_end(buf, start, size):
+    """Offset just past the last non-zero byte in ``buf[start:size]`` (``start`` if all
+    zero). Scans backwards in large slices: a preallocated tail is mostly zeros."""
+    end = size
+    step = len(_ZERO_CHUNK)
+    while end > start:
+        lo = max(start, end - step)
+        chunk = buf[lo:end]
+        if chunk != _ZERO_CHUNK[:end - lo]:
+            return lo + len(chunk.rstrip(b"\0"))
+        end = lo
+    return start
+
+
+def _valid_record_after(buf, start, stop, size, group=0):
+    """Whether a whole, valid entry frame of ``group`` starts in ``[start, stop)`` (and
+    ends by ``size``). A torn write leaves only garbage after the tear; a valid record
+    after a bad one means damage. Only offsets where the group id and an entry frame type
+    sit at their header positions are tried, so this is quick even over a large region."""
+    pat = re.compile(b"(?=" + re.escape(struct.pack("<I", group)) + b"[\x40\x41])")
+    lo = start + 8
+    region = buf[lo:min(stop + 13, size)]
+    for m in pat.finditer(region):
+        off = lo + m.start() - 8
+        if off < start or off >= stop:
+            continue
         n = _frame_length(buf, off)
-        if codec.HEADER_SIZE <= n <= size - off:
+        if n is not None and codec.HEADER_SIZE <= n <= size - off:
             try:
                 codec.decode_entry(buf[off:off + n])
                 return True
             except DecodeError:
                 pass
-        off += 1
     return False
