@@ -22,14 +22,15 @@ import json
 import logging
 import mmap
 import os
-import re
-import struct
 import threading
 import time
 
 from raftsqlite import codec
 from raftsqlite.codec.model import Entry, Member, SnapshotMeta
 from raftsqlite.errors import DecodeError, StorageCorrupt
+from raftsqlite.raft.segfiles import (IDX_SUFFIX, PAGE, Spare, data_hash, decode_index,
+                                      frame_length, nonzero_end, pwrite_all, round_up,
+                                      valid_record_after, write_index, write_zeros)
 from raftsqlite.raft.types import HardState
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ FIRST_SPARE_BYTES = 1 << 20
 # small file, a busy one moves within its first few hundred entries. Below this segment
 # size there is no preallocation at all.
 PLAIN_SEGMENT_BYTES = 64 << 10
-_ZERO_CHUNK = bytes(1 << 20)
-_PAGE = 4096
 
 
 def fsync_dir(path):
@@ -82,26 +81,6 @@ def _write_all(fd, data):
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-def _pwrite_all(fd, data, off):
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, off)
-        view = view[n:]
-        off += n
-
-
-def _write_zeros(fd, off, n):
-    while n > 0:
-        k = min(n, len(_ZERO_CHUNK))
-        _pwrite_all(fd, memoryview(_ZERO_CHUNK)[:k], off)
-        off += k
-        n -= k
-
-
-def _round_up(n, to=_PAGE):
-    return -(-n // to) * to
 
 
 def encode_hard_state(hs, group=0):
@@ -189,93 +168,6 @@ class _Batch:
         self.seal = None          # (segment, data end): the segment left behind, trimmed
 
 
-class _Spare:
-    """The next segment, prepared by a background thread: ``fallocate``d, zero-filled and
-    synced, so that appends to it overwrite blocks that are already allocated and written
-    (an fdatasync of a growing or merely fallocated file also commits the metadata of the
-    new or converted extents, which costs about three times as much on ext4).
-
-    States: absent, being prepared (thread alive), ready. Only a ready spare is taken; the
-    thread never touches the file after it is marked ready, and only the persist path
-    renames it (``take``), so the two never write the same file."""
-
-    def __init__(self, path, fsync):
-        self.path = path
-        self.fsync = fsync
-        self.size = 0
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread = None
-        self.error = None
-        self.prepared = 0
-        self._retry_at = 0.0
-
-    def ready(self):
-        return self._ready.is_set()
-
-    def ensure(self, size):
-        """Start preparing a spare of ``size`` bytes unless one is ready or under way."""
-        if self._ready.is_set() or (self._thread is not None and self._thread.is_alive()):
-            return
-        if self.error is not None and time.monotonic() < self._retry_at:
-            return  # the last attempt failed (disk full?): do not retry on every batch
-        self.size = size
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(size,), daemon=True,
-                                        name="raft-prealloc")
-        self._thread.start()
-
-    def wait(self, timeout):
-        return self._ready.wait(timeout)
-
-    def take(self, dest):
-        """Persist path: rename the ready spare to ``dest`` (the caller syncs the dir)."""
-        os.rename(self.path, dest)
-        self._ready.clear()
-
-    def stop(self, timeout=5.0):
-        self._stop.set()
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-
-    def _run(self, size):
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                try:
-                    # Contiguous extents first; the zero-fill below then writes them.
-                    os.posix_fallocate(fd, 0, size)
-                except (OSError, AttributeError):
-                    pass  # no fallocate here: the zero-fill alone allocates the blocks
-                off = 0
-                step = 4 << 20
-                while off < size:
-                    if self._stop.is_set():
-                        return
-                    n = min(step, size - off)
-                    _write_zeros(fd, off, n)
-                    off += n
-                    if self.fsync:
-                        # Sync in steps: a bounded burst of writeback at a time, so the
-                        # foreground's fdatasyncs do not queue behind one huge flush.
-                        os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            if not self._stop.is_set():
-                self.prepared += 1
-                self._ready.set()
-        except OSError as e:
-            # No spare: the log keeps working with growing segments (slower fsyncs).
-            self.error = f"{type(e).__name__}: {e}"
-            self._retry_at = time.monotonic() + 10.0
-            log.warning("could not prepare the next log segment %s: %s", self.path, e)
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-
-
 class RaftLog:
     """The durable log of one member. Implements ``raftsqlite.raft.types.LogReader``."""
 
@@ -284,6 +176,8 @@ class RaftLog:
         self.dir = os.path.join(data_dir, "raft")
         self.log_dir = os.path.join(self.dir, "log")
         self.snap_dir = os.path.join(self.dir, "snap")
+        self.index_dir = os.path.join(self.dir, "index")
+        self._index_threads = []
         self.group = group
         self.segment_bytes = segment_bytes
         self.cache_entries = cache_entries
@@ -293,9 +187,9 @@ class RaftLog:
         self.preallocate = (fsync if preallocate is None else preallocate) and \
             segment_bytes >= PLAIN_SEGMENT_BYTES
         # A batch is never split, so a segment may run a little past segment_bytes.
-        self._spare_max = _round_up(segment_bytes + max(_PAGE, min(segment_bytes // 16, 1 << 20)))
+        self._spare_max = round_up(segment_bytes + max(PAGE, min(segment_bytes // 16, 1 << 20)))
         self._spare_next = min(self._spare_max, FIRST_SPARE_BYTES)
-        self._spare = _Spare(os.path.join(self.dir, SPARE_NAME), fsync) if self.preallocate \
+        self._spare = Spare(os.path.join(self.dir, SPARE_NAME), fsync) if self.preallocate \
             else None
         self._segments = []          # list[_Segment], ascending, consecutive
         self._seg_firsts = []        # their first indexes, for bisect
@@ -312,7 +206,9 @@ class RaftLog:
         self._snap = SnapshotMeta(0, 0, [])
         self._stats = {"fsyncs": 0, "batches": 0, "bytes_written": 0, "disk_reads": 0,
                        "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0,
-                       "segments_from_spare": 0, "segments_grown": 0, "open_seconds": 0.0}
+                       "segments_from_spare": 0, "segments_grown": 0, "open_seconds": 0.0,
+                       "segments_indexed_at_open": 0, "segments_scanned_at_open": 0,
+                       "segments_indexed": 0}
         self._opened = False
 
     # ---- start-up ---------------------------------------------------------------------
@@ -321,12 +217,13 @@ class RaftLog:
         """Load state, snapshot meta and segments; truncate a torn tail; refuse a log that
         is damaged before its tail (``StorageCorrupt`` naming file and offset)."""
         t0 = time.monotonic()
-        for d in (self.dir, self.log_dir, self.snap_dir):
+        for d in (self.dir, self.log_dir, self.snap_dir, self.index_dir):
             os.makedirs(d, exist_ok=True)
         spare = os.path.join(self.dir, SPARE_NAME)
-        if os.path.exists(spare):
-            # Possibly half prepared when we stopped: never trusted, made again.
-            os.unlink(spare)
+        try:
+            os.unlink(spare)  # possibly half prepared when we stopped: never trusted
+        except FileNotFoundError:
+            pass
         state_path = os.path.join(self.dir, "state")
         if os.path.exists(state_path):
             self._hs = self._read_small(state_path, decode_hard_state)
@@ -353,7 +250,20 @@ class RaftLog:
                 raise StorageCorrupt(
                     f"log gap: {seg.path} starts at index {seg.first} but the segment before "
                     f"it ends at {segs[k - 1].last}")
-            self._scan(seg, is_last=(k == len(segs) - 1), runs=runs)
+            is_last = k == len(segs) - 1
+            if is_last or not self._load_index(seg, runs):
+                self._scan(seg, is_last=is_last, runs=runs)
+                self._stats["segments_scanned_at_open"] += 1
+                if not is_last and seg.size >= PLAIN_SEGMENT_BYTES:
+                    self._index_later(seg, _seg_runs_from(runs, seg))
+        firsts = {s.first for s in segs}
+        for n in os.listdir(self.index_dir):
+            stem = n[:-len(IDX_SUFFIX)] if n.endswith(IDX_SUFFIX) else None
+            if stem is None or not stem.isdigit() or int(stem) not in firsts:
+                try:
+                    os.unlink(os.path.join(self.index_dir, n))  # a deleted segment's, a temp
+                except FileNotFoundError:
+                    pass
         snap = self._snap
         if segs and snap.index > 0:
             lo, hi = segs[0].first, segs[-1].last
@@ -419,6 +329,62 @@ class RaftLog:
         except DecodeError as e:
             raise StorageCorrupt(f"{path} at offset 0: {e}") from None
 
+    def _idx_path(self, seg):
+        return os.path.join(self.index_dir, f"{seg.first:020d}{IDX_SUFFIX}")
+
+    def _load_index(self, seg, runs):
+        """Take a sealed segment's offsets and terms from its index file if the index is
+        whole and the segment's bytes hash to what the index says; otherwise False (and
+        the caller scans every record)."""
+        path = self._idx_path(seg)
+        try:
+            with open(path, "rb") as f:
+                idx = decode_index(f.read())
+        except FileNotFoundError:
+            return False
+        size = os.path.getsize(seg.path)
+        if idx is None:
+            log.info("index %s is damaged; scanning %s", path, seg.path)
+            return False
+        first, offsets, seg_runs, data_end, digest = idx
+        if (first != seg.first or not offsets or offsets[0] != 0 or offsets[-1] >= data_end
+                or data_end != size or not seg_runs or seg_runs[0][0] != first):
+            return False
+        with open(seg.path, "rb") as f:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            if data_hash(buf, data_end) != digest:
+                log.warning("%s does not match its index; scanning every record", seg.path)
+                return False
+        finally:
+            buf.close()
+        seg.offsets = offsets
+        seg.size = seg.alloc = data_end
+        for i, t in seg_runs:
+            if not runs or runs[-1][1] != t:
+                runs.append((i, t))
+        self._stats["segments_indexed_at_open"] += 1
+        return True
+
+    def _index_later(self, seg, seg_runs):
+        """Write a sealed segment's index in the background (it is only a start-up aid)."""
+        self._index_threads = [t for t in self._index_threads if t.is_alive()]
+        t = threading.Thread(target=self._write_index, daemon=True, name="raft-index",
+                             args=(seg.path, self._idx_path(seg), seg.first,
+                                   array.array("Q", seg.offsets), seg_runs, seg.size))
+        self._index_threads.append(t)
+        t.start()
+
+    def _write_index(self, *args):
+        if write_index(*args):
+            self._stats["segments_indexed"] += 1
+
+    def _drop_index(self, seg):
+        try:
+            os.unlink(self._idx_path(seg))
+        except FileNotFoundError:
+            pass
+
     def _scan(self, seg, is_last, runs):
         size = os.path.getsize(seg.path)
         seg.alloc = size
@@ -436,12 +402,12 @@ class RaftLog:
                 if buf[off:off + 4] == b"\0\0\0\0":
                     # A zero length field is where writing stopped: the rest is the
                     # preallocated tail, which must be zeros to its end.
-                    dirty = _nonzero_end(buf, off, size)
+                    dirty = nonzero_end(buf, off, size)
                     if dirty == off:
                         break
                     err = "zero length field followed by non-zero bytes"
                 else:
-                    n = _frame_length(buf, off)
+                    n = frame_length(buf, off)
                     if n is None or n <= 0 or off + n > size:
                         err = "record extends past the end of the file"
                     else:
@@ -455,8 +421,8 @@ class RaftLog:
                             err = str(ex)
                 if err is not None:
                     if dirty is None:
-                        dirty = _nonzero_end(buf, off, size)
-                    if is_last and not _valid_record_after(buf, off + 1, dirty, size,
+                        dirty = nonzero_end(buf, off, size)
+                    if is_last and not valid_record_after(buf, off + 1, dirty, size,
                                                            self.group):
                         log.warning("truncating torn tail of %s at offset %d (%d bytes): %s",
                                     seg.path, off, dirty - off, err)
@@ -476,7 +442,7 @@ class RaftLog:
             # Zero the torn bytes rather than cut the file: the file keeps its
             # preallocated blocks, and the scan of the next start sees a clean end.
             fd = seg.open()
-            _write_zeros(fd, seg.size, dirty - seg.size)
+            write_zeros(fd, seg.size, dirty - seg.size)
             if self.fsync:
                 os.fdatasync(fd)
 
@@ -660,17 +626,19 @@ class RaftLog:
             write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
         if b.truncate is not None:
             seg, off, _, end = b.truncate
+            self._drop_index(seg)  # it describes the records about to be replaced
             if end > off:
                 # Zero the replaced suffix (keeping the file's blocks) and make that durable
                 # before new records land beside it: a crash must never leave a new record
                 # followed by old ones that still parse. Conflicts are rare; two syncs are fine.
                 fd = seg.open()
-                _write_zeros(fd, off, end - off)
+                write_zeros(fd, off, end - off)
                 if self.fsync:
                     os.fdatasync(fd)
                     self._stats["fsyncs"] += 1
         for seg in b.delete:
             if seg is not b.segment:
+                self._drop_index(seg)
                 try:
                     os.unlink(seg.path)
                 except FileNotFoundError:
@@ -688,7 +656,7 @@ class RaftLog:
                 os.ftruncate(b.new_segment.open(), 0)
                 self._stats["segments_grown"] += 1
         if b.blob:
-            _pwrite_all(b.segment.open(), b.blob, b.offsets[0])
+            pwrite_all(b.segment.open(), b.blob, b.offsets[0])
             self._stats["bytes_written"] += len(b.blob)
         if self.fsync and (b.blob or b.truncate is not None):
             os.fdatasync(b.segment.fd if b.segment is not None else b.truncate[0].fd)
@@ -749,6 +717,9 @@ class RaftLog:
                         os.unlink(old.path)
                     except FileNotFoundError:
                         pass
+            if self._segments and self._segments[-1].size >= PLAIN_SEGMENT_BYTES:
+                prev = self._segments[-1]   # sealed from now on
+                self._index_later(prev, self._seg_runs(prev))
             self._segments.append(b.new_segment)
             self._seg_firsts.append(b.new_segment.first)
             if b.use_spare:
@@ -799,6 +770,7 @@ class RaftLog:
     def write_compact(self, b):
         write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
         for seg in b.delete:
+            self._drop_index(seg)
             try:
                 os.unlink(seg.path)
             except FileNotFoundError:
@@ -855,9 +827,21 @@ class RaftLog:
 
     # ---- misc --------------------------------------------------------------------------------
 
+    def _seg_runs(self, seg):
+        k = bisect.bisect_right(self._run_idx, seg.first) - 1
+        out = [(seg.first, self._run_term[k])]
+        last = seg.last
+        for j in range(k + 1, len(self._run_idx)):
+            if self._run_idx[j] > last:
+                break
+            out.append((self._run_idx[j], self._run_term[j]))
+        return out
+
     def close(self):
         if self._spare is not None:
             self._spare.stop()
+        for t in self._index_threads:
+            t.join(10)
         for seg in self._segments:
             seg.close()
 
@@ -872,50 +856,14 @@ class RaftLog:
         return s
 
 
+def _seg_runs_from(runs, seg):
+    """Term runs of ``seg`` from the open-time list of all runs so far."""
+    k = bisect.bisect_right(runs, (seg.first, 1 << 64)) - 1
+    out = [(seg.first, runs[k][1])] if k >= 0 else []
+    out += [(i, t) for i, t in runs[k + 1:] if i <= seg.last]
+    return out
+
+
 def _run_term(runs, index):
     k = bisect.bisect_right(runs, (index, 1 << 64)) - 1
     return runs[k][1] if k >= 0 else 0
-
-
-def _frame_length(buf, off):
-    """Total length of the frame starting at ``off``: 8 + the u32 length field
-    (raftsqlite/codec/FORMAT.md)."""
-    if off + 8 > len(buf):
-        return None
-    return 8 + struct.unpack_from("<I", buf, off)[0]
-
-
-def _nonzero_end(buf, start, size):
-    """Offset just past the last non-zero byte in ``buf[start:size]`` (``start`` if all
-    zero). Scans backwards in large slices: a preallocated tail is mostly zeros."""
-    end = size
-    step = len(_ZERO_CHUNK)
-    while end > start:
-        lo = max(start, end - step)
-        chunk = buf[lo:end]
-        if chunk != _ZERO_CHUNK[:end - lo]:
-            return lo + len(chunk.rstrip(b"\0"))
-        end = lo
-    return start
-
-
-def _valid_record_after(buf, start, stop, size, group=0):
-    """Whether a whole, valid entry frame of ``group`` starts in ``[start, stop)`` (and
-    ends by ``size``). A torn write leaves only garbage after the tear; a valid record
-    after a bad one means damage. Only offsets where the group id and an entry frame type
-    sit at their header positions are tried, so this is quick even over a large region."""
-    pat = re.compile(b"(?=" + re.escape(struct.pack("<I", group)) + b"[\x40\x41])")
-    lo = start + 8
-    region = buf[lo:min(stop + 13, size)]
-    for m in pat.finditer(region):
-        off = lo + m.start() - 8
-        if off < start or off >= stop:
-            continue
-        n = _frame_length(buf, off)
-        if n is not None and codec.HEADER_SIZE <= n <= size - off:
-            try:
-                codec.decode_entry(buf[off:off + n])
-                return True
-            except DecodeError:
-                pass
-    return False

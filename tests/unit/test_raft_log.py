@@ -463,3 +463,93 @@ def test_conflict_in_preallocated_segment_leaves_no_stale_records(tmp_path):
     lg2 = opened(tmp_path, segment_bytes=SEG)
     assert lg2.last_index() == 87 and lg2.entries(1, 88) == want
     assert lg2.stats()["truncated_tail_bytes"] == 0
+
+
+# ---- index files of sealed segments -----------------------------------------------------
+
+def sealed_log(path, n=300, **kw):
+    lg = opened(path, segment_bytes=SEG, **kw)
+    ents = [mk(i, 1 + i // 45, 1000) for i in range(1, n + 1)]
+    for k in range(0, n, 10):
+        lg.persist(None, ents[k:k + 10])
+    return lg, ents
+
+
+def idxfiles(path):
+    d = os.path.join(str(path), "raft", "index")
+    return sorted(os.path.join(d, n) for n in os.listdir(d))
+
+
+def test_sealed_segments_open_from_index(tmp_path):
+    """Sealed segments get an index; a restart takes their offsets and terms from it (only
+    the last segment is scanned) and sees exactly what a full scan sees."""
+    lg, ents = sealed_log(tmp_path)
+    nseg = len(segfiles(tmp_path))
+    assert nseg >= 4
+    lg.close()
+    assert len(idxfiles(tmp_path)) == nseg - 1
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    st = lg2.stats()
+    assert (st["segments_indexed_at_open"], st["segments_scanned_at_open"]) == (nseg - 1, 1)
+    assert lg2.entries(1, 301) == ents
+    assert [lg2.term(i) for i in range(301)] == [0] + [e.term for e in ents]
+    offs = [list(s.offsets) for s in lg2._segments]
+    lg2.close()
+    for p in idxfiles(tmp_path):
+        os.unlink(p)
+    lg3 = opened(tmp_path, segment_bytes=SEG)
+    assert lg3.stats()["segments_indexed_at_open"] == 0
+    assert [list(s.offsets) for s in lg3._segments] == offs
+    assert [lg3.term(i) for i in range(301)] == [0] + [e.term for e in ents]
+
+
+def test_damage_in_indexed_segment_still_refused(tmp_path):
+    """A flipped byte inside a sealed, indexed segment is still found at start-up (the
+    segment no longer matches its index, so every record is checked): StorageCorrupt
+    names the file and the damaged record's offset."""
+    lg, _ = sealed_log(tmp_path)
+    seg = lg._segments[1]
+    off = seg.offsets[7]
+    lg.close()
+    path = seg.path
+    with open(path, "r+b") as f:
+        f.seek(off + 100)
+        b = f.read(1)
+        f.seek(off + 100)
+        f.write(bytes([b[0] ^ 0x01]))
+    with pytest.raises(StorageCorrupt) as ei:
+        opened(tmp_path, segment_bytes=SEG)
+    assert path in str(ei.value) and f"offset {off}" in str(ei.value)
+
+
+def test_damaged_or_stale_index_falls_back_to_scan(tmp_path):
+    """A torn index file is ignored (full scan, same log) and rewritten; an index left
+    over from a segment whose records were replaced by a conflicting append is never
+    trusted over the segment's bytes."""
+    lg, ents = sealed_log(tmp_path)
+    lg.close()
+    first_idx = idxfiles(tmp_path)[0]
+    with open(first_idx, "r+b") as f:
+        f.truncate(os.path.getsize(first_idx) // 2)
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    assert lg2.entries(1, 301) == ents
+    assert lg2.stats()["segments_scanned_at_open"] == 2
+    lg2.close()
+    assert opened(tmp_path, segment_bytes=SEG).stats()["segments_scanned_at_open"] == 1
+    # a conflicting append inside the first sealed segment, with its index copied back
+    lg3 = opened(tmp_path, segment_bytes=SEG)
+    with open(first_idx, "rb") as f:
+        saved = f.read()
+    new = [mk(i, 50, 20) for i in range(30, 40)]
+    lg3.persist(None, new)
+    assert not os.path.exists(first_idx)
+    more = [mk(i, 51, 1000) for i in range(40, 140)]
+    for k in range(0, 100, 10):   # seal that segment again, then put the old index back
+        lg3.persist(None, more[k:k + 10])
+    assert len(segfiles(tmp_path)) >= 2
+    lg3.close()
+    with open(first_idx, "wb") as f:
+        f.write(saved)
+    lg4 = opened(tmp_path, segment_bytes=SEG)
+    assert lg4.last_index() == 139 and lg4.entries(1, 140) == ents[:29] + new + more
+    assert lg4.stats()["segments_indexed_at_open"] == 0
