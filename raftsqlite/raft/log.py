@@ -650,9 +650,15 @@ class RaftLog:
             os.ftruncate(seg.open(), end)
         if b.new_segment is not None:
             if b.use_spare:
-                self._spare.take(b.new_segment.path)
-                self._stats["segments_from_spare"] += 1
-            else:
+                try:
+                    self._spare.take(b.new_segment.path)
+                    self._stats["segments_from_spare"] += 1
+                except FileNotFoundError:
+                    # Removed behind our back: carry on with a plain, growing segment.
+                    log.warning("spare segment %s vanished", self._spare.path)
+                    b.use_spare = False
+                    b.new_segment.alloc = 0
+            if not b.use_spare:
                 os.ftruncate(b.new_segment.open(), 0)
                 self._stats["segments_grown"] += 1
         if b.blob:
@@ -851,6 +857,7 @@ class RaftLog:
                  cached_entries=len(self._cache), cached_bytes=self._cache_size,
                  snapshot_index=self._snap.index, term=self._hs.term,
                  spare_ready=bool(self._spare and self._spare.ready()),
+                 spare_error=self._spare.error if self._spare else None,
                  active_preallocated_bytes=(self._segments[-1].alloc - self._segments[-1].size
                                             if self._segments else 0))
         return s

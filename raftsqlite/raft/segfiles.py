@@ -82,8 +82,10 @@ class Spare:
 
     def take(self, dest):
         """Persist path: rename the ready spare to ``dest`` (the caller syncs the dir)."""
-        os.rename(self.path, dest)
-        self._ready.clear()
+        try:
+            os.rename(self.path, dest)
+        finally:
+            self._ready.clear()   # taken, or gone: either way a new one is needed
 
     def stop(self, timeout=5.0):
         self._stop.set()
