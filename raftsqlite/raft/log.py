@@ -46,10 +46,13 @@ SPARE_NAME = "next-segment"
 # each later one doubles up to the segment size, so a busy log reaches full segments soon.
 FIRST_SPARE_BYTES = 1 << 20
 # A fresh log (and one reset by a snapshot) starts in a plain, growing segment and moves to
-# a spare only once that holds this much: small logs (tests, idle groups) stay in one
-# small file, a busy one moves within its first few hundred entries. Below this segment
-# size there is no preallocation at all.
-PLAIN_SEGMENT_BYTES = 64 << 10
+# a spare only once that holds this much: tiny logs (tests, idle groups) stay in one small
+# file, a working one moves within its first few dozen entries.
+PLAIN_SEGMENT_BYTES = 8 << 10
+# No preallocation for segments smaller than this (tests with tiny segments), and no index
+# for sealed segments smaller than this (their scan is as quick as reading an index).
+PREALLOC_MIN_SEGMENT_BYTES = 64 << 10
+INDEX_MIN_BYTES = 16 << 10
 
 
 def fsync_dir(path):
@@ -185,7 +188,7 @@ class RaftLog:
         self.fsync = fsync
         # Preallocation only pays for fdatasync; without fsync it is just disk traffic.
         self.preallocate = (fsync if preallocate is None else preallocate) and \
-            segment_bytes >= PLAIN_SEGMENT_BYTES
+            segment_bytes >= PREALLOC_MIN_SEGMENT_BYTES
         # A batch is never split, so a segment may run a little past segment_bytes.
         self._spare_max = round_up(segment_bytes + max(PAGE, min(segment_bytes // 16, 1 << 20)))
         self._spare_next = min(self._spare_max, FIRST_SPARE_BYTES)
@@ -254,7 +257,7 @@ class RaftLog:
             if is_last or not self._load_index(seg, runs):
                 self._scan(seg, is_last=is_last, runs=runs)
                 self._stats["segments_scanned_at_open"] += 1
-                if not is_last and seg.size >= PLAIN_SEGMENT_BYTES:
+                if not is_last and seg.size >= INDEX_MIN_BYTES:
                     self._index_later(seg, _seg_runs_from(runs, seg))
         firsts = {s.first for s in segs}
         for n in os.listdir(self.index_dir):
@@ -723,7 +726,7 @@ class RaftLog:
                         os.unlink(old.path)
                     except FileNotFoundError:
                         pass
-            if self._segments and self._segments[-1].size >= PLAIN_SEGMENT_BYTES:
+            if self._segments and self._segments[-1].size >= INDEX_MIN_BYTES:
                 prev = self._segments[-1]   # sealed from now on
                 self._index_later(prev, self._seg_runs(prev))
             self._segments.append(b.new_segment)

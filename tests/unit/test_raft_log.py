@@ -300,12 +300,12 @@ def test_missing_segment_refused(tmp_path):
 
 # ---- preallocated segments -------------------------------------------------------------
 
-SEG = 64 << 10  # the smallest segment size that preallocates (PLAIN_SEGMENT_BYTES)
+SEG = 64 << 10  # the smallest segment size that preallocates and indexes
 
 
 def in_spare(path, n_more=10):
     """A log whose active segment is a preallocated spare: a plain start segment filled
-    past PLAIN_SEGMENT_BYTES, then one-entry batches into the spare."""
+    past PLAIN_SEGMENT_BYTES (and SEG), then one-entry batches into the spare."""
     lg = opened(path, segment_bytes=SEG, preallocate=True)
     ents = [mk(i, 1, 1000) for i in range(1, 71)]  # ~72 KB: the plain segment is full
     lg.persist(HardState(1, "a", 0), ents)
@@ -468,7 +468,8 @@ def test_conflict_in_preallocated_segment_leaves_no_stale_records(tmp_path):
 # ---- index files of sealed segments -----------------------------------------------------
 
 def sealed_log(path, n=300, **kw):
-    lg = opened(path, segment_bytes=SEG, **kw)
+    # no spare: segments then rotate exactly at SEG, which keeps the counts below exact
+    lg = opened(path, segment_bytes=SEG, preallocate=False, **kw)
     ents = [mk(i, 1 + i // 45, 1000) for i in range(1, n + 1)]
     for k in range(0, n, 10):
         lg.persist(None, ents[k:k + 10])
