@@ -103,17 +103,21 @@ class Spare:
                 except (OSError, AttributeError):
                     pass  # no fallocate here: the zero-fill alone allocates the blocks
                 off = 0
-                step = 4 << 20
+                step = 1 << 20
                 while off < size:
                     if self._stop.is_set():
                         return
+                    t0 = time.monotonic()
                     n = min(step, size - off)
                     write_zeros(fd, off, n)
                     off += n
                     if self.fsync:
-                        # Sync in steps: a bounded burst of writeback at a time, so the
-                        # foreground's fdatasyncs do not queue behind one huge flush.
+                        # Sync in steps, and rest as long as each step took: bounded bursts
+                        # of writeback that leave the disk to the foreground's fdatasyncs at
+                        # least half of the time. A spare is wanted only when a segment
+                        # fills, which takes far longer than this at any real load.
                         os.fdatasync(fd)
+                        self._stop.wait(min(0.1, time.monotonic() - t0))
             finally:
                 os.close(fd)
             if not self._stop.is_set():
