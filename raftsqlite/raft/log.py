@@ -47,8 +47,8 @@ SPARE_NAME = "next-segment"
 FIRST_SPARE_BYTES = 1 << 20
 # A fresh log (and one reset by a snapshot) starts in a plain, growing segment and moves to
 # a spare only once that holds this much: tiny logs (tests, idle groups) stay in one small
-# file, a working one moves within its first few dozen entries.
-PLAIN_SEGMENT_BYTES = 8 << 10
+# file, a working one moves within its first hundred or so entries.
+PLAIN_SEGMENT_BYTES = 16 << 10
 # No preallocation for segments smaller than this (tests with tiny segments), and no index
 # for sealed segments smaller than this (their scan is as quick as reading an index).
 PREALLOC_MIN_SEGMENT_BYTES = 64 << 10
