@@ -28,9 +28,9 @@ import time
 from raftsqlite import codec
 from raftsqlite.codec.model import Entry, Member, SnapshotMeta
 from raftsqlite.errors import DecodeError, StorageCorrupt
-from raftsqlite.raft.segfiles import (IDX_SUFFIX, PAGE, Spare, data_hash, decode_index,
-                                      frame_length, nonzero_end, pwrite_all, round_up,
-                                      valid_record_after, write_index, write_zeros)
+from raftsqlite.raft.segfiles import (  # noqa: F401 (fsync_dir, write_atomic: API)
+    IDX_SUFFIX, PAGE, Spare, frame_length, fsync_dir, load_index, nonzero_end, pwrite_all,
+    round_up, valid_record_after, write_atomic, write_index, write_zeros)
 from raftsqlite.raft.types import HardState
 
 log = logging.getLogger(__name__)
@@ -53,37 +53,6 @@ PLAIN_SEGMENT_BYTES = 16 << 10
 # for sealed segments smaller than this (their scan is as quick as reading an index).
 PREALLOC_MIN_SEGMENT_BYTES = 64 << 10
 INDEX_MIN_BYTES = 16 << 10
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path, data, fsync=True):
-    """Replace ``path`` by ``data``: write a temp file, fsync, rename, fsync the dir, so a
-    crash leaves either the old or the new content, never a mix."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if fsync:
-        fsync_dir(os.path.dirname(path) or ".")
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def encode_hard_state(hs, group=0):
@@ -337,32 +306,12 @@ class RaftLog:
 
     def _load_index(self, seg, runs):
         """Take a sealed segment's offsets and terms from its index file if the index is
-        whole and the segment's bytes hash to what the index says; otherwise False (and
-        the caller scans every record)."""
-        path = self._idx_path(seg)
-        try:
-            with open(path, "rb") as f:
-                idx = decode_index(f.read())
-        except FileNotFoundError:
+        whole and the segment's bytes hash to what it says; else False (scan instead)."""
+        got = load_index(seg.path, self._idx_path(seg), seg.first)
+        if got is None:
             return False
-        size = os.path.getsize(seg.path)
-        if idx is None:
-            log.info("index %s is damaged; scanning %s", path, seg.path)
-            return False
-        first, offsets, seg_runs, data_end, digest = idx
-        if (first != seg.first or not offsets or offsets[0] != 0 or offsets[-1] >= data_end
-                or data_end != size or not seg_runs or seg_runs[0][0] != first):
-            return False
-        with open(seg.path, "rb") as f:
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            if data_hash(buf, data_end) != digest:
-                log.warning("%s does not match its index; scanning every record", seg.path)
-                return False
-        finally:
-            buf.close()
-        seg.offsets = offsets
-        seg.size = seg.alloc = data_end
+        seg.offsets, seg_runs, seg.size = got
+        seg.alloc = seg.size
         for i, t in seg_runs:
             if not runs or runs[-1][1] != t:
                 runs.append((i, t))

@@ -4,6 +4,7 @@ docs/design/raft-io.md.
 """
 import array
 import logging
+import mmap
 import os
 import re
 import struct
@@ -19,6 +20,37 @@ log = logging.getLogger("raftsqlite.raft.log")
 
 ZERO_CHUNK = bytes(1 << 20)
 PAGE = 4096
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, data, fsync=True):
+    """Replace ``path`` by ``data``: write a temp file, fsync, rename, fsync the dir, so a
+    crash leaves either the old or the new content, never a mix."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def pwrite_all(fd, data, off):
@@ -237,3 +269,30 @@ def write_index(seg_path, idx_path, first, offsets, runs, data_end):
     except OSError as e:
         log.info("could not index %s: %s", seg_path, e)
         return False
+
+
+def load_index(seg_path, idx_path, first):
+    """(offsets, runs, data_end) of a sealed segment from its index, or None when there is
+    no whole index, it does not describe this file, or the file's bytes do not hash to it."""
+    try:
+        with open(idx_path, "rb") as f:
+            idx = decode_index(f.read())
+    except FileNotFoundError:
+        return None
+    if idx is None:
+        log.info("index %s is damaged; scanning %s", idx_path, seg_path)
+        return None
+    ifirst, offsets, runs, data_end, digest = idx
+    if (ifirst != first or not offsets or offsets[0] != 0 or offsets[-1] >= data_end
+            or data_end != os.path.getsize(seg_path) or not runs or runs[0][0] != first):
+        return None
+    with open(seg_path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        if data_hash(buf, data_end) != digest:
+            log.warning("%s does not match its index; scanning every record", seg_path)
+            return None
+    finally:
+        buf.close()
+    return offsets, runs, data_end
+
