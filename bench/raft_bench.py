@@ -1,6 +1,12 @@
 """Raft engine throughput and latency: ours against pysyncobj 0.3.17, in one invocation.
 
-    python bench/raft_bench.py [--seconds 5] [--json-only]
+    python bench/raft_bench.py [--seconds 5] [--json-only] [--quick] [--log-only]
+
+First a micro-benchmark of the log alone: one-entry appends, each made durable by
+fdatasync, into a preallocated segment and (for comparison) into a growing one, plus the
+raw syscalls (pwrite+fdatasync into a growing file and into a zero-filled one).
+``--log-only`` stops after it. ``--quick`` (what ``python -m bench --quick`` runs) does a
+short micro-benchmark and a short run of ours only (no pysyncobj), a few seconds in all.
 
 Each system runs as a 3-member group of separate processes on 127.0.0.1 with a journal on
 disk: ours fsyncs every batch (fdatasync before entries count), pysyncobj uses its file
@@ -108,6 +114,101 @@ def pysyncobj_member(args):
         print("READY", flush=True)
         await asyncio.Event().wait()
     asyncio.run(serve())
+
+
+# ---- log micro-benchmark ------------------------------------------------------------------
+
+def _pcts(lat):
+    lat = sorted(lat)
+    if not lat:
+        return {"p50_ms": None, "p99_ms": None, "n": 0}
+    return {"p50_ms": round(lat[len(lat) // 2] * 1e3, 3),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 3),
+            "mean_ms": round(sum(lat) / len(lat) * 1e3, 3), "n": len(lat)}
+
+
+class _LogTarget:
+    """``RaftLog.persist`` of one entry (prepare + pwrite + fdatasync + finish), in steady
+    state: past the plain start segment, in a preallocated one if enabled."""
+
+    def __init__(self, workdir, preallocate, entry_bytes=120):
+        from raftsqlite.codec.model import Entry
+        from raftsqlite.raft.log import PLAIN_SEGMENT_BYTES, RaftLog
+        self.Entry = Entry
+        self.dir = tempfile.mkdtemp(prefix="logmicro-", dir=workdir)
+        self.log = RaftLog(self.dir, preallocate=preallocate)
+        self.log.open()
+        self.data = b"x" * entry_bytes
+        self.idx = PLAIN_SEGMENT_BYTES // entry_bytes + 10
+        self.log.persist(None, [Entry(1, i, data=self.data) for i in range(1, self.idx + 1)])
+        if preallocate and not self.log.wait_spare(30):
+            raise RuntimeError("spare segment not prepared within 30 s")
+
+    def step(self):
+        self.idx += 1
+        self.log.persist(None, [self.Entry(1, self.idx, data=self.data)])
+
+    def close(self):
+        self.extra = {"segments_from_spare": self.log.stats()["segments_from_spare"]}
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _RawTarget:
+    """The syscalls alone: pwrite a record after the last one + fdatasync, into a file that
+    grows with each write or one that is already zero-filled and synced."""
+
+    def __init__(self, workdir, zero_filled, n, rec_bytes=150):
+        self.path = os.path.join(workdir, f"raw-{int(zero_filled)}")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        if zero_filled:
+            os.write(self.fd, bytes(-(-(n * rec_bytes + 4096) // 4096) * 4096))
+            os.fdatasync(self.fd)
+        self.rec = b"r" * rec_bytes
+        self.off = 0
+        self.extra = {}
+
+    def step(self):
+        os.pwrite(self.fd, self.rec, self.off)
+        os.fdatasync(self.fd)
+        self.off += len(self.rec)
+
+    def close(self):
+        os.close(self.fd)
+        os.unlink(self.path)
+
+
+def run_micro(workdir, n, quiet, raw=True, block=50):
+    """Append + fdatasync latency per case. The cases take turns in blocks of ``block``
+    appends (long enough that each runs as it would alone, short enough that a change in
+    the machine's background load hits all of them alike)."""
+    targets = {}
+    if raw:
+        targets["raw_growing"] = _RawTarget(workdir, False, n)
+        targets["raw_zero_filled"] = _RawTarget(workdir, True, n)
+    targets["log_growing"] = _LogTarget(workdir, False)
+    targets["log_preallocated"] = _LogTarget(workdir, True)
+    lat = {k: [] for k in targets}
+    try:
+        done = 0
+        while done < n:
+            m = min(block, n - done)
+            for k, t in targets.items():
+                for _ in range(m):
+                    t0 = time.perf_counter()
+                    t.step()
+                    lat[k].append(time.perf_counter() - t0)
+            done += m
+    finally:
+        for t in targets.values():
+            t.close()
+    out = {}
+    for k, t in targets.items():
+        out[k] = r = dict(_pcts(lat[k]), **t.extra)
+        if not quiet:
+            print(f"micro {k:17s}: append+fdatasync p50 {r['p50_ms']} ms  "
+                  f"p99 {r['p99_ms']} ms  mean {r['mean_ms']} ms  (n={r['n']})", flush=True)
+    return out
 
 
 # ---- load generator ---------------------------------------------------------------------
@@ -268,11 +369,11 @@ def pysyncobj_cmds(workdir, period, nobatch):
 PSO_SETTINGS = [("pysyncobj", 0.1, False), ("pysyncobj-nobatch", 0.1, True)]
 
 
-async def bench_system(name, cmds, ports, workdir, seconds, quiet):
+async def bench_system(name, cmds, ports, workdir, seconds, quiet, warm=1.0):
     g = Group(name, cmds, workdir)
     try:
         leader = await find_leader(ports)
-        await measure(leader, 16, 1.0, b"warm-")         # connections, caches, JIT-free warmup
+        await measure(leader, 16, warm, b"warm-")        # connections, caches, JIT-free warmup
         leader = await find_leader(ports)
         res = {}
         for inflight in (1, 256):
@@ -300,25 +401,32 @@ async def amain(args):
         print("# 3 member processes each, 127.0.0.1, 100-byte proposals, "
               f"{args.seconds}s per point; ours fsync=on, pysyncobj file journal (no fsync)",
               flush=True)
+    empty = {k: {"commits_s": 0.0, "p50_ms": None, "p99_ms": None} for k in (1, 256)}
     try:
+        micro = run_micro(workdir, args.micro_n, quiet, raw=not args.quick)
+        if args.log_only:
+            print(json.dumps({"log_micro": micro, "codec": codec.IMPLEMENTATION}), flush=True)
+            return
         if args.skip_ours:
-            ours = {k: {"commits_s": 0.0, "p50_ms": None, "p99_ms": None} for k in (1, 256)}
+            ours = empty
         else:
             cmds, ports = ours_cmds(workdir)
-            ours = await bench_system("ours", cmds, ports, workdir, args.seconds, quiet)
+            ours = await bench_system("ours", cmds, ports, workdir, args.seconds, quiet,
+                                      warm=0.3 if args.quick else 1.0)
         pso_all = {}
-        for name, period, nobatch in PSO_SETTINGS:
+        for name, period, nobatch in ([] if args.quick else PSO_SETTINGS):
             cmds, ports = pysyncobj_cmds(workdir, period, nobatch)
             pso_all[name] = await bench_system(name, cmds, ports, workdir, args.seconds, quiet)
-        pso = {k: max((r[k] for r in pso_all.values()), key=lambda r: r["commits_s"])
-               for k in (1, 256)}
+        pso = ({k: max((r[k] for r in pso_all.values()), key=lambda r: r["commits_s"])
+                for k in (1, 256)} if pso_all else empty)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     out = {
         "ours_commits_s": ours[256]["commits_s"],
         "pysyncobj_commits_s": pso[256]["commits_s"],
-        "ratio": round(ours[256]["commits_s"] / max(pso[256]["commits_s"], 1e-9), 2),
+        "ratio": (round(ours[256]["commits_s"] / pso[256]["commits_s"], 2)
+                  if pso[256]["commits_s"] else None),
         "ours_p50_ms_1": ours[1]["p50_ms"],
         "ours_p99_ms_1": ours[1]["p99_ms"],
         "ours_p50_ms_256": ours[256]["p50_ms"],
@@ -333,6 +441,9 @@ async def amain(args):
         "codec": codec.IMPLEMENTATION,
         "fsync": True,
         "seconds": args.seconds,
+        "quick": args.quick,
+        "log_micro": micro,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(out), flush=True)
 
@@ -342,6 +453,11 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0, help="measuring time per point")
     p.add_argument("--json-only", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="a few seconds in all: short micro-benchmark, ours only, 0.5 s points")
+    p.add_argument("--log-only", action="store_true", help="only the log micro-benchmark")
+    p.add_argument("--micro-n", type=int, default=None,
+                   help="appends per micro-benchmark case (default 1000; 150 with --quick)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, journals)")
     p.add_argument("--pysyncobj-member", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--self-addr", help=argparse.SUPPRESS)
@@ -355,6 +471,10 @@ def main():
     if args.pysyncobj_member:
         pysyncobj_member(args)
         return
+    if args.micro_n is None:
+        args.micro_n = 150 if args.quick else 1000
+    if args.quick and "--seconds" not in sys.argv:
+        args.seconds = 0.5
     try:
         import uvloop
         uvloop.install()

@@ -5,7 +5,9 @@ Layout of ``<data_dir>/raft``::
 
     state             term, vote, commit: one frame, replaced atomically
     snapshot          SnapshotMeta of the latest snapshot: one frame, replaced atomically
-    log/<first>.seg   segments; records are ``codec.encode_entry`` frames, consecutive indexes
+    log/<first>.seg   segments; records are ``codec.encode_entry`` frames, consecutive indexes,
+                      then (in a preallocated segment) zeros up to the end of the file
+    next-segment      the spare: a preallocated, zero-filled file that becomes the next segment
     snap/<index>-<term>.snap   snapshot files made by the state machine
 
 Threading: the core reads this log on the event loop. Every change is split in three so that
@@ -20,12 +22,15 @@ import json
 import logging
 import mmap
 import os
-import struct
+import threading
 import time
 
 from raftsqlite import codec
 from raftsqlite.codec.model import Entry, Member, SnapshotMeta
 from raftsqlite.errors import DecodeError, StorageCorrupt
+from raftsqlite.raft.segfiles import (  # noqa: F401 (fsync_dir, write_atomic: API)
+    IDX_SUFFIX, PAGE, Spare, frame_length, fsync_dir, load_index, nonzero_end, pwrite_all,
+    round_up, valid_record_after, write_atomic, write_index, write_zeros)
 from raftsqlite.raft.types import HardState
 
 log = logging.getLogger(__name__)
@@ -36,37 +41,18 @@ SEG_SUFFIX = ".seg"
 # A commit-only change of the hard state is written at most this often: the commit index
 # is recoverable from the leader, so it need not cost two fsyncs per batch.
 COMMIT_PERSIST_INTERVAL = 1.0
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path, data, fsync=True):
-    """Replace ``path`` by ``data``: write a temp file, fsync, rename, fsync the dir, so a
-    crash leaves either the old or the new content, never a mix."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if fsync:
-        fsync_dir(os.path.dirname(path) or ".")
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+SPARE_NAME = "next-segment"
+# The first spare of a run is small (a fresh member's start-up writes little disk traffic);
+# each later one doubles up to the segment size, so a busy log reaches full segments soon.
+FIRST_SPARE_BYTES = 1 << 20
+# A fresh log (and one reset by a snapshot) starts in a plain, growing segment and moves to
+# a spare only once that holds this much: tiny logs (tests, idle groups) stay in one small
+# file, a working one moves within its first hundred or so entries.
+PLAIN_SEGMENT_BYTES = 16 << 10
+# No preallocation for segments smaller than this (tests with tiny segments), and no index
+# for sealed segments smaller than this (their scan is as quick as reading an index).
+PREALLOC_MIN_SEGMENT_BYTES = 64 << 10
+INDEX_MIN_BYTES = 16 << 10
 
 
 def encode_hard_state(hs, group=0):
@@ -98,14 +84,17 @@ def decode_snapshot_meta(buf):
 
 
 class _Segment:
-    __slots__ = ("path", "first", "offsets", "size", "fd")
+    __slots__ = ("path", "first", "offsets", "size", "fd", "alloc")
 
-    def __init__(self, path, first):
+    def __init__(self, path, first, alloc=0):
         self.path = path
         self.first = first
         self.offsets = array.array("Q")  # file offset of each record, in index order
         self.size = 0                    # bytes of whole records
         self.fd = None
+        # File size; bytes in [size, alloc) are zeros already written to disk, so a write
+        # there changes no metadata and its fdatasync flushes only data.
+        self.alloc = alloc
 
     @property
     def last(self):
@@ -131,7 +120,7 @@ class _Batch:
 
     __slots__ = ("snapshot", "meta_bytes", "reset", "truncate", "delete", "new_segment",
                  "segment", "blob", "offsets", "entries", "state", "state_bytes",
-                 "drop_before")
+                 "drop_before", "use_spare", "seal")
 
     def __init__(self):
         self.snapshot = None      # SnapshotMeta being installed (log reset)
@@ -147,21 +136,33 @@ class _Batch:
         self.state = None
         self.state_bytes = None
         self.drop_before = None   # compaction: drop segments wholly below this index
+        self.use_spare = False    # new_segment is the prepared spare, renamed into place
+        self.seal = None          # (segment, data end): the segment left behind, trimmed
 
 
 class RaftLog:
     """The durable log of one member. Implements ``raftsqlite.raft.types.LogReader``."""
 
     def __init__(self, data_dir, *, group=0, segment_bytes=64 << 20, cache_entries=20_000,
-                 cache_bytes=64 << 20, fsync=True):
+                 cache_bytes=64 << 20, fsync=True, preallocate=None):
         self.dir = os.path.join(data_dir, "raft")
         self.log_dir = os.path.join(self.dir, "log")
         self.snap_dir = os.path.join(self.dir, "snap")
+        self.index_dir = os.path.join(self.dir, "index")
+        self._index_threads = []
         self.group = group
         self.segment_bytes = segment_bytes
         self.cache_entries = cache_entries
         self.cache_bytes = cache_bytes
         self.fsync = fsync
+        # Preallocation only pays for fdatasync; without fsync it is just disk traffic.
+        self.preallocate = (fsync if preallocate is None else preallocate) and \
+            segment_bytes >= PREALLOC_MIN_SEGMENT_BYTES
+        # A batch is never split, so a segment may run a little past segment_bytes.
+        self._spare_max = round_up(segment_bytes + max(PAGE, min(segment_bytes // 16, 1 << 20)))
+        self._spare_next = min(self._spare_max, FIRST_SPARE_BYTES)
+        self._spare = Spare(os.path.join(self.dir, SPARE_NAME), fsync) if self.preallocate \
+            else None
         self._segments = []          # list[_Segment], ascending, consecutive
         self._seg_firsts = []        # their first indexes, for bisect
         self._first = 1
@@ -176,7 +177,10 @@ class RaftLog:
         self._hs_time = 0.0
         self._snap = SnapshotMeta(0, 0, [])
         self._stats = {"fsyncs": 0, "batches": 0, "bytes_written": 0, "disk_reads": 0,
-                       "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0}
+                       "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0,
+                       "segments_from_spare": 0, "segments_grown": 0, "open_seconds": 0.0,
+                       "segments_indexed_at_open": 0, "segments_scanned_at_open": 0,
+                       "segments_indexed": 0}
         self._opened = False
 
     # ---- start-up ---------------------------------------------------------------------
@@ -184,8 +188,14 @@ class RaftLog:
     def open(self):
         """Load state, snapshot meta and segments; truncate a torn tail; refuse a log that
         is damaged before its tail (``StorageCorrupt`` naming file and offset)."""
-        for d in (self.dir, self.log_dir, self.snap_dir):
+        t0 = time.monotonic()
+        for d in (self.dir, self.log_dir, self.snap_dir, self.index_dir):
             os.makedirs(d, exist_ok=True)
+        spare = os.path.join(self.dir, SPARE_NAME)
+        try:
+            os.unlink(spare)  # possibly half prepared when we stopped: never trusted
+        except FileNotFoundError:
+            pass
         state_path = os.path.join(self.dir, "state")
         if os.path.exists(state_path):
             self._hs = self._read_small(state_path, decode_hard_state)
@@ -212,7 +222,20 @@ class RaftLog:
                 raise StorageCorrupt(
                     f"log gap: {seg.path} starts at index {seg.first} but the segment before "
                     f"it ends at {segs[k - 1].last}")
-            self._scan(seg, is_last=(k == len(segs) - 1), runs=runs)
+            is_last = k == len(segs) - 1
+            if is_last or not self._load_index(seg, runs):
+                self._scan(seg, is_last=is_last, runs=runs)
+                self._stats["segments_scanned_at_open"] += 1
+                if not is_last and seg.size >= INDEX_MIN_BYTES:
+                    self._index_later(seg, _seg_runs_from(runs, seg))
+        firsts = {s.first for s in segs}
+        for n in os.listdir(self.index_dir):
+            stem = n[:-len(IDX_SUFFIX)] if n.endswith(IDX_SUFFIX) else None
+            if stem is None or not stem.isdigit() or int(stem) not in firsts:
+                try:
+                    os.unlink(os.path.join(self.index_dir, n))  # a deleted segment's, a temp
+                except FileNotFoundError:
+                    pass
         snap = self._snap
         if segs and snap.index > 0:
             lo, hi = segs[0].first, segs[-1].last
@@ -262,6 +285,13 @@ class RaftLog:
             raise StorageCorrupt(f"state file says commit {self._hs.commit} but the log in "
                                  f"{self.log_dir} ends at {self._last}")
         self._opened = True
+        self._stats["open_seconds"] = round(time.monotonic() - t0, 4)
+        if self._spare is not None:
+            self._spare.ensure(self._spare_next)
+
+    def wait_spare(self, timeout=10.0):
+        """Wait until the next segment is prepared (tests and benchmarks)."""
+        return self._spare is not None and self._spare.wait(timeout)
 
     def _read_small(self, path, decode):
         with open(path, "rb") as f:
@@ -271,35 +301,84 @@ class RaftLog:
         except DecodeError as e:
             raise StorageCorrupt(f"{path} at offset 0: {e}") from None
 
+    def _idx_path(self, seg):
+        return os.path.join(self.index_dir, f"{seg.first:020d}{IDX_SUFFIX}")
+
+    def _load_index(self, seg, runs):
+        """Take a sealed segment's offsets and terms from its index file if the index is
+        whole and the segment's bytes hash to what it says; else False (scan instead)."""
+        got = load_index(seg.path, self._idx_path(seg), seg.first)
+        if got is None:
+            return False
+        seg.offsets, seg_runs, seg.size = got
+        seg.alloc = seg.size
+        for i, t in seg_runs:
+            if not runs or runs[-1][1] != t:
+                runs.append((i, t))
+        self._stats["segments_indexed_at_open"] += 1
+        return True
+
+    def _index_later(self, seg, seg_runs):
+        """Write a sealed segment's index in the background (it is only a start-up aid)."""
+        self._index_threads = [t for t in self._index_threads if t.is_alive()]
+        t = threading.Thread(target=self._write_index, daemon=True, name="raft-index",
+                             args=(seg.path, self._idx_path(seg), seg.first,
+                                   array.array("Q", seg.offsets), seg_runs, seg.size))
+        self._index_threads.append(t)
+        t.start()
+
+    def _write_index(self, *args):
+        if write_index(*args):
+            self._stats["segments_indexed"] += 1
+
+    def _drop_index(self, seg):
+        try:
+            os.unlink(self._idx_path(seg))
+        except FileNotFoundError:
+            pass
+
     def _scan(self, seg, is_last, runs):
         size = os.path.getsize(seg.path)
+        seg.alloc = size
         if size == 0:
             return
         with open(seg.path, "rb") as f:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        dirty = None
         try:
             off = 0
             expect = seg.first
             offsets = seg.offsets
             while off < size:
-                n = _frame_length(buf, off)
                 err = None
-                if n is None or n <= 0 or off + n > size:
-                    err = "record extends past the end of the file"
+                if buf[off:off + 4] == b"\0\0\0\0":
+                    # A zero length field is where writing stopped: the rest is the
+                    # preallocated tail, which must be zeros to its end.
+                    dirty = nonzero_end(buf, off, size)
+                    if dirty == off:
+                        break
+                    err = "zero length field followed by non-zero bytes"
                 else:
-                    try:
-                        _, e = codec.decode_entry(buf[off:off + n])
-                        if e.index != expect:
-                            err = f"record has index {e.index}, expected {expect}"
-                        elif not runs or runs[-1][1] != e.term:
-                            runs.append((e.index, e.term))
-                    except DecodeError as ex:
-                        err = str(ex)
+                    n = frame_length(buf, off)
+                    if n is None or n <= 0 or off + n > size:
+                        err = "record extends past the end of the file"
+                    else:
+                        try:
+                            _, e = codec.decode_entry(buf[off:off + n])
+                            if e.index != expect:
+                                err = f"record has index {e.index}, expected {expect}"
+                            elif not runs or runs[-1][1] != e.term:
+                                runs.append((e.index, e.term))
+                        except DecodeError as ex:
+                            err = str(ex)
                 if err is not None:
-                    if is_last and not _valid_record_after(buf, off + 1, size):
+                    if dirty is None:
+                        dirty = nonzero_end(buf, off, size)
+                    if is_last and not valid_record_after(buf, off + 1, dirty, size,
+                                                           self.group):
                         log.warning("truncating torn tail of %s at offset %d (%d bytes): %s",
-                                    seg.path, off, size - off, err)
-                        self._stats["truncated_tail_bytes"] += size - off
+                                    seg.path, off, dirty - off, err)
+                        self._stats["truncated_tail_bytes"] += dirty - off
                         break
                     raise StorageCorrupt(
                         f"corrupt log record in {seg.path} at offset {off} (index {expect}): "
@@ -311,11 +390,13 @@ class RaftLog:
             seg.size = off
         finally:
             buf.close()
-        if seg.size < size:
+        if dirty is not None and dirty > seg.size:
+            # Zero the torn bytes rather than cut the file: the file keeps its
+            # preallocated blocks, and the scan of the next start sees a clean end.
             fd = seg.open()
-            os.ftruncate(fd, seg.size)
+            write_zeros(fd, seg.size, dirty - seg.size)
             if self.fsync:
-                os.fsync(fd)
+                os.fdatasync(fd)
 
     # ---- LogReader ----------------------------------------------------------------------
 
@@ -443,27 +524,36 @@ class RaftLog:
                     raise ValueError(f"append at {first_new} below the first segment")
                 seg = segments[k]
                 pos = first_new - seg.first
-                b.truncate = (seg, seg.offsets[pos] if pos < len(seg.offsets) else seg.size, pos)
+                b.truncate = (seg, seg.offsets[pos] if pos < len(seg.offsets) else seg.size, pos,
+                              seg.size)
                 b.delete = segments[k + 1:]
                 segments = segments[:k + 1]
             active = segments[-1] if segments else None
             size = active.size if active is not None else 0
             if b.truncate is not None and b.truncate[0] is active:
                 size = b.truncate[1]
-            if active is None or size >= self.segment_bytes:
+            parts = [codec.encode_entry(e, self.group) for e in entries]
+            b.blob = b"".join(parts)
+            spare = (self._spare is not None and size >= PLAIN_SEGMENT_BYTES
+                     and self._spare.ready())
+            # Move to the prepared spare rather than grow a file: when this batch would run
+            # past the active segment's preallocated blocks (or it has none).
+            if (active is None or size >= self.segment_bytes
+                    or (spare and b.truncate is None and size + len(b.blob) > active.alloc)):
+                if active is not None and active.alloc > size and not b.reset:
+                    b.seal = (active, size)
                 b.new_segment = _Segment(os.path.join(self.log_dir, f"{first_new:020d}{SEG_SUFFIX}"),
                                          first_new)
+                if spare:
+                    b.use_spare = True
+                    b.new_segment.alloc = self._spare.size
                 active = b.new_segment
                 size = 0
             b.segment = active
-            parts = []
             offs = []
-            for e in entries:
-                rec = codec.encode_entry(e, self.group)
+            for rec in parts:
                 offs.append(size)
                 size += len(rec)
-                parts.append(rec)
-            b.blob = b"".join(parts)
             b.offsets = offs
             b.entries = list(entries)
         if hard_state is not None:
@@ -487,21 +577,44 @@ class RaftLog:
         if b.reset:
             write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
         if b.truncate is not None:
-            seg, off, _ = b.truncate
-            os.ftruncate(seg.open(), off)
+            seg, off, _, end = b.truncate
+            self._drop_index(seg)  # it describes the records about to be replaced
+            if end > off:
+                # Zero the replaced suffix (keeping the file's blocks) and make that durable
+                # before new records land beside it: a crash must never leave a new record
+                # followed by old ones that still parse. Conflicts are rare; two syncs are fine.
+                fd = seg.open()
+                write_zeros(fd, off, end - off)
+                if self.fsync:
+                    os.fdatasync(fd)
+                    self._stats["fsyncs"] += 1
         for seg in b.delete:
             if seg is not b.segment:
+                self._drop_index(seg)
                 try:
                     os.unlink(seg.path)
                 except FileNotFoundError:
                     pass
+        if b.seal is not None:
+            # The segment left behind gives back its unused preallocation. Its records are
+            # already durable and the scan accepts a zero tail, so no sync is needed.
+            seg, end = b.seal
+            os.ftruncate(seg.open(), end)
         if b.new_segment is not None:
-            fd = b.new_segment.open()
-            os.ftruncate(fd, 0)
+            if b.use_spare:
+                try:
+                    self._spare.take(b.new_segment.path)
+                    self._stats["segments_from_spare"] += 1
+                except FileNotFoundError:
+                    # Removed behind our back: carry on with a plain, growing segment.
+                    log.warning("spare segment %s vanished", self._spare.path)
+                    b.use_spare = False
+                    b.new_segment.alloc = 0
+            if not b.use_spare:
+                os.ftruncate(b.new_segment.open(), 0)
+                self._stats["segments_grown"] += 1
         if b.blob:
-            fd = b.segment.open()
-            os.lseek(fd, b.offsets[0], os.SEEK_SET)
-            _write_all(fd, b.blob)
+            pwrite_all(b.segment.open(), b.blob, b.offsets[0])
             self._stats["bytes_written"] += len(b.blob)
         if self.fsync and (b.blob or b.truncate is not None):
             os.fdatasync(b.segment.fd if b.segment is not None else b.truncate[0].fd)
@@ -531,7 +644,7 @@ class RaftLog:
             self._cache_size = 0
             self._cache_first = self._first
         if b.truncate is not None:
-            seg, off, pos = b.truncate
+            seg, off, pos, _ = b.truncate
             first_new = seg.first + pos
             for s in b.delete:
                 s.close()
@@ -549,22 +662,33 @@ class RaftLog:
                 seg.close()
                 self._segments.remove(seg)
                 self._seg_firsts.remove(seg.first)
+        if b.seal is not None:
+            seg, end = b.seal
+            seg.alloc = end
         if b.new_segment is not None:
             if self._segments and not self._segments[-1].offsets:
                 old = self._segments.pop()
                 self._seg_firsts.pop()
+                old.close()
                 if old.path != b.new_segment.path:
-                    old.close()
                     try:
                         os.unlink(old.path)
                     except FileNotFoundError:
                         pass
+            if self._segments and self._segments[-1].size >= INDEX_MIN_BYTES:
+                prev = self._segments[-1]   # sealed from now on
+                self._index_later(prev, self._seg_runs(prev))
             self._segments.append(b.new_segment)
             self._seg_firsts.append(b.new_segment.first)
+            if b.use_spare:
+                self._spare_next = min(self._spare_max, self._spare_next * 2)
+        if self._spare is not None and not self._spare.ready():
+            self._spare.ensure(self._spare_next)
         if b.entries:
             seg = b.segment
             seg.offsets.extend(b.offsets)
             seg.size = b.offsets[0] + len(b.blob)
+            seg.alloc = max(seg.alloc, seg.size)
             for e in b.entries:
                 if e.term != self._run_term[-1]:
                     self._run_idx.append(e.index)
@@ -604,6 +728,7 @@ class RaftLog:
     def write_compact(self, b):
         write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
         for seg in b.delete:
+            self._drop_index(seg)
             try:
                 os.unlink(seg.path)
             except FileNotFoundError:
@@ -660,7 +785,21 @@ class RaftLog:
 
     # ---- misc --------------------------------------------------------------------------------
 
+    def _seg_runs(self, seg):
+        k = bisect.bisect_right(self._run_idx, seg.first) - 1
+        out = [(seg.first, self._run_term[k])]
+        last = seg.last
+        for j in range(k + 1, len(self._run_idx)):
+            if self._run_idx[j] > last:
+                break
+            out.append((self._run_idx[j], self._run_term[j]))
+        return out
+
     def close(self):
+        if self._spare is not None:
+            self._spare.stop()
+        for t in self._index_threads:
+            t.join(10)
         for seg in self._segments:
             seg.close()
 
@@ -668,34 +807,22 @@ class RaftLog:
         s = dict(self._stats)
         s.update(first_index=self._first, last_index=self._last, segments=len(self._segments),
                  cached_entries=len(self._cache), cached_bytes=self._cache_size,
-                 snapshot_index=self._snap.index, term=self._hs.term)
+                 snapshot_index=self._snap.index, term=self._hs.term,
+                 spare_ready=bool(self._spare and self._spare.ready()),
+                 spare_error=self._spare.error if self._spare else None,
+                 active_preallocated_bytes=(self._segments[-1].alloc - self._segments[-1].size
+                                            if self._segments else 0))
         return s
+
+
+def _seg_runs_from(runs, seg):
+    """Term runs of ``seg`` from the open-time list of all runs so far."""
+    k = bisect.bisect_right(runs, (seg.first, 1 << 64)) - 1
+    out = [(seg.first, runs[k][1])] if k >= 0 else []
+    out += [(i, t) for i, t in runs[k + 1:] if i <= seg.last]
+    return out
 
 
 def _run_term(runs, index):
     k = bisect.bisect_right(runs, (index, 1 << 64)) - 1
     return runs[k][1] if k >= 0 else 0
-
-
-def _frame_length(buf, off):
-    """Total length of the frame starting at ``off``: 8 + the u32 length field
-    (raftsqlite/codec/FORMAT.md)."""
-    if off + 8 > len(buf):
-        return None
-    return 8 + struct.unpack_from("<I", buf, off)[0]
-
-
-def _valid_record_after(buf, start, size):
-    """Whether any whole, valid entry frame starts at or after ``start``. A torn write
-    leaves only garbage after the tear; a valid record after a bad one means damage."""
-    off = start
-    while off + codec.HEADER_SIZE <= size:
-        n = _frame_length(buf, off)
-        if codec.HEADER_SIZE <= n <= size - off:
-            try:
-                codec.decode_entry(buf[off:off + n])
-                return True
-            except DecodeError:
-                pass
-        off += 1
-    return False

@@ -296,3 +296,261 @@ def test_missing_segment_refused(tmp_path):
     with pytest.raises(StorageCorrupt, match="log gap") as ei:
         opened(tmp_path, segment_bytes=100)
     assert files[2] in str(ei.value)
+
+
+# ---- preallocated segments -------------------------------------------------------------
+
+SEG = 64 << 10  # the smallest segment size that preallocates and indexes
+
+
+def in_spare(path, n_more=10):
+    """A log whose active segment is a preallocated spare: a plain start segment filled
+    past PLAIN_SEGMENT_BYTES (and SEG), then one-entry batches into the spare."""
+    lg = opened(path, segment_bytes=SEG, preallocate=True)
+    ents = [mk(i, 1, 1000) for i in range(1, 71)]  # ~72 KB: the plain segment is full
+    lg.persist(HardState(1, "a", 0), ents)
+    assert lg.wait_spare(20), "spare not prepared"
+    for i in range(71, 71 + n_more):
+        e = mk(i, 1 + i // 75, 100)
+        lg.persist(None, [e])
+        ents.append(e)
+    assert lg.stats()["segments_from_spare"] == 1
+    return lg, ents
+
+
+def test_appends_overwrite_preallocated_blocks_and_reopen(tmp_path):
+    """Appends into a spare overwrite its zero-filled blocks (the file does not grow); a
+    reopen sees exactly the appended entries, ends cleanly at the zero tail (nothing is
+    reported torn), and appending continues in the same preallocated file."""
+    lg, ents = in_spare(tmp_path)
+    active = segfiles(tmp_path)[-1]
+    size = os.path.getsize(active)
+    assert lg.stats()["active_preallocated_bytes"] > 0
+    assert size > lg._segments[-1].size
+    lg.persist(None, [mk(81, 2, 200)])
+    ents.append(mk(81, 2, 200))
+    assert os.path.getsize(active) == size, "an append into preallocated blocks grew the file"
+    lg.close()
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    assert lg2.last_index() == 81 and lg2.entries(1, 82) == ents
+    assert lg2.stats()["truncated_tail_bytes"] == 0
+    assert [lg2.term(i) for i in range(1, 82)] == [e.term for e in ents]
+    lg2.persist(None, [mk(82, 2)])
+    assert os.path.getsize(active) == size
+    lg2.close()
+    assert opened(tmp_path, segment_bytes=SEG).entries(1, 83) == ents + [mk(82, 2)]
+
+
+def test_sealed_spare_is_trimmed_and_untrimmed_zero_tail_accepted(tmp_path):
+    """A preallocated segment left behind by rotation gives back its zero tail; if a crash
+    came before that (a sealed segment with a zero tail) the log still opens intact, but a
+    non-zero byte inside that tail is corruption named by file and offset."""
+    lg, ents = in_spare(tmp_path)
+    i = 81
+    while lg.stats()["segments_from_spare"] < 2:
+        batch = [mk(j, 3, 1000) for j in range(i, i + 5)]
+        lg.persist(None, batch)
+        ents += batch
+        i += 5
+        if i > 200:
+            assert lg.wait_spare(20)
+    lg.close()
+    files = segfiles(tmp_path)
+    assert len(files) == 3
+    sealed = files[1]
+    data_end = os.path.getsize(sealed)
+    with open(sealed, "ab") as f:   # as if the trim never reached the disk
+        f.write(b"\0" * 8192)
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    assert lg2.entries(1, i) == ents
+    lg2.close()
+    with open(sealed, "r+b") as f:
+        f.seek(data_end + 5000)
+        f.write(b"\x07")
+    with pytest.raises(StorageCorrupt) as ei:
+        opened(tmp_path, segment_bytes=SEG)
+    assert sealed in str(ei.value) and f"offset {data_end}" in str(ei.value)
+
+
+def test_torn_record_in_preallocated_tail_zeroed(tmp_path):
+    """A record torn inside the zero-filled tail is cut off on open (its bytes zeroed, the
+    file keeps its blocks), earlier records survive, and the log keeps working."""
+    from raftsqlite import codec
+    lg, ents = in_spare(tmp_path)
+    end = lg._segments[-1].size
+    lg.close()
+    active = segfiles(tmp_path)[-1]
+    size = os.path.getsize(active)
+    rec = codec.encode_entry(mk(81, 2, 300))
+    with open(active, "r+b") as f:
+        f.seek(end)
+        f.write(rec[:200])   # the first pages of the write landed, the rest did not
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    assert lg2.last_index() == 80 and lg2.entries(1, 81) == ents
+    assert lg2.stats()["truncated_tail_bytes"] == 200
+    assert os.path.getsize(active) == size
+    with open(active, "rb") as f:
+        f.seek(end)
+        assert f.read(200) == b"\0" * 200
+    lg2.persist(None, [mk(81, 2, 50)])
+    lg2.close()
+    lg3 = opened(tmp_path, segment_bytes=SEG)
+    assert lg3.entries(1, 82) == ents + [mk(81, 2, 50)]
+    assert lg3.stats()["truncated_tail_bytes"] == 0
+
+
+def test_damage_before_preallocated_tail_refused(tmp_path):
+    """In a preallocated segment, a damaged record with valid records after it refuses to
+    open (file and offset named), and so does a zeroed length field with records after
+    it: a zero length ends a segment only when nothing but zeros follows."""
+    lg, _ = in_spare(tmp_path, n_more=20)
+    seg = lg._segments[-1]
+    off_bad, off_zero = seg.offsets[5], seg.offsets[8]
+    lg.close()
+    active = segfiles(tmp_path)[-1]
+    with open(active, "rb") as f:
+        orig = f.read()
+    with open(active, "r+b") as f:
+        f.seek(off_bad + 40)
+        f.write(bytes([orig[off_bad + 40] ^ 0x55]))
+    with pytest.raises(StorageCorrupt) as ei:
+        opened(tmp_path, segment_bytes=SEG)
+    assert active in str(ei.value) and f"offset {off_bad}" in str(ei.value)
+    with open(active, "r+b") as f:
+        f.write(orig)
+        f.seek(off_zero)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(StorageCorrupt) as ei:
+        opened(tmp_path, segment_bytes=SEG)
+    assert active in str(ei.value) and f"offset {off_zero}" in str(ei.value)
+
+
+def test_crash_during_preallocation(tmp_path):
+    """A half-prepared spare (a crash while zero-filling) is never used: start-up discards
+    it, the log is intact, and a fresh spare of the full size is prepared. A spare renamed
+    into place just before a crash (an all-zero segment) opens as an empty segment."""
+    lg, ents = in_spare(tmp_path)
+    lg.close()
+    spare = os.path.join(str(tmp_path), "raft", "next-segment")
+    with open(spare, "wb") as f:
+        f.write(b"\0" * 3000 + b"partial")
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    assert lg2.entries(1, 81) == ents
+    assert lg2.wait_spare(20)
+    assert os.path.getsize(spare) >= SEG and b"partial" not in open(spare, "rb").read()
+    lg2.close()
+    # the next segment, renamed into place, before its first record was durable
+    nxt = os.path.join(str(tmp_path), "raft", "log", f"{81:020d}.seg")
+    with open(nxt, "wb") as f:
+        f.write(b"\0" * SEG)
+    lg3 = opened(tmp_path, segment_bytes=SEG)
+    assert lg3.last_index() == 80 and lg3.entries(1, 81) == ents
+    lg3.persist(None, [mk(81, 3)])
+    lg3.close()
+    lg4 = opened(tmp_path, segment_bytes=SEG)
+    assert lg4.entries(1, 82) == ents + [mk(81, 3)]
+
+
+def test_conflict_in_preallocated_segment_leaves_no_stale_records(tmp_path):
+    """Replacing a suffix inside a preallocated segment with shorter records leaves none
+    of the replaced records behind: a reopen sees exactly the new suffix."""
+    lg, ents = in_spare(tmp_path, n_more=20)
+    new = [mk(i, 9, 10) for i in range(85, 88)]
+    lg.persist(None, new)
+    want = ents[:84] + new
+    assert lg.entries(1, 88) == want
+    lg.close()
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    assert lg2.last_index() == 87 and lg2.entries(1, 88) == want
+    assert lg2.stats()["truncated_tail_bytes"] == 0
+
+
+# ---- index files of sealed segments -----------------------------------------------------
+
+def sealed_log(path, n=300, **kw):
+    # no spare: segments then rotate exactly at SEG, which keeps the counts below exact
+    lg = opened(path, segment_bytes=SEG, preallocate=False, **kw)
+    ents = [mk(i, 1 + i // 45, 1000) for i in range(1, n + 1)]
+    for k in range(0, n, 10):
+        lg.persist(None, ents[k:k + 10])
+    return lg, ents
+
+
+def idxfiles(path):
+    d = os.path.join(str(path), "raft", "index")
+    return sorted(os.path.join(d, n) for n in os.listdir(d))
+
+
+def test_sealed_segments_open_from_index(tmp_path):
+    """Sealed segments get an index; a restart takes their offsets and terms from it (only
+    the last segment is scanned) and sees exactly what a full scan sees."""
+    lg, ents = sealed_log(tmp_path)
+    nseg = len(segfiles(tmp_path))
+    assert nseg >= 4
+    lg.close()
+    assert len(idxfiles(tmp_path)) == nseg - 1
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    st = lg2.stats()
+    assert (st["segments_indexed_at_open"], st["segments_scanned_at_open"]) == (nseg - 1, 1)
+    assert lg2.entries(1, 301) == ents
+    assert [lg2.term(i) for i in range(301)] == [0] + [e.term for e in ents]
+    offs = [list(s.offsets) for s in lg2._segments]
+    lg2.close()
+    for p in idxfiles(tmp_path):
+        os.unlink(p)
+    lg3 = opened(tmp_path, segment_bytes=SEG)
+    assert lg3.stats()["segments_indexed_at_open"] == 0
+    assert [list(s.offsets) for s in lg3._segments] == offs
+    assert [lg3.term(i) for i in range(301)] == [0] + [e.term for e in ents]
+
+
+def test_damage_in_indexed_segment_still_refused(tmp_path):
+    """A flipped byte inside a sealed, indexed segment is still found at start-up (the
+    segment no longer matches its index, so every record is checked): StorageCorrupt
+    names the file and the damaged record's offset."""
+    lg, _ = sealed_log(tmp_path)
+    seg = lg._segments[1]
+    off = seg.offsets[7]
+    lg.close()
+    path = seg.path
+    with open(path, "r+b") as f:
+        f.seek(off + 100)
+        b = f.read(1)
+        f.seek(off + 100)
+        f.write(bytes([b[0] ^ 0x01]))
+    with pytest.raises(StorageCorrupt) as ei:
+        opened(tmp_path, segment_bytes=SEG)
+    assert path in str(ei.value) and f"offset {off}" in str(ei.value)
+
+
+def test_damaged_or_stale_index_falls_back_to_scan(tmp_path):
+    """A torn index file is ignored (full scan, same log) and rewritten; an index left
+    over from a segment whose records were replaced by a conflicting append is never
+    trusted over the segment's bytes."""
+    lg, ents = sealed_log(tmp_path)
+    lg.close()
+    first_idx = idxfiles(tmp_path)[0]
+    with open(first_idx, "r+b") as f:
+        f.truncate(os.path.getsize(first_idx) // 2)
+    lg2 = opened(tmp_path, segment_bytes=SEG)
+    assert lg2.entries(1, 301) == ents
+    assert lg2.stats()["segments_scanned_at_open"] == 2
+    lg2.close()
+    assert opened(tmp_path, segment_bytes=SEG).stats()["segments_scanned_at_open"] == 1
+    # a conflicting append inside the first sealed segment, with its index copied back
+    lg3 = opened(tmp_path, segment_bytes=SEG)
+    with open(first_idx, "rb") as f:
+        saved = f.read()
+    new = [mk(i, 50, 20) for i in range(30, 40)]
+    lg3.persist(None, new)
+    assert not os.path.exists(first_idx)
+    more = [mk(i, 51, 1000) for i in range(40, 140)]
+    for k in range(0, 100, 10):   # seal that segment again, then put the old index back
+        lg3.persist(None, more[k:k + 10])
+    assert len(segfiles(tmp_path)) >= 2
+    lg3.close()
+    with open(first_idx, "wb") as f:
+        f.write(saved)
+    lg4 = opened(tmp_path, segment_bytes=SEG)
+    assert lg4.last_index() == 139 and lg4.entries(1, 140) == ents[:29] + new + more
+    assert lg4.stats()["segments_indexed_at_open"] == 0

@@ -1,0 +1,298 @@
+"""Files beside the Raft log's records: the preallocated spare segment, the index files
+of sealed segments, and the byte-level helpers of the recovery scan. See
+docs/design/raft-io.md.
+"""
+import array
+import logging
+import mmap
+import os
+import re
+import struct
+import threading
+import time
+
+import xxhash
+
+from raftsqlite import codec
+from raftsqlite.errors import DecodeError
+
+log = logging.getLogger("raftsqlite.raft.log")
+
+ZERO_CHUNK = bytes(1 << 20)
+PAGE = 4096
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, data, fsync=True):
+    """Replace ``path`` by ``data``: write a temp file, fsync, rename, fsync the dir, so a
+    crash leaves either the old or the new content, never a mix."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def pwrite_all(fd, data, off):
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view = view[n:]
+        off += n
+
+
+def write_zeros(fd, off, n):
+    while n > 0:
+        k = min(n, len(ZERO_CHUNK))
+        pwrite_all(fd, memoryview(ZERO_CHUNK)[:k], off)
+        off += k
+        n -= k
+
+
+def round_up(n, to=PAGE):
+    return -(-n // to) * to
+
+
+class Spare:
+    """The next segment, prepared by a background thread: ``fallocate``d, zero-filled and
+    synced, so that appends to it overwrite blocks that are already allocated and written
+    (an fdatasync of a growing or merely fallocated file also commits the metadata of the
+    new or converted extents, which costs about three times as much on ext4).
+
+    States: absent, being prepared (thread alive), ready. Only a ready spare is taken; the
+    thread never touches the file after it is marked ready, and only the persist path
+    renames it (``take``), so the two never write the same file."""
+
+    def __init__(self, path, fsync):
+        self.path = path
+        self.fsync = fsync
+        self.size = 0
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self.error = None
+        self.prepared = 0
+        self._retry_at = 0.0
+
+    def ready(self):
+        return self._ready.is_set()
+
+    def ensure(self, size):
+        """Start preparing a spare of ``size`` bytes unless one is ready or under way."""
+        if self._ready.is_set() or (self._thread is not None and self._thread.is_alive()):
+            return
+        if self.error is not None and time.monotonic() < self._retry_at:
+            return  # the last attempt failed (disk full?): do not retry on every batch
+        self.size = size
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(size,), daemon=True,
+                                        name="raft-prealloc")
+        self._thread.start()
+
+    def wait(self, timeout):
+        return self._ready.wait(timeout)
+
+    def take(self, dest):
+        """Persist path: rename the ready spare to ``dest`` (the caller syncs the dir)."""
+        try:
+            os.rename(self.path, dest)
+        finally:
+            self._ready.clear()   # taken, or gone: either way a new one is needed
+
+    def stop(self, timeout=5.0):
+        self._stop.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+
+    def _run(self, size):
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                try:
+                    # Contiguous extents first; the zero-fill below then writes them.
+                    os.posix_fallocate(fd, 0, size)
+                except (OSError, AttributeError):
+                    pass  # no fallocate here: the zero-fill alone allocates the blocks
+                off = 0
+                step = 1 << 20
+                while off < size:
+                    if self._stop.is_set():
+                        return
+                    t0 = time.monotonic()
+                    n = min(step, size - off)
+                    write_zeros(fd, off, n)
+                    off += n
+                    if self.fsync:
+                        # Sync in steps, and rest as long as each step took: bounded bursts
+                        # of writeback that leave the disk to the foreground's fdatasyncs at
+                        # least half of the time. A spare is wanted only when a segment
+                        # fills, which takes far longer than this at any real load.
+                        os.fdatasync(fd)
+                        self._stop.wait(min(0.1, time.monotonic() - t0))
+            finally:
+                os.close(fd)
+            if not self._stop.is_set():
+                self.prepared += 1
+                self._ready.set()
+        except OSError as e:
+            # No spare: the log keeps working with growing segments (slower fsyncs).
+            self.error = f"{type(e).__name__}: {e}"
+            self._retry_at = time.monotonic() + 10.0
+            log.warning("could not prepare the next log segment %s: %s", self.path, e)
+            if not self._stop.is_set():   # once stopped, the path may be another's
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+
+
+def frame_length(buf, off):
+    """Total length of the frame starting at ``off``: 8 + the u32 length field
+    (raftsqlite/codec/FORMAT.md)."""
+    if off + 8 > len(buf):
+        return None
+    return 8 + struct.unpack_from("<I", buf, off)[0]
+
+
+def nonzero_end(buf, start, size):
+    """Offset just past the last non-zero byte in ``buf[start:size]`` (``start`` if all
+    zero). Scans backwards in large slices: a preallocated tail is mostly zeros."""
+    end = size
+    step = len(ZERO_CHUNK)
+    while end > start:
+        lo = max(start, end - step)
+        chunk = buf[lo:end]
+        if chunk != ZERO_CHUNK[:end - lo]:
+            return lo + len(chunk.rstrip(b"\0"))
+        end = lo
+    return start
+
+
+def valid_record_after(buf, start, stop, size, group=0):
+    """Whether a whole, valid entry frame of ``group`` starts in ``[start, stop)`` (and
+    ends by ``size``). A torn write leaves only garbage after the tear; a valid record
+    after a bad one means damage. Only offsets where the group id and an entry frame type
+    sit at their header positions are tried, so this is quick even over a large region."""
+    pat = re.compile(b"(?=" + re.escape(struct.pack("<I", group)) + b"[\x40\x41])")
+    lo = start + 8
+    region = buf[lo:min(stop + 13, size)]
+    for m in pat.finditer(region):
+        off = lo + m.start() - 8
+        if off < start or off >= stop:
+            continue
+        n = frame_length(buf, off)
+        if n is not None and codec.HEADER_SIZE <= n <= size - off:
+            try:
+                codec.decode_entry(buf[off:off + n])
+                return True
+            except DecodeError:
+                pass
+    return False
+
+
+# ---- index files of sealed segments --------------------------------------------------------
+#
+# A sealed segment never changes again (unless a conflicting append truncates it, which first
+# deletes its index). Its index holds what the scan would compute (record offsets, term
+# runs, the end of its records) and a hash of its bytes: start-up hashes the file (GB/s)
+# instead of decoding every record, and falls back to the full scan on any mismatch, so a
+# damaged record is still found and named by file and offset.
+
+_IDX_MAGIC = b"RSIX"
+_IDX_HEAD = struct.Struct("<4sIQQQQ16s")   # magic, version, first, count, data_end, nruns, hash
+IDX_SUFFIX = ".idx"
+
+
+def data_hash(buf, end):
+    return xxhash.xxh3_128_digest(memoryview(buf)[:end])
+
+
+def encode_index(first, offsets, runs, data_end, digest):
+    flat = array.array("Q", [x for r in runs for x in r])
+    body = (_IDX_HEAD.pack(_IDX_MAGIC, 1, first, len(offsets), data_end, len(runs), digest)
+            + offsets.tobytes() + flat.tobytes())
+    return body + struct.pack("<I", codec.crc32c(body))
+
+
+def decode_index(data):
+    """(first, offsets, runs, data_end, digest), or None if the file is not a whole index."""
+    if len(data) < _IDX_HEAD.size + 4:
+        return None
+    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    if codec.crc32c(body) != crc:
+        return None
+    magic, ver, first, count, data_end, nruns, digest = _IDX_HEAD.unpack_from(body)
+    if magic != _IDX_MAGIC or ver != 1 or len(body) != _IDX_HEAD.size + 8 * (count + 2 * nruns):
+        return None
+    offsets = array.array("Q")
+    offsets.frombytes(body[_IDX_HEAD.size:_IDX_HEAD.size + 8 * count])
+    flat = array.array("Q")
+    flat.frombytes(body[_IDX_HEAD.size + 8 * count:])
+    runs = [(flat[k], flat[k + 1]) for k in range(0, len(flat), 2)]
+    return first, offsets, runs, data_end, digest
+
+
+def write_index(seg_path, idx_path, first, offsets, runs, data_end):
+    """Background: hash the sealed segment's records and write its index (temp + rename;
+    no fsync: a torn or missing index only costs a full scan at the next start)."""
+    try:
+        with open(seg_path, "rb") as f:
+            data = f.read(data_end)
+        if len(data) != data_end:
+            return False
+        tmp = f"{idx_path}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(encode_index(first, offsets, runs, data_end, data_hash(data, data_end)))
+        os.replace(tmp, idx_path)
+        return True
+    except OSError as e:
+        log.info("could not index %s: %s", seg_path, e)
+        return False
+
+
+def load_index(seg_path, idx_path, first):
+    """(offsets, runs, data_end) of a sealed segment from its index, or None when there is
+    no whole index, it does not describe this file, or the file's bytes do not hash to it."""
+    try:
+        with open(idx_path, "rb") as f:
+            idx = decode_index(f.read())
+    except FileNotFoundError:
+        return None
+    if idx is None:
+        log.info("index %s is damaged; scanning %s", idx_path, seg_path)
+        return None
+    ifirst, offsets, runs, data_end, digest = idx
+    if (ifirst != first or not offsets or offsets[0] != 0 or offsets[-1] >= data_end
+            or data_end != os.path.getsize(seg_path) or not runs or runs[0][0] != first):
+        return None
+    with open(seg_path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        if data_hash(buf, data_end) != digest:
+            log.warning("%s does not match its index; scanning every record", seg_path)
+            return None
+    finally:
+        buf.close()
+    return offsets, runs, data_end
+
