@@ -7,11 +7,11 @@ import logging
 import mmap
 import os
 import re
+import hashlib
 import struct
 import threading
 import time
 
-import xxhash
 
 from raftsqlite import codec
 from raftsqlite.errors import DecodeError
@@ -225,7 +225,8 @@ IDX_SUFFIX = ".idx"
 
 
 def data_hash(buf, end):
-    return xxhash.xxh3_128_digest(memoryview(buf)[:end])
+    # stdlib blake2b: C speed in both codec implementations and no runtime dependency
+    return hashlib.blake2b(memoryview(buf)[:end], digest_size=16).digest()
 
 
 def encode_index(first, offsets, runs, data_end, digest):
