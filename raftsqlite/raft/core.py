@@ -554,8 +554,11 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
             else:
                 self._become_follower(t, None)
         elif 0 < t < self.term:
-            if typ in (_M_APPEND, _M_HEARTBEAT) and (self.cfg.check_quorum or self.cfg.pre_vote):
-                # Lets a stale leader (cut off, then back) learn our term and step down.
+            if typ in (_M_APPEND, _M_HEARTBEAT):
+                # Tell a stale leader our term so it steps down. (etcd does this only with
+                # CheckQuorum or PreVote; without, a member whose stale configuration sends
+                # its votes to nobody reachable would ignore the leader forever: sim seed
+                # 312506.)
                 self._send(Message(_M_APPEND_RESP, to=m.frm))
             elif typ == _M_PREVOTE:
                 self._send(Message(_M_PREVOTE_RESP, to=m.frm, term=self.term, reject=True))
