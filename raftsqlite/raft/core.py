@@ -15,7 +15,7 @@ CheckQuorum, batching bounds). Errors raised: ``errors.NotLeader`` (with leader_
 leader_addr), ``errors.ProposalDropped`` (definitely not appended: transfer in progress,
 leader being removed, a membership change pending), ``errors.LeaderNotFound``,
 ``errors.BadRequest`` (an invalid membership change or transfer target),
-``errors.ConfigError`` (bootstrap of a non-empty log), ``RaftInvariantError`` (a safety
+``errors.ConfigError`` (bootstrap over another history), ``RaftInvariantError`` (a safety
 rule would break: a bug or a lying disk; never catch it).
 
 Inputs (all return quickly; none does I/O)::
@@ -40,7 +40,7 @@ Outputs::
     ... the driver handles rd (order in types.Ready) ...
     core.advance(rd)
 
-Properties: ``node_id, role, leader, term, commit, applied, first_index, last_index,
+Properties: ``node_id, role, leader, term, vote, commit, applied, first_index, last_index,
 members (list[Member] with raft_addr/http_addr), voters, learners, is_leader``;
 ``member(node_id) -> Member | None``, ``members_at(index) -> list[Member]`` (membership as of
 an applied index, for the snapshot a driver takes), ``progress() -> dict`` (leader:
@@ -554,8 +554,11 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
             else:
                 self._become_follower(t, None)
         elif 0 < t < self.term:
-            if typ in (_M_APPEND, _M_HEARTBEAT) and (self.cfg.check_quorum or self.cfg.pre_vote):
-                # Lets a stale leader (cut off, then back) learn our term and step down.
+            if typ in (_M_APPEND, _M_HEARTBEAT):
+                # Tell a stale leader our term so it steps down. (etcd does this only with
+                # CheckQuorum or PreVote; without, a member whose stale configuration sends
+                # its votes to nobody reachable would ignore the leader forever: sim seed
+                # 312506.)
                 self._send(Message(_M_APPEND_RESP, to=m.frm))
             elif typ == _M_PREVOTE:
                 self._send(Message(_M_PREVOTE_RESP, to=m.frm, term=self.term, reject=True))
