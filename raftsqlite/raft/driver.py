@@ -21,7 +21,7 @@ from raftsqlite.codec.model import ConfChange, ConfChangeType, Message, MsgType,
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.log import RaftLog, fsync_dir
 from raftsqlite.raft.transport import Transport
-from raftsqlite.raft.types import HardState, Role
+from raftsqlite.raft.types import Role
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ class RaftNode:
         # Applies already queued finish before the commit index is written.
         await self._in(self._apply_exec, lambda: None)
         # The commit index is written lazily while running; write it once more on the way out.
-        hs = HardState(self.core.term, self.core.vote, self.core.commit)
+        # Never core.commit itself: it may cover entries that are not durable yet.
+        hs = self.core.hard_state()
         await self._in(self._persist_exec, self.log.persist, hs, (), None, True)
         self.log.close()
         for ex in (self._persist_exec, self._apply_exec, self._io_exec):
@@ -444,8 +445,6 @@ class RaftNode:
         self._stats["ready"] += 1
         if rd.send_early and rd.messages:
             self._send(rd.messages)
-        if rd.snapshot is not None:
-            await self._install_snapshot(rd.snapshot)
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             b = self.log.prepare(rd.hard_state, rd.entries, rd.snapshot)
             if b.blob or b.state_bytes is not None or b.reset or b.truncate is not None:
@@ -453,6 +452,11 @@ class RaftNode:
                 await self._in(self._persist_exec, self.log.write, b)
                 self._stats["persist_s"] += time.perf_counter() - t0
             self.log.finish(b)
+        if rd.snapshot is not None:
+            # The log is reset to the snapshot first (above), then the state machine is
+            # restored: a crash in between is finished at start, which restores from the
+            # snapshot file whenever the state machine is behind the log's snapshot index.
+            await self._install_snapshot(rd.snapshot)
         if not rd.send_early and rd.messages:
             self._send(rd.messages)
         if rd.committed:
