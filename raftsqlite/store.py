@@ -350,7 +350,12 @@ class Store:
                     p = list(p)
                     st = Statement(st.sql, p)
                 if isinstance(p, list):
+                    lo, hi = _INT64
                     for v in p:
+                        t = type(v)
+                        if t is str or v is None or t is float or t is bytes or t is bool \
+                                or (t is int and lo <= v <= hi):
+                            continue
                         _check_value(v, i)
                 elif isinstance(p, dict):
                     for k, v in p.items():
