@@ -199,7 +199,13 @@ async def _spool(request, fd):
                 data, buf, size = b"".join(buf), [], 0
                 await loop.run_in_executor(None, f.write, data)
         if bad is None and len(head) < 16 and not head.startswith(SQLITE_MAGIC[:len(head)]):
-            bad = _check_text(codecs.getincrementaldecoder("utf-8")(), head)
+            short = codecs.getincrementaldecoder("utf-8")()
+            bad = _check_text(short, head)
+            if bad is None:
+                try:
+                    short.decode(b"", final=True)   # a short body cut inside a character
+                except UnicodeDecodeError:
+                    bad = "it ends inside a UTF-8 character"
         if bad is None and text_check is not None:
             try:
                 text_check.decode(b"", final=True)
