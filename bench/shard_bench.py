@@ -1,24 +1,23 @@
 """Sharding benchmark.
 
-Now (before integration) it measures what exists in-process:
-- the router's planning cost per statement, cold (parse + analyse + rewrite, empty plan
-  cache) and warm (cache hit + resolving owners for the bound parameters), median of
-  several runs, per statement shape;
-- routed single-row inserts/s and point reads/s through planner + router + merge over
-  in-process sqlite3 groups (1 and 2 shard groups), and scatter-gather latency of
-  COUNT(*) and ORDER BY ... LIMIT 10. These run in ONE process, so they show router
-  overhead, not cluster scaling; their keys are prefixed ``inproc_``.
+Default (in-process): the router's planning cost per statement, cold (parse + analyse +
+rewrite, empty plan cache) and warm (cache hit + resolving owners for the bound
+parameters), and routed inserts / point reads / scatter latency over in-process sqlite3
+groups (keys prefixed ``inproc_``: router overhead, not cluster scaling).
 
-The cluster figures the issue asks for (``insert_rps_1_group``, ``insert_rps_2_groups``,
-``scale_ratio``, scatter latency over 1M rows) come from ``--cluster``: a default group
-and 1, then 2, shard groups of one member each (separate ``raft-sqlite`` processes on
-127.0.0.1, started and stopped by PID), driven through this router over the rqlite HTTP
-API by ``--clients`` concurrent tasks. Until the node checks guards, ``guard_checked`` is
-false (routing is exercised, ownership checks are not).
+``--cluster``: real clusters, a default group with 1 and with 2 shard groups of one
+member each (separate ``raft-sqlite -shard`` processes on 127.0.0.1, fsync on), set up
+through the seed's /table/* API. Routed single-row INSERTs come from ``--workers`` load
+processes, each with its own client-side router (``Router`` + ``POST /shard/call`` with
+ownership guards checked by the shards' FSMs); windows alternate between the two
+clusters ``--reps`` times so both see the same machine load, and the per-process CPU use
+of each window is printed. ``node_routed_*`` sends the same INSERTs to the shard nodes'
+own routers instead. Then the 2-group cluster is loaded to ``--rows`` rows and
+``SELECT COUNT(*)`` and ``ORDER BY ... LIMIT 10`` are timed through the router.
 
-Usage: ``python bench/shard_bench.py [--quick]`` (in-process) or
-``python bench/shard_bench.py --cluster [--node-src DIR] [--seconds 5] [--clients 64]
-[--rows 1000000]``. Last line: one JSON object.
+Usage: ``python bench/shard_bench.py [--quick]`` or ``python bench/shard_bench.py
+--cluster [--seconds 3] [--clients 64] [--workers 2] [--reps 3] [--rows 1000000]
+[--no-fsync]``. Last line: one JSON object.
 """
 import asyncio
 import json
@@ -107,152 +106,252 @@ async def inproc(shards, rows, reads):
     return ins, rd, lat
 
 
-# ---- real groups (one process each) -----------------------------------------------------
+# ---- real sharded clusters (one process per group) -------------------------------------
 
-class HttpGroupExecutor:
-    """``GroupExecutor`` over the rqlite-compatible API of single-member groups. The
-    guard is not sent: ownership checks need the FSM integration; here no range moves."""
+def setup_cluster(tmp, n_groups):
+    from raftsqlite.sharding.local import LocalCluster, http
+    shards = tuple(f"shard{i + 1}" for i in range(n_groups))
+    extra = ["-no-fsync"] if "--no-fsync" in sys.argv else []   # diagnosis only: is fsync the limit?
+    cl = LocalCluster(os.path.join(tmp, f"g{n_groups}"), shards=shards, extra_args=extra).start()
+    d = cl.addrs["default"]
+    for method, path, body in (
+            ("POST", "/db/execute", ["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, city TEXT)"]),
+            ("POST", "/table/register", {"table_name": "users", "shard_key": "id", "shard_func": "hash"}),
+            *[("POST", "/table/add-to-shard", {"table_name": "users", "shard_id": s}) for s in shards],
+            ("POST", "/table/rebalance", {"table_name": "users"})):
+        st, res = http(method, d, path, body)
+        assert st == 200, (path, st, res)
+    # every node's router must know the table before the load starts
+    deadline = time.monotonic() + 10
+    for s in shards:
+        while True:
+            st, res = http("GET", cl.addrs[s], "/table/explain?q=SELECT+1+FROM+users+WHERE+id%3D1")
+            if st == 200 and res.get("shards"):
+                break
+            assert time.monotonic() < deadline, res
+            time.sleep(0.1)
+    return cl, shards
 
-    def __init__(self, urls, session):
-        self.urls = urls
-        self.s = session
 
-    @staticmethod
-    def _body(statements):
-        out = []
-        for st in statements:
-            p = st.params
-            out.append([st.sql] + (list(p) if isinstance(p, (list, tuple)) else [p] if p else []))
-        return out
+class ShardCallExecutor:
+    """``GroupExecutor`` of a client-side router (like vtgate beside the application):
+    each routed request, with its ownership guard, goes straight to the owning group's
+    leader (``POST /shard/call``), so no node spends CPU on a second hop."""
 
-    async def _post(self, group, path, statements):
-        async with self.s.post(self.urls[group] + path, json=self._body(statements)) as r:
-            body = await r.json(content_type=None)
-        if "results" not in body:
-            raise RuntimeError(f"{group}{path}: {body}")
-        return body["results"]
+    def __init__(self, session, addrs):
+        self.s, self.addrs = session, addrs
+
+    async def _call(self, group, kind, statements, transaction, guard):
+        from raftsqlite.codec import encode_command
+        from raftsqlite.codec.model import Command, CommandType, Request
+        from raftsqlite.sharding.service import error_from, load_results
+        ctype = CommandType.QUERY if kind == "query" else CommandType.EXECUTE
+        body = encode_command(Command(ctype, [Request(statements, transaction, None, guard)]))
+        async with self.s.post(f"http://{self.addrs[group]}/shard/call?kind={kind}", data=body) as r:
+            data = await r.read()
+        if r.status != 200:
+            raise error_from(r.status, data)
+        return load_results(data)
 
     async def execute(self, group, statements, *, transaction=False, guard=None):
-        return await self._post(group, "/db/execute" + ("?transaction" if transaction else ""), statements)
+        return await self._call(group, "execute", statements, transaction, guard)
 
     async def query(self, group, statements, *, guard=None, **opts):
-        return await self._post(group, "/db/query", statements)
+        return await self._call(group, "query", statements, False, guard)
 
 
-class Procs:
-    """Single-member groups on free ports; stopped by PID."""
+async def client_router(session, d, addrs):
+    from raftsqlite.sharding.cache import CatalogCache
 
-    def __init__(self, node_src, tmp):
-        self.node_src, self.tmp, self.procs = node_src, tmp, []
-
-    def start(self, name):
-        import socket
-        import subprocess
-        ports = []
-        for _ in range(2):
-            with socket.socket() as so:
-                so.bind(("127.0.0.1", 0))
-                ports.append(so.getsockname()[1])
-        env = dict(os.environ, PYTHONPATH=self.node_src)
-        log = open(os.path.join(self.tmp, name + ".log"), "w")
-        p = subprocess.Popen([sys.executable, "-m", "raftsqlite", "-id", name, "-data",
-                              os.path.join(self.tmp, name), "-http", f"127.0.0.1:{ports[0]}",
-                              "-raft", f"127.0.0.1:{ports[1]}"], env=env, stdout=log, stderr=log,
-                             cwd=self.tmp)
-        self.procs.append(p)
-        return f"http://127.0.0.1:{ports[0]}"
-
-    async def ready(self, session, url, timeout=30):
-        t = time.monotonic() + timeout
-        while time.monotonic() < t:
-            try:
-                async with session.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"node at {url} not ready in {timeout}s")
-
-    def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except Exception:
-                p.kill()
+    async def fetch(after, timeout):
+        async with session.get(f"http://{d}/shard/catalog?after={after}&poll={timeout}") as r:
+            return await r.read() if r.status == 200 else None
+    cache = CatalogCache(fetch=fetch)
+    await cache.refresh()
+    return Router(ShardCallExecutor(session, addrs), cache)
 
 
-async def cluster_run(n_groups, node_src, seconds, clients, rows_scan):
+def _insert_worker(default_addr, addrs, clients, t_start, t_end, id_base, out):
+    """One load-generator process with its own client-side router (applications each
+    embed one): warms up until ``t_start``, counts routed inserts until ``t_end``."""
+    import aiohttp
+
+    async def main():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients * 2)) as s:
+            router = await client_router(s, default_addr, addrs)
+            ids = iter(range(id_base, id_base + 10 ** 7))
+            sql = "INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)"
+
+            async def one(c):
+                k = 0
+                while True:
+                    now = time.monotonic()
+                    if now >= t_end:
+                        return k
+                    i = next(ids)
+                    res = await router.execute([(sql, [i, f"n{i}", i % 80, f"c{i % 7}"])])
+                    assert "error" not in res[0], res
+                    if t_start <= now:
+                        k += 1
+            return sum(await asyncio.gather(*[one(c) for c in range(clients)]))
+    out.put(asyncio.run(main()))
+
+
+def _cpu_s(pids):
+    """User+system CPU seconds used so far by each pid (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            out[name] = 0.0
+    return out
+
+
+async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
+    """Both clusters up at once (1 and 2 shard groups); insert and read windows alternate
+    between them ``reps`` times, so both see the same machine load (this machine is
+    shared; a slow minute must not land on one side only). Then the 2-group cluster is
+    loaded to ``rows_scan`` rows and the scatter queries are timed."""
     import tempfile
     import aiohttp
     tmp = tempfile.mkdtemp(prefix="shard_bench_")
-    procs = Procs(node_src, tmp)
-    shards = tuple(f"s{i + 1}" for i in range(n_groups))
+    clusters = {}
     try:
-        urls = {"default": procs.start("default")}
-        for s_ in shards:
-            urls[s_] = procs.start(s_)
-        conn = aiohttp.TCPConnector(limit=clients * 2)
+        for n in (1, 2):
+            clusters[n] = setup_cluster(tmp, n)
+        conn = aiohttp.TCPConnector(limit=clients * 4)
         async with aiohttp.ClientSession(connector=conn) as session:
-            for u in urls.values():
-                await procs.ready(session, u)
-            cl = make_cluster(shards)
-            r = Router(HttpGroupExecutor(urls, session), cl.source)
-            await r.execute(["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, city TEXT)"])
             counter = iter(range(10 ** 9))
+            routers = {n: await client_router(session, cl.addrs["default"], cl.addrs)
+                       for n, (cl, _) in clusters.items()}
+            ins_sql = "INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)"
 
-            async def writer(stop):
-                n = 0
+            async def post(addr, path, body):
+                async with session.post(f"http://{addr}{path}", json=body) as r:
+                    out = await r.json(content_type=None)
+                if r.status != 200 or "error" in out.get("results", [{}])[0]:
+                    raise RuntimeError(f"{path}: {r.status} {out}")
+                return out
+
+            async def writer(n, stop, c):
+                k = 0
                 while time.monotonic() < stop:
                     i = next(counter)
-                    await r.execute([("INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)",
-                                      [i, f"n{i}", i % 80, f"c{i % 7}"])])
-                    n += 1
-                return n
-            stop = time.monotonic() + 1.0
-            await asyncio.gather(*[writer(stop) for _ in range(clients)])   # warm-up
-            t0 = time.monotonic()
-            n = sum(await asyncio.gather(*[writer(t0 + seconds) for _ in range(clients)]))
-            ins = n / (time.monotonic() - t0)
-            written = next(counter)
+                    res = await routers[n].execute([(ins_sql, [i, f"n{i}", i % 80, f"c{i % 7}"])])
+                    assert "error" not in res[0], res
+                    k += 1
+                return k
 
-            async def reader(stop, seed):
-                k, m = seed, 0
+            async def node_writer(n, stop, c):
+                k = 0
+                cl, shards = clusters[n]
+                addr = cl.addrs[shards[c % len(shards)]]
                 while time.monotonic() < stop:
-                    k = (k * 7919 + 13) % written
-                    await r.query([("SELECT * FROM users WHERE id = ?", [k])])
+                    i = next(counter)
+                    await post(addr, "/db/execute", [[ins_sql, i, f"n{i}", i % 80, f"c{i % 7}"]])
+                    k += 1
+                return k
+
+            async def reader(n, stop, c):
+                k, m = c, 0
+                while time.monotonic() < stop:
+                    k = (k * 7919 + 13) % 5000
+                    res = await routers[n].query([("SELECT * FROM users WHERE id = ?", [k])])
+                    assert "error" not in res[0], res
                     m += 1
                 return m
-            t0 = time.monotonic()
-            m = sum(await asyncio.gather(*[reader(t0 + seconds, c) for c in range(clients)]))
-            rd = m / (time.monotonic() - t0)
+
+            async def window(fn, n):
+                cl, _ = clusters[n]
+                pids = {name: p.pid for name, p in cl.procs.items()}
+                pids["bench(router)"] = os.getpid()
+                c0 = _cpu_s(pids)
+                t0 = time.monotonic()
+                k = sum(await asyncio.gather(*[fn(n, t0 + seconds, c) for c in range(clients)]))
+                dt = time.monotonic() - t0
+                c1 = _cpu_s(pids)
+                return k / dt, {p: round((c1[p] - c0[p]) / dt, 2) for p in pids}
+
+            window_no = iter(range(1, 10 ** 6))
+
+            async def proc_window(n):
+                """Inserts from ``workers`` processes, each with its own router."""
+                import multiprocessing as mp
+                cl, _ = clusters[n]
+                ctx = mp.get_context("fork")
+                q = ctx.Queue()
+                t_start = time.monotonic() + 3.0
+                t_end = t_start + seconds
+                base = next(window_no) * 10 ** 8
+                ps = [ctx.Process(target=_insert_worker, args=(
+                    cl.addrs["default"], dict(cl.addrs), max(1, clients // workers), t_start, t_end,
+                    base + w * 10 ** 7, q)) for w in range(workers)]
+                for p_ in ps:
+                    p_.start()
+                await asyncio.sleep(max(0.0, t_start - time.monotonic()))
+                pids = {name: p.pid for name, p in cl.procs.items()}
+                pids.update({f"router{w + 1}": p_.pid for w, p_ in enumerate(ps)})
+                c0 = _cpu_s(pids)
+                await asyncio.sleep(max(0.0, t_end - time.monotonic()))
+                c1 = _cpu_s(pids)
+                loop = asyncio.get_running_loop()
+                k = 0
+                for _ in ps:
+                    k += await loop.run_in_executor(None, q.get, True, 60)
+                for p_ in ps:
+                    p_.join(10)
+                return k / seconds, {p: round((c1[p] - c0[p]) / seconds, 2) for p in pids}
+            for n in (1, 2):   # warm-up: connections, plan cache, first entries
+                await asyncio.gather(*[writer(n, time.monotonic() + 1.0, c) for c in range(clients)])
+            res = {n: {"ins": [], "node_ins": [], "read": [], "cpu": []} for n in (1, 2)}
+            for rep in range(reps):
+                for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                    rps, cpu = await proc_window(n)
+                    res[n]["ins"].append(rps)
+                    res[n]["cpu"].append(cpu)
+                    print(f"  rep {rep + 1}: {n} group(s) inserts {rps:,.0f}/s, cores busy {cpu}", flush=True)
+            for rep in range(reps):
+                for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                    res[n]["read"].append((await window(reader, n))[0])
+                    res[n]["node_ins"].append((await window(node_writer, n))[0])
             lat = {}
             if rows_scan:
-                batch = 500
+                router = routers[2]
+                have = (await router.query(["SELECT COUNT(*) FROM users"]))[0]["values"][0][0]
+                batch, par = 500, 8
                 base = 10 ** 8
-                for b0 in range(0, rows_scan, batch * clients):
-                    async def load(start):
-                        if start >= rows_scan:
-                            return
-                        k = min(batch, rows_scan - start)
-                        vals = ", ".join(f"({base + start + j}, 'b', {(start + j) % 97}, 'x')" for j in range(k))
-                        res = await r.execute([f"INSERT INTO users (id, name, age, city) VALUES {vals}"])
-                        assert "error" not in res[0], res[0]
-                    await asyncio.gather(*[load(b0 + c * batch) for c in range(clients)])
-                for name, sql in (("count", "SELECT COUNT(*) FROM users"),
-                                  ("order_limit", "SELECT id, name FROM users ORDER BY age DESC, id LIMIT 10")):
+                todo = max(0, rows_scan - have)
+                sql = "INSERT INTO users (id, name, age, city) VALUES " + ", ".join(["(?, ?, ?, ?)"] * batch)
+                t_load = time.monotonic()
+                starts = iter(range(0, todo, batch))
+
+                async def loader(c):
+                    for s0 in starts:
+                        k = min(batch, todo - s0)
+                        q = sql if k == batch else "INSERT INTO users (id, name, age, city) VALUES " + ", ".join(["(?, ?, ?, ?)"] * k)
+                        params = [v for j in range(k) for v in (base + s0 + j, "b", (s0 + j) % 97, "x")]
+                        r = await router.execute([(q, params)])
+                        assert "error" not in r[0], r[0]
+                await asyncio.gather(*[loader(c) for c in range(par)])
+                lat["load_rows_per_s"] = round(todo / max(time.monotonic() - t_load, 1e-9))
+                for name, q in (("count", "SELECT COUNT(*) FROM users"),
+                                ("order_limit", "SELECT id, name FROM users ORDER BY age DESC, id LIMIT 10")):
                     xs = []
                     for _ in range(5):
                         t = time.perf_counter()
-                        res = await r.query([sql])
+                        r = await router.query([q])
+                        assert "error" not in r[0], r[0]
                         xs.append((time.perf_counter() - t) * 1e3)
-                        assert "error" not in res[0], res[0]
                     lat[name] = round(statistics.median(xs), 1)
-            return ins, rd, lat
+                lat["total_rows"] = (await router.query(["SELECT COUNT(*) FROM users"]))[0]["values"][0][0]
+            return res, lat
     finally:
-        procs.stop()
+        for cl, _ in clusters.values():
+            cl.stop()
 
 
 def main():
@@ -300,33 +399,46 @@ def _arg(name, default):
 
 
 def main_cluster():
-    """Real single-member groups (separate processes; the router runs in this process).
-    ``--node-src DIR`` puts DIR first on the nodes' PYTHONPATH (a checkout with the node)."""
-    node_src = _arg("--node-src", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    seconds = _arg("--seconds", 5.0)
+    """Real clusters: a default group with 1 and with 2 shard groups of one member each
+    (separate ``raft-sqlite`` processes, fsync on). Writes and reads go through a
+    client-side router in this process (ownership guards checked by each shard's FSM);
+    ``node_routed_*`` is the same load sent to the shard nodes' own routers instead."""
+    seconds = _arg("--seconds", 3.0)
     clients = _arg("--clients", 64)
     rows = _arg("--rows", 1_000_000)
+    reps = _arg("--reps", 3)
+    workers = _arg("--workers", 2)
     print(f"# shard_bench --cluster: python {platform.python_version()}, {os.cpu_count()} cpus, "
-          f"node from {node_src}, {clients} clients, {seconds}s per phase, scan over {rows} rows")
+          f"{clients} clients in {workers} router processes for inserts, {reps} alternating {seconds}s windows per figure, scan over "
+          f"{rows} rows; loadavg {os.getloadavg()[0]:.2f}")
     print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     cat = make_cluster(("s1", "s2", "s3")).catalog
     costs = plan_costs(cat, 7, 100)
     warm = statistics.median(v["warm_us"] for v in costs.values())
     cold = statistics.median(v["cold_us"] for v in costs.values())
-    out = {}
+    print(f"planning cost per statement (median over shapes): cold {cold:.1f} us, warm {warm:.2f} us")
+    res, lat = asyncio.run(cluster_all(seconds, clients, rows, reps, workers))
+    med = {n: {k: statistics.median(v) for k, v in r.items() if k != "cpu"} for n, r in res.items()}
     for n in (1, 2):
-        ins, rd, lat = asyncio.run(cluster_run(n, node_src, seconds, clients, rows if n == 2 else 0))
-        out[n] = (ins, rd, lat)
-        print(f"{n} group(s): routed single-row inserts {ins:,.0f}/s, point reads {rd:,.0f}/s"
-              + (f", scatter COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms"
-                 f" over {rows} rows" if lat else ""))
+        print(f"{n} shard group(s): routed single-row inserts {med[n]['ins']:,.0f}/s (median of "
+              f"{', '.join(f'{x:,.0f}' for x in res[n]['ins'])}), point reads {med[n]['read']:,.0f}/s, "
+              f"through the nodes' own routers {med[n]['node_ins']:,.0f} inserts/s")
+    if lat:
+        print(f"scatter over {lat['total_rows']:,} rows (2 groups, loaded at {lat['load_rows_per_s']:,} rows/s): "
+              f"COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms")
+    ratios = [b / a for a, b in zip(res[1]["ins"], res[2]["ins"])]
     print(json.dumps({
-        "insert_rps_1_group": round(out[1][0]), "insert_rps_2_groups": round(out[2][0]),
-        "scale_ratio": round(out[2][0] / out[1][0], 2),
-        "point_read_rps_1_group": round(out[1][1]), "point_read_rps_2_groups": round(out[2][1]),
-        "scatter_count_ms": out[2][2].get("count"), "scatter_order_limit_ms": out[2][2].get("order_limit"),
-        "scan_rows": rows, "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
-        "guard_checked": False, "hash_impl": codec.IMPLEMENTATION}))
+        "insert_rps_1_group": round(med[1]["ins"]), "insert_rps_2_groups": round(med[2]["ins"]),
+        "scale_ratio": round(med[2]["ins"] / med[1]["ins"], 2),
+        "scale_ratio_per_rep": [round(x, 2) for x in ratios],
+        "node_routed_insert_rps_1_group": round(med[1]["node_ins"]),
+        "node_routed_insert_rps_2_groups": round(med[2]["node_ins"]),
+        "point_read_rps_1_group": round(med[1]["read"]), "point_read_rps_2_groups": round(med[2]["read"]),
+        "cores_busy_inserts_1_group": res[1]["cpu"][-1], "cores_busy_inserts_2_groups": res[2]["cpu"][-1],
+        "scatter_count_ms": lat.get("count"), "scatter_order_limit_ms": lat.get("order_limit"),
+        "scan_rows": lat.get("total_rows"), "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
+        "guard_checked": True, "hash_impl": codec.IMPLEMENTATION, "fsync": "--no-fsync" not in sys.argv,
+        "loadavg_1m_end": round(os.getloadavg()[0], 2)}))
 
 
 if __name__ == "__main__":

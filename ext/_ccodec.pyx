@@ -234,7 +234,7 @@ cdef Py_ssize_t MB_ID = _off(Member, "node_id"), MB_RAFT = _off(Member, "raft_ad
 cdef Py_ssize_t MB_HTTP = _off(Member, "http_addr"), MB_VOTER = _off(Member, "voter")
 cdef Py_ssize_t ST_SQL = _off(Statement, "sql"), ST_PARAMS = _off(Statement, "params")
 cdef Py_ssize_t RQ_STS = _off(Request, "statements"), RQ_TX = _off(Request, "transaction")
-cdef Py_ssize_t RQ_ID = _off(Request, "request_id")
+cdef Py_ssize_t RQ_ID = _off(Request, "request_id"), RQ_GUARD = _off(Request, "guard")
 cdef Py_ssize_t C_TYPE = _off(Command, "type"), C_REQS = _off(Command, "requests")
 cdef Py_ssize_t C_OPS = _off(Command, "ops")
 cdef Py_ssize_t CC_TYPE = _off(ConfChange, "type"), CC_ID = _off(ConfChange, "node_id")

@@ -87,9 +87,16 @@ def encode_command(cmd):
                 if not (PyBytes_Check(rid) or PyByteArray_Check(rid) or PyMemoryView_Check(rid)):
                     raise EncodeError(f"request_id must be bytes or None, got {type(rid).__name__}")
                 flags |= 2
+            guard = _get(rq, RQ_GUARD, "guard")
+            if guard is not None:
+                if not (PyBytes_Check(guard) or PyByteArray_Check(guard) or PyMemoryView_Check(guard)):
+                    raise EncodeError(f"guard must be bytes or None, got {type(guard).__name__}")
+                flags |= 4
             w_u8(&w, flags)
             if rid is not None:
                 w_pybytes(&w, rid, "request_id")
+            if guard is not None:
+                w_pybytes(&w, guard, "guard")
             sts = _get(rq, RQ_STS, "statements")
             if not (PyList_Check(sts) or PyTuple_Check(sts)):
                 raise EncodeError("statements must be a list of Statement")
@@ -151,9 +158,10 @@ cdef object r_command(Reader *r):
     requests = PyList_New(nreq)
     for i in range(nreq):
         flags = r_u8(r)
-        if flags & ~3:
+        if flags & ~7:
             raise DecodeError(f"unknown request flags {flags:#x}")
         rid = r_bytes(r) if flags & 2 else None
+        guard = r_bytes(r) if flags & 4 else None
         nst = r_count(r)
         statements = PyList_New(nst)
         for j in range(nst):
@@ -189,6 +197,7 @@ cdef object r_command(Reader *r):
         _set(rq, RQ_STS, statements)
         _set(rq, RQ_TX, (flags & 1) != 0)
         _set(rq, RQ_ID, rid)
+        _set(rq, RQ_GUARD, guard)
         Py_INCREF(rq)
         PyList_SET_ITEM(requests, i, rq)
     ops = []

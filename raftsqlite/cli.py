@@ -23,7 +23,9 @@ def build_parser():
                     "127.0.0.1:4001, Raft on 127.0.0.1:4002.",
         epilog="Example: raft-sqlite -id node1 -data ./node1 -http :11000 -raft :12000; "
                "then raft-sqlite -id node2 -data ./node2 -http :11001 -raft :12001 "
-               "-join localhost:11000")
+               "-join localhost:11000. Shard groups: raft-sqlite -id s1 -data ./s1 -http :11010 "
+               "-raft :12010 -shard shard1 -join localhost:11000. Local sharded demo: "
+               "raft-sqlite demo")
 
     def flag(name, **kw):
         p.add_argument("-" + name, "--" + name, **kw)

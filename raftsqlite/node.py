@@ -54,7 +54,16 @@ class Node:
         self.raft = RaftNode(self.raft_config, self.fsm)
         self.store = Store(self.raft, self.fsm, self.db, config.store, node_id=config.node_id,
                            voter=config.voter)
-        self.sql_backend = None     # the sharding router may install one
+        # Sharding (every node): ownership checks in the FSM, the catalog (default group),
+        # the router as the SQL backend, and the /table/*, /shards, /shard/* endpoints.
+        from raftsqlite.sharding.http_api import blueprint as sharding_blueprint
+        from raftsqlite.sharding.service import ShardingService
+        self.sharding = ShardingService(self)
+        self.sql_backend = self.sharding.sql
+        self.http_blueprints = [sharding_blueprint]
+        # #7: the rebalance coordinator and its routes (default-group nodes only)
+        from raftsqlite.sharding.rebalance_node import attach as attach_rebalancer
+        attach_rebalancer(self)
         self.app = None
         self._server = None
         self._join_task = None
@@ -65,21 +74,30 @@ class Node:
         cfg = self.config
         await self.raft.start()
         fresh = self.raft.last_log_index == 0 and self.raft.last_snapshot_index == 0
-        if fresh and not cfg.join:
+        join = cfg.join
+        shard_new = False
+        if cfg.shard and cfg.shard != "default":
+            # A shard node's -join names any member (of the default group or of its own
+            # group): the catalog says whether the group exists and who is in it.
+            join, shard_new = await self.sharding.plan_start(fresh)
+        if fresh and (not join or shard_new):
             if not cfg.voter:
                 raise ConfigError("a non-voter cannot start a new group; give -join")
             await self.raft.bootstrap([Member(cfg.node_id, cfg.raft_advertise,
                                               cfg.http_advertise, True)])
             log.info("bootstrapped a new group as %s", cfg.node_id)
+        await self.sharding.start()
         await self._serve_http()
         self._started = True
-        if cfg.join:
+        if join and not shard_new:
             if fresh:
-                await self._join(cfg.join)
+                await self._join(join)
             else:
                 # already a member: a repeated join only refreshes addresses; never fatal
                 self._join_task = asyncio.get_running_loop().create_task(
-                    self._join_quietly(cfg.join))
+                    self._join_quietly(join))
+        if cfg.shard and cfg.shard != "default":
+            await self.sharding.register_member(shard_new)
 
     async def _serve_http(self):
         from raftsqlite.http.app import create_app, start_server
@@ -92,6 +110,10 @@ class Node:
     async def stop(self):
         if self._join_task is not None:
             self._join_task.cancel()
+        try:
+            await self.sharding.stop()
+        except Exception as e:
+            log.warning("sharding stop: %r", e)
         if self._server is not None:
             from raftsqlite.http.app import stop_server
             try:
@@ -146,6 +168,7 @@ class Node:
     # ---- status -----------------------------------------------------------------------
     def stats(self) -> dict:
         s = self.store.stats()
+        s["sharding"] = self.sharding.stats()
         s["node"] = {"node_id": self.config.node_id, "shard": self.config.shard,
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,

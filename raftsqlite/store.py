@@ -26,7 +26,7 @@ from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, PayloadTooLarge, ProposalDropped,
+                               OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
                                RaftSQLiteError, StaleRead,
                                Timeout)
 
@@ -55,6 +55,7 @@ class Store:
         self._wait_handle = None
         self._rng = random.Random()
         self._closed = False
+        self.guard_check = None     # fn(guard: bytes) for reads; the sharding layer sets it
         self.counters = {"writes": 0, "write_batches": 0, "batched_requests": 0,
                          "max_batch": 0, "reads_local": 0, "reads_linearizable": 0,
                          "reads_strong": 0, "not_leader": 0, "write_errors": 0}
@@ -106,17 +107,26 @@ class Store:
                                                self.raft.last_log_index)
 
     # ---- writes -----------------------------------------------------------------------
-    async def execute(self, statements, *, transaction=False, request_id=None, timeout=None):
-        """Apply statements through the log. -> {"results": [...], "raft_index": int}."""
+    async def execute(self, statements, *, transaction=False, request_id=None, timeout=None,
+                      guard=None):
+        """Apply statements through the log. -> {"results": [...], "raft_index": int}.
+        ``guard`` (bytes, from the sharding router) travels in the log entry and is checked
+        by the FSM before the request runs; a failed check raises ``Moved``/``Fenced``
+        (nothing of the request ran)."""
         stmts = self._validate(statements)
         if not stmts:
             return {"results": [], "raft_index": self.fsm.applied_index()}
         stmts = sqlrewrite.rewrite_statements(stmts, rng=self._rng)
         self._require_leader()
         rid = _request_id(request_id)
-        index, results = await self._submit(Request(stmts, bool(transaction), rid),
-                                            timeout or self.config.write_timeout)
+        if guard is not None and not isinstance(guard, (bytes, bytearray)):
+            raise BadRequest("guard must be bytes")
+        index, results = await self._submit(
+            Request(stmts, bool(transaction), rid, bytes(guard) if guard is not None else None),
+            timeout or self.config.write_timeout)
         self.counters["writes"] += 1
+        if guard is not None and results and len(results) == 1:
+            _raise_guard_refusal(results[0])
         return {"results": results, "raft_index": index}
 
     def _submit(self, req, timeout):
@@ -236,10 +246,14 @@ class Store:
 
     # ---- reads ------------------------------------------------------------------------
     async def query(self, statements, *, level="weak", freshness=None, freshness_strict=False,
-                    transaction=False, db_timeout=None, timeout=None):
-        """Run reads. -> {"results": [...]} (a write statement gets an error result)."""
+                    transaction=False, db_timeout=None, timeout=None, guard=None):
+        """Run reads. -> {"results": [...]} (a write statement gets an error result).
+        ``guard``: a routed read's ownership guard, checked here before reading
+        (``guard_check``, installed by the sharding layer; raises ``Moved``)."""
         stmts = self._validate(statements)
         level = self._level(level)
+        if guard is not None and self.guard_check is not None:
+            self.guard_check(bytes(guard))
         for st in stmts:
             sqlrewrite.check(st.sql)
         if not stmts:
@@ -585,6 +599,15 @@ class Store:
         c["avg_batch"] = (c["batched_requests"] / c["write_batches"]) if c["write_batches"] else 0
         return {"store": c, "fsm": self.fsm.stats(), "db": self.db.stats(),
                 "raft": self.raft.stats() if hasattr(self.raft, "stats") else {}}
+
+
+def _raise_guard_refusal(r):
+    """The FSM answers a refused guard with one ``{"error", "code"}`` result."""
+    code = r.get("code")
+    if code == Moved.code:
+        raise Moved(r.get("error") or "moved")
+    if code == Fenced.code:
+        raise Fenced(r.get("error") or "fenced")
 
 
 def _expire(fut, timeout):

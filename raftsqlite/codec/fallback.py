@@ -620,9 +620,16 @@ def encode_command(cmd):
             if not isinstance(rid, (bytes, bytearray, memoryview)):
                 raise EncodeError(f"request_id must be bytes or None, got {type(rid).__name__}")
             flags |= 2
+        guard = rq.guard
+        if guard is not None:
+            if not isinstance(guard, (bytes, bytearray, memoryview)):
+                raise EncodeError(f"guard must be bytes or None, got {type(guard).__name__}")
+            flags |= 4
         out.append(flags)
         if rid is not None:
             _put_bytes(out, bytes(rid))
+        if guard is not None:
+            _put_bytes(out, bytes(guard))
         sts = rq.statements
         if not isinstance(sts, (list, tuple)):
             raise EncodeError("statements must be a list of Statement")
@@ -671,9 +678,10 @@ def decode_command(buf):
     requests = []
     for _ in range(r.count()):
         flags = r.u8()
-        if flags & ~3:
+        if flags & ~7:
             raise DecodeError(f"unknown request flags {flags:#x}")
         rid = r.bytes_() if flags & 2 else None
+        guard = r.bytes_() if flags & 4 else None
         statements = []
         for _ in range(r.count()):
             sql = r.str_()
@@ -693,7 +701,7 @@ def decode_command(buf):
             else:
                 raise DecodeError(f"unknown params kind {kind}")
             statements.append(Statement(sql, params))
-        requests.append(Request(statements, bool(flags & 1), rid))
+        requests.append(Request(statements, bool(flags & 1), rid, guard))
     ops = []
     for _ in range(r.count()):
         name = r.str_()

@@ -155,12 +155,16 @@ class Request(_Value):
     """One client request inside a command. With group commit, one log entry carries
     many requests; each keeps its own atomicity (savepoint) and results."""
 
-    __slots__ = ("statements", "transaction", "request_id")
+    __slots__ = ("statements", "transaction", "request_id", "guard")
 
-    def __init__(self, statements, transaction=False, request_id=None):
+    def __init__(self, statements, transaction=False, request_id=None, guard=None):
         self.statements = list(statements)
         self.transaction = transaction
         self.request_id = request_id  # bytes or None: makes a retried write idempotent
+        # bytes or None: a routed request's ownership guard (sharding.ownership.encode_guard),
+        # checked by the shard's FSM before the request runs. Encoded behind request flag
+        # bit 2 (0x4), so payloads without a guard keep the v1 bytes exactly.
+        self.guard = guard
 
 
 class Command(_Value):

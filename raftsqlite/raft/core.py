@@ -20,7 +20,8 @@ rule would break: a bug or a lying disk; never catch it).
 
 Inputs (all return quickly; none does I/O)::
 
-    core.bootstrap(members: list[Member])   # fresh log only; term-1 CONF_CHANGE entries, committed
+    core.bootstrap(members: list[Member]) -> bool  # term-1 CONF_CHANGE entries, committed;
+                                             # idempotent: call at every start of a bootstrap node
     core.tick()                              # one logical clock tick (driver's timer)
     core.step(msg: Message)                  # a message received from a peer
     core.propose(data: bytes) -> (term, index)         # leader only: raises NotLeader, ProposalDropped
@@ -44,7 +45,9 @@ members (list[Member] with raft_addr/http_addr), voters, learners, is_leader``;
 ``member(node_id) -> Member | None``, ``members_at(index) -> list[Member]`` (membership as of
 an applied index, for the snapshot a driver takes), ``progress() -> dict`` (leader:
 match/next/state per peer, to decide when a learner is caught up), ``stats() -> dict``,
-``log_term(index) -> int | None`` (the core's view of its log, for tests and the simulator).
+``log_term(index) -> int | None`` (the core's view of its log, for tests and the simulator),
+``hard_state() -> HardState`` (safe to persist at any time, e.g. at shutdown; never build
+one from ``core.commit``, which may cover entries that are not durable yet).
 
 The Ready cycle (contract)
 --------------------------
@@ -54,8 +57,9 @@ The Ready cycle (contract)
   ``log.last_index()`` (a follower replacing a conflicting suffix, or entries already
   written): drop every stored entry from that index on, then append. After this the
   LogReader must serve them (``last_index()`` covers them).
-* ``rd.hard_state``: persist if not None. Write entries before the hard state (a commit
-  index above the last stored entry is clamped at restart, but never rely on it).
+* ``rd.hard_state``: persist if not None, in any order with the entries: its commit
+  index only covers entries durable before this Ready. Only a change of term or vote
+  must be fsynced before the messages; a commit-only change need not be.
 * ``rd.snapshot`` (SnapshotMeta): make the received file the node's snapshot and reset
   the log so that ``snapshot_meta() == rd.snapshot``, ``first_index() == index + 1``,
   ``last_index() == index`` (durably), then restore the state machine from the file,
@@ -125,12 +129,12 @@ from raftsqlite.raft.corebase import (  # noqa: F401
     _M_TRANSFER_LEADER, _M_VOTE, _M_VOTE_RESP, _R_CANDIDATE,
     _R_FOLLOWER, _R_LEADER, _R_LEARNER, _R_PRE_CANDIDATE)
 from raftsqlite.raft.corebase import (CoreConfig, LogViewMixin, MembershipMixin,  # noqa: F401
-                                      RaftInvariantError, _TRANSFER)
+                                      RaftInvariantError, ReplicationMixin, _TRANSFER)
 from raftsqlite.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftsqlite.raft.types import HardState, ReadState, Ready
 
 
-class RaftCore(LogViewMixin, MembershipMixin):
+class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
     """See the module docstring for the contract."""
 
     def __init__(self, node_id, log, config=CoreConfig(), rng=None, applied=0):
@@ -325,24 +329,41 @@ class RaftCore(LogViewMixin, MembershipMixin):
 
     def bootstrap(self, members):
         """Start a new group: term-1 CONF_CHANGE entries adding ``members``, committed.
-        Every member bootstrapped with the same list gets the same log."""
-        if self.last_index != 0 or self.term != 0 or self._log.snapshot_meta().index != 0:
-            raise errors.ConfigError(f"{self.node_id}: cannot bootstrap, the log is not empty")
+        Every member bootstrapped with the same list gets the same log. Idempotent, so a
+        driver started as a bootstrap node may call it at every start: it completes a
+        bootstrap that a crash cut short (a prefix of the entries, maybe the hard state
+        without them) and returns True, returns False once it is done (or the log is
+        already compacted), and raises ConfigError if the log holds another history."""
         members = list(members)
         if not any(m.voter for m in members):
             raise errors.ConfigError("bootstrap needs at least one voter")
         if len({m.node_id for m in members}) != len(members):
             raise errors.ConfigError("bootstrap members have duplicate ids")
-        ents = []
+        ccs = []
         for m in members:
-            ents.append(ConfChange(_C_ADD_LEARNER, m.node_id, m.raft_addr, m.http_addr))
+            ccs.append(ConfChange(_C_ADD_LEARNER, m.node_id, m.raft_addr, m.http_addr))
             if m.voter:
-                ents.append(ConfChange(_C_PROMOTE, m.node_id))
+                ccs.append(ConfChange(_C_PROMOTE, m.node_id))
+        ents = [Entry(1, i + 1, _E_CONF_CHANGE, encode_conf_change(cc)) for i, cc in enumerate(ccs)]
+        n = len(ents)
+        if self._log.snapshot_meta().index > 0 or self._pending_snap is not None:
+            return False
+        have = min(self.last_index, n)
+        for i in range(1, have + 1):
+            # (term-1 entries after ours would be another, longer bootstrap)
+            if self._slice(i, i + 1, 1)[0] != ents[i - 1] or self.log_term(n + 1) == 1:
+                raise errors.ConfigError(
+                    f"{self.node_id}: cannot bootstrap, the log holds another history")
+        if self.commit >= n:
+            return False
+        if self.term > 1 or self.vote:
+            raise errors.ConfigError(f"{self.node_id}: cannot bootstrap, the node has voted")
         self.term = 1
-        self._unstable = [Entry(1, i + 1, _E_CONF_CHANGE, encode_conf_change(cc))
-                          for i, cc in enumerate(ents)]
-        self.commit = len(ents)
-        self._scan_conf(self._unstable)
+        if have < n:
+            self._rollback_conf(have + 1)
+            self._truncate_append(ents[have:])
+        self.commit = n
+        return True
 
     def tick(self):
         if self.role_ is _R_LEADER:
@@ -718,116 +739,19 @@ class RaftCore(LogViewMixin, MembershipMixin):
             except errors.RaftSQLiteError:
                 pass  # a remote request we cannot honour; the asker times out
 
-    def _maybe_commit(self):
-        prs = self._prs
-        ms = sorted((prs[v].match if v in prs else 0) for v in self._voters)
-        if not ms:
-            return False
-        idx = ms[len(ms) - self._quorum()]   # the highest index a quorum has durably
-        if idx > self.commit and self.log_term(idx) == self.term:
-            self.commit = idx
-            if self._reads_blocked:
-                self._reads_waiting.extend(self._reads_blocked)
-                self._reads_blocked = []
-            return True
-        return False
-
-    def _read_ack(self, frm, round_id):
-        rounds = self._read_rounds
-        q = self._quorum()
-        done = -1
-        for k, rd in enumerate(rounds):
-            if rd[0] > round_id:
-                break
-            rd[2].add(frm)
-            if len(rd[2] & self._voters) >= q:
-                done = k
-        if done < 0:
-            return
-        # A quorum answering round r also confirms every earlier round.
-        for rd in rounds[:done + 1]:
-            for frm_, ctx in rd[3]:
-                self._answer_read(frm_, ctx, rd[1])
-        del rounds[:done + 1]
-
-    # ---- replication ---------------------------------------------------------------
-
-    def _flush_appends(self):
-        if self.role_ is not _R_LEADER:
-            self._bcast = False
-            self._dirty.clear()
-            return
-        if self._bcast:
-            targets = [n for n in self._prs if n != self.node_id]
-        else:
-            # dict order, not set order: runs must not depend on PYTHONHASHSEED
-            dirty = self._dirty
-            targets = [n for n in self._prs if n in dirty and n != self.node_id]
-        self._bcast = False
-        self._dirty.clear()
-        self._probe.intersection_update(targets)
-        for nid in targets:
-            self._send_appends(nid, self._prs[nid])
-
-    def _send_appends(self, to, pr):
-        cfg = self.cfg
-        last = self.last_index
-        allow_empty = True
-        force = to in self._probe
-        if force:
-            self._probe.discard(to)
-        while not pr.blocked(cfg.max_inflight):
-            nxt = pr.next
-            if nxt > last and not (allow_empty and (force or pr.commit_sent < self.commit)):
-                return
-            prev = nxt - 1
-            pt = self.log_term(prev)
-            ents = self._slice(nxt, last + 1, cfg.max_msg_bytes) if pt is not None else None
-            if ents is None:
-                self._send_snapshot(to, pr)
-                return
-            self._send(Message(_M_APPEND, to=to, index=prev, log_term=pt,
-                               entries=ents, commit=self.commit))
-            if self.commit > pr.commit_sent:
-                pr.commit_sent = self.commit
-            allow_empty = False
-            if not ents:
-                if pr.state == PROBE:
-                    pr.paused = True
-                return
-            if pr.state == REPLICATE:
-                pr.next = ents[-1].index + 1
-                pr.inflight.append(ents[-1].index)
-            else:
-                pr.paused = True
-                return
-
-    def _send_snapshot(self, to, pr):
-        if not pr.recent_active or self._pending_snap is not None:
-            return
-        meta = self._log.snapshot_meta()
-        pr.become_snapshot(meta.index)
-        self._stats["snapshots_sent"] += 1
-        self._send(Message(_M_SNAPSHOT, to=to,
-                           snapshot=SnapshotMeta(meta.index, meta.term, meta.members)))
-
-    def _start_read_round(self):
-        if self.role_ is not _R_LEADER:
-            self._reads_waiting = []
-            return
-        self._round_seq += 1
-        rid = self._round_seq
-        self._read_rounds.append([rid, self.commit, {self.node_id}, self._reads_waiting])
-        self._reads_waiting = []
-        if self._quorum() <= 1:
-            self._read_ack(self.node_id, rid)
-        else:
-            self._bcast_heartbeat(rid)
-
     # ---- the Ready cycle -----------------------------------------------------------
 
     def _hs(self):
-        return (self.term, self.vote, self.commit)
+        # The persisted commit index covers only entries durable before this Ready: a
+        # driver may write the hard state before (or without) the entries of the same
+        # Ready, and after a truncation a stale entry may still sit on disk at an index
+        # we know committed with another term (found by sim seed 303011).
+        return (self.term, self.vote, min(self.commit, self._durable))
+
+    def hard_state(self):
+        """The hard state that may be persisted now (e.g. once more at shutdown). Never
+        persist ``core.commit`` itself: it may cover entries not yet durable."""
+        return HardState(*self._hs())
 
     def has_ready(self):
         return bool(

@@ -1,12 +1,14 @@
 """Parts of the Raft core (see core.py for the contract): shared constants, the
-configuration, and two mixins of RaftCore that keep core.py readable: the log view
-(durable storage + in-memory tail) and membership. They use RaftCore's attributes."""
+configuration, and three mixins of RaftCore that keep core.py readable: the log view
+(durable storage + in-memory tail), membership, and the leader's replication and
+ReadIndex rounds. They use RaftCore's attributes."""
 from dataclasses import dataclass
 
 from raftsqlite import errors
 from raftsqlite.codec import decode_conf_change
-from raftsqlite.codec.model import ConfChangeType, Entry, EntryType, Member, Message, MsgType
-from raftsqlite.raft.progress import Progress
+from raftsqlite.codec.model import (ConfChangeType, Entry, EntryType, Member, Message, MsgType,
+                                    SnapshotMeta)
+from raftsqlite.raft.progress import PROBE, REPLICATE, Progress
 from raftsqlite.raft.types import Role
 
 # Enum members cached as module constants: attribute access on an Enum class costs
@@ -66,7 +68,6 @@ class RaftInvariantError(AssertionError):
 
 class LogViewMixin:
     """The core's view of its log: storage[..offset-1] + tail (+ a pending snapshot)."""
-
 
     @property
     def last_index(self):
@@ -178,7 +179,6 @@ class LogViewMixin:
 
 class MembershipMixin:
     """Members and the history of configurations (a change takes effect when appended)."""
-
 
     @property
     def members(self):
@@ -294,3 +294,111 @@ class MembershipMixin:
         if best is not None:
             self._send(Message(_M_TIMEOUT_NOW, to=best))
         self._become_follower(self.term, None)
+
+
+class ReplicationMixin:
+    """Leader side: commit rule, APPEND/SNAPSHOT sending with flow control, ReadIndex rounds."""
+
+    def _maybe_commit(self):
+        prs = self._prs
+        ms = sorted((prs[v].match if v in prs else 0) for v in self._voters)
+        if not ms:
+            return False
+        idx = ms[len(ms) - self._quorum()]   # the highest index a quorum has durably
+        if idx > self.commit and self.log_term(idx) == self.term:
+            self.commit = idx
+            if self._reads_blocked:
+                self._reads_waiting.extend(self._reads_blocked)
+                self._reads_blocked = []
+            return True
+        return False
+
+    def _read_ack(self, frm, round_id):
+        rounds = self._read_rounds
+        q = self._quorum()
+        done = -1
+        for k, rd in enumerate(rounds):
+            if rd[0] > round_id:
+                break
+            rd[2].add(frm)
+            if len(rd[2] & self._voters) >= q:
+                done = k
+        if done < 0:
+            return
+        # A quorum answering round r also confirms every earlier round.
+        for rd in rounds[:done + 1]:
+            for frm_, ctx in rd[3]:
+                self._answer_read(frm_, ctx, rd[1])
+        del rounds[:done + 1]
+
+    def _flush_appends(self):
+        if self.role_ is not _R_LEADER:
+            self._bcast = False
+            self._dirty.clear()
+            return
+        if self._bcast:
+            targets = [n for n in self._prs if n != self.node_id]
+        else:
+            # dict order, not set order: runs must not depend on PYTHONHASHSEED
+            dirty = self._dirty
+            targets = [n for n in self._prs if n in dirty and n != self.node_id]
+        self._bcast = False
+        self._dirty.clear()
+        self._probe.intersection_update(targets)
+        for nid in targets:
+            self._send_appends(nid, self._prs[nid])
+
+    def _send_appends(self, to, pr):
+        cfg = self.cfg
+        last = self.last_index
+        allow_empty = True
+        force = to in self._probe
+        if force:
+            self._probe.discard(to)
+        while not pr.blocked(cfg.max_inflight):
+            nxt = pr.next
+            if nxt > last and not (allow_empty and (force or pr.commit_sent < self.commit)):
+                return
+            prev = nxt - 1
+            pt = self.log_term(prev)
+            ents = self._slice(nxt, last + 1, cfg.max_msg_bytes) if pt is not None else None
+            if ents is None:
+                self._send_snapshot(to, pr)
+                return
+            self._send(Message(_M_APPEND, to=to, index=prev, log_term=pt,
+                               entries=ents, commit=self.commit))
+            if self.commit > pr.commit_sent:
+                pr.commit_sent = self.commit
+            allow_empty = False
+            if not ents:
+                if pr.state == PROBE:
+                    pr.paused = True
+                return
+            if pr.state == REPLICATE:
+                pr.next = ents[-1].index + 1
+                pr.inflight.append(ents[-1].index)
+            else:
+                pr.paused = True
+                return
+
+    def _send_snapshot(self, to, pr):
+        if not pr.recent_active or self._pending_snap is not None:
+            return
+        meta = self._log.snapshot_meta()
+        pr.become_snapshot(meta.index)
+        self._stats["snapshots_sent"] += 1
+        self._send(Message(_M_SNAPSHOT, to=to,
+                           snapshot=SnapshotMeta(meta.index, meta.term, meta.members)))
+
+    def _start_read_round(self):
+        if self.role_ is not _R_LEADER:
+            self._reads_waiting = []
+            return
+        self._round_seq += 1
+        rid = self._round_seq
+        self._read_rounds.append([rid, self.commit, {self.node_id}, self._reads_waiting])
+        self._reads_waiting = []
+        if self._quorum() <= 1 and self.node_id in self._voters:
+            self._read_ack(self.node_id, rid)
+        else:
+            self._bcast_heartbeat(rid)

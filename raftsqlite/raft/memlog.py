@@ -133,6 +133,7 @@ class MemNet:
         self.sent = []
         self.cut = set()
         self.drop = None
+        self.readies = None       # set to a list to record (node id, Ready) pairs
         self._seed = seed
         for i, nid in enumerate(ids):
             self.add_node(nid)
@@ -160,6 +161,8 @@ class MemNet:
         core = n.core
         while core is not None and core.has_ready():
             rd = core.ready()
+            if self.readies is not None:
+                self.readies.append((n.id, rd))
             data = None
             if rd.snapshot is not None:
                 data = n.snap_inbox.pop((rd.snapshot.index, rd.snapshot.term))

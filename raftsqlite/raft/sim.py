@@ -30,10 +30,12 @@ from raftsqlite.codec import decode_conf_change
 from raftsqlite.codec.model import ConfChange, ConfChangeType, EntryType, Member, Message, MsgType
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.memlog import MemLog
+from raftsqlite.raft.simcheck import check_linearizable
 
 TICK = 10            # ms of simulated time per core tick
 OP_TIMEOUT = 400     # ms before a client gives up on an operation (outcome unknown)
 KEYS = ("x", "y", "z")
+DURATION = 3000     # ms of faults and load per seed, then heal and converge
 
 
 class SimFailure(AssertionError):
@@ -71,6 +73,7 @@ class Params:
         self.delay_max = rng.choice((1, 3, 8, 20))
         self.spike = rng.choice((0.0, 0.01, 0.05))
         self.disk_max = rng.choice((0, 1, 2, 5))
+        self.disk_spike = rng.choice((0.0, 0.0, 0.05, 0.3))   # share of fsyncs taking 20-60 ms
         self.crash_every = rng.choice((0, 150, 400, 1000))
         self.fsm_loss = rng.choice((0.0, 0.3))
         self.partition_every = rng.choice((0, 200, 500))
@@ -106,11 +109,12 @@ class SimNode:
         self.recv_snaps = {}         # (index, term) -> snapshot image received
         self.removed = False         # its removal is committed: it will be shut down
         self.gone = False            # shut down for good
+        self.boot = None             # members to bootstrap with (the initial nodes)
         self.commit_seen = 0
 
 
 class Sim:
-    def __init__(self, seed, duration=1500, verbose=False):
+    def __init__(self, seed, duration=DURATION, verbose=False):
         self.seed = seed
         self.rng = random.Random(seed)
         self.p = Params(self.rng, duration)
@@ -132,7 +136,8 @@ class Sim:
         self.ops = []
         self.client_leader = {}
         self.stats = {"events": 0, "msgs": 0, "crashes": 0, "partitions": 0,
-                      "conf_changes": 0, "transfers": 0, "snapshots": 0}
+                      "conf_changes": 0, "transfers": 0, "snapshots": 0,
+                      "snapshots_installed": 0, "leaders": 0}
 
     # ---- event queue -------------------------------------------------------------
 
@@ -167,6 +172,8 @@ class Sim:
             node.applied = d.snapshot_meta().index
         node.core = RaftCore(node.id, d, self.p.cfg, random.Random(self.rng.random()),
                              applied=node.applied)
+        if node.boot:
+            node.core.bootstrap(node.boot)     # completes one a crash cut short
         node.commit_seen = node.core.commit
         self.at(self.now + self.rng.randint(1, TICK), self._tick, node, node.inc)
 
@@ -220,9 +227,12 @@ class Sim:
             prev_t = node.core.log_term(rd.entries[0].index - 1) if rd.entries else None
             node.busy = (rd, rd.send_early, prev_t)
             needs_disk = rd.entries or rd.hard_state is not None or rd.snapshot is not None
-            if needs_disk and self.p.disk_max:
-                self.at(self.now + self.rng.randint(0, self.p.disk_max), self._ready_done,
-                        node, node.inc)
+            p = self.p
+            if needs_disk and (p.disk_max or p.disk_spike):
+                d = self.rng.randint(0, p.disk_max)
+                if p.disk_spike and self.rng.random() < p.disk_spike:
+                    d += self.rng.randint(20, 60)
+                self.at(self.now + d, self._ready_done, node, node.inc)
                 return
             self._ready_done(node, node.inc, pump=False)
 
@@ -244,6 +254,7 @@ class Sim:
         if rd.snapshot is not None:
             node.state = dict(data)
             node.applied = rd.snapshot.index
+            self.stats["snapshots_installed"] += 1
         if not sent:
             for m in rd.messages:
                 self._send(node, m)
@@ -453,7 +464,18 @@ class Sim:
         if not self.active:
             return
         cands = [n for n in self.live() if not n.removed]
-        if cands:
+        lead = self.leader()
+        r = self.rng.random()
+        if r < 0.1:
+            for n in cands:       # power loss: every member loses its unsynced writes
+                self._crash(n)
+        elif r < 0.3:
+            busy = [n for n in cands if n.busy is not None]
+            if busy:              # in the middle of an fsync
+                self._crash(self.rng.choice(busy))
+        elif lead is not None and not lead.removed and r < 0.65:
+            self._crash(lead)     # leaders with unreplicated entries make the hard cases
+        elif cands:
             self._crash(self.rng.choice(cands))
         self.at(self.now + self.rng.randint(1, 2 * self.p.crash_every), self._fault_crash)
 
@@ -600,8 +622,8 @@ class Sim:
         first = [self._new_node() for _ in range(p.n_initial)]
         boot = [Member(n.id, f"raft-{n.id}", f"http-{n.id}") for n in first]
         for n in first:
+            n.boot = boot
             self._start(n)
-            n.core.bootstrap(boot)
             self._after(n)
         for cid in range(p.clients):
             self.at(self.rng.randint(0, 50), self._client, cid)
@@ -689,57 +711,16 @@ class Sim:
         self._check_linearizable()
 
     def _check_linearizable(self):
-        """Every op has a point in the committed order: log ops their index, ReadIndex
-        reads the applied index they read at. Results must match the order, and an op
-        invoked after another completed must not be placed before it."""
-        # register value per key after each index
-        hist = {k: [(0, None)] for k in KEYS}
-        vals = {}
-        for i in range(1, max(self.global_log, default=0) + 1):
-            term, data = self.global_log[i]
-            if not data or data[:1] not in b"0123456789":
-                continue
-            oid, kind, key, a, b = data.decode().split(":")
-            cur = vals.get(key)
-            if kind == "w" or (kind == "c" and cur == a):
-                vals[key] = a if kind == "w" else b
-                hist[key].append((i, vals[key]))
+        check_linearizable(self.global_log, self.ops, KEYS, self.fail)
 
-        def value_at(key, i):   # after applying index i
-            h = hist[key]
-            lo, hi = 0, len(h)
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if h[mid][0] <= i:
-                    lo = mid
-                else:
-                    hi = mid
-            return h[lo][1]
-
-        ok = [op for op in self.ops if op.status == "ok"]
-        for op in ok:
-            if op.kind == "ri" or op.kind == "r":
-                want = value_at(op.key, op.position if op.kind == "ri" else op.position - 1)
-                if op.result != want:
-                    self.fail(f"{op} read {op.result!r}, committed order says {want!r}")
-            elif op.kind == "c":
-                want = value_at(op.key, op.position - 1) == op.a
-                if op.result != want:
-                    self.fail(f"{op} cas result {op.result}, committed order says {want}")
-        by_complete = sorted(ok, key=lambda o: (o.complete, o.id))
-        k = 0
-        best = None
-        for op in sorted(ok, key=lambda o: (o.invoke, o.id)):
-            while k < len(by_complete) and by_complete[k].complete < op.invoke:
-                c = by_complete[k]
-                if best is None or c.position > best.position:
-                    best = c
-                k += 1
-            if best is None:
-                continue
-            if op.position < best.position or (op.kind != "ri" and op.position == best.position):
-                self.fail(f"not linearizable: {op} invoked after {best} completed, "
-                          f"but ordered before it")
+    def totals(self):
+        """Counters for the aggregate line of a multi-seed run (what got exercised)."""
+        t = dict(self.stats)
+        t["leaders"] = len(self.leaders)
+        for op in self.ops:
+            k = f"{op.kind}_{op.status}"
+            t[k] = t.get(k, 0) + 1
+        return t
 
     def summary(self):
         st = {}
@@ -749,13 +730,36 @@ class Sim:
                 f"commit={max(self.global_log, default=0)} nodes={len(self.nodes)} {self.stats}")
 
 
-def run_seed(seed, duration=1500, verbose=False):
+def run_seed(seed, duration=DURATION, verbose=False):
     return Sim(seed, duration, verbose).run()
 
 
 def replay_command(seed, duration):
-    extra = f" --duration {duration}" if duration != 1500 else ""
+    extra = f" --duration {duration}" if duration != DURATION else ""
     return f"python -m raftsqlite.raft.sim --seed {seed}{extra} -v"
+
+
+def bench(total=50000, size=100):
+    """Throughput of the core alone: 3 cores in one process on MemNet (no disk, no
+    sockets), proposals of ``size`` bytes made in batches between Ready cycles."""
+    import json
+    from raftsqlite.raft.memlog import MemNet
+    out = {}
+    for batch in (1, 16, 64, 256):
+        n = total // 10 if batch == 1 else total
+        net = MemNet(["a", "b", "c"])
+        a = net.elect("a")
+        data = b"x" * size
+        t0 = time.perf_counter()
+        for _ in range(n // batch):
+            for _ in range(batch):
+                a.propose(data)
+            net.pump()
+        dt = time.perf_counter() - t0
+        out[f"commits_s_batch_{batch}"] = round(n // batch * batch / dt)
+        print(f"batch {batch:4d}: {out[f'commits_s_batch_{batch}']:8d} proposals/s committed "
+              f"and applied by 3 in-process cores")
+    print(json.dumps(out))
 
 
 def main(argv=None):
@@ -763,25 +767,33 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=100, help="number of seeds to run")
     ap.add_argument("--start", type=int, default=0, help="first seed")
     ap.add_argument("--seed", type=int, help="run exactly this seed")
-    ap.add_argument("--duration", type=int, default=1500, help="simulated ms of faults and load")
+    ap.add_argument("--duration", type=int, default=DURATION, help="simulated ms of faults and load")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--bench", action="store_true", help="measure core throughput instead")
     a = ap.parse_args(argv)
+    if a.bench:
+        bench()
+        return 0
     seeds = [a.seed] if a.seed is not None else range(a.start, a.start + a.seeds)
     t0 = time.time()
     failures = 0
     n = 0
+    totals = {}
     for seed in seeds:
         n += 1
         try:
             sim = run_seed(seed, a.duration, a.verbose)
             if a.verbose or a.seed is not None:
                 print(sim.summary())
+            for k, v in sim.totals().items():
+                totals[k] = totals.get(k, 0) + v
         except Exception as e:  # noqa: BLE001 - any failure of a seed is reported the same way
             failures += 1
             print(f"FAIL seed {seed}: {type(e).__name__}: {e}", file=sys.stderr)
             print(f"  replay: {replay_command(seed, a.duration)}", file=sys.stderr)
         if n % 100 == 0:
             print(f"{n} seeds, {failures} failures, {time.time() - t0:.1f}s", flush=True)
+    print("exercised: " + " ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     print(f"ran {n} seeds from {seeds[0]}: {failures} failures in {time.time() - t0:.1f}s")
     return 1 if failures else 0
 

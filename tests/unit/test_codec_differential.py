@@ -139,6 +139,8 @@ def test_bad_fields_same_outcome(a, b, c, d, e, f):
         (lambda m: m.encode_frame(a, b, c, d, e),),
         (lambda m: m.encode_command(Command(CommandType.EXECUTE, [
             Request([Statement(a, [b, c]), Statement("x", {"k": d})], e, f)])),),
+        (lambda m: m.encode_command(Command(CommandType.EXECUTE, [
+            Request([Statement("x")], False, None, a), Request([], False, b, f)])),),
         (lambda m: m.encode_command(Command(a, ops=[(b, c)])),),
         (lambda m: m.encode_conf_change(ConfChange(a, b, c, d)),),
         (lambda m: m.encode_message(Message(a, b, c)),),

@@ -129,6 +129,11 @@ COMMANDS = [
                 transaction=True, request_id=b"req-1"),
         Request([], request_id=b""),
     ]),
+    Command(CommandType.EXECUTE, [
+        Request([Statement("INSERT INTO u VALUES(?)", [5])], request_id=b"r", guard=b"G\x01"),
+        Request([Statement("SELECT 1")], guard=b""),
+        Request([Statement("SELECT 2")]),
+    ]),
     Command(CommandType.NOOP),
     Command(CommandType.SYSTEM, ops=[("catalog.put", b"\x01\x02"), ("x", b"")]),
 ]
@@ -140,6 +145,7 @@ def test_command_roundtrip(codec, cmd):
     buf = codec.encode_command(cmd)
     assert buf[0] == 1
     assert codec.decode_command(buf) == cmd
+    assert [r.guard for r in codec.decode_command(buf).requests] == [r.guard for r in cmd.requests]
 
 
 def test_conf_change_roundtrip(codec):

@@ -357,11 +357,18 @@ def test_unpersisted_entries_are_lost_on_crash():
     assert a2.last_index == last
 
 
-def test_bootstrap_refuses_non_empty_log():
-    """bootstrap() on a node with history is a clear error, not a silent reset."""
+def test_bootstrap_refuses_another_history_and_repeats_harmlessly():
+    """bootstrap() on a node with another history is a clear error, not a silent reset;
+    with the same members it is a no-op."""
     net = MemNet(["a"])
+    a = net.elect("a")
+    a.propose(b"x")
+    net.pump()
+    last = a.last_index
+    assert net.core("a").bootstrap([Member("a", "raft-a", "http-a")]) is False
+    assert a.last_index == last and a.is_leader
     with pytest.raises(errors.ConfigError):
-        net.core("a").bootstrap([Member("a")])
+        net.core("a").bootstrap([Member("a"), Member("b")])
 
 
 def test_ready_entries_handed_out_once():
@@ -393,3 +400,106 @@ def test_send_early_only_for_stable_leader():
     a.propose(b"x")
     rd = a.ready()
     assert rd.send_early and rd.entries
+
+
+def test_idle_group_has_no_ready():
+    """Once messages settle, no core reports work: a driver's has_ready loop ends."""
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    a.propose(b"x")
+    net.pump()
+    assert not any(net.core(i).has_ready() for i in "abc")
+
+
+def test_report_unreachable_moves_follower_to_probe():
+    """After the transport reports a follower unreachable, the leader stops pipelining
+    to it and probes again."""
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    a.propose(b"x")
+    net.pump()
+    assert a.progress()["b"]["state"] == "replicate"
+    a.report_unreachable("b")
+    assert a.progress()["b"]["state"] == "probe"
+
+
+def test_members_at_follows_history():
+    """members_at(index) gives the configuration in force at a committed index (what a
+    snapshot taken there must record)."""
+    from raftsqlite.codec.model import ConfChange, ConfChangeType
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    before = a.commit
+    a.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "c"))
+    net.pump()
+    assert sorted(m.node_id for m in a.members_at(before)) == ["a", "b", "c"]
+    assert sorted(m.node_id for m in a.members_at(a.commit)) == ["a", "b"]
+    assert a.member("a").http_addr == "http-a"
+
+
+@pytest.mark.parametrize("kept", [0, 1, 3])
+@pytest.mark.parametrize("with_hs", [False, True])
+def test_bootstrap_resumes_after_a_torn_first_write(kept, with_hs):
+    """A crash while the bootstrap entries are written leaves a prefix; bootstrapping
+    again completes it, and the node can lead."""
+    net = MemNet(["a"], bootstrap=False)
+    n = net.nodes["a"]
+    members = [Member("a"), Member("b")]
+    rd = n.core.ready() if n.core.has_ready() else None
+    if rd is not None:
+        n.core.advance(rd)
+    n.core.bootstrap(members)
+    rd = n.core.ready()
+    n.log.append(rd.entries[:kept])     # torn: some entries...
+    if with_hs:
+        n.log.set_hard_state(rd.hard_state)   # ...and maybe the hard state
+    net.crash("a")
+    c = net.restart("a")
+    assert c.commit < 4
+    assert c.bootstrap(members) is True
+    net.pump()
+    assert c.term == 1 and c.voters == {"a", "b"} and c.commit == 4
+    assert c.bootstrap(members) is False
+    with pytest.raises(errors.ConfigError):
+        c.bootstrap([Member("a")])
+
+
+def test_persisted_commit_never_covers_entries_not_yet_durable():
+    """A Ready's hard-state commit covers only entries durable before it: a follower
+    replacing a stale tail must not persist a commit index that, after a crash, would
+    apply the stale entry still on disk (sim seed 303011)."""
+    net = MemNet(["a", "b", "c"])
+    a = net.elect("a")
+    net.isolate("a")
+    for i in range(3):
+        a.propose(b"stale")
+    net.pump()
+    net.heal()
+    net.isolate("a")
+    b = net.elect("b")
+    for i in range(3):
+        b.propose(b"new")
+    net.pump()
+    net.heal()
+    net.readies = []
+    net.tick(3)
+    trunc = [rd for nid, rd in net.readies if nid == "a" and rd.entries
+             and rd.entries[0].index <= b.commit]
+    assert trunc, "a never received the replacing entries"
+    for rd in trunc:
+        assert rd.hard_state is None or rd.hard_state.commit < rd.entries[0].index
+    assert [e.data for e in net.nodes["a"].applied if e.data] == \
+        [e.data for e in net.nodes["b"].applied if e.data]
+
+
+def test_hard_state_for_shutdown_is_durable_safe():
+    """core.hard_state() never claims a commit beyond the durable log."""
+    net = MemNet(["a"])
+    a = net.elect("a")
+    a.propose(b"x")
+    rd = a.ready()               # taken, not persisted
+    assert a.hard_state().commit <= net.nodes["a"].log.last_index()
+    net.nodes["a"].log.apply_ready(rd)
+    a.advance(rd)
+    net.pump()
+    assert a.hard_state().commit == a.commit

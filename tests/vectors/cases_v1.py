@@ -75,6 +75,13 @@ COMMANDS = {
     "system": Command(CommandType.SYSTEM, ops=[("catalog.put", b"\x01\x02"), ("x", b"")]),
     "floats": Command(CommandType.EXECUTE, [Request([Statement(
         "x", [0.0, -0.0, float("inf"), float("-inf"), 1e-300, 3.141592653589793])])]),
+    # request flag 0x4: a routed request's ownership guard (appended; older vectors unchanged)
+    "guarded_group_commit": Command(CommandType.EXECUTE, [
+        Request([Statement("INSERT INTO users(id, name) VALUES(?, ?)", [7, "ann"])],
+                request_id=b"rid-1", guard=b"G\x01\x01\x05users" + bytes(range(16))),
+        Request([Statement("INSERT INTO b VALUES(1)")], guard=b""),
+        Request([Statement("INSERT INTO c VALUES(2)")]),
+    ]),
 }
 
 CONF_CHANGES = {

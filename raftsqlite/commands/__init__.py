@@ -1,0 +1,1 @@
+"""Subcommands of ``raft-sqlite``: ``raft-sqlite NAME ...`` runs ``raftsqlite.commands.NAME.main(argv)``."""

@@ -1,0 +1,322 @@
+"""HTTP endpoints of sharding (``node.http_blueprints``): the seed's ``/table/*`` API,
+``GET /tables``, ``GET /shards``, ``GET /table/explain``, and the node-to-node calls
+under ``/shard/`` (routed requests with their guard, SYSTEM ops, catalog long-poll).
+
+Handlers raise ``raftsqlite.errors``; the HTTP layer's one error handler renders them.
+"""
+import asyncio
+import base64
+
+import orjson
+from sanic import Blueprint
+from sanic.response import HTTPResponse
+
+from raftsqlite import errors
+from raftsqlite.codec import decode_command
+from raftsqlite.codec.model import CommandType, Statement
+from raftsqlite.db import quote_ident
+from raftsqlite.http import forward as fwd
+from raftsqlite.http import wire
+from raftsqlite.http.params import QueryParams
+from raftsqlite.sharding import ops
+from raftsqlite.sharding.catalog import DEFAULT_GROUP
+from raftsqlite.sharding.service import dump_results
+
+_OCTET = "application/octet-stream"
+
+try:   # #7: online rebalancing, when present, handles /table/rebalance and remove-from-shard
+    from raftsqlite.sharding import rebalance_node as _REBALANCE
+except ImportError:
+    _REBALANCE = None
+
+
+def _svc(request):
+    return request.app.ctx.node.sharding
+
+
+def _body(request):
+    try:
+        b = orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError as e:
+        raise errors.BadRequest(f"the request body must be a JSON object: {e}") from None
+    if not isinstance(b, dict):
+        raise errors.BadRequest("the request body must be a JSON object")
+    return b
+
+
+def _idempotent_ddl(sql):
+    s = sql.strip()
+    up = s.upper()
+    for kind in ("CREATE TABLE ", "CREATE INDEX ", "CREATE UNIQUE INDEX "):
+        if up.startswith(kind) and not up.startswith(kind + "IF NOT EXISTS"):
+            return s[:len(kind)] + "IF NOT EXISTS " + s[len(kind):]
+    return s
+
+
+async def _default_read(svc, sql, params=None):
+    res = await svc.executor.query(DEFAULT_GROUP, [Statement(sql, params)], level="weak")
+    r = res[0]
+    if r.get("error"):
+        raise errors.BadRequest(r["error"])
+    return r.get("values") or []
+
+
+def blueprint():
+    bp = Blueprint("sharding")
+
+    # ---- node to node ------------------------------------------------------------------
+    @bp.post("/shard/call")
+    async def call(request):
+        ctx = request.app.ctx
+        p = QueryParams(request.query_string)
+        kind = p.raw.get("kind", "execute")
+        try:
+            cmd = decode_command(request.body or b"")
+        except errors.DecodeError as e:
+            raise errors.BadRequest(f"undecodable routed request: {e}") from None
+        if len(cmd.requests) != 1:
+            raise errors.BadRequest("a routed call carries exactly one request")
+        rq = cmd.requests[0]
+        st = ctx.store
+        if kind == "query" or cmd.type == CommandType.QUERY:
+            fn = lambda: st.query(rq.statements, level=p.level, guard=rq.guard)  # noqa: E731
+        elif kind == "request":
+            fn = lambda: st.request(rq.statements, transaction=rq.transaction, level=p.level)  # noqa: E731
+        else:
+            fn = lambda: st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard)  # noqa: E731
+        res = await fwd.on_leader(request, p, fn)
+        if isinstance(res, HTTPResponse):
+            return res
+        return HTTPResponse(dump_results(res["results"]), content_type=wire.JSON_CT)
+
+    @bp.post("/shard/system")
+    async def system(request):
+        b = _body(request)
+        try:
+            sys_ops = [(str(n), base64.b64decode(a)) for n, a in b["ops"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise errors.BadRequest(f"ops must be [[name, base64 args], ...]: {e}") from None
+        p = QueryParams(request.query_string)
+        res = await fwd.on_leader(request, p, lambda: request.app.ctx.store.system(sys_ops))
+        if isinstance(res, HTTPResponse):
+            return res
+        return wire.json_response({"results": res["results"]})
+
+    @bp.get("/shard/catalog")
+    async def catalog(request):
+        p = QueryParams(request.query_string)
+        try:
+            after = int(p.raw.get("after", "-1"))
+            timeout = min(float(p.raw.get("poll", "0")), 10.0)
+        except ValueError:
+            raise errors.BadRequest("after must be an integer and poll a number of seconds") from None
+        b = await _svc(request).serve_catalog(after, timeout)
+        if b is None:
+            return HTTPResponse(status=204)
+        return HTTPResponse(b, content_type=_OCTET)
+
+    # ---- the seed's API ------------------------------------------------------------------
+    @bp.get("/tables")
+    async def tables(request):
+        svc = _svc(request)
+        await svc.cache.refresh()
+        return wire.json_response({"tables": svc.cache.current().describe_tables(),
+                                   "epoch": svc.cache.current().epoch})
+
+    @bp.get("/shards")
+    async def shards(request):
+        svc = _svc(request)
+        await svc.cache.refresh()
+        groups = svc.cache.current().describe_groups()
+        await asyncio.gather(*[_probe(svc, g) for g in groups])
+        return wire.json_response({"shards": groups})
+
+    @bp.get("/table/explain")
+    async def explain(request):
+        p = QueryParams(request.query_string)
+        if not p.q:
+            raise errors.BadRequest("give the statement as q=...")
+        return wire.json_response(_svc(request).router.explain(p.q))
+
+    @bp.post("/table/register")
+    async def register(request):
+        svc = _svc(request)
+        body = _body(request)
+        name = ops._field(body, "table_name").lower()
+        create_sql, columns, decl = None, None, None
+        rows = await _default_read(svc, "SELECT sql FROM sqlite_schema WHERE type = 'table' "
+                                        "AND lower(name) = ?", [name])
+        if rows:
+            create_sql = rows[0][0]
+            info = await _default_read(svc, "SELECT name, type FROM pragma_table_info(?)", [name])
+            columns = [r[0] for r in info]
+            key = ops._field(body, "shard_key")
+            match = [r for r in info if r[0].lower() == key.lower()]
+            if not match:
+                raise errors.BadRequest(f"table {name} has no column {key!r} (columns: "
+                                        f"{', '.join(columns)})")
+            decl = match[0][1] or ""
+            if await _default_read(svc, f"SELECT 1 FROM {quote_ident(name)} LIMIT 1"):
+                raise errors.BadRequest(
+                    f"table {name} already has rows in the default group; registering it "
+                    "would hide them (reads would go to its shards). Nothing was changed. "
+                    "What to do: register an empty table (export the rows, register, add it "
+                    "to a shard, then insert them again through the router).")
+        op, args = ops.register(body, decl, create_sql, columns)
+        res = await svc.catalog_op(op, args)
+        return wire.json_response({"registered": name, "result": res,
+                                   "table": _table_doc(svc, name)})
+
+    @bp.post("/table/add-to-shard")
+    async def add_to_shard(request):
+        svc = _svc(request)
+        body = _body(request)
+        op, args = ops.add_to_shard(body)
+        cur = svc.cache.current()
+        trial = cur.copy()
+        trial.apply(op, args)           # refuse before anything changes anywhere
+        a = orjson.loads(args)
+        table, shard = a["table"], a["shard"]
+        await _create_on(svc, shard, cur.colocation_of(table) and
+                         [t for t, r in cur.tables.items()
+                          if r["colocation"] == cur.tables[table]["colocation"]] or [table])
+        res = await svc.catalog_op(op, args)
+        for g in cur.copy().groups:
+            if g != DEFAULT_GROUP and (g == shard or g in svc.cache.current().owning_groups(table)):
+                await svc.push_ownership(g)
+        return wire.json_response({"table_name": table, "shard_id": shard, "result": res,
+                                   "table": _table_doc(svc, table)})
+
+    @bp.post("/table/remove")
+    async def remove(request):
+        svc = _svc(request)
+        body = _body(request)
+        op, args = ops.remove(body)
+        table = orjson.loads(args)["table"]
+        before = svc.cache.current()
+        holders = before.owning_groups(table) if table in before.tables else []
+        res = await svc.catalog_op(op, args)
+        for g in holders:
+            await svc.push_ownership(g)
+        return wire.json_response({"removed": table, "result": res,
+                                   "note": "the rows stay where they are; shard_id=NAME reads "
+                                           "them from each shard"})
+
+    @bp.post("/table/remove-from-shard")
+    async def remove_from_shard(request):
+        svc = _svc(request)
+        if _REBALANCE:   # #7 hook: drain the shard's ranges online, then remove it
+            return wire.json_response(await _REBALANCE.handle(request, "remove", _body(request)))
+        op, args = ops.remove_from_shard(_body(request))
+        res = await svc.catalog_op(op, args)
+        return wire.json_response({"result": res, "note": "the shard keeps its ranges until a "
+                                   "rebalance moves them (data movement: issue #7)"})
+
+    @bp.post("/table/rebalance")
+    async def rebalance(request):
+        svc = _svc(request)
+        body = _body(request)
+        if _REBALANCE:   # #7 hook: plans, dry runs and online moves live in rebalance_node
+            res = await _REBALANCE.handle(request, "rebalance", body)
+            if res is not None:    # None: no rows to move, switch at once below
+                return wire.json_response(res)
+        await svc.cache.refresh()
+        cat = svc.cache.current()
+        plan = ops.rebalance_plan(body, cat)
+        if not plan["moves"]:
+            plan["status"] = "balanced"
+            return wire.json_response(plan)
+        if plan["dry_run"]:
+            plan["status"] = "dry_run"
+            return wire.json_response(plan)
+        sources = sorted({m["source"] for m in plan["moves"]})
+        holding = []
+        for g in sources:
+            for t in plan["tables"]:
+                res = await svc.executor.query(g, [Statement(f"SELECT 1 FROM {quote_ident(t)} LIMIT 1")],
+                                               level="weak")
+                if res[0].get("values"):
+                    holding.append(g)
+                    break
+        if holding:
+            plan["status"] = "needs_data_movement"
+            plan["note"] = (f"shard(s) {', '.join(holding)} hold rows of the ranges to move; "
+                            "moving data online is the rebalancing workflow (issue #7). "
+                            "Nothing was changed.")
+            return wire.json_response(plan)
+        assigns = ops.assign_ops(plan)
+        after = cat.copy()
+        for n, a in assigns:
+            after.apply(n, a)
+        targets = sorted({m["target"] for m in plan["moves"]})
+        for g in targets:               # acquire before the catalog switches
+            await svc.push_ownership(g, after)
+        results = await svc.system(DEFAULT_GROUP, assigns)
+        errs = [r["error"] for r in results if isinstance(r, dict) and r.get("error")]
+        await svc.cache.refresh()
+        for g in sorted(set(plan["shards"]) | set(sources)):
+            await svc.push_ownership(g)
+        if errs:
+            raise errors.BadRequest("rebalance not applied: " + "; ".join(errs))
+        plan["status"] = "applied"
+        plan["table"] = _table_doc(svc, plan["table"])
+        return wire.json_response(plan)
+
+    return bp
+
+
+def _table_doc(svc, name):
+    for t in svc.cache.current().describe_tables():
+        if t["table_name"] == name:
+            return t
+    return None
+
+
+async def _create_on(svc, shard, tables):
+    """Create the tables (and their indexes) on ``shard`` from the default group's schema,
+    idempotently, before the shard takes ownership."""
+    stmts = []
+    for t in tables:
+        rows = await _default_read(svc, "SELECT type, sql FROM sqlite_schema WHERE lower(tbl_name) = ? "
+                                        "AND sql IS NOT NULL ORDER BY type = 'index'", [t])
+        stmts += [Statement(_idempotent_ddl(sql)) for typ, sql in rows if typ in ("table", "index")]
+    if not stmts:
+        return
+    res = await svc.executor.execute(shard, stmts)
+    bad = [r["error"] for r in res if r.get("error") and "already exists" not in r["error"]]
+    if bad:
+        raise errors.BadRequest(f"could not create the table on {shard}: {'; '.join(bad)}")
+
+
+async def _probe(svc, g):
+    """Add leader and health to one group's description."""
+    members = g["members"]
+
+    async def one(m):
+        try:
+            r = await svc.client.request("GET", m["http_addr"], "/status", timeout=1.0)
+            m["reachable"] = r.status == 200
+            if r.status == 200:
+                st = _store_doc(orjson.loads(r.body)) or {}
+                m["state"] = (st.get("raft") or {}).get("state")
+                m["leader_id"] = (st.get("leader") or {}).get("node_id") or None
+        except errors.RaftSQLiteError:
+            m["reachable"] = False
+    await asyncio.gather(*[one(m) for m in members if m.get("http_addr")])
+    leaders = {m.get("leader_id") for m in members if m.get("leader_id")}
+    g["leader"] = leaders.pop() if len(leaders) == 1 else None
+    up = sum(1 for m in members if m.get("reachable"))
+    g["health"] = ("ok" if g["leader"] and up > len(members) // 2 else
+                   "degraded" if up else "unreachable")
+
+
+def _store_doc(d):
+    """The part of /status that the store wrote (it has both "raft" and "leader")."""
+    if isinstance(d, dict):
+        if isinstance(d.get("raft"), dict) and isinstance(d.get("leader"), dict):
+            return d
+        for v in d.values():
+            f = _store_doc(v)
+            if f is not None:
+                return f
+    return None

@@ -1,0 +1,187 @@
+"""Wiring of online rebalancing (#7) into a node (``attach(node)``, called by node.py).
+
+On default-group nodes: a ``Rebalancer`` over ``NodeMoveBackend`` (the node's sharding
+service), run as the coordinator while this node leads the default group (it resumes
+every unfinished move from the catalog every second), and the rebalance routes. The
+``/table/rebalance`` and ``/table/remove-from-shard`` handlers of ``http_api`` delegate
+to ``node.rebalancer`` (see ``handle_rebalance``); other nodes forward to the default
+group's leader.
+"""
+import asyncio
+import logging
+import os
+
+import orjson
+
+from raftsqlite import errors
+from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
+from raftsqlite.sharding.rebalance import NotCoordinator, RebalanceConfig
+from raftsqlite.sharding.rebalance_api import _sane
+from raftsqlite.sharding.rebalance_service import Rebalancer
+
+log = logging.getLogger("raftsqlite.rebalance")
+FORWARDED = "X-Raftsqlite-Rebalance-Forwarded"
+
+
+class _LinearizableExecutor:
+    """The node's group executor with reads forced to ``linearizable`` (a move must read
+    what the group's leader has committed, never a stale follower), and writes refused
+    once this node no longer leads the default group (a deposed coordinator must not
+    write stale copies into a target; the new one resumes from the catalog)."""
+
+    def __init__(self, ex, is_leader):
+        self.ex = ex
+        self.is_leader = is_leader
+
+    async def execute(self, group, statements, *, transaction=False, guard=None):
+        if not self.is_leader():
+            raise NotCoordinator("this node no longer leads the default group")
+        return await self.ex.execute(group, statements, transaction=transaction, guard=guard)
+
+    async def query(self, group, statements, *, guard=None, **opts):
+        return await self.ex.query(group, statements, guard=guard, level="linearizable")
+
+
+class NodeMoveBackend:
+    def __init__(self, svc):
+        self.svc = svc
+        self.executor = _LinearizableExecutor(svc.executor, svc.node.store.is_leader)
+
+    async def catalog(self):
+        svc = self.svc
+        if svc.is_default and svc.node.store.is_leader():
+            await svc.node.store.barrier()
+            return Catalog.from_bytes(svc.catalog_state.load(svc.node.db.read_internal).to_bytes())
+        raise NotCoordinator("the rebalance coordinator runs on the default group's leader")
+
+    async def _one(self, group, name, args):
+        res = (await self.svc.system(group, [(name, orjson.dumps(_sane(args)))]))[0]
+        if isinstance(res, dict) and res.get("error") and set(res) <= {"error", "code", "time"}:
+            raise errors.BadRequest(res["error"])
+        return res
+
+    async def catalog_op(self, name, args):
+        res = await self._one(DEFAULT_GROUP, "catalog." + name, args)
+        try:
+            await self.svc.cache.publish(await self.catalog())   # this node's router sees it now
+        except errors.RaftSQLiteError:
+            pass
+        return res
+
+    async def own_op(self, group, name, args):
+        return await self._one(group, "own." + name, args)
+
+
+def attach(node):
+    """Give a default-group node its coordinator and routes; a no-op elsewhere."""
+    svc = node.sharding
+    node.rebalancer = None
+    if not svc.is_default:
+        return
+    try:
+        cfg = RebalanceConfig(**orjson.loads(os.environ.get("RAFTSQLITE_REBALANCE", "{}")))
+    except (ValueError, TypeError) as e:
+        raise errors.ConfigError(f"RAFTSQLITE_REBALANCE: {e}") from None
+    node.rebalancer = Rebalancer(NodeMoveBackend(svc), cfg)
+    node.rebalancer.hook = fault_hook(os.environ.get("RAFTSQLITE_REBALANCE_FAULT"))
+    from raftsqlite.sharding.rebalance_api import blueprint
+
+    def bp():
+        b = blueprint(lambda request: _coordinator(request), name="rebalance", skip_owned=True)
+
+        @b.after_server_start
+        async def _start(app, loop=None):
+            app.ctx.rebalance_task = asyncio.get_running_loop().create_task(
+                node.rebalancer.run_forever(node.store.is_leader))
+
+        @b.before_server_stop
+        async def _stop(app, loop=None):
+            t = getattr(app.ctx, "rebalance_task", None)
+            if t is not None:
+                t.cancel()
+        return b
+    node.http_blueprints = list(node.http_blueprints or ()) + [bp]
+
+
+def fault_hook(spec):
+    """Tests only: ``RAFTSQLITE_REBALANCE_FAULT={"step", "action": "die"|"pause",
+    "flag": path}``. ``die`` SIGKILLs this process at the workflow step (once: a marker
+    file remembers, so the restarted coordinator resumes); ``pause`` writes
+    ``flag.reached`` and blocks the coordinator at the step until ``flag.go`` exists
+    (at most 60 s), while the test kills and restarts another process."""
+    if not spec:
+        return None
+    import signal
+    import time
+    f = orjson.loads(spec)
+
+    def hook(step):
+        if step != f["step"] or os.path.exists(f["flag"] + ".done"):
+            return
+        open(f["flag"] + ".done", "w").close()
+        if f["action"] == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        open(f["flag"] + ".reached", "w").close()
+        return _pause(f["flag"] + ".go")
+
+    async def _pause(go):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    return hook
+
+
+def _coordinator(request):
+    node = request.app.ctx.node
+    if getattr(node, "rebalancer", None) is None or not node.store.is_leader():
+        raise errors.NotLeader("rebalancing runs on the default group's leader; "
+                               "send this to it (GET /shards lists it)")
+    return node.rebalancer
+
+
+async def handle(request, kind, body):
+    """``/table/rebalance`` and ``/table/remove-from-shard`` (called by http_api): run on
+    the coordinator, forwarding there once from any other node. ``None`` means "no rows
+    to move": http_api then switches the ranges at once, as it does without #7."""
+    node = request.app.ctx.node
+    rb = getattr(node, "rebalancer", None)
+    if rb is not None and node.store.is_leader():
+        if kind == "rebalance":
+            dry = body.get("dry_run", False)
+            if not isinstance(dry, bool):
+                raise errors.BadRequest("dry_run must be true or false")
+            table = _field(body, "table_name")
+            if not dry:
+                # ranges whose sources hold no rows switch at once (http_api's own path)
+                cat = await rb.b.catalog()
+                rows, _ = await rb._estimates(cat, table)
+                if not any(rows.values()):
+                    return None
+            plan = await rb.plan(table, dry_run=dry)
+            plan["status"] = "dry_run" if dry else ("balanced" if not plan["moves"] else "moving")
+            return _sane(plan)
+        return _sane(await rb.remove_from_shard(_field(body, "table_name"), _field(body, "shard_id")))
+    if request.headers.get(FORWARDED):
+        raise errors.Unavailable("the default group's leader is not known here yet; retry")
+    path = "/table/rebalance" if kind == "rebalance" else "/table/remove-from-shard"
+    svc = node.sharding
+    last = None
+    for a in svc.group_addrs(DEFAULT_GROUP):
+        if a == node.config.http_advertise:
+            continue
+        r = await svc.client.request("POST", a, path, body=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json", FORWARDED: "1"})
+        if r.status == 200:
+            return orjson.loads(r.body)
+        from raftsqlite.sharding.service import error_from
+        last = error_from(r.status, r.body)
+        if not isinstance(last, (errors.NotLeader, errors.Unavailable)):
+            raise last
+    raise last or errors.Unavailable("no default-group leader to rebalance through")
+
+
+def _field(b, name):
+    v = b.get(name)
+    if not isinstance(v, str) or not v.strip():
+        raise errors.BadRequest(f"missing or empty field {name!r}")
+    return v.strip()

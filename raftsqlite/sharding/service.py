@@ -1,0 +1,519 @@
+"""Sharding inside a real node: the FSM wiring, the catalog cache, the router as the HTTP
+layer's SQL backend, and the executor that reaches every group's leader.
+
+One ``ShardingService`` per node (``node.sharding``):
+- every node keeps its group's ``ShardState`` (``own.*`` ops), checks each routed
+  request's guard in the FSM before the request runs (``fsm.add_request_hook``) and each
+  routed read's guard before reading (``store.guard_check``); ``rs_kid``/``rs_owns`` are
+  SQL functions on the writer and every reader;
+- default-group nodes also hold the catalog (``catalog.*`` ops) and publish every change
+  to their ``CatalogCache`` from the apply thread; other nodes long-poll any node they
+  know (``GET /shard/catalog``) and refresh at once when a shard answers ``Moved``;
+- after each catalog change the leader of a shard group makes its replicated ownership
+  follow the catalog (``own.set_all``; an older epoch is ignored by the shard, so late or
+  repeated pushes are harmless).
+
+The executor calls the local store when this node leads the target group, and otherwise
+posts the request, codec-encoded with its guard, to ``POST /shard/call`` on a member of
+that group (a follower forwards it to its leader, as every endpoint does).
+"""
+import asyncio
+import base64
+import logging
+
+import orjson
+
+from raftsqlite import errors
+from raftsqlite.codec import encode_command
+from raftsqlite.codec.model import Command, CommandType, Request
+from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding.cache import CatalogCache
+from raftsqlite.sharding.catalog import DEFAULT_GROUP
+from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
+from raftsqlite.sharding.router import Router
+
+log = logging.getLogger("raftsqlite.sharding")
+
+_CODES = {}
+for _name in dir(errors):
+    _cls = getattr(errors, _name)
+    if isinstance(_cls, type) and issubclass(_cls, errors.RaftSQLiteError):
+        _CODES.setdefault(_cls.code, _cls)
+_CODES["partial_write"] = errors.RaftSQLiteError
+
+
+def error_from(status, body):
+    """An HTTP error answer -> the exception it stands for."""
+    try:
+        d = orjson.loads(body)
+        msg, code = d.get("error", ""), d.get("code", "error")
+    except (orjson.JSONDecodeError, AttributeError):
+        msg, code = body[:300].decode("utf-8", "replace"), "error"
+    cls = _CODES.get(code, errors.Unavailable)
+    if cls is errors.NotLeader:
+        cls = errors.LeaderNotFound
+    return cls(msg or f"HTTP {status}")
+
+
+def _b64(o):
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return {"$b64": base64.b64encode(bytes(o)).decode()}
+    raise TypeError
+
+
+def dump_results(results):
+    return orjson.dumps({"results": results}, default=_b64)
+
+
+def _unb64(o):
+    if isinstance(o, dict):
+        if len(o) == 1 and "$b64" in o:
+            return base64.b64decode(o["$b64"])
+        return {k: _unb64(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_unb64(v) for v in o]
+    return o
+
+
+def load_results(body):
+    return _unb64(orjson.loads(body))["results"]
+
+
+def _guard_refusal(results):
+    if results and len(results) == 1 and results[0].get("code") in ("moved", "fenced"):
+        cls = errors.Moved if results[0]["code"] == "moved" else errors.Fenced
+        raise cls(results[0].get("error") or results[0]["code"])
+
+
+class NodeGroupExecutor:
+    """The router's ``GroupExecutor`` in a node."""
+
+    def __init__(self, svc):
+        self.svc = svc
+        self.leaders = {}      # group -> last known leader HTTP address
+        self.counts = {"local": 0, "remote": 0, "remote_retries": 0}
+
+    def _local(self, group, need_leader=True):
+        s = self.svc
+        return group == s.group and (not need_leader or s.node.store.is_leader())
+
+    async def execute(self, group, statements, *, transaction=False, guard=None):
+        if self._local(group):
+            self.counts["local"] += 1
+            try:
+                res = await self.svc.node.store.execute(statements, transaction=transaction,
+                                                        guard=guard)
+                return res["results"]
+            except errors.NotLeader:
+                pass
+        return await self.remote(group, "execute", statements, transaction, guard)
+
+    async def query(self, group, statements, *, guard=None, level="weak", **opts):
+        if self._local(group, need_leader=level not in ("weak", "linearizable", "strong")):
+            self.counts["local"] += 1
+            try:
+                res = await self.svc.node.store.query(statements, level=level, guard=guard,
+                                                      **opts)
+                return res["results"]
+            except errors.NotLeader:
+                pass
+        return await self.remote(group, "query", statements, False, guard, level=level)
+
+    async def request(self, group, statements, *, transaction=False, level="weak", **opts):
+        if self._local(group):
+            self.counts["local"] += 1
+            try:
+                res = await self.svc.node.store.request(statements, transaction=transaction,
+                                                        level=level, **opts)
+                return res["results"]
+            except errors.NotLeader:
+                pass
+        return await self.remote(group, "request", statements, transaction, None, level=level)
+
+    async def remote(self, group, kind, statements, transaction, guard, level="weak"):
+        ctype = CommandType.QUERY if kind == "query" else CommandType.EXECUTE
+        body = encode_command(Command(ctype, [Request(statements, bool(transaction), None,
+                                                      guard)]))
+        path = f"/shard/call?kind={kind}&level={level}"
+        r = await self.svc.post_group(group, path, body, "application/octet-stream")
+        self.counts["remote"] += 1
+        res = load_results(r.body)
+        _guard_refusal(res)
+        return res
+
+    def stats(self):
+        return dict(self.counts, leaders=dict(self.leaders))
+
+
+class RouterSQL:
+    """``node.sql_backend``: the HTTP handlers' SQL seam, through the router. Statements
+    on registered tables are always routed (``auto_route`` is accepted and implied);
+    ``shard_id`` sends them to one group unchanged."""
+
+    def __init__(self, svc):
+        self.svc = svc
+
+    @property
+    def router(self):
+        return self.svc.router
+
+    def _shard(self, p):
+        sid = getattr(p, "shard_id", None) if p is not None else None
+        if sid is not None and sid not in self.svc.cache.current().groups:
+            raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
+        return sid
+
+    async def execute(self, statements, p):
+        tx = bool(p is not None and p.transaction)
+        res = await self.router.execute(statements, transaction=tx, shard_id=self._shard(p))
+        return {"results": res}
+
+    async def query(self, statements, p, level):
+        opts = {"level": level}
+        if p is not None:
+            if p.freshness:
+                opts["freshness"] = p.freshness
+            if p.db_timeout:
+                opts["db_timeout"] = p.db_timeout
+        return {"results": await self.router.query(statements, shard_id=self._shard(p), **opts)}
+
+    async def request(self, statements, p, level):
+        sid = self._shard(p)
+        if sid is not None:
+            res = await self.router.ex.request(sid, list(statements),
+                                               transaction=bool(p.transaction), level=level)
+        else:
+            res = await self.router.request(statements, transaction=bool(p.transaction),
+                                            level=level)
+        return {"results": res}
+
+
+class ShardingService:
+    def __init__(self, node):
+        self.node = node
+        cfg = node.config
+        self.group = cfg.shard or DEFAULT_GROUP
+        self.is_default = self.group == DEFAULT_GROUP
+        db, fsm = node.db, node.fsm
+        self.shard = ShardState(self.group)
+        self.shard.register(fsm)
+        fsm.add_request_hook(self._fsm_hook)
+        node.store.guard_check = self._read_check
+        db.create_function("rs_kid", 2, ks.sql_kid)
+        db.create_function("rs_owns", 2, lambda c, v: self.shard.load(db.read_internal).owns(c, v),
+                           deterministic=False)
+        self.catalog_state = None
+        self.loop = None
+        self.cache = CatalogCache(fetch=None if self.is_default else self._fetch_catalog)
+        if self.is_default:
+            self.catalog_state = CatalogState(on_change=self._catalog_applied)
+            self.catalog_state.register(fsm)
+            # a snapshot install replaces the catalog without an op: republish it
+            fsm.add_restore_listener(lambda: self._catalog_applied(
+                self.catalog_state.load(db.read_internal).to_bytes()))
+        self.executor = NodeGroupExecutor(self)
+        self.router = Router(self.executor, self.cache)
+        self.sql = RouterSQL(self)
+        self.seeds = list(cfg.join)      # HTTP addresses to learn the catalog from
+        self._tasks = []
+        self._client = None
+        self.counts = {"own_pushes": 0, "catalog_polls": 0}
+
+    # ---- FSM side (apply thread) ------------------------------------------------------
+    def _fsm_hook(self, ctx, req):
+        if req.guard is not None:
+            self.shard.check(ctx.execute, req.guard, write=True)
+
+    def _read_check(self, guard):
+        self.shard.check(self.node.db.read_internal, guard, write=False)
+
+    def _catalog_applied(self, b):
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._publish(b)))
+
+    async def _publish(self, b):
+        if await self.cache.publish(b):
+            await self._follow_ownership()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None:
+            from raftsqlite.client import Client
+            self._client = Client(timeout=30.0)
+        return self._client
+
+    async def start(self):
+        self.loop = asyncio.get_running_loop()
+        if self.is_default:
+            b = self.catalog_state.load(self.node.db.read_internal).to_bytes()
+            await self.cache.publish(b)
+        self._tasks.append(self.loop.create_task(self._poll()))
+
+    async def stop(self):
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._client is not None:
+            await self._client.close()
+
+    async def _poll(self):
+        """Follow the catalog (non-default nodes) and keep this group's ownership in step
+        with it (every node; only a leader proposes)."""
+        if self.is_default:
+            while True:
+                await asyncio.sleep(0.5)
+                try:
+                    await self._record_default_members()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.debug("recording default-group members failed: %s", e)
+        while True:
+            try:
+                b = await self._fetch_catalog(self.cache.current().version, 0.5)
+                self.counts["catalog_polls"] += 1
+                if b:
+                    await self.cache.publish(b)
+                await self._follow_ownership()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.cache.errors += 1
+                log.debug("catalog poll failed: %s", e)
+                await asyncio.sleep(0.3)
+
+    async def _record_default_members(self):
+        """The default group's leader keeps its members in the catalog (GET /shards, and
+        where shard nodes find the catalog after a restart)."""
+        st = self.node.store
+        if not st.is_leader():
+            return
+        have = self.cache.current().groups.get(DEFAULT_GROUP, {}).get("members", {})
+        ops_ = []
+        for m in st.members():
+            cur = have.get(m.node_id)
+            if cur is None or cur.get("http_addr") != m.http_addr or cur.get("voter") != m.voter:
+                ops_.append(("catalog.set_member", op_args({
+                    "group": DEFAULT_GROUP, "node_id": m.node_id, "raft_addr": m.raft_addr,
+                    "http_addr": m.http_addr, "voter": m.voter})))
+        gone = set(have) - {m.node_id for m in st.members()}
+        ops_ += [("catalog.remove_member", op_args({"group": DEFAULT_GROUP, "node_id": n}))
+                 for n in sorted(gone)]
+        if ops_:
+            await st.system(ops_)
+
+    async def _follow_ownership(self):
+        if self.is_default or not self.node.store.is_leader():
+            return
+        cat = self.cache.current()
+        if self.group not in cat.groups:
+            return
+        want = cat.ownership_for(self.group)
+        have = self.shard.load(self.node.db.read_internal)
+        if not _needs_push(have, want):
+            return
+        try:
+            await self.node.store.system([("own.set_all", op_args({"group": self.group,
+                                                                   "cols": want}))])
+            self.counts["own_pushes"] += 1
+        except errors.RaftSQLiteError as e:
+            log.info("ownership push failed: %s", e)
+
+    # ---- joining as a shard node -------------------------------------------------------
+    def _seeds_file(self):
+        import os
+        return os.path.join(self.node.config.data_dir, "sharding-seeds.json")
+
+    async def plan_start(self, fresh):
+        """-> (addresses to join through, whether this node starts a new group)."""
+        import os
+        cfg = self.node.config
+        path = self._seeds_file()
+        if self.seeds:
+            with open(path, "wb") as f:
+                f.write(orjson.dumps(self.seeds))
+        elif os.path.exists(path):
+            with open(path, "rb") as f:
+                self.seeds = list(orjson.loads(f.read()))
+        if not fresh:
+            return (), False
+        if not self.seeds:
+            raise errors.ConfigError(f"-shard {self.group} needs -join with the HTTP address "
+                                     "of any member of the default group (where the catalog "
+                                     "lives)")
+        deadline = asyncio.get_running_loop().time() + cfg.join_timeout
+        while True:
+            try:
+                b = await self._fetch_catalog(-1, 0)
+                break
+            except errors.RaftSQLiteError as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise errors.Unavailable(f"cannot read the catalog through "
+                                             f"{', '.join(self.seeds)}: {e}") from None
+                await asyncio.sleep(0.3)
+        await self.cache.publish(b)
+        members = self.cache.current().groups.get(self.group, {}).get("members", {})
+        addrs = [m["http_addr"] for n, m in sorted(members.items())
+                 if n != cfg.node_id and m.get("http_addr")]
+        if addrs:
+            return tuple(addrs), False
+        return (), True
+
+    async def register_member(self, new_group):
+        """Record this node in the catalog (its group first, when it started one)."""
+        cfg = self.node.config
+        m = {"node_id": cfg.node_id, "raft_addr": cfg.raft_advertise,
+             "http_addr": cfg.http_advertise, "voter": cfg.voter}
+        ops_ = []
+        if new_group or self.group not in self.cache.current().groups:
+            ops_.append(("catalog.add_group", op_args({"group": self.group, "members": [m]})))
+        else:
+            ops_.append(("catalog.set_member", op_args(dict(m, group=self.group))))
+        deadline = asyncio.get_running_loop().time() + cfg.join_timeout
+        while True:
+            try:
+                res = await self.system(DEFAULT_GROUP, ops_)
+                if isinstance(res[0], dict) and res[0].get("error"):
+                    raise errors.BadRequest(res[0]["error"])
+                break
+            except (errors.Unavailable, errors.LeaderNotFound, errors.Timeout) as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise errors.Unavailable(f"could not register shard {self.group} in the "
+                                             f"catalog: {e}") from None
+                await asyncio.sleep(0.3)
+        await self.cache.refresh()
+        log.info("shard %s: %s registered in the catalog", self.group, cfg.node_id)
+
+    # ---- catalog transport ---------------------------------------------------------------
+    def catalog_sources(self):
+        cat = self.cache.current()
+        addrs = [m["http_addr"] for m in cat.groups.get(DEFAULT_GROUP, {}).get("members", {}).values()
+                 if m.get("http_addr")]
+        return addrs + [a for a in self.seeds if a not in addrs]
+
+    async def _fetch_catalog(self, after, timeout):
+        last = None
+        for a in self.catalog_sources():
+            try:
+                r = await self.client.request("GET", a, f"/shard/catalog?after={after}&poll={timeout}",
+                                              timeout=timeout + 5)
+            except errors.RaftSQLiteError as e:
+                last = e
+                continue
+            if r.status == 204:
+                return None
+            if r.status == 200:
+                return r.body
+            last = error_from(r.status, r.body)
+        raise last or errors.Unavailable("no node to fetch the catalog from")
+
+    async def serve_catalog(self, after, timeout):
+        """Bytes of a catalog newer than ``after``, or None after ``timeout``."""
+        cat = self.cache.current()
+        if after < 0 or cat.version > after:
+            return cat.to_bytes()
+        c = await self.cache.wait_newer(after, timeout) if timeout > 0 else None
+        return c.to_bytes() if c is not None else None
+
+    # ---- proposing to groups -------------------------------------------------------------
+    def group_addrs(self, group):
+        cat = self.cache.current()
+        members = cat.groups.get(group, {}).get("members", {})
+        addrs = [m["http_addr"] for _, m in sorted(members.items()) if m.get("http_addr")]
+        if group == self.group:
+            # our own group: its leader as we know it (a follower's own endpoint would
+            # only forward there)
+            lead = self.node.store.leader()
+            first = lead.http_addr if lead is not None and lead.http_addr else self.node.config.http_advertise
+            addrs = [first] + [a for a in addrs if a != first]
+        if group == DEFAULT_GROUP:
+            addrs += [a for a in self.seeds if a not in addrs]
+        lead = self.executor.leaders.get(group)
+        if lead in addrs:
+            addrs.remove(lead)
+            addrs.insert(0, lead)
+        if not addrs:
+            raise errors.Unavailable(f"group {group!r} has no known member; GET /shards "
+                                     "lists groups and members")
+        return addrs
+
+    async def post_group(self, group, path, body, ctype="application/json"):
+        """POST to a member of ``group`` (it forwards to its leader); the answer, or the
+        error it carried. Unreachable members are skipped."""
+        last = None
+        for a in self.group_addrs(group):
+            try:
+                r = await self.client.request("POST", a, path, body=body,
+                                              headers={"Content-Type": ctype})
+            except errors.Unreachable as e:
+                last = e
+                self.executor.counts["remote_retries"] += 1
+                continue
+            if r.status == 200:
+                served = r.headers.get("X-RQLITE-SERVED-BY")
+                self.executor.leaders[group] = served or a
+                return r
+            exc = error_from(r.status, r.body)
+            if isinstance(exc, (errors.LeaderNotFound, errors.Unavailable)) and \
+                    not isinstance(exc, (errors.Moved, errors.Fenced)):
+                last = exc
+                continue
+            raise exc
+        raise last or errors.Unavailable(f"no member of group {group!r} answered")
+
+    async def system(self, group, ops):
+        """Propose SYSTEM ops in ``group`` -> one result per op."""
+        ops = [(n, bytes(a)) for n, a in ops]
+        if group == self.group and self.node.store.is_leader():
+            return (await self.node.store.system(ops))["results"]
+        body = orjson.dumps({"ops": [[n, base64.b64encode(a).decode()] for n, a in ops]})
+        r = await self.post_group(group, "/shard/system", body)
+        return orjson.loads(r.body)["results"]
+
+    async def catalog_op(self, name, args_bytes):
+        """One catalog op through the default group; raises BadRequest when it failed;
+        returns its result once this node's router holds the new catalog."""
+        res = (await self.system(DEFAULT_GROUP, [(name, args_bytes)]))[0]
+        if isinstance(res, dict) and res.get("error"):
+            raise errors.BadRequest(res["error"])
+        await self.cache.refresh()
+        return res
+
+    async def push_ownership(self, group, cat=None):
+        """Make ``group`` hold what ``cat`` (default: the current catalog) says it owns."""
+        cat = cat or self.cache.current()
+        res = await self.system(group, [("own.set_all", op_args(
+            {"group": group, "cols": cat.ownership_for(group)}))])
+        self.counts["own_pushes"] += 1
+        if isinstance(res[0], dict) and res[0].get("error"):
+            raise errors.Unavailable(f"ownership push to {group} failed: {res[0]['error']}")
+
+    def stats(self):
+        return {"group": self.group, "catalog": self.cache.stats(), "router": self.router.stats(),
+                "executor": self.executor.stats(), **self.counts,
+                "ownership": self.shard.load(self.node.db.read_internal).stats()}
+
+
+def _needs_push(have, want):
+    """Whether the shard's replicated view lags the catalog's ``ownership_for``."""
+    if set(have.cols) - set(want):
+        return True
+    for c, w in want.items():
+        h = have.cols.get(c)
+        if h is None or w["epoch"] > h["epoch"]:
+            return True
+        if w["epoch"] == h["epoch"] and (
+                sorted(str(t).lower() for t in w["tables"]) != h["tables"]
+                or [list(r) for r in w["ranges"]] != [[s, ks.end_to_json(e)] for s, e in h["ranges"]]):
+            return True
+    return False
+
+
+__all__ = ["ShardingService", "NodeGroupExecutor", "RouterSQL", "error_from", "dump_results",
+           "load_results"]

@@ -1,0 +1,271 @@
+"""Sharding on real processes: a default group and two shard groups (one member each),
+set up through the seed's API exactly as its README shows it, checked against one plain
+SQLite file; stale routers; refusals."""
+import asyncio
+import os
+import sqlite3
+import sys
+import time
+
+import pytest
+
+from raftsqlite.sharding.local import LocalCluster, http, q
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "unit"))
+from sharding_env import ORDERS, USERS, norm_rows  # noqa: E402
+from test_sharding_diff import corpus  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _stmt(sql, params):
+    if params is None:
+        return [sql]
+    if isinstance(params, dict):
+        return [sql, params]
+    return [sql] + list(params)
+
+
+def execute(addr, statements, **flags):
+    st, body = http("POST", addr, "/db/execute" + ("?" + "&".join(f"{k}={v}" for k, v in flags.items())
+                                                   if flags else ""), statements)
+    assert st == 200, body
+    return body["results"]
+
+
+def query(addr, statements, **flags):
+    path = "/db/query" + ("?" + "&".join(f"{k}={v}" for k, v in flags.items()) if flags else "")
+    st, body = http("POST", addr, path, statements)
+    return st, body
+
+
+def count(addr, table, shard):
+    st, body = query(addr, [[f"SELECT COUNT(*) FROM {table}"]], shard_id=shard)
+    assert st == 200, body
+    return body["results"][0]["values"][0][0]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cl = LocalCluster(str(tmp_path_factory.mktemp("sharded")))
+    cl.start()
+    try:
+        yield cl
+    finally:
+        cl.stop()
+
+
+@pytest.fixture(scope="module")
+def loaded(cluster):
+    """users + orders (colocated) registered, spread over shard1 and shard2 and loaded;
+    the same rows in one plain SQLite file."""
+    d = cluster.addrs["default"]
+    execute(d, [[USERS], [ORDERS]])
+    for body in ({"table_name": "users", "shard_key": "id", "shard_func": "hash"},
+                 {"table_name": "orders", "shard_key": "user_id", "shard_func": "hash",
+                  "colocate_with": "users"}):
+        st, res = http("POST", d, "/table/register", body)
+        assert st == 200, res
+    for s in ("shard1", "shard2"):
+        st, res = http("POST", d, "/table/add-to-shard", {"table_name": "users", "shard_id": s})
+        assert st == 200, res
+    st, plan = http("POST", d, "/table/rebalance", {"table_name": "users"})
+    assert st == 200 and plan["status"] == "applied", plan
+    import random
+    from sharding_env import CITIES, NAMES
+    rnd = random.Random(1)
+    users = [(i * 7 - 300, rnd.choice(NAMES), rnd.choice([None] + list(range(15, 70))),
+              rnd.choice(CITIES), round(rnd.uniform(0, 100), 2) if rnd.random() > 0.1 else None)
+             for i in range(1, 241)]
+    orders = [(j, rnd.choice(users)[0], rnd.randint(1, 500), rnd.choice(["new", "paid", "sent"]))
+              for j in range(1, 601)]
+    plain = sqlite3.connect(":memory:", isolation_level=None)
+    plain.execute(USERS)
+    plain.execute(ORDERS)
+    # load through a shard node's router too: every node routes
+    entry = [d, cluster.addrs["shard1"], cluster.addrs["shard2"]]
+    for b in range(0, len(users), 40):
+        rows = users[b:b + 40]
+        sql = "INSERT INTO users (id, name, age, city, score) VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows))
+        params = [v for r in rows for v in r]
+        plain.execute(sql, params)
+        res = execute(entry[b // 40 % 3], [[sql] + params])
+        assert "error" not in res[0], res
+    for b in range(0, len(orders), 100):
+        rows = orders[b:b + 100]
+        sql = "INSERT INTO orders (order_id, user_id, amount, status) VALUES " + ", ".join(["(?, ?, ?, ?)"] * len(rows))
+        params = [v for r in rows for v in r]
+        plain.execute(sql, params)
+        assert "error" not in execute(d, [[sql] + params])[0]
+    return cluster, plain, users, orders
+
+
+def test_rows_live_on_their_owners(loaded):
+    """Invariant: every row is on exactly one shard, both shards hold some, the default
+    group holds none of a registered table."""
+    cl, plain, users, orders = loaded
+    d = cl.addrs["default"]
+    n1, n2 = count(d, "users", "shard1"), count(d, "users", "shard2")
+    assert n1 > 0 and n2 > 0 and n1 + n2 == len(users)
+    assert count(d, "users", "default") == 0
+    assert count(d, "orders", "shard1") + count(d, "orders", "shard2") == len(orders)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_differential_corpus_real_cluster(loaded, seed):
+    """Invariant: every corpus query answered by the real sharded cluster (through the
+    default node's and a shard node's router) equals the plain SQLite file's answer."""
+    cl, plain, users, orders = loaded
+    entry = [cl.addrs["default"], cl.addrs["shard2"]]
+    for i, (sql, params, ordered) in enumerate(corpus(users, orders, seed)):
+        cur = plain.execute(sql, params if params is not None else ())
+        want_cols = [x[0] for x in cur.description]
+        want = cur.fetchall()
+        st, body = query(entry[i % 2], [_stmt(sql, params)])
+        assert st == 200, (sql, body)
+        got = body["results"][0]
+        assert "error" not in got, (sql, got)
+        assert got["columns"] == want_cols, sql
+        assert norm_rows(got.get("values", []), ordered) == norm_rows(want, ordered), sql
+
+
+def test_seed_readme_examples(loaded):
+    """Invariant: the seed README's auto_route calls work as written (curl's
+    ``-d '{json}' -d auto_route=true`` body included) and land on the owning shard."""
+    cl, *_ = loaded
+    d = cl.addrs["default"]
+    st, res = http("POST", d, "/execute?", b'{"query":"INSERT INTO users (id, name, city) VALUES (?, ?, ?)", '
+                   b'"args":["456000", "Jane Doe", "Oslo"]}&auto_route=true')
+    assert st == 200 and res["rows_affected"] == 1, res
+    st, rows = http("GET", d, "/query" + q("SELECT id, name FROM users WHERE id=456000", auto_route="true"))
+    assert st == 200 and rows == [{"id": 456000, "name": "Jane Doe"}], rows
+    st, plan = http("GET", d, "/table/explain" + q("SELECT * FROM users WHERE id=456000"))
+    owner = plan["shards"][0]
+    other = "shard2" if owner == "shard1" else "shard1"
+    st, b = query(d, [["SELECT COUNT(*) FROM users WHERE id = 456000"]], shard_id=owner)
+    assert b["results"][0]["values"] == [[1]]
+    st, b = query(d, [["SELECT COUNT(*) FROM users WHERE id = 456000"]], shard_id=other)
+    assert b["results"][0]["values"] == [[0]]
+    execute(d, [["DELETE FROM users WHERE id = 456000"]])
+    st, tables = http("GET", cl.addrs["shard1"], "/tables")
+    assert {t["table_name"] for t in tables["tables"]} == {"users", "orders"}
+    st, shards = http("GET", cl.addrs["shard2"], "/shards")
+    assert {g["group"]: g["health"] for g in shards["shards"]} == {
+        "default": "ok", "shard1": "ok", "shard2": "ok"}
+
+
+def _snapshot(cl):
+    d = cl.addrs["default"]
+    return {g: (count(d, "users", g), count(d, "orders", g)) for g in ("default", "shard1", "shard2")}
+
+
+def test_refusals_are_clear_and_change_nothing(loaded):
+    """Invariant: each refused request gets a 4xx with a message saying why and what to
+    do, and no group's data or the catalog changes."""
+    cl, *_ = loaded
+    d = cl.addrs["default"]
+    before = _snapshot(cl)
+    st, cat_before = http("GET", d, "/tables")
+    execute(d, [["CREATE TABLE legacy (id INTEGER PRIMARY KEY, v TEXT)"], ["INSERT INTO legacy VALUES (1, 'x')"]])
+    cases = [
+        ("POST", "/table/register", {"table_name": "legacy", "shard_key": "id"}, "already has rows"),
+        ("POST", "/table/register", {"table_name": "users2"}, "shard_key"),
+        ("POST", "/table/add-to-shard", {"table_name": "users", "shard_id": "nope"}, "nope"),
+        ("POST", "/db/execute?transaction", [["INSERT INTO users (id, name) VALUES (1000001, 'a')"],
+                                             ["INSERT INTO users (id, name) VALUES (1000002, 'b')"],
+                                             ["INSERT INTO users (id, name) VALUES (1000003, 'c')"],
+                                             ["INSERT INTO users (id, name) VALUES (1000004, 'd')"]],
+         "one shard"),
+        ("POST", "/db/execute", [["UPDATE users SET id = id + 1 WHERE age > 30"]], "shard key"),
+        ("POST", "/db/query", [["SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)"]], "What to do"),
+        ("POST", "/db/query?shard_id=nowhere", [["SELECT 1"]], "nowhere"),
+    ]
+    for method, path, body, needle in cases:
+        st, res = http(method, d, path, body)
+        assert 400 <= st < 500, (path, body, st, res)
+        assert needle.lower() in res["error"].lower(), (path, res)
+    assert _snapshot(cl) == before
+    st, cat_after = http("GET", d, "/tables")
+    assert cat_after == cat_before
+
+
+def test_stale_router_write_is_rejected_and_retried(loaded):
+    """Invariant: a router whose catalog predates an ownership change sends a write to
+    the old owner; the shard refuses it (Moved) before anything runs; the router
+    refreshes and writes to the new owner; the row exists exactly once."""
+    cl, *_ = loaded
+    d = cl.addrs["default"]
+    execute(d, [["CREATE TABLE events (k INTEGER PRIMARY KEY, v TEXT)"]])
+    for path, body in (("/table/register", {"table_name": "events", "shard_key": "k"}),
+                       ("/table/add-to-shard", {"table_name": "events", "shard_id": "shard1"})):
+        st, res = http("POST", d, path, body)
+        assert st == 200, res
+    from raftsqlite.sharding.catalog import Catalog
+    from raftsqlite.sharding.cache import CatalogCache
+    from raftsqlite.sharding.router import Router
+    from raftsqlite.sharding import keyspace as ks
+    import urllib.request
+    stale = urllib.request.urlopen(f"http://{d}/shard/catalog?after=-1").read()
+    # shard2 joins the table and takes half of the (empty) keyspace: epoch changes
+    for path, body in (("/table/add-to-shard", {"table_name": "events", "shard_id": "shard2"}),
+                       ("/table/rebalance", {"table_name": "events"})):
+        st, res = http("POST", d, path, body)
+        assert st == 200, res
+    fresh = Catalog.from_bytes(urllib.request.urlopen(f"http://{d}/shard/catalog?after=-1").read())
+    key = next(k for k in range(1, 1000) if fresh.owner_of("events", ks.key_id(k, "hash", "integer")) == "shard2")
+    assert Catalog.from_bytes(stale).owner_of("events", ks.key_id(key, "hash", "integer")) == "shard1"
+
+    async def scenario():
+        from raftsqlite.client import Client
+        from raftsqlite.codec import encode_command
+        from raftsqlite.codec.model import Command, CommandType, Request
+        from raftsqlite.sharding.service import error_from, load_results
+        client = Client()
+
+        class Exec:
+            calls = []
+
+            async def execute(self, group, statements, *, transaction=False, guard=None):
+                self.calls.append(group)
+                body = encode_command(Command(CommandType.EXECUTE, [Request(statements, transaction, None, guard)]))
+                r = await client.request("POST", cl.addrs[group], "/shard/call?kind=execute", body=body)
+                if r.status != 200:
+                    raise error_from(r.status, r.body)
+                return load_results(r.body)
+
+        async def fetch(after, timeout):
+            r = await client.request("GET", d, f"/shard/catalog?after={after}&poll={timeout}")
+            return r.body if r.status == 200 else None
+        cache = CatalogCache(fetch=fetch, catalog=Catalog.from_bytes(stale))
+        ex = Exec()
+        router = Router(ex, cache)
+        try:
+            res = await router.execute([("INSERT INTO events (k, v) VALUES (?, ?)", [key, "once"])])
+        finally:
+            await client.close()
+        return res, ex.calls, router.counts
+    res, calls, counts = asyncio.run(scenario())
+    assert "error" not in res[0], res
+    assert calls == ["shard1", "shard2"], calls
+    assert counts["moved_retries"] == 1
+    assert count(d, "events", "shard1") == 0
+    assert count(d, "events", "shard2") == 1
+
+
+def test_node_router_learns_catalog_within_a_second(loaded):
+    """Invariant: a change made through one node reaches another node's router (long-poll)
+    within a second."""
+    cl, *_ = loaded
+    d, s2 = cl.addrs["default"], cl.addrs["shard2"]
+    execute(d, [["CREATE TABLE quick (id INTEGER PRIMARY KEY)"]])
+    st, res = http("POST", d, "/table/register", {"table_name": "quick", "shard_key": "id"})
+    assert st == 200, res
+    t0 = time.monotonic()
+    while True:
+        # unknown table: a default-group plan; registered (on no shard yet): refused
+        st, plan = http("GET", s2, "/table/explain" + q("SELECT * FROM quick WHERE id = 1"))
+        if st == 400 or "quick" in plan.get("tables", []):
+            break
+        assert time.monotonic() - t0 < 3.0, plan
+        time.sleep(0.05)
+    assert time.monotonic() - t0 < 1.5
