@@ -72,6 +72,10 @@ class SystemContext:
 
 
 class FSM:
+    # snapshot() copies from its own read transaction: the driver may call it on another
+    # thread while applies go on
+    snapshot_concurrent = True
+
     def __init__(self, db, *, dedup_keep=10_000, decode=None, fast_path=True):
         self.db = db
         self.fast_path = fast_path   # False: every statement through the reference path

@@ -589,12 +589,15 @@ class RaftNode:
         return {"index": res[0], "term": res[1]}
 
     async def _take_snapshot(self, raise_errors=False):
-        # The copy runs on the I/O executor, not the apply executor: fsm.snapshot copies
-        # from its own read transaction, so applies go on meanwhile (a 1 GB copy paused
-        # writes for 2-4 s when it ran on the apply thread).
+        # Our FSM copies from its own read transaction, so it runs on the I/O executor and
+        # applies go on meanwhile (a 1 GB copy paused writes for 2-4 s on the apply thread).
         try:
             tmp = os.path.join(self.log.snap_dir, "local.snap.tmp")
-            index, term = await self._in(self._io_exec, self.fsm.snapshot, tmp)
+            # A state machine that may be snapshotted beside its applies says so
+            # (``snapshot_concurrent``); any other is snapshotted on the apply executor.
+            ex = self._io_exec if getattr(self.fsm, "snapshot_concurrent", False) \
+                else self._apply_exec
+            index, term = await self._in(ex, self.fsm.snapshot, tmp)
             if index <= self.log.snapshot_meta().index:
                 # a snapshot received from the leader overtook ours meanwhile
                 await self._in(self._io_exec, _unlink_quiet, tmp)
