@@ -24,6 +24,14 @@ from raftsqlite.store import Store
 log = logging.getLogger("raftsqlite.node")
 
 
+# A node's election timeout is 1-2 s (20 ticks of 50 ms), not the engine's 0.5-1 s: a
+# Ready cycle sends nothing (heartbeats included) while its fdatasync runs, and on a
+# loaded machine a bulk load's fsyncs stalled past 1 s, so followers elected a new leader
+# under a healthy one. Failover after a real crash takes ~1 s longer. Override with
+# ``-raft-opt election_ticks=N``.
+NODE_ELECTION_TICKS = 20
+
+
 class Node:
     def __init__(self, config: NodeConfig):
         from raftsqlite.raft.config import RaftConfig
@@ -36,7 +44,8 @@ class Node:
         host, port = listen_addr(config.raft_addr)
         kw = dict(node_id=config.node_id, data_dir=config.raft_dir, raft_addr=f"{host}:{port}",
                   advertise_addr=config.raft_advertise, http_addr=config.http_advertise,
-                  fsync=config.fsync, snapshot_threshold=config.snapshot_threshold)
+                  fsync=config.fsync, snapshot_threshold=config.snapshot_threshold,
+                  election_ticks=NODE_ELECTION_TICKS)
         kw.update(dict(config.raft_overrides))
         try:
             self.raft_config = RaftConfig(**kw)

@@ -276,9 +276,21 @@ def rewrite_statements(statements, *, now=None, rng=None):
     now = time.time() if now is None else now
     rng = rng or _random.Random()
     out = []
+    append = out.append
+    same = None     # last text that needed no change: a bulk request repeats one text
     for st in statements:
-        sql = rewrite(st.sql, now=now, rng=rng)
-        out.append(st if sql is st.sql else Statement(sql, st.params))
+        text = st.sql
+        if text == same:
+            append(st)
+            continue
+        sql = rewrite(text, now=now, rng=rng)
+        if sql == text:
+            # nothing was rewritten (so no random or time literal was drawn) and the
+            # refusal checks passed: an equal text gives the same answer
+            same = text
+            append(st)
+        else:
+            append(Statement(sql, st.params))
     return out
 
 

@@ -321,17 +321,8 @@ class Store:
 
     def _leader_contact_age(self):
         """Seconds since this follower last heard from its leader, or None if unknown."""
-        contact = getattr(self.raft, "last_leader_contact", None)
-        if contact is not None:
-            return time.monotonic() - contact
-        # Until the driver exposes it: the core counts ticks since the leader's last
-        # message (reset by every append and heartbeat), so ticks x tick length is the age.
-        core = getattr(self.raft, "core", None)
-        ticks = getattr(core, "_election_elapsed", None)
-        tick = getattr(getattr(self.raft, "config", None), "tick_interval", None)
-        if ticks is None or tick is None:
-            return None
-        return ticks * tick
+        contact = self.raft.last_leader_contact
+        return None if contact is None else time.monotonic() - contact
 
     async def request(self, statements, *, transaction=False, request_id=None, level="weak",
                       freshness=None, freshness_strict=False, db_timeout=None, timeout=None):
@@ -364,7 +355,12 @@ class Store:
                     p = list(p)
                     st = Statement(st.sql, p)
                 if isinstance(p, list):
+                    lo, hi = _INT64
                     for v in p:
+                        t = type(v)
+                        if t is str or v is None or t is float or t is bytes or t is bool \
+                                or (t is int and lo <= v <= hi):
+                            continue
                         _check_value(v, i)
                 elif isinstance(p, dict):
                     for k, v in p.items():
@@ -441,13 +437,10 @@ class Store:
         except Exception as exc:
             raise self._map_error(exc) from None
 
-    async def snapshot(self):
-        """Take a snapshot now and compact the log."""
-        fn = getattr(self.raft, "snapshot", None) or getattr(self.raft, "take_snapshot", None) \
-            or getattr(self.raft, "_take_snapshot", None)   # until the driver has a public one
-        if fn is None:
-            raise RaftSQLiteError("this Raft engine cannot take snapshots on demand")
-        return await self._call(fn())
+    async def snapshot(self, timeout=None):
+        """Take a snapshot now and compact the log. -> {"index", "term"}, or False when
+        nothing was applied since the last snapshot."""
+        return await self._call(self.raft.snapshot(timeout=timeout or 300.0))
 
     # ---- backup and load --------------------------------------------------------------
     async def backup(self, path=None, *, fmt="binary", tables=None):

@@ -20,8 +20,9 @@ class Store(Protocol):
     async def query(self, statements, *, level="weak", freshness=None, freshness_strict=False,
                     transaction=False, db_timeout=None, timeout=None) -> dict: ...
 
-    async def request(self, statements, *, transaction=False, level="weak", freshness=None,
-                      freshness_strict=False, db_timeout=None, timeout=None) -> dict: ...
+    async def request(self, statements, *, transaction=False, request_id=None, level="weak",
+                      freshness=None, freshness_strict=False, db_timeout=None,
+                      timeout=None) -> dict: ...
 
     async def join(self, node_id, raft_addr, http_addr, voter=True) -> Any: ...
 
@@ -117,6 +118,7 @@ class StoreSQL:
     async def execute(self, statements, p):
         return await self.store.execute(
             statements, transaction=bool(p is not None and p.transaction),
+            request_id=getattr(p, "request_id", None),
             timeout=p.timeout if p is not None else None)
 
     async def query(self, statements, p, level):
@@ -130,5 +132,6 @@ class StoreSQL:
 
     async def request(self, statements, p, level):
         return await self.store.request(
-            statements, transaction=p.transaction, level=level, freshness=p.freshness,
+            statements, transaction=p.transaction, request_id=getattr(p, "request_id", None),
+            level=level, freshness=p.freshness,
             freshness_strict=p.freshness_strict, db_timeout=p.db_timeout, timeout=p.timeout)

@@ -62,6 +62,9 @@ def forward_headers(request):
     ct = request.headers.get("content-type")
     if ct:
         h["Content-Type"] = ct
+    rid = request.headers.get("x-request-id")
+    if rid:
+        h["X-Request-Id"] = rid   # the leader must see the same id to deduplicate
     return h
 
 

@@ -30,6 +30,8 @@ PRESENCE_FLAGS = (
 )
 
 MAX_DURATION = 86400.0
+MAX_REQUEST_ID = 256
+REQUEST_ID_HEADER = "x-request-id"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
          "m": 60.0, "h": 3600.0}
@@ -66,7 +68,8 @@ class QueryParams:
 
     __slots__ = PRESENCE_FLAGS + (
         "level", "freshness", "timeout", "db_timeout", "q", "ver", "fmt", "tables", "key",
-        "retries", "auto_route", "shard_id", "query_string", "raw", "linearizable_timeout")
+        "retries", "auto_route", "shard_id", "query_string", "raw", "linearizable_timeout",
+        "request_id")
 
     def __init__(self, query_string=""):
         self.query_string = query_string
@@ -122,6 +125,21 @@ class QueryParams:
         self.auto_route = ar is not None and ar.strip().lower() not in ("false", "0", "no", "off")
         sid = raw.get("shard_id")
         self.shard_id = sid.strip() if sid and sid.strip() else None
+        self.request_id = None
+        self.set_request_id(raw.get("request_id"))
+
+    def set_request_id(self, rid):
+        """A client's id for a write (``request_id`` query parameter or ``X-Request-Id``
+        header; the parameter wins): a retried write with the same id is applied once and
+        answers with its first result. 1-256 bytes of UTF-8."""
+        if rid is None or self.request_id is not None:
+            return
+        rid = rid.strip()
+        if not rid:
+            return
+        if len(rid.encode("utf-8", "surrogatepass")) > MAX_REQUEST_ID:
+            raise errors.BadRequest(f"request_id is too long (at most {MAX_REQUEST_ID} bytes)")
+        self.request_id = rid
 
     def apply_form_flags(self, flags):
         """Flags that came in the body's trailing form part (the seed's README)."""

@@ -16,7 +16,7 @@ from sanic.response import HTTPResponse
 from raftsqlite import errors
 from raftsqlite.http import forward as fwd
 from raftsqlite.http import wire
-from raftsqlite.http.params import QueryParams, request_statements
+from raftsqlite.http.params import REQUEST_ID_HEADER, QueryParams, request_statements
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 CHUNK = 1 << 20
@@ -70,6 +70,7 @@ def blueprint():
         ctx.counters["executions"] += 1
         if p.queue:
             return await _queued(request, p, started)
+        p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
         stmts = request_statements(request, ctx.settings.max_statements)
         res = await fwd.on_leader(request, p, lambda: ctx.sql.execute(stmts, p))
         if isinstance(res, HTTPResponse):
@@ -95,6 +96,7 @@ def blueprint():
         ctx = request.app.ctx
         p = QueryParams(request.query_string)
         ctx.counters["requests"] += 1
+        p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
         stmts = request_statements(request, ctx.settings.max_statements)
         level = resolve_level(ctx, p.level)
         res = await fwd.on_leader(request, p, lambda: ctx.sql.request(stmts, p, level))
@@ -197,7 +199,13 @@ async def _spool(request, fd):
                 data, buf, size = b"".join(buf), [], 0
                 await loop.run_in_executor(None, f.write, data)
         if bad is None and len(head) < 16 and not head.startswith(SQLITE_MAGIC[:len(head)]):
-            bad = _check_text(codecs.getincrementaldecoder("utf-8")(), head)
+            short = codecs.getincrementaldecoder("utf-8")()
+            bad = _check_text(short, head)
+            if bad is None:
+                try:
+                    short.decode(b"", final=True)   # a short body cut inside a character
+                except UnicodeDecodeError:
+                    bad = "it ends inside a UTF-8 character"
         if bad is None and text_check is not None:
             try:
                 text_check.decode(b"", final=True)

@@ -14,7 +14,8 @@ from sanic.response import HTTPResponse
 from raftsqlite import errors
 from raftsqlite.http import forward as fwd
 from raftsqlite.http import wire
-from raftsqlite.http.params import QueryParams, parse_seed_execute, request_statements
+from raftsqlite.http.params import (REQUEST_ID_HEADER, QueryParams, parse_seed_execute,
+                                     request_statements)
 from raftsqlite.http.rqlite import resolve_level
 
 
@@ -38,6 +39,7 @@ def blueprint():
         stmts, flags = parse_seed_execute(request.body, ctx.settings.max_statements)
         if flags:
             p.apply_form_flags(flags)
+        p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
         res = await fwd.on_leader(request, p, lambda: ctx.sql.execute(stmts, p))
         if isinstance(res, HTTPResponse):
             return res

@@ -70,6 +70,7 @@ class RaftNode:
         self._apply_queued = 0      # last index handed to the apply executor
         self._snap_index = 0
         self._snapshotting = False
+        self._leader_contact = None  # time.monotonic() of the last message from the leader
         self._compact_req = None
         self._streams = {}          # peer -> task streaming a snapshot
         self._recv = {}             # peer -> _SnapRecv
@@ -222,6 +223,15 @@ class RaftNode:
     @property
     def last_snapshot_index(self):
         return self.log.snapshot_meta().index
+
+    @property
+    def last_leader_contact(self):
+        """``time.monotonic()`` when this member last heard from the leader it follows
+        (any message from it), or None if it never has. On the leader: now. Reads with
+        ``freshness`` compare against it."""
+        if self.core is not None and self.core.role == Role.LEADER:
+            return time.monotonic()
+        return self._leader_contact
 
     def _not_leader(self):
         lid = self.core.leader
@@ -379,6 +389,8 @@ class RaftNode:
             return
         try:
             self.core.step(msg)
+            if msg.frm == self.core.leader:
+                self._leader_contact = time.monotonic()
         except errors.RaftSQLiteError as e:
             log.debug("step %s from %s: %s", t, msg.frm, e)
         except Exception:
@@ -557,10 +569,43 @@ class RaftNode:
 
     # ---- snapshots -------------------------------------------------------------------------
 
-    async def _take_snapshot(self):
+    async def snapshot(self, timeout=60.0):
+        """Take a snapshot now and compact the log (on demand; the threshold does the same
+        by itself). -> {"index", "term"} of the snapshot, or False when nothing was
+        applied since the last one. A snapshot already being taken is waited for first."""
+        if not self._running:
+            raise errors.Unavailable("raft node is not running")
+        deadline = self._loop.time() + timeout
+        while self._snapshotting:
+            if self._loop.time() > deadline:
+                raise errors.Timeout("a snapshot in progress did not finish in time")
+            await asyncio.sleep(0.01)
+        if self._applied <= self._snap_index:
+            return False
+        self._snapshotting = True
+        res = await self._take_snapshot(raise_errors=True)
+        if not res:
+            return False
+        # the log is compacted between two Ready cycles; answer once it is
+        await self._until(lambda: self.log.snapshot_meta().index >= res[0],
+                          max(1.0, deadline - self._loop.time()),
+                          errors.Timeout("snapshot taken but the log was not compacted in time"))
+        return {"index": res[0], "term": res[1]}
+
+    async def _take_snapshot(self, raise_errors=False):
+        # Our FSM copies from its own read transaction, so it runs on the I/O executor and
+        # applies go on meanwhile (a 1 GB copy paused writes for 2-4 s on the apply thread).
         try:
             tmp = os.path.join(self.log.snap_dir, "local.snap.tmp")
-            index, term = await self._in(self._apply_exec, self.fsm.snapshot, tmp)
+            # A state machine that may be snapshotted beside its applies says so
+            # (``snapshot_concurrent``); any other is snapshotted on the apply executor.
+            ex = self._io_exec if getattr(self.fsm, "snapshot_concurrent", False) \
+                else self._apply_exec
+            index, term = await self._in(ex, self.fsm.snapshot, tmp)
+            if index <= self.log.snapshot_meta().index:
+                # a snapshot received from the leader overtook ours meanwhile
+                await self._in(self._io_exec, _unlink_quiet, tmp)
+                return None
             path = self.log.snapshot_path(index, term)
 
             def publish():
@@ -569,13 +614,17 @@ class RaftNode:
                     fsync_dir(self.log.snap_dir)
             await self._in(self._io_exec, publish)
             meta = SnapshotMeta(index, term, self.core.members_at(index))
-            self._snap_index = index
+            self._snap_index = max(self._snap_index, index)
             keep = max(1, index - self.config.snapshot_trailing + 1)
             self._compact_req = (meta, keep)
             self._stats["snapshots_taken"] += 1
             self._wake.set()
+            return index, term
         except Exception:
+            if raise_errors:
+                raise
             log.exception("taking a snapshot failed")
+            return None
         finally:
             self._snapshotting = False
 
@@ -705,3 +754,10 @@ class RaftNode:
             for f in heapq.heappop(rw)[2]:
                 if not f.done():
                     f.set_result(None)
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -165,8 +165,25 @@ class RouterSQL:
 
     async def execute(self, statements, p):
         tx = bool(p is not None and p.transaction)
-        res = await self.router.execute(statements, transaction=tx, shard_id=self._shard(p))
+        sid = self._shard(p)
+        rid = getattr(p, "request_id", None)
+        if rid and sid is None and self.svc.is_default and self._all_default(statements):
+            # A client request id makes a retry idempotent; it is kept only for a request
+            # that goes unchanged, as one request, to the default group: straight to this
+            # node's store, which raises NotLeader on a follower so the HTTP layer
+            # forwards the original request (id included). Routed writes ignore it.
+            return await self.svc.node.store.execute(statements, transaction=tx,
+                                                     request_id=rid, timeout=p.timeout)
+        res = await self.router.execute(statements, transaction=tx, shard_id=sid)
         return {"results": res}
+
+    def _all_default(self, statements):
+        try:
+            cat = self.svc.cache.current()
+            return all(self.router.planner.plan(getattr(st, "sql", st), cat).kind == "default"
+                       for st in statements)
+        except errors.RaftSQLiteError:
+            return False
 
     async def query(self, statements, p, level):
         opts = {"level": level}

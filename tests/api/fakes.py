@@ -110,7 +110,7 @@ class FakeStore:
 
     async def execute(self, statements, *, transaction=False, request_id=None, timeout=None):
         await self._pre("execute", {"n": len(statements), "transaction": transaction,
-                                    "timeout": timeout})
+                                    "timeout": timeout, "request_id": request_id})
         self._need_leader()
         res = self._run(statements, transaction)
         self.cluster.raft_index += 1
@@ -127,9 +127,9 @@ class FakeStore:
             raise errors.StaleRead("stale read")
         return {"results": self._run(statements, transaction)}
 
-    async def request(self, statements, *, transaction=False, level="weak", freshness=None,
-                      freshness_strict=False, db_timeout=None, timeout=None):
-        await self._pre("request", {"level": level})
+    async def request(self, statements, *, transaction=False, request_id=None, level="weak",
+                      freshness=None, freshness_strict=False, db_timeout=None, timeout=None):
+        await self._pre("request", {"level": level, "request_id": request_id})
         self._need_leader()
         self.cluster.raft_index += 1
         return {"results": self._run(statements, transaction),

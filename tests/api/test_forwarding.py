@@ -138,3 +138,28 @@ def test_load_redirect_before_upload(trio):
     r = follower.http.post("/db/load?redirect", "CREATE TABLE z (x);")
     assert r.status == 301 and r.headers["location"] == f"http://{leader.addr}/db/load?redirect"
     assert not any(c[0] == "load" for c in follower.store.calls + leader.store.calls)
+
+
+def test_request_id_reaches_the_store_through_a_follower(trio):
+    """Invariant: the client's request id (``request_id`` parameter, else ``X-Request-Id``
+    header) reaches the leader's store unchanged, also when a follower forwards it; the
+    parameter wins over the header; an over-long id is a 400 and nothing runs."""
+    leader = trio[0]
+    follower = trio[1].http
+    r = follower.post("/db/execute?request_id=abc", [["INSERT INTO t(v) VALUES (?)", 1]])
+    assert r.status == 200, r
+    assert leader.store.calls[-1] == ("execute", {"n": 1, "transaction": False,
+                                                  "timeout": None, "request_id": "abc"})
+    r = follower.post("/db/execute", [["INSERT INTO t(v) VALUES (?)", 2]],
+                      headers={"X-Request-Id": "hdr-1"})
+    assert r.status == 200 and leader.store.calls[-1][1]["request_id"] == "hdr-1"
+    r = leader.http.post("/db/execute?request_id=p", ["INSERT INTO t(v) VALUES (3)"],
+                         headers={"X-Request-Id": "h"})
+    assert r.status == 200 and leader.store.calls[-1][1]["request_id"] == "p"
+    r = leader.http.post("/db/request", ["INSERT INTO t(v) VALUES (4)"],
+                         headers={"X-Request-Id": "req-4"})
+    assert r.status == 200 and leader.store.calls[-1][1]["request_id"] == "req-4"
+    n = len(leader.store.calls)
+    r = leader.http.post("/db/execute?request_id=" + "x" * 300, ["INSERT INTO t(v) VALUES (5)"])
+    assert r.status == 400 and "request_id" in r.json()["error"]
+    assert len(leader.store.calls) == n

@@ -182,3 +182,10 @@ def test_large_load_is_streamed_not_buffered(single):
     grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert seen == {"size": len(chunk) * n, "fmt": "sql"}
     assert grew_mb < 50, f"memory high-water grew {grew_mb:.0f} MB for a {n} MB body"
+
+
+def test_short_load_body_cut_inside_a_character_is_400(single):
+    """Invariant: a /db/load body shorter than a SQLite header that ends inside a UTF-8
+    character is refused as not SQL text (400), never a 500."""
+    r = single.http.post("/db/load", b"\xc2", headers={"Content-Type": "application/json"})
+    assert r.status == 400 and "UTF-8" in r.json()["error"], r

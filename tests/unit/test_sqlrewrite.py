@@ -6,6 +6,7 @@ import pytest
 
 from raftsqlite.db import Database
 from raftsqlite.errors import StatementRefused
+from raftsqlite import sqlrewrite
 from raftsqlite.sqlrewrite import check, is_read_only, rewrite
 
 NOW = 1764140985.25
@@ -132,3 +133,17 @@ def test_random_literal_is_int64():
     for seed in range(50):
         v = int(re.search(r"-?\d+", rw("SELECT random()", seed)).group())
         assert -(1 << 63) <= v < (1 << 63)
+
+
+def test_repeated_texts_in_one_request():
+    """Invariant: skipping the work for a repeated unchanged text never skips a rewrite
+    or a refusal: each random() of a repeated text gets its own literal, and a refused
+    text is refused even after an accepted one."""
+    from raftsqlite.codec.model import Statement
+    plain = [Statement("INSERT INTO t VALUES (?)", [i]) for i in range(5)]
+    assert all(a is b for a, b in zip(sqlrewrite.rewrite_statements(plain), plain))
+    rnd = [Statement("INSERT INTO t VALUES (random())") for _ in range(5)]
+    out = sqlrewrite.rewrite_statements(rnd, rng=random.Random(1))
+    assert len({s.sql for s in out}) == 5 and all("random" not in s.sql for s in out)
+    with pytest.raises(StatementRefused):
+        sqlrewrite.rewrite_statements(plain + [Statement("ATTACH 'x' AS y")])

@@ -1,0 +1,135 @@
+"""fsm.py fast path for runs of identical SQL: results and database contents identical to
+the statement-at-a-time reference path (a differential test)."""
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from raftsqlite.codec import encode_command
+from raftsqlite.codec.model import Command, CommandType, Entry, EntryType, Request, Statement
+from raftsqlite.db import Database
+from raftsqlite.fsm import FSM
+
+SCHEMA = [
+    "CREATE TABLE t (id INTEGER PRIMARY KEY, k INTEGER UNIQUE, v TEXT NOT NULL)",
+    "CREATE TABLE log (n INTEGER)",
+    "CREATE TRIGGER tr AFTER INSERT ON t WHEN new.k % 7 = 0 BEGIN "
+    "INSERT INTO log VALUES (new.k); END",
+    "CREATE TABLE rb (k INTEGER PRIMARY KEY ON CONFLICT ROLLBACK)",
+]
+
+# Statement texts: the same text repeats with different parameters, which is what the
+# fast path groups. Some fail on some rows (UNIQUE, NOT NULL, bad bindings), one returns
+# rows (RETURNING), one changes nothing, one fires a trigger, one ends the transaction.
+TEXTS = [
+    ("INSERT INTO t(k, v) VALUES (?, ?)", 2),
+    ("INSERT OR IGNORE INTO t(k, v) VALUES (?, ?)", 2),
+    ("UPDATE t SET v = ? WHERE k = ?", 2),
+    ("DELETE FROM t WHERE k = ?", 1),
+    ("INSERT INTO t(k, v) VALUES (?, ?) RETURNING id", 2),
+    ("INSERT INTO t(k, v) VALUES (:k, :v)", "named"),
+    ("SELECT count(*) FROM t WHERE k > ?", 1),
+    ("INSERT INTO rb VALUES (?)", 1),
+    ("INSERT INTO _raftsqlite_meta VALUES (?, ?)", 2),
+]
+
+values = hs.one_of(hs.none(), hs.integers(0, 30), hs.sampled_from(["a", "b", ""]))
+
+
+@hs.composite
+def statement(draw, text=None):
+    sql, arity = TEXTS[draw(hs.integers(0, len(TEXTS) - 1))] if text is None else text
+    if arity == "named":
+        params = {"k": draw(values), "v": draw(values)}
+        if draw(hs.integers(0, 9)) == 0:
+            params.pop("v")        # a missing name: a binding error for this row only
+    else:
+        params = [draw(values) for _ in range(arity)]
+        if draw(hs.integers(0, 19)) == 0:
+            params.append(1)        # wrong count: a binding error for this row only
+    return Statement(sql, params)
+
+
+@hs.composite
+def request(draw):
+    # mostly long runs of one text, sometimes mixed texts
+    text = TEXTS[draw(hs.integers(0, len(TEXTS) - 1))]
+    runs = draw(hs.lists(hs.tuples(hs.booleans(), hs.integers(1, 12)), min_size=1, max_size=4))
+    stmts = []
+    for same, n in runs:
+        for _ in range(n):
+            stmts.append(draw(statement(text if same else None)))
+    return Request(stmts, transaction=draw(hs.booleans()))
+
+
+def _entry(index, reqs):
+    return Entry(1, index, EntryType.NORMAL,
+                 encode_command(Command(CommandType.EXECUTE, reqs)))
+
+
+def _strip(results):
+    """Timings differ between runs; everything else must not."""
+    out = []
+    for r in results:
+        if r is None:
+            out.append(None)
+            continue
+        out.append({k: ([[{a: b for a, b in s.items() if a != "time"} for s in rq]
+                          for rq in v] if k == "results" else v) for k, v in r.items()})
+    return out
+
+
+def _dump(db):
+    rows = []
+    for t in ("t", "log", "rb"):
+        rows.append(db.read([(f"SELECT * FROM {t} ORDER BY 1", None)])[0]["values"])
+    return rows
+
+
+def _run(path, fast, batches):
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    db = Database(path)
+    try:
+        fsm = FSM(db, fast_path=fast)
+        fsm.apply([_entry(1, [Request([Statement(s) for s in SCHEMA])])])
+        out = []
+        for i, reqs in enumerate(batches):
+            out.append(_strip(fsm.apply([_entry(i + 2, reqs)])))
+        return out, _dump(db), fsm.counters["txn_reruns"]
+    finally:
+        db.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(batches=hs.lists(hs.lists(request(), min_size=1, max_size=3), min_size=1, max_size=3))
+def test_fast_path_matches_reference_path(tmp_path, batches):
+    """Invariant: for any mix of requests (runs of one SQL text, failing rows, binding
+    errors, RETURNING, triggers, ON CONFLICT ROLLBACK, internal tables, transaction on or
+    off) the fast path gives the same per-statement results and the same database as
+    the statement-at-a-time path."""
+    slow = _run(str(tmp_path / "slow.db"), False, batches)
+    fast = _run(str(tmp_path / "fast.db"), True, batches)
+    assert fast == slow
+
+
+def test_fast_path_bulk_results_exact(tmp_path):
+    """Invariant: a 1000-row parameterized insert reports each row's own rowid and
+    rows_affected, and a failing row in a transaction rolls the request back at it."""
+    db = Database(str(tmp_path / "db.sqlite"))
+    try:
+        fsm = FSM(db)
+        fsm.apply([_entry(1, [Request([Statement(SCHEMA[0])])])])
+        rows = [Statement("INSERT INTO t(k, v) VALUES (?, ?)", [i, f"r{i}"]) for i in range(1000)]
+        res = fsm.apply([_entry(2, [Request(rows, transaction=True)])])[0]["results"][0]
+        assert [r["last_insert_id"] for r in res] == list(range(1, 1001))
+        assert all(r["rows_affected"] == 1 for r in res)
+        bad = rows[:10] + [Statement("INSERT INTO t(k, v) VALUES (?, ?)", [5, None])] + rows[:5]
+        bad = [Statement(s.sql, [s.params[0] + 2000, s.params[1]]) for s in bad[:10]] + bad[10:]
+        res = fsm.apply([_entry(3, [Request(bad, transaction=True)])])[0]["results"][0]
+        assert len(res) == 11 and "NOT NULL" in res[-1]["error"]
+        assert db.read([("SELECT count(*) FROM t", None)])[0]["values"] == [[1000]]
+    finally:
+        db.close()
