@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from raftsqlite.testing.procs import stop_procs  # noqa: E402
 
 
 def free_port():
@@ -106,15 +107,7 @@ class LocalCluster:
         return json.loads(body)["api_addr"].split("://", 1)[1]
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_procs(self.procs, 15)
 
 
 def wrk(url, conns, duration, script=None, threads=2):

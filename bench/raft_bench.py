@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -33,6 +32,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from raftsqlite.testing.procs import stop_procs  # noqa: E402
 
 _HDR = struct.Struct("<IIB")
 OP_PUT, OP_STATUS = 1, 4
@@ -323,15 +324,7 @@ class Group:
             logf.close()
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_procs(self.procs, 5)
 
 
 def ours_cmds(workdir, fsync=True):
