@@ -17,104 +17,15 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method, url, body=None, timeout=10):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-class LocalCluster:
-    """n raft-sqlite processes on loopback; everything started here is stopped by PID."""
-
-    def __init__(self, n, workdir):
-        self.n = n
-        self.workdir = workdir
-        self.procs = []
-        self.http = []
-
-    def start(self, timeout=60):
-        first = None
-        for i in range(self.n):
-            hp, rp = free_port(), free_port()
-            addr = f"127.0.0.1:{hp}"
-            cmd = [sys.executable, "-m", "raftsqlite", "-id", f"node{i + 1}",
-                   "-data", os.path.join(self.workdir, f"node{i + 1}"),
-                   "-http", addr, "-raft", f"127.0.0.1:{rp}"]
-            if first:
-                cmd += ["-join", first]
-            log = open(os.path.join(self.workdir, f"node{i + 1}.log"), "wb")
-            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log))
-            self.http.append(addr)
-            first = first or addr
-            self.wait_ready(addr, timeout)
-        self.wait_members(timeout)
-        return self
-
-    def wait_ready(self, addr, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"a node exited early (code {p.returncode}); "
-                                       f"see logs in {self.workdir}")
-            try:
-                st, _ = http("GET", f"http://{addr}/readyz", timeout=2)
-                if st == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{addr} not ready within {timeout}s; logs in {self.workdir}")
-
-    def wait_members(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                st, body = http("GET", f"http://{self.http[0]}/nodes?nonvoters", timeout=5)
-                if st == 200 and len(json.loads(body)) == self.n:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"cluster of {self.n} did not form within {timeout}s")
-
-    def leader(self):
-        st, body = http("GET", f"http://{self.http[0]}/leader")
-        return json.loads(body)["api_addr"].split("://", 1)[1]
-
-    def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+from raftsqlite.testing.procs import NodeCluster as LocalCluster, http  # noqa: E402
 
 
 def wrk(url, conns, duration, script=None, threads=2):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
-from .peers import free_ports
+from .peers import ProcessGroup, free_ports
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +58,7 @@ def http(method: str, url: str, body=None, timeout: float = 5.0) -> tuple[int, o
         return status, raw.decode(errors="replace")
 
 
-class RaftsqliteCluster:
+class RaftsqliteCluster(ProcessGroup):
     def __init__(self, size: int = 3, root: str = REPO_ROOT, workdir: str | None = None,
                  extra_args: tuple = ()):
         self.size, self.root, self.extra_args = size, root, tuple(extra_args)
@@ -195,26 +193,3 @@ class RaftsqliteCluster:
                 return f.read()[-n:].decode(errors="replace")
         except OSError:
             return ""
-
-    def stop(self, timeout: float = 15.0):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        for log in self._logs:
-            log.close()
-        self.procs, self._logs = [], []
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()

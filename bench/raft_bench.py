@@ -23,8 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -34,19 +32,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.peers import free_ports  # noqa: E402
+from raftsqlite.testing.procs import stop_procs  # noqa: E402
+
 _HDR = struct.Struct("<IIB")
 OP_PUT, OP_STATUS = 1, 4
 VALUE = b"v" * 100
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 # ---- the pysyncobj member process -----------------------------------------------------
@@ -323,15 +314,7 @@ class Group:
             logf.close()
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_procs(self.procs, 5)
 
 
 def ours_cmds(workdir, fsync=True):

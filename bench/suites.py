@@ -169,15 +169,27 @@ def _warm(ctx, url, wl, pids):
         run_load(url, wl, 8, 1.0, driver=ctx.driver, watch_pids=pids)
 
 
-def _apsw_bulk(ctx, workload="bulk_1000"):
+def _apsw_workdir(ctx):
+    """apsw_peer's scratch directory, or None (with a note saying why) without apsw."""
     ok, why = apsw_peer.available()
     if not ok:
         ctx.note(why)
+        return None
+    return apsw_peer.ApswWorkdir()
+
+
+def _apsw_bulk_rows(ctx, d, workload):
+    for sync in ("FULL", "NORMAL"):
+        res = apsw_peer.bulk_rate(d, ctx.duration, rows=BULK_ROWS, synchronous=sync)
+        _local_row(ctx, workload, "apsw", 1, res)
+
+
+def _apsw_bulk(ctx, workload="bulk_1000"):
+    wd = _apsw_workdir(ctx)
+    if wd is None:
         return
-    with apsw_peer.ApswWorkdir() as d:
-        for sync in ("FULL", "NORMAL"):
-            res = apsw_peer.bulk_rate(d, ctx.duration, rows=BULK_ROWS, synchronous=sync)
-            _local_row(ctx, workload, "apsw", 1, res)
+    with wd as d:
+        _apsw_bulk_rows(ctx, d, workload)
 
 
 def _best_apsw(rows, workload):
@@ -342,17 +354,14 @@ def workloads(ctx, with_raftsqlite: bool = True) -> dict:
 
 
 def _apsw_local(ctx):
-    ok, why = apsw_peer.available()
-    if not ok:
-        ctx.note(why)
+    wd = _apsw_workdir(ctx)
+    if wd is None:
         return
-    with apsw_peer.ApswWorkdir() as d:
+    with wd as d:
         for sync in ("FULL", "NORMAL"):
             _local_row(ctx, "insert_c1", "apsw", 1,
                        apsw_peer.insert_rate(d, ctx.duration, synchronous=sync))
-        for sync in ("FULL", "NORMAL"):
-            _local_row(ctx, "bulk_1000", "apsw", 1,
-                       apsw_peer.bulk_rate(d, ctx.duration, rows=BULK_ROWS, synchronous=sync))
+        _apsw_bulk_rows(ctx, d, "bulk_1000")
         _local_row(ctx, "read_none", "apsw", 1,
                    apsw_peer.point_read_rate(d, ctx.duration, nrows=READ_ROWS))
 

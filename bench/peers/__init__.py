@@ -11,7 +11,10 @@ never replaced by anything else.
 """
 from __future__ import annotations
 
+import shutil
 import socket
+
+from raftsqlite.testing.procs import stop_procs
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -28,3 +31,26 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
         for s in socks:
             s.close()
     return ports
+
+
+class ProcessGroup:
+    """A set of member processes with their log files and (maybe) a temporary working
+    directory of its own. Subclasses set ``procs``, ``_logs``, ``workdir`` and ``_own_dir``
+    and define ``start()``; stopping is the same for all."""
+
+    stop_timeout = 15.0
+
+    def stop(self, timeout: float | None = None):
+        stop_procs(self.procs, self.stop_timeout if timeout is None else timeout,
+                   shared_deadline=True)
+        for log in self._logs:
+            log.close()
+        self.procs, self._logs = [], []
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 
-from . import free_ports
+from . import ProcessGroup, free_ports
 
 ETCD = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
 
@@ -46,7 +45,9 @@ def _post(url: str, body: dict, timeout: float = 2.0) -> dict:
         return json.loads(r.read())
 
 
-class EtcdCluster:
+class EtcdCluster(ProcessGroup):
+    stop_timeout = 10.0
+
     def __init__(self, size: int = 3, workdir: str | None = None):
         ok, why = available()
         if not ok:
@@ -108,26 +109,3 @@ class EtcdCluster:
             if st.get("leader") and st["leader"] == st.get("header", {}).get("member_id"):
                 return url
         raise RuntimeError("no etcd leader yet")
-
-    def stop(self, timeout: float = 10.0):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        for log in self._logs:
-            log.close()
-        self.procs, self._logs = [], []
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()

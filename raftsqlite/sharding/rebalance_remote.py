@@ -19,6 +19,7 @@ import orjson
 
 from raftsqlite import errors
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
+from raftsqlite.sharding.service import unb64
 
 _CODES = {"moved": errors.Moved, "fenced": errors.Fenced, "not_leader": errors.NotLeader}
 
@@ -73,7 +74,7 @@ class _Http:
                     if r.headers.get("Content-Type", "").startswith("application/octet-stream"):
                         return {"bytes": data}
                     try:
-                        j = _unb64(orjson.loads(data)) if data else {}
+                        j = unb64(orjson.loads(data)) if data else {}
                     except orjson.JSONDecodeError:
                         j = {"error": data.decode(errors="replace")}
                     if r.status == 200:
@@ -85,17 +86,6 @@ class _Http:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 last = errors.Unavailable(f"{group} at {a}: {type(e).__name__}: {e}")
         raise last or errors.Unavailable(f"group {group} has no member")
-
-
-def _unb64(o):
-    import base64
-    if isinstance(o, dict):
-        if len(o) == 1 and "$b64" in o:
-            return base64.b64decode(o["$b64"])
-        return {k: _unb64(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_unb64(v) for v in o]
-    return o
 
 
 def _stmts(statements):

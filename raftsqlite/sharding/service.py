@@ -65,18 +65,19 @@ def dump_results(results):
     return orjson.dumps({"results": results}, default=_b64)
 
 
-def _unb64(o):
+def unb64(o):
+    """Undo ``dump_results``' encoding: every ``{"$b64": ...}`` back to bytes."""
     if isinstance(o, dict):
         if len(o) == 1 and "$b64" in o:
             return base64.b64decode(o["$b64"])
-        return {k: _unb64(v) for k, v in o.items()}
+        return {k: unb64(v) for k, v in o.items()}
     if isinstance(o, list):
-        return [_unb64(v) for v in o]
+        return [unb64(v) for v in o]
     return o
 
 
 def load_results(body):
-    return _unb64(orjson.loads(body))["results"]
+    return unb64(orjson.loads(body))["results"]
 
 
 def _guard_refusal(results):
@@ -533,4 +534,4 @@ def _needs_push(have, want):
 
 
 __all__ = ["ShardingService", "NodeGroupExecutor", "RouterSQL", "error_from", "dump_results",
-           "load_results"]
+           "load_results", "unb64"]

@@ -4,20 +4,14 @@ to it with a small synchronous client."""
 import asyncio
 import http.client
 import json
-import socket
 import threading
 
 import pytest
 import uvloop
 
 from raftsqlite.http import create_app, start_server, stop_server
+from raftsqlite.testing.procs import free_port
 from tests.api.fakes import Cluster, FakeNode, FakeStore
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Loop:

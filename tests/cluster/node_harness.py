@@ -10,13 +10,9 @@ import sys
 import time
 import urllib.parse
 
+from raftsqlite.testing.procs import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_free(port):

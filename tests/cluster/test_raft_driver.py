@@ -2,7 +2,6 @@
 errors, ReadIndex, snapshots with compaction, restart from snapshot + log, fail-stop."""
 import asyncio
 import os
-import socket
 
 import pytest
 
@@ -11,14 +10,7 @@ from raftsqlite.codec.model import Member
 from raftsqlite.raft.config import RaftConfig
 from raftsqlite.raft.demo import KVStateMachine
 from raftsqlite.raft.driver import RaftNode
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from raftsqlite.testing.procs import free_port
 
 
 def cfg(tmp_path, **kw):

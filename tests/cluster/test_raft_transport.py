@@ -2,7 +2,6 @@
 clusters, frame size limit, bounded dropping and reconnection."""
 import asyncio
 import logging
-import socket
 import struct
 
 import pytest
@@ -11,14 +10,7 @@ from raftsqlite import codec
 from raftsqlite.codec.model import Entry, Message, MsgType
 from raftsqlite.raft.config import RaftConfig
 from raftsqlite.raft.transport import Transport
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from raftsqlite.testing.procs import free_port
 
 
 def cfg(nid, port, **kw):

@@ -15,12 +15,9 @@ from raftsqlite.codec.model import (
 )
 from raftsqlite.errors import DecodeError, EncodeError
 
-try:
-    from raftsqlite import _ccodec as C
-except ImportError:
-    if os.environ.get("RAFTSQLITE_REQUIRE_C") == "1":
-        raise
-    C = None
+from impls import compiled_or_none
+
+C = compiled_or_none("raftsqlite._ccodec")
 
 pytestmark = pytest.mark.skipif(C is None, reason="raftsqlite._ccodec not built")
 SETTINGS = settings(max_examples=150 * int(os.environ.get("RAFTSQLITE_FUZZ_SCALE", "1")),

@@ -1,8 +1,6 @@
 """Decoder fuzzing: random and mutated bytes into every decoder of both implementations.
 Only DecodeError may come out (never another exception, never a crash, never a hang),
 and both implementations must agree on what they accept and what it decodes to."""
-import importlib
-import importlib.util
 import os
 import random
 import time
@@ -12,15 +10,11 @@ import pytest
 from raftsqlite.codec import fallback as PY
 from raftsqlite.errors import DecodeError
 
-try:
-    from raftsqlite import _ccodec as C
-except ImportError:
-    if os.environ.get("RAFTSQLITE_REQUIRE_C") == "1":
-        raise
-    C = None
+from impls import compiled_or_none, load_cases
+
+C = compiled_or_none("raftsqlite._ccodec")
 
 IMPLS = [PY] + ([C] if C is not None else [])
-VEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vectors")
 SEED = int(os.environ.get("RAFTSQLITE_FUZZ_SEED", "20260101"))
 # per test: bounded in count and in time; raise both for a long run, e.g.
 # RAFTSQLITE_FUZZ_SCALE=1000 RAFTSQLITE_FUZZ_SEED=7 pytest tests/unit/test_codec_fuzz.py --timeout 0
@@ -29,14 +23,7 @@ BUDGET_S = 4.0 * SCALE
 N = 20000 * SCALE
 
 
-def _cases():
-    spec = importlib.util.spec_from_file_location("cases_v1", os.path.join(VEC_DIR, "cases_v1.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-CASES = _cases()
+CASES = load_cases()
 SEED_FRAMES = ([PY.encode_message(m, 3) for m in CASES.MESSAGES.values()]
                + [PY.encode_entry(e, 1) for e in CASES.ENTRIES.values()]
                + [PY.encode_frame(*f) for f in CASES.FRAMES.values()])

@@ -1,7 +1,4 @@
 """Roundtrip tests of the codec, run against both implementations in one pytest run."""
-import importlib
-import os
-
 import pytest
 
 from raftsqlite.codec.model import (
@@ -9,23 +6,6 @@ from raftsqlite.codec.model import (
     MsgType, Request, SnapshotMeta, Statement,
 )
 from raftsqlite.errors import DecodeError, EncodeError
-
-
-def _impl_params(compiled, twin):
-    """The twin always; the compiled module when built (required if RAFTSQLITE_REQUIRE_C=1)."""
-    params = [pytest.param(importlib.import_module(twin), id="python")]
-    try:
-        params.append(pytest.param(importlib.import_module(compiled), id="c"))
-    except ImportError:
-        if os.environ.get("RAFTSQLITE_REQUIRE_C") == "1":
-            raise
-        params.append(pytest.param(None, id="c", marks=pytest.mark.skip(reason=f"{compiled} not built")))
-    return params
-
-
-@pytest.fixture(params=_impl_params("raftsqlite._ccodec", "raftsqlite.codec.fallback"))
-def codec(request):
-    return request.param
 
 
 def test_crc32c_known_value(codec):

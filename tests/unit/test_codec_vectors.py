@@ -1,48 +1,16 @@
 """Golden vectors (tests/vectors/codec_v1.json): both implementations must produce exactly
 the committed bytes and decode them back to the committed objects. A failure here means
 the on-disk / on-wire format changed, which a released version must never do."""
-import importlib
-import importlib.util
 import json
 import os
 
-import pytest
 import xxhash
 
-VEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vectors")
+from impls import VEC_DIR, load_cases
 
-
-def _load_cases():
-    spec = importlib.util.spec_from_file_location("cases_v1", os.path.join(VEC_DIR, "cases_v1.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-C = _load_cases()
+C = load_cases()
 with open(os.path.join(VEC_DIR, "codec_v1.json")) as fh:
     V = json.load(fh)
-
-
-def _impl_params(compiled, twin):
-    params = [pytest.param(importlib.import_module(twin), id="python")]
-    try:
-        params.append(pytest.param(importlib.import_module(compiled), id="c"))
-    except ImportError:
-        if os.environ.get("RAFTSQLITE_REQUIRE_C") == "1":
-            raise
-        params.append(pytest.param(None, id="c", marks=pytest.mark.skip(reason=f"{compiled} not built")))
-    return params
-
-
-@pytest.fixture(params=_impl_params("raftsqlite._ccodec", "raftsqlite.codec.fallback"))
-def codec(request):
-    return request.param
-
-
-@pytest.fixture(params=_impl_params("raftsqlite._chash", "raftsqlite.codec.hashing"))
-def h(request):
-    return request.param
 
 
 def test_vectors_cover_every_case():

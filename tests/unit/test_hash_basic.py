@@ -1,29 +1,10 @@
 """Shard hash basics, run against both implementations in one pytest run."""
-import importlib
-import os
 import random
 
 import pytest
 import xxhash
 
 from raftsqlite.errors import EncodeError
-
-
-def _impl_params(compiled, twin):
-    """The twin always; the compiled module when built (required if RAFTSQLITE_REQUIRE_C=1)."""
-    params = [pytest.param(importlib.import_module(twin), id="python")]
-    try:
-        params.append(pytest.param(importlib.import_module(compiled), id="c"))
-    except ImportError:
-        if os.environ.get("RAFTSQLITE_REQUIRE_C") == "1":
-            raise
-        params.append(pytest.param(None, id="c", marks=pytest.mark.skip(reason=f"{compiled} not built")))
-    return params
-
-
-@pytest.fixture(params=_impl_params("raftsqlite._chash", "raftsqlite.codec.hashing"))
-def h(request):
-    return request.param
 
 
 def test_xxh64_equals_xxhash_package(h):

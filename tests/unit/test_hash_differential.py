@@ -10,12 +10,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from raftsqlite.codec import hashing as PY
 from raftsqlite.errors import EncodeError
 
-try:
-    from raftsqlite import _chash as C
-except ImportError:
-    if os.environ.get("RAFTSQLITE_REQUIRE_C") == "1":
-        raise
-    C = None
+from impls import compiled_or_none
+
+C = compiled_or_none("raftsqlite._chash")
 
 IMPLS = [PY] + ([C] if C is not None else [])
 SETTINGS = settings(max_examples=200 * int(os.environ.get("RAFTSQLITE_FUZZ_SCALE", "1")),

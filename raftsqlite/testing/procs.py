@@ -1,0 +1,107 @@
+"""Real raft-sqlite processes for tests and benchmarks: started on 127.0.0.1 on free ports,
+stopped by PID (never by name)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+# The checkout (or site-packages) holding the raftsqlite package: members run from there.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def stop_procs(procs, timeout: float = 15.0, *, shared_deadline: bool = False) -> None:
+    """SIGTERM every process in ``procs`` still running, then wait for each; one still
+    alive when its wait ends is killed. The graceful signal goes to all first so members
+    shut down in parallel. Each process waits up to ``timeout`` seconds, or with
+    ``shared_deadline`` all of them share one ``timeout`` (at least 0.1 s each)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()) if shared_deadline else timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def free_port():
+    """A port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, timeout=10, ctype="application/json"):
+    """One request; ``body`` is sent as is when bytes, else as JSON. Returns (status, raw
+    body); an HTTP error status is returned, not raised."""
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class NodeCluster:
+    """``n`` raft-sqlite processes (``python -m raftsqlite``) on 127.0.0.1, each joining the
+    first; every one started here is stopped here, by PID. Logs stay in ``workdir``."""
+
+    def __init__(self, n, workdir, cwd=ROOT):
+        self.n, self.workdir, self.cwd = n, workdir, cwd
+        self.procs, self.http = [], []
+
+    def start(self, timeout=60):
+        first = None
+        for i in range(self.n):
+            addr = f"127.0.0.1:{free_port()}"
+            cmd = [sys.executable, "-m", "raftsqlite", "-id", f"node{i + 1}",
+                   "-data", os.path.join(self.workdir, f"node{i + 1}"), "-http", addr,
+                   "-raft", f"127.0.0.1:{free_port()}"]
+            if first:
+                cmd += ["-join", first]
+            log = open(os.path.join(self.workdir, f"node{i + 1}.log"), "wb")
+            self.procs.append(subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=log))
+            self.http.append(addr)
+            first = first or addr
+            self._wait(lambda: http("GET", f"http://{addr}/readyz", timeout=2)[0] == 200,
+                       timeout, f"{addr} ready")
+        self._wait(lambda: len(json.loads(http("GET", f"http://{first}/nodes")[1])) == self.n,
+                   timeout, "all members listed")
+        return self
+
+    def _wait(self, cond, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"node exited (code {p.returncode}); logs in "
+                                       f"{self.workdir}")
+            try:
+                if cond():
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out waiting for {what}; logs in {self.workdir}")
+
+    def leader(self):
+        _, body = http("GET", f"http://{self.http[0]}/leader")
+        return json.loads(body)["api_addr"].split("://", 1)[1]
+
+    def follower(self):
+        lead = self.leader()
+        return next(a for a in self.http if a != lead)
+
+    def stop(self):
+        stop_procs(self.procs, 15)
