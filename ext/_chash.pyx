@@ -138,18 +138,14 @@ cdef inline bint float_is_int(double f) noexcept:
     return f == floor(f) and -9223372036854775808.0 <= f < 9223372036854775808.0
 
 
-cdef uint64_t hash_key(object value) except? 0:
-    """keyspace_id without building the key bytes as a Python object."""
-    cdef uint8_t buf[9]
+cdef inline bint numeric_key(object value, uint8_t *buf) except -1:
+    """Writes the 9-byte key of an int or float into ``buf`` and returns True; False for
+    any other type. int 1 and float 1.0 share a key, as SQLite compares them equal."""
     cdef double f
-    cdef const char *p
-    cdef Py_ssize_t n
-    cdef uint8_t *tmp
-    cdef uint64_t h
     if PyLong_Check(value):
         buf[0] = TAG_INT
         put_be64(buf + 1, (<uint64_t>int_of(value)) ^ SIGN)
-        return rs_xxh64(buf, 9, 0)
+        return True
     if PyFloat_Check(value):
         f = PyFloat_AS_DOUBLE(value)
         if f != f:
@@ -160,6 +156,19 @@ cdef uint64_t hash_key(object value) except? 0:
         else:
             buf[0] = TAG_FLOAT
             put_be64(buf + 1, float_order_bits(f))
+        return True
+    return False
+
+
+cdef uint64_t hash_key(object value) except? 0:
+    """keyspace_id without building the key bytes as a Python object."""
+    cdef uint8_t buf[9]
+    cdef double f
+    cdef const char *p
+    cdef Py_ssize_t n
+    cdef uint8_t *tmp
+    cdef uint64_t h
+    if numeric_key(value, buf):
         return rs_xxh64(buf, 9, 0)
     kb = key_bytes(value)
     return rs_xxh64(<const unsigned char *>PyBytes_AS_STRING(kb), PyBytes_GET_SIZE(kb), 0)
@@ -171,20 +180,7 @@ def key_bytes(value):
     cdef double f
     cdef const char *p
     cdef Py_ssize_t n
-    if PyLong_Check(value):
-        buf[0] = TAG_INT
-        put_be64(buf + 1, (<uint64_t>int_of(value)) ^ SIGN)
-        return PyBytes_FromStringAndSize(<char *>buf, 9)
-    if PyFloat_Check(value):
-        f = PyFloat_AS_DOUBLE(value)
-        if f != f:
-            raise EncodeError("a shard key cannot be NaN")
-        if float_is_int(f):
-            buf[0] = TAG_INT
-            put_be64(buf + 1, (<uint64_t>(<int64_t>f)) ^ SIGN)
-        else:
-            buf[0] = TAG_FLOAT
-            put_be64(buf + 1, float_order_bits(f))
+    if numeric_key(value, buf):
         return PyBytes_FromStringAndSize(<char *>buf, 9)
     if PyUnicode_Check(value):
         p = PyUnicode_AsUTF8AndSize(value, &n)
