@@ -28,8 +28,9 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove
 
 from raftsqlite.codec.model import (
-    FORMAT_VERSION as _FORMAT_VERSION, Command, CommandType, ConfChange, ConfChangeType,
-    Entry, EntryType, Member, Message, MsgType, Request, SnapshotMeta, Statement,
+    FORMAT_VERSION as _FORMAT_VERSION, FORMAT_VERSION_BULK as _FORMAT_VERSION_BULK,
+    BulkStatements, Command, CommandType, ConfChange, ConfChangeType, Entry, EntryType,
+    Member, Message, MsgType, Request, SnapshotMeta, Statement,
 )
 from raftsqlite.errors import DecodeError, EncodeError
 
@@ -185,6 +186,7 @@ cdef enum:
     F_ALL = (1 << 12) - 1
 
 cdef int FORMAT_V = _FORMAT_VERSION
+cdef int FORMAT_V_BULK = _FORMAT_VERSION_BULK
 
 # enum members by value, so decoding returns MsgType.APPEND, not 1
 cdef list MSG_TYPES = [None] * 256
@@ -206,6 +208,7 @@ cdef PyObject *P_SnapshotMeta = <PyObject *>SnapshotMeta
 cdef PyObject *P_Member = <PyObject *>Member
 cdef PyObject *P_Statement = <PyObject *>Statement
 cdef PyObject *P_Request = <PyObject *>Request
+cdef PyObject *P_BulkStatements = <PyObject *>BulkStatements
 cdef PyObject *P_Command = <PyObject *>Command
 cdef PyObject *P_ConfChange = <PyObject *>ConfChange
 
@@ -235,6 +238,7 @@ cdef Py_ssize_t MB_HTTP = _off(Member, "http_addr"), MB_VOTER = _off(Member, "vo
 cdef Py_ssize_t ST_SQL = _off(Statement, "sql"), ST_PARAMS = _off(Statement, "params")
 cdef Py_ssize_t RQ_STS = _off(Request, "statements"), RQ_TX = _off(Request, "transaction")
 cdef Py_ssize_t RQ_ID = _off(Request, "request_id"), RQ_GUARD = _off(Request, "guard")
+cdef Py_ssize_t BS_SQL = _off(BulkStatements, "sql"), BS_ROWS = _off(BulkStatements, "rows")
 cdef Py_ssize_t C_TYPE = _off(Command, "type"), C_REQS = _off(Command, "requests")
 cdef Py_ssize_t C_OPS = _off(Command, "ops")
 cdef Py_ssize_t CC_TYPE = _off(ConfChange, "type"), CC_ID = _off(ConfChange, "node_id")

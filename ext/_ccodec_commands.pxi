@@ -59,10 +59,32 @@ cdef int w_statement(Writer *w, object st) except -1:
     raise EncodeError(f"params must be None, a list or a dict, got {type(p).__name__}")
 
 
+cdef int w_bulk(Writer *w, object bs) except -1:
+    """Version 2's bulk form: one SQL text, then a matrix of positional parameters."""
+    cdef Py_ssize_t ncols
+    w_str(w, _get(bs, BS_SQL, "sql"), "sql")
+    rows = _get(bs, BS_ROWS, "rows")
+    if not (PyList_Check(rows) or PyTuple_Check(rows)) or len(rows) == 0:
+        raise EncodeError("bulk statements need a non-empty list of parameter rows")
+    first = rows[0]
+    if not (PyList_Check(first) or PyTuple_Check(first)) or len(first) == 0:
+        raise EncodeError("bulk parameter rows must be non-empty lists")
+    ncols = len(first)
+    w_varint(w, <uint64_t>ncols)
+    w_varint(w, <uint64_t>len(rows))
+    for row in rows:
+        if not (PyList_Check(row) or PyTuple_Check(row)) or len(row) != ncols:
+            raise EncodeError(f"bulk parameter rows must all be lists of {ncols} values")
+        for v in row:
+            w_value(w, v)
+    return 0
+
+
 def encode_command(cmd):
     """An entry payload: format version byte, command type, requests, ops."""
     cdef Writer w
     cdef uint8_t flags
+    cdef bint bulk = False
     if not isinstance(cmd, Command):
         raise EncodeError(f"expected a Command, got {type(cmd).__name__}")
     w_init(&w, 256)
@@ -92,17 +114,25 @@ def encode_command(cmd):
                 if not (PyBytes_Check(guard) or PyByteArray_Check(guard) or PyMemoryView_Check(guard)):
                     raise EncodeError(f"guard must be bytes or None, got {type(guard).__name__}")
                 flags |= 4
+            sts = _get(rq, RQ_STS, "statements")
+            if type(sts) is BulkStatements:
+                flags |= 8
+                bulk = True
             w_u8(&w, flags)
             if rid is not None:
                 w_pybytes(&w, rid, "request_id")
             if guard is not None:
                 w_pybytes(&w, guard, "guard")
-            sts = _get(rq, RQ_STS, "statements")
+            if flags & 8:
+                w_bulk(&w, sts)
+                continue
             if not (PyList_Check(sts) or PyTuple_Check(sts)):
                 raise EncodeError("statements must be a list of Statement")
             w_varint(&w, len(sts))
             for st in sts:
                 w_statement(&w, st)
+        if bulk:
+            w.p[0] = <uint8_t>FORMAT_V_BULK
         ops = _get(cmd, C_OPS, "ops")
         if not (PyList_Check(ops) or PyTuple_Check(ops)):
             raise EncodeError("ops must be a list of (name, args) pairs")
@@ -143,14 +173,43 @@ cdef object r_value(Reader *r):
     raise DecodeError(f"unknown parameter tag {tag}")
 
 
+cdef object r_bulk(Reader *r):
+    cdef uint64_t ncols, nrows
+    cdef Py_ssize_t i, k, left
+    cdef list rows, row
+    sql = r_str(r)
+    ncols = r_varint(r)
+    nrows = r_varint(r)
+    if ncols < 1 or nrows < 1:
+        raise DecodeError("a bulk request needs at least one row of at least one value")
+    left = r.end - r.pos
+    if ncols > <uint64_t>left or nrows > <uint64_t>left // ncols:
+        raise DecodeError(f"bulk matrix of {nrows}x{ncols} values exceeds the "
+                          f"{left} bytes left")
+    rows = PyList_New(<Py_ssize_t>nrows)
+    for i in range(<Py_ssize_t>nrows):
+        row = PyList_New(<Py_ssize_t>ncols)
+        for k in range(<Py_ssize_t>ncols):
+            pv = r_value(r)
+            Py_INCREF(pv)
+            PyList_SET_ITEM(row, k, pv)
+        Py_INCREF(row)
+        PyList_SET_ITEM(rows, i, row)
+    bs = rs_new(P_BulkStatements)
+    _set(bs, BS_SQL, sql)
+    _set(bs, BS_ROWS, rows)
+    return bs
+
+
 cdef object r_command(Reader *r):
     cdef Py_ssize_t nreq, nst, nparam, i, j, k
-    cdef int flags, kind
+    cdef int flags, kind, known
     cdef list requests, statements, params_list
     cdef dict params_dict
     v = r_u8(r)
-    if v != FORMAT_V:
+    if v != FORMAT_V and v != FORMAT_V_BULK:
         raise DecodeError(f"unsupported command format version {v}")
+    known = 15 if v == FORMAT_V_BULK else 7
     t = CMD_TYPES[r_u8(r)]
     if t is None:
         raise DecodeError("unknown command type")
@@ -158,10 +217,19 @@ cdef object r_command(Reader *r):
     requests = PyList_New(nreq)
     for i in range(nreq):
         flags = r_u8(r)
-        if flags & ~7:
+        if flags & ~known:
             raise DecodeError(f"unknown request flags {flags:#x}")
         rid = r_bytes(r) if flags & 2 else None
         guard = r_bytes(r) if flags & 4 else None
+        if flags & 8:
+            rq = rs_new(P_Request)
+            _set(rq, RQ_STS, r_bulk(r))
+            _set(rq, RQ_TX, (flags & 1) != 0)
+            _set(rq, RQ_ID, rid)
+            _set(rq, RQ_GUARD, guard)
+            Py_INCREF(rq)
+            PyList_SET_ITEM(requests, i, rq)
+            continue
         nst = r_count(r)
         statements = PyList_New(nst)
         for j in range(nst):

@@ -9,8 +9,8 @@ The byte layout is in FORMAT.md next to this file.
 import os
 
 from raftsqlite.codec.model import (  # noqa: F401  (re-exported)
-    FORMAT_VERSION, Command, CommandType, ConfChange, ConfChangeType, Entry, EntryType,
-    Member, Message, MsgType, Request, SnapshotMeta, Statement,
+    FORMAT_VERSION, FORMAT_VERSION_BULK, BulkStatements, Command, CommandType, ConfChange,
+    ConfChangeType, Entry, EntryType, Member, Message, MsgType, Request, SnapshotMeta, Statement,
 )
 
 

@@ -9,8 +9,9 @@ the buffer nor make us allocate what a lying length field asks for.
 import struct
 
 from raftsqlite.codec.model import (
-    FORMAT_VERSION, Command, CommandType, ConfChange, ConfChangeType, Entry, EntryType,
-    Member, Message, MsgType, Request, SnapshotMeta, Statement,
+    FORMAT_VERSION, FORMAT_VERSION_BULK, BulkStatements, Command, CommandType, ConfChange,
+    ConfChangeType, Entry, EntryType, Member, Message, MsgType, Request, SnapshotMeta,
+    Statement,
 )
 from raftsqlite.errors import DecodeError, EncodeError
 
@@ -34,6 +35,8 @@ _F64 = struct.Struct("<d")
 # tags of typed statement parameters
 T_NULL, T_INT, T_FLOAT, T_TEXT, T_BLOB, T_FALSE, T_TRUE = range(7)
 P_NONE, P_POSITIONAL, P_NAMED = range(3)
+# request flags: transaction, request_id present, guard present, bulk form (version 2)
+R_TX, R_ID, R_GUARD, R_BULK = 1, 2, 4, 8
 
 # presence bits of optional message fields
 F_FRM, F_TO, F_LOG_TERM, F_COMMIT, F_ENTRIES, F_REJECT, F_REJECT_HINT, F_CONTEXT, \
@@ -595,6 +598,25 @@ def _put_statement(out, st):
         raise EncodeError(f"params must be None, a list or a dict, got {type(p).__name__}")
 
 
+def _put_bulk(out, bs):
+    """Version 2's bulk form: one SQL text, then a matrix of positional parameters."""
+    _put_str(out, bs.sql, "sql")
+    rows = bs.rows
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise EncodeError("bulk statements need a non-empty list of parameter rows")
+    first = rows[0]
+    if not isinstance(first, (list, tuple)) or not first:
+        raise EncodeError("bulk parameter rows must be non-empty lists")
+    ncols = len(first)
+    _put_varint(out, ncols)
+    _put_varint(out, len(rows))
+    for row in rows:
+        if not isinstance(row, (list, tuple)) or len(row) != ncols:
+            raise EncodeError(f"bulk parameter rows must all be lists of {ncols} values")
+        for v in row:
+            _put_value(out, v)
+
+
 def encode_command(cmd):
     """An entry payload: format version byte, command type, requests, ops."""
     if not isinstance(cmd, Command):
@@ -603,6 +625,7 @@ def encode_command(cmd):
     if not isinstance(t, int) or int(t) not in _CMD_TYPES:
         raise EncodeError(f"unknown command type {t!r}")
     out = bytearray((FORMAT_VERSION, int(t)))
+    bulk = False
     reqs = cmd.requests
     if not isinstance(reqs, (list, tuple)):
         raise EncodeError("requests must be a list of Request")
@@ -625,17 +648,25 @@ def encode_command(cmd):
             if not isinstance(guard, (bytes, bytearray, memoryview)):
                 raise EncodeError(f"guard must be bytes or None, got {type(guard).__name__}")
             flags |= 4
+        sts = rq.statements
+        if type(sts) is BulkStatements:
+            flags |= R_BULK
+            bulk = True
         out.append(flags)
         if rid is not None:
             _put_bytes(out, bytes(rid))
         if guard is not None:
             _put_bytes(out, bytes(guard))
-        sts = rq.statements
+        if flags & R_BULK:
+            _put_bulk(out, sts)
+            continue
         if not isinstance(sts, (list, tuple)):
             raise EncodeError("statements must be a list of Statement")
         _put_varint(out, len(sts))
         for st in sts:
             _put_statement(out, st)
+    if bulk:
+        out[0] = FORMAT_VERSION_BULK
     ops = cmd.ops
     if not isinstance(ops, (list, tuple)):
         raise EncodeError("ops must be a list of (name, args) pairs")
@@ -667,21 +698,38 @@ def _get_value(r):
     raise DecodeError(f"unknown parameter tag {tag}")
 
 
+def _get_bulk(r):
+    sql = r.str_()
+    ncols = r.varint()
+    nrows = r.varint()
+    if ncols < 1 or nrows < 1:
+        raise DecodeError("a bulk request needs at least one row of at least one value")
+    if ncols * nrows > r.end - r.pos:
+        raise DecodeError(f"bulk matrix of {nrows}x{ncols} values exceeds the "
+                          f"{r.end - r.pos} bytes left")
+    rng = range(ncols)
+    return BulkStatements(sql, [[_get_value(r) for _ in rng] for _ in range(nrows)])
+
+
 def decode_command(buf):
     r = _Reader(_view(buf))
     v = r.u8()
-    if v != FORMAT_VERSION:
+    if v != FORMAT_VERSION and v != FORMAT_VERSION_BULK:
         raise DecodeError(f"unsupported command format version {v}")
+    known = 15 if v == FORMAT_VERSION_BULK else 7
     t = _CMD_TYPES.get(r.u8())
     if t is None:
         raise DecodeError("unknown command type")
     requests = []
     for _ in range(r.count()):
         flags = r.u8()
-        if flags & ~7:
+        if flags & ~known:
             raise DecodeError(f"unknown request flags {flags:#x}")
-        rid = r.bytes_() if flags & 2 else None
-        guard = r.bytes_() if flags & 4 else None
+        rid = r.bytes_() if flags & R_ID else None
+        guard = r.bytes_() if flags & R_GUARD else None
+        if flags & R_BULK:
+            requests.append(Request(_get_bulk(r), bool(flags & R_TX), rid, guard))
+            continue
         statements = []
         for _ in range(r.count()):
             sql = r.str_()

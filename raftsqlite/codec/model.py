@@ -131,6 +131,10 @@ class Message(_Value):
 # ---- entry payloads: the SQL that a NORMAL entry carries -----------------------------
 
 FORMAT_VERSION = 1
+# Version 2 = version 1 plus the bulk request form (request flag 0x8, BulkStatements).
+# An encoder writes 2 only for a command that holds a bulk request, so every other
+# payload keeps its version-1 bytes; decoders read both.
+FORMAT_VERSION_BULK = 2
 
 
 class CommandType(IntEnum):
@@ -151,6 +155,35 @@ class Statement(_Value):
         self.params = params
 
 
+class BulkStatements(_Value):
+    """The statements of one request when they all run one SQL text, each with its own
+    positional parameters: the bulk shape ``[["INSERT ... VALUES(?, ?)", a, b], ...]``.
+    It stands for ``len(rows)`` statements with one result each, in order. It is a
+    read-only sequence of ``Statement`` (built on access), so code that does not know the
+    form still sees plain statements; the store, the codec and the FSM use ``sql`` and
+    ``rows`` directly, which is what makes a 1000-row request cheap. ``rows``: a list of
+    lists, every one the same length. Only ever a request's whole ``statements``."""
+
+    __slots__ = ("sql", "rows")
+
+    def __init__(self, sql, rows):
+        self.sql = sql
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        sql = self.sql
+        for r in self.rows:
+            yield Statement(sql, r)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [Statement(self.sql, r) for r in self.rows[i]]
+        return Statement(self.sql, self.rows[i])
+
+
 class Request(_Value):
     """One client request inside a command. With group commit, one log entry carries
     many requests; each keeps its own atomicity (savepoint) and results."""
@@ -158,7 +191,9 @@ class Request(_Value):
     __slots__ = ("statements", "transaction", "request_id", "guard")
 
     def __init__(self, statements, transaction=False, request_id=None, guard=None):
-        self.statements = list(statements)
+        # a BulkStatements stays one object (see there); anything else becomes a list
+        self.statements = (statements if type(statements) is BulkStatements
+                           else list(statements))
         self.transaction = transaction
         self.request_id = request_id  # bytes or None: makes a retried write idempotent
         # bytes or None: a routed request's ownership guard (sharding.ownership.encode_guard),

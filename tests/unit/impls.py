@@ -31,9 +31,10 @@ def impl_params(compiled, twin):
     return params
 
 
-def load_cases():
-    """tests/vectors/cases_v1.py, the objects behind the golden vectors."""
-    spec = importlib.util.spec_from_file_location("cases_v1", os.path.join(VEC_DIR, "cases_v1.py"))
+def load_cases(name="cases_v1"):
+    """tests/vectors/<name>.py, the objects behind the golden vectors (cases_v1: every
+    section; cases_v2: commands of format version 2)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(VEC_DIR, name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

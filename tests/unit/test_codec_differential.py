@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from raftsqlite.codec import fallback as PY
 from raftsqlite.codec.model import (
     Command, CommandType, ConfChange, ConfChangeType, Entry, EntryType, Member, Message,
-    MsgType, Request, SnapshotMeta, Statement,
+    MsgType, Request, SnapshotMeta, Statement, BulkStatements,
 )
 from raftsqlite.errors import DecodeError, EncodeError
 
@@ -42,8 +42,11 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
 params = st.one_of(st.none(), st.lists(values, max_size=5),
                    st.dictionaries(st.text(max_size=6), values, max_size=4))
 statements = st.builds(Statement, st.text(max_size=30), params)
-requests = st.builds(Request, st.lists(statements, max_size=4), st.booleans(),
-                     st.none() | st.binary(max_size=16))
+bulks = st.integers(1, 4).flatmap(lambda n: st.builds(
+    BulkStatements, st.text(max_size=30),
+    st.lists(st.lists(values, min_size=n, max_size=n), min_size=1, max_size=4)))
+requests = st.builds(Request, st.lists(statements, max_size=4) | bulks, st.booleans(),
+                     st.none() | st.binary(max_size=16), st.none() | st.binary(max_size=8))
 commands = st.builds(Command, st.sampled_from(list(CommandType)), st.lists(requests, max_size=3),
                      st.lists(st.tuples(text, blob), max_size=2))
 conf_changes = st.builds(ConfChange, st.sampled_from(list(ConfChangeType)), text, text, text)

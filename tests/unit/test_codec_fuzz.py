@@ -28,7 +28,8 @@ SEED_FRAMES = ([PY.encode_message(m, 3) for m in CASES.MESSAGES.values()]
                + [PY.encode_entry(e, 1) for e in CASES.ENTRIES.values()]
                + [PY.encode_frame(*f) for f in CASES.FRAMES.values()])
 SEED_BODIES = [PY.decode_frame(f) for f in SEED_FRAMES]
-SEED_COMMANDS = [PY.encode_command(c) for c in CASES.COMMANDS.values()]
+SEED_COMMANDS = [PY.encode_command(c) for c in CASES.COMMANDS.values()] + \
+    [PY.encode_command(c) for c in load_cases("cases_v2").COMMANDS.values()]
 SEED_CCS = [PY.encode_conf_change(c) for c in CASES.CONF_CHANGES.values()]
 
 
@@ -167,7 +168,11 @@ def test_lying_counts_do_not_allocate(impl):
     huge = b"\xff" * 8 + b"\x7f"  # uvarint 2**63-1
     t0 = time.monotonic()
     for payload in [b"\x01\x01" + huge, b"\x01\x01\x01\x00" + huge,
-                    b"\x01\x01\x01\x00\x00" + huge]:
+                    b"\x01\x01\x01\x00\x00" + huge,
+                    # bulk form: columns, then rows, each claiming 2**63-1
+                    b"\x02\x01\x01\x08\x01x" + huge + b"\x01",
+                    b"\x02\x01\x01\x08\x01x\x01" + huge,
+                    b"\x02\x01\x01\x08\x01x\x02\x03\x00\x00"]:
         with pytest.raises(DecodeError):
             impl.decode_command(payload)
     with pytest.raises(DecodeError):

@@ -1,4 +1,5 @@
-"""Writes codec_v1.json from cases_v1.py using the pure-Python twin.
+"""Writes codec_v1.json from cases_v1.py and codec_v2.json (command format version 2)
+from cases_v2.py, using the pure-Python twin.
 
 Existing vectors are never changed: if the twin now encodes an existing case differently,
 this script stops (the format changed; that needs a new version, not new vectors)."""
@@ -12,6 +13,7 @@ sys.path.insert(0, HERE)
 
 from raftsqlite.codec import fallback as f, hashing as h  # noqa: E402
 import cases_v1 as c  # noqa: E402
+import cases_v2 as c2  # noqa: E402
 
 
 def build():
@@ -39,9 +41,17 @@ def build():
     return v
 
 
+def build_v2():
+    return {"format_version": 2,
+            "commands": {k: f.encode_command(cmd).hex() for k, cmd in c2.COMMANDS.items()}}
+
+
 def main():
-    path = os.path.join(HERE, "codec_v1.json")
-    new = build()
+    write(os.path.join(HERE, "codec_v1.json"), build())
+    write(os.path.join(HERE, "codec_v2.json"), build_v2())
+
+
+def write(path, new):
     if os.path.exists(path):
         with open(path) as fh:
             old = json.load(fh)
@@ -49,7 +59,8 @@ def main():
             if isinstance(items, dict):
                 for k, val in items.items():
                     if new[section].get(k) != val:
-                        sys.exit(f"vector {section}/{k} would change: the v1 format is frozen")
+                        sys.exit(f"vector {section}/{k} would change: a released format "
+                                 f"is frozen")
     with open(path, "w") as fh:
         json.dump(new, fh, indent=1, sort_keys=True)
         fh.write("\n")
