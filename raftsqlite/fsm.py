@@ -16,7 +16,9 @@ Called by the Raft driver from one executor thread, never on the event loop.
   its start with that request marked failed. Every replica does the same, deterministically.
 * Runs of one SQL text inside a request (bulk inserts) skip the per-statement tracing
   once the text is known to return no rows (``_run_fast``); results are identical to the
-  statement-at-a-time path (``fast_path=False``), which a differential test checks.
+  statement-at-a-time path (``fast_path=False``), which a differential test checks. A
+  request in the bulk form (``BulkStatements``: one text, a parameter matrix) is such a
+  run by construction: its text is checked once and its rows go straight to SQLite.
 * QUERY entries (reads at level ``strong``) run inside a savepoint that is always rolled
   back, so nothing a read does can change the database.
 * SYSTEM entries dispatch ``(name, args)`` ops to handlers registered by name; they run
@@ -28,7 +30,7 @@ import time
 
 import orjson
 
-from raftsqlite.codec.model import CommandType, EntryType
+from raftsqlite.codec.model import BulkStatements, CommandType, EntryType
 from raftsqlite.db import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
 
@@ -300,6 +302,8 @@ class FSM:
         gave a write result, the rest of the run can skip the row-shape tracing and go
         through one cursor in a tight loop (SQLite's statement cache prepares it once),
         computing last_insert_id / rows_affected exactly as ``run_statement`` does."""
+        if type(stmts) is BulkStatements:
+            return self._run_bulk(stmts, txn, key, results)
         db = self.db
         n = len(stmts)
         i = 0
@@ -329,6 +333,38 @@ class FSM:
             if stop:
                 return True
             i = j
+        return False
+
+    def _run_bulk(self, bulk, txn, key, results):
+        """``_run_fast`` for the bulk form: the same statements, the same results."""
+        db = self.db
+        sql = bulk.sql
+        rows = bulk.rows
+        n = len(rows)
+        if INTERNAL_PREFIX in sql.lower():
+            refused = {"error": _INTERNAL_REFUSED, "time": 0.0}
+            results.extend(dict(refused) for _ in range(1 if txn else n))
+            return bool(txn)
+        i = 0
+        while i < n:
+            r = db.run_user(sql, rows[i])
+            if not db.in_transaction():
+                raise _TxnLost(key)
+            results.append(r)
+            i += 1
+            if "error" in r:
+                if txn:
+                    return True
+                continue
+            if "last_insert_id" not in r:
+                continue        # rows come back (RETURNING, a SELECT): one at a time
+            if i < n:
+                stop = db.run_user_many(sql, rows[i:] if i else rows, results, txn)
+                if stop is None:
+                    raise _TxnLost(key)
+                if stop:
+                    return True
+            return False
         return False
 
     def _query_request(self, req, key):

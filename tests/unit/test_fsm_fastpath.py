@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from raftsqlite.codec import encode_command
-from raftsqlite.codec.model import Command, CommandType, Entry, EntryType, Request, Statement
+from raftsqlite.codec.model import (BulkStatements, Command, CommandType, Entry, EntryType,
+                                    Request, Statement)
 from raftsqlite.db import Database
 from raftsqlite.fsm import FSM
 
@@ -62,6 +63,17 @@ def request(draw):
     return Request(stmts, transaction=draw(hs.booleans()))
 
 
+@hs.composite
+def bulk_request(draw):
+    """The bulk form: one positional text, a matrix of rows of one width (sometimes the
+    wrong width for the text, so every row fails to bind)."""
+    sql, arity = draw(hs.sampled_from([t for t in TEXTS if t[1] != "named"]))
+    width = arity + (1 if draw(hs.integers(0, 9)) == 0 else 0)
+    rows = draw(hs.lists(hs.lists(values, min_size=width, max_size=width), min_size=1,
+                         max_size=25))
+    return Request(BulkStatements(sql, rows), transaction=draw(hs.booleans()))
+
+
 def _entry(index, reqs):
     return Entry(1, index, EntryType.NORMAL,
                  encode_command(Command(CommandType.EXECUTE, reqs)))
@@ -104,12 +116,13 @@ def _run(path, fast, batches):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(batches=hs.lists(hs.lists(request(), min_size=1, max_size=3), min_size=1, max_size=3))
+@given(batches=hs.lists(hs.lists(request() | bulk_request(), min_size=1, max_size=3),
+                       min_size=1, max_size=3))
 def test_fast_path_matches_reference_path(tmp_path, batches):
-    """Invariant: for any mix of requests (runs of one SQL text, failing rows, binding
-    errors, RETURNING, triggers, ON CONFLICT ROLLBACK, internal tables, transaction on or
-    off) the fast path gives the same per-statement results and the same database as
-    the statement-at-a-time path."""
+    """Invariant: for any mix of requests (runs of one SQL text, the bulk form, failing
+    rows, binding errors, RETURNING, triggers, ON CONFLICT ROLLBACK, internal tables,
+    transaction on or off) the fast path gives the same per-statement results and the
+    same database as the statement-at-a-time path."""
     slow = _run(str(tmp_path / "slow.db"), False, batches)
     fast = _run(str(tmp_path / "fast.db"), True, batches)
     assert fast == slow
@@ -131,5 +144,32 @@ def test_fast_path_bulk_results_exact(tmp_path):
         res = fsm.apply([_entry(3, [Request(bad, transaction=True)])])[0]["results"][0]
         assert len(res) == 11 and "NOT NULL" in res[-1]["error"]
         assert db.read([("SELECT count(*) FROM t", None)])[0]["values"] == [[1000]]
+    finally:
+        db.close()
+
+
+def test_bulk_form_results_exact(tmp_path):
+    """Invariant: the bulk form (one text, a parameter matrix) reports each row's own
+    rowid and rows_affected, skips a failing row without the transaction flag, and stops
+    and rolls back at it with the flag."""
+    db = Database(str(tmp_path / "db.sqlite"))
+    try:
+        fsm = FSM(db)
+        fsm.apply([_entry(1, [Request([Statement(SCHEMA[0])])])])
+        sql = "INSERT INTO t(k, v) VALUES (?, ?)"
+        rows = [[i, f"r{i}"] for i in range(1000)]
+        res = fsm.apply([_entry(2, [Request(BulkStatements(sql, rows), True)])])
+        res = res[0]["results"][0]
+        assert [r["last_insert_id"] for r in res] == list(range(1, 1001))
+        assert all(r["rows_affected"] == 1 for r in res)
+        bad = [[2000 + i, "x"] for i in range(5)] + [[5, "dup"]] + [[3000 + i, "y"] for i in range(3)]
+        res = fsm.apply([_entry(3, [Request(BulkStatements(sql, bad), False)])])
+        res = res[0]["results"][0]
+        assert len(res) == 9 and "UNIQUE" in res[5]["error"]
+        assert [r.get("last_insert_id") for r in res[6:]] == [1006, 1007, 1008]
+        res = fsm.apply([_entry(4, [Request(BulkStatements(sql, [[4000, "a"], [6, "b"], [4001, "c"]]),
+                                            True)])])[0]["results"][0]
+        assert len(res) == 2 and "UNIQUE" in res[1]["error"]
+        assert db.read([("SELECT count(*) FROM t", None)])[0]["values"] == [[1008]]
     finally:
         db.close()
