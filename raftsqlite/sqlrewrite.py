@@ -19,7 +19,7 @@ import re
 import time
 from collections import OrderedDict
 
-from raftsqlite.codec.model import Statement
+from raftsqlite.codec.model import BulkStatements, Statement
 from raftsqlite.errors import StatementRefused
 
 INTERNAL_PREFIX = "_raftsqlite_"
@@ -272,9 +272,16 @@ def rewrite(sql, *, now=None, rng=None):
 
 
 def rewrite_statements(statements, *, now=None, rng=None):
-    """[Statement] -> [Statement] with rewritten SQL (same objects when unchanged)."""
+    """[Statement] -> [Statement] with rewritten SQL (same objects when unchanged). A
+    BulkStatements (one text for every row) is checked once and comes back as it is when
+    its text needs no rewriting; otherwise each of its statements is rewritten on its own
+    (a list comes back), so every row draws its own random and time literals as before."""
     now = time.time() if now is None else now
     rng = rng or _random.Random()
+    if type(statements) is BulkStatements:
+        if rewrite(statements.sql, now=now, rng=rng) == statements.sql:
+            return statements
+        statements = list(statements)
     out = []
     append = out.append
     same = None     # last text that needed no change: a bulk request repeats one text

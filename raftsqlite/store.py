@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from raftsqlite import sqlrewrite
-from raftsqlite.codec.model import Command, CommandType, Request, Statement
+from raftsqlite.codec.model import BulkStatements, Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
@@ -113,7 +113,7 @@ class Store:
         ``guard`` (bytes, from the sharding router) travels in the log entry and is checked
         by the FSM before the request runs; a failed check raises ``Moved``/``Fenced``
         (nothing of the request ran)."""
-        stmts = self._validate(statements)
+        stmts = self._validate(statements, bulk_ok=True)
         if not stmts:
             return {"results": [], "raft_index": self.fsm.applied_index()}
         stmts = sqlrewrite.rewrite_statements(stmts, rng=self._rng)
@@ -132,7 +132,7 @@ class Store:
     def _submit(self, req, timeout):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        size = sum(len(s.sql) + 16 * (len(s.params) if s.params else 0) for s in req.statements)
+        size = _request_size(req.statements)
         self._queue.append((req, fut, size))
         if self._inflight < self.config.max_inflight:
             if self.config.batch_wait > 0 and self._inflight == 0:
@@ -337,7 +337,13 @@ class Store:
                                   timeout=timeout)
 
     # ---- validation -------------------------------------------------------------------
-    def _validate(self, statements):
+    def _validate(self, statements, bulk_ok=False):
+        """-> a list of Statement, or (writes only, ``bulk_ok``) a BulkStatements, whose
+        text and rows are checked here once and kept as they are."""
+        if type(statements) is BulkStatements:
+            if bulk_ok:
+                return self._validate_bulk(statements)
+            statements = list(statements)
         if not isinstance(statements, (list, tuple)):
             raise BadRequest("statements must be a list")
         if len(statements) > self.config.max_statements:
@@ -372,6 +378,28 @@ class Store:
                     raise BadRequest(f"statement {i}: parameters must be a list or an object")
             out.append(st)
         return out
+
+    def _validate_bulk(self, bulk):
+        rows = bulk.rows
+        if len(rows) > self.config.max_statements:
+            raise PayloadTooLarge(f"too many statements: {len(rows)} > "
+                                  f"{self.config.max_statements}")
+        if not isinstance(bulk.sql, str):
+            raise BadRequest("statement 0 is not SQL text")
+        if not isinstance(rows, list) or not rows:
+            raise BadRequest("bulk statements need a non-empty list of parameter rows")
+        width = len(rows[0]) if type(rows[0]) is list else -1
+        lo, hi = _INT64
+        for i, row in enumerate(rows):
+            if type(row) is not list or len(row) != width:
+                raise BadRequest(f"statement {i}: bulk rows must be lists of one length")
+            for v in row:
+                t = type(v)
+                if t is str or v is None or t is float or t is bytes or t is bool \
+                        or (t is int and lo <= v <= hi):
+                    continue
+                _check_value(v, i)
+        return bulk
 
     # ---- membership -------------------------------------------------------------------
     async def join(self, node_id, raft_addr, http_addr="", voter=True, timeout=None):
@@ -599,6 +627,14 @@ class Store:
         c["avg_batch"] = (c["batched_requests"] / c["write_batches"]) if c["write_batches"] else 0
         return {"store": c, "fsm": self.fsm.stats(), "db": self.db.stats(),
                 "raft": self.raft.stats() if hasattr(self.raft, "stats") else {}}
+
+
+def _request_size(statements):
+    """About how many bytes a request takes in a log entry (for batch_max_bytes)."""
+    if type(statements) is BulkStatements:
+        rows = statements.rows
+        return len(statements.sql) + 16 * len(rows) * (len(rows[0]) if rows else 0)
+    return sum(len(s.sql) + 16 * (len(s.params) if s.params else 0) for s in statements)
 
 
 def _raise_guard_refusal(r):

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from raftsqlite import errors
-from raftsqlite.codec.model import Statement
+from raftsqlite.codec.model import BulkStatements, Statement
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -222,9 +222,11 @@ def _loads(body):
         raise errors.BadRequest(f"invalid JSON body: {e}") from None
 
 
-def parse_statements(body, max_statements):
+def parse_statements(body, max_statements, bulk=False):
     """rqlite's request body: a JSON array whose items are ``"SQL"``,
-    ``["SQL", p1, p2, ...]`` or ``["SQL", {"name": v}]``, mixed freely."""
+    ``["SQL", p1, p2, ...]`` or ``["SQL", {"name": v}]``, mixed freely. With ``bulk``
+    (writes), a body whose items all run one SQL text with positional parameters comes
+    back as one ``BulkStatements`` (the same statements, see codec.model)."""
     if not body or not body.strip():
         raise errors.BadRequest("no statements: the body is empty")
     doc = _loads(body)
@@ -235,6 +237,10 @@ def parse_statements(body, max_statements):
     if len(doc) > max_statements:
         raise errors.PayloadTooLarge(
             f"too many statements: {len(doc)} in one request, the limit is {max_statements}")
+    if bulk and len(doc) > 1:
+        b = _bulk_form(doc)
+        if b is not None:
+            return b
     out = []
     append = out.append
     for i, item in enumerate(doc):
@@ -272,6 +278,51 @@ def parse_statements(body, max_statements):
     return out
 
 
+def _bulk_form(doc):
+    """``BulkStatements`` for a body whose items are all ``["SQL", p1, ...]`` with one
+    text and one number of positional parameters, else None (then the general path
+    parses it, and words any error). Values get the same conversions as in
+    ``make_statement``."""
+    first = doc[0]
+    if type(first) is not list:
+        return None
+    width = len(first)
+    sql = first[0] if width > 1 else None
+    if type(sql) is not str:
+        return None
+    rows = []
+    append = rows.append
+    lo, hi = INT64_MIN, INT64_MAX
+    for item in doc:
+        if type(item) is not list or len(item) != width:
+            return None
+        s = item[0]
+        if s is not sql and s != sql:
+            return None
+        row = item[1:]
+        for v in row:
+            tv = type(v)
+            if tv is str:
+                if v[:1] in _HEX_START:
+                    break
+            elif tv is int:
+                if not lo <= v <= hi:
+                    break
+            elif v is not None and tv is not float and tv is not bool:
+                break
+        else:
+            append(row)
+            continue
+        # something to convert (a hex string, a huge int, a byte array) or refuse
+        if any(type(v) is dict for v in row):
+            return None
+        try:
+            append([_value(v, "") for v in row])
+        except errors.BadRequest:
+            return None
+    return BulkStatements(sql, rows)
+
+
 def plain_statement(body):
     """``Content-Type: text/plain``: the body is one SQL text."""
     try:
@@ -283,8 +334,9 @@ def plain_statement(body):
     return [Statement(sql, None)]
 
 
-def request_statements(request, max_statements, *, allow_q=False, q=None):
-    """Statements of a /db/* request from whichever form it used."""
+def request_statements(request, max_statements, *, allow_q=False, q=None, bulk=False):
+    """Statements of a /db/* request from whichever form it used (``bulk``: see
+    ``parse_statements``)."""
     ctype = request.headers.get("content-type", "")
     body = request.body
     if allow_q and request.method == "GET":
@@ -295,7 +347,7 @@ def request_statements(request, max_statements, *, allow_q=False, q=None):
         return plain_statement(body)
     if allow_q and q is not None and not body:
         return [Statement(q, None)]
-    return parse_statements(body, max_statements)
+    return parse_statements(body, max_statements, bulk)
 
 
 # ---- the seed's API -------------------------------------------------------------------

@@ -71,7 +71,7 @@ def blueprint():
         if p.queue:
             return await _queued(request, p, started)
         p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
-        stmts = request_statements(request, ctx.settings.max_statements)
+        stmts = request_statements(request, ctx.settings.max_statements, bulk=True)
         res = await fwd.on_leader(request, p, lambda: ctx.sql.execute(stmts, p))
         if isinstance(res, HTTPResponse):
             return res

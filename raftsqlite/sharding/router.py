@@ -28,7 +28,7 @@ anything twice.
 import asyncio
 import time
 
-from raftsqlite.codec.model import Statement
+from raftsqlite.codec.model import BulkStatements, Statement
 from raftsqlite.errors import Fenced, Moved, RaftSQLiteError, RoutingRefused
 from raftsqlite.sharding.merge import ShardError, merge_aggregates, merge_rows, merge_writes
 from raftsqlite.sharding.ownership import encode_guard
@@ -110,7 +110,7 @@ class Router:
         opts = opts or {}
         cat = self.cat.current()
         try:
-            plans = [self.planner.plan(s.sql, cat) for s in statements]
+            plans = _plan_all(self.planner, statements, cat)
         except RoutingRefused:
             self.counts["refused"] += 1
             raise
@@ -327,6 +327,8 @@ class Router:
 
 
 def _stmts(statements):
+    if type(statements) is BulkStatements:
+        return statements   # a sequence of Statement already, kept whole (codec.model)
     out = []
     for s in statements:
         if isinstance(s, Statement):
@@ -336,4 +338,19 @@ def _stmts(statements):
         else:
             sql, params = s
             out.append(Statement(sql, params))
+    return out
+
+
+def _plan_all(planner, statements, cat):
+    """One plan per statement, each SQL text looked up once per request (a bulk request
+    repeats one text)."""
+    if type(statements) is BulkStatements:
+        return [planner.plan(statements.sql, cat)] * len(statements)
+    memo = {}
+    out = []
+    for s in statements:
+        p = memo.get(s.sql)
+        if p is None:
+            p = memo[s.sql] = planner.plan(s.sql, cat)
+        out.append(p)
     return out
