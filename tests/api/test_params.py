@@ -137,3 +137,38 @@ def test_http_settings_documented_and_validated():
                           data_dir="/tmp/x")
     s = HTTPConfig.from_node_config(cfg)
     assert (s.max_body_bytes, s.max_statements, s.spool_dir) == (123, 7, "/tmp/x")
+
+
+_rows_values = st.one_of(_scalars, st.lists(st.integers(0, 255), max_size=3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_rows_values, min_size=1, max_size=3), min_size=2, max_size=6),
+       st.booleans())
+def test_bulk_form_holds_the_same_statements(rows, mixed_texts):
+    """Invariant: with ``bulk``, a body of one SQL text is parsed into a BulkStatements
+    that stands for exactly the statements the general path gives (same conversions of
+    hex strings, huge ints and byte arrays); any other body (texts differ, widths differ)
+    parses exactly as without ``bulk``."""
+    import json
+    from raftsqlite.codec.model import BulkStatements
+    body = json.dumps([["INSERT INTO t VALUES(?)" if not (mixed_texts and i == 1) else "X"]
+                       + r for i, r in enumerate(rows)]).encode()
+    plain = parse_statements(body, 100)
+    got = parse_statements(body, 100, bulk=True)
+    same_shape = not mixed_texts and len({len(r) for r in rows}) == 1
+    if same_shape:
+        assert type(got) is BulkStatements and got.sql == "INSERT INTO t VALUES(?)"
+        assert list(got) == plain and len(got) == len(plain)
+    else:
+        assert got == plain
+
+
+def test_bulk_form_errors_are_the_general_path_errors():
+    """A bulk-shaped body with a bad value fails with the general path's message."""
+    body = b'[["INSERT INTO t VALUES(?)", 1], ["INSERT INTO t VALUES(?)", {"a": [1.5]}]]'
+    with pytest.raises(errors.BadRequest) as plain:
+        parse_statements(body, 10)
+    with pytest.raises(errors.BadRequest) as bulk:
+        parse_statements(body, 10, bulk=True)
+    assert str(bulk.value) == str(plain.value)

@@ -368,3 +368,41 @@ def test_load_streams_in_chunks(env, tmp_path):
     assert len(raft.proposals) > 5
     q = run(store.query([Statement("SELECT count(*), sum(x) FROM a")]))
     assert q["results"][0]["values"] == [[500, sum(range(500))]]
+
+
+def test_bulk_form_through_the_store(env):
+    """Invariant: a BulkStatements write is logged in the bulk form (one text, format
+    version 2) and answers exactly what the same statements as a list answer; a text
+    needing rewriting is rewritten per row (each row draws its own random literal); a
+    refused text is refused before anything is proposed; a read path gets it as plain
+    statements."""
+    from raftsqlite.codec import decode_command
+    from raftsqlite.codec.model import BulkStatements
+    store, raft = env
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (id INTEGER PRIMARY KEY, k UNIQUE, v)")])
+        sql = "INSERT INTO t(k, v) VALUES (?, ?)"
+        rows = [[i, f"v{i}"] for i in range(50)] + [[3, "dup"]] + [[100, "x"]]
+        bulk = await store.execute(BulkStatements(sql, [list(r) for r in rows]))
+        logged = raft.proposals[-1]
+        await store.execute([Statement("DELETE FROM t")])
+        plain = await store.execute([Statement(sql, list(r)) for r in rows])
+        rnd = await store.execute(BulkStatements("INSERT INTO t(k, v) VALUES (?, random())",
+                                                 [[1000 + i] for i in range(5)]))
+        rnd_logged = decode_command(raft.proposals[-1])
+        q = await store.query(BulkStatements("SELECT v FROM t WHERE k = ?", [[1], [2]]))
+        return bulk, logged, plain, rnd, rnd_logged, q
+    bulk, logged, plain, rnd, rnd_logged, q = run(go())
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    assert logged[0] == 2       # the bulk write: format version 2
+    assert type(decode_command(logged).requests[0].statements) is BulkStatements
+    assert [r.get("rows_affected") for r in strip(bulk["results"])] == \
+        [r.get("rows_affected") for r in strip(plain["results"])]
+    assert "UNIQUE" in bulk["results"][50]["error"] and len(bulk["results"]) == 52
+    sqls = [s.sql for s in rnd_logged.requests[0].statements]
+    assert all("random" not in s for s in sqls) and len(set(sqls)) == 5
+    assert all(r["rows_affected"] == 1 for r in rnd["results"])
+    assert [r["values"] for r in q["results"]] == [[["v1"]], [["v2"]]]
+    with pytest.raises(StatementRefused):
+        run(store.execute(BulkStatements("ATTACH ? AS y", [["x"], ["z"]])))
