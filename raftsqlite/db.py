@@ -202,6 +202,18 @@ def run_many(conn, sql, params_list, out, stop_on_error=False):
     return False
 
 
+def run_many_unreported(conn, sql, rows):
+    """Run a write-shaped SQL text once per row with SQLite's own loop (executemany), for
+    an apply whose per-statement results nobody reads. -> False when every row ran, True
+    at the first failing row (the rows before it ran; the caller rolls back), None when a
+    statement ended the transaction."""
+    try:
+        conn.cursor().executemany(sql, rows)
+    except (apsw.Error, *_BAD_PARAMS):
+        return True if conn.in_transaction else None
+    return False if conn.in_transaction else None
+
+
 def _storage_class(v) -> str:
     if v is None:
         return ""
@@ -343,6 +355,10 @@ class Database:
         failing statement, False when all ran, None when a statement ended the
         transaction (the caller re-runs its batch)."""
         return run_many(self.writer, sql, params_list, out, stop_on_error)
+
+    def run_user_unreported(self, sql, rows):
+        """``run_many_unreported`` on the writer (see there)."""
+        return run_many_unreported(self.writer, sql, rows)
 
     def in_transaction(self) -> bool:
         return self.writer.in_transaction

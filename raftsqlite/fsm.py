@@ -42,6 +42,8 @@ _SCHEMA = (
 
 _ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBACK or "
                 "RAISE(ROLLBACK)); this request was not applied")
+# What a member reports for a statement whose result nobody reads (see _run_bulk).
+_UNREPORTED = {"last_insert_id": 0, "rows_affected": 0, "time": 0.0, "unreported": True}
 _INTERNAL_REFUSED = (f"statement refers to internal tables ({INTERNAL_PREFIX}*), which only "
                      f"the node itself may touch")
 
@@ -81,6 +83,11 @@ class FSM:
     def __init__(self, db, *, dedup_keep=10_000, decode=None, fast_path=True):
         self.db = db
         self.fast_path = fast_path   # False: every statement through the reference path
+        # fn(index) -> bool: whether anyone reads the results of the entry at index (its
+        # proposer waits on this member). None: always. When nobody does, a bulk request
+        # without a request id runs through SQLite's own loop and reports placeholders;
+        # the database ends the same (see _run_bulk).
+        self.results_wanted = None
         self.dedup_keep = dedup_keep
         self._decode = decode
         self._handlers = {"drop_all": _drop_all}
@@ -89,6 +96,7 @@ class FSM:
         self._lock = threading.Lock()    # apply/restore never overlap
         self._apply_thread = None
         self._current = (0, 0)
+        self._want = True
         for sql in _SCHEMA:
             db.internal(sql)
         self._applied, self._applied_term = self._read_meta()
@@ -221,6 +229,8 @@ class FSM:
             return {"index": e.index, "error": f"undecodable entry: {exc}"}, 0
         t = cmd.type
         self._current = (e.index, e.term)
+        rw = self.results_wanted
+        self._want = rw is None or rw(e.index)
         self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
         if t == CommandType.EXECUTE:
             out, added = [], 0
@@ -266,8 +276,11 @@ class FSM:
             txn = req.transaction
             if txn:
                 db.internal("SAVEPOINT _raftsqlite_req")
-            failed = (self._run_fast if self.fast_path else self._run_slow)(
-                req.statements, txn, key, results)
+            if self.fast_path and type(req.statements) is BulkStatements:
+                failed = self._run_bulk(req.statements, txn, key, results, rid)
+            else:
+                failed = (self._run_fast if self.fast_path else self._run_slow)(
+                    req.statements, txn, key, results)
             self.counters["statements"] += len(results)
             if txn:
                 if failed:
@@ -335,8 +348,15 @@ class FSM:
             i = j
         return False
 
-    def _run_bulk(self, bulk, txn, key, results):
-        """``_run_fast`` for the bulk form: the same statements, the same results."""
+    def _run_bulk(self, bulk, txn, key, results, rid=None):
+        """``_run_fast`` for the bulk form: the same statements, the same results.
+
+        When nobody reads this entry's results (a follower's apply, ``results_wanted``)
+        and no request id records them, the rows after the first run in SQLite's own loop
+        (``executemany``, about half the cost per row) and the results are placeholders.
+        A failing row then stops it: with ``transaction`` the request is rolled back as on
+        the exact path; without, a savepoint undoes the loop and the exact path runs the
+        rows again, so the database always ends exactly as on the exact path."""
         db = self.db
         sql = bulk.sql
         rows = bulk.rows
@@ -358,6 +378,22 @@ class FSM:
                 continue
             if "last_insert_id" not in r:
                 continue        # rows come back (RETURNING, a SELECT): one at a time
+            if i < n and not self._want and not rid:
+                if not txn:
+                    db.internal("SAVEPOINT _raftsqlite_bulk")
+                stop = db.run_user_unreported(sql, rows[i:])
+                if stop is None:
+                    raise _TxnLost(key)
+                if not stop:
+                    if not txn:
+                        db.internal("RELEASE _raftsqlite_bulk")
+                    results.extend([_UNREPORTED] * (n - i))
+                    return False
+                if txn:
+                    results.append(_UNREPORTED)
+                    return True
+                db.internal("ROLLBACK TO _raftsqlite_bulk")
+                db.internal("RELEASE _raftsqlite_bulk")
             if i < n:
                 stop = db.run_user_many(sql, rows[i:] if i else rows, results, txn)
                 if stop is None:

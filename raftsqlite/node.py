@@ -52,6 +52,8 @@ class Node:
         except TypeError as e:
             raise ConfigError(f"bad Raft setting: {e}") from None
         self.raft = RaftNode(self.raft_config, self.fsm)
+        # results nobody waits for (a follower's apply) need not be computed (fsm.py)
+        self.fsm.results_wanted = self.raft.awaits_result
         self.store = Store(self.raft, self.fsm, self.db, config.store, node_id=config.node_id,
                            voter=config.voter)
         # Sharding (every node): ownership checks in the FSM, the catalog (default group),

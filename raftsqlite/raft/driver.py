@@ -523,6 +523,13 @@ class RaftNode:
 
     # ---- applying ------------------------------------------------------------------------
 
+    def awaits_result(self, index):
+        """Whether a proposer on this member waits for the apply result of the entry at
+        ``index``. Called by the state machine from the apply thread (one dict lookup,
+        atomic under the GIL): an entry proposed here is pending from propose_batch,
+        before it can commit, until its result is delivered."""
+        return index in self._pending
+
     def _apply(self, entries):
         n = self.config.apply_batch
         for i in range(0, len(entries), n):

@@ -98,13 +98,14 @@ def _dump(db):
     return rows
 
 
-def _run(path, fast, batches):
+def _run(path, fast, batches, wanted=None):
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)
     db = Database(path)
     try:
         fsm = FSM(db, fast_path=fast)
+        fsm.results_wanted = wanted
         fsm.apply([_entry(1, [Request([Statement(s) for s in SCHEMA])])])
         out = []
         for i, reqs in enumerate(batches):
@@ -126,6 +127,11 @@ def test_fast_path_matches_reference_path(tmp_path, batches):
     slow = _run(str(tmp_path / "slow.db"), False, batches)
     fast = _run(str(tmp_path / "fast.db"), True, batches)
     assert fast == slow
+    # a member whose results nobody reads (a follower) ends with the same database
+    unread = _run(str(tmp_path / "unread.db"), True, batches, wanted=lambda index: False)
+    assert unread[1] == slow[1] and unread[2] == slow[2]
+    assert [len(r["results"]) for b in unread[0] for r in b if r] == \
+        [len(r["results"]) for b in slow[0] for r in b if r]
 
 
 def test_fast_path_bulk_results_exact(tmp_path):
