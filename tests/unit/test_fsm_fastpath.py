@@ -17,6 +17,9 @@ SCHEMA = [
     "CREATE TRIGGER tr AFTER INSERT ON t WHEN new.k % 7 = 0 BEGIN "
     "INSERT INTO log VALUES (new.k); END",
     "CREATE TABLE rb (k INTEGER PRIMARY KEY ON CONFLICT ROLLBACK)",
+    "CREATE TABLE p (id INTEGER PRIMARY KEY, k INTEGER UNIQUE, v TEXT NOT NULL)",
+    "CREATE TABLE w (k INTEGER PRIMARY KEY, v) WITHOUT ROWID",
+    "CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
 ]
 
 # Statement texts: the same text repeats with different parameters, which is what the
@@ -32,6 +35,13 @@ TEXTS = [
     ("SELECT count(*) FROM t WHERE k > ?", 1),
     ("INSERT INTO rb VALUES (?)", 1),
     ("INSERT INTO _raftsqlite_meta VALUES (?, ?)", 2),
+    # plain inserts into tables without triggers: results proved wholesale when possible
+    ("INSERT INTO p(k, v) VALUES (?, ?)", 2),
+    ("insert into \"p\" ( v ) values ( ? )", 1),
+    ("INSERT INTO p(id, v) VALUES (?, ?)", 2),
+    ("INSERT INTO w(k, v) VALUES (?, ?)", 2),
+    ("INSERT INTO a(v) VALUES (?)", 1),
+    ("DELETE FROM a WHERE id > ?", 1),
 ]
 
 values = hs.one_of(hs.none(), hs.integers(0, 30), hs.sampled_from(["a", "b", ""]))
@@ -93,7 +103,7 @@ def _strip(results):
 
 def _dump(db):
     rows = []
-    for t in ("t", "log", "rb"):
+    for t in ("t", "log", "rb", "p", "w", "a", "sqlite_sequence"):
         rows.append(db.read([(f"SELECT * FROM {t} ORDER BY 1", None)])[0]["values"])
     return rows
 
@@ -177,5 +187,41 @@ def test_bulk_form_results_exact(tmp_path):
                                             True)])])[0]["results"][0]
         assert len(res) == 2 and "UNIQUE" in res[1]["error"]
         assert db.read([("SELECT count(*) FROM t", None)])[0]["values"] == [[1008]]
+    finally:
+        db.close()
+
+
+def test_sequential_inserts_proved_or_not_used(tmp_path):
+    """Invariant: a plain bulk INSERT into a table without triggers gets its per-row
+    rowids without a Python step per row (db.run_user_sequential), and they are exactly
+    the rowids SQLite gave; where the proof cannot hold (explicit ids, a trigger, rows
+    deleted below an AUTOINCREMENT counter) the results are still exact."""
+    db = Database(str(tmp_path / "db.sqlite"))
+    try:
+        fsm = FSM(db)
+        fsm.apply([_entry(1, [Request([Statement(s) for s in SCHEMA])])])
+        seq = lambda: db.stats_counters["sequential_runs"]  # noqa: E731
+        cases = [("INSERT INTO p(k, v) VALUES (?, ?)", [[i, f"v{i}"] for i in range(300)], 1),
+                 ("INSERT INTO p(id, v) VALUES (?, ?)", [[10_000 - i, "x"] for i in range(5)], 0),
+                 ("INSERT INTO t(k, v) VALUES (?, ?)", [[i, "x"] for i in range(20)], 0),
+                 ("INSERT INTO a(v) VALUES (?)", [[i] for i in range(30)], 1)]
+        idx = 2
+        for sql, rows, proved in cases:
+            before = seq()
+            res = fsm.apply([_entry(idx, [Request(BulkStatements(sql, rows), True)])])
+            idx += 1
+            res = res[0]["results"][0]
+            table = sql.split()[2].split("(")[0]
+            got = db.read([(f"SELECT rowid FROM {table} ORDER BY rowid DESC LIMIT ?",
+                            [len(rows)])])[0]["values"]
+            assert [r["last_insert_id"] for r in res] == sorted(v[0] for v in got) \
+                or sql.startswith("INSERT INTO p(id")
+            assert all(r["rows_affected"] == 1 for r in res)
+            assert seq() - before == proved, sql
+        # rows deleted under an AUTOINCREMENT counter: rowids continue above them, exact
+        fsm.apply([_entry(idx, [Request([Statement("DELETE FROM a WHERE id > 10")])])])
+        res = fsm.apply([_entry(idx + 1, [Request(BulkStatements(
+            "INSERT INTO a(v) VALUES (?)", [[i] for i in range(5)]))])])[0]["results"][0]
+        assert [r["last_insert_id"] for r in res] == [31, 32, 33, 34, 35]
     finally:
         db.close()
