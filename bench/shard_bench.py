@@ -17,8 +17,9 @@ own routers instead. Then the 2-group cluster is loaded to ``--rows`` rows and
 
 Usage: ``python bench/shard_bench.py [--quick]`` or ``python bench/shard_bench.py
 --cluster [--seconds 3] [--clients 64] [--workers 2] [--reps 3] [--rows 1000000]
-[--no-fsync]``. Last line: one JSON object.
+[--no-fsync]`` (``--help`` lists every option). Last line: one JSON object.
 """
+import argparse
 import asyncio
 import json
 import os
@@ -111,7 +112,7 @@ async def inproc(shards, rows, reads):
 def setup_cluster(tmp, n_groups):
     from raftsqlite.sharding.local import LocalCluster, http
     shards = tuple(f"shard{i + 1}" for i in range(n_groups))
-    extra = ["-no-fsync"] if "--no-fsync" in sys.argv else []   # diagnosis only: is fsync the limit?
+    extra = ["-no-fsync"] if ARGS and ARGS.no_fsync else []   # diagnosis only: is fsync the limit?
     cl = LocalCluster(os.path.join(tmp, f"g{n_groups}"), shards=shards, extra_args=extra).start()
     d = cl.addrs["default"]
     for method, path, body in (
@@ -133,31 +134,22 @@ def setup_cluster(tmp, n_groups):
     return cl, shards
 
 
-class ShardCallExecutor:
+def remote_executor(session, addrs):
     """``GroupExecutor`` of a client-side router (like vtgate beside the application):
     each routed request, with its ownership guard, goes straight to the owning group's
-    leader (``POST /shard/call``), so no node spends CPU on a second hop."""
+    leader (``POST /shard/call``), so no node spends CPU on a second hop. Requests to
+    one group that are in flight together share a call (``sharding/coalesce.py``); each
+    keeps its own guard, results and errors."""
+    from raftsqlite.sharding.coalesce import RemoteExecutor
+    from raftsqlite.sharding.service import error_from
 
-    def __init__(self, session, addrs):
-        self.s, self.addrs = session, addrs
-
-    async def _call(self, group, kind, statements, transaction, guard):
-        from raftsqlite.codec import encode_command
-        from raftsqlite.codec.model import Command, CommandType, Request
-        from raftsqlite.sharding.service import error_from, load_results
-        ctype = CommandType.QUERY if kind == "query" else CommandType.EXECUTE
-        body = encode_command(Command(ctype, [Request(statements, transaction, None, guard)]))
-        async with self.s.post(f"http://{self.addrs[group]}/shard/call?kind={kind}", data=body) as r:
+    async def post(group, path, body):
+        async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
             data = await r.read()
         if r.status != 200:
             raise error_from(r.status, data)
-        return load_results(data)
-
-    async def execute(self, group, statements, *, transaction=False, guard=None):
-        return await self._call(group, "execute", statements, transaction, guard)
-
-    async def query(self, group, statements, *, guard=None, **opts):
-        return await self._call(group, "query", statements, False, guard)
+        return data
+    return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 2)
 
 
 async def client_router(session, d, addrs):
@@ -168,7 +160,7 @@ async def client_router(session, d, addrs):
             return await r.read() if r.status == 200 else None
     cache = CatalogCache(fetch=fetch)
     await cache.refresh()
-    return Router(ShardCallExecutor(session, addrs), cache)
+    return Router(remote_executor(session, addrs), cache)
 
 
 def _insert_worker(default_addr, addrs, clients, t_start, t_end, id_base, out):
@@ -354,9 +346,37 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
             cl.stop()
 
 
+ARGS = None
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="shard_bench.py", description=(
+            "Sharding benchmark. Without --cluster: the router's planning cost and routed "
+            "statements over in-process groups. With --cluster: real clusters with 1 and 2 "
+            "shard groups (one member each, fsync on), routed single-row INSERTs from "
+            "client-side routers in --workers processes, windows alternating between the "
+            "clusters; prints scale_ratio. Last line: one JSON object."))
+    ap.add_argument("--quick", action="store_true", help="in-process mode: fewer runs and rows")
+    ap.add_argument("--cluster", action="store_true", help="measure real clusters (1 vs 2 shard groups)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each measured window (default 3)")
+    ap.add_argument("--clients", type=int, default=64, help="concurrent clients in all (default 64)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="load processes, each with its own client-side router (default 2)")
+    ap.add_argument("--reps", type=int, default=3, help="alternating windows per cluster (default 3)")
+    ap.add_argument("--rows", type=int, default=1_000_000,
+                    help="rows loaded into the 2-group cluster before timing scatter queries (0: skip)")
+    ap.add_argument("--inflight", type=int, default=2,
+                    help="calls in flight per shard per router before calls are coalesced (default 2)")
+    ap.add_argument("--no-fsync", action="store_true", help="diagnosis only: run the nodes without fsync")
+    return ap.parse_args(argv)
+
+
 def main():
-    quick = "--quick" in sys.argv
-    if "--cluster" in sys.argv:
+    global ARGS
+    ARGS = parse_args()
+    quick = ARGS.quick
+    if ARGS.cluster:
         return main_cluster()
     runs, n = (3, 20) if quick else (7, 100)
     print(f"# shard_bench: python {platform.python_version()} on {platform.machine()}, "
@@ -392,22 +412,13 @@ def main():
     }))
 
 
-def _arg(name, default):
-    if name in sys.argv:
-        return type(default)(sys.argv[sys.argv.index(name) + 1])
-    return default
-
-
 def main_cluster():
     """Real clusters: a default group with 1 and with 2 shard groups of one member each
     (separate ``raft-sqlite`` processes, fsync on). Writes and reads go through a
     client-side router in this process (ownership guards checked by each shard's FSM);
     ``node_routed_*`` is the same load sent to the shard nodes' own routers instead."""
-    seconds = _arg("--seconds", 3.0)
-    clients = _arg("--clients", 64)
-    rows = _arg("--rows", 1_000_000)
-    reps = _arg("--reps", 3)
-    workers = _arg("--workers", 2)
+    seconds, clients, rows = ARGS.seconds, ARGS.clients, ARGS.rows
+    reps, workers = ARGS.reps, ARGS.workers
     print(f"# shard_bench --cluster: python {platform.python_version()}, {os.cpu_count()} cpus, "
           f"{clients} clients in {workers} router processes for inserts, {reps} alternating {seconds}s windows per figure, scan over "
           f"{rows} rows; loadavg {os.getloadavg()[0]:.2f}")
@@ -437,7 +448,7 @@ def main_cluster():
         "cores_busy_inserts_1_group": res[1]["cpu"][-1], "cores_busy_inserts_2_groups": res[2]["cpu"][-1],
         "scatter_count_ms": lat.get("count"), "scatter_order_limit_ms": lat.get("order_limit"),
         "scan_rows": lat.get("total_rows"), "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
-        "guard_checked": True, "hash_impl": codec.IMPLEMENTATION, "fsync": "--no-fsync" not in sys.argv,
+        "guard_checked": True, "hash_impl": codec.IMPLEMENTATION, "fsync": not ARGS.no_fsync,
         "loadavg_1m_end": round(os.getloadavg()[0], 2)}))
 
 
