@@ -113,6 +113,7 @@ def setup_cluster(tmp, n_groups):
     from raftsqlite.sharding.local import LocalCluster, http
     shards = tuple(f"shard{i + 1}" for i in range(n_groups))
     extra = ["-no-fsync"] if ARGS and ARGS.no_fsync else []   # diagnosis only: is fsync the limit?
+    extra += ARGS.node_args.split() if ARGS and ARGS.node_args else []
     cl = LocalCluster(os.path.join(tmp, f"g{n_groups}"), shards=shards, extra_args=extra).start()
     d = cl.addrs["default"]
     for method, path, body in (
@@ -185,7 +186,11 @@ def _insert_worker(default_addr, addrs, clients, t_start, t_end, id_base, out):
                     assert "error" not in res[0], res
                     if t_start <= now:
                         k += 1
-            return sum(await asyncio.gather(*[one(c) for c in range(clients)]))
+            k = sum(await asyncio.gather(*[one(c) for c in range(clients)]))
+            return k, router.ex.stats()
+    if ARGS is not None and ARGS.loop == "uvloop":
+        import uvloop
+        uvloop.install()
     out.put(asyncio.run(main()))
 
 
@@ -291,21 +296,33 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 await asyncio.sleep(max(0.0, t_end - time.monotonic()))
                 c1 = _cpu_s(pids)
                 loop = asyncio.get_running_loop()
-                k = 0
+                k, calls, sends = 0, 0, 0
                 for _ in ps:
-                    k += await loop.run_in_executor(None, q.get, True, 60)
+                    kw, st = await loop.run_in_executor(None, q.get, True, 60)
+                    k += kw
+                    calls += st["calls"]
+                    sends += st["sends"]
                 for p_ in ps:
                     p_.join(10)
-                return k / seconds, {p: round((c1[p] - c0[p]) / seconds, 2) for p in pids}
+                cpu = {p: round((c1[p] - c0[p]) / seconds, 2) for p in pids}
+                # CPU per insert, per role: robust to a busy machine where rates are not
+                us = {"shards": sum(c1[p] - c0[p] for p in pids if p.startswith("shard")),
+                      "routers": sum(c1[p] - c0[p] for p in pids if p.startswith("router"))}
+                us = {r: round(v / max(k, 1) * 1e6, 1) for r, v in us.items()}
+                return k / seconds, cpu, us, round(calls / max(sends, 1), 1)
             for n in (1, 2):   # warm-up: connections, plan cache, first entries
                 await asyncio.gather(*[writer(n, time.monotonic() + 1.0, c) for c in range(clients)])
-            res = {n: {"ins": [], "node_ins": [], "read": [], "cpu": []} for n in (1, 2)}
+            res = {n: {"ins": [], "node_ins": [], "read": [], "cpu": [], "us": [], "coalesced": []}
+                   for n in (1, 2)}
             for rep in range(reps):
                 for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
-                    rps, cpu = await proc_window(n)
+                    rps, cpu, us, co = await proc_window(n)
                     res[n]["ins"].append(rps)
                     res[n]["cpu"].append(cpu)
-                    print(f"  rep {rep + 1}: {n} group(s) inserts {rps:,.0f}/s, cores busy {cpu}", flush=True)
+                    res[n]["us"].append(us)
+                    res[n]["coalesced"].append(co)
+                    print(f"  rep {rep + 1}: {n} group(s) inserts {rps:,.0f}/s, cores busy {cpu}, "
+                          f"CPU us per insert {us}, inserts per /shard/call {co}", flush=True)
             for rep in range(reps):
                 for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
                     res[n]["read"].append((await window(reader, n))[0])
@@ -368,6 +385,10 @@ def parse_args(argv=None):
                     help="rows loaded into the 2-group cluster before timing scatter queries (0: skip)")
     ap.add_argument("--inflight", type=int, default=2,
                     help="calls in flight per shard per router before calls are coalesced (default 2)")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="event loop of the load processes (the nodes always run uvloop)")
+    ap.add_argument("--node-args", default="",
+                    help="diagnosis only: extra raft-sqlite flags for every node, e.g. '-max-inflight 8'")
     ap.add_argument("--no-fsync", action="store_true", help="diagnosis only: run the nodes without fsync")
     return ap.parse_args(argv)
 
@@ -429,7 +450,14 @@ def main_cluster():
     cold = statistics.median(v["cold_us"] for v in costs.values())
     print(f"planning cost per statement (median over shapes): cold {cold:.1f} us, warm {warm:.2f} us")
     res, lat = asyncio.run(cluster_all(seconds, clients, rows, reps, workers))
-    med = {n: {k: statistics.median(v) for k, v in r.items() if k != "cpu"} for n, r in res.items()}
+    med = {n: {k: statistics.median(v) for k, v in r.items() if k in ("ins", "node_ins", "read", "coalesced")}
+           for n, r in res.items()}
+    us = {n: {role: round(statistics.median(u[role] for u in res[n]["us"]), 1) for role in ("shards", "routers")}
+          for n in (1, 2)}
+    for n in (1, 2):
+        print(f"{n} shard group(s): CPU per routed insert (median of windows): shard node(s) "
+              f"{us[n]['shards']} us, client-side routers {us[n]['routers']} us; "
+              f"{med[n]['coalesced']} inserts per /shard/call")
     for n in (1, 2):
         print(f"{n} shard group(s): routed single-row inserts {med[n]['ins']:,.0f}/s (median of "
               f"{', '.join(f'{x:,.0f}' for x in res[n]['ins'])}), point reads {med[n]['read']:,.0f}/s, "
@@ -446,9 +474,13 @@ def main_cluster():
         "node_routed_insert_rps_2_groups": round(med[2]["node_ins"]),
         "point_read_rps_1_group": round(med[1]["read"]), "point_read_rps_2_groups": round(med[2]["read"]),
         "cores_busy_inserts_1_group": res[1]["cpu"][-1], "cores_busy_inserts_2_groups": res[2]["cpu"][-1],
+        "cpu_us_per_insert_1_group": us[1], "cpu_us_per_insert_2_groups": us[2],
+        "inserts_per_call_1_group": med[1]["coalesced"], "inserts_per_call_2_groups": med[2]["coalesced"],
+        "router_loop": ARGS.loop, "coalesce_inflight": ARGS.inflight,
         "scatter_count_ms": lat.get("count"), "scatter_order_limit_ms": lat.get("order_limit"),
         "scan_rows": lat.get("total_rows"), "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
         "guard_checked": True, "hash_impl": codec.IMPLEMENTATION, "fsync": not ARGS.no_fsync,
+        "node_args": ARGS.node_args,
         "loadavg_1m_end": round(os.getloadavg()[0], 2)}))
 
 
