@@ -150,7 +150,7 @@ def remote_executor(session, addrs):
         if r.status != 200:
             raise error_from(r.status, data)
         return data
-    return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 2)
+    return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 1)
 
 
 async def client_router(session, d, addrs):
@@ -383,8 +383,9 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=3, help="alternating windows per cluster (default 3)")
     ap.add_argument("--rows", type=int, default=1_000_000,
                     help="rows loaded into the 2-group cluster before timing scatter queries (0: skip)")
-    ap.add_argument("--inflight", type=int, default=2,
-                    help="calls in flight per shard per router before calls are coalesced (default 2)")
+    ap.add_argument("--inflight", type=int, default=1,
+                    help="write calls in flight per shard per router; more wait and leave together "
+                         "as one /shard/call (default 1, as in the nodes' routers)")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                     help="event loop of the load processes (the nodes always run uvloop)")
     ap.add_argument("--node-args", default="",

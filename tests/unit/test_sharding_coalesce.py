@@ -112,3 +112,29 @@ def test_remote_executor_wire_shapes():
     assert ra == [{"rows_affected": 1}] and rb == [{"rows_affected": 0}] and rc == [{"rows_affected": 1}]
     assert posts[0] == ("/shard/call?kind=execute&level=weak", [(b"G1", False)])
     assert posts[1] == ("/shard/call?kind=execute&level=weak&batch=1", [(b"G2", False), (None, True)])
+
+
+def test_reads_are_never_held_behind_another_call():
+    """Invariant: a read is sent at once, one request per call, even while another read
+    to the same group is still running (no head-of-line blocking behind a long scan)."""
+    posts = []
+    slow = asyncio.Event()
+
+    async def post(group, path, body):
+        posts.append(path)
+        if len(posts) == 1:
+            await slow.wait()
+        return b'{"results":[{"columns":["x"],"types":["integer"],"values":[[1]]}]}'
+
+    async def main():
+        ex = RemoteExecutor(post)
+        scan = asyncio.ensure_future(ex.query("s1", [Statement("SELECT slow")], guard=b"G"))
+        await asyncio.sleep(0)
+        point = await asyncio.wait_for(ex.query("s1", [Statement("SELECT 1")], guard=b"G"), 2)
+        assert not scan.done()
+        slow.set()
+        await asyncio.wait_for(scan, 2)
+        return point
+    point = asyncio.run(main())
+    assert point[0]["values"] == [[1]]
+    assert posts == ["/shard/call?kind=query&level=weak"] * 2
