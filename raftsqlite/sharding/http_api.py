@@ -94,7 +94,11 @@ def blueprint():
             if isinstance(res, HTTPResponse):
                 return res
             return HTTPResponse(dump_results(res["results"]), content_type=wire.JSON_CT)
-        res = await fwd.on_leader(request, p, lambda: _run_batch(st, run, cmd.requests))
+        if kind == "execute" and cmd.type != CommandType.QUERY:
+            batch_fn = lambda: _execute_batch(st, cmd.requests)  # noqa: E731
+        else:
+            batch_fn = lambda: _run_batch(st, run, cmd.requests)  # noqa: E731
+        res = await fwd.on_leader(request, p, batch_fn)
         if isinstance(res, HTTPResponse):
             return res
         return HTTPResponse(dump_requests(res), content_type=wire.JSON_CT)
@@ -273,6 +277,15 @@ def blueprint():
         return wire.json_response(plan)
 
     return bp
+
+
+async def _execute_batch(st, requests):
+    """The writes of a coalesced routed call, queued together (``Store.execute_many``) so
+    they share one group-commit entry: one outcome per request. A follower raises
+    ``NotLeader`` before queuing anything, and the call is forwarded as a whole."""
+    outs = await st.execute_many(requests)
+    return [outcome_doc(o) if isinstance(o, BaseException) else {"results": o["results"]}
+            for o in outs]
 
 
 async def _run_batch(st, run, requests):
