@@ -9,9 +9,11 @@ groups (keys prefixed ``inproc_``: router overhead, not cluster scaling).
 member each (separate ``raft-sqlite -shard`` processes on 127.0.0.1, fsync on), set up
 through the seed's /table/* API. Routed single-row INSERTs come from ``--workers`` load
 processes, each with its own client-side router (``Router`` + ``POST /shard/call`` with
-ownership guards checked by the shards' FSMs); windows alternate between the two
-clusters ``--reps`` times so both see the same machine load, and the per-process CPU use
-of each window is printed. ``node_routed_*`` sends the same INSERTs to the shard nodes'
+ownership guards checked by the shards' FSMs; concurrent writes to one shard share a call,
+``sharding/coalesce.py``); windows alternate between the two clusters ``--reps`` times so
+both see the same machine load, and the per-process CPU use of each window is printed,
+with the CPU per insert of the shard nodes and of the routers (the figures that bound
+``scale_ratio`` on a machine whose cores the load generators share). ``node_routed_*`` sends the same INSERTs to the shard nodes'
 own routers instead. Then the 2-group cluster is loaded to ``--rows`` rows and
 ``SELECT COUNT(*)`` and ``ORDER BY ... LIMIT 10`` are timed through the router.
 
