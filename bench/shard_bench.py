@@ -9,16 +9,19 @@ groups (keys prefixed ``inproc_``: router overhead, not cluster scaling).
 member each (separate ``raft-sqlite -shard`` processes on 127.0.0.1, fsync on), set up
 through the seed's /table/* API. Routed single-row INSERTs come from ``--workers`` load
 processes, each with its own client-side router (``Router`` + ``POST /shard/call`` with
-ownership guards checked by the shards' FSMs); windows alternate between the two
-clusters ``--reps`` times so both see the same machine load, and the per-process CPU use
-of each window is printed. ``node_routed_*`` sends the same INSERTs to the shard nodes'
+ownership guards checked by the shards' FSMs; concurrent writes to one shard share a call,
+``sharding/coalesce.py``); windows alternate between the two clusters ``--reps`` times so
+both see the same machine load, and the per-process CPU use of each window is printed,
+with the CPU per insert of the shard nodes and of the routers (the figures that bound
+``scale_ratio`` on a machine whose cores the load generators share). ``node_routed_*`` sends the same INSERTs to the shard nodes'
 own routers instead. Then the 2-group cluster is loaded to ``--rows`` rows and
 ``SELECT COUNT(*)`` and ``ORDER BY ... LIMIT 10`` are timed through the router.
 
 Usage: ``python bench/shard_bench.py [--quick]`` or ``python bench/shard_bench.py
 --cluster [--seconds 3] [--clients 64] [--workers 2] [--reps 3] [--rows 1000000]
-[--no-fsync]``. Last line: one JSON object.
+[--no-fsync]`` (``--help`` lists every option). Last line: one JSON object.
 """
+import argparse
 import asyncio
 import json
 import os
@@ -111,7 +114,8 @@ async def inproc(shards, rows, reads):
 def setup_cluster(tmp, n_groups):
     from raftsqlite.sharding.local import LocalCluster, http
     shards = tuple(f"shard{i + 1}" for i in range(n_groups))
-    extra = ["-no-fsync"] if "--no-fsync" in sys.argv else []   # diagnosis only: is fsync the limit?
+    extra = ["-no-fsync"] if ARGS and ARGS.no_fsync else []   # diagnosis only: is fsync the limit?
+    extra += ARGS.node_args.split() if ARGS and ARGS.node_args else []
     cl = LocalCluster(os.path.join(tmp, f"g{n_groups}"), shards=shards, extra_args=extra).start()
     d = cl.addrs["default"]
     for method, path, body in (
@@ -133,31 +137,22 @@ def setup_cluster(tmp, n_groups):
     return cl, shards
 
 
-class ShardCallExecutor:
+def remote_executor(session, addrs):
     """``GroupExecutor`` of a client-side router (like vtgate beside the application):
     each routed request, with its ownership guard, goes straight to the owning group's
-    leader (``POST /shard/call``), so no node spends CPU on a second hop."""
+    leader (``POST /shard/call``), so no node spends CPU on a second hop. Requests to
+    one group that are in flight together share a call (``sharding/coalesce.py``); each
+    keeps its own guard, results and errors."""
+    from raftsqlite.sharding.coalesce import RemoteExecutor
+    from raftsqlite.sharding.service import error_from
 
-    def __init__(self, session, addrs):
-        self.s, self.addrs = session, addrs
-
-    async def _call(self, group, kind, statements, transaction, guard):
-        from raftsqlite.codec import encode_command
-        from raftsqlite.codec.model import Command, CommandType, Request
-        from raftsqlite.sharding.service import error_from, load_results
-        ctype = CommandType.QUERY if kind == "query" else CommandType.EXECUTE
-        body = encode_command(Command(ctype, [Request(statements, transaction, None, guard)]))
-        async with self.s.post(f"http://{self.addrs[group]}/shard/call?kind={kind}", data=body) as r:
+    async def post(group, path, body):
+        async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
             data = await r.read()
         if r.status != 200:
             raise error_from(r.status, data)
-        return load_results(data)
-
-    async def execute(self, group, statements, *, transaction=False, guard=None):
-        return await self._call(group, "execute", statements, transaction, guard)
-
-    async def query(self, group, statements, *, guard=None, **opts):
-        return await self._call(group, "query", statements, False, guard)
+        return data
+    return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 1)
 
 
 async def client_router(session, d, addrs):
@@ -168,7 +163,7 @@ async def client_router(session, d, addrs):
             return await r.read() if r.status == 200 else None
     cache = CatalogCache(fetch=fetch)
     await cache.refresh()
-    return Router(ShardCallExecutor(session, addrs), cache)
+    return Router(remote_executor(session, addrs), cache)
 
 
 def _insert_worker(default_addr, addrs, clients, t_start, t_end, id_base, out):
@@ -193,7 +188,11 @@ def _insert_worker(default_addr, addrs, clients, t_start, t_end, id_base, out):
                     assert "error" not in res[0], res
                     if t_start <= now:
                         k += 1
-            return sum(await asyncio.gather(*[one(c) for c in range(clients)]))
+            k = sum(await asyncio.gather(*[one(c) for c in range(clients)]))
+            return k, router.ex.stats()
+    if ARGS is not None and ARGS.loop == "uvloop":
+        import uvloop
+        uvloop.install()
     out.put(asyncio.run(main()))
 
 
@@ -299,21 +298,33 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 await asyncio.sleep(max(0.0, t_end - time.monotonic()))
                 c1 = _cpu_s(pids)
                 loop = asyncio.get_running_loop()
-                k = 0
+                k, calls, sends = 0, 0, 0
                 for _ in ps:
-                    k += await loop.run_in_executor(None, q.get, True, 60)
+                    kw, st = await loop.run_in_executor(None, q.get, True, 60)
+                    k += kw
+                    calls += st["calls"]
+                    sends += st["sends"]
                 for p_ in ps:
                     p_.join(10)
-                return k / seconds, {p: round((c1[p] - c0[p]) / seconds, 2) for p in pids}
+                cpu = {p: round((c1[p] - c0[p]) / seconds, 2) for p in pids}
+                # CPU per insert, per role: robust to a busy machine where rates are not
+                us = {"shards": sum(c1[p] - c0[p] for p in pids if p.startswith("shard")),
+                      "routers": sum(c1[p] - c0[p] for p in pids if p.startswith("router"))}
+                us = {r: round(v / max(k, 1) * 1e6, 1) for r, v in us.items()}
+                return k / seconds, cpu, us, round(calls / max(sends, 1), 1)
             for n in (1, 2):   # warm-up: connections, plan cache, first entries
                 await asyncio.gather(*[writer(n, time.monotonic() + 1.0, c) for c in range(clients)])
-            res = {n: {"ins": [], "node_ins": [], "read": [], "cpu": []} for n in (1, 2)}
+            res = {n: {"ins": [], "node_ins": [], "read": [], "cpu": [], "us": [], "coalesced": []}
+                   for n in (1, 2)}
             for rep in range(reps):
                 for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
-                    rps, cpu = await proc_window(n)
+                    rps, cpu, us, co = await proc_window(n)
                     res[n]["ins"].append(rps)
                     res[n]["cpu"].append(cpu)
-                    print(f"  rep {rep + 1}: {n} group(s) inserts {rps:,.0f}/s, cores busy {cpu}", flush=True)
+                    res[n]["us"].append(us)
+                    res[n]["coalesced"].append(co)
+                    print(f"  rep {rep + 1}: {n} group(s) inserts {rps:,.0f}/s, cores busy {cpu}, "
+                          f"CPU us per insert {us}, inserts per /shard/call {co}", flush=True)
             for rep in range(reps):
                 for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
                     res[n]["read"].append((await window(reader, n))[0])
@@ -354,9 +365,42 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
             cl.stop()
 
 
+ARGS = None
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="shard_bench.py", description=(
+            "Sharding benchmark. Without --cluster: the router's planning cost and routed "
+            "statements over in-process groups. With --cluster: real clusters with 1 and 2 "
+            "shard groups (one member each, fsync on), routed single-row INSERTs from "
+            "client-side routers in --workers processes, windows alternating between the "
+            "clusters; prints scale_ratio. Last line: one JSON object."))
+    ap.add_argument("--quick", action="store_true", help="in-process mode: fewer runs and rows")
+    ap.add_argument("--cluster", action="store_true", help="measure real clusters (1 vs 2 shard groups)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each measured window (default 3)")
+    ap.add_argument("--clients", type=int, default=64, help="concurrent clients in all (default 64)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="load processes, each with its own client-side router (default 2)")
+    ap.add_argument("--reps", type=int, default=3, help="alternating windows per cluster (default 3)")
+    ap.add_argument("--rows", type=int, default=1_000_000,
+                    help="rows loaded into the 2-group cluster before timing scatter queries (0: skip)")
+    ap.add_argument("--inflight", type=int, default=1,
+                    help="write calls in flight per shard per router; more wait and leave together "
+                         "as one /shard/call (default 1, as in the nodes' routers)")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="event loop of the load processes (the nodes always run uvloop)")
+    ap.add_argument("--node-args", default="",
+                    help="diagnosis only: extra raft-sqlite flags for every node, e.g. '-max-inflight 8'")
+    ap.add_argument("--no-fsync", action="store_true", help="diagnosis only: run the nodes without fsync")
+    return ap.parse_args(argv)
+
+
 def main():
-    quick = "--quick" in sys.argv
-    if "--cluster" in sys.argv:
+    global ARGS
+    ARGS = parse_args()
+    quick = ARGS.quick
+    if ARGS.cluster:
         return main_cluster()
     runs, n = (3, 20) if quick else (7, 100)
     print(f"# shard_bench: python {platform.python_version()} on {platform.machine()}, "
@@ -392,22 +436,13 @@ def main():
     }))
 
 
-def _arg(name, default):
-    if name in sys.argv:
-        return type(default)(sys.argv[sys.argv.index(name) + 1])
-    return default
-
-
 def main_cluster():
     """Real clusters: a default group with 1 and with 2 shard groups of one member each
     (separate ``raft-sqlite`` processes, fsync on). Writes and reads go through a
     client-side router in this process (ownership guards checked by each shard's FSM);
     ``node_routed_*`` is the same load sent to the shard nodes' own routers instead."""
-    seconds = _arg("--seconds", 3.0)
-    clients = _arg("--clients", 64)
-    rows = _arg("--rows", 1_000_000)
-    reps = _arg("--reps", 3)
-    workers = _arg("--workers", 2)
+    seconds, clients, rows = ARGS.seconds, ARGS.clients, ARGS.rows
+    reps, workers = ARGS.reps, ARGS.workers
     print(f"# shard_bench --cluster: python {platform.python_version()}, {os.cpu_count()} cpus, "
           f"{clients} clients in {workers} router processes for inserts, {reps} alternating {seconds}s windows per figure, scan over "
           f"{rows} rows; loadavg {os.getloadavg()[0]:.2f}")
@@ -418,7 +453,14 @@ def main_cluster():
     cold = statistics.median(v["cold_us"] for v in costs.values())
     print(f"planning cost per statement (median over shapes): cold {cold:.1f} us, warm {warm:.2f} us")
     res, lat = asyncio.run(cluster_all(seconds, clients, rows, reps, workers))
-    med = {n: {k: statistics.median(v) for k, v in r.items() if k != "cpu"} for n, r in res.items()}
+    med = {n: {k: statistics.median(v) for k, v in r.items() if k in ("ins", "node_ins", "read", "coalesced")}
+           for n, r in res.items()}
+    us = {n: {role: round(statistics.median(u[role] for u in res[n]["us"]), 1) for role in ("shards", "routers")}
+          for n in (1, 2)}
+    for n in (1, 2):
+        print(f"{n} shard group(s): CPU per routed insert (median of windows): shard node(s) "
+              f"{us[n]['shards']} us, client-side routers {us[n]['routers']} us; "
+              f"{med[n]['coalesced']} inserts per /shard/call")
     for n in (1, 2):
         print(f"{n} shard group(s): routed single-row inserts {med[n]['ins']:,.0f}/s (median of "
               f"{', '.join(f'{x:,.0f}' for x in res[n]['ins'])}), point reads {med[n]['read']:,.0f}/s, "
@@ -435,9 +477,13 @@ def main_cluster():
         "node_routed_insert_rps_2_groups": round(med[2]["node_ins"]),
         "point_read_rps_1_group": round(med[1]["read"]), "point_read_rps_2_groups": round(med[2]["read"]),
         "cores_busy_inserts_1_group": res[1]["cpu"][-1], "cores_busy_inserts_2_groups": res[2]["cpu"][-1],
+        "cpu_us_per_insert_1_group": us[1], "cpu_us_per_insert_2_groups": us[2],
+        "inserts_per_call_1_group": med[1]["coalesced"], "inserts_per_call_2_groups": med[2]["coalesced"],
+        "router_loop": ARGS.loop, "coalesce_inflight": ARGS.inflight,
         "scatter_count_ms": lat.get("count"), "scatter_order_limit_ms": lat.get("order_limit"),
         "scan_rows": lat.get("total_rows"), "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),
-        "guard_checked": True, "hash_impl": codec.IMPLEMENTATION, "fsync": "--no-fsync" not in sys.argv,
+        "guard_checked": True, "hash_impl": codec.IMPLEMENTATION, "fsync": not ARGS.no_fsync,
+        "node_args": ARGS.node_args,
         "loadavg_1m_end": round(os.getloadavg()[0], 2)}))
 
 

@@ -142,6 +142,58 @@ class Store:
                 self._flush()
         return self._await(fut, timeout)
 
+    async def execute_many(self, requests, *, timeout=None):
+        """Independent write requests that arrived together (a sharding router's coalesced
+        call): queued at once, so they leave in one group-commit batch instead of the
+        first alone and the rest one entry later. Each keeps its own statements,
+        transaction, guard and results. -> one outcome per request, in order:
+        ``{"results", "raft_index"}`` or the exception that request alone met.
+        Raises ``NotLeader`` (before anything is queued) on a follower."""
+        self._require_leader()
+        loop = asyncio.get_running_loop()
+        timeout = timeout or self.config.write_timeout
+        outs = [None] * len(requests)
+        futs = []
+        for i, rq in enumerate(requests):
+            try:
+                stmts = self._validate(rq.statements)
+                if not stmts:
+                    outs[i] = {"results": [], "raft_index": self.fsm.applied_index()}
+                    continue
+                stmts = sqlrewrite.rewrite_statements(stmts, rng=self._rng)
+                g = rq.guard
+                if g is not None and not isinstance(g, (bytes, bytearray)):
+                    raise BadRequest("guard must be bytes")
+                req = Request(stmts, bool(rq.transaction), _request_id(rq.request_id),
+                              bytes(g) if g is not None else None)
+            except RaftSQLiteError as e:
+                outs[i] = e
+                continue
+            fut = loop.create_future()
+            size = sum(len(st.sql) + 16 * (len(st.params) if st.params else 0) for st in stmts)
+            self._queue.append((req, fut, size))
+            futs.append((i, fut, g is not None))
+        if futs and self._inflight < self.config.max_inflight:
+            self._flush()
+        handle = loop.call_later(timeout, _expire_all, [f for _, f, _ in futs], timeout)
+        try:
+            for i, fut, guarded in futs:
+                try:
+                    index, results = await fut
+                    if guarded and results and len(results) == 1:
+                        _raise_guard_refusal(results[0])
+                except RaftSQLiteError as e:
+                    outs[i] = e
+                    continue
+                except Exception as e:  # noqa: BLE001 - one request's outcome, not the call's
+                    outs[i] = OutcomeUnknown(f"write failed: {type(e).__name__}: {e}")
+                    continue
+                self.counters["writes"] += 1
+                outs[i] = {"results": results, "raft_index": index}
+        finally:
+            handle.cancel()
+        return outs
+
     async def _await(self, fut, timeout):
         # A timer instead of wait_for(shield(...)): no extra task per write on the hot path.
         # The batch still completes for everyone else; this caller just stops waiting.
@@ -644,6 +696,11 @@ def _raise_guard_refusal(r):
         raise Moved(r.get("error") or "moved")
     if code == Fenced.code:
         raise Fenced(r.get("error") or "fenced")
+
+
+def _expire_all(futs, timeout):
+    for f in futs:
+        _expire(f, timeout)
 
 
 def _expire(fut, timeout):

@@ -20,7 +20,8 @@ from raftsqlite.http import wire
 from raftsqlite.http.params import QueryParams
 from raftsqlite.sharding import ops
 from raftsqlite.sharding.catalog import DEFAULT_GROUP
-from raftsqlite.sharding.service import dump_results
+from raftsqlite.sharding.coalesce import outcome_doc
+from raftsqlite.sharding.service import dump_requests, dump_results
 
 _OCTET = "application/octet-stream"
 
@@ -74,20 +75,33 @@ def blueprint():
             cmd = decode_command(request.body or b"")
         except errors.DecodeError as e:
             raise errors.BadRequest(f"undecodable routed request: {e}") from None
-        if len(cmd.requests) != 1:
-            raise errors.BadRequest("a routed call carries exactly one request")
-        rq = cmd.requests[0]
+        batch = "batch" in p.raw
+        if not cmd.requests or (len(cmd.requests) != 1 and not batch):
+            raise errors.BadRequest("a routed call carries exactly one request (several "
+                                    "with batch=1)")
         st = ctx.store
         if kind == "query" or cmd.type == CommandType.QUERY:
-            fn = lambda: st.query(rq.statements, level=p.level, guard=rq.guard)  # noqa: E731
+            def run(rq):
+                return st.query(rq.statements, level=p.level, guard=rq.guard)
         elif kind == "request":
-            fn = lambda: st.request(rq.statements, transaction=rq.transaction, level=p.level)  # noqa: E731
+            def run(rq):
+                return st.request(rq.statements, transaction=rq.transaction, level=p.level)
         else:
-            fn = lambda: st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard)  # noqa: E731
-        res = await fwd.on_leader(request, p, fn)
+            def run(rq):
+                return st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard)
+        if not batch:
+            res = await fwd.on_leader(request, p, lambda: run(cmd.requests[0]))
+            if isinstance(res, HTTPResponse):
+                return res
+            return HTTPResponse(dump_results(res["results"]), content_type=wire.JSON_CT)
+        if kind == "execute" and cmd.type != CommandType.QUERY:
+            batch_fn = lambda: _execute_batch(st, cmd.requests)  # noqa: E731
+        else:
+            batch_fn = lambda: _run_batch(st, run, cmd.requests)  # noqa: E731
+        res = await fwd.on_leader(request, p, batch_fn)
         if isinstance(res, HTTPResponse):
             return res
-        return HTTPResponse(dump_results(res["results"]), content_type=wire.JSON_CT)
+        return HTTPResponse(dump_requests(res), content_type=wire.JSON_CT)
 
     @bp.post("/shard/system")
     async def system(request):
@@ -263,6 +277,33 @@ def blueprint():
         return wire.json_response(plan)
 
     return bp
+
+
+async def _execute_batch(st, requests):
+    """The writes of a coalesced routed call, queued together (``Store.execute_many``) so
+    they share one group-commit entry: one outcome per request. A follower raises
+    ``NotLeader`` before queuing anything, and the call is forwarded as a whole."""
+    outs = await st.execute_many(requests)
+    return [outcome_doc(o) if isinstance(o, BaseException) else {"results": o["results"]}
+            for o in outs]
+
+
+async def _run_batch(st, run, requests):
+    """Every request of a coalesced routed call, each on its own (the store's group
+    commit packs them into one log entry, each isolated by its savepoint): one outcome
+    per request. Only when every request found this node not leading is the call
+    forwarded as a whole (nothing of it ran here)."""
+    async def one(rq):
+        try:
+            return {"results": (await run(rq))["results"]}
+        except errors.NotLeader as e:
+            return e
+        except errors.RaftSQLiteError as e:
+            return outcome_doc(e)
+    outs = await asyncio.gather(*[one(rq) for rq in requests])
+    if all(isinstance(o, errors.NotLeader) for o in outs):
+        raise outs[0]
+    return [outcome_doc(o) if isinstance(o, BaseException) else o for o in outs]
 
 
 def _table_doc(svc, name):

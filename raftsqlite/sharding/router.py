@@ -125,27 +125,26 @@ class Router:
         # Consecutive statements for one and the same group travel together (in order);
         # everything else runs statement by statement.
         while i < len(statements):
-            routes = await self._routes(plans[i], statements[i])
+            routes = plans[i].route(cat, statements[i].params)
             if len(routes.calls) == 1 and routes.merge is None:
                 g = routes.calls[0].group
-                batch = [(statements[i], routes.calls[0])]
+                batch = [routes]
                 j = i + 1
                 while j < len(statements):
-                    r2 = await self._routes(plans[j], statements[j])
+                    r2 = plans[j].route(cat, statements[j].params)
                     if len(r2.calls) == 1 and r2.merge is None and r2.calls[0].group == g:
-                        batch.append((statements[j], r2.calls[0]))
+                        batch.append(r2)
                         j += 1
                     else:
                         break
-                results.extend(await self._single_batch(plans[i:j], statements[i:j], write, opts))
+                # the routes just made serve the first attempt (same catalog object)
+                results.extend(await self._single_batch(plans[i:j], statements[i:j], write, opts,
+                                                        (cat, batch)))
                 i = j
             else:
                 results.append(await self._multi(plans[i], statements[i], write, opts))
                 i += 1
         return results
-
-    async def _routes(self, plan, st):
-        return plan.route(self.cat.current(), st.params)
 
     async def _run_together(self, statements, plans, write, transaction, opts):
         """A transaction: atomic only inside one group, so every statement must route to
@@ -167,10 +166,15 @@ class Router:
         self.counts["single"] += 1
         return await self._retrying(attempt)
 
-    async def _single_batch(self, plans, statements, write, opts):
+    async def _single_batch(self, plans, statements, write, opts, routed=None):
         async def attempt():
+            nonlocal routed
             cat = self.cat.current()
-            routes = [p.route(cat, s.params) for p, s in zip(plans, statements)]
+            if routed is not None and routed[0] is cat:
+                routes = routed[1]
+            else:
+                routes = [p.route(cat, s.params) for p, s in zip(plans, statements)]
+            routed = None
             groups = {r.calls[0].group for r in routes}
             if len(groups) != 1 or any(len(r.calls) != 1 or r.merge is not None for r in routes):
                 # The catalog changed under us and the batch no longer shares one group.

@@ -24,10 +24,10 @@ import logging
 import orjson
 
 from raftsqlite import errors
-from raftsqlite.codec import encode_command
-from raftsqlite.codec.model import Command, CommandType, Request
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
+from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
+                                          guard_refusal, load_results, unb64)
 from raftsqlite.sharding.catalog import DEFAULT_GROUP
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
 from raftsqlite.sharding.router import Router
@@ -55,37 +55,6 @@ def error_from(status, body):
     return cls(msg or f"HTTP {status}")
 
 
-def _b64(o):
-    if isinstance(o, (bytes, bytearray, memoryview)):
-        return {"$b64": base64.b64encode(bytes(o)).decode()}
-    raise TypeError
-
-
-def dump_results(results):
-    return orjson.dumps({"results": results}, default=_b64)
-
-
-def unb64(o):
-    """Undo ``dump_results``' encoding: every ``{"$b64": ...}`` back to bytes."""
-    if isinstance(o, dict):
-        if len(o) == 1 and "$b64" in o:
-            return base64.b64decode(o["$b64"])
-        return {k: unb64(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [unb64(v) for v in o]
-    return o
-
-
-def load_results(body):
-    return unb64(orjson.loads(body))["results"]
-
-
-def _guard_refusal(results):
-    if results and len(results) == 1 and results[0].get("code") in ("moved", "fenced"):
-        cls = errors.Moved if results[0]["code"] == "moved" else errors.Fenced
-        raise cls(results[0].get("error") or results[0]["code"])
-
-
 class NodeGroupExecutor:
     """The router's ``GroupExecutor`` in a node."""
 
@@ -93,6 +62,7 @@ class NodeGroupExecutor:
         self.svc = svc
         self.leaders = {}      # group -> last known leader HTTP address
         self.counts = {"local": 0, "remote": 0, "remote_retries": 0}
+        self.caller = ShardCaller(self._post)
 
     def _local(self, group, need_leader=True):
         s = self.svc
@@ -132,18 +102,16 @@ class NodeGroupExecutor:
         return await self.remote(group, "request", statements, transaction, None, level=level)
 
     async def remote(self, group, kind, statements, transaction, guard, level="weak"):
-        ctype = CommandType.QUERY if kind == "query" else CommandType.EXECUTE
-        body = encode_command(Command(ctype, [Request(statements, bool(transaction), None,
-                                                      guard)]))
-        path = f"/shard/call?kind={kind}&level={level}"
-        r = await self.svc.post_group(group, path, body, "application/octet-stream")
+        # Concurrent calls to one group share a /shard/call (coalesce.py).
+        res = await self.caller.call(group, kind, statements, transaction, guard, level)
         self.counts["remote"] += 1
-        res = load_results(r.body)
-        _guard_refusal(res)
         return res
 
+    async def _post(self, group, path, body):
+        return (await self.svc.post_group(group, path, body, "application/octet-stream")).body
+
     def stats(self):
-        return dict(self.counts, leaders=dict(self.leaders))
+        return dict(self.counts, leaders=dict(self.leaders), coalesced=self.caller.stats())
 
 
 class RouterSQL:

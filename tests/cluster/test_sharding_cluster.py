@@ -269,3 +269,71 @@ def test_node_router_learns_catalog_within_a_second(loaded):
         assert time.monotonic() - t0 < 3.0, plan
         time.sleep(0.05)
     assert time.monotonic() - t0 < 1.5
+
+
+def test_coalesced_routed_writes_keep_their_own_outcomes(loaded):
+    """Invariant: concurrent routed inserts from one client-side router share /shard/call
+    batches (batch=1), yet each client gets exactly its own result: its key as
+    last_insert_id, its own error for a duplicate key, and after a stale catalog each
+    row lands once, on the shard that owns it."""
+    cl, *_ = loaded
+    d = cl.addrs["default"]
+    execute(d, [["CREATE TABLE burst (k INTEGER PRIMARY KEY, v TEXT)"]])
+    for path, body in (("/table/register", {"table_name": "burst", "shard_key": "k"}),
+                       ("/table/add-to-shard", {"table_name": "burst", "shard_id": "shard1"})):
+        st, res = http("POST", d, path, body)
+        assert st == 200, res
+    import urllib.request
+    from raftsqlite.client import Client
+    from raftsqlite.sharding import keyspace as ks
+    from raftsqlite.sharding.cache import CatalogCache
+    from raftsqlite.sharding.catalog import Catalog
+    from raftsqlite.sharding.coalesce import RemoteExecutor
+    from raftsqlite.sharding.router import Router
+    from raftsqlite.sharding.service import error_from
+    stale = urllib.request.urlopen(f"http://{d}/shard/catalog?after=-1").read()
+    for path, body in (("/table/add-to-shard", {"table_name": "burst", "shard_id": "shard2"}),
+                       ("/table/rebalance", {"table_name": "burst"})):
+        st, res = http("POST", d, path, body)
+        assert st == 200, res
+    fresh = Catalog.from_bytes(urllib.request.urlopen(f"http://{d}/shard/catalog?after=-1").read())
+    keys = list(range(1, 61))
+
+    async def scenario():
+        client = Client()
+
+        async def post(group, path, body):
+            r = await client.request("POST", cl.addrs[group], path, body=body)
+            if r.status != 200:
+                raise error_from(r.status, r.body)
+            return r.body
+
+        async def fetch(after, timeout):
+            r = await client.request("GET", d, f"/shard/catalog?after={after}&poll={timeout}")
+            return r.body if r.status == 200 else None
+        ex = RemoteExecutor(post, max_inflight=1)
+        router = Router(ex, CatalogCache(fetch=fetch, catalog=Catalog.from_bytes(stale)))
+        sql = "INSERT INTO burst (k, v) VALUES (?, ?)"
+        try:
+            res = await asyncio.wait_for(asyncio.gather(
+                *[router.execute([(sql, [k, f"v{k}"])]) for k in keys],
+                *[router.execute([(sql, [k, "dup"])]) for k in (3, 3)]), 60)
+        finally:
+            await client.close()
+        return res, ex.stats(), router.counts
+    res, stats, counts = asyncio.run(scenario())
+    dup = res[len(keys):]
+    first = {k: r[0] for k, r in zip(keys, res)}
+    for k, r in first.items():
+        if k == 3 and "error" in r:
+            continue        # one of the three writers of key 3 won; the others must fail
+        assert r.get("last_insert_id") == k and r.get("rows_affected") == 1, (k, r)
+    assert sum("error" in r[0] for r in dup + [[first[3]]]) == 2, (first[3], dup)
+    assert stats["max_batch"] > 1, stats
+    assert counts["moved_retries"] >= 1, counts
+    owners = {k: fresh.owner_of("burst", ks.key_id(k, "hash", "integer")) for k in keys}
+    for s in ("shard1", "shard2"):
+        st, body = query(d, [["SELECT k, v FROM burst ORDER BY k"]], shard_id=s)
+        assert st == 200, body
+        got = body["results"][0].get("values", [])
+        assert [row[0] for row in got] == [k for k in keys if owners[k] == s], (s, got)

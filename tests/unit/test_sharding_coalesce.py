@@ -1,0 +1,140 @@
+"""Coalesced routed calls (sharding/coalesce.py): concurrent calls to one group share a
+network call, yet every caller gets exactly its own outcome."""
+import asyncio
+
+import pytest
+
+from raftsqlite import errors
+from raftsqlite.codec import decode_command
+from raftsqlite.codec.model import Statement
+from raftsqlite.sharding.coalesce import (Coalescer, RemoteExecutor, decode_batch, dump_requests,
+                                          outcome_doc)
+
+
+def test_calls_queue_behind_inflight_and_leave_together():
+    """Invariant: with one call in flight per group, calls made meanwhile leave as one
+    batch (in order); each caller gets its own result, a per-request error reaches only
+    its caller, and calls to another group are not held back."""
+    sent = []
+    gate = asyncio.Event()
+
+    async def send(group, kind, level, reqs):
+        sent.append((group, list(reqs)))
+        if len(sent) == 1:
+            await gate.wait()
+        return [errors.Moved(f"not {r}") if r == "bad" else f"{group}:{r}" for r in reqs]
+
+    async def main():
+        c = Coalescer(send, max_inflight=1)
+        first = asyncio.ensure_future(c.call("g1", "execute", "weak", "r0"))
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(c.call("g1", "execute", "weak", r))
+                for r in ("r1", "bad", "r3")]
+        other = await asyncio.wait_for(c.call("g2", "execute", "weak", "x"), 2)
+        assert other == "g2:x"
+        gate.set()
+        outs = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 2)
+        return c, outs
+    c, outs = asyncio.run(main())
+    assert outs[0] == "g1:r0" and outs[1] == "g1:r1" and outs[3] == "g1:r3"
+    assert isinstance(outs[2], errors.Moved)
+    assert [s for s in sent if s[0] == "g1"] == [("g1", ["r0"]), ("g1", ["r1", "bad", "r3"])]
+    assert c.stats()["max_batch"] == 3 and c.stats()["sends"] == 3
+
+
+def test_failed_send_fails_only_its_batch_and_cancelled_callers_are_not_sent():
+    """Invariant: a network failure reaches the callers of that call only; a caller that
+    gave up before its batch left is not sent at all."""
+    sent = []
+    gate = asyncio.Event()
+
+    async def send(group, kind, level, reqs):
+        sent.append(list(reqs))
+        if len(sent) == 1:
+            await gate.wait()
+            raise errors.Unavailable("connection reset")
+        return [f"ok:{r}" for r in reqs]
+
+    async def main():
+        c = Coalescer(send, max_inflight=1)
+        a = asyncio.ensure_future(c.call("g", "execute", "weak", "a"))
+        await asyncio.sleep(0)
+        b = asyncio.ensure_future(c.call("g", "execute", "weak", "b"))
+        gone = asyncio.ensure_future(c.call("g", "execute", "weak", "gone"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), 2)
+    ra, rb = asyncio.run(main())
+    assert isinstance(ra, errors.Unavailable)
+    assert rb == "ok:b"
+    assert sent == [["a"], ["b"]]
+
+
+def test_batch_answer_round_trip_and_count_check():
+    """Invariant: a batch answer decodes to one outcome per request in order (results,
+    BLOBs restored, or the request's own error class); a wrong count is an error."""
+    body = dump_requests([{"results": [{"last_insert_id": 1, "rows_affected": 1}]},
+                          outcome_doc(errors.Fenced("range fenced")),
+                          {"results": [{"columns": ["b"], "types": ["blob"], "values": [[b"\x00\xff"]]}]}])
+    outs = decode_batch(body, 3)
+    assert outs[0] == [{"last_insert_id": 1, "rows_affected": 1}]
+    assert isinstance(outs[1], errors.Fenced) and "range fenced" in str(outs[1])
+    assert outs[2][0]["values"] == [[b"\x00\xff"]]
+    with pytest.raises(errors.Unavailable):
+        decode_batch(body, 2)
+
+
+def test_remote_executor_wire_shapes():
+    """Invariant: a lone call uses the one-request /shard/call; coalesced calls use
+    batch=1 with every request's own guard and transaction flag in one codec command."""
+    posts = []
+    gate = asyncio.Event()
+
+    async def post(group, path, body):
+        cmd = decode_command(body)
+        posts.append((path, [(r.guard, r.transaction) for r in cmd.requests]))
+        if len(posts) == 1:
+            await gate.wait()
+            return b'{"results":[{"rows_affected":1}]}'
+        return dump_requests([{"results": [{"rows_affected": i}]} for i in range(len(cmd.requests))])
+
+    async def main():
+        ex = RemoteExecutor(post, max_inflight=1)
+        a = asyncio.ensure_future(ex.execute("s1", [Statement("INSERT 1")], guard=b"G1"))
+        await asyncio.sleep(0)
+        b = asyncio.ensure_future(ex.execute("s1", [Statement("INSERT 2")], guard=b"G2"))
+        c = asyncio.ensure_future(ex.execute("s1", [Statement("INSERT 3")], transaction=True))
+        await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(a, b, c), 2)
+    ra, rb, rc = asyncio.run(main())
+    assert ra == [{"rows_affected": 1}] and rb == [{"rows_affected": 0}] and rc == [{"rows_affected": 1}]
+    assert posts[0] == ("/shard/call?kind=execute&level=weak", [(b"G1", False)])
+    assert posts[1] == ("/shard/call?kind=execute&level=weak&batch=1", [(b"G2", False), (None, True)])
+
+
+def test_reads_are_never_held_behind_another_call():
+    """Invariant: a read is sent at once, one request per call, even while another read
+    to the same group is still running (no head-of-line blocking behind a long scan)."""
+    posts = []
+    slow = asyncio.Event()
+
+    async def post(group, path, body):
+        posts.append(path)
+        if len(posts) == 1:
+            await slow.wait()
+        return b'{"results":[{"columns":["x"],"types":["integer"],"values":[[1]]}]}'
+
+    async def main():
+        ex = RemoteExecutor(post)
+        scan = asyncio.ensure_future(ex.query("s1", [Statement("SELECT slow")], guard=b"G"))
+        await asyncio.sleep(0)
+        point = await asyncio.wait_for(ex.query("s1", [Statement("SELECT 1")], guard=b"G"), 2)
+        assert not scan.done()
+        slow.set()
+        await asyncio.wait_for(scan, 2)
+        return point
+    point = asyncio.run(main())
+    assert point[0]["values"] == [[1]]
+    assert posts == ["/shard/call?kind=query&level=weak"] * 2
