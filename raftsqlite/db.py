@@ -416,7 +416,7 @@ class Database:
             access.internal = False
 
     # ---- snapshots -------------------------------------------------------------------
-    def backup_to(self, path, flush_bytes=16 << 20):
+    def backup_to(self, path, flush_bytes=8 << 20):
         """Consistent copy of the database into ``path`` (atomically replaced, fsynced).
         Copies inside one read transaction of a separate connection, so the writer is
         never blocked; the copy is a plain rollback-journal SQLite file.
