@@ -13,18 +13,20 @@ import heapq
 import itertools
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from raftsqlite import errors
 from raftsqlite.codec.model import ConfChange, ConfChangeType, Message, MsgType, SnapshotMeta
 from raftsqlite.raft.core import CoreConfig, RaftCore
-from raftsqlite.raft.log import RaftLog, fsync_dir, remove_gradually
+from raftsqlite.raft.log import RaftLog, fsync_dir
+from raftsqlite.raft.segfiles import fdatasync_quiet, lower_thread_priority, remove_gradually
 from raftsqlite.raft.transport import Transport
 from raftsqlite.raft.types import Role
 
 log = logging.getLogger(__name__)
+
+_RECV_FLUSH_BYTES = 8 << 20   # a received snapshot is flushed this often
 
 
 class _SnapRecv:
@@ -98,7 +100,7 @@ class RaftNode:
         # front of a snapshot stream's reads (nor anything else), and it runs at a lower
         # CPU priority than the loop, apply and persist threads (docs/design/raft-io.md).
         self._snap_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-snap",
-                                             initializer=_lower_priority)
+                                             initializer=lower_thread_priority)
         self._wake = asyncio.Event()
         await self._in(self._persist_exec, self.log.open)
         applied = await self._in(self._apply_exec, self.fsm.applied_index)
@@ -745,7 +747,7 @@ class RaftNode:
         st.unsynced += len(m.data)
         if st.unsynced >= _RECV_FLUSH_BYTES and self.config.fsync:
             st.unsynced = 0
-            self._io_exec.submit(_fdatasync_quiet, st.fd)
+            self._io_exec.submit(fdatasync_quiet, st.fd)
         if m.done:
             del self._recv[m.frm]
             # Hold later messages from the leader until the snapshot is stepped in, so its
@@ -787,24 +789,3 @@ class RaftNode:
             for f in heapq.heappop(rw)[2]:
                 if not f.done():
                     f.set_result(None)
-
-
-_RECV_FLUSH_BYTES = 8 << 20
-
-
-def _fdatasync_quiet(fd):
-    # Only paces writeback: the fsync before the rename is what makes the file durable.
-    # (The fd may have been closed by a restarted stream meanwhile.)
-    try:
-        os.fdatasync(fd)
-    except OSError:
-        pass
-
-
-def _lower_priority():
-    # Linux: a thread's nice value is per thread (setpriority on its tid). Elsewhere, or
-    # without permission, it simply keeps the normal priority.
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass

@@ -108,6 +108,25 @@ def remove_trash(dirpath):
             remove_gradually(os.path.join(dirpath, n))
 
 
+def fdatasync_quiet(fd):
+    """Pace writeback of a file being written (a received snapshot): the fsync before
+    its rename is what makes it durable, so a failure here (the fd may have been closed
+    by a restarted stream meanwhile) is ignored."""
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass
+
+
+def lower_thread_priority(nice=10):
+    """Run the calling thread at a lower CPU priority (Linux: a thread's nice value is
+    per thread, set on its tid). Elsewhere, or without permission, nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
+
+
 def round_up(n, to=PAGE):
     return -(-n // to) * to
 
