@@ -20,14 +20,17 @@ from raftsqlite import errors
 from raftsqlite.codec.model import ConfChange, ConfChangeType, Message, MsgType, SnapshotMeta
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.log import RaftLog, fsync_dir
+from raftsqlite.raft.segfiles import fdatasync_quiet, lower_thread_priority, remove_gradually
 from raftsqlite.raft.transport import Transport
 from raftsqlite.raft.types import Role
 
 log = logging.getLogger(__name__)
 
+_RECV_FLUSH_BYTES = 8 << 20   # a received snapshot is flushed this often
+
 
 class _SnapRecv:
-    __slots__ = ("key", "meta", "fd", "tmp", "offset")
+    __slots__ = ("key", "meta", "fd", "tmp", "offset", "unsynced")
 
     def __init__(self, key, meta, fd, tmp):
         self.key = key
@@ -35,6 +38,7 @@ class _SnapRecv:
         self.fd = fd
         self.tmp = tmp
         self.offset = 0
+        self.unsynced = 0
 
 
 class RaftNode:
@@ -51,7 +55,10 @@ class RaftNode:
         self._loop = loop
         self._persist_exec = None   # the one path for log writes and fsyncs
         self._apply_exec = None     # the one path for state-machine calls
-        self._io_exec = None        # snapshot file streaming
+        self._io_exec = None        # snapshot file streaming and receiving
+        self._snap_exec = None      # taking snapshots, deleting what compaction dropped
+        self._cleanups = 0          # file deletions queued on _snap_exec
+        self._sending = {}          # snapshot path -> streams reading it
         self._wake = None
         self._run_task = None
         self._tick_handle = None
@@ -89,6 +96,11 @@ class RaftNode:
         self._persist_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-persist")
         self._apply_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-apply")
         self._io_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-io")
+        # Snapshot work has its own thread: a 1 GB copy or deletion must not queue in
+        # front of a snapshot stream's reads (nor anything else), and it runs at a lower
+        # CPU priority than the loop, apply and persist threads (docs/design/raft-io.md).
+        self._snap_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-snap",
+                                             initializer=lower_thread_priority)
         self._wake = asyncio.Event()
         await self._in(self._persist_exec, self.log.open)
         applied = await self._in(self._apply_exec, self.fsm.applied_index)
@@ -153,7 +165,7 @@ class RaftNode:
         hs = self.core.hard_state()
         await self._in(self._persist_exec, self.log.persist, hs, (), None, True)
         self.log.close()
-        for ex in (self._persist_exec, self._apply_exec, self._io_exec):
+        for ex in (self._persist_exec, self._apply_exec, self._io_exec, self._snap_exec):
             ex.shutdown(wait=True)
 
     async def _close_failed(self):
@@ -164,7 +176,7 @@ class RaftNode:
             t.cancel()
         await self.transport.stop()
         self.log.close()
-        for ex in (self._persist_exec, self._apply_exec, self._io_exec):
+        for ex in (self._persist_exec, self._apply_exec, self._io_exec, self._snap_exec):
             ex.shutdown(wait=False)
 
     async def bootstrap(self, members):
@@ -335,7 +347,9 @@ class RaftNode:
                  term=self.core.term if self.core else 0,
                  commit=self.core.commit if self.core else 0, applied=self._applied,
                  pending_proposals=len(self._pending) + len(self._props),
-                 failed=self._failed)
+                 failed=self._failed,
+                 # a snapshot being taken or the files its compaction freed being deleted
+                 snapshot_busy=self._snapshotting or self._cleanups > 0)
         if self.core is not None:
             s["core"] = self.core.stats()
             if self.core.role == Role.LEADER:
@@ -600,18 +614,19 @@ class RaftNode:
         return {"index": res[0], "term": res[1]}
 
     async def _take_snapshot(self, raise_errors=False):
-        # Our FSM copies from its own read transaction, so it runs on the I/O executor and
-        # applies go on meanwhile (a 1 GB copy paused writes for 2-4 s on the apply thread).
+        # Our FSM copies from its own read transaction, so it runs on the snapshot thread
+        # and applies go on meanwhile (a 1 GB copy paused writes for 2-4 s on the apply
+        # thread).
         try:
             tmp = os.path.join(self.log.snap_dir, "local.snap.tmp")
             # A state machine that may be snapshotted beside its applies says so
             # (``snapshot_concurrent``); any other is snapshotted on the apply executor.
-            ex = self._io_exec if getattr(self.fsm, "snapshot_concurrent", False) \
+            ex = self._snap_exec if getattr(self.fsm, "snapshot_concurrent", False) \
                 else self._apply_exec
             index, term = await self._in(ex, self.fsm.snapshot, tmp)
             if index <= self.log.snapshot_meta().index:
                 # a snapshot received from the leader overtook ours meanwhile
-                await self._in(self._io_exec, _unlink_quiet, tmp)
+                await self._in(self._snap_exec, remove_gradually, tmp)
                 return None
             path = self.log.snapshot_path(index, term)
 
@@ -619,7 +634,7 @@ class RaftNode:
                 os.replace(tmp, path)
                 if self.config.fsync:
                     fsync_dir(self.log.snap_dir)
-            await self._in(self._io_exec, publish)
+            await self._in(self._snap_exec, publish)
             meta = SnapshotMeta(index, term, self.core.members_at(index))
             self._snap_index = max(self._snap_index, index)
             keep = max(1, index - self.config.snapshot_trailing + 1)
@@ -641,21 +656,31 @@ class RaftNode:
         if meta.index <= self.log.snapshot_meta().index:
             return
         b = self.log.prepare_compact(meta, keep)
+        # Only the meta write is on the persist path (the log's appends wait for it);
+        # the files it frees are deleted in the background, never awaited here: the Ready
+        # loop went quiet for the 100s of ms a 1 GB deletion takes.
         await self._in(self._persist_exec, self.log.write_compact, b)
         self.log.finish_compact(b)
-        await self._in(self._io_exec, self._prune_snapshots, meta)
+        self._cleanups += 1
+        fut = self._in(self._snap_exec, self._remove_old, b, meta, set(self._sending))
+        fut.add_done_callback(self._cleanup_done)
 
-    def _prune_snapshots(self, keep_meta):
-        """Delete older snapshot files (never the one the log points at, nor one being sent)."""
+    def _cleanup_done(self, fut):
+        self._cleanups -= 1
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("deleting files after a compaction failed: %r", fut.exception())
+
+    def _remove_old(self, b, keep_meta, sending):
+        """Snapshot thread: delete the segments a compaction dropped and older snapshot
+        files (never the one the log points at, nor one being sent)."""
+        self.log.remove_dropped(b)
         keep = {os.path.basename(self.log.snapshot_path(keep_meta.index, keep_meta.term))}
+        keep.update(os.path.basename(p) for p in sending)
         names = sorted(n for n in os.listdir(self.log.snap_dir) if n.endswith(".snap"))
         keep.update(names[-self.config.snapshots_kept:])
         for n in names:
             if n not in keep:
-                try:
-                    os.unlink(os.path.join(self.log.snap_dir, n))
-                except FileNotFoundError:
-                    pass
+                remove_gradually(os.path.join(self.log.snap_dir, n))
 
     def _start_stream(self, m):
         old = self._streams.get(m.to)
@@ -667,6 +692,7 @@ class RaftNode:
         meta = m.snapshot
         path = self.log.snapshot_path(meta.index, meta.term)
         ok = False
+        self._sending[path] = self._sending.get(path, 0) + 1
         try:
             f = await self._in(self._io_exec, open, path, "rb")
             try:
@@ -691,6 +717,9 @@ class RaftNode:
         except Exception as e:
             log.warning("streaming snapshot %d to %s failed: %r", meta.index, m.to, e)
         finally:
+            n = self._sending.pop(path, 1) - 1
+            if n > 0:
+                self._sending[path] = n
             if self.core is not None and self._running:
                 self.core.report_snapshot(m.to, ok)
                 self._wake.set()
@@ -714,12 +743,18 @@ class RaftNode:
                                         term=self.core.term, index=meta.index, reject=True))
             self.transport.flush()
             return
-        # Chunks are written on the loop: a page-cache write of one chunk is short, and the
-        # single fsync happens in the executor when the file is complete.
+        # Chunks are written on the loop: a page-cache write of one chunk is short. Every
+        # 8 MB the I/O thread flushes what was written (not awaited), so the fsync when the
+        # file is complete never has a whole snapshot to write out at once: that queued up
+        # to 1 GB in front of the log's fdatasync on the same disk.
         view = memoryview(m.data)
         while view:
             view = view[os.write(st.fd, view):]
         st.offset += len(m.data)
+        st.unsynced += len(m.data)
+        if st.unsynced >= _RECV_FLUSH_BYTES and self.config.fsync:
+            st.unsynced = 0
+            self._io_exec.submit(fdatasync_quiet, st.fd)
         if m.done:
             del self._recv[m.frm]
             # Hold later messages from the leader until the snapshot is stepped in, so its
@@ -761,10 +796,3 @@ class RaftNode:
             for f in heapq.heappop(rw)[2]:
                 if not f.done():
                     f.set_result(None)
-
-
-def _unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -30,6 +30,7 @@ from raftsqlite.codec.model import Entry, Member, SnapshotMeta
 from raftsqlite.errors import DecodeError, StorageCorrupt
 from raftsqlite.raft.segfiles import (  # noqa: F401 (fsync_dir, write_atomic: API)
     IDX_SUFFIX, PAGE, Spare, frame_length, fsync_dir, load_index, nonzero_end, pwrite_all,
+    remove_gradually, remove_trash,
     round_up, valid_record_after, write_atomic, write_index, write_zeros)
 from raftsqlite.raft.types import HardState
 
@@ -191,6 +192,8 @@ class RaftLog:
         t0 = time.monotonic()
         for d in (self.dir, self.log_dir, self.snap_dir, self.index_dir):
             os.makedirs(d, exist_ok=True)
+        for d in (self.log_dir, self.snap_dir):
+            remove_trash(d)
         spare = os.path.join(self.dir, SPARE_NAME)
         try:
             os.unlink(spare)  # possibly half prepared when we stopped: never trusted
@@ -726,13 +729,19 @@ class RaftLog:
         return b
 
     def write_compact(self, b):
+        """Persist path: only the new snapshot meta. The dropped segments' files are left
+        for ``remove_dropped`` on another thread: deleting 1 GB of segments here held up
+        the log's appends for hundreds of ms. Left behind by a crash they are harmless
+        (``open`` accepts a log that starts before the snapshot)."""
         write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
+
+    def remove_dropped(self, b):
+        """Delete the files of the segments a compaction dropped (any thread, after
+        ``finish_compact``), oldest first, so what is left always starts at a segment
+        boundary with no gap."""
         for seg in b.delete:
             self._drop_index(seg)
-            try:
-                os.unlink(seg.path)
-            except FileNotFoundError:
-                pass
+            remove_gradually(seg.path)
         if b.delete and self.fsync:
             fsync_dir(self.log_dir)
 
@@ -768,6 +777,7 @@ class RaftLog:
         b = self.prepare_compact(meta, keep_from)
         self.write_compact(b)
         self.finish_compact(b)
+        self.remove_dropped(b)
 
     # ---- snapshots on disk ----------------------------------------------------------------
 

@@ -170,6 +170,52 @@ def test_compaction_deletes_old_segments(tmp_path):
     assert lg2.term(f2 - 1) == ents[f2 - 2].term
 
 
+@pytest.mark.parametrize("crash_at", ["before_delete", "mid_delete"])
+def test_compaction_deletion_interrupted_by_a_crash(tmp_path, crash_at):
+    """Compaction's durable step is the meta alone; its file deletions run later. A crash
+    before them (old segments still there) or midway (one renamed to .del and partly
+    truncated) reopens to the same readable log, and the leftovers are cleaned up."""
+    from raftsqlite.raft.segfiles import TRASH_SUFFIX
+    lg = opened(tmp_path, segment_bytes=200)
+    ents = [mk(i, 1 + i // 40) for i in range(1, 101)]
+    for k in range(0, 100, 4):
+        lg.persist(None, ents[k:k + 4])
+    meta = SnapshotMeta(80, lg.term(80), [Member("a", "h:1", "h:2")])
+    b = lg.prepare_compact(meta, keep_from=70)
+    assert b.delete, "the test needs segments to drop"
+    lg.write_compact(b)
+    lg.finish_compact(b)
+    if crash_at == "mid_delete":
+        victim = b.delete[0].path
+        os.rename(victim, victim + TRASH_SUFFIX)
+        os.truncate(victim + TRASH_SUFFIX, 7)
+    lg.close()
+    lg2 = opened(tmp_path, segment_bytes=200)
+    assert lg2.snapshot_meta() == meta
+    f = lg2.first_index()
+    assert f <= 81 and lg2.entries(f, 101) == ents[f - 1:]
+    assert not any(p.endswith(TRASH_SUFFIX) for p in segfiles(tmp_path))
+    lg2.close()
+
+
+def test_remove_gradually_frees_a_file_in_steps(tmp_path):
+    """remove_gradually deletes the file (and a .del leftover of an earlier attempt),
+    returns the bytes freed, and ignores a file that is already gone."""
+    from raftsqlite.raft.segfiles import TRASH_SUFFIX, remove_gradually, remove_trash
+    p = str(tmp_path / "big")
+    with open(p, "wb") as f:
+        f.write(b"\1" * (3 << 20))
+    assert remove_gradually(p, step=1 << 20) == 3 << 20
+    assert os.listdir(tmp_path) == []
+    assert remove_gradually(p) == 0
+    with open(p + TRASH_SUFFIX, "wb") as f:
+        f.write(b"\1" * 100)
+    with open(str(tmp_path / "keep.seg"), "wb") as f:
+        f.write(b"x")
+    remove_trash(str(tmp_path))
+    assert os.listdir(tmp_path) == ["keep.seg"]
+
+
 def test_install_snapshot_resets_log(tmp_path):
     """Installing a snapshot replaces the whole log; appends continue after it."""
     lg = opened(tmp_path)
