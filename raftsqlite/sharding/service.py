@@ -110,7 +110,11 @@ class NodeGroupExecutor:
         return await self.remote(group, "execute", statements, transaction, guard)
 
     async def query(self, group, statements, *, guard=None, level="weak", **opts):
-        if self._local(group, need_leader=level not in ("weak", "linearizable", "strong")):
+        # Every named level is served by the local store when this node is in the group
+        # (it raises NotLeader when the level needs the leader); ``none`` must read this
+        # member's own copy, which is how an operator (or the fault suite) inspects it.
+        if self._local(group, need_leader=level not in ("none", "weak", "linearizable",
+                                                        "strong")):
             self.counts["local"] += 1
             try:
                 res = await self.svc.node.store.query(statements, level=level, guard=guard,
