@@ -207,6 +207,13 @@ class LocalCluster:
     async def start_member(self, m: Member) -> None:
         if m.alive:
             return
+        for p in (m.raft_proxy, m.http_proxy):
+            if p is not None:
+                try:
+                    await p.up()
+                except OSError as e:
+                    raise NodeCannotStart(f"{m.id}: its proxy port {p.listen_port} was "
+                                          f"taken while it was down: {e}") from None
         m.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = self.pythonpath + (os.pathsep + env["PYTHONPATH"]
@@ -285,7 +292,7 @@ class LocalCluster:
         self.counters["kills"] += 1
         for p in (m.raft_proxy, m.http_proxy):
             if p is not None:
-                p.reset_all()           # the dead process's connections are gone too
+                p.down()                # refused while dead; its connections are gone
 
     async def restart(self, m: Member, wait: bool = True) -> None:
         """Start a stopped member again from its data directory (no ``-join``)."""

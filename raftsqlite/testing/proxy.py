@@ -343,6 +343,29 @@ class Proxy:
     def addr(self) -> str:
         return f"127.0.0.1:{self.listen_port}"
 
+    def down(self) -> None:
+        """Stop listening while the member is dead, so a dial is refused as it is by a
+        host whose process died (accepting and then closing would look like a crash
+        mid-request, an ambiguous outcome, to the dialler)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.reset_all()
+
+    async def up(self, attempts: int = 20) -> None:
+        """Listen again on the same port (the member advertises it)."""
+        if self.server is not None:
+            return
+        for i in range(attempts):
+            try:
+                self.server = await asyncio.start_server(self._accept, "127.0.0.1",
+                                                         self.listen_port, reuse_address=True)
+                return
+            except OSError:
+                if i == attempts - 1:
+                    raise
+                await asyncio.sleep(0.1)
+
     async def _accept(self, reader, writer) -> None:
         self.accepted += 1
         self.net.counters["connections"] += 1
