@@ -2,7 +2,7 @@
 loses nothing it acknowledged. The last test does the same on a sharded cluster: the
 default group (catalog, rebalance coordinator) and two shard groups, 3 members each,
 with every workload table rebalanced between shards mid-run (issue #8 item 4;
-``RAFTSQLITE_FAULTS_SHARDED_DURATION`` seconds, 45 by default).
+``RAFTSQLITE_FAULTS_SHARDED_DURATION`` seconds, 35 by default).
 
 Durations are short for CI (``RAFTSQLITE_FAULTS_DURATION`` seconds per workload, 40 by
 default); the same code runs for hours via ``python -m raftsqlite.testing.nemesis``.
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 DURATION = float(os.environ.get("RAFTSQLITE_FAULTS_DURATION", "40"))
 # Nine processes on two cores: the sharded run is kept short (see its test).
-SHARDED_DURATION = float(os.environ.get("RAFTSQLITE_FAULTS_SHARDED_DURATION", "45"))
+SHARDED_DURATION = float(os.environ.get("RAFTSQLITE_FAULTS_SHARDED_DURATION", "35"))
 SEED = int(os.environ.get("RAFTSQLITE_FAULTS_SEED", "0")) or None
 ARTIFACTS = Path(os.environ.get("RAFTSQLITE_FAULTS_ARTIFACTS")
                  or Path(tempfile.gettempdir()) / "raftsqlite-faults")
