@@ -93,8 +93,9 @@ class FaultNetwork:
 
     def __init__(self, identify=None, seed: int | None = None, mode: str = "stall"):
         self.pids: dict[str, int | None] = {}
-        self._identify = identify or (lambda peer, local: identify_by_proc(peer, local,
-                                                                           self.pids))
+        # (runs in a worker thread: it reads a copy of ``pids``, which the loop changes)
+        self._identify = identify or (lambda peer, local: identify_by_proc(
+            peer, local, dict(self.pids)))
         self.rng = random.Random(seed)
         self.blocked: set[tuple] = set()
         self.delays: dict[tuple, tuple[float, float]] = {}
@@ -121,7 +122,9 @@ class FaultNetwork:
 
     async def identify(self, peer_port: int, local_port: int) -> str | None:
         for attempt in range(3):
-            name = self._identify(peer_port, local_port)
+            # A /proc scan costs tens of ms on a busy machine: off the loop, which also
+            # carries every proxied byte (a stalled loop would be an unintended partition).
+            name = await asyncio.to_thread(self._identify, peer_port, local_port)
             if name is not None:
                 return name
             if not self.pids:
