@@ -465,14 +465,17 @@ def main(argv=None) -> int:
                    help=f"{'|'.join(WORKLOADS)}|all (all: run together on one cluster)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of faults and load")
     p.add_argument("--seed", type=int, default=None, help="schedule seed (default: random)")
-    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--members", type=int, default=3,
+                   help="members of the group (sharded: of each of the 3 groups)")
     p.add_argument("--clients", type=int, default=None, help="default: 6 per workload")
     p.add_argument("--faults", default=",".join(FAULTS), help="comma-separated fault kinds")
     p.add_argument("--client-timeout", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=2.0,
                    help="seconds of load before the first fault")
     p.add_argument("--out", default=None, help="output folder (default: a new temp folder)")
-    p.add_argument("--topology", default="group", choices=("group", "sharded"))
+    p.add_argument("--topology", default="group", choices=("group", "sharded"),
+                   help="sharded: default group + shard1 + shard2, each table rebalanced "
+                        "onto shard2 at 30%% of the run")
     p.add_argument("--keep-data", action="store_true",
                    help="keep member data directories of a passing run")
     p.add_argument("--node-arg", action="append", default=[],
