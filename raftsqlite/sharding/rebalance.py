@@ -55,7 +55,9 @@ import time
 import orjson
 
 from raftsqlite.codec.model import Statement
-from raftsqlite.errors import BadRequest, NotFound, RaftSQLiteError
+from raftsqlite.errors import (BadRequest, LeaderNotFound, NotFound, NotLeader,
+                               OutcomeUnknown, ProposalDropped, RaftSQLiteError, Timeout,
+                               Unavailable, Unreachable)
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import MOVE_END, MOVE_PHASES
 
@@ -102,6 +104,12 @@ class MoveBackend:
     - ``async own_op(group, name, args: dict) -> dict``: propose ``own.<name>`` in a shard.
     Errors are ``RaftSQLiteError``s; ``retryable`` ones are retried by the workflow.
     """
+
+
+#: Errors after which nothing was applied: a leader change, no leader yet, never sent.
+_NOT_APPLIED = (NotLeader, LeaderNotFound, ProposalDropped, Unreachable)
+#: Errors after which a write may or may not have applied (a fault mid-request).
+_AMBIGUOUS = (OutcomeUnknown, Timeout, Unavailable)
 
 
 class Cancelled(RaftSQLiteError):
@@ -233,14 +241,22 @@ class MoveRunner:
         self.hook = None      # tests: ``hook(phase_name)`` called at step boundaries
 
     # ---- plumbing ---------------------------------------------------------------------
-    async def _retry(self, fn, *a, **kw):
+    async def _retry(self, fn, *a, _idempotent=True, **kw):
+        """Retry ``fn`` for ``retry_s`` on errors that say "try again": Moved/Fenced, a
+        leader change or no leader yet (nothing applied), and, for idempotent steps
+        (every read and shard write here: IF [NOT] EXISTS DDL, per-key replace, range
+        deletes, own.* ops), a lost outcome or an unreachable member. Catalog ops retry
+        only the errors that certainly applied nothing (``move_switch`` is a
+        compare-and-set that a repeat would refuse)."""
         deadline = self.clock() + self.cfg.retry_s
         delay = 0.05
         while True:
             try:
                 return await fn(*a, **kw)
             except RaftSQLiteError as e:
-                if not getattr(e, "retryable", False) or self.clock() > deadline:
+                again = (getattr(e, "retryable", False) or isinstance(e, _NOT_APPLIED)
+                         or (_idempotent and isinstance(e, _AMBIGUOUS)))
+                if not again or self.clock() > deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -255,7 +271,7 @@ class MoveRunner:
                                         guard=None))
 
     async def _cat_op(self, name, **args):
-        res = await self._retry(self.b.catalog_op, name, args)
+        res = await self._retry(self.b.catalog_op, name, args, _idempotent=False)
         if isinstance(res, dict) and "start" in res and "end" in res:
             res["end"] = ks.end_from_json(res["end"])   # JSON carries the keyspace end as null
         return res

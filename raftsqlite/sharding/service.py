@@ -80,7 +80,11 @@ class NodeGroupExecutor:
         return await self.remote(group, "execute", statements, transaction, guard)
 
     async def query(self, group, statements, *, guard=None, level="weak", **opts):
-        if self._local(group, need_leader=level not in ("weak", "linearizable", "strong")):
+        # Every named level is served by the local store when this node is in the group
+        # (it raises NotLeader when the level needs the leader); ``none`` must read this
+        # member's own copy, which is how an operator (or the fault suite) inspects it.
+        if self._local(group, need_leader=level not in ("none", "weak", "linearizable",
+                                                        "strong")):
             self.counts["local"] += 1
             try:
                 res = await self.svc.node.store.query(statements, level=level, guard=guard,
@@ -126,7 +130,17 @@ class RouterSQL:
     def router(self):
         return self.svc.router
 
+    def _ready(self):
+        # Without the catalog every statement plans as an unsharded one, so a write for
+        # a sharded table would reach the default group's empty template table (found
+        # by the sharded fault suite: a shard member restarted after kill -9 answered a
+        # compare-and-set as "0 rows" from the default group before its first poll).
+        if not self.svc.catalog_loaded():
+            raise errors.Unavailable("this node has not loaded the shard catalog yet (it is "
+                                     "starting, or cannot reach the default group); retry")
+
     def _shard(self, p):
+        self._ready()
         sid = getattr(p, "shard_id", None) if p is not None else None
         if sid is not None and sid not in self.svc.cache.current().groups:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
@@ -230,11 +244,25 @@ class ShardingService:
             self._client = Client(timeout=30.0)
         return self._client
 
+    def catalog_loaded(self) -> bool:
+        """A shard node routes only once it has received the catalog (a default-group
+        node holds it in its own state machine)."""
+        return self.is_default or self.cache.current().version > 0
+
     async def start(self):
         self.loop = asyncio.get_running_loop()
         if self.is_default:
             b = self.catalog_state.load(self.node.db.read_internal).to_bytes()
             await self.cache.publish(b)
+        elif not self.catalog_loaded():
+            # A restarted shard node: one bounded attempt before HTTP opens; otherwise
+            # the poll below brings it and routed calls answer 503 until then.
+            try:
+                b = await asyncio.wait_for(self._fetch_catalog(-1, 0), 3.0)
+                if b:
+                    await self.cache.publish(b)
+            except (errors.RaftSQLiteError, asyncio.TimeoutError, OSError) as e:
+                log.info("catalog not loaded at start (%s); polling", e)
         self._tasks.append(self.loop.create_task(self._poll()))
 
     async def stop(self):

@@ -61,7 +61,7 @@ def _checked_read(op: Op) -> bool:
 # bank
 # ---------------------------------------------------------------------------------------
 def check_bank(history: History, initial: dict, final_balances: dict | None = None,
-               transfer_log: Iterable | None = None) -> CheckResult:
+               transfer_log: Iterable | None = None, groups: dict | None = None) -> CheckResult:
     """Money is neither created nor destroyed, and no account goes negative.
 
     ``initial``: account -> starting balance. Reads are ``read_all`` ops whose result
@@ -73,6 +73,10 @@ def check_bank(history: History, initial: dict, final_balances: dict | None = No
     the balance updates) and ``final_balances`` come from a read after the heal. They
     prove durability (every acked applied transfer is in the log, so lost_acked_writes)
     and atomicity (final balances equal the initial ones plus the logged transfers).
+
+    ``groups`` (branch -> accounts; the sharded bank): a read whose ``key`` names a
+    branch must show exactly that branch's accounts summing to the branch's initial
+    total (transfers stay inside a branch); a read with no key is checked whole.
     """
     res = CheckResult("bank", True)
     total = sum(initial.values())
@@ -80,13 +84,19 @@ def check_bank(history: History, initial: dict, final_balances: dict | None = No
     reads = history.select("read_all", OK)
     for op in reads:
         bal = {_norm_key(k): v for k, v in (op.result or {}).items()}
-        if set(bal) != accounts:
-            res.add("accounts_changed", op=op.id, node=op.node, seen=sorted(bal, key=str))
+        want, want_total = accounts, total
+        if groups is not None and op.key is not None:
+            members = groups.get(op.key, groups.get(_norm_key(op.key), ()))
+            want = {_norm_key(a) for a in members}
+            want_total = sum(initial[a] for a in members)
+        if set(bal) != want:
+            res.add("accounts_changed", op=op.id, node=op.node, key=op.key,
+                    seen=sorted(bal, key=str))
             continue
         s = sum(bal.values())
-        if s != total:
-            res.add("wrong_total", op=op.id, node=op.node, level=op.level, total=s,
-                    expected=total)
+        if s != want_total:
+            res.add("wrong_total", op=op.id, node=op.node, level=op.level, key=op.key,
+                    total=s, expected=want_total)
         neg = {k: v for k, v in bal.items() if v < 0}
         if neg:
             res.add("negative_balance", op=op.id, node=op.node, level=op.level,

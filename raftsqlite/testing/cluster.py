@@ -143,6 +143,8 @@ class LocalCluster:
         # Which raftsqlite the members run: this one by default; RAFTSQLITE_NODE_PATH
         # (or ``pythonpath``) points the harness at another build or source tree.
         self.pythonpath = pythonpath or os.environ.get("RAFTSQLITE_NODE_PATH") or package_root()
+        # A network shared by several groups (a sharded topology) is closed by its owner.
+        self._own_network = network is None
         self.net = network or FaultNetwork(seed=seed)
         self.members: dict[str, Member] = {}
         self.session: aiohttp.ClientSession | None = None
@@ -178,6 +180,7 @@ class LocalCluster:
             await self.start_member(first)
             await self.wait_ready(first)
             await self.wait_for_leader(timeout=self.start_timeout, quorum=1)
+            await self.after_first(first)
             for m in ms[1:]:
                 m.join = list(self.external_join) or [first.http_addr]
                 await self.start_member(m)
@@ -187,6 +190,9 @@ class LocalCluster:
         except BaseException:
             await self.stop()
             raise
+
+    async def after_first(self, first: Member) -> None:
+        """Hook run once the first member leads, before the others start."""
 
     def argv(self, m: Member) -> list[str]:
         args = [self.python, "-m", "raftsqlite", "-id", m.id, "-data", str(m.data_dir),
@@ -201,6 +207,13 @@ class LocalCluster:
     async def start_member(self, m: Member) -> None:
         if m.alive:
             return
+        for p in (m.raft_proxy, m.http_proxy):
+            if p is not None:
+                try:
+                    await p.up()
+                except OSError as e:
+                    raise NodeCannotStart(f"{m.id}: its proxy port {p.listen_port} was "
+                                          f"taken while it was down: {e}") from None
         m.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = self.pythonpath + (os.pathsep + env["PYTHONPATH"]
@@ -255,7 +268,8 @@ class LocalCluster:
                 m.proc.wait(5)
             _STARTED_PIDS.discard(m.proc.pid)
             m.paused = False
-        await self.net.close()
+        if self._own_network:
+            await self.net.close()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -278,7 +292,7 @@ class LocalCluster:
         self.counters["kills"] += 1
         for p in (m.raft_proxy, m.http_proxy):
             if p is not None:
-                p.reset_all()           # the dead process's connections are gone too
+                p.down()                # refused while dead; its connections are gone
 
     async def restart(self, m: Member, wait: bool = True) -> None:
         """Start a stopped member again from its data directory (no ``-join``)."""

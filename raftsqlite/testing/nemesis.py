@@ -31,7 +31,9 @@ from raftsqlite import errors
 from .checkers import CheckResult, check_convergence, summarize
 from .cluster import LocalCluster, NodeCannotStart
 from .history import History
-from .workloads import WORKLOADS, NodeClient, member_checksums, setup_with_retry
+from .sharded import ShardedCluster, ShardedNemesis
+from .workloads import (SHARDED_WORKLOADS, WORKLOADS, NodeClient, member_checksums,
+                        setup_with_retry)
 
 #: Every fault the nemesis knows. "Leader" faults find the current leader first.
 FAULTS = ("kill", "kill_leader", "pause", "pause_leader", "isolate_leader", "partition",
@@ -166,7 +168,9 @@ def unavailability(history: History, write_fs, kinds=LEADER_FAULTS, ops=None) ->
                       and op.complete <= window_end), None)
         out.append({"kind": e.kind, "member": e.detail.get("member"),
                     "seconds": round((first.complete if first else window_end) - e.time, 3),
-                    "recovered": first is not None})
+                    "recovered": first is not None,
+                    # a "leader" fault that found no leader hit a random member
+                    "was_leader": e.detail.get("was_leader", True)})
     return out
 
 
@@ -190,13 +194,19 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
               client_timeout: float = 3.0, hold=(2.0, 4.0), quiet=(1.0, 3.0),
               extra_args=(), max_ops: int = 1_000_000, topology: str = "group",
               unsafe_read_level: str | None = None, warmup: float = 2.0,
+              rebalance_at: float | None = 0.3, rebalance_settings: dict | None = None,
               log=print) -> dict:
-    """One complete run; returns the summary (also written to ``out/summary.json``)."""
-    if topology != "group":
-        raise errors.ConfigError(
-            f"topology {topology!r} is not available yet: the sharded topology (default "
-            "group + 2 shard groups, faults in shards and in the default group) needs the "
-            "shard groups of issue #6; see docs/design/testing.md")
+    """One complete run; returns the summary (also written to ``out/summary.json``).
+
+    ``topology="sharded"``: a default group and two shard groups of ``members`` each
+    (:mod:`.sharded`); the workloads' tables are sharded, and at ``rebalance_at`` of the
+    duration (None: never) each table is rebalanced onto the second shard while the
+    clients and the nemesis keep going. ``rebalance_settings`` (RebalanceConfig fields,
+    given to the nodes as ``RAFTSQLITE_REBALANCE``) default to a throttled copy of small
+    batches, so a move lasts long enough for faults to hit it mid-copy."""
+    if topology not in ("group", "sharded"):
+        raise errors.ConfigError(f"unknown topology {topology!r}; known: group, sharded")
+    sharded = topology == "sharded"
     for w in workloads:
         if w not in WORKLOADS:
             raise errors.ConfigError(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
@@ -216,24 +226,52 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
     for name in workloads:
         histories[name] = History()
         histories[name].start = history.start
-    wls = [WORKLOADS[name](histories[name], random.Random(rng.random()),
-                           unsafe_read_level=unsafe_read_level) for name in workloads]
-    cluster = LocalCluster(members, out / "cluster", seed=rng.random(), extra_args=extra_args)
-    nemesis = Nemesis(cluster, history, random.Random(rng.random()), faults, hold, quiet)
-    summary: dict = {"seed": seed, "workloads": list(workloads), "duration_s": duration,
+    classes = SHARDED_WORKLOADS if sharded else WORKLOADS
+    wls = [classes[name](histories[name], random.Random(rng.random()),
+                         unsafe_read_level=unsafe_read_level) for name in workloads]
+    if sharded:
+        settings = rebalance_settings or {"batch_rows": 10, "max_rows_per_s": 40}
+        cluster = ShardedCluster(members, out / "cluster", seed=rng.random(),
+                                 extra_args=extra_args,
+                                 env={"RAFTSQLITE_REBALANCE": json.dumps(settings)})
+        nemesis = ShardedNemesis(cluster, history, random.Random(rng.random()), faults,
+                                 hold, quiet)
+    else:
+        cluster = LocalCluster(members, out / "cluster", seed=rng.random(),
+                               extra_args=extra_args)
+        nemesis = Nemesis(cluster, history, random.Random(rng.random()), faults, hold, quiet)
+    summary: dict = {"seed": seed, "workloads": list(workloads), "topology": topology,
+                     "duration_s": duration,
                      "members": members, "clients": clients, "out": str(out),
                      "faults_enabled": list(faults), "unsafe_read_level": unsafe_read_level}
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256,
                                                                    force_close=True))
     t_start = time.monotonic()
     try:
-        log(f"nemesis: starting {members} members in {out / 'cluster'}")
+        log(f"nemesis: starting {members} members"
+            f"{' per group (default, shard1, shard2)' if sharded else ''} in {out / 'cluster'}")
         await cluster.start()
         leader = await cluster.wait_for_leader(30)
         for w in wls:
-            await w.setup(NodeClient(session, leader.id, leader.http_addr, 10.0))
+            lc = NodeClient(session, leader.id, leader.http_addr, 10.0)
+            if sharded:
+                await w.create(lc)
+                await cluster.place_tables(w.shard_specs)
+                await w.populate(lc)
+            else:
+                await w.setup(lc)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + duration
+        rebalancer = None
+        if sharded and rebalance_at is not None:
+            async def rebalance_all():
+                await asyncio.sleep(rebalance_at * duration)
+                for w in wls:
+                    for table, _key, colocate in w.shard_specs:
+                        if colocate is None:
+                            await cluster.rebalance(table, history,
+                                                    max(30.0, deadline - loop.time()))
+            rebalancer = asyncio.ensure_future(rebalance_all())
         client_rng = random.Random(rng.random())
         ids = sorted(cluster.members)
 
@@ -265,13 +303,24 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
         log("nemesis: healing and reading the final state")
         await nemesis.heal()
         leader = await cluster.wait_for_leader(30)
+        if rebalancer is not None:
+            # A move still running finishes (or rolls back) on a healed cluster; one
+            # that never ends is a violation (counted below).
+            await rebalancer
+            summary["rebalance"] = {"requests": cluster.moves,
+                                    "moves": await cluster.wait_moves(None, 60)}
         lc = NodeClient(session, leader.id, leader.http_addr, 10.0)
         finals = {}
         for w in wls:
             if hasattr(w, "final_reads"):
                 await w.final_reads(lc)
             finals[w.name] = await setup_with_retry(lambda w=w: w.final(lc), timeout=30)
-        conv = await wait_converged(cluster, session, tables=None, timeout=30)
+        if sharded:
+            conv = await cluster.converge(
+                member_checksums,
+                lambda m, g: NodeClient(session, m.id, m.http_addr, 5.0, shard_id=g), 30)
+        else:
+            conv = await wait_converged(cluster, session, tables=None, timeout=30)
         summary["convergence"] = conv.to_dict()
         # Evidence of what the run exercised (e.g. snapshots were taken).
         for m in cluster.members.values():
@@ -315,8 +364,13 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
     s = summarize(results)
     writes = tuple(f for w in wls for f in w.writes())
     all_ops = [op for h in histories.values() for op in h.ops]
-    unav = unavailability(history, writes, ops=all_ops)
-    kill_unav = [u["seconds"] for u in unav if u["kind"] == "kill_leader"]
+    # In a sharded run a write acknowledged by one shard says nothing about another
+    # group's failover, so the figure is measured on a single group only.
+    unav = [] if sharded else unavailability(history, writes, ops=all_ops)
+    kill_unav = [u["seconds"] for u in unav if u["kind"] == "kill_leader"
+                 and u.get("was_leader")]
+    stuck = [m for m in summary.get("rebalance", {}).get("moves", [])
+             if m.get("phase") not in ("done", "cancelled", "failed")]
     for w in wls:
         fs = w.writes() + ("read", "read_all")
         ops = [op for op in w.history.ops if op.f in fs and op.process < 10_000]
@@ -325,13 +379,15 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
             failed=sum(o.outcome == "failed" for o in ops),
             unknown=sum(o.outcome == "unknown" for o in ops))
     summary.update(
-        valid=s["valid"] and not nemesis.restart_failures,
+        valid=s["valid"] and not nemesis.restart_failures and not stuck,
         acked_ops=sum(1 for op in all_ops if op.ok),
         ops={k: sum(h.counts()[k] for h in histories.values())
              for k in ("ok", "failed", "unknown", "pending")},
         faults=dict(sorted(nemesis.counts.items())),
+        faults_by_group=dict(sorted(getattr(nemesis, "by_group", {}).items())),
         lost_acked_writes=s["lost_acked_writes"],
-        violations=s["violations"] + len(nemesis.failed_members),
+        violations=s["violations"] + len(nemesis.failed_members) + len(stuck),
+        rebalance_stuck=stuck,
         inconclusive=s["inconclusive"],
         restart_failures=nemesis.restart_failures,
         max_unavailable_s=max(kill_unav) if kill_unav else None,
@@ -349,7 +405,9 @@ def snapshot_args(threshold: int) -> list[str]:
 
 def format_summary(s: dict) -> str:
     lines = [f"seed {s['seed']}  workloads {','.join(s['workloads'])}  "
-             f"{s['duration_s']:g}s on {s['members']} members  ({s.get('elapsed_s')}s total)"]
+             f"{s['duration_s']:g}s on {s['members']} members"
+             f"{' per group, 3 groups' if s.get('topology') == 'sharded' else ''}"
+             f"  ({s.get('elapsed_s')}s total)"]
     for name, w in s.get("per_workload", {}).items():
         lines.append(f"  {name:9s} ops {w['ops']:6d}  ok {w['ok']:6d}  failed {w['failed']:5d}"
                      f"  unknown {w['unknown']:5d}")
@@ -359,10 +417,21 @@ def format_summary(s: dict) -> str:
                          f"{c['violation_count']}  lost acked writes {c['lost_acked_writes']}")
             for v in c["violations"][:5]:
                 lines.append(f"      {json.dumps(v, default=repr)[:300]}")
+    for req in s.get("rebalance", {}).get("requests", []):
+        lines.append(f"  rebalance {req.get('table')}: {req.get('status') or req.get('error')}"
+                     f" in {req.get('seconds')}s; moves "
+                     + (", ".join(f"{m.get('move_id')} {m.get('phase')} ({m.get('rows_copied')} rows)"
+                                  for m in req.get("moves", [])) or "none"))
+    for m in s.get("rebalance_stuck", []):
+        lines.append(f"  REBALANCE STUCK: move {m.get('move_id')} of {m.get('table')} still "
+                     f"{m.get('phase')} after the heal ({m.get('error')})")
     conv = s.get("convergence", {})
     lines.append(f"  convergence {'passed' if conv.get('valid') else 'FAILED'}"
                  f" ({conv.get('stats', {}).get('tables', 0)} tables)")
     lines.append("  faults: " + ", ".join(f"{k} {v}" for k, v in s.get("faults", {}).items()))
+    if s.get("faults_by_group"):
+        lines.append("  faults by group: " + ", ".join(
+            f"{k} {v}" for k, v in s["faults_by_group"].items()))
     for mid, st in sorted(s.get("members_final", {}).items()):
         lines.append(f"  {mid}: " + ", ".join(f"{k} {v}" for k, v in st.items()))
     for f in s.get("restart_failures", []):
@@ -396,14 +465,17 @@ def main(argv=None) -> int:
                    help=f"{'|'.join(WORKLOADS)}|all (all: run together on one cluster)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of faults and load")
     p.add_argument("--seed", type=int, default=None, help="schedule seed (default: random)")
-    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--members", type=int, default=3,
+                   help="members of the group (sharded: of each of the 3 groups)")
     p.add_argument("--clients", type=int, default=None, help="default: 6 per workload")
     p.add_argument("--faults", default=",".join(FAULTS), help="comma-separated fault kinds")
     p.add_argument("--client-timeout", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=2.0,
                    help="seconds of load before the first fault")
     p.add_argument("--out", default=None, help="output folder (default: a new temp folder)")
-    p.add_argument("--topology", default="group", choices=("group", "sharded"))
+    p.add_argument("--topology", default="group", choices=("group", "sharded"),
+                   help="sharded: default group + shard1 + shard2, each table rebalanced "
+                        "onto shard2 at 30%% of the run")
     p.add_argument("--keep-data", action="store_true",
                    help="keep member data directories of a passing run")
     p.add_argument("--node-arg", action="append", default=[],

@@ -93,8 +93,9 @@ class FaultNetwork:
 
     def __init__(self, identify=None, seed: int | None = None, mode: str = "stall"):
         self.pids: dict[str, int | None] = {}
-        self._identify = identify or (lambda peer, local: identify_by_proc(peer, local,
-                                                                           self.pids))
+        # (runs in a worker thread: it reads a copy of ``pids``, which the loop changes)
+        self._identify = identify or (lambda peer, local: identify_by_proc(
+            peer, local, dict(self.pids)))
         self.rng = random.Random(seed)
         self.blocked: set[tuple] = set()
         self.delays: dict[tuple, tuple[float, float]] = {}
@@ -121,7 +122,9 @@ class FaultNetwork:
 
     async def identify(self, peer_port: int, local_port: int) -> str | None:
         for attempt in range(3):
-            name = self._identify(peer_port, local_port)
+            # A /proc scan costs tens of ms on a busy machine: off the loop, which also
+            # carries every proxied byte (a stalled loop would be an unintended partition).
+            name = await asyncio.to_thread(self._identify, peer_port, local_port)
             if name is not None:
                 return name
             if not self.pids:
@@ -342,6 +345,29 @@ class Proxy:
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.listen_port}"
+
+    def down(self) -> None:
+        """Stop listening while the member is dead, so a dial is refused as it is by a
+        host whose process died (accepting and then closing would look like a crash
+        mid-request, an ambiguous outcome, to the dialler)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.reset_all()
+
+    async def up(self, attempts: int = 20) -> None:
+        """Listen again on the same port (the member advertises it)."""
+        if self.server is not None:
+            return
+        for i in range(attempts):
+            try:
+                self.server = await asyncio.start_server(self._accept, "127.0.0.1",
+                                                         self.listen_port, reuse_address=True)
+                return
+            except OSError:
+                if i == attempts - 1:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _accept(self, reader, writer) -> None:
         self.accepted += 1

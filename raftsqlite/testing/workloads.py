@@ -25,7 +25,9 @@ from .history import History, Op
 #: 503 codes (raftsqlite.errors) that promise nothing was proposed.
 DEFINITE_CODES = frozenset({"leader_not_found", "not_leader", "proposal_dropped", "moved",
                             "fenced", "bad_request", "statement_refused"})
-INTERNAL_TABLE_PREFIXES = ("sqlite_", "_raftsqlite")
+#: Node-internal tables and triggers (``_rs_``: the rebalance change log and its
+#: triggers, present only on a move's source) are not user data.
+INTERNAL_TABLE_PREFIXES = ("sqlite_", "_raftsqlite", "_rs_")
 
 
 class Definite(Exception):
@@ -40,13 +42,18 @@ class NodeClient:
     """rqlite-API calls to one member over a shared aiohttp session."""
 
     def __init__(self, session: aiohttp.ClientSession, member_id: str, addr: str,
-                 timeout: float = 3.0):
+                 timeout: float = 3.0, shard_id: str | None = None):
         self.session = session
         self.member = member_id
         self.base = f"http://{addr}"
         self.timeout = timeout
+        # ``shard_id`` bypasses the router: reads go to that group (at level ``none``,
+        # to this member's own copy when it belongs to the group).
+        self.shard_id = shard_id
 
     async def _post(self, path: str, body) -> list:
+        if self.shard_id:
+            path += ("&" if "?" in path else "?") + f"shard_id={self.shard_id}"
         try:
             async with self.session.post(
                     self.base + path, data=json.dumps(body),
@@ -130,8 +137,20 @@ class Workload:
         level = self.rng.choice(("linearizable", "strong"))
         return level, level
 
+    #: ``(table, shard_key, colocate_with)`` per table, in registration order, for the
+    #: sharded topology (hash sharding; register and append shard by their key).
+    shard_specs: tuple = ()
+
     async def setup(self, client: NodeClient) -> None:
+        """Create the tables, then the initial rows."""
+        await self.create(client)
+        await self.populate(client)
+
+    async def create(self, client: NodeClient) -> None:
         raise NotImplementedError
+
+    async def populate(self, client: NodeClient) -> None:
+        """Initial rows (in a sharded run: after the tables are registered and placed)."""
 
     async def op(self, proc: int, client: NodeClient) -> Op:
         """Run and record one operation; returns it completed."""
@@ -188,13 +207,16 @@ class Bank(Workload):
     def writes(self):
         return ("transfer",)
 
-    async def setup(self, client):
+    async def create(self, client):
         stmts = [["CREATE TABLE IF NOT EXISTS bank_accounts (id INTEGER PRIMARY KEY, "
                   "balance INTEGER NOT NULL)"],
                  ["CREATE TABLE IF NOT EXISTS bank_transfers (id TEXT PRIMARY KEY, "
                   "src INTEGER NOT NULL, dst INTEGER NOT NULL, amount INTEGER NOT NULL)"]]
-        stmts += [["INSERT OR IGNORE INTO bank_accounts(id, balance) VALUES (?, ?)", k, v]
-                  for k, v in self.initial.items()]
+        await setup_with_retry(lambda: self._exec_checked(client, stmts))
+
+    async def populate(self, client):
+        stmts = [["INSERT OR IGNORE INTO bank_accounts(id, balance) VALUES (?, ?)", k, v]
+                 for k, v in self.initial.items()]
         await setup_with_retry(lambda: self._exec_checked(client, stmts))
 
     @staticmethod
@@ -264,7 +286,9 @@ class Register(Workload):
     def writes(self):
         return ("write", "cas")
 
-    async def setup(self, client):
+    shard_specs = (("reg_registers", "k", None),)
+
+    async def create(self, client):
         stmts = [["CREATE TABLE IF NOT EXISTS reg_registers (k INTEGER PRIMARY KEY, "
                   "v INTEGER NOT NULL)"]]
         await setup_with_retry(lambda: Bank._exec_checked(client, stmts))
@@ -362,7 +386,9 @@ class Append(Workload):
     def writes(self):
         return ("append",)
 
-    async def setup(self, client):
+    shard_specs = (("app_items", "k", None),)
+
+    async def create(self, client):
         stmts = [["CREATE TABLE IF NOT EXISTS app_items (id INTEGER PRIMARY KEY, "
                   "k INTEGER NOT NULL, v TEXT NOT NULL)"]]
         await setup_with_retry(lambda: Bank._exec_checked(client, stmts))
@@ -397,7 +423,93 @@ class Append(Workload):
         return [check_append(self.history, final.get("lists", {}))]
 
 
+# -------------------------------------------------------------------------------------
+class BranchBank(Bank):
+    """The bank for a sharded cluster: accounts belong to branches, both tables are
+    sharded by ``branch`` (transfers colocated with accounts), and a transfer moves money
+    between two accounts of one branch. The router refuses a transaction spanning
+    shards, and INSERT ... SELECT and subqueries on sharded tables, so the transfer is
+    three key-bound statements in one transaction, and ``CHECK (balance >= 0)`` refuses
+    an overdraft (the statement error rolls the whole transaction back: ``failed``).
+    Invariants: each branch's total never changes (reads of one branch, key-bound) and
+    so the grand total (scatter reads of every account) never changes either."""
+
+    name = "bank"
+    shard_specs = (("bank_accounts", "branch", None),
+                   ("bank_transfers", "branch", "bank_accounts"))
+
+    def __init__(self, history, rng, branches: int = 8, per_branch: int = 3,
+                 balance: int = 100, max_amount: int = 30, **kw):
+        super().__init__(history, rng, accounts=branches * per_branch, balance=balance,
+                         max_amount=max_amount, **kw)
+        self.branch = {a: a // per_branch for a in self.initial}
+        self.branches = {b: [a for a in self.initial if self.branch[a] == b]
+                         for b in range(branches)}
+
+    async def create(self, client):
+        stmts = [["CREATE TABLE IF NOT EXISTS bank_accounts (id INTEGER PRIMARY KEY, "
+                  "branch INTEGER NOT NULL, balance INTEGER NOT NULL CHECK (balance >= 0))"],
+                 ["CREATE TABLE IF NOT EXISTS bank_transfers (id TEXT PRIMARY KEY, "
+                  "branch INTEGER NOT NULL, src INTEGER NOT NULL, dst INTEGER NOT NULL, "
+                  "amount INTEGER NOT NULL)"]]
+        await setup_with_retry(lambda: self._exec_checked(client, stmts))
+
+    async def populate(self, client):
+        # One key-bound INSERT OR IGNORE per account: idempotent, and each routes to
+        # the account's shard (a multi-row INSERT would be split per shard anyway).
+        for b, accts in self.branches.items():
+            stmts = [["INSERT OR IGNORE INTO bank_accounts(id, branch, balance) "
+                      "VALUES (?, ?, ?)", a, b, self.initial[a]] for a in accts]
+            await setup_with_retry(lambda stmts=stmts: self._exec_checked(client, stmts))
+
+    async def op(self, proc, client):
+        r = self.rng.random()
+        if r < 0.5:
+            level, recorded = self.read_level()
+            if r < 0.4:
+                b = self.rng.choice(sorted(self.branches))
+
+                async def read():
+                    res = await client.query([["SELECT id, balance FROM bank_accounts "
+                                               "WHERE branch = ? ORDER BY id", b]], level)
+                    return {row[0]: row[1] for row in rows(res[0])}
+                return await run_op(self.history, proc, "read_all", b, None, client,
+                                    recorded, read)
+
+            async def read_every():         # scatter over both shards, merged by id
+                res = await client.query(["SELECT id, balance FROM bank_accounts ORDER BY id"],
+                                         level)
+                return {row[0]: row[1] for row in rows(res[0])}
+            return await run_op(self.history, proc, "read_all", None, None, client, recorded,
+                                read_every)
+        b = self.rng.choice(sorted(self.branches))
+        src, dst = self.rng.sample(self.branches[b], 2)
+        amount = self.rng.randint(1, self.max_amount)
+        tid = f"t{proc}-{next(self._ids)}"
+        stmts = [["INSERT INTO bank_transfers(id, branch, src, dst, amount) "
+                  "VALUES (?, ?, ?, ?, ?)", tid, b, src, dst, amount],
+                 ["UPDATE bank_accounts SET balance = balance - ? WHERE branch = ? AND id = ?",
+                  amount, b, src],
+                 ["UPDATE bank_accounts SET balance = balance + ? WHERE branch = ? AND id = ?",
+                  amount, b, dst]]
+
+        async def transfer():
+            # A statement error (the CHECK) rolled everything back: failed. Success
+            # means all three applied; the final-state check proves it.
+            _check_results(await client.execute(stmts, transaction=True))
+            return {"applied": True}
+        return await run_op(self.history, proc, "transfer", b,
+                            {"id": tid, "from": src, "to": dst, "amount": amount}, client,
+                            None, transfer)
+
+    def check(self, final):
+        return [check_bank(self.history, self.initial, final.get("balances"),
+                           final.get("transfers"), groups=self.branches)]
+
+
 WORKLOADS = {"bank": Bank, "register": Register, "append": Append}
+#: The same workloads in a sharded cluster (bank shards by branch; see BranchBank).
+SHARDED_WORKLOADS = {"bank": BranchBank, "register": Register, "append": Append}
 
 
 # -------------------------------------------------------------------------------------

@@ -242,6 +242,25 @@ def test_bank_half_applied_transfer_is_rejected():
     assert r.valid is False and r.violations[0]["kind"] == "balances_disagree_with_log"
 
 
+def test_bank_branch_reads_are_checked_per_branch():
+    """Sharded bank: a read of one branch must show exactly that branch's accounts at
+    its initial total (money moved between branches, or an account of another branch
+    in the answer, is a violation); a whole read is still checked against everything."""
+    initial = {1: 100, 2: 100, 3: 100, 4: 100}
+    branches = {0: [1, 2], 1: [3, 4]}
+    h = hist()
+    op(h, 2, "read_all", 0, None, 0, 1, result={1: 70, 2: 130})           # fine
+    op(h, 2, "read_all", None, None, 2, 3, result={1: 70, 2: 130, 3: 100, 4: 100})
+    assert check_bank(h, initial, groups=branches).valid is True
+    op(h, 2, "read_all", 1, None, 4, 5, result={3: 90, 4: 100})           # 10 vanished
+    op(h, 2, "read_all", 0, None, 6, 7, result={1: 100, 2: 100, 3: 0})    # foreign row
+    op(h, 2, "read_all", None, None, 8, 9, result={1: 100, 2: 100, 3: 100})  # lost row
+    r = check_bank(h, initial, groups=branches)
+    kinds = sorted(v["kind"] for v in r.violations)
+    assert r.valid is False and kinds == ["accounts_changed", "accounts_changed",
+                                          "wrong_total"], r.violations
+
+
 # -- append ---------------------------------------------------------------------------
 def test_append_consistent_history_passes():
     """Reads that are prefixes of the final order and contain all earlier acks pass."""

@@ -167,3 +167,23 @@ def test_identify_by_proc_names_the_dialling_process():
             child.wait(10)
             srv.close()
     run(main())
+
+
+def test_proxy_of_a_dead_member_refuses_dials_then_serves_again():
+    """While its member is dead the proxy does not listen, so a dial is refused (as by
+    a host whose process died) instead of accepted and dropped (which a client must
+    treat as an ambiguous outcome); back up, it forwards on the same port."""
+    async def main():
+        srv, port = await _echo_server()
+        net = FaultNetwork(identify=lambda peer, local: None)
+        proxy = await net.add_proxy("b", port)
+        addr = proxy.listen_port
+        assert await _roundtrip(addr) == b"ping"
+        proxy.down()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", addr)
+        await proxy.up()
+        assert proxy.listen_port == addr and await _roundtrip(addr) == b"ping"
+        await net.close()
+        srv.close()
+    run(main())

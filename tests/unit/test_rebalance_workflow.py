@@ -368,3 +368,57 @@ def test_deposed_coordinator_stops_without_rollback_and_successor_finishes():
     n_target, res = asyncio.run(main())
     assert n_target > 0 and list(res.values()) == ["done"]
     check_placement(cl, ref)
+
+
+class Flaky:
+    """An executor whose shard calls fail the way faults make them fail: a write that
+    applied but whose answer was lost (``OutcomeUnknown``), a member that dropped the
+    connection (``Unavailable``), a leader change (``NotLeader``)."""
+
+    def __init__(self, inner, failures):
+        self.inner = inner
+        self.failures = list(failures)
+        self.raised = []
+
+    async def execute(self, group, statements, **kw):
+        res = await self.inner.execute(group, statements, **kw)     # applied...
+        if self.failures and self.failures[0][0] == "execute":
+            err = self.failures.pop(0)[1]
+            self.raised.append(err.__name__)
+            raise err("fault: the answer was lost")                  # ...but unknown
+        return res
+
+    async def query(self, group, statements, **kw):
+        if self.failures and self.failures[0][0] == "query":
+            err = self.failures.pop(0)[1]
+            self.raised.append(err.__name__)
+            raise err("fault: connection dropped")
+        return await self.inner.query(group, statements, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_move_survives_lost_outcomes_and_leader_changes():
+    """Invariant: a move's shard reads and writes are idempotent, so an ambiguous
+    outcome (applied, answer lost), a dropped connection or a leader change during the
+    copy is retried and the move completes with every row in place, instead of failing
+    the whole move (found by the sharded fault suite: moves under faults failed with
+    'OutcomeUnknown: leadership lost before commit')."""
+    from raftsqlite.errors import NotLeader, OutcomeUnknown, Unavailable
+    cl, router, ref = make(1500)
+    be = FakeMoveBackend(cl)
+    flaky = Flaky(cl.executor, [("execute", OutcomeUnknown), ("query", Unavailable),
+                                ("execute", OutcomeUnknown), ("query", NotLeader),
+                                ("execute", Unavailable)])
+    be.executor = flaky
+    rb = Rebalancer(be, RebalanceConfig(batch_rows=200, retry_s=10))
+
+    async def main():
+        plan = await rb.plan("kv")
+        return await rb.wait([m["move_id"] for m in plan["moves"]], timeout=60)
+    res = asyncio.run(main())
+    assert flaky.raised == ["OutcomeUnknown", "Unavailable", "OutcomeUnknown", "NotLeader",
+                            "Unavailable"], flaky.raised
+    assert list(res.values()) == ["done"], (res, asyncio.run(rb.status()))
+    check_placement(cl, ref, ("kv",))

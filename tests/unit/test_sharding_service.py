@@ -91,3 +91,24 @@ def test_ownership_push_needed_only_when_behind(shard):
     cat.apply("catalog.register_table", {"table": "orders", "shard_key": "uid", "colocate_with": "users",
                                              "key_affinity": "integer"})
     assert _needs_push(have, cat.ownership_for("s1"))
+
+
+def test_shard_node_refuses_to_route_before_it_has_the_catalog(shard):
+    """Invariant: a shard node that has not received the catalog (restarted, default
+    group not reached yet) refuses routed statements with a retryable 503 instead of
+    planning them as unsharded ones, which sent writes for sharded tables to the
+    default group's empty template table; once the catalog arrives it routes."""
+    import asyncio
+    from raftsqlite.errors import Unavailable
+    svc, cat, *_ = shard
+    assert svc.cache.current().version == 0 and not svc.catalog_loaded()
+    p = SimpleNamespace(shard_id=None, transaction=False, request_id=None, timeout=None,
+                        freshness=None, db_timeout=None)
+    for call in (lambda: svc.sql.execute([Statement("UPDATE users SET v = 'x' WHERE id = 1")], p),
+                 lambda: svc.sql.query([Statement("SELECT v FROM users WHERE id = 1")], p,
+                                       "linearizable"),
+                 lambda: svc.sql.request([Statement("SELECT 1")], p, "weak")):
+        with pytest.raises(Unavailable, match="catalog"):
+            asyncio.run(call())
+    asyncio.run(svc.cache.publish(cat.to_bytes()))
+    assert svc.catalog_loaded()
