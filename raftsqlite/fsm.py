@@ -271,7 +271,9 @@ class FSM:
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
                 db.internal("RELEASE _raftsqlite_req")
-        if rid:
+        if rid and refused is None:
+            # A refused request ran nothing: its retry (after the router refreshed, or once
+            # this shard applied its new ownership) must run, not replay the refusal.
             db.internal("INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)",
                         (bytes(rid), _dump_result(results)))
             return results, 1

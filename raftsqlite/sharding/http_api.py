@@ -83,7 +83,8 @@ def blueprint():
         elif kind == "request":
             fn = lambda: st.request(rq.statements, transaction=rq.transaction, level=p.level)  # noqa: E731
         else:
-            fn = lambda: st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard)  # noqa: E731
+            fn = lambda: st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard,  # noqa: E731
+                                    request_id=rq.request_id)
         res = await fwd.on_leader(request, p, fn)
         if isinstance(res, HTTPResponse):
             return res

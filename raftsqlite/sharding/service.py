@@ -98,16 +98,18 @@ class NodeGroupExecutor:
         s = self.svc
         return group == s.group and (not need_leader or s.node.store.is_leader())
 
-    async def execute(self, group, statements, *, transaction=False, guard=None):
+    async def execute(self, group, statements, *, transaction=False, guard=None,
+                      request_id=None):
         if self._local(group):
             self.counts["local"] += 1
             try:
                 res = await self.svc.node.store.execute(statements, transaction=transaction,
-                                                        guard=guard)
+                                                        guard=guard, request_id=request_id)
                 return res["results"]
             except errors.NotLeader:
                 pass
-        return await self.remote(group, "execute", statements, transaction, guard)
+        return await self.remote(group, "execute", statements, transaction, guard,
+                                 request_id=request_id)
 
     async def query(self, group, statements, *, guard=None, level="weak", **opts):
         if self._local(group, need_leader=level not in ("weak", "linearizable", "strong")):
@@ -131,10 +133,11 @@ class NodeGroupExecutor:
                 pass
         return await self.remote(group, "request", statements, transaction, None, level=level)
 
-    async def remote(self, group, kind, statements, transaction, guard, level="weak"):
+    async def remote(self, group, kind, statements, transaction, guard, level="weak",
+                     request_id=None):
         ctype = CommandType.QUERY if kind == "query" else CommandType.EXECUTE
-        body = encode_command(Command(ctype, [Request(statements, bool(transaction), None,
-                                                      guard)]))
+        body = encode_command(Command(ctype, [Request(statements, bool(transaction),
+                                                      request_id or None, guard)]))
         path = f"/shard/call?kind={kind}&level={level}"
         r = await self.svc.post_group(group, path, body, "application/octet-stream")
         self.counts["remote"] += 1
@@ -169,13 +172,15 @@ class RouterSQL:
         sid = self._shard(p)
         rid = getattr(p, "request_id", None)
         if rid and sid is None and self.svc.is_default and self._all_default(statements):
-            # A client request id makes a retry idempotent; it is kept only for a request
-            # that goes unchanged, as one request, to the default group: straight to this
-            # node's store, which raises NotLeader on a follower so the HTTP layer
-            # forwards the original request (id included). Routed writes ignore it.
+            # A request that goes unchanged, as one request, to the default group goes
+            # straight to this node's store, which raises NotLeader on a follower so the
+            # HTTP layer forwards the original request (id included).
             return await self.svc.node.store.execute(statements, transaction=tx,
                                                      request_id=rid, timeout=p.timeout)
-        res = await self.router.execute(statements, transaction=tx, shard_id=sid)
+        # Routed: every call the router makes carries an id derived from the client's
+        # (Router module doc), so a retried request is idempotent on each shard too.
+        res = await self.router.execute(statements, transaction=tx, shard_id=sid,
+                                        request_id=rid)
         return {"results": res}
 
     def _all_default(self, statements):

@@ -269,3 +269,34 @@ def test_node_router_learns_catalog_within_a_second(loaded):
         assert time.monotonic() - t0 < 3.0, plan
         time.sleep(0.05)
     assert time.monotonic() - t0 < 1.5
+
+
+def test_retried_routed_write_with_request_id_applies_once(loaded):
+    """Invariant: a routed write retried with the same request_id (a client retry after a
+    lost answer) applies once on every shard it reaches, through a default node and a
+    shard node's router (local and remote shard calls), and answers without error."""
+    cl, *_ = loaded
+    d, s1 = cl.addrs["default"], cl.addrs["shard1"]
+    ids = list(range(10 ** 7, 10 ** 7 + 16))
+    stmts = [["INSERT INTO users (id, name, age) VALUES " + ", ".join("(?, 'rid', 1)" for _ in ids)]
+             + ids, ["UPDATE users SET age = age + 1 WHERE name = 'rid'"]]
+    try:
+        for n, entry in enumerate((d, s1)):
+            execute(d, [["DELETE FROM users WHERE name = 'rid'"]])
+            first = execute(entry, stmts, request_id=f"tidy-{n}")
+            assert all("error" not in r for r in first), first
+            spread = [count_where(d, "name = 'rid'", s) for s in ("shard1", "shard2")]
+            assert sum(spread) == len(ids) and min(spread) > 0, spread
+            for other in (entry, d if entry != d else s1):
+                again = execute(other, stmts, request_id=f"tidy-{n}")
+                assert all("error" not in r for r in again), again
+            st, body = query(d, [["SELECT COUNT(*), SUM(age) FROM users WHERE name = 'rid'"]])
+            assert st == 200 and body["results"][0]["values"] == [[len(ids), 2 * len(ids)]], body
+    finally:
+        execute(d, [["DELETE FROM users WHERE name = 'rid'"]])
+
+
+def count_where(addr, cond, shard):
+    st, body = query(addr, [[f"SELECT COUNT(*) FROM users WHERE {cond}"]], shard_id=shard)
+    assert st == 200, body
+    return body["results"][0]["values"][0][0]

@@ -91,3 +91,25 @@ def test_ownership_push_needed_only_when_behind(shard):
     cat.apply("catalog.register_table", {"table": "orders", "shard_key": "uid", "colocate_with": "users",
                                              "key_affinity": "integer"})
     assert _needs_push(have, cat.ownership_for("s1"))
+
+
+def test_refused_request_id_is_not_remembered(shard):
+    """Invariant: a request refused by the ownership guard ran nothing, so its request id
+    is not recorded: the same id retried with a valid guard applies (a recorded refusal
+    would answer "moved" to every retry), and a second retry is then deduplicated."""
+    svc, cat, fsm, db, node = shard
+    k = _key(cat, "s1")
+    epoch = cat.shard_epoch(cat.colocation_of("users"), "s1")
+
+    def attempt(index, ep):
+        rq = Request([Statement("INSERT INTO users VALUES (?, 'x')", [k])], request_id=b"r1",
+                     guard=encode_guard([GuardItem("users", ep, None)]))
+        return fsm.apply([Entry(1, index, EntryType.NORMAL, encode_command(
+            Command(CommandType.EXECUTE, [rq])))])[0]["results"][0]
+    assert attempt(3, epoch + 5)[0]["code"] == "moved"   # a stale routing epoch
+    ok = attempt(4, epoch)
+    assert ok[0]["rows_affected"] == 1
+    again = attempt(5, epoch)
+    assert [{k: v for k, v in r.items() if k != "time"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "time"} for r in ok]
+    assert db.read([("SELECT COUNT(*) FROM users", None)])[0]["values"] == [[1]]
