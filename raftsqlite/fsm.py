@@ -28,6 +28,7 @@ import time
 
 import orjson
 
+from raftsqlite import fsm_load
 from raftsqlite.codec.model import CommandType, EntryType
 from raftsqlite.db import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
@@ -70,6 +71,11 @@ class SystemContext:
         """Run a statement with user rights (results as for EXECUTE)."""
         return self._db.run_user(sql, params)
 
+    def in_transaction(self):
+        """False once a statement ended the apply transaction (then raise: the FSM
+        re-runs the entry with this op failed)."""
+        return self._db.in_transaction()
+
 
 class FSM:
     # snapshot() copies from its own read transaction: the driver may call it on another
@@ -81,7 +87,7 @@ class FSM:
         self.fast_path = fast_path   # False: every statement through the reference path
         self.dedup_keep = dedup_keep
         self._decode = decode
-        self._handlers = {"drop_all": _drop_all}
+        self._handlers = dict(fsm_load.HANDLERS)   # drop_all and the atomic load
         self._restore_listeners = []
         self._request_hooks = []
         self._lock = threading.Lock()    # apply/restore never overlap
@@ -234,8 +240,10 @@ class FSM:
             return {"index": e.index, "results": [self._query_request(r, (pos, ri))
                                                   for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
-            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops
-                                                  if n != CLOCK_OP]}, 0
+            return {"index": e.index, "results": [
+                self._system_op(e, n, a, (pos, "op", k)) if (pos, "op", k) not in poisoned
+                else {"error": f"system op {n} ended the transaction; it was undone"}
+                for k, (n, a) in enumerate(cmd.ops) if n != CLOCK_OP]}, 0
         return {"index": e.index, "results": []}, 0
 
     def _execute_request(self, req, poisoned, key):
@@ -353,7 +361,7 @@ class FSM:
         db.internal("RELEASE _raftsqlite_q")
         return results
 
-    def _system_op(self, e, name, args):
+    def _system_op(self, e, name, args, key=None):
         fn = self._handlers.get(name)
         if fn is None:
             return {"error": f"unknown system op {name!r}"}
@@ -363,7 +371,8 @@ class FSM:
             result = fn(SystemContext(db, e.index, e.term), args)
         except Exception as exc:  # a handler's failure is data, the same on every replica
             if not db.in_transaction():
-                raise
+                # SQLite rolled the whole apply transaction back: re-run without this op
+                raise _TxnLost(key) from None
             db.internal("ROLLBACK TO _raftsqlite_sys")
             result = {"error": str(exc) or type(exc).__name__}
         db.internal("RELEASE _raftsqlite_sys")
@@ -383,19 +392,6 @@ def _clock(ops):
         if name == CLOCK_OP and len(args) == 8:
             return int.from_bytes(args, "big")
     return None
-
-
-def _drop_all(ctx, args):
-    """Remove every user table, index, view and trigger (first step of a load)."""
-    rows = ctx.execute("SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' "
-                       "ESCAPE '\\' AND name NOT LIKE '\\_raftsqlite\\_%' ESCAPE '\\'")
-    dropped = 0
-    for typ, name in rows:
-        if typ in ("table", "view"):
-            q = '"' + name.replace('"', '""') + '"'
-            ctx.execute(f"DROP {typ.upper()} IF EXISTS {q}")
-            dropped += 1
-    return {"dropped": dropped}
 
 
 def _b64(obj):

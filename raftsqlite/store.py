@@ -21,7 +21,9 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from raftsqlite import sqlrewrite
+import orjson
+
+from raftsqlite import fsm_load, sqlrewrite
 from raftsqlite.codec.model import Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
@@ -471,10 +473,11 @@ class Store:
         """Load a SQLite file (replaces every user table) or a SQL dump (executed as
         given) through the log, so every member gets it. ``source``: a path, or bytes.
         The format is detected from the content (``fmt`` is accepted for the HTTP layer;
-        the file's header decides). Streams: a first pass checks every statement (a
-        refused one changes nothing), a second proposes chunks of ``batch_max_bytes``, so
-        a large file is never held in memory. Chunks are separate log entries: a load is
-        not atomic as a whole; a failing chunk stops it and the answer says so."""
+        the file's header decides). Streams: chunks of ``batch_max_bytes`` are checked and
+        staged through the log, so a large file is never held in memory, then one entry
+        applies them all in one transaction (``fsm_load``): a load is all-or-nothing on
+        every member. A refused statement, a corrupt file, a failing statement or a
+        leader lost midway leave the old database as it was."""
         self._require_leader()
         loop = asyncio.get_running_loop()
         tmp = None
@@ -487,7 +490,8 @@ class Store:
             if not isinstance(source, str) or not os.path.exists(source):
                 raise BadRequest(f"load: no such file {source}")
             is_db = self.db.is_sqlite_file(source)
-            await loop.run_in_executor(self._io, self._check_load, source, is_db)
+            if is_db:
+                await loop.run_in_executor(self._io, self._check_file, source)
             return await self._load_chunks(source, is_db,
                                            timeout or max(self.config.write_timeout, 60.0))
         finally:
@@ -508,9 +512,15 @@ class Store:
             raise BadRequest("load: the body is neither a SQLite file nor UTF-8 SQL text") \
                 from None
 
-    def _check_load(self, path, is_db):
-        for s in self._load_statements(path, is_db):
-            sqlrewrite.check(s)
+    def _check_file(self, path):
+        """A truncated or corrupt SQLite file is refused before anything is proposed."""
+        try:
+            bad = [r[0] for r in self.db.read_file_internal(path, "PRAGMA quick_check")
+                   if r[0] != "ok"]
+        except Exception as exc:  # apsw's CorruptError, NotADBError, ...: db.py's to name
+            raise BadRequest(f"load: the SQLite file is corrupt or truncated ({exc})") from None
+        if bad:
+            raise BadRequest(f"load: the SQLite file is corrupt: {'; '.join(bad[:3])}")
 
     async def _load_chunks(self, path, is_db, timeout):
         loop = asyncio.get_running_loop()
@@ -519,39 +529,58 @@ class Store:
 
         def take():
             chunk, size = [], 0
-            for s in gen:
-                chunk.append(s)
-                size += len(s)
-                if size >= limit:
-                    break
+            try:
+                for s in gen:
+                    sqlrewrite.check(s)
+                    chunk.append(Statement(s))
+                    size += len(s)
+                    if size >= limit:
+                        break
+            except RaftSQLiteError:
+                raise
+            except Exception as exc:
+                raise BadRequest(f"load: cannot read the file ({type(exc).__name__}: {exc})") \
+                    from None
             return chunk
 
-        index = 0
-        if is_db:
-            res = await self._propose_one(Command(CommandType.SYSTEM, ops=[("drop_all", b"")]),
-                                          timeout)
-            index = res["index"]
-        n, error = 0, None
+        load_id = os.urandom(8).hex()
+        chunks, n, staged = 0, 0, False
         try:
             while True:
                 chunk = await loop.run_in_executor(self._io, take)
                 if not chunk:
                     break
-                req = Request([Statement(s) for s in chunk], transaction=True)
-                res = await self._propose_one(Command(CommandType.EXECUTE, [req],
-                                                      [clock_op(self.db.clock_now_ms())]),
-                                              timeout)
-                index = res["index"]
-                error = next((r["error"] for r in res["results"][0] if "error" in r), None)
-                if error:
-                    break
+                data = self._encode(Command(CommandType.EXECUTE, [Request(chunk)]))
+                staged = True
+                await self._propose_one(Command(CommandType.SYSTEM, ops=[(
+                    "load.stage", fsm_load.stage_args(load_id, chunks, data))]), timeout)
+                chunks += 1
                 n += len(chunk)
+            args = orjson.dumps({"id": load_id, "chunks": chunks, "drop": is_db})
+            # one entry, so the staged rows go whether the commit worked or not
+            res = await self._propose_one(Command(CommandType.SYSTEM, ops=[
+                clock_op(self.db.clock_now_ms()), ("load.commit", args),
+                ("load.discard", args)]), timeout + n * 0.001)
+            staged = False
         finally:
             await loop.run_in_executor(self._io, gen.close)
-        out = {"statements": n, "raft_index": index}
-        if error:
-            out["error"] = error
+            if staged:
+                await self._discard_load(load_id, timeout)
+        out = {"statements": n, "raft_index": res["index"]}
+        r = res["results"][0]
+        if isinstance(r, dict) and r.get("error"):
+            out["error"] = r["error"]
+            out["statements"] = 0
         return out
+
+    async def _discard_load(self, load_id, timeout):
+        """Best effort: a load that stopped before its commit leaves staged rows; the
+        next load sweeps them if this fails too (fsm_load)."""
+        try:
+            await self._propose_one(Command(CommandType.SYSTEM, ops=[(
+                "load.discard", orjson.dumps({"id": load_id}))]), timeout)
+        except Exception:
+            pass
 
     # ---- status -----------------------------------------------------------------------
     def status(self) -> dict:

@@ -8,8 +8,8 @@ import urllib.parse
 
 import pytest
 
-from tests.cluster.node_harness import (Cluster, NodeProc, call, execute, free_port, values,
-                                        wait_for)
+from tests.cluster.node_harness import (Cluster, NodeProc, call, execute, free_port, query,
+                                        values, wait_for)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -262,3 +262,35 @@ def test_non_voter_read_replica(tmp_path):
     finally:
         n1.kill()
         n2.kill()
+
+
+def test_failed_loads_leave_every_member_intact(cluster):
+    """Invariant: /db/load is all-or-nothing on every member: a SQL dump failing at its
+    last statement and a truncated SQLite file (both sent to a follower) change nothing
+    anywhere; a good file load then replaces the database on every member."""
+    lead = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not lead)
+    st, body = execute(lead.http, ["CREATE TABLE keep (a)", "INSERT INTO keep VALUES (1), (2)"])
+    assert st == 200, body
+    st, good = call(lead.http, "GET", "/db/backup", raw=True)
+    assert st == 200 and good.startswith(b"SQLite format 3\x00")
+    execute(lead.http, ["INSERT INTO keep VALUES (3)"])
+    dump = "CREATE TABLE x (a);\n" + "".join(f"INSERT INTO x VALUES ({i});\n" for i in range(200)) \
+        + "INSERT INTO nosuch VALUES (1);\n"
+    st, body = call(follower.http, "POST", "/db/load", dump, headers={"Content-Type": "text/plain"})
+    assert "nosuch" in str(body), (st, body)
+    st, body = call(follower.http, "POST", "/db/load", good[:len(good) // 2],
+                    headers={"Content-Type": "application/octet-stream"})
+    assert st == 400 and "corrupt" in str(body), (st, body)
+    execute(lead.http, ["INSERT INTO keep VALUES (4)"])   # a write after: all members hold it
+    for n in cluster.nodes:
+        wait_for(lambda: values(n.http, "SELECT a FROM keep ORDER BY a") ==
+                 [[1], [2], [3], [4]], 10, f"keep intact on {n.node_id}")
+        st, body = query(n.http, "SELECT count(*) FROM x")
+        assert "no such table" in str(body), (n.node_id, body)
+    st, body = call(follower.http, "POST", "/db/load", good,
+                    headers={"Content-Type": "application/octet-stream"})
+    assert st == 200 and "error" not in str(body), body
+    for n in cluster.nodes:
+        wait_for(lambda: values(n.http, "SELECT a FROM keep ORDER BY a") == [[1], [2]], 10,
+                 f"loaded file on {n.node_id}")
