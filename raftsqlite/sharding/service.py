@@ -386,30 +386,52 @@ class ShardingService:
                  if n != cfg.node_id and m.get("http_addr")]
         if addrs:
             return tuple(addrs), False
-        return (), True
+        if not cfg.voter:
+            return (), True      # node.start refuses: a non-voter cannot start a group
+        # Nobody else is registered: claim the group in the catalog before bootstrapping.
+        # Two nodes started at once both get here; the log orders their claims, the first
+        # wins and bootstraps, the other joins it (node.start retries the join until the
+        # winner serves).
+        res = await self._catalog_retrying(
+            [("catalog.claim_group", op_args({"group": self.group, "member": self._me()}))],
+            "claim")
+        if res["won"]:
+            return (), True
+        log.info("shard %s: another node claimed the group first; joining it", self.group)
+        return tuple(m["http_addr"] for _, m in sorted(res["members"].items())
+                     if m.get("http_addr")), False
 
-    async def register_member(self, new_group):
-        """Record this node in the catalog (its group first, when it started one)."""
+    def _me(self):
         cfg = self.node.config
-        m = {"node_id": cfg.node_id, "raft_addr": cfg.raft_advertise,
-             "http_addr": cfg.http_advertise, "voter": cfg.voter}
-        ops_ = []
-        if new_group or self.group not in self.cache.current().groups:
-            ops_.append(("catalog.add_group", op_args({"group": self.group, "members": [m]})))
-        else:
-            ops_.append(("catalog.set_member", op_args(dict(m, group=self.group))))
-        deadline = asyncio.get_running_loop().time() + cfg.join_timeout
+        return {"node_id": cfg.node_id, "raft_addr": cfg.raft_advertise,
+                "http_addr": cfg.http_advertise, "voter": cfg.voter}
+
+    async def _catalog_retrying(self, ops_, what):
+        """Propose catalog ops, retrying while the default group has no leader, for at
+        most ``join_timeout``; -> the first op's result."""
+        deadline = asyncio.get_running_loop().time() + self.node.config.join_timeout
         while True:
             try:
                 res = await self.system(DEFAULT_GROUP, ops_)
                 if isinstance(res[0], dict) and res[0].get("error"):
                     raise errors.BadRequest(res[0]["error"])
-                break
+                return res[0]
             except (errors.Unavailable, errors.LeaderNotFound, errors.Timeout) as e:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise errors.Unavailable(f"could not register shard {self.group} in the "
+                    raise errors.Unavailable(f"could not {what} shard {self.group} in the "
                                              f"catalog: {e}") from None
                 await asyncio.sleep(0.3)
+
+    async def register_member(self, new_group):
+        """Record this node in the catalog (its group first, when it started one)."""
+        cfg = self.node.config
+        m = self._me()
+        ops_ = []
+        if new_group or self.group not in self.cache.current().groups:
+            ops_.append(("catalog.add_group", op_args({"group": self.group, "members": [m]})))
+        else:
+            ops_.append(("catalog.set_member", op_args(dict(m, group=self.group))))
+        await self._catalog_retrying(ops_, "register")
         await self.cache.refresh()
         log.info("shard %s: %s registered in the catalog", self.group, cfg.node_id)
 

@@ -300,3 +300,29 @@ def count_where(addr, cond, shard):
     st, body = query(addr, [[f"SELECT COUNT(*) FROM users WHERE {cond}"]], shard_id=shard)
     assert st == 200, body
     return body["results"][0]["values"][0][0]
+
+
+def test_two_first_nodes_of_a_new_group_started_together_form_one_group(cluster):
+    """Invariant: two nodes started at once with ``-shard NEW -join ...`` form one Raft
+    group: the catalog's claim decides which one bootstraps, the other joins it (never
+    two single-node groups under one name)."""
+    d = cluster.addrs["default"]
+    a = cluster.start_node("race-a", "race", join=d)
+    b = cluster.start_node("race-b", "race", join=d)
+    for addr in (a, b):
+        cluster.wait_ready(addr, 60)
+
+    def members(addr):
+        st, body = http("GET", addr, "/status")
+        assert st == 200, body
+        return sorted(m["node_id"] for m in body["store"]["members"])
+    deadline = time.monotonic() + 30
+    while True:
+        got = (members(a), members(b))
+        st, shards = http("GET", d, "/shards")
+        grp = next((g for g in shards["shards"] if g["group"] == "race"), None)
+        in_cat = sorted(m["node_id"] for m in grp["members"]) if grp else []
+        if got == (["race-a", "race-b"],) * 2 and in_cat == ["race-a", "race-b"]:
+            break
+        assert time.monotonic() < deadline, (got, grp)
+        time.sleep(0.1)

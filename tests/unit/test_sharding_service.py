@@ -113,3 +113,25 @@ def test_refused_request_id_is_not_remembered(shard):
     assert [{k: v for k, v in r.items() if k != "time"} for r in again] == \
         [{k: v for k, v in r.items() if k != "time"} for r in ok]
     assert db.read([("SELECT COUNT(*) FROM users", None)])[0]["values"] == [[1]]
+
+
+def test_first_claim_of_a_new_group_wins():
+    """Invariant: of two nodes claiming a new group, the first claim in log order wins
+    (it bootstraps) and the second is told to join the winner; a winner that restarts
+    before bootstrapping wins again; once the group has another member, nobody can claim
+    it anew (a wiped node joins the members instead)."""
+    cat = Catalog()
+
+    def claim(nid):
+        return cat.apply("catalog.claim_group", {"group": "g", "member": {
+            "node_id": nid, "raft_addr": f"r-{nid}", "http_addr": f"h-{nid}"}})
+    a, b = claim("a"), claim("b")
+    assert a["won"] and not b["won"]
+    assert {n: m["http_addr"] for n, m in b["members"].items()} == {"a": "h-a"}
+    assert sorted(cat.groups["g"]["members"]) == ["a"]
+    assert claim("a")["won"]
+    cat.apply("catalog.set_member", {"group": "g", "node_id": "b", "http_addr": "h-b"})
+    again = claim("a")
+    assert not again["won"] and set(again["members"]) == {"b"}
+    with pytest.raises(Exception, match="default group"):
+        cat.apply("catalog.claim_group", {"group": "default", "member": {"node_id": "x"}})
