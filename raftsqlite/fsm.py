@@ -113,9 +113,10 @@ class FSM:
         self._handlers[name] = fn
 
     def add_request_hook(self, fn):
-        """``fn(ctx: SystemContext, request)`` runs before each EXECUTE request; raising a
-        RaftSQLiteError (e.g. Moved, Fenced) fails that request alone, with
-        ``{"error": message, "code": exc.code}``, before any of its statements run."""
+        """``fn(ctx: SystemContext, request, write=True)`` runs before each EXECUTE
+        request, and with ``write=False`` before each QUERY request (a read through the
+        log); raising a RaftSQLiteError (e.g. Moved, Fenced) fails that request alone,
+        with ``{"error": message, "code": exc.code}``, before any of its statements run."""
         self._request_hooks.append(fn)
 
     def add_restore_listener(self, fn):
@@ -256,13 +257,7 @@ class FSM:
                 self.counters["dedup_hits"] += 1
                 return _load_result(row[0][0]), 0
         self.counters["requests"] += 1
-        refused = None
-        for hook in self._request_hooks:
-            try:
-                hook(SystemContext(db, self._current[0], self._current[1]), req)
-            except RaftSQLiteError as exc:
-                refused = {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
-                break
+        refused = self._refusal(req, True)
         if poisoned:
             results = [{"error": _ROLLED_BACK, "time": 0.0}]
         elif refused is not None:
@@ -341,8 +336,27 @@ class FSM:
             i = j
         return False
 
+    def _refusal(self, req, write):
+        """The first request hook's refusal of ``req`` as a result, or None."""
+        for hook in self._request_hooks:
+            try:
+                if write:
+                    hook(SystemContext(self.db, self._current[0], self._current[1]), req)
+                else:
+                    hook(SystemContext(self.db, self._current[0], self._current[1]), req,
+                         write=False)
+            except RaftSQLiteError as exc:
+                return {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
+        return None
+
     def _query_request(self, req, key):
         db = self.db
+        if req.guard is not None:
+            # checked here, in log order, so a read cannot pass a check made before an
+            # ownership change it is applied after
+            refused = self._refusal(req, False)
+            if refused is not None:
+                return [refused]
         results = []
         db.internal("SAVEPOINT _raftsqlite_q")
         for st in req.statements:

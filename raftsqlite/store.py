@@ -251,7 +251,8 @@ class Store:
                     transaction=False, db_timeout=None, timeout=None, guard=None):
         """Run reads. -> {"results": [...]} (a write statement gets an error result).
         ``guard``: a routed read's ownership guard, checked here before reading
-        (``guard_check``, installed by the sharding layer; raises ``Moved``)."""
+        (``guard_check``, installed by the sharding layer; raises ``Moved``); a ``strong``
+        read carries it through the log too, checked again where it is applied."""
         stmts = self._validate(statements)
         level = self._level(level)
         if guard is not None and self.guard_check is not None:
@@ -265,10 +266,13 @@ class Store:
             self._require_leader()
             reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
             runnable = [st for st in reads if st is not None]
+            g = bytes(guard) if guard is not None else None
             res = await self._propose_one(
-                Command(CommandType.QUERY, [Request(runnable, bool(transaction))],
+                Command(CommandType.QUERY, [Request(runnable, bool(transaction), None, g)],
                         [clock_op(self.db.clock_now_ms())]), timeout)
             self.counters["reads_strong"] += 1
+            if g is not None and runnable and len(res["results"][0]) == 1:
+                _raise_guard_refusal(res["results"][0][0])
             return {"results": _merge_refused(reads, res["results"][0] if runnable else []),
                     "raft_index": res["index"]}
         if level == "none":

@@ -4,8 +4,9 @@ layer's SQL backend, and the executor that reaches every group's leader.
 One ``ShardingService`` per node (``node.sharding``):
 - every node keeps its group's ``ShardState`` (``own.*`` ops), checks each routed
   request's guard in the FSM before the request runs (``fsm.add_request_hook``) and each
-  routed read's guard before reading (``store.guard_check``); ``rs_kid``/``rs_owns`` are
-  SQL functions on the writer and every reader;
+  routed read's guard before reading (``store.guard_check``; a ``strong`` read's again
+  in the FSM, in log order, like a write's); ``rs_kid``/``rs_owns`` are SQL functions on
+  the writer and every reader;
 - default-group nodes also hold the catalog (``catalog.*`` ops) and publish every change
   to their ``CatalogCache`` from the apply thread; other nodes long-poll any node they
   know (``GET /shard/catalog``) and refresh at once when a shard answers ``Moved``;
@@ -243,9 +244,9 @@ class ShardingService:
         self.counts = {"own_pushes": 0, "catalog_polls": 0}
 
     # ---- FSM side (apply thread) ------------------------------------------------------
-    def _fsm_hook(self, ctx, req):
+    def _fsm_hook(self, ctx, req, write=True):
         if req.guard is not None:
-            self.shard.check(ctx.execute, req.guard, write=True)
+            self.shard.check(ctx.execute, req.guard, write=write)
 
     def _read_check(self, guard):
         self.shard.check(self.node.db.read_internal, guard, write=False)

@@ -135,3 +135,36 @@ def test_first_claim_of_a_new_group_wins():
     assert not again["won"] and set(again["members"]) == {"b"}
     with pytest.raises(Exception, match="default group"):
         cat.apply("catalog.claim_group", {"group": "default", "member": {"node_id": "x"}})
+
+
+def test_strong_read_guard_is_checked_at_apply(shard):
+    """Invariant: a strong read (a QUERY entry) guarded with the epoch that was current
+    when it was proposed is refused with "moved" when an ownership change is applied
+    before it (a move's switch), instead of reading a shard that no longer owns the
+    range; with the new epoch it reads."""
+    svc, cat, fsm, db, node = shard
+    col = cat.colocation_of("users")
+    old = cat.shard_epoch(col, "s1")
+    fsm.apply([Entry(1, 3, EntryType.NORMAL, encode_command(Command(CommandType.EXECUTE, [
+        Request([Statement("INSERT INTO users VALUES (?, 'x')", [_key(cat, "s1")])])])))])
+    c = cat.tables["users"]["colocation"]
+    i = cat.colocations[c]["owners"].index("s1")
+    start, end = ks.range_of(cat.colocations[c]["starts"], i)
+    cat.apply("catalog.assign", {"table": "users", "start": start, "end": ks.end_to_json(end),
+                                 "owner": "s2"})
+
+    def read(index, epoch):
+        rq = Request([Statement("SELECT count(*) FROM users")],
+                     guard=encode_guard([GuardItem("users", epoch, None)]))
+        return fsm.apply([Entry(1, index, EntryType.NORMAL, encode_command(
+            Command(CommandType.QUERY, [rq])))])[0]["results"][0]
+    assert read(4, old)[0]["values"] == [[1]]     # before the switch: the epoch holds
+    switch = Entry(1, 5, EntryType.NORMAL, encode_command(Command(CommandType.SYSTEM, ops=[
+        ("own.set_all", orjson.dumps({"group": "s1", "cols": cat.ownership_for("s1")}))])))
+    stale = Entry(1, 6, EntryType.NORMAL, encode_command(Command(CommandType.QUERY, [Request(
+        [Statement("SELECT count(*) FROM users")],
+        guard=encode_guard([GuardItem("users", old, None)]))])))
+    res = fsm.apply([switch, stale])[1]["results"][0]
+    assert res[0]["code"] == "moved", res
+    new = cat.shard_epoch(cat.colocation_of("users"), "s1")
+    assert new != old and "values" in read(7, new)[0]

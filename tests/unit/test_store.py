@@ -480,3 +480,25 @@ def test_load_statement_that_ends_the_transaction_changes_nothing(env):
     run(store.execute([Statement("INSERT INTO keep VALUES (3)")]))
     assert _keep_rows(store) == [[1], [2], [3]]
     assert _staged(store) == 0
+
+
+def test_strong_read_carries_its_guard_through_the_log(env):
+    """Invariant: a strong read's ownership guard travels in the QUERY entry and is
+    checked where it is applied; a refusal there raises Moved even though the check
+    before proposing passed."""
+    from raftsqlite.errors import Moved
+    store, raft = env
+    seen = []
+
+    def hook(ctx, req, write=True):
+        seen.append((req.guard, write))
+        if req.guard == b"stale":
+            raise Moved("moved at apply")
+    store.fsm.add_request_hook(hook)
+    store.guard_check = lambda g: None          # the early check passes
+    run(store.execute([Statement("CREATE TABLE t (a)")]))
+    with pytest.raises(Moved):
+        run(store.query([Statement("SELECT * FROM t")], level="strong", guard=b"stale"))
+    ok = run(store.query([Statement("SELECT count(*) FROM t")], level="strong", guard=b"fine"))
+    assert ok["results"][0]["values"] == [[0]]
+    assert (b"stale", False) in seen and (b"fine", False) in seen
