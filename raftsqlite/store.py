@@ -15,6 +15,7 @@ event loop.
 """
 import asyncio
 import collections
+import logging
 import os
 import random
 import tempfile
@@ -31,6 +32,8 @@ from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound
                                OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
                                RaftSQLiteError, StaleRead,
                                Timeout)
+
+log = logging.getLogger("raftsqlite.store")
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -380,15 +383,26 @@ class Store:
         return out
 
     # ---- membership -------------------------------------------------------------------
-    async def join(self, node_id, raft_addr, http_addr="", voter=True, timeout=None):
+    async def join(self, node_id, raft_addr, http_addr="", voter=True, timeout=None,
+                   fresh=False):
         """Add a member (learner first, promoted once caught up when ``voter``). Joining
-        again with the same addresses is harmless; new addresses replace the old."""
+        again with the same addresses is harmless; new addresses replace the old.
+        ``fresh``: the joiner has an empty data dir. A member that comes back so lost the
+        log it acknowledged, and Raft never lowers what it knows a follower holds, so
+        the leader would only ever probe it; it is removed and added again instead."""
         if not node_id or not isinstance(node_id, str) or not isinstance(raft_addr, str) \
                 or not raft_addr:
             raise BadRequest("join needs node_id and raft_addr")
         self._require_leader()
         timeout = timeout or max(self.config.write_timeout, 30.0)
         m = self.member(node_id)
+        if m is not None and fresh and node_id != self.node_id and (
+                m.voter or self._match_of(node_id) > 0):
+            # (a learner at match 0 is already being caught up: a retried join must not
+            # start that over)
+            log.warning("%s joins with an empty data dir: re-adding it", node_id)
+            await self._call(self.raft.remove_member(node_id, timeout=timeout))
+            m = None
         if m is not None:
             if m.raft_addr == raft_addr and (not http_addr or m.http_addr == http_addr) \
                     and bool(m.voter) == bool(voter):
@@ -404,6 +418,11 @@ class Store:
         # once more after a learner-only add, which returns before any replication
         await self._nudge_once()
         return {"node_id": node_id, "already_member": False}
+
+    def _match_of(self, node_id):
+        core = getattr(self.raft, "core", None)
+        pr = core.progress().get(node_id) if core is not None else None
+        return pr.get("match", 0) if pr else 0
 
     async def _nudge(self, node_id):
         """While a new member catches up, append a no-op now and then. A new member's

@@ -1,5 +1,6 @@
 """Real raft-sqlite processes on 127.0.0.1: the seed's commands, failover, restarts,
 determinism and bad input. Every wait is bounded; every process is stopped by PID."""
+import os
 import random
 import socket
 import threading
@@ -294,3 +295,47 @@ def test_failed_loads_leave_every_member_intact(cluster):
     for n in cluster.nodes:
         wait_for(lambda: values(n.http, "SELECT a FROM keep ORDER BY a") == [[1], [2]], 10,
                  f"loaded file on {n.node_id}")
+
+
+def test_bootstrap_node_restart_and_wiped_data_dir(tmp_path):
+    """Invariant: the first (bootstrap) node restarted with its data rejoins its group
+    without bootstrapping again (same members, its log kept); with its Raft log gone but
+    its database kept it refuses to start with a clear error; with its data dir wiped and
+    -join given it rejoins the same group and catches up (no second group)."""
+    import shutil
+    c = Cluster(str(tmp_path), 3)
+    try:
+        c.start()
+        n1 = c.nodes[0]
+        execute(c.leader().http, ["CREATE TABLE w (i INTEGER)", "INSERT INTO w VALUES (1), (2)"])
+        for n in c.nodes:
+            wait_for(lambda: values(n.http, "SELECT count(*) FROM w") == [[2]], 10, "copies")
+        last = n1.status()["store"]["raft"]["last_log_index"]
+        n1.terminate(20)
+        n1.start()                       # the README's command: no -join
+        wait_for(n1.ready, 30, "node1 back")
+        s = n1.status()["store"]
+        assert sorted(m["node_id"] for m in s["members"]) == ["node1", "node2", "node3"]
+        assert s["raft"]["last_log_index"] >= last
+        assert values(n1.http, "SELECT count(*) FROM w") == [[2]]
+        # the Raft log lost, the database kept: refused with a clear error
+        n1.terminate(20)
+        shutil.rmtree(os.path.join(n1.data, "raft"))
+        n1.start()
+        wait_for(lambda: not n1.alive(), 30, "node1 refusing to start")
+        assert n1.proc.returncode != 0 and "log was lost" in n1.tail(), n1.tail()
+        # wiped and rejoined through another member
+        shutil.rmtree(n1.data)
+        execute(c.leader().http, ["INSERT INTO w VALUES (3)"])
+        n1.start(n1.argv() + ["-join", c.nodes[1].http])
+        wait_for(n1.ready, 30, "node1 rejoined")
+        wait_for(lambda: values(n1.http, "SELECT count(*) FROM w") == [[3]], 20, "caught up")
+        lead = c.leader()
+        s = lead.status()["store"]
+        assert sorted(m["node_id"] for m in s["members"]) == ["node1", "node2", "node3"]
+        st, body = execute(lead.http, ["INSERT INTO w VALUES (4)"])
+        assert st == 200, body
+        for n in c.nodes:
+            wait_for(lambda: values(n.http, "SELECT count(*) FROM w") == [[4]], 15, n.node_id)
+    finally:
+        c.stop()

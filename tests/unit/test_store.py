@@ -502,3 +502,27 @@ def test_strong_read_carries_its_guard_through_the_log(env):
     ok = run(store.query([Statement("SELECT count(*) FROM t")], level="strong", guard=b"fine"))
     assert ok["results"][0]["values"] == [[0]]
     assert (b"stale", False) in seen and (b"fine", False) in seen
+
+
+def test_join_of_a_wiped_voter_re_adds_it(env):
+    """Invariant: a voter joining again with an empty data dir (``fresh``) is removed
+    and added back (the leader's record of what it held is void); without ``fresh`` a
+    repeated join changes nothing."""
+    store, raft = env
+    calls = []
+    real_remove, real_add = raft.remove_member, raft.add_member
+
+    async def remove(node_id, timeout=None):
+        calls.append(("remove", node_id))
+        await real_remove(node_id, timeout)
+
+    async def add(node_id, raft_addr, http_addr, voter=True, timeout=None):
+        calls.append(("add", node_id))
+        await real_add(node_id, raft_addr, http_addr, voter, timeout)
+    raft.remove_member, raft.add_member = remove, add
+    store._nudge_once = lambda: asyncio.sleep(0)
+    r = run(store.join("n2", "127.0.0.1:4", "127.0.0.1:3"))
+    assert r["already_member"] and calls == []
+    r = run(store.join("n2", "127.0.0.1:4", "127.0.0.1:3", fresh=True))
+    assert not r["already_member"] and calls == [("remove", "n2"), ("add", "n2")]
+    assert [m.node_id for m in store.members()] == ["n1", "n2"]
