@@ -22,13 +22,13 @@ Called by the Raft driver from one executor thread, never on the event loop.
 * SYSTEM entries dispatch ``(name, args)`` ops to handlers registered by name; they run
   inside the apply transaction (the sharding catalog uses this).
 """
-import base64
 import threading
 import time
 
 import orjson
 
 from raftsqlite import fsm_load
+from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec.model import CommandType, EntryType
 from raftsqlite.db import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
@@ -408,27 +408,11 @@ def _clock(ops):
     return None
 
 
-def _b64(obj):
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return {"$b64": base64.b64encode(bytes(obj)).decode()}
-    raise TypeError
-
-
 def _dump_result(results) -> bytes:
     # "time" differs per replica; stored rows must not, so replicas stay byte-identical
     return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
-                        default=_b64)
-
-
-def _unb64(obj):
-    if isinstance(obj, dict):
-        if len(obj) == 1 and "$b64" in obj:
-            return base64.b64decode(obj["$b64"])
-        return {k: _unb64(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unb64(v) for v in obj]
-    return obj
+                        default=b64_default)
 
 
 def _load_result(blob):
-    return _unb64(orjson.loads(blob))
+    return unb64(orjson.loads(blob))

@@ -25,6 +25,7 @@ import logging
 import orjson
 
 from raftsqlite import errors
+from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec import encode_command
 from raftsqlite.codec.model import Command, CommandType, Request
 from raftsqlite.sharding import keyspace as ks
@@ -56,25 +57,8 @@ def error_from(status, body):
     return cls(msg or f"HTTP {status}")
 
 
-def _b64(o):
-    if isinstance(o, (bytes, bytearray, memoryview)):
-        return {"$b64": base64.b64encode(bytes(o)).decode()}
-    raise TypeError
-
-
 def dump_results(results):
-    return orjson.dumps({"results": results}, default=_b64)
-
-
-def unb64(o):
-    """Undo ``dump_results``' encoding: every ``{"$b64": ...}`` back to bytes."""
-    if isinstance(o, dict):
-        if len(o) == 1 and "$b64" in o:
-            return base64.b64decode(o["$b64"])
-        return {k: unb64(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [unb64(v) for v in o]
-    return o
+    return orjson.dumps({"results": results}, default=b64_default)
 
 
 def load_results(body):
