@@ -573,7 +573,10 @@ class Store:
                 chunk = await loop.run_in_executor(self._io, take)
                 if not chunk:
                     break
-                data = self._encode(Command(CommandType.EXECUTE, [Request(chunk)]))
+                try:
+                    data = self._encode(Command(CommandType.EXECUTE, [Request(chunk)]))
+                except (EncodeError, ValueError, TypeError, OverflowError) as exc:
+                    raise BadRequest(f"load: cannot encode a statement: {exc}") from None
                 staged = True
                 await self._propose_one(Command(CommandType.SYSTEM, ops=[(
                     "load.stage", fsm_load.stage_args(load_id, chunks, data))]), timeout)
