@@ -24,12 +24,13 @@ Called by the Raft driver from one executor thread, never on the event loop.
 * SYSTEM entries dispatch ``(name, args)`` ops to handlers registered by name; they run
   inside the apply transaction (the sharding catalog uses this).
 """
-import base64
 import threading
 import time
 
 import orjson
 
+from raftsqlite import fsm_load
+from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType
 from raftsqlite.db import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
@@ -74,6 +75,11 @@ class SystemContext:
         """Run a statement with user rights (results as for EXECUTE)."""
         return self._db.run_user(sql, params)
 
+    def in_transaction(self):
+        """False once a statement ended the apply transaction (then raise: the FSM
+        re-runs the entry with this op failed)."""
+        return self._db.in_transaction()
+
 
 class FSM:
     # snapshot() copies from its own read transaction: the driver may call it on another
@@ -90,7 +96,7 @@ class FSM:
         self.results_wanted = None
         self.dedup_keep = dedup_keep
         self._decode = decode
-        self._handlers = {"drop_all": _drop_all}
+        self._handlers = dict(fsm_load.HANDLERS)   # drop_all and the atomic load
         self._restore_listeners = []
         self._request_hooks = []
         self._lock = threading.Lock()    # apply/restore never overlap
@@ -117,9 +123,10 @@ class FSM:
         self._handlers[name] = fn
 
     def add_request_hook(self, fn):
-        """``fn(ctx: SystemContext, request)`` runs before each EXECUTE request; raising a
-        RaftSQLiteError (e.g. Moved, Fenced) fails that request alone, with
-        ``{"error": message, "code": exc.code}``, before any of its statements run."""
+        """``fn(ctx: SystemContext, request, write=True)`` runs before each EXECUTE
+        request, and with ``write=False`` before each QUERY request (a read through the
+        log); raising a RaftSQLiteError (e.g. Moved, Fenced) fails that request alone,
+        with ``{"error": message, "code": exc.code}``, before any of its statements run."""
         self._request_hooks.append(fn)
 
     def add_restore_listener(self, fn):
@@ -246,8 +253,10 @@ class FSM:
             return {"index": e.index, "results": [self._query_request(r, (pos, ri))
                                                   for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
-            return {"index": e.index, "results": [self._system_op(e, n, a) for n, a in cmd.ops
-                                                  if n != CLOCK_OP]}, 0
+            return {"index": e.index, "results": [
+                self._system_op(e, n, a, (pos, "op", k)) if (pos, "op", k) not in poisoned
+                else {"error": f"system op {n} ended the transaction; it was undone"}
+                for k, (n, a) in enumerate(cmd.ops) if n != CLOCK_OP]}, 0
         return {"index": e.index, "results": []}, 0
 
     def _execute_request(self, req, poisoned, key):
@@ -260,13 +269,7 @@ class FSM:
                 self.counters["dedup_hits"] += 1
                 return _load_result(row[0][0]), 0
         self.counters["requests"] += 1
-        refused = None
-        for hook in self._request_hooks:
-            try:
-                hook(SystemContext(db, self._current[0], self._current[1]), req)
-            except RaftSQLiteError as exc:
-                refused = {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
-                break
+        refused = self._refusal(req, True)
         if poisoned:
             results = [{"error": _ROLLED_BACK, "time": 0.0}]
         elif refused is not None:
@@ -286,7 +289,9 @@ class FSM:
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
                 db.internal("RELEASE _raftsqlite_req")
-        if rid:
+        if rid and refused is None:
+            # A refused request ran nothing: its retry (after the router refreshed, or once
+            # this shard applied its new ownership) must run, not replay the refusal.
             db.internal("INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)",
                         (bytes(rid), _dump_result(results)))
             return results, 1
@@ -413,8 +418,27 @@ class FSM:
             return False
         return False
 
+    def _refusal(self, req, write):
+        """The first request hook's refusal of ``req`` as a result, or None."""
+        for hook in self._request_hooks:
+            try:
+                if write:
+                    hook(SystemContext(self.db, self._current[0], self._current[1]), req)
+                else:
+                    hook(SystemContext(self.db, self._current[0], self._current[1]), req,
+                         write=False)
+            except RaftSQLiteError as exc:
+                return {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
+        return None
+
     def _query_request(self, req, key):
         db = self.db
+        if req.guard is not None:
+            # checked here, in log order, so a read cannot pass a check made before an
+            # ownership change it is applied after
+            refused = self._refusal(req, False)
+            if refused is not None:
+                return [refused]
         results = []
         db.internal("SAVEPOINT _raftsqlite_q")
         for st in req.statements:
@@ -433,7 +457,7 @@ class FSM:
         db.internal("RELEASE _raftsqlite_q")
         return results
 
-    def _system_op(self, e, name, args):
+    def _system_op(self, e, name, args, key=None):
         fn = self._handlers.get(name)
         if fn is None:
             return {"error": f"unknown system op {name!r}"}
@@ -443,7 +467,8 @@ class FSM:
             result = fn(SystemContext(db, e.index, e.term), args)
         except Exception as exc:  # a handler's failure is data, the same on every replica
             if not db.in_transaction():
-                raise
+                # SQLite rolled the whole apply transaction back: re-run without this op
+                raise _TxnLost(key) from None
             db.internal("ROLLBACK TO _raftsqlite_sys")
             result = {"error": str(exc) or type(exc).__name__}
         db.internal("RELEASE _raftsqlite_sys")
@@ -465,40 +490,11 @@ def _clock(ops):
     return None
 
 
-def _drop_all(ctx, args):
-    """Remove every user table, index, view and trigger (first step of a load)."""
-    rows = ctx.execute("SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' "
-                       "ESCAPE '\\' AND name NOT LIKE '\\_raftsqlite\\_%' ESCAPE '\\'")
-    dropped = 0
-    for typ, name in rows:
-        if typ in ("table", "view"):
-            q = '"' + name.replace('"', '""') + '"'
-            ctx.execute(f"DROP {typ.upper()} IF EXISTS {q}")
-            dropped += 1
-    return {"dropped": dropped}
-
-
-def _b64(obj):
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return {"$b64": base64.b64encode(bytes(obj)).decode()}
-    raise TypeError
-
-
 def _dump_result(results) -> bytes:
     # "time" differs per replica; stored rows must not, so replicas stay byte-identical
     return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
-                        default=_b64)
-
-
-def _unb64(obj):
-    if isinstance(obj, dict):
-        if len(obj) == 1 and "$b64" in obj:
-            return base64.b64decode(obj["$b64"])
-        return {k: _unb64(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unb64(v) for v in obj]
-    return obj
+                        default=b64_default)
 
 
 def _load_result(blob):
-    return _unb64(orjson.loads(blob))
+    return unb64(orjson.loads(blob))

@@ -3,7 +3,13 @@
 Start: open SQLite (db, fsm) -> start Raft (log replay, snapshot restore, transport) ->
 bootstrap a fresh single-node group, unless told to join -> serve HTTP -> join through an
 existing member (fresh data dir only; retried with backoff across the given addresses).
-A node restarted with data needs no ``-join``: its membership is in its Raft log.
+A node restarted with data needs no ``-join``: its membership is in its Raft log, and it
+never bootstraps again (only a node whose Raft log is empty does; the driver refuses a
+bootstrap over an existing log). A member whose data dir was wiped, the first node
+included, cannot tell it ever belonged to a group: restart it with ``-join <a member>``
+(its join says its log is empty, so the leader removes and re-adds it and catches it up;
+``Store.join``); started without ``-join`` it would begin a new group. A data dir whose Raft log is gone but whose database has applied entries is
+refused by the Raft driver at start ("the log was lost"), never bootstrapped.
 
 Stop (SIGTERM): stop accepting HTTP -> Raft stop (a leader hands leadership over first)
 -> store and SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
@@ -145,7 +151,10 @@ class Node:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
             while loop.time() < deadline:
                 for a in addrs:
-                    url = _url(a, "/join")
+                    # an empty log now: the leader must not count on what an earlier
+                    # life of this member acknowledged (store.join)
+                    fresh = self.raft.last_log_index == 0 and self.raft.last_snapshot_index == 0
+                    url = _url(a, "/join?fresh" if fresh else "/join")
                     try:
                         async with s.post(url, json=body) as r:
                             text = await r.text()

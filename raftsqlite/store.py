@@ -15,13 +15,16 @@ event loop.
 """
 import asyncio
 import collections
+import logging
 import os
 import random
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from raftsqlite import sqlrewrite
+import orjson
+
+from raftsqlite import fsm_load, sqlrewrite
 from raftsqlite.codec.model import BulkStatements, Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
@@ -29,6 +32,8 @@ from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound
                                OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
                                RaftSQLiteError, StaleRead,
                                Timeout)
+
+log = logging.getLogger("raftsqlite.store")
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -301,7 +306,8 @@ class Store:
                     transaction=False, db_timeout=None, timeout=None, guard=None):
         """Run reads. -> {"results": [...]} (a write statement gets an error result).
         ``guard``: a routed read's ownership guard, checked here before reading
-        (``guard_check``, installed by the sharding layer; raises ``Moved``)."""
+        (``guard_check``, installed by the sharding layer; raises ``Moved``); a ``strong``
+        read carries it through the log too, checked again where it is applied."""
         stmts = self._validate(statements)
         level = self._level(level)
         if guard is not None and self.guard_check is not None:
@@ -315,10 +321,13 @@ class Store:
             self._require_leader()
             reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
             runnable = [st for st in reads if st is not None]
+            g = bytes(guard) if guard is not None else None
             res = await self._propose_one(
-                Command(CommandType.QUERY, [Request(runnable, bool(transaction))],
+                Command(CommandType.QUERY, [Request(runnable, bool(transaction), None, g)],
                         [clock_op(self.db.clock_now_ms())]), timeout)
             self.counters["reads_strong"] += 1
+            if g is not None and runnable and len(res["results"][0]) == 1:
+                _raise_guard_refusal(res["results"][0][0])
             return {"results": _merge_refused(reads, res["results"][0] if runnable else []),
                     "raft_index": res["index"]}
         if level == "none":
@@ -454,15 +463,26 @@ class Store:
         return bulk
 
     # ---- membership -------------------------------------------------------------------
-    async def join(self, node_id, raft_addr, http_addr="", voter=True, timeout=None):
+    async def join(self, node_id, raft_addr, http_addr="", voter=True, timeout=None,
+                   fresh=False):
         """Add a member (learner first, promoted once caught up when ``voter``). Joining
-        again with the same addresses is harmless; new addresses replace the old."""
+        again with the same addresses is harmless; new addresses replace the old.
+        ``fresh``: the joiner has an empty data dir. A member that comes back so lost the
+        log it acknowledged, and Raft never lowers what it knows a follower holds, so
+        the leader would only ever probe it; it is removed and added again instead."""
         if not node_id or not isinstance(node_id, str) or not isinstance(raft_addr, str) \
                 or not raft_addr:
             raise BadRequest("join needs node_id and raft_addr")
         self._require_leader()
         timeout = timeout or max(self.config.write_timeout, 30.0)
         m = self.member(node_id)
+        if m is not None and fresh and node_id != self.node_id and (
+                m.voter or self._match_of(node_id) > 0):
+            # (a learner at match 0 is already being caught up: a retried join must not
+            # start that over)
+            log.warning("%s joins with an empty data dir: re-adding it", node_id)
+            await self._call(self.raft.remove_member(node_id, timeout=timeout))
+            m = None
         if m is not None:
             if m.raft_addr == raft_addr and (not http_addr or m.http_addr == http_addr) \
                     and bool(m.voter) == bool(voter):
@@ -478,6 +498,11 @@ class Store:
         # once more after a learner-only add, which returns before any replication
         await self._nudge_once()
         return {"node_id": node_id, "already_member": False}
+
+    def _match_of(self, node_id):
+        core = getattr(self.raft, "core", None)
+        pr = core.progress().get(node_id) if core is not None else None
+        return pr.get("match", 0) if pr else 0
 
     async def _nudge(self, node_id):
         """While a new member catches up, append a no-op now and then. A new member's
@@ -551,10 +576,11 @@ class Store:
         """Load a SQLite file (replaces every user table) or a SQL dump (executed as
         given) through the log, so every member gets it. ``source``: a path, or bytes.
         The format is detected from the content (``fmt`` is accepted for the HTTP layer;
-        the file's header decides). Streams: a first pass checks every statement (a
-        refused one changes nothing), a second proposes chunks of ``batch_max_bytes``, so
-        a large file is never held in memory. Chunks are separate log entries: a load is
-        not atomic as a whole; a failing chunk stops it and the answer says so."""
+        the file's header decides). Streams: chunks of ``batch_max_bytes`` are checked and
+        staged through the log, so a large file is never held in memory, then one entry
+        applies them all in one transaction (``fsm_load``): a load is all-or-nothing on
+        every member. A refused statement, a corrupt file, a failing statement or a
+        leader lost midway leave the old database as it was."""
         self._require_leader()
         loop = asyncio.get_running_loop()
         tmp = None
@@ -567,7 +593,8 @@ class Store:
             if not isinstance(source, str) or not os.path.exists(source):
                 raise BadRequest(f"load: no such file {source}")
             is_db = self.db.is_sqlite_file(source)
-            await loop.run_in_executor(self._io, self._check_load, source, is_db)
+            if is_db:
+                await loop.run_in_executor(self._io, self._check_file, source)
             return await self._load_chunks(source, is_db,
                                            timeout or max(self.config.write_timeout, 60.0))
         finally:
@@ -588,9 +615,15 @@ class Store:
             raise BadRequest("load: the body is neither a SQLite file nor UTF-8 SQL text") \
                 from None
 
-    def _check_load(self, path, is_db):
-        for s in self._load_statements(path, is_db):
-            sqlrewrite.check(s)
+    def _check_file(self, path):
+        """A truncated or corrupt SQLite file is refused before anything is proposed."""
+        try:
+            bad = [r[0] for r in self.db.read_file_internal(path, "PRAGMA quick_check")
+                   if r[0] != "ok"]
+        except Exception as exc:  # apsw's CorruptError, NotADBError, ...: db.py's to name
+            raise BadRequest(f"load: the SQLite file is corrupt or truncated ({exc})") from None
+        if bad:
+            raise BadRequest(f"load: the SQLite file is corrupt: {'; '.join(bad[:3])}")
 
     async def _load_chunks(self, path, is_db, timeout):
         loop = asyncio.get_running_loop()
@@ -599,39 +632,61 @@ class Store:
 
         def take():
             chunk, size = [], 0
-            for s in gen:
-                chunk.append(s)
-                size += len(s)
-                if size >= limit:
-                    break
+            try:
+                for s in gen:
+                    sqlrewrite.check(s)
+                    chunk.append(Statement(s))
+                    size += len(s)
+                    if size >= limit:
+                        break
+            except RaftSQLiteError:
+                raise
+            except Exception as exc:
+                raise BadRequest(f"load: cannot read the file ({type(exc).__name__}: {exc})") \
+                    from None
             return chunk
 
-        index = 0
-        if is_db:
-            res = await self._propose_one(Command(CommandType.SYSTEM, ops=[("drop_all", b"")]),
-                                          timeout)
-            index = res["index"]
-        n, error = 0, None
+        load_id = os.urandom(8).hex()
+        chunks, n, staged = 0, 0, False
         try:
             while True:
                 chunk = await loop.run_in_executor(self._io, take)
                 if not chunk:
                     break
-                req = Request([Statement(s) for s in chunk], transaction=True)
-                res = await self._propose_one(Command(CommandType.EXECUTE, [req],
-                                                      [clock_op(self.db.clock_now_ms())]),
-                                              timeout)
-                index = res["index"]
-                error = next((r["error"] for r in res["results"][0] if "error" in r), None)
-                if error:
-                    break
+                try:
+                    data = self._encode(Command(CommandType.EXECUTE, [Request(chunk)]))
+                except (EncodeError, ValueError, TypeError, OverflowError) as exc:
+                    raise BadRequest(f"load: cannot encode a statement: {exc}") from None
+                staged = True
+                await self._propose_one(Command(CommandType.SYSTEM, ops=[(
+                    "load.stage", fsm_load.stage_args(load_id, chunks, data))]), timeout)
+                chunks += 1
                 n += len(chunk)
+            args = orjson.dumps({"id": load_id, "chunks": chunks, "drop": is_db})
+            # one entry, so the staged rows go whether the commit worked or not
+            res = await self._propose_one(Command(CommandType.SYSTEM, ops=[
+                clock_op(self.db.clock_now_ms()), ("load.commit", args),
+                ("load.discard", args)]), timeout + n * 0.001)
+            staged = False
         finally:
             await loop.run_in_executor(self._io, gen.close)
-        out = {"statements": n, "raft_index": index}
-        if error:
-            out["error"] = error
+            if staged:
+                await self._discard_load(load_id, timeout)
+        out = {"statements": n, "raft_index": res["index"]}
+        r = res["results"][0]
+        if isinstance(r, dict) and r.get("error"):
+            out["error"] = r["error"]
+            out["statements"] = 0
         return out
+
+    async def _discard_load(self, load_id, timeout):
+        """Best effort: a load that stopped before its commit leaves staged rows; the
+        next load sweeps them if this fails too (fsm_load)."""
+        try:
+            await self._propose_one(Command(CommandType.SYSTEM, ops=[(
+                "load.discard", orjson.dumps({"id": load_id}))]), timeout)
+        except Exception:
+            pass
 
     # ---- status -----------------------------------------------------------------------
     def status(self) -> dict:

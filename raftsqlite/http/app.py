@@ -166,6 +166,7 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     for bp in getattr(node, "http_blueprints", None) or ():
         app.blueprint(bp() if callable(bp) and not hasattr(bp, "routes") else bp)
     app.exception(Exception)(_on_error)
+    app.exception(asyncio.CancelledError)(_on_cancelled)
 
     @app.before_server_start
     async def _start(app):
@@ -218,6 +219,14 @@ async def _on_error(request, exc):
     ctx.counters["status_500"] += 1
     return wire.error_response(500, f"internal error: {type(exc).__name__}: {exc}",
                                "internal")
+
+
+async def _on_cancelled(request, exc):
+    """A handler cancelled under us: the server is stopping (or the client left). Not a
+    bug, so no traceback: answer 503 if anyone is still listening."""
+    request.app.ctx.counters["cancelled"] += 1
+    return wire.error_response(503, "request cancelled: the node is shutting down",
+                               "unavailable")
 
 
 async def start_server(app, host, port, *, backlog=1024):

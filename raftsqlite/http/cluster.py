@@ -207,8 +207,10 @@ def blueprint():
         ctx = request.app.ctx
         p = QueryParams(request.query_string)
         node_id, raft_addr, http_addr, voter = parse_join(request.body)
+        # ``fresh``: the joiner's data dir is empty (a wiped member comes back)
+        kw = {"fresh": True} if p.raw.get("fresh") in ("", "true", "1") else {}
         res = await fwd.on_leader(
-            request, p, lambda: ctx.store.join(node_id, raft_addr, http_addr, voter=voter))
+            request, p, lambda: ctx.store.join(node_id, raft_addr, http_addr, voter=voter, **kw))
         if isinstance(res, HTTPResponse):
             return res
         return wire.json_response({"node_id": node_id, "raft_addr": raft_addr,

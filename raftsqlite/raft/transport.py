@@ -122,6 +122,9 @@ class _Outbound(asyncio.Protocol):
         self.peer = peer
         self.tr = None
         self.ready = asyncio.get_running_loop().create_future()
+        # The connect loop may stop waiting for the handshake (the write failed, a
+        # timeout): a failure set on it afterwards must not be logged as unretrieved.
+        self.ready.add_done_callback(_retrieve)
         self.decoder = codec.FrameDecoder(1 << 16)
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -198,6 +201,9 @@ class _Peer:
                 loop = asyncio.get_running_loop()
                 _, proto = await asyncio.wait_for(
                     loop.create_connection(lambda: _Outbound(self), host, port), 3.0)
+                if proto.closed or proto.tr.is_closing():
+                    # lost between connect and here (uvloop raises on such a write)
+                    raise ConnectionError("connection lost before the handshake")
                 proto.tr.write(codec.encode_frame(owner.group_id, T_HELLO, 0, PROTOCOL_VERSION,
                                                   owner.hello_for(self.node_id)))
                 await asyncio.wait_for(proto.ready, 3.0)
@@ -396,6 +402,11 @@ class Transport:
                       for nid, p in self._peers.items()}
         s["inbound"] = len(self._inbound)
         return s
+
+
+def _retrieve(fut):
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _nodelay(tr):

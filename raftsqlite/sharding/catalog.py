@@ -133,6 +133,23 @@ class Catalog:
             self._set_member(g, m)
         return {"group": g, "members": sorted(grp["members"])}
 
+    def _op_claim_group(self, a):
+        """The first node of a new group claims it before bootstrapping: it wins when the
+        group has no member but itself; otherwise the group exists (another node claimed
+        it first, perhaps a moment ago) and the caller must join its members. The log
+        orders concurrent claims, so exactly one of two nodes started at once wins."""
+        g = _name(a["group"], "group")
+        if g == DEFAULT_GROUP:
+            raise BadRequest("the default group is not claimed; it is bootstrapped by its "
+                             "first node")
+        m = a["member"]
+        nid = _name(m["node_id"], "node_id")
+        grp = self.groups.setdefault(g, {"members": {}})
+        others = {n: dict(v) for n, v in grp["members"].items() if n != nid}
+        if not others:
+            self._set_member(g, m)
+        return {"group": g, "won": not others, "members": others}
+
     def _op_remove_group(self, a):
         g = self._group(a["group"])
         if g == DEFAULT_GROUP:

@@ -22,12 +22,12 @@ codec ``Command`` with N requests; the answer is ``{"requests": [{"results": [..
 {"error": "...", "code": "..."}, ...]}`` in request order.
 """
 import asyncio
-import base64
 import collections
 
 import orjson
 
 from raftsqlite import errors
+from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec import encode_command
 from raftsqlite.codec.model import Command, CommandType, Request
 
@@ -46,30 +46,13 @@ def error_for(code, message):
     return cls(message or code or "error")
 
 
-def _b64(o):
-    if isinstance(o, (bytes, bytearray, memoryview)):
-        return {"$b64": base64.b64encode(bytes(o)).decode()}
-    raise TypeError
-
-
 def dump_results(results):
-    return orjson.dumps({"results": results}, default=_b64)
+    return orjson.dumps({"results": results}, default=b64_default)
 
 
 def dump_requests(outcomes):
     """A coalesced call's answer: one ``{"results"}`` or ``{"error", "code"}`` per request."""
-    return orjson.dumps({"requests": outcomes}, default=_b64)
-
-
-def unb64(o):
-    """Undo ``dump_results``' encoding: every ``{"$b64": ...}`` back to bytes."""
-    if isinstance(o, dict):
-        if len(o) == 1 and "$b64" in o:
-            return base64.b64decode(o["$b64"])
-        return {k: unb64(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [unb64(v) for v in o]
-    return o
+    return orjson.dumps({"requests": outcomes}, default=b64_default)
 
 
 def load_results(body):
@@ -174,8 +157,9 @@ class Coalescer:
         return c
 
 
-def request_for(statements, transaction, guard):
-    return Request(statements, bool(transaction), None, bytes(guard) if guard is not None else None)
+def request_for(statements, transaction, guard, request_id=None):
+    return Request(statements, bool(transaction), request_id or None,
+                   bytes(guard) if guard is not None else None)
 
 
 class ShardCaller:
@@ -187,8 +171,9 @@ class ShardCaller:
         self.post = post
         self.coalescer = Coalescer(self._send, max_inflight, max_batch)
 
-    async def call(self, group, kind, statements, transaction=False, guard=None, level="weak"):
-        req = request_for(statements, transaction, guard)
+    async def call(self, group, kind, statements, transaction=False, guard=None, level="weak",
+                   request_id=None):
+        req = request_for(statements, transaction, guard, request_id)
         if kind == "execute":
             res = await self.coalescer.call(group, kind, level, req)
         else:
@@ -216,8 +201,9 @@ class RemoteExecutor:
     def __init__(self, post, **kw):
         self.caller = ShardCaller(post, **kw)
 
-    def execute(self, group, statements, *, transaction=False, guard=None):
-        return self.caller.call(group, "execute", statements, transaction, guard)
+    def execute(self, group, statements, *, transaction=False, guard=None, request_id=None):
+        return self.caller.call(group, "execute", statements, transaction, guard,
+                                request_id=request_id)
 
     def query(self, group, statements, *, guard=None, level="weak", **opts):
         return self.caller.call(group, "query", statements, False, guard, level)

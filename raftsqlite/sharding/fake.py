@@ -32,9 +32,14 @@ class FakeGroup:
         self.conn.create_function("rs_owns", 2, lambda c, v: self.own.owns(c, v))
         self.calls = 0
         self.rejected = 0
+        self.applied_ids = {}    # request id -> results (the FSM's dedup table)
+        self.dedup_hits = 0
 
-    def run(self, statements, transaction=False, guard=None, write=True):
+    def run(self, statements, transaction=False, guard=None, write=True, request_id=None):
         self.calls += 1
+        if request_id is not None and request_id in self.applied_ids:
+            self.dedup_hits += 1
+            return self.applied_ids[request_id]
         if guard is not None:
             try:
                 self.own.check(guard, write=write)
@@ -56,6 +61,8 @@ class FakeGroup:
                     return out
         if transaction:
             c.execute("COMMIT")
+        if request_id is not None:
+            self.applied_ids[request_id] = out
         return out
 
 
@@ -68,10 +75,12 @@ class FakeExecutor:
         self.yield_each = yield_each
         self.log = []  # (group, sql) of every call that ran
 
-    async def execute(self, group, statements, *, transaction=False, guard=None):
+    async def execute(self, group, statements, *, transaction=False, guard=None,
+                      request_id=None):
         if self.yield_each:
             await asyncio.sleep(0)
-        r = self.groups[group].run(statements, transaction, guard, write=True)
+        r = self.groups[group].run(statements, transaction, guard, write=True,
+                                   request_id=request_id)
         self.log.extend((group, s.sql) for s in statements)
         return r
 

@@ -88,7 +88,8 @@ def blueprint():
                 return st.request(rq.statements, transaction=rq.transaction, level=p.level)
         else:
             def run(rq):
-                return st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard)
+                return st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard,
+                                  request_id=rq.request_id)
         if not batch:
             res = await fwd.on_leader(request, p, lambda: run(cmd.requests[0]))
             if isinstance(res, HTTPResponse):

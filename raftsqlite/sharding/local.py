@@ -3,7 +3,6 @@ groups, one member each), for ``raft-sqlite demo``, the cluster tests and the be
 Everything it starts it stops, by PID."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,14 +10,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from raftsqlite.testing.procs import free_port
+
 # Fixed ports of ``raft-sqlite demo`` (HTTP, Raft) per group; ``free=True`` picks free ones.
 DEMO_PORTS = {"default": (4101, 4102), "shard1": (4111, 4112), "shard2": (4121, 4122)}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method, addr, path, body=None, timeout=30.0):

@@ -52,7 +52,6 @@ import hashlib
 import logging
 import time
 
-import orjson
 
 from raftsqlite.codec.model import Statement
 from raftsqlite.errors import (BadRequest, LeaderNotFound, NotFound, NotLeader,
@@ -376,10 +375,14 @@ class MoveRunner:
         stmts = [(f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                   f"move TEXT NOT NULL, tbl TEXT NOT NULL, k)", None)]
         for t, key in self.tables:
-            for kind, refs in (("INSERT", ("NEW",)), ("UPDATE", ("OLD", "NEW")),
-                               ("DELETE", ("OLD",))):
-                body = " ".join(f"INSERT INTO {CHANGES}(move, tbl, k) VALUES "
-                                f"('{self.id}', '{t}', {r}.{_q(key)});" for r in refs)
+            k = _q(key)
+            log_ = f"INSERT INTO {CHANGES}(move, tbl, k) "
+            for kind, body in (
+                    ("INSERT", f"{log_}VALUES ('{self.id}', '{t}', NEW.{k});"),
+                    # the new key only when the update changed it (one row, not two)
+                    ("UPDATE", f"{log_}VALUES ('{self.id}', '{t}', OLD.{k}); {log_}SELECT "
+                               f"'{self.id}', '{t}', NEW.{k} WHERE NEW.{k} IS NOT OLD.{k};"),
+                    ("DELETE", f"{log_}VALUES ('{self.id}', '{t}', OLD.{k});")):
                 stmts.append((f"CREATE TRIGGER IF NOT EXISTS {_q(self._trig(t, kind))} "
                               f"AFTER {kind} ON {_q(t)} BEGIN {body} END", None))
         await self._write(self.m["source"], stmts)

@@ -19,7 +19,7 @@ import orjson
 
 from raftsqlite import errors
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
-from raftsqlite.sharding.service import unb64
+from raftsqlite.b64json import unb64
 
 _CODES = {"moved": errors.Moved, "fenced": errors.Fenced, "not_leader": errors.NotLeader}
 

@@ -4,7 +4,9 @@ It depends only on two small interfaces it declares here, so it can be tested wi
 and wired by the node without this module knowing about HTTP, Raft or apsw:
 
 ``GroupExecutor``
-    ``async execute(group, statements, *, transaction=False, guard=None) -> list[dict]``
+    ``async execute(group, statements, *, transaction=False, guard=None, request_id=None)
+    -> list[dict]`` (``request_id``: bytes or None; a group that already applied a request
+    with that id answers the recorded results instead of applying it again)
     ``async query(group, statements, *, guard=None, **opts) -> list[dict]``
     ``async request(group, statements, *, transaction=False, **opts) -> list[dict]``
     (rqlite's mixed /db/request; used only for the default group)
@@ -24,6 +26,14 @@ short) and retries, both bounded. A multi-shard write retries only the shards th
 refused; if the refreshed catalog would send it again to a shard that already applied it,
 the router stops and says exactly where it was applied (decision 15) instead of applying
 anything twice.
+
+A client's ``request_id`` makes a retried write idempotent on every group it reaches:
+each call the router makes is sent with its own id, derived from the client's id, the
+statements the call covers (their positions in the request) and the group, so the same
+request routed the same way derives the same ids. If the catalog changed between a write
+and its retry, the retry may split differently; groups reached with the same statements
+still deduplicate, but rows whose owner changed in between can be written by their new
+owner (a move copies them there), which a unique key then refuses.
 """
 import asyncio
 import time
@@ -62,12 +72,17 @@ class Router:
                        "moved_retries": 0, "fenced_waits": 0, "refused": 0, "partial_writes": 0}
 
     # ---- public ------------------------------------------------------------------------
-    async def execute(self, statements, transaction=False, shard_id=None):
-        """Writes. ``statements``: Statement objects or ``(sql, params)`` pairs."""
+    async def execute(self, statements, transaction=False, shard_id=None, request_id=None):
+        """Writes. ``statements``: Statement objects or ``(sql, params)`` pairs;
+        ``request_id`` (str or bytes) makes a retry of the same request idempotent."""
         statements = _stmts(statements)
+        rid = _rid_bytes(request_id)
         if shard_id is not None:
-            return await self.ex.execute(shard_id, statements, transaction=transaction)
-        return await self._run(statements, transaction, write=True)
+            if rid is None:
+                return await self.ex.execute(shard_id, statements, transaction=transaction)
+            return await self.ex.execute(shard_id, statements, transaction=transaction,
+                                         request_id=rid)
+        return await self._run(statements, transaction, write=True, rid=rid)
 
     async def query(self, statements, shard_id=None, **opts):
         statements = _stmts(statements)
@@ -106,7 +121,7 @@ class Router:
         return dict(self.counts, plan_cache=self.planner.stats())
 
     # ---- running -------------------------------------------------------------------------
-    async def _run(self, statements, transaction, write, opts=None):
+    async def _run(self, statements, transaction, write, opts=None, rid=None):
         opts = opts or {}
         cat = self.cat.current()
         try:
@@ -117,9 +132,11 @@ class Router:
         self.counts["statements"] += len(statements)
         if all(p.kind == "default" for p in plans):
             self.counts["default"] += 1
-            return await self._call(DEFAULT_GROUP, statements, None, write, transaction, opts)
+            return await self._call(DEFAULT_GROUP, statements, None, write, transaction, opts,
+                                    _sub_rid(rid, 0, len(statements)))
         if transaction:
-            return await self._run_together(statements, plans, write, transaction, opts)
+            return await self._run_together(statements, plans, write, transaction, opts,
+                                            _sub_rid(rid, 0, len(statements)))
         results = []
         i = 0
         # Consecutive statements for one and the same group travel together (in order);
@@ -139,14 +156,15 @@ class Router:
                         break
                 # the routes just made serve the first attempt (same catalog object)
                 results.extend(await self._single_batch(plans[i:j], statements[i:j], write, opts,
-                                                        (cat, batch)))
+                                                        (cat, batch), _sub_rid(rid, i, j)))
                 i = j
             else:
-                results.append(await self._multi(plans[i], statements[i], write, opts))
+                results.append(await self._multi(plans[i], statements[i], write, opts,
+                                                 _sub_rid(rid, i, i + 1)))
                 i += 1
         return results
 
-    async def _run_together(self, statements, plans, write, transaction, opts):
+    async def _run_together(self, statements, plans, write, transaction, opts, rid=None):
         """A transaction: atomic only inside one group, so every statement must route to
         one and the same single group."""
         async def attempt():
@@ -162,11 +180,11 @@ class Router:
             g = groups.pop()
             guard = [it for r in routes for c in r.calls for it in (c.guard or [])]
             sts = [Statement(r.calls[0].sql, r.calls[0].params) for r in routes]
-            return await self._call(g, sts, guard or None, write, transaction, opts)
+            return await self._call(g, sts, guard or None, write, transaction, opts, rid)
         self.counts["single"] += 1
         return await self._retrying(attempt)
 
-    async def _single_batch(self, plans, statements, write, opts, routed=None):
+    async def _single_batch(self, plans, statements, write, opts, routed=None, rid=None):
         async def attempt():
             nonlocal routed
             cat = self.cat.current()
@@ -179,25 +197,25 @@ class Router:
             if len(groups) != 1 or any(len(r.calls) != 1 or r.merge is not None for r in routes):
                 # The catalog changed under us and the batch no longer shares one group.
                 out = []
-                for p, s in zip(plans, statements):
-                    out.append(await self._multi(p, s, write, opts))
+                for k, (p, s) in enumerate(zip(plans, statements)):
+                    out.append(await self._multi(p, s, write, opts, _sub_rid(rid, k, k + 1)))
                 return out
             g = groups.pop()
             guard = [it for r in routes for it in (r.calls[0].guard or [])]
             sts = [Statement(r.calls[0].sql, r.calls[0].params) for r in routes]
             self.counts["default" if g == DEFAULT_GROUP and not guard else "single"] += 1
-            return await self._call(g, sts, guard or None, write, False, opts)
+            return await self._call(g, sts, guard or None, write, False, opts, rid)
         return await self._retrying(attempt)
 
-    async def _multi(self, plan, st, write, opts):
+    async def _multi(self, plan, st, write, opts, rid=None):
         """One statement that may need several groups, merged into one result."""
         cat = self.cat.current()
         route = plan.route(cat, st.params)
         if len(route.calls) == 1 and route.merge is None:
-            return (await self._single_batch([plan], [st], write, opts))[0]
+            return (await self._single_batch([plan], [st], write, opts, rid=rid))[0]
         self.counts["fanout" if route.kind == "fanout" else "scatter"] += 1
         if route.write or write and route.merge and route.merge["kind"] == "write":
-            return await self._multi_write(plan, st, route, opts)
+            return await self._multi_write(plan, st, route, opts, rid)
         return await self._retrying(lambda: self._scatter_read(plan, st, opts))
 
     async def _scatter_read(self, plan, st, opts):
@@ -219,7 +237,7 @@ class Router:
         except ShardError as e:
             return {"error": str(e)}
 
-    async def _multi_write(self, plan, st, route, opts):
+    async def _multi_write(self, plan, st, route, opts, rid=None):
         """Run a write on several groups; after ``Moved``/``Fenced`` re-send only what was
         refused, and never to a group that already applied it (that would apply twice)."""
         done = {}          # group -> result
@@ -231,7 +249,7 @@ class Router:
         keyed = getattr(plan, "keys", None) is not None or plan.kind == "insert"
         while True:
             outs = await asyncio.gather(*[
-                self._call(c.group, [Statement(c.sql, c.params)], c.guard, True, False, opts)
+                self._call(c.group, [Statement(c.sql, c.params)], c.guard, True, False, opts, rid)
                 for c in pending], return_exceptions=True)
             failed = []
             for c, o in zip(pending, outs):
@@ -323,9 +341,13 @@ class Router:
                 delay = min(delay * 2, 0.2)
                 await self.cat.refresh()
 
-    async def _call(self, group, statements, guard, write, transaction, opts):
+    async def _call(self, group, statements, guard, write, transaction, opts, rid=None):
         g = encode_guard(guard) if guard else None
         if write:
+            if rid is not None:
+                # one id per (client id, statements covered, group): see the module doc
+                return await self.ex.execute(group, statements, transaction=transaction, guard=g,
+                                             request_id=rid + b"@" + group.encode())
             return await self.ex.execute(group, statements, transaction=transaction, guard=g)
         return await self.ex.query(group, statements, guard=g, **opts)
 
@@ -358,3 +380,16 @@ def _plan_all(planner, statements, cat):
             p = memo[s.sql] = planner.plan(s.sql, cat)
         out.append(p)
     return out
+
+
+def _rid_bytes(rid):
+    if rid is None or rid == "" or rid == b"":
+        return None
+    if isinstance(rid, str):
+        return rid.encode("utf-8")
+    return bytes(rid)
+
+
+def _sub_rid(rid, i, j):
+    """The id of the part of a request covering its statements ``i .. j-1``."""
+    return None if rid is None else rid + b"#%d-%d" % (i, j)

@@ -4,8 +4,9 @@ layer's SQL backend, and the executor that reaches every group's leader.
 One ``ShardingService`` per node (``node.sharding``):
 - every node keeps its group's ``ShardState`` (``own.*`` ops), checks each routed
   request's guard in the FSM before the request runs (``fsm.add_request_hook``) and each
-  routed read's guard before reading (``store.guard_check``); ``rs_kid``/``rs_owns`` are
-  SQL functions on the writer and every reader;
+  routed read's guard before reading (``store.guard_check``; a ``strong`` read's again
+  in the FSM, in log order, like a write's); ``rs_kid``/``rs_owns`` are SQL functions on
+  the writer and every reader;
 - default-group nodes also hold the catalog (``catalog.*`` ops) and publish every change
   to their ``CatalogCache`` from the apply thread; other nodes long-poll any node they
   know (``GET /shard/catalog``) and refresh at once when a shard answers ``Moved``;
@@ -68,16 +69,18 @@ class NodeGroupExecutor:
         s = self.svc
         return group == s.group and (not need_leader or s.node.store.is_leader())
 
-    async def execute(self, group, statements, *, transaction=False, guard=None):
+    async def execute(self, group, statements, *, transaction=False, guard=None,
+                      request_id=None):
         if self._local(group):
             self.counts["local"] += 1
             try:
                 res = await self.svc.node.store.execute(statements, transaction=transaction,
-                                                        guard=guard)
+                                                        guard=guard, request_id=request_id)
                 return res["results"]
             except errors.NotLeader:
                 pass
-        return await self.remote(group, "execute", statements, transaction, guard)
+        return await self.remote(group, "execute", statements, transaction, guard,
+                                 request_id=request_id)
 
     async def query(self, group, statements, *, guard=None, level="weak", **opts):
         # Every named level is served by the local store when this node is in the group
@@ -105,9 +108,11 @@ class NodeGroupExecutor:
                 pass
         return await self.remote(group, "request", statements, transaction, None, level=level)
 
-    async def remote(self, group, kind, statements, transaction, guard, level="weak"):
+    async def remote(self, group, kind, statements, transaction, guard, level="weak",
+                     request_id=None):
         # Concurrent calls to one group share a /shard/call (coalesce.py).
-        res = await self.caller.call(group, kind, statements, transaction, guard, level)
+        res = await self.caller.call(group, kind, statements, transaction, guard, level,
+                                     request_id=request_id)
         self.counts["remote"] += 1
         return res
 
@@ -151,13 +156,15 @@ class RouterSQL:
         sid = self._shard(p)
         rid = getattr(p, "request_id", None)
         if rid and sid is None and self.svc.is_default and self._all_default(statements):
-            # A client request id makes a retry idempotent; it is kept only for a request
-            # that goes unchanged, as one request, to the default group: straight to this
-            # node's store, which raises NotLeader on a follower so the HTTP layer
-            # forwards the original request (id included). Routed writes ignore it.
+            # A request that goes unchanged, as one request, to the default group goes
+            # straight to this node's store, which raises NotLeader on a follower so the
+            # HTTP layer forwards the original request (id included).
             return await self.svc.node.store.execute(statements, transaction=tx,
                                                      request_id=rid, timeout=p.timeout)
-        res = await self.router.execute(statements, transaction=tx, shard_id=sid)
+        # Routed: every call the router makes carries an id derived from the client's
+        # (Router module doc), so a retried request is idempotent on each shard too.
+        res = await self.router.execute(statements, transaction=tx, shard_id=sid,
+                                        request_id=rid)
         return {"results": res}
 
     def _all_default(self, statements):
@@ -220,9 +227,9 @@ class ShardingService:
         self.counts = {"own_pushes": 0, "catalog_polls": 0}
 
     # ---- FSM side (apply thread) ------------------------------------------------------
-    def _fsm_hook(self, ctx, req):
+    def _fsm_hook(self, ctx, req, write=True):
         if req.guard is not None:
-            self.shard.check(ctx.execute, req.guard, write=True)
+            self.shard.check(ctx.execute, req.guard, write=write)
 
     def _read_check(self, guard):
         self.shard.check(self.node.db.read_internal, guard, write=False)
@@ -377,30 +384,52 @@ class ShardingService:
                  if n != cfg.node_id and m.get("http_addr")]
         if addrs:
             return tuple(addrs), False
-        return (), True
+        if not cfg.voter:
+            return (), True      # node.start refuses: a non-voter cannot start a group
+        # Nobody else is registered: claim the group in the catalog before bootstrapping.
+        # Two nodes started at once both get here; the log orders their claims, the first
+        # wins and bootstraps, the other joins it (node.start retries the join until the
+        # winner serves).
+        res = await self._catalog_retrying(
+            [("catalog.claim_group", op_args({"group": self.group, "member": self._me()}))],
+            "claim")
+        if res["won"]:
+            return (), True
+        log.info("shard %s: another node claimed the group first; joining it", self.group)
+        return tuple(m["http_addr"] for _, m in sorted(res["members"].items())
+                     if m.get("http_addr")), False
 
-    async def register_member(self, new_group):
-        """Record this node in the catalog (its group first, when it started one)."""
+    def _me(self):
         cfg = self.node.config
-        m = {"node_id": cfg.node_id, "raft_addr": cfg.raft_advertise,
-             "http_addr": cfg.http_advertise, "voter": cfg.voter}
-        ops_ = []
-        if new_group or self.group not in self.cache.current().groups:
-            ops_.append(("catalog.add_group", op_args({"group": self.group, "members": [m]})))
-        else:
-            ops_.append(("catalog.set_member", op_args(dict(m, group=self.group))))
-        deadline = asyncio.get_running_loop().time() + cfg.join_timeout
+        return {"node_id": cfg.node_id, "raft_addr": cfg.raft_advertise,
+                "http_addr": cfg.http_advertise, "voter": cfg.voter}
+
+    async def _catalog_retrying(self, ops_, what):
+        """Propose catalog ops, retrying while the default group has no leader, for at
+        most ``join_timeout``; -> the first op's result."""
+        deadline = asyncio.get_running_loop().time() + self.node.config.join_timeout
         while True:
             try:
                 res = await self.system(DEFAULT_GROUP, ops_)
                 if isinstance(res[0], dict) and res[0].get("error"):
                     raise errors.BadRequest(res[0]["error"])
-                break
+                return res[0]
             except (errors.Unavailable, errors.LeaderNotFound, errors.Timeout) as e:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise errors.Unavailable(f"could not register shard {self.group} in the "
+                    raise errors.Unavailable(f"could not {what} shard {self.group} in the "
                                              f"catalog: {e}") from None
                 await asyncio.sleep(0.3)
+
+    async def register_member(self, new_group):
+        """Record this node in the catalog (its group first, when it started one)."""
+        cfg = self.node.config
+        m = self._me()
+        ops_ = []
+        if new_group or self.group not in self.cache.current().groups:
+            ops_.append(("catalog.add_group", op_args({"group": self.group, "members": [m]})))
+        else:
+            ops_.append(("catalog.set_member", op_args(dict(m, group=self.group))))
+        await self._catalog_retrying(ops_, "register")
         await self.cache.refresh()
         log.info("shard %s: %s registered in the catalog", self.group, cfg.node_id)
 

@@ -20,7 +20,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import aiohttp
 import raftsqlite
 from raftsqlite import errors
 
+from .procs import free_port  # noqa: F401 (tests import it from here too)
 from .proxy import FaultNetwork, Proxy
 
 _STARTED_PIDS: set[int] = set()
@@ -48,12 +48,6 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def package_root() -> str:

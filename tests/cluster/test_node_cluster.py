@@ -1,5 +1,6 @@
 """Real raft-sqlite processes on 127.0.0.1: the seed's commands, failover, restarts,
 determinism and bad input. Every wait is bounded; every process is stopped by PID."""
+import os
 import random
 import socket
 import threading
@@ -8,8 +9,8 @@ import urllib.parse
 
 import pytest
 
-from tests.cluster.node_harness import (Cluster, NodeProc, call, execute, free_port, values,
-                                        wait_for)
+from tests.cluster.node_harness import (Cluster, NodeProc, call, execute, free_port, query,
+                                        values, wait_for)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -262,3 +263,115 @@ def test_non_voter_read_replica(tmp_path):
     finally:
         n1.kill()
         n2.kill()
+
+
+def test_failed_loads_leave_every_member_intact(cluster):
+    """Invariant: /db/load is all-or-nothing on every member: a SQL dump failing at its
+    last statement and a truncated SQLite file (both sent to a follower) change nothing
+    anywhere; a good file load then replaces the database on every member."""
+    lead = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not lead)
+    st, body = execute(lead.http, ["CREATE TABLE keep (a)", "INSERT INTO keep VALUES (1), (2)"])
+    assert st == 200, body
+    st, good = call(lead.http, "GET", "/db/backup", raw=True)
+    assert st == 200 and good.startswith(b"SQLite format 3\x00")
+    execute(lead.http, ["INSERT INTO keep VALUES (3)"])
+    dump = "CREATE TABLE x (a);\n" + "".join(f"INSERT INTO x VALUES ({i});\n" for i in range(200)) \
+        + "INSERT INTO nosuch VALUES (1);\n"
+    st, body = call(follower.http, "POST", "/db/load", dump, headers={"Content-Type": "text/plain"})
+    assert "nosuch" in str(body), (st, body)
+    st, body = call(follower.http, "POST", "/db/load", good[:len(good) // 2],
+                    headers={"Content-Type": "application/octet-stream"})
+    assert st == 400 and "corrupt" in str(body), (st, body)
+    execute(lead.http, ["INSERT INTO keep VALUES (4)"])   # a write after: all members hold it
+    for n in cluster.nodes:
+        wait_for(lambda: values(n.http, "SELECT a FROM keep ORDER BY a") ==
+                 [[1], [2], [3], [4]], 10, f"keep intact on {n.node_id}")
+        st, body = query(n.http, "SELECT count(*) FROM x")
+        assert "no such table" in str(body), (n.node_id, body)
+    st, body = call(follower.http, "POST", "/db/load", good,
+                    headers={"Content-Type": "application/octet-stream"})
+    assert st == 200 and "error" not in str(body), body
+    for n in cluster.nodes:
+        wait_for(lambda: values(n.http, "SELECT a FROM keep ORDER BY a") == [[1], [2]], 10,
+                 f"loaded file on {n.node_id}")
+
+
+def test_bootstrap_node_restart_and_wiped_data_dir(tmp_path):
+    """Invariant: the first (bootstrap) node restarted with its data rejoins its group
+    without bootstrapping again (same members, its log kept); with its Raft log gone but
+    its database kept it refuses to start with a clear error; with its data dir wiped and
+    -join given it rejoins the same group and catches up (no second group)."""
+    import shutil
+    c = Cluster(str(tmp_path), 3)
+    try:
+        c.start()
+        n1 = c.nodes[0]
+        execute(c.leader().http, ["CREATE TABLE w (i INTEGER)", "INSERT INTO w VALUES (1), (2)"])
+        for n in c.nodes:
+            wait_for(lambda: values(n.http, "SELECT count(*) FROM w") == [[2]], 10, "copies")
+        last = n1.status()["store"]["raft"]["last_log_index"]
+        n1.terminate(20)
+        n1.start()                       # the README's command: no -join
+        wait_for(n1.ready, 30, "node1 back")
+        s = n1.status()["store"]
+        assert sorted(m["node_id"] for m in s["members"]) == ["node1", "node2", "node3"]
+        assert s["raft"]["last_log_index"] >= last
+        assert values(n1.http, "SELECT count(*) FROM w") == [[2]]
+        # the Raft log lost, the database kept: refused with a clear error
+        n1.terminate(20)
+        shutil.rmtree(os.path.join(n1.data, "raft"))
+        n1.start()
+        wait_for(lambda: not n1.alive(), 30, "node1 refusing to start")
+        assert n1.proc.returncode != 0 and "log was lost" in n1.tail(), n1.tail()
+        # wiped and rejoined through another member
+        shutil.rmtree(n1.data)
+        execute(c.leader().http, ["INSERT INTO w VALUES (3)"])
+        n1.start(n1.argv() + ["-join", c.nodes[1].http])
+        wait_for(n1.ready, 30, "node1 rejoined")
+        wait_for(lambda: values(n1.http, "SELECT count(*) FROM w") == [[3]], 20, "caught up")
+        lead = c.leader()
+        s = lead.status()["store"]
+        assert sorted(m["node_id"] for m in s["members"]) == ["node1", "node2", "node3"]
+        st, body = execute(lead.http, ["INSERT INTO w VALUES (4)"])
+        assert st == 200, body
+        for n in c.nodes:
+            wait_for(lambda: values(n.http, "SELECT count(*) FROM w") == [[4]], 15, n.node_id)
+    finally:
+        c.stop()
+
+
+def test_sigterm_under_forwarded_write_load_is_quiet(cluster):
+    """Invariant: stopping every member with SIGTERM while clients write through the
+    leader and through forwarding followers exits cleanly (code 0) and logs no
+    traceback and no "exception was never retrieved" (a cancelled request is answered
+    503, not logged as a crash)."""
+    execute(cluster.leader().http, ["CREATE TABLE q (i INTEGER)"])
+    stop = threading.Event()
+    sent = [0]
+
+    def writer(n):
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline and sent[0] < 20000:
+            try:
+                execute(n.http, [["INSERT INTO q VALUES (?)", sent[0]]], timeout=3)
+            except OSError:
+                pass
+            sent[0] += 1
+    threads = [threading.Thread(target=writer, args=(n,), daemon=True)
+               for n in cluster.nodes for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: sent[0] > 50, 15, "writes flowing")
+    try:
+        for n in cluster.nodes:
+            n.terminate(20)
+            assert n.proc.returncode == 0, n.tail()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    for n in cluster.nodes:
+        with open(n.log_path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        assert "Traceback" not in text and "never retrieved" not in text, (n.node_id, text[-3000:])

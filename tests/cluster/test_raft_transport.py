@@ -4,7 +4,6 @@ import asyncio
 import logging
 import struct
 
-import pytest
 
 from raftsqlite import codec
 from raftsqlite.codec.model import Entry, Message, MsgType
@@ -181,3 +180,46 @@ def test_send_stream_large_chunks():
         await ta.stop()
         await tb.stop()
     run(main())
+
+
+def test_connection_closed_during_handshake_is_quiet_and_retried(monkeypatch):
+    """Invariant: a connection that dies between connect and the handshake write (a peer
+    killed or partitioned at that instant) is retried like any failed connect, and
+    leaves no "Task/Future exception was never retrieved" behind (uvloop raises on a
+    write to a closed transport; the handshake future then fails with nobody waiting)."""
+    import gc
+    import uvloop
+    from raftsqlite.raft import transport as tmod
+    closed = []
+    real = tmod._nodelay
+
+    def closing(tr):
+        if not closed:
+            closed.append(1)
+            tr.close()
+        else:
+            real(tr)
+    monkeypatch.setattr(tmod, "_nodelay", closing)
+    noise = []
+
+    async def main():
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, ctx: noise.append(ctx.get("message")))
+        ta, tb, got = await pair()
+        ta.send(Message(MsgType.APPEND, frm="a", to="b", term=1))
+        ta.flush()
+        await until(lambda: ta.connected("b"), 10)
+        ta.send(Message(MsgType.APPEND, frm="a", to="b", term=2))
+        ta.flush()
+        await until(lambda: any(m.term == 2 for m in got["b"]))
+        gc.collect()
+        await asyncio.sleep(0.05)
+        await ta.stop()
+        await tb.stop()
+    uvloop.install()
+    try:
+        run(main())
+    finally:
+        asyncio.set_event_loop_policy(None)
+    gc.collect()
+    assert closed and noise == [], noise

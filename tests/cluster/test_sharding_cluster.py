@@ -337,3 +337,60 @@ def test_coalesced_routed_writes_keep_their_own_outcomes(loaded):
         assert st == 200, body
         got = body["results"][0].get("values", [])
         assert [row[0] for row in got] == [k for k in keys if owners[k] == s], (s, got)
+
+
+def test_retried_routed_write_with_request_id_applies_once(loaded):
+    """Invariant: a routed write retried with the same request_id (a client retry after a
+    lost answer) applies once on every shard it reaches, through a default node and a
+    shard node's router (local and remote shard calls), and answers without error."""
+    cl, *_ = loaded
+    d, s1 = cl.addrs["default"], cl.addrs["shard1"]
+    ids = list(range(10 ** 7, 10 ** 7 + 16))
+    stmts = [["INSERT INTO users (id, name, age) VALUES " + ", ".join("(?, 'rid', 1)" for _ in ids)]
+             + ids, ["UPDATE users SET age = age + 1 WHERE name = 'rid'"]]
+    try:
+        for n, entry in enumerate((d, s1)):
+            execute(d, [["DELETE FROM users WHERE name = 'rid'"]])
+            first = execute(entry, stmts, request_id=f"tidy-{n}")
+            assert all("error" not in r for r in first), first
+            spread = [count_where(d, "name = 'rid'", s) for s in ("shard1", "shard2")]
+            assert sum(spread) == len(ids) and min(spread) > 0, spread
+            for other in (entry, d if entry != d else s1):
+                again = execute(other, stmts, request_id=f"tidy-{n}")
+                assert all("error" not in r for r in again), again
+            st, body = query(d, [["SELECT COUNT(*), SUM(age) FROM users WHERE name = 'rid'"]])
+            assert st == 200 and body["results"][0]["values"] == [[len(ids), 2 * len(ids)]], body
+    finally:
+        execute(d, [["DELETE FROM users WHERE name = 'rid'"]])
+
+
+def count_where(addr, cond, shard):
+    st, body = query(addr, [[f"SELECT COUNT(*) FROM users WHERE {cond}"]], shard_id=shard)
+    assert st == 200, body
+    return body["results"][0]["values"][0][0]
+
+
+def test_two_first_nodes_of_a_new_group_started_together_form_one_group(cluster):
+    """Invariant: two nodes started at once with ``-shard NEW -join ...`` form one Raft
+    group: the catalog's claim decides which one bootstraps, the other joins it (never
+    two single-node groups under one name)."""
+    d = cluster.addrs["default"]
+    a = cluster.start_node("race-a", "race", join=d)
+    b = cluster.start_node("race-b", "race", join=d)
+    for addr in (a, b):
+        cluster.wait_ready(addr, 60)
+
+    def members(addr):
+        st, body = http("GET", addr, "/status")
+        assert st == 200, body
+        return sorted(m["node_id"] for m in body["store"]["members"])
+    deadline = time.monotonic() + 30
+    while True:
+        got = (members(a), members(b))
+        st, shards = http("GET", d, "/shards")
+        grp = next((g for g in shards["shards"] if g["group"] == "race"), None)
+        in_cat = sorted(m["node_id"] for m in grp["members"]) if grp else []
+        if got == (["race-a", "race-b"],) * 2 and in_cat == ["race-a", "race-b"]:
+            break
+        assert time.monotonic() < deadline, (got, grp)
+        time.sleep(0.1)

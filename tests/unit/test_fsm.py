@@ -272,3 +272,17 @@ def test_defaults_and_triggers_are_deterministic(tmp_path):
     unix_s = (clock_ms - 210866760000000) // 1000
     assert t_rows[0][1] == _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(unix_s))
     assert log_rows[0][1][:19] == t_rows[0][1]
+
+
+def test_b64json_round_trip_is_shared_by_fsm_and_sharding():
+    """Invariant: BLOBs nested anywhere in a result survive the JSON tagging used by the
+    FSM's dedup table and by routed shard answers (one implementation for both)."""
+    import orjson
+    from raftsqlite import fsm as fsm_mod
+    from raftsqlite.b64json import b64_default, unb64
+    from raftsqlite.sharding import service
+    res = [{"values": [[b"\x00\xff", "x", 1, None]], "columns": ["a"]}, {"error": "e"}]
+    assert unb64(orjson.loads(orjson.dumps(res, default=b64_default))) == res
+    assert service.load_results(service.dump_results(res)) == res
+    assert fsm_mod._load_result(fsm_mod._dump_result(res)) == res
+    assert service.unb64 is unb64

@@ -422,3 +422,37 @@ def test_move_survives_lost_outcomes_and_leader_changes():
                             "Unavailable"], flaky.raised
     assert list(res.values()) == ["done"], (res, asyncio.run(rb.status()))
     check_placement(cl, ref, ("kv",))
+
+
+def test_change_capture_logs_an_update_once_unless_its_key_changes():
+    """Invariant: during a move, the source's change capture logs an UPDATE that keeps
+    its key as one change (not two), one that changes the key as both keys, and inserts
+    and deletes as one each; the move still ends with every row in place."""
+    cl, router, ref = make(2000)
+    be = FakeMoveBackend(cl)
+    rb = Rebalancer(be, RebalanceConfig(batch_rows=50, max_rows_per_s=2000))
+
+    def logged(k):
+        return cl.sql("s1", "SELECT count(*) FROM _rs_changes WHERE k = ?", (k,))[0][0]
+
+    async def main():
+        plan = await rb.plan("kv")
+        mid = plan["moves"][0]["move_id"]
+        for _ in range(5000):
+            if cl.sql("s1", "SELECT 1 FROM sqlite_master WHERE type = 'trigger'"):
+                break
+            await asyncio.sleep(0.001)
+        conn = cl.groups["s1"].conn
+        k = cl.sql("s1", "SELECT id FROM kv ORDER BY id LIMIT 1")[0][0]
+        conn.execute("UPDATE kv SET n = n + 1 WHERE id = ?", (k,))
+        ref.execute("UPDATE kv SET n = n + 1 WHERE id = ?", (k,))
+        same = logged(k)
+        conn.execute("UPDATE kv SET id = 900001 WHERE id = ?", (k,))
+        moved = (logged(k) - same, logged(900001))
+        conn.execute("UPDATE kv SET id = ? WHERE id = 900001", (k,))   # put it back
+        await rb.cancel(mid)
+        return same, moved, await rb.wait([mid], timeout=30)
+    same, moved, res = asyncio.run(main())
+    assert same == 1 and moved == (1, 1), (same, moved)
+    assert list(res.values()) == ["cancelled"]
+    check_placement(cl, ref)

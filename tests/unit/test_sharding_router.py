@@ -447,3 +447,35 @@ def test_db_request_mixes_reads_and_writes(env):
     assert res[2]["rows_affected"] == 1
     assert res[3]["values"] == [["b"]]
     assert run(router.request([("SELECT * FROM kv", None)]))[0]["values"] == [["a", "b"]]
+
+
+def test_retried_routed_write_with_request_id_is_idempotent(env):
+    """Invariant: a routed request retried with the same request_id applies once on every
+    shard it reaches (a multi-row INSERT split over shards, a keyed UPDATE and a scatter
+    UPDATE in one request) and answers the first attempt's results; a different id, or
+    none, applies again."""
+    cl, router, plain, users, orders = env
+    ks_ = [10 ** 6 + i for i in range(12)]
+    ins = ("INSERT INTO users (id, name, age) VALUES " + ", ".join("(?, 'r', 1)" for _ in ks_),
+           ks_)
+    stmts = [ins, ("UPDATE users SET age = age + 1 WHERE id = ?", [ks_[0]]),
+             "UPDATE users SET age = age + 1 WHERE name = 'r'"]
+    groups = {cl.catalog.owner_of("users", kid(k)) for k in ks_}
+    assert len(groups) > 1, "the keys must span several shards for this test to mean anything"
+
+    def ages():
+        return sorted(r for g in cl.groups for r in cl.sql(
+            g, "SELECT id, age FROM users WHERE name = 'r'") if g != "default")
+
+    first = run(router.execute(stmts, request_id="req-1"))
+    assert all("error" not in r for r in first), first
+    after_first = ages()
+    assert len(after_first) == len(ks_)
+    again = run(router.execute(stmts, request_id="req-1"))
+    assert again == first
+    assert ages() == after_first
+    assert sum(g.dedup_hits for g in cl.groups.values()) >= len(groups)
+    # a new id is a new request: the INSERT now fails on duplicate keys, the UPDATEs apply
+    other = run(router.execute(stmts, request_id="req-2"))
+    assert "error" in other[0]
+    assert ages() != after_first

@@ -112,3 +112,80 @@ def test_shard_node_refuses_to_route_before_it_has_the_catalog(shard):
             asyncio.run(call())
     asyncio.run(svc.cache.publish(cat.to_bytes()))
     assert svc.catalog_loaded()
+
+
+def test_refused_request_id_is_not_remembered(shard):
+    """Invariant: a request refused by the ownership guard ran nothing, so its request id
+    is not recorded: the same id retried with a valid guard applies (a recorded refusal
+    would answer "moved" to every retry), and a second retry is then deduplicated."""
+    svc, cat, fsm, db, node = shard
+    k = _key(cat, "s1")
+    epoch = cat.shard_epoch(cat.colocation_of("users"), "s1")
+
+    def attempt(index, ep):
+        rq = Request([Statement("INSERT INTO users VALUES (?, 'x')", [k])], request_id=b"r1",
+                     guard=encode_guard([GuardItem("users", ep, None)]))
+        return fsm.apply([Entry(1, index, EntryType.NORMAL, encode_command(
+            Command(CommandType.EXECUTE, [rq])))])[0]["results"][0]
+    assert attempt(3, epoch + 5)[0]["code"] == "moved"   # a stale routing epoch
+    ok = attempt(4, epoch)
+    assert ok[0]["rows_affected"] == 1
+    again = attempt(5, epoch)
+    assert [{k: v for k, v in r.items() if k != "time"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "time"} for r in ok]
+    assert db.read([("SELECT COUNT(*) FROM users", None)])[0]["values"] == [[1]]
+
+
+def test_first_claim_of_a_new_group_wins():
+    """Invariant: of two nodes claiming a new group, the first claim in log order wins
+    (it bootstraps) and the second is told to join the winner; a winner that restarts
+    before bootstrapping wins again; once the group has another member, nobody can claim
+    it anew (a wiped node joins the members instead)."""
+    cat = Catalog()
+
+    def claim(nid):
+        return cat.apply("catalog.claim_group", {"group": "g", "member": {
+            "node_id": nid, "raft_addr": f"r-{nid}", "http_addr": f"h-{nid}"}})
+    a, b = claim("a"), claim("b")
+    assert a["won"] and not b["won"]
+    assert {n: m["http_addr"] for n, m in b["members"].items()} == {"a": "h-a"}
+    assert sorted(cat.groups["g"]["members"]) == ["a"]
+    assert claim("a")["won"]
+    cat.apply("catalog.set_member", {"group": "g", "node_id": "b", "http_addr": "h-b"})
+    again = claim("a")
+    assert not again["won"] and set(again["members"]) == {"b"}
+    with pytest.raises(Exception, match="default group"):
+        cat.apply("catalog.claim_group", {"group": "default", "member": {"node_id": "x"}})
+
+
+def test_strong_read_guard_is_checked_at_apply(shard):
+    """Invariant: a strong read (a QUERY entry) guarded with the epoch that was current
+    when it was proposed is refused with "moved" when an ownership change is applied
+    before it (a move's switch), instead of reading a shard that no longer owns the
+    range; with the new epoch it reads."""
+    svc, cat, fsm, db, node = shard
+    col = cat.colocation_of("users")
+    old = cat.shard_epoch(col, "s1")
+    fsm.apply([Entry(1, 3, EntryType.NORMAL, encode_command(Command(CommandType.EXECUTE, [
+        Request([Statement("INSERT INTO users VALUES (?, 'x')", [_key(cat, "s1")])])])))])
+    c = cat.tables["users"]["colocation"]
+    i = cat.colocations[c]["owners"].index("s1")
+    start, end = ks.range_of(cat.colocations[c]["starts"], i)
+    cat.apply("catalog.assign", {"table": "users", "start": start, "end": ks.end_to_json(end),
+                                 "owner": "s2"})
+
+    def read(index, epoch):
+        rq = Request([Statement("SELECT count(*) FROM users")],
+                     guard=encode_guard([GuardItem("users", epoch, None)]))
+        return fsm.apply([Entry(1, index, EntryType.NORMAL, encode_command(
+            Command(CommandType.QUERY, [rq])))])[0]["results"][0]
+    assert read(4, old)[0]["values"] == [[1]]     # before the switch: the epoch holds
+    switch = Entry(1, 5, EntryType.NORMAL, encode_command(Command(CommandType.SYSTEM, ops=[
+        ("own.set_all", orjson.dumps({"group": "s1", "cols": cat.ownership_for("s1")}))])))
+    stale = Entry(1, 6, EntryType.NORMAL, encode_command(Command(CommandType.QUERY, [Request(
+        [Statement("SELECT count(*) FROM users")],
+        guard=encode_guard([GuardItem("users", old, None)]))])))
+    res = fsm.apply([switch, stale])[1]["results"][0]
+    assert res[0]["code"] == "moved", res
+    new = cat.shard_epoch(cat.colocation_of("users"), "s1")
+    assert new != old and "values" in read(7, new)[0]

@@ -406,3 +406,161 @@ def test_bulk_form_through_the_store(env):
     assert [r["values"] for r in q["results"]] == [[["v1"]], [["v2"]]]
     with pytest.raises(StatementRefused):
         run(store.execute(BulkStatements("ATTACH ? AS y", [["x"], ["z"]])))
+
+
+def _keep_rows(store):
+    return run(store.query([Statement("SELECT a FROM keep ORDER BY a")], level="none"))[
+        "results"][0].get("values")
+
+
+def _staged(store):
+    return store.db.read_internal("SELECT count(*) FROM _raftsqlite_load")[0][0]
+
+
+def _seed_keep(store):
+    run(store.execute([Statement("CREATE TABLE keep (a)"),
+                       Statement("INSERT INTO keep VALUES (1), (2)")]))
+
+
+def test_load_failing_after_many_entries_changes_nothing(env):
+    """Invariant: a load is all-or-nothing: a SQL dump whose last statement fails, after
+    several log entries of it were proposed, leaves the database as it was (no table of
+    the dump, old rows intact) and no staged chunk behind; the answer names the failing
+    statement. A file load replaces the database only when it fully succeeds."""
+    store, raft = env
+    store.config = StoreConfig(batch_max_bytes=2000)
+    _seed_keep(store)
+    before = len(raft.proposals)
+    dump = "CREATE TABLE x (a, pad);\n" + "".join(
+        f"INSERT INTO x VALUES ({i}, 'padding-padding');\n" for i in range(300)) + \
+        "INSERT INTO nosuch VALUES (1);\n"
+    res = run(store.load(dump.encode()))
+    assert "nosuch" in res["error"] and "statement 302" in res["error"]
+    assert len(raft.proposals) - before > 3
+    assert _keep_rows(store) == [[1], [2]]
+    q = run(store.query([Statement("SELECT * FROM x")], level="none"))["results"][0]
+    assert "no such table" in q["error"]
+    assert _staged(store) == 0
+    # and a good load of the same size works, in one step
+    res = run(store.load(dump.rsplit("INSERT INTO nosuch", 1)[0].encode()))
+    assert "error" not in res and res["statements"] == 301
+    q = run(store.query([Statement("SELECT count(*) FROM x")], level="none"))["results"][0]
+    assert q["values"] == [[300]] and _keep_rows(store) == [[1], [2]]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_load_of_corrupt_sqlite_file_is_refused_and_changes_nothing(env, damage):
+    """Invariant: a truncated or corrupt SQLite file gets a clear BadRequest before
+    anything is proposed; the old database stays intact."""
+    store, raft = env
+    _seed_keep(store)
+    run(store.execute([Statement("CREATE TABLE big (a, pad)")] + [
+        Statement("INSERT INTO big VALUES (?, ?)", [i, "p" * 500]) for i in range(300)]))
+    with open(run(store.backup()), "rb") as f:
+        data = f.read()
+    run(store.execute([Statement("DROP TABLE big")]))
+    bad = data[:len(data) // 2] if damage == "truncated" else \
+        data[:4096] + bytes(len(data) - 4096)
+    before = len(raft.proposals)
+    with pytest.raises(BadRequest, match="corrupt"):
+        run(store.load(bad))
+    assert len(raft.proposals) == before
+    assert _keep_rows(store) == [[1], [2]]
+    q = run(store.query([Statement("SELECT * FROM big")], level="none"))["results"][0]
+    assert "no such table" in q["error"]
+
+
+def test_load_whose_leader_is_lost_midway_changes_nothing(env, tmp_path):
+    """Invariant: a file load cut off midway (leadership lost after some chunks were
+    staged) leaves the old database intact; the next load sweeps the orphaned chunks and
+    applies completely."""
+    store, raft = env
+    store.config = StoreConfig(batch_max_bytes=2000)
+    _seed_keep(store)
+    run(store.execute([Statement("CREATE TABLE big (a, pad)")] + [
+        Statement("INSERT INTO big VALUES (?, ?)", [i, "p" * 100]) for i in range(200)]))
+    with open(run(store.backup()), "rb") as f:
+        data = f.read()
+    run(store.execute([Statement("DROP TABLE big")]))
+    real = raft.propose
+    calls = []
+
+    async def failing(data_, timeout):
+        calls.append(1)
+        if len(calls) > 3:
+            raise NotLeader(leader_id="n2")
+        return await real(data_, timeout)
+    raft.propose = failing
+    with pytest.raises(NotLeader):
+        run(store.load(data))
+    raft.propose = real
+    assert _staged(store) == 3
+    assert _keep_rows(store) == [[1], [2]]
+    res = run(store.load(data))
+    assert "error" not in res, res
+    assert _staged(store) == 0
+    q = run(store.query([Statement("SELECT count(*) FROM big")], level="none"))["results"][0]
+    assert q["values"] == [[200]] and _keep_rows(store) == [[1], [2]]
+
+
+def test_load_statement_that_ends_the_transaction_changes_nothing(env):
+    """Invariant: a dump statement that makes SQLite roll the apply transaction back
+    (INSERT OR ROLLBACK on a conflict) fails the load cleanly: nothing of it stays, the
+    FSM keeps applying, and writes before and after it are intact."""
+    store, raft = env
+    _seed_keep(store)
+    dump = ("CREATE TABLE u (a UNIQUE);\nINSERT INTO u VALUES (1);\n"
+            "INSERT OR ROLLBACK INTO u VALUES (1);\n")
+    res = run(store.load(dump.encode()))
+    assert "transaction" in res["error"], res
+    q = run(store.query([Statement("SELECT * FROM u")], level="none"))["results"][0]
+    assert "no such table" in q["error"]
+    run(store.execute([Statement("INSERT INTO keep VALUES (3)")]))
+    assert _keep_rows(store) == [[1], [2], [3]]
+    assert _staged(store) == 0
+
+
+def test_strong_read_carries_its_guard_through_the_log(env):
+    """Invariant: a strong read's ownership guard travels in the QUERY entry and is
+    checked where it is applied; a refusal there raises Moved even though the check
+    before proposing passed."""
+    from raftsqlite.errors import Moved
+    store, raft = env
+    seen = []
+
+    def hook(ctx, req, write=True):
+        seen.append((req.guard, write))
+        if req.guard == b"stale":
+            raise Moved("moved at apply")
+    store.fsm.add_request_hook(hook)
+    store.guard_check = lambda g: None          # the early check passes
+    run(store.execute([Statement("CREATE TABLE t (a)")]))
+    with pytest.raises(Moved):
+        run(store.query([Statement("SELECT * FROM t")], level="strong", guard=b"stale"))
+    ok = run(store.query([Statement("SELECT count(*) FROM t")], level="strong", guard=b"fine"))
+    assert ok["results"][0]["values"] == [[0]]
+    assert (b"stale", False) in seen and (b"fine", False) in seen
+
+
+def test_join_of_a_wiped_voter_re_adds_it(env):
+    """Invariant: a voter joining again with an empty data dir (``fresh``) is removed
+    and added back (the leader's record of what it held is void); without ``fresh`` a
+    repeated join changes nothing."""
+    store, raft = env
+    calls = []
+    real_remove, real_add = raft.remove_member, raft.add_member
+
+    async def remove(node_id, timeout=None):
+        calls.append(("remove", node_id))
+        await real_remove(node_id, timeout)
+
+    async def add(node_id, raft_addr, http_addr, voter=True, timeout=None):
+        calls.append(("add", node_id))
+        await real_add(node_id, raft_addr, http_addr, voter, timeout)
+    raft.remove_member, raft.add_member = remove, add
+    store._nudge_once = lambda: asyncio.sleep(0)
+    r = run(store.join("n2", "127.0.0.1:4", "127.0.0.1:3"))
+    assert r["already_member"] and calls == []
+    r = run(store.join("n2", "127.0.0.1:4", "127.0.0.1:3", fresh=True))
+    assert not r["already_member"] and calls == [("remove", "n2"), ("add", "n2")]
+    assert [m.node_id for m in store.members()] == ["n1", "n2"]
