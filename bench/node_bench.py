@@ -24,7 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tests.cluster.node_harness import Cluster, call, execute, values, wait_for  # noqa: E402
+from tests.cluster.node_harness import Cluster, execute, values, wait_for  # noqa: E402
 
 
 def pct(xs, p):
