@@ -30,11 +30,14 @@ from raftsqlite.store import Store
 log = logging.getLogger("raftsqlite.node")
 
 
-# A node's election timeout is 1-2 s (20 ticks of 50 ms), not the engine's 0.5-1 s: a
-# Ready cycle sends nothing (heartbeats included) while its fdatasync runs, and on a
-# loaded machine a bulk load's fsyncs stalled past 1 s, so followers elected a new leader
-# under a healthy one. Failover after a real crash takes ~1 s longer. Override with
-# ``-raft-opt election_ticks=N``.
+# A node's election timeout is 1-2 s (20 ticks of 50 ms), not the engine's 0.5-1 s. It was
+# raised because a Ready cycle sent nothing (heartbeats included) while its fdatasync ran;
+# heartbeats now flow during the write (RaftNode._send_heartbeats), and tests/cluster +
+# tests/faults passed with 10 ticks at load 10-12. It stays at 20 because loop stalls from
+# CPU work (bulk parsing, GIL contention with the apply thread) still delay heartbeats on a
+# loaded machine, and a nemesis run (bank, kill_leader, seed 7) measured the same
+# unavailability after a leader kill either way (1.1-2.5 s with 10, 1.1-2.0 s with 20):
+# clients' detection and retry dominate it. Override with ``-raft-opt election_ticks=N``.
 NODE_ELECTION_TICKS = 20
 
 

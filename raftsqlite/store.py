@@ -139,12 +139,21 @@ class Store:
         fut = loop.create_future()
         size = _request_size(req.statements)
         self._queue.append((req, fut, size))
-        if self._inflight < self.config.max_inflight:
-            if self.config.batch_wait > 0 and self._inflight == 0:
+        cfg = self.config
+        # An idle pipeline proposes at once (one client: one round trip). While a batch is
+        # in flight, arrivals wait for it to complete and leave together, unless a whole
+        # batch is already waiting: proposing each arrival into a free second slot made a
+        # batch of one per slot (64 clients averaged 11 requests per entry, against 22
+        # with this rule), and every entry costs a Ready, an fsync on each member and an
+        # AppendEntries round.
+        if self._inflight == 0:
+            if cfg.batch_wait > 0:
                 if self._wait_handle is None:
-                    self._wait_handle = loop.call_later(self.config.batch_wait, self._flush)
+                    self._wait_handle = loop.call_later(cfg.batch_wait, self._flush)
             else:
                 self._flush()
+        elif self._inflight < cfg.max_inflight and len(self._queue) >= cfg.batch_max_requests:
+            self._flush()
         return self._await(fut, timeout)
 
     async def execute_many(self, requests, *, timeout=None):

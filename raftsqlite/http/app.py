@@ -24,6 +24,7 @@ from sanic_routing.exceptions import NotFound as _NoSignal
 from raftsqlite import errors
 from raftsqlite.client import Client
 from raftsqlite.http import cluster, rqlite, seed, wire
+from raftsqlite.http.fastpath import FastHttpProtocol, routes as fast_routes
 from raftsqlite.http.backend import HTTPConfig, StoreSQL
 from raftsqlite.http.queue import WriteQueue
 
@@ -86,6 +87,9 @@ class AppContext:
         self.queue = WriteQueue(self, capacity=settings.queue_capacity,
                                 batch=settings.queue_batch, interval=settings.queue_interval)
         self.counters = collections.Counter()
+        # Routes the HTTP fast lane serves without Sanic's request machinery (fastpath.py)
+        self.fast_routes = fast_routes(("POST", "/db/execute", rqlite.execute),
+                                       ("POST", "/execute", seed.execute))
         self.started_wall = time.time()
         self.bind_addr = None
 
@@ -233,7 +237,8 @@ async def start_server(app, host, port, *, backlog=1024):
     """Serve ``app`` on the running loop (the node's); returns a handle for
     ``stop_server``. Runs the app's lifecycle listeners."""
     srv = await app.create_server(host=host, port=port, backlog=backlog,
-                                  return_asyncio_server=True, access_log=False)
+                                  return_asyncio_server=True, access_log=False,
+                                  protocol=FastHttpProtocol)
     await srv.startup()
     await srv.before_start()
     await srv.after_start()

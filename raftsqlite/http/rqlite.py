@@ -59,23 +59,27 @@ async def _queued(request, p, started):
     return wire.json_response(body, pretty=p.pretty)
 
 
+async def execute(request):
+    """POST /db/execute. Also served by the HTTP fast lane (fastpath.py), which passes a
+    ``FastRequest``: read only ``app``, ``method``, ``path``, ``query_string``,
+    ``headers.get`` and ``body`` here."""
+    started = perf_counter()
+    ctx = request.app.ctx
+    p = QueryParams(request.query_string)
+    ctx.counters["executions"] += 1
+    if p.queue:
+        return await _queued(request, p, started)
+    p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
+    stmts = request_statements(request, ctx.settings.max_statements, bulk=True)
+    res = await fwd.on_leader(request, p, lambda: ctx.sql.execute(stmts, p))
+    if isinstance(res, HTTPResponse):
+        return res
+    return _render(p, res, started)
+
+
 def blueprint():
     bp = Blueprint("rqlite")
-
-    @bp.post("/db/execute")
-    async def execute(request):
-        started = perf_counter()
-        ctx = request.app.ctx
-        p = QueryParams(request.query_string)
-        ctx.counters["executions"] += 1
-        if p.queue:
-            return await _queued(request, p, started)
-        p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
-        stmts = request_statements(request, ctx.settings.max_statements, bulk=True)
-        res = await fwd.on_leader(request, p, lambda: ctx.sql.execute(stmts, p))
-        if isinstance(res, HTTPResponse):
-            return res
-        return _render(p, res, started)
+    bp.post("/db/execute")(execute)
 
     @bp.route("/db/query", methods=["GET", "POST"])
     async def query(request):

@@ -29,21 +29,23 @@ def _first(res):
     return r
 
 
+async def execute(request):
+    """POST /execute. Also served by the HTTP fast lane (see rqlite.execute)."""
+    ctx = request.app.ctx
+    p = QueryParams(request.query_string)
+    stmts, flags = parse_seed_execute(request.body, ctx.settings.max_statements)
+    if flags:
+        p.apply_form_flags(flags)
+    p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
+    res = await fwd.on_leader(request, p, lambda: ctx.sql.execute(stmts, p))
+    if isinstance(res, HTTPResponse):
+        return res
+    return wire.json_response(wire.seed_execute_body(_first(res)))
+
+
 def blueprint():
     bp = Blueprint("seed")
-
-    @bp.post("/execute")
-    async def execute(request):
-        ctx = request.app.ctx
-        p = QueryParams(request.query_string)
-        stmts, flags = parse_seed_execute(request.body, ctx.settings.max_statements)
-        if flags:
-            p.apply_form_flags(flags)
-        p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
-        res = await fwd.on_leader(request, p, lambda: ctx.sql.execute(stmts, p))
-        if isinstance(res, HTTPResponse):
-            return res
-        return wire.json_response(wire.seed_execute_body(_first(res)))
+    bp.post("/execute")(execute)
 
     @bp.get("/query")
     async def query(request):

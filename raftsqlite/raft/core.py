@@ -804,6 +804,22 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
         self._hs_handed = hs
         return rd
 
+    def take_heartbeats(self):
+        """Remove and return the queued HEARTBEAT and HEARTBEAT_RESP messages, keeping the
+        others in order. A driver may send these while a Ready is being persisted: a
+        heartbeat's commit is capped at the follower's match index and a response claims
+        nothing about the log, so neither depends on the pending write (only on term and
+        vote being durable, which the driver checks)."""
+        msgs = self._msgs
+        if not msgs:
+            return []
+        kinds = (_M_HEARTBEAT, _M_HEARTBEAT_RESP)
+        hb = [m for m in msgs if m.type in kinds]
+        if hb:
+            self._msgs = [m for m in msgs if m.type not in kinds]
+            self._stats["msgs_out"] += len(hb)
+        return hb
+
     def advance(self, rd):
         if rd.snapshot is not None and self._pending_snap is not None \
                 and rd.snapshot.index == self._pending_snap.index \

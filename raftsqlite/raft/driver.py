@@ -83,10 +83,14 @@ class RaftNode:
         self._recv = {}             # peer -> _SnapRecv
         self._held = None           # messages held while a received snapshot is finalized
         self._leader_waiters = []
+        # Heartbeats flow while a Ready is being persisted (see _send_heartbeats): set
+        # during the write; the term and vote known to be on disk.
+        self._persisting = False
+        self._durable_tv = None
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
-                       "persist_s": 0.0}
+                       "persist_s": 0.0, "heartbeats_during_persist": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -123,6 +127,7 @@ class RaftNode:
             election_tick=cfg.election_ticks, heartbeat_tick=cfg.heartbeat_ticks,
             pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum,
             max_msg_bytes=cfg.max_msg_bytes, max_inflight=cfg.max_inflight), applied=applied)
+        self._durable_tv = (self.core.term, self.core.vote)
         self.transport = Transport(cfg, self._on_message, resolve=self._resolve,
                                    on_unreachable=self.core.report_unreachable)
         await self.transport.start()
@@ -367,10 +372,29 @@ class RaftNode:
         self._tick_handle = self._loop.call_later(self.config.tick_interval, self._on_tick)
         try:
             self.core.tick()
+            if self._persisting:
+                self._send_heartbeats()
         except Exception:
             log.exception("core.tick failed")
         self._expire(self._loop.time())
         self._wake.set()
+
+    def _send_heartbeats(self):
+        """While a Ready's write and fdatasync run (the _run task waits for them), send the
+        heartbeats and heartbeat responses the core queued meanwhile instead of holding
+        them for the next Ready: a slow fsync on the leader must not look like a dead
+        leader to its followers. Only when the term and vote are already durable (a
+        message of a term this member could forget after a crash must not go out)."""
+        core = self.core
+        if (core.term, core.vote) != self._durable_tv:
+            return
+        msgs = core.take_heartbeats()
+        if msgs:
+            tr = self.transport
+            for m in msgs:
+                tr.send(m)
+            tr.flush()
+            self._stats["heartbeats_during_persist"] += len(msgs)
 
     def _expire(self, now):
         dl = self._deadlines
@@ -405,6 +429,8 @@ class RaftNode:
             self.core.step(msg)
             if msg.frm == self.core.leader:
                 self._leader_contact = time.monotonic()
+            if self._persisting and t == MsgType.HEARTBEAT:
+                self._send_heartbeats()
         except errors.RaftSQLiteError as e:
             log.debug("step %s from %s: %s", t, msg.frm, e)
         except Exception:
@@ -475,9 +501,15 @@ class RaftNode:
             b = self.log.prepare(rd.hard_state, rd.entries, rd.snapshot)
             if b.blob or b.state_bytes is not None or b.reset or b.truncate is not None:
                 t0 = time.perf_counter()
-                await self._in(self._persist_exec, self.log.write, b)
+                self._persisting = True
+                try:
+                    await self._in(self._persist_exec, self.log.write, b)
+                finally:
+                    self._persisting = False
                 self._stats["persist_s"] += time.perf_counter() - t0
             self.log.finish(b)
+            if rd.hard_state is not None:
+                self._durable_tv = (rd.hard_state.term, rd.hard_state.vote)
         if rd.snapshot is not None:
             # The log is reset to the snapshot first (above), then the state machine is
             # restored: a crash in between is finished at start, which restores from the

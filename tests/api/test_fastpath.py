@@ -1,0 +1,130 @@
+"""The HTTP fast lane (raftsqlite/http/fastpath.py) answers exactly what Sanic answers,
+and hands everything it does not fully understand to Sanic."""
+import re
+import socket
+import time
+
+import pytest
+
+
+def _recv_responses(s, n, timeout=10.0):
+    """Read ``n`` complete Content-Length framed responses from socket ``s``."""
+    s.settimeout(timeout)
+    data, out = b"", []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        while True:
+            h = data.find(b"\r\n\r\n")
+            if h < 0:
+                break
+            m = re.search(rb"(?im)^content-length:\s*(\d+)", data[:h])
+            size = int(m.group(1)) if m else 0
+            if len(data) < h + 4 + size:
+                break
+            out.append(data[:h + 4 + size])
+            data = data[h + 4 + size:]
+        if len(out) >= n:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"got {len(out)} of {n} responses")
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return out
+
+
+def _exchange(port, parts, n=1, pause=0.05):
+    """Send ``parts`` as separate writes (``pause`` between), return ``n`` responses."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, p in enumerate(parts):
+            s.sendall(p)
+            if i + 1 < len(parts):
+                time.sleep(pause)
+        return _recv_responses(s, n)
+
+
+def _request(path, body, extra=b""):
+    head = (b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n%s"
+            b"Content-Length: %d\r\n\r\n" % (path, extra, len(body)))
+    return head, body
+
+
+def _norm(resp):
+    # times and ids (and so the length) differ between two runs of the same statement
+    resp = re.sub(rb'"(last_insert_id|time|raft_index|sequence_number)":\s*[0-9.e-]+',
+                  b'"\\1":N', resp)
+    return re.sub(rb"(?im)^content-length: \d+", b"content-length: N", resp)
+
+
+def _fast_count(served):
+    return served.app.ctx.counters["fast_lane"]
+
+
+CASES = [
+    (b"/db/execute", b'[["CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v)"]]'),
+    (b"/db/execute", b'[["INSERT INTO t(v) VALUES(?)", 5]]'),
+    (b"/db/execute?timings&pretty", b'[["INSERT INTO t(v) VALUES(?)", "x"]]'),
+    (b"/db/execute?transaction", b'[["INSERT INTO t(v) VALUES(1)"], ["INSERT INTO nope VALUES(1)"]]'),
+    (b"/db/execute", b'[["INSERT INTO nope(v) VALUES(?)", 5]]'),
+    (b"/db/execute", b'[["INSERT INTO t(v) VALUES(?)", 5'),
+    (b"/db/execute", b"[]"),
+    (b"/db/execute?queue", b'[["INSERT INTO t(v) VALUES(9)"]]'),
+    (b"/execute", b'{"query": "INSERT INTO t(v) VALUES(?)", "args": [7]}'),
+    (b"/execute", b'{"query": "INSERT INTO nope(v) VALUES(?)", "args": [7]}'),
+    (b"/execute", b'{"nope": 1}'),
+]
+
+
+@pytest.mark.parametrize("path,body", CASES)
+def test_fast_lane_answers_like_sanic(single, path, body):
+    """The same request gives the same bytes (status line, headers, body) whether it
+    arrives in one piece (fast lane) or split (Sanic), and only the first uses the lane."""
+    head, payload = _request(path, body)
+    n0 = _fast_count(single)
+    fast = _exchange(single.port, [head + payload])[0]
+    assert _fast_count(single) == n0 + 1
+    slow = _exchange(single.port, [head, payload])[0]
+    assert _fast_count(single) == n0 + 1
+    assert _norm(fast) == _norm(slow)
+
+
+def test_follower_forwards_through_the_fast_lane(trio):
+    """A write arriving at a follower through the lane is forwarded to the leader and
+    relayed with the leader's answer, as through Sanic."""
+    leader, follower, _ = trio
+    head, body = _request(b"/db/execute", b'[["CREATE TABLE IF NOT EXISTS t (x)"]]')
+    fast = _exchange(follower.port, [head + body])[0]
+    slow = _exchange(follower.port, [head, body])[0]
+    assert _fast_count(follower) == 1
+    assert fast.endswith(b'{"results":[{}]}')
+    assert _norm(fast) == _norm(slow)
+    assert b"x-rqlite-served-by: " + leader.addr.encode() in fast.lower()
+
+
+def test_pipelined_requests_answer_in_order(single):
+    """Requests pipelined on one connection (in one write, or a second one sent while the
+    first is in flight) are all answered, in order."""
+    _exchange(single.port, [b"".join(_request(b"/db/execute", b'[["CREATE TABLE p(v)"]]'))])
+    reqs = [b"".join(_request(b"/db/execute", b'[["INSERT INTO p(v) VALUES(%d)"]]' % i))
+            for i in range(1, 4)]
+    out = _exchange(single.port, [reqs[0] + reqs[1]], n=2)
+    assert [b'"last_insert_id":%d' % i in r for i, r in zip((1, 2), out)] == [True, True]
+    out = _exchange(single.port, [reqs[2], b"".join(_request(
+        b"/db/execute", b'[["INSERT INTO p(v) VALUES(4)"]]'))], n=2, pause=0)
+    assert [b'"last_insert_id":%d' % i in r for i, r in zip((3, 4), out)] == [True, True]
+
+
+@pytest.mark.parametrize("extra", [b"Connection: close\r\n", b"Expect: 100-continue\r\n"])
+def test_unusual_requests_go_to_sanic(single, extra):
+    """Requests with semantics the lane does not implement are served by Sanic."""
+    head, body = _request(b"/db/execute", b'[["CREATE TABLE IF NOT EXISTS u(v)"]]', extra)
+    n0 = _fast_count(single)
+    expect = extra.startswith(b"Expect")
+    out = _exchange(single.port, [head + body], n=2 if expect else 1)
+    if expect:
+        assert out[0].startswith(b"HTTP/1.1 100 Continue")
+    out = out[-1]
+    assert out.startswith(b"HTTP/1.1 ") and out.endswith(b'{"results":[{}]}')
+    assert _fast_count(single) == n0
