@@ -249,14 +249,31 @@ class MoveRunner:
         compare-and-set that a repeat would refuse)."""
         deadline = self.clock() + self.cfg.retry_s
         delay = 0.05
+        tries, logged = 0, None
         while True:
             try:
-                return await fn(*a, **kw)
+                res = await fn(*a, **kw)
+                if tries:
+                    log.info("move %s: %s succeeded after %d retr%s", self.id, _what(fn, a),
+                             tries, "y" if tries == 1 else "ies")
+                return res
             except RaftSQLiteError as e:
                 again = (getattr(e, "retryable", False) or isinstance(e, _NOT_APPLIED)
                          or (_idempotent and isinstance(e, _AMBIGUOUS)))
                 if not again or self.clock() > deadline:
+                    if again:
+                        log.warning("move %s: %s still failing after %d retries over %.0f s "
+                                    "(%s: %s); giving up this step", self.id, _what(fn, a),
+                                    tries, self.cfg.retry_s, type(e).__name__, e)
                     raise
+                tries += 1
+                now = time.monotonic()
+                if logged is None or now - logged >= 10:
+                    # the first failure of a step, then one line per 10 s while it lasts
+                    logged = now
+                    log.warning("move %s: %s failed (%s: %s); retrying (attempt %d, for up "
+                                "to %.0f s)", self.id, _what(fn, a), type(e).__name__, e,
+                                tries, max(0.0, deadline - self.clock()))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -280,6 +297,7 @@ class MoveRunner:
 
     async def _update(self, **kw):
         kw["updated"] = self.clock()
+        before = (self.m or {}).get("phase")
         try:
             self.m = await self._cat_op("move_update", move_id=self.id, **kw)
         except BadRequest:
@@ -288,7 +306,18 @@ class MoveRunner:
             raise
         if self.m.get("phase") == "cancelled":
             raise Cancelled(f"move {self.id} was cancelled")
+        if "phase" in kw and kw["phase"] != before:
+            self._log_phase(before, kw["phase"])
         return self.m
+
+    def _log_phase(self, before, after, how=None):
+        m = self.m or {}
+        rng = ks.fmt_range(m.get("start", 0), ks.end_from_json(m.get("end")))
+        log.info("move %s of %s [%s) %s -> %s: %s (rows copied %s of ~%s)%s",
+                 self.id, m.get("table"), rng, m.get("source"), m.get("target"),
+                 f"phase {before} -> {after}" if how is None else f"{how} {after}",
+                 m.get("rows_copied", self.rows_copied), m.get("rows_total"),
+                 f"; error: {m['error']}" if m.get("error") else "")
 
     async def _load(self):
         self.cat = await self._retry(self.b.catalog)
@@ -318,6 +347,7 @@ class MoveRunner:
     async def run(self):
         """Run to ``done``, ``cancelled`` or ``failed``; returns the final record."""
         m = await self._load()
+        self._log_phase(None, m["phase"], how="coordinating from phase")
         try:
             if m["phase"] in MOVE_END:
                 if m["phase"] != "done" and not m.get("cleaned"):
@@ -419,12 +449,25 @@ class MoveRunner:
         self.rows_copied = self.m.get("rows_copied") or 0
         t0, rows0 = self.clock(), self.rows_copied
         last_report = self.clock()
+        dirty = False
         while ti < len(self.tables):
             t, key = self.tables[ti]
             w, p = self._rng(key).where()
             while True:
                 await self._cancel_check()
-                await self._throttle(t0, rows0)
+                wait = self._throttle_wait(t0, rows0)
+                if dirty and wait >= self.cfg.progress_every_s:
+                    # Save the cursor before a long wait: the wait can outlast this
+                    # coordinator (a batch of many-row keys buys ``rows/rate`` seconds;
+                    # the fault suite's took 35 s while the default group's leader
+                    # changed every ~20 s), and progress not saved is copied again by
+                    # the next one, so the copy never advanced.
+                    resume.update(table=ti, after=key_to_json(after))
+                    await self._update(rows_copied=self.rows_copied, resume=resume)
+                    last_report, dirty = self.clock(), False
+                    wait = self._throttle_wait(t0, rows0)
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 if after is None:
                     keys = await self._read(m["source"], f"SELECT DISTINCT {_q(key)} FROM {_q(t)} "
                                             f"WHERE {w} ORDER BY 1 LIMIT ?", p + [self.cfg.batch_rows])
@@ -436,10 +479,10 @@ class MoveRunner:
                     break
                 keys = [k[0] for k in keys]
                 self.rows_copied += await self._sync_keys(t, key, keys)
-                after = keys[-1]
+                after, dirty = keys[-1], True
                 await self._at("copy_batch")
                 if self.clock() - last_report >= self.cfg.progress_every_s:
-                    last_report = self.clock()
+                    last_report, dirty = self.clock(), False
                     resume.update(table=ti, after=key_to_json(after))
                     await self._update(rows_copied=self.rows_copied, resume=resume)
             ti, after = ti + 1, None
@@ -447,13 +490,14 @@ class MoveRunner:
         await self._update(phase="catching_up", rows_copied=self.rows_copied, resume=resume)
         await self._at("copied")
 
-    async def _throttle(self, t0, rows0):
-        # a batch waits for its own budget first, so no burst ever beats the limit
+    def _throttle_wait(self, t0, rows0):
+        """Seconds the next batch waits: it waits for its own budget first (one row
+        per key assumed), so the copy's mean rate since ``t0`` stays under the limit;
+        a batch of keys with many rows each is paid for after it."""
         rate = self.cfg.max_rows_per_s
-        if rate:
-            ahead = (self.rows_copied - rows0 + self.cfg.batch_rows) / rate - (self.clock() - t0)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+        if not rate:
+            return 0.0
+        return (self.rows_copied - rows0 + self.cfg.batch_rows) / rate - (self.clock() - t0)
 
     async def _sync_keys(self, t, key, keys):
         """Make the target's rows of ``keys`` equal the source's now: one read request
@@ -636,10 +680,13 @@ class MoveRunner:
         m = self.m
         if m["phase"] == "fenced":
             self.m = await self._cat_op("move_switch", move_id=self.id)
+            self._log_phase("fenced", "switched")
             await self._at("switched_catalog")
         await self._push_ownership()
         if self.fence_started is not None:
             self.fence_ms = (time.monotonic() - self.fence_started) * 1000
+            log.info("move %s: ownership pushed to both shards; fenced for %.0f ms",
+                     self.id, self.fence_ms)
         if self.m["phase"] == "switched":
             await self._update(phase="cleaning")
 
@@ -690,6 +737,7 @@ class MoveRunner:
         if m["phase"] not in MOVE_END:
             self.m = await self._cat_op("move_update", move_id=self.id, phase=phase, error=error,
                                         updated=self.clock())
+            self._log_phase(m["phase"], phase)
         await self._cat_op("unfence", table=self.tables[0][0], start=m["start"],
                            end=ks.end_to_json(m["end"]))
         try:
@@ -704,9 +752,17 @@ class MoveRunner:
                                          "AUTOINCREMENT, move TEXT NOT NULL, tbl TEXT NOT NULL, k)", None),
                                         (f"DELETE FROM {CHANGES} WHERE move = ?", [self.id])])
         self.m = await self._cat_op("move_update", move_id=self.id, cleaned=True, updated=self.clock())
+        log.info("move %s: rolled back (%s): fences lifted, capture dropped, target's copy "
+                 "deleted", self.id, self.m.get("phase"))
 
     def stats(self):
         return {"move_id": self.id, "rows_copied": self.rows_copied, "fence_ms": self.fence_ms}
+
+
+def _what(fn, a):
+    """A step's name for the log: ``query shard1``, ``catalog_op move_update``."""
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return f"{name} {a[0]}" if a and isinstance(a[0], str) else name
 
 
 def _sort_key(v):

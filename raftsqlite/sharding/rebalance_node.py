@@ -83,6 +83,11 @@ def attach(node):
     except (ValueError, TypeError) as e:
         raise errors.ConfigError(f"RAFTSQLITE_REBALANCE: {e}") from None
     node.rebalancer = Rebalancer(NodeMoveBackend(svc), cfg)
+    # A move's phase changes and retried steps are few lines and are what an operator
+    # needs to follow it; the node logs at WARNING by default, so they would be lost.
+    lg = logging.getLogger("raftsqlite.rebalance")
+    if lg.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() == logging.WARNING:
+        lg.setLevel(logging.INFO)
     node.rebalancer.hook = fault_hook(os.environ.get("RAFTSQLITE_REBALANCE_FAULT"))
     from raftsqlite.sharding.rebalance_api import blueprint
 

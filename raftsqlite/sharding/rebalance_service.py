@@ -22,7 +22,7 @@ from raftsqlite.codec.model import Statement
 from raftsqlite.errors import BadRequest, NotFound
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import MOVE_END, MOVE_PHASES
-from raftsqlite.sharding.rebalance import MoveRunner, RebalanceConfig, _q
+from raftsqlite.sharding.rebalance import MoveRunner, NotCoordinator, RebalanceConfig, _q
 
 log = logging.getLogger("raftsqlite.rebalance")
 
@@ -37,6 +37,7 @@ class Rebalancer:
         self.finished = {}   # move id -> last runner stats
         self._chains = {}    # colocation -> task running its moves in order
         self.hook = None     # tests: passed to every runner
+        self._notes = {}     # key -> (last message, when): repeated warnings rate-limited
 
     # ---- planning ---------------------------------------------------------------------
     async def _estimates(self, cat, table):
@@ -141,15 +142,43 @@ class Rebalancer:
 
         async def chain():
             if prev is not None:
-                try:
-                    await prev
-                except Exception:  # a failed move rolled back; later moves still run
-                    pass
+                # Wait for the previous chain however it ended. ``await prev`` would
+                # re-raise its outcome here, and a chain that ``stop_all`` cancelled
+                # (this node lost the default group's leadership mid-move) ends in
+                # CancelledError, which no ``except Exception`` catches: every later
+                # chain of this colocation on this node then died at once, so the
+                # node never coordinated those moves again until it restarted (found
+                # by the sharded nemesis: a move stuck in "copying" for good).
+                await asyncio.wait({prev})
             for mid in ids:
-                await self._run_one(mid)
-        self._chains[colocation] = asyncio.get_running_loop().create_task(chain())
+                try:
+                    await self._run_one(mid)
+                except NotCoordinator as e:
+                    log.info("move %s: stopped here, %s (the next leader resumes it)", mid, e)
+                    raise
+                except Exception as e:
+                    self._note(mid, logging.WARNING, "move %s stopped by %s: %s (resumed within "
+                               "a second while this node leads the default group)",
+                               mid, type(e).__name__, e)
+                    raise
+        t = asyncio.get_running_loop().create_task(chain())
+        # its outcome is logged above; a caller of wait() still sees it
+        t.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._chains[colocation] = t
         for mid in ids:
-            self.tasks[mid] = self._chains[colocation]
+            self.tasks[mid] = t
+
+    def _note(self, key, level, msg, *args):
+        """Log ``msg``, but a message repeated for ``key`` at most every 30 s (a step
+        that keeps failing is retried each second by ``run_forever``)."""
+        text = msg % args
+        now = time.monotonic()
+        last = self._notes.get(key)
+        if last is not None and last[0] == text and now - last[1] < 30:
+            log.debug(msg, *args)
+            return
+        self._notes[key] = (text, now)
+        log.log(level, msg, *args)
 
     async def _run_one(self, mid):
         r = MoveRunner(self.b, mid, self.cfg, self.clock)
@@ -185,14 +214,19 @@ class Rebalancer:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.info("rebalance resume: %r", e)
+                self._note("resume", logging.WARNING, "rebalance: resuming moves failed: %s: %s",
+                           type(e).__name__, e)
             await asyncio.sleep(every)
 
     def stop_all(self):
         """Cancel every move task running here (the catalog keeps their state)."""
-        for t in set(self.tasks.values()) | set(self._chains.values()):
-            if not t.done():
-                t.cancel()
+        live = [t for t in set(self.tasks.values()) | set(self._chains.values()) if not t.done()]
+        if live:
+            log.warning("rebalance: this node no longer coordinates (not the default group's "
+                        "leader); stopping move(s) %s here, the next leader resumes them from "
+                        "the catalog", ", ".join(sorted(self.runners)) or "(queued)")
+        for t in live:
+            t.cancel()
         self.runners.clear()
 
     async def wait(self, ids=None, timeout=None):

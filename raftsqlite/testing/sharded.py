@@ -234,11 +234,18 @@ class ShardedCluster:
                 return doc.get("moves", [])
         return None
 
-    async def wait_moves(self, ids=None, timeout: float = 60.0) -> list:
+    async def wait_moves(self, ids=None, timeout: float = 60.0,
+                         max_total: float | None = None) -> list:
         """Poll the status until the moves (every move by default) have ended; returns
-        ``[{id, phase, rows_copied, error}]`` as last seen."""
-        deadline = time.monotonic() + max(1.0, timeout)
+        ``[{id, phase, rows_copied, error}]`` as last seen. Without ``max_total``,
+        ``timeout`` bounds the whole wait. With it, ``timeout`` bounds the time without
+        progress (a move whose phase or ``rows_copied`` changed is still moving), and
+        ``max_total`` the whole wait."""
+        start = time.monotonic()
+        deadline = start + max(1.0, timeout)
+        hard = start + max(max_total or 0.0, timeout)
         last: list = []
+        seen = None
         while True:
             moves = await self.move_status()
             if moves is not None:
@@ -248,6 +255,10 @@ class ShardedCluster:
                         for m in moves if ids is None or m.get("move_id") in ids]
                 if all(m["phase"] in MOVE_END for m in last):
                     return last
+                now_seen = [(m["move_id"], m["phase"], m["rows_copied"]) for m in last]
+                if max_total and now_seen != seen:
+                    seen = now_seen
+                    deadline = min(hard, time.monotonic() + max(1.0, timeout))
             if time.monotonic() > deadline:
                 return last
             await asyncio.sleep(0.5)
