@@ -29,7 +29,7 @@ from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
                                           guard_refusal, load_results, unb64)
-from raftsqlite.sharding.catalog import DEFAULT_GROUP
+from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
 from raftsqlite.sharding.router import Router
 
@@ -141,6 +141,10 @@ class RouterSQL:
         # by the sharded fault suite: a shard member restarted after kill -9 answered a
         # compare-and-set as "0 rows" from the default group before its first poll).
         if not self.svc.catalog_loaded():
+            if self.svc.is_default:
+                raise errors.Unavailable("this default-group node has not caught up with the "
+                                         "shard catalog yet (it is starting, joining or "
+                                         "cut off from its leader); retry")
             raise errors.Unavailable("this node has not loaded the shard catalog yet (it is "
                                      "starting, or cannot reach the default group); retry")
 
@@ -225,6 +229,13 @@ class ShardingService:
         self._tasks = []
         self._client = None
         self.counts = {"own_pushes": 0, "catalog_polls": 0}
+        # A default-group node reads the catalog from its own state machine, which is
+        # empty (just joined) or old (restarted, log not replayed up to the leader's
+        # commit) until it has caught up: it routes only once it has (``_catch_up``).
+        self._synced = not self.is_default
+        prev_ready = getattr(node.store, "ready_check", None)
+        node.store.ready_check = (lambda: self.catalog_loaded()
+                                  and (prev_ready is None or prev_ready()))
 
     # ---- FSM side (apply thread) ------------------------------------------------------
     def _fsm_hook(self, ctx, req, write=True):
@@ -252,15 +263,20 @@ class ShardingService:
         return self._client
 
     def catalog_loaded(self) -> bool:
-        """A shard node routes only once it has received the catalog (a default-group
-        node holds it in its own state machine)."""
-        return self.is_default or self.cache.current().version > 0
+        """A shard node routes only once it has received the catalog; a default-group
+        node (which holds it in its own state machine) once its copy is at least as new
+        as its leader's was when it asked (``_catch_up``). Later staleness is safe:
+        shards check ownership and answer Moved, and the router refreshes."""
+        if self.is_default:
+            return self._synced
+        return self.cache.current().version > 0
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
         if self.is_default:
             b = self.catalog_state.load(self.node.db.read_internal).to_bytes()
             await self.cache.publish(b)
+            self._tasks.append(self.loop.create_task(self._catch_up()))
         elif not self.catalog_loaded():
             # A restarted shard node: one bounded attempt before HTTP opens; otherwise
             # the poll below brings it and routed calls answer 503 until then.
@@ -308,6 +324,48 @@ class ShardingService:
                 self.cache.errors += 1
                 log.debug("catalog poll failed: %s", e)
                 await asyncio.sleep(0.3)
+
+    async def _catch_up(self):
+        """Default group: open routing once this node's catalog is as new as the
+        leader's. A leader commits a barrier (everything in its log, which holds every
+        committed entry, is then applied here); a follower asks its leader for its
+        catalog and waits until its own applied copy reaches that version. Until then
+        routed calls answer 503 (a just-joined member would otherwise plan statements on
+        sharded tables as unsharded ones and run them on the default group's template
+        table)."""
+        st = self.node.store
+        while not self._synced:
+            try:
+                if st.is_leader():
+                    await st.barrier(timeout=5.0)
+                    if st.is_leader():
+                        await self.cache.publish(
+                            self.catalog_state.load(self.node.db.read_internal).to_bytes())
+                        self._synced = True
+                        log.info("default group: caught up with the catalog (leader)")
+                        return
+                else:
+                    lead = st.leader()
+                    if lead is not None and lead.http_addr and lead.node_id != st.node_id:
+                        r = await self.client.request(
+                            "GET", lead.http_addr, "/shard/catalog?after=-1&poll=0",
+                            timeout=5.0)
+                        if r.status == 200:
+                            want = Catalog.from_bytes(r.body).version
+                            deadline = self.loop.time() + 10.0
+                            while (self.cache.current().version < want
+                                   and self.loop.time() < deadline):
+                                await self.cache.wait_newer(self.cache.current().version, 0.5)
+                            if self.cache.current().version >= want:
+                                self._synced = True
+                                log.info("default group: caught up with the catalog "
+                                         "(version %d)", want)
+                                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("catalog catch-up: %s", e)
+            await asyncio.sleep(0.2)
 
     async def _record_default_members(self):
         """The default group's leader keeps its members in the catalog (GET /shards, and
@@ -458,6 +516,9 @@ class ShardingService:
 
     async def serve_catalog(self, after, timeout):
         """Bytes of a catalog newer than ``after``, or None after ``timeout``."""
+        if not self.catalog_loaded():
+            # an empty or old copy would mislead a restarted shard node; it asks another
+            raise errors.Unavailable("this node has not caught up with the catalog yet")
         cat = self.cache.current()
         if after < 0 or cat.version > after:
             return cat.to_bytes()
