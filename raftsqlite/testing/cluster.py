@@ -32,7 +32,7 @@ import aiohttp
 import raftsqlite
 from raftsqlite import errors
 
-from .procs import free_port  # noqa: F401 (tests import it from here too)
+from .procs import die_with_parent, free_port  # noqa: F401 (tests import it from here too)
 from .proxy import FaultNetwork, Proxy
 
 _STARTED_PIDS: set[int] = set()
@@ -220,7 +220,8 @@ class LocalCluster:
                       f"{' '.join(argv)}\n".encode())
             log.flush()
             m.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      cwd=str(self.workdir), start_new_session=True)
+                                      cwd=str(self.workdir), start_new_session=True,
+                                      preexec_fn=die_with_parent())
         _STARTED_PIDS.add(m.proc.pid)
         self.net.pids[m.id] = m.proc.pid
         m.paused = False

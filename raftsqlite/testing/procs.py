@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,34 @@ def stop_procs(procs, timeout: float = 15.0, *, shared_deadline: bool = False) -
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(5)
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def die_with_parent(sig=signal.SIGTERM):
+    """A ``preexec_fn`` for Popen: the child receives ``sig`` when its parent dies, even
+    by SIGKILL or a runner's timeout (Linux ``PR_SET_PDEATHSIG``), so no member outlives
+    the harness that started it. None (no effect) elsewhere, and off the main thread:
+    the signal fires when the *thread* that forked ends, which for a worker thread would
+    be long before the harness is done."""
+    global _libc
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    if _libc is None:
+        import ctypes
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            return None
+    parent = os.getpid()
+
+    def preexec():
+        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:      # the parent died before the line above
+            os.kill(os.getpid(), sig)
+    return preexec
 
 
 def free_port():
@@ -71,7 +100,8 @@ class NodeCluster:
             if first:
                 cmd += ["-join", first]
             log = open(os.path.join(self.workdir, f"node{i + 1}.log"), "wb")
-            self.procs.append(subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=log))
+            self.procs.append(subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=log,
+                                               preexec_fn=die_with_parent()))
             self.http.append(addr)
             first = first or addr
             self._wait(lambda: http("GET", f"http://{addr}/readyz", timeout=2)[0] == 200,
