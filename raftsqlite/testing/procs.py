@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -62,11 +63,50 @@ def die_with_parent(sig=signal.SIGTERM):
     return preexec
 
 
+_handed_out = set()
+_rng = random.Random()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port():
-    """A port on 127.0.0.1 that was free a moment ago."""
+    """A port on 127.0.0.1 that was free a moment ago, chosen below the kernel's
+    ephemeral range and never twice in this process. A port from ``bind(0)`` is an
+    ephemeral one, which any outgoing connection (a member dialling a peer, a test
+    client) may take as its local port before the process meant to listen there binds
+    it ("address already in use" at a nemesis start); below that range only listeners
+    compete, and the harness retries a first start on a clash (``is_bind_clash``)."""
+    low = _ephemeral_low()
+    if low > 2048:
+        lo = max(1024, low - 12000)
+        for _ in range(200):
+            port = _rng.randrange(lo, low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+
+
+def is_bind_clash(log_text: str) -> bool:
+    """Whether a member's log says it could not listen because the port was taken."""
+    t = log_text.lower()
+    return "address already in use" in t or "errno 98" in t
 
 
 def http(method, url, body=None, timeout=10, ctype="application/json"):
