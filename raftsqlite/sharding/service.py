@@ -135,11 +135,15 @@ class RouterSQL:
     def router(self):
         return self.svc.router
 
-    def _ready(self):
+    async def _ready(self):
         # Without the catalog every statement plans as an unsharded one, so a write for
         # a sharded table would reach the default group's empty template table (found
         # by the sharded fault suite: a shard member restarted after kill -9 answered a
         # compare-and-set as "0 rows" from the default group before its first poll).
+        if not self.svc.catalog_loaded() and self.svc.is_default:
+            # Usually a matter of milliseconds (a new leader's barrier, a restarted
+            # member's replay): wait a little rather than refuse at once.
+            await self.svc.wait_caught_up(self.svc.catch_up_wait)
         if not self.svc.catalog_loaded():
             if self.svc.is_default:
                 raise errors.Unavailable("this default-group node has not caught up with the "
@@ -148,8 +152,8 @@ class RouterSQL:
             raise errors.Unavailable("this node has not loaded the shard catalog yet (it is "
                                      "starting, or cannot reach the default group); retry")
 
-    def _shard(self, p):
-        self._ready()
+    async def _shard(self, p):
+        await self._ready()
         sid = getattr(p, "shard_id", None) if p is not None else None
         if sid is not None and sid not in self.svc.cache.current().groups:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
@@ -157,7 +161,7 @@ class RouterSQL:
 
     async def execute(self, statements, p):
         tx = bool(p is not None and p.transaction)
-        sid = self._shard(p)
+        sid = await self._shard(p)
         rid = getattr(p, "request_id", None)
         if rid and sid is None and self.svc.is_default and self._all_default(statements):
             # A request that goes unchanged, as one request, to the default group goes
@@ -186,10 +190,11 @@ class RouterSQL:
                 opts["freshness"] = p.freshness
             if p.db_timeout:
                 opts["db_timeout"] = p.db_timeout
-        return {"results": await self.router.query(statements, shard_id=self._shard(p), **opts)}
+        return {"results": await self.router.query(statements, shard_id=await self._shard(p),
+                                                   **opts)}
 
     async def request(self, statements, p, level):
-        sid = self._shard(p)
+        sid = await self._shard(p)
         if sid is not None:
             res = await self.router.ex.request(sid, list(statements),
                                                transaction=bool(p.transaction), level=level)
@@ -233,6 +238,8 @@ class ShardingService:
         # empty (just joined) or old (restarted, log not replayed up to the leader's
         # commit) until it has caught up: it routes only once it has (``_catch_up``).
         self._synced = not self.is_default
+        self._synced_event = None       # asyncio.Event, made on the loop in start()
+        self.catch_up_wait = 3.0        # how long a routed call waits for it, then 503
         prev_ready = getattr(node.store, "ready_check", None)
         node.store.ready_check = (lambda: self.catalog_loaded()
                                   and (prev_ready is None or prev_ready()))
@@ -325,6 +332,22 @@ class ShardingService:
                 log.debug("catalog poll failed: %s", e)
                 await asyncio.sleep(0.3)
 
+    def _set_synced(self):
+        self._synced = True
+        if self._synced_event is not None:
+            self._synced_event.set()
+
+    async def wait_caught_up(self, timeout):
+        if self._synced:
+            return True
+        if self._synced_event is None:
+            self._synced_event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._synced_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self._synced
+
     async def _catch_up(self):
         """Default group: open routing once this node's catalog is as new as the
         leader's. A leader commits a barrier (everything in its log, which holds every
@@ -341,7 +364,7 @@ class ShardingService:
                     if st.is_leader():
                         await self.cache.publish(
                             self.catalog_state.load(self.node.db.read_internal).to_bytes())
-                        self._synced = True
+                        self._set_synced()
                         log.info("default group: caught up with the catalog (leader)")
                         return
                 else:
@@ -357,7 +380,7 @@ class ShardingService:
                                    and self.loop.time() < deadline):
                                 await self.cache.wait_newer(self.cache.current().version, 0.5)
                             if self.cache.current().version >= want:
-                                self._synced = True
+                                self._set_synced()
                                 log.info("default group: caught up with the catalog "
                                          "(version %d)", want)
                                 return

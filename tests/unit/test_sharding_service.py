@@ -221,6 +221,7 @@ def test_default_node_routes_only_once_caught_up_with_its_leader(tmp_path):
         async def close(self):
             pass
     svc._client = FakeClient()
+    svc.catch_up_wait = 0.2             # a routed call waits this long, then 503
     p = SimpleNamespace(shard_id=None, transaction=False, request_id=None, timeout=None,
                         freshness=None, db_timeout=None)
 
