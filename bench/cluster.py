@@ -16,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 
+from raftsqlite.testing.procs import die_with_parent
+
 from .peers import ProcessGroup, free_ports
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +88,8 @@ class RaftsqliteCluster(ProcessGroup):
         if join:
             cmd += ["-join", join]
         self.procs.append(subprocess.Popen(cmd, cwd=self.root, env=_env(self.root), stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+                                           stderr=subprocess.STDOUT, start_new_session=True,
+                                           preexec_fn=die_with_parent()))
 
     def _check_alive(self):
         for i, p in enumerate(self.procs):

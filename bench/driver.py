@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote, urlsplit
 
+from raftsqlite.testing.procs import die_with_parent
+
 WRK = shutil.which("wrk") or ("/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else None)
 
 #: a driver process above this share of one core per thread is treated as the bottleneck
@@ -459,7 +461,8 @@ def run_wrk(base_url: str, wl: Workload, connections: int, duration_s: float,
         srv0 = _proc_cpu_s(watch_pids)
         t0 = time.monotonic()
         with open(out_path, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    preexec_fn=die_with_parent())
         # wait4 gives the child's own rusage: the driver's CPU, nothing else's.
         deadline = time.monotonic() + secs + REQUEST_TIMEOUT_S + 20
         try:

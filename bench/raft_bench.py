@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.peers import free_ports  # noqa: E402
-from raftsqlite.testing.procs import stop_procs  # noqa: E402
+from raftsqlite.testing.procs import die_with_parent, stop_procs  # noqa: E402
 
 _HDR = struct.Struct("<IIB")
 OP_PUT, OP_STATUS = 1, 4
@@ -310,7 +310,8 @@ class Group:
         for i, cmd in enumerate(cmds):
             logf = open(os.path.join(workdir, f"{name}-{i}.log"), "wb")
             self.procs.append(subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                               env=env, cwd=workdir))
+                                               env=env, cwd=workdir,
+                                               preexec_fn=die_with_parent()))
             logf.close()
 
     def stop(self):

@@ -27,6 +27,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from raftsqlite.testing.procs import die_with_parent
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -124,8 +126,11 @@ def run_one(name: str, cmd: list[str], timeout: float, quick: bool) -> dict:
     print(f"=== {name}: {' '.join(cmd)}", flush=True)
     lines: list[str] = []
     t0 = time.monotonic()
+    # The benchmark gets SIGTERM if this runner dies (SIGKILL included), and stops the
+    # clusters it started (a quick run timed out by pytest left its nodes running).
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace")
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            preexec_fn=die_with_parent())
 
     def pump():
         for line in proc.stdout:
@@ -140,13 +145,16 @@ def run_one(name: str, cmd: list[str], timeout: float, quick: bool) -> dict:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        # SIGTERM first: the suites stop the clusters they started when asked to.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    finally:
+        # Overdue, or this runner interrupted: SIGTERM first (every benchmark stops the
+        # clusters it started when asked to), then SIGKILL.
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     reader.join(5)
     elapsed = time.monotonic() - t0
     result, status, error = None, "ok", None

@@ -370,7 +370,8 @@ def driver_suite(ctx) -> dict:
     """Both drivers against the validating test server: their ceilings and CPU use."""
     proc = subprocess.Popen([sys.executable, "-m", "bench.testserver", "--port", "0"],
                             stdout=subprocess.PIPE, text=True, cwd=rcluster.REPO_ROOT,
-                            env=rcluster._env(rcluster.REPO_ROOT))
+                            env=rcluster._env(rcluster.REPO_ROOT),
+                            preexec_fn=rcluster.die_with_parent())
     try:
         line = proc.stdout.readline()
         if not line.startswith("PORT "):

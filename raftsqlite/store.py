@@ -61,6 +61,7 @@ class Store:
         self._rng = random.Random()
         self._closed = False
         self.guard_check = None     # fn(guard: bytes) for reads; the sharding layer sets it
+        self.ready_check = None     # fn() -> bool, also required by ready(); sharding sets it
         self.counters = {"writes": 0, "write_batches": 0, "batched_requests": 0,
                          "max_batch": 0, "reads_local": 0, "reads_linearizable": 0,
                          "reads_strong": 0, "not_leader": 0, "write_errors": 0}
@@ -107,6 +108,8 @@ class Store:
     def ready(self) -> bool:
         """A leader is known and this node has applied what it knew to be committed."""
         if not self.raft.leader_id:
+            return False
+        if self.ready_check is not None and not self.ready_check():
             return False
         return self.fsm.applied_index() >= min(self.raft.commit_index,
                                                self.raft.last_log_index)

@@ -18,8 +18,12 @@ from raftsqlite.testing.procs import stop_procs
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports that were free a moment ago (all held open until chosen,
-    so they differ from each other; another process may still take one later)."""
+    """``n`` distinct ports that were free a moment ago; another process may still take
+    one later. On 127.0.0.1 they come from below the ephemeral range, where outgoing
+    connections cannot take them first (raftsqlite.testing.procs.free_port)."""
+    if host == "127.0.0.1":
+        from raftsqlite.testing.procs import free_port
+        return [free_port() for _ in range(n)]
     socks, ports = [], []
     try:
         for _ in range(n):

@@ -17,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 
+from raftsqlite.testing.procs import die_with_parent
+
 from . import ProcessGroup, free_ports
 
 ETCD = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
@@ -81,7 +83,8 @@ class EtcdCluster(ProcessGroup):
                    "--initial-cluster-token", token,
                    "--logger", "zap", "--log-level", "warn"]
             self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+                                               start_new_session=True,
+                                               preexec_fn=die_with_parent()))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dead = [p for p in self.procs if p.poll() is not None]

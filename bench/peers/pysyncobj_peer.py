@@ -22,6 +22,8 @@ import tempfile
 import threading
 import time
 
+from raftsqlite.testing.procs import die_with_parent
+
 from . import free_ports
 
 REQUIRED_VERSION = "0.3.17"
@@ -168,7 +170,8 @@ def run_cluster(loads: list[dict], size: int = 3, timeout: float = 120.0,
                    *(["--batch"] if batch else []),
                    "--others", *[x for x in addrs if x != addr]]
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True))
+                                          start_new_session=True,
+                                          preexec_fn=die_with_parent()))
             out.close()
         deadline = time.monotonic() + budget
         while time.monotonic() < deadline:

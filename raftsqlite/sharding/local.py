@@ -10,7 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from raftsqlite.testing.procs import free_port
+from raftsqlite.testing.procs import die_with_parent, free_port
 
 # Fixed ports of ``raft-sqlite demo`` (HTTP, Raft) per group; ``free=True`` picks free ones.
 DEMO_PORTS = {"default": (4101, 4102), "shard1": (4111, 4112), "shard2": (4121, 4122)}
@@ -71,7 +71,8 @@ class LocalCluster:
             env["PYTHONPATH"] = self.src + os.pathsep + env.get("PYTHONPATH", "")
         os.makedirs(self.base, exist_ok=True)
         out = open(os.path.join(self.base, name + ".log"), "w") if self.log_to_files else subprocess.DEVNULL
-        self.procs[name] = subprocess.Popen(args, env=env, stdout=out, stderr=out, cwd=self.base)
+        self.procs[name] = subprocess.Popen(args, env=env, stdout=out, stderr=out, cwd=self.base,
+                                            preexec_fn=die_with_parent())
         addr = f"127.0.0.1:{hp}"
         self.addrs.setdefault(group, addr)
         return addr

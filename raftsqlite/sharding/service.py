@@ -29,7 +29,7 @@ from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
                                           guard_refusal, load_results, unb64)
-from raftsqlite.sharding.catalog import DEFAULT_GROUP
+from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
 from raftsqlite.sharding.router import Router
 
@@ -135,17 +135,25 @@ class RouterSQL:
     def router(self):
         return self.svc.router
 
-    def _ready(self):
+    async def _ready(self):
         # Without the catalog every statement plans as an unsharded one, so a write for
         # a sharded table would reach the default group's empty template table (found
         # by the sharded fault suite: a shard member restarted after kill -9 answered a
         # compare-and-set as "0 rows" from the default group before its first poll).
+        if not self.svc.catalog_loaded() and self.svc.is_default:
+            # Usually a matter of milliseconds (a new leader's barrier, a restarted
+            # member's replay): wait a little rather than refuse at once.
+            await self.svc.wait_caught_up(self.svc.catch_up_wait)
         if not self.svc.catalog_loaded():
+            if self.svc.is_default:
+                raise errors.Unavailable("this default-group node has not caught up with the "
+                                         "shard catalog yet (it is starting, joining or "
+                                         "cut off from its leader); retry")
             raise errors.Unavailable("this node has not loaded the shard catalog yet (it is "
                                      "starting, or cannot reach the default group); retry")
 
-    def _shard(self, p):
-        self._ready()
+    async def _shard(self, p):
+        await self._ready()
         sid = getattr(p, "shard_id", None) if p is not None else None
         if sid is not None and sid not in self.svc.cache.current().groups:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
@@ -153,7 +161,7 @@ class RouterSQL:
 
     async def execute(self, statements, p):
         tx = bool(p is not None and p.transaction)
-        sid = self._shard(p)
+        sid = await self._shard(p)
         rid = getattr(p, "request_id", None)
         if rid and sid is None and self.svc.is_default and self._all_default(statements):
             # A request that goes unchanged, as one request, to the default group goes
@@ -182,10 +190,11 @@ class RouterSQL:
                 opts["freshness"] = p.freshness
             if p.db_timeout:
                 opts["db_timeout"] = p.db_timeout
-        return {"results": await self.router.query(statements, shard_id=self._shard(p), **opts)}
+        return {"results": await self.router.query(statements, shard_id=await self._shard(p),
+                                                   **opts)}
 
     async def request(self, statements, p, level):
-        sid = self._shard(p)
+        sid = await self._shard(p)
         if sid is not None:
             res = await self.router.ex.request(sid, list(statements),
                                                transaction=bool(p.transaction), level=level)
@@ -225,6 +234,15 @@ class ShardingService:
         self._tasks = []
         self._client = None
         self.counts = {"own_pushes": 0, "catalog_polls": 0}
+        # A default-group node reads the catalog from its own state machine, which is
+        # empty (just joined) or old (restarted, log not replayed up to the leader's
+        # commit) until it has caught up: it routes only once it has (``_catch_up``).
+        self._synced = not self.is_default
+        self._synced_event = None       # asyncio.Event, made on the loop in start()
+        self.catch_up_wait = 3.0        # how long a routed call waits for it, then 503
+        prev_ready = getattr(node.store, "ready_check", None)
+        node.store.ready_check = (lambda: self.catalog_loaded()
+                                  and (prev_ready is None or prev_ready()))
 
     # ---- FSM side (apply thread) ------------------------------------------------------
     def _fsm_hook(self, ctx, req, write=True):
@@ -252,15 +270,20 @@ class ShardingService:
         return self._client
 
     def catalog_loaded(self) -> bool:
-        """A shard node routes only once it has received the catalog (a default-group
-        node holds it in its own state machine)."""
-        return self.is_default or self.cache.current().version > 0
+        """A shard node routes only once it has received the catalog; a default-group
+        node (which holds it in its own state machine) once its copy is at least as new
+        as its leader's was when it asked (``_catch_up``). Later staleness is safe:
+        shards check ownership and answer Moved, and the router refreshes."""
+        if self.is_default:
+            return self._synced
+        return self.cache.current().version > 0
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
         if self.is_default:
             b = self.catalog_state.load(self.node.db.read_internal).to_bytes()
             await self.cache.publish(b)
+            self._tasks.append(self.loop.create_task(self._catch_up()))
         elif not self.catalog_loaded():
             # A restarted shard node: one bounded attempt before HTTP opens; otherwise
             # the poll below brings it and routed calls answer 503 until then.
@@ -308,6 +331,64 @@ class ShardingService:
                 self.cache.errors += 1
                 log.debug("catalog poll failed: %s", e)
                 await asyncio.sleep(0.3)
+
+    def _set_synced(self):
+        self._synced = True
+        if self._synced_event is not None:
+            self._synced_event.set()
+
+    async def wait_caught_up(self, timeout):
+        if self._synced:
+            return True
+        if self._synced_event is None:
+            self._synced_event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._synced_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self._synced
+
+    async def _catch_up(self):
+        """Default group: open routing once this node's catalog is as new as the
+        leader's. A leader commits a barrier (everything in its log, which holds every
+        committed entry, is then applied here); a follower asks its leader for its
+        catalog and waits until its own applied copy reaches that version. Until then
+        routed calls answer 503 (a just-joined member would otherwise plan statements on
+        sharded tables as unsharded ones and run them on the default group's template
+        table)."""
+        st = self.node.store
+        while not self._synced:
+            try:
+                if st.is_leader():
+                    await st.barrier(timeout=5.0)
+                    if st.is_leader():
+                        await self.cache.publish(
+                            self.catalog_state.load(self.node.db.read_internal).to_bytes())
+                        self._set_synced()
+                        log.info("default group: caught up with the catalog (leader)")
+                        return
+                else:
+                    lead = st.leader()
+                    if lead is not None and lead.http_addr and lead.node_id != st.node_id:
+                        r = await self.client.request(
+                            "GET", lead.http_addr, "/shard/catalog?after=-1&poll=0",
+                            timeout=5.0)
+                        if r.status == 200:
+                            want = Catalog.from_bytes(r.body).version
+                            deadline = self.loop.time() + 10.0
+                            while (self.cache.current().version < want
+                                   and self.loop.time() < deadline):
+                                await self.cache.wait_newer(self.cache.current().version, 0.5)
+                            if self.cache.current().version >= want:
+                                self._set_synced()
+                                log.info("default group: caught up with the catalog "
+                                         "(version %d)", want)
+                                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("catalog catch-up: %s", e)
+            await asyncio.sleep(0.2)
 
     async def _record_default_members(self):
         """The default group's leader keeps its members in the catalog (GET /shards, and
@@ -458,6 +539,9 @@ class ShardingService:
 
     async def serve_catalog(self, after, timeout):
         """Bytes of a catalog newer than ``after``, or None after ``timeout``."""
+        if not self.catalog_loaded():
+            # an empty or old copy would mislead a restarted shard node; it asks another
+            raise errors.Unavailable("this node has not caught up with the catalog yet")
         cat = self.cache.current()
         if after < 0 or cat.version > after:
             return cat.to_bytes()

@@ -32,7 +32,7 @@ import aiohttp
 import raftsqlite
 from raftsqlite import errors
 
-from .procs import free_port  # noqa: F401 (tests import it from here too)
+from .procs import die_with_parent, free_port, is_bind_clash  # noqa: F401 (tests import it)
 from .proxy import FaultNetwork, Proxy
 
 _STARTED_PIDS: set[int] = set()
@@ -171,19 +171,39 @@ class LocalCluster:
             ms = list(self.members.values())
             first = ms[0]
             first.join = list(self.external_join)
-            await self.start_member(first)
-            await self.wait_ready(first)
+            await self.start_new_member(first)
             await self.wait_for_leader(timeout=self.start_timeout, quorum=1)
             await self.after_first(first)
             for m in ms[1:]:
                 m.join = list(self.external_join) or [first.http_addr]
-                await self.start_member(m)
-                await self.wait_ready(m)
+                await self.start_new_member(m)
             await self.wait_members(timeout=self.start_timeout)
             return await self.wait_for_leader(timeout=self.start_timeout)
         except BaseException:
             await self.stop()
             raise
+
+    async def start_new_member(self, m: Member, attempts: int = 4) -> None:
+        """First start of ``m``, until ready. A port picked free can still be taken by
+        another process before the member binds it; nobody knows a member's address
+        before its first start, so on such a clash it starts again, from an empty data
+        directory, on new ports (its proxies forward to them)."""
+        for i in range(attempts):
+            try:
+                await self.start_member(m)
+                await self.wait_ready(m)
+                return
+            except NodeCannotStart:
+                if (i == attempts - 1 or m.starts != 1 or m.alive
+                        or not is_bind_clash(self.log_tail(m, 60))):
+                    raise
+            m.http_port, m.raft_port = free_port(), free_port()
+            for p, port in ((m.raft_proxy, m.raft_port), (m.http_proxy, m.http_port)):
+                if p is not None:
+                    p.upstream_port = port
+            shutil.rmtree(m.data_dir, ignore_errors=True)
+            m.starts = 0
+            self.counters["port_clash_retries"] = self.counters.get("port_clash_retries", 0) + 1
 
     async def after_first(self, first: Member) -> None:
         """Hook run once the first member leads, before the others start."""
@@ -220,7 +240,8 @@ class LocalCluster:
                       f"{' '.join(argv)}\n".encode())
             log.flush()
             m.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      cwd=str(self.workdir), start_new_session=True)
+                                      cwd=str(self.workdir), start_new_session=True,
+                                      preexec_fn=die_with_parent())
         _STARTED_PIDS.add(m.proc.pid)
         self.net.pids[m.id] = m.proc.pid
         m.paused = False

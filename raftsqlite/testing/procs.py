@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,11 +35,78 @@ def stop_procs(procs, timeout: float = 15.0, *, shared_deadline: bool = False) -
             p.wait(5)
 
 
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def die_with_parent(sig=signal.SIGTERM):
+    """A ``preexec_fn`` for Popen: the child receives ``sig`` when its parent dies, even
+    by SIGKILL or a runner's timeout (Linux ``PR_SET_PDEATHSIG``), so no member outlives
+    the harness that started it. None (no effect) elsewhere, and off the main thread:
+    the signal fires when the *thread* that forked ends, which for a worker thread would
+    be long before the harness is done."""
+    global _libc
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    if _libc is None:
+        import ctypes
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            return None
+    parent = os.getpid()
+
+    def preexec():
+        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:      # the parent died before the line above
+            os.kill(os.getpid(), sig)
+    return preexec
+
+
+_handed_out = set()
+_rng = random.Random()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port():
-    """A port on 127.0.0.1 that was free a moment ago."""
+    """A port on 127.0.0.1 that was free a moment ago, chosen below the kernel's
+    ephemeral range and never twice in this process. A port from ``bind(0)`` is an
+    ephemeral one, which any outgoing connection (a member dialling a peer, a test
+    client) may take as its local port before the process meant to listen there binds
+    it ("address already in use" at a nemesis start); below that range only listeners
+    compete, and the harness retries a first start on a clash (``is_bind_clash``)."""
+    low = _ephemeral_low()
+    if low > 2048:
+        lo = max(1024, low - 12000)
+        for _ in range(200):
+            port = _rng.randrange(lo, low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+
+
+def is_bind_clash(log_text: str) -> bool:
+    """Whether a member's log says it could not listen because the port was taken."""
+    t = log_text.lower()
+    return "address already in use" in t or "errno 98" in t
 
 
 def http(method, url, body=None, timeout=10, ctype="application/json"):
@@ -71,7 +140,8 @@ class NodeCluster:
             if first:
                 cmd += ["-join", first]
             log = open(os.path.join(self.workdir, f"node{i + 1}.log"), "wb")
-            self.procs.append(subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=log))
+            self.procs.append(subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=log,
+                                               preexec_fn=die_with_parent()))
             self.http.append(addr)
             first = first or addr
             self._wait(lambda: http("GET", f"http://{addr}/readyz", timeout=2)[0] == 200,

@@ -34,6 +34,8 @@ import os
 import random
 import time
 
+from .procs import free_port
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 65536
@@ -338,8 +340,21 @@ class Proxy:
         self.bytes = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.listen_port,
-                                                 reuse_address=True)
+        if self.listen_port:
+            self.server = await asyncio.start_server(self._accept, "127.0.0.1",
+                                                     self.listen_port, reuse_address=True)
+            return
+        # Not an ephemeral port (bind 0): the proxy stops listening while its member is
+        # down, and an outgoing connection could take an ephemeral port meanwhile, so
+        # up() would find it in use. A pick can still clash with another listener: retry.
+        for i in range(20):
+            try:
+                self.server = await asyncio.start_server(self._accept, "127.0.0.1",
+                                                         free_port(), reuse_address=True)
+                break
+            except OSError:
+                if i == 19:
+                    raise
         self.listen_port = self.server.sockets[0].getsockname()[1]
 
     @property

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.parse
 
-from raftsqlite.testing.procs import free_port
+from raftsqlite.testing.procs import die_with_parent, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -103,7 +103,8 @@ class NodeProc:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv or self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=os.path.dirname(self.data))
+                                     env=env, cwd=os.path.dirname(self.data),
+                                     preexec_fn=die_with_parent())
         log.close()
         return self
 

@@ -3,7 +3,6 @@ restart and catch-up, whole-group crash, catch-up by snapshot, damaged logs."""
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+    # below the ephemeral range: a peer's outgoing connection cannot take one first
+    from raftsqlite.testing.procs import free_port
+    return [free_port() for _ in range(n)]
 
 
 class Group:

@@ -132,6 +132,7 @@ def test_runner_detects_broken_benchmarks(tmp_path):
 QUICK_NAMES = sorted(run.discover()) + list(run.QUICK_BUILTIN)
 
 
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("name", QUICK_NAMES)
 def test_quick_benchmark(tmp_path, name):
     """``python -m bench NAME --quick`` (what ``python -m bench --quick`` runs for each
@@ -139,9 +140,13 @@ def test_quick_benchmark(tmp_path, name):
     finishes within the quick bound, and is recorded with machine, versions, command and
     time. A failure here means the benchmark has rotted (or does not accept --quick); a
     skipped one must say why."""
-    out = subprocess.run([sys.executable, "-m", "bench", name, "--quick", "--results-dir",
-                          str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=120)
+    # The runner's own bound (60 s: a quick run takes 5-30 s on a loaded 2-core machine)
+    # plus its 20 s SIGTERM grace stay inside this wait and the test's timeout; the
+    # runner and every benchmark die with their parent, so a timeout here leaves no
+    # member running (test_children_die_with_their_parent).
+    out = subprocess.run([sys.executable, "-m", "bench", name, "--quick", "--timeout", "60",
+                          "--results-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120)
     (f,) = os.listdir(tmp_path)
     rec = json.loads((tmp_path / f).read_text())
     assert rec["status"] in ("ok", "skipped"), (
@@ -221,3 +226,40 @@ def test_missing_peer_is_skipped_with_a_note(monkeypatch):
     assert ctx.rows == [] and any("etcd is not installed" in n for n in ctx.notes)
     with pytest.raises(FileNotFoundError):
         etcd_peer.EtcdCluster(3)
+
+
+def test_children_die_with_their_parent(tmp_path):
+    """Invariant: a process the harness starts (a member, a benchmark under the runner)
+    gets SIGTERM when its parent dies, even by SIGKILL, so an interrupted benchmark or a
+    timed-out test leaves nothing running."""
+    import signal
+    code = ("import subprocess, sys, time\n"
+            "from raftsqlite.testing.procs import die_with_parent\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+            " preexec_fn=die_with_parent())\n"
+            "print(c.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)                       # running while its parent lives
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                # reaped by init once it exits; a zombie still answers kill(0)
+                with open(f"/proc/{child}/stat") as f:
+                    if f.read().split(")")[-1].split()[0] == "Z":
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the child outlived its SIGKILLed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)

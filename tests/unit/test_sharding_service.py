@@ -189,3 +189,58 @@ def test_strong_read_guard_is_checked_at_apply(shard):
     assert res[0]["code"] == "moved", res
     new = cat.shard_epoch(cat.colocation_of("users"), "s1")
     assert new != old and "values" in read(7, new)[0]
+
+
+def test_default_node_routes_only_once_caught_up_with_its_leader(tmp_path):
+    """Invariant: a default-group node whose own catalog is older than its leader's (just
+    joined, or restarted before replaying its log) refuses routed statements, /readyz
+    readiness and catalog serving with a retryable 503; it opens only once its applied
+    catalog reaches the version its leader reported."""
+    import asyncio
+    from raftsqlite.errors import Unavailable
+    db = Database(str(tmp_path / "db.sqlite"))
+    fsm = FSM(db)
+    lead = SimpleNamespace(node_id="d1", http_addr="127.0.0.1:1")
+    store = SimpleNamespace(guard_check=None, node_id="d2", is_leader=lambda: False,
+                            leader=lambda: lead)
+    node = SimpleNamespace(config=SimpleNamespace(shard=None, join=("127.0.0.1:1",),
+                                                  data_dir=str(tmp_path)),
+                           db=db, fsm=fsm, store=store)
+    svc = ShardingService(node)
+    leaders = Catalog()
+    leaders.apply("catalog.add_group", {"group": "s1"})
+    leaders.apply("catalog.register_table", {"table": "users", "shard_key": "id",
+                                             "key_affinity": "integer"})
+    asked = []
+
+    class FakeClient:
+        async def request(self, method, addr, path, **kw):
+            asked.append((addr, path))
+            return SimpleNamespace(status=200, body=leaders.to_bytes())
+
+        async def close(self):
+            pass
+    svc._client = FakeClient()
+    svc.catch_up_wait = 0.2             # a routed call waits this long, then 503
+    p = SimpleNamespace(shard_id=None, transaction=False, request_id=None, timeout=None,
+                        freshness=None, db_timeout=None)
+
+    async def scenario():
+        svc.loop = asyncio.get_running_loop()
+        await svc.cache.publish(svc.catalog_state.load(db.read_internal).to_bytes())
+        task = asyncio.get_running_loop().create_task(svc._catch_up())
+        await asyncio.sleep(0.3)
+        assert asked and not svc.catalog_loaded() and not store.ready_check()
+        with pytest.raises(Unavailable, match="caught up"):
+            await svc.sql.execute([Statement("INSERT INTO users VALUES (1, 'x')")], p)
+        with pytest.raises(Unavailable):
+            await svc.serve_catalog(-1, 0)
+        # the log brings the leader's catalog ops; the node then opens
+        await svc.cache.publish(leaders.to_bytes())
+        await asyncio.wait_for(task, 5)
+        assert svc.catalog_loaded() and store.ready_check()
+        assert await svc.serve_catalog(-1, 0)
+    try:
+        asyncio.run(scenario())
+    finally:
+        db.close()
