@@ -313,7 +313,7 @@ class MoveRunner:
     def _log_phase(self, before, after, how=None):
         m = self.m or {}
         rng = ks.fmt_range(m.get("start", 0), ks.end_from_json(m.get("end")))
-        log.info("move %s of %s [%s) %s -> %s: %s (rows copied %s of ~%s)%s",
+        log.info("move %s of %s (range %s, %s -> %s): %s (rows copied %s of ~%s)%s",
                  self.id, m.get("table"), rng, m.get("source"), m.get("target"),
                  f"phase {before} -> {after}" if how is None else f"{how} {after}",
                  m.get("rows_copied", self.rows_copied), m.get("rows_total"),
