@@ -32,6 +32,17 @@ async def single(c, fsm=None):
     return node, fsm
 
 
+async def bootstrap_and_elect(nodes, members, timeout=5.0):
+    """Bootstrap every node with ``members`` and return the leader (bounded wait)."""
+    for n in nodes:
+        await n.bootstrap(members)
+    for _ in range(int(timeout / 0.01)):
+        if any(n.is_leader for n in nodes):
+            break
+        await asyncio.sleep(0.01)
+    return next(n for n in nodes if n.is_leader)
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
@@ -156,13 +167,7 @@ def test_nothing_acknowledged_before_durable(tmp_path):
                 real_send(m)
             node.transport.send = send
             nodes.append(node)
-        for n in nodes:
-            await n.bootstrap(members)
-        for _ in range(500):
-            if any(n.is_leader for n in nodes):
-                break
-            await asyncio.sleep(0.01)
-        lead = next(n for n in nodes if n.is_leader)
+        lead = await bootstrap_and_elect(nodes, members)
         for i in range(0, 600, 100):
             await asyncio.gather(*[lead.propose(b"k%d=v" % j) for j in range(i, i + 100)])
         await lead.transfer_leadership(None, timeout=5)   # one more election
@@ -199,13 +204,7 @@ def test_heartbeats_flow_while_fsync_is_slow(tmp_path):
                 real_write(b)
             node.log.write = write
             nodes.append(node)
-        for n in nodes:
-            await n.bootstrap(members)
-        for _ in range(500):
-            if any(n.is_leader for n in nodes):
-                break
-            await asyncio.sleep(0.01)
-        lead = next(n for n in nodes if n.is_leader)
+        lead = await bootstrap_and_elect(nodes, members)
         await lead.propose(b"warm=1")
         term = lead.term
         slow["on"] = True
