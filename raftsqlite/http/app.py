@@ -89,7 +89,10 @@ class AppContext:
         self.counters = collections.Counter()
         # Routes the HTTP fast lane serves without Sanic's request machinery (fastpath.py)
         self.fast_routes = fast_routes(("POST", "/db/execute", rqlite.execute),
-                                       ("POST", "/execute", seed.execute))
+                                       ("GET", "/db/query", rqlite.query),
+                                       ("POST", "/db/query", rqlite.query),
+                                       ("POST", "/execute", seed.execute),
+                                       ("GET", "/query", seed.query))
         self.started_wall = time.time()
         self.bind_addr = None
 

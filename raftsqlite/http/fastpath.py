@@ -15,17 +15,23 @@ answers are the same bytes Sanic would send (tests/api/test_fastpath.py compares
 """
 from time import monotonic
 
-from sanic.headers import format_http1_response
+from sanic.headers import _HTTP1_STATUSLINES as _STATUSLINES, format_http1_response
 from sanic.http import Stage
 from sanic.response import HTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
 
-# Headers whose presence sends a request to Sanic (semantics we do not reimplement).
-_SLOW_HEADERS = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+from raftsqlite.http.wire import JSON_CT
+
+# Headers whose presence sends a request to Sanic (semantics we do not reimplement),
+# and the two we read on the way (content-length; connection, when not keep-alive).
+_SPECIAL = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"content-length",
+                      b"connection"))
 _MAX_HEADER = 8192
 # While a request of ours runs, Sanic's keep-alive timer must not close the connection
 # it believes idle: its clock is pushed past any write timeout, and reset after.
 _FAR = 10 ** 9
+_JSON_TAIL = (b"\r\nconnection: keep-alive\r\nalt-svc: \r\ncontent-type: "
+              + JSON_CT.encode("ascii") + b"\r\n\r\n")
 
 
 def routes(*pairs):
@@ -62,47 +68,75 @@ def _parse(data, routes, max_body):
     sp = data.find(b" ", 0, 8)
     if sp < 0:
         return None
-    method = data[:sp]
-    end = data.find(b"\r\n\r\n", sp, _MAX_HEADER)
-    if end < 0:
+    nl = data.find(b"\r\n", sp, _MAX_HEADER)
+    if nl < 0 or data[nl - 9:nl] != b" HTTP/1.1":
         return None
-    nl = data.find(b"\r\n", sp)
-    line = data[sp + 1:nl]
-    if not line.endswith(b" HTTP/1.1"):
-        return None
-    target = line[:-9]
+    target = data[sp + 1:nl - 9]
+    if not target.isascii():
+        return None     # Sanic answers 400 to a non-ASCII URL
     q = target.find(b"?")
     path, query = (target, b"") if q < 0 else (target[:q], target[q + 1:])
+    method = data[:sp]
     handler = routes.get((method, path))
-    if handler is None:
+    if handler is None or b"#" in query:
+        return None
+    end = data.find(b"\r\n\r\n", nl, _MAX_HEADER)
+    if end <= nl:
         return None
     headers = _Headers()
     length = None
     for h in data[nl + 2:end].split(b"\r\n"):
-        c = h.find(b":")
-        if c <= 0:
+        name, c, value = h.partition(b":")
+        # Sanic keys headers by the exact lower-cased name and left-strips values; a
+        # name with white space around it (or an obs-fold line) is left to Sanic.
+        if not c or not name or name[-1:] in b" \t" or name[:1] in b" \t":
             return None
-        name = h[:c].strip().lower()
-        value = h[c + 1:].strip()
-        if name in _SLOW_HEADERS:
-            return None
-        if name == b"content-length":
-            if length is not None or not value.isdigit():
+        name = name.lower()
+        value = value.lstrip()
+        if name in _SPECIAL:
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return None
+                length = int(value)
+            elif name == b"connection":
+                if value.lower() != b"keep-alive":
+                    return None
+            else:
                 return None
-            length = int(value)
-        elif name == b"connection" and value.lower() != b"keep-alive":
+        key = name.decode("latin-1")
+        if key not in headers:          # the first one counts, as Sanic's getone
+            try:
+                headers[key] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    if length is None:
+        # A GET carries no body; a POST without Content-Length is Sanic's to judge.
+        if method != b"GET":
             return None
-        try:
-            headers[name.decode("latin-1")] = value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if length is None or length > max_body or end + 4 + length != len(data):
+        length = 0
+    if length > max_body or end + 4 + length != len(data):
         return None
-    try:
-        query = query.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return handler, method.decode(), path.decode(), query, headers, data[end + 4:]
+    return (handler, method.decode(), path.decode(), query.decode(), headers,
+            data[end + 4:])
+
+
+def response_bytes(res):
+    """The bytes Sanic sends for ``res`` on a keep-alive HTTP/1.1 connection (its header
+    order: content-length, connection, alt-svc, then the response's own headers with
+    content-type last). A response with only the usual JSON content type (nearly all of
+    them) is formatted here in one step; anything else goes through Sanic's own
+    header processing."""
+    body = res.body or b""
+    headers = res.headers
+    status = res.status
+    if not headers and res.content_type == JSON_CT and 200 <= status < 600 \
+            and status not in (204, 304):
+        return b"%b%b%d%b%b" % (_STATUSLINES[status], b"content-length: ", len(body),
+                                _JSON_TAIL, body)
+    headers["content-length"] = len(body)
+    headers["connection"] = "keep-alive"
+    headers["alt-svc"] = ""   # Sanic sends it empty too: the same bytes either way
+    return format_http1_response(status, res.processed_headers) + body
 
 
 class FastHttpProtocol(HttpProtocol):
@@ -170,10 +204,5 @@ class FastHttpProtocol(HttpProtocol):
             return
         if not isinstance(res, HTTPResponse):
             raise TypeError(f"handler returned {type(res).__name__}, not HTTPResponse")
-        body = res.body or b""
-        headers = res.headers
-        headers["content-length"] = len(body)
-        headers["connection"] = "keep-alive"
-        headers["alt-svc"] = ""   # Sanic sends it empty too: the same bytes either way
-        tr.write(format_http1_response(res.status, res.processed_headers) + body)
+        tr.write(response_bytes(res))
         self.state["requests_count"] = self.state.get("requests_count", 0) + 1

@@ -43,19 +43,20 @@ async def execute(request):
     return wire.json_response(wire.seed_execute_body(_first(res)))
 
 
+async def query(request):
+    """GET /query. Also served by the HTTP fast lane (see rqlite.execute)."""
+    ctx = request.app.ctx
+    p = QueryParams(request.query_string)
+    stmts = request_statements(request, ctx.settings.max_statements, allow_q=True, q=p.q)
+    level = resolve_level(ctx, p.level)
+    res = await fwd.on_leader(request, p, lambda: ctx.sql.query(stmts, p, level))
+    if isinstance(res, HTTPResponse):
+        return res
+    return wire.json_response(wire.seed_rows(_first(res)))
+
+
 def blueprint():
     bp = Blueprint("seed")
     bp.post("/execute")(execute)
-
-    @bp.get("/query")
-    async def query(request):
-        ctx = request.app.ctx
-        p = QueryParams(request.query_string)
-        stmts = request_statements(request, ctx.settings.max_statements, allow_q=True, q=p.q)
-        level = resolve_level(ctx, p.level)
-        res = await fwd.on_leader(request, p, lambda: ctx.sql.query(stmts, p, level))
-        if isinstance(res, HTTPResponse):
-            return res
-        return wire.json_response(wire.seed_rows(_first(res)))
-
+    bp.get("/query")(query)
     return bp

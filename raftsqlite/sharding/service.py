@@ -25,6 +25,8 @@ import logging
 import orjson
 
 from raftsqlite import errors
+from raftsqlite.codec.model import BulkStatements
+from raftsqlite.http.backend import StoreSQL
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
@@ -126,14 +128,45 @@ class NodeGroupExecutor:
 class RouterSQL:
     """``node.sql_backend``: the HTTP handlers' SQL seam, through the router. Statements
     on registered tables are always routed (``auto_route`` is accepted and implied);
-    ``shard_id`` sends them to one group unchanged."""
+    ``shard_id`` sends them to one group unchanged.
+
+    The unsharded path skips the router: on a default-group node whose catalog is
+    loaded, a request without ``shard_id`` whose statements all plan to the default
+    group goes to this node's store exactly as without sharding (``StoreSQL``: every
+    flag, the client's request id, ``raft_index``; a follower raises ``NotLeader`` and
+    the HTTP layer forwards the original request). With no table registered that is
+    one attribute check; otherwise one cached plan lookup per SQL text."""
 
     def __init__(self, svc):
         self.svc = svc
+        self.direct = StoreSQL(svc.node.store)
 
     @property
     def router(self):
         return self.svc.router
+
+    def _unsharded(self, statements, p):
+        svc = self.svc
+        if not svc.is_default or not svc._synced or \
+                (p is not None and getattr(p, "shard_id", None) is not None):
+            return False
+        cat = svc.cache.current()
+        if not cat.tables:
+            return True
+        plan = self.router.planner.plan
+        try:
+            if type(statements) is BulkStatements:
+                return plan(statements.sql, cat).kind == "default"
+            seen = set()
+            for st in statements:
+                sql = getattr(st, "sql", st)
+                if sql not in seen:
+                    if plan(sql, cat).kind != "default":
+                        return False
+                    seen.add(sql)
+            return True
+        except errors.RaftSQLiteError:
+            return False   # the router words the refusal
 
     async def _ready(self):
         # Without the catalog every statement plans as an unsharded one, so a write for
@@ -159,42 +192,43 @@ class RouterSQL:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
         return sid
 
-    async def execute(self, statements, p):
-        tx = bool(p is not None and p.transaction)
+    async def _routed(self, statements, p):
+        """-> False when the request takes the unsharded path, else (once the catalog is
+        loaded) its ``shard_id``, None meaning: route by plan."""
+        if self._unsharded(statements, p):
+            return False
         sid = await self._shard(p)
-        rid = getattr(p, "request_id", None)
-        if rid and sid is None and self.svc.is_default and self._all_default(statements):
-            # A request that goes unchanged, as one request, to the default group goes
-            # straight to this node's store, which raises NotLeader on a follower so the
-            # HTTP layer forwards the original request (id included).
-            return await self.svc.node.store.execute(statements, transaction=tx,
-                                                     request_id=rid, timeout=p.timeout)
+        if sid is None and self._unsharded(statements, p):
+            return False    # the catalog was still loading a moment ago
+        return sid
+
+    async def execute(self, statements, p):
+        sid = await self._routed(statements, p)
+        if sid is False:
+            return await self.direct.execute(statements, p)
         # Routed: every call the router makes carries an id derived from the client's
         # (Router module doc), so a retried request is idempotent on each shard too.
-        res = await self.router.execute(statements, transaction=tx, shard_id=sid,
-                                        request_id=rid)
+        res = await self.router.execute(statements, transaction=bool(p is not None and
+                                                                     p.transaction),
+                                        shard_id=sid, request_id=getattr(p, "request_id", None))
         return {"results": res}
 
-    def _all_default(self, statements):
-        try:
-            cat = self.svc.cache.current()
-            return all(self.router.planner.plan(getattr(st, "sql", st), cat).kind == "default"
-                       for st in statements)
-        except errors.RaftSQLiteError:
-            return False
-
     async def query(self, statements, p, level):
+        sid = await self._routed(statements, p)
+        if sid is False:
+            return await self.direct.query(statements, p, level)
         opts = {"level": level}
         if p is not None:
             if p.freshness:
                 opts["freshness"] = p.freshness
             if p.db_timeout:
                 opts["db_timeout"] = p.db_timeout
-        return {"results": await self.router.query(statements, shard_id=await self._shard(p),
-                                                   **opts)}
+        return {"results": await self.router.query(statements, shard_id=sid, **opts)}
 
     async def request(self, statements, p, level):
-        sid = await self._shard(p)
+        sid = await self._routed(statements, p)
+        if sid is False:
+            return await self.direct.request(statements, p, level)
         if sid is not None:
             res = await self.router.ex.request(sid, list(statements),
                                                transaction=bool(p.transaction), level=level)

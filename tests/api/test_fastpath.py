@@ -90,6 +90,95 @@ def test_fast_lane_answers_like_sanic(single, path, body):
     assert _norm(fast) == _norm(slow)
 
 
+def _get(path, extra=b""):
+    return b"GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (path, extra)
+
+
+READS = [
+    b"/db/query?q=SELECT%20*%20FROM%20r%20ORDER%20BY%20id",
+    b"/db/query?q=SELECT%20*%20FROM%20r%20WHERE%20id%3D2&level=none",
+    b"/db/query?q=SELECT%20v,%20b%20FROM%20r&associative&timings",
+    b"/db/query?q=SELECT%20v,%20b%20FROM%20r&pretty&blob_array",
+    b"/db/query?q=SELECT%20*%20FROM%20nope",
+    b"/db/query?q=SELECT%20*%20FROM%20r&level=bogus",
+    b"/db/query?q=%20",
+    b"/db/query",
+    b"/db/query?q=SELECT%201&freshness=x",
+    b"/db/query?q=SELECT+v+FROM+r+WHERE+v%3D%27a%27&level=weak",
+    b"/query?q=SELECT%20*%20FROM%20r",
+    b"/query?q=SELECT%20*%20FROM%20nope",
+]
+
+
+@pytest.fixture
+def with_rows(single):
+    single.http.post("/db/execute", [
+        "CREATE TABLE IF NOT EXISTS r(id INTEGER PRIMARY KEY, v TEXT, b BLOB)",
+        ["INSERT OR REPLACE INTO r(id, v, b) VALUES(?, ?, ?)", 1, "a", [1, 2, 255]],
+        ["INSERT OR REPLACE INTO r(id, v, b) VALUES(?, ?, ?)", 2, "b\u00e9", None]])
+    return single
+
+
+@pytest.mark.parametrize("path", READS)
+def test_fast_lane_reads_answer_like_sanic(with_rows, path):
+    """A GET read gives the same bytes whether it arrives whole (fast lane) or split
+    (Sanic), and only the first uses the lane."""
+    req = _get(path)
+    n0 = _fast_count(with_rows)
+    fast = _exchange(with_rows.port, [req])[0]
+    assert _fast_count(with_rows) == n0 + 1
+    slow = _exchange(with_rows.port, [req[:7], req[7:]])[0]
+    assert _fast_count(with_rows) == n0 + 1
+    assert _norm(fast) == _norm(slow)
+
+
+def test_fast_lane_post_query_answers_like_sanic(with_rows):
+    """POST /db/query with a JSON body of reads: the same bytes through both lanes."""
+    head, body = _request(b"/db/query?level=none",
+                          b'[["SELECT v FROM r WHERE id=?", 1], "SELECT COUNT(*) FROM r"]')
+    n0 = _fast_count(with_rows)
+    fast = _exchange(with_rows.port, [head + body])[0]
+    slow = _exchange(with_rows.port, [head, body])[0]
+    assert _fast_count(with_rows) == n0 + 1
+    assert _norm(fast) == _norm(slow) and b'"values":[["a"]]' in fast
+
+
+@pytest.mark.parametrize("req", [
+    b"GET /db/query?q=SELECT%201 HTTP/1.0\r\nHost: t\r\n\r\n",
+    b"GET /db/query?q=SELECT%201 HTTP/1.1\r\nHost : t\r\n\r\n",
+    b"GET /db/query?q=SELECT%201 HTTP/1.1\r\nHost: t\r\nConnection: keep-alive \r\n\r\n",
+    b"GET /db/query?q=SELECT%20'\xc3\xa9' HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /db/query?q=SELECT%201#f HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /db/query/?q=SELECT%201 HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"HEAD /db/query?q=SELECT%201 HTTP/1.1\r\nHost: t\r\n\r\n",
+])
+def test_reads_the_lane_does_not_own_go_to_sanic(single, req):
+    """HTTP/1.0, odd header names, non-ASCII URLs, fragments, other paths and methods
+    are Sanic's: the lane does not count them, and each still gets an answer."""
+    n0 = _fast_count(single)
+    with socket.create_connection(("127.0.0.1", single.port)) as s:
+        s.sendall(req)
+        s.settimeout(10)
+        got = s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 ") or got.startswith(b"HTTP/1.0 ")
+    assert _fast_count(single) == n0
+
+
+def test_follower_forwards_reads_through_the_fast_lane(trio):
+    """A weak read arriving at a follower through the lane is forwarded to the leader;
+    the answer is the one Sanic relays."""
+    leader, follower, _ = trio
+    _exchange(leader.port, [b"".join(_request(
+        b"/db/execute", b'[["CREATE TABLE IF NOT EXISTS f(x)"], ["INSERT INTO f VALUES(7)"]]'))])
+    req = _get(b"/db/query?q=SELECT%20x%20FROM%20f&level=weak")
+    fast = _exchange(follower.port, [req])[0]
+    slow = _exchange(follower.port, [req[:7], req[7:]])[0]
+    assert _fast_count(follower) == 1
+    assert fast.endswith(b'{"results":[{"columns":["x"],"types":["integer"],"values":[[7]]}]}')
+    assert _norm(fast) == _norm(slow)
+    assert b"x-rqlite-served-by: " + leader.addr.encode() in fast.lower()
+
+
 def test_follower_forwards_through_the_fast_lane(trio):
     """A write arriving at a follower through the lane is forwarded to the leader and
     relayed with the leader's answer, as through Sanic."""
