@@ -58,6 +58,11 @@ class Store:
         self._queue = collections.deque()
         self._inflight = 0
         self._wait_handle = None
+        # Write timeouts: one FIFO per timeout value (deadlines in order) and one timer
+        # for the earliest, instead of a timer per write (_expire_due).
+        self._expiry = {}
+        self._expiry_handle = None
+        self._expiry_at = 0.0
         self._rng = random.Random()
         self._closed = False
         self.guard_check = None     # fn(guard: bytes) for reads; the sharding layer sets it
@@ -73,6 +78,9 @@ class Store:
             if not fut.done():
                 fut.set_exception(OutcomeUnknown("node is shutting down"))
         self._queue.clear()
+        if self._expiry_handle is not None:
+            self._expiry_handle.cancel()
+            self._expiry_handle = None
         self._reads.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=False, cancel_futures=True)
 
@@ -157,7 +165,8 @@ class Store:
                 self._flush()
         elif self._inflight < cfg.max_inflight and len(self._queue) >= cfg.batch_max_requests:
             self._flush()
-        return self._await(fut, timeout)
+        self._expire_at(loop, fut, timeout)
+        return fut
 
     async def execute_many(self, requests, *, timeout=None):
         """Independent write requests that arrived together (a sharding router's coalesced
@@ -211,14 +220,46 @@ class Store:
             handle.cancel()
         return outs
 
-    async def _await(self, fut, timeout):
-        # A timer instead of wait_for(shield(...)): no extra task per write on the hot path.
-        # The batch still completes for everyone else; this caller just stops waiting.
-        handle = asyncio.get_running_loop().call_later(timeout, _expire, fut, timeout)
-        try:
-            return await fut
-        finally:
-            handle.cancel()
+    def _expire_at(self, loop, fut, timeout):
+        """Fail ``fut`` with Timeout if it is not done ``timeout`` seconds from now. The
+        batch still completes for everyone else; this caller just stops waiting. (A timer
+        per write cost more than the rest of the store's own work for it.)"""
+        dq = self._expiry.get(timeout)
+        if dq is None:
+            dq = self._expiry[timeout] = collections.deque()
+        else:
+            while dq and dq[0][1].done():    # writes finish about in order: keep it short
+                dq.popleft()
+        at = loop.time() + timeout
+        dq.append((at, fut))
+        if self._expiry_handle is None or at < self._expiry_at:
+            if self._expiry_handle is not None:
+                self._expiry_handle.cancel()
+            self._expiry_at = at
+            self._expiry_handle = loop.call_at(at, self._expire_due)
+
+    def _expire_due(self):
+        self._expiry_handle = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        first = None
+        for timeout, dq in list(self._expiry.items()):
+            while dq:
+                at, fut = dq[0]
+                if fut.done():
+                    dq.popleft()
+                elif at <= now:
+                    dq.popleft()
+                    _expire(fut, timeout)
+                else:
+                    break
+            if dq:
+                first = dq[0][0] if first is None else min(first, dq[0][0])
+            else:
+                del self._expiry[timeout]
+        if first is not None and not self._closed:
+            self._expiry_at = first
+            self._expiry_handle = loop.call_at(first, self._expire_due)
 
     def _flush(self):
         self._wait_handle = None

@@ -115,23 +115,24 @@ class StoreSQL:
     def __init__(self, store):
         self.store = store
 
-    async def execute(self, statements, p):
-        return await self.store.execute(
+    # Each returns the store's coroutine (no frame of its own on the hot path).
+    def execute(self, statements, p):
+        return self.store.execute(
             statements, transaction=bool(p is not None and p.transaction),
             request_id=getattr(p, "request_id", None),
             timeout=p.timeout if p is not None else None)
 
-    async def query(self, statements, p, level):
+    def query(self, statements, p, level):
         timeout = p.timeout
         if level == "linearizable" and p.linearizable_timeout:
             timeout = p.linearizable_timeout  # rqlite's bound on the leadership check
-        return await self.store.query(
+        return self.store.query(
             statements, level=level, freshness=p.freshness,
             freshness_strict=p.freshness_strict, transaction=p.transaction,
             db_timeout=p.db_timeout, timeout=timeout)
 
-    async def request(self, statements, p, level):
-        return await self.store.request(
+    def request(self, statements, p, level):
+        return self.store.request(
             statements, transaction=p.transaction, request_id=getattr(p, "request_id", None),
             level=level, freshness=p.freshness,
             freshness_strict=p.freshness_strict, db_timeout=p.db_timeout, timeout=p.timeout)

@@ -62,70 +62,150 @@ def parse_duration(text, name):
     return total
 
 
+def _unquote_ascii(s):
+    """``urllib.parse.unquote(s.replace("+", " "), errors="strict")`` for an ASCII ``s``
+    (what ``parse_qsl`` does to each name and value), without its regular expression."""
+    if "+" in s:
+        s = s.replace("+", " ")
+    if "%" not in s:
+        return s
+    parts = s.split("%")
+    out = [parts[0]]
+    get = _HEXCHR.get
+    for part in parts[1:]:
+        c = get(part[:2])
+        if c is None:
+            return _unquote_bytes(parts)   # a byte >= 0x80 (UTF-8), or a bare %
+        out.append(c)
+        out.append(part[2:])
+    return "".join(out)
+
+
+def _unquote_bytes(parts):
+    out = [parts[0].encode("ascii")]
+    for part in parts[1:]:
+        b = _HEXBYTE.get(part[:2])
+        if b is None:
+            out.append(b"%" + part.encode("ascii"))
+        else:
+            out.append(b)
+            out.append(part[2:].encode("ascii"))
+    return b"".join(out).decode("utf-8", "strict")
+
+
+_HEX = "0123456789abcdefABCDEF"
+_HEXBYTE = {a + b: bytes.fromhex(a + b) for a in _HEX for b in _HEX}
+_HEXCHR = {k: chr(v[0]) for k, v in _HEXBYTE.items() if v[0] < 0x80}
+
+
+def parse_query(query_string):
+    """The first value of each key, as ``parse_qsl(keep_blank_values=True,
+    max_num_fields=256, errors="strict")`` gives them (a ``ValueError`` or
+    ``UnicodeDecodeError`` as it raises them). Query strings that reach us are ASCII
+    (HTTP servers refuse others), and for those the split is done here directly."""
+    if not query_string.isascii():
+        pairs = parse_qsl(query_string, keep_blank_values=True, max_num_fields=256,
+                          errors="strict")
+        raw = {}
+        for k, v in pairs:
+            raw.setdefault(k, v)
+        return raw
+    if query_string.count("&") >= 256:
+        raise ValueError("Max number of fields exceeded")
+    raw = {}
+    for part in query_string.split("&"):
+        if not part:
+            continue
+        k, _, v = part.partition("=")
+        k = _unquote_ascii(k)
+        v = _unquote_ascii(v)
+        if k not in raw:
+            raw[k] = v
+    return raw
+
+
 class QueryParams:
     """The query-string flags of one request, typed. Unknown keys are ignored, as
-    rqlite ignores them (clients add their own)."""
+    rqlite ignores them (clients add their own).
 
-    __slots__ = PRESENCE_FLAGS + (
-        "level", "freshness", "timeout", "db_timeout", "q", "ver", "fmt", "tables", "key",
-        "retries", "auto_route", "shard_id", "query_string", "raw", "linearizable_timeout",
-        "request_id")
+    What an absent key means is a class attribute below, so a request sets only what it
+    names (most name nothing, or one or two flags)."""
+
+    level = "weak"
+    freshness = timeout = db_timeout = linearizable_timeout = None
+    q = None
+    ver = ""
+    fmt = "binary"
+    tables = None
+    key = ""
+    retries = 0
+    auto_route = False
+    shard_id = None
+    request_id = None
 
     def __init__(self, query_string=""):
         self.query_string = query_string
-        raw = {}
-        if query_string:
-            try:
-                pairs = parse_qsl(query_string, keep_blank_values=True,
-                                  max_num_fields=256, errors="strict")
-            except (ValueError, UnicodeDecodeError) as e:
-                raise errors.BadRequest(f"malformed query string: {e}") from None
-            for k, v in pairs:
-                raw.setdefault(k, v)  # first value wins, as in rqlite
+        if not query_string:
+            self.raw = {}
+            return
+        try:
+            raw = parse_query(query_string)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise errors.BadRequest(f"malformed query string: {e}") from None
         self.raw = raw
-        for f in PRESENCE_FLAGS:
-            setattr(self, f, f in raw)
+        for k in raw:
+            if k in _PRESENCE:
+                setattr(self, k, True)
 
-        level = raw.get("level", "weak").strip().lower() or "weak"
-        if level not in LEVELS:
-            raise errors.BadRequest(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-        self.level = level
+        level = raw.get("level")
+        if level is not None:
+            level = level.strip().lower() or "weak"
+            if level not in LEVELS:
+                raise errors.BadRequest(
+                    f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+            self.level = level
 
-        self.freshness = self._duration("freshness")
-        self.timeout = self._duration("timeout")
-        self.db_timeout = self._duration("db_timeout")
-        self.linearizable_timeout = self._duration("linearizable_timeout")
+        for name in _DURATIONS:
+            v = raw.get(name)
+            if v is not None:
+                setattr(self, name, parse_duration(v, name))
         if self.freshness_strict and self.freshness is None:
             raise errors.BadRequest("freshness_strict requires freshness")
         if self.timeout == 0:
             self.timeout = None
 
         q = raw.get("q")
-        if q is not None and q.strip() == "":
-            raise errors.BadRequest("query parameter not set")
-        self.q = q
-        self.ver = raw.get("ver", "")
-        fmt = raw.get("fmt", "").strip().lower()
-        if fmt not in ("", "binary", "sql", "sqlite"):
-            raise errors.BadRequest(f"fmt must be binary or sql, got {fmt!r}")
-        self.fmt = "sql" if fmt == "sql" else "binary"
-        tables = [t.strip() for t in raw.get("tables", "").split(",") if t.strip()]
-        self.tables = tables or None
-        self.key = raw.get("key", "")
+        if q is not None:
+            if q.strip() == "":
+                raise errors.BadRequest("query parameter not set")
+            self.q = q
+        if "ver" in raw:
+            self.ver = raw["ver"]
+        fmt = raw.get("fmt")
+        if fmt is not None:
+            fmt = fmt.strip().lower()
+            if fmt not in ("", "binary", "sql", "sqlite"):
+                raise errors.BadRequest(f"fmt must be binary or sql, got {fmt!r}")
+            self.fmt = "sql" if fmt == "sql" else "binary"
+        t = raw.get("tables")
+        if t is not None:
+            tables = [x.strip() for x in t.split(",") if x.strip()]
+            self.tables = tables or None
+        if "key" in raw:
+            self.key = raw["key"]
         r = raw.get("retries")
         if r is not None:
             try:
                 self.retries = int(r)
             except ValueError:
                 raise errors.BadRequest(f"retries is not a valid integer: {r!r}") from None
-        else:
-            self.retries = 0
         # The seed's API says auto_route=true; a value is meaningful there.
         ar = raw.get("auto_route")
-        self.auto_route = ar is not None and ar.strip().lower() not in ("false", "0", "no", "off")
+        if ar is not None:
+            self.auto_route = ar.strip().lower() not in ("false", "0", "no", "off")
         sid = raw.get("shard_id")
-        self.shard_id = sid.strip() if sid and sid.strip() else None
-        self.request_id = None
+        if sid and sid.strip():
+            self.shard_id = sid.strip()
         self.set_request_id(raw.get("request_id"))
 
     def set_request_id(self, rid):
@@ -155,6 +235,13 @@ class QueryParams:
         if v is None:
             return None
         return parse_duration(v, name)
+
+
+for _f in PRESENCE_FLAGS:
+    setattr(QueryParams, _f, False)
+_PRESENCE = frozenset(PRESENCE_FLAGS)
+# parsed in this order (the first bad one is the one reported)
+_DURATIONS = ("freshness", "timeout", "db_timeout", "linearizable_timeout")
 
 
 # ---- statements -----------------------------------------------------------------------

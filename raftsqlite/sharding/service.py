@@ -192,18 +192,33 @@ class RouterSQL:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
         return sid
 
-    async def _routed(self, statements, p):
-        """-> False when the request takes the unsharded path, else (once the catalog is
-        loaded) its ``shard_id``, None meaning: route by plan."""
-        if self._unsharded(statements, p):
-            return False
+    async def _routed_sid(self, statements, p):
+        """Once the catalog is loaded: False when the request takes the unsharded path
+        after all, else its ``shard_id`` (None: route by plan)."""
         sid = await self._shard(p)
         if sid is None and self._unsharded(statements, p):
             return False    # the catalog was still loading a moment ago
         return sid
 
-    async def execute(self, statements, p):
-        sid = await self._routed(statements, p)
+    # The three calls return an awaitable without a coroutine of their own on the
+    # unsharded path (it is every request's path on an unsharded cluster).
+    def execute(self, statements, p):
+        if self._unsharded(statements, p):
+            return self.direct.execute(statements, p)
+        return self._execute(statements, p)
+
+    def query(self, statements, p, level):
+        if self._unsharded(statements, p):
+            return self.direct.query(statements, p, level)
+        return self._query(statements, p, level)
+
+    def request(self, statements, p, level):
+        if self._unsharded(statements, p):
+            return self.direct.request(statements, p, level)
+        return self._request(statements, p, level)
+
+    async def _execute(self, statements, p):
+        sid = await self._routed_sid(statements, p)
         if sid is False:
             return await self.direct.execute(statements, p)
         # Routed: every call the router makes carries an id derived from the client's
@@ -213,8 +228,8 @@ class RouterSQL:
                                         shard_id=sid, request_id=getattr(p, "request_id", None))
         return {"results": res}
 
-    async def query(self, statements, p, level):
-        sid = await self._routed(statements, p)
+    async def _query(self, statements, p, level):
+        sid = await self._routed_sid(statements, p)
         if sid is False:
             return await self.direct.query(statements, p, level)
         opts = {"level": level}
@@ -225,8 +240,8 @@ class RouterSQL:
                 opts["db_timeout"] = p.db_timeout
         return {"results": await self.router.query(statements, shard_id=sid, **opts)}
 
-    async def request(self, statements, p, level):
-        sid = await self._routed(statements, p)
+    async def _request(self, statements, p, level):
+        sid = await self._routed_sid(statements, p)
         if sid is False:
             return await self.direct.request(statements, p, level)
         if sid is not None:

@@ -311,6 +311,51 @@ def test_write_timeout_is_reported_and_others_unaffected(env):
     assert run(go())["results"][0]["values"] == [[0]]
 
 
+def test_write_timeouts_of_different_lengths_each_fire_on_time(env):
+    """Invariant: with one expiry timer for all writes, each write still times out at
+    its own deadline: a short timeout queued after a long one fires first, the long one
+    fires after its own time, and a write that completes is never failed."""
+    import time
+    from raftsqlite.errors import Timeout
+    store, raft = env
+    raft.delay = 0.6
+
+    async def timed(coro):
+        t0 = time.monotonic()
+        try:
+            await coro
+            return "ok", time.monotonic() - t0
+        except Timeout:
+            return "timeout", time.monotonic() - t0
+
+    async def go():
+        long_ = asyncio.ensure_future(timed(store.execute(
+            [Statement("CREATE TABLE t1 (a)")], timeout=0.4)))
+        await asyncio.sleep(0.01)
+        short = asyncio.ensure_future(timed(store.execute(
+            [Statement("CREATE TABLE t2 (a)")], timeout=0.1)))
+        done = asyncio.ensure_future(timed(store.execute(
+            [Statement("CREATE TABLE t3 (a)")], timeout=5.0)))
+        return await long_, await short, await done
+    (lk, lt), (sk, st_), (dk, dt) = run(go())
+    assert (lk, sk, dk) == ("timeout", "timeout", "ok")
+    assert 0.08 <= st_ < 0.35 and 0.38 <= lt < 0.58, (st_, lt)
+
+
+def test_expiry_queue_stays_short_under_steady_writes(env):
+    """Invariant: completed writes leave the expiry queue as new ones arrive (it holds
+    about the writes in flight, not every write of the last timeout period)."""
+    store, raft = env
+    raft.delay = 0.0
+
+    async def go():
+        await store.execute([Statement("CREATE TABLE t (a)")])
+        for i in range(300):
+            await store.execute([Statement("INSERT INTO t VALUES (?)", [i])])
+        return sum(len(q) for q in store._expiry.values())
+    assert run(go()) <= 2
+
+
 def test_long_read_falls_back_from_the_loop_to_a_thread(env):
     """A read past the inline budget is interrupted on the loop and re-run on a reader
     thread, giving the full answer."""
