@@ -22,14 +22,11 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 
 from raftsqlite.http.wire import JSON_CT
 
-# Headers whose presence sends a request to Sanic (semantics we do not reimplement),
-# and the two we read on the way (content-length; connection, when not keep-alive).
-_SPECIAL = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"content-length",
-                      b"connection"))
 _MAX_HEADER = 8192
 # While a request of ours runs, Sanic's keep-alive timer must not close the connection
 # it believes idle: its clock is pushed past any write timeout, and reset after.
 _FAR = 10 ** 9
+_dget = dict.get
 _JSON_TAIL = (b"\r\nconnection: keep-alive\r\nalt-svc: \r\ncontent-type: "
               + JSON_CT.encode("ascii") + b"\r\n\r\n")
 
@@ -40,7 +37,8 @@ def routes(*pairs):
 
 
 class _Headers(dict):
-    """Lower-case header names -> str values; ``get`` as on Sanic's headers."""
+    """Lower-case header names -> left-stripped str values, the first of each name;
+    ``get`` as on Sanic's headers."""
     __slots__ = ()
 
     def get(self, key, default=None):
@@ -83,41 +81,39 @@ def _parse(data, routes, max_body):
     end = data.find(b"\r\n\r\n", nl, _MAX_HEADER)
     if end <= nl:
         return None
-    headers = _Headers()
-    length = None
-    for h in data[nl + 2:end].split(b"\r\n"):
-        name, c, value = h.partition(b":")
-        # Sanic keys headers by the exact lower-cased name and left-strips values; a
-        # name with white space around it (or an obs-fold line) is left to Sanic.
-        if not c or not name or name[-1:] in b" \t" or name[:1] in b" \t":
+    block = data[nl + 2:end]
+    if not block.isascii():
+        return None     # Sanic decodes it with surrogateescape: leave that to it
+    # Keys are the exact lower-cased names, as Sanic keys them (not stripped: a name
+    # with white space is some other header to both), values left-stripped as Sanic's.
+    hdrs = _Headers()
+    for h in block.decode("ascii").split("\r\n"):
+        name, c, value = h.partition(":")
+        if not c or not name:
             return None
         name = name.lower()
-        value = value.lstrip()
-        if name in _SPECIAL:
-            if name == b"content-length":
-                if length is not None or not value.isdigit():
-                    return None
-                length = int(value)
-            elif name == b"connection":
-                if value.lower() != b"keep-alive":
-                    return None
-            else:
-                return None
-        key = name.decode("latin-1")
-        if key not in headers:          # the first one counts, as Sanic's getone
-            try:
-                headers[key] = value.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
+        if name not in hdrs:
+            hdrs[name] = value.lstrip()
+        elif name == "content-length":
+            return None
+    if "transfer-encoding" in hdrs or "expect" in hdrs or "upgrade" in hdrs:
+        return None
+    conn = _dget(hdrs, "connection")
+    if conn is not None and conn.lower() != "keep-alive":
+        return None
+    length = _dget(hdrs, "content-length")
     if length is None:
         # A GET carries no body; a POST without Content-Length is Sanic's to judge.
         if method != b"GET":
             return None
         length = 0
+    elif length.isdigit():
+        length = int(length)
+    else:
+        return None
     if length > max_body or end + 4 + length != len(data):
         return None
-    return (handler, method.decode(), path.decode(), query.decode(), headers,
-            data[end + 4:])
+    return handler, method.decode(), path.decode(), query.decode(), hdrs, data[end + 4:]
 
 
 def response_bytes(res):
