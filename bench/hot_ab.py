@@ -1,6 +1,7 @@
 """A/B of the per-request hot path: two checkouts side by side, same time window.
 
     python -m bench.hot_ab --a /path/to/baseline --b . [--rounds 3] [--duration 4]
+        [--workloads insert,read] [--a-args '-max-inflight 1'] [--b-args ...]
 
 Starts one 3-member cluster per checkout (both stay up for the whole run), then
 alternates short wrk runs A, B, A, B, ... so background noise hits both alike. For each
@@ -49,14 +50,17 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--workloads", default="insert,read")
+    ap.add_argument("--a-args", default="", help="extra node flags for A, e.g. '-max-inflight 1'")
+    ap.add_argument("--b-args", default="", help="extra node flags for B")
     a = ap.parse_args(argv)
     roots = {"A": os.path.abspath(a.a), "B": os.path.abspath(a.b)}
     wls = {"insert": (RqliteInsert(), 64), "read": (RqliteQuery("reads", READ_ROWS, "none"), 32)}
     chosen = [w for w in a.workloads.split(",") if w]
     clusters = {}
     try:
+        extra = {"A": a.a_args.split(), "B": a.b_args.split()}
         for k, root in roots.items():
-            c = clusters[k] = RaftsqliteCluster(3, root=root).start()
+            c = clusters[k] = RaftsqliteCluster(3, root=root, extra_args=extra[k]).start()
             c.execute([["CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, v TEXT)"]])
             if "read" in chosen:
                 c.fill("reads", READ_ROWS)
