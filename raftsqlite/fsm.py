@@ -19,6 +19,9 @@ Called by the Raft driver from one executor thread, never on the event loop.
   statement-at-a-time path (``fast_path=False``), which a differential test checks. A
   request in the bulk form (``BulkStatements``: one text, a parameter matrix) is such a
   run by construction: its text is checked once and its rows go straight to SQLite.
+  Across requests, a run of one-statement requests of one text (group commit of
+  single-row writes) goes through one cursor the same way (``_run_singles``), with each
+  request's hooks, results and re-run marking exactly as when applied alone.
 * QUERY entries (reads at level ``strong``) run inside a savepoint that is always rolled
   back, so nothing a read does can change the database.
 * SYSTEM entries dispatch ``(name, args)`` ops to handlers registered by name; they run
@@ -241,10 +244,28 @@ class FSM:
         self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
         if t == CommandType.EXECUTE:
             out, added = [], 0
-            for ri, req in enumerate(cmd.requests):
+            reqs = cmd.requests
+            n = len(reqs)
+            ri = 0
+            while ri < n:
+                req = reqs[ri]
+                if self.fast_path and ri + 1 < n:
+                    # Group commit packs many one-statement requests, mostly of one text
+                    # (single-row inserts): such a run goes through one cursor.
+                    sql = _single_sql(req)
+                    if sql is not None and _single_sql(reqs[ri + 1]) == sql \
+                            and (pos, ri) not in poisoned and (pos, ri + 1) not in poisoned \
+                            and INTERNAL_PREFIX not in sql.lower():
+                        j = ri + 2
+                        while j < n and _single_sql(reqs[j]) == sql and (pos, j) not in poisoned:
+                            j += 1
+                        self._run_singles(reqs, ri, j, sql, pos, out)
+                        ri = j
+                        continue
                 res, new = self._execute_request(req, (pos, ri) in poisoned, (pos, ri))
                 out.append(res)
                 added += new
+                ri += 1
             return {"index": e.index, "results": out}, added
         if t == CommandType.QUERY:
             if any((pos, ri) in poisoned for ri in range(len(cmd.requests))):
@@ -296,6 +317,52 @@ class FSM:
                         (bytes(rid), _dump_result(results)))
             return results, 1
         return results, 0
+
+    def _run_singles(self, reqs, i, j, sql, pos, out):
+        """Requests ``i..j-1`` of an EXECUTE entry, each one statement of text ``sql`` (no
+        transaction, no request id, not poisoned), with exactly the results and effects
+        of ``_execute_request`` on each in turn: the request hooks run for every request
+        first (they read only internal state, which user statements cannot change), then
+        the statements of the requests not refused run in order, the first through the
+        traced path, and once one gave a write result the rest through one cursor
+        (``run_user_many``), as ``_run_fast`` does inside a request. A statement that
+        ends the SQLite transaction raises ``_TxnLost`` for its own request, so the
+        re-run marks exactly the request the statement-at-a-time path would."""
+        db = self.db
+        c = self.counters
+        results = [None] * (j - i)
+        todo = []
+        for ri in range(i, j):
+            req = reqs[ri]
+            c["requests"] += 1
+            refused = self._refusal(req, True) if self._request_hooks else None
+            if refused is not None:
+                results[ri - i] = [refused]
+            else:
+                todo.append((ri, req.statements[0].params))
+        c["statements"] += len(todo)
+        k = 0
+        while k < len(todo):
+            ri, params = todo[k]
+            r = db.run_user(sql, params)
+            if not db.in_transaction():
+                raise _TxnLost((pos, ri))
+            results[ri - i] = [r]
+            k += 1
+            if "last_insert_id" not in r:
+                continue        # an error, or rows came back: the next one alone too
+            while k < len(todo):
+                got = []
+                stop = db.run_user_many(sql, [p for _, p in todo[k:]], got, True)
+                for m, r in enumerate(got):
+                    results[todo[k + m][0] - i] = [r]
+                if stop is None:
+                    # the failing statement appended its error; one that succeeded and
+                    # still ended the transaction appended nothing
+                    bad = k + len(got) - 1 if got and "error" in got[-1] else k + len(got)
+                    raise _TxnLost((pos, todo[bad][0]))
+                k += len(got)   # stop: an error on the last one; go on after it
+        out.extend(results)
 
     def _run_slow(self, stmts, txn, key, results):
         """One statement at a time through ``Database.run_user`` (the reference path).
@@ -481,6 +548,15 @@ CLOCK_OP = "clock"
 def clock_op(ms):
     """The op that carries the proposing leader's instant (Julian-day milliseconds)."""
     return (CLOCK_OP, int(ms).to_bytes(8, "big"))
+
+
+def _single_sql(req):
+    """The text of a request that is one statement, without transaction or request id
+    (what ``_run_singles`` may run together with its neighbours), else None."""
+    sts = req.statements
+    if type(sts) is not list or len(sts) != 1 or req.transaction or req.request_id:
+        return None
+    return sts[0].sql
 
 
 def _clock(ops):

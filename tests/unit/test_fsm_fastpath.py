@@ -225,3 +225,72 @@ def test_sequential_inserts_proved_or_not_used(tmp_path):
         assert [r["last_insert_id"] for r in res] == [31, 32, 33, 34, 35]
     finally:
         db.close()
+
+
+@hs.composite
+def single_requests(draw):
+    """What group commit packs into one entry: many one-statement requests, mostly runs
+    of one text, now and then one with a transaction or a request id, a refused one
+    (guarded: see _refusing_hook) or another text."""
+    text = TEXTS[draw(hs.integers(0, len(TEXTS) - 1))]
+    out = []
+    for _ in range(draw(hs.integers(1, 30))):
+        st = draw(statement(text if draw(hs.integers(0, 4)) else None))
+        kind = draw(hs.integers(0, 19))
+        out.append(Request([st], transaction=kind == 0,
+                           request_id=b"r%d" % draw(hs.integers(0, 5)) if kind == 1 else None,
+                           guard=b"no" if kind == 2 else None))
+    return out
+
+
+def _refusing_hook(ctx, req, write=True):
+    from raftsqlite.errors import Moved
+    if req.guard == b"no":
+        raise Moved("refused by the test hook")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(batches=hs.lists(single_requests(), min_size=1, max_size=3))
+def test_runs_of_single_statement_requests_match_reference_path(tmp_path, batches):
+    """Invariant: an entry of many one-statement requests (group commit of single-row
+    writes) applied with runs of one text through one cursor gives the same results per
+    request, the same database and the same number of re-runs (ON CONFLICT ROLLBACK
+    marks the same request) as applying each request alone on the reference path, with
+    a request hook refusing some requests and request ids deduplicating others."""
+    import raftsqlite.fsm as fsm_mod
+    orig = fsm_mod.FSM.__init__
+
+    def with_hook(self, *a, **kw):
+        orig(self, *a, **kw)
+        self.add_request_hook(_refusing_hook)
+    fsm_mod.FSM.__init__ = with_hook
+    try:
+        slow = _run(str(tmp_path / "slow.db"), False, batches)
+        fast = _run(str(tmp_path / "fast.db"), True, batches)
+        unread = _run(str(tmp_path / "unread.db"), True, batches, wanted=lambda index: False)
+    finally:
+        fsm_mod.FSM.__init__ = orig
+    assert fast == slow
+    assert unread == slow
+
+
+def test_runs_of_single_statement_requests_are_used(tmp_path):
+    """Invariant: the one-cursor path is taken for a run of one text (so the test above
+    exercises it): fewer traced statements than requests."""
+    from raftsqlite import db as db_mod
+    calls = []
+    real = db_mod.Database.run_user
+
+    def counting(self, sql, params=None):
+        calls.append(sql)
+        return real(self, sql, params)
+    db_mod.Database.run_user = counting
+    try:
+        reqs = [Request([Statement("INSERT INTO p(k, v) VALUES (?, ?)", [i, "x"])])
+                for i in range(20)]
+        out = _run(str(tmp_path / "f.db"), True, [reqs])
+    finally:
+        db_mod.Database.run_user = real
+    assert len([c for c in calls if c.startswith("INSERT INTO p")]) == 1
+    assert [r[0]["last_insert_id"] for r in out[0][0][0]["results"]] == list(range(1, 21))
