@@ -249,8 +249,8 @@ def _refusing_hook(ctx, req, write=True):
         raise Moved("refused by the test hook")
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("FSM_EXAMPLES", "80")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(batches=hs.lists(single_requests(), min_size=1, max_size=3))
 def test_runs_of_single_statement_requests_match_reference_path(tmp_path, batches):
     """Invariant: an entry of many one-statement requests (group commit of single-row
