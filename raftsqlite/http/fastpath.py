@@ -17,7 +17,8 @@ same bytes Sanic would send (tests/api/test_fastpath.py compares them).
 """
 from time import monotonic
 
-from sanic.headers import _HTTP1_STATUSLINES as _STATUSLINES, format_http1_response
+from sanic.headers import format_http1_response
+from sanic.helpers import STATUS_CODES
 from sanic.http import Stage
 from sanic.response import HTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
@@ -29,6 +30,9 @@ _MAX_HEADER = 8192
 # it believes idle: its clock is pushed past any write timeout, and reset after.
 _FAR = 10 ** 9
 _dget = dict.get
+# Sanic's status lines (sanic.headers builds the same table for format_http1_response)
+_STATUSLINES = [b"HTTP/1.1 %d %b\r\n" % (status, STATUS_CODES.get(status, b"UNKNOWN"))
+                for status in range(1000)]
 _JSON_TAIL = (b"\r\nconnection: keep-alive\r\nalt-svc: \r\ncontent-type: "
               + JSON_CT.encode("ascii") + b"\r\n\r\n")
 
