@@ -234,3 +234,24 @@ def test_unusual_requests_go_to_sanic(single, extra):
     out = out[-1]
     assert out.startswith(b"HTTP/1.1 ") and out.endswith(b'{"results":[{}]}')
     assert _fast_count(single) == n0
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 301, 304, 400, 404, 408, 413, 500, 503,
+                                    504, 599])
+@pytest.mark.parametrize("headers", [None, {"Location": "http://x/y"},
+                                     {"X-RQLITE-SERVED-BY": "127.0.0.1:1"}])
+def test_response_bytes_are_sanics_format(status, headers):
+    """Invariant: the one-step formatting gives exactly the bytes of Sanic's own header
+    processing (content-length, connection, alt-svc, the response's headers, content
+    type last; none for 204/304), for every status and with extra headers."""
+    from sanic.headers import format_http1_response
+    from raftsqlite.http import wire
+    from raftsqlite.http.fastpath import response_bytes
+    body = b'{"results":[]}'
+    fast = response_bytes(wire.json_response({"results": []}, status=status,
+                                             headers=dict(headers or {})))
+    ref = wire.json_response({"results": []}, status=status, headers=dict(headers or {}))
+    ref.headers["content-length"] = len(body)
+    ref.headers["connection"] = "keep-alive"
+    ref.headers["alt-svc"] = ""
+    assert fast == format_http1_response(status, ref.processed_headers) + body
