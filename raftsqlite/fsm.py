@@ -332,10 +332,18 @@ class FSM:
         c = self.counters
         results = [None] * (j - i)
         todo = []
+        hooks = self._request_hooks
+        ctx = SystemContext(db, self._current[0], self._current[1]) if hooks else None
         for ri in range(i, j):
             req = reqs[ri]
             c["requests"] += 1
-            refused = self._refusal(req, True) if self._request_hooks else None
+            refused = None
+            for hook in hooks:      # as _refusal, with one (immutable) context per run
+                try:
+                    hook(ctx, req)
+                except RaftSQLiteError as exc:
+                    refused = {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
+                    break
             if refused is not None:
                 results[ri - i] = [refused]
             else:
