@@ -103,6 +103,15 @@ class Moved(RaftSQLiteError):
     retryable = True
 
 
+class StaleCatalog(Moved):
+    """The default group refused a call planned with a catalog older than a table
+    registration it has applied (the statement may name a table that is sharded now):
+    refresh the catalog, plan again and retry. Nothing of the call ran."""
+
+    code = "stale_catalog"
+    retryable = True
+
+
 class Fenced(RaftSQLiteError):
     """A key range is briefly fenced for a move: wait and retry."""
 

@@ -23,7 +23,8 @@ Usage (node wiring)::
 import orjson
 
 from raftsqlite.sharding.catalog import Catalog
-from raftsqlite.sharding.ownership import ShardOwnership
+from raftsqlite.sharding.ownership import (ShardOwnership, check_catalog_version,
+                                          decode_catalog_guard)
 
 META_TABLE = "_raftsqlite_meta"
 OWN_KEY = "sharding.ownership"
@@ -104,15 +105,35 @@ class CatalogState(_Blob):
     def __init__(self, on_change=None):
         super().__init__()
         self.on_change = on_change    # called with the new bytes after each op (apply thread)
+        # An upper bound of the stored catalog's schema_version: the highest any parsed
+        # or applied copy had (it only grows in the catalog). A call planned at least at
+        # this version passes the catalog check with one integer compare; below it, the
+        # check reads the stored catalog, so a batch re-run (fsm.py) or a rolled-back op
+        # can only make the check slower, never wrong.
+        self.schema_hint = 0
 
     def _fresh(self, b):
-        return Catalog.from_bytes(b)
+        c = Catalog.from_bytes(b)
+        if c.schema_version > self.schema_hint:
+            self.schema_hint = c.schema_version
+        return c
 
     def _apply(self, ctx, name, args):
         res = super()._apply(ctx, name, args)
+        if self._obj.schema_version > self.schema_hint:
+            self.schema_hint = self._obj.schema_version
         if self.on_change is not None:
             self.on_change(self._bytes)
         return res
+
+    def check(self, internal, guard):
+        """Raise ``StaleCatalog`` if ``guard`` (``ownership.catalog_guard``) was planned
+        before a table registration this state holds. Exact where it runs: inside the
+        apply transaction (``ctx.execute``), in log order with the catalog ops."""
+        planned = decode_catalog_guard(guard)
+        if planned >= self.schema_hint:
+            return
+        check_catalog_version(planned, self.load(internal).schema_version)
 
     def register(self, fsm):
         for name in CATALOG_OPS:

@@ -20,7 +20,8 @@ import struct
 
 import orjson
 
-from raftsqlite.errors import BadRequest, DecodeError, Fenced, Moved, RaftSQLiteError
+from raftsqlite.errors import (BadRequest, DecodeError, Fenced, Moved, RaftSQLiteError,
+                               StaleCatalog)
 from raftsqlite.sharding import keyspace as ks
 
 OP_PREFIX = "own."
@@ -58,6 +59,49 @@ def encode_guard(items):
         if kids:
             out.append(struct.pack(f">{len(kids)}Q", *kids))
     return b"".join(out)
+
+
+# The default group's guard: the catalog ``schema_version`` a *default* plan was made
+# with (sharding.md "Catalog guard"). Own magic, so a shard never mistakes it for
+# ownership items, and 10 bytes, so the unsharded hot path pays next to nothing.
+CATALOG_GUARD_MAGIC = b"C\x01"
+_CAT = struct.Struct(">2sQ")
+_catalog_guards = {}
+
+
+def catalog_guard(schema_version):
+    """Guard bytes for a call to the default group planned at ``schema_version``."""
+    g = _catalog_guards.get(schema_version)
+    if g is None:
+        if len(_catalog_guards) > 64:
+            _catalog_guards.clear()
+        g = _catalog_guards[schema_version] = _CAT.pack(CATALOG_GUARD_MAGIC, schema_version)
+    return g
+
+
+def is_catalog_guard(buf):
+    return buf[:2] == CATALOG_GUARD_MAGIC
+
+
+def decode_catalog_guard(buf):
+    """-> the schema version; raises ``DecodeError``."""
+    if len(buf) != _CAT.size or buf[:2] != CATALOG_GUARD_MAGIC:
+        raise DecodeError("not a catalog guard (bad magic, version or length)")
+    return _CAT.unpack(bytes(buf))[1]
+
+
+def check_catalog_version(planned, schema_version):
+    """The default group's check of a default plan: refuse (``StaleCatalog``, nothing
+    runs; the router refreshes, plans again and retries) when table registrations changed
+    after the plan was made, because the statement may name a table that is sharded now
+    and would land in the default group's template table."""
+    if planned < schema_version:
+        e = StaleCatalog(f"this statement was planned with catalog schema version {planned}, "
+                         f"but table registrations changed since (now {schema_version}): "
+                         "a table it names may be sharded now; plan again with a fresh catalog")
+        e.router_version = planned
+        e.schema_version = schema_version
+        raise e
 
 
 def decode_guard(buf):
