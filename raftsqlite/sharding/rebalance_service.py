@@ -230,10 +230,31 @@ class Rebalancer:
         self.runners.clear()
 
     async def wait(self, ids=None, timeout=None):
+        """Wait until the moves run here end -> ``{move id: phase}``. Raises the error
+        that stopped a move; ``NotCoordinator`` when this node lost the default group's
+        leadership meanwhile (``stop_all`` cancelled its tasks: the move goes on under
+        the new leader); ``asyncio.TimeoutError`` after ``timeout`` (the moves go on)."""
         ids = list(ids if ids is not None else self.tasks)
-        tasks = {self.tasks[i] for i in ids if i in self.tasks}
+        tasks = {i: self.tasks[i] for i in ids if i in self.tasks}
         if tasks:
-            await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+            # asyncio.wait, not gather: a task cancelled by stop_all would otherwise
+            # surface here as a bare CancelledError, which reads as if the *waiter* had
+            # been cancelled (and no ``except Exception`` catches it); and a timeout
+            # must not cancel the moves themselves.
+            _, pending = await asyncio.wait(set(tasks.values()), timeout=timeout)
+            if pending:
+                raise asyncio.TimeoutError(
+                    f"move(s) {', '.join(sorted(i for i, t in tasks.items() if t in pending))} "
+                    f"still running after {timeout} s")
+            for mid, t in sorted(tasks.items(), key=lambda x: _mnum(x[0])):
+                exc = None if t.cancelled() else t.exception()
+                if t.cancelled() or isinstance(exc, NotCoordinator):
+                    raise NotCoordinator(
+                        f"move {mid}: this node lost the default group's leadership while "
+                        "coordinating it and stopped; the move continues on the new leader "
+                        "(GET /table/rebalance/status on any node follows it)") from exc
+                if exc is not None:
+                    raise exc
         cat = await self.b.catalog()
         return {i: cat.moves[i]["phase"] for i in ids if i in cat.moves}
 

@@ -147,3 +147,49 @@ def test_copy_progress_is_saved_before_a_long_throttle_wait():
     assert on_target > 0
     assert m["rows_copied"] == on_target, (m, on_target)
     assert m["resume"]["after"] is not None, m
+
+
+def test_wait_on_a_deposed_coordinator_says_so():
+    """Invariant: ``Rebalancer.wait()`` on a node that lost the default group's
+    leadership mid-move raises ``NotCoordinator`` naming the move and saying it goes on
+    under the new leader, never a bare ``CancelledError`` (which reads as if the waiter
+    itself had been cancelled and escapes every ``except Exception``); the move's state
+    stays in the catalog for the next coordinator."""
+    from raftsqlite.sharding.rebalance import NotCoordinator
+    cl = make(keys=40, per_key=30)
+    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=4, max_rows_per_s=200))
+    batches = []
+    rb.hook = lambda step: batches.append(step) if step == "copy_batch" else None
+
+    async def main():
+        plan = await rb.plan("items")
+        mid = plan["moves"][0]["move_id"]
+        waiter = asyncio.create_task(rb.wait([mid]))
+        await until(lambda: batches, 10, "the first batch")
+        rb.stop_all()                    # deposed: run_forever cancels the move's task
+        try:
+            await asyncio.wait_for(waiter, 5)
+        except NotCoordinator as e:
+            return mid, str(e)
+        raise AssertionError("wait() returned on a deposed coordinator")
+    mid, msg = asyncio.run(main())
+    assert mid in msg and "new leader" in msg and "leadership" in msg, msg
+    assert cl.catalog.moves[mid]["phase"] == "copying"
+
+
+def test_wait_timeout_leaves_the_move_running():
+    """Invariant: a ``wait()`` that times out raises ``asyncio.TimeoutError`` and leaves
+    the move running (it used to cancel the move's task with the wait)."""
+    cl = make(keys=40, per_key=30)
+    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=4, max_rows_per_s=300))
+
+    async def main():
+        plan = await rb.plan("items")
+        mid = plan["moves"][0]["move_id"]
+        with pytest.raises(asyncio.TimeoutError):
+            await rb.wait([mid], timeout=0.05)
+        assert not rb.tasks[mid].done()
+        phases = await rb.wait([mid], timeout=30)
+        return mid, phases
+    mid, phases = asyncio.run(main())
+    assert phases == {mid: "done"}
