@@ -112,6 +112,15 @@ class StaleCatalog(Moved):
     retryable = True
 
 
+class CoordinatorFenced(RaftSQLiteError):
+    """A rebalance coordinator's request carried an older fencing token than one the
+    shard (or the catalog) has already seen for that move: a newer coordinator took the
+    move over. The old one must stop; nothing of the request was applied."""
+
+    code = "coordinator_fenced"
+    retryable = False
+
+
 class Fenced(RaftSQLiteError):
     """A key range is briefly fenced for a move: wait and retry."""
 

@@ -30,7 +30,7 @@ from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
                                OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
-                               StaleCatalog,
+                               StaleCatalog, CoordinatorFenced,
                                RaftSQLiteError, StaleRead,
                                Timeout)
 
@@ -764,6 +764,8 @@ def _raise_guard_refusal(r):
     code = r.get("code")
     if code == StaleCatalog.code:
         raise StaleCatalog(r.get("error") or "stale catalog")
+    if code == CoordinatorFenced.code:
+        raise CoordinatorFenced(r.get("error") or "coordinator fenced")
     if code == Moved.code:
         raise Moved(r.get("error") or "moved")
     if code == Fenced.code:

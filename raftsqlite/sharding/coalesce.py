@@ -60,7 +60,8 @@ def load_results(body):
 
 
 _REFUSALS = {"moved": errors.Moved, "fenced": errors.Fenced,
-             "stale_catalog": errors.StaleCatalog}
+             "stale_catalog": errors.StaleCatalog,
+             "coordinator_fenced": errors.CoordinatorFenced}
 
 
 def guard_refusal(results):

@@ -11,7 +11,8 @@ import sqlite3
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.ownership import (ShardOwnership, check_catalog_version,
-                                          decode_catalog_guard, is_catalog_guard)
+                                          decode_catalog_guard, decode_token_guard,
+                                          is_catalog_guard, is_token_guard)
 
 
 def _result_of(cur, conn):
@@ -48,6 +49,8 @@ class FakeGroup:
                     if self.catalog is not None:   # the default group holds the catalog
                         check_catalog_version(decode_catalog_guard(guard),
                                               self.catalog().schema_version)
+                elif is_token_guard(guard):        # a rebalance coordinator's write
+                    self.own.take_token(*decode_token_guard(guard))
                 else:
                     self.own.check(guard, write=write)
             except Exception:

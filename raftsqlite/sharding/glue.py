@@ -24,12 +24,12 @@ import orjson
 
 from raftsqlite.sharding.catalog import Catalog
 from raftsqlite.sharding.ownership import (ShardOwnership, check_catalog_version,
-                                          decode_catalog_guard)
+                                          decode_catalog_guard, decode_token_guard)
 
 META_TABLE = "_raftsqlite_meta"
 OWN_KEY = "sharding.ownership"
 CATALOG_KEY = "sharding.catalog"
-OWN_OPS = ("own.set", "own.set_all", "own.fence", "own.unfence", "own.drop")
+OWN_OPS = ("own.set", "own.set_all", "own.fence", "own.unfence", "own.drop", "own.claim")
 CATALOG_OPS = tuple("catalog." + n[4:] for n in dir(Catalog) if n.startswith("_op_"))
 
 
@@ -92,6 +92,22 @@ class ShardState(_Blob):
     def check(self, internal, guard, write=True):
         """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now."""
         self.load(internal).check(guard, write=write)
+
+    def take_token(self, internal, guard, record=True):
+        """A coordinator's request with a fencing-token guard: raise ``CoordinatorFenced``
+        if a newer coordinator of that move was seen; otherwise remember the token (in
+        the apply transaction, like an op: ``record`` only where ``internal`` is it)."""
+        move, token = decode_token_guard(guard)
+        obj = self.load(internal)
+        cur = obj.tokens.get(move, 0)
+        if token < cur:
+            obj.take_token(move, token)     # raises, with the message
+        if token > cur and record:
+            o = self._fresh(_read(internal, self.key))
+            o.take_token(move, token)
+            nb = o.to_bytes()
+            _write(internal, self.key, nb)
+            self._bytes, self._obj = nb, o
 
     def owns_fn(self, internal):
         """``rs_owns(colocation, value)`` for ``create_function``; reads the state as of

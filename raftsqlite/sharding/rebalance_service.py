@@ -249,9 +249,10 @@ class Rebalancer:
             for mid, t in sorted(tasks.items(), key=lambda x: _mnum(x[0])):
                 exc = None if t.cancelled() else t.exception()
                 if t.cancelled() or isinstance(exc, NotCoordinator):
+                    why = ("this node lost the default group's leadership while coordinating "
+                           "it and stopped" if exc is None else f"this node stopped ({exc})")
                     raise NotCoordinator(
-                        f"move {mid}: this node lost the default group's leadership while "
-                        "coordinating it and stopped; the move continues on the new leader "
+                        f"move {mid}: {why}; the move continues on the new leader "
                         "(GET /table/rebalance/status on any node follows it)") from exc
                 if exc is not None:
                     raise exc

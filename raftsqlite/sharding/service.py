@@ -31,7 +31,7 @@ from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_resul
                                           guard_refusal, load_results, unb64)
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
-from raftsqlite.sharding.ownership import catalog_guard, is_catalog_guard
+from raftsqlite.sharding.ownership import catalog_guard, is_catalog_guard, is_token_guard
 from raftsqlite.sharding.router import Router
 
 log = logging.getLogger("raftsqlite.sharding")
@@ -260,12 +260,16 @@ class ShardingService:
         if g is not None:
             if is_catalog_guard(g):
                 self._catalog_check(ctx.execute, g)
+            elif is_token_guard(g):
+                self.shard.take_token(ctx.execute, g)
             else:
                 self.shard.check(ctx.execute, g, write=write)
 
     def _read_check(self, guard):
         if is_catalog_guard(guard):
             self._catalog_check(self.node.db.read_internal, guard)
+        elif is_token_guard(guard):
+            self.shard.take_token(self.node.db.read_internal, guard, record=False)
         else:
             self.shard.check(self.node.db.read_internal, guard, write=False)
 

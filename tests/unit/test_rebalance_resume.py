@@ -193,3 +193,114 @@ def test_wait_timeout_leaves_the_move_running():
         return mid, phases
     mid, phases = asyncio.run(main())
     assert phases == {mid: "done"}
+
+
+def test_deposed_coordinator_in_flight_is_fenced_by_token():
+    """Invariant: once a new coordinator has taken a move over (``move_claim``: a higher
+    fencing token, announced to both shards), every request of the old coordinator that
+    is still in flight is refused where it is applied (here: the target shard's state
+    machine refuses its next copy batch): the old one stops with ``NotCoordinator``, and
+    the new one finishes the move with every row placed once. Before the token, both
+    coordinators wrote the same range at once."""
+    from raftsqlite.sharding.rebalance import NotCoordinator
+    cl = make(keys=40, per_key=30)
+    rows0 = placed_once(cl)
+    be = FakeMoveBackend(cl)
+    # the old one saves no progress in between: its next request is a copy batch's
+    # write to the target (the shard must refuse it, not only the catalog)
+    old = Rebalancer(be, RebalanceConfig(batch_rows=4, progress_every_s=1000))
+    new = Rebalancer(be, RebalanceConfig(batch_rows=4))
+
+    async def main():
+        gates = {"old": asyncio.Event(), "new": asyncio.Event()}
+        seen = {"old": 0, "new": 0}
+
+        def pauser(who, at):
+            def hook(step):
+                if step == "copy_batch":
+                    seen[who] += 1
+                    if seen[who] == at:
+                        return gates[who].wait()     # this coordinator stalls here
+            return hook
+        old.hook = pauser("old", 2)
+        new.hook = pauser("new", 1)
+        plan = await old.plan("items")
+        mid = plan["moves"][0]["move_id"]
+        await until(lambda: seen["old"] >= 2, 10, "the old coordinator's second batch")
+        assert await new.resume_all() == 1            # the new leader takes over
+        await until(lambda: seen["new"] >= 1, 10, "the new coordinator's first batch")
+        assert cl.catalog.moves[mid]["token"] == 2, cl.catalog.moves[mid]
+        assert cl.groups["s1"].own.tokens[mid] == cl.groups["s2"].own.tokens[mid] == 2
+        rejected = cl.groups["s2"].rejected
+        gates["old"].set()                             # the deposed one goes on...
+        with pytest.raises(NotCoordinator) as ei:
+            await old.wait([mid], timeout=10)
+        assert "older than token 2" in str(ei.value.__cause__), ei.value.__cause__
+        assert cl.groups["s2"].rejected == rejected + 1   # ...refused by the target
+        gates["new"].set()
+        assert await new.wait([mid], timeout=30) == {mid: "done"}
+        return mid
+    mid = asyncio.run(main())
+    assert placed_once(cl) == rows0
+    assert cl.catalog.moves[mid]["phase"] == "done"
+
+
+def test_fencing_token_rules_on_shard_and_catalog():
+    """Invariant: a shard and the catalog accept a move's requests carrying the newest
+    token seen (or a newer one, which becomes the newest) and refuse older ones without
+    changing anything; requests without a token (an operator's cancel, ownership pushes)
+    are not a coordinator's and pass; the newest token is kept in the replicated state."""
+    import sqlite3
+
+    from raftsqlite.errors import CoordinatorFenced
+    from raftsqlite.sharding.catalog import Catalog
+    from raftsqlite.sharding.glue import ShardState
+    from raftsqlite.sharding.ownership import (ShardOwnership, decode_token_guard,
+                                              token_guard)
+    assert decode_token_guard(token_guard("m7", 3)) == ("m7", 3)
+    own = ShardOwnership("s1")
+    own.apply("own.set", {"colocation": "c", "epoch": 1, "tables": ["t"],
+                          "ranges": [[0, None]]})
+    own.apply("own.claim", {"move": "m1", "token": 2})
+    before = own.to_bytes()
+    with pytest.raises(CoordinatorFenced):
+        own.apply("own.fence", {"colocation": "c", "start": 0, "end": None, "move": "m1",
+                                "token": 1})
+    with pytest.raises(CoordinatorFenced):
+        own.take_token("m1", 1)
+    assert own.to_bytes() == before
+    own.apply("own.fence", {"colocation": "c", "start": 0, "end": None, "move": "m1", "token": 2})
+    own.apply("own.unfence", {"colocation": "c", "start": 0, "end": None})   # no token: passes
+    assert ShardOwnership.from_bytes(own.to_bytes()).tokens == {"m1": 2}
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE _raftsqlite_meta (k TEXT PRIMARY KEY, v)")
+    ex = lambda sql, p=(): conn.execute(sql, p).fetchall()     # noqa: E731
+    st = ShardState("s2")
+    st.take_token(ex, token_guard("m1", 1))
+    st.take_token(ex, token_guard("m1", 3))
+    st._bytes = None                     # forget the cache: the stored state decides
+    assert st.load(ex).tokens == {"m1": 3}
+    with pytest.raises(CoordinatorFenced):
+        st.take_token(ex, token_guard("m1", 2))
+    st.take_token(ex, token_guard("m2", 1))
+
+    cat = Catalog()
+    for g in ("s1", "s2"):
+        cat.apply("catalog.add_group", {"group": g})
+    cat.apply("catalog.register_table", {"table": "t", "shard_key": "k", "shard_func": "hash"})
+    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s1"})
+    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s2"})
+    mid = cat.apply("catalog.move_create", {"table": "t", "start": 0, "end": None,
+                                            "target": "s2"})["id"]
+    assert cat.apply("catalog.move_claim", {"move_id": mid})["token"] == 1
+    assert cat.apply("catalog.move_claim", {"move_id": mid})["token"] == 2
+    b = cat.to_bytes()
+    with pytest.raises(CoordinatorFenced):
+        cat.apply("catalog.move_update", {"move_id": mid, "token": 1, "phase": "copying"})
+    with pytest.raises(CoordinatorFenced):
+        cat.apply("catalog.fence", {"table": "t", "start": 0, "end": None, "move_id": mid,
+                                    "token": 1})
+    assert cat.to_bytes() == b
+    cat.apply("catalog.move_update", {"move_id": mid, "token": 2, "phase": "copying"})
+    cat.apply("catalog.move_update", {"move_id": mid, "phase": "cancelled"})   # operator
