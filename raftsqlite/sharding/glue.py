@@ -23,8 +23,9 @@ Usage (node wiring)::
 import orjson
 
 from raftsqlite.sharding.catalog import Catalog
-from raftsqlite.sharding.ownership import (ShardOwnership, check_catalog_version,
-                                          decode_catalog_guard, decode_token_guard)
+from raftsqlite.sharding.ownership import (ShardOwnership, catalog_guard,
+                                          check_catalog_version, decode_catalog_guard,
+                                          decode_token_guard)
 
 META_TABLE = "_raftsqlite_meta"
 OWN_KEY = "sharding.ownership"
@@ -127,17 +128,21 @@ class CatalogState(_Blob):
         # check reads the stored catalog, so a batch re-run (fsm.py) or a rolled-back op
         # can only make the check slower, never wrong.
         self.schema_hint = 0
+        self._hint_guard = catalog_guard(0)   # the guard at the hint: passes on equality
+
+    def _raise_hint(self, v):
+        if v > self.schema_hint:
+            self.schema_hint = v
+            self._hint_guard = catalog_guard(v)
 
     def _fresh(self, b):
         c = Catalog.from_bytes(b)
-        if c.schema_version > self.schema_hint:
-            self.schema_hint = c.schema_version
+        self._raise_hint(c.schema_version)
         return c
 
     def _apply(self, ctx, name, args):
         res = super()._apply(ctx, name, args)
-        if self._obj.schema_version > self.schema_hint:
-            self.schema_hint = self._obj.schema_version
+        self._raise_hint(self._obj.schema_version)
         if self.on_change is not None:
             self.on_change(self._bytes)
         return res
@@ -146,6 +151,8 @@ class CatalogState(_Blob):
         """Raise ``StaleCatalog`` if ``guard`` (``ownership.catalog_guard``) was planned
         before a table registration this state holds. Exact where it runs: inside the
         apply transaction (``ctx.execute``), in log order with the catalog ops."""
+        if guard == self._hint_guard:     # the common case: a router that is current
+            return
         planned = decode_catalog_guard(guard)
         if planned >= self.schema_hint:
             return
