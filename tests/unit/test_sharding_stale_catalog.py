@@ -116,3 +116,28 @@ def test_catalog_state_check_reads_the_stored_catalog_below_its_hint():
     # the hint ahead of the stored bytes (the op rolled back): the stored state decides
     conn.execute("DELETE FROM _raftsqlite_meta")
     st.check(ctx.execute, catalog_guard(0))
+
+
+def test_registration_refused_in_the_log_when_the_template_has_rows():
+    """Invariant: a table is never registered while the default group's template table
+    holds rows, even if a write landed between the HTTP handler's emptiness check and
+    the registration op (checked again where the op applies); nothing changes."""
+    import sqlite3
+
+    from raftsqlite.errors import BadRequest
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE _raftsqlite_meta (k TEXT PRIMARY KEY, v)")
+    conn.execute("CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE empty (id INTEGER PRIMARY KEY)")
+    ctx = _Ctx(conn)
+    st = CatalogState()
+    conn.execute("INSERT INTO kv VALUES (1, 'late')")
+    with pytest.raises(BadRequest, match="has rows"):
+        st._apply(ctx, "catalog.register_table", op_args(
+            {"table": "KV", "shard_key": "id", "shard_func": "hash"}))
+    assert "kv" not in st.load(ctx.execute).tables
+    st._apply(ctx, "catalog.register_table", op_args(
+        {"table": "empty", "shard_key": "id", "shard_func": "hash"}))
+    st._apply(ctx, "catalog.register_table", op_args(
+        {"table": "notyet", "shard_key": "id", "shard_func": "hash"}))
+    assert {"empty", "notyet"} <= set(st.load(ctx.execute).tables)
