@@ -304,3 +304,23 @@ def test_fencing_token_rules_on_shard_and_catalog():
     assert cat.to_bytes() == b
     cat.apply("catalog.move_update", {"move_id": mid, "token": 2, "phase": "copying"})
     cat.apply("catalog.move_update", {"move_id": mid, "phase": "cancelled"})   # operator
+
+
+def test_rebalance_request_repeated_while_moving_answers_the_moves():
+    """Invariant: ``POST /table/rebalance`` repeated while its moves run (the client's
+    retry after the coordinator that created them died before answering) answers those
+    same moves and creates none, instead of a "range overlaps a move in progress" error
+    for a request that succeeded (the sharded fault suite met it: kill of the default
+    group's leader 0.2 s after the request)."""
+    cl = make(keys=40, per_key=30)
+    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=4, max_rows_per_s=300))
+
+    async def main():
+        first = await rb.plan("items")
+        again = await rb.plan("items")
+        ids = [m["move_id"] for m in first["moves"]]
+        assert [m["move_id"] for m in again["moves"]] == ids and again["already_moving"]
+        assert len(cl.catalog.moves) == len(ids)
+        assert (await rb.plan("items", dry_run=True))["dry_run"]
+        return await rb.wait(ids, timeout=30)
+    assert set(asyncio.run(main()).values()) == {"done"}
