@@ -181,7 +181,7 @@ def test_wait_timeout_leaves_the_move_running():
     """Invariant: a ``wait()`` that times out raises ``asyncio.TimeoutError`` and leaves
     the move running (it used to cancel the move's task with the wait)."""
     cl = make(keys=40, per_key=30)
-    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=4, max_rows_per_s=300))
+    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=4, max_rows_per_s=1500))
 
     async def main():
         plan = await rb.plan("items")
@@ -313,7 +313,7 @@ def test_rebalance_request_repeated_while_moving_answers_the_moves():
     for a request that succeeded (the sharded fault suite met it: kill of the default
     group's leader 0.2 s after the request)."""
     cl = make(keys=40, per_key=30)
-    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=4, max_rows_per_s=300))
+    rb = Rebalancer(FakeMoveBackend(cl), RebalanceConfig(batch_rows=40))
 
     async def main():
         first = await rb.plan("items")
