@@ -116,7 +116,6 @@ only) and pauses that follower until ``report_snapshot`` or an APPEND_RESP. A fo
 accepts a snapshot only if it is newer than its commit index; if its log already holds
 the snapshot's last entry it only moves its commit index.
 """
-import logging
 import random
 
 from raftsqlite import errors
@@ -132,13 +131,8 @@ from raftsqlite.raft.corebase import (  # noqa: F401
 from raftsqlite.raft.corebase import (CoreConfig, LogViewMixin, MembershipMixin,  # noqa: F401
                                       RaftInvariantError, ReplicationMixin, _TRANSFER)
 from raftsqlite.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress
+from raftsqlite.raft.corebase import LOST_LOG_STRIKES
 from raftsqlite.raft.types import HardState, ReadState, Ready
-
-log = logging.getLogger("raftsqlite.raft")
-
-#: Rejections in a row below a follower's match index before its log counts as lost (one
-#: could be an old answer overtaken by a later acknowledgement on another connection).
-LOST_LOG_STRIKES = 2
 
 
 class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
@@ -775,29 +769,6 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
                 self._start_transfer(m.context.decode() if m.context else m.frm)
             except errors.RaftSQLiteError:
                 pass  # a remote request we cannot honour; the asker times out
-
-    def _follower_lost_log(self, peer, pr, log_end):
-        """``peer`` lost entries it had acknowledged (its disk was wiped or rolled back).
-        Report it, and replicate to it again from what it really holds: its match goes
-        back to 0 (only what it proves again counts; commit never goes back, so nothing
-        already committed changes) and the probe starts at its log's end, which falls
-        back to a snapshot when those entries are compacted. See raft.md "A follower
-        that lost its log"."""
-        acked = pr.match
-        self._stats["lost_logs_detected"] += 1
-        prev = self._lost_logs.get(peer)
-        self._lost_logs[peer] = {"acknowledged": acked, "log_end": log_end,
-                                 "term": self.term, "commit": self.commit,
-                                 "times": (prev["times"] + 1) if prev else 1}
-        log.warning("raft %s: member %s lost its log: it acknowledged up to index %d in term "
-                    "%d but its log now ends at %d (storage wiped or rolled back?); "
-                    "replicating everything to it again. Entries committed with its "
-                    "acknowledgement were held by fewer members than counted until it "
-                    "catches up.", self.node_id, peer, acked, self.term, log_end)
-        pr.match = 0
-        pr.lost_strikes = 0
-        pr.become_probe()
-        pr.next = log_end + 1
 
     # ---- the Ready cycle -----------------------------------------------------------
 
