@@ -26,13 +26,13 @@ import orjson
 
 from raftsqlite import errors
 from raftsqlite.codec.model import BulkStatements
-from raftsqlite.http.backend import StoreSQL
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
                                           guard_refusal, load_results, unb64)
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
+from raftsqlite.sharding.ownership import catalog_guard, is_catalog_guard, is_token_guard
 from raftsqlite.sharding.router import Router
 
 log = logging.getLogger("raftsqlite.sharding")
@@ -99,16 +99,17 @@ class NodeGroupExecutor:
                 pass
         return await self.remote(group, "query", statements, False, guard, level=level)
 
-    async def request(self, group, statements, *, transaction=False, level="weak", **opts):
+    async def request(self, group, statements, *, transaction=False, level="weak", guard=None,
+                      **opts):
         if self._local(group):
             self.counts["local"] += 1
             try:
                 res = await self.svc.node.store.request(statements, transaction=transaction,
-                                                        level=level, **opts)
+                                                        level=level, guard=guard, **opts)
                 return res["results"]
             except errors.NotLeader:
                 pass
-        return await self.remote(group, "request", statements, transaction, None, level=level)
+        return await self.remote(group, "request", statements, transaction, guard, level=level)
 
     async def remote(self, group, kind, statements, transaction, guard, level="weak",
                      request_id=None):
@@ -132,41 +133,47 @@ class RouterSQL:
 
     The unsharded path skips the router: on a default-group node whose catalog is
     loaded, a request without ``shard_id`` whose statements all plan to the default
-    group goes to this node's store exactly as without sharding (``StoreSQL``: every
-    flag, the client's request id, ``raft_index``; a follower raises ``NotLeader`` and
-    the HTTP layer forwards the original request). With no table registered that is
-    one attribute check; otherwise one cached plan lookup per SQL text."""
+    group goes to this node's store as without sharding (every flag, the client's
+    request id, ``raft_index``; a follower raises ``NotLeader`` and the HTTP layer
+    forwards or redirects the original request), carrying the catalog guard of the
+    catalog it was planned with, like every default plan (router.py): the default group
+    refuses it with ``StaleCatalog`` (nothing ran) when a registration it missed makes
+    the plan wrong, and then the request is planned again, through the router. With no
+    table registered the plan is one attribute check; otherwise one cached plan lookup
+    per SQL text."""
 
     def __init__(self, svc):
         self.svc = svc
-        self.direct = StoreSQL(svc.node.store)
+        self.store = svc.node.store
 
     @property
     def router(self):
         return self.svc.router
 
     def _unsharded(self, statements, p):
+        """The catalog the request was planned with when it takes the unsharded path,
+        else None."""
         svc = self.svc
         if not svc.is_default or not svc._synced or \
                 (p is not None and getattr(p, "shard_id", None) is not None):
-            return False
+            return None
         cat = svc.cache.current()
         if not cat.tables:
-            return True
+            return cat
         plan = self.router.planner.plan
         try:
             if type(statements) is BulkStatements:
-                return plan(statements.sql, cat).kind == "default"
+                return cat if plan(statements.sql, cat).kind == "default" else None
             seen = set()
             for st in statements:
                 sql = getattr(st, "sql", st)
                 if sql not in seen:
                     if plan(sql, cat).kind != "default":
-                        return False
+                        return None
                     seen.add(sql)
-            return True
+            return cat
         except errors.RaftSQLiteError:
-            return False   # the router words the refusal
+            return None   # the router words the refusal
 
     async def _ready(self):
         # Without the catalog every statement plans as an unsharded one, so a write for
@@ -192,35 +199,22 @@ class RouterSQL:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
         return sid
 
-    async def _routed_sid(self, statements, p):
-        """Once the catalog is loaded: False when the request takes the unsharded path
-        after all, else its ``shard_id`` (None: route by plan)."""
-        sid = await self._shard(p)
-        if sid is None and self._unsharded(statements, p):
-            return False    # the catalog was still loading a moment ago
-        return sid
-
-    # The three calls return an awaitable without a coroutine of their own on the
-    # unsharded path (it is every request's path on an unsharded cluster).
-    def execute(self, statements, p):
-        if self._unsharded(statements, p):
-            return self.direct.execute(statements, p)
-        return self._execute(statements, p)
-
-    def query(self, statements, p, level):
-        if self._unsharded(statements, p):
-            return self.direct.query(statements, p, level)
-        return self._query(statements, p, level)
-
-    def request(self, statements, p, level):
-        if self._unsharded(statements, p):
-            return self.direct.request(statements, p, level)
-        return self._request(statements, p, level)
-
-    async def _execute(self, statements, p):
-        sid = await self._routed_sid(statements, p)
-        if sid is False:
-            return await self.direct.execute(statements, p)
+    # ---- the three calls ------------------------------------------------------------
+    async def execute(self, statements, p):
+        cat = self._unsharded(statements, p)
+        if cat is None:
+            sid = await self._shard(p)
+            cat = self._unsharded(statements, p) if sid is None else None
+        if cat is not None:
+            try:
+                return await self.store.execute(
+                    statements, transaction=bool(p is not None and p.transaction),
+                    request_id=getattr(p, "request_id", None),
+                    timeout=p.timeout if p is not None else None,
+                    guard=catalog_guard(cat.schema_version))
+            except errors.StaleCatalog:
+                await self.svc.cache.refresh()   # nothing ran: plan again, routed
+            sid = None
         # Routed: every call the router makes carries an id derived from the client's
         # (Router module doc), so a retried request is idempotent on each shard too.
         res = await self.router.execute(statements, transaction=bool(p is not None and
@@ -228,10 +222,24 @@ class RouterSQL:
                                         shard_id=sid, request_id=getattr(p, "request_id", None))
         return {"results": res}
 
-    async def _query(self, statements, p, level):
-        sid = await self._routed_sid(statements, p)
-        if sid is False:
-            return await self.direct.query(statements, p, level)
+    async def query(self, statements, p, level):
+        cat = self._unsharded(statements, p)
+        if cat is None:
+            sid = await self._shard(p)
+            cat = self._unsharded(statements, p) if sid is None else None
+        if cat is not None:
+            timeout = p.timeout
+            if level == "linearizable" and p.linearizable_timeout:
+                timeout = p.linearizable_timeout  # rqlite's bound on the leadership check
+            try:
+                return await self.store.query(
+                    statements, level=level, freshness=p.freshness,
+                    freshness_strict=p.freshness_strict, transaction=p.transaction,
+                    db_timeout=p.db_timeout, timeout=timeout,
+                    guard=catalog_guard(cat.schema_version))
+            except errors.StaleCatalog:
+                await self.svc.cache.refresh()
+            sid = None
         opts = {"level": level}
         if p is not None:
             if p.freshness:
@@ -240,10 +248,22 @@ class RouterSQL:
                 opts["db_timeout"] = p.db_timeout
         return {"results": await self.router.query(statements, shard_id=sid, **opts)}
 
-    async def _request(self, statements, p, level):
-        sid = await self._routed_sid(statements, p)
-        if sid is False:
-            return await self.direct.request(statements, p, level)
+    async def request(self, statements, p, level):
+        cat = self._unsharded(statements, p)
+        if cat is None:
+            sid = await self._shard(p)
+            cat = self._unsharded(statements, p) if sid is None else None
+        if cat is not None:
+            try:
+                return await self.store.request(
+                    statements, transaction=p.transaction,
+                    request_id=getattr(p, "request_id", None), level=level,
+                    freshness=p.freshness, freshness_strict=p.freshness_strict,
+                    db_timeout=p.db_timeout, timeout=p.timeout,
+                    guard=catalog_guard(cat.schema_version))
+            except errors.StaleCatalog:
+                await self.svc.cache.refresh()
+            sid = None
         if sid is not None:
             res = await self.router.ex.request(sid, list(statements),
                                                transaction=bool(p.transaction), level=level)
@@ -269,10 +289,13 @@ class ShardingService:
                            deterministic=False)
         self.catalog_state = None
         self.loop = None
-        self.cache = CatalogCache(fetch=None if self.is_default else self._fetch_catalog)
+        self.cache = CatalogCache(fetch=self._refresh_default if self.is_default
+                                  else self._fetch_catalog)
         if self.is_default:
             self.catalog_state = CatalogState(on_change=self._catalog_applied)
             self.catalog_state.register(fsm)
+            # the catalog check's upper bound must cover what is stored before any apply
+            self.catalog_state.load(db.read_internal)
             # a snapshot install replaces the catalog without an op: republish it
             fsm.add_restore_listener(lambda: self._catalog_applied(
                 self.catalog_state.load(db.read_internal).to_bytes()))
@@ -295,11 +318,28 @@ class ShardingService:
 
     # ---- FSM side (apply thread) ------------------------------------------------------
     def _fsm_hook(self, ctx, req, write=True):
-        if req.guard is not None:
-            self.shard.check(ctx.execute, req.guard, write=write)
+        g = req.guard
+        if g is not None:
+            if is_catalog_guard(g):
+                self._catalog_check(ctx.execute, g)
+            elif is_token_guard(g):
+                self.shard.take_token(ctx.execute, g)
+            else:
+                self.shard.check(ctx.execute, g, write=write)
 
     def _read_check(self, guard):
-        self.shard.check(self.node.db.read_internal, guard, write=False)
+        if is_catalog_guard(guard):
+            self._catalog_check(self.node.db.read_internal, guard)
+        elif is_token_guard(guard):
+            self.shard.take_token(self.node.db.read_internal, guard, record=False)
+        else:
+            self.shard.check(self.node.db.read_internal, guard, write=False)
+
+    def _catalog_check(self, internal, guard):
+        if self.catalog_state is None:
+            raise errors.BadRequest(f"a call planned for the default group reached group "
+                                    f"{self.group}, which does not hold the catalog")
+        self.catalog_state.check(internal, guard)
 
     def _catalog_applied(self, b):
         loop = self.loop
@@ -569,6 +609,24 @@ class ShardingService:
         addrs = [m["http_addr"] for m in cat.groups.get(DEFAULT_GROUP, {}).get("members", {}).values()
                  if m.get("http_addr")]
         return addrs + [a for a in self.seeds if a not in addrs]
+
+    async def _refresh_default(self, after, timeout):
+        """A default-group node's ``refresh`` (after ``StaleCatalog`` or ``Moved``): its own
+        state machine's copy first; a follower then asks its leader, because a member cut
+        off from the log keeps an old copy (its router would plan a newly sharded table
+        as unsharded forever; the default group refuses such calls at apply time)."""
+        await self.cache.publish(self.catalog_state.load(self.node.db.read_internal).to_bytes())
+        st = self.node.store
+        lead = st.leader()
+        if st.is_leader() or lead is None or not lead.http_addr or lead.node_id == st.node_id:
+            return None
+        try:
+            r = await self.client.request("GET", lead.http_addr,
+                                          "/shard/catalog?after=-1&poll=0", timeout=5.0)
+        except errors.RaftSQLiteError as e:
+            log.info("catalog refresh from the leader failed: %s", e)
+            return None
+        return r.body if r.status == 200 else None
 
     async def _fetch_catalog(self, after, timeout):
         last = None
