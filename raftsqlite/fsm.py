@@ -110,7 +110,7 @@ class FSM:
             db.internal(sql)
         self._applied, self._applied_term = self._read_meta()
         self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
-                         "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0,
+                         "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "single_runs": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
 
     # ---- contract -------------------------------------------------------------------
@@ -330,6 +330,7 @@ class FSM:
         re-run marks exactly the request the statement-at-a-time path would."""
         db = self.db
         c = self.counters
+        c["single_runs"] += 1
         results = [None] * (j - i)
         todo = []
         hooks = self._request_hooks
