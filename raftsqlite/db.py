@@ -18,6 +18,8 @@ import time
 
 import apsw
 
+from raftsqlite.codec import rowid_results
+
 INTERNAL_PREFIX = "_raftsqlite_"
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
@@ -440,9 +442,7 @@ class Database:
             return False
         self.internal("RELEASE _raftsqlite_seq")
         self.stats_counters["sequential_runs"] += 1
-        t = (time.perf_counter() - t0) / n
-        out.extend([{"last_insert_id": rid, "rows_affected": 1, "time": t}
-                    for rid in range(first_rowid + 1, last + 1)])
+        out.extend(rowid_results(first_rowid + 1, n, (time.perf_counter() - t0) / n))
         return True
 
     def in_transaction(self) -> bool:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from raftsqlite import fsm_load, sqlrewrite
+from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
@@ -462,8 +463,12 @@ class Store:
         if not isinstance(rows, list) or not rows:
             raise BadRequest("bulk statements need a non-empty list of parameter rows")
         width = len(rows[0]) if type(rows[0]) is list else -1
+        start = check_rows(rows, width)    # one compiled pass over the common types
+        if start < 0:
+            return bulk
         lo, hi = _INT64
-        for i, row in enumerate(rows):
+        for i in range(start, len(rows)):
+            row = rows[i]
             if type(row) is not list or len(row) != width:
                 raise BadRequest(f"statement {i}: bulk rows must be lists of one length")
             for v in row:
