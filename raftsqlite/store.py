@@ -50,6 +50,9 @@ class Store:
         self.config = config or StoreConfig()
         self.node_id = node_id
         self.voter = voter
+        # With the real encoder, the FSM may apply our own proposals from the Command we
+        # encoded instead of decoding it again (FSM.prime says when that is exact).
+        self._prime = getattr(fsm, "prime", None) if encode is None else None
         if encode is None:
             from raftsqlite.codec import encode_command as encode
         self._encode = encode
@@ -243,8 +246,9 @@ class Store:
     async def _propose_batch(self, batch):
         try:
             try:
-                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
-                                            [clock_op(self.db.clock_now_ms())]))
+                cmd = Command(CommandType.EXECUTE, [b[0] for b in batch],
+                              [clock_op(self.db.clock_now_ms())])
+                data = self._encode(cmd)
             except (EncodeError, ValueError, TypeError, OverflowError):
                 if len(batch) == 1:
                     raise
@@ -254,6 +258,8 @@ class Store:
             self.counters["write_batches"] += 1
             self.counters["batched_requests"] += len(batch)
             self.counters["max_batch"] = max(self.counters["max_batch"], len(batch))
+            if self._prime is not None:
+                self._prime(data, cmd)      # our own apply may skip decoding it
             res = await self.raft.propose(data, self.config.write_timeout)
             index, results = res["index"], res["results"]
             for i, (_, fut, _) in enumerate(batch):
