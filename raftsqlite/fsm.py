@@ -434,9 +434,9 @@ class FSM:
             db.internal("RELEASE _raftsqlite_bulk")
             return None
         if i == 1 and r["rows_affected"] == 1:
-            table = db.sequential_insert(sql)
-            if table is not None:
-                done = db.run_user_sequential(sql, table, rows[1:], r["last_insert_id"],
+            shape = db.sequential_insert(sql)
+            if shape is not None:
+                done = db.run_user_sequential(sql, shape, rows[1:], r["last_insert_id"],
                                               results)
                 if done is None:
                     raise _TxnLost(key)
