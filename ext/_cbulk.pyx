@@ -120,6 +120,36 @@ def check_rows(rows, Py_ssize_t width):
     return -1
 
 
+def flat_rows(rows, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t width):
+    """See ``raftsqlite.codec.bulk.flat_rows``."""
+    cdef Py_ssize_t n, i, k, pos = 0
+    cdef PyObject *row
+    cdef PyObject *v
+    cdef list out
+    if not PyList_CheckExact(<PyObject *>rows):
+        raise TypeError("rows must be a list")
+    n = PyList_GET_SIZE(rows)
+    if start < 0:
+        start = 0
+    if stop > n:
+        stop = n
+    if stop < start:
+        stop = start
+    for i in range(start, stop):
+        row = PyList_GET_ITEM(rows, i)
+        if not PyList_CheckExact(row) or PyList_GET_SIZE(<object>row) != width:
+            raise ValueError(f"bulk rows must be lists of {width} values")
+    out = PyList_New((stop - start) * width)
+    for i in range(start, stop):
+        row = PyList_GET_ITEM(rows, i)
+        for k in range(width):
+            v = PyList_GET_ITEM(<object>row, k)
+            Py_INCREF(<object>v)
+            PyList_SET_ITEM(out, pos, <object>v)
+            pos += 1
+    return out
+
+
 def rowid_results(long long first, Py_ssize_t n, t):
     """See ``raftsqlite.codec.bulk.rowid_results``."""
     cdef Py_ssize_t k

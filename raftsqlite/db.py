@@ -18,7 +18,7 @@ import time
 
 import apsw
 
-from raftsqlite.codec import check_rows, rowid_results
+from raftsqlite.codec import check_rows, flat_rows, rowid_results
 
 INTERNAL_PREFIX = "_raftsqlite_"
 
@@ -266,11 +266,11 @@ class InsertShape:
         """Run every row through multi-row statements of ``MULTI_ROWS`` rows; raises what
         SQLite or the binding raises (the rows before the failing statement ran)."""
         execute = conn.cursor().execute
-        chain = itertools.chain.from_iterable
-        step = max(1, min(MULTI_ROWS, 999 // self.width))
-        for s in range(0, len(rows), step):
-            part = rows[s:s + step]
-            execute(self.text(len(part)), list(chain(part)))
+        width = self.width
+        step = max(1, min(MULTI_ROWS, 999 // width))
+        n = len(rows)
+        for s in range(0, n, step):
+            execute(self.text(min(step, n - s)), flat_rows(rows, s, s + step, width))
 
     def fits(self, rows):
         """Every row a list of exactly ``width`` plain values (so the flat parameter

@@ -65,6 +65,7 @@ keyspace_ids = _hash.keyspace_ids
 scan_rows = _bulk.scan_rows
 check_rows = _bulk.check_rows
 rowid_results = _bulk.rowid_results
+flat_rows = _bulk.flat_rows
 render_rowid_run = _bulk.render_rowid_run
 
 codec_module = _codec

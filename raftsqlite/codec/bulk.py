@@ -74,6 +74,20 @@ def check_rows(rows, width):
     return -1
 
 
+def flat_rows(rows, start, stop, width):
+    """The values of ``rows[start:stop]`` in one list, row by row (the parameters of one
+    multi-row statement). Every row must be a list of ``width`` values: ValueError
+    otherwise (the values would not line up with the statement's tuples)."""
+    lo = max(start, 0)
+    out = []
+    extend = out.extend
+    for row in rows[lo:max(min(stop, len(rows)), lo)]:
+        if type(row) is not list or len(row) != width:
+            raise ValueError(f"bulk rows must be lists of {width} values")
+        extend(row)
+    return out
+
+
 def rowid_results(first, n, t):
     """The results of ``n`` statements that each inserted one row, rowids ``first``,
     ``first + 1``, ...: ``{"last_insert_id": rowid, "rows_affected": 1, "time": t}``."""

@@ -95,6 +95,27 @@ def test_check_rows_twins_agree(rows, width):
 
 
 @SETTINGS
+@given(st.lists(st.one_of(st.lists(scalars, min_size=2, max_size=2), st.lists(scalars, max_size=3),
+                          st.tuples(scalars, scalars)), max_size=6),
+       st.integers(-2, 8), st.integers(-2, 8))
+def test_flat_rows_twins_agree(rows, start, stop):
+    """Invariant: both give the values of rows[start:stop] (bounds clamped) in row order,
+    or both refuse with ValueError when a row in that range is not a list of 2."""
+    outs = []
+    for m in IMPLS:
+        try:
+            outs.append(m.flat_rows(rows, start, stop, 2))
+        except ValueError:
+            outs.append("refused")
+    assert all(o == outs[0] for o in outs)
+    part = rows[max(start, 0):max(min(stop, len(rows)), max(start, 0))]
+    if all(type(r) is list and len(r) == 2 for r in part):
+        assert outs[0] == [v for r in part for v in r]
+    else:
+        assert outs[0] == "refused"
+
+
+@SETTINGS
 @given(st.integers(INT64[0], INT64[1] - 100), st.integers(0, 40), st.floats(0, 1))
 def test_rowid_results_and_their_json_agree(first, n, t):
     """Invariant: the results of a run of n single-row inserts, and rqlite's JSON for them
