@@ -12,15 +12,14 @@ Statement results are neutral dicts (see ``run_statement``); nothing here knows 
 import itertools
 import os
 import random
-import re
 import threading
 import time
 
 import apsw
 
-from raftsqlite.codec import check_rows, flat_rows, rowid_results
+from raftsqlite.codec import rowid_results
+from raftsqlite.db_shapes import INTERNAL_PREFIX, insert_shape, quote_ident
 
-INTERNAL_PREFIX = "_raftsqlite_"
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
 _RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
@@ -217,74 +216,7 @@ def run_many_unreported(conn, sql, rows):
     return False if conn.in_transaction else None
 
 
-# ``INSERT INTO name(col, ...) VALUES(?, ...)``: one row per execution, no conflict clause,
-# no RETURNING, no SELECT. See Database.sequential_insert.
-_PLAIN_INSERT = re.compile(
-    r'\s*INSERT\s+INTO\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)\s*'
-    r'\(([^()]*)\)\s*VALUES\s*(\(\s*\?(?:\s*,\s*\?)*\s*\))\s*;?\s*\Z', re.I)
-# Rows per multi-row statement (see InsertShape): the gain is flat from ~50 rows up, and
-# a bounded count keeps each text short and its bound parameters under SQLite's old
-# default limit of 999.
-MULTI_ROWS = 100
-# Table DDL that makes one multi-row statement differ from one statement per row:
-# foreign keys and CHECKs are checked at the end of each statement (a later row of the
-# same statement could satisfy them), and conflict clauses may delete rows mid-statement.
-_MULTI_UNSAFE_DDL = ("REFERENCES", "CHECK", "ON CONFLICT")
-
-
-class InsertShape:
-    """What ``Database.sequential_insert`` learned about a plain INSERT text: its table,
-    and, when the table allows it, the multi-row form of the text: ``head`` + n copies
-    of ``tup`` (``width`` parameters each) joined by commas.
-
-    One ``INSERT INTO t(c) VALUES (?,?),(?,?),...`` statement does what the same rows do
-    one statement each when every row succeeds, provided nothing in the table is checked
-    or evaluated per statement rather than per row: no foreign keys, CHECK constraints
-    or conflict clauses (``_MULTI_UNSAFE_DDL``), no triggers (already excluded), and no
-    column default that is an expression (only literals: an expression could call
-    ``changes()``, which a multi-row statement sees once). When a row fails, the whole
-    multi-row statement is undone and the caller runs the rows the exact way. SQLite then
-    does in C what executemany does with a Python step per row: about half the CPU."""
-
-    __slots__ = ("table", "head", "tup", "width", "_texts")
-
-    def __init__(self, table, head=None, width=0):
-        self.table = table
-        self.head = head
-        self.width = width
-        self.tup = "(" + ",".join("?" * width) + ")" if width else None
-        self._texts = {}
-
-    def text(self, m):
-        """The multi-row text for ``m`` rows."""
-        t = self._texts.get(m)
-        if t is None:
-            t = self._texts[m] = self.head + ",".join([self.tup] * m)
-        return t
-
-    def insert(self, conn, rows):
-        """Run every row through multi-row statements of ``MULTI_ROWS`` rows; raises what
-        SQLite or the binding raises (the rows before the failing statement ran)."""
-        execute = conn.cursor().execute
-        width = self.width
-        step = max(1, min(MULTI_ROWS, 999 // width))
-        n = len(rows)
-        for s in range(0, n, step):
-            execute(self.text(min(step, n - s)), flat_rows(rows, s, s + step, width))
-
-    def fits(self, rows):
-        """Every row a list of exactly ``width`` plain values (so the flat parameter
-        list lines up with the tuples)."""
-        return self.head is not None and check_rows(rows, self.width) < 0
-_ROWID_NAMES = frozenset(("rowid", "oid", "_rowid_"))
 _MAX_ROWID = (1 << 63) - 1
-
-
-def _unquote(name):
-    name = name.strip()
-    if len(name) > 1 and name[0] == '"' and name[-1] == '"':
-        return name[1:-1].replace('""', '"')
-    return name
 
 
 def _storage_class(v) -> str:
@@ -447,38 +379,9 @@ class Database:
     def sequential_insert(self, sql):
         """An ``InsertShape`` when every execution of ``sql`` (inside the apply
         transaction, nothing else writing) inserts exactly one row whose rowid is the
-        table's largest rowid plus one: a plain ``INSERT INTO t(cols) VALUES(?, ...)``
-        into an ordinary rowid table without triggers, not naming its rowid or a
-        primary-key column. Otherwise None. ``run_user_sequential`` relies on it."""
-        m = _PLAIN_INSERT.match(sql)
-        if m is None:
-            return None
-        table = _unquote(m.group(1))
-        cols = {_unquote(c).lower() for c in m.group(2).split(",")}
-        if not table or table.lower().startswith(INTERNAL_PREFIX) or cols & _ROWID_NAMES:
-            return None
-        q = "SELECT type, sql FROM {} WHERE name = ? COLLATE NOCASE OR (type = 'trigger' " \
-            "AND tbl_name = ? COLLATE NOCASE)"
-        if self.internal(q.format("sqlite_temp_schema"), (table, table)):
-            return None     # a temp table shadows it, or a temp trigger watches it
-        objs = self.internal(q.format("sqlite_schema"), (table, table))
-        if len(objs) != 1 or objs[0][0] != "table":
-            return None     # a view, or any trigger
-        ddl = " ".join((objs[0][1] or "").upper().split())
-        if not ddl.startswith("CREATE TABLE") or "WITHOUT ROWID" in ddl:
-            return None
-        qt = quote_ident(table)
-        multi = not any(k in ddl for k in _MULTI_UNSAFE_DDL)
-        for _cid, name, _type, _nn, dflt, pk in self.internal(f"PRAGMA table_info({qt})"):
-            if pk and name.lower() in cols:
-                return None
-            if dflt is not None and ("(" in dflt or (self._clock is None and
-                                                      "CURRENT" in dflt.upper())):
-                multi = False   # an expression, or 'now' not pinned per entry
-        if not multi:
-            return InsertShape(table)
-        return InsertShape(table, f"INSERT INTO {m.group(1)}({m.group(2)}) VALUES ",
-                           m.group(3).count("?"))
+        table's largest rowid plus one (see ``db_shapes.insert_shape``), else None.
+        ``run_user_sequential`` relies on it."""
+        return insert_shape(sql, self.internal, clock_pinned=self._clock is not None)
 
     def run_user_sequential(self, sql, shape, rows, first_rowid, out):
         """Rows 1.. of a bulk run whose first row just inserted ``first_rowid``, through
@@ -779,10 +682,6 @@ class Database:
 
 def _internal_query(conn, sql):
     return conn.execute(sql).fetchall()
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def sql_literal(v) -> str:

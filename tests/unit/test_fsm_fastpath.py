@@ -20,7 +20,7 @@ SCHEMA = [
     "CREATE TABLE p (id INTEGER PRIMARY KEY, k INTEGER UNIQUE, v TEXT NOT NULL)",
     "CREATE TABLE w (k INTEGER PRIMARY KEY, v) WITHOUT ROWID",
     "CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
-    # one multi-row INSERT would differ from one statement per row here (db.InsertShape)
+    # one multi-row INSERT would differ from one statement per row here (db_shapes.InsertShape)
     "CREATE TABLE c (id INTEGER PRIMARY KEY, k INTEGER, n DEFAULT (changes()))",
     "CREATE TABLE ck (id INTEGER PRIMARY KEY, k INTEGER CHECK (k < 25))",
 ]
@@ -140,7 +140,7 @@ def test_fast_path_matches_reference_path(tmp_path, batches, monkeypatch):
     transaction on or off) the fast path gives the same per-statement results and the
     same database as the statement-at-a-time path. Multi-row statements are cut at 4
     rows here, so a bulk request spans several of them."""
-    import raftsqlite.db as dbmod
+    import raftsqlite.db_shapes as dbmod
     monkeypatch.setattr(dbmod, "MULTI_ROWS", 4)
     slow = _run(str(tmp_path / "slow.db"), False, batches)
     fast = _run(str(tmp_path / "fast.db"), True, batches)
@@ -236,12 +236,12 @@ def test_sequential_inserts_proved_or_not_used(tmp_path):
 
 
 def test_multirow_inserts_exact_and_only_where_safe(tmp_path, monkeypatch):
-    """Invariant: a plain bulk INSERT runs as multi-row statements (db.InsertShape) on the
+    """Invariant: a plain bulk INSERT runs as multi-row statements (db_shapes.InsertShape) on the
     leader's proved path and on a follower's unreported path, with the same results and
     rows as one statement per row, also when a row fails mid-run; a table where one
     statement of many rows differs from many statements (a default calling changes(), a
     CHECK) never takes that form."""
-    import raftsqlite.db as dbmod
+    import raftsqlite.db_shapes as dbmod
     monkeypatch.setattr(dbmod, "MULTI_ROWS", 3)
     def ok_rows(o):
         return [[o + i, f"v{i}"] for i in range(10)]
