@@ -207,6 +207,11 @@ def render_rowid_run(long long first, Py_ssize_t n):
             if k:
                 buf[pos] = 44   # ','
                 pos += 1
+            if first + k == 0:      # rqlite omits a zero last_insert_id
+                buf[pos] = 123   # '{', then the tail without its comma
+                memcpy(buf + pos + 1, tail + 1, tl - 1)
+                pos += tl
+                continue
             memcpy(buf + pos, head, hl)
             pos += hl
             pos += _itoa(buf + pos, first + k)

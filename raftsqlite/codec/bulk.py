@@ -97,6 +97,8 @@ def rowid_results(first, n, t):
 
 def render_rowid_run(first, n):
     """rqlite's JSON for those results (no timings): ``[{"last_insert_id":first,
-    "rows_affected":1},...]`` as bytes, compact separators."""
-    return ("[" + ",".join(['{"last_insert_id":%d,"rows_affected":1}' % rid
+    "rows_affected":1},...]`` as bytes, compact separators; a rowid of 0 is omitted, as
+    rqlite omits every zero field (a table whose rowids are negative can give one)."""
+    return ("[" + ",".join(['{"last_insert_id":%d,"rows_affected":1}' % rid if rid
+                            else '{"rows_affected":1}'
                             for rid in range(first, first + n)]) + "]").encode("ascii")
