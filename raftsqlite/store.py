@@ -50,11 +50,11 @@ class Store:
         self.config = config or StoreConfig()
         self.node_id = node_id
         self.voter = voter
-        # With the real encoder, the FSM may apply our own proposals from the Command we
-        # encoded instead of decoding it again (FSM.prime says when that is exact).
-        self._prime = getattr(fsm, "prime", None) if encode is None else None
         if encode is None:
             from raftsqlite.codec import encode_command as encode
+            prime = getattr(fsm, "prime", None)
+            if prime is not None:
+                encode = _priming(encode, prime)
         self._encode = encode
         self._reads = ThreadPoolExecutor(self.config.read_threads,
                                          thread_name_prefix="raftsqlite-read")
@@ -246,9 +246,8 @@ class Store:
     async def _propose_batch(self, batch):
         try:
             try:
-                cmd = Command(CommandType.EXECUTE, [b[0] for b in batch],
-                              [clock_op(self.db.clock_now_ms())])
-                data = self._encode(cmd)
+                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
+                                            [clock_op(self.db.clock_now_ms())]))
             except (EncodeError, ValueError, TypeError, OverflowError):
                 if len(batch) == 1:
                     raise
@@ -258,8 +257,6 @@ class Store:
             self.counters["write_batches"] += 1
             self.counters["batched_requests"] += len(batch)
             self.counters["max_batch"] = max(self.counters["max_batch"], len(batch))
-            if self._prime is not None:
-                self._prime(data, cmd)      # our own apply may skip decoding it
             res = await self.raft.propose(data, self.config.write_timeout)
             index, results = res["index"], res["results"]
             for i, (_, fut, _) in enumerate(batch):
@@ -757,6 +754,17 @@ class Store:
         c["avg_batch"] = (c["batched_requests"] / c["write_batches"]) if c["write_batches"] else 0
         return {"store": c, "fsm": self.fsm.stats(), "db": self.db.stats(),
                 "raft": self.raft.stats() if hasattr(self.raft, "stats") else {}}
+
+
+def _priming(encode, prime):
+    """``encode`` that also hands each Command and its bytes to ``prime`` (FSM.prime): our
+    own apply of those bytes may then skip decoding them (FSM.prime says when that is
+    exact; it ignores every other command)."""
+    def encode_and_prime(cmd):
+        data = encode(cmd)
+        prime(data, cmd)
+        return data
+    return encode_and_prime
 
 
 def _request_size(statements):
