@@ -226,10 +226,14 @@ class FSM:
 
     def prime(self, data, cmd):
         """The leader's own proposal: ``data`` is ``encode_command(cmd)``. When decoding
-        ``data`` would give back exactly ``cmd`` (every request in the bulk form with
-        plain values: str, int64, float, bool, None, bytes), its apply uses ``cmd`` and
+        ``data`` would give back exactly ``cmd`` (an EXECUTE whose requests are all in the
+        bulk form with plain values: str, int64, float, bool, None, bytes; its ops
+        (name, bytes) tuples), its apply uses ``cmd`` and
         skips decoding 1000 rows again. Only the very same ``data`` object is matched, so
         an entry read back from disk, or any other, is decoded as usual."""
+        if cmd.type != CommandType.EXECUTE or not cmd.requests or any(
+                type(op) is not tuple or type(op[1]) is not bytes for op in cmd.ops):
+            return
         for rq in cmd.requests:
             sts = rq.statements
             if type(sts) is not BulkStatements or type(sts.sql) is not str:

@@ -297,6 +297,9 @@ def test_primed_apply_equals_decoded_apply(tmp_path):
     cmds.append(Command(CommandType.EXECUTE, [Request([Statement(sql, [900, "s"])])]))
     cmds.append(Command(CommandType.EXECUTE, [Request(BulkStatements(
         sql, [[901, bytearray(b"b")], [902, "c"]]))]))
+    cmds.append(Command(CommandType.NOOP))
+    cmds.append(Command(CommandType.EXECUTE, [Request(BulkStatements(sql, [[903, "d"]]))],
+                        [("clock", bytearray(8))]))
     outs = []
     for primed in (False, True):
         db = Database(str(tmp_path / f"{primed}.db"))
