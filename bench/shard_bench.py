@@ -143,15 +143,25 @@ def remote_executor(session, addrs):
     leader (``POST /shard/call``), so no node spends CPU on a second hop. Requests to
     one group that are in flight together share a call (``sharding/coalesce.py``); each
     keeps its own guard, results and errors."""
+    from raftsqlite.sharding.callclient import CallClient
     from raftsqlite.sharding.coalesce import RemoteExecutor
     from raftsqlite.sharding.service import error_from
 
-    async def post(group, path, body):
-        async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
-            data = await r.read()
-        if r.status != 200:
-            raise error_from(r.status, data)
-        return data
+    if ARGS is None or ARGS.call_client == "lean":
+        client = CallClient()
+
+        async def post(group, path, body):
+            r = await client.post(addrs[group], path, body)
+            if r.status != 200:
+                raise error_from(r.status, r.body)
+            return r.body
+    else:
+        async def post(group, path, body):
+            async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
+                data = await r.read()
+            if r.status != 200:
+                raise error_from(r.status, data)
+            return data
     return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 1)
 
 
@@ -388,6 +398,9 @@ def parse_args(argv=None):
     ap.add_argument("--inflight", type=int, default=1,
                     help="write calls in flight per shard per router; more wait and leave together "
                          "as one /shard/call (default 1, as in the nodes' routers)")
+    ap.add_argument("--call-client", choices=("lean", "aiohttp"), default="lean",
+                    help="HTTP client of the client-side routers' /shard/call (default lean: "
+                         "sharding/callclient.py, as the nodes' routers use)")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                     help="event loop of the load processes (the nodes always run uvloop)")
     ap.add_argument("--node-args", default="",
