@@ -124,6 +124,8 @@ class Router:
     async def _run(self, statements, transaction, write, opts=None, rid=None):
         opts = opts or {}
         cat = self.cat.current()
+        if not transaction and type(statements) is list and len(statements) == 1:
+            return await self._run_one(statements, write, opts, rid, cat)
         try:
             plans = _plan_all(self.planner, statements, cat)
         except RoutingRefused:
@@ -164,6 +166,33 @@ class Router:
                 i += 1
         return results
 
+    async def _run_one(self, statements, write, opts, rid, cat):
+        """``_run`` for the commonest request, one statement outside a transaction, with
+        fewer steps: the same plan, route, counts and call; after a ``Moved`` or
+        ``Fenced`` the general retry loop takes over from that refusal."""
+        st = statements[0]
+        try:
+            plan = self.planner.plan(st.sql, cat)
+        except RoutingRefused:
+            self.counts["refused"] += 1
+            raise
+        self.counts["statements"] += 1
+        rid = _sub_rid(rid, 0, 1)
+        if plan.kind == "default":
+            self.counts["default"] += 1
+            return await self._call(DEFAULT_GROUP, statements, None, write, False, opts, rid)
+        route = plan.route(cat, st.params)
+        if len(route.calls) != 1 or route.merge is not None:
+            return [await self._multi(plan, st, write, opts, rid)]
+        c = route.calls[0]
+        self.counts["default" if c.group == DEFAULT_GROUP and not c.guard else "single"] += 1
+        try:
+            return await self._call(c.group, [Statement(c.sql, c.params)], c.guard or None,
+                                    write, False, opts, rid)
+        except (Moved, Fenced) as e:
+            first = e
+        return await self._single_batch([plan], statements, write, opts, rid=rid, first=first)
+
     async def _run_together(self, statements, plans, write, transaction, opts, rid=None):
         """A transaction: atomic only inside one group, so every statement must route to
         one and the same single group."""
@@ -184,7 +213,8 @@ class Router:
         self.counts["single"] += 1
         return await self._retrying(attempt)
 
-    async def _single_batch(self, plans, statements, write, opts, routed=None, rid=None):
+    async def _single_batch(self, plans, statements, write, opts, routed=None, rid=None,
+                            first=None):
         async def attempt():
             nonlocal routed
             cat = self.cat.current()
@@ -205,7 +235,7 @@ class Router:
             sts = [Statement(r.calls[0].sql, r.calls[0].params) for r in routes]
             self.counts["default" if g == DEFAULT_GROUP and not guard else "single"] += 1
             return await self._call(g, sts, guard or None, write, False, opts, rid)
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, first)
 
     async def _multi(self, plan, st, write, opts, rid=None):
         """One statement that may need several groups, merged into one result."""
@@ -315,14 +345,19 @@ class Router:
             "restricted to the keys that were not written (it is not atomic across shards).",
             applied)
 
-    async def _retrying(self, fn):
+    async def _retrying(self, fn, first=None):
         """Run ``fn`` again after ``Moved`` (refreshing the catalog) or ``Fenced``
-        (waiting), both bounded; only safe for calls that were refused as a whole."""
+        (waiting), both bounded; only safe for calls that were refused as a whole.
+        ``first``: the refusal a first attempt already met (handled as if ``fn`` had
+        raised it)."""
         moved = 0
         deadline = time.monotonic() + self.fence_wait_s
         delay = self.fence_poll_s
         while True:
             try:
+                if first is not None:
+                    e, first = first, None
+                    raise e
                 return await fn()
             except Moved:
                 moved += 1
