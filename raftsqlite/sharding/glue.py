@@ -78,6 +78,7 @@ class ShardState(_Blob):
     def __init__(self, group):
         super().__init__()
         self.group = group
+        self._memo = None     # (entry index, ShardOwnership) of the last guarded write
 
     def _fresh(self, b):
         o = ShardOwnership.from_bytes(b) if b else ShardOwnership()
@@ -87,9 +88,38 @@ class ShardState(_Blob):
     def register(self, fsm):
         for name in OWN_OPS:
             fsm.register_system_handler(name, self.handler(name))
+        # a snapshot replaces the stored ownership without an op (later entries have
+        # higher indexes anyway; forgetting is only the cheap belt to that brace)
+        listen = getattr(fsm, "add_restore_listener", None)
+        if listen is not None:
+            listen(self.forget)
 
-    def check(self, internal, guard, write=True):
-        """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now."""
+    def forget(self):
+        self._memo = None
+
+    def _apply(self, ctx, name, args):
+        self._memo = None
+        return super()._apply(ctx, name, args)
+
+    def check(self, internal, guard, write=True, index=None):
+        """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now.
+
+        ``index``: the log index of the entry being applied (``SystemContext.index``).
+        A coalesced routed call is one entry of many guarded requests, and inside one
+        entry the stored ownership cannot change (``own.*`` ops are entries of their
+        own), so the row is read once per entry, not once per request. A re-run of the
+        same entry after a rolled-back batch re-applies the same earlier entries, so it
+        sees the same ownership. The memo is this method's own: ``load`` from a reader
+        thread (an older or newer snapshot) never changes what it holds."""
+        if index is not None:
+            m = self._memo
+            if m is not None and m[0] == index:
+                m[1].check(guard, write=write)
+                return
+            obj = self.load(internal)
+            self._memo = (index, obj)
+            obj.check(guard, write=write)
+            return
         self.load(internal).check(guard, write=write)
 
     def owns_fn(self, internal):

@@ -249,7 +249,7 @@ class ShardingService:
     # ---- FSM side (apply thread) ------------------------------------------------------
     def _fsm_hook(self, ctx, req, write=True):
         if req.guard is not None:
-            self.shard.check(ctx.execute, req.guard, write=write)
+            self.shard.check(ctx.execute, req.guard, write=write, index=ctx.index)
 
     def _read_check(self, guard):
         self.shard.check(self.node.db.read_internal, guard, write=False)
