@@ -28,6 +28,7 @@ GUARD_MAGIC = b"G\x01"
 _ALL = 0xFFFFFFFF
 _HDR = struct.Struct(">H")
 _ITEM = struct.Struct(">QI")
+_ONE = struct.Struct(">QIQ")
 
 
 class GuardItem:
@@ -48,6 +49,13 @@ class GuardItem:
 def encode_guard(items):
     """Guard bytes: magic+version, count, then per table: name, epoch, key count
     (0xFFFFFFFF for a scatter) and the u64 keyspace ids."""
+    if len(items) == 1:
+        it = items[0]
+        kids = it.kids
+        if kids is not None and len(kids) == 1:     # one table, one key: the commonest
+            name = it.table.encode("utf-8")
+            return b"".join((b"G\x01\x00\x01", _HDR.pack(len(name)), name,
+                             _ONE.pack(it.epoch, 1, kids[0])))
     out = [GUARD_MAGIC, _HDR.pack(len(items))]
     for it in items:
         name = it.table.encode("utf-8")

@@ -82,3 +82,18 @@ def test_ownership_read_once_per_entry_and_changes_seen_next_entry(tmp_path):
     shard.load(lambda sql, params=None: [[ShardOwnership("s1").to_bytes()]])  # a reader's view
     assert check(4, 150) == "ok"
     db.close() if hasattr(db, "close") else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=st.text(min_size=1, max_size=20), epoch=st.integers(0, 2 ** 64 - 1), kid=U64)
+def test_one_key_guard_bytes_are_the_general_encoding(table, epoch, kid):
+    """Invariant: the one-table one-key shortcut of encode_guard writes exactly the bytes
+    of the general layout (magic, count, name, epoch, key count, keys), so shards of
+    any version read it the same."""
+    import struct
+    from raftsqlite.sharding.ownership import decode_guard
+    name = table.encode("utf-8")
+    general = (b"G\x01" + struct.pack(">H", 1) + struct.pack(">H", len(name)) + name
+               + struct.pack(">QI", epoch, 1) + struct.pack(">Q", kid))
+    assert encode_guard([GuardItem(table, epoch, [kid])]) == general
+    assert decode_guard(general) == [GuardItem(table, epoch, [kid])]
