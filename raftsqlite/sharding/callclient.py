@@ -17,6 +17,7 @@ by ``connection_lost`` and never reused. Answers it cannot parse simply (chunked
 a missing length) also raise ``Unavailable``: our nodes always send a length.
 """
 import asyncio
+import time
 
 from raftsqlite import errors
 from raftsqlite.client import Response
@@ -131,10 +132,13 @@ class CallClient:
     """``await post(addr, path, body, headers=None, timeout=None) -> Response``.
     Create and use it on one event loop; ``close()`` drops every pooled connection."""
 
-    def __init__(self, *, timeout=30.0, max_idle=64):
+    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0):
         self.default_timeout = timeout
         self.max_idle = max_idle
-        self._idle = {}       # addr -> [_Conn]
+        # A connection idle this long is closed rather than reused: well inside the
+        # nodes' keep-alive (75 s), so a request never races the server closing it.
+        self.idle_s = idle_s
+        self._idle = {}       # addr -> [(_Conn, monotonic time it became idle)]
         self.counts = {"requests": 0, "connects": 0, "failures": 0}
 
     async def _connect(self, addr):
@@ -151,10 +155,17 @@ class CallClient:
 
     def _take(self, addr):
         pool = self._idle.get(addr)
+        if not pool:
+            return None
+        now = time.monotonic()
         while pool:
-            c = pool.pop()
-            if not c.closed:
-                return c
+            c, since = pool.pop()
+            if c.closed:
+                continue
+            if now - since > self.idle_s:
+                c._fail("idle too long")
+                continue
+            return c
         return None
 
     async def post(self, addr, path, body, headers=None, timeout=None):
@@ -197,14 +208,14 @@ class CallClient:
         elif not conn.closed:
             pool = self._idle.setdefault(addr, [])
             if len(pool) < self.max_idle:
-                pool.append(conn)
+                pool.append((conn, time.monotonic()))
             else:
                 conn._fail("pool full")
         return res
 
     def close(self):
         for pool in self._idle.values():
-            for c in pool:
+            for c, _ in pool:
                 c._fail("client closed")
         self._idle.clear()
 

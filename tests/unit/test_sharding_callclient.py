@@ -55,6 +55,12 @@ def test_answers_in_order_over_reused_connections():
             assert seen[0] == (b"POST /shard/call?kind=execute&n=0 HTTP/1.1", b"x0")
             assert c.stats()["connects"] <= 8
             assert c.stats()["requests"] == 14
+            # an idle connection past idle_s is never reused: a fresh one is made
+            c.idle_s = 0.0
+            before = c.stats()["connects"]
+            await asyncio.sleep(0.01)
+            assert (await c.post(addr, "/p", b"late")).body == b"echo:late"
+            assert c.stats()["connects"] == before + 1
         finally:
             c.close()
             srv.close()
