@@ -125,7 +125,13 @@ class Router:
         opts = opts or {}
         cat = self.cat.current()
         if not transaction and type(statements) is list and len(statements) == 1:
-            return await self._run_one(statements, write, opts, rid, cat)
+            try:
+                plan = self.planner.plan(statements[0].sql, cat)
+            except RoutingRefused:
+                self.counts["refused"] += 1
+                raise
+            if plan.kind != "default":
+                return await self._run_one(plan, statements, write, opts, rid, cat)
         try:
             plans = _plan_all(self.planner, statements, cat)
         except RoutingRefused:
@@ -166,21 +172,14 @@ class Router:
                 i += 1
         return results
 
-    async def _run_one(self, statements, write, opts, rid, cat):
-        """``_run`` for the commonest request, one statement outside a transaction, with
-        fewer steps: the same plan, route, counts and call; after a ``Moved`` or
-        ``Fenced`` the general retry loop takes over from that refusal."""
+    async def _run_one(self, plan, statements, write, opts, rid, cat):
+        """``_run`` for the commonest routed request, one statement on a sharded table
+        outside a transaction, with fewer steps: the same route, counts and call; after
+        a ``Moved`` or ``Fenced`` the general retry loop takes over from that refusal.
+        (A default plan takes the general path, with whatever the default group checks.)"""
         st = statements[0]
-        try:
-            plan = self.planner.plan(st.sql, cat)
-        except RoutingRefused:
-            self.counts["refused"] += 1
-            raise
         self.counts["statements"] += 1
         rid = _sub_rid(rid, 0, 1)
-        if plan.kind == "default":
-            self.counts["default"] += 1
-            return await self._call(DEFAULT_GROUP, statements, None, write, False, opts, rid)
         route = plan.route(cat, st.params)
         if len(route.calls) != 1 or route.merge is not None:
             return [await self._multi(plan, st, write, opts, rid)]
