@@ -78,7 +78,8 @@ class ShardState(_Blob):
     def __init__(self, group):
         super().__init__()
         self.group = group
-        self._memo = None     # (entry index, ShardOwnership) of the last guarded write
+        self._memo = None     # (entry index, _bytes then, ShardOwnership) of the last check
+        self._wcache = None   # (stored bytes, ShardOwnership) parsed on the apply thread
 
     def _fresh(self, b):
         o = ShardOwnership.from_bytes(b) if b else ShardOwnership()
@@ -105,20 +106,26 @@ class ShardState(_Blob):
         """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now.
 
         ``index``: the log index of the entry being applied (``SystemContext.index``).
-        A coalesced routed call is one entry of many guarded requests, and inside one
-        entry the stored ownership cannot change (``own.*`` ops are entries of their
-        own), so the row is read once per entry, not once per request. A re-run of the
-        same entry after a rolled-back batch re-applies the same earlier entries, so it
-        sees the same ownership. The memo is this method's own: ``load`` from a reader
-        thread (an older or newer snapshot) never changes what it holds."""
+        A coalesced routed call is one entry of many guarded requests, and the ranges and
+        fences a guard is checked against change only through ``own.*`` ops, entries of
+        their own; so the row is read once per entry, not once per request. The memo
+        also lapses whenever this object writes or re-reads other bytes (``_bytes`` is
+        no longer the object it was made from): every write of the blob goes through
+        here. A re-run of the same entry after a rolled-back batch re-applies the same
+        earlier entries, so it sees the same ranges. ``load`` from a reader thread only
+        makes the next check read the row again."""
         if index is not None:
             m = self._memo
-            if m is not None and m[0] == index:
-                m[1].check(guard, write=write)
+            if m is not None and m[0] == index and m[1] is self._bytes:
+                m[2].check(guard, write=write)
                 return
-            obj = self.load(internal)
-            self._memo = (index, obj)
-            obj.check(guard, write=write)
+            lapse = self._bytes
+            b = _read(internal, self.key)
+            wc = self._wcache      # the apply thread's own parse: no reader can swap it
+            if wc is None or wc[0] != b:
+                wc = self._wcache = (b, self._fresh(b))
+            self._memo = (index, lapse, wc[1])
+            wc[1].check(guard, write=write)
             return
         self.load(internal).check(guard, write=write)
 
