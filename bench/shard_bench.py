@@ -562,6 +562,13 @@ def main_cluster():
         print(f"scatter over {lat['total_rows']:,} rows (2 groups, loaded at {lat['load_rows_per_s']:,} rows/s): "
               f"COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms")
     ratios = [b / a for a, b in zip(res[1]["ins"], res[2]["ins"])]
+    # What the CPU costs allow: every core busy with this run's processes and nothing
+    # else, at the measured CPU per insert (less noisy than rates on a shared machine).
+    ncpu = os.cpu_count() or 1
+    ceiling = {n: ncpu * 1e6 / max(us[n]["shards"] + us[n]["routers"], 1e-9) for n in (1, 2)}
+    print(f"CPU ceilings ({ncpu} cores, nothing else running, CPU per insert as measured): "
+          f"1 group {ceiling[1]:,.0f}/s, 2 groups {ceiling[2]:,.0f}/s; 2 groups over the "
+          f"measured 1-group rate: {ceiling[2] / max(med[1]['ins'], 1):.2f}")
     print(json.dumps({
         "insert_rps_1_group": round(med[1]["ins"]), "insert_rps_2_groups": round(med[2]["ins"]),
         "scale_ratio": round(med[2]["ins"] / med[1]["ins"], 2),
@@ -571,6 +578,8 @@ def main_cluster():
         "point_read_rps_1_group": round(med[1]["read"]), "point_read_rps_2_groups": round(med[2]["read"]),
         "cores_busy_inserts_1_group": res[1]["cpu"][-1], "cores_busy_inserts_2_groups": res[2]["cpu"][-1],
         "cpu_us_per_insert_1_group": us[1], "cpu_us_per_insert_2_groups": us[2],
+        "cpu_ceiling_rps_1_group": round(ceiling[1]), "cpu_ceiling_rps_2_groups": round(ceiling[2]),
+        "scale_ratio_cpu_ceiling": round(ceiling[2] / max(med[1]["ins"], 1), 2),
         "inserts_per_call_1_group": med[1]["coalesced"], "inserts_per_call_2_groups": med[2]["coalesced"],
         "other_cores_busy_1_group": statistics.median(res[1]["others"]),
         "other_cores_busy_2_groups": statistics.median(res[2]["others"]),
