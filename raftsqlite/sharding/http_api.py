@@ -84,7 +84,8 @@ async def shard_call(request):
             return st.query(rq.statements, level=p.level, guard=rq.guard)
     elif kind == "request":
         def run(rq):
-            return st.request(rq.statements, transaction=rq.transaction, level=p.level)
+            return st.request(rq.statements, transaction=rq.transaction, level=p.level,
+                              guard=rq.guard)
     else:
         def run(rq):
             return st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard,
