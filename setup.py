@@ -5,6 +5,7 @@ from setuptools import Extension, setup
 EXTENSIONS = [
     Extension("raftsqlite._ccodec", ["ext/_ccodec.pyx"], extra_compile_args=["-O3"]),
     Extension("raftsqlite._chash", ["ext/_chash.pyx"], extra_compile_args=["-O3"]),
+    Extension("raftsqlite._cbulk", ["ext/_cbulk.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

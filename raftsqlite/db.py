@@ -12,13 +12,14 @@ Statement results are neutral dicts (see ``run_statement``); nothing here knows 
 import itertools
 import os
 import random
-import re
 import threading
 import time
 
 import apsw
 
-INTERNAL_PREFIX = "_raftsqlite_"
+from raftsqlite.codec import rowid_results
+from raftsqlite.db_shapes import INTERNAL_PREFIX, insert_shape, quote_ident
+
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
 _RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
@@ -215,20 +216,7 @@ def run_many_unreported(conn, sql, rows):
     return False if conn.in_transaction else None
 
 
-# ``INSERT INTO name(col, ...) VALUES(?, ...)``: one row per execution, no conflict clause,
-# no RETURNING, no SELECT. See Database.sequential_insert.
-_PLAIN_INSERT = re.compile(
-    r'\s*INSERT\s+INTO\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)\s*'
-    r'\(([^()]*)\)\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*;?\s*\Z', re.I)
-_ROWID_NAMES = frozenset(("rowid", "oid", "_rowid_"))
 _MAX_ROWID = (1 << 63) - 1
-
-
-def _unquote(name):
-    name = name.strip()
-    if len(name) > 1 and name[0] == '"' and name[-1] == '"':
-        return name[1:-1].replace('""', '"')
-    return name
 
 
 def _storage_class(v) -> str:
@@ -259,7 +247,8 @@ class Database:
         self.writer = self._open_writer()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
                                "snapshots": 0, "restores": 0, "inline_reads": 0,
-                               "inline_fallbacks": 0, "sequential_runs": 0}
+                               "inline_fallbacks": 0, "sequential_runs": 0,
+                               "multirow_runs": 0}
 
     # ---- connections ---------------------------------------------------------------
     def create_function(self, name, nargs, fn, deterministic=True):
@@ -374,41 +363,30 @@ class Database:
         return run_many(self.writer, sql, params_list, out, stop_on_error)
 
     def run_user_unreported(self, sql, rows):
-        """``run_many_unreported`` on the writer (see there)."""
+        """``run_many_unreported`` on the writer (see there), through multi-row
+        statements when ``sequential_insert`` allows them (``InsertShape``)."""
+        shape = self.sequential_insert(sql)
+        if shape is not None and shape.fits(rows):
+            conn = self.writer
+            try:
+                shape.insert(conn, rows)
+            except (apsw.Error, *_BAD_PARAMS):
+                return True if conn.in_transaction else None
+            self.stats_counters["multirow_runs"] += 1
+            return False if conn.in_transaction else None
         return run_many_unreported(self.writer, sql, rows)
 
     def sequential_insert(self, sql):
-        """The table name when every execution of ``sql`` (inside the apply transaction,
-        nothing else writing) inserts exactly one row whose rowid is the table's largest
-        rowid plus one: a plain ``INSERT INTO t(cols) VALUES(?, ...)`` into an ordinary
-        rowid table without triggers, not naming its rowid or a primary-key column.
-        Otherwise None. ``run_user_sequential`` relies on it."""
-        m = _PLAIN_INSERT.match(sql)
-        if m is None:
-            return None
-        table = _unquote(m.group(1))
-        cols = {_unquote(c).lower() for c in m.group(2).split(",")}
-        if not table or table.lower().startswith(INTERNAL_PREFIX) or cols & _ROWID_NAMES:
-            return None
-        q = "SELECT type, sql FROM {} WHERE name = ? COLLATE NOCASE OR (type = 'trigger' " \
-            "AND tbl_name = ? COLLATE NOCASE)"
-        if self.internal(q.format("sqlite_temp_schema"), (table, table)):
-            return None     # a temp table shadows it, or a temp trigger watches it
-        objs = self.internal(q.format("sqlite_schema"), (table, table))
-        if len(objs) != 1 or objs[0][0] != "table":
-            return None     # a view, or any trigger
-        ddl = " ".join((objs[0][1] or "").upper().split())
-        if not ddl.startswith("CREATE TABLE") or "WITHOUT ROWID" in ddl:
-            return None
-        qt = quote_ident(table)
-        for _cid, name, _type, _nn, _dflt, pk in self.internal(f"PRAGMA table_info({qt})"):
-            if pk and name.lower() in cols:
-                return None
-        return table
+        """An ``InsertShape`` when every execution of ``sql`` (inside the apply
+        transaction, nothing else writing) inserts exactly one row whose rowid is the
+        table's largest rowid plus one (see ``db_shapes.insert_shape``), else None.
+        ``run_user_sequential`` relies on it."""
+        return insert_shape(sql, self.internal, clock_pinned=self._clock is not None)
 
-    def run_user_sequential(self, sql, table, rows, first_rowid, out):
+    def run_user_sequential(self, sql, shape, rows, first_rowid, out):
         """Rows 1.. of a bulk run whose first row just inserted ``first_rowid``, through
-        executemany, when ``sequential_insert(sql)`` named ``table``: every row then
+        multi-row statements or executemany, when ``sequential_insert(sql)`` gave
+        ``shape`` (an ``InsertShape``): every row then
         inserts one row with rowid = largest + 1, so row k's result is
         ``{"last_insert_id": first_rowid + k, "rows_affected": 1}``. That is proved after
         the fact (every row ran, one change each, and the largest rowid is exactly
@@ -425,10 +403,14 @@ class Database:
         t0 = time.perf_counter()
         before = conn.total_changes()
         ok = False
+        multi = shape.fits(rows)
         try:
-            conn.cursor().executemany(sql, rows)
+            if multi:
+                shape.insert(conn, rows)
+            else:
+                conn.cursor().executemany(sql, rows)
             ok = (conn.total_changes() - before == n and conn.last_insert_rowid() == last
-                  and self.internal(f"SELECT max(rowid) FROM {quote_ident(table)}")
+                  and self.internal(f"SELECT max(rowid) FROM {quote_ident(shape.table)}")
                   == [(last,)])
         except (apsw.Error, *_BAD_PARAMS):
             ok = False
@@ -440,9 +422,9 @@ class Database:
             return False
         self.internal("RELEASE _raftsqlite_seq")
         self.stats_counters["sequential_runs"] += 1
-        t = (time.perf_counter() - t0) / n
-        out.extend([{"last_insert_id": rid, "rows_affected": 1, "time": t}
-                    for rid in range(first_rowid + 1, last + 1)])
+        if multi:
+            self.stats_counters["multirow_runs"] += 1
+        out.extend(rowid_results(first_rowid + 1, n, (time.perf_counter() - t0) / n))
         return True
 
     def in_transaction(self) -> bool:
@@ -700,10 +682,6 @@ class Database:
 
 def _internal_query(conn, sql):
     return conn.execute(sql).fetchall()
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def sql_literal(v) -> str:

@@ -18,12 +18,14 @@ Called by the Raft driver from one executor thread, never on the event loop.
   once the text is known to return no rows (``_run_fast``); results are identical to the
   statement-at-a-time path (``fast_path=False``), which a differential test checks. A
   request in the bulk form (``BulkStatements``: one text, a parameter matrix) is such a
-  run by construction: its text is checked once and its rows go straight to SQLite.
+  run by construction: its text is checked once and its rows go straight to SQLite
+  (``_bulk_rest``).
 * QUERY entries (reads at level ``strong``) run inside a savepoint that is always rolled
   back, so nothing a read does can change the database.
 * SYSTEM entries dispatch ``(name, args)`` ops to handlers registered by name; they run
   inside the apply transaction (the sharding catalog uses this).
 """
+import collections
 import threading
 import time
 
@@ -31,7 +33,8 @@ import orjson
 
 from raftsqlite import fsm_load
 from raftsqlite.b64json import b64_default, unb64
-from raftsqlite.codec.model import BulkStatements, CommandType, EntryType
+from raftsqlite.codec import check_rows
+from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
 
@@ -43,7 +46,7 @@ _SCHEMA = (
 
 _ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBACK or "
                 "RAISE(ROLLBACK)); this request was not applied")
-# What a member reports for a statement whose result nobody reads (see _run_bulk).
+# What a member reports for a statement whose result nobody reads (see _bulk_rest).
 _UNREPORTED = {"last_insert_id": 0, "rows_affected": 0, "time": 0.0, "unreported": True}
 _INTERNAL_REFUSED = (f"statement refers to internal tables ({INTERNAL_PREFIX}*), which only "
                      f"the node itself may touch")
@@ -92,7 +95,7 @@ class FSM:
         # fn(index) -> bool: whether anyone reads the results of the entry at index (its
         # proposer waits on this member). None: always. When nobody does, a bulk request
         # without a request id runs through SQLite's own loop and reports placeholders;
-        # the database ends the same (see _run_bulk).
+        # the database ends the same (see _bulk_rest).
         self.results_wanted = None
         self.dedup_keep = dedup_keep
         self._decode = decode
@@ -103,11 +106,13 @@ class FSM:
         self._apply_thread = None
         self._current = (0, 0)
         self._want = True
+        self._primed = collections.OrderedDict()     # id(data) -> (data, Command)
+        self._primed_lock = threading.Lock()
         for sql in _SCHEMA:
             db.internal(sql)
         self._applied, self._applied_term = self._read_meta()
         self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
-                         "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0,
+                         "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
 
     # ---- contract -------------------------------------------------------------------
@@ -219,7 +224,37 @@ class FSM:
         meta = dict(self.db.internal("SELECT k, v FROM _raftsqlite_meta"))
         return int(meta.get("applied_index", 0)), int(meta.get("applied_term", 0))
 
+    def prime(self, data, cmd):
+        """The leader's own proposal: ``data`` is ``encode_command(cmd)``. When decoding
+        ``data`` would give back exactly ``cmd`` (an EXECUTE whose requests are all in the
+        bulk form with plain values: str, int64, float, bool, None, bytes; its ops
+        (name, bytes) tuples), its apply uses ``cmd`` and
+        skips decoding 1000 rows again. Only the very same ``data`` object is matched, so
+        an entry read back from disk, or any other, is decoded as usual."""
+        if cmd.type != CommandType.EXECUTE or not cmd.requests or any(
+                type(op) is not tuple or type(op[1]) is not bytes for op in cmd.ops):
+            return
+        for rq in cmd.requests:
+            sts = rq.statements
+            if type(sts) is not BulkStatements or type(sts.sql) is not str:
+                return
+            rows = sts.rows
+            if type(rows) is not list or not rows or type(rows[0]) is not list \
+                    or check_rows(rows, len(rows[0])) >= 0:
+                return
+        with self._primed_lock:
+            primed = self._primed
+            primed[id(data)] = (data, cmd)
+            if len(primed) > 64:            # proposals that never applied here
+                primed.popitem(last=False)
+
     def _decode_command(self, data):
+        if self._primed:
+            with self._primed_lock:
+                hit = self._primed.pop(id(data), None)
+            if hit is not None and hit[0] is data:
+                self.counters["primed_applies"] += 1
+                return hit[1]
         if self._decode is None:
             from raftsqlite.codec import decode_command
             self._decode = decode_command
@@ -275,15 +310,15 @@ class FSM:
         elif refused is not None:
             results = [refused]
         else:
-            results = []
+            # a bulk request's results are marked by _bulk_rest when it proves them
+            results = InsertRun() if type(req.statements) is BulkStatements else []
             txn = req.transaction
             if txn:
                 db.internal("SAVEPOINT _raftsqlite_req")
-            if self.fast_path and type(req.statements) is BulkStatements:
-                failed = self._run_bulk(req.statements, txn, key, results, rid)
+            if self.fast_path:
+                failed = self._run_fast(req.statements, txn, key, results, rid)
             else:
-                failed = (self._run_fast if self.fast_path else self._run_slow)(
-                    req.statements, txn, key, results)
+                failed = self._run_slow(req.statements, txn, key, results)
             self.counters["statements"] += len(results)
             if txn:
                 if failed:
@@ -313,63 +348,40 @@ class FSM:
                 return True
         return False
 
-    def _run_fast(self, stmts, txn, key, results):
+    def _run_fast(self, stmts, txn, key, results, rid=None):
         """Same results as ``_run_slow``, faster for runs of the same SQL text (a bulk
-        insert is one statement with many parameter rows). A statement's result shape
-        (rows or not) is fixed by its prepared form, so once one execution of a text
-        gave a write result, the rest of the run can skip the row-shape tracing and go
-        through one cursor in a tight loop (SQLite's statement cache prepares it once),
-        computing last_insert_id / rows_affected exactly as ``run_statement`` does."""
+        insert is one statement with many parameter rows): each run of one text goes
+        through ``_run_rows``. A request in the bulk form is one such run."""
         if type(stmts) is BulkStatements:
-            return self._run_bulk(stmts, txn, key, results)
-        db = self.db
+            return self._run_rows(stmts.sql, stmts.rows, txn, key, results, rid, True)
         n = len(stmts)
         i = 0
         while i < n:
-            st = stmts[i]
-            sql = st.sql
-            if INTERNAL_PREFIX in sql.lower():
-                r = {"error": _INTERNAL_REFUSED, "time": 0.0}
-            else:
-                r = db.run_user(sql, st.params)
-                if not db.in_transaction():
-                    raise _TxnLost(key)
-            results.append(r)
-            i += 1
-            if "error" in r:
-                if txn:
-                    return True
-                continue
-            if "last_insert_id" not in r or i >= n or stmts[i].sql != sql:
-                continue
+            sql = stmts[i].sql
             j = i + 1
             while j < n and stmts[j].sql == sql:
                 j += 1
-            stop = db.run_user_many(sql, [s.params for s in stmts[i:j]], results, txn)
-            if stop is None:        # a statement ended the SQLite transaction
-                raise _TxnLost(key)
-            if stop:
+            if self._run_rows(sql, [s.params for s in stmts[i:j]] if j - i > 1
+                              else (stmts[i].params,), txn, key, results, rid, False):
                 return True
             i = j
         return False
 
-    def _run_bulk(self, bulk, txn, key, results, rid=None):
-        """``_run_fast`` for the bulk form: the same statements, the same results.
+    def _run_rows(self, sql, rows, txn, key, results, rid, bulk):
+        """Run one SQL text once per parameter set in ``rows``, appending one result
+        each, exactly as ``_run_slow`` would. True when a transaction stopped early.
 
-        When nobody reads this entry's results (a follower's apply, ``results_wanted``)
-        and no request id records them, the rows after the first run in SQLite's own loop
-        (``executemany``, about half the cost per row) and the results are placeholders.
-        A failing row then stops it: with ``transaction`` the request is rolled back as on
-        the exact path; without, a savepoint undoes the loop and the exact path runs the
-        rows again, so the database always ends exactly as on the exact path."""
+        A statement's result shape (rows or not) is fixed by its prepared form, so once
+        one execution gave a write result, the rest skip the row-shape tracing and go
+        through one cursor in a tight loop (``run_user_many``: SQLite's statement cache
+        prepares it once), computing last_insert_id / rows_affected as ``run_statement``
+        does. A bulk request first tries two cheaper ways (``_bulk_rest``)."""
         db = self.db
-        sql = bulk.sql
-        rows = bulk.rows
-        n = len(rows)
         if INTERNAL_PREFIX in sql.lower():
             refused = {"error": _INTERNAL_REFUSED, "time": 0.0}
-            results.extend(dict(refused) for _ in range(1 if txn else n))
+            results.extend(dict(refused) for _ in range(1 if txn else len(rows)))
             return bool(txn)
+        n = len(rows)
         i = 0
         while i < n:
             r = db.run_user(sql, rows[i])
@@ -381,42 +393,62 @@ class FSM:
                 if txn:
                     return True
                 continue
-            if "last_insert_id" not in r:
+            if "last_insert_id" not in r or i >= n:
                 continue        # rows come back (RETURNING, a SELECT): one at a time
-            if i < n and not self._want and not rid:
-                if not txn:
-                    db.internal("SAVEPOINT _raftsqlite_bulk")
-                stop = db.run_user_unreported(sql, rows[i:])
-                if stop is None:
-                    raise _TxnLost(key)
-                if not stop:
-                    if not txn:
-                        db.internal("RELEASE _raftsqlite_bulk")
-                    results.extend([_UNREPORTED] * (n - i))
-                    return False
-                if txn:
-                    results.append(_UNREPORTED)
-                    return True
-                db.internal("ROLLBACK TO _raftsqlite_bulk")
-                db.internal("RELEASE _raftsqlite_bulk")
-            elif i == 1 < n and r["rows_affected"] == 1:
-                # the results are read: prove them wholesale when the text allows it
-                table = db.sequential_insert(sql)
-                if table is not None:
-                    done = db.run_user_sequential(sql, table, rows[1:], r["last_insert_id"],
-                                                  results)
-                    if done is None:
-                        raise _TxnLost(key)
-                    if done:
-                        return False
-            if i < n:
-                stop = db.run_user_many(sql, rows[i:] if i else rows, results, txn)
-                if stop is None:
-                    raise _TxnLost(key)
-                if stop:
-                    return True
-            return False
+            if bulk:
+                done = self._bulk_rest(sql, rows, i, r, txn, key, results, rid)
+                if done is not None:
+                    return done
+            stop = db.run_user_many(sql, rows[i:], results, txn)
+            if stop is None:        # a statement ended the SQLite transaction
+                raise _TxnLost(key)
+            return stop
         return False
+
+    def _bulk_rest(self, sql, rows, i, r, txn, key, results, rid):
+        """Rows ``i..`` of a bulk request whose row ``i - 1`` gave the write result ``r``:
+        True/False (as ``_run_rows``) when done here, None when the exact loop must run
+        them.
+
+        When nobody reads this entry's results (a follower's apply, ``results_wanted``)
+        and no request id records them, the rows run in SQLite's own loop (``executemany``,
+        about half the cost per row) and the results are placeholders. A failing row then
+        stops it: with ``transaction`` the request is rolled back as on the exact path;
+        without, a savepoint undoes the loop and the exact path runs the rows again, so
+        the database always ends exactly as on the exact path. When the results are read,
+        a plain insert's results are proved wholesale (``run_user_sequential``); the
+        request's results are then marked as an ``InsertRun``."""
+        db = self.db
+        n = len(rows)
+        if not self._want and not rid:
+            if not txn:
+                db.internal("SAVEPOINT _raftsqlite_bulk")
+            stop = db.run_user_unreported(sql, rows[i:])
+            if stop is None:
+                raise _TxnLost(key)
+            if not stop:
+                if not txn:
+                    db.internal("RELEASE _raftsqlite_bulk")
+                results.extend([_UNREPORTED] * (n - i))
+                return False
+            if txn:
+                results.append(_UNREPORTED)
+                return True
+            db.internal("ROLLBACK TO _raftsqlite_bulk")
+            db.internal("RELEASE _raftsqlite_bulk")
+            return None
+        if i == 1 and r["rows_affected"] == 1:
+            shape = db.sequential_insert(sql)
+            if shape is not None:
+                done = db.run_user_sequential(sql, shape, rows[1:], r["last_insert_id"],
+                                              results)
+                if done is None:
+                    raise _TxnLost(key)
+                if done:
+                    if type(results) is InsertRun and len(results) == n:
+                        results.first_rowid = r["last_insert_id"]
+                    return False
+        return None
 
     def _refusal(self, req, write):
         """The first request hook's refusal of ``req`` as a result, or None."""

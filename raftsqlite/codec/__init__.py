@@ -1,8 +1,9 @@
 """The codec: frames, Raft messages, log records, entry payloads, and the shard hash.
 
-The compiled modules (``raftsqlite._ccodec``, ``raftsqlite._chash``) are chosen once,
-here. When either is missing, or ``RAFTSQLITE_PUREPYTHON=1`` is set, the pure-Python
-twins (``fallback``, ``hashing``) run instead; they produce identical bytes.
+The compiled modules (``raftsqlite._ccodec``, ``raftsqlite._chash``, ``raftsqlite._cbulk``)
+are chosen once, here. When any is missing, or ``RAFTSQLITE_PUREPYTHON=1`` is set, the
+pure-Python twins (``fallback``, ``hashing``, ``bulk``) run instead; they produce identical
+bytes and answers.
 ``IMPLEMENTATION`` says which one runs: ``"c"`` or ``"python"``.
 The byte layout is in FORMAT.md next to this file.
 """
@@ -20,17 +21,17 @@ def _want_python():
 
 IMPORT_ERROR = None  # why the compiled modules are not in use, if they are not
 if _want_python():
-    _codec = _hash = None
+    _codec = _hash = _bulk = None
     IMPORT_ERROR = "RAFTSQLITE_PUREPYTHON is set"
 else:
     try:
-        from raftsqlite import _ccodec as _codec, _chash as _hash
+        from raftsqlite import _cbulk as _bulk, _ccodec as _codec, _chash as _hash
     except ImportError as e:  # not built (source checkout) or a platform without a wheel
-        _codec = _hash = None
+        _codec = _hash = _bulk = None
         IMPORT_ERROR = str(e)
 
 if _codec is None:
-    from raftsqlite.codec import fallback as _codec, hashing as _hash
+    from raftsqlite.codec import bulk as _bulk, fallback as _codec, hashing as _hash
     IMPLEMENTATION = "python"
 else:
     IMPLEMENTATION = "c"
@@ -60,8 +61,16 @@ range_key = _hash.range_key
 owners_batch = _hash.owners_batch
 keyspace_ids = _hash.keyspace_ids
 
+# the hot loops of a bulk request (codec/bulk.py says what each answers)
+scan_rows = _bulk.scan_rows
+check_rows = _bulk.check_rows
+rowid_results = _bulk.rowid_results
+flat_rows = _bulk.flat_rows
+render_rowid_run = _bulk.render_rowid_run
+
 codec_module = _codec
 hash_module = _hash
+bulk_module = _bulk
 
 
 def stats():

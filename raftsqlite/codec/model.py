@@ -185,6 +185,35 @@ class BulkStatements(_Value):
         return Statement(self.sql, self.rows[i])
 
 
+class InsertRun(list):
+    """The results of a bulk request (one per row, in order) when every row inserted
+    exactly one row and the rowids are consecutive from ``first_rowid``: a plain list of
+    the usual result dicts ``{"last_insert_id", "rows_affected": 1, "time"}``, marked so
+    a renderer can write them all at once without reading each. Only the FSM makes one,
+    after proving the run (``Database.run_user_sequential``); ``first_rowid`` is None
+    until then. Anyone who builds a new list from it loses the mark, never correctness."""
+
+    __slots__ = ("first_rowid",)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.first_rowid = None
+
+    def proven_run(self):
+        """``first_rowid`` when the mark still matches the contents (cheap ends check),
+        else None."""
+        first = self.first_rowid
+        n = len(self)
+        if first is None or not n:
+            return None
+        a, b = self[0], self[-1]
+        if type(a) is not dict or type(b) is not dict or a.get("last_insert_id") != first \
+                or b.get("last_insert_id") != first + n - 1 or a.get("rows_affected") != 1 \
+                or b.get("rows_affected") != 1:
+            return None
+        return first
+
+
 class Request(_Value):
     """One client request inside a command. With group commit, one log entry carries
     many requests; each keeps its own atomicity (savepoint) and results."""

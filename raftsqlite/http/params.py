@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from raftsqlite import errors
+from raftsqlite.codec import scan_rows
 from raftsqlite.codec.model import BulkStatements, Statement
 
 INT64_MIN = -(1 << 63)
@@ -238,6 +239,11 @@ def parse_statements(body, max_statements, bulk=False):
         raise errors.PayloadTooLarge(
             f"too many statements: {len(doc)} in one request, the limit is {max_statements}")
     if bulk and len(doc) > 1:
+        # the common shape in one compiled pass; values needing a conversion (hex
+        # strings, byte arrays, huge ints) or a refusal go through _bulk_form
+        scanned = scan_rows(doc)
+        if scanned is not None:
+            return BulkStatements(*scanned)
         b = _bulk_form(doc)
         if b is not None:
             return b

@@ -20,6 +20,9 @@ SCHEMA = [
     "CREATE TABLE p (id INTEGER PRIMARY KEY, k INTEGER UNIQUE, v TEXT NOT NULL)",
     "CREATE TABLE w (k INTEGER PRIMARY KEY, v) WITHOUT ROWID",
     "CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+    # one multi-row INSERT would differ from one statement per row here (db_shapes.InsertShape)
+    "CREATE TABLE c (id INTEGER PRIMARY KEY, k INTEGER, n DEFAULT (changes()))",
+    "CREATE TABLE ck (id INTEGER PRIMARY KEY, k INTEGER CHECK (k < 25))",
 ]
 
 # Statement texts: the same text repeats with different parameters, which is what the
@@ -42,6 +45,8 @@ TEXTS = [
     ("INSERT INTO w(k, v) VALUES (?, ?)", 2),
     ("INSERT INTO a(v) VALUES (?)", 1),
     ("DELETE FROM a WHERE id > ?", 1),
+    ("INSERT INTO c(k) VALUES (?)", 1),
+    ("INSERT INTO ck(k) VALUES (?)", 1),
 ]
 
 values = hs.one_of(hs.none(), hs.integers(0, 30), hs.sampled_from(["a", "b", ""]))
@@ -103,7 +108,7 @@ def _strip(results):
 
 def _dump(db):
     rows = []
-    for t in ("t", "log", "rb", "p", "w", "a", "sqlite_sequence"):
+    for t in ("t", "log", "rb", "p", "w", "a", "c", "ck", "sqlite_sequence"):
         rows.append(db.read([(f"SELECT * FROM {t} ORDER BY 1", None)])[0]["values"])
     return rows
 
@@ -129,11 +134,14 @@ def _run(path, fast, batches, wanted=None):
                                                                   HealthCheck.function_scoped_fixture])
 @given(batches=hs.lists(hs.lists(request() | bulk_request(), min_size=1, max_size=3),
                        min_size=1, max_size=3))
-def test_fast_path_matches_reference_path(tmp_path, batches):
+def test_fast_path_matches_reference_path(tmp_path, batches, monkeypatch):
     """Invariant: for any mix of requests (runs of one SQL text, the bulk form, failing
     rows, binding errors, RETURNING, triggers, ON CONFLICT ROLLBACK, internal tables,
     transaction on or off) the fast path gives the same per-statement results and the
-    same database as the statement-at-a-time path."""
+    same database as the statement-at-a-time path. Multi-row statements are cut at 4
+    rows here, so a bulk request spans several of them."""
+    import raftsqlite.db_shapes as dbmod
+    monkeypatch.setattr(dbmod, "MULTI_ROWS", 4)
     slow = _run(str(tmp_path / "slow.db"), False, batches)
     fast = _run(str(tmp_path / "fast.db"), True, batches)
     assert fast == slow
@@ -225,3 +233,89 @@ def test_sequential_inserts_proved_or_not_used(tmp_path):
         assert [r["last_insert_id"] for r in res] == [31, 32, 33, 34, 35]
     finally:
         db.close()
+
+
+def test_multirow_inserts_exact_and_only_where_safe(tmp_path, monkeypatch):
+    """Invariant: a plain bulk INSERT runs as multi-row statements (db_shapes.InsertShape) on the
+    leader's proved path and on a follower's unreported path, with the same results and
+    rows as one statement per row, also when a row fails mid-run; a table where one
+    statement of many rows differs from many statements (a default calling changes(), a
+    CHECK) never takes that form."""
+    import raftsqlite.db_shapes as dbmod
+    monkeypatch.setattr(dbmod, "MULTI_ROWS", 3)
+    def ok_rows(o):
+        return [[o + i, f"v{i}"] for i in range(10)]
+
+    def bad_rows(o):    # the 5th row repeats a key of the first request
+        return [[o + 100 + i, "x"] for i in range(4)] + [[3, "dup"]] + \
+            [[o + 200 + i, "y"] for i in range(4)]
+
+    cases = [("INSERT INTO p(k, v) VALUES (?, ?)", ok_rows, True),
+             ("INSERT INTO p(k, v) VALUES (?, ?)", bad_rows, True),
+             ("INSERT INTO c(k) VALUES (?)", lambda o: [[i] for i in range(10)], False),
+             ("INSERT INTO ck(k) VALUES (?)", lambda o: [[i] for i in range(10)], False)]
+    outs = {}
+    for mode in ("slow", "leader", "follower"):
+        db = Database(str(tmp_path / f"{mode}.db"))
+        try:
+            fsm = FSM(db, fast_path=mode != "slow")
+            fsm.results_wanted = (lambda index: False) if mode == "follower" else None
+            fsm.apply([_entry(1, [Request([Statement(s) for s in SCHEMA])])])
+            res = []
+            for k, (sql, rows, multi) in enumerate(cases):
+                for txn in (False, True):
+                    before = db.stats_counters["multirow_runs"]
+                    r = fsm.apply([_entry(2 * k + txn + 2,
+                                          [Request(BulkStatements(sql, rows(1000 * txn)),
+                                                   txn)])])
+                    res.append(_strip(r))
+                    used = db.stats_counters["multirow_runs"] > before
+                    if mode == "slow" or not multi:
+                        assert not used, (mode, sql)
+                    elif rows is ok_rows:
+                        assert used, (mode, sql)
+                    if rows is bad_rows and mode != "follower":   # a follower reports nothing
+                        assert "UNIQUE" in str(r), (mode, r)
+            outs[mode] = (res, _dump(db))
+        finally:
+            db.close()
+    assert outs["leader"] == outs["slow"]
+    assert outs["follower"][1] == outs["slow"][1]
+    # table c's default saw one change before each row but the first (one per statement)
+    assert [r[2] for r in outs["slow"][1][6]][1:10] == [1] * 9
+
+
+def test_primed_apply_equals_decoded_apply(tmp_path):
+    """Invariant: the leader applying its own bulk proposal from the Command it encoded
+    (FSM.prime) ends with the same results and rows as decoding the entry; a command that
+    would not round-trip exactly (not all bulk, a bytearray value) or another bytes object
+    with the same content is decoded as usual."""
+    sql = "INSERT INTO p(k, v) VALUES (?, ?)"
+    cmds = [Command(CommandType.EXECUTE, [Request(BulkStatements(sql, [[i, f"v{i}"] for i in
+                                                                       range(o, o + 50)]), t)])
+            for o, t in ((0, True), (100, False), (5, True))]      # the third one fails
+    cmds.append(Command(CommandType.EXECUTE, [Request([Statement(sql, [900, "s"])])]))
+    cmds.append(Command(CommandType.EXECUTE, [Request(BulkStatements(
+        sql, [[901, bytearray(b"b")], [902, "c"]]))]))
+    cmds.append(Command(CommandType.NOOP))
+    cmds.append(Command(CommandType.EXECUTE, [Request(BulkStatements(sql, [[903, "d"]]))],
+                        [("clock", bytearray(8))]))
+    outs = []
+    for primed in (False, True):
+        db = Database(str(tmp_path / f"{primed}.db"))
+        try:
+            fsm = FSM(db)
+            fsm.apply([_entry(1, [Request([Statement(s) for s in SCHEMA])])])
+            res = []
+            for i, cmd in enumerate(cmds):
+                data = encode_command(cmd)
+                if primed:
+                    fsm.prime(data, cmd)
+                    fsm.prime(bytes(bytearray(data)), cmd)   # equal bytes, another object
+                res.append(_strip(fsm.apply([Entry(1, i + 2, EntryType.NORMAL, data)])))
+            outs.append((res, _dump(db), fsm.counters["primed_applies"]))
+        finally:
+            db.close()
+    assert outs[0][:2] == outs[1][:2]
+    assert "UNIQUE" in str(outs[1][0][2])
+    assert (outs[0][2], outs[1][2]) == (0, 3)
