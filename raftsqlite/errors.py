@@ -103,6 +103,24 @@ class Moved(RaftSQLiteError):
     retryable = True
 
 
+class StaleCatalog(Moved):
+    """The default group refused a call planned with a catalog older than a table
+    registration it has applied (the statement may name a table that is sharded now):
+    refresh the catalog, plan again and retry. Nothing of the call ran."""
+
+    code = "stale_catalog"
+    retryable = True
+
+
+class CoordinatorFenced(RaftSQLiteError):
+    """A rebalance coordinator's request carried an older fencing token than one the
+    shard (or the catalog) has already seen for that move: a newer coordinator took the
+    move over. The old one must stop; nothing of the request was applied."""
+
+    code = "coordinator_fenced"
+    retryable = False
+
+
 class Fenced(RaftSQLiteError):
     """A key range is briefly fenced for a move: wait and retry."""
 

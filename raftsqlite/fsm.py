@@ -471,6 +471,8 @@ class FSM:
                 raise _TxnLost(key) from None
             db.internal("ROLLBACK TO _raftsqlite_sys")
             result = {"error": str(exc) or type(exc).__name__}
+            if isinstance(exc, RaftSQLiteError):
+                result["code"] = exc.code   # lets the proposer raise the same class
         db.internal("RELEASE _raftsqlite_sys")
         return result
 

@@ -30,6 +30,7 @@ from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
                                OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
+                               StaleCatalog, CoordinatorFenced,
                                RaftSQLiteError, StaleRead,
                                Timeout)
 
@@ -426,16 +427,18 @@ class Store:
         return None if contact is None else time.monotonic() - contact
 
     async def request(self, statements, *, transaction=False, request_id=None, level="weak",
-                      freshness=None, freshness_strict=False, db_timeout=None, timeout=None):
+                      freshness=None, freshness_strict=False, db_timeout=None, timeout=None,
+                      guard=None):
         """Mixed reads and writes: all reads -> a read at ``level``; any write -> the
-        whole request goes through the log (reads in it see the log's order)."""
+        whole request goes through the log (reads in it see the log's order). ``guard``
+        as for ``query``/``execute``."""
         stmts = self._validate(statements)
         if stmts and all(sqlrewrite.is_read_only(st.sql) for st in stmts):
             return await self.query(stmts, level=level, freshness=freshness,
                                     freshness_strict=freshness_strict, transaction=transaction,
-                                    db_timeout=db_timeout, timeout=timeout)
+                                    db_timeout=db_timeout, timeout=timeout, guard=guard)
         return await self.execute(stmts, transaction=transaction, request_id=request_id,
-                                  timeout=timeout)
+                                  timeout=timeout, guard=guard)
 
     # ---- validation -------------------------------------------------------------------
     def _validate(self, statements, bulk_ok=False):
@@ -787,6 +790,10 @@ def _request_size(statements):
 def _raise_guard_refusal(r):
     """The FSM answers a refused guard with one ``{"error", "code"}`` result."""
     code = r.get("code")
+    if code == StaleCatalog.code:
+        raise StaleCatalog(r.get("error") or "stale catalog")
+    if code == CoordinatorFenced.code:
+        raise CoordinatorFenced(r.get("error") or "coordinator fenced")
     if code == Moved.code:
         raise Moved(r.get("error") or "moved")
     if code == Fenced.code:

@@ -23,7 +23,8 @@ class MsgType(IntEnum):
     PREVOTE = 5           # term = the term the candidate would campaign in
     PREVOTE_RESP = 6
     HEARTBEAT = 7         # commit = min(match, leader commit); context = ReadIndex round id
-    HEARTBEAT_RESP = 8    # context echoed
+    HEARTBEAT_RESP = 8    # context echoed; reject + reject_hint = last index when the
+                          # heartbeat's commit is beyond the follower's log (entries lost)
     SNAPSHOT = 9          # snapshot metadata + one chunk (offset, data, done)
     SNAPSHOT_RESP = 10    # index = bytes received so far / snapshot index when done; reject
     TIMEOUT_NOW = 11      # leadership transfer: campaign now, skipping PreVote

@@ -131,6 +131,7 @@ from raftsqlite.raft.corebase import (  # noqa: F401
 from raftsqlite.raft.corebase import (CoreConfig, LogViewMixin, MembershipMixin,  # noqa: F401
                                       RaftInvariantError, ReplicationMixin, _TRANSFER)
 from raftsqlite.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress
+from raftsqlite.raft.corebase import LOST_LOG_STRIKES
 from raftsqlite.raft.types import HardState, ReadState, Ready
 
 
@@ -196,7 +197,8 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
         self._rl_handed = (None, None)
         self._stats = {"elections": 0, "leader_terms": 0, "snapshots_sent": 0,
                        "snapshots_installed": 0, "truncations": 0, "msgs_out": 0,
-                       "proposals": 0, "reads": 0, "steps": 0}
+                       "proposals": 0, "reads": 0, "steps": 0, "lost_logs_detected": 0}
+        self._lost_logs = {}              # peer -> the last lost-log report (leader side)
 
     # ---- role changes --------------------------------------------------------------
 
@@ -618,7 +620,14 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
             self._election_elapsed = 0
             self.leader = m.frm
             self._commit_to(min(m.commit, self.last_index))
-            self._send(Message(_M_HEARTBEAT_RESP, to=m.frm, context=m.context))
+            if m.commit > self.last_index:
+                # The leader counts on entries up to m.commit (it sends min(match,
+                # commit)) that this log does not hold: they were lost. Say so, with
+                # where this log ends; the answer still acknowledges the leader.
+                self._send(Message(_M_HEARTBEAT_RESP, to=m.frm, context=m.context,
+                                   reject=True, reject_hint=self.last_index))
+            else:
+                self._send(Message(_M_HEARTBEAT_RESP, to=m.frm, context=m.context))
         elif typ == _M_SNAPSHOT:
             self._election_elapsed = 0
             self.leader = m.frm
@@ -693,6 +702,18 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
                 return
             pr.recent_active = True
             if m.reject:
+                if m.reject_hint < pr.match <= m.index:
+                    # It says its log ends (or stops matching) below what it acknowledged
+                    # to this leader: in one term a follower's log is only changed by
+                    # this leader's APPENDs, which never shorten the acknowledged prefix,
+                    # so its storage lost entries. maybe_decr_to would call this answer
+                    # stale and we would probe at match + 1 forever.
+                    pr.lost_strikes += 1
+                    if pr.lost_strikes >= LOST_LOG_STRIKES:
+                        self._follower_lost_log(m.frm, pr, m.reject_hint)
+                        self._dirty.add(m.frm)
+                    return
+                pr.lost_strikes = 0
                 hint = m.reject_hint
                 if m.log_term > 0:
                     hint = self._find_conflict_by_term(hint, m.log_term)
@@ -701,6 +722,7 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
                         pr.become_probe()
                     self._dirty.add(m.frm)
                 return
+            pr.lost_strikes = 0
             if pr.maybe_update(m.index):
                 if pr.state == PROBE:
                     pr.become_replicate()
@@ -719,6 +741,12 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
             if pr is None:
                 return
             pr.recent_active = True
+            if m.reject and m.reject_hint < pr.match:
+                pr.lost_strikes += 1
+                if pr.lost_strikes >= LOST_LOG_STRIKES:
+                    self._follower_lost_log(m.frm, pr, m.reject_hint)
+            elif not m.reject:
+                pr.lost_strikes = 0
             if pr.state == PROBE:
                 pr.paused = False
             if pr.match < self.last_index and pr.state != SNAPSHOT:
@@ -845,7 +873,11 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
 
     def progress(self):
         """Leader only: per-member replication progress (empty otherwise)."""
-        return {nid: pr.as_dict() for nid, pr in self._prs.items()}
+        out = {nid: pr.as_dict() for nid, pr in self._prs.items()}
+        for nid, rep in self._lost_logs.items():
+            if nid in out:
+                out[nid]["lost_log"] = rep
+        return out
 
     def stats(self):
         d = dict(self._stats)
@@ -854,5 +886,6 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin):
                  last_index=self.last_index, unstable=self.last_index - self._durable,
                  voters=sorted(self._voters), learners=sorted(self._learners),
                  pending_reads=sum(len(r[3]) for r in self._read_rounds)
-                 + len(self._reads_waiting) + len(self._reads_blocked))
+                 + len(self._reads_waiting) + len(self._reads_blocked),
+                 lost_logs={p: dict(r) for p, r in self._lost_logs.items()})
         return d

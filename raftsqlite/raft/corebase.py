@@ -2,6 +2,7 @@
 configuration, and three mixins of RaftCore that keep core.py readable: the log view
 (durable storage + in-memory tail), membership, and the leader's replication and
 ReadIndex rounds. They use RaftCore's attributes."""
+import logging
 from dataclasses import dataclass
 
 from raftsqlite import errors
@@ -10,6 +11,12 @@ from raftsqlite.codec.model import (ConfChangeType, Entry, EntryType, Member, Me
                                     SnapshotMeta)
 from raftsqlite.raft.progress import PROBE, REPLICATE, Progress
 from raftsqlite.raft.types import Role
+
+log = logging.getLogger("raftsqlite.raft")
+
+#: Rejections in a row below a follower's match index before its log counts as lost (one
+#: could be an old answer overtaken by a later acknowledgement on another connection).
+LOST_LOG_STRIKES = 2
 
 # Enum members cached as module constants: attribute access on an Enum class costs
 # ~10x a global lookup, and these sit on the per-message path.
@@ -402,3 +409,26 @@ class ReplicationMixin:
             self._read_ack(self.node_id, rid)
         else:
             self._bcast_heartbeat(rid)
+
+    def _follower_lost_log(self, peer, pr, log_end):
+        """``peer`` lost entries it had acknowledged (its disk was wiped or rolled back).
+        Report it, and replicate to it again from what it really holds: its match goes
+        back to 0 (only what it proves again counts; commit never goes back, so nothing
+        already committed changes) and the probe starts at its log's end, which falls
+        back to a snapshot when those entries are compacted. See raft.md "A follower
+        that lost its log"."""
+        acked = pr.match
+        self._stats["lost_logs_detected"] += 1
+        prev = self._lost_logs.get(peer)
+        self._lost_logs[peer] = {"acknowledged": acked, "log_end": log_end,
+                                 "term": self.term, "commit": self.commit,
+                                 "times": (prev["times"] + 1) if prev else 1}
+        log.warning("raft %s: member %s lost its log: it acknowledged up to index %d in term "
+                    "%d but its log now ends at %d (storage wiped or rolled back?); "
+                    "replicating everything to it again. Entries committed with its "
+                    "acknowledgement were held by fewer members than counted until it "
+                    "catches up.", self.node_id, peer, acked, self.term, log_end)
+        pr.match = 0
+        pr.lost_strikes = 0
+        pr.become_probe()
+        pr.next = log_end + 1

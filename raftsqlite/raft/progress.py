@@ -12,7 +12,7 @@ STATE_NAMES = {PROBE: "probe", REPLICATE: "replicate", SNAPSHOT: "snapshot"}
 
 class Progress:
     __slots__ = ("match", "next", "state", "paused", "inflight", "pending_snapshot",
-                 "recent_active", "commit_sent")
+                 "recent_active", "commit_sent", "lost_strikes")
 
     def __init__(self, next_index, match=0):
         self.match = match
@@ -23,6 +23,7 @@ class Progress:
         self.pending_snapshot = 0
         self.recent_active = False   # heard from since the last CheckQuorum round
         self.commit_sent = 0         # highest commit index sent (avoids empty appends)
+        self.lost_strikes = 0        # rejections in a row saying its log ends below match
 
     def become_probe(self):
         if self.state == SNAPSHOT:

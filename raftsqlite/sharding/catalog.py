@@ -19,7 +19,7 @@ op's arguments, chosen once by the proposer.
 """
 import orjson
 
-from raftsqlite.errors import BadRequest, NotFound, RaftSQLiteError
+from raftsqlite.errors import BadRequest, CoordinatorFenced, NotFound, RaftSQLiteError
 from raftsqlite.sharding import keyspace as ks
 
 DEFAULT_GROUP = "default"
@@ -313,11 +313,13 @@ class Catalog:
         return {"epoch": col["epoch"]}
 
     def _op_fence(self, a):
+        self._coordinator_token(a)
         col = self._col_of(a["table"])
         span = (int(a["start"]), int(ks.end_from_json(a.get("end"))))
         col["fences"] = [list(x) for x in ks.normalise_spans([tuple(f) for f in col["fences"]] + [span])]
 
     def _op_unfence(self, a):
+        self._coordinator_token(a)
         col = self._col_of(a["table"])
         s, e = int(a["start"]), int(ks.end_from_json(a.get("end")))
         col["fences"] = [f for f in col["fences"] if not (f[0] >= s and f[1] <= e)]
@@ -353,7 +355,28 @@ class Catalog:
                            "updated": a.get("now"), "resume": None}
         return self.moves[mid]
 
+    def _op_move_claim(self, a):
+        """A coordinator takes a move over (it starts or resumes it): the move's fencing
+        token goes up by one and is this coordinator's. Its catalog ops and its requests
+        to the shards carry it; anything carrying an older one (a deposed coordinator's
+        request still in flight) is refused (rebalance.md "Fencing tokens")."""
+        m = self._move(a["move_id"])
+        m["token"] = m.get("token", 0) + 1
+        return m
+
+    def _coordinator_token(self, a):
+        """Refuse an op carrying an older token than the move's (ops without one, e.g. an
+        operator's cancel, are not a coordinator's and pass)."""
+        if a.get("token") is None:
+            return
+        m = self._move(a["move_id"])
+        if int(a["token"]) < m.get("token", 0):
+            raise CoordinatorFenced(
+                f"move {m['id']}: coordinator token {a['token']} is older than the move's "
+                f"token {m.get('token', 0)}: a newer coordinator took the move over")
+
     def _op_move_update(self, a):
+        self._coordinator_token(a)
         m = self._move(a["move_id"])
         phase = a.get("phase", m["phase"])
         if phase != m["phase"]:
@@ -375,6 +398,7 @@ class Catalog:
         return m
 
     def _op_move_switch(self, a):
+        self._coordinator_token(a)
         m = self._move(a["move_id"])
         if m["phase"] == "switched" or m["phase"] in ("cleaning", "done"):
             return dict(m, already=True)

@@ -59,10 +59,15 @@ def load_results(body):
     return unb64(orjson.loads(body))["results"]
 
 
+_REFUSALS = {"moved": errors.Moved, "fenced": errors.Fenced,
+             "stale_catalog": errors.StaleCatalog,
+             "coordinator_fenced": errors.CoordinatorFenced}
+
+
 def guard_refusal(results):
     """A routed request refused as a whole -> raise its ``Moved``/``Fenced``."""
-    if results and len(results) == 1 and results[0].get("code") in ("moved", "fenced"):
-        cls = errors.Moved if results[0]["code"] == "moved" else errors.Fenced
+    if results and len(results) == 1 and results[0].get("code") in _REFUSALS:
+        cls = _REFUSALS[results[0]["code"]]
         raise cls(results[0].get("error") or results[0]["code"])
     return results
 

@@ -10,7 +10,9 @@ import sqlite3
 
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
-from raftsqlite.sharding.ownership import ShardOwnership
+from raftsqlite.sharding.ownership import (ShardOwnership, check_catalog_version,
+                                          decode_catalog_guard, decode_token_guard,
+                                          is_catalog_guard, is_token_guard)
 
 
 def _result_of(cur, conn):
@@ -34,6 +36,7 @@ class FakeGroup:
         self.rejected = 0
         self.applied_ids = {}    # request id -> results (the FSM's dedup table)
         self.dedup_hits = 0
+        self.catalog = None      # the default group: fn() -> the authoritative Catalog
 
     def run(self, statements, transaction=False, guard=None, write=True, request_id=None):
         self.calls += 1
@@ -42,7 +45,14 @@ class FakeGroup:
             return self.applied_ids[request_id]
         if guard is not None:
             try:
-                self.own.check(guard, write=write)
+                if is_catalog_guard(guard):
+                    if self.catalog is not None:   # the default group holds the catalog
+                        check_catalog_version(decode_catalog_guard(guard),
+                                              self.catalog().schema_version)
+                elif is_token_guard(guard):        # a rebalance coordinator's write
+                    self.own.take_token(*decode_token_guard(guard))
+                else:
+                    self.own.check(guard, write=write)
             except Exception:
                 self.rejected += 1
                 raise
@@ -92,10 +102,10 @@ class FakeExecutor:
         return r
 
 
-    async def request(self, group, statements, *, transaction=False, **opts):
+    async def request(self, group, statements, *, transaction=False, guard=None, **opts):
         if self.yield_each:
             await asyncio.sleep(0)
-        r = self.groups[group].run(statements, transaction, None, write=True)
+        r = self.groups[group].run(statements, transaction, guard, write=True)
         self.log.extend((group, s.sql) for s in statements)
         return r
 
@@ -129,6 +139,7 @@ class FakeCluster:
         for s in shards:
             cat.apply("catalog.add_group", {"group": s})
         self.source = FakeCatalogSource(cat)
+        self.groups[DEFAULT_GROUP].catalog = lambda: self.source.master
         self.executor = FakeExecutor(self.groups, yield_each)
 
     @property

@@ -22,13 +22,17 @@ Usage (node wiring)::
 """
 import orjson
 
+from raftsqlite.errors import BadRequest
+
 from raftsqlite.sharding.catalog import Catalog
-from raftsqlite.sharding.ownership import ShardOwnership
+from raftsqlite.sharding.ownership import (ShardOwnership, catalog_guard,
+                                          check_catalog_version, decode_catalog_guard,
+                                          decode_token_guard)
 
 META_TABLE = "_raftsqlite_meta"
 OWN_KEY = "sharding.ownership"
 CATALOG_KEY = "sharding.catalog"
-OWN_OPS = ("own.set", "own.set_all", "own.fence", "own.unfence", "own.drop")
+OWN_OPS = ("own.set", "own.set_all", "own.fence", "own.unfence", "own.drop", "own.claim")
 CATALOG_OPS = tuple("catalog." + n[4:] for n in dir(Catalog) if n.startswith("_op_"))
 
 
@@ -92,6 +96,22 @@ class ShardState(_Blob):
         """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now."""
         self.load(internal).check(guard, write=write)
 
+    def take_token(self, internal, guard, record=True):
+        """A coordinator's request with a fencing-token guard: raise ``CoordinatorFenced``
+        if a newer coordinator of that move was seen; otherwise remember the token (in
+        the apply transaction, like an op: ``record`` only where ``internal`` is it)."""
+        move, token = decode_token_guard(guard)
+        obj = self.load(internal)
+        cur = obj.tokens.get(move, 0)
+        if token < cur:
+            obj.take_token(move, token)     # raises, with the message
+        if token > cur and record:
+            o = self._fresh(_read(internal, self.key))
+            o.take_token(move, token)
+            nb = o.to_bytes()
+            _write(internal, self.key, nb)
+            self._bytes, self._obj = nb, o
+
     def owns_fn(self, internal):
         """``rs_owns(colocation, value)`` for ``create_function``; reads the state as of
         the connection that runs it (use the reader's own ``internal`` on readers)."""
@@ -104,19 +124,67 @@ class CatalogState(_Blob):
     def __init__(self, on_change=None):
         super().__init__()
         self.on_change = on_change    # called with the new bytes after each op (apply thread)
+        # An upper bound of the stored catalog's schema_version: the highest any parsed
+        # or applied copy had (it only grows in the catalog). A call planned at least at
+        # this version passes the catalog check with one integer compare; below it, the
+        # check reads the stored catalog, so a batch re-run (fsm.py) or a rolled-back op
+        # can only make the check slower, never wrong.
+        self.schema_hint = 0
+        self._hint_guard = catalog_guard(0)   # the guard at the hint: passes on equality
+
+    def _raise_hint(self, v):
+        if v > self.schema_hint:
+            self.schema_hint = v
+            self._hint_guard = catalog_guard(v)
 
     def _fresh(self, b):
-        return Catalog.from_bytes(b)
+        c = Catalog.from_bytes(b)
+        self._raise_hint(c.schema_version)
+        return c
 
     def _apply(self, ctx, name, args):
+        if name == "catalog.register_table":
+            _refuse_rows_in_template(ctx, args)
         res = super()._apply(ctx, name, args)
+        self._raise_hint(self._obj.schema_version)
         if self.on_change is not None:
             self.on_change(self._bytes)
         return res
 
+    def check(self, internal, guard):
+        """Raise ``StaleCatalog`` if ``guard`` (``ownership.catalog_guard``) was planned
+        before a table registration this state holds. Exact where it runs: inside the
+        apply transaction (``ctx.execute``), in log order with the catalog ops."""
+        if guard == self._hint_guard:     # the common case: a router that is current
+            return
+        planned = decode_catalog_guard(guard)
+        if planned >= self.schema_hint:
+            return
+        check_catalog_version(planned, self.load(internal).schema_version)
+
     def register(self, fsm):
         for name in CATALOG_OPS:
             fsm.register_system_handler(name, self.handler(name))
+
+
+def _refuse_rows_in_template(ctx, args):
+    """The HTTP handler refuses to register a table with rows in the default group, but
+    it reads before it proposes: a write applied in between would stay in the template
+    table, invisible to routed reads. Checked again here, in log order, where nothing
+    can come in between (every replica sees the same rows at this index)."""
+    try:
+        a = orjson.loads(args) if isinstance(args, (bytes, bytearray, memoryview)) else args
+        name = str(a["table"]).lower()
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return                       # Catalog.apply gives the clear error
+    if not ctx.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND lower(name) = ?",
+                       (name,)):
+        return
+    q = '"' + name.replace('"', '""') + '"'
+    if ctx.execute(f"SELECT 1 FROM {q} LIMIT 1"):
+        raise BadRequest(f"table {name} has rows in the default group (written just before "
+                         "its registration); registering it would hide them from routed "
+                         "queries. What to do: move the rows out, then register it again")
 
 
 def op_args(d):

@@ -85,7 +85,8 @@ def blueprint():
                 return st.query(rq.statements, level=p.level, guard=rq.guard)
         elif kind == "request":
             def run(rq):
-                return st.request(rq.statements, transaction=rq.transaction, level=p.level)
+                return st.request(rq.statements, transaction=rq.transaction, level=p.level,
+                                  guard=rq.guard)
         else:
             def run(rq):
                 return st.execute(rq.statements, transaction=rq.transaction, guard=rq.guard,

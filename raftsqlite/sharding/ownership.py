@@ -20,7 +20,8 @@ import struct
 
 import orjson
 
-from raftsqlite.errors import BadRequest, DecodeError, Fenced, Moved, RaftSQLiteError
+from raftsqlite.errors import (BadRequest, CoordinatorFenced, DecodeError, Fenced, Moved,
+                               RaftSQLiteError, StaleCatalog)
 from raftsqlite.sharding import keyspace as ks
 
 OP_PREFIX = "own."
@@ -58,6 +59,79 @@ def encode_guard(items):
         if kids:
             out.append(struct.pack(f">{len(kids)}Q", *kids))
     return b"".join(out)
+
+
+# The default group's guard: the catalog ``schema_version`` a *default* plan was made
+# with (sharding.md "Catalog guard"). Own magic, so a shard never mistakes it for
+# ownership items, and 10 bytes, so the unsharded hot path pays next to nothing.
+CATALOG_GUARD_MAGIC = b"C\x01"
+_CAT = struct.Struct(">2sQ")
+_catalog_guards = {}
+
+
+def catalog_guard(schema_version):
+    """Guard bytes for a call to the default group planned at ``schema_version``."""
+    g = _catalog_guards.get(schema_version)
+    if g is None:
+        if len(_catalog_guards) > 64:
+            _catalog_guards.clear()
+        g = _catalog_guards[schema_version] = _CAT.pack(CATALOG_GUARD_MAGIC, schema_version)
+    return g
+
+
+def is_catalog_guard(buf):
+    return buf[:2] == CATALOG_GUARD_MAGIC
+
+
+def decode_catalog_guard(buf):
+    """-> the schema version; raises ``DecodeError``."""
+    if len(buf) != _CAT.size or buf[:2] != CATALOG_GUARD_MAGIC:
+        raise DecodeError("not a catalog guard (bad magic, version or length)")
+    return _CAT.unpack(bytes(buf))[1]
+
+
+def check_catalog_version(planned, schema_version):
+    """The default group's check of a default plan: refuse (``StaleCatalog``, nothing
+    runs; the router refreshes, plans again and retries) when table registrations changed
+    after the plan was made, because the statement may name a table that is sharded now
+    and would land in the default group's template table."""
+    if planned < schema_version:
+        e = StaleCatalog(f"this statement was planned with catalog schema version {planned}, "
+                         f"but table registrations changed since (now {schema_version}): "
+                         "a table it names may be sharded now; plan again with a fresh catalog")
+        e.router_version = planned
+        e.schema_version = schema_version
+        raise e
+
+
+# A rebalance coordinator's fencing token (rebalance.md "Fencing tokens"): the move id
+# and the token the catalog gave this coordinator when it took the move over
+# (``catalog.move_claim``). Its internal writes to the source and the target carry it in
+# place of an ownership guard (they must bypass ownership: the target does not own the
+# range yet); the shard refuses a token older than the newest it has seen for the move.
+TOKEN_GUARD_MAGIC = b"T\x01"
+_TOK = struct.Struct(">2sQH")
+
+
+def token_guard(move, token):
+    m = str(move).encode("utf-8")
+    return _TOK.pack(TOKEN_GUARD_MAGIC, int(token), len(m)) + m
+
+
+def is_token_guard(buf):
+    return buf[:2] == TOKEN_GUARD_MAGIC
+
+
+def decode_token_guard(buf):
+    """-> (move id, token); raises ``DecodeError``."""
+    buf = bytes(buf)
+    try:
+        magic, token, n = _TOK.unpack_from(buf, 0)
+        if magic != TOKEN_GUARD_MAGIC or len(buf) != _TOK.size + n:
+            raise DecodeError("not a fencing-token guard (bad magic, version or length)")
+        return buf[_TOK.size:].decode("utf-8"), token
+    except (struct.error, UnicodeDecodeError) as e:
+        raise DecodeError(f"fencing-token guard malformed: {e}") from None
 
 
 def decode_guard(buf):
@@ -98,6 +172,7 @@ class ShardOwnership:
     def __init__(self, group=""):
         self.group = group
         self.cols = {}     # colocation -> {"epoch", "shard_func", "tables", "ranges", "fenced"}
+        self.tokens = {}   # move id -> newest coordinator fencing token seen for it
         self._by_table = {}
 
     # ---- state --------------------------------------------------------------------------
@@ -105,11 +180,14 @@ class ShardOwnership:
         self._by_table = {t: c for c, g in self.cols.items() for t in g["tables"]}
 
     def to_bytes(self):
-        return orjson.dumps({"group": self.group, "cols": {
+        d = {"group": self.group, "cols": {
             c: {"epoch": g["epoch"], "shard_func": g["shard_func"], "tables": g["tables"],
                 "ranges": [[s, ks.end_to_json(e)] for s, e in g["ranges"]],
                 "fenced": [[s, ks.end_to_json(e)] for s, e in g["fenced"]]}
-            for c, g in self.cols.items()}}, option=orjson.OPT_SORT_KEYS)
+            for c, g in self.cols.items()}}
+        if self.tokens:
+            d["tokens"] = self.tokens     # absent when empty: older states keep their bytes
+        return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def from_bytes(cls, b):
@@ -117,6 +195,7 @@ class ShardOwnership:
         if b:
             d = orjson.loads(b)
             o.group = d.get("group", "")
+            o.tokens = {str(k): int(v) for k, v in d.get("tokens", {}).items()}
             for c, g in d["cols"].items():
                 o.cols[c] = {"epoch": g["epoch"], "shard_func": g["shard_func"],
                              "tables": list(g["tables"]),
@@ -181,12 +260,37 @@ class ShardOwnership:
             del self.cols[c]
         return {"applied": applied}
 
+    def take_token(self, move, token):
+        """A coordinator's fencing token for ``move``: refuse it (``CoordinatorFenced``)
+        when a newer one was seen, else remember it. -> whether the state changed."""
+        cur = self.tokens.get(move, 0)
+        if token < cur:
+            raise CoordinatorFenced(
+                f"move {move}: coordinator token {token} is older than token {cur} seen by "
+                f"shard {self.group or '?'}: a newer coordinator took the move over")
+        if token > cur:
+            self.tokens[move] = token
+            return True
+        return False
+
+    def _token(self, a):
+        # fence/unfence sent by a move's coordinator carry its token (optional otherwise)
+        if a.get("token") is not None:
+            self.take_token(str(a["move"]), int(a["token"]))
+
+    def _op_claim(self, a):
+        """``{move, token}``: a coordinator taking a move over announces its token, so
+        from here on every request of an older coordinator of that move is refused."""
+        return {"changed": self.take_token(str(a["move"]), int(a["token"]))}
+
     def _op_fence(self, a):
+        self._token(a)
         g = self._col(a["colocation"])
         span = (int(a["start"]), ks.end_from_json(a.get("end")))
         g["fenced"] = ks.normalise_spans(g["fenced"] + [span])
 
     def _op_unfence(self, a):
+        self._token(a)
         g = self._col(a["colocation"])
         s, e = int(a["start"]), ks.end_from_json(a.get("end"))
         g["fenced"] = [f for f in g["fenced"] if not (f[0] >= s and f[1] <= e)]

@@ -54,11 +54,12 @@ import time
 
 
 from raftsqlite.codec.model import Statement
-from raftsqlite.errors import (BadRequest, LeaderNotFound, NotFound, NotLeader,
-                               OutcomeUnknown, ProposalDropped, RaftSQLiteError, Timeout,
-                               Unavailable, Unreachable)
+from raftsqlite.errors import (BadRequest, CoordinatorFenced, LeaderNotFound, NotFound,
+                               NotLeader, OutcomeUnknown, ProposalDropped, RaftSQLiteError,
+                               Timeout, Unavailable, Unreachable)
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import MOVE_END, MOVE_PHASES
+from raftsqlite.sharding.ownership import token_guard
 
 log = logging.getLogger("raftsqlite.rebalance")
 
@@ -105,6 +106,8 @@ class MoveBackend:
     """
 
 
+#: Catalog ops a coordinator sends with its fencing token (catalog refuses older ones).
+_TOKENED_CATALOG_OPS = ("move_update", "move_switch", "fence", "unfence")
 #: Errors after which nothing was applied: a leader change, no leader yet, never sent.
 _NOT_APPLIED = (NotLeader, LeaderNotFound, ProposalDropped, Unreachable)
 #: Errors after which a write may or may not have applied (a fault mid-request).
@@ -237,6 +240,7 @@ class MoveRunner:
         self.fence_started = None
         self.fence_ms = None
         self.cancel_requested = False
+        self.token = None     # this coordinator's fencing token for the move (move_claim)
         self.hook = None      # tests: ``hook(phase_name)`` called at step boundaries
 
     # ---- plumbing ---------------------------------------------------------------------
@@ -257,6 +261,9 @@ class MoveRunner:
                     log.info("move %s: %s succeeded after %d retr%s", self.id, _what(fn, a),
                              tries, "y" if tries == 1 else "ies")
                 return res
+            except CoordinatorFenced as e:
+                raise NotCoordinator(f"move {self.id}: {e}; this coordinator (token "
+                                     f"{self.token}) stops") from e
             except RaftSQLiteError as e:
                 again = (getattr(e, "retryable", False) or isinstance(e, _NOT_APPLIED)
                          or (_idempotent and isinstance(e, _AMBIGUOUS)))
@@ -281,18 +288,37 @@ class MoveRunner:
         return _rows(await self._retry(self.ex.query, group, [Statement(sql, list(params))],
                                        guard=None))
 
+    def _guard(self):
+        """Writes bypass ownership (the target does not own the range yet) but carry the
+        fencing token, so a shard refuses them once a newer coordinator has the move."""
+        return None if self.token is None else token_guard(self.id, self.token)
+
     async def _write(self, group, stmts, transaction=True):
         st = [Statement(s, list(p) if p is not None else None) for s, p in stmts]
         return _check(await self._retry(self.ex.execute, group, st, transaction=transaction,
-                                        guard=None))
+                                        guard=self._guard()))
+
+    async def _claim(self):
+        """Take the move over: a new fencing token from the catalog, announced to both
+        shards before anything else, so from here on they refuse every request of a
+        previous coordinator of this move (one still in flight from a deposed leader)."""
+        self.m = await self._cat_op("move_claim", move_id=self.id)
+        self.token = self.m["token"]
+        for g in (self.m["source"], self.m["target"]):
+            await self._own_op(g, "claim")
 
     async def _cat_op(self, name, **args):
+        if self.token is not None and name in _TOKENED_CATALOG_OPS:
+            args.setdefault("move_id", self.id)
+            args["token"] = self.token
         res = await self._retry(self.b.catalog_op, name, args, _idempotent=False)
         if isinstance(res, dict) and "start" in res and "end" in res:
             res["end"] = ks.end_from_json(res["end"])   # JSON carries the keyspace end as null
         return res
 
     async def _own_op(self, grp, name, **args):
+        if self.token is not None and name in ("claim", "fence", "unfence"):
+            args.update(move=self.id, token=self.token)
         return await self._retry(self.b.own_op, grp, name, args)
 
     async def _update(self, **kw):
@@ -348,6 +374,8 @@ class MoveRunner:
         """Run to ``done``, ``cancelled`` or ``failed``; returns the final record."""
         m = await self._load()
         self._log_phase(None, m["phase"], how="coordinating from phase")
+        if m["phase"] not in MOVE_END or (m["phase"] != "done" and not m.get("cleaned")):
+            await self._claim()
         try:
             if m["phase"] in MOVE_END:
                 if m["phase"] != "done" and not m.get("cleaned"):
@@ -396,7 +424,8 @@ class MoveRunner:
             if "WITHOUT ROWID" in rows[0][1].upper():
                 raise BadRequest(f"table {t} is WITHOUT ROWID; moving it is not supported")
             for _typ, sql in rows:
-                res = await self._retry(self.ex.execute, tgt, [Statement(sql)], guard=None)
+                res = await self._retry(self.ex.execute, tgt, [Statement(sql)],
+                                        guard=self._guard())
                 err = res[0].get("error", "")
                 if err and "already exists" not in err:
                     raise BadRequest(f"creating {t} on {tgt}: {err}")

@@ -57,6 +57,8 @@ class NodeMoveBackend:
     async def _one(self, group, name, args):
         res = (await self.svc.system(group, [(name, orjson.dumps(_sane(args)))]))[0]
         if isinstance(res, dict) and res.get("error") and set(res) <= {"error", "code", "time"}:
+            if res.get("code") == errors.CoordinatorFenced.code:
+                raise errors.CoordinatorFenced(res["error"])
             raise errors.BadRequest(res["error"])
         return res
 

@@ -21,7 +21,8 @@ from raftsqlite import errors
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.b64json import unb64
 
-_CODES = {"moved": errors.Moved, "fenced": errors.Fenced, "not_leader": errors.NotLeader}
+_CODES = {"moved": errors.Moved, "fenced": errors.Fenced, "not_leader": errors.NotLeader,
+          "coordinator_fenced": errors.CoordinatorFenced}
 
 
 def _raise_for(status, body):
@@ -96,7 +97,7 @@ def _stmts(statements):
 def _check_results(res):
     for r in res:
         code = r.get("code") if isinstance(r, dict) else None
-        if code in ("moved", "fenced"):
+        if code in ("moved", "fenced", "coordinator_fenced"):
             raise _CODES[code](r.get("error") or code)
     return res
 
@@ -173,6 +174,8 @@ class HttpMoveBackend:
             name, base64.b64encode(orjson.dumps(args)).decode()]]})
         r = j["results"][0]
         if isinstance(r, dict) and r.get("error") and set(r) <= {"error", "code", "time"}:
+            if r.get("code") == errors.CoordinatorFenced.code:
+                raise errors.CoordinatorFenced(r["error"])
             raise errors.BadRequest(r["error"])
         return r
 

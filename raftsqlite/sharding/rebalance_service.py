@@ -70,8 +70,16 @@ class Rebalancer:
             rows[g] = n
         return rows, (nbytes / sampled if sampled else 0.0)
 
-    async def plan(self, table, dry_run=False):
+    async def plan(self, table, dry_run=False, reuse=True):
         cat = await self.b.catalog()
+        if not dry_run and reuse:
+            live = self._moving(cat, table)
+            if live:
+                # Already rebalancing (typically: the same request retried after the
+                # coordinator that created these moves died before it answered): answer
+                # those moves, as the first answer would have, instead of a "range
+                # overlaps a move in progress" error for a request that succeeded.
+                return live
         rows, avg = await self._estimates(cat, table)
         plan = cat.plan_rebalance(table, rows)
         for mv in plan["moves"]:
@@ -91,6 +99,23 @@ class Rebalancer:
             ids.append(rec["id"])
         self._start(plan["colocation"], ids)
         return plan
+
+    @staticmethod
+    def _moving(cat, table):
+        rec = cat.tables.get(table.lower())
+        if rec is None:
+            return None
+        ms = [m for _, m in sorted(cat.moves.items(), key=lambda x: _mnum(x[0]))
+              if m["colocation"] == rec["colocation"] and m["phase"] not in MOVE_END]
+        if not ms:
+            return None
+        moves = [{"move_id": m["id"], "start": m["start"], "end": ks.end_to_json(m["end"]),
+                  "range": ks.fmt_range(m["start"], m["end"]), "source": m["source"],
+                  "target": m["target"], "rows_estimate": m.get("rows_total") or 0,
+                  "phase": m["phase"]} for m in ms]
+        return {"table": table.lower(), "colocation": rec["colocation"], "moves": moves,
+                "dry_run": False, "already_moving": True,
+                "rows_estimate": sum(m["rows_estimate"] for m in moves)}
 
     async def move_range(self, table, start, end, target, wait=False):
         """Move ``[start, end)`` (keyspace ids; ``end`` None = keyspace end) to ``target``.
@@ -121,7 +146,7 @@ class Rebalancer:
 
     async def remove_from_shard(self, table, shard, wait=False):
         await self.b.catalog_op("drain_shard", {"table": table, "shard": shard})
-        plan = await self.plan(table)
+        plan = await self.plan(table, reuse=False)   # the drain's own moves
         ids = [m["move_id"] for m in plan["moves"]]
 
         async def finish():
@@ -230,10 +255,32 @@ class Rebalancer:
         self.runners.clear()
 
     async def wait(self, ids=None, timeout=None):
+        """Wait until the moves run here end -> ``{move id: phase}``. Raises the error
+        that stopped a move; ``NotCoordinator`` when this node lost the default group's
+        leadership meanwhile (``stop_all`` cancelled its tasks: the move goes on under
+        the new leader); ``asyncio.TimeoutError`` after ``timeout`` (the moves go on)."""
         ids = list(ids if ids is not None else self.tasks)
-        tasks = {self.tasks[i] for i in ids if i in self.tasks}
+        tasks = {i: self.tasks[i] for i in ids if i in self.tasks}
         if tasks:
-            await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+            # asyncio.wait, not gather: a task cancelled by stop_all would otherwise
+            # surface here as a bare CancelledError, which reads as if the *waiter* had
+            # been cancelled (and no ``except Exception`` catches it); and a timeout
+            # must not cancel the moves themselves.
+            _, pending = await asyncio.wait(set(tasks.values()), timeout=timeout)
+            if pending:
+                raise asyncio.TimeoutError(
+                    f"move(s) {', '.join(sorted(i for i, t in tasks.items() if t in pending))} "
+                    f"still running after {timeout} s")
+            for mid, t in sorted(tasks.items(), key=lambda x: _mnum(x[0])):
+                exc = None if t.cancelled() else t.exception()
+                if t.cancelled() or isinstance(exc, NotCoordinator):
+                    why = ("this node lost the default group's leadership while coordinating "
+                           "it and stopped" if exc is None else f"this node stopped ({exc})")
+                    raise NotCoordinator(
+                        f"move {mid}: {why}; the move continues on the new leader "
+                        "(GET /table/rebalance/status on any node follows it)") from exc
+                if exc is not None:
+                    raise exc
         cat = await self.b.catalog()
         return {i: cat.moves[i]["phase"] for i in ids if i in cat.moves}
 

@@ -8,14 +8,16 @@ and wired by the node without this module knowing about HTTP, Raft or apsw:
     -> list[dict]`` (``request_id``: bytes or None; a group that already applied a request
     with that id answers the recorded results instead of applying it again)
     ``async query(group, statements, *, guard=None, **opts) -> list[dict]``
-    ``async request(group, statements, *, transaction=False, **opts) -> list[dict]``
-    (rqlite's mixed /db/request; used only for the default group)
+    ``async request(group, statements, *, transaction=False, guard=None, **opts)
+    -> list[dict]`` (rqlite's mixed /db/request; used only for the default group)
     ``statements`` is a list of ``raftsqlite.codec.model.Statement``; ``guard`` is the
-    bytes of ``ownership.encode_guard`` (None for the default group or ``shard_id=``).
+    bytes of ``ownership.encode_guard``; for the default group, ``ownership.catalog_guard``
+    (the catalog schema version the plan was made with; None for ``shard_id=``).
     One result per statement: ``{"columns","types","values"}`` for a query,
     ``{"last_insert_id","rows_affected"}`` for a write, ``{"error": str}`` for a failed
     statement. A guard that fails makes the whole call raise ``errors.Moved`` or
-    ``errors.Fenced`` *before any statement runs*: that is what makes a retry safe.
+    ``errors.Fenced`` (``errors.StaleCatalog`` from the default group) *before any
+    statement runs*: that is what makes a retry safe.
 
 ``CatalogSource``
     ``current() -> Catalog`` (cached, never blocks) and
@@ -39,9 +41,9 @@ import asyncio
 import time
 
 from raftsqlite.codec.model import BulkStatements, Statement
-from raftsqlite.errors import Fenced, Moved, RaftSQLiteError, RoutingRefused
+from raftsqlite.errors import Fenced, Moved, RaftSQLiteError, RoutingRefused, StaleCatalog
 from raftsqlite.sharding.merge import ShardError, merge_aggregates, merge_rows, merge_writes
-from raftsqlite.sharding.ownership import encode_guard
+from raftsqlite.sharding.ownership import catalog_guard, encode_guard
 from raftsqlite.sharding.planner import DEFAULT_GROUP, Planner
 
 # A shard answering one of these to a fanned-out DDL means it already has the change.
@@ -69,7 +71,8 @@ class Router:
         self.fence_wait_s = fence_wait_s
         self.fence_poll_s = fence_poll_s
         self.counts = {"statements": 0, "single": 0, "scatter": 0, "default": 0, "fanout": 0,
-                       "moved_retries": 0, "fenced_waits": 0, "refused": 0, "partial_writes": 0}
+                       "moved_retries": 0, "fenced_waits": 0, "refused": 0, "partial_writes": 0,
+                       "stale_catalog_retries": 0}
 
     # ---- public ------------------------------------------------------------------------
     async def execute(self, statements, transaction=False, shard_id=None, request_id=None):
@@ -95,16 +98,33 @@ class Router:
         the default group's ``request`` unchanged; otherwise each statement takes the read
         or the write path by its plan (a transaction must then stay in one group)."""
         statements = _stmts(statements)
+        out = []
+        stale = 0
+        while True:
+            try:
+                return await self._request_from(statements, transaction, opts, out)
+            except StaleCatalog:
+                stale += 1        # as in _run: plan what is not done yet again
+                self.counts["stale_catalog_retries"] += 1
+                if stale > self.max_moved_retries:
+                    raise
+                await self.cat.refresh()
+                if stale > 1:
+                    await asyncio.sleep(min(self.fence_poll_s * stale, 0.2))
+
+    async def _request_from(self, statements, transaction, opts, out):
         cat = self.cat.current()
+        g = catalog_guard(cat.schema_version)
         plans = [self.planner.plan(s.sql, cat) for s in statements]
-        if all(p.kind == "default" for p in plans):
-            return await self.ex.request(DEFAULT_GROUP, statements, transaction=transaction, **opts)
+        if not out and all(p.kind == "default" for p in plans):
+            return await self.ex.request(DEFAULT_GROUP, statements, transaction=transaction,
+                                         guard=g, **opts)
         if transaction:
             return await self._run(statements, True, write=True)
-        out = []
-        for st, p in zip(statements, plans):
+        for k in range(len(out), len(statements)):
+            st, p = statements[k], plans[k]
             if p.kind == "default":
-                out.extend(await self.ex.request(DEFAULT_GROUP, [st], **opts))
+                out.extend(await self.ex.request(DEFAULT_GROUP, [st], guard=g, **opts))
             elif p.kind == "read":
                 out.extend(await self.query([st], **opts))
             else:
@@ -123,22 +143,43 @@ class Router:
     # ---- running -------------------------------------------------------------------------
     async def _run(self, statements, transaction, write, opts=None, rid=None):
         opts = opts or {}
+        results = []     # of the statements done so far, in order
+        stale = 0
+        while True:
+            try:
+                return await self._run_from(statements, transaction, write, opts, rid, results)
+            except StaleCatalog:
+                # The default group refused a default plan made with an older catalog
+                # than a registration it applied (nothing of that call ran): plan the
+                # statements not yet done again with a fresh catalog.
+                stale += 1
+                self.counts["stale_catalog_retries"] += 1
+                if stale > self.max_moved_retries:
+                    raise
+                await self.cat.refresh()
+                if stale > 1:
+                    await asyncio.sleep(min(self.fence_poll_s * stale, 0.2))
+
+    async def _run_from(self, statements, transaction, write, opts, rid, results):
         cat = self.cat.current()
+        # A default plan is only as good as the catalog it was made with: the default
+        # group checks this version at apply time (StaleCatalog above).
+        ver = cat.schema_version
         try:
             plans = _plan_all(self.planner, statements, cat)
         except RoutingRefused:
             self.counts["refused"] += 1
             raise
-        self.counts["statements"] += len(statements)
-        if all(p.kind == "default" for p in plans):
+        if not results:
+            self.counts["statements"] += len(statements)
+        if not results and all(p.kind == "default" for p in plans):
             self.counts["default"] += 1
             return await self._call(DEFAULT_GROUP, statements, None, write, transaction, opts,
-                                    _sub_rid(rid, 0, len(statements)))
+                                    _sub_rid(rid, 0, len(statements)), ver)
         if transaction:
             return await self._run_together(statements, plans, write, transaction, opts,
                                             _sub_rid(rid, 0, len(statements)))
-        results = []
-        i = 0
+        i = len(results)
         # Consecutive statements for one and the same group travel together (in order);
         # everything else runs statement by statement.
         while i < len(statements):
@@ -156,11 +197,11 @@ class Router:
                         break
                 # the routes just made serve the first attempt (same catalog object)
                 results.extend(await self._single_batch(plans[i:j], statements[i:j], write, opts,
-                                                        (cat, batch), _sub_rid(rid, i, j)))
+                                                        (cat, batch), _sub_rid(rid, i, j), ver))
                 i = j
             else:
                 results.append(await self._multi(plans[i], statements[i], write, opts,
-                                                 _sub_rid(rid, i, i + 1)))
+                                                 _sub_rid(rid, i, i + 1), ver))
                 i += 1
         return results
 
@@ -184,7 +225,8 @@ class Router:
         self.counts["single"] += 1
         return await self._retrying(attempt)
 
-    async def _single_batch(self, plans, statements, write, opts, routed=None, rid=None):
+    async def _single_batch(self, plans, statements, write, opts, routed=None, rid=None,
+                            ver=None):
         async def attempt():
             nonlocal routed
             cat = self.cat.current()
@@ -198,21 +240,22 @@ class Router:
                 # The catalog changed under us and the batch no longer shares one group.
                 out = []
                 for k, (p, s) in enumerate(zip(plans, statements)):
-                    out.append(await self._multi(p, s, write, opts, _sub_rid(rid, k, k + 1)))
+                    out.append(await self._multi(p, s, write, opts, _sub_rid(rid, k, k + 1),
+                                                 ver))
                 return out
             g = groups.pop()
             guard = [it for r in routes for it in (r.calls[0].guard or [])]
             sts = [Statement(r.calls[0].sql, r.calls[0].params) for r in routes]
             self.counts["default" if g == DEFAULT_GROUP and not guard else "single"] += 1
-            return await self._call(g, sts, guard or None, write, False, opts, rid)
+            return await self._call(g, sts, guard or None, write, False, opts, rid, ver)
         return await self._retrying(attempt)
 
-    async def _multi(self, plan, st, write, opts, rid=None):
+    async def _multi(self, plan, st, write, opts, rid=None, ver=None):
         """One statement that may need several groups, merged into one result."""
         cat = self.cat.current()
         route = plan.route(cat, st.params)
         if len(route.calls) == 1 and route.merge is None:
-            return (await self._single_batch([plan], [st], write, opts, rid=rid))[0]
+            return (await self._single_batch([plan], [st], write, opts, rid=rid, ver=ver))[0]
         self.counts["fanout" if route.kind == "fanout" else "scatter"] += 1
         if route.write or write and route.merge and route.merge["kind"] == "write":
             return await self._multi_write(plan, st, route, opts, rid)
@@ -324,6 +367,8 @@ class Router:
         while True:
             try:
                 return await fn()
+            except StaleCatalog:
+                raise       # the plan itself is stale: _run plans again
             except Moved:
                 moved += 1
                 self.counts["moved_retries"] += 1
@@ -341,8 +386,14 @@ class Router:
                 delay = min(delay * 2, 0.2)
                 await self.cat.refresh()
 
-    async def _call(self, group, statements, guard, write, transaction, opts, rid=None):
-        g = encode_guard(guard) if guard else None
+    async def _call(self, group, statements, guard, write, transaction, opts, rid=None,
+                    ver=None):
+        if guard:
+            g = encode_guard(guard)
+        elif group == DEFAULT_GROUP and ver is not None:
+            g = catalog_guard(ver)   # a default plan: the version it was made with
+        else:
+            g = None
         if write:
             if rid is not None:
                 # one id per (client id, statements covered, group): see the module doc

@@ -31,6 +31,7 @@ from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_resul
                                           guard_refusal, load_results, unb64)
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
+from raftsqlite.sharding.ownership import catalog_guard, is_catalog_guard, is_token_guard
 from raftsqlite.sharding.router import Router
 
 log = logging.getLogger("raftsqlite.sharding")
@@ -97,16 +98,17 @@ class NodeGroupExecutor:
                 pass
         return await self.remote(group, "query", statements, False, guard, level=level)
 
-    async def request(self, group, statements, *, transaction=False, level="weak", **opts):
+    async def request(self, group, statements, *, transaction=False, level="weak", guard=None,
+                      **opts):
         if self._local(group):
             self.counts["local"] += 1
             try:
                 res = await self.svc.node.store.request(statements, transaction=transaction,
-                                                        level=level, **opts)
+                                                        level=level, guard=guard, **opts)
                 return res["results"]
             except errors.NotLeader:
                 pass
-        return await self.remote(group, "request", statements, transaction, None, level=level)
+        return await self.remote(group, "request", statements, transaction, guard, level=level)
 
     async def remote(self, group, kind, statements, transaction, guard, level="weak",
                      request_id=None):
@@ -163,21 +165,26 @@ class RouterSQL:
         tx = bool(p is not None and p.transaction)
         sid = await self._shard(p)
         rid = getattr(p, "request_id", None)
-        if rid and sid is None and self.svc.is_default and self._all_default(statements):
+        cat = self.svc.cache.current()
+        if rid and sid is None and self.svc.is_default and self._all_default(statements, cat):
             # A request that goes unchanged, as one request, to the default group goes
             # straight to this node's store, which raises NotLeader on a follower so the
-            # HTTP layer forwards the original request (id included).
-            return await self.svc.node.store.execute(statements, transaction=tx,
-                                                     request_id=rid, timeout=p.timeout)
+            # HTTP layer forwards the original request (id included). It carries the
+            # catalog version it was planned with, like every default plan (router.py).
+            try:
+                return await self.svc.node.store.execute(
+                    statements, transaction=tx, request_id=rid, timeout=p.timeout,
+                    guard=catalog_guard(cat.schema_version))
+            except errors.StaleCatalog:
+                await self.svc.cache.refresh()   # nothing ran: plan again, routed
         # Routed: every call the router makes carries an id derived from the client's
         # (Router module doc), so a retried request is idempotent on each shard too.
         res = await self.router.execute(statements, transaction=tx, shard_id=sid,
                                         request_id=rid)
         return {"results": res}
 
-    def _all_default(self, statements):
+    def _all_default(self, statements, cat):
         try:
-            cat = self.svc.cache.current()
             return all(self.router.planner.plan(getattr(st, "sql", st), cat).kind == "default"
                        for st in statements)
         except errors.RaftSQLiteError:
@@ -220,10 +227,13 @@ class ShardingService:
                            deterministic=False)
         self.catalog_state = None
         self.loop = None
-        self.cache = CatalogCache(fetch=None if self.is_default else self._fetch_catalog)
+        self.cache = CatalogCache(fetch=self._refresh_default if self.is_default
+                                  else self._fetch_catalog)
         if self.is_default:
             self.catalog_state = CatalogState(on_change=self._catalog_applied)
             self.catalog_state.register(fsm)
+            # the catalog check's upper bound must cover what is stored before any apply
+            self.catalog_state.load(db.read_internal)
             # a snapshot install replaces the catalog without an op: republish it
             fsm.add_restore_listener(lambda: self._catalog_applied(
                 self.catalog_state.load(db.read_internal).to_bytes()))
@@ -246,11 +256,28 @@ class ShardingService:
 
     # ---- FSM side (apply thread) ------------------------------------------------------
     def _fsm_hook(self, ctx, req, write=True):
-        if req.guard is not None:
-            self.shard.check(ctx.execute, req.guard, write=write)
+        g = req.guard
+        if g is not None:
+            if is_catalog_guard(g):
+                self._catalog_check(ctx.execute, g)
+            elif is_token_guard(g):
+                self.shard.take_token(ctx.execute, g)
+            else:
+                self.shard.check(ctx.execute, g, write=write)
 
     def _read_check(self, guard):
-        self.shard.check(self.node.db.read_internal, guard, write=False)
+        if is_catalog_guard(guard):
+            self._catalog_check(self.node.db.read_internal, guard)
+        elif is_token_guard(guard):
+            self.shard.take_token(self.node.db.read_internal, guard, record=False)
+        else:
+            self.shard.check(self.node.db.read_internal, guard, write=False)
+
+    def _catalog_check(self, internal, guard):
+        if self.catalog_state is None:
+            raise errors.BadRequest(f"a call planned for the default group reached group "
+                                    f"{self.group}, which does not hold the catalog")
+        self.catalog_state.check(internal, guard)
 
     def _catalog_applied(self, b):
         loop = self.loop
@@ -520,6 +547,24 @@ class ShardingService:
         addrs = [m["http_addr"] for m in cat.groups.get(DEFAULT_GROUP, {}).get("members", {}).values()
                  if m.get("http_addr")]
         return addrs + [a for a in self.seeds if a not in addrs]
+
+    async def _refresh_default(self, after, timeout):
+        """A default-group node's ``refresh`` (after ``StaleCatalog`` or ``Moved``): its own
+        state machine's copy first; a follower then asks its leader, because a member cut
+        off from the log keeps an old copy (its router would plan a newly sharded table
+        as unsharded forever; the default group refuses such calls at apply time)."""
+        await self.cache.publish(self.catalog_state.load(self.node.db.read_internal).to_bytes())
+        st = self.node.store
+        lead = st.leader()
+        if st.is_leader() or lead is None or not lead.http_addr or lead.node_id == st.node_id:
+            return None
+        try:
+            r = await self.client.request("GET", lead.http_addr,
+                                          "/shard/catalog?after=-1&poll=0", timeout=5.0)
+        except errors.RaftSQLiteError as e:
+            log.info("catalog refresh from the leader failed: %s", e)
+            return None
+        return r.body if r.status == 200 else None
 
     async def _fetch_catalog(self, after, timeout):
         last = None

@@ -24,6 +24,7 @@ from .history import History, Op
 
 #: 503 codes (raftsqlite.errors) that promise nothing was proposed.
 DEFINITE_CODES = frozenset({"leader_not_found", "not_leader", "proposal_dropped", "moved",
+                            "stale_catalog",
                             "fenced", "bad_request", "statement_refused"})
 #: Node-internal tables and triggers (``_rs_``: the rebalance change log and its
 #: triggers, present only on a move's source) are not user data.
