@@ -143,15 +143,25 @@ def remote_executor(session, addrs):
     leader (``POST /shard/call``), so no node spends CPU on a second hop. Requests to
     one group that are in flight together share a call (``sharding/coalesce.py``); each
     keeps its own guard, results and errors."""
+    from raftsqlite.sharding.callclient import CallClient
     from raftsqlite.sharding.coalesce import RemoteExecutor
     from raftsqlite.sharding.service import error_from
 
-    async def post(group, path, body):
-        async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
-            data = await r.read()
-        if r.status != 200:
-            raise error_from(r.status, data)
-        return data
+    if ARGS is None or ARGS.call_client == "lean":
+        client = CallClient()
+
+        async def post(group, path, body):
+            r = await client.post(addrs[group], path, body)
+            if r.status != 200:
+                raise error_from(r.status, r.body)
+            return r.body
+    else:
+        async def post(group, path, body):
+            async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
+                data = await r.read()
+            if r.status != 200:
+                raise error_from(r.status, data)
+            return data
     return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 1)
 
 
@@ -177,23 +187,88 @@ def _insert_worker(default_addr, addrs, clients, t_start, t_end, id_base, out):
             ids = iter(range(id_base, id_base + 10 ** 7))
             sql = "INSERT INTO users (id, name, age, city) VALUES (?, ?, ?, ?)"
 
-            async def one(c):
+            async def one(c, router=router, ids=ids, stop=t_end, start=t_start):
                 k = 0
                 while True:
                     now = time.monotonic()
-                    if now >= t_end:
+                    if now >= stop:
                         return k
                     i = next(ids)
                     res = await router.execute([(sql, [i, f"n{i}", i % 80, f"c{i % 7}"])])
                     assert "error" not in res[0], res
-                    if t_start <= now:
+                    if start <= now:
                         k += 1
+            gen_us = await _generator_cost(one, clients)
             k = sum(await asyncio.gather(*[one(c) for c in range(clients)]))
-            return k, router.ex.stats()
+            return k, dict(router.ex.stats(), generator_us=gen_us)
     if ARGS is not None and ARGS.loop == "uvloop":
         import uvloop
         uvloop.install()
     out.put(asyncio.run(main()))
+
+
+async def _generator_cost(one, clients, n=20000):
+    """CPU us per insert of the load generator alone: the same client coroutines against
+    a router that answers at once (one loop turn per call, as a real answer costs at
+    least), so its share of a router process's CPU can be told apart."""
+    class _Done(Exception):
+        pass
+
+    class _Null:
+        async def execute(self, statements):
+            await asyncio.sleep(0)
+            return [{"last_insert_id": 1, "rows_affected": 1}]
+    per = max(1, n // clients)
+    t0 = time.process_time()
+    ids = iter(range(0, 10 ** 7))
+    far = time.monotonic() + 3600
+    left = [per] * clients
+
+    async def bounded(c):
+        class _Stop(_Null):
+            async def execute(self, statements):
+                left[c] -= 1
+                if left[c] < 0:
+                    raise _Done
+                return await _Null.execute(self, statements)
+        try:
+            await one(c, router=_Stop(), ids=ids, stop=far, start=far)
+        except _Done:
+            pass
+    await asyncio.gather(*[bounded(c) for c in range(clients)])
+    return round((time.process_time() - t0) / (per * clients) * 1e6, 2)
+
+
+def _machine_busy_s():
+    """CPU seconds the whole machine spent busy so far (all cores, /proc/stat): with the
+    per-process figures, how much of the machine other processes took in a window."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _verdict(busy, rps, clients, gen_share, others):
+    """What bounded one insert window, from its per-process cores busy."""
+    ncpu = os.cpu_count() or 1
+    ours = sum(busy.values())
+    notes = []
+    if others >= 0.25:
+        notes.append(f"other processes took {others:.2f} cores")
+    if any(v >= 0.9 for p, v in busy.items() if p.startswith("router")):
+        notes.append(f"LOAD-GENERATOR BOUND: a load process (generator + its router) is at a "
+                     f"full core; the generator alone is {gen_share:.0%} of it")
+    if ours + others >= 0.9 * ncpu:
+        notes.append(f"CPU bound: the {ncpu} cores are busy")
+    elif any(v >= 0.9 for p, v in busy.items() if p.startswith("shard")):
+        notes.append("shard bound: a shard process is at a full core")
+    else:
+        notes.append(f"latency bound: no process at a full core, so {clients} closed-loop "
+                     f"clients / {clients / max(rps, 1) * 1e3:.2f} ms per insert set the rate")
+    return "; ".join(notes)
 
 
 def _cpu_s(pids):
@@ -294,37 +369,50 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 await asyncio.sleep(max(0.0, t_start - time.monotonic()))
                 pids = {name: p.pid for name, p in cl.procs.items()}
                 pids.update({f"router{w + 1}": p_.pid for w, p_ in enumerate(ps)})
-                c0 = _cpu_s(pids)
+                c0, m0 = _cpu_s(pids), _machine_busy_s()
                 await asyncio.sleep(max(0.0, t_end - time.monotonic()))
-                c1 = _cpu_s(pids)
+                c1, m1 = _cpu_s(pids), _machine_busy_s()
                 loop = asyncio.get_running_loop()
-                k, calls, sends = 0, 0, 0
+                k, calls, sends, gen = 0, 0, 0, []
                 for _ in ps:
                     kw, st = await loop.run_in_executor(None, q.get, True, 60)
                     k += kw
                     calls += st["calls"]
                     sends += st["sends"]
+                    gen.append(st["generator_us"])
                 for p_ in ps:
                     p_.join(10)
                 cpu = {p: round((c1[p] - c0[p]) / seconds, 2) for p in pids}
+                others = max(0.0, (m1 - m0) - sum(c1[p] - c0[p] for p in pids)) / seconds
                 # CPU per insert, per role: robust to a busy machine where rates are not
                 us = {"shards": sum(c1[p] - c0[p] for p in pids if p.startswith("shard")),
                       "routers": sum(c1[p] - c0[p] for p in pids if p.startswith("router"))}
                 us = {r: round(v / max(k, 1) * 1e6, 1) for r, v in us.items()}
-                return k / seconds, cpu, us, round(calls / max(sends, 1), 1)
+                # the routers' figure includes the load generator (same processes)
+                us["generator"] = round(statistics.mean(gen), 1)
+                us["per_process"] = {p: round((c1[p] - c0[p]) / max(k, 1) * 1e6, 1) for p in pids}
+                rps = k / seconds
+                verdict = _verdict(cpu, rps, clients, us["generator"] / max(us["routers"], 1e-9),
+                                   others)
+                return rps, cpu, us, round(calls / max(sends, 1), 1), round(others, 2), verdict
             for n in (1, 2):   # warm-up: connections, plan cache, first entries
                 await asyncio.gather(*[writer(n, time.monotonic() + 1.0, c) for c in range(clients)])
-            res = {n: {"ins": [], "node_ins": [], "read": [], "cpu": [], "us": [], "coalesced": []}
-                   for n in (1, 2)}
+            res = {n: {"ins": [], "node_ins": [], "read": [], "cpu": [], "us": [], "coalesced": [],
+                       "others": [], "verdict": []} for n in (1, 2)}
             for rep in range(reps):
                 for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
-                    rps, cpu, us, co = await proc_window(n)
+                    rps, cpu, us, co, others, verdict = await proc_window(n)
                     res[n]["ins"].append(rps)
                     res[n]["cpu"].append(cpu)
                     res[n]["us"].append(us)
                     res[n]["coalesced"].append(co)
-                    print(f"  rep {rep + 1}: {n} group(s) inserts {rps:,.0f}/s, cores busy {cpu}, "
-                          f"CPU us per insert {us}, inserts per /shard/call {co}", flush=True)
+                    res[n]["others"].append(others)
+                    res[n]["verdict"].append(verdict)
+                    print(f"  rep {rep + 1}: {n} group(s) inserts {rps:,.0f}/s, cores busy {cpu} "
+                          f"(other processes {others}), CPU us per insert {us['per_process']} "
+                          f"(shards {us['shards']}, routers {us['routers']} of which the load "
+                          f"generator alone {us['generator']}), inserts per /shard/call {co}; "
+                          f"{verdict}", flush=True)
             for rep in range(reps):
                 for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
                     res[n]["read"].append((await window(reader, n))[0])
@@ -388,6 +476,9 @@ def parse_args(argv=None):
     ap.add_argument("--inflight", type=int, default=1,
                     help="write calls in flight per shard per router; more wait and leave together "
                          "as one /shard/call (default 1, as in the nodes' routers)")
+    ap.add_argument("--call-client", choices=("lean", "aiohttp"), default="lean",
+                    help="HTTP client of the client-side routers' /shard/call (default lean: "
+                         "sharding/callclient.py, as the nodes' routers use)")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                     help="event loop of the load processes (the nodes always run uvloop)")
     ap.add_argument("--node-args", default="",
@@ -455,12 +546,14 @@ def main_cluster():
     res, lat = asyncio.run(cluster_all(seconds, clients, rows, reps, workers))
     med = {n: {k: statistics.median(v) for k, v in r.items() if k in ("ins", "node_ins", "read", "coalesced")}
            for n, r in res.items()}
-    us = {n: {role: round(statistics.median(u[role] for u in res[n]["us"]), 1) for role in ("shards", "routers")}
-          for n in (1, 2)}
+    us = {n: {role: round(statistics.median(u[role] for u in res[n]["us"]), 1)
+              for role in ("shards", "routers", "generator")} for n in (1, 2)}
     for n in (1, 2):
         print(f"{n} shard group(s): CPU per routed insert (median of windows): shard node(s) "
-              f"{us[n]['shards']} us, client-side routers {us[n]['routers']} us; "
-              f"{med[n]['coalesced']} inserts per /shard/call")
+              f"{us[n]['shards']} us, client-side routers {us[n]['routers']} us (of which the "
+              f"load generator alone {us[n]['generator']} us); {med[n]['coalesced']} inserts "
+              f"per /shard/call; other processes took {statistics.median(res[n]['others'])} "
+              f"cores; last window: {res[n]['verdict'][-1]}")
     for n in (1, 2):
         print(f"{n} shard group(s): routed single-row inserts {med[n]['ins']:,.0f}/s (median of "
               f"{', '.join(f'{x:,.0f}' for x in res[n]['ins'])}), point reads {med[n]['read']:,.0f}/s, "
@@ -469,6 +562,13 @@ def main_cluster():
         print(f"scatter over {lat['total_rows']:,} rows (2 groups, loaded at {lat['load_rows_per_s']:,} rows/s): "
               f"COUNT(*) {lat['count']} ms, ORDER BY ... LIMIT 10 {lat['order_limit']} ms")
     ratios = [b / a for a, b in zip(res[1]["ins"], res[2]["ins"])]
+    # What the CPU costs allow: every core busy with this run's processes and nothing
+    # else, at the measured CPU per insert (less noisy than rates on a shared machine).
+    ncpu = os.cpu_count() or 1
+    ceiling = {n: ncpu * 1e6 / max(us[n]["shards"] + us[n]["routers"], 1e-9) for n in (1, 2)}
+    print(f"CPU ceilings ({ncpu} cores, nothing else running, CPU per insert as measured): "
+          f"1 group {ceiling[1]:,.0f}/s, 2 groups {ceiling[2]:,.0f}/s; 2 groups over the "
+          f"measured 1-group rate: {ceiling[2] / max(med[1]['ins'], 1):.2f}")
     print(json.dumps({
         "insert_rps_1_group": round(med[1]["ins"]), "insert_rps_2_groups": round(med[2]["ins"]),
         "scale_ratio": round(med[2]["ins"] / med[1]["ins"], 2),
@@ -478,7 +578,12 @@ def main_cluster():
         "point_read_rps_1_group": round(med[1]["read"]), "point_read_rps_2_groups": round(med[2]["read"]),
         "cores_busy_inserts_1_group": res[1]["cpu"][-1], "cores_busy_inserts_2_groups": res[2]["cpu"][-1],
         "cpu_us_per_insert_1_group": us[1], "cpu_us_per_insert_2_groups": us[2],
+        "cpu_ceiling_rps_1_group": round(ceiling[1]), "cpu_ceiling_rps_2_groups": round(ceiling[2]),
+        "scale_ratio_cpu_ceiling": round(ceiling[2] / max(med[1]["ins"], 1), 2),
         "inserts_per_call_1_group": med[1]["coalesced"], "inserts_per_call_2_groups": med[2]["coalesced"],
+        "other_cores_busy_1_group": statistics.median(res[1]["others"]),
+        "other_cores_busy_2_groups": statistics.median(res[2]["others"]),
+        "bound_1_group": res[1]["verdict"][-1], "bound_2_groups": res[2]["verdict"][-1],
         "router_loop": ARGS.loop, "coalesce_inflight": ARGS.inflight,
         "scatter_count_ms": lat.get("count"), "scatter_order_limit_ms": lat.get("order_limit"),
         "scan_rows": lat.get("total_rows"), "plan_us_warm": round(warm, 2), "plan_us_cold": round(cold, 1),

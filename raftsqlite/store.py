@@ -283,37 +283,65 @@ class Store:
             if not batch:
                 continue
             self._inflight += 1
-            asyncio.get_running_loop().create_task(self._propose_batch(batch))
+            self._propose_batch(batch)
 
-    async def _propose_batch(self, batch):
+    def _propose_batch(self, batch):
+        """Propose one batch (its slot in ``_inflight`` already taken) and return at once:
+        no task per batch, the outcome arrives in ``_batch_done``."""
         try:
-            try:
-                data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
-                                            [clock_op(self.db.clock_now_ms())]))
-            except (EncodeError, ValueError, TypeError, OverflowError):
-                if len(batch) == 1:
-                    raise
-                # one request cannot be encoded: propose each alone so only it fails
-                await asyncio.gather(*(self._propose_batch([b]) for b in batch))
+            data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
+                                        [clock_op(self.db.clock_now_ms())]))
+        except (EncodeError, ValueError, TypeError, OverflowError) as exc:
+            if len(batch) == 1:
+                self._batch_failed(batch, exc)
+                self._release_slot()
                 return
-            self.counters["write_batches"] += 1
-            self.counters["batched_requests"] += len(batch)
-            self.counters["max_batch"] = max(self.counters["max_batch"], len(batch))
-            res = await self.raft.propose(data, self.config.write_timeout)
+            # one request cannot be encoded: propose each alone (a slot each) so only it fails
+            self._inflight += len(batch) - 1
+            for b in batch:
+                self._propose_batch([b])
+            return
+        self.counters["write_batches"] += 1
+        self.counters["batched_requests"] += len(batch)
+        self.counters["max_batch"] = max(self.counters["max_batch"], len(batch))
+        try:
+            pf = getattr(self.raft, "propose_future", None)
+            fut = (pf(data, self.config.write_timeout) if pf is not None else
+                   asyncio.ensure_future(self.raft.propose(data, self.config.write_timeout)))
+        except Exception as exc:  # noqa: BLE001 - refused up front (not leader, ...)
+            self._batch_failed(batch, exc)
+            self._release_slot()
+            return
+        fut.add_done_callback(lambda f: self._batch_done(batch, f))
+
+    def _batch_done(self, batch, fut):
+        try:
+            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+            if exc is not None:
+                self._batch_failed(batch, exc)
+                return
+            res = fut.result()
             index, results = res["index"], res["results"]
-            for i, (_, fut, _) in enumerate(batch):
-                if not fut.done():
-                    fut.set_result((index, results[i]))
-        except Exception as exc:  # every caller of the batch learns the same outcome
-            self.counters["write_errors"] += 1
-            err = self._map_error(exc)
-            for _, fut, _ in batch:
-                if not fut.done():
-                    fut.set_exception(err)
+            for i, (_, f, _) in enumerate(batch):
+                if not f.done():
+                    f.set_result((index, results[i]))
+        except Exception as exc:  # noqa: BLE001 - a malformed result fails the batch
+            self._batch_failed(batch, exc)
         finally:
-            self._inflight -= 1
-            if self._queue and not self._closed:
-                self._flush()
+            self._release_slot()
+
+    def _batch_failed(self, batch, exc):
+        # every caller of the batch learns the same outcome
+        self.counters["write_errors"] += 1
+        err = self._map_error(exc)
+        for _, f, _ in batch:
+            if not f.done():
+                f.set_exception(err)
+
+    def _release_slot(self):
+        self._inflight -= 1
+        if self._queue and not self._closed:
+            self._flush()
 
     def _map_error(self, exc):
         if isinstance(exc, NotLeader):

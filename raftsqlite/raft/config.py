@@ -61,6 +61,18 @@ class RaftConfig:
     reconnect_max: float = _f(1.0, "Largest reconnect delay to a peer, seconds.")
     transfer_on_stop: bool = _f(True, "A leader that stops hands leadership over first.")
     apply_batch: int = _f(4096, "Most committed entries passed to one state-machine apply call.")
+    apply_inline_bytes: int = _f(8192, "Committed entries up to this many bytes in all are "
+                                       "applied on the event loop, without the apply thread's "
+                                       "two thread hand-offs, when no apply is queued there "
+                                       "(0 = always on the thread).")
+    commit_notify_delay: float = _f(0.002, "Seconds a leader holds an APPEND that only tells a "
+                                           "caught-up follower the new commit index, so that "
+                                           "the next APPEND carries it instead (0 = send at "
+                                           "once). Durability and acknowledgements do not "
+                                           "depend on it, only how soon followers apply.")
+    persist_wait: float = _f(0.002, "Seconds the event loop waits, blocked, for a small log "
+                                    "write's fdatasync before it hands the wait to the loop "
+                                    "(saves the thread-to-loop hand-off; 0 = never block).")
 
     def __post_init__(self):
         if not self.node_id or any(c.isspace() for c in self.node_id):
@@ -81,6 +93,10 @@ class RaftConfig:
                      "max_pending_proposals"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.apply_inline_bytes < 0 or not (0 <= self.persist_wait <= 0.1) \
+                or not (0 <= self.commit_notify_delay <= 1.0):
+            raise ConfigError("need apply_inline_bytes >= 0, 0 <= persist_wait <= 0.1 and "
+                              "0 <= commit_notify_delay <= 1")
         if self.snapshot_threshold < 0 or self.snapshot_trailing < 0:
             raise ConfigError("snapshot_threshold and snapshot_trailing must be >= 0")
         if self.max_frame_bytes < self.max_msg_bytes + 4096:

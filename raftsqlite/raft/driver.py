@@ -77,12 +77,17 @@ class RaftNode:
         self._apply_queued = 0      # last index handed to the apply executor
         self._snap_index = 0
         self._snapshotting = False
+        self._apply_on_thread = False   # a snapshot runs on the apply thread: no inline applies
         self._leader_contact = None  # time.monotonic() of the last message from the leader
         self._compact_req = None
         self._streams = {}          # peer -> task streaming a snapshot
         self._recv = {}             # peer -> _SnapRecv
         self._held = None           # messages held while a received snapshot is finalized
         self._leader_waiters = []
+        # Commit-only APPENDs to caught-up followers, held until the next APPEND to the
+        # same follower (which carries the commit index too) or commit_notify_delay.
+        self._commit_held = {}
+        self._held_timer = None
         # Heartbeats flow while a Ready is being persisted (see _send_heartbeats): set
         # during the write; the term and vote known to be on disk.
         self._persisting = False
@@ -90,7 +95,8 @@ class RaftNode:
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
-                       "persist_s": 0.0, "heartbeats_during_persist": 0}
+                       "persist_s": 0.0, "heartbeats_during_persist": 0,
+                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -503,7 +509,20 @@ class RaftNode:
                 t0 = time.perf_counter()
                 self._persisting = True
                 try:
-                    await self._in(self._persist_exec, self.log.write, b)
+                    cf = self._persist_exec.submit(self.log.write, b)
+                    wait = self._persist_wait(b)
+                    if wait:
+                        try:
+                            # Blocked in a condition wait (the GIL released): the persist
+                            # thread wakes this thread directly when it is done, without
+                            # the loop's wake-up and callback round (docs/design/raft-io.md).
+                            cf.result(wait)
+                            self._stats["persist_waited"] += 1
+                        except TimeoutError:
+                            # Slow disk (or the write itself raised it: re-raised here).
+                            await asyncio.wrap_future(cf)
+                    else:
+                        await asyncio.wrap_future(cf)
                 finally:
                     self._persisting = False
                 self._stats["persist_s"] += time.perf_counter() - t0
@@ -533,12 +552,51 @@ class RaftNode:
             self._fail_all(errors.OutcomeUnknown("leadership lost before commit"),
                            proposed_only=True)
 
+    def _persist_wait(self, b):
+        """How long the loop may block waiting for this write: only small appends (no
+        truncation, reset or new segment), and never longer than ``persist_wait``, so
+        ticks, heartbeats and HTTP are held up by at most that."""
+        w = self.config.persist_wait
+        if not w or b.reset or b.truncate is not None or b.new_segment is not None \
+                or len(b.blob) > self.config.apply_inline_bytes:
+            return 0
+        return w
+
     def _send(self, messages):
         tr = self.transport
+        held = self._commit_held
+        delay = self.config.commit_notify_delay
         for m in messages:
-            if m.type == MsgType.SNAPSHOT:
+            t = m.type
+            if t == MsgType.APPEND:
+                if not m.entries and delay and m.index == self.core.last_index:
+                    # Only tells a caught-up follower the new commit index: held for a
+                    # moment, the next APPEND (which carries the commit) replaces it.
+                    if not held and self._held_timer is None:
+                        self._held_timer = self._loop.call_later(delay, self._send_held)
+                    held[m.to] = m
+                    continue
+                h = held.pop(m.to, None)
+                if h is not None and h.commit > m.commit:
+                    tr.send(h)   # (not expected: a later APPEND carries the newer commit)
+                self._stats["commit_piggybacked"] += h is not None
+                tr.send(m)
+            elif t == MsgType.SNAPSHOT:
                 self._start_stream(m)
             else:
+                tr.send(m)
+        tr.flush()
+
+    def _send_held(self):
+        """Send the commit-only APPENDs no later APPEND has carried (the group is idle)."""
+        self._held_timer = None
+        held, self._commit_held = self._commit_held, {}
+        if not held or not self._running or self.core.role != Role.LEADER:
+            return
+        term = self.core.term
+        tr = self.transport
+        for m in held.values():
+            if m.term == term:
                 tr.send(m)
         tr.flush()
 
@@ -578,14 +636,38 @@ class RaftNode:
 
     def _apply(self, entries):
         n = self.config.apply_batch
+        small = self.config.apply_inline_bytes
         for i in range(0, len(entries), n):
             chunk = entries[i:i + n]
+            # Small batches are applied right here when the apply thread has nothing
+            # queued (so the order holds): the two hand-offs to and from that thread cost
+            # more than such an apply. Large ones (bulk loads) stay on the thread so the
+            # loop is never blocked for long.
+            if small and self._apply_queued == self._applied and not self._apply_on_thread \
+                    and self._failed is None and sum(len(e.data) for e in chunk) <= small:
+                self._apply_queued = chunk[-1].index
+                self._stats["applied_inline"] += 1
+                try:
+                    results = self.fsm.apply(chunk)
+                except Exception as e:  # noqa: BLE001 - fail-stop, as on the thread
+                    self._applied_done(chunk, None, e)
+                    return
+                self._applied_done(chunk, results, None)
+                continue
             self._apply_queued = chunk[-1].index
             fut = self._in(self._apply_exec, self.fsm.apply, chunk)
             fut.add_done_callback(lambda f, c=chunk: self._on_applied(c, f))
 
     def _on_applied(self, entries, fut):
-        exc = fut.exception() if not fut.cancelled() else RuntimeError("apply cancelled")
+        if fut.cancelled():
+            self._applied_done(entries, None, RuntimeError("apply cancelled"))
+        else:
+            exc = fut.exception()
+            self._applied_done(entries, None if exc is not None else fut.result(), exc)
+
+    def _applied_done(self, entries, results, exc):
+        if self._failed is not None:
+            return   # a member that failed acknowledges nothing more
         if exc is not None:
             # The state machine's contract is to never raise; if it does, its state is
             # unknown, so this member stops applying (fail-stop) instead of diverging.
@@ -595,7 +677,6 @@ class RaftNode:
             self._running = False
             self._wake.set()
             return
-        results = fut.result()
         pend = self._pending
         if pend:
             for e, r in zip(entries, results):
@@ -655,7 +736,13 @@ class RaftNode:
             # (``snapshot_concurrent``); any other is snapshotted on the apply executor.
             ex = self._snap_exec if getattr(self.fsm, "snapshot_concurrent", False) \
                 else self._apply_exec
-            index, term = await self._in(ex, self.fsm.snapshot, tmp)
+            if ex is self._apply_exec:
+                # It must see exactly the applied prefix: no inline applies meanwhile.
+                self._apply_on_thread = True
+            try:
+                index, term = await self._in(ex, self.fsm.snapshot, tmp)
+            finally:
+                self._apply_on_thread = False
             if index <= self.log.snapshot_meta().index:
                 # a snapshot received from the leader overtook ours meanwhile
                 await self._in(self._snap_exec, remove_gradually, tmp)

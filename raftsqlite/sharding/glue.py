@@ -82,6 +82,8 @@ class ShardState(_Blob):
     def __init__(self, group):
         super().__init__()
         self.group = group
+        self._memo = None     # (entry index, _bytes then, ShardOwnership) of the last check
+        self._wcache = None   # (stored bytes, ShardOwnership) parsed on the apply thread
 
     def _fresh(self, b):
         o = ShardOwnership.from_bytes(b) if b else ShardOwnership()
@@ -91,9 +93,44 @@ class ShardState(_Blob):
     def register(self, fsm):
         for name in OWN_OPS:
             fsm.register_system_handler(name, self.handler(name))
+        # a snapshot replaces the stored ownership without an op (later entries have
+        # higher indexes anyway; forgetting is only the cheap belt to that brace)
+        listen = getattr(fsm, "add_restore_listener", None)
+        if listen is not None:
+            listen(self.forget)
 
-    def check(self, internal, guard, write=True):
-        """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now."""
+    def forget(self):
+        self._memo = None
+
+    def _apply(self, ctx, name, args):
+        self._memo = None
+        return super()._apply(ctx, name, args)
+
+    def check(self, internal, guard, write=True, index=None):
+        """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now.
+
+        ``index``: the log index of the entry being applied (``SystemContext.index``).
+        A coalesced routed call is one entry of many guarded requests, and the ranges and
+        fences a guard is checked against change only through ``own.*`` ops, entries of
+        their own; so the row is read once per entry, not once per request. The memo
+        also lapses whenever this object writes or re-reads other bytes (``_bytes`` is
+        no longer the object it was made from): every write of the blob goes through
+        here. A re-run of the same entry after a rolled-back batch re-applies the same
+        earlier entries, so it sees the same ranges. ``load`` from a reader thread only
+        makes the next check read the row again."""
+        if index is not None:
+            m = self._memo
+            if m is not None and m[0] == index and m[1] is self._bytes:
+                m[2].check(guard, write=write)
+                return
+            lapse = self._bytes
+            b = _read(internal, self.key)
+            wc = self._wcache      # the apply thread's own parse: no reader can swap it
+            if wc is None or wc[0] != b:
+                wc = self._wcache = (b, self._fresh(b))
+            self._memo = (index, lapse, wc[1])
+            wc[1].check(guard, write=write)
+            return
         self.load(internal).check(guard, write=write)
 
     def take_token(self, internal, guard, record=True):

@@ -29,6 +29,7 @@ GUARD_MAGIC = b"G\x01"
 _ALL = 0xFFFFFFFF
 _HDR = struct.Struct(">H")
 _ITEM = struct.Struct(">QI")
+_ONE = struct.Struct(">QIQ")
 
 
 class GuardItem:
@@ -49,6 +50,13 @@ class GuardItem:
 def encode_guard(items):
     """Guard bytes: magic+version, count, then per table: name, epoch, key count
     (0xFFFFFFFF for a scatter) and the u64 keyspace ids."""
+    if len(items) == 1:
+        it = items[0]
+        kids = it.kids
+        if kids is not None and len(kids) == 1:     # one table, one key: the commonest
+            name = it.table.encode("utf-8")
+            return b"".join((b"G\x01\x00\x01", _HDR.pack(len(name)), name,
+                             _ONE.pack(it.epoch, 1, kids[0])))
     out = [GUARD_MAGIC, _HDR.pack(len(items))]
     for it in items:
         name = it.table.encode("utf-8")
@@ -174,10 +182,12 @@ class ShardOwnership:
         self.cols = {}     # colocation -> {"epoch", "shard_func", "tables", "ranges", "fenced"}
         self.tokens = {}   # move id -> newest coordinator fencing token seen for it
         self._by_table = {}
+        self._by_name = {}   # the same, keyed by the UTF-8 bytes a guard carries
 
     # ---- state --------------------------------------------------------------------------
     def _reindex(self):
         self._by_table = {t: c for c, g in self.cols.items() for t in g["tables"]}
+        self._by_name = {t.encode("utf-8"): c for t, c in self._by_table.items()}
 
     def to_bytes(self):
         d = {"group": self.group, "cols": {
@@ -308,7 +318,12 @@ class ShardOwnership:
         """Raise ``Moved`` or ``Fenced`` unless every item of ``guard`` (bytes or a list
         of ``GuardItem``) may run here now. Reads pass ``write=False`` (fences do not
         stop reads: the source still holds the rows until the switch)."""
-        items = decode_guard(guard) if isinstance(guard, (bytes, bytearray, memoryview)) else guard
+        if isinstance(guard, (bytes, bytearray, memoryview)):
+            if type(guard) is bytes and self._check_one_key(guard, write):
+                return
+            items = decode_guard(guard)
+        else:
+            items = guard
         for it in items:
             cname = self._by_table.get(it.table)
             if cname is None:
@@ -330,6 +345,26 @@ class ShardOwnership:
                 if write and g["fenced"] and ks.span_contains(g["fenced"], kid):
                     raise _fenced(f"keyspace id {kid:016x} of {it.table} is fenced for a move; "
                                   "retry shortly", it)
+
+    def _check_one_key(self, buf, write):
+        """The commonest guard, one table and one key, checked without decoding it into
+        objects: True when it passes; False when it is not that shape or does not pass
+        (the full check then decodes it and raises the exact error)."""
+        if len(buf) < 26 or buf[:4] != b"G\x01\x00\x01":
+            return False
+        ln = (buf[4] << 8) | buf[5]
+        if len(buf) != 26 + ln or buf[14 + ln:18 + ln] != b"\x00\x00\x00\x01":
+            return False
+        cname = self._by_name.get(buf[6:6 + ln])
+        if cname is None:
+            return False
+        g = self.cols.get(cname)
+        if g is None:
+            return False
+        kid = int.from_bytes(buf[18 + ln:], "big")
+        if not ks.span_contains(g["ranges"], kid):
+            return False
+        return not (write and g["fenced"] and ks.span_contains(g["fenced"], kid))
 
     def owns(self, colocation, value):
         """``rs_owns(colocation, value)`` for SQL: does this shard own the stored key?

@@ -289,6 +289,10 @@ class InsertPlan(_Sharded):
 
     def route(self, catalog, params):
         t, col = self._tinfo(catalog)
+        if len(self.keys) == 1:      # one row: one owner (the commonest insert)
+            kid = ks.key_id(_resolve(self.keys[0], params), t["shard_func"], t.get("key_affinity"))
+            g = col["owners"][ks.index_of(col["starts"], kid)]
+            return Route("single", [Call(g, self.sql, params, self._guard(col, g, [kid]))], None, True)
         by = {}
         for i, src in enumerate(self.keys):
             kid = ks.key_id(_resolve(src, params), t["shard_func"], t.get("key_affinity"))

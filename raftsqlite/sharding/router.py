@@ -165,6 +165,14 @@ class Router:
         # A default plan is only as good as the catalog it was made with: the default
         # group checks this version at apply time (StaleCatalog above).
         ver = cat.schema_version
+        if not results and not transaction and type(statements) is list and len(statements) == 1:
+            try:
+                plan = self.planner.plan(statements[0].sql, cat)
+            except RoutingRefused:
+                self.counts["refused"] += 1
+                raise
+            if plan.kind != "default":
+                return await self._run_one(plan, statements, write, opts, rid, cat, ver)
         try:
             plans = _plan_all(self.planner, statements, cat)
         except RoutingRefused:
@@ -205,6 +213,27 @@ class Router:
                 i += 1
         return results
 
+    async def _run_one(self, plan, statements, write, opts, rid, cat, ver=None):
+        """``_run`` for the commonest routed request, one statement on a sharded table
+        outside a transaction, with fewer steps: the same route, counts and call; after
+        a ``Moved`` or ``Fenced`` the general retry loop takes over from that refusal.
+        (A default plan takes the general path, with whatever the default group checks.)"""
+        st = statements[0]
+        self.counts["statements"] += 1
+        rid = _sub_rid(rid, 0, 1)
+        route = plan.route(cat, st.params)
+        if len(route.calls) != 1 or route.merge is not None:
+            return [await self._multi(plan, st, write, opts, rid, ver)]
+        c = route.calls[0]
+        self.counts["default" if c.group == DEFAULT_GROUP and not c.guard else "single"] += 1
+        try:
+            return await self._call(c.group, [Statement(c.sql, c.params)], c.guard or None,
+                                    write, False, opts, rid, ver)
+        except (Moved, Fenced) as e:
+            first = e
+        return await self._single_batch([plan], statements, write, opts, rid=rid, ver=ver,
+                                        first=first)
+
     async def _run_together(self, statements, plans, write, transaction, opts, rid=None):
         """A transaction: atomic only inside one group, so every statement must route to
         one and the same single group."""
@@ -226,7 +255,7 @@ class Router:
         return await self._retrying(attempt)
 
     async def _single_batch(self, plans, statements, write, opts, routed=None, rid=None,
-                            ver=None):
+                            ver=None, first=None):
         async def attempt():
             nonlocal routed
             cat = self.cat.current()
@@ -248,7 +277,7 @@ class Router:
             sts = [Statement(r.calls[0].sql, r.calls[0].params) for r in routes]
             self.counts["default" if g == DEFAULT_GROUP and not guard else "single"] += 1
             return await self._call(g, sts, guard or None, write, False, opts, rid, ver)
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, first)
 
     async def _multi(self, plan, st, write, opts, rid=None, ver=None):
         """One statement that may need several groups, merged into one result."""
@@ -358,14 +387,19 @@ class Router:
             "restricted to the keys that were not written (it is not atomic across shards).",
             applied)
 
-    async def _retrying(self, fn):
+    async def _retrying(self, fn, first=None):
         """Run ``fn`` again after ``Moved`` (refreshing the catalog) or ``Fenced``
-        (waiting), both bounded; only safe for calls that were refused as a whole."""
+        (waiting), both bounded; only safe for calls that were refused as a whole.
+        ``first``: the refusal a first attempt already met (handled as if ``fn`` had
+        raised it)."""
         moved = 0
         deadline = time.monotonic() + self.fence_wait_s
         delay = self.fence_poll_s
         while True:
             try:
+                if first is not None:
+                    e, first = first, None
+                    raise e
                 return await fn()
             except StaleCatalog:
                 raise       # the plan itself is stale: _run plans again

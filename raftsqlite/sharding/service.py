@@ -120,7 +120,8 @@ class NodeGroupExecutor:
         return res
 
     async def _post(self, group, path, body):
-        return (await self.svc.post_group(group, path, body, "application/octet-stream")).body
+        return (await self.svc.post_group(group, path, body, "application/octet-stream",
+                                          lean=True)).body
 
     def stats(self):
         return dict(self.counts, leaders=dict(self.leaders), coalesced=self.caller.stats())
@@ -305,6 +306,7 @@ class ShardingService:
         self.seeds = list(cfg.join)      # HTTP addresses to learn the catalog from
         self._tasks = []
         self._client = None
+        self._call_client = None
         self.counts = {"own_pushes": 0, "catalog_polls": 0}
         # A default-group node reads the catalog from its own state machine, which is
         # empty (just joined) or old (restarted, log not replayed up to the leader's
@@ -325,7 +327,7 @@ class ShardingService:
             elif is_token_guard(g):
                 self.shard.take_token(ctx.execute, g)
             else:
-                self.shard.check(ctx.execute, g, write=write)
+                self.shard.check(ctx.execute, g, write=write, index=ctx.index)
 
     def _read_check(self, guard):
         if is_catalog_guard(guard):
@@ -357,6 +359,13 @@ class ShardingService:
             from raftsqlite.client import Client
             self._client = Client(timeout=30.0)
         return self._client
+
+    @property
+    def call_client(self):
+        if self._call_client is None:
+            from raftsqlite.sharding.callclient import CallClient
+            self._call_client = CallClient(timeout=30.0)
+        return self._call_client
 
     def catalog_loaded(self) -> bool:
         """A shard node routes only once it has received the catalog; a default-group
@@ -394,6 +403,8 @@ class ShardingService:
                 pass
         if self._client is not None:
             await self._client.close()
+        if self._call_client is not None:
+            self._call_client.close()
 
     async def _poll(self):
         """Follow the catalog (non-default nodes) and keep this group's ownership in step
@@ -677,14 +688,18 @@ class ShardingService:
                                      "lists groups and members")
         return addrs
 
-    async def post_group(self, group, path, body, ctype="application/json"):
+    async def post_group(self, group, path, body, ctype="application/json", lean=False):
         """POST to a member of ``group`` (it forwards to its leader); the answer, or the
-        error it carried. Unreachable members are skipped."""
+        error it carried. Unreachable members are skipped. ``lean``: over the routed
+        calls' own keep-alive client (``callclient.py``) instead of aiohttp."""
         last = None
         for a in self.group_addrs(group):
             try:
-                r = await self.client.request("POST", a, path, body=body,
-                                              headers={"Content-Type": ctype})
+                if lean:
+                    r = await self.call_client.post(a, path, body, {"Content-Type": ctype})
+                else:
+                    r = await self.client.request("POST", a, path, body=body,
+                                                  headers={"Content-Type": ctype})
             except errors.Unreachable as e:
                 last = e
                 self.executor.counts["remote_retries"] += 1
@@ -731,6 +746,7 @@ class ShardingService:
     def stats(self):
         return {"group": self.group, "catalog": self.cache.stats(), "router": self.router.stats(),
                 "executor": self.executor.stats(), **self.counts,
+                "call_client": self._call_client.stats() if self._call_client else {},
                 "ownership": self.shard.load(self.node.db.read_internal).stats()}
 
 

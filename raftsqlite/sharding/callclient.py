@@ -1,0 +1,226 @@
+"""A lean HTTP/1.1 client for the router's node-to-node calls (``POST /shard/call``).
+
+A routed call is one small POST with a codec body and a small JSON answer, sent over and
+over to the same few leaders. aiohttp spends about 150 us of CPU on each (a request
+object, a response object, timers, payload and stream wrappers, cookie and redirect
+handling), more than the shard spends applying a coalesced call's inserts. This client
+keeps a pool of keep-alive connections per address, each an asyncio ``Protocol`` that
+writes the request in one ``write`` and parses the status line, ``Content-Length`` and
+the body of the answer; nothing else. One request per connection at a time (no
+pipelining), so a broken connection loses at most the one request it carried.
+
+Failures are the same errors as ``raftsqlite.client.Client``'s: ``Unreachable`` when the
+connection could not be made (nothing was sent: safe to retry elsewhere), ``Unavailable``
+when it broke after the request was written (outcome unknown) and ``Timeout`` when no
+answer came in time. A pooled connection that the server closed while idle is noticed
+by ``connection_lost`` and never reused. Answers it cannot parse simply (chunked bodies,
+a missing length) also raise ``Unavailable``: our nodes always send a length.
+"""
+import asyncio
+import time
+
+from raftsqlite import errors
+from raftsqlite.client import Response
+
+_MAX_HEAD = 65536
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("transport", "buf", "fut", "closed", "head", "need")
+
+    def __init__(self):
+        self.transport = None
+        self.buf = bytearray()
+        self.fut = None
+        self.closed = False
+        self.head = None      # (status, headers) once parsed
+        self.need = 0         # body bytes expected after the head
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        self.closed = True
+        f = self.fut
+        if f is not None and not f.done():
+            f.set_exception(ConnectionError(f"connection closed before the answer ({exc})"))
+        self.fut = None
+
+    def data_received(self, data):
+        buf = self.buf
+        buf += data
+        if self.head is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_HEAD:
+                    self._fail("answer header too long")
+                return
+            try:
+                self.head = _parse_head(bytes(buf[:end]))
+            except ValueError as e:
+                self._fail(str(e))
+                return
+            del buf[:end + 4]
+            self.need = self.head[2]
+        if len(buf) >= self.need:
+            f = self.fut
+            status, headers, n = self.head
+            body = bytes(buf[:n])
+            del buf[:n]
+            self.head = None
+            self.fut = None
+            if buf:          # bytes nobody asked for: the connection is out of step
+                self._fail("unexpected bytes after the answer")
+            if f is not None and not f.done():
+                f.set_result(Response(status, headers, body))
+
+    def _fail(self, why):
+        f = self.fut
+        self.fut = None
+        if f is not None and not f.done():
+            f.set_exception(ConnectionError(why))
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Expired(Exception):
+    pass
+
+
+def _expire(fut):
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
+class _Headers(dict):
+    """Lower-case names -> values; ``get`` ignores case like aiohttp's."""
+    __slots__ = ()
+
+    def get(self, key, default=None):
+        return dict.get(self, key.lower(), default)
+
+
+def _parse_head(head):
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
+    status = int(parts[1])
+    headers = _Headers()
+    length = None
+    for ln in lines[1:]:
+        c = ln.find(b":")
+        if c <= 0:
+            continue
+        name = ln[:c].strip().lower().decode("latin-1")
+        value = ln[c + 1:].strip().decode("latin-1")
+        headers[name] = value
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding":
+            raise ValueError("chunked answers are not supported on this lane")
+    if length is None:
+        if status in (204, 304) or 100 <= status < 200:
+            length = 0
+        else:
+            raise ValueError("answer without Content-Length")
+    return status, headers, length
+
+
+class CallClient:
+    """``await post(addr, path, body, headers=None, timeout=None) -> Response``.
+    Create and use it on one event loop; ``close()`` drops every pooled connection."""
+
+    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0):
+        self.default_timeout = timeout
+        self.max_idle = max_idle
+        # A connection idle this long is closed rather than reused: well inside the
+        # nodes' keep-alive (75 s), so a request never races the server closing it.
+        self.idle_s = idle_s
+        self._idle = {}       # addr -> [(_Conn, monotonic time it became idle)]
+        self.counts = {"requests": 0, "connects": 0, "failures": 0}
+
+    async def _connect(self, addr):
+        host, _, port = addr.rpartition(":")
+        if "://" in host:
+            host = host.split("://", 1)[1]
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(_Conn, host.strip("[]"), int(port))
+        except (OSError, ValueError) as e:
+            raise errors.Unreachable(f"cannot reach {addr}: {e} (nothing was sent)") from None
+        self.counts["connects"] += 1
+        return conn
+
+    def _take(self, addr):
+        pool = self._idle.get(addr)
+        if not pool:
+            return None
+        now = time.monotonic()
+        while pool:
+            c, since = pool.pop()
+            if c.closed:
+                continue
+            if now - since > self.idle_s:
+                c._fail("idle too long")
+                continue
+            return c
+        return None
+
+    async def post(self, addr, path, body, headers=None, timeout=None):
+        self.counts["requests"] += 1
+        conn = self._take(addr)
+        if conn is None:
+            conn = await self._connect(addr)
+        host = addr.split("://", 1)[-1]
+        head = [b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", host.encode(),
+                b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        for k, v in (headers or {}).items():
+            head += [k.encode(), b": ", str(v).encode(), b"\r\n"]
+        head.append(b"\r\n")
+        loop = asyncio.get_running_loop()
+        fut = conn.fut = loop.create_future()
+        conn.transport.write(b"".join(head) + body)
+        t = timeout or self.default_timeout
+        # a timer that fails the future, cheaper than wait_for's wrapper per call
+        timer = loop.call_later(t, _expire, fut) if t else None
+        try:
+            res = await fut
+        except _Expired:
+            self.counts["failures"] += 1
+            conn._fail("timed out")
+            raise errors.Timeout(f"no answer from {addr} within {t:g}s; a write may or may "
+                                 "not have been applied") from None
+        except ConnectionError as e:
+            self.counts["failures"] += 1
+            conn._fail(str(e))
+            raise errors.Unavailable(f"connection to {addr} failed: {e}; a write may or may "
+                                     "not have been applied") from None
+        except asyncio.CancelledError:
+            conn._fail("cancelled")     # its answer would arrive on a reused connection
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if res.headers.get("connection", "").lower() == "close":
+            conn._fail("closed by the server")
+        elif not conn.closed:
+            pool = self._idle.setdefault(addr, [])
+            if len(pool) < self.max_idle:
+                pool.append((conn, time.monotonic()))
+            else:
+                conn._fail("pool full")
+        return res
+
+    def close(self):
+        for pool in self._idle.values():
+            for c, _ in pool:
+                c._fail("client closed")
+        self._idle.clear()
+
+    def stats(self):
+        return dict(self.counts, idle=sum(len(p) for p in self._idle.values()))
+
+
+__all__ = ["CallClient"]

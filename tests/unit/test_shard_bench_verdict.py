@@ -1,0 +1,49 @@
+"""bench/shard_bench.py --cluster's own bookkeeping: what bounded a window, the load
+generator's calibrated cost, and the machine-wide CPU reading (the cluster mode is not
+run in CI, so these pieces are checked here)."""
+import asyncio
+import os
+
+from bench import shard_bench as sb
+
+
+def test_verdict_names_what_bounded_the_window():
+    """Invariant: a saturated load process is flagged as load-generator bound; a busy
+    machine as CPU bound; a shard at a full core as shard bound; otherwise the closed
+    loop's latency, with the per-insert latency it implies; other processes' share is
+    reported whenever it matters."""
+    ncpu = os.cpu_count() or 1
+    v = sb._verdict({"shard1-1": 0.5, "router1": 0.95, "router2": 0.4}, 10000, 64, 0.1, 0.0)
+    assert "LOAD-GENERATOR BOUND" in v and "10%" in v
+    v = sb._verdict({"shard1-1": 0.3, "router1": 0.1}, 5000, 64, 0.1, float(ncpu))
+    assert "CPU bound" in v and "other processes took" in v
+    if ncpu >= 2:
+        v = sb._verdict({"shard1-1": 0.95, "router1": 0.2}, 12000, 64, 0.1, 0.0)
+        assert "shard bound" in v and "CPU bound" not in v
+    v = sb._verdict({"shard1-1": 0.4, "router1": 0.1}, 12800, 64, 0.1, 0.0)
+    assert "latency bound" in v and "5.00 ms per insert" in v
+    assert "other processes" not in v
+
+
+def test_generator_cost_is_measured_and_bounded():
+    """Invariant: the calibration runs the given client loop a bounded number of times
+    against a null router and returns a positive CPU cost per insert."""
+    calls = []
+
+    async def one(c, router=None, ids=None, stop=None, start=None):
+        k = 0
+        while True:
+            i = next(ids)
+            calls.append(i)
+            await router.execute([("INSERT", [i])])
+            k += 1
+    us = asyncio.run(sb._generator_cost(one, 8, n=800))
+    assert us > 0
+    assert 800 <= len(calls) <= 800 + 8
+
+
+def test_machine_busy_seconds_grow():
+    """Invariant: the machine-wide busy CPU reading never goes backwards."""
+    a = sb._machine_busy_s()
+    sum(i * i for i in range(200000))
+    assert sb._machine_busy_s() >= a

@@ -1,0 +1,99 @@
+"""The shard's guard check fast paths: the one-key shape checked without decoding, and
+the stored ownership read once per log entry."""
+import os
+
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from raftsqlite.db import Database
+from raftsqlite.errors import Fenced, Moved
+from raftsqlite.fsm import FSM, SystemContext
+from raftsqlite.sharding.glue import ShardState, op_args
+from raftsqlite.sharding.ownership import GuardItem, ShardOwnership, encode_guard
+
+U64 = st.integers(min_value=0, max_value=2 ** 64 - 1)
+
+
+def _outcome(fn):
+    try:
+        fn()
+        return "ok"
+    except (Moved, Fenced) as e:
+        return type(e).__name__
+
+
+@settings(max_examples=300, deadline=None)
+@given(cuts=st.lists(U64, min_size=1, max_size=4, unique=True), fence=st.booleans(),
+       table=st.sampled_from(["users", "orders", "other", "üñí"]), kid=U64,
+       epoch=st.integers(0, 5), write=st.booleans(), extra=st.booleans())
+def test_fast_check_agrees_with_the_full_check(cuts, fence, table, kid, epoch, write, extra):
+    """Invariant: for any ownership and any guard, checking the guard's bytes gives the
+    same outcome (pass, Moved or Fenced) as checking its decoded items."""
+    cuts = sorted(cuts)
+    ranges = [[cuts[i], cuts[i + 1]] for i in range(0, len(cuts) - 1, 2)] or [[cuts[0], None]]
+    o = ShardOwnership("s1")
+    o.apply("own.set_all", orjson.dumps({"group": "s1", "cols": {"users": {
+        "epoch": 3, "shard_func": "hash", "tables": ["users", "orders", "üñí"], "ranges": ranges}}}))
+    if fence:
+        o.apply("own.fence", orjson.dumps({"colocation": "users", "start": ranges[0][0],
+                                           "end": ranges[0][1]}))
+    items = [GuardItem(table, epoch, [kid])] + ([GuardItem("users", 3, None)] if extra else [])
+    g = encode_guard(items)
+    assert _outcome(lambda: o.check(g, write=write)) == \
+        _outcome(lambda: o.check(items, write=write))
+
+
+def test_ownership_read_once_per_entry_and_changes_seen_next_entry(tmp_path):
+    """Invariant: a check at a later entry sees an ownership change made by an own.*
+    op in between (the per-entry memo never hides it), and a reader thread's load of
+    another snapshot does not change what the writer's checks use."""
+    db = Database(os.path.join(tmp_path, "x.db"))
+    fsm = FSM(db)
+    shard = ShardState("s1")
+    shard.register(fsm)
+    own = shard.handler("own.set_all")
+
+    def set_ranges(index, ranges, epoch):
+        db.internal("BEGIN")
+        own(SystemContext(db, index, 1), op_args({"group": "s1", "cols": {"users": {
+            "epoch": epoch, "shard_func": "hash", "tables": ["users"], "ranges": ranges}}}))
+        db.internal("COMMIT")
+
+    def check(index, kid):
+        ctx = SystemContext(db, index, 1)
+        return _outcome(lambda: shard.check(ctx.execute, encode_guard([GuardItem("users", 1, [kid])]),
+                                            index=index))
+    set_ranges(1, [[0, 100]], 1)
+    reads = []
+    real = db.internal
+
+    def counting(sql, params=None):
+        reads.append(sql)
+        return real(sql, params)
+    db.internal = counting
+    try:
+        assert [check(2, k) for k in (5, 50, 99, 150)] == ["ok", "ok", "ok", "Moved"]
+        assert len(reads) == 1             # one read of the stored ownership for entry 2
+    finally:
+        db.internal = real
+    set_ranges(3, [[100, 200]], 2)         # the range moved: entry 3 is an own.* op
+    assert check(4, 5) == "Moved" and check(4, 150) == "ok"
+    shard.load(lambda sql, params=None: [[ShardOwnership("s1").to_bytes()]])  # a reader's view
+    assert check(4, 150) == "ok"
+    db.close() if hasattr(db, "close") else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=st.text(min_size=1, max_size=20), epoch=st.integers(0, 2 ** 64 - 1), kid=U64)
+def test_one_key_guard_bytes_are_the_general_encoding(table, epoch, kid):
+    """Invariant: the one-table one-key shortcut of encode_guard writes exactly the bytes
+    of the general layout (magic, count, name, epoch, key count, keys), so shards of
+    any version read it the same."""
+    import struct
+    from raftsqlite.sharding.ownership import decode_guard
+    name = table.encode("utf-8")
+    general = (b"G\x01" + struct.pack(">H", 1) + struct.pack(">H", len(name)) + name
+               + struct.pack(">QI", epoch, 1) + struct.pack(">Q", kid))
+    assert encode_guard([GuardItem(table, epoch, [kid])]) == general
+    assert decode_guard(general) == [GuardItem(table, epoch, [kid])]
