@@ -376,43 +376,25 @@ def _bulk_form(doc):
     text and one number of positional parameters, else None (then the general path
     parses it, and words any error). Values get the same conversions as in
     ``make_statement``."""
+    # Only bodies scan_rows (the compiled pass) turned down get here: a hex string, a
+    # huge int or a byte array to convert, or something to refuse. Rare, so each value
+    # simply takes make_statement's conversion.
     first = doc[0]
-    if type(first) is not list:
+    if type(first) is not list or len(first) < 2:
         return None
     width = len(first)
-    sql = first[0] if width > 1 else None
+    sql = first[0]
     if type(sql) is not str:
         return None
     rows = []
     append = rows.append
-    lo, hi = INT64_MIN, INT64_MAX
     for item in doc:
-        if type(item) is not list or len(item) != width:
-            return None
-        s = item[0]
-        if s is not sql and s != sql:
-            return None
-        row = item[1:]
-        for v in row:
-            tv = type(v)
-            if tv is str:
-                if v[:1] in _HEX_START:
-                    break
-            elif tv is int:
-                if not lo <= v <= hi:
-                    break
-            elif v is not None and tv is not float and tv is not bool:
-                break
-        else:
-            append(row)
-            continue
-        # something to convert (a hex string, a huge int, a byte array) or refuse
-        if any(type(v) is dict for v in row):
+        if type(item) is not list or len(item) != width or item[0] != sql:
             return None
         try:
-            append([_value(v, "") for v in row])
+            append([_value(v, "") for v in item[1:]])
         except errors.BadRequest:
-            return None
+            return None   # the general path words the error
     return BulkStatements(sql, rows)
 
 
