@@ -278,9 +278,11 @@ class Database:
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.authorizer = self._write_access.authorize
         # random()/randomblob() evaluated while applying (in defaults, triggers, or any
-        # form the rewriter left alone) come from a generator seeded per log entry
+        # form the rewriter left alone) come from a generator seeded per log entry; the
+        # seeding (a few µs) waits for the first use, as almost no entry calls them
         self._rng = random.Random(0)
-        conn.create_scalar_function("random", lambda: self._rng.getrandbits(64) - (1 << 63),
+        self._rng_seed = None
+        conn.create_scalar_function("random", lambda: self._seeded().getrandbits(64) - (1 << 63),
                                     0, deterministic=False)
         conn.create_scalar_function("randomblob", self._randomblob, 1, deterministic=False)
         return conn
@@ -290,14 +292,22 @@ class Database:
             n = max(1, int(n))
         except (TypeError, ValueError):
             n = 1
-        return self._rng.getrandbits(8 * n).to_bytes(n, "big")
+        return self._seeded().getrandbits(8 * n).to_bytes(n, "big")
+
+    def _seeded(self):
+        """The generator, seeded for the current entry if this is its first use there."""
+        seed = self._rng_seed
+        if seed is not None:
+            self._rng_seed = None
+            self._rng.seed(seed)
+        return self._rng
 
     def set_entry_context(self, index, term, clock_ms=None):
         """Called by the apply path before each entry: the entry's instant (Julian-day
         ms, or None for the real clock) and a random seed derived from its position."""
         if self._clock is not None:
             self._clock.now_ms = clock_ms
-        self._rng.seed(index * 1_000_003 + term)
+        self._rng_seed = index * 1_000_003 + term
 
     @staticmethod
     def clock_now_ms() -> int:
