@@ -4,8 +4,8 @@ Start: open SQLite (db, fsm) -> start Raft (log replay, snapshot restore, transp
 bootstrap a fresh single-node group, unless told to join -> serve HTTP -> join through an
 existing member (fresh data dir only; retried with backoff across the given addresses).
 A node restarted with data needs no ``-join``: its membership is in its Raft log, and it
-never bootstraps again (only a node whose Raft log is empty does; the driver refuses a
-bootstrap over an existing log). A member whose data dir was wiped, the first node
+never bootstraps again (only a node whose Raft log is empty and that never saw a term
+does; the driver refuses a bootstrap over an existing log). A member whose data dir was wiped, the first node
 included, cannot tell it ever belonged to a group: restart it with ``-join <a member>``
 (its join says its log is empty, so the leader removes and re-adds it and catches it up;
 ``Store.join``); started without ``-join`` it would begin a new group. A data dir whose Raft log is gone but whose database has applied entries is
@@ -86,6 +86,15 @@ class Node:
         await self.raft.start()
         fresh = self.raft.last_log_index == 0 and self.raft.last_snapshot_index == 0
         join = cfg.join
+        if fresh and not join and self.raft.term > 0:
+            # An empty log but a durable term (or vote): this member was promoted and took
+            # part in an election before any entry reached it (killed right after joining).
+            # It belongs to a group, so it must not start a new one: wait for the leader.
+            log.warning("%s: the Raft log is empty but term %d is on disk: starting as a "
+                        "member waiting for its leader, not bootstrapping a new group "
+                        "(wiped on purpose? remove the data dir and start with -join)",
+                        cfg.node_id, self.raft.term)
+            fresh = False
         shard_new = False
         if cfg.shard and cfg.shard != "default":
             # A shard node's -join names any member (of the default group or of its own
