@@ -368,18 +368,12 @@ class FSM:
         c["single_runs"] += 1
         results = [None] * (j - i)
         todo = []
-        hooks = self._request_hooks
-        ctx = SystemContext(db, self._current[0], self._current[1]) if hooks else None
+        ctx = (SystemContext(db, self._current[0], self._current[1])
+               if self._request_hooks else None)     # one (read-only) context per run
         for ri in range(i, j):
             req = reqs[ri]
             c["requests"] += 1
-            refused = None
-            for hook in hooks:      # as _refusal, with one (immutable) context per run
-                try:
-                    hook(ctx, req)
-                except RaftSQLiteError as exc:
-                    refused = {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
-                    break
+            refused = self._refusal(req, True, ctx) if ctx is not None else None
             if refused is not None:
                 results[ri - i] = [refused]
             else:
@@ -526,15 +520,17 @@ class FSM:
                     return False
         return None
 
-    def _refusal(self, req, write):
-        """The first request hook's refusal of ``req`` as a result, or None."""
+    def _refusal(self, req, write, ctx=None):
+        """The first request hook's refusal of ``req`` as a result, or None. ``ctx``: a
+        SystemContext to share (one per run of requests; hooks only read it)."""
         for hook in self._request_hooks:
+            if ctx is None:
+                ctx = SystemContext(self.db, self._current[0], self._current[1])
             try:
                 if write:
-                    hook(SystemContext(self.db, self._current[0], self._current[1]), req)
+                    hook(ctx, req)
                 else:
-                    hook(SystemContext(self.db, self._current[0], self._current[1]), req,
-                         write=False)
+                    hook(ctx, req, write=False)
             except RaftSQLiteError as exc:
                 return {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
         return None
