@@ -20,6 +20,7 @@ from raftsqlite import errors
 from raftsqlite.codec.model import ConfChange, ConfChangeType, Message, MsgType, SnapshotMeta
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.log import RaftLog, fsync_dir
+from raftsqlite.raft import trace
 from raftsqlite.raft.segfiles import fdatasync_quiet, lower_thread_priority, remove_gradually
 from raftsqlite.raft.transport import Transport
 from raftsqlite.raft.types import Role
@@ -281,6 +282,8 @@ class RaftNode:
             raise errors.ProposalDropped("too many proposals in flight")
         fut = self._loop.create_future()
         self._props.append((data, fut))
+        if trace.ON:
+            trace.mark("d_prop")
         heapq.heappush(self._deadlines, (self._loop.time() + timeout, next(self._seq), fut))
         self._wake.set()
         return fut
@@ -426,6 +429,8 @@ class RaftNode:
             self._held.append(msg)
             return
         t = msg.type
+        if trace.ON:
+            trace.mark(f"m_in:{t.name}:{len(msg.entries or ())}:{msg.frm}")
         if t == MsgType.SNAPSHOT:
             # On the wire a SNAPSHOT is always a chunk of a streamed file; the core only
             # sees the completed one (_finish_recv).
@@ -448,6 +453,8 @@ class RaftNode:
         while self._running:
             await self._wake.wait()
             self._wake.clear()
+            if trace.ON:
+                trace.mark("d_wake")
             try:
                 self._feed_core()
                 while core.has_ready():
@@ -501,14 +508,20 @@ class RaftNode:
 
     async def _handle_ready(self, rd):
         self._stats["ready"] += 1
+        if trace.ON:
+            trace.mark(f"d_rdy:{len(rd.entries)}:{len(rd.committed)}:{len(rd.messages)}")
         if rd.send_early and rd.messages:
             self._send(rd.messages)
+            if trace.ON:
+                trace.mark("d_early")
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             b = self.log.prepare(rd.hard_state, rd.entries, rd.snapshot)
             if b.blob or b.state_bytes is not None or b.reset or b.truncate is not None:
                 t0 = time.perf_counter()
                 self._persisting = True
                 try:
+                    if trace.ON:
+                        trace.mark("p_sub")
                     cf = self._persist_exec.submit(self.log.write, b)
                     wait = self._persist_wait(b)
                     if wait:
@@ -525,6 +538,8 @@ class RaftNode:
                         await asyncio.wrap_future(cf)
                 finally:
                     self._persisting = False
+                if trace.ON:
+                    trace.mark("p_back")
                 self._stats["persist_s"] += time.perf_counter() - t0
             self.log.finish(b)
             if rd.hard_state is not None:
@@ -536,8 +551,12 @@ class RaftNode:
             await self._install_snapshot(rd.snapshot)
         if not rd.send_early and rd.messages:
             self._send(rd.messages)
+            if trace.ON:
+                trace.mark("d_late")
         if rd.committed:
             self._apply(rd.committed)
+            if trace.ON:
+                trace.mark("d_applied")
         if rd.read_states:
             for rs in rd.read_states:
                 futs = self._read_rounds.pop(rs.context, None)
