@@ -71,8 +71,8 @@ FOLLOWER = [
     ("persist thread runs", _is("w0")),
     ("pwrite done", _is("w_fs")),
     ("fdatasync done", _is("w_fs1")),
-    ("loop has it back", _is("p_back")),
-    ("APPEND_RESP sent", _is("d_late")),
+    # from the persist thread (w_sent), or by the loop once it has the write back
+    ("APPEND_RESP sent", lambda t: t == "w_sent" or t == "d_late"),
 ]
 
 
@@ -230,6 +230,9 @@ def main(argv=None):
             who = "leader" if key[0] == li else f"follower{key[0]}"
             parts.append(f"{who}/{key[1]} {d / n * 1e6:.0f}")
     print("CPU µs per request by thread: " + ", ".join(parts))
+    if not os.path.exists(os.path.join(tdir, f"{lpid}.trace")):
+        print(f"no trace files in {tdir} (a checkout without raftsqlite/raft/trace.py?)")
+        return
     leader = load(os.path.join(tdir, f"{lpid}.trace"))
     followers = [load(os.path.join(tdir, f"{p}.trace")) for p in pids if p != lpid]
     report(analyse(leader, followers))

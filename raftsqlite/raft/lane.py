@@ -10,37 +10,28 @@ Jobs run strictly in submission order, one at a time, on one thread, whatever wa
 were submitted: ``call`` (hot path: a ``Job`` the caller waits for, blocked, and/or gets
 a callback from), ``submit`` (``concurrent.futures.Executor`` API, so
 ``loop.run_in_executor`` works for the cold paths).
-
-A job may carry a ``then`` step, run on the worker right after ``fn`` succeeded, unless
-the waiter has given up waiting (``Job.abandon``): the driver uses it to send a
-follower's acknowledgement from this thread the moment its fdatasync returns, while the
-event loop thread is parked in ``Job.wait`` and so cannot touch the same socket (see
-RaftNode._persist_and_ack).
 """
 import _thread
+import logging
 import queue
 import threading
 from concurrent.futures import Executor, Future
 
+log = logging.getLogger(__name__)
 _STOP = object()
 
 
 class Job:
-    __slots__ = ("fn", "args", "then", "result", "exc", "then_result", "_done", "_lock",
-                 "_state", "_cb")
+    __slots__ = ("fn", "args", "result", "exc", "_done", "_lock", "_cb")
 
-    def __init__(self, fn, args, then=None):
+    def __init__(self, fn, args):
         self.fn = fn
         self.args = args
-        self.then = then
         self.result = None
         self.exc = None
-        self.then_result = None
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
         self._done = False
-        # 0: waiting; 1: abandoned by the waiter (skip ``then``); 2: ``then`` running
-        self._state = 0
         self._cb = None
 
     @property
@@ -56,17 +47,6 @@ class Job:
             return True
         return False
 
-    def abandon(self):
-        """The waiter stops waiting: ``then`` will not run, unless it already is; in that
-        case wait for it (it only runs after ``fn`` returned, so that is short).
-        -> True if ``then`` will not run (or did not)."""
-        with _mu:
-            if self._state == 0 and not self._done:
-                self._state = 1
-                return True
-        self.wait()
-        return self._state != 2
-
     def add_done_callback(self, cb):
         """``cb(job)`` once done: at once if it already is, else on the worker thread."""
         with _mu:
@@ -81,7 +61,7 @@ class Job:
         return self.result
 
 
-# One lock for the rare abandon/callback races of every job (held for a few bytecodes).
+# One lock for the done/callback race of every job (held for a few bytecodes).
 _mu = threading.Lock()
 
 
@@ -92,10 +72,10 @@ class Lane(Executor):
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
-    def call(self, fn, *args, then=None):
+    def call(self, fn, *args):
         if self._shutdown:
             raise RuntimeError("lane is shut down")
-        job = Job(fn, args, then)
+        job = Job(fn, args)
         self._q.put(job)
         return job
 
@@ -131,21 +111,12 @@ class Lane(Executor):
                 job.result = job.fn(*job.args)
             except BaseException as e:  # noqa: BLE001 - the waiter re-raises it
                 job.exc = e
-            else:
-                then = job.then
-                if then is not None:
-                    with _mu:
-                        go = job._state == 0
-                        if go:
-                            job._state = 2
-                    if go:
-                        try:
-                            job.then_result = then()
-                        except BaseException as e:  # noqa: BLE001 - reported, not lost
-                            job.then_result = e
             with _mu:
                 job._done = True
                 cb = job._cb
             job._lock.release()
             if cb is not None:
-                cb(job)
+                try:
+                    cb(job)
+                except Exception:  # noqa: BLE001 - e.g. the loop closed meanwhile
+                    log.debug("lane %s: done callback failed", self._thread.name, exc_info=True)
