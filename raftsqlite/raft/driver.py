@@ -515,6 +515,7 @@ class RaftNode(SnapshotMixin):
             self._send(rd.messages)
             if trace.ON:
                 trace.mark("d_early")
+        sent = rd.send_early
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             b = self.log.prepare(rd.hard_state, rd.entries, rd.snapshot)
             if b.blob or b.state_bytes is not None or b.reset or b.truncate is not None:
@@ -527,6 +528,13 @@ class RaftNode(SnapshotMixin):
                 if trace.ON:
                     trace.mark("p_back")
                 self._stats["persist_s"] += time.perf_counter() - t0
+            if not sent and rd.messages and rd.snapshot is None:
+                # Durable now: a follower's acknowledgement leaves before the log's
+                # in-memory bookkeeping (finish), which nothing it says depends on.
+                self._send(rd.messages)
+                sent = True
+                if trace.ON:
+                    trace.mark("d_late")
             self.log.finish(b)
             if rd.hard_state is not None:
                 self._durable_tv = (rd.hard_state.term, rd.hard_state.vote)
@@ -535,7 +543,7 @@ class RaftNode(SnapshotMixin):
             # restored: a crash in between is finished at start, which restores from the
             # snapshot file whenever the state machine is behind the log's snapshot index.
             await self._install_snapshot(rd.snapshot)
-        if not rd.send_early and rd.messages:
+        if not sent and rd.messages:
             self._send(rd.messages)
             if trace.ON:
                 trace.mark("d_late")
