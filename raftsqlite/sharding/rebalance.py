@@ -206,8 +206,27 @@ class MoveRunner:
         previous coordinator of this move (one still in flight from a deposed leader)."""
         self.m = await self._cat_op("move_claim", move_id=self.id)
         self.token = self.m["token"]
+        try:
+            await self._announce()
+        except NotCoordinator:
+            # A shard also refuses a first token that is not newer than one of a move
+            # that ended there (``own.release``): this claim was made before that move's
+            # last one and reached the shard after it ended. Claim once more, unless
+            # another coordinator claimed this move since (then this one stops).
+            self.m = await self._cat_op("move_claim", move_id=self.id, expect_token=self.token)
+            self.token = self.m["token"]
+            await self._announce()
+
+    async def _announce(self):
         for g in (self.m["source"], self.m["target"]):
             await self._own_op(g, "claim")
+
+    async def _release(self):
+        """The move ended and its cleanup is done: both shards forget its token (keeping
+        only the newest ended token), so their state does not grow with every move."""
+        if self.token is not None:
+            for g in (self.m["source"], self.m["target"]):
+                await self._own_op(g, "release")
 
     async def _cat_op(self, name, **args):
         if self.token is not None and name in _TOKENED_CATALOG_OPS:
@@ -219,7 +238,7 @@ class MoveRunner:
         return res
 
     async def _own_op(self, grp, name, **args):
-        if self.token is not None and name in ("claim", "fence", "unfence"):
+        if self.token is not None and name in ("claim", "fence", "unfence", "release"):
             args.update(move=self.id, token=self.token)
         return await self._retry(self.b.own_op, grp, name, args)
 
@@ -659,6 +678,7 @@ class MoveRunner:
         await self._delete_range(m["source"])
         await self._write(m["source"], [(f"DELETE FROM {CHANGES} WHERE move = ?", [self.id])])
         await self._at("cleaned")
+        await self._release()
         await self._update(phase="done", cleaned=True)
 
     async def _rollback(self, phase, error):
@@ -682,6 +702,7 @@ class MoveRunner:
         await self._write(m["source"], [(f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY "
                                          "AUTOINCREMENT, move TEXT NOT NULL, tbl TEXT NOT NULL, k)", None),
                                         (f"DELETE FROM {CHANGES} WHERE move = ?", [self.id])])
+        await self._release()
         self.m = await self._cat_op("move_update", move_id=self.id, cleaned=True, updated=self.clock())
         log.info("move %s: rolled back (%s): fences lifted, capture dropped, target's copy "
                  "deleted", self.id, self.m.get("phase"))
