@@ -415,7 +415,9 @@ class ShardOwnership:
         return {"group": self.group, "colocations": {
             c: {"epoch": g["epoch"], "ranges": [ks.fmt_range(*r) for r in g["ranges"]],
                 "fenced": [ks.fmt_range(*r) for r in g["fenced"]], "tables": g["tables"]}
-            for c, g in self.cols.items()}}
+            for c, g in self.cols.items()},
+            # running moves holding a fencing token here; ended ones leave only the floor
+            "moves_claimed": len(self.tokens), "token_floor": self.floor}
 
 
 def _inside(span, spans):
