@@ -301,3 +301,21 @@ def test_real_status_nodes_readyz(cluster):
         leaders |= {n["id"] for n in nodes if n["leader"]}
         assert http("GET", f"http://{a}/readyz?sync")[0] == 200
     assert len(leaders) == 1
+
+
+def test_get_with_a_body_is_answered_and_logs_no_error(cluster):
+    """A GET that carries a body (some clients send one) is answered as without it, and
+    the node logs no ERROR for it (Sanic logged "body not consumed" for each before)."""
+    a = cluster.http[0]
+    logs = [os.path.join(cluster.workdir, f"node{i + 1}.log") for i in range(cluster.n)]
+    sizes = [os.path.getsize(p) for p in logs]
+    for path in ("/status", "/nodes", "/readyz", "/query?q=SELECT%201", "/db/query?q=SELECT%201"):
+        st, body = http("GET", f"http://{a}{path}", body=b'{"ignored": true}')
+        assert st == 200, (path, st, body)
+    st, body = http("GET", f"http://{a}/db/query?q=SELECT%2042")
+    assert json.loads(body)["results"][0]["values"] == [[42]]
+    for p, n in zip(logs, sizes):
+        with open(p, "rb") as f:
+            f.seek(n)
+            new = f.read().decode(errors="replace")
+        assert "body not consumed" not in new and " ERROR " not in new, new[-2000:]
