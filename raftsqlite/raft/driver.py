@@ -21,7 +21,6 @@ from raftsqlite import errors
 from raftsqlite.codec.model import ConfChange, ConfChangeType, MsgType
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.driver_snap import SnapshotMixin
-from raftsqlite.raft.guard import StallGuard
 from raftsqlite.raft.lane import Lane
 from raftsqlite.raft.log import RaftLog
 from raftsqlite.raft import trace
@@ -82,17 +81,11 @@ class RaftNode(SnapshotMixin):
         # during the write; the term and vote known to be on disk.
         self._persisting = False
         self._durable_tv = None
-        # Small appends are written on the loop thread while that is quick (see
-        # _write_inline); the guard keeps liveness messages flowing if one stalls.
-        self._inline_ok = True
-        self._guard = None
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
                        "persist_s": 0.0, "heartbeats_during_persist": 0,
-                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
-                       "persist_inline": 0, "inline_slow": 0,
-                       "persist_threaded": 0}
+                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -133,8 +126,6 @@ class RaftNode(SnapshotMixin):
         self.transport = Transport(cfg, self._on_message, resolve=self._resolve,
                                    on_unreachable=self.core.report_unreachable)
         await self.transport.start()
-        self._guard = StallGuard(cfg.heartbeat_ticks * cfg.tick_interval, self._on_stall)
-        self._guard.start()
         self._running = True
         self._started = True
         self._run_task = self._loop.create_task(self._run())
@@ -165,8 +156,6 @@ class RaftNode(SnapshotMixin):
                 self._run_task.cancel()
         for t in list(self._streams.values()):
             t.cancel()
-        if self._guard is not None:
-            self._guard.stop()
         await self.transport.stop()
         self._fail_all(errors.OutcomeUnknown("node stopped"), proposed_only=False)
         # Applies already queued finish before the commit index is written.
@@ -185,8 +174,6 @@ class RaftNode(SnapshotMixin):
             self._tick_handle.cancel()
         for t in list(self._streams.values()):
             t.cancel()
-        if self._guard is not None:
-            self._guard.stop()
         await self.transport.stop()
         self.log.close()
         for ex in (self._persist_exec, self._apply_exec, self._io_exec, self._snap_exec):
@@ -522,7 +509,7 @@ class RaftNode(SnapshotMixin):
                 t0 = time.perf_counter()
                 self._persisting = True
                 try:
-                    await self._persist(b, rd)
+                    await self._persist(b)
                 finally:
                     self._persisting = False
                 if trace.ON:
@@ -565,31 +552,20 @@ class RaftNode(SnapshotMixin):
             self._fail_all(errors.OutcomeUnknown("leadership lost before commit"),
                            proposed_only=True)
 
-    async def _persist(self, b, rd):
-        """Write and fdatasync ``b``: a follower's small append on this thread (see
-        _write_inline), anything else on the persist thread. A small write there is
-        waited for blocked (the GIL released) for up to ``persist_wait``: the persist
-        thread wakes this thread with one futex, without the loop's wake-up and callback
-        round; a slower one is awaited, so a slow disk holds the loop for at most
-        ``persist_wait`` (heartbeats flow, docs/design/raft-io.md).
-
-        A stable leader's appends (``send_early``: its APPENDs are already on their way)
-        stay on the persist thread: its own fdatasync runs beside the followers' round
-        trip, and parking this thread at once leaves the CPU to the followers it just
-        woke (on 2 shared cores, the leader's fdatasync done right here delayed the
-        followers' receiving by ~100 µs)."""
+    async def _persist(self, b):
+        """Write and fdatasync ``b`` on the persist thread. A small write is waited for
+        blocked (the GIL released) for up to ``persist_wait``: the persist thread wakes
+        this thread with one futex, without the loop's wake-up and callback round; a
+        slower one is awaited, so a slow disk holds the loop for at most ``persist_wait``
+        (heartbeats flow, docs/design/raft-io.md). (Writing small appends on this thread
+        instead, with a guard thread for stalls, measured slower on 2 shared cores: the
+        fdatasync's CPU part then runs where the other members just woken are queued.)"""
         wait = self._persist_wait(b)
-        if wait and not rd.send_early:
-            if self._inline_ok:
-                self._write_inline(b)
-                return
-            self._stats["persist_threaded"] += 1
         if trace.ON:
             trace.mark("p_sub")
         job = self._persist_exec.call(self.log.write, b)
         if wait and job.wait(wait):
             self._stats["persist_waited"] += 1
-            self._inline_ok = True      # quick again: the next small write is inline
         elif not job.done:
             # Slow disk, or a large write: the loop goes on (ticks, heartbeats, HTTP)
             # and resumes this Ready when the write is done.
@@ -598,42 +574,6 @@ class RaftNode(SnapshotMixin):
             job.add_done_callback(lambda j: loop.call_soon_threadsafe(_settle, fut))
             await fut
         job.value()     # a failed write raises here: fail-stop in _run
-
-    def _write_inline(self, b):
-        """Write and fdatasync a small append on this thread: no hand-off to the persist
-        thread and back (two thread wake-ups). The guard keeps heartbeats flowing if the
-        disk stalls meanwhile; after a write slower than ``persist_wait`` the next ones go
-        to the persist thread until one is quick again (see guard.py)."""
-        guard = self._guard
-        if trace.ON:
-            trace.mark("p_sub")
-        t0 = time.monotonic()
-        guard.enter()
-        try:
-            self.log.write(b)
-        finally:
-            for items, rest in guard.leave():
-                self.transport.direct_done(items, rest)
-        if time.monotonic() - t0 > self.config.persist_wait:
-            self._inline_ok = False
-            self._stats["inline_slow"] += 1
-        self._stats["persist_inline"] += 1
-
-    def _on_stall(self):
-        """Guard thread, while this member's loop thread is stuck in an inline write:
-        send the liveness messages (heartbeats, or a follower's answer to its leader)
-        straight to the sockets. Only when term and vote are durable (as in
-        _send_heartbeats)."""
-        core = self.core
-        if (core.term, core.vote) != self._durable_tv:
-            return []
-        tr = self.transport
-        items = tr.take_direct(core.liveness_messages(), skip_busy=True)
-        if not items:
-            return []
-        rest = tr.write_direct(items)
-        self._stats["heartbeats_during_persist"] += sum(it[3] for it in items)
-        return [(items, rest)]
 
     def _persist_wait(self, b):
         """How long the loop may block waiting for this write: only small appends (no

@@ -1,7 +1,7 @@
 """RaftNodes on threads of their own, each with its own event loop, as members in
-processes of their own would be: a member whose loop thread blocks (a log write done
-inline, stalled) does not stop the others' ticks, heartbeats and elections, which it would
-if they all shared the test's loop."""
+processes of their own would be: a member whose loop thread blocks does not stop the
+others' ticks, heartbeats and elections, which it would if they all shared the test's
+loop."""
 import asyncio
 import threading
 import time

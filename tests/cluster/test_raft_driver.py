@@ -180,12 +180,12 @@ def test_nothing_acknowledged_before_durable(tmp_path):
 
 
 def test_heartbeats_flow_while_fsync_is_slow(tmp_path):
-    """Three members, each on a loop thread of its own (as in its own process), whose log
+    """Three members, each on a loop thread of its own (as in its own process: a member
+    whose loop blocked could not then freeze the others and hide an election), whose log
     writes each take 4x the election timeout: heartbeats and their responses still flow
-    during the writes (the leader's loop runs on while its persist thread writes; a
-    follower's first slow inline write is covered by its guard thread, the next ones go
-    to its persist thread), so the leader keeps its leadership and nobody starts an
-    election (term unchanged) while proposals commit."""
+    during the writes (each loop runs on while its persist thread writes), so the leader
+    keeps its leadership and nobody starts an election (term unchanged) while proposals
+    commit."""
     import time as _time
 
     from tests.cluster.raft_members import Watch, start_group, stop_group
