@@ -310,11 +310,11 @@ class Database:
         if ck.inline_due():
             with ck.lock:
                 try:
-                    _passive_checkpoint(self.writer)
+                    _, done = _passive_checkpoint(self.writer)
+                    ck.copied(done)
                 except apsw.BusyError:
                     pass
                 ck.inline_runs += 1
-                ck.pages = 0
 
     def _randomblob(self, n):
         try:
@@ -724,7 +724,7 @@ class Database:
 
 
 def _passive_checkpoint(conn):
-    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+    return conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
 
 
 def _close_quietly(conn):
