@@ -310,11 +310,11 @@ class Database:
         if ck.inline_due():
             with ck.lock:
                 try:
-                    _, done = _passive_checkpoint(self.writer)
-                    ck.copied(done)
+                    _passive_checkpoint(self.writer)
                 except apsw.BusyError:
                     pass
                 ck.inline_runs += 1
+                ck.pages = 0
 
     def _randomblob(self, n):
         try:
@@ -724,7 +724,7 @@ class Database:
 
 
 def _passive_checkpoint(conn):
-    return conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
 
 
 def _close_quietly(conn):

@@ -26,8 +26,7 @@ INLINE_PAGES = 16 * DUE_PAGES
 
 class Checkpointer:
     """``connect()`` -> a new read-write connection to the database (made on the thread);
-    ``checkpoint(conn)`` runs one PASSIVE checkpoint on it -> (WAL frames, frames
-    copied), raising on failure.
+    ``checkpoint(conn)`` runs one PASSIVE checkpoint on it, raising on failure.
 
     ``lock`` is held while a checkpoint runs: whoever needs the database file still
     (``Database.copy_files_to``) or runs its own checkpoint takes it."""
@@ -42,32 +41,22 @@ class Checkpointer:
         self._thread = None
         self._start_lock = threading.Lock()
         self.pages = 0          # WAL pages after the writer's last commit
-        self._base = 0          # WAL frames the last checkpoint had copied
         self.runs = 0
         self.inline_runs = 0
         self.errors = 0
         self.last_error = None
 
     def note(self, pages):
-        """The writer's WAL hook (any thread, cheap): ``pages`` frames are in the WAL.
-        A checkpoint is due once DUE_PAGES frames were added since the last one copied
-        what it could: commits that land while one runs keep the WAL from restarting,
-        and asking again at every later commit would checkpoint (and fsync) per commit."""
+        """The writer's WAL hook (any thread, cheap): ``pages`` frames are in the WAL."""
         self.pages = pages
-        if pages < self._base:
-            self._base = 0          # the writer restarted the WAL
-        if pages - self._base >= DUE_PAGES and not self._stopped:
+        if pages >= DUE_PAGES and not self._stopped:
             if self._thread is None:
                 self._start()
             self._due.set()
 
     def inline_due(self):
         """True when the writer should checkpoint itself now (see module doc)."""
-        return self.pages - self._base >= INLINE_PAGES
-
-    def copied(self, frames):
-        """A checkpoint copied the WAL's first ``frames`` frames."""
-        self._base = max(frames, 0)
+        return self.pages >= INLINE_PAGES
 
     def _start(self):
         with self._start_lock:
@@ -90,8 +79,7 @@ class Checkpointer:
                     try:
                         if conn is None:
                             conn = self._connect()
-                        _, done = self._checkpoint(conn)
-                        self.copied(done)
+                        self._checkpoint(conn)
                         self.runs += 1
                     except Exception as e:  # noqa: BLE001 - retried at the next commit; the
                         self.errors += 1    # writer's inline fallback bounds the WAL
