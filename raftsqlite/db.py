@@ -18,7 +18,6 @@ import time
 import apsw
 
 from raftsqlite.codec import rowid_results
-from raftsqlite.db_checkpoint import Checkpointer
 from raftsqlite.db_shapes import INTERNAL_PREFIX, insert_shape, quote_ident
 
 
@@ -245,8 +244,6 @@ class Database:
         self._readers_lock = threading.Lock()
         self._write_access = _Access()
         self._functions = {}
-        self._ckpt = Checkpointer(self._checkpoint_connection, _passive_checkpoint,
-                                  _close_quietly)
         self.writer = self._open_writer()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
                                "snapshots": 0, "restores": 0, "inline_reads": 0,
@@ -279,8 +276,6 @@ class Database:
         if mode.lower() != "wal":
             raise apsw.CantOpenError(f"could not switch {self.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        # checkpoints run beside the writer, not inside its commits (db_checkpoint.py)
-        conn.set_wal_hook(self._wal_hook)
         conn.authorizer = self._write_access.authorize
         # random()/randomblob() evaluated while applying (in defaults, triggers, or any
         # form the rewriter left alone) come from a generator seeded per log entry; the
@@ -291,30 +286,6 @@ class Database:
                                     0, deterministic=False)
         conn.create_scalar_function("randomblob", self._randomblob, 1, deterministic=False)
         return conn
-
-    def _wal_hook(self, _conn, _name, pages):
-        self._ckpt.note(pages)
-        return apsw.SQLITE_OK
-
-    def _checkpoint_connection(self):
-        conn = apsw.Connection(self.path, flags=_RW)
-        conn.set_busy_timeout(self.busy_timeout_ms)
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA journal_mode").fetchall()   # reads the header: opens the WAL
-        return conn
-
-    def checkpoint_if_due(self):
-        """Apply thread, after a commit: checkpoint here when the background thread fell
-        far behind (db_checkpoint.py), so the WAL stays bounded."""
-        ck = self._ckpt
-        if ck.inline_due():
-            with ck.lock:
-                try:
-                    _passive_checkpoint(self.writer)
-                except apsw.BusyError:
-                    pass
-                ck.inline_runs += 1
-                ck.pages = 0
 
     def _randomblob(self, n):
         try:
@@ -360,7 +331,6 @@ class Database:
         return conn
 
     def close(self):
-        self._ckpt.stop()
         with self._readers_lock:
             readers, self._readers = self._readers, []
         for c in readers:
@@ -599,10 +569,9 @@ class Database:
         for p in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
             if os.path.exists(p):
                 os.unlink(p)
-        with self._ckpt.lock:       # no checkpoint may change the file while it is copied
-            shutil.copyfile(self.path, tmp)
-            if os.path.exists(self.path + "-wal"):
-                shutil.copyfile(self.path + "-wal", tmp + "-wal")
+        shutil.copyfile(self.path, tmp)
+        if os.path.exists(self.path + "-wal"):
+            shutil.copyfile(self.path + "-wal", tmp + "-wal")
         dst = apsw.Connection(tmp, flags=_RW)
         try:
             dst.execute("PRAGMA journal_mode=DELETE")   # checkpoints and drops the WAL
@@ -629,9 +598,8 @@ class Database:
             src.close()
         try:
             # shrink the WAL the restore filled; a reader still in an old snapshot may
-            # keep it from finishing, which is harmless (later checkpoints go on)
-            with self._ckpt.lock:
-                self.writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            # keep it from finishing, which is harmless (autocheckpoint goes on later)
+            self.writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         except apsw.BusyError:
             pass
         self.stats_counters["restores"] += 1
@@ -718,20 +686,8 @@ class Database:
         return size
 
     def stats(self) -> dict:
-        return dict(self.stats_counters, **self._ckpt.stats(), path=self.path,
-                    size_bytes=self.file_size(),
+        return dict(self.stats_counters, path=self.path, size_bytes=self.file_size(),
                     reader_connections=len(self._readers), sqlite_version=apsw.sqlite_lib_version())
-
-
-def _passive_checkpoint(conn):
-    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
-
-
-def _close_quietly(conn):
-    try:
-        conn.close(True)
-    except apsw.Error:
-        pass
 
 
 def _internal_query(conn, sql):

@@ -182,7 +182,6 @@ class FSM:
                 break
             self._applied, self._applied_term = last.index, last.term
             self.db.set_entry_context(0, 0, None)
-            self.db.checkpoint_if_due()
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
