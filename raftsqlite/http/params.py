@@ -143,6 +143,9 @@ class QueryParams:
     auto_route = False
     shard_id = None
     request_id = None
+    # set by a handler that renders the write results with wire.render_results and
+    # nothing else (Store.execute's lazy_results); never from the query string
+    lazy_results = False
 
     def __init__(self, query_string=""):
         self.query_string = query_string
