@@ -40,13 +40,6 @@ log = logging.getLogger("raftsqlite.store")
 
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-# Queued statement bytes (``_request_size``'s estimate) that open the second proposal slot
-# while one is in flight. Single-row writes stay under it (64 clients queue ~3-5 KB), so
-# they keep the one-in-flight rule of ``_submit``; one waiting 1000-row request (16 KB
-# and up) passes it: then its entry overlaps the one in flight (the leader persists one
-# while the followers persist the other) instead of waiting for that entry's whole round.
-PIPELINE_BYTES = 8 << 10
-
 _QUERY_WRITE_ERROR = "attempt to change database via query operation"
 
 
@@ -74,7 +67,6 @@ class Store:
                                          thread_name_prefix="raftsqlite-read")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="raftsqlite-store-io")
         self._queue = collections.deque()
-        self._queued_bytes = 0          # sum of the queue's size estimates
         self._inflight = 0
         self._wait_handle = None
         # Write timeouts: one FIFO per timeout value (deadlines in order) and one timer
@@ -97,7 +89,6 @@ class Store:
             if not fut.done():
                 fut.set_exception(OutcomeUnknown("node is shutting down"))
         self._queue.clear()
-        self._queued_bytes = 0
         if self._expiry_handle is not None:
             self._expiry_handle.cancel()
             self._expiry_handle = None
@@ -193,7 +184,6 @@ class Store:
             fut.add_done_callback(self._lazy_futs.discard)
         size = _request_size(req.statements)
         self._queue.append((req, fut, size))
-        self._queued_bytes += size
         cfg = self.config
         # An idle pipeline proposes at once (one client: one round trip). While a batch is
         # in flight, arrivals wait for it to complete and leave together, unless a whole
@@ -207,8 +197,7 @@ class Store:
                     self._wait_handle = loop.call_later(cfg.batch_wait, self._flush)
             else:
                 self._flush()
-        elif self._inflight < cfg.max_inflight and (len(self._queue) >= cfg.batch_max_requests
-                                                    or self._queued_bytes >= PIPELINE_BYTES):
+        elif self._inflight < cfg.max_inflight and len(self._queue) >= cfg.batch_max_requests:
             self._flush()
         self._expire_at(loop, fut, timeout)
         return fut
@@ -243,7 +232,6 @@ class Store:
             fut = loop.create_future()
             size = sum(len(st.sql) + 16 * (len(st.params) if st.params else 0) for st in stmts)
             self._queue.append((req, fut, size))
-            self._queued_bytes += size
             futs.append((i, fut, g is not None))
         if futs and self._inflight < self.config.max_inflight:
             self._flush()
@@ -317,7 +305,6 @@ class Store:
                 if batch and nbytes + item[2] > cfg.batch_max_bytes:
                     break
                 self._queue.popleft()
-                self._queued_bytes -= item[2]
                 if item[1].done():      # caller gave up before we proposed: drop it
                     continue
                 batch.append(item)
