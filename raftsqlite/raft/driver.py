@@ -96,7 +96,7 @@ class RaftNode:
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
                        "persist_s": 0.0, "heartbeats_during_persist": 0,
-                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0}
+                       "applied_inline": 0, "persist_waited": 0, "persist_inline": 0, "commit_piggybacked": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -509,9 +509,16 @@ class RaftNode:
                 t0 = time.perf_counter()
                 self._persisting = True
                 try:
-                    cf = self._persist_exec.submit(self.log.write, b)
                     wait = self._persist_wait(b)
-                    if wait:
+                    if wait and not rd.messages and len(self.core._members) <= 1:
+                        # A group of one: nothing to send or hear while the write runs,
+                        # and the loop would block on it anyway (below), so it runs
+                        # here, without two thread hand-offs per round. The persist
+                        # thread is idle: every write to it is awaited in this task.
+                        self.log.write(b)
+                        self._stats["persist_inline"] += 1
+                    elif wait:
+                        cf = self._persist_exec.submit(self.log.write, b)
                         try:
                             # Blocked in a condition wait (the GIL released): the persist
                             # thread wakes this thread directly when it is done, without
@@ -522,7 +529,7 @@ class RaftNode:
                             # Slow disk (or the write itself raised it: re-raised here).
                             await asyncio.wrap_future(cf)
                     else:
-                        await asyncio.wrap_future(cf)
+                        await asyncio.wrap_future(self._persist_exec.submit(self.log.write, b))
                 finally:
                     self._persisting = False
                 self._stats["persist_s"] += time.perf_counter() - t0
