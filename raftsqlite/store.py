@@ -127,6 +127,23 @@ class Store:
         return self.fsm.applied_index() >= min(self.raft.commit_index,
                                                self.raft.last_log_index)
 
+    async def wait_ready(self, timeout=1.0) -> bool:
+        """``ready()`` as of the moment asked. While a node takes writes its commit index
+        always runs a little ahead of its applies, so the instant check fails on a
+        healthy busy node (/readyz of a leader under writes answered 503 to ~1 poll in
+        4): wait up to ``timeout`` for what was committed when asked to be applied."""
+        if self.ready():
+            return True
+        if not self.raft.leader_id or (self.ready_check is not None and not self.ready_check()):
+            return False
+        target = min(self.raft.commit_index, self.raft.last_log_index)
+        deadline = time.monotonic() + timeout
+        while self.fsm.applied_index() < target:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return bool(self.raft.leader_id)
+
     # ---- writes -----------------------------------------------------------------------
     async def execute(self, statements, *, transaction=False, request_id=None, timeout=None,
                       guard=None):

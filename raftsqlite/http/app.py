@@ -172,6 +172,11 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     # zero-argument factories returning one.
     for bp in getattr(node, "http_blueprints", None) or ():
         app.blueprint(bp() if callable(bp) and not hasattr(bp, "routes") else bp)
+    # Sanic's GET routes leave a body unread and then log ERROR "body not consumed" for
+    # every GET that carries one (clients do send them); read it like any other body
+    # (bounded by REQUEST_MAX_SIZE) and ignore it.
+    for route in app.router.routes:
+        route.extra.ignore_body = False
     app.exception(Exception)(_on_error)
     app.exception(asyncio.CancelledError)(_on_cancelled)
 

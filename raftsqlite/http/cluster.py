@@ -163,7 +163,9 @@ def blueprint():
             return _text(200, "[+]node ok")
         if ctx.store.leader() is None:
             return _text(503, "[+]node ok\n[+]leader does not exist")
-        if not ctx.store.ready():
+        wait = getattr(ctx.store, "wait_ready", None)
+        if not (await wait(min(p.timeout or 1.0, ctx.settings.default_timeout))
+                if wait is not None else ctx.store.ready()):
             return _text(503, "[+]node ok\n[+]leader ok\n[+]store not ready")
         msg = "[+]node ok\n[+]leader ok\n[+]store ok"
         if p.sync:

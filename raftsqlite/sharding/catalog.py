@@ -49,6 +49,7 @@ class Catalog:
         self.colocations = {}
         self.moves = {}
         self.next_move = 1
+        self.claims = 0      # the newest fencing token given to any move's coordinator
 
     # ---- serialisation ----------------------------------------------------------------
     def to_dict(self):
@@ -59,7 +60,7 @@ class Catalog:
         return {"format": CATALOG_FORMAT, "epoch": self.epoch, "version": self.version,
                 "schema_version": self.schema_version, "groups": self.groups,
                 "tables": self.tables, "colocations": cols,
-                "moves": moves, "next_move": self.next_move}
+                "moves": moves, "next_move": self.next_move, "claims": self.claims}
 
     def to_bytes(self):
         # Ranges hold u64 starts; orjson serialises ints up to 2**64-1, which is enough
@@ -80,6 +81,8 @@ class Catalog:
                          for n, x in d["colocations"].items()}
         c.moves = {i: dict(m, end=ks.end_from_json(m["end"])) for i, m in d["moves"].items()}
         c.next_move = d["next_move"]
+        # (catalogs from before the one counter held a counter per move)
+        c.claims = d.get("claims", max((m.get("token", 0) for m in c.moves.values()), default=0))
         return c
 
     @classmethod
@@ -357,11 +360,21 @@ class Catalog:
 
     def _op_move_claim(self, a):
         """A coordinator takes a move over (it starts or resumes it): the move's fencing
-        token goes up by one and is this coordinator's. Its catalog ops and its requests
-        to the shards carry it; anything carrying an older one (a deposed coordinator's
-        request still in flight) is refused (rebalance.md "Fencing tokens")."""
+        token becomes the next of one counter over all moves and is this coordinator's.
+        Its catalog ops and its requests to the shards carry it; anything carrying an
+        older one (a deposed coordinator's request still in flight) is refused
+        (rebalance.md "Fencing tokens"). One counter, so a shard can forget an ended
+        move and still refuse its coordinators (``own.release``: tokens up to the
+        newest ended one are refused for moves it holds no entry for). ``expect_token``:
+        claim again only if nobody claimed the move since that token (a coordinator
+        whose claim a shard refused as older than an ended move's)."""
         m = self._move(a["move_id"])
-        m["token"] = m.get("token", 0) + 1
+        if a.get("expect_token") is not None and int(a["expect_token"]) != m.get("token", 0):
+            raise CoordinatorFenced(
+                f"move {m['id']}: claimed again since token {a['expect_token']} (now "
+                f"{m.get('token', 0)}): a newer coordinator took the move over")
+        self.claims = max(self.claims, m.get("token", 0)) + 1
+        m["token"] = self.claims
         return m
 
     def _coordinator_token(self, a):

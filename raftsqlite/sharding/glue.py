@@ -32,7 +32,8 @@ from raftsqlite.sharding.ownership import (ShardOwnership, catalog_guard,
 META_TABLE = "_raftsqlite_meta"
 OWN_KEY = "sharding.ownership"
 CATALOG_KEY = "sharding.catalog"
-OWN_OPS = ("own.set", "own.set_all", "own.fence", "own.unfence", "own.drop", "own.claim")
+OWN_OPS = ("own.set", "own.set_all", "own.fence", "own.unfence", "own.drop", "own.claim",
+           "own.release")
 CATALOG_OPS = tuple("catalog." + n[4:] for n in dir(Catalog) if n.startswith("_op_"))
 
 
@@ -138,11 +139,7 @@ class ShardState(_Blob):
         if a newer coordinator of that move was seen; otherwise remember the token (in
         the apply transaction, like an op: ``record`` only where ``internal`` is it)."""
         move, token = decode_token_guard(guard)
-        obj = self.load(internal)
-        cur = obj.tokens.get(move, 0)
-        if token < cur:
-            obj.take_token(move, token)     # raises, with the message
-        if token > cur and record:
+        if self.load(internal).token_is_new(move, token) and record:   # raises if refused
             o = self._fresh(_read(internal, self.key))
             o.take_token(move, token)
             nb = o.to_bytes()

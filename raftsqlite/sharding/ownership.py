@@ -180,7 +180,11 @@ class ShardOwnership:
     def __init__(self, group=""):
         self.group = group
         self.cols = {}     # colocation -> {"epoch", "shard_func", "tables", "ranges", "fenced"}
-        self.tokens = {}   # move id -> newest coordinator fencing token seen for it
+        self.tokens = {}   # running move id -> newest coordinator fencing token seen for it
+        # The newest token of a move that ended here (``own.release``): a move with no
+        # entry in ``tokens`` is accepted only with a newer token, so the entry of an
+        # ended move can go while its old coordinators stay refused (rebalance.md).
+        self.floor = 0
         self._by_table = {}
         self._by_name = {}   # the same, keyed by the UTF-8 bytes a guard carries
 
@@ -197,6 +201,8 @@ class ShardOwnership:
             for c, g in self.cols.items()}}
         if self.tokens:
             d["tokens"] = self.tokens     # absent when empty: older states keep their bytes
+        if self.floor:
+            d["floor"] = self.floor
         return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
@@ -206,6 +212,7 @@ class ShardOwnership:
             d = orjson.loads(b)
             o.group = d.get("group", "")
             o.tokens = {str(k): int(v) for k, v in d.get("tokens", {}).items()}
+            o.floor = int(d.get("floor", 0))
             for c, g in d["cols"].items():
                 o.cols[c] = {"epoch": g["epoch"], "shard_func": g["shard_func"],
                              "tables": list(g["tables"]),
@@ -270,15 +277,30 @@ class ShardOwnership:
             del self.cols[c]
         return {"applied": applied}
 
-    def take_token(self, move, token):
-        """A coordinator's fencing token for ``move``: refuse it (``CoordinatorFenced``)
-        when a newer one was seen, else remember it. -> whether the state changed."""
-        cur = self.tokens.get(move, 0)
+    def token_is_new(self, move, token):
+        """Whether a coordinator's fencing token for ``move`` must be recorded; raise
+        ``CoordinatorFenced`` when it is refused: older than the newest seen for the move,
+        or, for a move with no entry, not newer than ``floor`` (the move ended here, or
+        another one did after this token was given: its coordinator claims again).
+        Changes nothing."""
+        cur = self.tokens.get(move)
+        if cur is None:
+            if token <= self.floor:
+                raise CoordinatorFenced(
+                    f"move {move}: coordinator token {token} is not newer than token "
+                    f"{self.floor} of a move that ended on shard {self.group or '?'}: this "
+                    "move ended here, or its coordinator must claim it again")
+            return True
         if token < cur:
             raise CoordinatorFenced(
                 f"move {move}: coordinator token {token} is older than token {cur} seen by "
                 f"shard {self.group or '?'}: a newer coordinator took the move over")
-        if token > cur:
+        return token > cur
+
+    def take_token(self, move, token):
+        """A coordinator's fencing token for ``move``: refuse it (``CoordinatorFenced``,
+        see ``token_is_new``), else remember it. -> whether the state changed."""
+        if self.token_is_new(move, token):
             self.tokens[move] = token
             return True
         return False
@@ -292,6 +314,21 @@ class ShardOwnership:
         """``{move, token}``: a coordinator taking a move over announces its token, so
         from here on every request of an older coordinator of that move is refused."""
         return {"changed": self.take_token(str(a["move"]), int(a["token"]))}
+
+    def _op_release(self, a):
+        """``{move, token}``: the move ended (done, or rolled back and cleaned) and its
+        coordinator is finishing: forget its entry, raise ``floor`` to its token, so the
+        state stays one integer however many moves ran, and every request of this or an
+        older coordinator of the move is still refused. A repeat (the entry is gone) is a
+        no-op; an older coordinator's release is refused like its other requests."""
+        move, token = str(a["move"]), int(a["token"])
+        cur = self.tokens.get(move)
+        if cur is None:
+            return {"released": False}
+        self.token_is_new(move, token)        # raises for an older coordinator
+        del self.tokens[move]
+        self.floor = max(self.floor, token)
+        return {"released": True}
 
     def _op_fence(self, a):
         self._token(a)
@@ -378,7 +415,9 @@ class ShardOwnership:
         return {"group": self.group, "colocations": {
             c: {"epoch": g["epoch"], "ranges": [ks.fmt_range(*r) for r in g["ranges"]],
                 "fenced": [ks.fmt_range(*r) for r in g["fenced"]], "tables": g["tables"]}
-            for c, g in self.cols.items()}}
+            for c, g in self.cols.items()},
+            # running moves holding a fencing token here; ended ones leave only the floor
+            "moves_claimed": len(self.tokens), "token_floor": self.floor}
 
 
 def _inside(span, spans):

@@ -48,10 +48,8 @@ Only rows of a table with a rowid are supported (WITHOUT ROWID tables are refuse
 move creation); the shard key may repeat (rows are moved per key).
 """
 import asyncio
-import hashlib
 import logging
 import time
-
 
 from raftsqlite.codec.model import Statement
 from raftsqlite.errors import (BadRequest, CoordinatorFenced, LeaderNotFound, NotFound,
@@ -60,12 +58,11 @@ from raftsqlite.errors import (BadRequest, CoordinatorFenced, LeaderNotFound, No
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import MOVE_END, MOVE_PHASES
 from raftsqlite.sharding.ownership import token_guard
+from raftsqlite.sharding.rebalance_rows import (
+    _U64, CHANGES, Checksum, _check, _q, _Range, _rows, _sort_key, _union, key_from_json,
+    key_to_json, row_hash)
 
 log = logging.getLogger("raftsqlite.rebalance")
-
-CHANGES = "_rs_changes"
-_SIGN = 1 << 63
-_U64 = (1 << 64) - 1
 
 
 class RebalanceConfig:
@@ -125,101 +122,6 @@ class NotCoordinator(RaftSQLiteError):
 
     code = "not_coordinator"
     retryable = False
-
-
-# ---- row encoding and checksums ----------------------------------------------------
-
-def _tag(v):
-    if v is None:
-        return b"n"
-    if isinstance(v, bool):
-        v = int(v)
-    if isinstance(v, int):
-        return b"i" + str(v).encode()
-    if isinstance(v, float):
-        return b"f" + repr(v).encode()
-    if isinstance(v, str):
-        return b"t" + v.encode("utf-8", "surrogatepass")
-    return b"b" + bytes(v)
-
-
-def row_hash(row):
-    """64-bit hash of one row's values (type-tagged, so 1, 1.0 and '1' differ)."""
-    h = hashlib.blake2b(digest_size=8)
-    for v in row:
-        t = _tag(v)
-        h.update(len(t).to_bytes(4, "big"))
-        h.update(t)
-    return int.from_bytes(h.digest(), "big")
-
-
-class Checksum:
-    """Row count and an order-independent sum of row hashes (mod 2**64)."""
-
-    __slots__ = ("rows", "sum")
-
-    def __init__(self, rows=0, s=0):
-        self.rows, self.sum = rows, s
-
-    def add(self, row):
-        self.rows += 1
-        self.sum = (self.sum + row_hash(row)) & _U64
-
-    def __eq__(self, o):
-        return (self.rows, self.sum) == (o.rows, o.sum)
-
-    def to_json(self):
-        return {"rows": self.rows, "sum": f"{self.sum:016x}"}
-
-
-def key_to_json(v):
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return {"b": bytes(v).hex()}
-    return v
-
-
-def key_from_json(v):
-    if isinstance(v, dict):
-        return bytes.fromhex(v["b"])
-    return v
-
-
-def _q(name):
-    return '"' + str(name).replace('"', '""') + '"'
-
-
-def _rows(res):
-    r = res[0] if isinstance(res, list) else res
-    if "error" in r:
-        raise BadRequest(f"rebalance statement failed: {r['error']}")
-    return r.get("values") or []
-
-
-def _check(results):
-    for r in results:
-        if "error" in r:
-            raise BadRequest(f"rebalance statement failed: {r['error']}")
-    return results
-
-
-class _Range:
-    """SQL filter for ``[start, end)`` of a shard function over a key column."""
-
-    def __init__(self, func, key, start, end):
-        self.func, self.key, self.start, self.end = func, key, start, end
-
-    def where(self):
-        k = f"rs_kid('{self.func}', {_q(self.key)})"
-        sql, params = f"{k} >= ?", [self.start - _SIGN]
-        if self.end < ks.KEYSPACE_END:
-            sql += f" AND {k} < ?"
-            params.append(self.end - _SIGN)
-        return sql, params
-
-    def contains(self, value):
-        if value is None:
-            return False
-        return self.start <= ks.sql_kid(self.func, value) + _SIGN < self.end
 
 
 class MoveRunner:
@@ -304,8 +206,27 @@ class MoveRunner:
         previous coordinator of this move (one still in flight from a deposed leader)."""
         self.m = await self._cat_op("move_claim", move_id=self.id)
         self.token = self.m["token"]
+        try:
+            await self._announce()
+        except NotCoordinator:
+            # A shard also refuses a first token that is not newer than one of a move
+            # that ended there (``own.release``): this claim was made before that move's
+            # last one and reached the shard after it ended. Claim once more, unless
+            # another coordinator claimed this move since (then this one stops).
+            self.m = await self._cat_op("move_claim", move_id=self.id, expect_token=self.token)
+            self.token = self.m["token"]
+            await self._announce()
+
+    async def _announce(self):
         for g in (self.m["source"], self.m["target"]):
             await self._own_op(g, "claim")
+
+    async def _release(self):
+        """The move ended and its cleanup is done: both shards forget its token (keeping
+        only the newest ended token), so their state does not grow with every move."""
+        if self.token is not None:
+            for g in (self.m["source"], self.m["target"]):
+                await self._own_op(g, "release")
 
     async def _cat_op(self, name, **args):
         if self.token is not None and name in _TOKENED_CATALOG_OPS:
@@ -317,7 +238,7 @@ class MoveRunner:
         return res
 
     async def _own_op(self, grp, name, **args):
-        if self.token is not None and name in ("claim", "fence", "unfence"):
+        if self.token is not None and name in ("claim", "fence", "unfence", "release"):
             args.update(move=self.id, token=self.token)
         return await self._retry(self.b.own_op, grp, name, args)
 
@@ -757,6 +678,7 @@ class MoveRunner:
         await self._delete_range(m["source"])
         await self._write(m["source"], [(f"DELETE FROM {CHANGES} WHERE move = ?", [self.id])])
         await self._at("cleaned")
+        await self._release()
         await self._update(phase="done", cleaned=True)
 
     async def _rollback(self, phase, error):
@@ -780,6 +702,7 @@ class MoveRunner:
         await self._write(m["source"], [(f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY "
                                          "AUTOINCREMENT, move TEXT NOT NULL, tbl TEXT NOT NULL, k)", None),
                                         (f"DELETE FROM {CHANGES} WHERE move = ?", [self.id])])
+        await self._release()
         self.m = await self._cat_op("move_update", move_id=self.id, cleaned=True, updated=self.clock())
         log.info("move %s: rolled back (%s): fences lifted, capture dropped, target's copy "
                  "deleted", self.id, self.m.get("phase"))
@@ -792,21 +715,3 @@ def _what(fn, a):
     """A step's name for the log: ``query shard1``, ``catalog_op move_update``."""
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return f"{name} {a[0]}" if a and isinstance(a[0], str) else name
-
-
-def _sort_key(v):
-    # SQLite's order of types: NULL < numbers < text < blob
-    if v is None:
-        return (0, 0)
-    if isinstance(v, (int, float)):
-        return (1, v)
-    if isinstance(v, str):
-        return (2, v)
-    return (3, bytes(v))
-
-
-def _union(a, b):
-    out = {t: set(k) for t, k in (a or {}).items()}
-    for t, k in (b or {}).items():
-        out.setdefault(t, set()).update(k)
-    return out

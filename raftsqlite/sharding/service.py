@@ -616,10 +616,17 @@ class ShardingService:
 
     # ---- catalog transport ---------------------------------------------------------------
     def catalog_sources(self):
+        """Default-group members to ask for the catalog, the one that last served a
+        default-group call (its leader, as far as this node knows) first."""
         cat = self.cache.current()
         addrs = [m["http_addr"] for m in cat.groups.get(DEFAULT_GROUP, {}).get("members", {}).values()
                  if m.get("http_addr")]
-        return addrs + [a for a in self.seeds if a not in addrs]
+        addrs += [a for a in self.seeds if a not in addrs]
+        lead = self.executor.leaders.get(DEFAULT_GROUP)
+        if lead in addrs and addrs[0] != lead:
+            addrs.remove(lead)
+            addrs.insert(0, lead)
+        return addrs
 
     async def _refresh_default(self, after, timeout):
         """A default-group node's ``refresh`` (after ``StaleCatalog`` or ``Moved``): its own
@@ -660,6 +667,13 @@ class ShardingService:
         if not self.catalog_loaded():
             # an empty or old copy would mislead a restarted shard node; it asks another
             raise errors.Unavailable("this node has not caught up with the catalog yet")
+        st = self.node.store
+        if self.is_default and not st.is_leader() and st.leader() is None:
+            # A member cut off from its leader (no leader after an election timeout)
+            # keeps answering with its old copy: a shard node's router would refresh to
+            # it and plan with it again, and its long-poll would wait on it for good.
+            raise errors.Unavailable("this default-group member has no leader: its catalog "
+                                     "may be stale; ask another member")
         cat = self.cache.current()
         if after < 0 or cat.version > after:
             return cat.to_bytes()

@@ -1,6 +1,7 @@
 """Real rqlite clients from PyPI against a real 3-node raft-sqlite cluster, pointed at the
 leader and at a follower; backup from one cluster loaded into a fresh one."""
 import json
+import os
 
 import pytest
 
@@ -109,10 +110,30 @@ def test_backup_then_load_into_fresh_cluster(cluster, tmp_path):
         fresh.stop()
 
 
+def _log_tails(cluster, lines=40):
+    """The last ``lines`` lines of every member's log, so a failure report stands alone."""
+    out = []
+    for i in range(cluster.n):
+        path = os.path.join(cluster.workdir, f"node{i + 1}.log")
+        try:
+            with open(path, "rb") as f:
+                tail = f.read()[-16384:].decode(errors="replace").splitlines()[-lines:]
+        except OSError as e:
+            tail = [f"<unreadable: {e}>"]
+        alive = cluster.procs[i].poll() is None
+        out.append(f"--- node{i + 1} {cluster.http[i]} ({'alive' if alive else 'EXITED'}) "
+                   f"{path}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
 def test_random_requests_against_real_nodes_never_500(cluster):
     """The no-500 property again, against real nodes (leader and follower), so errors the
-    real store raises are covered too."""
+    real store raises are covered too: every answer is below 500 or a documented 503/504
+    of cluster state, every error body has the one JSON shape, no request hangs (30 s),
+    and every member is ready afterwards. A failure names the request, the answer and
+    each member's log tail (it once failed under load with its output lost)."""
     import json as _json
+    import time
 
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -123,17 +144,80 @@ def test_random_requests_against_real_nodes_never_500(cluster):
                                            "/snapshot")]
     addrs = [cluster.leader(), cluster.follower()]
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    def fail(what, req, status=None, body=None):
+        pytest.fail(f"{what}\nrequest: {req!r}\nstatus: {status}\nbody: {body!r}\n"
+                    f"{_log_tails(cluster)}", pytrace=False)
+
+    @settings(max_examples=int(os.environ.get("E2E_RANDOM_EXAMPLES", "150")), deadline=None,
+              suppress_health_check=list(HealthCheck))
     @given(method=st.sampled_from(METHODS), path=st.sampled_from(paths), qs=query_strings(),
            body=bodies, which=st.sampled_from([0, 1]))
     def check(method, path, qs, body, which):
         url = f"http://{addrs[which]}{path}" + ("?" + qs if qs else "")
-        st_, resp = http(method, url, body or None, timeout=30)
-        assert st_ != 500, (method, path, qs, body, resp)
+        req = (method, url, body)
+        t0 = time.monotonic()
+        try:
+            st_, resp = http(method, url, body or None, timeout=30)
+        except OSError as e:
+            fail(f"no answer after {time.monotonic() - t0:.1f} s: {e!r}", req)
+        if st_ == 500 or (st_ >= 500 and st_ not in (503, 504)):
+            fail("a 5xx that is not cluster state", req, st_, resp)
+        if path == "/readyz" and st_ == 503 and resp.startswith(b"[+]node ok\n"):
+            return      # rqlite's text lines, by design (a node behind: see the test below)
         if st_ >= 400:
-            assert set(_json.loads(resp)) == {"error", "code"}, resp
+            try:
+                shape = set(_json.loads(resp))
+            except ValueError:
+                shape = None
+            if shape != {"error", "code"}:
+                fail("an error body without the one JSON shape", req, st_, resp)
     check()
-    assert all(http("GET", f"http://{a}/readyz")[0] == 200 for a in cluster.http)
+    # Under load a member may be between leaders for a moment: ready means ready again
+    # within an election or two, not at this very instant.
+    for a in cluster.http:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                st_, resp = http("GET", f"http://{a}/readyz", timeout=5)
+            except OSError as e:
+                st_, resp = None, repr(e)
+            if st_ == 200:
+                break
+            if time.monotonic() > deadline:
+                fail("a member not ready 20 s after the random requests", ("GET", a + "/readyz"),
+                     st_, resp)
+            time.sleep(0.2)
+
+
+def test_readyz_stays_ready_on_a_leader_taking_writes(cluster):
+    """Invariant: /readyz on a healthy leader answers 200 while it takes writes. Its
+    commit index always runs a little ahead of its applies then, and the instant check
+    answered 503 "store not ready" to about 1 poll in 4 (found as this module's random
+    test failing under load: a /readyz after a queued write)."""
+    import threading
+    import time
+    lead = f"http://{cluster.leader()}"
+    assert http("POST", lead + "/db/execute", ["CREATE TABLE IF NOT EXISTS rz (x)"])[0] == 200
+    stop = time.monotonic() + 3.0
+    errs = []
+
+    def writer():
+        while time.monotonic() < stop:
+            st_, body = http("POST", lead + "/db/execute", [["INSERT INTO rz VALUES(?)", 1]])
+            if st_ != 200:
+                errs.append((st_, body))
+                return
+    ts = [threading.Thread(target=writer) for _ in range(4)]
+    for t in ts:
+        t.start()
+    answers = {}
+    while time.monotonic() < stop:
+        st_, body = http("GET", lead + "/readyz")
+        answers[(st_, body)] = answers.get((st_, body), 0) + 1
+    for t in ts:
+        t.join(30)
+    assert not errs, errs
+    assert set(answers) == {(200, b"[+]node ok\n[+]leader ok\n[+]store ok")}, answers
 
 
 RQLITE_JS = r"""
@@ -217,3 +301,21 @@ def test_real_status_nodes_readyz(cluster):
         leaders |= {n["id"] for n in nodes if n["leader"]}
         assert http("GET", f"http://{a}/readyz?sync")[0] == 200
     assert len(leaders) == 1
+
+
+def test_get_with_a_body_is_answered_and_logs_no_error(cluster):
+    """A GET that carries a body (some clients send one) is answered as without it, and
+    the node logs no ERROR for it (Sanic logged "body not consumed" for each before)."""
+    a = cluster.http[0]
+    logs = [os.path.join(cluster.workdir, f"node{i + 1}.log") for i in range(cluster.n)]
+    sizes = [os.path.getsize(p) for p in logs]
+    for path in ("/status", "/nodes", "/readyz", "/query?q=SELECT%201", "/db/query?q=SELECT%201"):
+        st, body = http("GET", f"http://{a}{path}", body=b'{"ignored": true}')
+        assert st == 200, (path, st, body)
+    st, body = http("GET", f"http://{a}/db/query?q=SELECT%2042")
+    assert json.loads(body)["results"][0]["values"] == [[42]]
+    for p, n in zip(logs, sizes):
+        with open(p, "rb") as f:
+            f.seek(n)
+            new = f.read().decode(errors="replace")
+        assert "body not consumed" not in new and " ERROR " not in new, new[-2000:]

@@ -8,6 +8,7 @@ import pytest
 
 from raftsqlite.sharding import keyspace as ks
 
+from tests.cluster.node_harness import call
 from tests.cluster.rebalance_harness import NodeSQL, ShardedCluster, check_placement, setup_table, write_load
 
 pytestmark = pytest.mark.timeout(180)
@@ -74,6 +75,9 @@ def test_dry_run_then_move_with_concurrent_writes(cluster):
     status, stats = asyncio.run(main())
     m = status["moves"][0]
     assert m["phase"] == "done", m
+    for g in ("s1", "s2"):    # the ended move's fencing token left both shards' state
+        st, doc = call(cl.addr(g), "GET", "/status?key=sharding.ownership", timeout=10)
+        assert st == 200 and doc["moves_claimed"] == 0 and doc["token_floor"] > 0, (g, doc)
     assert m["rows_copied"] >= 0.4 * N_ROWS and m["checksum"]["rows"] > 0
     assert stats["acked"] > 50
     cat = check_placement(cl, ref.execute("SELECT id, v, n FROM kv").fetchall())
