@@ -2,6 +2,7 @@
 
     python -m bench.lat_ab [--rounds 9] [--duration 2] [--clients 1]
     python -m bench.lat_ab --a /path/to/baseline [--b .]      # A/B of two checkouts
+    python -m bench.lat_ab --a main --b . --also /tmp/variant   # more checkouts in the rotation
 
 Starts a 3-member cluster (fsync on) per checkout and a 3-member etcd cluster, all up for
 the whole run, then takes short runs of single-row INSERTs through ``POST /db/execute``
@@ -31,6 +32,8 @@ def main(argv=None):
     ap.add_argument("--a", default=None, help="baseline checkout (built in place)")
     ap.add_argument("--b", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     help="candidate checkout (default: this one)")
+    ap.add_argument("--also", action="append", default=[],
+                    help="another checkout in the rotation (repeatable): c1, c2, ...")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--clients", type=int, default=1)
@@ -39,7 +42,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     systems = []   # (key, url, workload factory, pids)
     with ExitStack() as stack:
-        for key, root in (("a", a.a), ("b", a.b)):
+        roots = [("a", a.a), ("b", a.b)] + [(f"c{i + 1}", r) for i, r in enumerate(a.also)]
+        for key, root in roots:
             if root is None:
                 continue
             c = stack.enter_context(RaftsqliteCluster(3, root=os.path.abspath(root)))
@@ -69,9 +73,10 @@ def main(argv=None):
     names = {"b": "p50_ms_%d", "a": "a_p50_ms_%d", "etcd": "etcd_p50_ms_%d"}
     out = {"clients": a.clients, "rounds": a.rounds, "duration_s": a.duration}
     for key, rs in runs.items():
-        name = names[key] % a.clients
+        name = names.get(key, key + "_p50_ms_%d") % a.clients
         out[name] = round(statistics.median(x["p50_ms"] for x in rs), 3)
         out[name + "_runs"] = [x["p50_ms"] for x in rs]
+        out[name.replace("p50", "p99")] = round(statistics.median(x["p99_ms"] or 0 for x in rs), 3)
         out[name.replace("p50_ms", "cpu_us_per_req")] = statistics.median(
             x["cpu_us_per_req"] for x in rs)
     if "b" in runs and "etcd" in runs:

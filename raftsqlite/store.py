@@ -29,6 +29,7 @@ from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, Command, CommandType, Request, Statement
 from raftsqlite.config import StoreConfig
 from raftsqlite.fsm import clock_op
+from raftsqlite.raft import trace
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotFound, NotLeader,
                                OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
                                StaleCatalog, CoordinatorFenced,
@@ -169,6 +170,8 @@ class Store:
 
     def _submit(self, req, timeout):
         loop = asyncio.get_running_loop()
+        if trace.ON:
+            trace.mark("s_sub")
         fut = loop.create_future()
         size = _request_size(req.statements)
         self._queue.append((req, fut, size))
@@ -332,6 +335,8 @@ class Store:
         fut.add_done_callback(lambda f: self._batch_done(batch, f))
 
     def _batch_done(self, batch, fut):
+        if trace.ON:
+            trace.mark("s_done")
         try:
             exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
             if exc is not None:

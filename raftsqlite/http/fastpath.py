@@ -24,6 +24,7 @@ from sanic.response import HTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from raftsqlite.http.wire import JSON_CT
+from raftsqlite.raft import trace
 
 _MAX_HEADER = 8192
 # While a request of ours runs, Sanic's keep-alive timer must not close the connection
@@ -152,6 +153,8 @@ class FastHttpProtocol(HttpProtocol):
         self._fast_held = None
 
     def data_received(self, data):
+        if trace.ON:
+            trace.mark("h_in")
         if self._fast_busy:
             # A pipelined request behind one of ours: it waits for our response, then
             # takes whichever lane fits.
@@ -181,6 +184,8 @@ class FastHttpProtocol(HttpProtocol):
 
     async def _fast(self, handler, request):
         self.app.ctx.counters["fast_lane"] += 1
+        if trace.ON:
+            trace.mark("h_run")
         try:
             try:
                 res = await handler(request)
@@ -188,6 +193,8 @@ class FastHttpProtocol(HttpProtocol):
                 from raftsqlite.http.app import _on_error
                 res = await _on_error(request, exc)
             self._write_response(res)
+            if trace.ON:
+                trace.mark("h_out")
         except Exception:
             # The shared handlers and error mapping always answer; if that fails, the
             # connection cannot be trusted to be in sync any more.

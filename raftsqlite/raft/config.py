@@ -71,8 +71,13 @@ class RaftConfig:
                                            "once). Durability and acknowledgements do not "
                                            "depend on it, only how soon followers apply.")
     persist_wait: float = _f(0.002, "Seconds the event loop waits, blocked, for a small log "
-                                    "write's fdatasync before it hands the wait to the loop "
-                                    "(saves the thread-to-loop hand-off; 0 = never block).")
+                                    "write's fdatasync on the persist thread before it hands "
+                                    "the wait to the loop (saves the thread-to-loop hand-off). "
+                                    "A follower writes small appends on its loop thread "
+                                    "instead while they take less than this (a guard thread "
+                                    "answers the leader if one stalls); after a slower one, on "
+                                    "the persist thread until one is quick again. 0 = never "
+                                    "block, always the persist thread.")
 
     def __post_init__(self):
         if not self.node_id or any(c.isspace() for c in self.node_id):

@@ -306,6 +306,22 @@ class MembershipMixin:
 class ReplicationMixin:
     """Leader side: commit rule, APPEND/SNAPSHOT sending with flow control, ReadIndex rounds."""
 
+    def liveness_messages(self):
+        """What keeps a member looking alive, built without changing any state (a driver
+        may call this from another thread while its own thread is parked in a log write):
+        a leader's HEARTBEAT to each peer (commit capped at the peer's match, as always,
+        no ReadIndex context), a follower's HEARTBEAT_RESP to its leader (no context: it
+        confirms no read round). Empty in any other role."""
+        t = self.term
+        me = self.node_id
+        if self.role_ is _R_LEADER:
+            c = self.commit
+            return [Message(_M_HEARTBEAT, frm=me, to=nid, term=t, commit=min(pr.match, c))
+                    for nid, pr in list(self._prs.items()) if nid != me]
+        if self.role_ is _R_FOLLOWER and self.leader is not None and self.leader != me:
+            return [Message(_M_HEARTBEAT_RESP, frm=me, to=self.leader, term=t)]
+        return []
+
     def _maybe_commit(self):
         prs = self._prs
         ms = sorted((prs[v].match if v in prs else 0) for v in self._voters)

@@ -6,7 +6,8 @@ per peer), hand committed entries to the state machine (a second single-thread e
 so applying overlaps with the next batch's fsync), then ``core.advance``. Everything that
 arrives while a batch is being persisted (proposals, reads, messages) piles up and goes
 into the next batch: under load many proposals share one Ready, one fdatasync and one
-AppendEntries per follower.
+AppendEntries per follower. Snapshots (taking, streaming, receiving, installing) are in
+driver_snap.py, a mixin of RaftNode.
 """
 import asyncio
 import heapq
@@ -17,31 +18,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from raftsqlite import errors
-from raftsqlite.codec.model import ConfChange, ConfChangeType, Message, MsgType, SnapshotMeta
+from raftsqlite.codec.model import ConfChange, ConfChangeType, MsgType
 from raftsqlite.raft.core import CoreConfig, RaftCore
-from raftsqlite.raft.log import RaftLog, fsync_dir
-from raftsqlite.raft.segfiles import fdatasync_quiet, lower_thread_priority, remove_gradually
+from raftsqlite.raft.driver_snap import SnapshotMixin
+from raftsqlite.raft.guard import StallGuard
+from raftsqlite.raft.lane import Lane
+from raftsqlite.raft.log import RaftLog
+from raftsqlite.raft import trace
+from raftsqlite.raft.segfiles import lower_thread_priority
 from raftsqlite.raft.transport import Transport
 from raftsqlite.raft.types import Role
 
 log = logging.getLogger(__name__)
 
-_RECV_FLUSH_BYTES = 8 << 20   # a received snapshot is flushed this often
-
-
-class _SnapRecv:
-    __slots__ = ("key", "meta", "fd", "tmp", "offset", "unsynced")
-
-    def __init__(self, key, meta, fd, tmp):
-        self.key = key
-        self.meta = meta
-        self.fd = fd
-        self.tmp = tmp
-        self.offset = 0
-        self.unsynced = 0
-
-
-class RaftNode:
+class RaftNode(SnapshotMixin):
     def __init__(self, config, state_machine, loop=None):
         self.config = config
         self.fsm = state_machine
@@ -92,18 +82,24 @@ class RaftNode:
         # during the write; the term and vote known to be on disk.
         self._persisting = False
         self._durable_tv = None
+        # Small appends are written on the loop thread while that is quick (see
+        # _write_inline); the guard keeps liveness messages flowing if one stalls.
+        self._inline_ok = True
+        self._guard = None
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
                        "persist_s": 0.0, "heartbeats_during_persist": 0,
-                       "applied_inline": 0, "persist_waited": 0, "persist_inline": 0, "commit_piggybacked": 0}
+                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
+                       "persist_inline": 0, "inline_slow": 0,
+                       "persist_threaded": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
 
     async def start(self):
         cfg = self.config
         self._loop = asyncio.get_running_loop()
-        self._persist_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-persist")
+        self._persist_exec = Lane("raft-persist")
         self._apply_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-apply")
         self._io_exec = ThreadPoolExecutor(1, thread_name_prefix="raft-io")
         # Snapshot work has its own thread: a 1 GB copy or deletion must not queue in
@@ -137,6 +133,8 @@ class RaftNode:
         self.transport = Transport(cfg, self._on_message, resolve=self._resolve,
                                    on_unreachable=self.core.report_unreachable)
         await self.transport.start()
+        self._guard = StallGuard(cfg.heartbeat_ticks * cfg.tick_interval, self._on_stall)
+        self._guard.start()
         self._running = True
         self._started = True
         self._run_task = self._loop.create_task(self._run())
@@ -167,6 +165,8 @@ class RaftNode:
                 self._run_task.cancel()
         for t in list(self._streams.values()):
             t.cancel()
+        if self._guard is not None:
+            self._guard.stop()
         await self.transport.stop()
         self._fail_all(errors.OutcomeUnknown("node stopped"), proposed_only=False)
         # Applies already queued finish before the commit index is written.
@@ -185,6 +185,8 @@ class RaftNode:
             self._tick_handle.cancel()
         for t in list(self._streams.values()):
             t.cancel()
+        if self._guard is not None:
+            self._guard.stop()
         await self.transport.stop()
         self.log.close()
         for ex in (self._persist_exec, self._apply_exec, self._io_exec, self._snap_exec):
@@ -281,6 +283,8 @@ class RaftNode:
             raise errors.ProposalDropped("too many proposals in flight")
         fut = self._loop.create_future()
         self._props.append((data, fut))
+        if trace.ON:
+            trace.mark("d_prop")
         heapq.heappush(self._deadlines, (self._loop.time() + timeout, next(self._seq), fut))
         self._wake.set()
         return fut
@@ -426,6 +430,8 @@ class RaftNode:
             self._held.append(msg)
             return
         t = msg.type
+        if trace.ON:
+            trace.mark(f"m_in:{t.name}:{len(msg.entries or ())}:{msg.frm}")
         if t == MsgType.SNAPSHOT:
             # On the wire a SNAPSHOT is always a chunk of a streamed file; the core only
             # sees the completed one (_finish_recv).
@@ -448,6 +454,8 @@ class RaftNode:
         while self._running:
             await self._wake.wait()
             self._wake.clear()
+            if trace.ON:
+                trace.mark("d_wake")
             try:
                 self._feed_core()
                 while core.has_ready():
@@ -501,38 +509,32 @@ class RaftNode:
 
     async def _handle_ready(self, rd):
         self._stats["ready"] += 1
+        if trace.ON:
+            trace.mark(f"d_rdy:{len(rd.entries)}:{len(rd.committed)}:{len(rd.messages)}")
         if rd.send_early and rd.messages:
             self._send(rd.messages)
+            if trace.ON:
+                trace.mark("d_early")
+        sent = rd.send_early
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             b = self.log.prepare(rd.hard_state, rd.entries, rd.snapshot)
             if b.blob or b.state_bytes is not None or b.reset or b.truncate is not None:
                 t0 = time.perf_counter()
                 self._persisting = True
                 try:
-                    wait = self._persist_wait(b)
-                    if wait and not rd.messages and len(self.core._members) <= 1:
-                        # A group of one: nothing to send or hear while the write runs,
-                        # and the loop would block on it anyway (below), so it runs
-                        # here, without two thread hand-offs per round. The persist
-                        # thread is idle: every write to it is awaited in this task.
-                        self.log.write(b)
-                        self._stats["persist_inline"] += 1
-                    elif wait:
-                        cf = self._persist_exec.submit(self.log.write, b)
-                        try:
-                            # Blocked in a condition wait (the GIL released): the persist
-                            # thread wakes this thread directly when it is done, without
-                            # the loop's wake-up and callback round (docs/design/raft-io.md).
-                            cf.result(wait)
-                            self._stats["persist_waited"] += 1
-                        except TimeoutError:
-                            # Slow disk (or the write itself raised it: re-raised here).
-                            await asyncio.wrap_future(cf)
-                    else:
-                        await asyncio.wrap_future(self._persist_exec.submit(self.log.write, b))
+                    await self._persist(b, rd)
                 finally:
                     self._persisting = False
+                if trace.ON:
+                    trace.mark("p_back")
                 self._stats["persist_s"] += time.perf_counter() - t0
+            if not sent and rd.messages and rd.snapshot is None:
+                # Durable now: a follower's acknowledgement leaves before the log's
+                # in-memory bookkeeping (finish), which nothing it says depends on.
+                self._send(rd.messages)
+                sent = True
+                if trace.ON:
+                    trace.mark("d_late")
             self.log.finish(b)
             if rd.hard_state is not None:
                 self._durable_tv = (rd.hard_state.term, rd.hard_state.vote)
@@ -541,10 +543,14 @@ class RaftNode:
             # restored: a crash in between is finished at start, which restores from the
             # snapshot file whenever the state machine is behind the log's snapshot index.
             await self._install_snapshot(rd.snapshot)
-        if not rd.send_early and rd.messages:
+        if not sent and rd.messages:
             self._send(rd.messages)
+            if trace.ON:
+                trace.mark("d_late")
         if rd.committed:
             self._apply(rd.committed)
+            if trace.ON:
+                trace.mark("d_applied")
         if rd.read_states:
             for rs in rd.read_states:
                 futs = self._read_rounds.pop(rs.context, None)
@@ -558,6 +564,78 @@ class RaftNode:
         if rd.role is not None and rd.role != Role.LEADER:
             self._fail_all(errors.OutcomeUnknown("leadership lost before commit"),
                            proposed_only=True)
+
+    async def _persist(self, b, rd):
+        """Write and fdatasync ``b``: a follower's small append on this thread (see
+        _write_inline), anything else on the persist thread. A small write there is
+        waited for blocked (the GIL released) for up to ``persist_wait``: the persist
+        thread wakes this thread with one futex, without the loop's wake-up and callback
+        round; a slower one is awaited, so a slow disk holds the loop for at most
+        ``persist_wait`` (heartbeats flow, docs/design/raft-io.md).
+
+        A stable leader's appends (``send_early``: its APPENDs are already on their way)
+        stay on the persist thread: its own fdatasync runs beside the followers' round
+        trip, and parking this thread at once leaves the CPU to the followers it just
+        woke (on 2 shared cores, the leader's fdatasync done right here delayed the
+        followers' receiving by ~100 µs). A leader alone in its group (a shard group of
+        one member) has no followers to leave the CPU to and nothing to send: its small
+        writes are inline too (no hand-off per Raft round; sharding.md)."""
+        wait = self._persist_wait(b)
+        if wait and (not rd.send_early or (not rd.messages and len(self.core._members) <= 1)):
+            if self._inline_ok:
+                self._write_inline(b)
+                return
+            self._stats["persist_threaded"] += 1
+        if trace.ON:
+            trace.mark("p_sub")
+        job = self._persist_exec.call(self.log.write, b)
+        if wait and job.wait(wait):
+            self._stats["persist_waited"] += 1
+            self._inline_ok = True      # quick again: the next small write is inline
+        elif not job.done:
+            # Slow disk, or a large write: the loop goes on (ticks, heartbeats, HTTP)
+            # and resumes this Ready when the write is done.
+            fut = self._loop.create_future()
+            loop = self._loop
+            job.add_done_callback(lambda j: loop.call_soon_threadsafe(_settle, fut))
+            await fut
+        job.value()     # a failed write raises here: fail-stop in _run
+
+    def _write_inline(self, b):
+        """Write and fdatasync a small append on this thread: no hand-off to the persist
+        thread and back (two thread wake-ups). The guard keeps heartbeats flowing if the
+        disk stalls meanwhile; after a write slower than ``persist_wait`` the next ones go
+        to the persist thread until one is quick again (see guard.py)."""
+        guard = self._guard
+        if trace.ON:
+            trace.mark("p_sub")
+        t0 = time.monotonic()
+        guard.enter()
+        try:
+            self.log.write(b)
+        finally:
+            for items, rest in guard.leave():
+                self.transport.direct_done(items, rest)
+        if time.monotonic() - t0 > self.config.persist_wait:
+            self._inline_ok = False
+            self._stats["inline_slow"] += 1
+        self._stats["persist_inline"] += 1
+
+    def _on_stall(self):
+        """Guard thread, while this member's loop thread is stuck in an inline write:
+        send the liveness messages (heartbeats, or a follower's answer to its leader)
+        straight to the sockets. Only when term and vote are durable (as in
+        _send_heartbeats)."""
+        core = self.core
+        if (core.term, core.vote) != self._durable_tv:
+            return []
+        tr = self.transport
+        items = tr.take_direct(core.liveness_messages(), skip_busy=True)
+        if not items:
+            return []
+        rest = tr.write_direct(items)
+        self._stats["heartbeats_during_persist"] += sum(it[3] for it in items)
+        return [(items, rest)]
 
     def _persist_wait(self, b):
         """How long the loop may block waiting for this write: only small appends (no
@@ -708,217 +786,7 @@ class RaftNode:
             self._snapshotting = True
             self._loop.create_task(self._take_snapshot())
 
-    # ---- snapshots -------------------------------------------------------------------------
 
-    async def snapshot(self, timeout=60.0):
-        """Take a snapshot now and compact the log (on demand; the threshold does the same
-        by itself). -> {"index", "term"} of the snapshot, or False when nothing was
-        applied since the last one. A snapshot already being taken is waited for first."""
-        if not self._running:
-            raise errors.Unavailable("raft node is not running")
-        deadline = self._loop.time() + timeout
-        while self._snapshotting:
-            if self._loop.time() > deadline:
-                raise errors.Timeout("a snapshot in progress did not finish in time")
-            await asyncio.sleep(0.01)
-        if self._applied <= self._snap_index:
-            return False
-        self._snapshotting = True
-        res = await self._take_snapshot(raise_errors=True)
-        if not res:
-            return False
-        # the log is compacted between two Ready cycles; answer once it is
-        await self._until(lambda: self.log.snapshot_meta().index >= res[0],
-                          max(1.0, deadline - self._loop.time()),
-                          errors.Timeout("snapshot taken but the log was not compacted in time"))
-        return {"index": res[0], "term": res[1]}
-
-    async def _take_snapshot(self, raise_errors=False):
-        # Our FSM copies from its own read transaction, so it runs on the snapshot thread
-        # and applies go on meanwhile (a 1 GB copy paused writes for 2-4 s on the apply
-        # thread).
-        try:
-            tmp = os.path.join(self.log.snap_dir, "local.snap.tmp")
-            # A state machine that may be snapshotted beside its applies says so
-            # (``snapshot_concurrent``); any other is snapshotted on the apply executor.
-            ex = self._snap_exec if getattr(self.fsm, "snapshot_concurrent", False) \
-                else self._apply_exec
-            if ex is self._apply_exec:
-                # It must see exactly the applied prefix: no inline applies meanwhile.
-                self._apply_on_thread = True
-            try:
-                index, term = await self._in(ex, self.fsm.snapshot, tmp)
-            finally:
-                self._apply_on_thread = False
-            if index <= self.log.snapshot_meta().index:
-                # a snapshot received from the leader overtook ours meanwhile
-                await self._in(self._snap_exec, remove_gradually, tmp)
-                return None
-            path = self.log.snapshot_path(index, term)
-
-            def publish():
-                os.replace(tmp, path)
-                if self.config.fsync:
-                    fsync_dir(self.log.snap_dir)
-            await self._in(self._snap_exec, publish)
-            meta = SnapshotMeta(index, term, self.core.members_at(index))
-            self._snap_index = max(self._snap_index, index)
-            keep = max(1, index - self.config.snapshot_trailing + 1)
-            self._compact_req = (meta, keep)
-            self._stats["snapshots_taken"] += 1
-            self._wake.set()
-            return index, term
-        except Exception:
-            if raise_errors:
-                raise
-            log.exception("taking a snapshot failed")
-            return None
-        finally:
-            self._snapshotting = False
-
-    async def _compact(self):
-        meta, keep = self._compact_req
-        self._compact_req = None
-        if meta.index <= self.log.snapshot_meta().index:
-            return
-        b = self.log.prepare_compact(meta, keep)
-        # Only the meta write is on the persist path (the log's appends wait for it);
-        # the files it frees are deleted in the background, never awaited here: the Ready
-        # loop went quiet for the 100s of ms a 1 GB deletion takes.
-        await self._in(self._persist_exec, self.log.write_compact, b)
-        self.log.finish_compact(b)
-        self._cleanups += 1
-        fut = self._in(self._snap_exec, self._remove_old, b, meta, set(self._sending))
-        fut.add_done_callback(self._cleanup_done)
-
-    def _cleanup_done(self, fut):
-        self._cleanups -= 1
-        if not fut.cancelled() and fut.exception() is not None:
-            log.warning("deleting files after a compaction failed: %r", fut.exception())
-
-    def _remove_old(self, b, keep_meta, sending):
-        """Snapshot thread: delete the segments a compaction dropped and older snapshot
-        files (never the one the log points at, nor one being sent)."""
-        self.log.remove_dropped(b)
-        keep = {os.path.basename(self.log.snapshot_path(keep_meta.index, keep_meta.term))}
-        keep.update(os.path.basename(p) for p in sending)
-        names = sorted(n for n in os.listdir(self.log.snap_dir) if n.endswith(".snap"))
-        keep.update(names[-self.config.snapshots_kept:])
-        for n in names:
-            if n not in keep:
-                remove_gradually(os.path.join(self.log.snap_dir, n))
-
-    def _start_stream(self, m):
-        old = self._streams.get(m.to)
-        if old is not None and not old.done():
-            return
-        self._streams[m.to] = self._loop.create_task(self._stream_snapshot(m))
-
-    async def _stream_snapshot(self, m):
-        meta = m.snapshot
-        path = self.log.snapshot_path(meta.index, meta.term)
-        ok = False
-        self._sending[path] = self._sending.get(path, 0) + 1
-        try:
-            f = await self._in(self._io_exec, open, path, "rb")
-            try:
-                size = os.fstat(f.fileno()).st_size
-                off = 0
-                chunk = self.config.snapshot_chunk_bytes
-                while True:
-                    data = await self._in(self._io_exec, f.read, chunk)
-                    done = off + len(data) >= size
-                    await self.transport.send_stream(Message(
-                        MsgType.SNAPSHOT, frm=self.node_id, to=m.to, term=m.term,
-                        snapshot=meta, offset=off, data=data, done=done))
-                    off += len(data)
-                    if done:
-                        break
-            finally:
-                f.close()
-            ok = True
-            self._stats["snapshots_sent"] += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("streaming snapshot %d to %s failed: %r", meta.index, m.to, e)
-        finally:
-            n = self._sending.pop(path, 1) - 1
-            if n > 0:
-                self._sending[path] = n
-            if self.core is not None and self._running:
-                self.core.report_snapshot(m.to, ok)
-                self._wake.set()
-
-    def _on_snapshot_chunk(self, m):
-        meta = m.snapshot
-        if meta is None:
-            return
-        key = (m.frm, meta.index, meta.term)
-        st = self._recv.get(m.frm)
-        if m.offset == 0:
-            if st is not None:
-                os.close(st.fd)
-            tmp = os.path.join(self.log.snap_dir, f"recv-{m.frm}.tmp")
-            st = _SnapRecv(key, meta, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-                           tmp)
-            self._recv[m.frm] = st
-        elif st is None or st.key != key or st.offset != m.offset:
-            # A chunk out of sequence (we restarted, or lost part of the stream).
-            self.transport.send(Message(MsgType.SNAPSHOT_RESP, frm=self.node_id, to=m.frm,
-                                        term=self.core.term, index=meta.index, reject=True))
-            self.transport.flush()
-            return
-        # Chunks are written on the loop: a page-cache write of one chunk is short. Every
-        # 8 MB the I/O thread flushes what was written (not awaited), so the fsync when the
-        # file is complete never has a whole snapshot to write out at once: that queued up
-        # to 1 GB in front of the log's fdatasync on the same disk.
-        view = memoryview(m.data)
-        while view:
-            view = view[os.write(st.fd, view):]
-        st.offset += len(m.data)
-        st.unsynced += len(m.data)
-        if st.unsynced >= _RECV_FLUSH_BYTES and self.config.fsync:
-            st.unsynced = 0
-            self._io_exec.submit(fdatasync_quiet, st.fd)
-        if m.done:
-            del self._recv[m.frm]
-            # Hold later messages from the leader until the snapshot is stepped in, so its
-            # appends are not rejected against the old log.
-            self._held = []
-            self._loop.create_task(self._finish_recv(st, m))
-
-    async def _finish_recv(self, st, m):
-        try:
-            path = self.log.snapshot_path(st.meta.index, st.meta.term)
-
-            def finalize():
-                if self.config.fsync:
-                    os.fsync(st.fd)
-                os.close(st.fd)
-                os.replace(st.tmp, path)
-                if self.config.fsync:
-                    fsync_dir(self.log.snap_dir)
-            await self._in(self._io_exec, finalize)
-            self._stats["snapshots_received"] += 1
-            self.core.step(Message(MsgType.SNAPSHOT, frm=m.frm, to=self.node_id, term=m.term,
-                                   snapshot=st.meta, done=True))
-        except Exception:
-            log.exception("receiving snapshot %d from %s failed", st.meta.index, m.frm)
-        finally:
-            held, self._held = self._held, None
-            for msg in held or ():
-                self._on_message(msg)
-            self._wake.set()
-
-    async def _install_snapshot(self, meta):
-        """Restore the state machine from a received snapshot (after queued applies)."""
-        path = self.log.snapshot_path(meta.index, meta.term)
-        await self._in(self._apply_exec, self.fsm.restore, path, meta)
-        self._applied = self._apply_queued = meta.index
-        self._snap_index = meta.index
-        rw = self._read_wait
-        while rw and rw[0][0] <= self._applied:
-            for f in heapq.heappop(rw)[2]:
-                if not f.done():
-                    f.set_result(None)
+def _settle(fut):
+    if not fut.done():
+        fut.set_result(None)

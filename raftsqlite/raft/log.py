@@ -28,6 +28,7 @@ import time
 from raftsqlite import codec
 from raftsqlite.codec.model import Entry, Member, SnapshotMeta
 from raftsqlite.errors import DecodeError, StorageCorrupt
+from raftsqlite.raft import trace
 from raftsqlite.raft.segfiles import (  # noqa: F401 (fsync_dir, write_atomic: API)
     IDX_SUFFIX, PAGE, Spare, frame_length, fsync_dir, load_index, nonzero_end, pwrite_all,
     remove_gradually, remove_trash,
@@ -577,6 +578,8 @@ class RaftLog:
 
     def write(self, b):
         """Executor side: the syscalls of a planned batch. Entries are durable on return."""
+        if trace.ON:
+            trace.mark("w0")
         if b.reset:
             write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
         if b.truncate is not None:
@@ -620,8 +623,12 @@ class RaftLog:
             pwrite_all(b.segment.open(), b.blob, b.offsets[0])
             self._stats["bytes_written"] += len(b.blob)
         if self.fsync and (b.blob or b.truncate is not None):
+            if trace.ON:
+                trace.mark("w_fs")
             os.fdatasync(b.segment.fd if b.segment is not None else b.truncate[0].fd)
             self._stats["fsyncs"] += 1
+            if trace.ON:
+                trace.mark("w_fs1")
         if self.fsync and (b.new_segment is not None or b.delete):
             fsync_dir(self.log_dir)
         if b.state_bytes is not None:

@@ -18,6 +18,7 @@ syscall and there is no task switch per message.
 import asyncio
 import json
 import logging
+import os
 import random
 import socket
 
@@ -129,11 +130,14 @@ class _Outbound(asyncio.Protocol):
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.closed = False
+        self.fd = -1
 
     def connection_made(self, tr):
         self.tr = tr
         _nodelay(tr)
         tr.set_write_buffer_limits(high=1 << 20)
+        sock = tr.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data):
         try:
@@ -277,7 +281,8 @@ class Transport:
         self._closing = False
         self._hello_cache = {}
         self.stats_ = {"msgs_in": 0, "msgs_out": 0, "dropped": 0, "bad_frames": 0,
-                       "refused": 0, "misrouted": 0, "bytes_out": 0}
+                       "refused": 0, "misrouted": 0, "bytes_out": 0,
+                       "direct_writes": 0}
 
     def resolve(self, node_id):
         return self._resolve(node_id) or self.learned.get(node_id)
@@ -363,6 +368,60 @@ class Transport:
             for nid in self._unreachable:
                 self.on_unreachable(nid)
             self._unreachable.clear()
+
+    def take_direct(self, msgs, skip_busy=False):
+        """Frames of ``msgs`` to be written by another thread straight to the peers'
+        sockets (``write_direct``) while the loop thread is parked, so nothing else
+        writes to those sockets meanwhile. Only to a peer that is connected with nothing
+        queued, in uvloop's buffer or ours (so the bytes go out in order): None if some
+        recipient is not, or with ``skip_busy`` its messages are left out.
+        -> [(peer, fd, bytes, message count)], one item per peer."""
+        out = {}
+        for m in msgs:
+            p = self._peers.get(m.to)
+            proto = p.proto if p is not None else None
+            if proto is None or proto.closed or p.pending or proto.fd < 0 \
+                    or proto.tr.get_write_buffer_size():
+                if skip_busy:
+                    continue
+                return None
+            frame = codec.encode_message(m, self.group_id)
+            item = out.get(p)
+            if item is None:
+                out[p] = [proto.fd, frame, 1]
+            else:
+                item[1] += frame
+                item[2] += 1
+        return [(p, fd, data, n) for p, (fd, data, n) in out.items()]
+
+    @staticmethod
+    def write_direct(items):
+        """Any thread: write what ``take_direct`` prepared. -> [(peer, unsent bytes)]
+        for ``direct_done``. A broken connection is left to the loop, which learns it
+        on its own (Raft retransmits what was lost)."""
+        rest = []
+        for p, fd, data, _ in items:
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                continue
+            if n < len(data):
+                rest.append((p, data[n:]))
+        return rest
+
+    def direct_done(self, items, rest):
+        """Loop thread, after ``write_direct``: queue what the socket did not take (ahead
+        of anything else for that peer) and count the messages."""
+        for p, data in rest:
+            if p.proto is not None and not p.proto.closed:
+                p.proto.tr.write(data)
+        for p, _, data, n in items:
+            p.sent += n
+            self.stats_["msgs_out"] += n
+            self.stats_["bytes_out"] += len(data)
+        self.stats_["direct_writes"] += len(items)
 
     async def send_stream(self, msg, timeout=10.0):
         """Send one message with back-pressure instead of dropping (snapshot chunks).

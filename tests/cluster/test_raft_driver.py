@@ -180,49 +180,37 @@ def test_nothing_acknowledged_before_durable(tmp_path):
 
 
 def test_heartbeats_flow_while_fsync_is_slow(tmp_path):
-    """Three members whose log writes each take 4x the election timeout: heartbeats and
-    their responses still flow during the writes, so the leader keeps its leadership and
-    nobody starts an election (term unchanged) while proposals commit."""
+    """Three members, each on a loop thread of its own (as in its own process), whose log
+    writes each take 4x the election timeout: heartbeats and their responses still flow
+    during the writes (the leader's loop runs on while its persist thread writes; a
+    follower's first slow inline write is covered by its guard thread, the next ones go
+    to its persist thread), so the leader keeps its leadership and nobody starts an
+    election (term unchanged) while proposals commit."""
     import time as _time
 
-    async def main():
-        ports = [free_port() for _ in range(3)]
-        ids = ["a", "b", "c"]
-        members = [Member(i, f"127.0.0.1:{p}") for i, p in zip(ids, ports)]
+    from tests.cluster.raft_members import Watch, start_group, stop_group
+
+    group, lead = start_group(tmp_path, tick_interval=0.01, election_ticks=10,
+                              heartbeat_ticks=2)
+    try:
         slow = {"on": False}
-        nodes = []
-        for nid, port in zip(ids, ports):
-            c = RaftConfig(node_id=nid, data_dir=str(tmp_path / nid), tick_interval=0.01,
-                           election_ticks=10, heartbeat_ticks=2, raft_addr=f"127.0.0.1:{port}")
-            node = RaftNode(c, KVStateMachine())
-            await node.start()
-            real_write = node.log.write
+        for m in group:
+            real_write = m.node.log.write
 
             def write(b, real_write=real_write):
                 if slow["on"]:
                     _time.sleep(0.4)   # election timeout is 0.1-0.2 s
                 real_write(b)
-            node.log.write = write
-            nodes.append(node)
-        lead = await bootstrap_and_elect(nodes, members)
-        await lead.propose(b"warm=1")
-        term = lead.term
+            m.node.log.write = write
+        lead.call(lead.node.propose(b"warm=1"))
+        term = lead.node.term
         slow["on"] = True
-        lost = []
-
-        async def watch():
-            while slow["on"]:
-                if not lead.is_leader or any(n.term != term for n in nodes):
-                    lost.append([(n.node_id, n.term, n.is_leader) for n in nodes])
-                await asyncio.sleep(0.01)
-        w = asyncio.get_running_loop().create_task(watch())
+        watch = Watch(group, lead, term)
         for i in range(3):
-            await lead.propose(b"k%d=v" % i, timeout=10)
+            lead.call(lead.node.propose(b"k%d=v" % i, timeout=10))
         slow["on"] = False
-        await w
-        sent = lead.stats()["heartbeats_during_persist"]
-        for n in nodes:
-            await n.stop()
+        lost = watch.stop()
         assert not lost, lost[:3]
-        assert sent > 0
-    run(main())
+        assert lead.node.stats()["heartbeats_during_persist"] > 0
+    finally:
+        stop_group(group)

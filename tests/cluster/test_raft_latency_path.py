@@ -1,5 +1,6 @@
 """The 1-client write path's shortcuts (docs/design/raft-io.md, "The 1-client write path"):
-small committed batches applied on the loop, small log writes waited for blocked (bounded),
+small committed batches applied on the loop, small log writes done inline on the loop (a
+guard thread keeps liveness messages flowing if one stalls) or waited for blocked (bounded),
 commit-only APPENDs held for the next APPEND. Each keeps the order, the results and the
 durability of the plain path."""
 import asyncio
@@ -12,6 +13,7 @@ from raftsqlite.raft.demo import KVStateMachine
 from raftsqlite.raft.driver import RaftNode
 from raftsqlite.testing.procs import free_port
 
+from tests.cluster.raft_members import Watch, start_group, stop_group
 from tests.cluster.test_raft_driver import bootstrap_and_elect, cfg, run, single
 
 
@@ -61,8 +63,8 @@ def test_inline_and_threaded_applies_keep_the_order(tmp_path):
         big_call = next(t for t, idx in fsm.calls if res[0] in idx)
         assert big_call != loop_thread
         s = node.stats()
-        # a group of one writes its log on the loop (test_raft_single_inline.py)
-        assert s["applied_inline"] > 0 and s["persist_waited"] + s["persist_inline"] > 0
+        # small log writes: inline on the loop, or waited for blocked after a slow one
+        assert s["applied_inline"] > 0 and s["persist_inline"] + s["persist_waited"] > 0
         await node.stop()
     run(main())
 
@@ -113,3 +115,81 @@ def test_commit_only_appends_are_piggybacked_and_idle_followers_catch_up(tmp_pat
         for n in nodes:
             await n.stop()
     run(main())
+
+
+def _slow_next_write(node, seconds):
+    """The member's next log write takes ``seconds`` longer (once), and is done inline."""
+    real = node.log.write
+    armed = [True]
+
+    def write(b):
+        if armed[0]:
+            armed[0] = False
+            time.sleep(seconds)
+        real(b)
+    node.log.write = write
+    node._inline_ok = True
+
+
+def test_followers_stalled_in_an_inline_write_still_answer_the_leader(tmp_path):
+    """Both followers stall in an inline log write (a follower's small appends are done
+    on its loop thread) for twice the longest election timeout, each member on a loop
+    thread of its own: their guard threads keep answering the leader, so its
+    CheckQuorum keeps it leader and nobody starts an election; the write then commits."""
+    group, lead = start_group(tmp_path, tick_interval=0.01, election_ticks=10,
+                              heartbeat_ticks=2)
+    try:
+        lead.call(lead.node.propose(b"warm=1"))
+        term = lead.node.term
+        stalled = [m for m in group if m is not lead]
+        for m in stalled:
+            m.loop.call_soon_threadsafe(_slow_next_write, m.node, 0.4)
+        time.sleep(0.05)
+        watch = Watch(group, lead, term)
+        lead.call(lead.node.propose(b"k=v", timeout=10))
+        deadline = time.monotonic() + 5
+        while any(m.node.stats()["inline_slow"] == 0 for m in stalled) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        lost = watch.stop()
+        assert not lost, lost[:3]
+        for m in stalled:
+            s = m.node.stats()
+            assert s["inline_slow"] >= 1     # the stall was an inline write
+            assert m.node._guard.stalls > 0 and s["heartbeats_during_persist"] > 0
+    finally:
+        stop_group(group)
+
+
+def test_leader_stalled_in_an_inline_write_keeps_its_followers(tmp_path):
+    """A leader's loop thread stuck in an inline log write (a leader's write that is not
+    a plain append is one, e.g. its first as leader, which carries the new term) for
+    twice the longest election timeout: its guard thread keeps sending heartbeats, so no
+    follower starts an election, and the group commits afterwards as before."""
+    group, lead = start_group(tmp_path, tick_interval=0.01, election_ticks=10,
+                              heartbeat_ticks=2)
+    try:
+        n = lead.node
+        lead.call(n.propose(b"warm=1"))
+        term = n.term
+        watch = Watch(group, lead, term)
+
+        def stuck():
+            _slow_next_write(n, 0.4)
+            b = n.log.prepare(None, (), None)
+            n._write_inline(b)
+            n.log.finish(b)
+        lead.loop.call_soon_threadsafe(stuck)
+        deadline = time.monotonic() + 5
+        while n.stats()["inline_slow"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        lead.call(n.propose(b"k=v", timeout=10))
+        lost = watch.stop()
+        assert not lost, lost[:3]
+        s = n.stats()
+        assert s["inline_slow"] >= 1 and n._guard.stalls > 0
+        assert s["heartbeats_during_persist"] > 0
+    finally:
+        stop_group(group)
