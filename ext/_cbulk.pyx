@@ -30,6 +30,8 @@ cdef extern from "Python.h":
     PyObject *Py_True
     PyObject *Py_False
     object PyDict_Copy(object d)
+    int PyList_DelSlice "PyList_SetSlice"(object lst, Py_ssize_t lo, Py_ssize_t hi,
+                                          PyObject *none) except -1
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -59,6 +61,12 @@ cdef inline bint _plain_json(PyObject *v):
 
 def scan_rows(doc):
     """See ``raftsqlite.codec.bulk.scan_rows``."""
+    return _scan(doc, False)
+
+
+cdef object _scan(object doc, bint take):
+    """scan_rows' verdict; with ``take`` the rows are ``doc``'s own items, stripped of
+    their SQL in place once every item passed (nothing is touched before that)."""
     cdef Py_ssize_t n, width, i, k
     cdef PyObject *item
     cdef PyObject *s
@@ -78,8 +86,7 @@ def scan_rows(doc):
     sqlp = PyList_GET_ITEM(<object>item, 0)
     if not PyUnicode_CheckExact(sqlp):
         return None
-    sql = <object>sqlp
-    rows = PyList_New(n)
+    sql = <object>sqlp      # our own reference: doc[0][0] goes away below
     for i in range(n):
         item = PyList_GET_ITEM(doc, i)
         if not PyList_CheckExact(item) or PyList_GET_SIZE(<object>item) != width:
@@ -91,10 +98,21 @@ def scan_rows(doc):
         for k in range(1, width):
             if not _plain_json(PyList_GET_ITEM(<object>item, k)):
                 return None
-        row = PyList_GetSlice(<object>item, 1, width)
+    if take:
+        for i in range(n):
+            PyList_DelSlice(<object>PyList_GET_ITEM(doc, i), 0, 1, NULL)
+        return sql, doc
+    rows = PyList_New(n)
+    for i in range(n):
+        row = PyList_GetSlice(<object>PyList_GET_ITEM(doc, i), 1, width)
         Py_INCREF(row)
         PyList_SET_ITEM(rows, i, row)
     return sql, rows
+
+
+def take_rows(doc):
+    """See ``raftsqlite.codec.bulk.take_rows``."""
+    return _scan(doc, True)
 
 
 def check_rows(rows, Py_ssize_t width):

@@ -18,6 +18,7 @@ import time
 import apsw
 
 from raftsqlite.codec import rowid_results
+from raftsqlite.codec.model import InsertRun
 from raftsqlite.db_shapes import INTERNAL_PREFIX, insert_shape, quote_ident
 
 
@@ -393,7 +394,7 @@ class Database:
         ``run_user_sequential`` relies on it."""
         return insert_shape(sql, self.internal, clock_pinned=self._clock is not None)
 
-    def run_user_sequential(self, sql, shape, rows, first_rowid, out):
+    def run_user_sequential(self, sql, shape, rows, first_rowid, out, lazy=False):
         """Rows 1.. of a bulk run whose first row just inserted ``first_rowid``, through
         multi-row statements or executemany, when ``sequential_insert(sql)`` gave
         ``shape`` (an ``InsertShape``): every row then
@@ -403,7 +404,8 @@ class Database:
         ``first_rowid + len(rows)``, below the limit where SQLite picks random rowids);
         otherwise everything is undone and False is returned (the caller runs the rows
         the exact way). True when the results were appended; None when a row ended the
-        whole transaction."""
+        whole transaction. ``lazy`` (``out`` an InsertRun with nothing pending): the
+        results are left pending in ``out`` instead of built (InsertRun.pending)."""
         conn = self.writer
         n = len(rows)
         last = first_rowid + n
@@ -434,7 +436,11 @@ class Database:
         self.stats_counters["sequential_runs"] += 1
         if multi:
             self.stats_counters["multirow_runs"] += 1
-        out.extend(rowid_results(first_rowid + 1, n, (time.perf_counter() - t0) / n))
+        pending = (first_rowid + 1, n, (time.perf_counter() - t0) / n)
+        if lazy and type(out) is InsertRun and out.pending is None:
+            out.pending = pending
+        else:
+            out.extend(rowid_results(*pending))
         return True
 
     def in_transaction(self) -> bool:

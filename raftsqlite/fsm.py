@@ -99,6 +99,9 @@ class FSM:
         # without a request id runs through SQLite's own loop and reports placeholders;
         # the database ends the same (see _bulk_rest).
         self.results_wanted = None
+        # True (the store sets it; it builds what its callers need): a proven bulk run's
+        # results are left pending in their InsertRun instead of 1000 dicts built here
+        self.lazy_results = False
         self.dedup_keep = dedup_keep
         self._decode = decode
         self._handlers = dict(fsm_load.HANDLERS)   # drop_all and the atomic load
@@ -340,7 +343,8 @@ class FSM:
                 failed = self._run_fast(req.statements, txn, key, results, rid)
             else:
                 failed = self._run_slow(req.statements, txn, key, results)
-            self.counters["statements"] += len(results)
+            self.counters["statements"] += (results.total() if type(results) is InsertRun
+                                            else len(results))
             if txn:
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
@@ -511,11 +515,11 @@ class FSM:
             shape = db.sequential_insert(sql)
             if shape is not None:
                 done = db.run_user_sequential(sql, shape, rows[1:], r["last_insert_id"],
-                                              results)
+                                              results, self.lazy_results and not rid)
                 if done is None:
                     raise _TxnLost(key)
                 if done:
-                    if type(results) is InsertRun and len(results) == n:
+                    if type(results) is InsertRun and results.total() == n:
                         results.first_rowid = r["last_insert_id"]
                     return False
         return None
@@ -606,6 +610,8 @@ def _clock(ops):
 
 
 def _dump_result(results) -> bytes:
+    if type(results) is InsertRun:
+        results.materialize()
     # "time" differs per replica; stored rows must not, so replicas stay byte-identical
     return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
                         default=b64_default)

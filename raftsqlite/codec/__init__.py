@@ -63,6 +63,7 @@ keyspace_ids = _hash.keyspace_ids
 
 # the hot loops of a bulk request (codec/bulk.py says what each answers)
 scan_rows = _bulk.scan_rows
+take_rows = _bulk.take_rows
 check_rows = _bulk.check_rows
 rowid_results = _bulk.rowid_results
 flat_rows = _bulk.flat_rows

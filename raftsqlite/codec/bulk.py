@@ -55,6 +55,19 @@ def scan_rows(doc):
     return sql, rows
 
 
+def take_rows(doc):
+    """``scan_rows``' verdict without copying: -> ``(sql, doc)`` where every item of
+    ``doc`` lost its first element (the SQL text) in place, so ``doc`` is now the rows;
+    -> None with ``doc`` untouched. For a body parsed just for this (nobody else holds
+    it): 1000 row lists fewer to make and free per request."""
+    got = scan_rows(doc)
+    if got is None:
+        return None
+    for item in doc:
+        del item[0]
+    return got[0], doc
+
+
 def check_rows(rows, width):
     """-> -1 when ``rows`` is a list of lists of ``width`` values, each None, a bool, an
     int in int64, a float, a str or bytes (exact types); else the index of the first row

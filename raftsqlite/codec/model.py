@@ -191,13 +191,34 @@ class InsertRun(list):
     the usual result dicts ``{"last_insert_id", "rows_affected": 1, "time"}``, marked so
     a renderer can write them all at once without reading each. Only the FSM makes one,
     after proving the run (``Database.run_user_sequential``); ``first_rowid`` is None
-    until then. Anyone who builds a new list from it loses the mark, never correctness."""
+    until then. Anyone who builds a new list from it loses the mark, never correctness.
 
-    __slots__ = ("first_rowid",)
+    ``pending``: ``(rowid, count, time)`` of proven results not built yet (the FSM's
+    ``lazy_results``): the list then holds only the results before them, and its length
+    is not the request's. Only the store hands such a run out, and only to a caller that
+    asked for it (``Store.execute(lazy_results=True)``: the rqlite handler, which renders
+    it with ``render_rowid_run``); everyone else gets it ``materialize()``d."""
+
+    __slots__ = ("first_rowid", "pending")
 
     def __init__(self, *args):
         super().__init__(*args)
         self.first_rowid = None
+        self.pending = None
+
+    def total(self):
+        """How many results the request has, built or pending."""
+        p = self.pending
+        return len(self) + (p[1] if p is not None else 0)
+
+    def materialize(self):
+        """Build the pending results in place (the same dicts the eager path makes)."""
+        p = self.pending
+        if p is not None:
+            from raftsqlite.codec import rowid_results
+            self.extend(rowid_results(*p))
+            self.pending = None
+        return self
 
     def proven_run(self):
         """``first_rowid`` when the mark still matches the contents (cheap ends check),
@@ -206,7 +227,16 @@ class InsertRun(list):
         n = len(self)
         if first is None or not n:
             return None
-        a, b = self[0], self[-1]
+        a = self[0]
+        p = self.pending
+        if p is not None:
+            # the pending ones were proven when they were set: rowids follow the built
+            b, n = self[-1], n + p[1]
+            if type(b) is not dict or p[0] != b.get("last_insert_id", 0) + 1:
+                return None
+            b = {"last_insert_id": p[0] + p[1] - 1, "rows_affected": 1}
+        else:
+            b = self[-1]
         if type(a) is not dict or type(b) is not dict or a.get("last_insert_id") != first \
                 or b.get("last_insert_id") != first + n - 1 or a.get("rows_affected") != 1 \
                 or b.get("rows_affected") != 1:

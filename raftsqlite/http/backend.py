@@ -15,7 +15,9 @@ class Store(Protocol):
     leader_addr=<leader's HTTP address>)`` on a follower; the HTTP layer forwards."""
 
     async def execute(self, statements, *, transaction=False, request_id=None,
-                      timeout=None) -> dict: ...  # {"results": [...], "raft_index": int}
+                      timeout=None, lazy_results=False) -> dict: ...
+    # -> {"results": [...], "raft_index": int}; lazy_results: see Store.execute (a store
+    # may ignore it: results that are plain lists render the same)
 
     async def query(self, statements, *, level="weak", freshness=None, freshness_strict=False,
                     transaction=False, db_timeout=None, timeout=None) -> dict: ...
@@ -120,7 +122,8 @@ class StoreSQL:
         return self.store.execute(
             statements, transaction=bool(p is not None and p.transaction),
             request_id=getattr(p, "request_id", None),
-            timeout=p.timeout if p is not None else None)
+            timeout=p.timeout if p is not None else None,
+            lazy_results=getattr(p, "lazy_results", False))
 
     def query(self, statements, p, level):
         timeout = p.timeout

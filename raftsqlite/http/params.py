@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from raftsqlite import errors
-from raftsqlite.codec import scan_rows
+from raftsqlite.codec import take_rows
 from raftsqlite.codec.model import BulkStatements, Statement
 
 INT64_MIN = -(1 << 63)
@@ -143,6 +143,9 @@ class QueryParams:
     auto_route = False
     shard_id = None
     request_id = None
+    # set by a handler that renders the write results with wire.render_results and
+    # nothing else (Store.execute's lazy_results); never from the query string
+    lazy_results = False
 
     def __init__(self, query_string=""):
         self.query_string = query_string
@@ -326,9 +329,10 @@ def parse_statements(body, max_statements, bulk=False):
         raise errors.PayloadTooLarge(
             f"too many statements: {len(doc)} in one request, the limit is {max_statements}")
     if bulk and len(doc) > 1:
-        # the common shape in one compiled pass; values needing a conversion (hex
-        # strings, byte arrays, huge ints) or a refusal go through _bulk_form
-        scanned = scan_rows(doc)
+        # the common shape in one compiled pass, the parsed items becoming the rows
+        # (doc is ours alone); values needing a conversion (hex strings, byte arrays,
+        # huge ints) or a refusal go through _bulk_form, with doc untouched
+        scanned = take_rows(doc)
         if scanned is not None:
             return BulkStatements(*scanned)
         b = _bulk_form(doc)
@@ -376,7 +380,7 @@ def _bulk_form(doc):
     text and one number of positional parameters, else None (then the general path
     parses it, and words any error). Values get the same conversions as in
     ``make_statement``."""
-    # Only bodies scan_rows (the compiled pass) turned down get here: a hex string, a
+    # Only bodies take_rows (the compiled pass) turned down get here: a hex string, a
     # huge int or a byte array to convert, or something to refuse. Rare, so each value
     # simply takes make_statement's conversion.
     first = doc[0]

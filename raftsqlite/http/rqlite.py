@@ -71,6 +71,9 @@ async def execute(request):
         return await _queued(request, p, started)
     p.set_request_id(request.headers.get(REQUEST_ID_HEADER))
     stmts = request_statements(request, ctx.settings.max_statements, bulk=True)
+    # _render writes a proven bulk run from its first rowid: the store need not build
+    # its 1000 result dicts (with timings or associative each result is read)
+    p.lazy_results = not (p.timings or p.associative)
     try:    # fwd.on_leader, spelled out on the two hottest routes
         res = await ctx.sql.execute(stmts, p)
     except errors.NotLeader as e:

@@ -175,11 +175,13 @@ def _render_one(r, timings, associative, query_family):
 
 
 def render_results(results, *, timings=False, associative=False, query_family=False):
-    if type(results) is InsertRun and not (timings or associative):
-        first = results.proven_run()
-        if first is not None:
-            # 1000 inserts with consecutive rowids: written in one compiled loop
-            return RawJSON(render_rowid_run(first, len(results)))
+    if type(results) is InsertRun:
+        if not (timings or associative):
+            first = results.proven_run()
+            if first is not None:
+                # 1000 inserts with consecutive rowids: written in one compiled loop
+                return RawJSON(render_rowid_run(first, results.total()))
+        results.materialize()
     if timings or associative:
         return [_render_one(r, timings, associative, query_family) for r in results]
     # The common case, kept tight for 1000-statement batches.

@@ -127,6 +127,9 @@ class NodeGroupExecutor:
         return dict(self.counts, leaders=dict(self.leaders), coalesced=self.caller.stats())
 
 
+_LAZY = {"lazy_results": True}
+
+
 class RouterSQL:
     """``node.sql_backend``: the HTTP handlers' SQL seam, through the router. Statements
     on registered tables are always routed (``auto_route`` is accepted and implied);
@@ -212,7 +215,9 @@ class RouterSQL:
                     statements, transaction=bool(p is not None and p.transaction),
                     request_id=getattr(p, "request_id", None),
                     timeout=p.timeout if p is not None else None,
-                    guard=catalog_guard(cat.schema_version))
+                    guard=catalog_guard(cat.schema_version),
+                    # the rqlite handler renders the results unbuilt (Store.execute)
+                    **_LAZY if getattr(p, "lazy_results", False) else {})
             except errors.StaleCatalog:
                 await self.svc.cache.refresh()   # nothing ran: plan again, routed
             sid = None

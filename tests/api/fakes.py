@@ -108,7 +108,8 @@ class FakeStore:
             import asyncio
             await asyncio.sleep(self.delay)
 
-    async def execute(self, statements, *, transaction=False, request_id=None, timeout=None):
+    async def execute(self, statements, *, transaction=False, request_id=None, timeout=None,
+                      lazy_results=False):
         await self._pre("execute", {"n": len(statements), "transaction": transaction,
                                     "timeout": timeout, "request_id": request_id})
         self._need_leader()

@@ -1,6 +1,7 @@
 """The bulk request's hot loops: the compiled module (``raftsqlite._cbulk``) and its twin
 (``raftsqlite.codec.bulk``) give the same answers, and those answers mean what their
 callers rely on (the parser's conversions, the store's checks, rqlite's JSON)."""
+import copy
 import json
 import os
 
@@ -70,6 +71,25 @@ def test_scan_rows_twins_agree_and_mean_the_general_parse(doc):
         assert all(type(r) is list for r in rows)
         plain = parse_statements(json.dumps(doc).encode(), 100)
         assert [(s.sql, s.params) for s in plain] == [(sql, r) for r in rows]
+
+
+@SETTINGS
+@given(docs())
+def test_take_rows_twins_agree_with_scan_rows(doc):
+    """Invariant: take_rows gives scan_rows' answer in both implementations; when it
+    accepts, the rows it returns are the body's own items, each without its SQL text
+    (nothing copied), and when it refuses, the body is left exactly as it was."""
+    from raftsqlite.codec import bulk as pure
+    want = pure.scan_rows(copy.deepcopy(doc))
+    for m in IMPLS:
+        d = copy.deepcopy(doc)
+        before = json.dumps(d)
+        got = m.take_rows(d)
+        assert got == want
+        if got is None:
+            assert json.dumps(d) == before
+        else:
+            assert got[1] is d and all(type(r) is list for r in d)
 
 
 def test_scan_rows_property_was_not_vacuous():
