@@ -81,11 +81,14 @@ class RaftNode(SnapshotMixin):
         # during the write; the term and vote known to be on disk.
         self._persisting = False
         self._durable_tv = None
+        # A lone leader's small writes are inline while they are quick (see _persist).
+        self._inline_ok = True
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
                        "persist_s": 0.0, "heartbeats_during_persist": 0,
-                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0}
+                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
+                       "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -509,7 +512,7 @@ class RaftNode(SnapshotMixin):
                 t0 = time.perf_counter()
                 self._persisting = True
                 try:
-                    await self._persist(b)
+                    await self._persist(b, rd)
                 finally:
                     self._persisting = False
                 if trace.ON:
@@ -552,20 +555,39 @@ class RaftNode(SnapshotMixin):
             self._fail_all(errors.OutcomeUnknown("leadership lost before commit"),
                            proposed_only=True)
 
-    async def _persist(self, b):
+    async def _persist(self, b, rd):
         """Write and fdatasync ``b`` on the persist thread. A small write is waited for
         blocked (the GIL released) for up to ``persist_wait``: the persist thread wakes
         this thread with one futex, without the loop's wake-up and callback round; a
         slower one is awaited, so a slow disk holds the loop for at most ``persist_wait``
         (heartbeats flow, docs/design/raft-io.md). (Writing small appends on this thread
         instead, with a guard thread for stalls, measured slower on 2 shared cores: the
-        fdatasync's CPU part then runs where the other members just woken are queued.)"""
+        fdatasync's CPU part then runs where the other members just woken are queued.)
+
+        A leader alone in its group (a shard group of one member) has nothing to send
+        and no other member to leave the CPU to, so its small writes are written right
+        here (no hand-off per Raft round; sharding.md). After one slower than
+        ``persist_wait`` they go back to the persist thread until one is quick again,
+        so a slow disk never holds the loop longer than the threaded path would."""
         wait = self._persist_wait(b)
+        if wait and not rd.messages and len(self.core._members) <= 1:
+            if self._inline_ok:
+                if trace.ON:
+                    trace.mark("p_sub")
+                t0 = time.monotonic()
+                self.log.write(b)
+                if time.monotonic() - t0 > wait:
+                    self._inline_ok = False
+                    self._stats["inline_slow"] += 1
+                self._stats["persist_inline"] += 1
+                return
+            self._stats["persist_threaded"] += 1
         if trace.ON:
             trace.mark("p_sub")
         job = self._persist_exec.call(self.log.write, b)
         if wait and job.wait(wait):
             self._stats["persist_waited"] += 1
+            self._inline_ok = True      # quick again: a lone leader's next small write is inline
         elif not job.done:
             # Slow disk, or a large write: the loop goes on (ticks, heartbeats, HTTP)
             # and resumes this Ready when the write is done.

@@ -79,6 +79,15 @@ def guard_refusal(results):
     return results
 
 
+def _refusal_or(results):
+    """A results list that is a whole-request refusal -> its exception, else the list."""
+    if type(results) is list and len(results) == 1:
+        r = results[0]
+        if type(r) is dict and r.get("code") in _REFUSALS:
+            return _REFUSALS[r["code"]](r.get("error") or r["code"])
+    return results
+
+
 def encode_call(kind, requests):
     ctype = CommandType.QUERY if kind == "query" else CommandType.EXECUTE
     return encode_command(Command(ctype, requests))
@@ -182,26 +191,38 @@ class ShardCaller:
 
     def __init__(self, post, max_inflight=1, max_batch=256):
         self.post = post
+        self._paths = {}
         self.coalescer = Coalescer(self._send, max_inflight, max_batch)
 
-    async def call(self, group, kind, statements, transaction=False, guard=None, level="weak",
-                   request_id=None):
-        req = request_for(statements, transaction, guard, request_id)
+    def call(self, group, kind, statements, transaction=False, guard=None, level="weak",
+             request_id=None):
+        """-> an awaitable of the request's results (raising its error). A write is the
+        coalescer's future itself: no coroutine frame per routed insert."""
+        req = Request(statements, bool(transaction), request_id or None,
+                      None if guard is None else bytes(guard))
         if kind == "execute":
-            res = await self.coalescer.call(group, kind, level, req)
-        else:
-            # Reads are not coalesced: a batch answers when its slowest request is done,
-            # so a point read would wait behind a long scan. (Writes of one entry finish
-            # together anyway: the group commit applies them in one transaction.)
-            res = (await self._send(group, kind, level, [req]))[0]
-        return guard_refusal(res)
+            return self.coalescer.call(group, kind, level, req)
+        # Reads are not coalesced: a batch answers when its slowest request is done,
+        # so a point read would wait behind a long scan. (Writes of one entry finish
+        # together anyway: the group commit applies them in one transaction.)
+        return self._one(group, kind, level, req)
+
+    async def _one(self, group, kind, level, req):
+        res = (await self._send(group, kind, level, [req]))[0]
+        if isinstance(res, BaseException):
+            raise res
+        return res
 
     async def _send(self, group, kind, level, requests):
+        """One ``/shard/call``: one outcome per request, a refused guard as its exception."""
         body = encode_call(kind, requests)
-        path = f"/shard/call?kind={kind}&level={level}"
+        path = self._paths.get((kind, level))
+        if path is None:
+            path = self._paths[(kind, level)] = f"/shard/call?kind={kind}&level={level}"
         if len(requests) == 1:
-            return [load_results(await self.post(group, path, body))]
-        return decode_batch(await self.post(group, path + "&batch=1", body), len(requests))
+            return [_refusal_or(load_results(await self.post(group, path, body)))]
+        return [_refusal_or(o) for o in
+                decode_batch(await self.post(group, path + "&batch=1", body), len(requests))]
 
     def stats(self):
         return self.coalescer.stats()

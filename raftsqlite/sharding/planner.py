@@ -19,7 +19,8 @@ from sqlglot.tokens import Token, TokenType
 
 from raftsqlite.errors import RoutingRefused
 from raftsqlite.sharding import keyspace as ks
-from raftsqlite.sharding.ownership import GuardItem
+from raftsqlite.sharding.ownership import GUARD_MAGIC, GuardItem
+from raftsqlite.sharding.ownership import _HDR as _GHDR, _ONE as _GONE
 from raftsqlite.sharding.scatter import (
     _Tables, _has_subquery, _key_binding, _param_names, _refuse,
     _rewrite_agg, _rewrite_rows, _aggs, _resolve_group, _span_names, _sqlite_name, _src, _tname,
@@ -281,11 +282,29 @@ class InsertPlan(_Sharded):
 
     def __init__(self, sql, table, keys, prefix, rows, suffix, row_names):
         self.sql = sql
+        self._one = None          # route_one's lookups for one catalog version
         self.table = table
         self.tables = [table]
         self.keys = keys          # one source per VALUES row
         self.prefix, self.rows, self.suffix = prefix, rows, suffix
         self.row_names = row_names  # per row: parameter names its rewritten SQL uses
+
+    def route_one(self, catalog, params):
+        """``(group, guard bytes)`` of a one-row insert (``len(self.keys) == 1``): the
+        group and ``encode_guard`` of ``route``'s one call, without building the route.
+        The catalog lookups are kept per catalog object and version (any change bumps
+        the version)."""
+        c = self._one
+        if c is None or c[0] is not catalog or c[1] != catalog.version:
+            t, col = self._tinfo(catalog)
+            name = self.table.encode("utf-8")
+            c = self._one = (catalog, catalog.version, t["shard_func"], t.get("key_affinity"),
+                             col["starts"], col["owners"], col["shard_epochs"],
+                             GUARD_MAGIC + _GHDR.pack(1) + _GHDR.pack(len(name)) + name)
+        _, _, func, aff, starts, owners, epochs, prefix = c
+        kid = ks.key_id(_resolve(self.keys[0], params), func, aff)
+        g = owners[ks.index_of(starts, kid)]
+        return g, prefix + _GONE.pack(epochs.get(g, 0), 1, kid)
 
     def route(self, catalog, params):
         t, col = self._tinfo(catalog)

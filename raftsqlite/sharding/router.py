@@ -78,6 +78,9 @@ class Router:
     async def execute(self, statements, transaction=False, shard_id=None, request_id=None):
         """Writes. ``statements``: Statement objects or ``(sql, params)`` pairs;
         ``request_id`` (str or bytes) makes a retry of the same request idempotent."""
+        if (shard_id is None and request_id is None and not transaction
+                and type(statements) is list and len(statements) == 1):
+            return await self._execute_one(statements)
         statements = _stmts(statements)
         rid = _rid_bytes(request_id)
         if shard_id is not None:
@@ -141,12 +144,72 @@ class Router:
         return dict(self.counts, plan_cache=self.planner.stats())
 
     # ---- running -------------------------------------------------------------------------
-    async def _run(self, statements, transaction, write, opts=None, rid=None):
+    async def _execute_one(self, statements):
+        """``execute`` of the commonest routed write, one statement without a request
+        id or transaction, in one frame: the plan, route, counts and call of ``_run_one``.
+        A default plan, a statement for several groups and any refusal take the general
+        path from where this one stopped (a refused call ran nothing)."""
+        s = statements[0]
+        if type(s) is not Statement:
+            statements = _stmts(statements)
+            s = statements[0]
+        cat = self.cat.current()
+        try:
+            plan = self.planner.plan(s.sql, cat)
+        except RoutingRefused:
+            self.counts["refused"] += 1
+            raise
+        if plan.kind == "default":
+            return await self._run(statements, False, True)
+        self.counts["statements"] += 1
+        if plan.kind == "insert" and len(plan.keys) == 1:
+            # one row, one owner: the group and guard bytes without a Route
+            g, guard = plan.route_one(cat, s.params)
+            self.counts["single"] += 1
+            try:
+                return await self.ex.execute(g, [s], transaction=False, guard=guard)
+            except (Moved, Fenced) as e:
+                first = e
+            ver = cat.schema_version
+            return await self._run(statements, False, True, first=lambda: self._single_batch(
+                [plan], statements, True, {}, rid=None, ver=ver, first=first))
+        route = plan.route(cat, s.params)
+        if len(route.calls) != 1 or route.merge is not None:
+            ver = cat.schema_version
+
+            async def multi():
+                return [await self._multi(plan, s, True, {}, None, ver)]
+            return await self._run(statements, False, True, first=multi)
+        c = route.calls[0]
+        g = c.group
+        self.counts["default" if g == DEFAULT_GROUP and not c.guard else "single"] += 1
+        if c.sql is not s.sql or c.params is not s.params:
+            s = Statement(c.sql, c.params)
+        if c.guard:
+            guard = encode_guard(c.guard)
+        elif g == DEFAULT_GROUP:
+            guard = catalog_guard(cat.schema_version)
+        else:
+            guard = None
+        try:
+            return await self.ex.execute(g, [s], transaction=False, guard=guard)
+        except (Moved, Fenced) as e:
+            first = e
+        ver = cat.schema_version
+        return await self._run(statements, False, True, first=lambda: self._single_batch(
+            [plan], statements, True, {}, rid=None, ver=ver, first=first))
+
+    async def _run(self, statements, transaction, write, opts=None, rid=None, first=None):
+        """``first``: the first attempt, when a caller already began it (a coroutine
+        function, run in place of planning from the start)."""
         opts = opts or {}
         results = []     # of the statements done so far, in order
         stale = 0
         while True:
             try:
+                if first is not None:
+                    fn, first = first, None
+                    return await fn()
                 return await self._run_from(statements, transaction, write, opts, rid, results)
             except StaleCatalog:
                 # The default group refused a default plan made with an older catalog

@@ -61,7 +61,8 @@ def test_inline_and_threaded_applies_keep_the_order(tmp_path):
         big_call = next(t for t, idx in fsm.calls if res[0] in idx)
         assert big_call != loop_thread
         s = node.stats()
-        assert s["applied_inline"] > 0 and s["persist_waited"] > 0
+        # (a lone leader writes its small batches inline, others wait for the thread)
+        assert s["applied_inline"] > 0 and s["persist_waited"] + s["persist_inline"] > 0
         await node.stop()
     run(main())
 

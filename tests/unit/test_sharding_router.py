@@ -479,3 +479,28 @@ def test_retried_routed_write_with_request_id_is_idempotent(env):
     other = run(router.execute(stmts, request_id="req-2"))
     assert "error" in other[0]
     assert ages() != after_first
+
+
+def test_route_one_matches_route_and_follows_catalog_changes(env):
+    """Invariant: the one-row insert shortcut (``InsertPlan.route_one``) names the same
+    group and the same guard bytes as the general ``route`` for every key, and after a
+    catalog change (same catalog object or a new one) it routes by the new ranges."""
+    from raftsqlite.sharding.ownership import encode_guard
+    cl, router, plain, users, orders = env
+    plan = Planner().plan("INSERT INTO users (id, name) VALUES (?, ?)", cl.catalog)
+
+    def same(cat):
+        for k in list(range(-50, 400, 7)) + ["123", 2 ** 62]:
+            r = plan.route(cat, [k, "x"])
+            assert plan.route_one(cat, [k, "x"]) == (r.calls[0].group,
+                                                      encode_guard(r.calls[0].guard))
+    same(cl.catalog)
+    col = cl.catalog.colocation_of("users")
+    i = col["owners"].index("s1")
+    start, end = ks.range_of(col["starts"], i)
+    k = next(u[0] for u in users if start <= kid(u[0]) < end)
+    assert plan.route_one(cl.catalog, [k, "x"])[0] == "s1"
+    move_range(cl, start, end, "s1", "s2")          # mutates cl.catalog in place
+    assert plan.route_one(cl.catalog, [k, "x"])[0] == "s2"
+    same(cl.catalog)
+    same(Catalog.from_bytes(cl.catalog.to_bytes()))
