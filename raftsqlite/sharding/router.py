@@ -166,13 +166,7 @@ class Router:
             # one row, one owner: the group and guard bytes without a Route
             g, guard = plan.route_one(cat, s.params)
             self.counts["single"] += 1
-            try:
-                return await self.ex.execute(g, [s], transaction=False, guard=guard)
-            except (Moved, Fenced) as e:
-                first = e
-            ver = cat.schema_version
-            return await self._run(statements, False, True, first=lambda: self._single_batch(
-                [plan], statements, True, {}, rid=None, ver=ver, first=first))
+            return await self._one_call(g, s, guard, plan, statements, cat)
         route = plan.route(cat, s.params)
         if len(route.calls) != 1 or route.merge is not None:
             ver = cat.schema_version
@@ -191,6 +185,11 @@ class Router:
             guard = catalog_guard(cat.schema_version)
         else:
             guard = None
+        return await self._one_call(g, s, guard, plan, statements, cat)
+
+    async def _one_call(self, g, s, guard, plan, statements, cat):
+        """One statement's call to its one group; refused as moved or fenced, the general
+        path takes over from that answer (a refused call ran nothing)."""
         try:
             return await self.ex.execute(g, [s], transaction=False, guard=guard)
         except (Moved, Fenced) as e:
