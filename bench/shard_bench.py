@@ -29,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -271,6 +272,39 @@ def _verdict(busy, rps, clients, gen_share, others):
     return "; ".join(notes)
 
 
+def _log_writes(addrs):
+    """Each shard member's Raft log writes so far: (seconds spent writing and
+    fdatasyncing, count), from its /status (the driver's persist_s and persists)."""
+    out = {}
+    for name, addr in addrs.items():
+        if not name.startswith("shard"):
+            continue
+        try:
+            with urllib.request.urlopen(f"http://{addr}/status", timeout=5) as r:
+                doc = json.loads(r.read())
+        except (OSError, ValueError):
+            continue
+        todo = [doc]
+        while todo:
+            d = todo.pop()
+            if "persist_s" in d and "persists" in d:
+                out[name] = (d["persist_s"], d["persists"])
+                break
+            todo.extend(v for v in d.values() if isinstance(v, dict))
+    return out
+
+
+def _log_write_summary(w0, w1, seconds):
+    """Mean time of one log write (+ fdatasync) per shard over a window, and the share of
+    the window each shard spent in them: whether the disk bounds the window."""
+    out = {}
+    for name in w1:
+        if name in w0:
+            ds, dn = w1[name][0] - w0[name][0], w1[name][1] - w0[name][1]
+            out[name] = {"us": round(ds / max(dn, 1) * 1e6), "busy": round(ds / seconds, 2)}
+    return out
+
+
 def _cpu_s(pids):
     """User+system CPU seconds used so far by each pid (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -369,9 +403,11 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 await asyncio.sleep(max(0.0, t_start - time.monotonic()))
                 pids = {name: p.pid for name, p in cl.procs.items()}
                 pids.update({f"router{w + 1}": p_.pid for w, p_ in enumerate(ps)})
+                w0 = _log_writes(cl.addrs)
                 c0, m0 = _cpu_s(pids), _machine_busy_s()
                 await asyncio.sleep(max(0.0, t_end - time.monotonic()))
                 c1, m1 = _cpu_s(pids), _machine_busy_s()
+                writes = _log_write_summary(w0, _log_writes(cl.addrs), seconds)
                 loop = asyncio.get_running_loop()
                 k, calls, sends, gen = 0, 0, 0, []
                 for _ in ps:
@@ -394,6 +430,11 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 rps = k / seconds
                 verdict = _verdict(cpu, rps, clients, us["generator"] / max(us["routers"], 1e-9),
                                    others)
+                if writes:
+                    verdict += "; log write + fdatasync per Raft round " + ", ".join(
+                        f"{k} {v['us']} us ({v['busy']:.0%} of the window)"
+                        for k, v in sorted(writes.items()))
+                us["log_write_us"] = writes
                 return rps, cpu, us, round(calls / max(sends, 1), 1), round(others, 2), verdict
             for n in (1, 2):   # warm-up: connections, plan cache, first entries
                 await asyncio.gather(*[writer(n, time.monotonic() + 1.0, c) for c in range(clients)])
@@ -554,6 +595,13 @@ def main_cluster():
               f"load generator alone {us[n]['generator']} us); {med[n]['coalesced']} inserts "
               f"per /shard/call; other processes took {statistics.median(res[n]['others'])} "
               f"cores; last window: {res[n]['verdict'][-1]}")
+    # One log write (+ fdatasync) per Raft round, median over windows of the shards' mean:
+    # how long each round holds a shard, beside its CPU (docs/design/sharding.md).
+    wus = {n: round(statistics.median(statistics.mean(v["us"] for v in u["log_write_us"].values())
+                                      for u in res[n]["us"] if u.get("log_write_us")))
+           if any(u.get("log_write_us") for u in res[n]["us"]) else None for n in (1, 2)}
+    print(f"log write + fdatasync per Raft round (median of windows): 1 group {wus[1]} us, "
+          f"2 groups {wus[2]} us")
     for n in (1, 2):
         print(f"{n} shard group(s): routed single-row inserts {med[n]['ins']:,.0f}/s (median of "
               f"{', '.join(f'{x:,.0f}' for x in res[n]['ins'])}), point reads {med[n]['read']:,.0f}/s, "
@@ -580,6 +628,7 @@ def main_cluster():
         "cpu_us_per_insert_1_group": us[1], "cpu_us_per_insert_2_groups": us[2],
         "cpu_ceiling_rps_1_group": round(ceiling[1]), "cpu_ceiling_rps_2_groups": round(ceiling[2]),
         "scale_ratio_cpu_ceiling": round(ceiling[2] / max(med[1]["ins"], 1), 2),
+        "log_write_us_1_group": wus[1], "log_write_us_2_groups": wus[2],
         "inserts_per_call_1_group": med[1]["coalesced"], "inserts_per_call_2_groups": med[2]["coalesced"],
         "other_cores_busy_1_group": statistics.median(res[1]["others"]),
         "other_cores_busy_2_groups": statistics.median(res[2]["others"]),

@@ -86,7 +86,7 @@ class RaftNode(SnapshotMixin):
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
-                       "persist_s": 0.0, "heartbeats_during_persist": 0,
+                       "persist_s": 0.0, "persists": 0, "heartbeats_during_persist": 0,
                        "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
                        "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0}
 
@@ -518,6 +518,7 @@ class RaftNode(SnapshotMixin):
                 if trace.ON:
                     trace.mark("p_back")
                 self._stats["persist_s"] += time.perf_counter() - t0
+                self._stats["persists"] += 1
             if not sent and rd.messages and rd.snapshot is None:
                 # Durable now: a follower's acknowledgement leaves before the log's
                 # in-memory bookkeeping (finish), which nothing it says depends on.

@@ -47,3 +47,12 @@ def test_machine_busy_seconds_grow():
     a = sb._machine_busy_s()
     sum(i * i for i in range(200000))
     assert sb._machine_busy_s() >= a
+
+
+def test_log_write_summary_is_the_mean_write_and_the_busy_share():
+    """Per shard: (seconds writing, writes) deltas over the window give the mean write in
+    µs and the share of the window; a shard missing at either end is left out."""
+    w0 = {"shard1": (1.0, 100), "shard2": (0.0, 0)}
+    w1 = {"shard1": (1.3, 1100), "shard2": (0.6, 1500), "shard3": (5.0, 9)}
+    out = sb._log_write_summary(w0, w1, 3.0)
+    assert out == {"shard1": {"us": 300, "busy": 0.1}, "shard2": {"us": 400, "busy": 0.2}}
