@@ -59,13 +59,18 @@ class InsertShape:
 
     def insert(self, conn, rows):
         """Run every row through multi-row statements of ``MULTI_ROWS`` rows; raises what
-        SQLite or the binding raises (the rows before the failing statement ran)."""
+        SQLite or the binding raises (the rows before the failing statement ran). The
+        last row runs alone, so the connection's ``changes()`` afterwards is 1, as after
+        one statement per row (a later statement may read it: a ``DEFAULT (changes())``
+        column, ``SELECT changes()``)."""
         execute = conn.cursor().execute
         width = self.width
         step = max(1, min(MULTI_ROWS, 999 // width))
-        n = len(rows)
+        n = len(rows) - 1
         for s in range(0, n, step):
-            execute(self.text(min(step, n - s)), flat_rows(rows, s, s + step, width))
+            execute(self.text(min(step, n - s)), flat_rows(rows, s, min(s + step, n), width))
+        if n >= 0:
+            execute(self.text(1), flat_rows(rows, n, n + 1, width))
 
     def fits(self, rows):
         """Every row a list of exactly ``width`` plain values (so the flat parameter

@@ -388,3 +388,23 @@ def test_primed_apply_equals_decoded_apply(tmp_path):
     assert outs[0][:2] == outs[1][:2]
     assert "UNIQUE" in str(outs[1][0][2])
     assert (outs[0][2], outs[1][2]) == (0, 3)
+
+
+def test_changes_after_a_multi_row_run_is_that_of_one_row(tmp_path, monkeypatch):
+    """Invariant: after a bulk run done through multi-row statements, SQLite's
+    ``changes()`` is 1, as after one statement per row, so a later statement reading it
+    (here a ``DEFAULT (changes())`` column) stores the same value on both paths. Found by
+    the differential test above (a failing row first, then a 3-row bulk insert)."""
+    import raftsqlite.db_shapes as dbmod
+    monkeypatch.setattr(dbmod, "MULTI_ROWS", 4)
+    batches = [[Request([Statement("INSERT INTO t(k, v) VALUES (?, ?)", [None, None, 1])]),
+                Request(BulkStatements('insert into "p" ( v ) values ( ? )', [[0], [0], [0]])),
+                Request(BulkStatements("INSERT INTO c(k) VALUES (?)", [[None]]))],
+               [Request(BulkStatements('insert into "p" ( v ) values ( ? )',
+                                       [[str(i)] for i in range(11)])),
+                Request([Statement("SELECT changes()")])]]
+    slow = _run(str(tmp_path / "slow.db"), False, batches)
+    fast = _run(str(tmp_path / "fast.db"), True, batches)
+    assert fast == slow
+    assert slow[1][6] == [[1, None, 1]]       # table c: n = changes() after one row
+    assert slow[0][1][0]["results"][1][0]["values"] == [[1]]   # SELECT changes()
