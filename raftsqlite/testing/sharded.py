@@ -74,13 +74,14 @@ class ShardGroup(LocalCluster):
 
 
 class ShardedCluster:
-    """Default group + ``shards``, ``size`` members each. The parts of LocalCluster's
+    """Default group + ``shards``, ``size`` members each (``shard_size`` for the shard
+    groups when given). The parts of LocalCluster's
     interface the nemesis run uses (``members``, ``start``, ``stop``, ``heal``,
     ``status``, ``wait_for_leader``, ``stats``) span every group."""
 
     def __init__(self, size: int = 3, workdir: str | Path | None = None, *,
                  shards=SHARDS, seed=None, extra_args=(), env=None,
-                 start_timeout: float = 60.0):
+                 start_timeout: float = 60.0, shard_size: int | None = None):
         self.workdir = Path(workdir) if workdir else None
         self.net = FaultNetwork(seed=seed)
         self.size = size
@@ -90,7 +91,7 @@ class ShardedCluster:
         self.groups: dict[str, LocalCluster] = {
             DEFAULT: LocalCluster(size, self._dir(DEFAULT), prefix=PREFIXES[DEFAULT], **kw)}
         for s in self.shards:
-            self.groups[s] = ShardGroup(size, self._dir(s), prefix=PREFIXES.get(s, s + "n"),
+            self.groups[s] = ShardGroup(shard_size or size, self._dir(s), prefix=PREFIXES.get(s, s + "n"),
                                         shard=s, **kw)
         self.group_of = {mid: g for g, c in self.groups.items() for mid in c.members}
         self.session: aiohttp.ClientSession | None = None

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from raftsqlite.testing.sharded import PREFIXES, ShardedCluster, ShardGroup
+from raftsqlite.testing.sharded import ShardedCluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,11 +48,8 @@ async def _until(cond, timeout, what):
 
 
 async def _run(tmp_path):
-    sc = ShardedCluster(size=3, workdir=tmp_path, shards=(), start_timeout=60)
-    sc.shards = ("shard1",)
-    sc.groups["shard1"] = ShardGroup(1, tmp_path / "shard1", prefix=PREFIXES["shard1"],
-                                     shard="shard1", network=sc.net, start_timeout=60)
-    sc.group_of.update({mid: "shard1" for mid in sc.groups["shard1"].members})
+    sc = ShardedCluster(size=3, workdir=tmp_path, shards=("shard1",), shard_size=1,
+                        start_timeout=60)
     await sc.start()
     try:
         call = asyncio.to_thread

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from raftsqlite.testing.sharded import PREFIXES, ShardedCluster, ShardGroup
+from raftsqlite.testing.sharded import ShardedCluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,11 +38,8 @@ def _ok(res):
 
 
 async def _run(tmp_path):
-    sc = ShardedCluster(size=3, workdir=tmp_path, shards=(), start_timeout=60)
-    sc.shards = ("shard1",)
-    sc.groups["shard1"] = ShardGroup(1, tmp_path / "shard1", prefix=PREFIXES["shard1"],
-                                     shard="shard1", network=sc.net, start_timeout=60)
-    sc.group_of.update({mid: "shard1" for mid in sc.groups["shard1"].members})
+    sc = ShardedCluster(size=3, workdir=tmp_path, shards=("shard1",), shard_size=1,
+                        start_timeout=60)
     await sc.start()
     try:
         lead = await sc.default.wait_for_leader(30)
