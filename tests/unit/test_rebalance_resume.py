@@ -50,6 +50,18 @@ async def until(cond, timeout, what):
         await asyncio.sleep(0.01)
 
 
+def two_shard_catalog():
+    """A catalog with groups s1 and s2 and table t (hash on k) on both."""
+    from raftsqlite.sharding.catalog import Catalog
+    cat = Catalog()
+    for g in ("s1", "s2"):
+        cat.apply("catalog.add_group", {"group": g})
+    cat.apply("catalog.register_table", {"table": "t", "shard_key": "k", "shard_func": "hash"})
+    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s1"})
+    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s2"})
+    return cat
+
+
 def placed_once(cl):
     """Every row is on the shard owning its key, exactly once, nothing lost."""
     cat = cl.catalog
@@ -253,7 +265,6 @@ def test_fencing_token_rules_on_shard_and_catalog():
     import sqlite3
 
     from raftsqlite.errors import CoordinatorFenced
-    from raftsqlite.sharding.catalog import Catalog
     from raftsqlite.sharding.glue import ShardState
     from raftsqlite.sharding.ownership import (ShardOwnership, decode_token_guard,
                                               token_guard)
@@ -285,12 +296,7 @@ def test_fencing_token_rules_on_shard_and_catalog():
         st.take_token(ex, token_guard("m1", 2))
     st.take_token(ex, token_guard("m2", 1))
 
-    cat = Catalog()
-    for g in ("s1", "s2"):
-        cat.apply("catalog.add_group", {"group": g})
-    cat.apply("catalog.register_table", {"table": "t", "shard_key": "k", "shard_func": "hash"})
-    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s1"})
-    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s2"})
+    cat = two_shard_catalog()
     mid = cat.apply("catalog.move_create", {"table": "t", "start": 0, "end": None,
                                             "target": "s2"})["id"]
     assert cat.apply("catalog.move_claim", {"move_id": mid})["token"] == 1

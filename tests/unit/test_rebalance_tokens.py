@@ -15,7 +15,7 @@ from raftsqlite.sharding.glue import ShardState
 from raftsqlite.sharding.ownership import ShardOwnership, token_guard
 from raftsqlite.sharding.rebalance import RebalanceConfig
 from raftsqlite.sharding.rebalance_service import FakeMoveBackend, Rebalancer
-from tests.unit.test_rebalance_resume import make, placed_once
+from tests.unit.test_rebalance_resume import make, placed_once, two_shard_catalog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,12 +110,7 @@ def test_catalog_tokens_are_one_counter_with_compare_and_set_claims():
     the shard's floor relies on); a claim with ``expect_token`` is refused once another
     coordinator claimed the move since; a catalog from before the counter resumes above
     its moves' tokens."""
-    cat = Catalog()
-    for g in ("s1", "s2"):
-        cat.apply("catalog.add_group", {"group": g})
-    cat.apply("catalog.register_table", {"table": "t", "shard_key": "k", "shard_func": "hash"})
-    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s1"})
-    cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s2"})
+    cat = two_shard_catalog()
     a = cat.apply("catalog.move_create", {"table": "t", "start": 0, "end": 1 << 62,
                                           "target": "s2"})["id"]
     b = cat.apply("catalog.move_create", {"table": "t", "start": 1 << 62, "end": None,
