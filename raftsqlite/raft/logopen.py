@@ -297,8 +297,8 @@ class RecoveryMixin:
         # a recycled file holds old bytes up to its end (rewriting them would cost a start).
         n = dirty - seg.size
         if torn:
-            log.warning("torn tail of %s at offset %d: the record of index %d is incomplete "
-                        "(%s); the log ends before it (%d bytes after it ignored)",
+            log.warning("truncating torn tail of %s at offset %d: the record of index %d is "
+                        "incomplete (%s); the log ends before it (%d bytes ignored)",
                         seg.path, seg.size, expect, err, n)
             self._stats["truncated_tail_bytes"] += n
         else:
