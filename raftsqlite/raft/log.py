@@ -600,6 +600,7 @@ class RaftLog(RecoveryMixin):
                  spares_recycled=self._spare.recycled if self._spare else 0,
                  spares_zero_filled=self._spare.prepared if self._spare else 0,
                  zero_filled_bytes=self._spare.zero_filled_bytes if self._spare else 0,
+                 spare_cpu_seconds=round(self._spare.cpu_seconds, 4) if self._spare else 0.0,
                  active_preallocated_bytes=(self._segments[-1].alloc - self._segments[-1].size
                                             if self._segments else 0))
         if self._recycler is not None:

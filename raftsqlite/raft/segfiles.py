@@ -167,6 +167,7 @@ class Spare:
         self.prepared = 0
         self.recycled = 0
         self.zero_filled_bytes = 0
+        self.cpu_seconds = 0.0   # of the preparing threads (zero-fill and its writeback)
         self._retry_at = 0.0
 
     def ready(self):
@@ -201,6 +202,13 @@ class Spare:
             t.join(timeout)
 
     def _run(self, size):
+        t0 = time.thread_time()
+        try:
+            self._prepare(size)
+        finally:
+            self.cpu_seconds += time.thread_time() - t0
+
+    def _prepare(self, size):
         try:
             got = self.recycler.pop(size) if self.recycler is not None else None
             if got is not None:
