@@ -8,6 +8,7 @@ import json
 import logging
 import mmap
 import os
+import shutil
 import struct
 import time
 
@@ -204,6 +205,9 @@ class RecoveryMixin:
                 st = os.stat(seg.path)
                 live.add((st.st_dev, st.st_ino))
             self._recycler.load(live)
+        elif os.path.isdir(os.path.join(self.dir, RECYCLE_DIR)):
+            # Kept by a run that preallocated; this one does not recycle.
+            shutil.rmtree(os.path.join(self.dir, RECYCLE_DIR), ignore_errors=True)
         self._opened = True
         self._stats["open_seconds"] = round(time.monotonic() - t0, 4)
         if self._spare is not None:

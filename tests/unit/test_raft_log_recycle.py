@@ -235,6 +235,9 @@ def test_kept_files_bounded_survive_restart_and_never_alias_a_segment(tmp_path):
     assert lg2.stats()["spares_recycled"] == 1
     assert len(os.listdir(recycle_dir(tmp_path))) == len(kept) - 1
     lg2.close()
+    # a run without preallocation does not keep them
+    opened(tmp_path, preallocate=False).close()
+    assert not os.path.exists(recycle_dir(tmp_path))
 
 
 def _files(path):
