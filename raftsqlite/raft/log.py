@@ -32,8 +32,7 @@ from raftsqlite.raft.logopen import (  # noqa: F401 (the codecs and names: API)
     decode_hard_state, decode_snapshot_meta, encode_hard_state, encode_snapshot_meta)
 from raftsqlite.raft.segfiles import (  # noqa: F401 (fsync_dir, write_atomic: API)
     IDX_SUFFIX, PAGE, ZERO_VIEW, Recycler, Spare, fsync_dir, pwrite_all, pwritev_all,
-    remove_gradually,
-    round_up, write_atomic, write_index, write_zeros)
+    remove_gradually, round_up, write_atomic, write_index, write_zeros)
 from raftsqlite.raft.types import HardState
 
 log = logging.getLogger(__name__)
