@@ -38,7 +38,7 @@ class RaftNode(SnapshotMixin):
         self.log = RaftLog(config.data_dir, group=config.group_id,
                            segment_bytes=config.segment_bytes,
                            cache_entries=config.cache_entries, cache_bytes=config.cache_bytes,
-                           fsync=config.fsync)
+                           fsync=config.fsync, recycle_bytes=config.recycle_bytes)
         self.core = None
         self.transport = None
         self._loop = loop

@@ -235,3 +235,12 @@ def test_heartbeats_flow_while_fsync_is_slow(tmp_path):
         assert lead.node.stats()["heartbeats_during_persist"] > 0
     finally:
         stop_group(group)
+
+
+def test_recycle_bytes_reaches_the_log(tmp_path):
+    """RaftConfig.recycle_bytes is what the member's log keeps for recycling; 0 turns
+    recycling off (compacted segments are deleted)."""
+    on = RaftNode(cfg(tmp_path / "a", recycle_bytes=5 << 20), KVStateMachine())
+    assert on.log._recycler is not None and on.log._recycler.max_bytes == 5 << 20
+    off = RaftNode(cfg(tmp_path / "b", recycle_bytes=0), KVStateMachine())
+    assert off.log._recycler is None
