@@ -236,3 +236,28 @@ def test_remote_executor_over_http_end_to_end():
     assert read == lone
     assert seen[2] == ("/shard/call?kind=execute&level=weak&batch=1", [b"G2", b"MOVED", b"G4"])
     assert seen[-1][0] == "/shard/call?kind=query&level=weak"
+
+
+def test_callback_sender_that_raises_or_answers_twice():
+    """Invariant: a callback sender that raises fails only the callers of that call and
+    frees its slot (the next call leaves); a second answer for the same call changes
+    nothing (each caller's outcome is set once)."""
+    answers = []
+
+    def send_cb(group, kind, level, reqs, done):
+        if reqs == ["boom"]:
+            raise errors.Unavailable("cannot encode")
+        done([f"ok:{r}" for r in reqs])
+        answers.append(done)
+
+    async def main():
+        c = Coalescer(None, max_inflight=1, send_cb=send_cb)
+        bad = await asyncio.gather(c.call("g", "execute", "weak", "boom"), return_exceptions=True)
+        good = await asyncio.wait_for(c.call("g", "execute", "weak", "x"), 2)
+        answers[0](["late:x"])          # a stray second answer for the finished call
+        again = await asyncio.wait_for(c.call("g", "execute", "weak", "y"), 2)
+        return bad[0], good, again, c
+    bad, good, again, c = asyncio.run(main())
+    assert isinstance(bad, errors.Unavailable)
+    assert good == "ok:x" and again == "ok:y"
+    assert c._lanes[("g", "execute", "weak")][1] == 0
