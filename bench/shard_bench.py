@@ -144,26 +144,21 @@ def remote_executor(session, addrs):
     leader (``POST /shard/call``), so no node spends CPU on a second hop. Requests to
     one group that are in flight together share a call (``sharding/coalesce.py``); each
     keeps its own guard, results and errors."""
-    from raftsqlite.sharding.callclient import CallClient
-    from raftsqlite.sharding.coalesce import RemoteExecutor
-    from raftsqlite.sharding.service import error_from
+    from raftsqlite.sharding.coalesce import RemoteExecutor, error_from
 
+    kw = {"max_inflight": ARGS.inflight if ARGS else 1}
     if ARGS is None or ARGS.call_client == "lean":
-        client = CallClient()
+        # the product's own client-side executor (callclient.py, writes without a task
+        # or coroutine per call)
+        return RemoteExecutor.over_http(addrs, **kw)
 
-        async def post(group, path, body):
-            r = await client.post(addrs[group], path, body)
-            if r.status != 200:
-                raise error_from(r.status, r.body)
-            return r.body
-    else:
-        async def post(group, path, body):
-            async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
-                data = await r.read()
-            if r.status != 200:
-                raise error_from(r.status, data)
-            return data
-    return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 1)
+    async def post(group, path, body):
+        async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
+            data = await r.read()
+        if r.status != 200:
+            raise error_from(r.status, data)
+        return data
+    return RemoteExecutor(post, **kw)
 
 
 async def client_router(session, d, addrs):
