@@ -56,3 +56,31 @@ def test_log_write_summary_is_the_mean_write_and_the_busy_share():
     w1 = {"shard1": (1.3, 1100), "shard2": (0.6, 1500), "shard3": (5.0, 9)}
     out = sb._log_write_summary(w0, w1, 3.0)
     assert out == {"shard1": {"us": 300, "busy": 0.1}, "shard2": {"us": 400, "busy": 0.2}}
+
+
+def test_core_wait_summary_is_run_delay_per_raft_round():
+    """Per shard group: the run-queue wait its member process gained over the window,
+    divided by the Raft rounds (log writes) it made, in µs; a group whose process or
+    write counts are missing at either end is left out."""
+    r0 = {"shard1-1": 1.0, "shard2-1": 2.0}
+    r1 = {"shard1-1": 1.5, "shard2-1": 2.3}
+    w0 = {"shard1": (1.0, 100), "shard2": (0.0, 0), "shard3": (0.0, 0)}
+    w1 = {"shard1": (1.3, 1100), "shard2": (0.6, 1500), "shard3": (1.0, 10)}
+    out = sb._core_wait_summary(r0, r1, w0, w1)
+    assert out == {"shard1": 500, "shard2": 200}
+
+
+def test_run_delay_reads_every_thread_and_never_goes_backwards():
+    """Invariant: the run-queue wait of a live process is a non-negative sum over its
+    threads that never decreases; a process that does not exist reads as 0."""
+    import threading
+    me = {"me": os.getpid()}
+    a = sb._run_delay_s(me)["me"]
+    ts = [threading.Thread(target=lambda: sum(i * i for i in range(100000))) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    b = sb._run_delay_s(me)["me"]
+    assert 0 <= a <= b
+    assert sb._run_delay_s({"gone": 2 ** 22 + 12345})["gone"] == 0
