@@ -340,6 +340,17 @@ def _core_wait_summary(r0, r1, w0, w1):
     return out
 
 
+def _start_trace(pids):
+    """``--trace-fsync``: trace this window's shard fdatasyncs (bench/fsync_trace.py), or
+    say why not and go on untraced."""
+    try:
+        from bench.fsync_trace import Trace
+        return Trace(pids)
+    except OSError as e:
+        print(f"  (--trace-fsync: tracing unavailable: {e})", flush=True)
+        return None
+
+
 def _cpu_s(pids):
     """User+system CPU seconds used so far by each pid (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -441,10 +452,12 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 w0 = _log_writes(cl.addrs)
                 spids = {p: v for p, v in pids.items() if p.startswith("shard")}
                 rd0 = _run_delay_s(spids)
+                tr = _start_trace(dict(pids, bench=os.getpid())) if ARGS and ARGS.trace_fsync else None
                 c0, m0 = _cpu_s(pids), _machine_busy_s()
                 await asyncio.sleep(max(0.0, t_end - time.monotonic()))
                 c1, m1 = _cpu_s(pids), _machine_busy_s()
                 rd1 = _run_delay_s(spids)
+                split = tr.stop() if tr is not None else None
                 w1 = _log_writes(cl.addrs)
                 writes = _log_write_summary(w0, w1, seconds)
                 waits = _core_wait_summary(rd0, rd1, w0, w1)
@@ -477,6 +490,9 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 if waits:
                     verdict += "; shard threads waiting for a core per Raft round " + ", ".join(
                         f"{k} {v} us" for k, v in sorted(waits.items()))
+                if split:
+                    from bench.fsync_trace import describe
+                    verdict += "; traced: " + describe(split)
                 us["log_write_us"] = writes
                 us["core_wait_us"] = waits
                 return rps, cpu, us, round(calls / max(sends, 1), 1), round(others, 2), verdict
@@ -569,6 +585,10 @@ def parse_args(argv=None):
     ap.add_argument("--node-args", default="",
                     help="diagnosis only: extra raft-sqlite flags for every node, e.g. '-max-inflight 8'")
     ap.add_argument("--no-fsync", action="store_true", help="diagnosis only: run the nodes without fsync")
+    ap.add_argument("--trace-fsync", action="store_true",
+                    help="diagnosis only (Linux, root, tracefs): split each shard's log fdatasyncs "
+                         "in every insert window into on-CPU, I/O sleep and waiting for a core "
+                         "(bench/fsync_trace.py)")
     return ap.parse_args(argv)
 
 
