@@ -290,6 +290,22 @@ class RaftNode(SnapshotMixin):
         self._wake.set()
         await fut
 
+    async def wait_applied(self, index, timeout=1.0):
+        """Return True once this member's state machine has applied ``index``, False if
+        ``timeout`` seconds pass first. Woken by the apply itself (no polling); raises
+        ``Unavailable`` if the member fails meanwhile."""
+        if self._applied >= index:
+            return True
+        if self._failed is not None:
+            raise errors.Unavailable(f"raft node failed: {self._failed}")
+        fut = self._loop.create_future()
+        heapq.heappush(self._read_wait, (index, next(self._seq), [fut]))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def add_member(self, node_id, raft_addr, http_addr="", voter=True, timeout=30.0):
         """Add as a learner, wait until it has caught up, then promote it (if voter)."""
         deadline = self._loop.time() + timeout

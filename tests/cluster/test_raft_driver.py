@@ -112,6 +112,27 @@ class Exploding(KVStateMachine):
         return super().apply(entries)
 
 
+def test_wait_applied(tmp_path):
+    """wait_applied returns True at once for an applied index, True as soon as a later
+    index is applied (never before: the state machine holds it when it returns), and
+    False when its timeout passes first."""
+    async def main():
+        node, fsm = await single(cfg(tmp_path))
+        first = await node.propose(b"a=1")
+        assert await node.wait_applied(first, 0.01)
+        assert not await node.wait_applied(node.applied_index + 1, 0.05)
+        target = node.applied_index + 3
+        waiter = asyncio.ensure_future(node.wait_applied(target, 5))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        for i in range(3):
+            node.propose_future(b"w%d=%d" % (i, i))
+        assert await waiter
+        assert node.applied_index >= target and fsm.data[b"w2"] == b"2"
+        await node.stop()
+    run(main())
+
+
 def test_raising_apply_fails_stop(tmp_path):
     """A state machine that raises stops the member: callers get Unavailable, never a
     hang, and nothing more is acknowledged."""
