@@ -10,7 +10,9 @@ Called by the Raft driver from one executor thread, never on the event loop.
   at its first error; otherwise each statement stands alone (SQLite's statement-level
   atomicity). A request id makes a retried request return its first result: ids and
   results are kept in ``_raftsqlite_requests`` (the last ``dedup_keep``), replicated
-  like any other row, so every replica answers a retry the same way.
+  like any other row, so every replica answers a retry the same way. The table is trimmed
+  after each entry that added ids (not per apply call), so what a retry finds depends
+  on the log alone, never on how a replica's applies were batched.
 * A statement that rolls back the whole SQLite transaction (``INSERT OR ROLLBACK``,
   ``RAISE(ROLLBACK)``) would undo other requests of the batch: the batch is re-run from
   its start with that request marked failed. Every replica does the same, deterministically.
@@ -159,16 +161,17 @@ class FSM:
                 db = self.db
                 db.internal("BEGIN IMMEDIATE")
                 try:
-                    dedup_added = 0
                     for pos, e in todo:
                         res, added = self._apply_entry(e, pos, poisoned)
                         results[pos] = res
-                        dedup_added += added
+                        if added:
+                            # Trimmed after each entry, never per batch: replicas cut the
+                            # log into batches differently, and a retried id must be found
+                            # (or not) by the table as of its entry alone, on every replica.
+                            db.internal("DELETE FROM _raftsqlite_requests WHERE seq <= "
+                                        "(SELECT max(seq) FROM _raftsqlite_requests) - ?",
+                                        (self.dedup_keep,))
                     last = todo[-1][1]
-                    if dedup_added:
-                        db.internal("DELETE FROM _raftsqlite_requests WHERE seq <= "
-                                    "(SELECT max(seq) FROM _raftsqlite_requests) - ?",
-                                    (self.dedup_keep,))
                     db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
                                 "('applied_index', ?), ('applied_term', ?)",
                                 (last.index, last.term))

@@ -286,3 +286,34 @@ def test_b64json_round_trip_is_shared_by_fsm_and_sharding():
     assert service.load_results(service.dump_results(res)) == res
     assert fsm_mod._load_result(fsm_mod._dump_result(res)) == res
     assert service.unb64 is unb64
+
+
+def test_dedup_trim_does_not_depend_on_batch_boundaries(tmp_path):
+    """Invariant: whether a retried request id is found (and so whether the retry runs
+    again) is a function of the log alone: two replicas applying the same entries in
+    different batches end with the same rows, the same dedup table and the same results.
+    (A trim once per apply call made a replica that applied in smaller batches forget an
+    id that a replica applying one large batch still found.)"""
+    keep = 2
+    entries = [ex(1, req("CREATE TABLE t (a)"))]
+    for i, rid in enumerate([b"a", b"b", b"c", b"a", b"d", b"b", b"c"]):
+        entries.append(ex(2 + i, req(("INSERT INTO t VALUES (?)", [i]), request_id=rid)))
+    states = []
+    for name, cuts in (("one", [len(entries)]), ("small", [1, 4, 5, 8]),
+                       ("each", list(range(1, len(entries) + 1)))):
+        db = Database(str(tmp_path / f"{name}.sqlite"))
+        f = FSM(db, dedup_keep=keep)
+        res, prev = [], 0
+        for cut in cuts + [len(entries)]:
+            if cut > prev:
+                res.extend(f.apply(entries[prev:cut]))
+                prev = cut
+        rows = db.read([("SELECT a FROM t ORDER BY rowid", None)])[0]["values"]
+        dedup = db.read_internal("SELECT seq, request_id, result FROM _raftsqlite_requests "
+                                 "ORDER BY seq")
+        out = [[[{k: v for k, v in x.items() if k != "time"} for x in rr]
+                for rr in r["results"]] for r in res]
+        states.append((rows, dedup, out))
+        db.close()
+    assert states[0] == states[1] == states[2]
+    assert len(states[0][1]) == keep
