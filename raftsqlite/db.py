@@ -205,6 +205,64 @@ def run_many(conn, sql, params_list, out, stop_on_error=False):
     return False
 
 
+_RECORD_SQL = "INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)"
+
+
+def run_many_recorded(conn, access, sql, params_list, rids, dump, out):
+    """``run_many`` with ``stop_on_error``, where after each statement whose request has
+    an id (``rids[k]``: bytes or None) that request's dedup row ``(rid, dump([result]))``
+    is inserted right away, exactly where running the requests one by one puts it (SQL
+    functions such as ``changes()`` and ``last_insert_rowid()`` in the next statement see
+    the same values). Returns as ``run_many``; the row of a statement that ended the
+    transaction is not inserted (the caller re-runs its batch)."""
+    cur = conn.cursor()
+    execute = cur.execute
+    rec = conn.cursor().execute
+    total = conn.total_changes
+    rowid = conn.last_insert_rowid
+    changes = conn.changes
+    clock = time.perf_counter
+    append = out.append
+    k = 0
+    stop = False
+    for params in params_list:
+        t0 = clock()
+        before = total()
+        try:
+            if params is None:
+                execute(sql)
+            else:
+                execute(sql, params)
+        except apsw.Error as e:
+            r = {"error": error_message(e), "time": clock() - t0}
+            stop = True
+        except _BAD_PARAMS as e:
+            r = {"error": _bad_param(e), "time": clock() - t0}
+            stop = True
+        else:
+            if total() != before:
+                r = {"last_insert_id": rowid(), "rows_affected": changes(),
+                     "time": clock() - t0}
+            else:
+                r = {"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0}
+        if not conn.in_transaction:
+            if stop:
+                append(r)
+            return None
+        append(r)
+        rid = rids[k]
+        k += 1
+        if rid:
+            access.internal = True
+            try:
+                rec(_RECORD_SQL, (rid, dump([r])))
+            finally:
+                access.internal = False
+        if stop:
+            return True
+    return False
+
+
 def run_many_unreported(conn, sql, rows):
     """Run a write-shaped SQL text once per row with SQLite's own loop (executemany), for
     an apply whose per-statement results nobody reads. -> False when every row ran, True
@@ -372,6 +430,12 @@ class Database:
         failing statement, False when all ran, None when a statement ended the
         transaction (the caller re-runs its batch)."""
         return run_many(self.writer, sql, params_list, out, stop_on_error)
+
+    def run_user_many_recorded(self, sql, params_list, rids, dump, out):
+        """``run_user_many`` (stopping at a failing statement) that also records each
+        request's dedup row right after its statement (see ``run_many_recorded``)."""
+        return run_many_recorded(self.writer, self._write_access, sql, params_list, rids,
+                                 dump, out)
 
     def run_user_unreported(self, sql, rows):
         """``run_many_unreported`` on the writer (see there), through multi-row

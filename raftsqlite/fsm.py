@@ -300,7 +300,8 @@ class FSM:
                         j = ri + 2
                         while j < n and _single_sql(reqs[j]) == sql and (pos, j) not in poisoned:
                             j += 1
-                        self._run_singles(reqs, ri, j, sql, pos, out)
+                        j, new = self._run_singles(reqs, ri, j, sql, pos, out)
+                        added += new
                         ri = j
                         continue
                 res, new = self._execute_request(req, (pos, ri) in poisoned, (pos, ri))
@@ -362,43 +363,80 @@ class FSM:
 
     def _run_singles(self, reqs, i, j, sql, pos, out):
         """Requests ``i..j-1`` of an EXECUTE entry, each one statement of text ``sql`` (no
-        transaction, no request id, not poisoned), with exactly the results and effects
-        of ``_execute_request`` on each in turn: the request hooks run for every request
-        first (they read only internal state, which user statements cannot change), then
-        the statements of the requests not refused run in order, the first through the
-        traced path, and once one gave a write result the rest through one cursor
-        (``run_user_many``), as ``_run_fast`` does inside a request. A statement that
-        ends the SQLite transaction raises ``_TxnLost`` for its own request, so the
-        re-run marks exactly the request the statement-at-a-time path would."""
+        transaction, not poisoned), with exactly the results and effects of
+        ``_execute_request`` on each in turn. -> (where the run ended, dedup rows added).
+
+        First, for every request in order: its id is looked up (a hit answers it, as
+        alone), then the request hooks run (they read only internal state, which user
+        statements cannot change; nor can they change the dedup table). The run ends
+        before a request whose id an earlier one of the run carries (its lookup must see
+        that one's row). Then the statements of the requests neither answered nor
+        refused run in order, the first through the traced path, and once one gave a
+        write result the rest through one cursor (``run_user_many``; with ids,
+        ``run_user_many_recorded``, which inserts each id's row right after its
+        statement, where running them one by one puts it). A statement that ends the
+        SQLite transaction raises ``_TxnLost`` for its own request, so the re-run marks
+        exactly the request the statement-at-a-time path would."""
         db = self.db
         c = self.counters
         c["single_runs"] += 1
-        results = [None] * (j - i)
+        results = []
         todo = []
         ctx = (SystemContext(db, self._current[0], self._current[1])
                if self._request_hooks else None)     # one (read-only) context per run
+        seen = None
         for ri in range(i, j):
             req = reqs[ri]
+            rid = req.request_id
+            if rid:
+                rid = bytes(rid)
+                if seen is None:
+                    seen = set()
+                elif rid in seen:
+                    j = ri
+                    break
+                seen.add(rid)
+                row = db.internal("SELECT result FROM _raftsqlite_requests "
+                                  "WHERE request_id = ?", (rid,))
+                if row:
+                    c["dedup_hits"] += 1
+                    results.append(_load_result(row[0][0]))
+                    continue
             c["requests"] += 1
             refused = self._refusal(req, True, ctx) if ctx is not None else None
             if refused is not None:
-                results[ri - i] = [refused]
+                results.append([refused])
             else:
-                todo.append((ri, req.statements[0].params))
+                results.append(None)
+                todo.append((ri, req.statements[0].params, rid or None))
         c["statements"] += len(todo)
+        added = 0
         k = 0
         while k < len(todo):
-            ri, params = todo[k]
+            ri, params, rid = todo[k]
             r = db.run_user(sql, params)
             if not db.in_transaction():
                 raise _TxnLost((pos, ri))
             results[ri - i] = [r]
+            if rid:
+                db.internal("INSERT INTO _raftsqlite_requests(request_id, result) "
+                            "VALUES (?, ?)", (rid, _dump_result([r])))
+                added += 1
             k += 1
             if "last_insert_id" not in r:
                 continue        # an error, or rows came back: the next one alone too
             while k < len(todo):
                 got = []
-                stop = db.run_user_many(sql, [p for _, p in todo[k:]], got, True)
+                rest = todo[k:]
+                if seen is None:
+                    stop = db.run_user_many(sql, [p for _, p, _ in rest], got, True)
+                else:
+                    stop = db.run_user_many_recorded(sql, [p for _, p, _ in rest],
+                                                     [d for _, _, d in rest], _dump_result,
+                                                     got)
+                    # every statement that stayed in the transaction recorded its row
+                    added += sum(1 for _, _, d in rest[:len(got)] if d) if stop is not None \
+                        else 0
                 for m, r in enumerate(got):
                     results[todo[k + m][0] - i] = [r]
                 if stop is None:
@@ -408,6 +446,7 @@ class FSM:
                     raise _TxnLost((pos, todo[bad][0]))
                 k += len(got)   # stop: an error on the last one; go on after it
         out.extend(results)
+        return j, added
 
     def _run_slow(self, stmts, txn, key, results):
         """One statement at a time through ``Database.run_user`` (the reference path).
@@ -597,10 +636,10 @@ def clock_op(ms):
 
 
 def _single_sql(req):
-    """The text of a request that is one statement, without transaction or request id
-    (what ``_run_singles`` may run together with its neighbours), else None."""
+    """The text of a request that is one statement, without transaction (what
+    ``_run_singles`` may run together with its neighbours), else None."""
     sts = req.statements
-    if type(sts) is not list or len(sts) != 1 or req.transaction or req.request_id:
+    if type(sts) is not list or len(sts) != 1 or req.transaction:
         return None
     return sts[0].sql
 

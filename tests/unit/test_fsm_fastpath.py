@@ -47,6 +47,8 @@ TEXTS = [
     ("DELETE FROM a WHERE id > ?", 1),
     ("INSERT INTO c(k) VALUES (?)", 1),
     ("INSERT INTO ck(k) VALUES (?)", 1),
+    # sees the connection's last rowid: where each request's dedup row is inserted shows
+    ("INSERT INTO c(k, n) VALUES (?, last_insert_rowid())", 1),
 ]
 
 values = hs.one_of(hs.none(), hs.integers(0, 30), hs.sampled_from(["a", "b", ""]))
@@ -110,6 +112,7 @@ def _dump(db):
     rows = []
     for t in ("t", "log", "rb", "p", "w", "a", "c", "ck", "sqlite_sequence"):
         rows.append(db.read([(f"SELECT * FROM {t} ORDER BY 1", None)])[0]["values"])
+    rows.append(db.read_internal("SELECT * FROM _raftsqlite_requests ORDER BY 1"))
     return rows
 
 
@@ -239,14 +242,16 @@ def test_sequential_inserts_proved_or_not_used(tmp_path):
 def single_requests(draw):
     """What group commit packs into one entry: many one-statement requests, mostly runs
     of one text, now and then one with a transaction or a request id, a refused one
-    (guarded: see _refusing_hook) or another text."""
+    (guarded: see _refusing_hook) or another text. Routed calls carry ids (the
+    router's), so many do here, some repeating within an entry."""
     text = TEXTS[draw(hs.integers(0, len(TEXTS) - 1))]
     out = []
     for _ in range(draw(hs.integers(1, 30))):
         st = draw(statement(text if draw(hs.integers(0, 4)) else None))
         kind = draw(hs.integers(0, 19))
         out.append(Request([st], transaction=kind == 0,
-                           request_id=b"r%d" % draw(hs.integers(0, 5)) if kind == 1 else None,
+                           request_id=(b"r%d" % draw(hs.integers(0, 9))
+                                       if kind == 1 or kind >= 13 else None),
                            guard=b"no" if kind == 2 else None))
     return out
 
@@ -408,3 +413,28 @@ def test_changes_after_a_multi_row_run_is_that_of_one_row(tmp_path, monkeypatch)
     assert fast == slow
     assert slow[1][6] == [[1, None, 1]]       # table c: n = changes() after one row
     assert slow[0][1][0]["results"][1][0]["values"] == [[1]]   # SELECT changes()
+
+
+def test_runs_of_requests_with_ids_are_used(tmp_path):
+    """Invariant: a coalesced routed call (one-statement requests of one text, each with
+    its own id) runs through one cursor too, and records every id with its result: a
+    later entry retrying them gets the first results and changes nothing."""
+    from raftsqlite import db as db_mod
+    calls = []
+    real = db_mod.Database.run_user
+
+    def counting(self, sql, params=None):
+        calls.append(sql)
+        return real(self, sql, params)
+    reqs = [Request([Statement("INSERT INTO p(k, v) VALUES (?, ?)", [i, "x"])],
+                    request_id=b"id%d" % i) for i in range(20)]
+    db_mod.Database.run_user = counting
+    try:
+        out = _run(str(tmp_path / "f.db"), True, [reqs, reqs[5:9]])
+    finally:
+        db_mod.Database.run_user = real
+    assert len([c for c in calls if c.startswith("INSERT INTO p")]) == 1
+    first = [r[0] for r in out[0][0][0]["results"]]
+    assert [r["last_insert_id"] for r in first] == list(range(1, 21))
+    assert out[0][1][0]["results"] == out[0][0][0]["results"][5:9]
+    assert len(out[1][3]) == 20 and len(out[1][-1]) == 20
