@@ -386,8 +386,7 @@ class FSM:
                if self._request_hooks else None)     # one (read-only) context per run
         seen = None
         for ri in range(i, j):
-            req = reqs[ri]
-            rid = req.request_id
+            rid = reqs[ri].request_id
             if rid:
                 rid = bytes(rid)
                 if seen is None:
@@ -396,11 +395,18 @@ class FSM:
                     j = ri
                     break
                 seen.add(rid)
-                row = db.internal("SELECT result FROM _raftsqlite_requests "
-                                  "WHERE request_id = ?", (rid,))
-                if row:
+        # the run's ids looked up at once: only this run's own rows could change the
+        # answers in between, and it ends before a repeated id
+        found = _dedup_lookup(db, list(seen)) if seen is not None else None
+        for ri in range(i, j):
+            req = reqs[ri]
+            rid = req.request_id
+            if rid:
+                rid = bytes(rid)
+                blob = found.get(rid)
+                if blob is not None:
                     c["dedup_hits"] += 1
-                    results.append(_load_result(row[0][0]))
+                    results.append(_load_result(blob))
                     continue
             c["requests"] += 1
             refused = self._refusal(req, True, ctx) if ctx is not None else None
@@ -651,7 +657,33 @@ def _clock(ops):
     return None
 
 
+_IN_SQL = {}
+_IN_MAX = 64
+
+
+def _dedup_lookup(db, rids):
+    """{request id: stored result} for those of ``rids`` (distinct bytes) in the table."""
+    found = {}
+    for k in range(0, len(rids), _IN_MAX):
+        part = rids[k:k + _IN_MAX]
+        sql = _IN_SQL.get(len(part))
+        if sql is None:
+            sql = _IN_SQL[len(part)] = ("SELECT request_id, result FROM _raftsqlite_requests "
+                                        "WHERE request_id IN (" + ",".join("?" * len(part)) + ")")
+        for rid, blob in db.internal(sql, part):
+            found[bytes(rid)] = blob
+    return found
+
+
+_WRITE_KEYS = ("last_insert_id", "rows_affected", "time")
+
+
 def _dump_result(results) -> bytes:
+    if type(results) is list and len(results) == 1:
+        r = results[0]
+        if tuple(r) == _WRITE_KEYS:     # the commonest: one write's result
+            return orjson.dumps([{"last_insert_id": r["last_insert_id"],
+                                  "rows_affected": r["rows_affected"]}])
     if type(results) is InsertRun:
         results.materialize()
     # "time" differs per replica; stored rows must not, so replicas stay byte-identical
