@@ -208,13 +208,14 @@ def run_many(conn, sql, params_list, out, stop_on_error=False):
 _RECORD_SQL = "INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)"
 
 
-def run_many_recorded(conn, access, sql, params_list, rids, dump, out):
+def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=None):
     """``run_many`` with ``stop_on_error``, where after each statement whose request has
     an id (``rids[k]``: bytes or None) that request's dedup row ``(rid, dump([result]))``
     is inserted right away, exactly where running the requests one by one puts it (SQL
     functions such as ``changes()`` and ``last_insert_rowid()`` in the next statement see
     the same values). Returns as ``run_many``; the row of a statement that ended the
-    transaction is not inserted (the caller re-runs its batch)."""
+    transaction is not inserted (the caller re-runs its batch). ``first`` (a list) gets
+    the seq of the first row inserted, if any."""
     cur = conn.cursor()
     execute = cur.execute
     rec = conn.cursor().execute
@@ -258,6 +259,8 @@ def run_many_recorded(conn, access, sql, params_list, rids, dump, out):
                 rec(_RECORD_SQL, (rid, dump([r])))
             finally:
                 access.internal = False
+            if first is not None and not first:
+                first.append(rowid())
         if stop:
             return True
     return False
@@ -431,11 +434,14 @@ class Database:
         transaction (the caller re-runs its batch)."""
         return run_many(self.writer, sql, params_list, out, stop_on_error)
 
-    def run_user_many_recorded(self, sql, params_list, rids, dump, out):
+    def run_user_many_recorded(self, sql, params_list, rids, dump, out, first=None):
         """``run_user_many`` (stopping at a failing statement) that also records each
         request's dedup row right after its statement (see ``run_many_recorded``)."""
         return run_many_recorded(self.writer, self._write_access, sql, params_list, rids,
-                                 dump, out)
+                                 dump, out, first)
+
+    def last_insert_rowid(self) -> int:
+        return self.writer.last_insert_rowid()
 
     def run_user_unreported(self, sql, rows):
         """``run_many_unreported`` on the writer (see there), through multi-row

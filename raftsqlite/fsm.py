@@ -9,10 +9,10 @@ Called by the Raft driver from one executor thread, never on the event loop.
   its own results; a ``transaction`` request runs in a SAVEPOINT and is rolled back alone
   at its first error; otherwise each statement stands alone (SQLite's statement-level
   atomicity). A request id makes a retried request return its first result: ids and
-  results are kept in ``_raftsqlite_requests`` (the last ``dedup_keep``), replicated
-  like any other row, so every replica answers a retry the same way. The table is trimmed
-  after each entry that added ids (not per apply call), so what a retry finds depends
-  on the log alone, never on how a replica's applies were batched.
+  results are kept in ``_raftsqlite_requests`` (at least the last ``dedup_keep``),
+  replicated like any other row, so every replica answers a retry the same way. The table
+  is trimmed after an entry, on a schedule of its seq values (``_trim``), never per apply
+  call, so what a retry finds depends on the log alone, not on a replica's batching.
 * A statement that rolls back the whole SQLite transaction (``INSERT OR ROLLBACK``,
   ``RAISE(ROLLBACK)``) would undo other requests of the batch: the batch is re-run from
   its start with that request marked failed. Every replica does the same, deterministically.
@@ -105,6 +105,8 @@ class FSM:
         # results are left pending in their InsertRun instead of 1000 dicts built here
         self.lazy_results = False
         self.dedup_keep = dedup_keep
+        self._trim_every = max(1, dedup_keep // 16)
+        self._first_seq = None     # seq of the current entry's first dedup row
         self._decode = decode
         self._handlers = dict(fsm_load.HANDLERS)   # drop_all and the atomic load
         self._restore_listeners = []
@@ -165,12 +167,7 @@ class FSM:
                         res, added = self._apply_entry(e, pos, poisoned)
                         results[pos] = res
                         if added:
-                            # Trimmed after each entry, never per batch: replicas cut the
-                            # log into batches differently, and a retried id must be found
-                            # (or not) by the table as of its entry alone, on every replica.
-                            db.internal("DELETE FROM _raftsqlite_requests WHERE seq <= "
-                                        "(SELECT max(seq) FROM _raftsqlite_requests) - ?",
-                                        (self.dedup_keep,))
+                            self._trim(added)
                     last = todo[-1][1]
                     db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
                                 "('applied_index', ?), ('applied_term', ?)",
@@ -257,6 +254,27 @@ class FSM:
             if len(primed) > 64:            # proposals that never applied here
                 primed.popitem(last=False)
 
+    def _trim(self, added):
+        """After an entry that added ``added`` dedup rows, the first with seq
+        ``_first_seq``: when those seqs reached a multiple of ``_trim_every``, keep only
+        the last ``dedup_keep`` rows. Never per apply call: replicas cut the log into
+        batches differently, and whether a retried id is found must depend on the log
+        alone. Seqs are consecutive within an entry (nothing is deleted in between and a
+        new row takes max(seq) + 1), so the schedule is a function of the table, the same
+        on every replica; the table holds fewer than dedup_keep + _trim_every + one
+        entry's rows."""
+        first = self._first_seq
+        last = first + added - 1
+        every = self._trim_every
+        if last // every > (first - 1) // every:
+            self.db.internal("DELETE FROM _raftsqlite_requests WHERE seq <= ?",
+                             (last - self.dedup_keep,))
+
+    def _note_seq(self):
+        """Called right after each dedup row insert: remembers the entry's first seq."""
+        if self._first_seq is None:
+            self._first_seq = self.db.last_insert_rowid()
+
     def _decode_command(self, data):
         if self._primed:
             with self._primed_lock:
@@ -285,6 +303,7 @@ class FSM:
         self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
         if t == CommandType.EXECUTE:
             out, added = [], 0
+            self._first_seq = None
             reqs = cmd.requests
             n = len(reqs)
             ri = 0
@@ -358,6 +377,7 @@ class FSM:
             # this shard applied its new ownership) must run, not replay the refusal.
             db.internal("INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)",
                         (bytes(rid), _dump_result(results)))
+            self._note_seq()
             return results, 1
         return results, 0
 
@@ -427,6 +447,7 @@ class FSM:
             if rid:
                 db.internal("INSERT INTO _raftsqlite_requests(request_id, result) "
                             "VALUES (?, ?)", (rid, _dump_result([r])))
+                self._note_seq()
                 added += 1
             k += 1
             if "last_insert_id" not in r:
@@ -437,9 +458,12 @@ class FSM:
                 if seen is None:
                     stop = db.run_user_many(sql, [p for _, p, _ in rest], got, True)
                 else:
+                    first = []
                     stop = db.run_user_many_recorded(sql, [p for _, p, _ in rest],
                                                      [d for _, _, d in rest], _dump_result,
-                                                     got)
+                                                     got, first)
+                    if first and self._first_seq is None:
+                        self._first_seq = first[0]
                     # every statement that stayed in the transaction recorded its row
                     added += sum(1 for _, _, d in rest[:len(got)] if d) if stop is not None \
                         else 0

@@ -288,19 +288,30 @@ def test_b64json_round_trip_is_shared_by_fsm_and_sharding():
     assert service.unb64 is unb64
 
 
-def test_dedup_trim_does_not_depend_on_batch_boundaries(tmp_path):
+@pytest.mark.parametrize("keep", [2, 5, 40])
+def test_dedup_trim_does_not_depend_on_batch_boundaries(tmp_path, keep):
     """Invariant: whether a retried request id is found (and so whether the retry runs
-    again) is a function of the log alone: two replicas applying the same entries in
+    again) is a function of the log alone: replicas applying the same entries in
     different batches end with the same rows, the same dedup table and the same results.
     (A trim once per apply call made a replica that applied in smaller batches forget an
-    id that a replica applying one large batch still found.)"""
-    keep = 2
+    id that a replica applying one large batch still found.) The table keeps at least
+    the last ``keep`` ids and stays bounded."""
+    import random
+    rnd = random.Random(keep)
+    sql = "INSERT INTO t VALUES (?)"
     entries = [ex(1, req("CREATE TABLE t (a)"))]
     for i, rid in enumerate([b"a", b"b", b"c", b"a", b"d", b"b", b"c"]):
-        entries.append(ex(2 + i, req(("INSERT INTO t VALUES (?)", [i]), request_id=rid)))
+        entries.append(ex(len(entries) + 1, req((sql, [i]), request_id=rid)))
+    for i in range(150):        # entries of one or many requests (runs), ids recurring
+        n = rnd.choice([1, 1, 3, 8])
+        entries.append(ex(len(entries) + 1, *[
+            req((sql, [1000 + i * 10 + k]), request_id=b"id%d" % rnd.randrange(keep * 3))
+            for k in range(n)]))
+    splits = {"one": [len(entries)], "small": [1, 4, 5, 8],
+              "each": list(range(1, len(entries) + 1)),
+              "random": sorted(rnd.sample(range(1, len(entries)), 40))}
     states = []
-    for name, cuts in (("one", [len(entries)]), ("small", [1, 4, 5, 8]),
-                       ("each", list(range(1, len(entries) + 1)))):
+    for name, cuts in splits.items():
         db = Database(str(tmp_path / f"{name}.sqlite"))
         f = FSM(db, dedup_keep=keep)
         res, prev = [], 0
@@ -312,8 +323,10 @@ def test_dedup_trim_does_not_depend_on_batch_boundaries(tmp_path):
         dedup = db.read_internal("SELECT seq, request_id, result FROM _raftsqlite_requests "
                                  "ORDER BY seq")
         out = [[[{k: v for k, v in x.items() if k != "time"} for x in rr]
-                for rr in r["results"]] for r in res]
-        states.append((rows, dedup, out))
+                for rr in r["results"]] for r in res if r is not None]
+        states.append((rows, dedup, out, f.counters["dedup_hits"]))
         db.close()
-    assert states[0] == states[1] == states[2]
-    assert len(states[0][1]) == keep
+    assert all(st == states[0] for st in states[1:])
+    n = len(states[0][1])
+    assert keep <= n < keep + max(1, keep // 16) + 8
+    assert states[0][3] > 0, "no retry was answered from the table: dedup not exercised"
