@@ -4,8 +4,11 @@ Entries are shaped as the hot paths send them:
 
 * ``shard N``: a coalesced ``POST /shard/call`` as a one-member shard group applies it: one
   EXECUTE entry (with the store's clock op) holding N requests, each one single-row INSERT
-  of one SQL text with params, a request id (the router's ``<client id>@<group>``) and a
-  one-key ownership guard, checked by the sharding service's real FSM hook.
+  of one SQL text with params and a one-key ownership guard, checked by the sharding
+  service's real FSM hook. No request id: the router sends one only when the client gave
+  one (``bench/shard_bench.py``'s clients do not).
+* ``shardid N``: the same, each request with the id the router derives from a client's
+  (``<client id>@<group>``), recorded in the dedup table.
 * ``plain``: an rqlite single-row insert (one request, one statement, no id, no guard).
 
 Each entry is applied alone (``fsm.apply([e])``: one SQLite transaction per entry, as an
@@ -15,6 +18,8 @@ inserts, the dedup rows, the meta row and COMMIT. Figures are medians of ``--run
     python bench/fsm_bench.py [--entries 3000] [--runs 5] [--profile shard16]
 
 The last line is JSON: {"shard1": us/entry, ..., "raw_shard1": ..., "plain": ...}.
+(``PYTHONPATH`` does not pick the tree: the script imports the raftsqlite beside it; copy
+it into another checkout to A/B.)
 """
 import argparse
 import json
@@ -52,10 +57,11 @@ def _entries(kind, n_req, count, start_index):
         for _ in range(n_req):
             key += 1
             sts = [Statement(SQL, [key, f"user-{key}", key * 0.5])]
-            if kind == "shard":
+            if kind in ("shard", "shardid"):
                 kid = ks.key_id(key)
                 guard = encode_guard([GuardItem("t", 1, [kid])])
-                reqs.append(Request(sts, False, f"client-{key}@s1".encode(), guard))
+                rid = f"client-{key}@s1".encode() if kind == "shardid" else None
+                reqs.append(Request(sts, False, rid, guard))
             else:
                 reqs.append(Request(sts))
         data = encode_command(Command(CommandType.EXECUTE, reqs, [clock]))
@@ -83,7 +89,7 @@ def _fsm(path, guarded):
 
 def run_fsm(kind, n_req, count, prof=None):
     with tempfile.TemporaryDirectory() as d:
-        db, fsm = _fsm(os.path.join(d, "f.db"), kind == "shard")
+        db, fsm = _fsm(os.path.join(d, "f.db"), kind != "plain")
         ents = _entries(kind, n_req, count, 10)
         fsm.apply(ents[:50])                        # warm caches
         todo = [[e] for e in ents[50:]]
@@ -118,7 +124,7 @@ def run_raw(kind, n_req, count):
             for _ in range(n_req):
                 key += 1
                 c.execute(SQL, (key, f"user-{key}", key * 0.5))
-                if kind == "shard":
+                if kind == "shardid":
                     c.execute("INSERT INTO q(request_id, result) VALUES (?, ?)",
                               (f"client-{key}@s1".encode(), b'[{"last_insert_id":1}]'))
             c.execute("INSERT OR REPLACE INTO m(k, v) VALUES ('applied_index', ?), "
@@ -133,21 +139,23 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--entries", type=int, default=3000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--profile", default=None, help="e.g. shard16 or plain: cProfile it")
+    ap.add_argument("--profile", default=None,
+                    help="e.g. shard16, shardid16 or plain: cProfile that case")
     a = ap.parse_args(argv)
-    cases = [("shard", 1), ("shard", 8), ("shard", 16), ("plain", 1)]
+    cases = [("shard", 1), ("shard", 8), ("shard", 16), ("shardid", 1), ("shardid", 8),
+             ("shardid", 16), ("plain", 1)]
     if a.profile:
         import cProfile
         import pstats
-        kind = "plain" if a.profile == "plain" else "shard"
-        n = 1 if kind == "plain" else int(a.profile[5:])
+        kind = a.profile.rstrip("0123456789")
+        n = int(a.profile[len(kind):] or 1)
         p = cProfile.Profile()
         run_fsm(kind, n, a.entries, p)
         pstats.Stats(p).sort_stats("tottime").print_stats(25)
         return
     out = {}
     for kind, n in cases:
-        name = "plain" if kind == "plain" else f"shard{n}"
+        name = "plain" if kind == "plain" else f"{kind}{n}"
         count = max(200, a.entries // max(1, n // 2))
         f = statistics.median(run_fsm(kind, n, count) for _ in range(a.runs))
         r = statistics.median(run_raw(kind, n, count) for _ in range(a.runs))
