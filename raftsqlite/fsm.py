@@ -400,41 +400,39 @@ class FSM:
         db = self.db
         c = self.counters
         c["single_runs"] += 1
-        results = []
-        todo = []
         ctx = (SystemContext(db, self._current[0], self._current[1])
                if self._request_hooks else None)     # one (read-only) context per run
-        seen = None
-        for ri in range(i, j):
-            rid = reqs[ri].request_id
-            if rid:
-                rid = bytes(rid)
-                if seen is None:
-                    seen = set()
-                elif rid in seen:
-                    j = ri
-                    break
-                seen.add(rid)
-        # the run's ids looked up at once: only this run's own rows could change the
-        # answers in between, and it ends before a repeated id
-        found = _dedup_lookup(db, list(seen)) if seen is not None else None
+        rids = [reqs[ri].request_id for ri in range(i, j)]
+        seen = found = None
+        if any(rids):
+            seen = set()
+            for k, rid in enumerate(rids):
+                if rid:
+                    rid = rids[k] = bytes(rid)
+                    if rid in seen:
+                        j = i + k
+                        break
+                    seen.add(rid)
+            # the run's ids looked up at once: only this run's own rows could change the
+            # answers in between, and it ends before a repeated id
+            found = _dedup_lookup(db, list(seen))
+        results = [None] * (j - i)
+        todo = []
         for ri in range(i, j):
             req = reqs[ri]
-            rid = req.request_id
+            rid = rids[ri - i]
             if rid:
-                rid = bytes(rid)
                 blob = found.get(rid)
                 if blob is not None:
                     c["dedup_hits"] += 1
-                    results.append(_load_result(blob))
+                    results[ri - i] = _load_result(blob)
                     continue
             c["requests"] += 1
             refused = self._refusal(req, True, ctx) if ctx is not None else None
             if refused is not None:
-                results.append([refused])
+                results[ri - i] = [refused]
             else:
-                results.append(None)
-                todo.append((ri, req.statements[0].params, rid or None))
+                todo.append((ri, req.statements[0].params, rid))
         c["statements"] += len(todo)
         added = 0
         k = 0
