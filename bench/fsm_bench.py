@@ -15,7 +15,7 @@ Each entry is applied alone (``fsm.apply([e])``: one SQLite transaction per entr
 idle one-member group commits). ``raw`` is apsw on its own connection doing BEGIN, the N
 inserts, the dedup rows, the meta row and COMMIT. Figures are medians of ``--runs``.
 
-    python bench/fsm_bench.py [--entries 3000] [--runs 5] [--profile shard16]
+    python bench/fsm_bench.py [--entries 3000] [--runs 5] [--quick] [--profile shard16]
 
 The last line is JSON: {"shard1": us/entry, ..., "raw_shard1": ..., "plain": ...}.
 (``PYTHONPATH`` does not pick the tree: the script imports the raftsqlite beside it; copy
@@ -139,9 +139,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--entries", type=int, default=3000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="a few seconds: 300 entries, 1 run")
     ap.add_argument("--profile", default=None,
                     help="e.g. shard16, shardid16 or plain: cProfile that case")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.entries, a.runs = 300, 1
     cases = [("shard", 1), ("shard", 8), ("shard", 16), ("shardid", 1), ("shardid", 8),
              ("shardid", 16), ("plain", 1)]
     if a.profile:
