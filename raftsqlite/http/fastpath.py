@@ -17,6 +17,7 @@ same bytes Sanic would send (tests/api/test_fastpath.py compares them).
 """
 from time import monotonic
 
+from sanic.exceptions import RequestTimeout
 from sanic.headers import format_http1_response
 from sanic.helpers import STATUS_CODES
 from sanic.http import Stage
@@ -206,6 +207,25 @@ class FastHttpProtocol(HttpProtocol):
         held, self._fast_held = self._fast_held, None
         if held and self.transport is not None and not self.transport.is_closing():
             self.data_received(bytes(held))
+
+    def check_timeouts(self):
+        # Sanic bounds the wait for a request's head by REQUEST_TIMEOUT, but once the head
+        # is in, the request is in the HANDLER stage, timed by RESPONSE_TIMEOUT (an hour,
+        # for long loads and backups), even while the handler only waits for body bytes.
+        # So a client that announced a body and stopped sending held a connection and a
+        # task for an hour (found by the HTTP fuzzer). A body that stalls for
+        # REQUEST_TIMEOUT seconds is answered 408 like a stalled head. Only while we are
+        # waiting on the client: not when Sanic paused reading because its buffer is full.
+        http = getattr(self, "_http", None)
+        if (self._task is not None and http is not None and http.stage is Stage.HANDLER
+                and http.request_body and not self._fast_busy
+                and len(self.recv_buffer) < self.app.config.REQUEST_BUFFER_SIZE
+                and monotonic() - self._time > self.request_timeout):
+            http.exception = RequestTimeout(
+                f"request body incomplete: no bytes arrived for {self.request_timeout:g} s")
+            self._task.cancel()
+            return
+        super().check_timeouts()
 
     def _write_response(self, res):
         tr = self.transport
