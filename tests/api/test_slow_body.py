@@ -39,9 +39,10 @@ def _complete(raw):
 @pytest.mark.parametrize("request_bytes", [
     b"POST /db/execute HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[\"SELECT",
     b"POST /db/execute HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[\"SEL",
+    b"POST /db/execute HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
     b"POST /db/load HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nCREATE TABLE",
     b"GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
-], ids=["execute", "chunked", "load", "get-with-body"])
+], ids=["execute", "chunked", "chunked-no-last-crlf", "load", "get-with-body"])
 def test_stalled_body_is_answered_408(single, request_bytes):
     """Invariant: a request whose body stops arriving is answered (408, one JSON error
     shape) within about REQUEST_TIMEOUT of the last byte, not held for RESPONSE_TIMEOUT;
