@@ -230,6 +230,9 @@ class FastHttpProtocol(HttpProtocol):
                 and monotonic() - self._time > self.request_timeout):
             http.exception = RequestTimeout(
                 f"request body incomplete: no bytes arrived for {self.request_timeout:g} s")
+            # Nothing more of this body is awaited after the 408: Sanic would otherwise
+            # wait for the rest to drain it before closing the connection.
+            http.request_body = None
             self._task.cancel()
             return
         super().check_timeouts()

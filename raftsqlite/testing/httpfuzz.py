@@ -146,6 +146,30 @@ def _query_string(rng) -> bytes:
     return b"&".join(parts)
 
 
+BAD_ARGS = [{"x": [1]}, [[1, 2]], 2 ** 64, -2 ** 64, 1e400, {"": 1}, [{"a": {"b": 1}}], "\ud800",
+            {"1": 1, "2": 2}, [None] * 1001]
+
+
+def make_probe(rng, host: str, marker: str) -> Req:
+    """A write batch that inserts ``marker`` rows and carries one bad element: a 4xx
+    answer must mean none of it was applied (checked by the caller)."""
+    ins = "INSERT INTO probe(m) VALUES(?)"
+    good = [[ins, marker] for _ in range(rng.randint(1, 3))]
+    bad = rng.choice([[ins, rng.choice(BAD_ARGS)], [ins] + [marker] * rng.randint(2, 4),
+                      [], [None], [5], {"q": ins}, [ins, marker, {"a": 1}],
+                      ["INSERT INTO probe(m) VALUES(:a)", {"a": rng.choice(BAD_ARGS)}]])
+    batch = good + [bad] if rng.random() < 0.5 else [bad] + good
+    path = rng.choice(["/db/execute", "/db/request", "/db/execute?transaction",
+                       "/db/execute?queue", "/db/execute?queue&wait", "/db/request?transaction"])
+    if rng.random() < 0.2:
+        path, batch = "/execute", {"query": ins, "args": rng.choice([
+            [marker, rng.choice(BAD_ARGS)], rng.choice(BAD_ARGS), {"a": [1]}])}
+    body = json.dumps(batch, allow_nan=True).encode("utf-8", "surrogatepass")
+    head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    return Req(head + body, None, "probe")
+
+
 def make_request(rng, host: str) -> Req:
     pool = rng.random()
     path = rng.choice(SEED_PATHS if pool < 0.45 else RQLITE_PATHS if pool < 0.95
@@ -297,8 +321,18 @@ def judge(req: Req, status, hdrs, body) -> str | None:
     return None
 
 
+async def probe_rows(addr, marker):
+    q = (b"SELECT%20count(*)%20FROM%20probe%20WHERE%20m%3D%27" + marker.encode()
+         + b"%27&level=strong")
+    data = b"GET /db/query?q=" + q + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    status, _, body = await send(addr, Req(data), 30, 0)
+    if status != 200:
+        return None
+    return json.loads(body)["results"][0]["values"][0][0]
+
+
 async def fuzz(addrs, seed: int, duration: float, max_requests: int, concurrency: int,
-               request_timeout: float, log=print) -> dict:
+               request_timeout: float, log=print, probe_share: float = 0.15) -> dict:
     rng = random.Random(seed)
     by_status: Counter = Counter()
     by_what: Counter = Counter()
@@ -316,7 +350,12 @@ async def fuzz(addrs, seed: int, duration: float, max_requests: int, concurrency
         while loop.time() < deadline and n < max_requests:
             n += 1
             addr = wrng.choice(addrs)
-            req = make_request(wrng, addr)
+            marker = None
+            if wrng.random() < probe_share:
+                marker = f"m{seed}-{n}"
+                req = make_probe(wrng, addr, marker)
+            else:
+                req = make_request(wrng, addr)
             t0 = time.monotonic()
             if req.what == "stalled-body":
                 # Answered only after the server's body timeout: judged in the
@@ -325,9 +364,9 @@ async def fuzz(addrs, seed: int, duration: float, max_requests: int, concurrency
                     stalls_running[0] += 1
                     stalls.append(asyncio.ensure_future(one(req, addr, wrng, t0)))
                 continue
-            await one(req, addr, wrng, t0)
+            await one(req, addr, wrng, t0, marker)
 
-    async def one(req, addr, wrng, t0):
+    async def one(req, addr, wrng, t0, marker=None):
         try:
             try:
                 status, hdrs, body = await send(addr, req, request_timeout,
@@ -336,6 +375,14 @@ async def fuzz(addrs, seed: int, duration: float, max_requests: int, concurrency
                 if req.what == "stalled-body" and status is not None and status != 408 \
                         and reason is None and status < 400:
                     reason = f"an incomplete body was answered {status}"
+                if marker and reason is None and isinstance(status, int) \
+                        and 400 <= status < 500:
+                    rows = await probe_rows(addr, marker)
+                    by_what[f"probe-{status}"] += 1
+                    if rows:
+                        reason = f"answered {status} yet applied {rows} row(s)"
+                elif marker and isinstance(status, int):
+                    by_what[f"probe-{status}"] += 1
             except asyncio.TimeoutError:
                 status, body, reason = "timeout", b"", f"no answer in {request_timeout}s"
             except (ConnectionRefusedError, OSError) as e:
@@ -372,6 +419,7 @@ async def fuzz(addrs, seed: int, duration: float, max_requests: int, concurrency
 def _canary(addr):
     s, b = http("POST", f"http://{addr}/db/execute",
                 [["CREATE TABLE IF NOT EXISTS canary (k INTEGER PRIMARY KEY, v TEXT)"],
+                 ["CREATE TABLE IF NOT EXISTS probe (m TEXT)"],
                  ["INSERT INTO canary(v) VALUES('a'),('b'),('c')"]])
     assert s == 200, b
 
