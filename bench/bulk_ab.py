@@ -1,6 +1,7 @@
 """1000-row batches on 3-node clusters, the CPU each process spends per batch, A/B.
 
     python bench/bulk_ab.py [TREE ...] [--rounds 5] [--duration 4] [--conns 4] [--value-size N]
+                            [--node-arg ARG ...]
 
 Starts one 3-node cluster (real ``raft-sqlite`` processes, fsync on) from each source
 tree given (default: this checkout), then runs ``--rounds`` rounds; each round times raw
@@ -99,11 +100,11 @@ def by_name(per, names):
 
 
 class Cluster:
-    def __init__(self, tree, workdir, value_size=None):
+    def __init__(self, tree, workdir, value_size=None, node_args=()):
         self.tree = tree
         self.value_size = value_size
         self.by_thread = False
-        self.cl = NodeCluster(3, workdir, cwd=tree)
+        self.cl = NodeCluster(3, workdir, cwd=tree, extra_args=node_args)
         os.makedirs(workdir)
 
     def start(self):
@@ -151,6 +152,10 @@ def main():
     ap.add_argument("--conns", type=int, default=4, help="connections sending batches")
     ap.add_argument("--value-size", type=int, default=None,
                     help="the headline's body: one TEXT value of '<i>-' + N b's per row")
+    ap.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                    help="append ARG to every member's command line (repeatable), e.g. "
+                         "--node-arg=-snapshot-threshold --node-arg=1000 to measure a log "
+                         "that compacts (and recycles its segments) during the run")
     ap.add_argument("--threads", action="store_true",
                     help="also print CPU ms per batch of every thread by name (py-spy)")
     a = ap.parse_args()
@@ -162,7 +167,7 @@ def main():
     try:
         for i, tree in enumerate(a.trees):
             clusters.append(Cluster(os.path.abspath(tree), os.path.join(workdir, f"t{i}"),
-                                    a.value_size).start())
+                                    a.value_size, a.node_arg).start())
             clusters[-1].by_thread = a.threads
             runs[clusters[-1].tree] = []
         for r in range(a.rounds):

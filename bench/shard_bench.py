@@ -144,26 +144,21 @@ def remote_executor(session, addrs):
     leader (``POST /shard/call``), so no node spends CPU on a second hop. Requests to
     one group that are in flight together share a call (``sharding/coalesce.py``); each
     keeps its own guard, results and errors."""
-    from raftsqlite.sharding.callclient import CallClient
-    from raftsqlite.sharding.coalesce import RemoteExecutor
-    from raftsqlite.sharding.service import error_from
+    from raftsqlite.sharding.coalesce import RemoteExecutor, error_from
 
+    kw = {"max_inflight": ARGS.inflight if ARGS else 1}
     if ARGS is None or ARGS.call_client == "lean":
-        client = CallClient()
+        # the product's own client-side executor (callclient.py, writes without a task
+        # or coroutine per call)
+        return RemoteExecutor.over_http(addrs, **kw)
 
-        async def post(group, path, body):
-            r = await client.post(addrs[group], path, body)
-            if r.status != 200:
-                raise error_from(r.status, r.body)
-            return r.body
-    else:
-        async def post(group, path, body):
-            async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
-                data = await r.read()
-            if r.status != 200:
-                raise error_from(r.status, data)
-            return data
-    return RemoteExecutor(post, max_inflight=ARGS.inflight if ARGS else 1)
+    async def post(group, path, body):
+        async with session.post(f"http://{addrs[group]}{path}", data=body) as r:
+            data = await r.read()
+        if r.status != 200:
+            raise error_from(r.status, data)
+        return data
+    return RemoteExecutor(post, **kw)
 
 
 async def client_router(session, d, addrs):
@@ -305,6 +300,52 @@ def _log_write_summary(w0, w1, seconds):
     return out
 
 
+def _run_delay_s(pids):
+    """Seconds each pid's threads have spent runnable but waiting for a core so far
+    (Linux /proc/<pid>/task/*/schedstat, second field; 0 where unavailable)."""
+    out = {}
+    for name, pid in pids.items():
+        tot = 0
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            tids = []
+        for t in tids:
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    tot += int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+        out[name] = tot / 1e9
+    return out
+
+
+def _core_wait_summary(r0, r1, w0, w1):
+    """Per shard: time its threads waited for a core per Raft round over a window. A
+    Raft round's fdatasync sleeps twice on this disk (the data write, then the cache
+    flush; no FUA), and each wake-up waits for a core when both are busy: with two
+    groups that wait, not the disk, is what grows (docs/design/raft-io.md)."""
+    out = {}
+    for name in w1:
+        if name in w0:
+            proc = next((p for p in r1 if p.split("-")[0] == name), None)
+            if proc is not None and proc in r0:
+                dn = max(w1[name][1] - w0[name][1], 1)
+                out[name] = round((r1[proc] - r0[proc]) / dn * 1e6)
+    return out
+
+
+def _start_trace(pids):
+    """``--trace-fsync``: trace this window's shard fdatasyncs (bench/fsync_trace.py), or
+    say why not and go on untraced."""
+    try:
+        from bench.fsync_trace import Trace
+        return Trace(pids)
+    except OSError as e:
+        print(f"  (--trace-fsync: tracing unavailable: {e})", flush=True)
+        return None
+
+
 def _cpu_s(pids):
     """User+system CPU seconds used so far by each pid (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -404,10 +445,17 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                 pids = {name: p.pid for name, p in cl.procs.items()}
                 pids.update({f"router{w + 1}": p_.pid for w, p_ in enumerate(ps)})
                 w0 = _log_writes(cl.addrs)
+                spids = {p: v for p, v in pids.items() if p.startswith("shard")}
+                rd0 = _run_delay_s(spids)
+                tr = _start_trace(dict(pids, bench=os.getpid())) if ARGS and ARGS.trace_fsync else None
                 c0, m0 = _cpu_s(pids), _machine_busy_s()
                 await asyncio.sleep(max(0.0, t_end - time.monotonic()))
                 c1, m1 = _cpu_s(pids), _machine_busy_s()
-                writes = _log_write_summary(w0, _log_writes(cl.addrs), seconds)
+                rd1 = _run_delay_s(spids)
+                split = tr.stop() if tr is not None else None
+                w1 = _log_writes(cl.addrs)
+                writes = _log_write_summary(w0, w1, seconds)
+                waits = _core_wait_summary(rd0, rd1, w0, w1)
                 loop = asyncio.get_running_loop()
                 k, calls, sends, gen = 0, 0, 0, []
                 for _ in ps:
@@ -434,7 +482,14 @@ async def cluster_all(seconds, clients, rows_scan, reps, workers=2):
                     verdict += "; log write + fdatasync per Raft round " + ", ".join(
                         f"{k} {v['us']} us ({v['busy']:.0%} of the window)"
                         for k, v in sorted(writes.items()))
+                if waits:
+                    verdict += "; shard threads waiting for a core per Raft round " + ", ".join(
+                        f"{k} {v} us" for k, v in sorted(waits.items()))
+                if split:
+                    from bench.fsync_trace import describe
+                    verdict += "; traced: " + describe(split)
                 us["log_write_us"] = writes
+                us["core_wait_us"] = waits
                 return rps, cpu, us, round(calls / max(sends, 1), 1), round(others, 2), verdict
             for n in (1, 2):   # warm-up: connections, plan cache, first entries
                 await asyncio.gather(*[writer(n, time.monotonic() + 1.0, c) for c in range(clients)])
@@ -525,6 +580,10 @@ def parse_args(argv=None):
     ap.add_argument("--node-args", default="",
                     help="diagnosis only: extra raft-sqlite flags for every node, e.g. '-max-inflight 8'")
     ap.add_argument("--no-fsync", action="store_true", help="diagnosis only: run the nodes without fsync")
+    ap.add_argument("--trace-fsync", action="store_true",
+                    help="diagnosis only (Linux, root, tracefs): split each shard's log fdatasyncs "
+                         "in every insert window into on-CPU, I/O sleep and waiting for a core "
+                         "(bench/fsync_trace.py)")
     return ap.parse_args(argv)
 
 
@@ -600,6 +659,11 @@ def main_cluster():
     wus = {n: round(statistics.median(statistics.mean(v["us"] for v in u["log_write_us"].values())
                                       for u in res[n]["us"] if u.get("log_write_us")))
            if any(u.get("log_write_us") for u in res[n]["us"]) else None for n in (1, 2)}
+    cws = {n: round(statistics.median(statistics.mean(u["core_wait_us"].values())
+                                      for u in res[n]["us"] if u.get("core_wait_us")))
+           if any(u.get("core_wait_us") for u in res[n]["us"]) else None for n in (1, 2)}
+    print(f"shard threads waiting for a core per Raft round (median of windows): 1 group "
+          f"{cws[1]} us, 2 groups {cws[2]} us")
     print(f"log write + fdatasync per Raft round (median of windows): 1 group {wus[1]} us, "
           f"2 groups {wus[2]} us")
     for n in (1, 2):
@@ -629,6 +693,7 @@ def main_cluster():
         "cpu_ceiling_rps_1_group": round(ceiling[1]), "cpu_ceiling_rps_2_groups": round(ceiling[2]),
         "scale_ratio_cpu_ceiling": round(ceiling[2] / max(med[1]["ins"], 1), 2),
         "log_write_us_1_group": wus[1], "log_write_us_2_groups": wus[2],
+        "core_wait_us_per_round_1_group": cws[1], "core_wait_us_per_round_2_groups": cws[2],
         "inserts_per_call_1_group": med[1]["coalesced"], "inserts_per_call_2_groups": med[2]["coalesced"],
         "other_cores_busy_1_group": statistics.median(res[1]["others"]),
         "other_cores_busy_2_groups": statistics.median(res[2]["others"]),

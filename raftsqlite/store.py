@@ -34,7 +34,7 @@ from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotLeade
                                OutcomeUnknown, PayloadTooLarge, ProposalDropped, Moved, Fenced,
                                StaleCatalog, CoordinatorFenced,
                                RaftSQLiteError, StaleRead,
-                               Timeout)
+                               Timeout, Unavailable)
 
 log = logging.getLogger("raftsqlite.store")
 
@@ -143,11 +143,11 @@ class Store(StoreAdmin):
         if not self.raft.leader_id or (self.ready_check is not None and not self.ready_check()):
             return False
         target = min(self.raft.commit_index, self.raft.last_log_index)
-        deadline = time.monotonic() + timeout
-        while self.fsm.applied_index() < target:
-            if time.monotonic() >= deadline:
+        try:
+            if not await self.raft.wait_applied(target, timeout):
                 return False
-            await asyncio.sleep(0.005)
+        except Unavailable:
+            return False
         return bool(self.raft.leader_id)
 
     # ---- writes -----------------------------------------------------------------------

@@ -45,6 +45,9 @@ class RaftConfig:
                            "loses acknowledged writes on power loss.")
     segment_bytes: int = _f(64 << 20, "Size at which a log segment file is closed and a new "
                                       "one started.")
+    recycle_bytes: int = _f(1 << 30, "Compacted log segments kept (up to this many bytes) to be "
+                                     "overwritten as the next segments instead of zero-filling "
+                                     "new files (0 = delete them).")
     cache_entries: int = _f(20_000, "Recent log entries kept in memory; older ones are read "
                                     "from disk.")
     cache_bytes: int = _f(64 << 20, "Upper bound on bytes of cached entries.")
@@ -97,6 +100,8 @@ class RaftConfig:
                 or not (0 <= self.commit_notify_delay <= 1.0):
             raise ConfigError("need apply_inline_bytes >= 0, 0 <= persist_wait <= 0.1 and "
                               "0 <= commit_notify_delay <= 1")
+        if self.recycle_bytes < 0:
+            raise ConfigError(f"recycle_bytes must be >= 0, got {self.recycle_bytes}")
         if self.snapshot_threshold < 0 or self.snapshot_trailing < 0:
             raise ConfigError("snapshot_threshold and snapshot_trailing must be >= 0")
         if self.max_frame_bytes < self.max_msg_bytes + 4096:

@@ -38,7 +38,7 @@ class RaftNode(SnapshotMixin):
         self.log = RaftLog(config.data_dir, group=config.group_id,
                            segment_bytes=config.segment_bytes,
                            cache_entries=config.cache_entries, cache_bytes=config.cache_bytes,
-                           fsync=config.fsync)
+                           fsync=config.fsync, recycle_bytes=config.recycle_bytes)
         self.core = None
         self.transport = None
         self._loop = loop
@@ -289,6 +289,22 @@ class RaftNode(SnapshotMixin):
         self._stats["reads"] += 1
         self._wake.set()
         await fut
+
+    async def wait_applied(self, index, timeout=1.0):
+        """Return True once this member's state machine has applied ``index``, False if
+        ``timeout`` seconds pass first. Woken by the apply itself (no polling); raises
+        ``Unavailable`` if the member fails meanwhile."""
+        if self._applied >= index:
+            return True
+        if self._failed is not None:
+            raise errors.Unavailable(f"raft node failed: {self._failed}")
+        fut = self._loop.create_future()
+        heapq.heappush(self._read_wait, (index, next(self._seq), [fut]))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def add_member(self, node_id, raft_addr, http_addr="", voter=True, timeout=30.0):
         """Add as a learner, wait until it has caught up, then promote it (if voter)."""

@@ -7,7 +7,8 @@ Layout of ``<data_dir>/raft``::
     snapshot          SnapshotMeta of the latest snapshot: one frame, replaced atomically
     log/<first>.seg   segments; records are ``codec.encode_entry`` frames, consecutive indexes,
                       then (in a preallocated segment) zeros up to the end of the file
-    next-segment      the spare: a preallocated, zero-filled file that becomes the next segment
+    next-segment      the spare: a preallocated file that becomes the next segment
+    recycle/<bound>-<first>.seg   compacted segments kept to become spares (records < bound)
     snap/<index>-<term>.snap   snapshot files made by the state machine
 
 Threading: the core reads this log on the event loop. Every change is split in three so that
@@ -18,32 +19,27 @@ persistence path), so a plan made from the current state stays valid until it fi
 """
 import array
 import bisect
-import json
 import logging
-import mmap
 import os
 import threading
 import time
 
 from raftsqlite import codec
-from raftsqlite.codec.model import Entry, Member, SnapshotMeta
-from raftsqlite.errors import DecodeError, StorageCorrupt
+from raftsqlite.codec.model import SnapshotMeta
 from raftsqlite.raft import trace
+from raftsqlite.raft.logopen import (  # noqa: F401 (the codecs and names: API)
+    INDEX_MIN_BYTES, RECYCLE_DIR, SEG_SUFFIX, SPARE_NAME, RecoveryMixin, _Segment,
+    decode_hard_state, decode_snapshot_meta, encode_hard_state, encode_snapshot_meta)
 from raftsqlite.raft.segfiles import (  # noqa: F401 (fsync_dir, write_atomic: API)
-    IDX_SUFFIX, PAGE, Spare, frame_length, fsync_dir, load_index, nonzero_end, pwrite_all,
-    remove_gradually, remove_trash,
-    round_up, valid_record_after, write_atomic, write_index, write_zeros)
+    IDX_SUFFIX, PAGE, ZERO_VIEW, Recycler, Spare, fsync_dir, pwrite_all, pwritev_all,
+    remove_gradually, round_up, write_atomic, write_index, write_zeros)
 from raftsqlite.raft.types import HardState
 
 log = logging.getLogger(__name__)
 
-_T_STATE = 0xE0        # frame type of the state file
-_T_SNAPMETA = 0xE1     # frame type of the snapshot meta file
-SEG_SUFFIX = ".seg"
 # A commit-only change of the hard state is written at most this often: the commit index
 # is recoverable from the leader, so it need not cost two fsyncs per batch.
 COMMIT_PERSIST_INTERVAL = 1.0
-SPARE_NAME = "next-segment"
 # The first spare of a run is small (a fresh member's start-up writes little disk traffic);
 # each later one doubles up to the segment size, so a busy log reaches full segments soon.
 FIRST_SPARE_BYTES = 1 << 20
@@ -51,70 +47,12 @@ FIRST_SPARE_BYTES = 1 << 20
 # a spare only once that holds this much: tiny logs (tests, idle groups) stay in one small
 # file, a working one moves within its first hundred or so entries.
 PLAIN_SEGMENT_BYTES = 16 << 10
-# No preallocation for segments smaller than this (tests with tiny segments), and no index
-# for sealed segments smaller than this (their scan is as quick as reading an index).
+# No preallocation for segments smaller than this (tests with tiny segments).
 PREALLOC_MIN_SEGMENT_BYTES = 64 << 10
-INDEX_MIN_BYTES = 16 << 10
-
-
-def encode_hard_state(hs, group=0):
-    return codec.encode_frame(group, _T_STATE, hs.term, hs.commit, hs.vote.encode())
-
-
-def decode_hard_state(buf):
-    _, typ, term, commit, payload = codec.decode_frame(buf)
-    if typ != _T_STATE:
-        raise DecodeError(f"not a state frame (type {typ})")
-    return HardState(term=term, vote=bytes(payload).decode(), commit=commit)
-
-
-def encode_snapshot_meta(meta, group=0):
-    members = [[m.node_id, m.raft_addr, m.http_addr, bool(m.voter)] for m in meta.members]
-    return codec.encode_frame(group, _T_SNAPMETA, meta.term, meta.index,
-                              json.dumps(members).encode())
-
-
-def decode_snapshot_meta(buf):
-    _, typ, term, index, payload = codec.decode_frame(buf)
-    if typ != _T_SNAPMETA:
-        raise DecodeError(f"not a snapshot meta frame (type {typ})")
-    try:
-        members = [Member(*m) for m in json.loads(bytes(payload))]
-    except (ValueError, TypeError) as e:
-        raise DecodeError(f"bad snapshot member list: {e}") from None
-    return SnapshotMeta(index, term, members)
-
-
-class _Segment:
-    __slots__ = ("path", "first", "offsets", "size", "fd", "alloc")
-
-    def __init__(self, path, first, alloc=0):
-        self.path = path
-        self.first = first
-        self.offsets = array.array("Q")  # file offset of each record, in index order
-        self.size = 0                    # bytes of whole records
-        self.fd = None
-        # File size; bytes in [size, alloc) are zeros already written to disk, so a write
-        # there changes no metadata and its fdatasync flushes only data.
-        self.alloc = alloc
-
-    @property
-    def last(self):
-        return self.first + len(self.offsets) - 1
-
-    def end_of(self, i):
-        """Offset just past the record at position ``i``."""
-        return self.offsets[i + 1] if i + 1 < len(self.offsets) else self.size
-
-    def open(self):
-        if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        return self.fd
-
-    def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+# Compacted segments kept to be recycled as spares, at most this many bytes (PostgreSQL
+# keeps recycled WAL up to max_wal_size, 1 GB by default): the log's own size until the
+# next snapshot, which a busy member reaches again anyway.
+RECYCLE_MAX_BYTES = 1 << 30
 
 
 class _Batch:
@@ -142,11 +80,12 @@ class _Batch:
         self.seal = None          # (segment, data end): the segment left behind, trimmed
 
 
-class RaftLog:
+class RaftLog(RecoveryMixin):
     """The durable log of one member. Implements ``raftsqlite.raft.types.LogReader``."""
 
     def __init__(self, data_dir, *, group=0, segment_bytes=64 << 20, cache_entries=20_000,
-                 cache_bytes=64 << 20, fsync=True, preallocate=None):
+                 cache_bytes=64 << 20, fsync=True, preallocate=None,
+                 recycle_bytes=RECYCLE_MAX_BYTES):
         self.dir = os.path.join(data_dir, "raft")
         self.log_dir = os.path.join(self.dir, "log")
         self.snap_dir = os.path.join(self.dir, "snap")
@@ -163,8 +102,10 @@ class RaftLog:
         # A batch is never split, so a segment may run a little past segment_bytes.
         self._spare_max = round_up(segment_bytes + max(PAGE, min(segment_bytes // 16, 1 << 20)))
         self._spare_next = min(self._spare_max, FIRST_SPARE_BYTES)
-        self._spare = Spare(os.path.join(self.dir, SPARE_NAME), fsync) if self.preallocate \
-            else None
+        self._recycler = Recycler(os.path.join(self.dir, RECYCLE_DIR), recycle_bytes) \
+            if self.preallocate and recycle_bytes > 0 else None
+        self._spare = Spare(os.path.join(self.dir, SPARE_NAME), fsync, self._recycler) \
+            if self.preallocate else None
         self._segments = []          # list[_Segment], ascending, consecutive
         self._seg_firsts = []        # their first indexes, for bisect
         self._first = 1
@@ -182,145 +123,17 @@ class RaftLog:
                        "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0,
                        "segments_from_spare": 0, "segments_grown": 0, "open_seconds": 0.0,
                        "segments_indexed_at_open": 0, "segments_scanned_at_open": 0,
-                       "segments_indexed": 0}
+                       "segments_indexed": 0, "stale_tail_bytes": 0}
         self._opened = False
 
     # ---- start-up ---------------------------------------------------------------------
-
-    def open(self):
-        """Load state, snapshot meta and segments; truncate a torn tail; refuse a log that
-        is damaged before its tail (``StorageCorrupt`` naming file and offset)."""
-        t0 = time.monotonic()
-        for d in (self.dir, self.log_dir, self.snap_dir, self.index_dir):
-            os.makedirs(d, exist_ok=True)
-        for d in (self.log_dir, self.snap_dir):
-            remove_trash(d)
-        spare = os.path.join(self.dir, SPARE_NAME)
-        try:
-            os.unlink(spare)  # possibly half prepared when we stopped: never trusted
-        except FileNotFoundError:
-            pass
-        state_path = os.path.join(self.dir, "state")
-        if os.path.exists(state_path):
-            self._hs = self._read_small(state_path, decode_hard_state)
-            self._hs_written = HardState(self._hs.term, self._hs.vote, self._hs.commit)
-        meta_path = os.path.join(self.dir, "snapshot")
-        if os.path.exists(meta_path):
-            self._snap = self._read_small(meta_path, decode_snapshot_meta)
-        self._first = self._snap.index + 1
-        self._last = self._snap.index
-        self._run_idx = [self._snap.index]
-        self._run_term = [self._snap.term]
-        names = sorted(n for n in os.listdir(self.log_dir) if n.endswith(SEG_SUFFIX))
-        segs = []
-        for n in names:
-            try:
-                first = int(n[: -len(SEG_SUFFIX)])
-            except ValueError:
-                raise StorageCorrupt(f"unexpected file in log dir: {os.path.join(self.log_dir, n)}")
-            segs.append(_Segment(os.path.join(self.log_dir, n), first))
-        segs.sort(key=lambda s: s.first)
-        runs = []  # (index, term) where a new term starts, over all segments
-        for k, seg in enumerate(segs):
-            if k and seg.first != segs[k - 1].last + 1:
-                raise StorageCorrupt(
-                    f"log gap: {seg.path} starts at index {seg.first} but the segment before "
-                    f"it ends at {segs[k - 1].last}")
-            is_last = k == len(segs) - 1
-            if is_last or not self._load_index(seg, runs):
-                self._scan(seg, is_last=is_last, runs=runs)
-                self._stats["segments_scanned_at_open"] += 1
-                if not is_last and seg.size >= INDEX_MIN_BYTES:
-                    self._index_later(seg, _seg_runs_from(runs, seg))
-        firsts = {s.first for s in segs}
-        for n in os.listdir(self.index_dir):
-            stem = n[:-len(IDX_SUFFIX)] if n.endswith(IDX_SUFFIX) else None
-            if stem is None or not stem.isdigit() or int(stem) not in firsts:
-                try:
-                    os.unlink(os.path.join(self.index_dir, n))  # a deleted segment's, a temp
-                except FileNotFoundError:
-                    pass
-        snap = self._snap
-        if segs and snap.index > 0:
-            lo, hi = segs[0].first, segs[-1].last
-            ok = lo == snap.index + 1 or (
-                lo <= snap.index <= hi and _run_term(runs, snap.index) == snap.term)
-            if not ok:
-                if lo > snap.index + 1:
-                    raise StorageCorrupt(f"log gap: {segs[0].path} starts at index {lo} but "
-                                         f"the snapshot ends at {snap.index}")
-                # An installed snapshot whose log reset was interrupted: the old log is void.
-                log.warning("log [%d, %d] does not match snapshot %d/%d; resetting the log",
-                            lo, hi, snap.index, snap.term)
-                for seg in segs:
-                    seg.close()
-                    os.unlink(seg.path)
-                segs, runs = [], []
-        if segs and not segs[0].offsets:
-            # Only an empty segment: it must start right after the snapshot.
-            if segs[0].first != snap.index + 1:
-                segs[0].close()
-                os.unlink(segs[0].path)
-                segs = []
-        if segs:
-            s0 = segs[0].first
-            if s0 == snap.index + 1:
-                self._first, dummy_term = s0, snap.term
-            else:
-                # Entries before the snapshot kept for slow followers: the first one serves
-                # as the known-term predecessor of the first readable entry.
-                self._first, dummy_term = s0 + 1, _run_term(runs, s0)
-            self._last = segs[-1].last
-            self._run_idx = [self._first - 1] + [i for i, _ in runs if i >= self._first]
-            self._run_term = [dummy_term] + [t for i, t in runs if i >= self._first]
-            self._segments = segs
-            self._seg_firsts = [s.first for s in segs]
-            n = min(self.cache_entries // 2, self._last - self._first + 1)
-            if n > 0:
-                self._cache_first = self._last + 1
-                self._cache_extend(self.entries(self._last - n + 1, self._last + 1))
-            else:
-                self._cache_first = self._last + 1
-        else:
-            self._cache_first = self._first
-        if self._hs.commit > self._last:
-            # Commit is only written after the entries it covers are durable; a larger
-            # value means the log lost synced data.
-            raise StorageCorrupt(f"state file says commit {self._hs.commit} but the log in "
-                                 f"{self.log_dir} ends at {self._last}")
-        self._opened = True
-        self._stats["open_seconds"] = round(time.monotonic() - t0, 4)
-        if self._spare is not None:
-            self._spare.ensure(self._spare_next)
 
     def wait_spare(self, timeout=10.0):
         """Wait until the next segment is prepared (tests and benchmarks)."""
         return self._spare is not None and self._spare.wait(timeout)
 
-    def _read_small(self, path, decode):
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            return decode(data)
-        except DecodeError as e:
-            raise StorageCorrupt(f"{path} at offset 0: {e}") from None
-
     def _idx_path(self, seg):
         return os.path.join(self.index_dir, f"{seg.first:020d}{IDX_SUFFIX}")
-
-    def _load_index(self, seg, runs):
-        """Take a sealed segment's offsets and terms from its index file if the index is
-        whole and the segment's bytes hash to what it says; else False (scan instead)."""
-        got = load_index(seg.path, self._idx_path(seg), seg.first)
-        if got is None:
-            return False
-        seg.offsets, seg_runs, seg.size = got
-        seg.alloc = seg.size
-        for i, t in seg_runs:
-            if not runs or runs[-1][1] != t:
-                runs.append((i, t))
-        self._stats["segments_indexed_at_open"] += 1
-        return True
 
     def _index_later(self, seg, seg_runs):
         """Write a sealed segment's index in the background (it is only a start-up aid)."""
@@ -341,68 +154,6 @@ class RaftLog:
         except FileNotFoundError:
             pass
 
-    def _scan(self, seg, is_last, runs):
-        size = os.path.getsize(seg.path)
-        seg.alloc = size
-        if size == 0:
-            return
-        with open(seg.path, "rb") as f:
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        dirty = None
-        try:
-            off = 0
-            expect = seg.first
-            offsets = seg.offsets
-            while off < size:
-                err = None
-                if buf[off:off + 4] == b"\0\0\0\0":
-                    # A zero length field is where writing stopped: the rest is the
-                    # preallocated tail, which must be zeros to its end.
-                    dirty = nonzero_end(buf, off, size)
-                    if dirty == off:
-                        break
-                    err = "zero length field followed by non-zero bytes"
-                else:
-                    n = frame_length(buf, off)
-                    if n is None or n <= 0 or off + n > size:
-                        err = "record extends past the end of the file"
-                    else:
-                        try:
-                            _, e = codec.decode_entry(buf[off:off + n])
-                            if e.index != expect:
-                                err = f"record has index {e.index}, expected {expect}"
-                            elif not runs or runs[-1][1] != e.term:
-                                runs.append((e.index, e.term))
-                        except DecodeError as ex:
-                            err = str(ex)
-                if err is not None:
-                    if dirty is None:
-                        dirty = nonzero_end(buf, off, size)
-                    if is_last and not valid_record_after(buf, off + 1, dirty, size,
-                                                           self.group):
-                        log.warning("truncating torn tail of %s at offset %d (%d bytes): %s",
-                                    seg.path, off, dirty - off, err)
-                        self._stats["truncated_tail_bytes"] += dirty - off
-                        break
-                    raise StorageCorrupt(
-                        f"corrupt log record in {seg.path} at offset {off} (index {expect}): "
-                        f"{err}; records follow it, so this is not a torn tail. Restore this "
-                        f"member from a snapshot or remove it from the group and re-add it.")
-                offsets.append(off)
-                off += n
-                expect += 1
-            seg.size = off
-        finally:
-            buf.close()
-        if dirty is not None and dirty > seg.size:
-            # Zero the torn bytes rather than cut the file: the file keeps its
-            # preallocated blocks, and the scan of the next start sees a clean end.
-            fd = seg.open()
-            write_zeros(fd, seg.size, dirty - seg.size)
-            if self.fsync:
-                os.fdatasync(fd)
-
-    # ---- LogReader ----------------------------------------------------------------------
 
     def first_index(self):
         return self._first
@@ -538,8 +289,9 @@ class RaftLog:
                 size = b.truncate[1]
             parts = [codec.encode_entry(e, self.group) for e in entries]
             b.blob = b"".join(parts)
+            # A recycled spare only becomes a segment starting above all its old records.
             spare = (self._spare is not None and size >= PLAIN_SEGMENT_BYTES
-                     and self._spare.ready())
+                     and self._spare.ready() and self._spare.bound <= first_new)
             # Move to the prepared spare rather than grow a file: when this batch would run
             # past the active segment's preallocated blocks (or it has none).
             if (active is None or size >= self.segment_bytes
@@ -620,7 +372,17 @@ class RaftLog:
                 os.ftruncate(b.new_segment.open(), 0)
                 self._stats["segments_grown"] += 1
         if b.blob:
-            pwrite_all(b.segment.open(), b.blob, b.offsets[0])
+            seg = b.segment
+            end = b.offsets[0] + len(b.blob)
+            # Zeros up to the next page boundary inside preallocated blocks: a write that
+            # ends inside a page whose old bytes are not cached (a recycled segment's,
+            # after a restart) would first read that page from disk. The next batch
+            # overwrites them; the scan ends at the zero length field they leave.
+            pad = min(round_up(end), seg.alloc) - end
+            if pad > 0:
+                pwritev_all(seg.open(), [b.blob, ZERO_VIEW[:pad]], b.offsets[0])
+            else:
+                pwrite_all(seg.open(), b.blob, b.offsets[0])
             self._stats["bytes_written"] += len(b.blob)
         if self.fsync and (b.blob or b.truncate is not None):
             if trace.ON:
@@ -745,12 +507,19 @@ class RaftLog:
     def remove_dropped(self, b):
         """Delete the files of the segments a compaction dropped (any thread, after
         ``finish_compact``), oldest first, so what is left always starts at a segment
-        boundary with no gap."""
+        boundary with no gap; or keep them to be recycled as spares (every record in
+        them is below ``b.drop_before``, which no later segment starts below)."""
+        kept = False
         for seg in b.delete:
             self._drop_index(seg)
-            remove_gradually(seg.path)
+            if self._recycler is not None and self._recycler.offer(seg.path, b.drop_before):
+                kept = True
+            else:
+                remove_gradually(seg.path)
         if b.delete and self.fsync:
             fsync_dir(self.log_dir)
+            if kept:
+                fsync_dir(self._recycler.dir)
 
     def finish_compact(self, b):
         if b.snapshot.index < self._snap.index:
@@ -827,19 +596,12 @@ class RaftLog:
                  snapshot_index=self._snap.index, term=self._hs.term,
                  spare_ready=bool(self._spare and self._spare.ready()),
                  spare_error=self._spare.error if self._spare else None,
+                 spares_recycled=self._spare.recycled if self._spare else 0,
+                 spares_zero_filled=self._spare.prepared if self._spare else 0,
+                 zero_filled_bytes=self._spare.zero_filled_bytes if self._spare else 0,
+                 spare_cpu_seconds=round(self._spare.cpu_seconds, 4) if self._spare else 0.0,
                  active_preallocated_bytes=(self._segments[-1].alloc - self._segments[-1].size
                                             if self._segments else 0))
+        if self._recycler is not None:
+            s.update(self._recycler.stats())
         return s
-
-
-def _seg_runs_from(runs, seg):
-    """Term runs of ``seg`` from the open-time list of all runs so far."""
-    k = bisect.bisect_right(runs, (seg.first, 1 << 64)) - 1
-    out = [(seg.first, runs[k][1])] if k >= 0 else []
-    out += [(i, t) for i, t in runs[k + 1:] if i <= seg.last]
-    return out
-
-
-def _run_term(runs, index):
-    k = bisect.bisect_right(runs, (index, 1 << 64)) - 1
-    return runs[k][1] if k >= 0 else 0

@@ -19,7 +19,9 @@ from raftsqlite.errors import DecodeError
 log = logging.getLogger("raftsqlite.raft.log")
 
 ZERO_CHUNK = bytes(1 << 20)
+ZERO_VIEW = memoryview(ZERO_CHUNK)
 PAGE = 4096
+_U64 = struct.Struct("<Q")
 
 
 def fsync_dir(path):
@@ -59,6 +61,14 @@ def pwrite_all(fd, data, off):
         n = os.pwrite(fd, view, off)
         view = view[n:]
         off += n
+
+
+def pwritev_all(fd, parts, off):
+    """Write the buffers ``parts`` at ``off`` with one call (the usual case)."""
+    n = os.pwritev(fd, parts, off)
+    total = sum(len(p) for p in parts)
+    if n < total:   # short write (rare for a regular file): finish piecewise
+        pwrite_all(fd, b"".join(bytes(p) for p in parts)[n:], off + n)
 
 
 def write_zeros(fd, off, n):
@@ -132,24 +142,32 @@ def round_up(n, to=PAGE):
 
 
 class Spare:
-    """The next segment, prepared by a background thread: ``fallocate``d, zero-filled and
-    synced, so that appends to it overwrite blocks that are already allocated and written
-    (an fdatasync of a growing or merely fallocated file also commits the metadata of the
-    new or converted extents, which costs about three times as much on ext4).
+    """The next segment, prepared by a background thread so that appends to it overwrite
+    blocks that are already allocated and written (an fdatasync of a growing or merely
+    fallocated file also commits the metadata of the new or converted extents, which costs
+    about three times as much on ext4). Preferably a segment the log no longer needs, taken
+    from the ``Recycler`` (renamed, its old bytes left to be overwritten); otherwise a new
+    file, ``fallocate``d, zero-filled and synced.
 
     States: absent, being prepared (thread alive), ready. Only a ready spare is taken; the
     thread never touches the file after it is marked ready, and only the persist path
-    renames it (``take``), so the two never write the same file."""
+    renames it (``take``), so the two never write the same file. ``bound``: every record
+    left in a recycled spare from its previous use has an index below it (0: all zeros)."""
 
-    def __init__(self, path, fsync):
+    def __init__(self, path, fsync, recycler=None):
         self.path = path
         self.fsync = fsync
+        self.recycler = recycler
         self.size = 0
+        self.bound = 0
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = None
         self.error = None
         self.prepared = 0
+        self.recycled = 0
+        self.zero_filled_bytes = 0
+        self.cpu_seconds = 0.0   # of the preparing threads (zero-fill and its writeback)
         self._retry_at = 0.0
 
     def ready(self):
@@ -184,34 +202,35 @@ class Spare:
             t.join(timeout)
 
     def _run(self, size):
+        t0 = time.thread_time()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._prepare(size)
+        finally:
+            self.cpu_seconds += time.thread_time() - t0
+
+    def _prepare(self, size):
+        try:
+            got = self.recycler.pop(size) if self.recycler is not None else None
+            if got is not None:
+                src, bound = got
+                os.rename(src, self.path)
+                fd = os.open(self.path, os.O_WRONLY)
+            else:
+                bound = 0
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                try:
-                    # Contiguous extents first; the zero-fill below then writes them.
-                    os.posix_fallocate(fd, 0, size)
-                except (OSError, AttributeError):
-                    pass  # no fallocate here: the zero-fill alone allocates the blocks
-                off = 0
-                step = 1 << 20
-                while off < size:
-                    if self._stop.is_set():
-                        return
-                    t0 = time.monotonic()
-                    n = min(step, size - off)
-                    write_zeros(fd, off, n)
-                    off += n
-                    if self.fsync:
-                        # Sync in steps, and rest as long as each step took: bounded bursts
-                        # of writeback that leave the disk to the foreground's fdatasyncs at
-                        # least half of the time. A spare is wanted only when a segment
-                        # fills, which takes far longer than this at any real load.
-                        os.fdatasync(fd)
-                        self._stop.wait(min(0.1, time.monotonic() - t0))
+                have = os.fstat(fd).st_size
+                if have < size and not self._fill(fd, have, size):
+                    return
             finally:
                 os.close(fd)
             if not self._stop.is_set():
-                self.prepared += 1
+                self.size = max(size, have)
+                self.bound = bound
+                if got is not None:
+                    self.recycled += 1
+                else:
+                    self.prepared += 1
                 self._ready.set()
         except OSError as e:
             # No spare: the log keeps working with growing segments (slower fsyncs).
@@ -223,6 +242,118 @@ class Spare:
                     os.unlink(self.path)
                 except OSError:
                     pass
+
+    def _fill(self, fd, off, size):
+        """Allocate and zero-fill ``[off, size)``; False if stopped meanwhile."""
+        try:
+            # Contiguous extents first; the zero-fill below then writes them.
+            os.posix_fallocate(fd, off, size - off)
+        except (OSError, AttributeError):
+            pass  # no fallocate here: the zero-fill alone allocates the blocks
+        step = 1 << 20
+        while off < size:
+            if self._stop.is_set():
+                return False
+            t0 = time.monotonic()
+            n = min(step, size - off)
+            write_zeros(fd, off, n)
+            off += n
+            self.zero_filled_bytes += n
+            if self.fsync:
+                # Sync in steps, and rest as long as each step took: bounded bursts
+                # of writeback that leave the disk to the foreground's fdatasyncs at
+                # least half of the time. A spare is wanted only when a segment
+                # fills, which takes far longer than this at any real load.
+                os.fdatasync(fd)
+                self._stop.wait(min(0.1, time.monotonic() - t0))
+        return True
+
+
+RECYCLE_SUFFIX = ".seg"
+
+
+class Recycler:
+    """Segments the log no longer needs (compacted away), kept to become spares instead
+    of being deleted, as write-ahead logs elsewhere recycle theirs: a recycled spare is
+    overwritten in place, so no zeros are written (nor their pages of page cache touched
+    and written back) for it. Files are ``<dir>/<bound>-<name>``: every record in one has
+    an index below ``bound``, the first index the log kept when it was dropped; the log
+    only starts a segment at or above that index in it, and its scan never takes a record
+    whose index is not the next one expected, so a record from a file's previous use is
+    never read as one of its new segment. At most ``max_bytes`` are kept; the rest are
+    deleted as before. ``offer`` (the thread that deletes compacted segments) and ``pop``
+    (the spare's thread) share a lock."""
+
+    def __init__(self, dirpath, max_bytes):
+        self.dir = dirpath
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._files = []      # [(bound, path, size)], oldest first
+        self.offered = 0
+        self.taken = 0
+
+    def load(self, live):
+        """Start-up: list the kept files. ``live``: (st_dev, st_ino) of the log's segments;
+        a kept name that is also a live segment (a rename whose two directory entries a
+        crash left both in place) is only a second link, removed, never reused."""
+        os.makedirs(self.dir, exist_ok=True)
+        files = []
+        for n in sorted(os.listdir(self.dir)):
+            p = os.path.join(self.dir, n)
+            head = n.split("-", 1)[0]
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                continue
+            if (not n.endswith(RECYCLE_SUFFIX) or not head.isdigit()
+                    or (st.st_dev, st.st_ino) in live or st.st_size == 0):
+                os.unlink(p)
+                continue
+            files.append((int(head), p, st.st_size))
+        with self._lock:
+            self._files = files
+        while self.bytes() > self.max_bytes:
+            with self._lock:
+                _, p, _ = self._files.pop()
+            remove_gradually(p)
+
+    def bytes(self):
+        with self._lock:
+            return sum(f[2] for f in self._files)
+
+    def offer(self, path, bound):
+        """Keep the dropped segment ``path`` (all its records below ``bound``) -> True, or
+        False (full, or it is gone) and the caller deletes it."""
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            if size == 0 or sum(f[2] for f in self._files) + size > self.max_bytes:
+                return False
+            dest = os.path.join(self.dir, f"{bound:020d}-{os.path.basename(path)}")
+            os.rename(path, dest)
+            self._files.append((bound, dest, size))
+            self.offered += 1
+        return True
+
+    def pop(self, size):
+        """-> (path, bound) of the oldest kept file of at least ``size`` bytes (else the
+        largest: the spare's thread zero-fills only the rest), or None."""
+        with self._lock:
+            if not self._files:
+                return None
+            big = [k for k, f in enumerate(self._files) if f[2] >= size]
+            k = big[0] if big else max(range(len(self._files)), key=lambda k: self._files[k][2])
+            bound, p, _ = self._files.pop(k)
+            self.taken += 1
+            return p, bound
+
+    def stats(self):
+        with self._lock:
+            return {"recycle_files": len(self._files),
+                    "recycle_bytes": sum(f[2] for f in self._files),
+                    "segments_recycled": self.offered}
 
 
 def frame_length(buf, off):
@@ -247,11 +378,13 @@ def nonzero_end(buf, start, size):
     return start
 
 
-def valid_record_after(buf, start, stop, size, group=0):
-    """Whether a whole, valid entry frame of ``group`` starts in ``[start, stop)`` (and
-    ends by ``size``). A torn write leaves only garbage after the tear; a valid record
-    after a bad one means damage. Only offsets where the group id and an entry frame type
-    sit at their header positions are tried, so this is quick even over a large region."""
+def valid_record_after(buf, start, stop, size, group=0, min_index=0):
+    """Whether a whole, valid entry frame of ``group`` with an index >= ``min_index``
+    starts in ``[start, stop)`` (and ends by ``size``). A torn write leaves only garbage
+    after the tear; a valid record of the segment after a bad one means damage (records of
+    a recycled file's previous use have lower indexes and do not count). Only offsets where
+    the group id and an entry frame type sit at their header positions are tried, and the
+    index is read before the CRC is checked, so this is quick even over a large region."""
     pat = re.compile(b"(?=" + re.escape(struct.pack("<I", group)) + b"[\x40\x41])")
     lo = start + 8
     region = buf[lo:min(stop + 13, size)]
@@ -260,7 +393,8 @@ def valid_record_after(buf, start, stop, size, group=0):
         if off < start or off >= stop:
             continue
         n = frame_length(buf, off)
-        if n is not None and codec.HEADER_SIZE <= n <= size - off:
+        if (n is not None and codec.HEADER_SIZE <= n <= size - off
+                and _U64.unpack_from(buf, off + 21)[0] >= min_index):
             try:
                 codec.decode_entry(buf[off:off + n])
                 return True

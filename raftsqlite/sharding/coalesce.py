@@ -38,6 +38,22 @@ for _name in dir(errors):
         _CODES.setdefault(_cls.code, _cls)
 
 
+_FROM_CODES = dict(_CODES, partial_write=errors.RaftSQLiteError)
+
+
+def error_from(status, body):
+    """An HTTP error answer (the one error body) -> the exception it stands for."""
+    try:
+        d = orjson.loads(body)
+        msg, code = d.get("error", ""), d.get("code", "error")
+    except (orjson.JSONDecodeError, AttributeError):
+        msg, code = body[:300].decode("utf-8", "replace"), "error"
+    cls = _FROM_CODES.get(code, errors.Unavailable)
+    if cls is errors.NotLeader:
+        cls = errors.LeaderNotFound
+    return cls(msg or f"HTTP {status}")
+
+
 def error_for(code, message):
     """An error code and message from an answer -> the exception it stands for."""
     cls = _CODES.get(code, errors.Unavailable)
@@ -118,10 +134,13 @@ class Coalescer:
     """``await call(group, kind, level, request) -> results`` (raises that request's
     error). ``send(group, kind, level, requests) -> [results | exception]`` does one
     network call for a list of requests; it may raise, and then every request of that
-    call gets the exception."""
+    call gets the exception. ``send_cb(group, kind, level, requests, done)``, when given,
+    is used instead: the same call in callback form (``done`` called once with the list
+    or one exception for all), so a call costs no task and no coroutine chain."""
 
-    def __init__(self, send, max_inflight=2, max_batch=256):
+    def __init__(self, send, max_inflight=2, max_batch=256, send_cb=None):
         self.send = send
+        self.send_cb = send_cb
         self.max_inflight = max_inflight
         self.max_batch = max_batch
         self._lanes = {}
@@ -150,7 +169,42 @@ class Coalescer:
             if not batch:
                 continue
             lane[1] += 1
-            asyncio.get_running_loop().create_task(self._send(key, lane, batch))
+            if self.send_cb is not None:
+                self._send_now(key, lane, batch)
+            else:
+                asyncio.get_running_loop().create_task(self._send(key, lane, batch))
+
+    def _send_now(self, key, lane, batch):
+        self.counts["sends"] += 1
+        if len(batch) > self.counts["max_batch"]:
+            self.counts["max_batch"] = len(batch)
+        once = [False]
+
+        def done(outs):
+            if once[0]:
+                return
+            once[0] = True
+            self._deliver(key, lane, batch, outs)
+        try:
+            self.send_cb(*key, [r for r, _ in batch], done)
+        except Exception as e:      # noqa: BLE001 - every caller of the call learns it
+            done(e)
+
+    def _deliver(self, key, lane, batch, outs):
+        try:
+            if isinstance(outs, BaseException):
+                outs = [outs] * len(batch)
+            for (_, fut), o in zip(batch, outs):
+                if fut.done():
+                    continue
+                if isinstance(o, BaseException):
+                    fut.set_exception(o)
+                else:
+                    fut.set_result(o)
+        finally:
+            lane[1] -= 1
+            if lane[0]:
+                self._flush(key, lane)
 
     async def _send(self, key, lane, batch):
         self.counts["sends"] += 1
@@ -189,10 +243,51 @@ class ShardCaller:
     coalesced per group. ``post(group, path, body: bytes) -> bytes`` sends to a member
     of the group and returns the body of a 200 answer (raising the error of any other)."""
 
-    def __init__(self, post, max_inflight=1, max_batch=256):
+    def __init__(self, post, max_inflight=1, max_batch=256, send=None):
         self.post = post
+        # send(group, path, body, done): ``post`` in callback form (done gets the body of
+        # a 200 answer or the exception post would raise); writes then use it
+        self.send = send
         self._paths = {}
-        self.coalescer = Coalescer(self._send, max_inflight, max_batch)
+        self.coalescer = Coalescer(self._send, max_inflight, max_batch,
+                                   send_cb=self._send_cb if send is not None else None)
+
+    def _path(self, kind, level):
+        path = self._paths.get((kind, level))
+        if path is None:
+            path = self._paths[(kind, level)] = f"/shard/call?kind={kind}&level={level}"
+        return path
+
+    def _send_cb(self, group, kind, level, requests, done):
+        """``_send`` in callback form: ``done`` gets one outcome per request (a refused
+        guard as its exception), or one exception for the whole call."""
+        body = encode_call(kind, requests)
+        n = len(requests)
+        if n == 1:
+            def got(res):
+                if isinstance(res, BaseException):
+                    done(res)
+                    return
+                try:
+                    out = [_refusal_or(load_results(res))]
+                except Exception as e:      # noqa: BLE001 - as _send raising it
+                    done(e)
+                    return
+                done(out)
+            self.send(group, self._path(kind, level), body, got)
+            return
+
+        def got_batch(res):
+            if isinstance(res, BaseException):
+                done(res)
+                return
+            try:
+                out = [_refusal_or(o) for o in decode_batch(res, n)]
+            except Exception as e:          # noqa: BLE001 - as _send raising it
+                done(e)
+                return
+            done(out)
+        self.send(group, self._path(kind, level) + "&batch=1", body, got_batch)
 
     def call(self, group, kind, statements, transaction=False, guard=None, level="weak",
              request_id=None):
@@ -216,9 +311,7 @@ class ShardCaller:
     async def _send(self, group, kind, level, requests):
         """One ``/shard/call``: one outcome per request, a refused guard as its exception."""
         body = encode_call(kind, requests)
-        path = self._paths.get((kind, level))
-        if path is None:
-            path = self._paths[(kind, level)] = f"/shard/call?kind={kind}&level={level}"
+        path = self._path(kind, level)
         if len(requests) == 1:
             return [_refusal_or(load_results(await self.post(group, path, body)))]
         return [_refusal_or(o) for o in
@@ -234,6 +327,36 @@ class RemoteExecutor:
 
     def __init__(self, post, **kw):
         self.caller = ShardCaller(post, **kw)
+        self.client = None
+
+    @classmethod
+    def over_http(cls, addrs, client=None, **kw):
+        """The executor of a router beside the application: every call goes over one
+        ``callclient.CallClient`` (``client``, or a new one) to ``addrs[group]``, an HTTP
+        address of a member of the group (its leader's saves a hop: a follower forwards
+        the call). Writes take the client's callback form (no task or coroutine per
+        call); reads and connects use ``post``. Create and use it on one event loop."""
+        from raftsqlite.sharding.callclient import CallClient
+        client = client or CallClient()
+
+        async def post(group, path, body):
+            r = await client.post(addrs[group], path, body)
+            if r.status != 200:
+                raise error_from(r.status, r.body)
+            return r.body
+
+        def send(group, path, body, done):
+            def got(r):
+                if isinstance(r, BaseException):
+                    done(r)
+                elif r.status != 200:
+                    done(error_from(r.status, r.body))
+                else:
+                    done(r.body)
+            client.send(addrs[group], path, body, got)
+        ex = cls(post, send=send, **kw)
+        ex.client = client
+        return ex
 
     def execute(self, group, statements, *, transaction=False, guard=None, request_id=None):
         return self.caller.call(group, "execute", statements, transaction, guard,
@@ -250,5 +373,5 @@ class RemoteExecutor:
 
 
 __all__ = ["Coalescer", "RemoteExecutor", "ShardCaller", "decode_batch", "dump_requests",
-           "dump_results", "encode_call", "error_for", "guard_refusal", "load_results",
+           "dump_results", "encode_call", "error_for", "error_from", "guard_refusal", "load_results",
            "outcome_doc", "request_for", "unb64"]

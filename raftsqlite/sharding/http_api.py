@@ -17,6 +17,7 @@ from raftsqlite.codec.model import CommandType, Statement
 from raftsqlite.db import quote_ident
 from raftsqlite.http import forward as fwd
 from raftsqlite.http import wire
+from raftsqlite.http.fastpath import FastRequest, json_ok
 from raftsqlite.http.params import QueryParams
 from raftsqlite.sharding import ops
 from raftsqlite.sharding.catalog import DEFAULT_GROUP
@@ -62,13 +63,32 @@ async def _default_read(svc, sql, params=None):
     return r.get("values") or []
 
 
+_CALL_PARAMS = {}    # query string -> its QueryParams (only read here); routers send a few
+
+
+def _call_params(qs):
+    p = _CALL_PARAMS.get(qs)
+    if p is None:
+        p = QueryParams(qs)
+        if len(_CALL_PARAMS) < 64:
+            _CALL_PARAMS[qs] = p
+    return p
+
+
+def _json_answer(request, body):
+    # the fast lane writes pre-rendered bytes; Sanic wants its response object
+    if type(request) is FastRequest:
+        return json_ok(body)
+    return HTTPResponse(body, content_type=wire.JSON_CT)
+
+
 async def shard_call(request):
     """POST /shard/call: one routed request (or a coalesced batch of them) with its
     guard. Also served by the HTTP fast lane (``http/fastpath.py``; registered by
     ``blueprint``), which passes a ``FastRequest``: read only ``app``, ``method``,
     ``path``, ``query_string``, ``headers.get`` and ``body`` here."""
     ctx = request.app.ctx
-    p = QueryParams(request.query_string)
+    p = _call_params(request.query_string)
     kind = p.raw.get("kind", "execute")
     try:
         cmd = decode_command(request.body or b"")
@@ -94,7 +114,7 @@ async def shard_call(request):
         res = await fwd.on_leader(request, p, lambda: run(cmd.requests[0]))
         if isinstance(res, HTTPResponse):
             return res
-        return HTTPResponse(dump_results(res["results"]), content_type=wire.JSON_CT)
+        return _json_answer(request, dump_results(res["results"]))
     if kind == "execute" and cmd.type != CommandType.QUERY:
         batch_fn = lambda: _execute_batch(st, cmd.requests)  # noqa: E731
     else:
@@ -102,7 +122,7 @@ async def shard_call(request):
     res = await fwd.on_leader(request, p, batch_fn)
     if isinstance(res, HTTPResponse):
         return res
-    return HTTPResponse(dump_requests(res), content_type=wire.JSON_CT)
+    return _json_answer(request, dump_requests(res))
 
 
 def blueprint():

@@ -29,33 +29,13 @@ from raftsqlite.codec.model import BulkStatements
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
-                                          guard_refusal, load_results, unb64)
+                                          error_from, guard_refusal, load_results, unb64)
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
 from raftsqlite.sharding.ownership import catalog_guard, is_catalog_guard, is_token_guard
 from raftsqlite.sharding.router import Router
 
 log = logging.getLogger("raftsqlite.sharding")
-
-_CODES = {}
-for _name in dir(errors):
-    _cls = getattr(errors, _name)
-    if isinstance(_cls, type) and issubclass(_cls, errors.RaftSQLiteError):
-        _CODES.setdefault(_cls.code, _cls)
-_CODES["partial_write"] = errors.RaftSQLiteError
-
-
-def error_from(status, body):
-    """An HTTP error answer -> the exception it stands for."""
-    try:
-        d = orjson.loads(body)
-        msg, code = d.get("error", ""), d.get("code", "error")
-    except (orjson.JSONDecodeError, AttributeError):
-        msg, code = body[:300].decode("utf-8", "replace"), "error"
-    cls = _CODES.get(code, errors.Unavailable)
-    if cls is errors.NotLeader:
-        cls = errors.LeaderNotFound
-    return cls(msg or f"HTTP {status}")
 
 
 class NodeGroupExecutor:

@@ -126,8 +126,9 @@ class NodeCluster:
     """``n`` raft-sqlite processes (``python -m raftsqlite``) on 127.0.0.1, each joining the
     first; every one started here is stopped here, by PID. Logs stay in ``workdir``."""
 
-    def __init__(self, n, workdir, cwd=ROOT):
+    def __init__(self, n, workdir, cwd=ROOT, extra_args=()):
         self.n, self.workdir, self.cwd = n, workdir, cwd
+        self.extra_args = list(extra_args)   # appended to every member's command line
         self.procs, self.http = [], []
 
     def start(self, timeout=60):
@@ -139,6 +140,7 @@ class NodeCluster:
                    "-raft", f"127.0.0.1:{free_port()}"]
             if first:
                 cmd += ["-join", first]
+            cmd += self.extra_args
             log = open(os.path.join(self.workdir, f"node{i + 1}.log"), "wb")
             self.procs.append(subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=log,
                                                preexec_fn=die_with_parent()))

@@ -255,3 +255,18 @@ def test_response_bytes_are_sanics_format(status, headers):
     ref.headers["connection"] = "keep-alive"
     ref.headers["alt-svc"] = ""
     assert fast == format_http1_response(status, ref.processed_headers) + body
+
+
+@pytest.mark.parametrize("body", [b"", b'{"results":[]}', b"x" * 70000])
+def test_json_ok_is_sanics_200_json_answer(body):
+    """Invariant: ``json_ok`` (a fast-lane handler's pre-rendered answer) gives exactly the
+    bytes Sanic's own header processing gives for a 200 JSON response of that body."""
+    from sanic.headers import format_http1_response
+    from sanic.response import HTTPResponse
+    from raftsqlite.http import wire
+    from raftsqlite.http.fastpath import json_ok
+    ref = HTTPResponse(body, content_type=wire.JSON_CT)
+    ref.headers["content-length"] = len(body)
+    ref.headers["connection"] = "keep-alive"
+    ref.headers["alt-svc"] = ""
+    assert json_ok(body) == format_http1_response(200, ref.processed_headers) + body

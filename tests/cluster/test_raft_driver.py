@@ -112,6 +112,27 @@ class Exploding(KVStateMachine):
         return super().apply(entries)
 
 
+def test_wait_applied(tmp_path):
+    """wait_applied returns True at once for an applied index, True as soon as a later
+    index is applied (never before: the state machine holds it when it returns), and
+    False when its timeout passes first."""
+    async def main():
+        node, fsm = await single(cfg(tmp_path))
+        first = await node.propose(b"a=1")
+        assert await node.wait_applied(first, 0.01)
+        assert not await node.wait_applied(node.applied_index + 1, 0.05)
+        target = node.applied_index + 3
+        waiter = asyncio.ensure_future(node.wait_applied(target, 5))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        for i in range(3):
+            node.propose_future(b"w%d=%d" % (i, i))
+        assert await waiter
+        assert node.applied_index >= target and fsm.data[b"w2"] == b"2"
+        await node.stop()
+    run(main())
+
+
 def test_raising_apply_fails_stop(tmp_path):
     """A state machine that raises stops the member: callers get Unavailable, never a
     hang, and nothing more is acknowledged."""
@@ -214,3 +235,12 @@ def test_heartbeats_flow_while_fsync_is_slow(tmp_path):
         assert lead.node.stats()["heartbeats_during_persist"] > 0
     finally:
         stop_group(group)
+
+
+def test_recycle_bytes_reaches_the_log(tmp_path):
+    """RaftConfig.recycle_bytes is what the member's log keeps for recycling; 0 turns
+    recycling off (compacted segments are deleted)."""
+    on = RaftNode(cfg(tmp_path / "a", recycle_bytes=5 << 20), KVStateMachine())
+    assert on.log._recycler is not None and on.log._recycler.max_bytes == 5 << 20
+    off = RaftNode(cfg(tmp_path / "b", recycle_bytes=0), KVStateMachine())
+    assert off.log._recycler is None

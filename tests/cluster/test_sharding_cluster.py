@@ -271,16 +271,19 @@ def test_node_router_learns_catalog_within_a_second(loaded):
     assert time.monotonic() - t0 < 1.5
 
 
-def test_coalesced_routed_writes_keep_their_own_outcomes(loaded):
+@pytest.mark.parametrize("lane", ["post", "over_http"])
+def test_coalesced_routed_writes_keep_their_own_outcomes(loaded, lane):
     """Invariant: concurrent routed inserts from one client-side router share /shard/call
     batches (batch=1), yet each client gets exactly its own result: its key as
     last_insert_id, its own error for a duplicate key, and after a stale catalog each
-    row lands once, on the shard that owns it."""
+    row lands once, on the shard that owns it. Both executor lanes: the awaited ``post``
+    and ``RemoteExecutor.over_http`` (writes over ``CallClient.send``, no task per call)."""
     cl, *_ = loaded
     d = cl.addrs["default"]
-    execute(d, [["CREATE TABLE burst (k INTEGER PRIMARY KEY, v TEXT)"]])
-    for path, body in (("/table/register", {"table_name": "burst", "shard_key": "k"}),
-                       ("/table/add-to-shard", {"table_name": "burst", "shard_id": "shard1"})):
+    table = f"burst_{lane}"
+    execute(d, [[f"CREATE TABLE {table} (k INTEGER PRIMARY KEY, v TEXT)"]])
+    for path, body in (("/table/register", {"table_name": table, "shard_key": "k"}),
+                       ("/table/add-to-shard", {"table_name": table, "shard_id": "shard1"})):
         st, res = http("POST", d, path, body)
         assert st == 200, res
     import urllib.request
@@ -292,8 +295,8 @@ def test_coalesced_routed_writes_keep_their_own_outcomes(loaded):
     from raftsqlite.sharding.router import Router
     from raftsqlite.sharding.service import error_from
     stale = urllib.request.urlopen(f"http://{d}/shard/catalog?after=-1").read()
-    for path, body in (("/table/add-to-shard", {"table_name": "burst", "shard_id": "shard2"}),
-                       ("/table/rebalance", {"table_name": "burst"})):
+    for path, body in (("/table/add-to-shard", {"table_name": table, "shard_id": "shard2"}),
+                       ("/table/rebalance", {"table_name": table})):
         st, res = http("POST", d, path, body)
         assert st == 200, res
     fresh = Catalog.from_bytes(urllib.request.urlopen(f"http://{d}/shard/catalog?after=-1").read())
@@ -311,15 +314,18 @@ def test_coalesced_routed_writes_keep_their_own_outcomes(loaded):
         async def fetch(after, timeout):
             r = await client.request("GET", d, f"/shard/catalog?after={after}&poll={timeout}")
             return r.body if r.status == 200 else None
-        ex = RemoteExecutor(post, max_inflight=1)
+        ex = (RemoteExecutor(post, max_inflight=1) if lane == "post" else
+              RemoteExecutor.over_http(dict(cl.addrs), max_inflight=1))
         router = Router(ex, CatalogCache(fetch=fetch, catalog=Catalog.from_bytes(stale)))
-        sql = "INSERT INTO burst (k, v) VALUES (?, ?)"
+        sql = f"INSERT INTO {table} (k, v) VALUES (?, ?)"
         try:
             res = await asyncio.wait_for(asyncio.gather(
                 *[router.execute([(sql, [k, f"v{k}"])]) for k in keys],
                 *[router.execute([(sql, [k, "dup"])]) for k in (3, 3)]), 60)
         finally:
             await client.close()
+            if ex.client is not None:
+                ex.client.close()
         return res, ex.stats(), router.counts
     res, stats, counts = asyncio.run(scenario())
     dup = res[len(keys):]
@@ -331,9 +337,9 @@ def test_coalesced_routed_writes_keep_their_own_outcomes(loaded):
     assert sum("error" in r[0] for r in dup + [[first[3]]]) == 2, (first[3], dup)
     assert stats["max_batch"] > 1, stats
     assert counts["moved_retries"] >= 1, counts
-    owners = {k: fresh.owner_of("burst", ks.key_id(k, "hash", "integer")) for k in keys}
+    owners = {k: fresh.owner_of(table, ks.key_id(k, "hash", "integer")) for k in keys}
     for s in ("shard1", "shard2"):
-        st, body = query(d, [["SELECT k, v FROM burst ORDER BY k"]], shard_id=s)
+        st, body = query(d, [[f"SELECT k, v FROM {table} ORDER BY k"]], shard_id=s)
         assert st == 200, body
         got = body["results"][0].get("values", [])
         assert [row[0] for row in got] == [k for k in keys if owners[k] == s], (s, got)

@@ -26,7 +26,7 @@ def test_defaults_valid_and_frozen():
     {"tick_interval": 0}, {"heartbeat_ticks": 10, "election_ticks": 10},
     {"max_inflight": 0}, {"segment_bytes": 0}, {"snapshot_threshold": -1},
     {"max_frame_bytes": 1000}, {"reconnect_min": 2.0, "reconnect_max": 1.0},
-    {"group_id": -1},
+    {"group_id": -1}, {"recycle_bytes": -1},
 ])
 def test_bad_values_refused(kw):
     """Each invalid value fails at construction with a ConfigError naming it."""

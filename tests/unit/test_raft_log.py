@@ -387,10 +387,11 @@ def test_appends_overwrite_preallocated_blocks_and_reopen(tmp_path):
     assert opened(tmp_path, segment_bytes=SEG).entries(1, 83) == ents + [mk(82, 2)]
 
 
-def test_sealed_spare_is_trimmed_and_untrimmed_zero_tail_accepted(tmp_path):
-    """A preallocated segment left behind by rotation gives back its zero tail; if a crash
-    came before that (a sealed segment with a zero tail) the log still opens intact, but a
-    non-zero byte inside that tail is corruption named by file and offset."""
+def test_sealed_spare_is_trimmed_and_untrimmed_tail_accepted(tmp_path):
+    """A preallocated segment left behind by rotation gives back its tail; if a crash came
+    before that, the log still opens intact whatever the tail holds (zeros, or a recycled
+    file's old bytes: here a stray byte), but a sealed segment that lost its last record is
+    a gap named by file and offset."""
     lg, ents = in_spare(tmp_path)
     i = 81
     while lg.stats()["segments_from_spare"] < 2:
@@ -413,14 +414,24 @@ def test_sealed_spare_is_trimmed_and_untrimmed_zero_tail_accepted(tmp_path):
     with open(sealed, "r+b") as f:
         f.seek(data_end + 5000)
         f.write(b"\x07")
-    with pytest.raises(StorageCorrupt) as ei:
+    lg3 = opened(tmp_path, segment_bytes=SEG)
+    assert lg3.entries(1, i) == ents and lg3.stats()["stale_tail_bytes"] > 0
+    last_off = lg3._segments[1].offsets[-1]
+    lg3.close()
+    with open(sealed, "r+b") as f:
+        f.seek(last_off + 40)
+        byte = f.read(1)
+        f.seek(last_off + 40)
+        f.write(bytes([byte[0] ^ 0x20]))
+    with pytest.raises(StorageCorrupt, match="log gap") as ei:
         opened(tmp_path, segment_bytes=SEG)
-    assert sealed in str(ei.value) and f"offset {data_end}" in str(ei.value)
+    assert sealed in str(ei.value) and f"offset {last_off}" in str(ei.value)
 
 
-def test_torn_record_in_preallocated_tail_zeroed(tmp_path):
-    """A record torn inside the zero-filled tail is cut off on open (its bytes zeroed, the
-    file keeps its blocks), earlier records survive, and the log keeps working."""
+def test_torn_record_in_preallocated_tail_ignored(tmp_path):
+    """A record torn inside the zero-filled tail is cut off on open (reported; its bytes
+    are left, the file keeps its blocks), earlier records survive, and the log keeps
+    working: the next append overwrites the torn bytes (and zeros to the end of the page)."""
     from raftsqlite import codec
     lg, ents = in_spare(tmp_path)
     end = lg._segments[-1].size
@@ -435,9 +446,6 @@ def test_torn_record_in_preallocated_tail_zeroed(tmp_path):
     assert lg2.last_index() == 80 and lg2.entries(1, 81) == ents
     assert lg2.stats()["truncated_tail_bytes"] == 200
     assert os.path.getsize(active) == size
-    with open(active, "rb") as f:
-        f.seek(end)
-        assert f.read(200) == b"\0" * 200
     lg2.persist(None, [mk(81, 2, 50)])
     lg2.close()
     lg3 = opened(tmp_path, segment_bytes=SEG)

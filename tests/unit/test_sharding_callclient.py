@@ -127,3 +127,89 @@ def test_answer_split_across_reads_and_unsupported_shapes():
             c.close()
             srv.close()
     asyncio.run(main())
+
+
+def _send(c, addr, path, body, timeout=None):
+    """``CallClient.send`` as an awaitable of what ``done`` got."""
+    fut = asyncio.get_running_loop().create_future()
+    c.send(addr, path, body, lambda r: fut.done() or fut.set_result(r), timeout=timeout)
+    return fut
+
+
+def test_send_callback_form_answers_and_fails_like_post():
+    """Invariant: ``send`` hands ``done`` exactly what ``post`` returns or raises: each
+    request its own status and body over reused connections (none reused after a
+    failure), Unavailable when the connection drops, Timeout when no answer comes in
+    time (one timer for all requests, not one each), Unreachable when nothing listens."""
+    async def main():
+        mode = {"m": "ok"}
+        calls = []
+
+        async def h(head, body, w):
+            calls.append(body)
+            if mode["m"] == "drop":
+                return "close"
+            if mode["m"] == "hang":
+                await asyncio.sleep(1.0)
+            _answer(w, 200 if body != b"bad" else 409, b"echo:" + body)
+        srv, addr = await _server(h)
+        c = CallClient(timeout=5)
+        try:
+            outs = [await _send(c, addr, "/shard/call?n=%d" % i, b"x%d" % i) for i in range(4)]
+            assert [(r.status, r.body) for r in outs] == [(200, b"echo:x%d" % i) for i in range(4)]
+            assert outs[0].headers.get("X-RQLITE-SERVED-BY") == "me"
+            assert c.stats()["connects"] == 1 and c.stats()["requests"] == 4
+            r = await _send(c, addr, "/p", b"bad")
+            assert (r.status, r.body) == (409, b"echo:bad")
+            many = await asyncio.gather(*[_send(c, addr, "/p", b"m%d" % i) for i in range(6)])
+            assert [m.body for m in many] == [b"echo:m%d" % i for i in range(6)]
+            mode["m"] = "drop"
+            assert isinstance(await _send(c, addr, "/p", b"a"), errors.Unavailable)
+            mode["m"] = "hang"
+            t0 = asyncio.get_running_loop().time()
+            res = await asyncio.wait_for(_send(c, addr, "/p", b"slow", timeout=0.2), 3)
+            assert isinstance(res, errors.Timeout)
+            assert asyncio.get_running_loop().time() - t0 < 0.9
+            mode["m"] = "ok"
+            assert (await _send(c, addr, "/p", b"again")).body == b"echo:again"
+            # the dropped and the timed-out connections were closed, never pooled again
+            assert all(not cn.closed for cn, _ in c._idle[addr])
+            assert not c._busy
+            assert c.stats()["failures"] == 2
+            port = int(addr.rsplit(":", 1)[1])
+        finally:
+            c.close()
+            srv.close()
+            await srv.wait_closed()
+        res = await _send(CallClient(timeout=2), f"127.0.0.1:{port}", "/p", b"a")
+        assert isinstance(res, errors.Unreachable)
+    asyncio.run(main())
+
+
+def test_node_answer_head_parses_as_the_general_parse_does():
+    """Invariant: the one-step parse of our nodes' usual answer head gives the same
+    status, headers and length as the general parse; any other head (another status,
+    an extra header) is left to the general parse."""
+    from sanic.response import HTTPResponse
+
+    from raftsqlite.http import fastpath, wire
+    from raftsqlite.sharding import callclient as cc
+
+    def general(head):
+        saved = cc._OK_HEAD
+        cc._OK_HEAD = b"\x00never"
+        try:
+            return cc._parse_head(head)
+        finally:
+            cc._OK_HEAD = saved
+    for status, body, headers in ((200, b'{"results":[]}', None), (200, b"x" * 12345, None),
+                                  (409, b'{"error":"moved"}', None),
+                                  (200, b"{}", {"X-RQLITE-SERVED-BY": "n1"})):
+        raw = fastpath.response_bytes(HTTPResponse(body, status=status, headers=headers,
+                                                   content_type=wire.JSON_CT))
+        head = raw[:raw.index(b"\r\n\r\n")]
+        st, h, n = cc._parse_head(head)
+        assert (st, dict(h), n) == (lambda g: (g[0], dict(g[1]), g[2]))(general(head))
+        assert n == len(body) and st == status
+        if headers:
+            assert h.get("x-rqlite-served-by") == "n1"
