@@ -17,6 +17,7 @@ same bytes Sanic would send (tests/api/test_fastpath.py compares them).
 """
 from time import monotonic
 
+from sanic.exceptions import RequestTimeout
 from sanic.headers import format_http1_response
 from sanic.helpers import STATUS_CODES
 from sanic.http import Stage
@@ -152,12 +153,13 @@ def response_bytes(res):
 class FastHttpProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol with the fast lane in front (see the module doc)."""
 
-    __slots__ = ("_fast_busy", "_fast_held")
+    __slots__ = ("_fast_busy", "_fast_held", "_fast_waiting")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._fast_busy = False
         self._fast_held = None
+        self._fast_waiting = False
 
     def data_received(self, data):
         if trace.ON:
@@ -213,6 +215,34 @@ class FastHttpProtocol(HttpProtocol):
         held, self._fast_held = self._fast_held, None
         if held and self.transport is not None and not self.transport.is_closing():
             self.data_received(bytes(held))
+
+    async def receive_more(self):
+        self._fast_waiting = True
+        try:
+            await super().receive_more()
+        finally:
+            self._fast_waiting = False
+
+    def check_timeouts(self):
+        # Sanic bounds the wait for a request's head by REQUEST_TIMEOUT, but once the head
+        # is in, the request is in the HANDLER stage, timed by RESPONSE_TIMEOUT (an hour,
+        # for long loads and backups), even while it only waits for body bytes. So a
+        # client that announced a body (or a chunked body's last CRLF) and stopped
+        # sending held a connection and a task for an hour (found by the HTTP fuzzer).
+        # Silence of REQUEST_TIMEOUT seconds while the request waits for the client's
+        # bytes is answered 408, like a stalled head; a slow handler is not affected.
+        http = getattr(self, "_http", None)
+        if (self._fast_waiting and self._task is not None and http is not None
+                and http.stage is Stage.HANDLER
+                and monotonic() - self._time > self.request_timeout):
+            http.exception = RequestTimeout(
+                f"request body incomplete: no bytes arrived for {self.request_timeout:g} s")
+            # Nothing more of this body is awaited after the 408: Sanic would otherwise
+            # wait for the rest to drain it before closing the connection.
+            http.request_body = None
+            self._task.cancel()
+            return
+        super().check_timeouts()
 
     def _write_response(self, res):
         tr = self.transport
