@@ -211,21 +211,15 @@ class Coalescer:
         if len(batch) > self.counts["max_batch"]:
             self.counts["max_batch"] = len(batch)
         try:
-            try:
-                outs = await self.send(*key, [r for r, _ in batch])
-            except Exception as e:      # noqa: BLE001 - every caller of the call learns it
-                outs = [e] * len(batch)
-            for (_, fut), o in zip(batch, outs):
-                if fut.done():
-                    continue
-                if isinstance(o, BaseException):
-                    fut.set_exception(o)
-                else:
-                    fut.set_result(o)
-        finally:
-            lane[1] -= 1
+            outs = await self.send(*key, [r for r, _ in batch])
+        except Exception as e:      # noqa: BLE001 - every caller of the call learns it
+            outs = e
+        except BaseException:
+            lane[1] -= 1            # cancelled: free the lane as before, answer no one
             if lane[0]:
                 self._flush(key, lane)
+            raise
+        self._deliver(key, lane, batch, outs)
 
     def stats(self):
         c = dict(self.counts)
