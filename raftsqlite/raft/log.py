@@ -26,7 +26,7 @@ import time
 
 from raftsqlite import codec
 from raftsqlite.codec.model import SnapshotMeta
-from raftsqlite.raft import trace
+from raftsqlite.raft import slowdisk, trace
 from raftsqlite.raft.logopen import (  # noqa: F401 (the codecs and names: API)
     INDEX_MIN_BYTES, RECYCLE_DIR, SEG_SUFFIX, SPARE_NAME, RecoveryMixin, _Segment,
     decode_hard_state, decode_snapshot_meta, encode_hard_state, encode_snapshot_meta)
@@ -125,6 +125,8 @@ class RaftLog(RecoveryMixin):
                        "segments_indexed_at_open": 0, "segments_scanned_at_open": 0,
                        "segments_indexed": 0, "stale_tail_bytes": 0}
         self._opened = False
+        # Test-only slow-disk hook (None unless RAFTSQLITE_TEST_SLOW_FSYNC is set).
+        self._slow = slowdisk.from_env(data_dir)
 
     # ---- start-up ---------------------------------------------------------------------
 
@@ -387,6 +389,8 @@ class RaftLog(RecoveryMixin):
         if self.fsync and (b.blob or b.truncate is not None):
             if trace.ON:
                 trace.mark("w_fs")
+            if self._slow is not None:
+                self._slow.delay()
             os.fdatasync(b.segment.fd if b.segment is not None else b.truncate[0].fd)
             self._stats["fsyncs"] += 1
             if trace.ON:
@@ -604,4 +608,6 @@ class RaftLog(RecoveryMixin):
                                             if self._segments else 0))
         if self._recycler is not None:
             s.update(self._recycler.stats())
+        if self._slow is not None:
+            s.update(self._slow.stats())
         return s

@@ -142,12 +142,19 @@ class LocalCluster:
         self.net = network or FaultNetwork(seed=seed)
         self.members: dict[str, Member] = {}
         self.session: aiohttp.ClientSession | None = None
-        self.counters = {"starts": 0, "kills": 0, "pauses": 0, "restarts_all": 0}
+        self.counters = {"starts": 0, "kills": 0, "pauses": 0, "restarts_all": 0,
+                         "members_added": 0, "members_removed": 0, "members_readded": 0}
+        self.prefix = prefix
+        #: Members removed from the group (stopped; kept for their logs and stats).
+        self.retired: list[Member] = []
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         for i in range(size):
-            mid = f"{prefix}{i + 1}"
-            self.members[mid] = Member(mid, free_port(), free_port(),
-                                       self.workdir / mid, self.workdir / "logs" / f"{mid}.log")
+            self._new_member(f"{prefix}{i + 1}")
+
+    def _new_member(self, mid: str) -> Member:
+        m = self.members[mid] = Member(mid, free_port(), free_port(), self.workdir / mid,
+                                       self.workdir / "logs" / f"{mid}.log")
+        return m
 
     # -- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> "LocalCluster":
@@ -264,6 +271,8 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop every member by PID (SIGTERM, then SIGKILL), then the proxies."""
+        for m in self.retired:
+            self.kill(m)
         for m in self.members.values():
             if m.alive:
                 try:
@@ -293,6 +302,115 @@ class LocalCluster:
         """Remove the work directory if the harness created it."""
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- membership ----------------------------------------------------------------------
+    async def node_ids(self, via: Member, timeout: float = 3.0) -> set[str] | None:
+        """The voters ``via`` lists in ``/nodes`` (None if it did not answer)."""
+        if not via.available or self.session is None:
+            return None
+        try:
+            async with self.session.get(f"{via.url}/nodes?ver=2",
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                doc = await r.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        nodes = doc.get("nodes", doc) if isinstance(doc, dict) else doc
+        if isinstance(nodes, dict):
+            nodes = [dict(v, id=k) for k, v in nodes.items()]
+        if not isinstance(nodes, list):
+            return None
+        return {n.get("id") for n in nodes if isinstance(n, dict) and n.get("voter", True)}
+
+    async def remove_member(self, m: Member, timeout: float = 30.0) -> dict:
+        """``DELETE /remove`` of ``m`` through the other members (retried: an answer lost
+        to a fault leaves the outcome unknown) until the leader no longer lists it;
+        then ``m`` is stopped (kill -9) and retired. -> {"attempts", "seconds"}."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        attempts = 0
+        others = [o for o in self.members.values() if o.id != m.id]
+        while True:
+            leader = await self.current_leader()
+            if leader is not None and leader.id != m.id:
+                ids = await self.node_ids(leader)
+                if ids is not None and m.id not in ids:
+                    break
+            via = [o for o in others if o.available] or others
+            o = via[attempts % len(via)]
+            attempts += 1
+            try:
+                async with self.session.delete(
+                        f"{o.url}/remove", data=f'{{"id": "{m.id}"}}',
+                        headers={"Content-Type": "application/json"},
+                        timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise errors.Timeout(f"{m.id} still a member {timeout}s after DELETE /remove "
+                                     f"(logs in {self.workdir / 'logs'})")
+            await asyncio.sleep(0.2)
+        self.kill(m)
+        del self.members[m.id]
+        self.retired.append(m)
+        self.counters["members_removed"] += 1
+        return {"attempts": attempts, "seconds": round(time.monotonic() - t0, 2)}
+
+    async def _join(self, m: Member, timeout: float) -> None:
+        m.join = [o.http_addr for o in self.members.values() if o.id != m.id and o.available]
+        m.starts = 0
+        if self.proxy:
+            m.raft_proxy = m.raft_proxy or await self.net.add_proxy(m.id, m.raft_port,
+                                                                    kind="raft")
+            if self.proxy_http:
+                m.http_proxy = m.http_proxy or await self.net.add_proxy(m.id, m.http_port,
+                                                                        kind="http")
+        await self.start_new_member(m)
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = await self.current_leader()
+            ids = await self.node_ids(leader) if leader is not None else None
+            if ids is not None and m.id in ids:
+                return
+            if time.monotonic() > deadline:
+                raise errors.Timeout(f"{m.id} not a voter {timeout}s after its -join "
+                                     f"(logs in {self.workdir / 'logs'})")
+            await asyncio.sleep(0.2)
+
+    async def add_member(self, timeout: float = 30.0) -> Member:
+        """A fresh member (new id, ports, empty data directory) joins with ``-join``
+        through the current members; returns once the leader lists it as a voter."""
+        n = len(self.members) + len(self.retired) + 1
+        while f"{self.prefix}{n}" in self.members or any(r.id == f"{self.prefix}{n}"
+                                                         for r in self.retired):
+            n += 1
+        m = self._new_member(f"{self.prefix}{n}")
+        await self._join(m, timeout)
+        self.counters["members_added"] += 1
+        return m
+
+    async def readd_member(self, m: Member, timeout: float = 30.0) -> Member:
+        """Bring a removed member back under its old id with a wiped data directory
+        (a replaced machine), joining with ``-join``."""
+        self.retired.remove(m)
+        shutil.rmtree(m.data_dir, ignore_errors=True)
+        self.members[m.id] = m
+        await self._join(m, timeout)
+        self.counters["members_readded"] += 1
+        return m
+
+    async def transfer_leadership(self, to: Member | None, via: Member) -> int | None:
+        """``POST /leader`` (to ``to``, or to any member when None) through ``via``;
+        returns the HTTP status (None if there was no answer)."""
+        body = f'{{"id": "{to.id}"}}' if to is not None else "{}"
+        try:
+            async with self.session.post(f"{via.url}/leader", data=body,
+                                         headers={"Content-Type": "application/json"},
+                                         timeout=aiohttp.ClientTimeout(total=5)) as r:
+                await r.read()
+                return r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
 
     # -- faults --------------------------------------------------------------------------
     def kill(self, m: Member) -> None:
@@ -386,7 +504,7 @@ class LocalCluster:
                 claims.append(m.id)
             if lid:
                 votes[lid] = votes.get(lid, 0) + 1
-        quorum = quorum or self.size // 2 + 1
+        quorum = quorum or len(self.members) // 2 + 1
         for mid in claims:
             if max(votes.get(mid, 0), 1) >= quorum:
                 return self.members[mid]
@@ -453,4 +571,5 @@ class LocalCluster:
                                                      "paused": m.paused, "starts": m.starts,
                                                      "http": m.http_addr, "raft_adv": m.raft_adv}
                                               for m in self.members.values()},
+                "retired": [m.id for m in self.retired],
                 "network": self.net.stats()}

@@ -38,6 +38,24 @@ from .workloads import (SHARDED_WORKLOADS, WORKLOADS, NodeClient, member_checksu
 #: Every fault the nemesis knows. "Leader" faults find the current leader first.
 FAULTS = ("kill", "kill_leader", "pause", "pause_leader", "isolate_leader", "partition",
           "bridge", "one_way_leader", "delay", "drop", "restart_all")
+#: Membership changes (group topology only): a follower removed (``DELETE /remove``) and
+#: a fresh member joined (``-join``); the leader removed and re-added under its id with a
+#: wiped data directory; leadership handed to another member (``POST /leader``).
+MEMBERSHIP_FAULTS = ("replace_member", "readd_leader", "transfer_leader")
+#: A slow disk: one member's (or the leader's) log fdatasync delayed by tens to hundreds
+#: of ms, through the test-only hook :mod:`raftsqlite.raft.slowdisk`.
+DISK_FAULTS = ("slow_fsync", "slow_fsync_leader")
+ALL_FAULTS = FAULTS + MEMBERSHIP_FAULTS + DISK_FAULTS
+#: Control file name (in each member's data directory) for the slow-disk hook.
+SLOW_FSYNC_FILE = "test_slow_fsync"
+
+
+def slow_fsync_path(m) -> Path:
+    """A member's slow-disk control file: relative paths are taken in the Raft log's data
+    directory, which is ``raft/`` inside the node's ``-data``."""
+    return m.data_dir / "raft" / SLOW_FSYNC_FILE
+
+
 #: Faults after which the time to the next acknowledged write is measured.
 LEADER_FAULTS = ("kill_leader", "pause_leader", "isolate_leader", "one_way_leader",
                  "restart_all")
@@ -49,10 +67,10 @@ class Nemesis:
 
     def __init__(self, cluster: LocalCluster, history: History, rng: random.Random,
                  kinds=FAULTS, hold=(2.0, 4.0), quiet=(1.0, 3.0)):
-        unknown = set(kinds) - set(FAULTS)
+        unknown = set(kinds) - set(ALL_FAULTS)
         if unknown:
             raise errors.ConfigError(f"unknown fault kinds {sorted(unknown)}; "
-                                     f"known: {', '.join(FAULTS)}")
+                                     f"known: {', '.join(ALL_FAULTS)}")
         self.cluster = cluster
         self.history = history
         self.rng = rng
@@ -62,6 +80,8 @@ class Nemesis:
         self.counts: dict[str, int] = {}
         self.restart_failures: list[str] = []
         self.failed_members: set[str] = set()
+        self.membership_failures: list[str] = []
+        self.slowed: list = []          # members whose slow-disk control file is set
 
     def _ids(self) -> list[str]:
         return sorted(self.cluster.members)
@@ -84,6 +104,25 @@ class Nemesis:
 
     async def _inject(self, kind: str) -> dict:
         c, ids = self.cluster, self._ids()
+        if kind in MEMBERSHIP_FAULTS:
+            try:
+                return await self._membership(kind)
+            except errors.RaftSQLiteError as e:
+                # Faults are healed before the next one, so a membership change that
+                # cannot complete on a healthy network is an availability bug.
+                self.membership_failures.append(f"{kind}: {e}"[:2000])
+                self.history.event("membership_failed", error=str(e)[:2000])
+                return {"failed": str(e)[:300]}
+        if kind in DISK_FAULTS:
+            if kind == "slow_fsync":
+                m, was_leader = c.members[self.rng.choice(ids)], None
+            else:
+                m, was_leader = await self._leader_or_random()
+            lo = self.rng.choice((20, 50, 100))
+            hi = lo * self.rng.choice((2, 4))
+            slow_fsync_path(m).write_text(f"{lo} {hi}\n")
+            self.slowed.append(m)
+            return {"member": m.id, "ms": [lo, hi], "was_leader": was_leader}
         if kind in ("kill", "pause"):
             m = c.members[self.rng.choice(ids)]
             (c.kill if kind == "kill" else c.pause)(m)
@@ -129,7 +168,54 @@ class Nemesis:
             return {"members": ids}
         raise errors.ConfigError(f"unknown fault {kind!r}")
 
+    async def _membership(self, kind: str) -> dict:
+        c = self.cluster
+        leader = await c.wait_for_leader(30)
+        if kind == "transfer_leader":
+            others = [m for m in c.members.values() if m.id != leader.id]
+            to = self.rng.choice(others + [None])       # None: the leader picks
+            via = c.members[self.rng.choice(self._ids())]
+            status = await c.transfer_leadership(to, via)
+            # Observable effect: another member leads (polled, bounded).
+            new = None
+            deadline = asyncio.get_running_loop().time() + 10
+            while asyncio.get_running_loop().time() < deadline:
+                new = await c.current_leader()
+                if new is not None and new.id != leader.id:
+                    break
+                await asyncio.sleep(0.1)
+            return {"from": leader.id, "to": to.id if to else None, "via": via.id,
+                    "status": status, "new_leader": new.id if new else None,
+                    "moved": new is not None and new.id != leader.id}
+        if kind == "replace_member":
+            victim = self.rng.choice([m for m in c.members.values() if m.id != leader.id])
+            removed = await c.remove_member(victim)
+            added = await c.add_member()
+            return {"removed": victim.id, "added": added.id, "remove": removed,
+                    "members": self._ids()}
+        # readd_leader
+        removed = await c.remove_member(leader)
+        await c.readd_member(leader)
+        return {"member": leader.id, "was_leader": True, "remove": removed,
+                "members": self._ids()}
+
+    def _clear_slow(self) -> None:
+        for m in self.slowed:
+            try:
+                slow_fsync_path(m).unlink()
+            except FileNotFoundError:
+                pass
+        self.slowed.clear()
+
     async def heal(self, timeout: float = 60.0) -> None:
+        for m in self.slowed:
+            # Evidence the hook really slowed the member (its process-lifetime counters).
+            doc = await self.cluster.status(m)
+            lg = ((doc or {}).get("raft") or {}).get("log") or {}   # RaftNode.stats()
+            self.history.event("slow_fsync_observed", member=m.id,
+                               delays=lg.get("test_slow_fsync_delays"),
+                               max_ms=lg.get("test_slow_fsync_max_ms"))
+        self._clear_slow()
         try:
             await asyncio.wait_for(self.cluster.heal(), timeout)
         except (NodeCannotStart, asyncio.TimeoutError) as e:
@@ -155,7 +241,8 @@ def unavailability(history: History, write_fs, kinds=LEADER_FAULTS, ops=None) ->
     """For each leader fault in ``history.events``: seconds from the fault to the first
     acknowledged write (of ``ops``, default the history's own) invoked after it (a lower
     bound, flagged, when none came before the next fault)."""
-    faults = [e for e in history.events if e.kind not in ("heal", "restart_failed")]
+    faults = [e for e in history.events if e.kind not in ("heal", "restart_failed", "membership_failed",
+                                                            "slow_fsync_observed")]
     writes = sorted((op for op in (history.ops if ops is None else ops)
                      if op.f in write_fs and op.ok), key=lambda o: o.complete)
     end = history.now()
@@ -171,6 +258,36 @@ def unavailability(history: History, write_fs, kinds=LEADER_FAULTS, ops=None) ->
                     "recovered": first is not None,
                     # a "leader" fault that found no leader hit a random member
                     "was_leader": e.detail.get("was_leader", True)})
+    return out
+
+
+def fault_effects(history: History, write_fs, ops) -> dict:
+    """What the membership and slow-disk faults observably did: member sets changed,
+    leadership moved, fsyncs delayed, and the acknowledged writes that completed while a
+    member's disk was slow (a slow follower must not stop the group)."""
+    ev = history.events
+    writes = sorted((op.complete for op in ops if op.f in write_fs and op.ok))
+    out = {"members_replaced": 0, "leaders_readded": 0, "transfers": 0,
+           "transfers_moved": 0, "slow": []}
+    for i, e in enumerate(ev):
+        d = e.detail
+        if e.kind == "replace_member" and "failed" not in d:
+            out["members_replaced"] += 1
+        elif e.kind == "readd_leader" and "failed" not in d:
+            out["leaders_readded"] += 1
+        elif e.kind == "transfer_leader":
+            out["transfers"] += 1
+            out["transfers_moved"] += bool(d.get("moved"))
+        elif e.kind in DISK_FAULTS:
+            end = next((x for x in ev[i + 1:] if x.kind == "heal"), None)
+            t1 = end.time if end else history.now()
+            seen = next((x.detail for x in ev[i + 1:] if x.kind == "slow_fsync_observed"
+                         and x.detail.get("member") == d.get("member")), {})
+            out["slow"].append({
+                "kind": e.kind, "member": d.get("member"), "was_leader": d.get("was_leader"),
+                "ms": d.get("ms"), "seconds": round(t1 - e.time, 2),
+                "acked_writes": sum(1 for t in writes if e.time <= t <= t1),
+                "delays": seen.get("delays"), "max_ms": seen.get("max_ms")})
     return out
 
 
@@ -210,10 +327,14 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
     for w in workloads:
         if w not in WORKLOADS:
             raise errors.ConfigError(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
-    bad = set(faults) - set(FAULTS)
+    bad = set(faults) - set(ALL_FAULTS)
     if bad or not faults:
-        raise errors.ConfigError(f"unknown fault kinds {sorted(bad)}; known: {', '.join(FAULTS)}"
+        raise errors.ConfigError(f"unknown fault kinds {sorted(bad)}; "
+                                 f"known: {', '.join(ALL_FAULTS)}"
                                  if bad else "no fault kinds given")
+    group_only = set(faults) & set(MEMBERSHIP_FAULTS + DISK_FAULTS)
+    if sharded and group_only:
+        raise errors.ConfigError(f"faults {sorted(group_only)} need --topology group")
     if duration <= 0 or members < 1 or clients < 1:
         raise errors.ConfigError("duration, members and clients must be positive")
     out = Path(out or tempfile.mkdtemp(prefix=f"raftsqlite-nemesis-{'-'.join(workloads)}-"))
@@ -241,8 +362,12 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
         nemesis = ShardedNemesis(cluster, history, random.Random(rng.random()), faults,
                                  hold, quiet)
     else:
+        env = {}
+        if set(faults) & set(DISK_FAULTS):
+            from raftsqlite.raft.slowdisk import ENV
+            env[ENV] = SLOW_FSYNC_FILE        # relative: inside each member's data dir
         cluster = LocalCluster(members, out / "cluster", seed=rng.random(),
-                               extra_args=extra_args)
+                               extra_args=extra_args, env=env)
         nemesis = Nemesis(cluster, history, random.Random(rng.random()), faults, hold, quiet)
     summary: dict = {"seed": seed, "workloads": list(workloads), "topology": topology,
                      "duration_s": duration,
@@ -277,12 +402,12 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
                                                     max(30.0, deadline - loop.time()))
             rebalancer = asyncio.ensure_future(rebalance_all())
         client_rng = random.Random(rng.random())
-        ids = sorted(cluster.members)
 
         async def client_loop(proc: int, w) -> None:
             n = 0
             while loop.time() < deadline and n < max_ops:
-                m = cluster.members[client_rng.choice(ids)]
+                # The member set changes under membership faults.
+                m = cluster.members[client_rng.choice(sorted(cluster.members))]
                 op = await w.op(proc, NodeClient(session, m.id, m.http_addr, client_timeout))
                 n += 1
                 if not op.ok:        # back off a little from a member that is down
@@ -384,7 +509,8 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
             failed=sum(o.outcome == "failed" for o in ops),
             unknown=sum(o.outcome == "unknown" for o in ops))
     summary.update(
-        valid=s["valid"] and not nemesis.restart_failures and not stuck,
+        valid=(s["valid"] and not nemesis.restart_failures and not stuck
+               and not getattr(nemesis, "membership_failures", None)),
         acked_ops=sum(1 for op in all_ops if op.ok),
         ops={k: sum(h.counts()[k] for h in histories.values())
              for k in ("ok", "failed", "unknown", "pending")},
@@ -395,6 +521,8 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
         rebalance_stuck=stuck,
         inconclusive=s["inconclusive"],
         restart_failures=nemesis.restart_failures,
+        membership_failures=getattr(nemesis, "membership_failures", []),
+        fault_effects=fault_effects(history, writes, all_ops),
         max_unavailable_s=max(kill_unav) if kill_unav else None,
         unavailability=unav,
         per_workload=per_workload)
@@ -439,6 +567,17 @@ def format_summary(s: dict) -> str:
             f"{k} {v}" for k, v in s["faults_by_group"].items()))
     for mid, st in sorted(s.get("members_final", {}).items()):
         lines.append(f"  {mid}: " + ", ".join(f"{k} {v}" for k, v in st.items()))
+    fx = s.get("fault_effects") or {}
+    if fx.get("members_replaced") or fx.get("leaders_readded") or fx.get("transfers"):
+        lines.append(f"  membership: {fx['members_replaced']} members replaced, "
+                     f"{fx['leaders_readded']} leaders removed and re-added, "
+                     f"{fx['transfers_moved']}/{fx['transfers']} transfers moved leadership")
+    for w in fx.get("slow", []):
+        lines.append(f"  slow disk on {w['member']}{' (leader)' if w['was_leader'] else ''} "
+                     f"{w['ms']} ms for {w['seconds']}s: {w['delays']} delayed fsyncs "
+                     f"(max {w['max_ms']} ms), {w['acked_writes']} writes acknowledged")
+    for f in s.get("membership_failures", []):
+        lines.append(f"  MEMBERSHIP CHANGE FAILED: {f.splitlines()[0][:300]}")
     for f in s.get("restart_failures", []):
         tail = [ln for ln in f.splitlines() if ln.strip()]
         lines.append(f"  RESTART FAILED: {tail[0][:200]}")
@@ -473,7 +612,9 @@ def main(argv=None) -> int:
     p.add_argument("--members", type=int, default=3,
                    help="members of the group (sharded: of each of the 3 groups)")
     p.add_argument("--clients", type=int, default=None, help="default: 6 per workload")
-    p.add_argument("--faults", default=",".join(FAULTS), help="comma-separated fault kinds")
+    p.add_argument("--faults", default=",".join(FAULTS),
+                   help=f"comma-separated fault kinds, or 'all' (group topology: adds "
+                        f"{', '.join(MEMBERSHIP_FAULTS + DISK_FAULTS)})")
     p.add_argument("--client-timeout", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=2.0,
                    help="seconds of load before the first fault")
@@ -500,7 +641,8 @@ def main(argv=None) -> int:
         node_args += snapshot_args(a.snapshot_threshold)
     try:
         s = asyncio.run(run(names, a.duration, seed, a.members, clients, a.out,
-                            tuple(x for x in a.faults.split(",") if x), a.client_timeout,
+                            ALL_FAULTS if a.faults == "all"
+                            else tuple(x for x in a.faults.split(",") if x), a.client_timeout,
                             extra_args=node_args, topology=a.topology,
                             unsafe_read_level=a.unsafe_read_level, warmup=a.warmup,
                             log=lambda m: print(m, file=sys.stderr, flush=True)))
