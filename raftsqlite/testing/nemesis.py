@@ -86,6 +86,8 @@ class Nemesis:
         self.failed_members: set[str] = set()
         self.membership_failures: list[str] = []
         self.slowed: list = []          # members whose slow-disk control file is set
+        self._slow_before: dict = {}    # their delay counters when it was set
+        self._slow_max: dict = {}
 
     def _ids(self) -> list[str]:
         return sorted(self.cluster.members)
@@ -122,6 +124,7 @@ class Nemesis:
                 m, was_leader = c.members[self.rng.choice(ids)], None
             else:
                 m, was_leader = await self._leader_or_random()
+            self._slow_before[m.id] = await self._slow_delays(m)
             lo = self.rng.choice((20, 50, 100))
             hi = lo * self.rng.choice((2, 4))
             slow_fsync_path(m).write_text(f"{lo} {hi}\n")
@@ -203,6 +206,14 @@ class Nemesis:
         return {"member": leader.id, "was_leader": True, "remove": removed,
                 "members": self._ids()}
 
+    async def _slow_delays(self, m) -> int | None:
+        """The member's count of delayed fsyncs (process lifetime; None: no answer)."""
+        doc = await self.cluster.status(m)
+        lg = ((doc or {}).get("raft") or {}).get("log") or {}   # RaftNode.stats()
+        if "test_slow_fsync_max_ms" in lg:
+            self._slow_max[m.id] = lg["test_slow_fsync_max_ms"]
+        return lg.get("test_slow_fsync_delays")
+
     def _clear_slow(self) -> None:
         for m in self.slowed:
             try:
@@ -213,12 +224,12 @@ class Nemesis:
 
     async def heal(self, timeout: float = 60.0) -> None:
         for m in self.slowed:
-            # Evidence the hook really slowed the member (its process-lifetime counters).
-            doc = await self.cluster.status(m)
-            lg = ((doc or {}).get("raft") or {}).get("log") or {}   # RaftNode.stats()
+            # Evidence the hook really slowed the member during this window.
+            after = await self._slow_delays(m)
+            before = self._slow_before.pop(m.id, None)
             self.history.event("slow_fsync_observed", member=m.id,
-                               delays=lg.get("test_slow_fsync_delays"),
-                               max_ms=lg.get("test_slow_fsync_max_ms"))
+                               delays=None if after is None else after - (before or 0),
+                               max_ms=self._slow_max.get(m.id))
         self._clear_slow()
         try:
             await asyncio.wait_for(self.cluster.heal(), timeout)
@@ -231,7 +242,11 @@ class Nemesis:
     async def run(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
         n = 0
-        while loop.time() + self.hold[1] + self.quiet[0] < deadline:
+        # "cycle" runs every kind at least once, past the deadline if need be (the
+        # clients keep going until the nemesis is done): a short run must not lose
+        # its last fault to slow joins.
+        while ((self.order == "cycle" and n < len(self.kinds))
+               or loop.time() + self.hold[1] + self.quiet[0] < deadline):
             kind = (self.kinds[n % len(self.kinds)] if self.order == "cycle"
                     else self.rng.choice(self.kinds))
             n += 1
@@ -411,9 +426,13 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
             rebalancer = asyncio.ensure_future(rebalance_all())
         client_rng = random.Random(rng.random())
 
+        nemesis_done = False
+        hard_end = deadline + 120
+
         async def client_loop(proc: int, w) -> None:
             n = 0
-            while loop.time() < deadline and n < max_ops:
+            while n < max_ops and (loop.time() < deadline or (
+                    fault_order == "cycle" and not nemesis_done and loop.time() < hard_end)):
                 # The member set changes under membership faults.
                 m = cluster.members[client_rng.choice(sorted(cluster.members))]
                 op = await w.op(proc, NodeClient(session, m.id, m.http_addr, client_timeout))
@@ -430,6 +449,7 @@ async def run(workloads=("bank",), duration: float = 60.0, seed: int = 0, member
             # load; killing members right after their join is a separate test.
             await asyncio.sleep(min(warmup, max(0.0, deadline - loop.time())))
             await nemesis.run(deadline)
+            nemesis_done = True
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:

@@ -86,10 +86,12 @@ def test_membership_and_slow_disk_faults_under_load(node_available):
                         fault_order="cycle", warmup=1.0, log=lambda m: None))
     report = _check(s)
     fx = s["fault_effects"]
-    assert s["faults"] == {k: 1 for k in kinds}, report
-    assert fx["members_replaced"] == 1 and fx["leaders_readded"] == 1, report
-    assert fx["transfers_moved"] == 1, report
-    assert s["cluster"]["members_added"] == 1 and s["cluster"]["members_removed"] == 2, report
+    assert set(s["faults"]) == set(kinds), report
+    assert fx["members_replaced"] >= 1 and fx["leaders_readded"] >= 1, report
+    assert fx["transfers_moved"] >= 1, report
+    assert s["cluster"]["members_added"] == fx["members_replaced"], report
+    assert s["cluster"]["members_removed"] == fx["members_replaced"] + fx["leaders_readded"], \
+        report
     new = set(s["members_final"]) - {"n1", "n2", "n3"}
     assert new and s["convergence"]["valid"], f"the new member is not in the end state\n{report}"
     assert all(w["delays"] for w in fx["slow"]), f"no fsync was slowed\n{report}"
