@@ -321,10 +321,12 @@ class LocalCluster:
             return None
         return {n.get("id") for n in nodes if isinstance(n, dict) and n.get("voter", True)}
 
-    async def remove_member(self, m: Member, timeout: float = 30.0) -> dict:
+    async def remove_member(self, m: Member, timeout: float = 30.0, stop: bool = True) -> dict:
         """``DELETE /remove`` of ``m`` through the other members (retried: an answer lost
         to a fault leaves the outcome unknown) until the leader no longer lists it;
-        then ``m`` is stopped (kill -9) and retired. -> {"attempts", "seconds"}."""
+        then ``m`` is retired and, if ``stop``, killed (-9); else it keeps running (as
+        a node an operator has not shut down yet) until :meth:`stop_retired`.
+        -> {"attempts", "seconds"}."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         attempts = 0
@@ -350,11 +352,17 @@ class LocalCluster:
                 raise errors.Timeout(f"{m.id} still a member {timeout}s after DELETE /remove "
                                      f"(logs in {self.workdir / 'logs'})")
             await asyncio.sleep(0.2)
-        self.kill(m)
+        if stop:
+            self.kill(m)
         del self.members[m.id]
         self.retired.append(m)
         self.counters["members_removed"] += 1
         return {"attempts": attempts, "seconds": round(time.monotonic() - t0, 2)}
+
+    def stop_retired(self) -> None:
+        for m in self.retired:
+            self.resume(m)
+            self.kill(m)
 
     async def _join(self, m: Member, timeout: float) -> None:
         m.join = [o.http_addr for o in self.members.values() if o.id != m.id and o.available]
@@ -393,6 +401,7 @@ class LocalCluster:
         """Bring a removed member back under its old id with a wiped data directory
         (a replaced machine), joining with ``-join``."""
         self.retired.remove(m)
+        self.kill(m)
         shutil.rmtree(m.data_dir, ignore_errors=True)
         self.members[m.id] = m
         await self._join(m, timeout)

@@ -196,10 +196,13 @@ class Nemesis:
                     "moved": new is not None and new.id != leader.id}
         if kind == "replace_member":
             victim = self.rng.choice([m for m in c.members.values() if m.id != leader.id])
-            removed = await c.remove_member(victim)
+            # Half the time the removed node keeps running until the heal (not shut down
+            # yet): it no longer hears from the group and must not disrupt it.
+            keep = self.rng.random() < 0.5
+            removed = await c.remove_member(victim, stop=not keep)
             added = await c.add_member()
             return {"removed": victim.id, "added": added.id, "remove": removed,
-                    "members": self._ids()}
+                    "removed_kept_running": keep, "members": self._ids()}
         # readd_leader
         removed = await c.remove_member(leader)
         await c.readd_member(leader)
@@ -231,6 +234,7 @@ class Nemesis:
                                delays=None if after is None else after - (before or 0),
                                max_ms=self._slow_max.get(m.id))
         self._clear_slow()
+        self.cluster.stop_retired()
         try:
             await asyncio.wait_for(self.cluster.heal(), timeout)
         except (NodeCannotStart, asyncio.TimeoutError) as e:
