@@ -41,7 +41,11 @@ FAULTS = ("kill", "kill_leader", "pause", "pause_leader", "isolate_leader", "par
 #: Membership changes (group topology only): a follower removed (``DELETE /remove``) and
 #: a fresh member joined (``-join``); the leader removed and re-added under its id with a
 #: wiped data directory; leadership handed to another member (``POST /leader``).
-MEMBERSHIP_FAULTS = ("replace_member", "readd_leader", "transfer_leader")
+#: ``crash_during_remove``: the leader is killed -9 0-40 ms after it got a follower's
+#: ``DELETE /remove`` (the config entry may be anywhere from unreplicated to committed),
+#: restarted; the removal is then retried to completion and a fresh member joins.
+MEMBERSHIP_FAULTS = ("replace_member", "readd_leader", "transfer_leader",
+                     "crash_during_remove")
 #: A slow disk: one member's (or the leader's) log fdatasync delayed by tens to hundreds
 #: of ms, through the test-only hook :mod:`raftsqlite.raft.slowdisk`.
 DISK_FAULTS = ("slow_fsync", "slow_fsync_leader")
@@ -203,6 +207,32 @@ class Nemesis:
             added = await c.add_member()
             return {"removed": victim.id, "added": added.id, "remove": removed,
                     "removed_kept_running": keep, "members": self._ids()}
+        if kind == "crash_during_remove":
+            victim = self.rng.choice([m for m in c.members.values() if m.id != leader.id])
+            wait = self.rng.uniform(0, 0.04)
+            req = asyncio.ensure_future(c.session.delete(
+                f"{leader.url}/remove", data=f'{{"id": "{victim.id}"}}',
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=5)))
+            await asyncio.sleep(wait)
+            c.kill(leader)
+            try:
+                r = await req
+                status = r.status
+                r.release()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                status = None
+            await c.restart(leader, wait=True)
+            await c.wait_for_leader(30)
+            # Which way did the crash go? (Evidence only; the removal is then finished.)
+            lead = await c.current_leader()
+            listed = await c.node_ids(lead) if lead is not None else None
+            removed = await c.remove_member(victim)
+            added = await c.add_member()
+            return {"removed": victim.id, "added": added.id, "crashed": leader.id,
+                    "kill_after_s": round(wait, 3), "remove_status": status,
+                    "still_listed_after_crash": None if listed is None else victim.id in listed,
+                    "remove": removed, "members": self._ids()}
         # readd_leader
         removed = await c.remove_member(leader)
         await c.readd_member(leader)
@@ -297,7 +327,7 @@ def fault_effects(history: History, write_fs, ops) -> dict:
            "transfers_moved": 0, "slow": []}
     for i, e in enumerate(ev):
         d = e.detail
-        if e.kind == "replace_member" and "failed" not in d:
+        if e.kind in ("replace_member", "crash_during_remove") and "failed" not in d:
             out["members_replaced"] += 1
         elif e.kind == "readd_leader" and "failed" not in d:
             out["leaders_readded"] += 1

@@ -69,8 +69,9 @@ def _check(s, min_acked=50):
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
 def test_membership_and_slow_disk_faults_under_load(node_available):
-    """Under load, a follower is removed and a fresh member joins, the leader is removed
-    and re-added with a wiped data directory, leadership is transferred, and one member's
+    """Under load, a follower is removed and a fresh member joins (once with the leader
+    killed -9 just after it got the removal), the leader is removed and re-added with a
+    wiped data directory, leadership is transferred, and one member's
     (then the leader's) log fdatasync is slowed by tens to hundreds of ms: every fault
     took effect, no acknowledged write is lost, every key is linearizable, writes kept
     being acknowledged while a follower was slow, and every member, the new ones
@@ -79,7 +80,7 @@ def test_membership_and_slow_disk_faults_under_load(node_available):
     out = ARTIFACTS / f"membership-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     # Quick faults first: joins (a new process) take seconds; the last may outlast the load.
     kinds = ("slow_fsync", "slow_fsync_leader", "transfer_leader", "replace_member",
-             "readd_leader")
+             "readd_leader", "crash_during_remove")
     assert set(kinds) == set(MEMBERSHIP_FAULTS + DISK_FAULTS)
     s = asyncio.run(run(("register",), duration=10, seed=seed, members=3, clients=6,
                         out=out, faults=kinds, hold=(0.8, 1.0), quiet=(0.2, 0.3),
@@ -87,7 +88,7 @@ def test_membership_and_slow_disk_faults_under_load(node_available):
     report = _check(s)
     fx = s["fault_effects"]
     assert set(s["faults"]) == set(kinds), report
-    assert fx["members_replaced"] >= 1 and fx["leaders_readded"] >= 1, report
+    assert fx["members_replaced"] >= 2 and fx["leaders_readded"] >= 1, report
     assert fx["transfers_moved"] >= 1, report
     assert s["cluster"]["members_added"] == fx["members_replaced"], report
     assert s["cluster"]["members_removed"] == fx["members_replaced"] + fx["leaders_readded"], \
@@ -108,7 +109,7 @@ def test_kill_during_sqlite_file_load(node_available, tmp_path):
     every member holds exactly one generation's database, complete (the one before the
     round, or the round's own, which it must be when the load was acknowledged), and
     the members converge."""
-    s = asyncio.run(campaign(SEED or 3, 2, 8000, tmp_path / "c", [], log=lambda m: None,
+    s = asyncio.run(campaign(SEED or 3, 2, 5000, tmp_path / "c", [], log=lambda m: None,
                              fmt="sqlite"))
     assert s["violations"] == [], s["violations"][:5]
     killed = [o for o in s["outcomes"] if o["killed"]]
