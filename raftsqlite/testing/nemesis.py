@@ -2,7 +2,8 @@
 the long-run CLI::
 
     python -m raftsqlite.testing.nemesis --workload bank|register|append|all \\
-        --duration 300 --seed 7 [--members 3] [--clients 6] [--out DIR]
+        --duration 300 --seed 7 [--members 3] [--clients 6] [--out DIR] \\
+        [--faults all|kill,partition,...]
 
 A run: start a cluster (every Raft and peer-HTTP connection through the fault proxy),
 set the workloads up, run concurrent clients against random members while the nemesis
