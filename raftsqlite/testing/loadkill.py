@@ -159,6 +159,7 @@ async def campaign(seed, rounds, rows, workdir, extra_args, log=print, fmt="sql"
                         violations.append({"round": rnd, "member": mid, "state": st,
                                            "before": gen, "acked": acked.get(table, False)})
                 gens = {st["gen"] for st in states.values()}
+                outcomes[-1]["generation_after"] = sorted(gens, key=repr)
                 gen = gens.pop() if len(gens) == 1 else gen
                 continue
             for m in c.members.values():
