@@ -42,8 +42,8 @@ FAULTS = ("kill", "kill_leader", "pause", "pause_leader", "isolate_leader", "par
 #: Membership changes (group topology only): a follower removed (``DELETE /remove``) and
 #: a fresh member joined (``-join``); the leader removed and re-added under its id with a
 #: wiped data directory; leadership handed to another member (``POST /leader``).
-#: ``crash_during_remove``: the leader is killed -9 0-40 ms after it got a follower's
-#: ``DELETE /remove`` (the config entry may be anywhere from unreplicated to committed),
+#: ``crash_during_remove``: the leader is killed -9 0-15 ms after a follower's
+#: ``DELETE /remove`` was sent to it (the config entry anywhere from unsent to committed),
 #: restarted; the removal is then retried to completion and a fresh member joins.
 MEMBERSHIP_FAULTS = ("replace_member", "readd_leader", "transfer_leader",
                      "crash_during_remove")
@@ -210,7 +210,7 @@ class Nemesis:
                     "removed_kept_running": keep, "members": self._ids()}
         if kind == "crash_during_remove":
             victim = self.rng.choice([m for m in c.members.values() if m.id != leader.id])
-            wait = self.rng.uniform(0, 0.04)
+            wait = self.rng.uniform(0, 0.015)
             req = asyncio.ensure_future(c.session.delete(
                 f"{leader.url}/remove", data=f'{{"id": "{victim.id}"}}',
                 headers={"Content-Type": "application/json"},
