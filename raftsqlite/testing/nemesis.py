@@ -126,7 +126,9 @@ class Nemesis:
                 return {"failed": str(e)[:300]}
         if kind in DISK_FAULTS:
             if kind == "slow_fsync":
-                m, was_leader = c.members[self.rng.choice(ids)], None
+                m = c.members[self.rng.choice(ids)]
+                lead = await c.current_leader()
+                was_leader = None if lead is None else lead.id == m.id
             else:
                 m, was_leader = await self._leader_or_random()
             self._slow_before[m.id] = await self._slow_delays(m)
@@ -261,9 +263,12 @@ class Nemesis:
             # Evidence the hook really slowed the member during this window.
             after = await self._slow_delays(m)
             before = self._slow_before.pop(m.id, None)
+            # A slow leader may keep leading (correct, just slow) or lose leadership.
+            lead = await self.cluster.current_leader()
             self.history.event("slow_fsync_observed", member=m.id,
                                delays=None if after is None else after - (before or 0),
-                               max_ms=self._slow_max.get(m.id))
+                               max_ms=self._slow_max.get(m.id),
+                               leader_at_heal=None if lead is None else lead.id)
         self._clear_slow()
         self.cluster.stop_retired()
         try:
@@ -344,7 +349,8 @@ def fault_effects(history: History, write_fs, ops) -> dict:
                 "kind": e.kind, "member": d.get("member"), "was_leader": d.get("was_leader"),
                 "ms": d.get("ms"), "seconds": round(t1 - e.time, 2),
                 "acked_writes": sum(1 for t in writes if e.time <= t <= t1),
-                "delays": seen.get("delays"), "max_ms": seen.get("max_ms")})
+                "delays": seen.get("delays"), "max_ms": seen.get("max_ms"),
+                "leader_at_heal": seen.get("leader_at_heal")})
     return out
 
 
@@ -638,7 +644,8 @@ def format_summary(s: dict) -> str:
     for w in fx.get("slow", []):
         lines.append(f"  slow disk on {w['member']}{' (leader)' if w['was_leader'] else ''} "
                      f"{w['ms']} ms for {w['seconds']}s: {w['delays']} delayed fsyncs "
-                     f"(max {w['max_ms']} ms), {w['acked_writes']} writes acknowledged")
+                     f"(max {w['max_ms']} ms), {w['acked_writes']} writes acknowledged, "
+                     f"leader at heal {w.get('leader_at_heal')}")
     for f in s.get("membership_failures", []):
         lines.append(f"  MEMBERSHIP CHANGE FAILED: {f.splitlines()[0][:300]}")
     for f in s.get("restart_failures", []):
