@@ -3,7 +3,6 @@ the stored ownership read once per log entry."""
 import os
 
 import orjson
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from raftsqlite.db import Database
