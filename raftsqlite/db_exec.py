@@ -59,6 +59,7 @@ class _Access:
                     return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
 
+
 def error_message(exc: BaseException) -> str:
     msg = str(exc)
     if isinstance(exc, apsw.InterruptError):
@@ -78,6 +79,7 @@ def _bad_param(e) -> str:
     if isinstance(e, KeyError):
         return f"bad parameter: no value for named parameter {e}"
     return f"bad parameter: {e}"
+
 
 def run_statement(conn, sql, params=None):
     """Run one SQL text on ``conn``; return a neutral result dict:
@@ -224,4 +226,3 @@ def _storage_class(v) -> str:
     if isinstance(v, str):
         return "text"
     return "blob"
-
