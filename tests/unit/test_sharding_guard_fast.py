@@ -1,6 +1,7 @@
 """The shard's guard check fast paths: the one-key shape checked without decoding, and
-the stored ownership read once per log entry."""
+the stored ownership read once until it may have changed."""
 import os
+from types import SimpleNamespace
 
 import orjson
 from hypothesis import given, settings, strategies as st
@@ -96,3 +97,54 @@ def test_one_key_guard_bytes_are_the_general_encoding(table, epoch, kid):
                + struct.pack(">QI", epoch, 1) + struct.pack(">Q", kid))
     assert encode_guard([GuardItem(table, epoch, [kid])]) == general
     assert decode_guard(general) == [GuardItem(table, epoch, [kid])]
+
+
+def test_ownership_memo_outlives_entries_until_a_change_rollback_or_restore(tmp_path):
+    """Invariant: the apply thread reads the stored ownership once for a run of entries,
+    yet a check never uses ranges other than the stored ones: an own.* op, a rolled-back
+    batch re-run from a lower index, and a snapshot restore are all seen by the next
+    check."""
+    db = Database(os.path.join(tmp_path, "x.db"))
+    fsm = FSM(db)
+    shard = ShardState("s1")
+    shard.register(fsm)
+    own = shard.handler("own.set_all")
+
+    def op(index, ranges, epoch):
+        own(SystemContext(db, index, 1), op_args({"group": "s1", "cols": {"users": {
+            "epoch": epoch, "shard_func": "hash", "tables": ["users"], "ranges": ranges}}}))
+
+    def check(index, kid):
+        ctx = SystemContext(db, index, 1)
+        return _outcome(lambda: shard.check(ctx.execute, encode_guard([GuardItem("users", 1, [kid])]),
+                                            index=index))
+    db.internal("BEGIN")
+    op(1, [[0, 100]], 1)
+    db.internal("COMMIT")
+    snap = os.path.join(tmp_path, "snap.db")
+    fsm.snapshot(snap)                       # holds ranges [0, 100)
+    reads = []
+    real = db.internal
+
+    def counting(sql, params=None):
+        reads.append(sql)
+        return real(sql, params)
+    db.internal = counting
+    try:
+        assert [check(i, 50) for i in (2, 3, 4)] == ["ok"] * 3
+        assert check(4, 150) == "Moved"
+        assert len(reads) == 1               # one read for entries 2-4
+    finally:
+        db.internal = real
+    db.internal("BEGIN")
+    op(5, [[100, 200]], 2)                   # an own.* op moves the range
+    assert check(6, 50) == "Moved" and check(6, 150) == "ok"
+    db.internal("COMMIT")
+    db.internal("BEGIN")
+    op(7, [[0, 300]], 3)
+    assert check(8, 250) == "ok"
+    db.internal("ROLLBACK")                  # the batch 7-8 is undone and re-run from 7
+    assert check(7, 250) == "Moved" and check(7, 150) == "ok"
+    assert check(8, 150) == "ok"
+    fsm.restore(snap, SimpleNamespace(index=20, term=1))
+    assert check(21, 50) == "ok" and check(21, 150) == "Moved"
