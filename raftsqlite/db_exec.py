@@ -187,6 +187,8 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
             else:
                 r = {"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0}
             append(r)
+            if rec is None:
+                continue        # run_many: nothing to record, nothing failed
             failed = False
         if rec is not None:
             rid = rids[k]
