@@ -32,6 +32,16 @@ except ImportError:
     _REBALANCE = None
 
 
+async def _rebalancer(request):
+    """The coordinator's ``Rebalancer`` when this node runs it; otherwise the request
+    goes there (forward.py: forwarded, or 301 with ``redirect``) and that answer is
+    returned. Decided before anything runs, so only "not the coordinator" forwards."""
+    try:
+        return _REBALANCE.coordinator(request)
+    except errors.NotLeader as e:
+        return await fwd.forward(request, QueryParams(request.query_string), e)
+
+
 def _svc(request):
     return request.app.ctx.node.sharding
 
@@ -256,7 +266,10 @@ def blueprint():
     async def remove_from_shard(request):
         svc = _svc(request)
         if _REBALANCE:   # #7 hook: drain the shard's ranges online, then remove it
-            return wire.json_response(await _REBALANCE.handle(request, "remove", _body(request)))
+            rb = await _rebalancer(request)
+            if isinstance(rb, HTTPResponse):
+                return rb
+            return wire.json_response(await _REBALANCE.handle(rb, "remove", _body(request)))
         op, args = ops.remove_from_shard(_body(request))
         res = await svc.catalog_op(op, args)
         return wire.json_response({"result": res, "note": "the shard keeps its ranges until a "
@@ -267,7 +280,10 @@ def blueprint():
         svc = _svc(request)
         body = _body(request)
         if _REBALANCE:   # #7 hook: plans, dry runs and online moves live in rebalance_node
-            res = await _REBALANCE.handle(request, "rebalance", body)
+            rb = await _rebalancer(request)
+            if isinstance(rb, HTTPResponse):
+                return rb
+            res = await _REBALANCE.handle(rb, "rebalance", body)
             if res is not None:    # None: no rows to move, switch at once below
                 return wire.json_response(res)
         await svc.cache.refresh()
