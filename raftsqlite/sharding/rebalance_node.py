@@ -7,7 +7,7 @@ every unfinished move from the catalog every second), and the rebalance routes. 
 to ``node.rebalancer`` (see ``handle``). Every other node (a default-group follower, a
 shard-group member) mounts the same routes and hands the request to the default group's
 leader through ``http/forward.py`` (``redirect``, ``timeout`` and the hop limit as for
-writes): ``not_coordinator`` names where it goes.
+writes): ``ShardingService.not_default_leader`` names where it goes.
 """
 import asyncio
 import logging
@@ -147,26 +147,10 @@ def fault_hook(spec):
     return hook
 
 
-def not_coordinator(node):
-    """The ``NotLeader`` to forward a rebalance request with. A default-group member
-    leaves ``leader_addr`` empty (forward.py asks its store for the leader); a
-    shard-group member names the default group's member it last reached (its leader, as
-    far as this node knows), which forwards again if it no longer leads."""
-    addr = None
-    svc = node.sharding
-    if not svc.is_default:
-        try:
-            addr = svc.group_addrs(DEFAULT_GROUP)[0]
-        except errors.Unavailable:
-            addr = None
-    return errors.NotLeader("rebalancing runs on the default group's leader; this node "
-                            "forwards there (GET /shards lists it)", leader_addr=addr)
-
-
 def coordinator(request):
     node = request.app.ctx.node
     if getattr(node, "rebalancer", None) is None or not node.store.is_leader():
-        raise not_coordinator(node)
+        raise node.sharding.not_default_leader()
     return node.rebalancer
 
 

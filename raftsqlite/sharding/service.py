@@ -687,6 +687,24 @@ class ShardingService:
                                      "lists groups and members")
         return addrs
 
+    def leads_default(self):
+        return self.is_default and self.node.store.is_leader()
+
+    def not_default_leader(self):
+        """The ``NotLeader`` that sends an admin request (catalog changes, rebalancing) to
+        the default group's leader through ``http/forward.py``. A default-group member
+        leaves ``leader_addr`` empty (forward.py asks its store); any other node names the
+        default-group member it last reached (its leader, as far as this node knows),
+        which forwards again if it does not lead (the hop limit bounds the chain)."""
+        addr = None
+        if not self.is_default:
+            try:
+                addr = self.group_addrs(DEFAULT_GROUP)[0]
+            except errors.Unavailable:
+                addr = None
+        return errors.NotLeader("the default group's leader runs this; this node forwards "
+                                "there (GET /shards lists it)", leader_addr=addr)
+
     async def post_group(self, group, path, body, ctype="application/json", lean=False):
         """POST to a member of ``group`` (it forwards to its leader); the answer, or the
         error it carried. Unreachable members are skipped. ``lean``: over the routed

@@ -173,3 +173,26 @@ def test_move_range_status_cancel_from_any_member(cl, via):
     assert _range_starts(L) == owners
     n = _ok(call(L, "GET", "/db/query?shard_id=shard1&q=SELECT+count(*)+FROM+kv"))
     assert n["results"][0]["values"][0][0] == N_ROWS
+
+
+def test_catalog_admin_from_any_member(cl):
+    """Invariant: /table/register, /table/add-to-shard and /table/remove run on the
+    default group's leader whichever member receives them: with ``redirect`` a follower
+    answers 301 to the leader and changes nothing; without, a follower and a shard
+    member forward, and the leader's catalog shows each change."""
+    lead, fol = _follower(cl)
+    L = lead.http_addr
+    _ok(_post(L, "/db/execute", [["CREATE TABLE IF NOT EXISTS kv2 (id INTEGER PRIMARY KEY)"]]))
+
+    def tables():
+        return {t["table_name"]: t for t in _ok(call(L, "GET", "/tables"))["tables"]}
+    reg = {"table_name": "kv2", "shard_key": "id", "shard_func": "hash"}
+    st, _ = call(fol.http_addr, "POST", "/table/register?redirect", reg, headers=JSON)
+    assert st == 301 and "kv2" not in tables()
+    _ok(_post(fol.http_addr, "/table/register", reg))
+    assert tables()["kv2"]["shard_key"] == "id"
+    _ok(_post(_shard_node(cl).http_addr, "/table/add-to-shard",
+              {"table_name": "kv2", "shard_id": "shard2"}))
+    assert tables()["kv2"]["shards"] == ["shard2"]
+    _ok(_post(_shard_node(cl, "shard1").http_addr, "/table/remove", {"table_name": "kv2"}))
+    assert "kv2" not in tables()
