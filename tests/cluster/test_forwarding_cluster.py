@@ -58,7 +58,8 @@ def cl(tmp_path_factory):
     sc.run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(90)
     sc.run(sc.start())
     try:
-        _setup(sc, "/db/execute", [["CREATE TABLE IF NOT EXISTS kv (id INTEGER PRIMARY KEY, v TEXT)"]])
+        _setup(sc, "/db/execute",
+               [["CREATE TABLE IF NOT EXISTS kv (id INTEGER PRIMARY KEY, v TEXT)"]])
         _setup(sc, "/table/register", {"table_name": "kv", "shard_key": "id", "shard_func": "hash"})
         for s in ("shard1", "shard2"):    # shard1 owns the keyspace, shard2 nothing yet
             _setup(sc, "/table/add-to-shard", {"table_name": "kv", "shard_id": s})
@@ -131,19 +132,23 @@ def test_redirect_answers_301_to_the_leader_and_changes_nothing(cl):
     before = _range_starts(lead.http_addr)
     host, port = fol.http_addr.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = b'{"table_name": "kv", "at": %d, "dry_run": true}' % at
+    locations = {}
     try:
         for path in ("/table/split?redirect", "/table/rebalance?redirect"):
-            conn.request("POST", path, body=b'{"table_name": "kv", "at": %d, "dry_run": true}' % at,
-                         headers=JSON)
+            conn.request("POST", path, body=body, headers=JSON)
             r = conn.getresponse()
             r.read()
             assert r.status == 301, path
+            locations[path] = loc = r.getheader("Location")
             # the address the leader advertises (the harness puts a proxy in front of it)
-            assert r.getheader("Location") == f"http://{lead.http_adv}{path}", r.getheader("Location")
+            assert loc == f"http://{lead.http_adv}{path}", loc
     finally:
         conn.close()
     assert _range_starts(lead.http_addr) == before
-    _ok(_post(lead.http_addr, "/table/split?redirect", {"table_name": "kv", "at": at}))
+    loc = locations["/table/split?redirect"].removeprefix("http://")
+    addr, path = loc.split("/", 1)
+    _ok(_post(addr, "/" + path, {"table_name": "kv", "at": at}))
     assert _range_starts(lead.http_addr).get(at) == "shard1"
 
 
