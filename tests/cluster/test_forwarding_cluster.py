@@ -46,9 +46,9 @@ def _setup(sc, path, body):
 
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory):
-    # A slow copy (batch of 1 row, 10 rows/s) keeps a move cancellable for seconds.
+    # A slow copy (batch of 1 row, 4 rows/s) keeps a move cancellable for seconds.
     sc = ShardedCluster(size=3, workdir=tmp_path_factory.mktemp("fwd"), shard_size=1,
-                        env={"RAFTSQLITE_REBALANCE": '{"batch_rows": 1, "max_rows_per_s": 10}'},
+                        env={"RAFTSQLITE_REBALANCE": '{"batch_rows": 1, "max_rows_per_s": 4}'},
                         start_timeout=60)
     # The cluster's network proxies run on this loop: it must keep running while the
     # tests block on their HTTP calls, so it runs in a thread of its own.
