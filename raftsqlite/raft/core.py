@@ -668,13 +668,44 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         return HardState(*self._hs())
 
     def has_ready(self):
-        return bool(
-            (self._leaving and self.commit >= self._conf_history[-1][0]) or self._msgs or self._read_states or self._bcast or self._dirty or self._reads_waiting
-            or self.last_index > self._in_progress
-            or (self._pending_snap is not None and not self._snap_handed)
-            or self.commit > self.applied
-            or self._hs() != self._hs_handed
-            or (self.role, self.leader) != self._rl_handed)
+        if (self._leaving and self.commit >= self._conf_history[-1][0]) or self._msgs \
+                or self._read_states or self._bcast or self._dirty or self._reads_waiting \
+                or self.last_index > self._in_progress \
+                or (self._pending_snap is not None and not self._snap_handed) \
+                or self.commit > self.applied or (self.role, self.leader) != self._rl_handed:
+            return True
+        hs = self._hs()
+        hh = self._hs_handed
+        if hs == hh:
+            return False
+        # A leader alone in its group hands a commit-only change out with its next Ready
+        # instead of one of its own: the commit index on disk is a hint written at most
+        # once a second anyway (log.py), and its entries were handed out by
+        # take_committed. Anything else (term, vote, a group with peers) is a Ready now.
+        return hs[0] != hh[0] or hs[1] != hh[1] or not self.alone
+
+    @property
+    def alone(self):
+        """A leader that is the only member of its group (no other voter, no learner):
+        what it has durably appended is committed, with nothing to send."""
+        return self.role_ is _R_LEADER and len(self._members) == 1 and not self._leaving
+
+    def take_committed(self):
+        """Committed entries not yet handed out, for a leader alone in its group, to call
+        right after ``advance``: its durable appends are committed at once (it is the
+        whole quorum), and this hands them out in the same driver pass instead of in a
+        second Ready. Apply them in order, as ``Ready.committed`` (they are durable:
+        ``advance`` counted them). Returns [] in any other case (a group with peers
+        learns its commits from Ready as before)."""
+        if self.commit <= self.applied or not self.alone or self._pending_snap is not None:
+            return []
+        ents = self._slice(self.applied + 1, self.commit + 1, self.cfg.max_committed_bytes)
+        if ents is None:
+            raise RaftInvariantError(f"{self.node_id}: committed entries after "
+                                     f"{self.applied} are compacted")
+        if ents:
+            self.applied = ents[-1].index
+        return ents
 
     def ready(self):
         if self._leaving and self.role_ is _R_LEADER and self.commit >= self._conf_history[-1][0]:
@@ -749,7 +780,9 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             self._offset += cut
         if self.role_ is _R_LEADER:
             me = self._prs.get(self.node_id)
-            if me is not None and me.maybe_update(self._durable) and self._maybe_commit():
+            if me is not None and me.maybe_update(self._durable) and self._maybe_commit() \
+                    and len(self._prs) > 1:
+                # (Alone: nobody to tell; take_committed hands the entries out.)
                 self._bcast = True
 
     # ---- introspection ---------------------------------------------------------------
