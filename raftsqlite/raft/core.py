@@ -39,6 +39,9 @@ Outputs::
     rd = core.ready() -> Ready
     ... the driver handles rd (order in types.Ready) ...
     core.advance(rd)
+    core.take_committed() -> list[Entry]     # optional, right after advance: a leader
+                                             # alone in its group hands out what advance
+                                             # just committed (else []), no second Ready
 
 Properties: ``node_id, role, leader, term, vote, commit, applied, first_index, last_index,
 members (list[Member] with raft_addr/http_addr), voters, learners, is_leader``;
