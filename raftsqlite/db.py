@@ -1,4 +1,4 @@
-"""SQLite through apsw: the only module that imports apsw or sets pragmas.
+"""SQLite through apsw: the node's database file, its connections and pragmas.
 
 One writer connection, used only by the apply path (one executor thread). Reads use
 per-thread read-only connections opened lazily; in WAL mode they never block the
@@ -7,7 +7,10 @@ a separate read connection inside one read transaction, so the writer keeps goin
 a large file is copied. Restore copies pages into the live database through the writer,
 so open readers simply see the new state after it commits.
 
-Statement results are neutral dicts (see ``run_statement``); nothing here knows HTTP.
+The apsw-owning layer is this module and ``db_exec.py`` (the authorizer and the loops
+that run statements on a connection); nothing else imports apsw, and only this module
+sets pragmas. Statement results are neutral dicts (see ``db_exec.run_statement``);
+nothing here knows HTTP.
 """
 import itertools
 import os
@@ -19,59 +22,13 @@ import apsw
 
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
-from raftsqlite.db_shapes import INTERNAL_PREFIX, insert_shape, quote_ident
+from raftsqlite.db_exec import (_BAD_PARAMS, _Access, run_many, run_many_recorded,
+                                 run_many_unreported, run_statement)
+from raftsqlite.db_shapes import insert_shape, quote_ident
 
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
 _RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
-
-# Pragmas a user statement may not run: they change durability or the file format
-# underneath replication, or let SQL rewrite the schema table directly.
-_DENIED_PRAGMAS = frozenset({
-    "journal_mode", "synchronous", "wal_checkpoint", "wal_autocheckpoint",
-    "writable_schema", "locking_mode", "mmap_size", "temp_store_directory",
-    "data_store_directory", "journal_size_limit",
-})
-
-_TABLE_OPS = None
-
-
-def _table_ops():
-    global _TABLE_OPS
-    if _TABLE_OPS is None:
-        names = ("CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE",
-                 "CREATE_TEMP_TRIGGER", "CREATE_TRIGGER", "DELETE", "DROP_INDEX",
-                 "DROP_TABLE", "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER",
-                 "DROP_TRIGGER", "INSERT", "READ", "UPDATE", "ALTER_TABLE", "ANALYZE",
-                 "CREATE_VIEW", "DROP_VIEW", "CREATE_TEMP_VIEW", "DROP_TEMP_VIEW",
-                 "CREATE_VTABLE", "DROP_VTABLE")
-        _TABLE_OPS = frozenset(getattr(apsw, "SQLITE_" + n) for n in names)
-    return _TABLE_OPS
-
-
-class _Access:
-    """Per-connection switch: internal statements (ours) may touch _raftsqlite_* tables
-    and run transaction control; user statements may not."""
-
-    __slots__ = ("internal",)
-
-    def __init__(self):
-        self.internal = False
-
-    def authorize(self, op, p1, p2, dbname, trigger):
-        if self.internal:
-            return apsw.SQLITE_OK
-        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
-            return apsw.SQLITE_DENY
-        if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
-            return apsw.SQLITE_DENY
-        if op == apsw.SQLITE_PRAGMA:
-            return apsw.SQLITE_DENY if (p1 or "").lower() in _DENIED_PRAGMAS else apsw.SQLITE_OK
-        if op in _table_ops():
-            for p in (p1, p2):
-                if p and p.lower().startswith(INTERNAL_PREFIX):
-                    return apsw.SQLITE_DENY
-        return apsw.SQLITE_OK
 
 
 _JULIAN_EPOCH_MS = 210866760000000   # unix epoch expressed in Julian-day milliseconds
@@ -100,197 +57,7 @@ class Interrupted(Exception):
     """A read ran past its db_timeout and was interrupted."""
 
 
-def error_message(exc: BaseException) -> str:
-    msg = str(exc)
-    if isinstance(exc, apsw.InterruptError):
-        return "query interrupted (db_timeout exceeded)"
-    if isinstance(exc, apsw.AuthError):
-        return f"{msg}: statement refused (internal tables, ATTACH/DETACH, transaction " \
-               f"control and durability pragmas are not allowed)"
-    return msg or type(exc).__name__
-
-
-# A missing named parameter raises KeyError from apsw; it must be a statement error
-# (the same on every replica), never an exception out of apply, which fail-stops a node.
-_BAD_PARAMS = (TypeError, ValueError, OverflowError, KeyError, IndexError)
-
-
-def _bad_param(e) -> str:
-    if isinstance(e, KeyError):
-        return f"bad parameter: no value for named parameter {e}"
-    return f"bad parameter: {e}"
-
-
-def run_statement(conn, sql, params=None):
-    """Run one SQL text on ``conn``; return a neutral result dict:
-    write -> {"last_insert_id", "rows_affected"}; read -> {"columns", "types", "values"};
-    failure -> {"error"}; always "time" (seconds). Never raises for SQL errors."""
-    t0 = time.perf_counter()
-    desc = None
-
-    def trace(cursor, _sql, _bindings):
-        nonlocal desc
-        d = cursor.description
-        if d:
-            desc = d
-        return True
-
-    before = conn.total_changes()
-    try:
-        cur = conn.cursor()
-        cur.exec_trace = trace
-        if params is None:
-            cur.execute(sql)
-        else:
-            cur.execute(sql, params)
-        rows = cur.fetchall() if desc is not None else []
-    except apsw.Error as e:
-        return {"error": error_message(e), "time": time.perf_counter() - t0}
-    except _BAD_PARAMS as e:
-        return {"error": _bad_param(e), "time": time.perf_counter() - t0}
-    if desc is not None:
-        columns = [d[0] for d in desc]
-        types = [(d[1] or "").lower() for d in desc]
-        if rows and "" in types:
-            # rqlite's rule: no declared type -> the first row's storage class
-            first = rows[0]
-            for i, t in enumerate(types):
-                if not t:
-                    types[i] = _storage_class(first[i])
-        return {"columns": columns, "types": types, "values": [list(r) for r in rows],
-                "time": time.perf_counter() - t0}
-    changed = conn.total_changes() - before
-    return {"last_insert_id": conn.last_insert_rowid() if changed else 0,
-            "rows_affected": conn.changes() if changed else 0,
-            "time": time.perf_counter() - t0}
-
-
-def run_many(conn, sql, params_list, out, stop_on_error=False):
-    """``run_statement`` for each parameter set of a write-shaped SQL text, in a tight
-    loop on one cursor (no exec tracer, no per-call setup). See Database.run_user_many."""
-    cur = conn.cursor()
-    execute = cur.execute
-    total = conn.total_changes
-    rowid = conn.last_insert_rowid
-    changes = conn.changes
-    clock = time.perf_counter
-    append = out.append
-    for params in params_list:
-        t0 = clock()
-        before = total()
-        try:
-            if params is None:
-                execute(sql)
-            else:
-                execute(sql, params)
-        except apsw.Error as e:
-            append({"error": error_message(e), "time": clock() - t0})
-            if not conn.in_transaction:
-                return None
-            if stop_on_error:
-                return True
-            continue
-        except _BAD_PARAMS as e:
-            append({"error": _bad_param(e), "time": clock() - t0})
-            if stop_on_error:
-                return True
-            continue
-        if not conn.in_transaction:
-            return None
-        if total() != before:
-            append({"last_insert_id": rowid(), "rows_affected": changes(),
-                    "time": clock() - t0})
-        else:
-            append({"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0})
-    return False
-
-
-_RECORD_SQL = "INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)"
-
-
-def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=None):
-    """``run_many`` with ``stop_on_error``, where after each statement whose request has
-    an id (``rids[k]``: bytes or None) that request's dedup row ``(rid, dump([result]))``
-    is inserted right away, exactly where running the requests one by one puts it (SQL
-    functions such as ``changes()`` and ``last_insert_rowid()`` in the next statement see
-    the same values). Returns as ``run_many``; the row of a statement that ended the
-    transaction is not inserted (the caller re-runs its batch). ``first`` (a list) gets
-    the seq of the first row inserted, if any."""
-    cur = conn.cursor()
-    execute = cur.execute
-    rec = conn.cursor().execute
-    total = conn.total_changes
-    rowid = conn.last_insert_rowid
-    changes = conn.changes
-    clock = time.perf_counter
-    append = out.append
-    k = 0
-    stop = False
-    for params in params_list:
-        t0 = clock()
-        before = total()
-        try:
-            if params is None:
-                execute(sql)
-            else:
-                execute(sql, params)
-        except apsw.Error as e:
-            r = {"error": error_message(e), "time": clock() - t0}
-            stop = True
-        except _BAD_PARAMS as e:
-            r = {"error": _bad_param(e), "time": clock() - t0}
-            stop = True
-        else:
-            if total() != before:
-                r = {"last_insert_id": rowid(), "rows_affected": changes(),
-                     "time": clock() - t0}
-            else:
-                r = {"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0}
-        if not conn.in_transaction:
-            if stop:
-                append(r)
-            return None
-        append(r)
-        rid = rids[k]
-        k += 1
-        if rid:
-            access.internal = True
-            try:
-                rec(_RECORD_SQL, (rid, dump([r])))
-            finally:
-                access.internal = False
-            if first is not None and not first:
-                first.append(rowid())
-        if stop:
-            return True
-    return False
-
-
-def run_many_unreported(conn, sql, rows):
-    """Run a write-shaped SQL text once per row with SQLite's own loop (executemany), for
-    an apply whose per-statement results nobody reads. -> False when every row ran, True
-    at the first failing row (the rows before it ran; the caller rolls back), None when a
-    statement ended the transaction."""
-    try:
-        conn.cursor().executemany(sql, rows)
-    except (apsw.Error, *_BAD_PARAMS):
-        return True if conn.in_transaction else None
-    return False if conn.in_transaction else None
-
-
 _MAX_ROWID = (1 << 63) - 1
-
-
-def _storage_class(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "real"
-    if isinstance(v, str):
-        return "text"
-    return "blob"
 
 
 class Database:

@@ -39,7 +39,7 @@ from raftsqlite import fsm_load
 from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
-from raftsqlite.db import INTERNAL_PREFIX
+from raftsqlite.db_shapes import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
 
 _SCHEMA = (

@@ -1,5 +1,4 @@
 import os
-import sys
 
 # Tests run against the source tree (editable install) or an installed wheel.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -51,10 +51,10 @@ class Ready:
     """
 
     hard_state: Optional[HardState] = None
-    entries: list = field(default_factory=list)          # list[Entry] to append
+    entries: "list[Entry]" = field(default_factory=list)  # to append
     snapshot: Optional[SnapshotMeta] = None              # install before appending
-    messages: list = field(default_factory=list)         # list[Message]
-    committed: list = field(default_factory=list)        # list[Entry] to apply
+    messages: "list[Message]" = field(default_factory=list)
+    committed: "list[Entry]" = field(default_factory=list)  # to apply
     read_states: list = field(default_factory=list)      # list[ReadState]
     role: Optional[Role] = None                          # set when role/leader changed
     leader: Optional[str] = None

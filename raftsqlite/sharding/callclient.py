@@ -110,6 +110,16 @@ class _Expired(Exception):
     pass
 
 
+def _call_error(addr, t, exc):
+    """What the caller of a call sees when its connection timed out (``_Expired``) or
+    failed (anything else): the write may or may not have been applied."""
+    if isinstance(exc, _Expired):
+        return errors.Timeout(f"no answer from {addr} within {t:g}s; a write may or may not "
+                              "have been applied")
+    return errors.Unavailable(f"connection to {addr} failed: {exc}; a write may or may not "
+                              "have been applied")
+
+
 def _expire(fut):
     if not fut.done():
         fut.set_exception(_Expired())
@@ -227,30 +237,21 @@ class CallClient:
         timer = loop.call_later(t, _expire, fut) if t else None
         try:
             res = await fut
-        except _Expired:
+        except _Expired as e:
             self.counts["failures"] += 1
             conn._fail("timed out")
-            raise errors.Timeout(f"no answer from {addr} within {t:g}s; a write may or may "
-                                 "not have been applied") from None
+            raise _call_error(addr, t, e) from None
         except ConnectionError as e:
             self.counts["failures"] += 1
             conn._fail(str(e))
-            raise errors.Unavailable(f"connection to {addr} failed: {e}; a write may or may "
-                                     "not have been applied") from None
+            raise _call_error(addr, t, e) from None
         except asyncio.CancelledError:
             conn._fail("cancelled")     # its answer would arrive on a reused connection
             raise
         finally:
             if timer is not None:
                 timer.cancel()
-        if res.headers.get("connection", "").lower() == "close":
-            conn._fail("closed by the server")
-        elif not conn.closed:
-            pool = self._idle.setdefault(addr, [])
-            if len(pool) < self.max_idle:
-                pool.append((conn, time.monotonic()))
-            else:
-                conn._fail("pool full")
+        self._release(conn, addr, res)
         return res
 
     def send(self, addr, path, body, done, timeout=None):
@@ -294,13 +295,14 @@ class CallClient:
         if isinstance(res, BaseException):
             self.counts["failures"] += 1
             conn._fail(str(res))
-            if isinstance(res, _Expired):
-                done(errors.Timeout(f"no answer from {addr} within {t:g}s; a write may or "
-                                    "may not have been applied"))
-            else:
-                done(errors.Unavailable(f"connection to {addr} failed: {res}; a write may "
-                                        "or may not have been applied"))
+            done(_call_error(addr, t, res))
             return
+        self._release(conn, addr, res)
+        done(res)
+
+    def _release(self, conn, addr, res):
+        """After an answer: back to the idle pool, unless the server closes the connection
+        or the pool is full."""
         if res.headers.get("connection", "").lower() == "close":
             conn._fail("closed by the server")
         elif not conn.closed:
@@ -309,7 +311,6 @@ class CallClient:
                 pool.append((conn, time.monotonic()))
             else:
                 conn._fail("pool full")
-        done(res)
 
     def _expire_busy(self):
         self._sweep = None

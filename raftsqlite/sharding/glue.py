@@ -5,9 +5,11 @@ params)`` running internal SQL inside the apply transaction).
 Both states live in ``_raftsqlite_meta`` as one orjson blob each, written in the same
 SQLite transaction as the op that changed them, so snapshots carry them and replay never
 applies an op twice. The in-memory object is only a cache keyed by the stored bytes: the
-FSM may roll back and re-run a batch, so every use re-reads the row (a primary-key
-lookup) and re-parses only when the bytes differ. Nothing here holds state that the
-database does not.
+FSM may roll back and re-run a batch, so a use re-reads the row (a primary-key lookup)
+and re-parses only when the bytes differ. The one exception is ``ShardState.check`` on
+the apply thread, which keeps what it read until this object writes the row, a snapshot
+is restored, or the entry index goes back (see there). Nothing here holds state that
+the database does not.
 
 Usage (node wiring)::
 
@@ -94,8 +96,8 @@ class ShardState(_Blob):
     def register(self, fsm):
         for name in OWN_OPS:
             fsm.register_system_handler(name, self.handler(name))
-        # a snapshot replaces the stored ownership without an op (later entries have
-        # higher indexes anyway; forgetting is only the cheap belt to that brace)
+        # a snapshot replaces the stored ownership without an op: the check memo, which
+        # outlives entries, must go (check relies on this)
         listen = getattr(fsm, "add_restore_listener", None)
         if listen is not None:
             listen(self.forget)
@@ -111,17 +113,18 @@ class ShardState(_Blob):
         """Raise ``Moved``/``Fenced`` unless ``guard`` (bytes) may run here now.
 
         ``index``: the log index of the entry being applied (``SystemContext.index``).
-        A coalesced routed call is one entry of many guarded requests, and the ranges and
-        fences a guard is checked against change only through ``own.*`` ops, entries of
-        their own; so the row is read once per entry, not once per request. The memo
-        also lapses whenever this object writes or re-reads other bytes (``_bytes`` is
-        no longer the object it was made from): every write of the blob goes through
-        here. A re-run of the same entry after a rolled-back batch re-applies the same
-        earlier entries, so it sees the same ranges. ``load`` from a reader thread only
-        makes the next check read the row again."""
+        The ranges and fences a guard is checked against change only through ``own.*``
+        ops (entries of their own, whose ``_apply`` drops the memo), ``take_token`` (which
+        replaces ``_bytes``) and snapshot restores (``forget``); the row is therefore read
+        again only after one of those, not once per request or per entry. The memo also
+        lapses whenever ``load`` re-reads other bytes (``_bytes`` is no longer the object
+        it was made from), so a reader thread's load only makes the next check read the
+        row again. It holds only while indexes do not go back: a batch the FSM rolls back
+        is re-run from its first entry, at or below the memo's index, so the re-run reads
+        the row again and every ``own.*`` op in it drops the memo once more."""
         if index is not None:
             m = self._memo
-            if m is not None and m[0] == index and m[1] is self._bytes:
+            if m is not None and m[0] <= index and m[1] is self._bytes:
                 m[2].check(guard, write=write)
                 return
             lapse = self._bytes

@@ -29,7 +29,7 @@ from raftsqlite.codec.model import BulkStatements
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
-                                          error_from, guard_refusal, load_results, unb64)
+                                          error_from, load_results, unb64)
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
 from raftsqlite.sharding.ownership import catalog_guard, is_catalog_guard, is_token_guard

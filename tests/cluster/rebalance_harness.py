@@ -9,7 +9,6 @@ Env passed to nodes: ``RAFTSQLITE_REBALANCE`` (settings JSON) and
 import base64
 import asyncio
 import os
-import sys
 import time
 
 import orjson
@@ -255,7 +254,7 @@ async def write_load(router, ref, stop, seed, stats, n_max=100000, key_max=None,
         t0 = time.monotonic()
         try:
             res = await router.execute([(sql, args)])
-        except Exception as e:
+        except Exception:
             if not tolerant:
                 raise
             # a process was killed: the outcome of this write is unknown

@@ -364,7 +364,7 @@ def test_sigterm_leader_hands_over(group):
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
         rest = [n for n in g.ids if n != lead]
-        new = await g.leader(among=rest, timeout=3)
+        await g.leader(among=rest, timeout=3)
         assert "leadership transfer on stop failed" not in g.log_text(lead)
         assert len(await write_keys(g, [b"u%d" % i for i in range(20)])) == 20
     run(main())

@@ -55,7 +55,7 @@ def _mutate(rnd, data):
 def _run(fn, arg):
     try:
         return ("ok", repr(fn(arg)))
-    except DecodeError as e:
+    except DecodeError:
         return ("error", DecodeError)
     # any other exception propagates and fails the test
 

@@ -8,7 +8,6 @@ import sqlite3
 import pytest
 
 from raftsqlite.sharding import keyspace as ks
-from raftsqlite.sharding.catalog import MOVE_END
 from raftsqlite.sharding.fake import FakeCluster
 from raftsqlite.sharding.rebalance import RebalanceConfig
 from raftsqlite.sharding.rebalance_service import FakeMoveBackend, Rebalancer

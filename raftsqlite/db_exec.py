@@ -1,0 +1,230 @@
+"""Statements on an apsw connection: the access rules every connection enforces (the
+authorizer) and the loops that run SQL and turn it into neutral result dicts.
+
+Part of the apsw-owning layer with ``db.py`` (which owns the connections, snapshots and
+dumps): only these two modules import apsw, and only ``db.py`` sets pragmas on the node's
+database. Nothing here knows HTTP, Raft or the FSM; ``Database`` in db.py is the way in.
+"""
+import time
+
+import apsw
+
+from raftsqlite.db_shapes import INTERNAL_PREFIX
+
+# Pragmas a user statement may not run: they change durability or the file format
+# underneath replication, or let SQL rewrite the schema table directly.
+_DENIED_PRAGMAS = frozenset({
+    "journal_mode", "synchronous", "wal_checkpoint", "wal_autocheckpoint",
+    "writable_schema", "locking_mode", "mmap_size", "temp_store_directory",
+    "data_store_directory", "journal_size_limit",
+})
+
+_TABLE_OPS = None
+
+
+def _table_ops():
+    global _TABLE_OPS
+    if _TABLE_OPS is None:
+        names = ("CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE",
+                 "CREATE_TEMP_TRIGGER", "CREATE_TRIGGER", "DELETE", "DROP_INDEX",
+                 "DROP_TABLE", "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER",
+                 "DROP_TRIGGER", "INSERT", "READ", "UPDATE", "ALTER_TABLE", "ANALYZE",
+                 "CREATE_VIEW", "DROP_VIEW", "CREATE_TEMP_VIEW", "DROP_TEMP_VIEW",
+                 "CREATE_VTABLE", "DROP_VTABLE")
+        _TABLE_OPS = frozenset(getattr(apsw, "SQLITE_" + n) for n in names)
+    return _TABLE_OPS
+
+
+class _Access:
+    """Per-connection switch: internal statements (ours) may touch _raftsqlite_* tables
+    and run transaction control; user statements may not."""
+
+    __slots__ = ("internal",)
+
+    def __init__(self):
+        self.internal = False
+
+    def authorize(self, op, p1, p2, dbname, trigger):
+        if self.internal:
+            return apsw.SQLITE_OK
+        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+            return apsw.SQLITE_DENY
+        if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            return apsw.SQLITE_DENY
+        if op == apsw.SQLITE_PRAGMA:
+            return apsw.SQLITE_DENY if (p1 or "").lower() in _DENIED_PRAGMAS else apsw.SQLITE_OK
+        if op in _table_ops():
+            for p in (p1, p2):
+                if p and p.lower().startswith(INTERNAL_PREFIX):
+                    return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+
+def error_message(exc: BaseException) -> str:
+    msg = str(exc)
+    if isinstance(exc, apsw.InterruptError):
+        return "query interrupted (db_timeout exceeded)"
+    if isinstance(exc, apsw.AuthError):
+        return f"{msg}: statement refused (internal tables, ATTACH/DETACH, transaction " \
+               f"control and durability pragmas are not allowed)"
+    return msg or type(exc).__name__
+
+
+# A missing named parameter raises KeyError from apsw; it must be a statement error
+# (the same on every replica), never an exception out of apply, which fail-stops a node.
+_BAD_PARAMS = (TypeError, ValueError, OverflowError, KeyError, IndexError)
+
+
+def _bad_param(e) -> str:
+    if isinstance(e, KeyError):
+        return f"bad parameter: no value for named parameter {e}"
+    return f"bad parameter: {e}"
+
+
+def run_statement(conn, sql, params=None):
+    """Run one SQL text on ``conn``; return a neutral result dict:
+    write -> {"last_insert_id", "rows_affected"}; read -> {"columns", "types", "values"};
+    failure -> {"error"}; always "time" (seconds). Never raises for SQL errors."""
+    t0 = time.perf_counter()
+    desc = None
+
+    def trace(cursor, _sql, _bindings):
+        nonlocal desc
+        d = cursor.description
+        if d:
+            desc = d
+        return True
+
+    before = conn.total_changes()
+    try:
+        cur = conn.cursor()
+        cur.exec_trace = trace
+        if params is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql, params)
+        rows = cur.fetchall() if desc is not None else []
+    except apsw.Error as e:
+        return {"error": error_message(e), "time": time.perf_counter() - t0}
+    except _BAD_PARAMS as e:
+        return {"error": _bad_param(e), "time": time.perf_counter() - t0}
+    if desc is not None:
+        columns = [d[0] for d in desc]
+        types = [(d[1] or "").lower() for d in desc]
+        if rows and "" in types:
+            # rqlite's rule: no declared type -> the first row's storage class
+            first = rows[0]
+            for i, t in enumerate(types):
+                if not t:
+                    types[i] = _storage_class(first[i])
+        return {"columns": columns, "types": types, "values": [list(r) for r in rows],
+                "time": time.perf_counter() - t0}
+    changed = conn.total_changes() - before
+    return {"last_insert_id": conn.last_insert_rowid() if changed else 0,
+            "rows_affected": conn.changes() if changed else 0,
+            "time": time.perf_counter() - t0}
+
+
+def run_many(conn, sql, params_list, out, stop_on_error=False):
+    """``run_statement`` for each parameter set of a write-shaped SQL text, in a tight
+    loop on one cursor (no exec tracer, no per-call setup). See Database.run_user_many."""
+    return _run_rows(conn, sql, params_list, out, stop_on_error, None, None, None, None)
+
+
+_RECORD_SQL = "INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)"
+
+
+def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=None):
+    """``run_many`` with ``stop_on_error``, where after each statement whose request has
+    an id (``rids[k]``: bytes or None) that request's dedup row ``(rid, dump([result]))``
+    is inserted right away, exactly where running the requests one by one puts it (SQL
+    functions such as ``changes()`` and ``last_insert_rowid()`` in the next statement see
+    the same values). Returns as ``run_many``; the row of a statement that ended the
+    transaction is not inserted (the caller re-runs its batch). ``first`` (a list) gets
+    the seq of the first row inserted, if any."""
+    return _run_rows(conn, sql, params_list, out, True, access, rids, dump, first)
+
+
+def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, first):
+    """The loop of ``run_many`` and ``run_many_recorded`` (``rids`` None: no recording).
+    -> True when ``stop_on_error`` stopped it at a failing statement (its error result
+    appended), False when every statement ran, None when a statement ended the
+    transaction (a failing one's error is appended, a succeeding one's result is not).
+    The caller is inside a transaction."""
+    cur = conn.cursor()
+    execute = cur.execute
+    rec = conn.cursor().execute if rids is not None else None
+    total = conn.total_changes
+    rowid = conn.last_insert_rowid
+    changes = conn.changes
+    clock = time.perf_counter
+    append = out.append
+    k = 0
+    for params in params_list:
+        t0 = clock()
+        before = total()
+        try:
+            # apsw takes None as "no bindings", the same as leaving the argument out
+            execute(sql, params)
+        except apsw.Error as e:
+            r = {"error": error_message(e), "time": clock() - t0}
+            append(r)
+            if not conn.in_transaction:
+                return None
+            failed = True
+        except _BAD_PARAMS as e:
+            r = {"error": _bad_param(e), "time": clock() - t0}
+            append(r)
+            if not conn.in_transaction:
+                return None
+            failed = True
+        else:
+            if not conn.in_transaction:
+                return None
+            if total() != before:
+                r = {"last_insert_id": rowid(), "rows_affected": changes(),
+                     "time": clock() - t0}
+            else:
+                r = {"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0}
+            append(r)
+            if rec is None:
+                continue        # run_many: nothing to record, nothing failed
+            failed = False
+        if rec is not None:
+            rid = rids[k]
+            k += 1
+            if rid:
+                access.internal = True
+                try:
+                    rec(_RECORD_SQL, (rid, dump([r])))
+                finally:
+                    access.internal = False
+                if first is not None and not first:
+                    first.append(rowid())
+        if failed and stop_on_error:
+            return True
+    return False
+
+
+def run_many_unreported(conn, sql, rows):
+    """Run a write-shaped SQL text once per row with SQLite's own loop (executemany), for
+    an apply whose per-statement results nobody reads. -> False when every row ran, True
+    at the first failing row (the rows before it ran; the caller rolls back), None when a
+    statement ended the transaction."""
+    try:
+        conn.cursor().executemany(sql, rows)
+    except (apsw.Error, *_BAD_PARAMS):
+        return True if conn.in_transaction else None
+    return False if conn.in_transaction else None
+
+
+def _storage_class(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "real"
+    if isinstance(v, str):
+        return "text"
+    return "blob"
