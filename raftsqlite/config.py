@@ -40,8 +40,8 @@ class StoreConfig(_Help):
                                           "thread (0 = always use the threads).")
     write_timeout: float = _f(10.0, "Default seconds a write waits to be committed and applied.")
     read_timeout: float = _f(10.0, "Default seconds a linearizable/strong read waits.")
-    dedup_keep: int = _f(10_000, "Request ids remembered (with their results) so a retried "
-                                 "write returns its first result.")
+    dedup_keep: int = _f(10_000, "Request ids remembered (at least this many, with their "
+                                 "results) so a retried write returns its first result.")
     busy_timeout_ms: int = _f(5000, "SQLite busy timeout of every connection, milliseconds.")
     sqlite_synchronous: str = _f("NORMAL", "PRAGMA synchronous of the database (the Raft "
                                            "log is the durable record; NORMAL in WAL mode "

@@ -77,13 +77,29 @@ async def forward(request, p, exc, body=None):
     qs = request.query_string
     timeout = (p.timeout if p is not None and p.timeout else ctx.settings.default_timeout)
     ctx.counters["forwarded"] += 1
-    r = await ctx.client.request(request.method, addr,
-                                 request.path + (("?" + qs) if qs else ""),
-                                 body=request.body if body is None else body,
-                                 headers=forward_headers(request), timeout=timeout)
+    try:
+        r = await ctx.client.request(request.method, addr,
+                                     request.path + (("?" + qs) if qs else ""),
+                                     body=request.body if body is None else body,
+                                     headers=forward_headers(request), timeout=timeout)
+    except errors.Unreachable:
+        # Nothing was sent. A node that does not know the leader (a shard member sending
+        # an admin call to the default group) names the next member to try.
+        rest = getattr(exc, "alternates", None)
+        if not rest:
+            raise
+        return await forward(request, p, alternate(exc, rest), body)
     headers = {k: v for k, v in r.headers.items() if k.lower() in _RELAYED}
     headers.setdefault(SERVED_BY, addr)
     return HTTPResponse(r.body, status=r.status, headers=headers)
+
+
+def alternate(exc, addrs):
+    """A ``NotLeader`` naming ``addrs[0]``, with the others to try when it cannot be
+    reached (``forward`` tries them in turn, each only after a connection failure)."""
+    e = errors.NotLeader(str(exc), leader_addr=addrs[0])
+    e.alternates = list(addrs[1:])
+    return e
 
 
 async def on_leader(request, p, call, body=None):

@@ -39,6 +39,9 @@ Outputs::
     rd = core.ready() -> Ready
     ... the driver handles rd (order in types.Ready) ...
     core.advance(rd)
+    core.take_committed() -> list[Entry]     # optional, right after advance: a leader
+                                             # alone in its group hands out what advance
+                                             # just committed (else []), no second Ready
 
 Properties: ``node_id, role, leader, term, vote, commit, applied, first_index, last_index,
 members (list[Member] with raft_addr/http_addr), voters, learners, is_leader``;
@@ -668,13 +671,21 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         return HardState(*self._hs())
 
     def has_ready(self):
-        return bool(
-            (self._leaving and self.commit >= self._conf_history[-1][0]) or self._msgs or self._read_states or self._bcast or self._dirty or self._reads_waiting
-            or self.last_index > self._in_progress
-            or (self._pending_snap is not None and not self._snap_handed)
-            or self.commit > self.applied
-            or self._hs() != self._hs_handed
-            or (self.role, self.leader) != self._rl_handed)
+        if (self._leaving and self.commit >= self._conf_history[-1][0]) or self._msgs \
+                or self._read_states or self._bcast or self._dirty or self._reads_waiting \
+                or self.last_index > self._in_progress \
+                or (self._pending_snap is not None and not self._snap_handed) \
+                or self.commit > self.applied or (self.role, self.leader) != self._rl_handed:
+            return True
+        hs = self._hs()
+        hh = self._hs_handed
+        if hs == hh:
+            return False
+        # A leader alone in its group hands a commit-only change out with its next Ready
+        # instead of one of its own: the commit index on disk is a hint written at most
+        # once a second anyway (log.py), and its entries were handed out by
+        # take_committed. Anything else (term, vote, a group with peers) is a Ready now.
+        return hs[0] != hh[0] or hs[1] != hh[1] or not self.alone
 
     def ready(self):
         if self._leaving and self.role_ is _R_LEADER and self.commit >= self._conf_history[-1][0]:
@@ -749,7 +760,9 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             self._offset += cut
         if self.role_ is _R_LEADER:
             me = self._prs.get(self.node_id)
-            if me is not None and me.maybe_update(self._durable) and self._maybe_commit():
+            if me is not None and me.maybe_update(self._durable) and self._maybe_commit() \
+                    and len(self._prs) > 1:
+                # (Alone: nobody to tell; take_committed hands the entries out.)
                 self._bcast = True
 
     # ---- introspection ---------------------------------------------------------------

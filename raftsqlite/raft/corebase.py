@@ -306,6 +306,29 @@ class MembershipMixin:
 class ReplicationMixin:
     """Leader side: commit rule, APPEND/SNAPSHOT sending with flow control, ReadIndex rounds."""
 
+    @property
+    def alone(self):
+        """A leader that is the only member of its group (no other voter, no learner):
+        what it has durably appended is committed, with nothing to send."""
+        return self.role_ is _R_LEADER and len(self._members) == 1 and not self._leaving
+
+    def take_committed(self):
+        """Committed entries not yet handed out, for a leader alone in its group, to call
+        right after ``advance``: its durable appends are committed at once (it is the
+        whole quorum), and this hands them out in the same driver pass instead of in a
+        second Ready. Apply them in order, as ``Ready.committed`` (they are durable:
+        ``advance`` counted them). Returns [] in any other case (a group with peers
+        learns its commits from Ready as before)."""
+        if self.commit <= self.applied or not self.alone or self._pending_snap is not None:
+            return []
+        ents = self._slice(self.applied + 1, self.commit + 1, self.cfg.max_committed_bytes)
+        if ents is None:
+            raise RaftInvariantError(f"{self.node_id}: committed entries after "
+                                     f"{self.applied} are compacted")
+        if ents:
+            self.applied = ents[-1].index
+        return ents
+
     def _maybe_commit(self):
         prs = self._prs
         ms = sorted((prs[v].match if v in prs else 0) for v in self._voters)

@@ -88,7 +88,8 @@ class RaftNode(SnapshotMixin):
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
                        "persist_s": 0.0, "persists": 0, "heartbeats_during_persist": 0,
                        "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
-                       "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0}
+                       "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0,
+                       "committed_at_persist": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -468,6 +469,15 @@ class RaftNode(SnapshotMixin):
                     rd = core.ready()
                     await self._handle_ready(rd)
                     core.advance(rd)
+                    if rd.entries and core.alone:
+                        # Alone in its group: what advance just made durable is
+                        # committed; apply it now rather than in a second Ready.
+                        ents = core.take_committed()
+                        if ents:
+                            self._stats["committed_at_persist"] += 1
+                            self._apply(ents)
+                            if trace.ON:
+                                trace.mark("d_applied")
                     self._feed_core()
                 if self._compact_req is not None:
                     await self._compact()

@@ -269,6 +269,13 @@ class Sim(FaultsMixin):
         self._serve_reads(node)
         node.busy = None
         node.core.advance(rd)
+        if rd.entries and node.core.alone:
+            # As the driver: a leader alone in its group applies what just became
+            # durable in the same pass (no second Ready). A group with peers never
+            # gets here, so its runs are unchanged.
+            for e in node.core.take_committed():
+                self._apply(node, e)
+            self._serve_reads(node)
         self._maybe_compact(node)
         if pump:
             self._after(node)

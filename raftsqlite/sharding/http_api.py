@@ -32,6 +32,22 @@ except ImportError:
     _REBALANCE = None
 
 
+async def _elsewhere(request, rebalancer=False):
+    """The catalog's admin endpoints run on the default group's leader (with
+    ``rebalancer``: its coordinator). Here: None, or the ``Rebalancer``. Elsewhere: the
+    answer of sending the request there (forward.py: forwarded, or 301 with
+    ``redirect``). Decided before anything runs, so nothing runs twice."""
+    try:
+        if rebalancer:
+            return _REBALANCE.coordinator(request)
+        svc = _svc(request)
+        if not svc.leads_default():
+            raise svc.not_default_leader()
+        return None
+    except errors.NotLeader as e:
+        return await fwd.forward(request, QueryParams(request.query_string), e)
+
+
 def _svc(request):
     return request.app.ctx.node.sharding
 
@@ -190,6 +206,9 @@ def blueprint():
 
     @bp.post("/table/register")
     async def register(request):
+        there = await _elsewhere(request)
+        if there is not None:
+            return there
         svc = _svc(request)
         body = _body(request)
         name = ops._field(body, "table_name").lower()
@@ -219,6 +238,9 @@ def blueprint():
 
     @bp.post("/table/add-to-shard")
     async def add_to_shard(request):
+        there = await _elsewhere(request)
+        if there is not None:
+            return there
         svc = _svc(request)
         body = _body(request)
         op, args = ops.add_to_shard(body)
@@ -239,6 +261,9 @@ def blueprint():
 
     @bp.post("/table/remove")
     async def remove(request):
+        there = await _elsewhere(request)
+        if there is not None:
+            return there
         svc = _svc(request)
         body = _body(request)
         op, args = ops.remove(body)
@@ -256,7 +281,10 @@ def blueprint():
     async def remove_from_shard(request):
         svc = _svc(request)
         if _REBALANCE:   # #7 hook: drain the shard's ranges online, then remove it
-            return wire.json_response(await _REBALANCE.handle(request, "remove", _body(request)))
+            rb = await _elsewhere(request, rebalancer=True)
+            if isinstance(rb, HTTPResponse):
+                return rb
+            return wire.json_response(await _REBALANCE.handle(rb, "remove", _body(request)))
         op, args = ops.remove_from_shard(_body(request))
         res = await svc.catalog_op(op, args)
         return wire.json_response({"result": res, "note": "the shard keeps its ranges until a "
@@ -267,7 +295,10 @@ def blueprint():
         svc = _svc(request)
         body = _body(request)
         if _REBALANCE:   # #7 hook: plans, dry runs and online moves live in rebalance_node
-            res = await _REBALANCE.handle(request, "rebalance", body)
+            rb = await _elsewhere(request, rebalancer=True)
+            if isinstance(rb, HTTPResponse):
+                return rb
+            res = await _REBALANCE.handle(rb, "rebalance", body)
             if res is not None:    # None: no rows to move, switch at once below
                 return wire.json_response(res)
         await svc.cache.refresh()

@@ -10,11 +10,12 @@
   ``POST /table/move-range {"table_name", "start", "end", "shard_id"}``.
 
 ``get_rebalancer(request)`` returns the node's ``Rebalancer`` (on the coordinator: the
-default group's leader; other nodes should forward there, like writes).
+default group's leader); elsewhere it raises ``NotLeader`` and the request goes to the
+coordinator through ``http/forward.py``, like a write (``redirect``, ``timeout``, hops).
 """
 import orjson
 
-from raftsqlite.errors import BadRequest, RaftSQLiteError
+from raftsqlite.errors import BadRequest, NotLeader, RaftSQLiteError
 
 
 def _body(request):
@@ -59,7 +60,13 @@ def blueprint(get_rebalancer, name="rebalance", skip_owned=False):
 
     async def guarded(fn, request):
         try:
-            return _json(_sane(await fn(get_rebalancer(request), _body(request) if request.method == "POST" else {})))
+            rb = get_rebalancer(request)
+        except NotLeader as e:    # not the coordinator: it goes there, like a write
+            from raftsqlite.http import forward as fwd
+            from raftsqlite.http.params import QueryParams
+            return await fwd.forward(request, QueryParams(request.query_string), e)
+        try:
+            return _json(_sane(await fn(rb, _body(request) if request.method == "POST" else {})))
         except RaftSQLiteError as e:
             status = {"not_found": 404, "bad_request": 400}.get(getattr(e, "code", ""), 400 if isinstance(e, BadRequest) else 503)
             return _json({"error": str(e), "code": getattr(e, "code", "error")}, status)

@@ -4,8 +4,10 @@ On default-group nodes: a ``Rebalancer`` over ``NodeMoveBackend`` (the node's sh
 service), run as the coordinator while this node leads the default group (it resumes
 every unfinished move from the catalog every second), and the rebalance routes. The
 ``/table/rebalance`` and ``/table/remove-from-shard`` handlers of ``http_api`` delegate
-to ``node.rebalancer`` (see ``handle_rebalance``); other nodes forward to the default
-group's leader.
+to ``node.rebalancer`` (see ``handle``). Every other node (a default-group follower, a
+shard-group member) mounts the same routes and hands the request to the default group's
+leader through ``http/forward.py`` (``redirect``, ``timeout`` and the hop limit as for
+writes): ``ShardingService.not_default_leader`` names where it goes.
 """
 import asyncio
 import logging
@@ -20,7 +22,6 @@ from raftsqlite.sharding.rebalance_api import _sane
 from raftsqlite.sharding.rebalance_service import Rebalancer
 
 log = logging.getLogger("raftsqlite.rebalance")
-FORWARDED = "X-Raftsqlite-Rebalance-Forwarded"
 
 
 class _LinearizableExecutor:
@@ -75,10 +76,12 @@ class NodeMoveBackend:
 
 
 def attach(node):
-    """Give a default-group node its coordinator and routes; a no-op elsewhere."""
+    """Give a default-group node its coordinator; give every node the routes (a node
+    without the coordinator forwards them to it)."""
     svc = node.sharding
     node.rebalancer = None
     if not svc.is_default:
+        node.http_blueprints = list(node.http_blueprints or ()) + [_routes(node)]
         return
     try:
         cfg = RebalanceConfig(**orjson.loads(os.environ.get("RAFTSQLITE_REBALANCE", "{}")))
@@ -91,10 +94,16 @@ def attach(node):
     if lg.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() == logging.WARNING:
         lg.setLevel(logging.INFO)
     node.rebalancer.hook = fault_hook(os.environ.get("RAFTSQLITE_REBALANCE_FAULT"))
+    node.http_blueprints = list(node.http_blueprints or ()) + [_routes(node)]
+
+
+def _routes(node):
     from raftsqlite.sharding.rebalance_api import blueprint
 
     def bp():
-        b = blueprint(lambda request: _coordinator(request), name="rebalance", skip_owned=True)
+        b = blueprint(coordinator, name="rebalance", skip_owned=True)
+        if node.rebalancer is None:
+            return b
 
         @b.after_server_start
         async def _start(app, loop=None):
@@ -107,7 +116,7 @@ def attach(node):
             if t is not None:
                 t.cancel()
         return b
-    node.http_blueprints = list(node.http_blueprints or ()) + [bp]
+    return bp
 
 
 def fault_hook(spec):
@@ -138,53 +147,32 @@ def fault_hook(spec):
     return hook
 
 
-def _coordinator(request):
+def coordinator(request):
     node = request.app.ctx.node
     if getattr(node, "rebalancer", None) is None or not node.store.is_leader():
-        raise errors.NotLeader("rebalancing runs on the default group's leader; "
-                               "send this to it (GET /shards lists it)")
+        raise node.sharding.not_default_leader()
     return node.rebalancer
 
 
-async def handle(request, kind, body):
-    """``/table/rebalance`` and ``/table/remove-from-shard`` (called by http_api): run on
-    the coordinator, forwarding there once from any other node. ``None`` means "no rows
-    to move": http_api then switches the ranges at once, as it does without #7."""
-    node = request.app.ctx.node
-    rb = getattr(node, "rebalancer", None)
-    if rb is not None and node.store.is_leader():
-        if kind == "rebalance":
-            dry = body.get("dry_run", False)
-            if not isinstance(dry, bool):
-                raise errors.BadRequest("dry_run must be true or false")
-            table = _field(body, "table_name")
-            if not dry:
-                # ranges whose sources hold no rows switch at once (http_api's own path)
-                cat = await rb.b.catalog()
-                rows, _ = await rb._estimates(cat, table)
-                if not any(rows.values()):
-                    return None
-            plan = await rb.plan(table, dry_run=dry)
-            plan["status"] = "dry_run" if dry else ("balanced" if not plan["moves"] else "moving")
-            return _sane(plan)
-        return _sane(await rb.remove_from_shard(_field(body, "table_name"), _field(body, "shard_id")))
-    if request.headers.get(FORWARDED):
-        raise errors.Unavailable("the default group's leader is not known here yet; retry")
-    path = "/table/rebalance" if kind == "rebalance" else "/table/remove-from-shard"
-    svc = node.sharding
-    last = None
-    for a in svc.group_addrs(DEFAULT_GROUP):
-        if a == node.config.http_advertise:
-            continue
-        r = await svc.client.request("POST", a, path, body=orjson.dumps(body),
-                                     headers={"Content-Type": "application/json", FORWARDED: "1"})
-        if r.status == 200:
-            return orjson.loads(r.body)
-        from raftsqlite.sharding.service import error_from
-        last = error_from(r.status, r.body)
-        if not isinstance(last, (errors.NotLeader, errors.Unavailable)):
-            raise last
-    raise last or errors.Unavailable("no default-group leader to rebalance through")
+async def handle(rb, kind, body):
+    """``/table/rebalance`` and ``/table/remove-from-shard`` on the coordinator (http_api
+    forwards them there first: ``coordinator``). ``None`` means "no rows to move":
+    http_api then switches the ranges at once, as it does without #7."""
+    if kind == "rebalance":
+        dry = body.get("dry_run", False)
+        if not isinstance(dry, bool):
+            raise errors.BadRequest("dry_run must be true or false")
+        table = _field(body, "table_name")
+        if not dry:
+            # ranges whose sources hold no rows switch at once (http_api's own path)
+            cat = await rb.b.catalog()
+            rows, _ = await rb._estimates(cat, table)
+            if not any(rows.values()):
+                return None
+        plan = await rb.plan(table, dry_run=dry)
+        plan["status"] = "dry_run" if dry else ("balanced" if not plan["moves"] else "moving")
+        return _sane(plan)
+    return _sane(await rb.remove_from_shard(_field(body, "table_name"), _field(body, "shard_id")))
 
 
 def _field(b, name):

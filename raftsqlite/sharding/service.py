@@ -26,6 +26,7 @@ import orjson
 
 from raftsqlite import errors
 from raftsqlite.codec.model import BulkStatements
+from raftsqlite.http.forward import alternate
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
@@ -686,6 +687,25 @@ class ShardingService:
             raise errors.Unavailable(f"group {group!r} has no known member; GET /shards "
                                      "lists groups and members")
         return addrs
+
+    def leads_default(self):
+        return self.is_default and self.node.store.is_leader()
+
+    def not_default_leader(self):
+        """The ``NotLeader`` that sends an admin request (catalog changes, rebalancing) to
+        the default group's leader through ``http/forward.py``. A default-group member
+        leaves ``leader_addr`` empty (forward.py asks its store); any other node names the
+        default-group member it last reached (its leader, as far as this node knows),
+        which forwards again if it does not lead (the hop limit bounds the chain); the other
+        members follow in ``alternates``, tried when one cannot be reached."""
+        e = errors.NotLeader("the default group's leader runs this; this node forwards "
+                             "there (GET /shards lists it)")
+        if not self.is_default:
+            try:
+                e = alternate(e, self.group_addrs(DEFAULT_GROUP))
+            except errors.Unavailable:
+                pass
+        return e
 
     async def post_group(self, group, path, body, ctype="application/json", lean=False):
         """POST to a member of ``group`` (it forwards to its leader); the answer, or the

@@ -163,3 +163,20 @@ def test_request_id_reaches_the_store_through_a_follower(trio):
     r = leader.http.post("/db/execute?request_id=" + "x" * 300, ["INSERT INTO t(v) VALUES (5)"])
     assert r.status == 400 and "request_id" in r.json()["error"]
     assert len(leader.store.calls) == n
+
+
+def test_unreachable_candidate_falls_through_to_the_next(trio):
+    """A node that does not know the leader names several members to try
+    (``NotLeader.alternates``; a shard member forwarding an admin call to the default
+    group): one that cannot be reached (nothing was sent) is skipped, and the request
+    is answered by the next, once."""
+    from raftsqlite.http.forward import alternate
+    leader, follower, _ = trio
+
+    def _need_leader():
+        raise alternate(errors.NotLeader(), ["127.0.0.1:1", leader.addr])
+    follower.store._need_leader = _need_leader
+    r = follower.http.post("/db/execute", ["CREATE TABLE t (x)"])
+    assert r.status == 200, r
+    assert r.headers["x-rqlite-served-by"] == leader.addr
+    assert [c[0] for c in leader.store.calls] == ["execute"]

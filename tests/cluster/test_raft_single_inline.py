@@ -64,3 +64,79 @@ def test_a_leader_with_peers_keeps_the_persist_thread(tmp_path):
         for n in nodes:
             await n.stop()
     run(main())
+
+
+def test_single_member_proposal_is_one_ready_cycle(tmp_path):
+    """Invariant: a lone leader runs exactly one Ready cycle per proposal made one at a
+    time (the commit is taken in the same pass as the persist, not in a second Ready)."""
+    async def main():
+        node, _ = await single(cfg(tmp_path))
+        await node.propose(b"warm=1")
+        s0 = node.stats()
+        n = 30
+        for i in range(n):
+            await node.propose(b"k%d=%d" % (i, i))
+        s = node.stats()
+        assert s["ready"] - s0["ready"] == n, (s0["ready"], s["ready"])
+        assert s["committed_at_persist"] - s0["committed_at_persist"] == n
+        await node.stop()
+    run(main())
+
+
+def _record_order(node, fsm, events, slow=0.0):
+    """Log every durable write's last index, every apply and every acknowledgement."""
+    import time as _time
+    write, apply = node.log.write, fsm.apply
+
+    def rec_write(b):
+        if slow:
+            _time.sleep(slow)
+        write(b)
+        if b.entries:
+            events.append(("durable", b.entries[-1].index))
+
+    def rec_apply(entries):
+        for e in entries:
+            events.append(("apply", e.index))
+        return apply(entries)
+    node.log.write = rec_write
+    fsm.apply = rec_apply
+
+
+def _check_order(events, acked):
+    durable = 0
+    for kind, idx in events:
+        if kind == "durable":
+            durable = max(durable, idx)
+        else:
+            assert idx <= durable, f"{kind} of {idx} before it was durable ({durable}): {events}"
+    assert acked and all(i <= durable for i in acked)
+
+
+def test_single_member_applies_and_acknowledges_only_after_the_persist(tmp_path):
+    """Invariant: in a group of one, an entry is applied and its proposal acknowledged
+    only after the log write that holds it returned (fdatasync done), on the inline path
+    and on the persist thread (persist_wait=0, a slow write)."""
+    for sub, kw, slow in (("inline", {}, 0.0), ("thread", {"persist_wait": 0}, 0.01)):
+        async def main():
+            node, fsm = await single(cfg(tmp_path / sub, **kw))
+            await node.propose(b"warm=1")
+            events, acked = [], []
+            _record_order(node, fsm, events, slow)
+
+            def ack(f):
+                if not f.exception():
+                    events.append(("ack", f.result()))
+                    acked.append(f.result())
+            futs = []
+            for i in range(40):
+                f = node.propose_future(b"k%d=%d" % (i, i))
+                f.add_done_callback(ack)
+                futs.append(f)
+                if i % 3 == 0:
+                    await f
+            await asyncio.gather(*futs)
+            _check_order(events, acked)
+            assert len(acked) == 40
+            await node.stop()
+        run(main())
