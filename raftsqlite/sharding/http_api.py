@@ -48,6 +48,29 @@ async def _elsewhere(request, rebalancer=False):
         return await fwd.forward(request, QueryParams(request.query_string), e)
 
 
+# What a failed catalog fetch may fall back on: the default group cannot answer now.
+# (OutcomeUnknown too: the fetch is a read, so whether it arrived does not matter.)
+_CATALOG_UNREACHABLE = (errors.NotLeader, errors.LeaderNotFound, errors.Unavailable,
+                        errors.Timeout, errors.OutcomeUnknown)
+
+
+async def _catalog_view(svc):
+    """The newest catalog, and ``{}``; or, when the default group cannot be reached (no
+    leader, members down), this node's cached copy with ``{"stale": true, ...}`` saying
+    so. An operator inspecting ``/shards`` during a default-group outage most needs the
+    shard groups' health, which the cached membership still locates. A node that has
+    never held a catalog has nothing to show and answers the error."""
+    try:
+        return await svc.cache.refresh(), {}
+    except _CATALOG_UNREACHABLE as e:
+        cat = svc.cache.current()
+        if not cat.version:
+            raise
+        return cat, {"stale": True, "catalog_version": cat.version,
+                     "stale_reason": f"the default group could not be reached ({e}); "
+                                     "this is this node's cached catalog"}
+
+
 def _svc(request):
     return request.app.ctx.node.sharding
 
@@ -185,17 +208,17 @@ def blueprint():
     @bp.get("/tables")
     async def tables(request):
         svc = _svc(request)
-        await svc.cache.refresh()
-        return wire.json_response({"tables": svc.cache.current().describe_tables(),
-                                   "epoch": svc.cache.current().epoch})
+        cat, stale = await _catalog_view(svc)
+        return wire.json_response({"tables": cat.describe_tables(), "epoch": cat.epoch,
+                                   **stale})
 
     @bp.get("/shards")
     async def shards(request):
         svc = _svc(request)
-        await svc.cache.refresh()
-        groups = svc.cache.current().describe_groups()
+        cat, stale = await _catalog_view(svc)
+        groups = cat.describe_groups()
         await asyncio.gather(*[_probe(svc, g) for g in groups])
-        return wire.json_response({"shards": groups})
+        return wire.json_response({"shards": groups, **stale})
 
     @bp.get("/table/explain")
     async def explain(request):

@@ -201,3 +201,34 @@ def test_catalog_admin_from_any_member(cl):
     assert tables()["kv2"]["shards"] == ["shard2"]
     _ok(_post(_shard_node(cl, "shard1").http_addr, "/table/remove", {"table_name": "kv2"}))
     assert "kv2" not in tables()
+
+
+def test_shard_member_shows_its_cached_catalog_when_the_default_group_is_down(cl):
+    """Invariant: with no default-group leader, a shard member still answers ``/tables``
+    and ``/shards`` from its cached catalog, marked ``stale`` with the reason; with the
+    default group up the same answers carry no ``stale`` key. Runs last in the module:
+    it stops two of the three default members."""
+    sh = _shard_node(cl, "shard1").http_addr
+    up_tables = _ok(call(sh, "GET", "/tables", timeout=20))
+    up_shards = _ok(call(sh, "GET", "/shards", timeout=20))
+    assert "stale" not in up_tables and "stale" not in up_shards
+    assert any(t["table_name"] == "kv" for t in up_tables["tables"])
+    lead = _leader(cl)
+    keep = next(m for m in cl.default.members.values() if m.id != lead.id)
+    for m in list(cl.default.members.values()):
+        if m.id != keep.id:
+            m.proc.kill()
+            m.proc.wait()
+    _until(lambda: call(keep.http_addr, "GET", "/leader", timeout=5)[0] != 200, 20,
+           "the default group to lose its leader")
+    t0 = time.monotonic()
+    st, tables = call(sh, "GET", "/tables", timeout=30)
+    assert st == 200, tables
+    assert tables["stale"] is True and "default group" in tables["stale_reason"]
+    assert tables["tables"] == up_tables["tables"] and tables["epoch"] == up_tables["epoch"]
+    st, shards = call(sh, "GET", "/shards", timeout=30)
+    assert st == 200, shards
+    assert shards["stale"] is True
+    assert [g["group"] for g in shards["shards"]] == [g["group"] for g in up_shards["shards"]]
+    assert "shard1" in [g["group"] for g in shards["shards"]]
+    assert time.monotonic() - t0 < 25
