@@ -10,6 +10,7 @@ only needs an async ``fetch`` that returns catalog bytes (or None for "no change
 import asyncio
 import logging
 
+from raftsqlite import errors
 from raftsqlite.sharding.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,23 @@ class CatalogCache:
         finally:
             if fut.done() and self._refreshing is fut:
                 self._refreshing = None
+
+    # What a failed fetch may fall back on: the catalog's holders cannot answer now. (A
+    # fetch is a read, so OutcomeUnknown too: whether it arrived does not matter.)
+    UNREACHABLE = (errors.NotLeader, errors.LeaderNotFound, errors.Unavailable,
+                   errors.Timeout, errors.OutcomeUnknown)
+
+    async def view(self):
+        """``(catalog, None)`` with the newest catalog; or, when the default group cannot
+        be reached (no leader, members down), ``(cached copy, reason)``, so an operator's
+        view (``/tables``, ``/shards``) still answers during that outage, marked stale. A
+        cache that never held a catalog has nothing to show and raises the error."""
+        try:
+            return await self.refresh(), None
+        except self.UNREACHABLE as e:
+            if not self._cat.version:
+                raise
+            return self._cat, f"the default group could not be reached ({e})"
 
     async def _do_refresh(self):
         self.refreshes += 1

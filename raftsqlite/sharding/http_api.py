@@ -48,27 +48,14 @@ async def _elsewhere(request, rebalancer=False):
         return await fwd.forward(request, QueryParams(request.query_string), e)
 
 
-# What a failed catalog fetch may fall back on: the default group cannot answer now.
-# (OutcomeUnknown too: the fetch is a read, so whether it arrived does not matter.)
-_CATALOG_UNREACHABLE = (errors.NotLeader, errors.LeaderNotFound, errors.Unavailable,
-                        errors.Timeout, errors.OutcomeUnknown)
-
-
 async def _catalog_view(svc):
-    """The newest catalog, and ``{}``; or, when the default group cannot be reached (no
-    leader, members down), this node's cached copy with ``{"stale": true, ...}`` saying
-    so. An operator inspecting ``/shards`` during a default-group outage most needs the
-    shard groups' health, which the cached membership still locates. A node that has
-    never held a catalog has nothing to show and answers the error."""
-    try:
-        return await svc.cache.refresh(), {}
-    except _CATALOG_UNREACHABLE as e:
-        cat = svc.cache.current()
-        if not cat.version:
-            raise
-        return cat, {"stale": True, "catalog_version": cat.version,
-                     "stale_reason": f"the default group could not be reached ({e}); "
-                                     "this is this node's cached catalog"}
+    """The catalog for an operator's view, and the keys that mark it stale (none when
+    it is the newest; ``CatalogCache.view`` says when it is not)."""
+    cat, stale = await svc.cache.view()
+    if stale is None:
+        return cat, {}
+    return cat, {"stale": True, "catalog_version": cat.version,
+                 "stale_reason": stale + "; this is this node's cached catalog"}
 
 
 def _svc(request):

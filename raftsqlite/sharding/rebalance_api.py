@@ -16,6 +16,8 @@ coordinator through ``http/forward.py``, like a write (``redirect``, ``timeout``
 import orjson
 
 from raftsqlite.errors import BadRequest, NotLeader, RaftSQLiteError
+from raftsqlite.http import forward as fwd
+from raftsqlite.http.params import QueryParams
 
 
 def _body(request):
@@ -62,8 +64,6 @@ def blueprint(get_rebalancer, name="rebalance", skip_owned=False):
         try:
             rb = get_rebalancer(request)
         except NotLeader as e:    # not the coordinator: it goes there, like a write
-            from raftsqlite.http import forward as fwd
-            from raftsqlite.http.params import QueryParams
             return await fwd.forward(request, QueryParams(request.query_string), e)
         try:
             return _json(_sane(await fn(rb, _body(request) if request.method == "POST" else {})))
