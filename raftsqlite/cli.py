@@ -11,9 +11,12 @@ import sys
 
 from raftsqlite.config import NodeConfig, StoreConfig
 from raftsqlite.errors import ConfigError, RaftSQLiteError
+from raftsqlite.tlsconf import TLSConfig
 
 _DEFAULTS = NodeConfig.help()
 _SDEFAULTS = StoreConfig.help()
+_TDEFAULTS = TLSConfig.help()
+_TLS_FLAGS = [(n.replace("_", "-"), n) for n in _TDEFAULTS]
 
 
 def build_parser():
@@ -76,6 +79,14 @@ def build_parser():
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
+    # TLS, as rqlite's flags (raftsqlite/tlsconf.py, docs/design/tls.md)
+    for name, dest in _TLS_FLAGS:
+        default, help_ = _TDEFAULTS[dest]
+        if isinstance(default, bool):
+            flag(name, dest=dest, action="store_true", help=help_)
+        else:
+            flag(name, dest=dest, default=default, metavar="PATH" if "cert" in name or
+                 "key" in name else "NAME", help=help_)
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     return p
@@ -99,7 +110,8 @@ def config_from_args(argv=None) -> NodeConfig:
                      join=join, voter=not args.non_voter, shard=args.shard,
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
                      join_timeout=args.join_timeout, store=store,
-                     raft_overrides=tuple(overrides))
+                     raft_overrides=tuple(overrides),
+                     tls=TLSConfig(**{d: getattr(args, d) for _, d in _TLS_FLAGS}))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args

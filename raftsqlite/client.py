@@ -20,13 +20,48 @@ from raftsqlite import errors
 FORWARDED_HEADER = "X-Raftsqlite-Forwarded"
 MAX_HOPS = 3
 
+# Node-wide TLS of calls to other nodes' HTTP APIs, set once by the node from its own
+# flags (``configure_tls``): members of a cluster are configured alike, so a node that
+# serves HTTPS reaches its peers over HTTPS too (docs/design/tls.md). One node per
+# process; without TLS flags these stay "http://" and None and nothing changes.
+_PREFIX = "http://"
+_SSL = None
+
+
+def configure_tls(scheme="http", ssl_context=None, server_hostname=None):
+    """``scheme`` for scheme-less member addresses; ``ssl_context`` (client side) for
+    https connections made by ``Client``, ``CallClient`` and the node's joins."""
+    global _PREFIX, _SSL, _SERVER_HOSTNAME
+    _PREFIX = scheme + "://"
+    _SSL = ssl_context
+    _SERVER_HOSTNAME = server_hostname
+
+
+_SERVER_HOSTNAME = None
+
+
+def ssl_context():
+    """The client ssl context for node-to-node HTTP calls (None: aiohttp's default)."""
+    return _SSL
+
+
+def server_hostname():
+    """Name expected in peers' certificates (-node-verify-server-name), or None."""
+    return _SERVER_HOSTNAME
+
 
 def base_url(addr):
-    """``host:port`` or ``http://host:port`` -> ``http://host:port``."""
+    """``host:port`` or ``http(s)://host:port`` -> ``http(s)://host:port`` (the scheme of a
+    bare address is the node's, ``configure_tls``)."""
     addr = addr.strip().rstrip("/")
     if "://" not in addr:
-        addr = "http://" + addr
+        addr = _PREFIX + addr
     return addr
+
+
+def connector_kw():
+    """Extra ``aiohttp.TCPConnector`` arguments for node-to-node sessions."""
+    return {"ssl": _SSL} if _SSL is not None else {}
 
 
 class Response:
@@ -63,7 +98,8 @@ class Client:
             connector = aiohttp.TCPConnector(limit=self._limit,
                                              limit_per_host=self._limit_per_host,
                                              keepalive_timeout=self._keepalive,
-                                             enable_cleanup_closed=True)
+                                             enable_cleanup_closed=True,
+                                             **connector_kw())
             # auto_decompress off: a forwarded body is relayed byte for byte.
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                   json_serialize=lambda o: orjson.dumps(o).decode())
@@ -93,7 +129,8 @@ class Client:
         self.requests += 1
         try:
             async with self.session.request(method, url, data=body, headers=headers,
-                                            timeout=t, allow_redirects=allow_redirects) as r:
+                                            timeout=t, allow_redirects=allow_redirects,
+                                            server_hostname=_SERVER_HOSTNAME) as r:
                 data = await r.read()
                 return Response(r.status, r.headers, data)
         except asyncio.TimeoutError:
@@ -118,7 +155,8 @@ class Client:
         self.requests += 1
         try:
             r = await self.session.request(method, url, data=body, headers=headers, timeout=t,
-                                           allow_redirects=False)
+                                           allow_redirects=False,
+                                           server_hostname=_SERVER_HOSTNAME)
         except asyncio.TimeoutError:
             self.failures += 1
             raise errors.Timeout(f"no answer from {addr}") from None

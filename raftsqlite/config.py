@@ -89,10 +89,14 @@ class NodeConfig(_Help):
     store: StoreConfig = _f(None, "Store settings (group commit, reads).")
     raft_overrides: tuple = _f((), "Extra RaftConfig settings as (name, value) pairs "
                                     "(tests and benchmarks).")
+    tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; None = plaintext).")
 
     def __post_init__(self):
         if self.store is None:
             object.__setattr__(self, "store", StoreConfig())
+        if self.tls is None:
+            from raftsqlite.tlsconf import NO_TLS
+            object.__setattr__(self, "tls", NO_TLS)
         for name in ("http_addr", "raft_addr"):
             parse_addr(getattr(self, name), name)
         for name in ("http_adv", "raft_adv"):

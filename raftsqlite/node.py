@@ -56,6 +56,14 @@ class Node:
                   advertise_addr=config.raft_advertise, http_addr=config.http_advertise,
                   fsync=config.fsync, snapshot_threshold=config.snapshot_threshold,
                   election_ticks=NODE_ELECTION_TICKS)
+        tls = config.tls
+        if tls.raft_server is not None:
+            kw.update(tls_server=tls.raft_server, tls_client=tls.raft_client,
+                      tls_server_name=tls.node_verify_server_name)
+        if tls.enabled:
+            # one node per process: its calls to other members follow its own flags
+            from raftsqlite.client import configure_tls
+            configure_tls(tls.scheme, tls.http_client, tls.node_verify_server_name or None)
         kw.update(dict(config.raft_overrides))
         try:
             self.raft_config = RaftConfig(**kw)
@@ -125,7 +133,8 @@ class Node:
         safe = "".join(c if c.isalnum() else "_" for c in self.config.node_id)
         self.app = create_app(self, name=f"raftsqlite_{safe}")
         host, port = listen_addr(self.config.http_addr)
-        self._server = await start_server(self.app, host, port)
+        self._server = await start_server(self.app, host, port,
+                                          ssl=self.config.tls.http_server)
         log.info("HTTP API on %s:%d (advertised %s)", host, port, self.config.http_advertise)
 
     async def stop(self):
@@ -161,7 +170,9 @@ class Node:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.join_timeout
         delay, last = 0.1, "no attempt"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        from raftsqlite.client import connector_kw, server_hostname
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                         connector=aiohttp.TCPConnector(**connector_kw())) as s:
             while loop.time() < deadline:
                 for a in addrs:
                     # an empty log now: the leader must not count on what an earlier
@@ -169,7 +180,8 @@ class Node:
                     fresh = self.raft.last_log_index == 0 and self.raft.last_snapshot_index == 0
                     url = _url(a, "/join?fresh" if fresh else "/join")
                     try:
-                        async with s.post(url, json=body) as r:
+                        async with s.post(url, json=body,
+                                          server_hostname=server_hostname()) as r:
                             text = await r.text()
                             if r.status == 200:
                                 log.info("joined through %s", a)
@@ -197,13 +209,14 @@ class Node:
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
                      "data_dir": os.path.abspath(self.config.data_dir)}
+        if self.config.tls.enabled:
+            s["node"]["tls"] = self.config.tls.describe()
         return s
 
 
 def _url(addr, path):
-    if "://" not in addr:
-        addr = "http://" + addr
-    return addr.rstrip("/") + path
+    from raftsqlite.client import base_url   # https on a node serving TLS
+    return base_url(addr) + path
 
 
 async def run_node(config: NodeConfig, stop_event: asyncio.Event = None):

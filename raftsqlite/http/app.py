@@ -247,12 +247,14 @@ async def _on_cancelled(request, exc):
                                "unavailable")
 
 
-async def start_server(app, host, port, *, backlog=1024):
+async def start_server(app, host, port, *, backlog=1024, ssl=None):
     """Serve ``app`` on the running loop (the node's); returns a handle for
-    ``stop_server``. Runs the app's lifecycle listeners."""
+    ``stop_server``. Runs the app's lifecycle listeners. ``ssl``: a server
+    ``ssl.SSLContext`` to serve HTTPS (the fast lane works on the decrypted bytes)."""
+    kw = {"ssl": ssl} if ssl is not None else {}
     srv = await app.create_server(host=host, port=port, backlog=backlog,
                                   return_asyncio_server=True, access_log=False,
-                                  protocol=FastHttpProtocol)
+                                  protocol=FastHttpProtocol, **kw)
     await srv.startup()
     await srv.before_start()
     await srv.after_start()

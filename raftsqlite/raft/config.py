@@ -81,6 +81,14 @@ class RaftConfig:
                                         "writes took at least this many seconds and the "
                                         "followers had committed them at least half that "
                                         "sooner (0 = never; docs/design/raft-io.md).")
+    # TLS (docs/design/tls.md): the node builds the contexts from its flags; the
+    # transport only uses them. None = plaintext, the default.
+    tls_server: object = _f(None, "ssl.SSLContext (server side) the Raft listener wraps "
+                                  "connections in; None = plaintext.")
+    tls_client: object = _f(None, "ssl.SSLContext (client side) for connections to peers; "
+                                  "None = plaintext.")
+    tls_server_name: str = _f("", "Name expected in peers' certificates (default: the host "
+                                  "or IP dialled).")
 
     def __post_init__(self):
         if not self.node_id or any(c.isspace() for c in self.node_id):

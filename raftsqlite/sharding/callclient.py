@@ -20,7 +20,7 @@ import asyncio
 import time
 
 from raftsqlite import errors
-from raftsqlite.client import Response
+from raftsqlite.client import Response, base_url, server_hostname, ssl_context
 
 _MAX_HEAD = 65536
 _READ_SIZE = 65536      # per read; a longer answer arrives over several reads
@@ -193,12 +193,21 @@ class CallClient:
 
     async def _connect(self, addr):
         host, _, port = addr.rpartition(":")
+        # https: an explicit scheme, or a bare address on a node serving HTTPS (client.py)
+        tls = None
         if "://" in host:
-            host = host.split("://", 1)[1]
+            scheme, host = host.split("://", 1)
+            if scheme == "https":
+                tls = ssl_context() or True
+        elif base_url(addr).startswith("https:"):
+            tls = ssl_context() or True
+        kw = {"ssl": tls, "server_hostname": server_hostname() or host.strip("[]"),
+              "ssl_handshake_timeout": 10.0} if tls else {}
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Conn, host.strip("[]"), int(port))
-        except (OSError, ValueError) as e:
+            _, conn = await loop.create_connection(_Conn, host.strip("[]"), int(port), **kw)
+        except (OSError, ValueError, asyncio.TimeoutError) as e:
+            # ssl.SSLError (a failed handshake) is an OSError: nothing was sent either
             raise errors.Unreachable(f"cannot reach {addr}: {e} (nothing was sent)") from None
         self.counts["connects"] += 1
         return conn
