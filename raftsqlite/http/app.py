@@ -23,7 +23,7 @@ from sanic_routing.exceptions import NotFound as _NoSignal
 
 from raftsqlite import errors
 from raftsqlite.client import Client
-from raftsqlite.http import cluster, rqlite, seed, wire
+from raftsqlite.http import cluster, metrics, rqlite, seed, wire
 from raftsqlite.http.fastpath import FastHttpProtocol, routes as fast_routes
 from raftsqlite.http.backend import HTTPConfig, StoreSQL
 from raftsqlite.http.queue import WriteQueue
@@ -167,6 +167,7 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     app.blueprint(rqlite.blueprint())
     app.blueprint(seed.blueprint())
     app.blueprint(cluster.blueprint())
+    app.blueprint(metrics.blueprint())      # GET /metrics, GET /debug/vars
     # Other layers add their own API families (the sharding router's /table/*, /shards)
     # without this module importing them: node.http_blueprints holds Blueprints or
     # zero-argument factories returning one.
