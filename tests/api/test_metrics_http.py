@@ -1,0 +1,86 @@
+"""GET /metrics and GET /debug/vars on an in-process app: both HTTP lanes count requests
+by route template and status class, and the whole exposition parses strictly."""
+import json
+
+from raftsqlite.metrics import CONTENT_TYPE
+from tests.promtext import parse
+
+
+def _metrics(s):
+    r = s.http.get("/metrics")
+    assert r.status == 200, r
+    assert r.headers["content-type"] == CONTENT_TYPE
+    return parse(r.text)
+
+
+def test_requests_are_counted_per_route_and_status_class_in_both_lanes(single):
+    """N good writes and reads (the fast lane), a malformed write (400 through the fast
+    lane's error path), an unknown path (Sanic's 404) and /status (the Sanic lane) are
+    each counted under their route template and status class; the latency histograms
+    count every answered write and read; the scrape itself is the one request in
+    flight; no section of the exposition failed."""
+    s = single
+    s.http.post("/db/execute", [["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]])
+    before = _metrics(s)
+    n = 7
+    for i in range(n):
+        assert s.http.post("/db/execute", [["INSERT INTO t(v) VALUES(?)", f"x{i}"]]).status == 200
+        assert s.http.get("/db/query?q=SELECT+count(*)+FROM+t").status == 200
+    assert s.http.post("/db/execute", "[not json").status == 400
+    assert s.http.get("/no/such/route").status == 404
+    assert s.http.get("/status").status == 200
+    after = _metrics(s)
+    req = after["raftsqlite_http_requests_total"]
+    old = before["raftsqlite_http_requests_total"]
+
+    def delta(route, status):
+        key = frozenset({"route": route, "status": status}.items())
+        return req.values().get(key, 0) - old.values().get(key, 0)
+
+    assert delta("/db/execute", "2xx") == n
+    assert delta("/db/execute", "4xx") == 1
+    assert delta("/db/query", "2xx") == n
+    assert delta("unmatched", "4xx") == 1
+    assert delta("/status", "2xx") == 1
+    assert delta("/db/execute", "5xx") == 0
+    dur = after["raftsqlite_http_request_duration_seconds"]
+    odur = before["raftsqlite_http_request_duration_seconds"]
+
+    def count(fams, kind):
+        (v,) = [v for name, lab, v in fams.samples
+                if name.endswith("_count") and lab == {"kind": kind}]
+        return v
+    assert count(dur, "write") - count(odur, "write") == n + 1
+    assert count(dur, "read") - count(odur, "read") == n
+    assert after["raftsqlite_http_requests_in_flight"].value() == 1
+    assert after["raftsqlite_scrape_errors_total"].value() == 0
+    # the fast lane served the writes and reads (so both lanes were measured)
+    assert after["raftsqlite_http_fast_lane_total"].value() >= 2 * n
+
+
+def test_route_labels_stay_bounded(single):
+    """Raw paths never become label values: many distinct unknown paths add one
+    'unmatched' series, not one series each."""
+    s = single
+    for i in range(20):
+        s.http.get(f"/nothing/here/{i}")
+    routes = {lab["route"] for _, lab, _ in _metrics(s)["raftsqlite_http_requests_total"].samples}
+    assert "unmatched" in routes
+    assert not any(r.startswith("/nothing") for r in routes)
+
+
+def test_debug_vars_is_expvar_shaped_json(single):
+    """/debug/vars answers one JSON object of maps (cmdline, memstats, http, store, ...);
+    ?key= narrows it to that variable, and an unknown key gives {} (as rqlite)."""
+    s = single
+    s.http.post("/db/execute", [["CREATE TABLE t (id INTEGER PRIMARY KEY)"]])
+    r = s.http.get("/debug/vars")
+    assert r.status == 200 and r.headers["content-type"].startswith("application/json")
+    doc = r.json()
+    assert isinstance(doc["cmdline"], list)
+    assert doc["memstats"]["resident_memory_bytes"] > 0
+    assert doc["http"]["route /db/execute"] >= 1
+    assert isinstance(doc["store"], dict)
+    only = s.http.get("/debug/vars?key=http").json()
+    assert list(only) == ["http"]
+    assert json.loads(s.http.get("/debug/vars?key=nope").body) == {}
