@@ -154,15 +154,18 @@ def response_bytes(res):
 class FastHttpProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol with the fast lane in front (see the module doc)."""
 
-    __slots__ = ("_fast_busy", "_fast_held", "_fast_waiting", "_hm")
+    __slots__ = ("_fast_busy", "_fast_held", "_fast_waiting", "_fast_t0", "_hm")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._fast_busy = False
         self._fast_held = None
         self._fast_waiting = False
-        # Request counts and latency for GET /metrics, kept by both lanes (metrics.py)
+        self._fast_t0 = 0.0
+        # Request counts and latency for GET /metrics, kept by both lanes (metrics.py);
+        # the fast lane's requests in flight are counted at scrape time, from here.
         self._hm = http_metrics(self.app)
+        self._hm.connections = self.connections
         self.request_handler = self._sanic_request
 
     async def _sanic_request(self, request):
@@ -192,7 +195,10 @@ class FastHttpProtocol(HttpProtocol):
                 handler, method, path, query, headers, body = req
                 self._fast_busy = True
                 self._fast_held = bytearray()
-                self._time = monotonic() + _FAR
+                # (the clock read Sanic's keep-alive timer needs also starts the
+                # request's latency for /metrics)
+                self._fast_t0 = t0 = monotonic()
+                self._time = t0 + _FAR
                 self.loop.create_task(self._fast(handler, FastRequest(
                     self.app, method, path, query, headers, body, data)))
                 return
@@ -208,9 +214,6 @@ class FastHttpProtocol(HttpProtocol):
         self.app.ctx.counters["fast_lane"] += 1
         if trace.ON:
             trace.mark("h_run")
-        hm = self._hm
-        hm.inflight += 1
-        t0 = perf_counter()
         status = 0
         try:
             try:
@@ -229,8 +232,8 @@ class FastHttpProtocol(HttpProtocol):
             return
         finally:
             self._fast_busy = False
-            self._time = monotonic()
-            hm.done(request.path, status, perf_counter() - t0)
+            self._time = now = monotonic()
+            self._hm.done(request.path, status, now - self._fast_t0)
         held, self._fast_held = self._fast_held, None
         if held and self.transport is not None and not self.transport.is_closing():
             self.data_received(bytes(held))

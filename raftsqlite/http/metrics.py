@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from bisect import bisect_left
 
 import orjson
 from sanic import Blueprint
@@ -52,7 +53,8 @@ class HTTPMetrics:
     number of series is bounded by the routes the app registers."""
 
     def __init__(self):
-        self.inflight = 0
+        self.inflight = 0         # the Sanic lane's; the fast lane's: in_flight()
+        self.connections = ()     # the server's open connections (FastHttpProtocol)
         self.aborted = 0          # ended with no response (client gone, server stopping)
         self.scrapes = 0
         self.scrape_errors = 0
@@ -68,14 +70,22 @@ class HTTPMetrics:
         return r
 
     def done(self, label, status, seconds):
-        """One request answered (``status`` 0: none was sent)."""
-        self.inflight -= 1
+        """One request answered (``status`` 0: none was sent). The fast lane's hot path:
+        the histogram observation is spelled out (one call less)."""
         if not status:
             self.aborted += 1
             return
         r = self.routes.get(label) or self.route(label)
         r.counts[status // 100 if 100 <= status < 600 else 0] += 1
-        r.hist.observe(seconds)
+        h = r.hist
+        h.counts[bisect_left(h.bounds, seconds)] += 1
+        h.sum += seconds
+
+    def in_flight(self):
+        """Requests being handled now: the Sanic lane's count, plus the connections with
+        a fast-lane request running (counted here, so that lane pays nothing for it)."""
+        return self.inflight + sum(1 for c in list(self.connections)
+                                   if getattr(c, "_fast_busy", False))
 
     def sanic_done(self, request, seconds):
         """A request the Sanic lane handled: its route template and the response sent."""
@@ -87,6 +97,7 @@ class HTTPMetrics:
             label = "/" + label
         stream = getattr(request, "stream", None)
         resp = getattr(stream, "response", None) if stream is not None else None
+        self.inflight -= 1
         self.done(label, getattr(resp, "status", 0) or 0, seconds)
 
 
@@ -326,7 +337,7 @@ def _http(exp, ctx, hm):
                   "write, read, request (mixed), other.",
                   samples=[({"kind": k}, hm.hists[k].snapshot()) for k in _KIND_ORDER])
     exp.gauge("raftsqlite_http_requests_in_flight", "HTTP requests being handled.",
-              hm.inflight)
+              hm.in_flight())
     cn = ctx.counters
     exp.counter("raftsqlite_http_forwarded_total", "Requests forwarded to the leader.",
                 cn.get("forwarded", 0))
@@ -466,7 +477,7 @@ def debug_vars(ctx):
     hm = getattr(ctx, "http_metrics", None)
     http = dict(ctx.counters)
     if hm is not None:
-        http["in_flight"] = hm.inflight
+        http["in_flight"] = hm.in_flight()
         http["aborted"] = hm.aborted
         for r in hm.routes.values():
             http["route " + r.label] = sum(r.counts)
