@@ -157,3 +157,62 @@ def test_killing_the_leader_raises_the_new_leaders_leader_changes(cluster):
     assert val(m, "raftsqlite_raft_leader_terms_total", **g) >= 1
     peers = {lab["peer"] for _, lab, _ in m["raftsqlite_raft_replication_lag_entries"].samples}
     assert peers == {n.node_id for n in cluster.nodes if n is not new}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    from raftsqlite.sharding.local import LocalCluster
+    cl = LocalCluster(str(tmp_path_factory.mktemp("metrics-sharded")), shards=("shard1",))
+    try:
+        cl.start()
+        yield cl
+    finally:
+        cl.stop()
+
+
+def test_sharded_nodes_label_their_group_and_count_routed_calls(sharded):
+    """On a default node and a shard member: valid exposition; each labels its Raft
+    metrics with its own group; writes routed by key to shard1 through the default
+    node are counted as single-shard plans and remote group calls there, the plan cache
+    counts its hits, and the shard member serves with the same catalog version."""
+    from raftsqlite.sharding.local import http
+    d, s1 = sharded.addrs["default"], sharded.addrs["shard1"]
+    st, res = http("POST", d, "/db/execute",
+                   [["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"]])
+    assert st == 200, res
+    for path, body in (("/table/register",
+                        {"table_name": "users", "shard_key": "id", "shard_func": "hash"}),
+                       ("/table/add-to-shard", {"table_name": "users", "shard_id": "shard1"}),
+                       ("/table/rebalance", {"table_name": "users"})):
+        st, res = http("POST", d, path, body)
+        assert st == 200, (path, res)
+
+    def get(addr):
+        st, text = call(addr, "GET", "/metrics", raw=True)
+        assert st == 200
+        return parse(text.decode("utf-8"))
+    before = get(d)
+    n = 20
+    for i in range(n):
+        st, res = http("POST", d, "/db/execute",
+                       [["INSERT INTO users(id, name) VALUES(?, ?)", i * 7919, f"u{i}"]])
+        assert st == 200 and "error" not in res["results"][0], res
+    after = get(d)
+    plan = {"plan": "single"}
+    assert val(after, "raftsqlite_router_statements_total", **plan) \
+        >= val(before, "raftsqlite_router_statements_total", **plan) + n
+    remote = {"target": "remote"}
+    assert val(after, "raftsqlite_shard_calls_total", **remote) \
+        > val(before, "raftsqlite_shard_calls_total", **remote)
+    assert val(after, "raftsqlite_router_plan_cache_hits_total") \
+        >= val(before, "raftsqlite_router_plan_cache_hits_total") + n - 1
+    assert val(after, "raftsqlite_raft_is_leader", group="default") == 1
+    version = val(after, "raftsqlite_catalog_version", group="default")
+    sm = wait_for(lambda: (lambda m: m if val(m, "raftsqlite_catalog_version",
+                                              group="shard1") == version else None)(get(s1)),
+                  15, "shard1 on the default group's catalog version")
+    assert val(sm, "raftsqlite_raft_is_leader", group="shard1") == 1
+    assert val(sm, "raftsqlite_node_info", node_id="shard1-1", group="shard1",
+               voter="true", raft_addr=sm["raftsqlite_node_info"].samples[0][1]["raft_addr"]) == 1
+    assert val(sm, "raftsqlite_scrape_errors_total") == 0
+    assert "raftsqlite_rebalance_moves_running" in after      # the coordinator's node
