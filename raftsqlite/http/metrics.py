@@ -34,7 +34,7 @@ _KIND_ORDER = ("write", "read", "request", "other")
 #: Label of requests no route matched (404, 405): raw paths would be unbounded.
 UNMATCHED = "unmatched"
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-_ROLES = ("follower", "pre-candidate", "candidate", "leader", "learner")
+_ROLES = ("follower", "pre-candidate", "candidate", "leader", "learner", "shutdown")
 
 
 #: Slots of a route's one list: [0..5] answers by status // 100 (0: outside 100-599),
@@ -158,7 +158,9 @@ def _raft(exp, node, stats, group):
     def gauge(name, help_, v):
         exp.gauge(name, help_, samples=[(g, _num(v))])
 
-    role = r.get("role")
+    # A fail-stopped member leads nothing (its core may still say "leader"): as /status,
+    # it is "shutdown", so a "no leader" alert fires for its group.
+    role = "shutdown" if r.get("failed") else r.get("role")
     gauge("raftsqlite_raft_term", "Current Raft term.", r.get("term"))
     exp.gauge("raftsqlite_raft_state", "1 for this member's Raft role, 0 for the others.",
               samples=[({**g, "state": s}, int(role == s)) for s in _ROLES])
@@ -248,7 +250,7 @@ def _raft(exp, node, stats, group):
           len(voters) + len(learners) if core else None)
     gauge("raftsqlite_raft_voters", "Voting members of this group.",
           len(voters) if core else None)
-    progress = r.get("progress") or {}
+    progress = (r.get("progress") or {}) if role == "leader" else {}
     me = r.get("node_id")
     last = core.get("last_index")
     lag = [({**g, "peer": p}, max(0, last - d["match"]))

@@ -185,3 +185,32 @@ def test_writer_output_agrees_with_prometheus_client_parser():
     assert s.labels == {"route": '/t/"x"'} and s.value == 3
     buckets = [x for x in fams["lat_seconds"].samples if x.name == "lat_seconds_bucket"]
     assert [x.value for x in buckets] == [0, 1, 1]
+
+
+def _raft_section(raft_stats):
+    from raftsqlite.http.metrics import _raft
+    exp = Exposition()
+    _raft(exp, object(), {"raft": raft_stats}, "g1")
+    return parse(exp.text())
+
+
+def test_a_fail_stopped_leader_is_not_reported_as_leader():
+    """A member whose Raft driver fail-stopped may still have a core that says leader;
+    /metrics reports it as state shutdown, is_leader 0 and failed 1, so a per-group
+    "no leader" alert fires; a healthy leader reports is_leader 1."""
+    base = {"role": "leader", "leader": "n1", "term": 3, "node_id": "n1",
+            "core": {"last_index": 10, "voters": ["n1", "n2", "n3"], "learners": []},
+            "progress": {"n1": {"match": 10}, "n2": {"match": 7}, "n3": {"match": 10}}}
+    ok = _raft_section(base)
+    assert ok["raftsqlite_raft_is_leader"].value(group="g1") == 1
+    assert ok["raftsqlite_raft_failed"].value(group="g1") == 0
+    assert ok["raftsqlite_raft_replication_lag_entries"].values() == {
+        frozenset({"group": "g1", "peer": "n2"}.items()): 3,
+        frozenset({"group": "g1", "peer": "n3"}.items()): 0}
+    bad = _raft_section(dict(base, failed="apply failed at index 9: OSError()", leader=None))
+    assert bad["raftsqlite_raft_is_leader"].value(group="g1") == 0
+    assert bad["raftsqlite_raft_failed"].value(group="g1") == 1
+    assert bad["raftsqlite_raft_state"].value(group="g1", state="shutdown") == 1
+    assert bad["raftsqlite_raft_state"].value(group="g1", state="leader") == 0
+    assert bad["raftsqlite_raft_has_leader"].value(group="g1") == 0
+    assert not bad["raftsqlite_raft_replication_lag_entries"].samples
