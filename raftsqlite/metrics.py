@@ -61,8 +61,8 @@ class Histogram:
         return sum(self.counts)
 
     def quantile(self, q):
-        """Upper bound of the bucket holding quantile ``q`` (for /debug/vars and tests);
-        None when empty, ``inf`` when it falls in the +Inf bucket."""
+        """Upper bound of the bucket holding quantile ``q`` (/debug/vars gives these to
+        tools that cannot do bucket arithmetic); None when empty, ``inf`` in +Inf."""
         counts = list(self.counts)
         total = sum(counts)
         if not total:
@@ -73,23 +73,6 @@ class Histogram:
             if seen >= rank and c:
                 return self.bounds[i] if i < len(self.bounds) else math.inf
         return math.inf
-
-
-def merge_snapshots(snaps):
-    """Sum histogram snapshots of the same bounds (per-thread histograms at scrape)."""
-    snaps = list(snaps)
-    if not snaps:
-        raise ValueError("nothing to merge")
-    bounds = snaps[0][0]
-    counts = [0] * (len(bounds) + 1)
-    total = 0.0
-    for b, c, s in snaps:
-        if b != bounds:
-            raise ValueError("histograms with different bounds cannot be merged")
-        for i, v in enumerate(c):
-            counts[i] += v
-        total += s
-    return bounds, counts, total
 
 
 # ---- the text format ------------------------------------------------------------------
@@ -277,5 +260,5 @@ def write_process(exp, start_fallback=None):
 
 
 __all__ = ["CONTENT_TYPE", "DISK_BUCKETS", "LATENCY_BUCKETS", "Exposition", "Histogram",
-           "escape_help", "escape_label_value", "format_value", "merge_snapshots",
-           "process_stats", "write_process"]
+           "escape_help", "escape_label_value", "format_value", "process_stats",
+           "write_process"]

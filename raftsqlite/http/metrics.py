@@ -502,6 +502,18 @@ def debug_vars(ctx):
     for k in ("store", "raft", "fsm", "db", "sharding"):
         if isinstance(stats.get(k), dict):
             out[k] = _numeric(stats[k])
+    # expvar readers cannot do bucket arithmetic: the histograms' p50/p99 bucket bounds
+    node = ctx.node
+    for section, name, h in (
+            ("raft", "fsync", getattr(getattr(getattr(node, "raft", None), "log", None),
+                                      "write_hist", None)),
+            ("raft", "apply", getattr(getattr(node, "fsm", None), "apply_hist", None))):
+        if h is not None:
+            d = out.setdefault(section, {})
+            for q in (0.5, 0.99):
+                v = h.quantile(q)
+                d[f"{name}_p{round(q * 100)}_le_s"] = v if v is None or v != float("inf") \
+                    else "+Inf"
     return out
 
 

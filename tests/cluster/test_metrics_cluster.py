@@ -61,8 +61,9 @@ def test_every_member_serves_valid_exposition_text(cluster):
 def test_writes_move_the_leaders_counters_and_followers_catch_up(cluster):
     """After N single-row writes to the leader, one at a time: its applied index rose by
     at least N (each waited-for write is at least one entry), its store and HTTP write
-    counters by exactly N, the fsync and apply histograms by at least one observation,
-    and every follower's applied index reaches the leader's commit index."""
+    counters by exactly N, the fsync and apply histograms by at least one observation
+    (and /debug/vars gives the applied index and an fsync p50 bound), and every
+    follower's applied index reaches the leader's commit index."""
     lead = cluster.leader()
     g = {"group": "default"}
     before = scrape(lead)
@@ -87,6 +88,10 @@ def test_writes_move_the_leaders_counters_and_followers_catch_up(cluster):
         > count(before, "raftsqlite_raft_fsync_duration_seconds")
     assert count(after, "raftsqlite_raft_apply_duration_seconds") \
         > count(before, "raftsqlite_raft_apply_duration_seconds")
+    st, dv = call(lead.http, "GET", "/debug/vars?key=raft")
+    assert st == 200 and list(dv) == ["raft"], dv
+    assert dv["raft"]["applied"] >= val(before, "raftsqlite_raft_applied_index", **g) + N
+    assert 0 < dv["raft"]["fsync_p50_le_s"] <= 10 or dv["raft"]["fsync_p50_le_s"] == "+Inf"
     commit = val(after, "raftsqlite_raft_commit_index", **g)
     for f in followers(cluster, lead):
         wait_for(lambda: val(scrape(f), "raftsqlite_raft_applied_index", **g) >= commit,

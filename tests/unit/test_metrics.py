@@ -6,7 +6,7 @@ import random
 import pytest
 
 from raftsqlite.metrics import (CONTENT_TYPE, Exposition, Histogram, format_value,
-                                merge_snapshots, process_stats, write_process)
+                                process_stats, write_process)
 from tests.promtext import parse
 
 
@@ -71,18 +71,6 @@ def test_histogram_rejects_bad_bounds():
     for bad in ((), (1.0, 1.0), (2.0, 1.0), (1.0, math.inf), (math.nan,)):
         with pytest.raises(ValueError):
             Histogram(bad)
-
-
-def test_merge_snapshots_sums_per_thread_histograms():
-    """Per-thread histograms of the same bounds merge into their sum; others refuse."""
-    a, b = Histogram((1.0, 2.0)), Histogram((1.0, 2.0))
-    a.observe(0.5)
-    b.observe(1.5)
-    b.observe(3.0)
-    bounds, counts, total = merge_snapshots([a.snapshot(), b.snapshot()])
-    assert counts == [1, 1, 1] and total == 5.0
-    with pytest.raises(ValueError):
-        merge_snapshots([a.snapshot(), Histogram((1.0,)).snapshot()])
 
 
 def test_writer_refuses_what_would_be_invalid_exposition():
