@@ -170,6 +170,8 @@ class FastHttpProtocol(HttpProtocol):
 
     async def _sanic_request(self, request):
         hm = self._hm
+        if not hm.on:       # nobody has asked for /metrics yet (metrics.py)
+            return await self.app.handle_request(request)
         hm.inflight += 1
         t0 = perf_counter()
         try:
@@ -233,7 +235,9 @@ class FastHttpProtocol(HttpProtocol):
         finally:
             self._fast_busy = False
             self._time = now = monotonic()
-            self._hm.done(request.path, status, now - self._fast_t0)
+            hm = self._hm
+            if hm.on:
+                hm.done(request.path, status, now - self._fast_t0)
         held, self._fast_held = self._fast_held, None
         if held and self.transport is not None and not self.transport.is_closing():
             self.data_received(bytes(held))

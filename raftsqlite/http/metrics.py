@@ -4,7 +4,8 @@ expvar JSON), built at scrape time from the components' ``stats()``.
 Nearly every number already lives in a ``stats()`` dict and is only read here, so a node
 nobody scrapes does no extra work for them. What did not exist is kept as cheaply as the
 hot paths allow: per-route request counts and latency by both HTTP lanes (plain ints and
-a bisect per request, on the loop thread; ``HTTPMetrics``), the log write + fdatasync
+a bisect per request, on the loop thread, from the first scrape on; ``HTTPMetrics``),
+the log write + fdatasync
 histogram (``RaftLog.write_hist``), the apply histogram (``FSM.apply_hist``) and the
 leader changes seen (the driver). Metric names and suggested alerts:
 docs/design/metrics.md.
@@ -53,6 +54,10 @@ class HTTPMetrics:
     bounded by the routes the app registers."""
 
     def __init__(self):
+        # Off until the first GET /metrics or /debug/vars: a node nobody scrapes pays one
+        # attribute test per request. The request counters then count from that first
+        # scrape (Prometheus only ever uses their increase between scrapes).
+        self.on = False
         self.inflight = 0         # the Sanic lane's; the fast lane's: in_flight()
         self.connections = ()     # the server's open connections (FastHttpProtocol)
         self.aborted = 0          # ended with no response (client gone, server stopping)
@@ -445,6 +450,7 @@ def render_metrics(ctx):
     """The whole exposition for the node behind ``ctx`` (an ``AppContext``)."""
     hm = ctx.http_metrics if getattr(ctx, "http_metrics", None) is not None \
         else HTTPMetrics()
+    hm.on = True
     hm.scrapes += 1
     exp = Exposition()
     node = ctx.node
@@ -491,6 +497,7 @@ def debug_vars(ctx):
     hm = getattr(ctx, "http_metrics", None)
     http = dict(ctx.counters)
     if hm is not None:
+        hm.on = True
         http["in_flight"] = hm.in_flight()
         http["aborted"] = hm.aborted
         for label in list(hm.routes):

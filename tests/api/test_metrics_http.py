@@ -71,6 +71,7 @@ def test_route_labels_stay_bounded(single):
     """Raw paths never become label values: many distinct unknown paths add one
     'unmatched' series, not one series each."""
     s = single
+    _metrics(s)     # request bookkeeping starts with the first scrape
     for i in range(20):
         s.http.get(f"/nothing/here/{i}")
     routes = {lab["route"] for _, lab, _ in _metrics(s)["raftsqlite_http_requests_total"].samples}
@@ -82,6 +83,7 @@ def test_debug_vars_is_expvar_shaped_json(single):
     """/debug/vars answers one JSON object of maps (cmdline, memstats, http, store, ...);
     ?key= narrows it to that variable, and an unknown key gives {} (as rqlite)."""
     s = single
+    assert s.http.get("/debug/vars").status == 200    # turns request bookkeeping on
     s.http.post("/db/execute", [["CREATE TABLE t (id INTEGER PRIMARY KEY)"]])
     r = s.http.get("/debug/vars")
     assert r.status == 200 and r.headers["content-type"].startswith("application/json")
@@ -93,3 +95,17 @@ def test_debug_vars_is_expvar_shaped_json(single):
     only = s.http.get("/debug/vars?key=http").json()
     assert list(only) == ["http"]
     assert json.loads(s.http.get("/debug/vars?key=nope").body) == {}
+
+
+def test_requests_are_not_counted_before_the_first_scrape(single):
+    """A node nobody scrapes does no per-request bookkeeping: requests before the first
+    /metrics are not in its counters; those after it are."""
+    s = single
+    for _ in range(3):
+        assert s.http.post("/db/execute", [["SELECT 1"]]).status == 200
+    ok = frozenset({"route": "/db/execute", "status": "2xx"}.items())
+    first = _metrics(s)["raftsqlite_http_requests_total"].values()
+    assert first[ok] == 0
+    for _ in range(3):
+        assert s.http.post("/db/execute", [["SELECT 1"]]).status == 200
+    assert _metrics(s)["raftsqlite_http_requests_total"].values()[ok] == 3
