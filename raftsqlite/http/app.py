@@ -98,9 +98,9 @@ class AppContext:
         self.auth = AppAuth(creds) if creds is not None else None
         #: Authorization this node sends on its own calls (-join-as), or None
         self.identity = getattr(node, "identity_header", None)
-        if self.auth is not None:
-            fast = [(m, path, self.auth.guard(h, path)) for m, path, h in fast]
         self.fast_routes = fast_routes(*fast)
+        if self.auth is not None:
+            self.fast_routes = self.auth.fast_routes(self.fast_routes)
         self.started_wall = time.time()
         self.bind_addr = None
 

@@ -323,13 +323,22 @@ class AppAuth:
             raise last
         await self.creds.authorize(header, need, what)
 
+    def fast_routes(self, table):
+        """The fast lane's route table with every handler, including those other layers
+        add later (the sharding router adds /shard/call when the server starts), wrapped
+        by ``guard``."""
+        return _GuardedRoutes(self, table)
+
     def guard(self, handler, path):
         """A fast-lane handler that checks credentials before ``handler``."""
-        need = PERMS[path]
+        need = PERMS.get(path)
         creds = self.creds
 
         async def guarded(request):
             what = f"{request.method} {path}"
+            if need is None:        # fail closed, as check_request
+                raise errors.Unauthorized(
+                    f"unauthorized: no permission is defined for {what}", REALM)
             if creds.check(request.headers.get("authorization"), need, what) is None:
                 await creds.verify(request.headers.get("authorization"), need, what)
             return await handler(request)
@@ -339,3 +348,28 @@ class AppAuth:
 
     def stats(self):
         return self.creds.stats()
+
+
+class _GuardedRoutes(dict):
+    """``{(method, path): handler}`` whose handlers always check credentials first, also
+    when set after construction. Lookups stay ``dict.get`` (the fast lane's only use)."""
+    __slots__ = ("_auth",)
+
+    def __init__(self, auth, table):
+        super().__init__()
+        self._auth = auth
+        for k, h in table.items():
+            self[k] = h
+
+    def __setitem__(self, key, handler):
+        path = key[1].decode() if isinstance(key[1], bytes) else key[1]
+        super().__setitem__(key, self._auth.guard(handler, path))
+
+    def update(self, *a, **kw):
+        for k, h in dict(*a, **kw).items():
+            self[k] = h
+
+    def setdefault(self, key, handler=None):
+        if key not in self:
+            self[key] = handler
+        return self[key]

@@ -1,11 +1,12 @@
 """Every HTTP route a node serves has a permission in auth.PERMS, in both lanes (Sanic's
 router and the fast lane), and with -auth off nothing is wrapped or added."""
+import asyncio
 import json
 
 import pytest
 
 from raftsqlite.config import NodeConfig
-from raftsqlite.http import create_app
+from raftsqlite.http import create_app, start_server, stop_server
 from raftsqlite.http.auth import KNOWN_PERMS, PERMS
 from raftsqlite.node import Node
 from raftsqlite.testing.procs import free_port
@@ -30,12 +31,24 @@ def test_every_route_is_mapped(tmp_path, auth_file):
     unmapped route would be refused to everyone, so this fails before users see it."""
     node = _node(tmp_path, auth_file=auth_file)
     app = create_app(node)
+
+    async def serve_once():
+        # listeners add fast-lane routes when the server starts (the router's /shard/call)
+        srv = await start_server(app, "127.0.0.1", free_port())
+        try:
+            return dict(app.ctx.fast_routes)
+        finally:
+            await stop_server(srv)
+    fast_table = asyncio.run(serve_once())
     paths = {"/" + r.path.lstrip("/") for r in app.router.routes}
     assert len(paths) >= 25          # the enumeration itself works
     missing = sorted(p for p in paths if p not in PERMS)
     assert not missing, f"routes without a permission in auth.PERMS: {missing}"
-    fast = {p.decode() for _, p in app.ctx.fast_routes}
-    assert fast and not sorted(p for p in fast if p not in PERMS)
+    fast = {p.decode() for _, p in fast_table}
+    assert "/shard/call" in fast and "/db/execute" in fast
+    assert not sorted(p for p in fast if p not in PERMS)
+    # every fast-lane handler checks credentials, also those added at server start
+    assert all(hasattr(h, "__wrapped__") for h in fast_table.values())
     for perms in PERMS.values():
         assert set(perms) <= KNOWN_PERMS
 
