@@ -54,6 +54,8 @@ class Node:
             self.auth = Credentials.load(config.auth_file)
             if config.join_as:
                 self.identity_header = self.auth.identity_header(config.join_as)
+            else:
+                self.auth.check_anonymous_node(bool(config.join), log)
         elif config.join_as:
             raise ConfigError("-join-as needs -auth: the user's password comes from that file")
         os.makedirs(config.data_dir, exist_ok=True)

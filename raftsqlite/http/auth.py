@@ -109,7 +109,8 @@ class Credentials:
         self._good = {}                     # header -> (user, perms incl. anonymous ones)
         self._bad = {}                      # header -> message (no bcrypt twice per header)
         self._bcrypt_slots = None
-        self.counters = {"auth_ok": 0, "auth_fail": 0, "cache_hits": 0, "verified": 0}
+        self._anon_ok = {}                  # need -> whether `*` alone grants it
+        self.counters = {"auth_ok": 0, "auth_fail": 0, "verified": 0}
 
     # ---- loading --------------------------------------------------------------------
     @classmethod
@@ -186,6 +187,20 @@ class Credentials:
                 f"(give the -join-as user a plain password, and keep the file private)")
         return basic_header(username, pw)
 
+    def check_anonymous_node(self, joining, log):
+        """A node with -auth but no -join-as calls other nodes anonymously: the join
+        needs ``*`` to hold ``join``, the catalog catch-up and routed calls ``all``. With
+        -join (a member that will be a follower) that would leave it never ready, so it
+        is refused unless ``*`` holds ``all``; a first node only gets a warning."""
+        if "all" in self._anon:
+            return
+        msg = ("-auth without -join-as: this node calls other members anonymously, and they "
+               "refuse that unless '*' holds the 'all' permission (join, catalog catch-up, "
+               "routed shard calls); give -join-as USER, a user with 'all'")
+        if joining:
+            raise errors.ConfigError(msg)
+        log.warning("%s (fine while this node is alone)", msg)
+
     # ---- per request ------------------------------------------------------------------
     def _effective(self, user):
         p = self._perms.get(user, frozenset()) | self._anon
@@ -198,9 +213,22 @@ class Credentials:
     def check(self, header, need, what):
         """Fast answer for one request needing all of ``need``: True (allowed), or None
         (the header must be verified first: ``await verify``); raises ``Unauthorized``."""
-        if self.anonymous_ok(need):
+        anon = self._anon_ok.get(need)
+        if anon is None:
+            anon = self._anon_ok[need] = self.anonymous_ok(need)
+        if anon:
             self.counters["auth_ok"] += 1
             return True
+        hit = self._good.get(header)
+        if hit is not None:
+            # the common case, in one step: a cached header holding every perm needed
+            have = hit[1]
+            for p in need:
+                if p not in have:
+                    break
+            else:
+                self.counters["auth_ok"] += 1
+                return True
         if not header:
             self.counters["auth_fail"] += 1
             raise errors.Unauthorized(f"unauthorized: {what} needs credentials (HTTP Basic "
@@ -212,8 +240,7 @@ class Credentials:
                 self.counters["auth_fail"] += 1
                 raise errors.Unauthorized(bad, REALM)
             return None
-        self.counters["cache_hits"] += 1
-        return self._grant(hit, need, what)
+        return self._grant(hit, need, what)      # raises: a perm is missing
 
     def _grant(self, hit, need, what):
         user, have = hit
@@ -329,13 +356,13 @@ class AppAuth:
         by ``guard``."""
         return _GuardedRoutes(self, table)
 
-    def guard(self, handler, path):
+    def guard(self, handler, path, method):
         """A fast-lane handler that checks credentials before ``handler``."""
         need = PERMS.get(path)
         creds = self.creds
+        what = f"{method} {path}"
 
         async def guarded(request):
-            what = f"{request.method} {path}"
             if need is None:        # fail closed, as check_request
                 raise errors.Unauthorized(
                     f"unauthorized: no permission is defined for {what}", REALM)
@@ -362,8 +389,8 @@ class _GuardedRoutes(dict):
             self[k] = h
 
     def __setitem__(self, key, handler):
-        path = key[1].decode() if isinstance(key[1], bytes) else key[1]
-        super().__setitem__(key, self._auth.guard(handler, path))
+        method, path = (k.decode() if isinstance(k, bytes) else k for k in key)
+        super().__setitem__(key, self._auth.guard(handler, path, method))
 
     def update(self, *a, **kw):
         for k, h in dict(*a, **kw).items():

@@ -87,7 +87,7 @@ def test_bcrypt_and_cache():
     assert allowed(c, basic_header("u", "pw"), ("query",))
     assert c.counters["verified"] == 1
     assert allowed(c, basic_header("u", "pw"), ("query",))
-    assert c.counters["verified"] == 1 and c.counters["cache_hits"] == 1
+    assert c.counters["verified"] == 1 and c.counters["auth_ok"] == 2
     assert not allowed(c, basic_header("u", h), ("query",))
     assert not allowed(c, basic_header("u", "PW"), ("query",))
     # a failed header is remembered too: no bcrypt again for the same wrong password
@@ -183,3 +183,18 @@ def test_join_perm_depends_on_voter():
     assert set(nv) == {"join", "join-read-only", "join-read-replica"}
     assert route_perms("/nope", "GET") is None
     assert PERMS["/db/request"] == ("execute", "query")
+
+
+def test_joining_without_join_as_is_refused(tmp_path):
+    """With -auth, a node that joins (-join) without -join-as would call its peers
+    anonymously and never catch up: refused, unless `*` holds `all`."""
+    from raftsqlite.config import NodeConfig
+    from raftsqlite.node import Node
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(FILE))
+    with pytest.raises(errors.ConfigError, match="-join-as"):
+        Node(NodeConfig(data_dir=str(tmp_path / "d"), auth_file=str(p), join=("h:1",)))
+    p.write_text(json.dumps([{"username": "*", "perms": ["all"]}]))
+    creds_ = Credentials.load(str(p))
+    import logging
+    creds_.check_anonymous_node(True, logging.getLogger("t"))     # no error
