@@ -49,7 +49,8 @@ PERMS = {
     "/remove": ("remove",),
     "/snapshot": ("snapshot",),
     "/join": ("join",),          # a non-voter may instead hold join-read-only/-replica
-    "/metrics": ("status",),     # rqlite's /debug/vars needs status
+    "/metrics": ("status",),     # as rqlite's /debug/vars
+    "/debug/vars": ("status",),
     # the seed's API
     "/execute": ("execute",),
     "/query": ("query",),
