@@ -139,13 +139,18 @@ def test_pyrqlite_follower_and_leader(env):
 
 
 def test_join_needs_the_node_identity(env):
-    """The fixture's members joined with -join-as; a node started with the same -auth
-    but no -join-as is refused (401) and gives up, never becoming a member."""
+    """The fixture's members joined with -join-as; a node joining anonymously is refused
+    (401) by the members and gives up, never becoming a member."""
     cl = env["cluster"]
     st, body = call(cl.leader().http, "GET", "/status", timeout=5)
     assert sum(1 for m in body["store"]["members"] if m["voter"]) == 3
+    # its own file lets it start without -join-as (`*` holds all there); the members'
+    # files do not let an anonymous caller join
+    own = os.path.join(env["dir"], "open.json")
+    with open(own, "w") as f:
+        json.dump([{"username": "*", "perms": ["all"]}], f)
     n = NodeProc(env["dir"], "intruder", free_port(), free_port(), join=[cl.nodes[0].http],
-                 extra=["-auth", env["auth"], "-join-timeout", "2"]).start()
+                 extra=["-auth", own, "-join-timeout", "2"]).start()
     try:
         wait_for(lambda: not n.alive(), 30, "the node without -join-as to give up")
         assert n.proc.returncode != 0
