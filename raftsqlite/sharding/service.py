@@ -28,6 +28,7 @@ from raftsqlite import errors
 from raftsqlite.codec.model import BulkStatements
 from raftsqlite.http.forward import alternate
 from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding.backup import backup_for
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
                                           error_from, load_results, unb64)
@@ -183,6 +184,11 @@ class RouterSQL:
         if sid is not None and sid not in self.svc.cache.current().groups:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
         return sid
+
+    async def backup(self, p, spool_dir):
+        """A whole-cluster (or one group's) backup file, or None for the plain one."""
+        await self._ready()
+        return await backup_for(self.svc, p, spool_dir)
 
     # ---- the three calls ------------------------------------------------------------
     async def execute(self, statements, p):
