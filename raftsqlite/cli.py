@@ -70,6 +70,9 @@ def build_parser():
     flag("read-inline-budget", dest="inline_read_budget", type=float,
          default=_SDEFAULTS["inline_read_budget"][0], metavar="SECONDS",
          help=_SDEFAULTS["inline_read_budget"][1])
+    flag("max-result-bytes", dest="max_result_bytes", type=int,
+         default=_SDEFAULTS["max_result_bytes"][0], metavar="BYTES",
+         help=_SDEFAULTS["max_result_bytes"][1] + " (default: %(default)s)")
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
@@ -89,7 +92,8 @@ def config_from_args(argv=None) -> NodeConfig:
     join = tuple(a.strip() for a in args.join.split(",") if a.strip())
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
                         batch_max_requests=args.batch_max_requests,
-                        inline_read_budget=args.inline_read_budget)
+                        inline_read_budget=args.inline_read_budget,
+                        max_result_bytes=args.max_result_bytes)
     overrides = []
     for opt in args.raft_opts:
         name, sep, value = opt.partition("=")

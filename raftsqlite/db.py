@@ -20,7 +20,6 @@ import time
 
 import apsw
 
-from raftsqlite import errors
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
 from raftsqlite.db_exec import (_BAD_PARAMS, _Access, run_many, run_many_recorded,
@@ -64,8 +63,10 @@ _MAX_ROWID = (1 << 63) - 1
 class Database:
     """The node's SQLite file: one writer, per-thread readers, backup and restore."""
 
-    def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL"):
+    def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL",
+                 max_result_bytes=0):
         self.path = os.path.abspath(path)
+        self.max_result_bytes = max_result_bytes    # 0 = unbounded (db_exec.fetch_more_bounded)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous.upper()
@@ -192,7 +193,7 @@ class Database:
 
     def run_user(self, sql, params=None):
         """Run a client statement on the writer (inside the apply transaction)."""
-        return run_statement(self.writer, sql, params)
+        return run_statement(self.writer, sql, params, self.max_result_bytes)
 
     def run_user_many(self, sql, params_list, out, stop_on_error=False):
         """Run one SQL text (known to return no rows: a previous execution of it gave a
@@ -303,7 +304,7 @@ class Database:
                 access.internal = internal
             try:
                 for sql, params in statements:
-                    r = run_statement(conn, sql, params)
+                    r = run_statement(conn, sql, params, self.max_result_bytes)
                     if "error" in r:
                         self.stats_counters["read_errors"] += 1
                         if r["error"].startswith("query interrupted"):
@@ -454,51 +455,6 @@ class Database:
         c = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO)
         try:
             return c.execute(sql, params).fetchall()
-        finally:
-            c.close()
-
-    @staticmethod
-    def merge_owned_rows(dest_path, src_path, tables, owns):
-        """Copy into the SQLite file ``dest_path`` the rows of ``tables`` ({table: shard key
-        column}) that ``src_path`` holds and ``owns(table, key)`` says its group owns, in
-        one transaction; returns {table: rows copied}. The columns are ``dest``'s own (by
-        name), so a source that declared them in another order still lands right; a table
-        the source does not have copies nothing. A row whose primary key another group's
-        rows already took raises ``BadRequest`` naming the table: one file cannot hold both
-        (a key that is not the shard key, assigned on each shard independently)."""
-        c = apsw.Connection(dest_path, flags=_RW)
-        try:
-            c.execute("PRAGMA journal_mode=OFF")
-            c.execute("PRAGMA synchronous=OFF")
-            c.create_scalar_function("rs_backup_owns", owns, 2, deterministic=True)
-            c.execute("ATTACH DATABASE ? AS src",
-                      (f"file:{os.path.abspath(src_path)}?immutable=1",))
-            counts = {}
-            c.execute("BEGIN")
-            try:
-                for t, key in tables.items():
-                    q = quote_ident(t)
-                    if not c.execute("SELECT 1 FROM src.sqlite_schema WHERE type = 'table' "
-                                     "AND lower(name) = lower(?)", (t,)).fetchall():
-                        continue
-                    cols = ",".join(quote_ident(r[1]) for r in
-                                    c.execute(f"PRAGMA main.table_info({q})").fetchall())
-                    try:
-                        c.execute(f"INSERT INTO main.{q}({cols}) SELECT {cols} FROM src.{q} "
-                                  f"WHERE rs_backup_owns(?, {quote_ident(key)})", (t,))
-                    except apsw.ConstraintError as e:
-                        raise errors.BadRequest(
-                            f"table {t}: two shards hold rows with the same primary key "
-                            f"({e}); one SQLite file cannot hold both. Back up each shard "
-                            "on its own with shard_id=NAME, or make the primary key include "
-                            "the shard key") from None
-                    counts[t] = c.changes()
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("DETACH DATABASE src")
-            return counts
         finally:
             c.close()
 

@@ -60,7 +60,8 @@ class Node:
             raise ConfigError("-join-as needs -auth: the user's password comes from that file")
         os.makedirs(config.data_dir, exist_ok=True)
         self.db = Database(config.db_path, busy_timeout_ms=config.store.busy_timeout_ms,
-                           synchronous=config.store.sqlite_synchronous)
+                           synchronous=config.store.sqlite_synchronous,
+                           max_result_bytes=config.store.max_result_bytes)
         self.fsm = FSM(self.db, dedup_keep=config.store.dedup_keep)
         host, port = listen_addr(config.raft_addr)
         kw = dict(node_id=config.node_id, data_dir=config.raft_dir, raft_addr=f"{host}:{port}",

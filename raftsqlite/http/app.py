@@ -237,7 +237,7 @@ async def _on_error(request, exc):
             msg = (f"request head too large: the limit is {limit} bytes of request line "
                    "and headers")
         elif status == 413:
-            limit = (ctx.settings.max_load_bytes if request.path == "/db/load"
+            limit = (ctx.settings.max_load_bytes if request.path in ("/db/load", "/boot")
                      else ctx.settings.max_body_bytes)
             msg = f"request body too large: the limit is {limit} bytes"
         ctx.counters[f"status_{status}"] += 1

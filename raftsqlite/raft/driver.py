@@ -212,12 +212,19 @@ class RaftNode(SnapshotMixin):
     # ---- public API ------------------------------------------------------------------
 
     @property
+    def failed(self):
+        """Why this member fail-stopped (a log write, fsync or apply raised), or None.
+        A failed member leads nothing and knows no leader: its core may still say it
+        leads, but it sends nothing more, and the others elect another."""
+        return self._failed
+
+    @property
     def is_leader(self):
-        return self.core is not None and self.core.role == Role.LEADER
+        return self._failed is None and self.core is not None and self.core.role == Role.LEADER
 
     @property
     def leader_id(self):
-        return self.core.leader if self.core is not None else None
+        return self.core.leader if self.core is not None and self._failed is None else None
 
     @property
     def term(self):
@@ -248,7 +255,7 @@ class RaftNode(SnapshotMixin):
         """``time.monotonic()`` when this member last heard from the leader it follows
         (any message from it), or None if it never has. On the leader: now. Reads with
         ``freshness`` compare against it."""
-        if self.core is not None and self.core.role == Role.LEADER:
+        if self.is_leader:
             return time.monotonic()
         return self._leader_contact
 

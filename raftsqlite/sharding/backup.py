@@ -12,7 +12,7 @@ How a cluster-wide backup is made (``cluster_backup``):
 3. For each group owning ranges of the registered tables asked for, its whole database is
    streamed from a member (``/db/backup?shard_id=NAME``; a follower relays from its leader,
    so each is one consistent copy of that group), and the rows of those tables whose shard
-   key that group owns are copied into the file (``Database.merge_owned_rows``). Rows a
+   key that group owns are copied into the file (``db_files.merge_owned_rows``). Rows a
    group holds without owning them (a move's target while copying, its source until
    cleanup) are left out, exactly as routed reads leave them out.
 4. If any of those tables' ranges changed meanwhile (a move switched), the backup starts
@@ -28,6 +28,7 @@ import os
 import tempfile
 
 from raftsqlite import errors
+from raftsqlite import db_files
 from raftsqlite.db import Database
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import DEFAULT_GROUP
@@ -129,7 +130,7 @@ class ClusterBackup:
                         keys = {t: cat.tables[t]["shard_key"] for t, (_, _, owners)
                                 in layout.items() if g in owners}
                         counts = await asyncio.get_running_loop().run_in_executor(
-                            None, Database.merge_owned_rows, out, part, keys, _owns_fn(cat, g))
+                            None, db_files.merge_owned_rows, out, part, keys, _owns_fn(cat, g))
                         log.info("backup: %s rows from group %s", counts, g)
                     finally:
                         _unlink(part)

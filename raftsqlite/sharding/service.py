@@ -29,6 +29,7 @@ from raftsqlite.codec.model import BulkStatements
 from raftsqlite.http.forward import alternate
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.backup import backup_for
+from raftsqlite.sharding.load import load_for
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
                                           error_from, load_results, unb64)
@@ -189,6 +190,11 @@ class RouterSQL:
         """A whole-cluster (or one group's) backup file, or None for the plain one."""
         await self._ready()
         return await backup_for(self.svc, p, spool_dir)
+
+    async def load(self, path, fmt, p, spool_dir):
+        """A load that fills registered tables on their shards, or None for the plain one."""
+        await self._ready()
+        return await load_for(self.svc, path, fmt, p, spool_dir)
 
     # ---- the three calls ------------------------------------------------------------
     async def execute(self, statements, p):

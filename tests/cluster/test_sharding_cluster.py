@@ -482,3 +482,88 @@ def test_backup_refuses_a_primary_key_two_shards_hold(loaded):
         execute(d, [["DELETE FROM evts"]])
     st, blob = _get_bytes(d, "/db/backup")
     assert st == 200 and blob[:16] == b"SQLite format 3\x00"
+
+
+def _post_bytes(addr, path, data, ctype="application/octet-stream"):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://{addr}{path}", data=data, method="POST",
+                                 headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_load_restores_a_sharded_backup_onto_the_shards(loaded, tmp_path):
+    """Invariants: POST /db/load of a sharded database's backup (SQLite file or SQL dump,
+    sent to any node) puts the registered tables' rows on their owning shards (the same
+    placement as before, none in the default group) and the unsharded tables in the
+    default group; a load into sharded tables that already hold rows, of data lacking a
+    registered table, or of a dump that does not create what it fills, is refused with a
+    clear 400 and changes nothing. (A load used to put the rows in the default group's
+    template, where no routed query sees them, and answer 200.)"""
+    cl, plain, users, orders = loaded
+    d, s1 = cl.addrs["default"], cl.addrs["shard1"]
+    want_u = _rows(plain, "users", "id")
+    placed = (count(d, "users", "shard1"), count(d, "users", "shard2"))
+    st, binary = _get_bytes(d, "/db/backup")
+    assert st == 200
+    st, dump = _get_bytes(d, "/db/backup?fmt=sql")
+    assert st == 200
+
+    def routed_users():
+        st, body = query(d, [["SELECT * FROM users ORDER BY id"]])
+        assert st == 200, body
+        return [tuple(r) for r in body["results"][0].get("values", [])]
+
+    st, reg = http("GET", d, "/tables")
+    names = sorted(t["table_name"] for t in reg["tables"] if t["ranges"])
+    # children first: orders is colocated with users (other tests registered more)
+    names.sort(key=lambda n: n == "users")
+
+    def everything():
+        out = {}
+        for n in names:
+            st, body = query(d, [[f"SELECT * FROM {n}"]])
+            assert st == 200, body
+            out[n] = sorted(map(repr, body["results"][0].get("values", [])))
+        return out
+
+    def empty_all():
+        execute(d, [[f"DELETE FROM {n}"] for n in names])
+    before = everything()
+    assert before["users"] and before["orders"]
+
+    st, body = _post_bytes(d, "/db/load", binary)
+    assert st == 400 and b"already has rows" in body, body
+    assert routed_users() == want_u
+
+    f = tmp_path / "no_orders.sqlite"
+    f.write_bytes(binary)
+    c = sqlite3.connect(str(f))
+    c.execute("DROP TABLE orders")
+    c.commit()
+    c.close()
+    bad_dump = b"INSERT INTO users (id, name) VALUES (100000, 'x');\n"
+    for data in (f.read_bytes(), bad_dump):
+        empty_all()
+        st, body = _post_bytes(d, "/db/load", data)
+        assert st == 400, body
+        assert (b"no table orders" in body) or (b"fails on its own" in body), body
+        assert routed_users() == [] and count(d, "users", "default") == 0
+
+    for entry, data, ctype in ((s1, dump, "text/plain"), (d, binary, "application/octet-stream")):
+        empty_all()
+        st, body = _post_bytes(entry, "/db/load", data, ctype)
+        assert st == 200, body
+        assert routed_users() == want_u
+        assert everything() == before
+        assert (count(d, "users", "shard1"), count(d, "users", "shard2")) == placed
+        assert count(d, "users", "default") == 0 and count(d, "orders", "default") == 0
+        st, back = query(d, [["SELECT * FROM orders ORDER BY user_id, order_id"]])
+        assert [tuple(r) for r in back["results"][0]["values"]] == \
+            _rows(plain, "orders", "user_id, order_id")
+        st, notes = query(d, [["SELECT v FROM notes"]])
+        assert notes["results"][0]["values"] == [["unsharded"]]

@@ -1,4 +1,4 @@
-"""The pieces of a sharded database's backup (sharding/backup.py, Database.merge_owned_rows)."""
+"""The pieces of a sharded database's backup (sharding/backup.py, db_files.merge_owned_rows)."""
 import asyncio
 import sqlite3
 import types
@@ -6,7 +6,7 @@ import types
 import pytest
 
 from raftsqlite import errors
-from raftsqlite.db import Database
+from raftsqlite import db_files
 from raftsqlite.sharding import backup
 from raftsqlite.sharding import keyspace as ks
 
@@ -38,7 +38,7 @@ def test_merge_copies_only_owned_rows_by_column_name(tmp_path):
     _file(dest, "CREATE TABLE t (id INTEGER PRIMARY KEY, k INTEGER, v TEXT)")
     rows = [(f"v{k}", k, k + 100) for k in range(40)] + [("null", None, 999)]
     _file(src, "CREATE TABLE t (v TEXT, k INTEGER, id INTEGER PRIMARY KEY)", rows)
-    got = Database.merge_owned_rows(str(dest), str(src), {"t": "k"}, backup._owns_fn(cat, "g1"))
+    got = db_files.merge_owned_rows(str(dest), str(src), {"t": "k"}, backup._owns_fn(cat, "g1"))
     want = sorted([(k + 100, k, f"v{k}") for k in range(40) if owner[k] == "g1"] + [(999, None, "null")])
     have = sqlite3.connect(str(dest)).execute("SELECT id, k, v FROM t ORDER BY id").fetchall()
     assert have == want and got == {"t": len(want)}
@@ -53,7 +53,7 @@ def test_merge_refuses_a_key_another_group_took(tmp_path):
     _file(dest, "CREATE TABLE t (id INTEGER PRIMARY KEY, k INTEGER, v TEXT)", [(1, 5, "first")])
     _file(src, "CREATE TABLE t (id INTEGER PRIMARY KEY, k INTEGER, v TEXT)", [(1, 6, "second"), (2, 7, "x")])
     with pytest.raises(errors.BadRequest, match="table t: two shards hold rows with the same primary key"):
-        Database.merge_owned_rows(str(dest), str(src), {"t": "k"}, backup._owns_fn(cat, "g1"))
+        db_files.merge_owned_rows(str(dest), str(src), {"t": "k"}, backup._owns_fn(cat, "g1"))
     assert sqlite3.connect(str(dest)).execute("SELECT * FROM t").fetchall() == [(1, 5, "first")]
 
 
@@ -61,7 +61,7 @@ def test_a_source_without_the_table_copies_nothing(tmp_path):
     dest, src = tmp_path / "d.sqlite", tmp_path / "s.sqlite"
     _file(dest, "CREATE TABLE t (id INTEGER PRIMARY KEY, k INTEGER, v TEXT)")
     sqlite3.connect(str(src)).execute("CREATE TABLE other (x)").connection.commit()
-    assert Database.merge_owned_rows(str(dest), str(src), {"t": "k"}, lambda t, k: True) == {}
+    assert db_files.merge_owned_rows(str(dest), str(src), {"t": "k"}, lambda t, k: True) == {}
 
 
 class _Svc:
