@@ -42,6 +42,7 @@ PERMS = {
     "/db/request": ("execute", "query"),
     "/db/backup": ("backup",),
     "/db/load": ("load",),
+    "/boot": ("load",),
     "/status": ("status",),
     "/nodes": ("status",),
     "/leader": ("leader-ops",),
