@@ -79,6 +79,12 @@ def build_parser():
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
+    flag("auth", dest="auth_file", default="", metavar="FILE",
+         help="rqlite-style JSON credentials file: HTTP Basic auth and per-endpoint "
+              "permissions (default: none, the API is open)")
+    flag("join-as", dest="join_as", default="", metavar="USER",
+         help="user in the -auth file whose credentials this node uses on its calls to "
+              "other nodes (join, sharding)")
     # TLS, as rqlite's flags (raftsqlite/tlsconf.py, docs/design/tls.md)
     for name, dest in _TLS_FLAGS:
         default, help_ = _TDEFAULTS[dest]
@@ -110,7 +116,8 @@ def config_from_args(argv=None) -> NodeConfig:
                      join=join, voter=not args.non_voter, shard=args.shard,
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
                      join_timeout=args.join_timeout, store=store,
-                     raft_overrides=tuple(overrides),
+                     raft_overrides=tuple(overrides), auth_file=args.auth_file,
+                     join_as=args.join_as,
                      tls=TLSConfig(**{d: getattr(args, d) for _, d in _TLS_FLAGS}))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")

@@ -89,6 +89,10 @@ class NodeConfig(_Help):
     store: StoreConfig = _f(None, "Store settings (group commit, reads).")
     raft_overrides: tuple = _f((), "Extra RaftConfig settings as (name, value) pairs "
                                     "(tests and benchmarks).")
+    auth_file: str = _f("", "rqlite-style JSON credentials file: HTTP Basic auth and "
+                            "per-endpoint permissions ('' = open API).")
+    join_as: str = _f("", "User in the auth file whose credentials this node uses on its "
+                          "own calls to other nodes (join, sharding, forwarding).")
     tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; None = plaintext).")
 
     def __post_init__(self):

@@ -46,6 +46,18 @@ class Node:
         from raftsqlite.raft.config import RaftConfig
         from raftsqlite.raft.driver import RaftNode
         self.config = config
+        # -auth / -join-as (http/auth.py): a bad file stops the node here, before it
+        # opens anything. identity_header: what this node sends on its own calls.
+        self.auth = self.identity_header = None
+        if config.auth_file:
+            from raftsqlite.http.auth import Credentials
+            self.auth = Credentials.load(config.auth_file)
+            if config.join_as:
+                self.identity_header = self.auth.identity_header(config.join_as)
+            else:
+                self.auth.check_anonymous_node(bool(config.join), log)
+        elif config.join_as:
+            raise ConfigError("-join-as needs -auth: the user's password comes from that file")
         os.makedirs(config.data_dir, exist_ok=True)
         self.db = Database(config.db_path, busy_timeout_ms=config.store.busy_timeout_ms,
                            synchronous=config.store.sqlite_synchronous,
@@ -171,8 +183,10 @@ class Node:
         deadline = loop.time() + cfg.join_timeout
         delay, last = 0.1, "no attempt"
         from raftsqlite.client import connector_kw, server_hostname
+        auth = {"Authorization": self.identity_header} if self.identity_header else None
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                         connector=aiohttp.TCPConnector(**connector_kw())) as s:
+                                         connector=aiohttp.TCPConnector(**connector_kw()),
+                                         headers=auth) as s:
             while loop.time() < deadline:
                 for a in addrs:
                     # an empty log now: the leader must not count on what an earlier

@@ -92,7 +92,8 @@ class RaftNode(SnapshotMixin):
                        "persist_s": 0.0, "persists": 0, "heartbeats_during_persist": 0,
                        "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
                        "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0,
-                       "committed_at_persist": 0}
+                       "committed_at_persist": 0, "leader_changes": 0}
+        self._leader_seen = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -600,6 +601,10 @@ class RaftNode(SnapshotMixin):
                         heapq.heappush(self._read_wait, (rs.index, next(self._seq), futs))
         if rd.role is not None:
             self._diskwatch.reset()
+            if rd.leader is not None and rd.leader != self._leader_seen:
+                # as etcd's leader_changes_seen: a leader other than the last one known
+                self._stats["leader_changes"] += 1
+            self._leader_seen = rd.leader
         if rd.role is not None and rd.role != Role.LEADER:
             self._fail_all(errors.OutcomeUnknown("leadership lost before commit"),
                            proposed_only=True)

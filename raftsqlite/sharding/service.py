@@ -355,14 +355,16 @@ class ShardingService:
     def client(self):
         if self._client is None:
             from raftsqlite.client import Client
-            self._client = Client(timeout=30.0)
+            self._client = Client(timeout=30.0,
+                                  auth=getattr(self.node, "identity_header", None))
         return self._client
 
     @property
     def call_client(self):
         if self._call_client is None:
             from raftsqlite.sharding.callclient import CallClient
-            self._call_client = CallClient(timeout=30.0)
+            self._call_client = CallClient(
+                timeout=30.0, auth=getattr(self.node, "identity_header", None))
         return self._call_client
 
     def catalog_loaded(self) -> bool:
