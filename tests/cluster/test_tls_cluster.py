@@ -336,3 +336,8 @@ def test_sharded_insert_and_select_over_tls(cl):
     st, doc, _ = cl.req("GET", d, "/db/query?level=strong&shard_id=default"
                                   "&q=SELECT+COUNT(*)+FROM+u")
     assert st == 200 and doc["results"][0]["values"][0][0] == 0, doc
+    # a cluster-wide backup streams shard1's database to the default member over TLS
+    st, dump, _ = cl.req("GET", d, "/db/backup?fmt=sql", timeout=60)
+    assert st == 200, dump
+    text = dump.decode() if isinstance(dump, bytes) else str(dump)
+    assert text.count("'user") == 20 and "'user7'" in text, text[-2000:]
