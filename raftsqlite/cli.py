@@ -73,6 +73,8 @@ def build_parser():
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
+    from raftsqlite import tlsconf
+    tlsconf.add_flags(flag)
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     return p
@@ -95,10 +97,15 @@ def config_from_args(argv=None) -> NodeConfig:
                      join=join, voter=not args.non_voter, shard=args.shard,
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
                      join_timeout=args.join_timeout, store=store,
-                     raft_overrides=tuple(overrides))
+                     raft_overrides=tuple(overrides), tls=_tls(args))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args
+
+
+def _tls(args):
+    from raftsqlite import tlsconf
+    return tlsconf.from_args(args)
 
 
 def _parse_value(v):

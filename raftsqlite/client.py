@@ -21,11 +21,12 @@ FORWARDED_HEADER = "X-Raftsqlite-Forwarded"
 MAX_HOPS = 3
 
 
-def base_url(addr):
-    """``host:port`` or ``http://host:port`` -> ``http://host:port``."""
+def base_url(addr, scheme="http"):
+    """``host:port`` or ``http(s)://host:port`` -> ``http://host:port`` (a scheme given
+    in ``addr`` is kept: a node serving TLS advertises ``https://host:port``)."""
     addr = addr.strip().rstrip("/")
     if "://" not in addr:
-        addr = "http://" + addr
+        addr = scheme + "://" + addr
     return addr
 
 
@@ -48,7 +49,13 @@ class Client:
     """``Client(timeout=30)``; create and close it on the loop that uses it (or use
     ``async with Client() as c``)."""
 
-    def __init__(self, *, timeout=30.0, limit=256, limit_per_host=64, keepalive=60.0):
+    def __init__(self, *, timeout=30.0, limit=256, limit_per_host=64, keepalive=60.0,
+                 ssl=None, server_hostname=None, scheme="http"):
+        # TLS (tlsconf.TLSConfig.client_kw): ``ssl`` verifies https:// peers (and carries
+        # our client certificate), ``scheme`` is used for addresses given without one.
+        self._ssl = ssl
+        self._name_kw = {"server_hostname": server_hostname} if server_hostname else {}
+        self._scheme = scheme
         self.default_timeout = timeout
         self._limit = limit
         self._limit_per_host = limit_per_host
@@ -60,10 +67,11 @@ class Client:
     @property
     def session(self):
         if self._session is None or self._session.closed:
+            kw = {} if self._ssl is None else {"ssl": self._ssl}
             connector = aiohttp.TCPConnector(limit=self._limit,
                                              limit_per_host=self._limit_per_host,
                                              keepalive_timeout=self._keepalive,
-                                             enable_cleanup_closed=True)
+                                             enable_cleanup_closed=True, **kw)
             # auto_decompress off: a forwarded body is relayed byte for byte.
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                   json_serialize=lambda o: orjson.dumps(o).decode())
@@ -86,14 +94,15 @@ class Client:
     async def request(self, method, addr, path, *, params=None, body=None, headers=None,
                       timeout=None, allow_redirects=False):
         """One request; the whole body is read. ``path`` may carry a query string."""
-        url = base_url(addr) + path
+        url = base_url(addr, self._scheme) + path
         if params:
             url += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
         t = aiohttp.ClientTimeout(total=timeout or self.default_timeout)
         self.requests += 1
         try:
             async with self.session.request(method, url, data=body, headers=headers,
-                                            timeout=t, allow_redirects=allow_redirects) as r:
+                                            timeout=t, allow_redirects=allow_redirects,
+                                            **self._name_kw) as r:
                 data = await r.read()
                 return Response(r.status, r.headers, data)
         except asyncio.TimeoutError:
@@ -112,13 +121,13 @@ class Client:
     async def stream(self, method, addr, path, *, body=None, headers=None, timeout=None):
         """A request whose response is consumed in chunks: returns (status, headers,
         async iterator of bytes). The caller must exhaust or ``aclose`` the iterator."""
-        url = base_url(addr) + path
+        url = base_url(addr, self._scheme) + path
         t = aiohttp.ClientTimeout(total=None, sock_connect=timeout or self.default_timeout,
                                   sock_read=timeout or self.default_timeout)
         self.requests += 1
         try:
             r = await self.session.request(method, url, data=body, headers=headers, timeout=t,
-                                           allow_redirects=False)
+                                           allow_redirects=False, **self._name_kw)
         except asyncio.TimeoutError:
             self.failures += 1
             raise errors.Timeout(f"no answer from {addr}") from None

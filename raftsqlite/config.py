@@ -85,10 +85,14 @@ class NodeConfig(_Help):
     store: StoreConfig = _f(None, "Store settings (group commit, reads).")
     raft_overrides: tuple = _f((), "Extra RaftConfig settings as (name, value) pairs "
                                     "(tests and benchmarks).")
+    tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; default: none).")
 
     def __post_init__(self):
         if self.store is None:
             object.__setattr__(self, "store", StoreConfig())
+        if self.tls is None:
+            from raftsqlite.tlsconf import NO_TLS
+            object.__setattr__(self, "tls", NO_TLS)
         for name in ("http_addr", "raft_addr"):
             parse_addr(getattr(self, name), name)
         for name in ("http_adv", "raft_adv"):
@@ -110,7 +114,12 @@ class NodeConfig(_Help):
 
     @property
     def http_advertise(self) -> str:
-        return self.http_adv or advertise(self.http_addr)
+        addr = self.http_adv or advertise(self.http_addr)
+        # A node serving HTTPS says so in its address: every URL others build from it
+        # (api_addr, redirects, forwarding, the router's calls) is then an https one.
+        if self.tls.https and "://" not in addr:
+            addr = "https://" + addr
+        return addr
 
     @property
     def raft_advertise(self) -> str:

@@ -183,7 +183,9 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     @app.before_server_start
     async def _start(app):
         ctx = app.ctx
-        ctx.client = Client(timeout=settings.default_timeout)
+        tls = getattr(getattr(node, "config", None), "tls", None)
+        ctx.client = Client(timeout=settings.default_timeout,
+                            **(tls.client_kw() if tls is not None else {}))
         ctx.clean_spool()
         ctx.queue.start()
         if manage_node:
@@ -247,12 +249,13 @@ async def _on_cancelled(request, exc):
                                "unavailable")
 
 
-async def start_server(app, host, port, *, backlog=1024):
+async def start_server(app, host, port, *, backlog=1024, ssl=None):
     """Serve ``app`` on the running loop (the node's); returns a handle for
-    ``stop_server``. Runs the app's lifecycle listeners."""
+    ``stop_server``. Runs the app's lifecycle listeners. ``ssl``: an ``ssl.SSLContext``
+    to serve HTTPS (the fast lane works the same: it sees decrypted bytes)."""
     srv = await app.create_server(host=host, port=port, backlog=backlog,
                                   return_asyncio_server=True, access_log=False,
-                                  protocol=FastHttpProtocol)
+                                  protocol=FastHttpProtocol, ssl=ssl)
     await srv.startup()
     await srv.before_start()
     await srv.after_start()

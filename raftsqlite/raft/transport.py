@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 
 from raftsqlite import codec
 from raftsqlite.codec.model import MsgType
@@ -199,8 +200,14 @@ class _Peer:
                     raise ConnectionError("address unknown")
                 host, port = split_addr(addr)
                 loop = asyncio.get_running_loop()
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Outbound(self), host, port), 3.0)
+                if owner.ssl_client is None:
+                    conn = loop.create_connection(lambda: _Outbound(self), host, port)
+                else:
+                    conn = loop.create_connection(
+                        lambda: _Outbound(self), host, port, ssl=owner.ssl_client,
+                        server_hostname=owner.ssl_server_name or host,
+                        ssl_handshake_timeout=3.0)
+                _, proto = await asyncio.wait_for(conn, 3.0)
                 if proto.closed or proto.tr.is_closing():
                     # lost between connect and here (uvloop raises on such a write)
                     raise ConnectionError("connection lost before the handshake")
@@ -218,6 +225,14 @@ class _Peer:
                 return
             except asyncio.CancelledError:
                 raise
+            except ssl.SSLError as e:
+                # a certificate the peer (or we) refused: say why once, retry slowly
+                why = f"TLS handshake with {addr} failed: {e}"
+                if self.last_error != why:
+                    log.error("raft peer %s: %s", self.node_id, why)
+                self.last_error = why
+                owner.stats_["tls_failures"] += 1
+                delay = owner.reconnect_max
             except PermissionError as e:
                 if self.last_error != str(e):
                     log.error("raft peer %s at %s refused us: %s", self.node_id, addr, e)
@@ -265,6 +280,9 @@ class Transport:
         self.send_buffer_bytes = config.send_buffer_bytes
         self.reconnect_min = config.reconnect_min
         self.reconnect_max = config.reconnect_max
+        self.ssl_server = config.ssl_server
+        self.ssl_client = config.ssl_client
+        self.ssl_server_name = config.ssl_server_name
         self.on_message = on_message
         self._resolve = resolve or (lambda nid: None)
         self.on_unreachable = on_unreachable or (lambda nid: None)
@@ -277,7 +295,8 @@ class Transport:
         self._closing = False
         self._hello_cache = {}
         self.stats_ = {"msgs_in": 0, "msgs_out": 0, "dropped": 0, "bad_frames": 0,
-                       "refused": 0, "misrouted": 0, "bytes_out": 0}
+                       "refused": 0, "misrouted": 0, "bytes_out": 0,
+                       "tls_failures": 0}
 
     def resolve(self, node_id):
         return self._resolve(node_id) or self.learned.get(node_id)
@@ -293,8 +312,13 @@ class Transport:
     async def start(self):
         host, port = split_addr(self.listen_addr)
         loop = asyncio.get_running_loop()
+        kw = {}
+        if self.ssl_server is not None:
+            # A peer that never finishes its handshake (a plaintext client, a port scan)
+            # is dropped after this, not held.
+            kw = {"ssl": self.ssl_server, "ssl_handshake_timeout": 5.0}
         self._server = await loop.create_server(lambda: _Inbound(self), host, port,
-                                                reuse_address=True, backlog=128)
+                                                reuse_address=True, backlog=128, **kw)
         self.bound_port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self):
@@ -401,6 +425,7 @@ class Transport:
                             "last_error": p.last_error}
                       for nid, p in self._peers.items()}
         s["inbound"] = len(self._inbound)
+        s["tls"] = self.ssl_server is not None
         return s
 
 

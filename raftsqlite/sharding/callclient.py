@@ -177,7 +177,13 @@ class CallClient:
     """``await post(addr, path, body, headers=None, timeout=None) -> Response``.
     Create and use it on one event loop; ``close()`` drops every pooled connection."""
 
-    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0):
+    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0, ssl=None,
+                 server_hostname=None, scheme="http"):
+        # TLS (tlsconf.TLSConfig.client_kw): an https:// address (or one without a scheme
+        # when ``scheme`` is https) is dialled with ``ssl``; the pool is per address.
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self._scheme = scheme
         self.default_timeout = timeout
         self.max_idle = max_idle
         # A connection idle this long is closed rather than reused: well inside the
@@ -193,11 +199,16 @@ class CallClient:
 
     async def _connect(self, addr):
         host, _, port = addr.rpartition(":")
+        scheme = self._scheme
         if "://" in host:
-            host = host.split("://", 1)[1]
+            scheme, host = host.split("://", 1)
+        host = host.strip("[]")
+        kw = {}
+        if scheme == "https":
+            kw = {"ssl": self._ssl or True, "server_hostname": self._server_hostname or host}
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Conn, host.strip("[]"), int(port))
+            _, conn = await loop.create_connection(_Conn, host, int(port), **kw)
         except (OSError, ValueError) as e:
             raise errors.Unreachable(f"cannot reach {addr}: {e} (nothing was sent)") from None
         self.counts["connects"] += 1

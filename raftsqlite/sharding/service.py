@@ -343,14 +343,14 @@ class ShardingService:
     def client(self):
         if self._client is None:
             from raftsqlite.client import Client
-            self._client = Client(timeout=30.0)
+            self._client = Client(timeout=30.0, **_tls_kw(self.node))
         return self._client
 
     @property
     def call_client(self):
         if self._call_client is None:
             from raftsqlite.sharding.callclient import CallClient
-            self._call_client = CallClient(timeout=30.0)
+            self._call_client = CallClient(timeout=30.0, **_tls_kw(self.node))
         return self._call_client
 
     def catalog_loaded(self) -> bool:
@@ -786,3 +786,9 @@ def _needs_push(have, want):
 
 __all__ = ["ShardingService", "NodeGroupExecutor", "RouterSQL", "error_from", "dump_results",
            "load_results", "unb64"]
+
+
+def _tls_kw(node):
+    """How this node's calls reach other nodes' HTTP APIs (tlsconf; {} without TLS)."""
+    tls = getattr(getattr(node, "config", None), "tls", None)
+    return tls.client_kw() if tls is not None else {}

@@ -1,0 +1,241 @@
+"""TLS settings of one node, named and meant as rqlite's flags, turned into ssl contexts.
+
+Two independent halves, as in rqlite:
+
+- **HTTP API** (``-http-cert``, ``-http-key``, ``-http-ca-cert``, ``-http-verify-client``):
+  the API port serves HTTPS; with ``-http-verify-client`` a client must present a
+  certificate signed by ``-http-ca-cert`` (mutual TLS). A node serving HTTPS advertises
+  ``https://host:port``, so every URL built from a member's address (``/nodes``
+  ``api_addr``, a ``redirect`` Location, forwarding, joins, the router's shard calls) is
+  an https one.
+- **Node to node** (``-node-cert``, ``-node-key``, ``-node-ca-cert``, ``-node-no-verify``,
+  ``-node-verify-client``, ``-node-verify-server-name``): the Raft transport dials and
+  listens with TLS; a peer's certificate is checked against ``-node-ca-cert`` (or the
+  system's roots) and its host name or IP (or ``-node-verify-server-name``) unless
+  ``-node-no-verify``; with ``-node-verify-client`` the Raft listener wants a client
+  certificate too.
+
+A node's own HTTP calls to other nodes (forwarding, join, the router, catalog watch)
+reach their HTTP APIs, which present ``-http-cert``; they trust ``-http-ca-cert`` and
+``-node-ca-cert`` (rqlite uses ``-http-ca-cert`` for the same calls), present
+``-node-cert`` (else ``-http-cert``) for servers that verify clients, and follow
+``-node-no-verify`` / ``-node-verify-server-name``.
+
+Every file is read when the config is built, so a missing file, a key that does not match
+its certificate or an unreadable CA stops the node at start with a ``ConfigError`` naming
+the flag. Without any flag nothing here is used and no code path changes.
+"""
+import ssl
+from dataclasses import dataclass, field, fields
+
+from raftsqlite.errors import ConfigError
+
+
+def _f(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    http_cert: str = _f("", "X.509 certificate the HTTP API presents; with http_key, "
+                            "the API serves HTTPS.")
+    http_key: str = _f("", "Private key of http_cert.")
+    http_ca_cert: str = _f("", "CA certificate that client certificates are checked "
+                               "against (http_verify_client), also trusted when this node "
+                               "calls another node's HTTPS API.")
+    http_verify_client: bool = _f(False, "Mutual TLS on the HTTP API: refuse clients without "
+                                         "a certificate signed by http_ca_cert.")
+    node_cert: str = _f("", "X.509 certificate for node-to-node traffic; with node_key, "
+                            "the Raft transport uses TLS.")
+    node_key: str = _f("", "Private key of node_cert.")
+    node_ca_cert: str = _f("", "CA certificate other nodes' certificates are checked against "
+                               "(default: the system's roots).")
+    node_no_verify: bool = _f(False, "Do not check other nodes' certificates (testing only).")
+    node_verify_client: bool = _f(False, "Mutual TLS on the Raft port: refuse peers without "
+                                         "a certificate signed by node_ca_cert.")
+    node_verify_server_name: str = _f("", "Host name expected in other nodes' certificates "
+                                          "(default: the host or IP dialled).")
+
+    @classmethod
+    def help(cls) -> dict:
+        return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}
+
+    def __post_init__(self):
+        for cert, key in (("http_cert", "http_key"), ("node_cert", "node_key")):
+            if bool(getattr(self, cert)) != bool(getattr(self, key)):
+                raise ConfigError(f"-{_flag(cert)} and -{_flag(key)} go together: give both "
+                                  f"or neither")
+        if self.http_verify_client and not self.http_cert:
+            raise ConfigError("-http-verify-client needs -http-cert and -http-key (the API "
+                              "must serve HTTPS to ask for client certificates)")
+        if self.http_verify_client and not self.http_ca_cert:
+            raise ConfigError("-http-verify-client needs -http-ca-cert: the CA client "
+                              "certificates must be signed by")
+        if self.node_verify_client and not self.node_cert:
+            raise ConfigError("-node-verify-client needs -node-cert and -node-key")
+        if self.node_verify_client and not self.node_ca_cert:
+            raise ConfigError("-node-verify-client needs -node-ca-cert: the CA other nodes' "
+                              "certificates must be signed by")
+        # Read every file now: a bad one must stop the node before it starts anything.
+        object.__setattr__(self, "_ctx", _Contexts(self) if self.enabled else None)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.http_cert or self.node_cert or self.node_ca_cert or
+                    self.http_ca_cert)
+
+    @property
+    def https(self) -> bool:
+        """The HTTP API serves TLS (and the node advertises https:// addresses)."""
+        return bool(self.http_cert)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https else "http"
+
+    # ---- contexts (None when that side is plaintext) ---------------------------------
+    @property
+    def http_server(self):
+        return self._ctx.http_server if self._ctx else None
+
+    @property
+    def raft_server(self):
+        return self._ctx.raft_server if self._ctx else None
+
+    @property
+    def raft_client(self):
+        return self._ctx.raft_client if self._ctx else None
+
+    @property
+    def http_client(self):
+        return self._ctx.http_client if self._ctx else None
+
+    def client_kw(self) -> dict:
+        """Keyword arguments for ``client.Client`` / ``CallClient`` calling other nodes'
+        HTTP APIs; empty (so nothing changes) without TLS."""
+        if not self.enabled:
+            return {}
+        return {"ssl": self.http_client, "server_hostname": self.node_verify_server_name or None,
+                "scheme": self.scheme}
+
+    def describe(self) -> dict:
+        """For /status: what is on, never key material."""
+        return {"http": self.https, "http_verify_client": self.http_verify_client,
+                "node": bool(self.node_cert), "node_verify_client": self.node_verify_client,
+                "node_no_verify": self.node_no_verify,
+                "node_verify_server_name": self.node_verify_server_name}
+
+
+def _flag(name):
+    return name.replace("_", "-")
+
+
+def _read_check(path, flag):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise ConfigError(f"-{flag} {path}: cannot read it: {e.strerror or e}") from None
+    if b"-----BEGIN" not in head:
+        raise ConfigError(f"-{flag} {path}: not a PEM file (no '-----BEGIN' line)")
+
+
+def _load_chain(ctx, cert, key, cert_flag, key_flag):
+    _read_check(cert, cert_flag)
+    _read_check(key, key_flag)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        why = str(e)
+        if "KEY_VALUES_MISMATCH" in why or "key values mismatch" in why:
+            raise ConfigError(f"-{key_flag} {key} does not match the certificate "
+                              f"-{cert_flag} {cert}") from None
+        raise ConfigError(f"-{cert_flag} {cert} / -{key_flag} {key}: cannot load the "
+                          f"certificate and key: {why}") from None
+
+
+def _load_ca(ctx, path, flag):
+    _read_check(path, flag)
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise ConfigError(f"-{flag} {path}: not a usable CA certificate: {e}") from None
+
+
+class _Contexts:
+    """The ssl contexts, built once from the files (contexts are loop-independent)."""
+
+    def __init__(self, t: TLSConfig):
+        self.http_server = self.raft_server = self.raft_client = None
+        if t.http_cert:
+            c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            c.minimum_version = ssl.TLSVersion.TLSv1_2
+            _load_chain(c, t.http_cert, t.http_key, "http-cert", "http-key")
+            if t.http_ca_cert:
+                _load_ca(c, t.http_ca_cert, "http-ca-cert")
+            if t.http_verify_client:
+                c.verify_mode = ssl.CERT_REQUIRED
+            self.http_server = c
+        elif t.http_ca_cert:
+            _read_check(t.http_ca_cert, "http-ca-cert")
+        if t.node_cert:
+            s = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            s.minimum_version = ssl.TLSVersion.TLSv1_2
+            _load_chain(s, t.node_cert, t.node_key, "node-cert", "node-key")
+            if t.node_ca_cert:
+                _load_ca(s, t.node_ca_cert, "node-ca-cert")
+            if t.node_verify_client:
+                s.verify_mode = ssl.CERT_REQUIRED
+            self.raft_server = s
+            self.raft_client = self._client(t, t.node_cert, t.node_key,
+                                            [(t.node_ca_cert, "node-ca-cert")])
+        elif t.node_ca_cert:
+            _read_check(t.node_ca_cert, "node-ca-cert")
+        # Calls to other nodes' HTTP APIs (which present -http-cert).
+        if t.node_cert:
+            cert, key = t.node_cert, t.node_key
+        else:
+            cert, key = t.http_cert, t.http_key
+        self.http_client = self._client(t, cert, key, [(t.http_ca_cert, "http-ca-cert"),
+                                                        (t.node_ca_cert, "node-ca-cert")])
+
+    @staticmethod
+    def _client(t, cert, key, cas):
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert:
+            _load_chain(c, cert, key, "node-cert" if cert == t.node_cert else "http-cert",
+                        "node-key" if key == t.node_key else "http-key")
+        cas = [(p, f) for p, f in cas if p]
+        if t.node_no_verify:
+            c.check_hostname = False
+            c.verify_mode = ssl.CERT_NONE
+        elif cas:
+            for p, f in cas:
+                _load_ca(c, p, f)
+        else:
+            c.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        return c
+
+
+NO_TLS = TLSConfig()
+
+
+def add_flags(flag):
+    """The TLS flags on the node's parser (``flag(name, **kw)`` as in cli.py)."""
+    h = TLSConfig.help()
+    for name in ("http_cert", "http_key", "http_ca_cert", "node_cert", "node_key",
+                 "node_ca_cert", "node_verify_server_name"):
+        flag(_flag(name), dest="tls_" + name, default="",
+             metavar="NAME" if name == "node_verify_server_name" else "PATH",
+             help=h[name][1])
+    for name in ("http_verify_client", "node_no_verify", "node_verify_client"):
+        flag(_flag(name), dest="tls_" + name, action="store_true", help=h[name][1])
+
+
+def from_args(args) -> TLSConfig:
+    """Raises ``ConfigError`` (naming the flag) for a bad combination or a bad file."""
+    kw = {f.name: getattr(args, "tls_" + f.name) for f in fields(TLSConfig)}
+    if not any(kw.values()):
+        return NO_TLS
+    return TLSConfig(**kw)
