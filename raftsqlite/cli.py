@@ -70,9 +70,18 @@ def build_parser():
     flag("read-inline-budget", dest="inline_read_budget", type=float,
          default=_SDEFAULTS["inline_read_budget"][0], metavar="SECONDS",
          help=_SDEFAULTS["inline_read_budget"][1])
+    flag("max-result-bytes", dest="max_result_bytes", type=int,
+         default=_SDEFAULTS["max_result_bytes"][0], metavar="BYTES",
+         help=_SDEFAULTS["max_result_bytes"][1] + " (default: %(default)s)")
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
+    flag("auth", dest="auth_file", default="", metavar="FILE",
+         help="rqlite-style JSON credentials file: HTTP Basic auth and per-endpoint "
+              "permissions (default: none, the API is open)")
+    flag("join-as", dest="join_as", default="", metavar="USER",
+         help="user in the -auth file whose credentials this node uses on its calls to "
+              "other nodes (join, sharding)")
     from raftsqlite import tlsconf
     tlsconf.add_flags(flag)
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
@@ -85,7 +94,8 @@ def config_from_args(argv=None) -> NodeConfig:
     join = tuple(a.strip() for a in args.join.split(",") if a.strip())
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
                         batch_max_requests=args.batch_max_requests,
-                        inline_read_budget=args.inline_read_budget)
+                        inline_read_budget=args.inline_read_budget,
+                        max_result_bytes=args.max_result_bytes)
     overrides = []
     for opt in args.raft_opts:
         name, sep, value = opt.partition("=")
@@ -97,7 +107,8 @@ def config_from_args(argv=None) -> NodeConfig:
                      join=join, voter=not args.non_voter, shard=args.shard,
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
                      join_timeout=args.join_timeout, store=store,
-                     raft_overrides=tuple(overrides), tls=_tls(args))
+                     raft_overrides=tuple(overrides), auth_file=args.auth_file,
+                     join_as=args.join_as, tls=_tls(args))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args

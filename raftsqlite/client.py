@@ -50,13 +50,17 @@ class Client:
     ``async with Client() as c``)."""
 
     def __init__(self, *, timeout=30.0, limit=256, limit_per_host=64, keepalive=60.0,
-                 ssl=None, server_hostname=None, scheme="http"):
+                 auth=None, ssl=None, server_hostname=None, scheme="http"):
         # TLS (tlsconf.TLSConfig.client_kw): ``ssl`` verifies https:// peers (and carries
         # our client certificate), ``scheme`` is used for addresses given without one.
         self._ssl = ssl
         self._name_kw = {"server_hostname": server_hostname} if server_hostname else {}
         self._scheme = scheme
         self.default_timeout = timeout
+        #: ``Authorization`` sent when the caller names none (a node's -join-as identity).
+        #: A caller relaying someone else's request names theirs, or None for none: it
+        #: must never gain this node's rights (forward.forward_headers).
+        self.auth = auth
         self._limit = limit
         self._limit_per_host = limit_per_host
         self._keepalive = keepalive
@@ -98,6 +102,8 @@ class Client:
         if params:
             url += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
         t = aiohttp.ClientTimeout(total=timeout or self.default_timeout)
+        if self.auth is not None:
+            headers = _with_auth(headers, self.auth)
         self.requests += 1
         try:
             async with self.session.request(method, url, data=body, headers=headers,
@@ -124,6 +130,8 @@ class Client:
         url = base_url(addr, self._scheme) + path
         t = aiohttp.ClientTimeout(total=None, sock_connect=timeout or self.default_timeout,
                                   sock_read=timeout or self.default_timeout)
+        if self.auth is not None:
+            headers = _with_auth(headers, self.auth)
         self.requests += 1
         try:
             r = await self.session.request(method, url, data=body, headers=headers, timeout=t,
@@ -168,6 +176,18 @@ class Client:
     async def get_json(self, addr, path, timeout=None):
         r = await self.request("GET", addr, path, timeout=timeout)
         return r.status, (r.json() if r.body[:1] in (b"{", b"[") else r.body)
+
+
+def _with_auth(headers, auth):
+    """``headers`` with ``Authorization: auth`` unless they name one; an ``Authorization``
+    of None means "send none"."""
+    if not headers:
+        return {"Authorization": auth}
+    if "Authorization" not in headers:
+        return dict(headers, Authorization=auth)
+    if headers["Authorization"] is None:
+        return {k: v for k, v in headers.items() if k != "Authorization"}
+    return headers
 
 
 def _flags_qs(flags):

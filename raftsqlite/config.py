@@ -47,13 +47,17 @@ class StoreConfig(_Help):
                                            "log is the durable record; NORMAL in WAL mode "
                                            "survives process crashes).")
     max_statements: int = _f(100_000, "Most statements in one request.")
+    max_result_bytes: int = _f(256 << 20, "Most row data (estimated) one query may return; "
+                                          "a bigger result is an error rather than a node "
+                                          "out of memory (0 = no bound).")
 
     def __post_init__(self):
         for name in ("batch_max_requests", "batch_max_bytes", "max_inflight", "read_threads",
                      "dedup_keep", "max_statements"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("batch_wait", "busy_timeout_ms", "inline_read_budget"):
+        for name in ("batch_wait", "busy_timeout_ms", "inline_read_budget",
+                     "max_result_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("write_timeout", "read_timeout"):
@@ -85,6 +89,10 @@ class NodeConfig(_Help):
     store: StoreConfig = _f(None, "Store settings (group commit, reads).")
     raft_overrides: tuple = _f((), "Extra RaftConfig settings as (name, value) pairs "
                                     "(tests and benchmarks).")
+    auth_file: str = _f("", "rqlite-style JSON credentials file: HTTP Basic auth and "
+                            "per-endpoint permissions ('' = open API).")
+    join_as: str = _f("", "User in the auth file whose credentials this node uses on its "
+                          "own calls to other nodes (join, sharding, forwarding).")
     tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; default: none).")
 
     def __post_init__(self):

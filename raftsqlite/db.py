@@ -63,8 +63,10 @@ _MAX_ROWID = (1 << 63) - 1
 class Database:
     """The node's SQLite file: one writer, per-thread readers, backup and restore."""
 
-    def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL"):
+    def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL",
+                 max_result_bytes=0):
         self.path = os.path.abspath(path)
+        self.max_result_bytes = max_result_bytes    # 0 = unbounded (db_exec.fetch_more_bounded)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous.upper()
@@ -191,7 +193,7 @@ class Database:
 
     def run_user(self, sql, params=None):
         """Run a client statement on the writer (inside the apply transaction)."""
-        return run_statement(self.writer, sql, params)
+        return run_statement(self.writer, sql, params, self.max_result_bytes)
 
     def run_user_many(self, sql, params_list, out, stop_on_error=False):
         """Run one SQL text (known to return no rows: a previous execution of it gave a
@@ -302,7 +304,7 @@ class Database:
                 access.internal = internal
             try:
                 for sql, params in statements:
-                    r = run_statement(conn, sql, params)
+                    r = run_statement(conn, sql, params, self.max_result_bytes)
                     if "error" in r:
                         self.stats_counters["read_errors"] += 1
                         if r["error"].startswith("query interrupted"):

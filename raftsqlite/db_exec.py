@@ -6,6 +6,7 @@ dumps): only these two modules import apsw, and only ``db.py`` sets pragmas on t
 database. Nothing here knows HTTP, Raft or the FSM; ``Database`` in db.py is the way in.
 """
 import time
+from itertools import islice
 
 import apsw
 
@@ -81,10 +82,57 @@ def _bad_param(e) -> str:
     return f"bad parameter: {e}"
 
 
-def run_statement(conn, sql, params=None):
+_CHUNK = 4096
+
+
+def _value_bytes(row):
+    n = 0
+    for v in row:
+        n += len(v) if isinstance(v, (str, bytes)) else 8
+    return n
+
+
+def fetch_more_bounded(cur, rows, max_bytes):
+    """Given ``rows``, the first (up to ``_CHUNK``) rows of ``cur``, append the rest;
+    False (stopping early) once their estimated size passes ``max_bytes``.
+
+    Each chunk's size is estimated from up to 8 rows spread over it (text and BLOB
+    lengths, 8 bytes per other value), so a query that would return gigabytes stops after
+    about ``max_bytes`` of rows instead of filling the node's memory (Python holds each
+    row in ~5x its raw size, then the JSON answer once more). A single row is never
+    refused (one value is bounded by SQLite's own maximum length)."""
+    total = 0
+    chunk = rows
+    while True:
+        k = len(chunk)
+        step = max(1, k // 8)
+        sample = chunk[::step]
+        total += _value_bytes_sum(sample) * k // len(sample)
+        if total > max_bytes:
+            return False
+        if k < _CHUNK:
+            return True
+        chunk = list(islice(cur, _CHUNK))
+        if not chunk:
+            return True
+        rows.extend(chunk)
+
+
+def _value_bytes_sum(rows):
+    return sum(_value_bytes(r) for r in rows)
+
+
+def too_large(max_bytes):
+    return (f"result too large: more than {max_bytes >> 20} MiB of row data (the node's "
+            "max_result_bytes); nothing is returned. Add a LIMIT, select fewer columns, or "
+            "page through the rows (WHERE key > last key ORDER BY key LIMIT n)")
+
+
+def run_statement(conn, sql, params=None, max_bytes=0):
     """Run one SQL text on ``conn``; return a neutral result dict:
     write -> {"last_insert_id", "rows_affected"}; read -> {"columns", "types", "values"};
-    failure -> {"error"}; always "time" (seconds). Never raises for SQL errors."""
+    failure -> {"error"}; always "time" (seconds). Never raises for SQL errors.
+    ``max_bytes`` > 0 bounds a read's rows (``fetch_more_bounded``)."""
     t0 = time.perf_counter()
     desc = None
 
@@ -103,7 +151,15 @@ def run_statement(conn, sql, params=None):
             cur.execute(sql)
         else:
             cur.execute(sql, params)
-        rows = cur.fetchall() if desc is not None else []
+        if desc is None:
+            rows = []
+        elif max_bytes:
+            rows = list(islice(cur, _CHUNK))
+            if len(rows) > 1 and not fetch_more_bounded(cur, rows, max_bytes):
+                cur.close()
+                return {"error": too_large(max_bytes), "time": time.perf_counter() - t0}
+        else:
+            rows = cur.fetchall()
     except apsw.Error as e:
         return {"error": error_message(e), "time": time.perf_counter() - t0}
     except _BAD_PARAMS as e:

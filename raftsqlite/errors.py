@@ -154,3 +154,14 @@ class Unreachable(Unavailable):
 
     code = "unreachable"
     definite = True
+
+
+class Unauthorized(RaftSQLiteError):
+    """Missing or wrong HTTP Basic credentials, or a user without the permission the
+    endpoint needs (``-auth``). HTTP 401, as rqlite answers both."""
+
+    code = "unauthorized"
+
+    def __init__(self, message, realm="rqlite"):
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": f'Basic realm="{realm}"'}

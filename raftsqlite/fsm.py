@@ -41,6 +41,7 @@ from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db_shapes import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
+from raftsqlite.metrics import LATENCY_BUCKETS, Histogram
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS _raftsqlite_meta (k TEXT PRIMARY KEY, v)",
@@ -124,6 +125,8 @@ class FSM:
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
                          "single_runs": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
+        # One observation per apply() call that applied something (GET /metrics)
+        self.apply_hist = Histogram(LATENCY_BUCKETS)
 
     # ---- contract -------------------------------------------------------------------
     def applied_index(self) -> int:
@@ -188,7 +191,9 @@ class FSM:
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
-        c["apply_seconds"] += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        c["apply_seconds"] += dt
+        self.apply_hist.observe(dt)
         return results
 
     def snapshot(self, path):

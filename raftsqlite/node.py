@@ -46,9 +46,22 @@ class Node:
         from raftsqlite.raft.config import RaftConfig
         from raftsqlite.raft.driver import RaftNode
         self.config = config
+        # -auth / -join-as (http/auth.py): a bad file stops the node here, before it
+        # opens anything. identity_header: what this node sends on its own calls.
+        self.auth = self.identity_header = None
+        if config.auth_file:
+            from raftsqlite.http.auth import Credentials
+            self.auth = Credentials.load(config.auth_file)
+            if config.join_as:
+                self.identity_header = self.auth.identity_header(config.join_as)
+            else:
+                self.auth.check_anonymous_node(bool(config.join), log)
+        elif config.join_as:
+            raise ConfigError("-join-as needs -auth: the user's password comes from that file")
         os.makedirs(config.data_dir, exist_ok=True)
         self.db = Database(config.db_path, busy_timeout_ms=config.store.busy_timeout_ms,
-                           synchronous=config.store.sqlite_synchronous)
+                           synchronous=config.store.sqlite_synchronous,
+                           max_result_bytes=config.store.max_result_bytes)
         self.fsm = FSM(self.db, dedup_keep=config.store.dedup_keep)
         host, port = listen_addr(config.raft_addr)
         kw = dict(node_id=config.node_id, data_dir=config.raft_dir, raft_addr=f"{host}:{port}",
@@ -168,8 +181,9 @@ class Node:
         conn = aiohttp.TCPConnector(ssl=tls.http_client) if tls.http_client else None
         name = {"server_hostname": tls.node_verify_server_name} \
             if tls.node_verify_server_name else {}
+        auth = {"Authorization": self.identity_header} if self.identity_header else None
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                         connector=conn) as s:
+                                         headers=auth, connector=conn) as s:
             while loop.time() < deadline:
                 for a in addrs:
                     # an empty log now: the leader must not count on what an earlier

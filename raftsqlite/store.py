@@ -126,7 +126,7 @@ class Store(StoreAdmin):
 
     def ready(self) -> bool:
         """A leader is known and this node has applied what it knew to be committed."""
-        if not self.raft.leader_id:
+        if not self.raft.leader_id or getattr(self.raft, "failed", None):
             return False
         if self.ready_check is not None and not self.ready_check():
             return False
@@ -598,6 +598,8 @@ class Store(StoreAdmin):
         r = self.raft
         role = getattr(r, "role", None)
         state = (getattr(role, "value", role) or ("leader" if r.is_leader else "follower"))
+        if getattr(r, "failed", None):
+            state = "shutdown"   # rqlite's word for a Raft that stopped; raft.failed says why
         return {
             "node_id": self.node_id,
             "raft": {"state": str(state).replace("-", " ").title().replace(" ", ""),

@@ -23,7 +23,8 @@ from sanic_routing.exceptions import NotFound as _NoSignal
 
 from raftsqlite import errors
 from raftsqlite.client import Client
-from raftsqlite.http import cluster, rqlite, seed, wire
+from raftsqlite.http import cluster, metrics, rqlite, seed, wire
+from raftsqlite.http.auth import AppAuth
 from raftsqlite.http.fastpath import FastHttpProtocol, routes as fast_routes
 from raftsqlite.http.backend import HTTPConfig, StoreSQL
 from raftsqlite.http.queue import WriteQueue
@@ -88,11 +89,18 @@ class AppContext:
                                 batch=settings.queue_batch, interval=settings.queue_interval)
         self.counters = collections.Counter()
         # Routes the HTTP fast lane serves without Sanic's request machinery (fastpath.py)
-        self.fast_routes = fast_routes(("POST", "/db/execute", rqlite.execute),
-                                       ("GET", "/db/query", rqlite.query),
-                                       ("POST", "/db/query", rqlite.query),
-                                       ("POST", "/execute", seed.execute),
-                                       ("GET", "/query", seed.query))
+        fast = [("POST", "/db/execute", rqlite.execute), ("GET", "/db/query", rqlite.query),
+                ("POST", "/db/query", rqlite.query), ("POST", "/execute", seed.execute),
+                ("GET", "/query", seed.query)]
+        # -auth (auth.py): None when off, so nothing below costs anything then. The fast
+        # lane's handlers are wrapped to check credentials as Sanic's middleware does.
+        creds = getattr(node, "auth", None)
+        self.auth = AppAuth(creds) if creds is not None else None
+        #: Authorization this node sends on its own calls (-join-as), or None
+        self.identity = getattr(node, "identity_header", None)
+        self.fast_routes = fast_routes(*fast)
+        if self.auth is not None:
+            self.fast_routes = self.auth.fast_routes(self.fast_routes)
         self.started_wall = time.time()
         self.bind_addr = None
 
@@ -139,6 +147,7 @@ class AppContext:
             "counters": dict(self.counters),
             "queue": self.queue.stats(),
             "client": self.client.stats() if self.client is not None else {},
+            **({"auth": self.auth.stats()} if self.auth is not None else {}),
             "limits": {"max_body_bytes": self.settings.max_body_bytes,
                        "max_statements": self.settings.max_statements},
         }
@@ -167,6 +176,7 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     app.blueprint(rqlite.blueprint())
     app.blueprint(seed.blueprint())
     app.blueprint(cluster.blueprint())
+    app.blueprint(metrics.blueprint())      # GET /metrics, GET /debug/vars
     # Other layers add their own API families (the sharding router's /table/*, /shards)
     # without this module importing them: node.http_blueprints holds Blueprints or
     # zero-argument factories returning one.
@@ -177,6 +187,8 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     # (bounded by REQUEST_MAX_SIZE) and ignore it.
     for route in app.router.routes:
         route.extra.ignore_body = False
+    if app.ctx.auth is not None:
+        app.on_request(app.ctx.auth.check_request)
     app.exception(Exception)(_on_error)
     app.exception(asyncio.CancelledError)(_on_cancelled)
 
@@ -184,7 +196,7 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     async def _start(app):
         ctx = app.ctx
         tls = getattr(getattr(node, "config", None), "tls", None)
-        ctx.client = Client(timeout=settings.default_timeout,
+        ctx.client = Client(timeout=settings.default_timeout, auth=ctx.identity,
                             **(tls.client_kw() if tls is not None else {}))
         ctx.clean_spool()
         ctx.queue.start()
@@ -228,7 +240,7 @@ async def _on_error(request, exc):
             msg = (f"request head too large: the limit is {limit} bytes of request line "
                    "and headers")
         elif status == 413:
-            limit = (ctx.settings.max_load_bytes if request.path == "/db/load"
+            limit = (ctx.settings.max_load_bytes if request.path in ("/db/load", "/boot")
                      else ctx.settings.max_body_bytes)
             msg = f"request body too large: the limit is {limit} bytes"
         ctx.counters[f"status_{status}"] += 1

@@ -15,7 +15,7 @@ with) goes to Sanic untouched. Handlers, error mapping (``app._on_error``) and
 forwarding are shared, and headers are read as Sanic reads them, so the answers are the
 same bytes Sanic would send (tests/api/test_fastpath.py compares them).
 """
-from time import monotonic
+from time import monotonic, perf_counter
 
 from sanic.exceptions import RequestTimeout
 from sanic.headers import format_http1_response
@@ -24,6 +24,7 @@ from sanic.http import Stage
 from sanic.response import HTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
 
+from raftsqlite.http.metrics import http_metrics
 from raftsqlite.http.wire import JSON_CT
 from raftsqlite.raft import trace
 
@@ -153,13 +154,30 @@ def response_bytes(res):
 class FastHttpProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol with the fast lane in front (see the module doc)."""
 
-    __slots__ = ("_fast_busy", "_fast_held", "_fast_waiting")
+    __slots__ = ("_fast_busy", "_fast_held", "_fast_waiting", "_fast_t0", "_hm")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._fast_busy = False
         self._fast_held = None
         self._fast_waiting = False
+        self._fast_t0 = 0.0
+        # Request counts and latency for GET /metrics, kept by both lanes (metrics.py);
+        # the fast lane's requests in flight are counted at scrape time, from here.
+        self._hm = http_metrics(self.app)
+        self._hm.connections = self.connections
+        self.request_handler = self._sanic_request
+
+    async def _sanic_request(self, request):
+        hm = self._hm
+        if not hm.on:       # nobody has asked for /metrics yet (metrics.py)
+            return await self.app.handle_request(request)
+        hm.inflight += 1
+        t0 = perf_counter()
+        try:
+            await self.app.handle_request(request)
+        finally:
+            hm.sanic_done(request, perf_counter() - t0)
 
     def data_received(self, data):
         if trace.ON:
@@ -179,7 +197,10 @@ class FastHttpProtocol(HttpProtocol):
                 handler, method, path, query, headers, body = req
                 self._fast_busy = True
                 self._fast_held = bytearray()
-                self._time = monotonic() + _FAR
+                # (the clock read Sanic's keep-alive timer needs also starts the
+                # request's latency for /metrics)
+                self._fast_t0 = t0 = monotonic()
+                self._time = t0 + _FAR
                 self.loop.create_task(self._fast(handler, FastRequest(
                     self.app, method, path, query, headers, body, data)))
                 return
@@ -195,6 +216,7 @@ class FastHttpProtocol(HttpProtocol):
         self.app.ctx.counters["fast_lane"] += 1
         if trace.ON:
             trace.mark("h_run")
+        status = 0
         try:
             try:
                 res = await handler(request)
@@ -202,6 +224,7 @@ class FastHttpProtocol(HttpProtocol):
                 from raftsqlite.http.app import _on_error
                 res = await _on_error(request, exc)
             self._write_response(res)
+            status = 200 if type(res) is bytes else res.status
             if trace.ON:
                 trace.mark("h_out")
         except Exception:
@@ -211,7 +234,10 @@ class FastHttpProtocol(HttpProtocol):
             return
         finally:
             self._fast_busy = False
-            self._time = monotonic()
+            self._time = now = monotonic()
+            hm = self._hm
+            if hm.on:
+                hm.done(request.path, status, now - self._fast_t0)
         held, self._fast_held = self._fast_held, None
         if held and self.transport is not None and not self.transport.is_closing():
             self.data_received(bytes(held))

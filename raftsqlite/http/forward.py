@@ -65,6 +65,11 @@ def forward_headers(request):
     rid = request.headers.get("x-request-id")
     if rid:
         h["X-Request-Id"] = rid   # the leader must see the same id to deduplicate
+    # The leader checks the client's own credentials (as rqlite forwards them); with none,
+    # None keeps a client with -join-as from sending this node's identity instead.
+    a = request.headers.get("authorization")
+    if a or request.app.ctx.identity is not None:
+        h["Authorization"] = a or None
     return h
 
 

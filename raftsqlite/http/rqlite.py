@@ -1,4 +1,4 @@
-"""rqlite's data API: /db/execute, /db/query, /db/request, /db/backup, /db/load.
+"""rqlite's data API: /db/execute, /db/query, /db/request, /db/backup, /db/load, /boot.
 
 Handlers are thin: parse once (params.py), one call into the SQL backend (forwarded to
 the leader when needed, forward.py), render (wire.py).
@@ -122,14 +122,19 @@ def blueprint():
         ctx.counters["backups"] += 1
         if not p.noleader and not ctx.store.is_leader():
             return await _relay_stream(request, p)
-        fd, path = tempfile.mkstemp(prefix=".backup-", dir=ctx.spool_dir())
-        os.close(fd)
+        # A sharded database: the rows of its registered tables are on the shard groups
+        # (sharding/backup.py assembles them); None means this node's own copy is all.
+        seam = getattr(ctx.sql, "backup", None)
+        path = await seam(p, ctx.spool_dir()) if seam is not None else None
         try:
-            try:
-                await ctx.store.backup(path, fmt=p.fmt, tables=p.tables)
-            except errors.NotLeader as e:
-                os.unlink(path)
-                return await _relay_stream(request, p, e)
+            if path is None:
+                fd, path = tempfile.mkstemp(prefix=".backup-", dir=ctx.spool_dir())
+                os.close(fd)
+                try:
+                    await ctx.store.backup(path, fmt=p.fmt, tables=p.tables)
+                except errors.NotLeader as e:
+                    os.unlink(path)
+                    return await _relay_stream(request, p, e)
             ctype = "application/sql" if p.fmt == "sql" else "application/octet-stream"
             headers = {}
             if p.compress:
@@ -146,10 +151,23 @@ def blueprint():
 
     @bp.post("/db/load", stream=True)
     async def load(request):
+        return await _load(request, boot=False)
+
+    @bp.post("/boot", stream=True)
+    async def boot(request):
+        """rqlite's boot: seed a single-node cluster from a SQLite file. Ours is the same
+        streamed load through the log (no faster path is needed to stay safe), so only the
+        two rules differ: one voter, a SQLite file."""
+        return await _load(request, boot=True)
+
+    async def _load(request, boot):
         started = perf_counter()
         ctx = request.app.ctx
         p = QueryParams(request.query_string)
-        ctx.counters["loads"] += 1
+        ctx.counters["boots" if boot else "loads"] += 1
+        if boot and sum(1 for m in ctx.store.members() if m.voter) > 1:
+            raise errors.BadRequest("boot seeds a single-node cluster only; this one has "
+                                    "several voters: send the file to /db/load instead")
         # Streaming lifts Sanic's limit; ours for loads is separate and much larger.
         request.stream.request_max_size = ctx.settings.max_load_bytes
         if p.redirect and not ctx.store.is_leader():
@@ -164,13 +182,21 @@ def blueprint():
                 raise errors.BadRequest("no data: send a SQLite database file or a SQL dump")
             if head.startswith(SQLITE_MAGIC):
                 fmt = "sqlite"
+            elif boot:
+                raise errors.BadRequest("boot takes a SQLite database file; send a SQL dump "
+                                        "to /db/load")
             elif head[:2] == b"\x1f\x8b":
                 raise errors.BadRequest("compressed load data is not supported: "
                                         "send the SQLite file or SQL dump uncompressed")
             else:
                 fmt = "sql"
             try:
-                res = await ctx.store.load(path, fmt=fmt)
+                # A sharded database: registered tables' rows go to their shards
+                # (sharding/load.py); None means the plain load is the whole answer.
+                seam = getattr(ctx.sql, "load", None)
+                res = await seam(path, fmt, p, ctx.spool_dir()) if seam is not None else None
+                if res is None:
+                    res = await ctx.store.load(path, fmt=fmt)
             except errors.NotLeader as e:
                 return await _forward_file(request, p, e, path)
             return _render(p, res if isinstance(res, dict) else {"results": []}, started)

@@ -35,6 +35,7 @@ STATUS = (
     (errors.EncodeError, 400),
     (errors.ConfigError, 400),
     (errors.NotFound, 404),
+    (errors.Unauthorized, 401),          # -auth: bad credentials or a missing permission
     (errors.QueueWaitTimeout, 408),      # rqlite's status for ?queue&wait timing out
     (errors.Timeout, 504),
     (errors.LeaderNotFound, 503),
@@ -75,7 +76,7 @@ def exception_response(exc):
         return json_response({"results": [], "error": str(exc)})
     code = getattr(exc, "code", "error")
     msg = str(exc) or code.replace("_", " ")
-    return error_response(status_for(exc), msg, code)
+    return error_response(status_for(exc), msg, code, getattr(exc, "headers", None))
 
 
 # ---- JSON encoding --------------------------------------------------------------------

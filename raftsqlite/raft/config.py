@@ -82,6 +82,11 @@ class RaftConfig:
     persist_wait: float = _f(0.002, "Seconds the event loop waits, blocked, for a small log "
                                     "write's fdatasync before it hands the wait to the loop "
                                     "(saves the thread-to-loop hand-off; 0 = never block).")
+    slow_disk_handoff: float = _f(0.05, "A leader hands leadership over when its own log "
+                                        "writes hold the group back: the median of its last 8 "
+                                        "writes took at least this many seconds and the "
+                                        "followers had committed them at least half that "
+                                        "sooner (0 = never; docs/design/raft-io.md).")
 
     def __post_init__(self):
         if not self.node_id or any(c.isspace() for c in self.node_id):
@@ -106,6 +111,8 @@ class RaftConfig:
                 or not (0 <= self.commit_notify_delay <= 1.0):
             raise ConfigError("need apply_inline_bytes >= 0, 0 <= persist_wait <= 0.1 and "
                               "0 <= commit_notify_delay <= 1")
+        if not (0 <= self.slow_disk_handoff <= 60):
+            raise ConfigError("slow_disk_handoff must be between 0 and 60 seconds")
         if self.recycle_bytes < 0:
             raise ConfigError(f"recycle_bytes must be >= 0, got {self.recycle_bytes}")
         if self.snapshot_threshold < 0 or self.snapshot_trailing < 0:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from raftsqlite import errors
 from raftsqlite.codec.model import ConfChange, ConfChangeType, MsgType
 from raftsqlite.raft.core import CoreConfig, RaftCore
+from raftsqlite.raft.diskwatch import SlowDiskWatch
 from raftsqlite.raft.driver_snap import SnapshotMixin
 from raftsqlite.raft.lane import Lane
 from raftsqlite.raft.log import RaftLog
@@ -83,13 +84,16 @@ class RaftNode(SnapshotMixin):
         self._durable_tv = None
         # A lone leader's small writes are inline while they are quick (see _persist).
         self._inline_ok = True
+        self._diskwatch = SlowDiskWatch(config.slow_disk_handoff)   # diskwatch.py
+        self._handoff = False
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
                        "persist_s": 0.0, "persists": 0, "heartbeats_during_persist": 0,
                        "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
                        "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0,
-                       "committed_at_persist": 0}
+                       "committed_at_persist": 0, "leader_changes": 0}
+        self._leader_seen = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -209,12 +213,19 @@ class RaftNode(SnapshotMixin):
     # ---- public API ------------------------------------------------------------------
 
     @property
+    def failed(self):
+        """Why this member fail-stopped (a log write, fsync or apply raised), or None.
+        A failed member leads nothing and knows no leader: its core may still say it
+        leads, but it sends nothing more, and the others elect another."""
+        return self._failed
+
+    @property
     def is_leader(self):
-        return self.core is not None and self.core.role == Role.LEADER
+        return self._failed is None and self.core is not None and self.core.role == Role.LEADER
 
     @property
     def leader_id(self):
-        return self.core.leader if self.core is not None else None
+        return self.core.leader if self.core is not None and self._failed is None else None
 
     @property
     def term(self):
@@ -245,7 +256,7 @@ class RaftNode(SnapshotMixin):
         """``time.monotonic()`` when this member last heard from the leader it follows
         (any message from it), or None if it never has. On the leader: now. Reads with
         ``freshness`` compare against it."""
-        if self.core is not None and self.core.role == Role.LEADER:
+        if self.is_leader:
             return time.monotonic()
         return self._leader_contact
 
@@ -364,6 +375,7 @@ class RaftNode(SnapshotMixin):
 
     def stats(self):
         s = dict(self._stats)
+        s.update(self._diskwatch.stats())
         s.update(node_id=self.node_id, role=self.core.role.value if self.core else None,
                  leader=self.leader_id if self.core else None,
                  term=self.core.term if self.core else 0,
@@ -446,6 +458,8 @@ class RaftNode(SnapshotMixin):
             return
         try:
             self.core.step(msg)
+            if self._diskwatch.watching:
+                self._diskwatch.committed(self.core.commit, time.monotonic())
             if msg.frm == self.core.leader:
                 self._leader_contact = time.monotonic()
             if self._persisting and t == MsgType.HEARTBEAT:
@@ -469,6 +483,8 @@ class RaftNode(SnapshotMixin):
                     rd = core.ready()
                     await self._handle_ready(rd)
                     core.advance(rd)
+                    if self._handoff:
+                        self._hand_off()
                     if rd.entries and core.alone:
                         # Alone in its group: what advance just made durable is
                         # committed; apply it now rather than in a second Ready.
@@ -536,11 +552,16 @@ class RaftNode(SnapshotMixin):
             b = self.log.prepare(rd.hard_state, rd.entries, rd.snapshot)
             if b.blob or b.state_bytes is not None or b.reset or b.truncate is not None:
                 t0 = time.perf_counter()
+                dw = self._diskwatch
+                if dw.on and rd.entries and rd.send_early and len(self.core._voters) > 1:
+                    dw.begin(rd.entries[-1].index)
                 self._persisting = True
                 try:
                     await self._persist(b, rd)
                 finally:
                     self._persisting = False
+                if dw.watching:
+                    self._handoff = dw.end(time.monotonic(), time.perf_counter() - t0)
                 if trace.ON:
                     trace.mark("p_back")
                 self._stats["persist_s"] += time.perf_counter() - t0
@@ -578,9 +599,30 @@ class RaftNode(SnapshotMixin):
                                 f.set_result(None)
                     else:
                         heapq.heappush(self._read_wait, (rs.index, next(self._seq), futs))
+        if rd.role is not None:
+            self._diskwatch.reset()
+            if rd.leader is not None and rd.leader != self._leader_seen:
+                # as etcd's leader_changes_seen: a leader other than the last one known
+                self._stats["leader_changes"] += 1
+            self._leader_seen = rd.leader
         if rd.role is not None and rd.role != Role.LEADER:
             self._fail_all(errors.OutcomeUnknown("leadership lost before commit"),
                            proposed_only=True)
+
+    def _hand_off(self):
+        """This leader's disk holds its group back (diskwatch.py): hand leadership to the
+        most caught-up voter. It stays a member and catches up as a follower."""
+        self._handoff = False
+        if self.core.role != Role.LEADER:
+            return
+        try:
+            self.core.transfer_leadership(None)
+        except errors.RaftSQLiteError as e:
+            log.warning("slow disk: cannot hand leadership over: %s", e)
+            return
+        log.warning("%s: this leader's log writes are slow (median over %d writes >= %.0f ms, "
+                    "followers committed first); handing leadership over",
+                    self.node_id, self._diskwatch.window, self._diskwatch.threshold * 1000)
 
     async def _persist(self, b, rd):
         """Write and fdatasync ``b`` on the persist thread. A small write is waited for

@@ -26,6 +26,7 @@ import time
 
 from raftsqlite import codec
 from raftsqlite.codec.model import SnapshotMeta
+from raftsqlite.metrics import DISK_BUCKETS, Histogram
 from raftsqlite.raft import slowdisk, trace
 from raftsqlite.raft.logopen import (  # noqa: F401 (the codecs and names: API)
     INDEX_MIN_BYTES, RECYCLE_DIR, SEG_SUFFIX, SPARE_NAME, RecoveryMixin, _Segment,
@@ -119,6 +120,8 @@ class RaftLog(RecoveryMixin):
         self._hs_written = HardState()
         self._hs_time = 0.0
         self._snap = SnapshotMeta(0, 0, [])
+        # One observation per write(): its syscalls and the fdatasync (GET /metrics)
+        self.write_hist = Histogram(DISK_BUCKETS)
         self._stats = {"fsyncs": 0, "batches": 0, "bytes_written": 0, "disk_reads": 0,
                        "truncated_tail_bytes": 0, "segments_deleted": 0, "state_writes": 0,
                        "segments_from_spare": 0, "segments_grown": 0, "open_seconds": 0.0,
@@ -332,6 +335,7 @@ class RaftLog(RecoveryMixin):
 
     def write(self, b):
         """Executor side: the syscalls of a planned batch. Entries are durable on return."""
+        t0 = time.perf_counter()
         if trace.ON:
             trace.mark("w0")
         if b.reset:
@@ -402,6 +406,7 @@ class RaftLog(RecoveryMixin):
             write_atomic(os.path.join(self.dir, "state"), b.state_bytes, self.fsync)
             self._stats["state_writes"] += 1
         self._stats["batches"] += 1
+        self.write_hist.observe(time.perf_counter() - t0)
 
     def finish(self, b):
         """Loop side: make the written batch visible."""

@@ -177,7 +177,7 @@ class CallClient:
     """``await post(addr, path, body, headers=None, timeout=None) -> Response``.
     Create and use it on one event loop; ``close()`` drops every pooled connection."""
 
-    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0, ssl=None,
+    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0, auth=None, ssl=None,
                  server_hostname=None, scheme="http"):
         # TLS (tlsconf.TLSConfig.client_kw): an https:// address (or one without a scheme
         # when ``scheme`` is https) is dialled with ``ssl``; the pool is per address.
@@ -185,6 +185,8 @@ class CallClient:
         self._server_hostname = server_hostname
         self._scheme = scheme
         self.default_timeout = timeout
+        # the node's own -join-as credentials (http/auth.py), sent on every call
+        self._auth_line = b"" if not auth else b"\r\nAuthorization: " + auth.encode("ascii")
         self.max_idle = max_idle
         # A connection idle this long is closed rather than reused: well inside the
         # nodes' keep-alive (75 s), so a request never races the server closing it.
@@ -235,7 +237,7 @@ class CallClient:
         if conn is None:
             conn = await self._connect(addr)
         host = addr.split("://", 1)[-1]
-        head = [b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", host.encode(),
+        head = [b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", host.encode(), self._auth_line,
                 b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
         for k, v in (headers or {}).items():
             head += [k.encode(), b": ", str(v).encode(), b"\r\n"]
@@ -281,9 +283,9 @@ class CallClient:
         loop = asyncio.get_running_loop()
         t = timeout or self.default_timeout
         conn.cb = lambda res: self._answered(conn, addr, t, done, res)
-        conn.transport.write(b"%b%b%b%b%b%d\r\n\r\n%b" % (
+        conn.transport.write(b"%b%b%b%b%b%b%d\r\n\r\n%b" % (
             b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", addr.split("://", 1)[-1].encode(),
-            b"\r\nContent-Length: ", len(body), body))
+            self._auth_line, b"\r\nContent-Length: ", len(body), body))
         if t:
             at = loop.time() + t
             self._busy[conn] = at

@@ -28,6 +28,8 @@ from raftsqlite import errors
 from raftsqlite.codec.model import BulkStatements
 from raftsqlite.http.forward import alternate
 from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding.backup import backup_for
+from raftsqlite.sharding.load import load_for
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
                                           error_from, load_results, unb64)
@@ -183,6 +185,16 @@ class RouterSQL:
         if sid is not None and sid not in self.svc.cache.current().groups:
             raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
         return sid
+
+    async def backup(self, p, spool_dir):
+        """A whole-cluster (or one group's) backup file, or None for the plain one."""
+        await self._ready()
+        return await backup_for(self.svc, p, spool_dir)
+
+    async def load(self, path, fmt, p, spool_dir):
+        """A load that fills registered tables on their shards, or None for the plain one."""
+        await self._ready()
+        return await load_for(self.svc, path, fmt, p, spool_dir)
 
     # ---- the three calls ------------------------------------------------------------
     async def execute(self, statements, p):
@@ -343,14 +355,18 @@ class ShardingService:
     def client(self):
         if self._client is None:
             from raftsqlite.client import Client
-            self._client = Client(timeout=30.0, **_tls_kw(self.node))
+            self._client = Client(timeout=30.0,
+                                  auth=getattr(self.node, "identity_header", None),
+                                  **_tls_kw(self.node))
         return self._client
 
     @property
     def call_client(self):
         if self._call_client is None:
             from raftsqlite.sharding.callclient import CallClient
-            self._call_client = CallClient(timeout=30.0, **_tls_kw(self.node))
+            self._call_client = CallClient(
+                timeout=30.0, auth=getattr(self.node, "identity_header", None),
+                **_tls_kw(self.node))
         return self._call_client
 
     def catalog_loaded(self) -> bool:

@@ -319,3 +319,43 @@ def test_get_with_a_body_is_answered_and_logs_no_error(cluster):
             f.seek(n)
             new = f.read().decode(errors="replace")
         assert "body not consumed" not in new and " ERROR " not in new, new[-2000:]
+
+
+def test_shell_script_against_a_follower(cluster, tmp_path):
+    """``raft-sqlite shell`` (the real entry point, stdin a script) against a follower:
+    a statement left open (inside parentheses) continues on the next line, writes report rows affected, reads print as
+    rqlite's boxes, dot-commands list tables, schema and the three members, set the read
+    level and dump the database; an unknown command prints ERR! and the exit status is 1
+    (0 for a script without errors)."""
+    import subprocess
+    import sys
+    host, port = cluster.follower().split(":")
+    dump = tmp_path / "d.sql"
+    script = "\n".join([
+        "CREATE TABLE sh (id INTEGER PRIMARY KEY,",
+        "                 name TEXT);",
+        "INSERT INTO sh(name) VALUES('a'), ('b')",
+        "SELECT id, name FROM sh ORDER BY id;",
+        ".tables", ".schema sh", ".consistency linearizable", ".consistency",
+        "SELECT COUNT(*) AS n FROM sh", ".nodes", f".dump {dump}", "SELECT * FROM nope",
+        ".bogus", ""])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root)
+
+    def shell(text):
+        return subprocess.run([sys.executable, "-m", "raftsqlite", "shell", "-H", host, "-p", port],
+                              input=text, capture_output=True, text=True, timeout=60, env=env)
+    r = shell(script)
+    out = r.stdout
+    assert r.returncode == 1, (r.returncode, out, r.stderr)
+    assert "2 rows affected" in out
+    assert "| id | name |" in out and "| 1  | a    |" in out and "| 2  | b    |" in out
+    import re
+    assert re.search(r"^\| sh +\|$", out, re.M) and "CREATE TABLE sh (id INTEGER PRIMARY KEY," in out
+    assert "linearizable\n" in out and "| n |" in out and "| 2 |" in out
+    ids = [n["id"] for n in json.loads(http("GET", f"http://{cluster.leader()}/nodes?ver=2")[1])["nodes"]]
+    assert all(f"| {i}" in out for i in ids) and len(ids) == 3
+    assert 'INSERT INTO "sh" VALUES(1,\'a\');' in dump.read_text()
+    assert "ERR! no such table: nope" in out and "ERR! unknown command .bogus" in out
+    ok = shell("SELECT name FROM sh WHERE id = 2\n.exit\nSELECT * FROM nope\n")
+    assert ok.returncode == 0 and "| b    |" in ok.stdout and "ERR!" not in ok.stdout

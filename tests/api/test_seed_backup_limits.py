@@ -83,6 +83,31 @@ def test_backup_and_load_through_follower(trio):
     assert leader.store.calls[-1][0] == "load"
 
 
+def test_boot_seeds_a_single_node_from_a_sqlite_file(single, serve, trio):
+    """rqlite's POST /boot: a SQLite file seeds a single-node cluster (same content as a
+    load); a SQL dump, or a cluster of several voters, is refused with a 400 that says
+    to use /db/load, and nothing changes."""
+    h = single.http
+    h.post("/db/execute", ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+    h.post("/db/execute", [["INSERT INTO t(v) VALUES(?)", f"r{i}"] for i in range(50)])
+    want = h.get("/db/query?q=SELECT+*+FROM+t+ORDER+BY+id").body
+    blob = h.get("/db/backup").body
+    cl = Cluster()
+    st = FakeStore(cl, "fresh")
+    cl.leader_id = "fresh"
+    fresh = serve(FakeNode(st))
+    r = fresh.http.post("/boot", h.get("/db/backup?fmt=sql").body)
+    assert r.status == 400 and "/db/load" in r.json()["error"]
+    assert "no such table" in fresh.http.get("/db/query?q=SELECT+*+FROM+t").body.decode()
+    r = fresh.http.post("/boot", blob, headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 200, r
+    assert fresh.http.get("/db/query?q=SELECT+*+FROM+t+ORDER+BY+id").body == want
+    leader, _, _ = trio
+    r = leader.http.post("/boot", blob, headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 400 and "single-node" in r.json()["error"]
+    assert not [c for c in leader.store.calls if c[0] == "load"]
+
+
 def test_load_refuses_empty_and_gzip(single):
     """Empty or compressed load bodies get a clear 400."""
     assert single.http.post("/db/load", b"").status == 400

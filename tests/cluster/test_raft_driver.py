@@ -135,15 +135,23 @@ def test_wait_applied(tmp_path):
 
 def test_raising_apply_fails_stop(tmp_path):
     """A state machine that raises stops the member: callers get Unavailable, never a
-    hang, and nothing more is acknowledged."""
+    hang, and nothing more is acknowledged. The failed member no longer claims to lead
+    or to know a leader (its core still says leader; a node that believed it served
+    weak reads and /readyz "ok" from a database that no longer moves), and its leader
+    contact stops being "now" (freshness-bounded reads see it age)."""
     async def main():
         node, _ = await single(cfg(tmp_path), Exploding())
         await node.propose(b"a=1")
+        assert node.is_leader and node.leader_id and node.failed is None
         with pytest.raises(errors.Unavailable):
             await node.propose(b"boom=1", timeout=5)
         with pytest.raises(errors.Unavailable):
             await node.propose(b"b=1", timeout=5)
-        assert node.stats()["failed"]
+        assert node.stats()["failed"] and "bug in the state machine" in node.failed
+        assert not node.is_leader and node.leader_id is None
+        contact = node.last_leader_contact
+        await asyncio.sleep(0.02)
+        assert contact is None or node.last_leader_contact == contact
         await node.stop()
     run(main())
 

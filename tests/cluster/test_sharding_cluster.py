@@ -400,3 +400,170 @@ def test_two_first_nodes_of_a_new_group_started_together_form_one_group(cluster)
             break
         assert time.monotonic() < deadline, (got, grp)
         time.sleep(0.1)
+
+
+def _get_bytes(addr, path, timeout=60):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _rows(conn, table, order):
+    return conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+
+
+def test_backup_of_a_sharded_database_holds_every_row(loaded, tmp_path):
+    """Invariant: GET /db/backup from any node (the default group's, a shard's), as a
+    SQLite file or a SQL dump, holds every row of the registered tables (they live on the
+    shards) and the unsharded tables, exactly the rows of the plain file; with
+    shard_id=NAME it holds that group's own rows only. (It used to hold the default group's
+    empty templates: a backup that restored to empty tables.)"""
+    cl, plain, users, orders = loaded
+    d = cl.addrs["default"]
+    execute(d, [["CREATE TABLE IF NOT EXISTS notes (k TEXT PRIMARY KEY, v TEXT)"],
+                ["INSERT OR REPLACE INTO notes VALUES ('a', 'unsharded')"]])
+    want_u, want_o = _rows(plain, "users", "id"), _rows(plain, "orders", "user_id, order_id")
+    for i, entry in enumerate((d, cl.addrs["shard1"])):
+        st, blob = _get_bytes(entry, "/db/backup")
+        assert st == 200 and blob[:16] == b"SQLite format 3\x00", (st, blob[:200])
+        f = tmp_path / f"b{i}.sqlite"
+        f.write_bytes(blob)
+        b = sqlite3.connect(str(f))
+        assert _rows(b, "users", "id") == want_u
+        assert _rows(b, "orders", "user_id, order_id") == want_o
+        assert b.execute("SELECT v FROM notes").fetchall() == [("unsharded",)]
+        b.close()
+        st, dump = _get_bytes(entry, "/db/backup?fmt=sql")
+        assert st == 200, dump[:300]
+        m = sqlite3.connect(":memory:")
+        m.executescript(dump.decode())
+        assert _rows(m, "users", "id") == want_u
+        assert _rows(m, "orders", "user_id, order_id") == want_o
+    st, one = _get_bytes(d, "/db/backup?fmt=sql&shard_id=shard1")
+    assert st == 200
+    n1 = count(d, "users", "shard1")
+    assert 0 < n1 < len(users)
+    assert one.decode().count('INSERT INTO "users" ') == n1
+    st, body = _get_bytes(d, "/db/backup?shard_id=nope")
+    assert st == 404 and b"not a known group" in body
+
+
+def test_backup_refuses_a_primary_key_two_shards_hold(loaded):
+    """Invariant: a registered table whose primary key is not its shard key can hold the
+    same key on two shards; a backup cannot put both in one file and answers 400 naming
+    the table and what to do, instead of dropping one of them."""
+    cl, *_ = loaded
+    d = cl.addrs["default"]
+    execute(d, [["CREATE TABLE evts (id INTEGER PRIMARY KEY, k INTEGER)"]])
+    st, res = http("POST", d, "/table/register", {"table_name": "evts", "shard_key": "k"})
+    assert st == 200, res
+    for s in ("shard1", "shard2"):
+        st, res = http("POST", d, "/table/add-to-shard", {"table_name": "evts", "shard_id": s})
+        assert st == 200, res
+    st, res = http("POST", d, "/table/rebalance", {"table_name": "evts"})
+    assert st == 200, res
+    owner = {}
+    for k in range(1, 200):
+        st, plan = http("GET", d, "/table/explain" + q(f"SELECT * FROM evts WHERE k = {k}"))
+        owner.setdefault(plan["shards"][0], k)
+        if len(owner) == 2:
+            break
+    k1, k2 = owner.values()
+    execute(d, [["INSERT INTO evts (id, k) VALUES (1, ?)", k1], ["INSERT INTO evts (id, k) VALUES (1, ?)", k2]])
+    try:
+        st, body = _get_bytes(d, "/db/backup")
+        assert st == 400, (st, body[:300])
+        assert b"evts" in body and b"same primary key" in body and b"shard_id" in body, body
+    finally:
+        execute(d, [["DELETE FROM evts"]])
+    st, blob = _get_bytes(d, "/db/backup")
+    assert st == 200 and blob[:16] == b"SQLite format 3\x00"
+
+
+def _post_bytes(addr, path, data, ctype="application/octet-stream"):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://{addr}{path}", data=data, method="POST",
+                                 headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_load_restores_a_sharded_backup_onto_the_shards(loaded, tmp_path):
+    """Invariants: POST /db/load of a sharded database's backup (SQLite file or SQL dump,
+    sent to any node) puts the registered tables' rows on their owning shards (the same
+    placement as before, none in the default group) and the unsharded tables in the
+    default group; a load into sharded tables that already hold rows, of data lacking a
+    registered table, or of a dump that does not create what it fills, is refused with a
+    clear 400 and changes nothing. (A load used to put the rows in the default group's
+    template, where no routed query sees them, and answer 200.)"""
+    cl, plain, users, orders = loaded
+    d, s1 = cl.addrs["default"], cl.addrs["shard1"]
+    want_u = _rows(plain, "users", "id")
+    placed = (count(d, "users", "shard1"), count(d, "users", "shard2"))
+    st, binary = _get_bytes(d, "/db/backup")
+    assert st == 200
+    st, dump = _get_bytes(d, "/db/backup?fmt=sql")
+    assert st == 200
+
+    def routed_users():
+        st, body = query(d, [["SELECT * FROM users ORDER BY id"]])
+        assert st == 200, body
+        return [tuple(r) for r in body["results"][0].get("values", [])]
+
+    st, reg = http("GET", d, "/tables")
+    names = sorted(t["table_name"] for t in reg["tables"] if t["ranges"])
+    # children first: orders is colocated with users (other tests registered more)
+    names.sort(key=lambda n: n == "users")
+
+    def everything():
+        out = {}
+        for n in names:
+            st, body = query(d, [[f"SELECT * FROM {n}"]])
+            assert st == 200, body
+            out[n] = sorted(map(repr, body["results"][0].get("values", [])))
+        return out
+
+    def empty_all():
+        execute(d, [[f"DELETE FROM {n}"] for n in names])
+    before = everything()
+    assert before["users"] and before["orders"]
+
+    st, body = _post_bytes(d, "/db/load", binary)
+    assert st == 400 and b"already has rows" in body, body
+    assert routed_users() == want_u
+
+    f = tmp_path / "no_orders.sqlite"
+    f.write_bytes(binary)
+    c = sqlite3.connect(str(f))
+    c.execute("DROP TABLE orders")
+    c.commit()
+    c.close()
+    bad_dump = b"INSERT INTO users (id, name) VALUES (100000, 'x');\n"
+    for data in (f.read_bytes(), bad_dump):
+        empty_all()
+        st, body = _post_bytes(d, "/db/load", data)
+        assert st == 400, body
+        assert (b"no table orders" in body) or (b"fails on its own" in body), body
+        assert routed_users() == [] and count(d, "users", "default") == 0
+
+    for entry, data, ctype in ((s1, dump, "text/plain"), (d, binary, "application/octet-stream")):
+        empty_all()
+        st, body = _post_bytes(entry, "/db/load", data, ctype)
+        assert st == 200, body
+        assert routed_users() == want_u
+        assert everything() == before
+        assert (count(d, "users", "shard1"), count(d, "users", "shard2")) == placed
+        assert count(d, "users", "default") == 0 and count(d, "orders", "default") == 0
+        st, back = query(d, [["SELECT * FROM orders ORDER BY user_id, order_id"]])
+        assert [tuple(r) for r in back["results"][0]["values"]] == \
+            _rows(plain, "orders", "user_id, order_id")
+        st, notes = query(d, [["SELECT v FROM notes"]])
+        assert notes["results"][0]["values"] == [["unsharded"]]

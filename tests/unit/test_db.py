@@ -191,7 +191,7 @@ def test_restore_with_a_reader_mid_transaction(db, tmp_path):
 
 
 def test_only_the_db_layer_imports_apsw():
-    """Invariant (DESIGN.md layering): apsw is imported by db.py and db_exec.py and by no
+    """Invariant (DESIGN.md layering): apsw is imported by db.py, db_exec.py and db_files.py and by no
     other module of the package, so every SQLite connection goes through Database."""
     import pathlib
     import re
@@ -199,4 +199,34 @@ def test_only_the_db_layer_imports_apsw():
     pattern = re.compile(r"^\s*(import apsw\b|from apsw\b)", re.M)
     importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                        if pattern.search(p.read_text()))
-    assert importers == ["db.py", "db_exec.py"]
+    assert importers == ["db.py", "db_exec.py", "db_files.py"]
+
+
+def test_results_past_max_result_bytes_are_an_error_not_a_full_memory(tmp_path):
+    """Invariant: a read (or a SELECT in a write) whose rows would pass the bound answers
+    a clear "result too large" error, having fetched only about the bound; smaller
+    results, results under the bound spread over many chunks, and a single row (even a
+    big one) are returned whole and exact; 0 means no bound."""
+    d = Database(str(tmp_path / "db.sqlite"), max_result_bytes=200_000)
+    try:
+        d.run_user("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, b BLOB)")
+        d.internal("BEGIN")
+        for i in range(20_000):
+            d.run_user("INSERT INTO t(v) VALUES (?)", ["x" * 30])
+        d.run_user("INSERT INTO t(id, b) VALUES (-1, ?)", [b"\x01" * 500_000])
+        d.internal("COMMIT")
+        r = d.read([("SELECT id, v FROM t WHERE id > 0", None)])[0]
+        assert "result too large" in r["error"] and "LIMIT" in r["error"], r
+        assert "result too large" in d.run_user("SELECT id, v FROM t WHERE id > 0")["error"]
+        r = d.read([("SELECT id, v FROM t WHERE id > 0 AND id <= 4000", None)])[0]
+        assert len(r["values"]) == 4000 and r["values"][-1] == [4000, "x" * 30]
+        r = d.read([("SELECT id FROM t WHERE id > 0", None)])[0]     # 20,000 x 8 bytes
+        assert [v[0] for v in r["values"]] == list(range(1, 20_001))
+        r = d.read([("SELECT b FROM t WHERE id = -1", None)])[0]
+        assert r["values"] == [[b"\x01" * 500_000]]
+        assert "error" in d.read([("SELECT b FROM t WHERE id = -1 UNION ALL "
+                                   "SELECT b FROM t WHERE id = -1", None)])[0]
+        d.max_result_bytes = 0
+        assert len(d.read([("SELECT id, v FROM t", None)])[0]["values"]) == 20_001
+    finally:
+        d.close()
