@@ -12,6 +12,11 @@ above ``send_buffer_bytes``, are dropped (Raft retransmits) and the core is told
 is unreachable. Snapshot chunks are the exception: ``send_stream`` waits for the socket
 to drain instead of dropping, and fails if the connection goes away.
 
+TLS: with ``ssl_server``/``ssl_client`` in the config (contexts the node builds from its
+flags; this package never reads certificate files) every connection is TLS, with the
+same framing, handshake frame and back-pressure above it; a failed TLS handshake with a
+peer is logged once per reason and retried at ``reconnect_max`` pace.
+
 Built on asyncio Protocols rather than streams: with uvloop a ``transport.write`` is one
 syscall and there is no task switch per message.
 """
