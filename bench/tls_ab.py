@@ -1,6 +1,6 @@
 """The cost of TLS: the same 3-node group plaintext and with TLS everywhere, A/B.
 
-    python bench/tls_ab.py [--reps 3] [--seconds 5] [--conns 64]
+    python bench/tls_ab.py [--reps 3] [--seconds 5] [--conns 64] [--plain-vs DIR]
 
 Two 3-node groups run side by side (fsync on): A plaintext, B with HTTPS on the API and
 TLS between nodes (mutual TLS on the Raft port; the API does not ask for a client
@@ -11,6 +11,10 @@ window, so handshakes are a small part. Printed per window: requests/s, p50/p99,
 time (user+sys of the three node processes, /proc) per request. The last line is one JSON
 object with the medians. Certificates are made with openssl in a temp dir; every process
 started here is stopped here, by PID.
+
+``--plain-vs DIR`` instead compares two plaintext groups: this checkout (B, named "tls"
+in the output keys) against another built checkout at DIR (A, "plain"), e.g. /work/main,
+to show that without TLS flags the cost is unchanged.
 """
 import argparse
 import json
@@ -42,7 +46,7 @@ def cpu_s(pids):
 
 
 class Group:
-    def __init__(self, workdir, name, flags, ctx):
+    def __init__(self, workdir, name, flags, ctx, root=ROOT):
         self.name, self.ctx = name, ctx
         self.scheme = "https" if ctx else "http"
         self.procs, self.addrs = [], []
@@ -57,7 +61,7 @@ class Group:
                 argv += ["-join", first]
             log = open(os.path.join(workdir, f"{name}{i}.log"), "ab")
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                               cwd=ROOT, preexec_fn=die_with_parent()))
+                                               cwd=root, preexec_fn=die_with_parent()))
             self.addrs.append(addr)
             first = first or addr
             self._wait(lambda: self.get(addr, "/readyz")[0] == 200, f"{name}{i} ready")
@@ -105,14 +109,19 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--plain-vs", default="", metavar="DIR")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="tls_ab-")
     files = TLSFiles(work)
     groups = []
     try:
-        groups.append(Group(work, "plain", [], None))
-        groups.append(Group(work, "tls", files.node_flags(verify_client=False)
-                            + ["-node-verify-client"], files.client_context(False)))
+        if a.plain_vs:
+            groups.append(Group(work, "plain", [], None, root=os.path.abspath(a.plain_vs)))
+            groups.append(Group(work, "tls", [], None))
+        else:
+            groups.append(Group(work, "plain", [], None))
+            groups.append(Group(work, "tls", files.node_flags(verify_client=False)
+                                + ["-node-verify-client"], files.client_context(False)))
         ins = lua_post("/db/execute", [["INSERT INTO ins(v) VALUES(?)", "some value"]],
                        work, "ins")
         for g in groups:
