@@ -162,31 +162,31 @@ def _load_ca(ctx, path, flag):
         raise ConfigError(f"-{flag} {path}: not a usable CA certificate: {e}") from None
 
 
+def _server(cert, key, ca, verify_client, flag):
+    """A server context from ``-{flag}-cert``/``-key``/``-ca-cert``/``-verify-client``."""
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    c.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(c, cert, key, f"{flag}-cert", f"{flag}-key")
+    if ca:
+        _load_ca(c, ca, f"{flag}-ca-cert")
+    if verify_client:
+        c.verify_mode = ssl.CERT_REQUIRED
+    return c
+
+
 class _Contexts:
     """The ssl contexts, built once from the files (contexts are loop-independent)."""
 
     def __init__(self, t: TLSConfig):
         self.http_server = self.raft_server = self.raft_client = None
         if t.http_cert:
-            c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            c.minimum_version = ssl.TLSVersion.TLSv1_2
-            _load_chain(c, t.http_cert, t.http_key, "http-cert", "http-key")
-            if t.http_ca_cert:
-                _load_ca(c, t.http_ca_cert, "http-ca-cert")
-            if t.http_verify_client:
-                c.verify_mode = ssl.CERT_REQUIRED
-            self.http_server = c
+            self.http_server = _server(t.http_cert, t.http_key, t.http_ca_cert,
+                                       t.http_verify_client, "http")
         elif t.http_ca_cert:
             _read_check(t.http_ca_cert, "http-ca-cert")
         if t.node_cert:
-            s = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            s.minimum_version = ssl.TLSVersion.TLSv1_2
-            _load_chain(s, t.node_cert, t.node_key, "node-cert", "node-key")
-            if t.node_ca_cert:
-                _load_ca(s, t.node_ca_cert, "node-ca-cert")
-            if t.node_verify_client:
-                s.verify_mode = ssl.CERT_REQUIRED
-            self.raft_server = s
+            self.raft_server = _server(t.node_cert, t.node_key, t.node_ca_cert,
+                                       t.node_verify_client, "node")
             self.raft_client = self._client(t, t.node_cert, t.node_key,
                                             [(t.node_ca_cert, "node-ca-cert")])
         elif t.node_ca_cert:
