@@ -11,12 +11,9 @@ import sys
 
 from raftsqlite.config import NodeConfig, StoreConfig
 from raftsqlite.errors import ConfigError, RaftSQLiteError
-from raftsqlite.tlsconf import TLSConfig
 
 _DEFAULTS = NodeConfig.help()
 _SDEFAULTS = StoreConfig.help()
-_TDEFAULTS = TLSConfig.help()
-_TLS_FLAGS = [(n.replace("_", "-"), n) for n in _TDEFAULTS]
 
 
 def build_parser():
@@ -85,14 +82,8 @@ def build_parser():
     flag("join-as", dest="join_as", default="", metavar="USER",
          help="user in the -auth file whose credentials this node uses on its calls to "
               "other nodes (join, sharding)")
-    # TLS, as rqlite's flags (raftsqlite/tlsconf.py, docs/design/tls.md)
-    for name, dest in _TLS_FLAGS:
-        default, help_ = _TDEFAULTS[dest]
-        if isinstance(default, bool):
-            flag(name, dest=dest, action="store_true", help=help_)
-        else:
-            flag(name, dest=dest, default=default, metavar="PATH" if "cert" in name or
-                 "key" in name else "NAME", help=help_)
+    from raftsqlite import tlsconf
+    tlsconf.add_flags(flag)
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     return p
@@ -117,11 +108,15 @@ def config_from_args(argv=None) -> NodeConfig:
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
                      join_timeout=args.join_timeout, store=store,
                      raft_overrides=tuple(overrides), auth_file=args.auth_file,
-                     join_as=args.join_as,
-                     tls=TLSConfig(**{d: getattr(args, d) for _, d in _TLS_FLAGS}))
+                     join_as=args.join_as, tls=_tls(args))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args
+
+
+def _tls(args):
+    from raftsqlite import tlsconf
+    return tlsconf.from_args(args)
 
 
 def _parse_value(v):

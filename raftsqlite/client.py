@@ -20,46 +20,14 @@ from raftsqlite import errors
 FORWARDED_HEADER = "X-Raftsqlite-Forwarded"
 MAX_HOPS = 3
 
-# Node-wide TLS of calls to other nodes' HTTP APIs, set once by the node from its own
-# flags (``configure_tls``): members of a cluster are configured alike, so a node that
-# serves HTTPS reaches its peers over HTTPS too (docs/design/tls.md). One node per
-# process; without TLS flags these stay "http://" and None and nothing changes.
-_PREFIX = "http://"
-_SSL = None
-_SERVER_HOSTNAME = None
 
-
-def configure_tls(scheme="http", ssl_context=None, server_hostname=None):
-    """``scheme`` for scheme-less member addresses; ``ssl_context`` (client side) for
-    https connections made by ``Client``, ``CallClient`` and the node's joins."""
-    global _PREFIX, _SSL, _SERVER_HOSTNAME
-    _PREFIX = scheme + "://"
-    _SSL = ssl_context
-    _SERVER_HOSTNAME = server_hostname
-
-
-def ssl_context():
-    """The client ssl context for node-to-node HTTP calls (None: aiohttp's default)."""
-    return _SSL
-
-
-def server_hostname():
-    """Name expected in peers' certificates (-node-verify-server-name), or None."""
-    return _SERVER_HOSTNAME
-
-
-def base_url(addr):
-    """``host:port`` or ``http(s)://host:port`` -> ``http(s)://host:port`` (the scheme of a
-    bare address is the node's, ``configure_tls``)."""
+def base_url(addr, scheme="http"):
+    """``host:port`` or ``http(s)://host:port`` -> ``http://host:port`` (a scheme given
+    in ``addr`` is kept: a node serving TLS advertises ``https://host:port``)."""
     addr = addr.strip().rstrip("/")
     if "://" not in addr:
-        addr = _PREFIX + addr
+        addr = scheme + "://" + addr
     return addr
-
-
-def connector_kw():
-    """Extra ``aiohttp.TCPConnector`` arguments for node-to-node sessions."""
-    return {"ssl": _SSL} if _SSL is not None else {}
 
 
 class Response:
@@ -82,7 +50,12 @@ class Client:
     ``async with Client() as c``)."""
 
     def __init__(self, *, timeout=30.0, limit=256, limit_per_host=64, keepalive=60.0,
-                 auth=None):
+                 auth=None, ssl=None, server_hostname=None, scheme="http"):
+        # TLS (tlsconf.TLSConfig.client_kw): ``ssl`` verifies https:// peers (and carries
+        # our client certificate), ``scheme`` is used for addresses given without one.
+        self._ssl = ssl
+        self._name_kw = {"server_hostname": server_hostname} if server_hostname else {}
+        self._scheme = scheme
         self.default_timeout = timeout
         #: ``Authorization`` sent when the caller names none (a node's -join-as identity).
         #: A caller relaying someone else's request names theirs, or None for none: it
@@ -98,11 +71,11 @@ class Client:
     @property
     def session(self):
         if self._session is None or self._session.closed:
+            kw = {} if self._ssl is None else {"ssl": self._ssl}
             connector = aiohttp.TCPConnector(limit=self._limit,
                                              limit_per_host=self._limit_per_host,
                                              keepalive_timeout=self._keepalive,
-                                             enable_cleanup_closed=True,
-                                             **connector_kw())
+                                             enable_cleanup_closed=True, **kw)
             # auto_decompress off: a forwarded body is relayed byte for byte.
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                   json_serialize=lambda o: orjson.dumps(o).decode())
@@ -125,7 +98,7 @@ class Client:
     async def request(self, method, addr, path, *, params=None, body=None, headers=None,
                       timeout=None, allow_redirects=False):
         """One request; the whole body is read. ``path`` may carry a query string."""
-        url = base_url(addr) + path
+        url = base_url(addr, self._scheme) + path
         if params:
             url += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
         t = aiohttp.ClientTimeout(total=timeout or self.default_timeout)
@@ -135,7 +108,7 @@ class Client:
         try:
             async with self.session.request(method, url, data=body, headers=headers,
                                             timeout=t, allow_redirects=allow_redirects,
-                                            server_hostname=_SERVER_HOSTNAME) as r:
+                                            **self._name_kw) as r:
                 data = await r.read()
                 return Response(r.status, r.headers, data)
         except asyncio.TimeoutError:
@@ -154,7 +127,7 @@ class Client:
     async def stream(self, method, addr, path, *, body=None, headers=None, timeout=None):
         """A request whose response is consumed in chunks: returns (status, headers,
         async iterator of bytes). The caller must exhaust or ``aclose`` the iterator."""
-        url = base_url(addr) + path
+        url = base_url(addr, self._scheme) + path
         t = aiohttp.ClientTimeout(total=None, sock_connect=timeout or self.default_timeout,
                                   sock_read=timeout or self.default_timeout)
         if self.auth is not None:
@@ -162,8 +135,7 @@ class Client:
         self.requests += 1
         try:
             r = await self.session.request(method, url, data=body, headers=headers, timeout=t,
-                                           allow_redirects=False,
-                                           server_hostname=_SERVER_HOSTNAME)
+                                           allow_redirects=False, **self._name_kw)
         except asyncio.TimeoutError:
             self.failures += 1
             raise errors.Timeout(f"no answer from {addr}") from None

@@ -93,7 +93,7 @@ class NodeConfig(_Help):
                             "per-endpoint permissions ('' = open API).")
     join_as: str = _f("", "User in the auth file whose credentials this node uses on its "
                           "own calls to other nodes (join, sharding, forwarding).")
-    tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; None = plaintext).")
+    tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; default: none).")
 
     def __post_init__(self):
         if self.store is None:
@@ -122,7 +122,12 @@ class NodeConfig(_Help):
 
     @property
     def http_advertise(self) -> str:
-        return self.http_adv or advertise(self.http_addr)
+        addr = self.http_adv or advertise(self.http_addr)
+        # A node serving HTTPS says so in its address: every URL others build from it
+        # (api_addr, redirects, forwarding, the router's calls) is then an https one.
+        if self.tls.https and "://" not in addr:
+            addr = "https://" + addr
+        return addr
 
     @property
     def raft_advertise(self) -> str:

@@ -68,14 +68,9 @@ class Node:
                   advertise_addr=config.raft_advertise, http_addr=config.http_advertise,
                   fsync=config.fsync, snapshot_threshold=config.snapshot_threshold,
                   election_ticks=NODE_ELECTION_TICKS)
-        tls = config.tls
-        if tls.raft_server is not None:
-            kw.update(tls_server=tls.raft_server, tls_client=tls.raft_client,
-                      tls_server_name=tls.node_verify_server_name)
-        if tls.enabled:
-            # one node per process: its calls to other members follow its own flags
-            from raftsqlite.client import configure_tls
-            configure_tls(tls.scheme, tls.http_client, tls.node_verify_server_name or None)
+        if config.tls.raft_server is not None:
+            kw.update(ssl_server=config.tls.raft_server, ssl_client=config.tls.raft_client,
+                      ssl_server_name=config.tls.node_verify_server_name)
         kw.update(dict(config.raft_overrides))
         try:
             self.raft_config = RaftConfig(**kw)
@@ -145,8 +140,7 @@ class Node:
         safe = "".join(c if c.isalnum() else "_" for c in self.config.node_id)
         self.app = create_app(self, name=f"raftsqlite_{safe}")
         host, port = listen_addr(self.config.http_addr)
-        self._server = await start_server(self.app, host, port,
-                                          ssl=self.config.tls.http_server)
+        self._server = await start_server(self.app, host, port, ssl=self.config.tls.http_server)
         log.info("HTTP API on %s:%d (advertised %s)", host, port, self.config.http_advertise)
 
     async def stop(self):
@@ -182,20 +176,22 @@ class Node:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.join_timeout
         delay, last = 0.1, "no attempt"
-        from raftsqlite.client import connector_kw, server_hostname
+        tls_failed = {}
+        tls = cfg.tls
+        conn = aiohttp.TCPConnector(ssl=tls.http_client) if tls.http_client else None
+        name = {"server_hostname": tls.node_verify_server_name} \
+            if tls.node_verify_server_name else {}
         auth = {"Authorization": self.identity_header} if self.identity_header else None
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                         connector=aiohttp.TCPConnector(**connector_kw()),
-                                         headers=auth) as s:
+                                         headers=auth, connector=conn) as s:
             while loop.time() < deadline:
                 for a in addrs:
                     # an empty log now: the leader must not count on what an earlier
                     # life of this member acknowledged (store.join)
                     fresh = self.raft.last_log_index == 0 and self.raft.last_snapshot_index == 0
-                    url = _url(a, "/join?fresh" if fresh else "/join")
+                    url = _url(a, "/join?fresh" if fresh else "/join", tls.scheme)
                     try:
-                        async with s.post(url, json=body,
-                                          server_hostname=server_hostname()) as r:
+                        async with s.post(url, json=body, **name) as r:
                             text = await r.text()
                             if r.status == 200:
                                 log.info("joined through %s", a)
@@ -203,7 +199,15 @@ class Node:
                             last = f"{url}: HTTP {r.status} {text[:200]}"
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                         last = f"{url}: {type(e).__name__} {e}"
+                        if isinstance(e, aiohttp.ClientSSLError):
+                            tls_failed[a] = str(e)
                     log.info("join attempt failed: %s", last)
+                if len(tls_failed) == len(addrs):
+                    # A certificate problem does not heal by retrying: say so now.
+                    raise ConfigError("could not join: the TLS handshake failed with every "
+                                      "member given (check -node-ca-cert/-http-ca-cert and "
+                                      "the certificates): " + "; ".join(
+                                          f"{a}: {w}" for a, w in tls_failed.items()))
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
         raise Unavailable(f"could not join through {', '.join(addrs)} within "
@@ -223,14 +227,13 @@ class Node:
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
                      "data_dir": os.path.abspath(self.config.data_dir)}
-        if self.config.tls.enabled:
-            s["node"]["tls"] = self.config.tls.describe()
         return s
 
 
-def _url(addr, path):
-    from raftsqlite.client import base_url   # https on a node serving TLS
-    return base_url(addr) + path
+def _url(addr, path, scheme="http"):
+    if "://" not in addr:
+        addr = scheme + "://" + addr
+    return addr.rstrip("/") + path
 
 
 async def run_node(config: NodeConfig, stop_event: asyncio.Event = None):

@@ -4,20 +4,22 @@ Two independent halves, as in rqlite:
 
 - **HTTP API** (``-http-cert``, ``-http-key``, ``-http-ca-cert``, ``-http-verify-client``):
   the API port serves HTTPS; with ``-http-verify-client`` a client must present a
-  certificate signed by ``-http-ca-cert`` (mutual TLS).
+  certificate signed by ``-http-ca-cert`` (mutual TLS). A node serving HTTPS advertises
+  ``https://host:port``, so every URL built from a member's address (``/nodes``
+  ``api_addr``, a ``redirect`` Location, forwarding, joins, the router's shard calls) is
+  an https one.
 - **Node to node** (``-node-cert``, ``-node-key``, ``-node-ca-cert``, ``-node-no-verify``,
   ``-node-verify-client``, ``-node-verify-server-name``): the Raft transport dials and
   listens with TLS; a peer's certificate is checked against ``-node-ca-cert`` (or the
-  system's roots) and the IP or host name dialled (or ``-node-verify-server-name``) unless
+  system's roots) and its host name or IP (or ``-node-verify-server-name``) unless
   ``-node-no-verify``; with ``-node-verify-client`` the Raft listener wants a client
-  certificate signed by ``-node-ca-cert`` too.
+  certificate too.
 
-A node's own HTTP calls to other nodes (forwarding, join, the router's shard calls,
-catalog watch, rebalance copies) reach their HTTP APIs, which present ``-http-cert``:
-they trust ``-http-ca-cert`` and ``-node-ca-cert``, present ``-node-cert`` (else
-``-http-cert``) to servers that verify clients, and follow ``-node-no-verify`` /
-``-node-verify-server-name``. All members of a cluster are configured alike, so a node
-that serves HTTPS calls its peers' APIs over HTTPS (docs/design/tls.md).
+A node's own HTTP calls to other nodes (forwarding, join, the router, catalog watch)
+reach their HTTP APIs, which present ``-http-cert``; they trust ``-http-ca-cert`` and
+``-node-ca-cert`` (rqlite uses ``-http-ca-cert`` for the same calls), present
+``-node-cert`` (else ``-http-cert``) for servers that verify clients, and follow
+``-node-no-verify`` / ``-node-verify-server-name``.
 
 Every file is read when the config is built, so a missing file, a key that does not match
 its certificate or an unreadable CA stops the node at start with a ``ConfigError`` naming
@@ -28,10 +30,6 @@ from dataclasses import dataclass, field, fields
 
 from raftsqlite.errors import ConfigError
 
-#: Seconds a TLS handshake may take on our listeners before the connection is dropped
-#: (a client that connects and sends nothing must not hold a slot for asyncio's 60 s).
-HANDSHAKE_TIMEOUT = 10.0
-
 
 def _f(default, help):
     return field(default=default, metadata={"help": help})
@@ -39,19 +37,19 @@ def _f(default, help):
 
 @dataclass(frozen=True)
 class TLSConfig:
-    http_cert: str = _f("", "X.509 certificate (PEM) the HTTP API presents; with http_key, "
+    http_cert: str = _f("", "X.509 certificate the HTTP API presents; with http_key, "
                             "the API serves HTTPS.")
-    http_key: str = _f("", "Private key (PEM) of http_cert.")
-    http_ca_cert: str = _f("", "CA certificate client certificates are checked against "
-                               "(http_verify_client); also trusted when this node calls "
-                               "another node's HTTPS API.")
+    http_key: str = _f("", "Private key of http_cert.")
+    http_ca_cert: str = _f("", "CA certificate that client certificates are checked "
+                               "against (http_verify_client), also trusted when this node "
+                               "calls another node's HTTPS API.")
     http_verify_client: bool = _f(False, "Mutual TLS on the HTTP API: refuse clients without "
                                          "a certificate signed by http_ca_cert.")
-    node_cert: str = _f("", "X.509 certificate (PEM) for node-to-node traffic; with "
-                            "node_key, the Raft transport uses TLS.")
-    node_key: str = _f("", "Private key (PEM) of node_cert.")
-    node_ca_cert: str = _f("", "CA certificate other nodes' certificates are checked "
-                               "against (default: the system's roots).")
+    node_cert: str = _f("", "X.509 certificate for node-to-node traffic; with node_key, "
+                            "the Raft transport uses TLS.")
+    node_key: str = _f("", "Private key of node_cert.")
+    node_ca_cert: str = _f("", "CA certificate other nodes' certificates are checked against "
+                               "(default: the system's roots).")
     node_no_verify: bool = _f(False, "Do not check other nodes' certificates (testing only).")
     node_verify_client: bool = _f(False, "Mutual TLS on the Raft port: refuse peers without "
                                          "a certificate signed by node_ca_cert.")
@@ -88,7 +86,7 @@ class TLSConfig:
 
     @property
     def https(self) -> bool:
-        """The HTTP API serves TLS, so the cluster's APIs are reached over https://."""
+        """The HTTP API serves TLS (and the node advertises https:// addresses)."""
         return bool(self.http_cert)
 
     @property
@@ -111,6 +109,14 @@ class TLSConfig:
     @property
     def http_client(self):
         return self._ctx.http_client if self._ctx else None
+
+    def client_kw(self) -> dict:
+        """Keyword arguments for ``client.Client`` / ``CallClient`` calling other nodes'
+        HTTP APIs; empty (so nothing changes) without TLS."""
+        if not self.enabled:
+            return {}
+        return {"ssl": self.http_client, "server_hostname": self.node_verify_server_name or None,
+                "scheme": self.scheme}
 
     def describe(self) -> dict:
         """For /status: what is on, never key material."""
@@ -141,7 +147,7 @@ def _load_chain(ctx, cert, key, cert_flag, key_flag):
         ctx.load_cert_chain(cert, key)
     except ssl.SSLError as e:
         why = str(e)
-        if "KEY_VALUES_MISMATCH" in why.upper() or "key values mismatch" in why:
+        if "KEY_VALUES_MISMATCH" in why or "key values mismatch" in why:
             raise ConfigError(f"-{key_flag} {key} does not match the certificate "
                               f"-{cert_flag} {cert}") from None
         raise ConfigError(f"-{cert_flag} {cert} / -{key_flag} {key}: cannot load the "
@@ -156,12 +162,13 @@ def _load_ca(ctx, path, flag):
         raise ConfigError(f"-{flag} {path}: not a usable CA certificate: {e}") from None
 
 
-def _server_ctx(cert, key, ca, verify_client, prefix):
+def _server(cert, key, ca, verify_client, flag):
+    """A server context from ``-{flag}-cert``/``-key``/``-ca-cert``/``-verify-client``."""
     c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     c.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_chain(c, cert, key, f"{prefix}-cert", f"{prefix}-key")
+    _load_chain(c, cert, key, f"{flag}-cert", f"{flag}-key")
     if ca:
-        _load_ca(c, ca, f"{prefix}-ca-cert")
+        _load_ca(c, ca, f"{flag}-ca-cert")
     if verify_client:
         c.verify_mode = ssl.CERT_REQUIRED
     return c
@@ -173,37 +180,62 @@ class _Contexts:
     def __init__(self, t: TLSConfig):
         self.http_server = self.raft_server = self.raft_client = None
         if t.http_cert:
-            self.http_server = _server_ctx(t.http_cert, t.http_key, t.http_ca_cert,
-                                           t.http_verify_client, "http")
+            self.http_server = _server(t.http_cert, t.http_key, t.http_ca_cert,
+                                       t.http_verify_client, "http")
+        elif t.http_ca_cert:
+            _read_check(t.http_ca_cert, "http-ca-cert")
         if t.node_cert:
-            self.raft_server = _server_ctx(t.node_cert, t.node_key, t.node_ca_cert,
-                                           t.node_verify_client, "node")
-            self.raft_client = _client_ctx(t, t.node_cert, t.node_key, "node",
-                                           [(t.node_ca_cert, "node-ca-cert")])
+            self.raft_server = _server(t.node_cert, t.node_key, t.node_ca_cert,
+                                       t.node_verify_client, "node")
+            self.raft_client = self._client(t, t.node_cert, t.node_key,
+                                            [(t.node_ca_cert, "node-ca-cert")])
+        elif t.node_ca_cert:
+            _read_check(t.node_ca_cert, "node-ca-cert")
         # Calls to other nodes' HTTP APIs (which present -http-cert).
         if t.node_cert:
-            cert, key, prefix = t.node_cert, t.node_key, "node"
+            cert, key = t.node_cert, t.node_key
         else:
-            cert, key, prefix = t.http_cert, t.http_key, "http"
-        self.http_client = _client_ctx(t, cert, key, prefix,
-                                       [(t.http_ca_cert, "http-ca-cert"),
-                                        (t.node_ca_cert, "node-ca-cert")])
+            cert, key = t.http_cert, t.http_key
+        self.http_client = self._client(t, cert, key, [(t.http_ca_cert, "http-ca-cert"),
+                                                        (t.node_ca_cert, "node-ca-cert")])
 
-
-def _client_ctx(t, cert, key, prefix, cas):
-    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    c.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert:
-        _load_chain(c, cert, key, f"{prefix}-cert", f"{prefix}-key")
-    cas = [(p, f) for p, f in cas if p]
-    for p, f in cas:    # read even when not verifying: a bad file is a config error
-        _load_ca(c, p, f)
-    if t.node_no_verify:
-        c.check_hostname = False
-        c.verify_mode = ssl.CERT_NONE
-    elif not cas:
-        c.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    return c
+    @staticmethod
+    def _client(t, cert, key, cas):
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert:
+            _load_chain(c, cert, key, "node-cert" if cert == t.node_cert else "http-cert",
+                        "node-key" if key == t.node_key else "http-key")
+        cas = [(p, f) for p, f in cas if p]
+        if t.node_no_verify:
+            c.check_hostname = False
+            c.verify_mode = ssl.CERT_NONE
+        elif cas:
+            for p, f in cas:
+                _load_ca(c, p, f)
+        else:
+            c.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        return c
 
 
 NO_TLS = TLSConfig()
+
+
+def add_flags(flag):
+    """The TLS flags on the node's parser (``flag(name, **kw)`` as in cli.py)."""
+    h = TLSConfig.help()
+    for name in ("http_cert", "http_key", "http_ca_cert", "node_cert", "node_key",
+                 "node_ca_cert", "node_verify_server_name"):
+        flag(_flag(name), dest="tls_" + name, default="",
+             metavar="NAME" if name == "node_verify_server_name" else "PATH",
+             help=h[name][1])
+    for name in ("http_verify_client", "node_no_verify", "node_verify_client"):
+        flag(_flag(name), dest="tls_" + name, action="store_true", help=h[name][1])
+
+
+def from_args(args) -> TLSConfig:
+    """Raises ``ConfigError`` (naming the flag) for a bad combination or a bad file."""
+    kw = {f.name: getattr(args, "tls_" + f.name) for f in fields(TLSConfig)}
+    if not any(kw.values()):
+        return NO_TLS
+    return TLSConfig(**kw)

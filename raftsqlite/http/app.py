@@ -195,7 +195,9 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
     @app.before_server_start
     async def _start(app):
         ctx = app.ctx
-        ctx.client = Client(timeout=settings.default_timeout, auth=ctx.identity)
+        tls = getattr(getattr(node, "config", None), "tls", None)
+        ctx.client = Client(timeout=settings.default_timeout, auth=ctx.identity,
+                            **(tls.client_kw() if tls is not None else {}))
         ctx.clean_spool()
         ctx.queue.start()
         if manage_node:
@@ -261,12 +263,11 @@ async def _on_cancelled(request, exc):
 
 async def start_server(app, host, port, *, backlog=1024, ssl=None):
     """Serve ``app`` on the running loop (the node's); returns a handle for
-    ``stop_server``. Runs the app's lifecycle listeners. ``ssl``: a server
-    ``ssl.SSLContext`` to serve HTTPS (the fast lane works on the decrypted bytes)."""
-    kw = {"ssl": ssl} if ssl is not None else {}
+    ``stop_server``. Runs the app's lifecycle listeners. ``ssl``: an ``ssl.SSLContext``
+    to serve HTTPS (the fast lane works the same: it sees decrypted bytes)."""
     srv = await app.create_server(host=host, port=port, backlog=backlog,
                                   return_asyncio_server=True, access_log=False,
-                                  protocol=FastHttpProtocol, **kw)
+                                  protocol=FastHttpProtocol, ssl=ssl)
     await srv.startup()
     await srv.before_start()
     await srv.after_start()

@@ -62,6 +62,12 @@ class RaftConfig:
 
     reconnect_min: float = _f(0.02, "First reconnect delay to a peer, seconds.")
     reconnect_max: float = _f(1.0, "Largest reconnect delay to a peer, seconds.")
+    ssl_server: object = _f(None, "ssl.SSLContext the Raft listener wraps connections in "
+                                  "(None = plaintext). Built by the node from its TLS "
+                                  "flags; the engine never reads certificate files.")
+    ssl_client: object = _f(None, "ssl.SSLContext used to dial peers (None = plaintext).")
+    ssl_server_name: str = _f("", "Name checked in a peer's certificate instead of the "
+                                  "host dialled ('' = the host).")
     transfer_on_stop: bool = _f(True, "A leader that stops hands leadership over first.")
     apply_batch: int = _f(4096, "Most committed entries passed to one state-machine apply call.")
     apply_inline_bytes: int = _f(8192, "Committed entries up to this many bytes in all are "
@@ -81,14 +87,6 @@ class RaftConfig:
                                         "writes took at least this many seconds and the "
                                         "followers had committed them at least half that "
                                         "sooner (0 = never; docs/design/raft-io.md).")
-    # TLS (docs/design/tls.md): the node builds the contexts from its flags; the
-    # transport only uses them. None = plaintext, the default.
-    tls_server: object = _f(None, "ssl.SSLContext (server side) the Raft listener wraps "
-                                  "connections in; None = plaintext.")
-    tls_client: object = _f(None, "ssl.SSLContext (client side) for connections to peers; "
-                                  "None = plaintext.")
-    tls_server_name: str = _f("", "Name expected in peers' certificates (default: the host "
-                                  "or IP dialled).")
 
     def __post_init__(self):
         if not self.node_id or any(c.isspace() for c in self.node_id):
@@ -125,6 +123,9 @@ class RaftConfig:
             raise ConfigError("snapshot_chunk_bytes must be below max_frame_bytes")
         if not (0 < self.reconnect_min <= self.reconnect_max):
             raise ConfigError("need 0 < reconnect_min <= reconnect_max")
+        if (self.ssl_server is None) != (self.ssl_client is None):
+            raise ConfigError("ssl_server and ssl_client go together: members of one group "
+                              "either all use TLS or none does")
 
     @property
     def advertise(self) -> str:

@@ -12,9 +12,10 @@ above ``send_buffer_bytes``, are dropped (Raft retransmits) and the core is told
 is unreachable. Snapshot chunks are the exception: ``send_stream`` waits for the socket
 to drain instead of dropping, and fails if the connection goes away.
 
-With ``tls_server`` / ``tls_client`` ssl contexts in the config, connections are TLS (the
-node builds the contexts from its flags, raftsqlite/tlsconf.py); snapshot chunks go over
-the same connections. A handshake that fails drops that connection only.
+TLS: with ``ssl_server``/``ssl_client`` in the config (contexts the node builds from its
+flags; this package never reads certificate files) every connection is TLS, with the
+same framing, handshake frame and back-pressure above it; a failed TLS handshake with a
+peer is logged once per reason and retried at ``reconnect_max`` pace.
 
 Built on asyncio Protocols rather than streams: with uvloop a ``transport.write`` is one
 syscall and there is no task switch per message.
@@ -37,9 +38,7 @@ T_HELLO = 0x80      # dialler -> listener: JSON {cluster, from, addr, to, versio
 T_HELLO_OK = 0x81
 T_HELLO_REFUSE = 0x82   # payload: the reason, UTF-8
 PROTOCOL_VERSION = 1
-CONNECT_QUEUE_BYTES = 1 << 20
-# A dialler that connects and never completes a TLS handshake is dropped after this.
-TLS_HANDSHAKE_TIMEOUT = 10.0   # kept for a peer while its connection is being made
+CONNECT_QUEUE_BYTES = 1 << 20   # kept for a peer while its connection is being made
 # Requests a follower forwards to its leader keep the original sender in ``frm``.
 _FORWARDED = (MsgType.READ_INDEX, MsgType.TRANSFER_LEADER)
 
@@ -206,9 +205,14 @@ class _Peer:
                     raise ConnectionError("address unknown")
                 host, port = split_addr(addr)
                 loop = asyncio.get_running_loop()
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Outbound(self), host, port,
-                                           **owner.tls_dial_kw(host)), 3.0)
+                if owner.ssl_client is None:
+                    conn = loop.create_connection(lambda: _Outbound(self), host, port)
+                else:
+                    conn = loop.create_connection(
+                        lambda: _Outbound(self), host, port, ssl=owner.ssl_client,
+                        server_hostname=owner.ssl_server_name or host,
+                        ssl_handshake_timeout=3.0)
+                _, proto = await asyncio.wait_for(conn, 3.0)
                 if proto.closed or proto.tr.is_closing():
                     # lost between connect and here (uvloop raises on such a write)
                     raise ConnectionError("connection lost before the handshake")
@@ -226,16 +230,20 @@ class _Peer:
                 return
             except asyncio.CancelledError:
                 raise
+            except ssl.SSLError as e:
+                # a certificate the peer (or we) refused: say why once, retry slowly
+                why = f"TLS handshake with {addr} failed: {e}"
+                if self.last_error != why:
+                    log.error("raft peer %s: %s", self.node_id, why)
+                self.last_error = why
+                owner.stats_["tls_failures"] += 1
+                delay = owner.reconnect_max
             except PermissionError as e:
                 if self.last_error != str(e):
                     log.error("raft peer %s at %s refused us: %s", self.node_id, addr, e)
                 self.last_error = str(e)
                 delay = owner.reconnect_max
             except (OSError, asyncio.TimeoutError, ConnectionError, ValueError) as e:
-                if isinstance(e, ssl.SSLError) and self.last_error != str(e):
-                    # a certificate or protocol mismatch does not heal by retrying: say it
-                    log.error("raft peer %s at %s: TLS handshake failed: %s",
-                              self.node_id, addr, e)
                 self.last_error = str(e) or type(e).__name__
                 delay = self.backoff
                 self.backoff = min(owner.reconnect_max, self.backoff * 2)
@@ -277,9 +285,9 @@ class Transport:
         self.send_buffer_bytes = config.send_buffer_bytes
         self.reconnect_min = config.reconnect_min
         self.reconnect_max = config.reconnect_max
-        self.tls_server = getattr(config, "tls_server", None)
-        self.tls_client = getattr(config, "tls_client", None)
-        self.tls_server_name = getattr(config, "tls_server_name", "")
+        self.ssl_server = config.ssl_server
+        self.ssl_client = config.ssl_client
+        self.ssl_server_name = config.ssl_server_name
         self.on_message = on_message
         self._resolve = resolve or (lambda nid: None)
         self.on_unreachable = on_unreachable or (lambda nid: None)
@@ -292,15 +300,8 @@ class Transport:
         self._closing = False
         self._hello_cache = {}
         self.stats_ = {"msgs_in": 0, "msgs_out": 0, "dropped": 0, "bad_frames": 0,
-                       "refused": 0, "misrouted": 0, "bytes_out": 0}
-
-    def tls_dial_kw(self, host):
-        """Keyword arguments for ``create_connection`` to a peer: none in plaintext."""
-        if self.tls_client is None:
-            return {}
-        # the handshake is inside connect's 3 s wait_for; a shorter own bound is moot
-        return {"ssl": self.tls_client, "server_hostname": self.tls_server_name or host,
-                "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
+                       "refused": 0, "misrouted": 0, "bytes_out": 0,
+                       "tls_failures": 0}
 
     def resolve(self, node_id):
         return self._resolve(node_id) or self.learned.get(node_id)
@@ -317,8 +318,10 @@ class Transport:
         host, port = split_addr(self.listen_addr)
         loop = asyncio.get_running_loop()
         kw = {}
-        if self.tls_server is not None:
-            kw = {"ssl": self.tls_server, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
+        if self.ssl_server is not None:
+            # A peer that never finishes its handshake (a plaintext client, a port scan)
+            # is dropped after this, not held.
+            kw = {"ssl": self.ssl_server, "ssl_handshake_timeout": 5.0}
         self._server = await loop.create_server(lambda: _Inbound(self), host, port,
                                                 reuse_address=True, backlog=128, **kw)
         self.bound_port = self._server.sockets[0].getsockname()[1]
@@ -427,6 +430,7 @@ class Transport:
                             "last_error": p.last_error}
                       for nid, p in self._peers.items()}
         s["inbound"] = len(self._inbound)
+        s["tls"] = self.ssl_server is not None
         return s
 
 

@@ -20,7 +20,7 @@ import asyncio
 import time
 
 from raftsqlite import errors
-from raftsqlite.client import Response, base_url, server_hostname, ssl_context
+from raftsqlite.client import Response
 
 _MAX_HEAD = 65536
 _READ_SIZE = 65536      # per read; a longer answer arrives over several reads
@@ -177,7 +177,13 @@ class CallClient:
     """``await post(addr, path, body, headers=None, timeout=None) -> Response``.
     Create and use it on one event loop; ``close()`` drops every pooled connection."""
 
-    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0, auth=None):
+    def __init__(self, *, timeout=30.0, max_idle=64, idle_s=30.0, auth=None, ssl=None,
+                 server_hostname=None, scheme="http"):
+        # TLS (tlsconf.TLSConfig.client_kw): an https:// address (or one without a scheme
+        # when ``scheme`` is https) is dialled with ``ssl``; the pool is per address.
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self._scheme = scheme
         self.default_timeout = timeout
         # the node's own -join-as credentials (http/auth.py), sent on every call
         self._auth_line = b"" if not auth else b"\r\nAuthorization: " + auth.encode("ascii")
@@ -195,21 +201,17 @@ class CallClient:
 
     async def _connect(self, addr):
         host, _, port = addr.rpartition(":")
-        # https: an explicit scheme, or a bare address on a node serving HTTPS (client.py)
-        tls = None
+        scheme = self._scheme
         if "://" in host:
             scheme, host = host.split("://", 1)
-            if scheme == "https":
-                tls = ssl_context() or True
-        elif base_url(addr).startswith("https:"):
-            tls = ssl_context() or True
-        kw = {"ssl": tls, "server_hostname": server_hostname() or host.strip("[]"),
-              "ssl_handshake_timeout": 10.0} if tls else {}
+        host = host.strip("[]")
+        kw = {}
+        if scheme == "https":
+            kw = {"ssl": self._ssl or True, "server_hostname": self._server_hostname or host}
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Conn, host.strip("[]"), int(port), **kw)
-        except (OSError, ValueError, asyncio.TimeoutError) as e:
-            # ssl.SSLError (a failed handshake) is an OSError: nothing was sent either
+            _, conn = await loop.create_connection(_Conn, host, int(port), **kw)
+        except (OSError, ValueError) as e:
             raise errors.Unreachable(f"cannot reach {addr}: {e} (nothing was sent)") from None
         self.counts["connects"] += 1
         return conn

@@ -18,7 +18,6 @@ import aiohttp
 import orjson
 
 from raftsqlite import errors
-from raftsqlite.client import base_url, connector_kw
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.b64json import unb64
 
@@ -49,7 +48,6 @@ class _Http:
     def session(self):
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(**connector_kw()),
                 timeout=aiohttp.ClientTimeout(total=self.timeout), json_serialize=lambda o: orjson.dumps(o).decode())
         return self._session
 
@@ -67,7 +65,7 @@ class _Http:
     async def call(self, group, method, path, body=None, params=None, raw=False):
         last = None
         for a in self.addrs(group):
-            url = base_url(a) + path
+            url = ("" if "://" in a else "http://") + a + path
             kw = {"data": body, "headers": {"Content-Type": "application/octet-stream"}} if raw \
                 else {"json": body}
             try:

@@ -356,7 +356,8 @@ class ShardingService:
         if self._client is None:
             from raftsqlite.client import Client
             self._client = Client(timeout=30.0,
-                                  auth=getattr(self.node, "identity_header", None))
+                                  auth=getattr(self.node, "identity_header", None),
+                                  **_tls_kw(self.node))
         return self._client
 
     @property
@@ -364,7 +365,8 @@ class ShardingService:
         if self._call_client is None:
             from raftsqlite.sharding.callclient import CallClient
             self._call_client = CallClient(
-                timeout=30.0, auth=getattr(self.node, "identity_header", None))
+                timeout=30.0, auth=getattr(self.node, "identity_header", None),
+                **_tls_kw(self.node))
         return self._call_client
 
     def catalog_loaded(self) -> bool:
@@ -800,3 +802,9 @@ def _needs_push(have, want):
 
 __all__ = ["ShardingService", "NodeGroupExecutor", "RouterSQL", "error_from", "dump_results",
            "load_results", "unb64"]
+
+
+def _tls_kw(node):
+    """How this node's calls reach other nodes' HTTP APIs (tlsconf; {} without TLS)."""
+    tls = getattr(getattr(node, "config", None), "tls", None)
+    return tls.client_kw() if tls is not None else {}
