@@ -107,7 +107,7 @@ def fetch_more_bounded(cur, rows, max_bytes):
         k = len(chunk)
         step = max(1, k // 8)
         sample = chunk[::step]
-        total += _value_bytes_sum(sample) * k // len(sample)
+        total += sum(_value_bytes(r) for r in sample) * k // len(sample)
         if total > max_bytes:
             return False
         if k < _CHUNK:
@@ -116,10 +116,6 @@ def fetch_more_bounded(cur, rows, max_bytes):
         if not chunk:
             return True
         rows.extend(chunk)
-
-
-def _value_bytes_sum(rows):
-    return sum(_value_bytes(r) for r in rows)
 
 
 def too_large(max_bytes):

@@ -58,10 +58,6 @@ class Conn:
         self.timeout = timeout
         self.auth = ("Basic " + base64.b64encode(user.encode()).decode()) if user else None
 
-    @property
-    def host(self):
-        return self.hosts[0]
-
     def request(self, method, path, body=None, ctype="application/json", raw=False):
         last = None
         for i, host in enumerate(list(self.hosts)):
@@ -310,12 +306,9 @@ class Shell:
         self._send(arg, "/boot")
 
     # ---- the loop ----------------------------------------------------------------------
-    def run(self, lines, prompt=None):
+    def run(self, lines):
         buf = ""
         while True:
-            if prompt is not None:
-                self.out.write(("   ...> " if buf else prompt))
-                self.out.flush()
             if hasattr(lines, "more"):
                 lines.more = bool(buf)
             line = lines.readline()

@@ -93,7 +93,7 @@ class ShardedLoad:
     async def run(self, path, fmt, request_id=None):
         svc = self.svc
         cat = svc.cache.current()
-        registered = {t: rec for t, rec in cat.tables.items()}
+        registered = cat.tables
         if fmt == "sql":
             def plan_kind(sql):
                 return svc.router.planner.plan(sql, cat).kind
