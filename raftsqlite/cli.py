@@ -84,6 +84,16 @@ def build_parser():
               "other nodes (join, sharding)")
     from raftsqlite import tlsconf
     tlsconf.add_flags(flag)
+    # -- fk8: rqlite's -fk, -extensions-path, -http-allow-origin --
+    flag("fk", dest="foreign_keys", action="store_true",
+         help="enforce SQLite foreign key constraints; a group setting: a member started "
+              "otherwise is refused at join and at start")
+    flag("extensions-path", dest="extensions_path", default="", metavar="PATHS",
+         help="comma-separated directories, .zip or .tar.gz files of SQLite extensions, "
+              "loaded on every connection; every member must load the same set")
+    flag("http-allow-origin", dest="http_allow_origin", default="", metavar="ORIGIN",
+         help="value of the Access-Control-Allow-Origin header on every HTTP response; "
+              "OPTIONS (CORS preflight) is answered 200 (default: off)")
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     return p
@@ -108,7 +118,10 @@ def config_from_args(argv=None) -> NodeConfig:
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
                      join_timeout=args.join_timeout, store=store,
                      raft_overrides=tuple(overrides), auth_file=args.auth_file,
-                     join_as=args.join_as, tls=_tls(args))
+                     join_as=args.join_as, tls=_tls(args),
+                     foreign_keys=args.foreign_keys, http_allow_origin=args.http_allow_origin,
+                     extensions_path=tuple(p.strip() for p in args.extensions_path.split(",")
+                                           if p.strip()))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args

@@ -94,6 +94,16 @@ class NodeConfig(_Help):
     join_as: str = _f("", "User in the auth file whose credentials this node uses on its "
                           "own calls to other nodes (join, sharding, forwarding).")
     tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; default: none).")
+    # -- fk8: rqlite's -fk, -extensions-path, -http-allow-origin (group_settings.py) --
+    foreign_keys: bool = _f(False, "Enforce SQLite foreign key constraints (rqlite's -fk). "
+                                   "A group setting: every member must have the same.")
+    extensions_path: tuple = _f((), "Directories, .zip or .tar.gz files (or files) of "
+                                    "SQLite extensions loaded on every connection "
+                                    "(rqlite's -extensions-path). Every member must load "
+                                    "the same set (names and SHA-256).")
+    http_allow_origin: str = _f("", "Access-Control-Allow-Origin value sent on every HTTP "
+                                    "response, and CORS preflight (OPTIONS) answered "
+                                    "('' = off; rqlite's -http-allow-origin).")
 
     def __post_init__(self):
         if self.store is None:
@@ -117,6 +127,8 @@ class NodeConfig(_Help):
         if self.shard and not all(c.isalnum() or c in "-_." for c in self.shard):
             raise ConfigError(f"shard name must be letters, digits, '-', '_' or '.', "
                               f"got {self.shard!r}")
+        if any(c in self.http_allow_origin for c in "\r\n\0"):
+            raise ConfigError("http_allow_origin must be one header value (no line breaks)")
         if self.snapshot_threshold < 0 or self.join_timeout <= 0:
             raise ConfigError("snapshot_threshold must be >= 0 and join_timeout > 0")
 

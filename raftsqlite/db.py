@@ -64,8 +64,13 @@ class Database:
     """The node's SQLite file: one writer, per-thread readers, backup and restore."""
 
     def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL",
-                 max_result_bytes=0):
+                 max_result_bytes=0, foreign_keys=False, extensions=()):
         self.path = os.path.abspath(path)
+        # Group settings (group_settings.py): the same on every member, so every
+        # connection of every member enforces foreign keys, and loads the same
+        # extension files, alike. ``extensions``: paths of extension files.
+        self.foreign_keys = bool(foreign_keys)
+        self.extensions = tuple(extensions)
         self.max_result_bytes = max_result_bytes    # 0 = unbounded (db_exec.fetch_more_bounded)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
@@ -73,7 +78,7 @@ class Database:
         self._local = threading.local()
         self._readers = []            # every reader opened, so close() can close them
         self._readers_lock = threading.Lock()
-        self._write_access = _Access()
+        self._write_access = _Access(self.foreign_keys)
         self._functions = {}
         self.writer = self._open_writer()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
@@ -107,6 +112,7 @@ class Database:
         if mode.lower() != "wal":
             raise apsw.CantOpenError(f"could not switch {self.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        self._group_setup(conn)
         conn.authorizer = self._write_access.authorize
         # random()/randomblob() evaluated while applying (in defaults, triggers, or any
         # form the rewriter left alone) come from a generator seeded per log entry; the
@@ -117,6 +123,30 @@ class Database:
                                     0, deterministic=False)
         conn.create_scalar_function("randomblob", self._randomblob, 1, deterministic=False)
         return conn
+
+    def _group_setup(self, conn):
+        """The group settings on one connection: foreign keys (readers too, so
+        ``PRAGMA foreign_keys`` reads the group's value anywhere) and the extensions.
+        Loading is switched on only around our own loads: ``load_extension()`` in SQL
+        stays refused."""
+        if self.foreign_keys:
+            conn.execute("PRAGMA foreign_keys=ON")
+        if self.extensions:
+            conn.enable_load_extension(True)
+            try:
+                for path in self.extensions:
+                    try:
+                        conn.load_extension(path)
+                    except apsw.Error as e:
+                        raise apsw.ExtensionLoadingError(
+                            f"could not load SQLite extension {path}: {e}") from None
+            finally:
+                conn.enable_load_extension(False)
+
+    def deferred_fk_violations(self) -> bool:
+        """Whether the writer's transaction holds foreign key violations not yet resolved
+        (deferred constraints, or any under ``PRAGMA defer_foreign_keys``)."""
+        return self.writer.status(apsw.SQLITE_DBSTATUS_DEFERRED_FKS)[0] > 0
 
     def _randomblob(self, n):
         try:
@@ -151,7 +181,8 @@ class Database:
         if conn is None:
             conn = apsw.Connection(self.path, flags=_RO)
             conn.set_busy_timeout(self.busy_timeout_ms)
-            access = _Access()
+            self._group_setup(conn)
+            access = _Access(self.foreign_keys)
             conn.authorizer = access.authorize
             for name, (nargs, fn, det) in list(self._functions.items()):
                 self._register(conn, name, nargs, fn, det)
@@ -195,13 +226,13 @@ class Database:
         """Run a client statement on the writer (inside the apply transaction)."""
         return run_statement(self.writer, sql, params, self.max_result_bytes)
 
-    def run_user_many(self, sql, params_list, out, stop_on_error=False):
+    def run_user_many(self, sql, params_list, out, stop_on_error=False, fk_check=False):
         """Run one SQL text (known to return no rows: a previous execution of it gave a
         write result) once per parameter set, appending to ``out`` exactly the dicts
         ``run_user`` would give. Returns True when ``stop_on_error`` stopped it at a
         failing statement, False when all ran, None when a statement ended the
         transaction (the caller re-runs its batch)."""
-        return run_many(self.writer, sql, params_list, out, stop_on_error)
+        return run_many(self.writer, sql, params_list, out, stop_on_error, fk_check)
 
     def run_user_many_recorded(self, sql, params_list, rids, dump, out, first=None):
         """``run_user_many`` (stopping at a failing statement) that also records each
@@ -487,13 +518,21 @@ class Database:
                 objs = [o for o in objs if o[2].lower() in wanted]
             yield "PRAGMA foreign_keys=OFF;"
             yield "BEGIN TRANSACTION;"
+            if self.foreign_keys:
+                # -fk: a load of this dump enforces foreign keys (deferred to its end), and
+                # a row may only name a table that exists: every table comes first
+                for typ, name, tbl, sql in objs:
+                    if typ == "table":
+                        yield sql + ";"
             for typ, name, tbl, sql in objs:
                 if typ != "table":
                     continue
                 if sql.upper().startswith("CREATE VIRTUAL TABLE"):
-                    yield sql + ";"
+                    if not self.foreign_keys:
+                        yield sql + ";"
                     continue
-                yield sql + ";"
+                if not self.foreign_keys:
+                    yield sql + ";"
                 qname = quote_ident(name)
                 for row in conn.execute(f"SELECT * FROM {qname}"):
                     yield f"INSERT INTO {qname} VALUES(" + ",".join(map(sql_literal, row)) + ");"
@@ -532,6 +571,8 @@ class Database:
 
     def stats(self) -> dict:
         return dict(self.stats_counters, path=self.path, size_bytes=self.file_size(),
+                    fk_constraints="enabled" if self.foreign_keys else "disabled",
+                    extensions=[os.path.basename(p) for p in self.extensions],
                     reader_connections=len(self._readers), sqlite_version=apsw.sqlite_lib_version())
 
 

@@ -38,12 +38,16 @@ def _table_ops():
 
 class _Access:
     """Per-connection switch: internal statements (ours) may touch _raftsqlite_* tables
-    and run transaction control; user statements may not."""
+    and run transaction control; user statements may not. ``fk``: the group's foreign
+    key setting, which a user's ``PRAGMA foreign_keys=...`` may restate but not change
+    (it is a group setting, group_settings.py: changed on one connection it would apply
+    the log differently there, and be lost on a restart or snapshot restore)."""
 
-    __slots__ = ("internal",)
+    __slots__ = ("internal", "fk")
 
-    def __init__(self):
+    def __init__(self, fk=False):
         self.internal = False
+        self.fk = fk
 
     def authorize(self, op, p1, p2, dbname, trigger):
         if self.internal:
@@ -53,12 +57,28 @@ class _Access:
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
             return apsw.SQLITE_DENY
         if op == apsw.SQLITE_PRAGMA:
-            return apsw.SQLITE_DENY if (p1 or "").lower() in _DENIED_PRAGMAS else apsw.SQLITE_OK
+            name = (p1 or "").lower()
+            if name in _DENIED_PRAGMAS:
+                return apsw.SQLITE_DENY
+            if name == "foreign_keys" and p2 is not None \
+                    and _truth(p2) is not self.fk:
+                return apsw.SQLITE_DENY
+            return apsw.SQLITE_OK
         if op in _table_ops():
             for p in (p1, p2):
                 if p and p.lower().startswith(INTERNAL_PREFIX):
                     return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
+
+
+def _truth(v):
+    """SQLite's reading of a boolean pragma value (None: not a boolean)."""
+    v = v.strip().strip("'\"").lower()
+    if v in ("1", "on", "true", "yes"):
+        return True
+    if v in ("0", "off", "false", "no"):
+        return False
+    return None
 
 
 def error_message(exc: BaseException) -> str:
@@ -67,7 +87,8 @@ def error_message(exc: BaseException) -> str:
         return "query interrupted (db_timeout exceeded)"
     if isinstance(exc, apsw.AuthError):
         return f"{msg}: statement refused (internal tables, ATTACH/DETACH, transaction " \
-               f"control and durability pragmas are not allowed)"
+               f"control and durability pragmas are not allowed; foreign_keys is the " \
+               f"group's -fk setting and cannot be changed by a statement)"
     return msg or type(exc).__name__
 
 
@@ -177,10 +198,13 @@ def run_statement(conn, sql, params=None, max_bytes=0):
             "time": time.perf_counter() - t0}
 
 
-def run_many(conn, sql, params_list, out, stop_on_error=False):
+def run_many(conn, sql, params_list, out, stop_on_error=False, fk_check=False):
     """``run_statement`` for each parameter set of a write-shaped SQL text, in a tight
-    loop on one cursor (no exec tracer, no per-call setup). See Database.run_user_many."""
-    return _run_rows(conn, sql, params_list, out, stop_on_error, None, None, None, None)
+    loop on one cursor (no exec tracer, no per-call setup). See Database.run_user_many.
+    ``fk_check``: after each statement that succeeded, stop and return "fk" if it left
+    a foreign key violation pending (a deferred constraint)."""
+    return _run_rows(conn, sql, params_list, out, stop_on_error, None, None, None, None,
+                     fk_check)
 
 
 _RECORD_SQL = "INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)"
@@ -197,7 +221,8 @@ def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=Non
     return _run_rows(conn, sql, params_list, out, True, access, rids, dump, first)
 
 
-def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, first):
+def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, first,
+              fk_check=False):
     """The loop of ``run_many`` and ``run_many_recorded`` (``rids`` None: no recording).
     -> True when ``stop_on_error`` stopped it at a failing statement (its error result
     appended), False when every statement ran, None when a statement ended the
@@ -239,6 +264,8 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
             else:
                 r = {"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0}
             append(r)
+            if fk_check and conn.status(apsw.SQLITE_DBSTATUS_DEFERRED_FKS)[0]:
+                return "fk"
             if rec is None:
                 continue        # run_many: nothing to record, nothing failed
             failed = False

@@ -165,3 +165,12 @@ class Unauthorized(RaftSQLiteError):
     def __init__(self, message, realm="rqlite"):
         super().__init__(message)
         self.headers = {"WWW-Authenticate": f'Basic realm="{realm}"'}
+
+
+class SettingsMismatch(ConfigError):
+    """A member's SQLite settings that every member of a group must share (``-fk``, the
+    ``-extensions-path`` set) differ from the group's: applying the same log with them
+    would give a different database, so the member is refused (at join, at start, and
+    when it applies the group's settings record). HTTP 409 when answering a join."""
+
+    code = "settings_mismatch"

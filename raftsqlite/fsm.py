@@ -40,7 +40,9 @@ from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db_shapes import INTERNAL_PREFIX
-from raftsqlite.errors import DecodeError, RaftSQLiteError
+from raftsqlite.errors import DecodeError, RaftSQLiteError, SettingsMismatch
+from raftsqlite.group_settings import (META_KEY, RECORD_OP, GroupSettings,
+                                       make_record_handler)
 from raftsqlite.metrics import LATENCY_BUCKETS, Histogram
 
 _SCHEMA = (
@@ -53,12 +55,25 @@ _ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBA
                 "RAISE(ROLLBACK)); this request was not applied")
 # What a member reports for a statement whose result nobody reads (see _bulk_rest).
 _UNREPORTED = {"last_insert_id": 0, "rows_affected": 0, "time": 0.0, "unreported": True}
+# SQLite's own message for an immediate foreign key violation: a deferred one that a
+# statement leaves behind fails that statement the same way (see _run_careful).
+_FK_FAILED = "FOREIGN KEY constraint failed"
 _INTERNAL_REFUSED = (f"statement refers to internal tables ({INTERNAL_PREFIX}*), which only "
                      f"the node itself may touch")
 
 
 class _TxnLost(Exception):
     """A user statement ended the SQLite transaction; carries the request's position."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+class _FkRerun(Exception):
+    """With foreign keys on: a statement outside a transaction request left a deferred
+    violation behind. It cannot be undone alone, so the batch is rolled back and re-run
+    with that request run statement by statement under savepoints (``_run_careful``)."""
 
     def __init__(self, key):
         super().__init__(key)
@@ -94,9 +109,16 @@ class FSM:
     # thread while applies go on
     snapshot_concurrent = True
 
-    def __init__(self, db, *, dedup_keep=10_000, decode=None, fast_path=True):
+    def __init__(self, db, *, dedup_keep=10_000, decode=None, fast_path=True, settings=None):
         self.db = db
         self.fast_path = fast_path   # False: every statement through the reference path
+        # -fk (a group setting): statements outside a transaction request are checked for
+        # deferred violations one by one, so one-statement requests are not packed
+        # into one cursor run (_run_singles), and followers' bulk rows do not take
+        # SQLite's own loop (_bulk_rest), which cannot be checked row by row.
+        self.fk = bool(getattr(db, "foreign_keys", False))
+        self._pack = fast_path and not self.fk
+        self.settings = settings if settings is not None else GroupSettings(self.fk)
         # fn(index) -> bool: whether anyone reads the results of the entry at index (its
         # proposer waits on this member). None: always. When nobody does, a bulk request
         # without a request id runs through SQLite's own loop and reports placeholders;
@@ -110,6 +132,7 @@ class FSM:
         self._first_seq = None     # seq of the current entry's first dedup row
         self._decode = decode
         self._handlers = dict(fsm_load.HANDLERS)   # drop_all and the atomic load
+        self._handlers[RECORD_OP] = make_record_handler(self.settings)
         self._restore_listeners = []
         self._request_hooks = []
         self._lock = threading.Lock()    # apply/restore never overlap
@@ -121,7 +144,8 @@ class FSM:
         for sql in _SCHEMA:
             db.internal(sql)
         self._applied, self._applied_term = self._read_meta()
-        self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
+        self._check_settings()      # a member started with other settings stops here
+        self.counters = {"fk_reruns": 0, "entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
                          "single_runs": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
@@ -181,6 +205,11 @@ class FSM:
                     poisoned.add(lost.key)
                     self.counters["txn_reruns"] += 1
                     continue
+                except _FkRerun as rr:
+                    db.internal("ROLLBACK")
+                    poisoned.add(("fk",) + rr.key)
+                    self.counters["fk_reruns"] += 1
+                    continue
                 except BaseException:
                     if db.in_transaction():
                         db.internal("ROLLBACK")
@@ -223,12 +252,30 @@ class FSM:
             self.db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
                              "('applied_index', ?), ('applied_term', ?)", (meta.index, meta.term))
             self._applied, self._applied_term = meta.index, meta.term
+            self._check_settings()
         for fn in self._restore_listeners:
             fn()
 
     def stats(self) -> dict:
+        rec = self.recorded_settings()
         return dict(self.counters, applied_index=self._applied, applied_term=self._applied_term,
-                    system_handlers=sorted(self._handlers))
+                    system_handlers=sorted(self._handlers),
+                    group_settings={"local": self.settings.doc(),
+                                    "recorded": rec.doc() if rec is not None else None})
+
+    def recorded_settings(self):
+        """The group's settings as recorded in the database (group_settings.py), or None
+        (nothing recorded yet: a group created before the record existed)."""
+        rows = self.db.read_internal("SELECT v FROM _raftsqlite_meta WHERE k = ?",
+                                     (META_KEY,))
+        return GroupSettings.from_doc(rows[0][0]) if rows else None
+
+    def _check_settings(self):
+        rows = self.db.internal("SELECT v FROM _raftsqlite_meta WHERE k = ?", (META_KEY,))
+        if rows:
+            err = self.settings.mismatch(GroupSettings.from_doc(rows[0][0]))
+            if err is not None:
+                raise err
 
     # ---- internals ------------------------------------------------------------------
     def _read_meta(self):
@@ -314,7 +361,7 @@ class FSM:
             ri = 0
             while ri < n:
                 req = reqs[ri]
-                if self.fast_path and ri + 1 < n:
+                if self._pack and ri + 1 < n:
                     # Group commit packs many one-statement requests, mostly of one text
                     # (single-row inserts): such a run goes through one cursor.
                     sql = _single_sql(req)
@@ -328,7 +375,8 @@ class FSM:
                         added += new
                         ri = j
                         continue
-                res, new = self._execute_request(req, (pos, ri) in poisoned, (pos, ri))
+                res, new = self._execute_request(req, (pos, ri) in poisoned, (pos, ri),
+                                                 self.fk and ("fk", pos, ri) in poisoned)
                 out.append(res)
                 added += new
                 ri += 1
@@ -346,7 +394,7 @@ class FSM:
                 for k, (n, a) in enumerate(cmd.ops) if n != CLOCK_OP]}, 0
         return {"index": e.index, "results": []}, 0
 
-    def _execute_request(self, req, poisoned, key):
+    def _execute_request(self, req, poisoned, key, careful=False):
         db = self.db
         rid = req.request_id
         if rid:
@@ -367,13 +415,23 @@ class FSM:
             txn = req.transaction
             if txn:
                 db.internal("SAVEPOINT _raftsqlite_req")
-            if self.fast_path:
+                if self.fk:
+                    # a defer_foreign_keys left on by an earlier request of this apply
+                    # batch (batches differ per member) must not reach this one
+                    db.internal("PRAGMA defer_foreign_keys=OFF")
+            if careful:
+                failed = self._run_careful(req.statements, key, results)
+            elif self.fast_path:
                 failed = self._run_fast(req.statements, txn, key, results, rid)
             else:
                 failed = self._run_slow(req.statements, txn, key, results)
             self.counters["statements"] += (results.total() if type(results) is InsertRun
                                             else len(results))
             if txn:
+                if self.fk and not failed and db.deferred_fk_violations():
+                    # the request's transaction would fail to commit: it fails whole
+                    results = _fk_failed(results)
+                    failed = True
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
                 db.internal("RELEASE _raftsqlite_req")
@@ -492,9 +550,33 @@ class FSM:
                 r = db.run_user(st.sql, st.params)
                 if not db.in_transaction():
                     raise _TxnLost(key)
+                if self.fk and not txn and "error" not in r and db.deferred_fk_violations():
+                    raise _FkRerun(key)
             results.append(r)
             if txn and "error" in r:
                 return True
+        return False
+
+    def _run_careful(self, stmts, key, results):
+        """A request (not a transaction) one of whose statements left a deferred foreign
+        key violation (``_FkRerun``): each statement under its own savepoint; one that
+        leaves a violation is undone and fails with SQLite's message, as an immediate
+        violation does. Every member re-runs the same request so: the request is chosen
+        by what the statements do, never by how a member batched the log."""
+        db = self.db
+        for st in stmts:
+            if INTERNAL_PREFIX in st.sql.lower():
+                r = {"error": _INTERNAL_REFUSED, "time": 0.0}
+            else:
+                db.internal("SAVEPOINT _raftsqlite_fk")
+                r = db.run_user(st.sql, st.params)
+                if not db.in_transaction():
+                    raise _TxnLost(key)
+                if "error" not in r and db.deferred_fk_violations():
+                    db.internal("ROLLBACK TO _raftsqlite_fk")
+                    r = {"error": _FK_FAILED, "time": r["time"]}
+                db.internal("RELEASE _raftsqlite_fk")
+            results.append(r)
         return False
 
     def _run_fast(self, stmts, txn, key, results, rid=None):
@@ -536,6 +618,8 @@ class FSM:
             r = db.run_user(sql, rows[i])
             if not db.in_transaction():
                 raise _TxnLost(key)
+            if self.fk and not txn and "error" not in r and db.deferred_fk_violations():
+                raise _FkRerun(key)
             results.append(r)
             i += 1
             if "error" in r:
@@ -548,9 +632,11 @@ class FSM:
                 done = self._bulk_rest(sql, rows, i, r, txn, key, results, rid)
                 if done is not None:
                     return done
-            stop = db.run_user_many(sql, rows[i:], results, txn)
+            stop = db.run_user_many(sql, rows[i:], results, txn, self.fk and not txn)
             if stop is None:        # a statement ended the SQLite transaction
                 raise _TxnLost(key)
+            if stop == "fk":        # a row left a deferred foreign key violation
+                raise _FkRerun(key)
             return stop
         return False
 
@@ -569,7 +655,7 @@ class FSM:
         request's results are then marked as an ``InsertRun``."""
         db = self.db
         n = len(rows)
-        if not self._want and not rid:
+        if not self._want and not rid and not self.fk:
             if not txn:
                 db.internal("SAVEPOINT _raftsqlite_bulk")
             stop = db.run_user_unreported(sql, rows[i:])
@@ -648,6 +734,8 @@ class FSM:
         db.internal("SAVEPOINT _raftsqlite_sys")
         try:
             result = fn(SystemContext(db, e.index, e.term), args)
+        except SettingsMismatch:
+            raise       # this member applies the log differently: fail-stop (group_settings)
         except Exception as exc:  # a handler's failure is data, the same on every replica
             if not db.in_transaction():
                 # SQLite rolled the whole apply transaction back: re-run without this op
@@ -656,6 +744,14 @@ class FSM:
             result = {"error": str(exc) or type(exc).__name__}
             if isinstance(exc, RaftSQLiteError):
                 result["code"] = exc.code   # lets the proposer raise the same class
+        else:
+            if self.fk and db.deferred_fk_violations():
+                # e.g. a load whose rows violate a foreign key (it defers the checks to
+                # its end, as a dump inserts tables in name order)
+                db.internal("ROLLBACK TO _raftsqlite_sys")
+                result = {"error": f"system op {name}: {_FK_FAILED}; it was undone"}
+        if self.fk:
+            db.internal("PRAGMA defer_foreign_keys=OFF")
         db.internal("RELEASE _raftsqlite_sys")
         return result
 
@@ -716,6 +812,20 @@ def _dump_result(results) -> bytes:
     # "time" differs per replica; stored rows must not, so replicas stay byte-identical
     return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
                         default=b64_default)
+
+
+def _fk_failed(results):
+    """A transaction request's results when its end found a foreign key violation: the
+    last statement's result becomes SQLite's error (the commit would have failed)."""
+    if type(results) is InsertRun:
+        results.materialize()
+    out = list(results)
+    err = {"error": _FK_FAILED, "time": 0.0}
+    if out:
+        out[-1] = err
+    else:
+        out.append(err)
+    return out
 
 
 def _load_result(blob):

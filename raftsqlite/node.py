@@ -23,7 +23,7 @@ import random
 from raftsqlite.codec.model import Member
 from raftsqlite.config import NodeConfig, listen_addr
 from raftsqlite.db import Database
-from raftsqlite.errors import ConfigError, RaftSQLiteError, Unavailable
+from raftsqlite.errors import ConfigError, RaftSQLiteError, SettingsMismatch, Unavailable
 from raftsqlite.fsm import FSM
 from raftsqlite.store import Store
 
@@ -59,10 +59,24 @@ class Node:
         elif config.join_as:
             raise ConfigError("-join-as needs -auth: the user's password comes from that file")
         os.makedirs(config.data_dir, exist_ok=True)
+        # -fk / -extensions-path: settings the whole group shares (group_settings.py)
+        from raftsqlite import group_settings as gs
+        exts = gs.collect_extensions(config.extensions_path,
+                                     os.path.join(config.data_dir, "extensions")) \
+            if config.extensions_path else []
+        self.group_settings = gs.GroupSettings(config.foreign_keys,
+                                               tuple((n, h) for n, h, _ in exts))
         self.db = Database(config.db_path, busy_timeout_ms=config.store.busy_timeout_ms,
                            synchronous=config.store.sqlite_synchronous,
-                           max_result_bytes=config.store.max_result_bytes)
-        self.fsm = FSM(self.db, dedup_keep=config.store.dedup_keep)
+                           max_result_bytes=config.store.max_result_bytes,
+                           foreign_keys=config.foreign_keys,
+                           extensions=[p for _, _, p in exts])
+        try:
+            self.fsm = FSM(self.db, dedup_keep=config.store.dedup_keep,
+                           settings=self.group_settings)
+        except SettingsMismatch:
+            self.db.close()
+            raise
         host, port = listen_addr(config.raft_addr)
         kw = dict(node_id=config.node_id, data_dir=config.raft_dir, raft_addr=f"{host}:{port}",
                   advertise_addr=config.raft_advertise, http_addr=config.http_advertise,
@@ -94,6 +108,7 @@ class Node:
         self.app = None
         self._server = None
         self._join_task = None
+        self._record_task = None
         self._started = False
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -122,9 +137,14 @@ class Node:
             await self.raft.bootstrap([Member(cfg.node_id, cfg.raft_advertise,
                                               cfg.http_advertise, True)])
             log.info("bootstrapped a new group as %s", cfg.node_id)
+            # the group's settings are its first entry, before any client write
+            await self._record_settings(once=True)
         await self.sharding.start()
         await self._serve_http()
         self._started = True
+        # A group formed otherwise (or before the record existed) gets it from whichever
+        # member leads; members that find it recorded stop looking.
+        self._record_task = asyncio.get_running_loop().create_task(self._record_settings())
         if join and not shard_new:
             if fresh:
                 await self._join(join)
@@ -143,7 +163,34 @@ class Node:
         self._server = await start_server(self.app, host, port, ssl=self.config.tls.http_server)
         log.info("HTTP API on %s:%d (advertised %s)", host, port, self.config.http_advertise)
 
+    async def _record_settings(self, once=False):
+        """Propose ``settings.record`` (group_settings.py) while this member leads and the
+        group has none; ``once``: right after a bootstrap, waiting up to 10 s to lead."""
+        from raftsqlite.group_settings import RECORD_OP
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            try:
+                if self.fsm.recorded_settings() is not None:
+                    return
+                if self.raft.is_leader:
+                    await self.store.system([(RECORD_OP, self.group_settings.encode())])
+                    return
+            except SettingsMismatch:
+                raise
+            except (RaftSQLiteError, OSError) as e:
+                log.info("recording the group settings: %s (will retry)", e)
+            except Exception as e:   # noqa: BLE001 - the database may be closing
+                log.info("recording the group settings: %r", e)
+                if not once:
+                    return
+            if once and loop.time() > deadline:
+                return
+            await asyncio.sleep(0.05 if once else 1.0)
+
     async def stop(self):
+        if self._record_task is not None:
+            self._record_task.cancel()
         if self._join_task is not None:
             self._join_task.cancel()
         try:
@@ -175,6 +222,8 @@ class Node:
                 "http_addr": cfg.http_advertise, "voter": cfg.voter}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.join_timeout
+        from raftsqlite.group_settings import HEADER
+        settings_hdr = {HEADER: self.group_settings.encode().decode()}
         delay, last = 0.1, "no attempt"
         tls_failed = {}
         tls = cfg.tls
@@ -191,11 +240,16 @@ class Node:
                     fresh = self.raft.last_log_index == 0 and self.raft.last_snapshot_index == 0
                     url = _url(a, "/join?fresh" if fresh else "/join", tls.scheme)
                     try:
-                        async with s.post(url, json=body, **name) as r:
+                        async with s.post(url, json=body, headers=settings_hdr,
+                                          **name) as r:
                             text = await r.text()
                             if r.status == 200:
                                 log.info("joined through %s", a)
                                 return
+                            if r.status == 409 and "settings_mismatch" in text:
+                                # the group applies the log otherwise (group_settings.py):
+                                # retrying cannot help
+                                raise SettingsMismatch(_error_text(text))
                             last = f"{url}: HTTP {r.status} {text[:200]}"
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                         last = f"{url}: {type(e).__name__} {e}"
@@ -223,11 +277,20 @@ class Node:
     def stats(self) -> dict:
         s = self.store.stats()
         s["sharding"] = self.sharding.stats()
+        s["group_settings"] = s["fsm"].pop("group_settings", None)
         s["node"] = {"node_id": self.config.node_id, "shard": self.config.shard,
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
                      "data_dir": os.path.abspath(self.config.data_dir)}
         return s
+
+
+def _error_text(text):
+    try:
+        import orjson
+        return str(orjson.loads(text).get("error") or text)
+    except Exception:  # noqa: BLE001 - not our JSON shape: show it as it came
+        return text[:500]
 
 
 def _url(addr, path, scheme="http"):

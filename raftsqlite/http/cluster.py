@@ -209,6 +209,10 @@ def blueprint():
         ctx = request.app.ctx
         p = QueryParams(request.query_string)
         node_id, raft_addr, http_addr, voter = parse_join(request.body)
+        # -fk / -extensions-path must match the group's (group_settings.py): refused here,
+        # on any member (they all have the group's), before the leader adds it
+        from raftsqlite.group_settings import HEADER, check_joiner
+        check_joiner(getattr(ctx.node, "group_settings", None), request.headers.get(HEADER))
         # ``fresh``: the joiner's data dir is empty (a wiped member comes back)
         kw = {"fresh": True} if p.raw.get("fresh") in ("", "true", "1") else {}
         res = await fwd.on_leader(

@@ -33,6 +33,7 @@ STATUS = (
     (errors.BadRequest, 400),            # includes StatementRefused, RoutingRefused
     (errors.DecodeError, 400),
     (errors.EncodeError, 400),
+    (errors.SettingsMismatch, 409),     # a joiner's -fk/-extensions-path differ
     (errors.ConfigError, 400),
     (errors.NotFound, 404),
     (errors.Unauthorized, 401),          # -auth: bad credentials or a missing permission
