@@ -25,7 +25,9 @@ from raftsqlite import errors
 from raftsqlite.client import Client
 from raftsqlite.http import cluster, metrics, rqlite, seed, wire
 from raftsqlite.http.auth import AppAuth
-from raftsqlite.http.fastpath import FastHttpProtocol, routes as fast_routes
+from raftsqlite.http.cors import Cors
+from raftsqlite.http.fastpath import CorsFastHttpProtocol, FastHttpProtocol, \
+    routes as fast_routes
 from raftsqlite.http.backend import HTTPConfig, StoreSQL
 from raftsqlite.http.queue import WriteQueue
 
@@ -101,6 +103,9 @@ class AppContext:
         self.fast_routes = fast_routes(*fast)
         if self.auth is not None:
             self.fast_routes = self.auth.fast_routes(self.fast_routes)
+        # -http-allow-origin (cors.py): None when off, and then nothing of it runs
+        self.cors = Cors(settings.allow_origin, self.auth is not None) \
+            if settings.allow_origin else None
         self.started_wall = time.time()
         self.bind_addr = None
 
@@ -148,6 +153,7 @@ class AppContext:
             "queue": self.queue.stats(),
             "client": self.client.stats() if self.client is not None else {},
             **({"auth": self.auth.stats()} if self.auth is not None else {}),
+            **(self.cors.stats() if self.cors is not None else {}),
             "limits": {"max_body_bytes": self.settings.max_body_bytes,
                        "max_statements": self.settings.max_statements},
         }
@@ -189,6 +195,8 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
         route.extra.ignore_body = False
     if app.ctx.auth is not None:
         app.on_request(app.ctx.auth.check_request)
+    if app.ctx.cors is not None:
+        app.on_response(app.ctx.cors.on_response)
     app.exception(Exception)(_on_error)
     app.exception(asyncio.CancelledError)(_on_cancelled)
 
@@ -226,6 +234,10 @@ def create_app(node, *, name=None, manage_node=False, settings=None):
 async def _on_error(request, exc):
     """The one exception -> response mapping (see wire.STATUS)."""
     ctx = request.app.ctx
+    if ctx.cors is not None and request.method == "OPTIONS" \
+            and getattr(exc, "status_code", 0) in (404, 405):
+        # no route takes OPTIONS: a CORS preflight, answered as rqlite does (cors.py)
+        return ctx.cors.preflight()
     if isinstance(exc, errors.RaftSQLiteError):
         resp = wire.exception_response(exc)
         ctx.counters[f"status_{resp.status}"] += 1
@@ -267,7 +279,8 @@ async def start_server(app, host, port, *, backlog=1024, ssl=None):
     to serve HTTPS (the fast lane works the same: it sees decrypted bytes)."""
     srv = await app.create_server(host=host, port=port, backlog=backlog,
                                   return_asyncio_server=True, access_log=False,
-                                  protocol=FastHttpProtocol, ssl=ssl)
+                                  protocol=FastHttpProtocol if app.ctx.cors is None
+                                  else CorsFastHttpProtocol, ssl=ssl)
     await srv.startup()
     await srv.before_start()
     await srv.after_start()

@@ -74,6 +74,9 @@ class HTTPConfig:
     nodes_probe_timeout: float = _f(5.0, "Default seconds /nodes waits for each member.")
     spool_dir: str = _f("", "Where /db/load and /db/backup spool files (default: the "
                             "node's data dir, else the system temp dir).")
+    allow_origin: str = _f("", "Access-Control-Allow-Origin sent on every response, and "
+                               "OPTIONS answered 200 (CORS, as rqlite's "
+                               "-http-allow-origin); '' = off.")
 
     def __post_init__(self):
         for f in fields(self):
