@@ -203,3 +203,68 @@ def test_load_defers_checks_to_its_end(tmp_path):
     assert "error" not in str(res), res
     assert rows(f, "SELECT count(*) FROM c") == [[2]]
     f.db.close()
+
+
+def test_flags_parse_into_the_config():
+    """-fk, -extensions-path (comma list) and -http-allow-origin reach NodeConfig and the
+    HTTP settings; an origin with a line break is refused (header injection)."""
+    from raftsqlite.cli import config_from_args
+    from raftsqlite.errors import ConfigError
+    from raftsqlite.http.backend import HTTPConfig
+    cfg, _ = config_from_args(["-fk", "-extensions-path", "a, b.zip", "-http-allow-origin",
+                               "https://x.example"])
+    assert cfg.foreign_keys is True and cfg.extensions_path == ("a", "b.zip")
+    assert HTTPConfig.from_node_config(cfg).allow_origin == "https://x.example"
+    cfg, _ = config_from_args([])
+    assert (cfg.foreign_keys, cfg.extensions_path, cfg.http_allow_origin) == (False, (), "")
+    with pytest.raises(ConfigError):
+        config_from_args(["-http-allow-origin", "x\r\nSet-Cookie: a=b"])
+
+
+def test_collect_extensions_from_dir_zip_and_targz(tmp_path):
+    """Each form of -extensions-path gives the same (name, sha256) set; subdirectories in
+    an archive, duplicate names and missing paths are clear errors."""
+    import hashlib
+    import tarfile
+    import zipfile
+    from raftsqlite.errors import ConfigError
+    from raftsqlite.group_settings import collect_extensions
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "one.so").write_bytes(b"ONE")
+    (d / "two.so").write_bytes(b"TWO")
+    z = tmp_path / "e.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("one.so", b"ONE")
+        zf.writestr("two.so", b"TWO")
+    t = tmp_path / "e.tar.gz"
+    with tarfile.open(t, "w:gz") as tf:
+        tf.add(d / "one.so", arcname="one.so")
+        tf.add(d / "two.so", arcname="two.so")
+    want = [("one.so", hashlib.sha256(b"ONE").hexdigest()),
+            ("two.so", hashlib.sha256(b"TWO").hexdigest())]
+    for src in (d, z, t):
+        got = collect_extensions([str(src)], str(tmp_path / "dest"))
+        assert [(n, h) for n, h, _ in got] == want
+        assert all(open(p, "rb").read() in (b"ONE", b"TWO") for _, _, p in got)
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("sub/one.so", b"ONE")
+    for paths, what in (([str(bad)], "subdirectories"), ([str(d), str(z)], "two extension"),
+                        ([str(tmp_path / "nope")], "does not exist")):
+        with pytest.raises(ConfigError) as e:
+            collect_extensions(paths, str(tmp_path / "dest"))
+        assert what in str(e.value)
+
+
+def test_join_check_names_both_settings():
+    """A joiner's settings that differ from the group's give a SettingsMismatch naming
+    both; equal ones (or none sent) pass."""
+    from raftsqlite.group_settings import check_joiner
+    group = GroupSettings(True, (("x.so", "ab" * 32),))
+    check_joiner(group, group.encode())
+    check_joiner(group, None)
+    with pytest.raises(SettingsMismatch) as e:
+        check_joiner(group, GroupSettings(False).encode())
+    msg = str(e.value)
+    assert "foreign keys enforced (-fk)" in msg and "x.so" in msg and "no extensions" in msg
