@@ -142,9 +142,6 @@ class Node:
         await self.sharding.start()
         await self._serve_http()
         self._started = True
-        # A group formed otherwise (or before the record existed) gets it from whichever
-        # member leads; members that find it recorded stop looking.
-        self._record_task = asyncio.get_running_loop().create_task(self._record_settings())
         if join and not shard_new:
             if fresh:
                 await self._join(join)
@@ -161,6 +158,11 @@ class Node:
         self.app = create_app(self, name=f"raftsqlite_{safe}")
         host, port = listen_addr(self.config.http_addr)
         self._server = await start_server(self.app, host, port, ssl=self.config.tls.http_server)
+        # A group formed without our bootstrap (or before the record existed) gets its
+        # settings record from whichever member leads; members that find it stop looking.
+        if self._record_task is None:
+            self._record_task = asyncio.get_running_loop().create_task(
+                self._record_settings())
         log.info("HTTP API on %s:%d (advertised %s)", host, port, self.config.http_advertise)
 
     async def _record_settings(self, once=False):
