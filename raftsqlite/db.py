@@ -511,6 +511,9 @@ class Database:
         conn = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO) \
             if path else apsw.Connection(self.path, flags=_RO)
         try:
+            if self.extensions:
+                # a table may use an extension's collation or virtual-table module
+                self._group_setup(conn)
             conn.execute("BEGIN")
             objs = self.user_objects(conn)
             if tables:

@@ -176,6 +176,14 @@ def test_extension_function_replicates(env):
     wait_for(lambda: everywhere(cl, "SELECT v FROM e") == [[[42]]] * 3, 20, "e replicated")
     st, body = execute(cl.leader().http, ["SELECT load_extension('x')"])
     assert "load_extension" in str(body)
+    # an -fk dump creates every table before any row (so it loads in any table order)
+    st, dump = call(cl.leader().http, "GET", "/db/backup?fmt=sql", raw=True)
+    assert st == 200, dump[:200]
+    lines = dump.decode().splitlines()
+    creates = [i for i, ln in enumerate(lines) if ln.startswith("CREATE TABLE")]
+    inserts = [i for i, ln in enumerate(lines) if ln.startswith("INSERT")]
+    assert len(creates) == 3 and max(creates) < min(inserts)
+    assert 'INSERT INTO "e" VALUES(42);' in lines
 
 
 def _refused(wd, argv_extra, join, name):
