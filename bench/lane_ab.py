@@ -1,6 +1,7 @@
 """A/B of the HTTP lane's CPU per request, in-process: two checkouts, alternating runs.
 
     python -m bench.lane_ab --a /path/to/baseline [--b .] [--rounds 12] [--n 20000]
+    python -m bench.lane_ab --a . --b . --b-origin https://x.example   # CORS off vs on
 
 Each run is a fresh process started in one checkout (its ``raftsqlite`` on
 ``PYTHONPATH``): the app with the in-memory fake store of tests/api, served on 127.0.0.1,
@@ -21,7 +22,7 @@ import subprocess
 import sys
 
 _CHILD = r"""
-import asyncio, json, sys, time
+import asyncio, json, os, sys, time
 import uvloop
 from raftsqlite.http import create_app, start_server, stop_server
 from raftsqlite.testing.procs import free_port
@@ -32,7 +33,12 @@ n, method, path, body = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3].enco
 
 async def main():
     cl = Cluster(); st = FakeStore(cl, "node1"); cl.leader_id = "node1"
-    app = create_app(FakeNode(st))
+    origin = os.environ.get("LANE_AB_ALLOW_ORIGIN")
+    if origin:      # -http-allow-origin on (B of --b-origin)
+        from raftsqlite.http.backend import HTTPConfig
+        app = create_app(FakeNode(st), settings=HTTPConfig(allow_origin=origin))
+    else:
+        app = create_app(FakeNode(st))
     port = free_port()
     srv = await start_server(app, "127.0.0.1", port)
     r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -64,9 +70,9 @@ WORKLOADS = {"read": ("GET", "/db/query?q=SELECT+1", ""),
              "write": ("POST", "/db/execute", '[["SELECT 1"]]')}
 
 
-def run_one(root, wl, n):
+def run_one(root, wl, n, origin=""):
     method, path, body = WORKLOADS[wl]
-    env = dict(os.environ, PYTHONPATH=root)
+    env = dict(os.environ, PYTHONPATH=root, LANE_AB_ALLOW_ORIGIN=origin)
     out = subprocess.run([sys.executable, "-c", _CHILD, str(n), method, path, body],
                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode:
@@ -83,15 +89,18 @@ def main(argv=None):
     ap.add_argument("--b", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--b-origin", default="", help="run B with -http-allow-origin set")
     a = ap.parse_args(argv)
     roots = {"A": os.path.abspath(a.a), "B": os.path.abspath(a.b)}
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; A={roots['A']} "
-          f"B={roots['B']}; {a.rounds} rounds x {a.n} requests", flush=True)
+          f"B={roots['B']}{' with allow_origin ' + a.b_origin if a.b_origin else ''}; "
+          f"{a.rounds} rounds x {a.n} requests", flush=True)
     res = {k: {w: [] for w in WORKLOADS} for k in roots}
     for r in range(a.rounds):
         for wl in WORKLOADS:
             for k in (("A", "B") if r % 2 == 0 else ("B", "A")):
-                res[k][wl].append(run_one(roots[k], wl, a.n))
+                res[k][wl].append(run_one(roots[k], wl, a.n,
+                                          a.b_origin if k == "B" else ""))
             print(f"round {r} {wl:<5} A {res['A'][wl][-1]:.2f} B {res['B'][wl][-1]:.2f} "
                   f"us/request", flush=True)
     summary = {}

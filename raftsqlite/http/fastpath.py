@@ -284,20 +284,29 @@ class FastHttpProtocol(HttpProtocol):
         self.state["requests_count"] = self.state.get("requests_count", 0) + 1
 
 
-_ALT = b"\r\nalt-svc: \r\n"
-
 
 class CorsFastHttpProtocol(FastHttpProtocol):
     """The fast lane with ``-http-allow-origin`` on (cors.py): its responses carry the
-    same CORS headers, at the place Sanic puts them (after alt-svc). A separate class so
-    that with the flag off the fast lane runs exactly as before."""
+    same CORS headers, where Sanic puts a response's own headers set before it adds
+    content-length (right after the status line), so both lanes send the same bytes. A
+    separate class so that with the flag off the fast lane runs exactly as before."""
 
     __slots__ = ()
 
     def _write_response(self, res):
         cors = self.app.ctx.cors
-        if type(res) is bytes:
-            res = res.replace(_ALT, _ALT + cors.lines, 1)
+        if type(res) is bytes:          # json_ok: a status line, then our lines
+            cut = res.index(b"\r\n") + 2
+            res = res[:cut] + cors.lines + res[cut:]
         elif isinstance(res, HTTPResponse):
-            cors.add(res)
+            status = res.status
+            if not res.headers and res.content_type == JSON_CT and 200 <= status < 600 \
+                    and status not in (204, 304):
+                # response_bytes' one-step form with our lines: adding them as headers
+                # sends it through Sanic's header code, +16 us per request (lane_ab)
+                body = res.body or b""
+                res = b"%b%b%b%d%b%b" % (_STATUSLINES[status], cors.lines,
+                                         b"content-length: ", len(body), _JSON_TAIL, body)
+            else:
+                cors.add(res)
         super()._write_response(res)

@@ -111,3 +111,35 @@ def test_with_auth_credentials_are_allowed():
     assert c.headers["Access-Control-Allow-Headers"] == "Content-Type, Authorization"
     assert c.headers["Access-Control-Allow-Credentials"] == "true"
     assert b"Access-Control-Allow-Credentials: true\r\n" in c.lines
+
+
+def test_fast_lane_prerendered_answer_gets_the_same_headers(cors_on):
+    """A handler's pre-rendered answer (fastpath.json_ok bytes) and the HTTPResponse it
+    stands for leave the CORS protocol as the same bytes, with the headers where Sanic
+    puts them (right after the status line)."""
+    from sanic.response import HTTPResponse
+    from raftsqlite.http.fastpath import CorsFastHttpProtocol, json_ok
+    from raftsqlite.http.wire import JSON_CT
+
+    class Tr:
+        def __init__(self):
+            self.out = []
+
+        def is_closing(self):
+            return False
+
+        def write(self, b):
+            self.out.append(bytes(b))
+
+    def written(res):
+        p = CorsFastHttpProtocol.__new__(CorsFastHttpProtocol)
+        p.app, p.transport, p.state = cors_on.app, Tr(), {}
+        p._write_response(res)
+        return p.transport.out[0]
+
+    body = b'{"results":[{}]}'
+    a = written(json_ok(body))
+    b = written(HTTPResponse(body, content_type=JSON_CT))
+    assert a == b
+    assert a.startswith(b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: " + ORIGIN.encode())
+    assert a.endswith(b"\r\n\r\n" + body)
