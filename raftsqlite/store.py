@@ -18,6 +18,7 @@ Membership, snapshots, backups and loads are in ``store_admin.StoreAdmin``, a ba
 import asyncio
 import collections
 import logging
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -614,7 +615,12 @@ class Store(StoreAdmin):
             "ready": self.ready(),
             "fsm_index": self.fsm.applied_index(),
             "db_applied_index": self.fsm.applied_index(),
-            "sqlite3": {"path": self.db.path, "size": self.db.file_size()},
+            "sqlite3": {"path": self.db.path, "size": self.db.file_size(),
+                        # rqlite's keys (its CLI reads fk_constraints before a backup)
+                        "fk_constraints": "enabled" if getattr(self.db, "foreign_keys", False)
+                        else "disabled",
+                        "extensions": [os.path.basename(p) for p in
+                                       getattr(self.db, "extensions", ())]},
             "members": [{"node_id": m.node_id, "raft_addr": m.raft_addr,
                          "http_addr": m.http_addr, "voter": m.voter} for m in self.members()],
             "group_commit": {"batches": self.counters["write_batches"],

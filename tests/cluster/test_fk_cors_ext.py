@@ -145,6 +145,7 @@ def test_status_shows_the_group_settings(env):
         gs = s["group_settings"]
         assert gs["recorded"] == gs["local"] and gs["local"]["foreign_keys"] is True
         assert s["db"]["fk_constraints"] == "enabled"
+        assert s["store"]["sqlite3"]["fk_constraints"] == "enabled"     # rqlite's key
         if ext:
             assert [e["name"] for e in gs["local"]["extensions"]] == ["twice.so"]
             assert len(gs["local"]["extensions"][0]["sha256"]) == 64
@@ -205,6 +206,11 @@ def test_member_without_fk_is_refused_at_join(env):
     assert "foreign keys enforced (-fk)" in out and "foreign keys not enforced" in out, out
     if ext:
         assert "twice.so" in out
+    if ext:
+        # -fk alone is not enough: the extension set is part of the group's settings
+        out = _refused(wd, ["-fk", "-join-timeout", "30"], [cl.nodes[0].http], "noext")
+        assert "the group has foreign keys enforced (-fk), extensions twice.so" in out, out
+        assert "the joining node has foreign keys enforced (-fk), no extensions" in out, out
     assert len(cl.leader().status()["store"]["members"]) == 3
 
 
