@@ -99,6 +99,11 @@ def collect_extensions(paths, dest_dir):
     .tar.gz (their files; subdirectories refused), or one file. Every extension file is
     copied into ``dest_dir`` (emptied first, as rqlite does), so the node loads exactly
     what it hashed. -> [(name, sha256, path in dest_dir)] sorted by name."""
+    dest = os.path.realpath(dest_dir)
+    for p in paths:
+        if os.path.realpath(p) == dest or os.path.realpath(p).startswith(dest + os.sep):
+            raise ConfigError(f"-extensions-path: {p} is inside {dest_dir}, which the node "
+                              f"empties at start; keep the extensions elsewhere")
     if os.path.isdir(dest_dir):
         shutil.rmtree(dest_dir)
     os.makedirs(dest_dir)

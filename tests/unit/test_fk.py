@@ -251,7 +251,8 @@ def test_collect_extensions_from_dir_zip_and_targz(tmp_path):
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("sub/one.so", b"ONE")
     for paths, what in (([str(bad)], "subdirectories"), ([str(d), str(z)], "two extension"),
-                        ([str(tmp_path / "nope")], "does not exist")):
+                        ([str(tmp_path / "nope")], "does not exist"),
+                        ([str(tmp_path / "dest")], "empties at start")):
         with pytest.raises(ConfigError) as e:
             collect_extensions(paths, str(tmp_path / "dest"))
         assert what in str(e.value)
