@@ -124,11 +124,12 @@ def too_large(max_bytes):
             "page through the rows (WHERE key > last key ORDER BY key LIMIT n)")
 
 
-def run_statement(conn, sql, params=None, max_bytes=0):
+def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
     """Run one SQL text on ``conn``; return a neutral result dict:
     write -> {"last_insert_id", "rows_affected"}; read -> {"columns", "types", "values"};
     failure -> {"error"}; always "time" (seconds). Never raises for SQL errors.
-    ``max_bytes`` > 0 bounds a read's rows (``fetch_more_bounded``)."""
+    ``max_bytes`` > 0 bounds a read's rows (``fetch_more_bounded``). ``fresh``: bypass
+    the statement cache (a newly prepared statement)."""
     t0 = time.perf_counter()
     desc = None
 
@@ -143,7 +144,9 @@ def run_statement(conn, sql, params=None, max_bytes=0):
     try:
         cur = conn.cursor()
         cur.exec_trace = trace
-        if params is None:
+        if fresh:
+            cur.execute(sql, params, can_cache=False)
+        elif params is None:
             cur.execute(sql)
         else:
             cur.execute(sql, params)
