@@ -22,7 +22,7 @@ import apsw
 
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
-from raftsqlite.db_exec import (_BAD_PARAMS, _Access, run_many, run_many_recorded,
+from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
                                  run_many_unreported, run_statement)
 from raftsqlite.db_shapes import insert_shape, quote_ident
 
@@ -98,6 +98,8 @@ class Database:
         # The apply budget (see set_step_budget) and the inline-apply deadline, both
         # enforced by the writer's progress handler on user statements only.
         self.step_budget = 0
+        self._result_bound = 0        # rows a write's statements may return (bytes; 0 = any)
+        self.result_refused = None    # the error, once a write's rows passed that bound
         self._budget_calls = 0        # progress calls a request may make (0 = no limit)
         self._calls = 0
         self.budget_tripped = False
@@ -177,6 +179,11 @@ class Database:
         self.budget_tripped = False
         self._budget_calls = max(1, steps // PROGRESS_STEPS) if steps > 0 else 0
 
+    def set_result_bound(self, max_bytes):
+        """The current entry's bound on the rows a write request's statements return
+        (RETURNING): the leader's -max-result-bytes, carried in the entry (0 = none)."""
+        self._result_bound = max_bytes if max_bytes > 0 else 0
+
     def budget_begin(self):
         """A request (or a run of one-statement requests) starts: its count starts at 0.
 
@@ -190,6 +197,7 @@ class Database:
         with fresh statements, whose count is the same on every member."""
         self._calls = 0
         self.budget_tripped = False
+        self.result_refused = None
 
     def set_apply_deadline(self, deadline):
         """``time.monotonic()`` after which user statements are interrupted (an inline
@@ -268,7 +276,16 @@ class Database:
         """Run a client statement on the writer (inside the apply transaction).
         ``fresh``: prepare it anew instead of taking it from the statement cache, so its
         step count (``budget_begin``) is exact."""
-        return run_statement(self.writer, sql, params, self.max_result_bytes, fresh)
+        r = run_statement(self.writer, sql, params, self._result_bound, fresh)
+        if self._result_bound and "error" in r and r["error"].startswith(TOO_LARGE):
+            # The statement's changes are made by then (RETURNING runs the whole write
+            # first): the state machine undoes the request rather than answer an error
+            # for a write that was applied.
+            self.result_refused = (
+                f"request not applied: a statement returned more than "
+                f"{self._result_bound:,} bytes of rows (the leader's -max-result-bytes); "
+                "return fewer columns or rows (e.g. RETURNING id), or split the write")
+        return r
 
     def run_user_many(self, sql, params_list, out, stop_on_error=False):
         """Run one SQL text (known to return no rows: a previous execution of it gave a

@@ -118,8 +118,12 @@ def fetch_more_bounded(cur, rows, max_bytes):
         rows.extend(chunk)
 
 
+TOO_LARGE = "result too large"
+
+
 def too_large(max_bytes):
-    return (f"result too large: more than {max_bytes >> 20} MiB of row data (the node's "
+    size = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes:,} bytes"
+    return (f"{TOO_LARGE}: more than {size} of row data (the node's "
             "max_result_bytes); nothing is returned. Add a LIMIT, select fewer columns, or "
             "page through the rows (WHERE key > last key ORDER BY key LIMIT n)")
 

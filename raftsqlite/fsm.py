@@ -150,6 +150,7 @@ class FSM:
         self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
                          "single_runs": 0, "over_budget": 0, "budget_recounts": 0,
+                         "result_refused": 0,
                          "deadline_undone": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
         # One observation per apply() call that applied something (GET /metrics)
@@ -243,6 +244,7 @@ class FSM:
             self._applied, self._applied_term = last.index, last.term
             self.db.set_entry_context(0, 0, None)
             self.db.set_step_budget(0)
+            self.db.set_result_bound(0)
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
@@ -256,7 +258,11 @@ class FSM:
         fresh ones (exact count); those already counted exactly are refused."""
         steps = self.db.step_budget
         for k in keys:
-            if k in exact:
+            if self.db.result_refused:
+                # the size of rows is the same on every member: no recount needed
+                poisoned[k] = self.db.result_refused
+                self.counters["result_refused"] += 1
+            elif k in exact:
                 poisoned[k] = budget_error(steps)
                 self.counters["over_budget"] += 1
             else:
@@ -373,7 +379,8 @@ class FSM:
         rw = self.results_wanted
         self._want = rw is None or rw(e.index)
         self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
-        self.db.set_step_budget(_steps(cmd.ops))
+        self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP))
+        self.db.set_result_bound(_op_int(cmd.ops, RESULT_OP))
         if t == CommandType.EXECUTE:
             out, added = [], 0
             self._first_seq = None
@@ -413,7 +420,7 @@ class FSM:
             return {"index": e.index, "results": [
                 self._system_op(e, n, a, (pos, "op", k)) if (pos, "op", k) not in poisoned
                 else {"error": f"system op {n} ended the transaction; it was undone"}
-                for k, (n, a) in enumerate(cmd.ops) if n != CLOCK_OP and n != STEPS_OP]}, 0
+                for k, (n, a) in enumerate(cmd.ops) if n not in _LIMIT_OPS]}, 0
         return {"index": e.index, "results": []}, 0
 
     def _execute_request(self, req, poisoned, key, exact=False):
@@ -445,7 +452,7 @@ class FSM:
                 failed = self._run_fast(req.statements, txn, key, results, rid)
             else:
                 failed = self._run_slow(req.statements, txn, key, results, exact)
-            if db.budget_tripped or db.deadline_passed:
+            if db.budget_tripped or db.deadline_passed or db.result_refused:
                 raise _OverBudget([key])
             self.counters["statements"] += (results.total() if type(results) is InsertRun
                                             else len(results))
@@ -555,7 +562,7 @@ class FSM:
                     bad = k + len(got) - 1 if got and "error" in got[-1] else k + len(got)
                     raise _TxnLost((pos, todo[bad][0]))
                 k += len(got)   # stop: an error on the last one; go on after it
-        if db.budget_tripped or db.deadline_passed:
+        if db.budget_tripped or db.deadline_passed or db.result_refused:
             raise _OverBudget([(pos, ri) for ri, _, _ in todo])
         out.extend(results)
         return j, added
@@ -745,6 +752,8 @@ class FSM:
 
 CLOCK_OP = "clock"
 STEPS_OP = "steps"
+RESULT_OP = "rbytes"
+_LIMIT_OPS = (CLOCK_OP, STEPS_OP, RESULT_OP)
 
 
 def clock_op(ms):
@@ -758,9 +767,15 @@ def steps_op(steps):
     return (STEPS_OP, int(steps).to_bytes(8, "big"))
 
 
-def _steps(ops):
+def result_op(max_bytes):
+    """The op that carries the proposing leader's -max-result-bytes: the bound on rows a
+    write request's statements return (RETURNING), the same on every member."""
+    return (RESULT_OP, int(max_bytes).to_bytes(8, "big"))
+
+
+def _op_int(ops, op):
     for name, args in ops:
-        if name == STEPS_OP and len(args) == 8:
+        if name == op and len(args) == 8:
             return int.from_bytes(args, "big")
     return 0
 

@@ -28,7 +28,7 @@ from raftsqlite.codec.model import (BulkStatements, Command, CommandType, Insert
                                     Statement)
 from raftsqlite.config import StoreConfig
 from raftsqlite.db import ReadCancel
-from raftsqlite.fsm import clock_op, steps_op
+from raftsqlite.fsm import clock_op, result_op, steps_op
 from raftsqlite.raft import trace
 from raftsqlite.store_admin import StoreAdmin
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotLeader,
@@ -51,8 +51,9 @@ class Store(StoreAdmin):
         self.fsm = fsm
         self.db = db
         self.config = config or StoreConfig()
-        # every write entry carries this leader's write budget (fsm.py, "The write budget")
-        self._steps_op = steps_op(self.config.max_apply_steps)
+        # every write entry carries this leader's limits (fsm.py, "The write budget")
+        self._limit_ops = [steps_op(self.config.max_apply_steps),
+                           result_op(self.config.max_result_bytes)]
         self.node_id = node_id
         self.voter = voter
         if encode is None:
@@ -325,7 +326,8 @@ class Store(StoreAdmin):
         no task per batch, the outcome arrives in ``_batch_done``."""
         try:
             data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
-                                        [clock_op(self.db.clock_now_ms()), self._steps_op]))
+                                        [clock_op(self.db.clock_now_ms()),
+                                         *self._limit_ops]))
         except (EncodeError, ValueError, TypeError, OverflowError) as exc:
             if len(batch) == 1:
                 self._batch_failed(batch, exc)
@@ -451,7 +453,7 @@ class Store(StoreAdmin):
             g = bytes(guard) if guard is not None else None
             res = await self._propose_one(
                 Command(CommandType.QUERY, [Request(runnable, bool(transaction), None, g)],
-                        [clock_op(self.db.clock_now_ms()), self._steps_op]), timeout)
+                        [clock_op(self.db.clock_now_ms()), *self._limit_ops]), timeout)
             self.counters["reads_strong"] += 1
             if g is not None and runnable and len(res["results"][0]) == 1:
                 _raise_guard_refusal(res["results"][0][0])

@@ -11,7 +11,7 @@ import pytest
 from raftsqlite.codec import encode_command
 from raftsqlite.codec.model import Command, CommandType, Entry, EntryType, Request, Statement
 from raftsqlite.db import PROGRESS_STEPS, Database
-from raftsqlite.fsm import FSM, clock_op, steps_op
+from raftsqlite.fsm import FSM, clock_op, result_op, steps_op
 
 RUNAWAY = ("INSERT INTO t SELECT count(*) FROM (WITH RECURSIVE c(x) AS "
            "(SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c)")
@@ -205,3 +205,26 @@ def test_inline_apply_past_its_deadline_is_undone(fsm):
     quick = ex(3, req("INSERT INTO t VALUES (2)"))
     assert fsm.apply_bounded([quick], 1.0)[0]["results"][0][0]["rows_affected"] == 1
     assert fsm.counters["deadline_undone"] == 1
+
+
+def test_write_whose_returning_rows_are_too_large_is_not_applied(fsm):
+    """RETURNING rows past the entry's bound: the request answers an error and its
+    changes are undone (they were made before the rows came back), so the answer never
+    says error for a write that stayed. Without the bound in the entry it is applied."""
+    fsm.apply([ex(2, req("INSERT INTO t(a) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+                         "SELECT x+1 FROM c LIMIT 50) SELECT zeroblob(1000) FROM c"))])
+    big = req("INSERT INTO r VALUES (1, 1)", "UPDATE t SET a = zeroblob(2000) RETURNING a")
+    e = Entry(1, 3, EntryType.NORMAL, encode_command(Command(
+        CommandType.EXECUTE, [big, req("INSERT INTO r VALUES (2, 2)")],
+        [clock_op(Database.clock_now_ms()), result_op(20_000)])))
+    out = fsm.apply([e])[0]["results"]
+    assert "returned more than 20,000 bytes of rows" in out[0][0]["error"]
+    assert out[1][0]["rows_affected"] == 1
+    assert rows(fsm, "SELECT sum(length(a)) FROM t") == [[50_000]]
+    assert rows(fsm, "SELECT n FROM r") == [[2]]
+    small = req("UPDATE t SET a = 1 WHERE rowid <= 3 RETURNING rowid")
+    e = Entry(1, 4, EntryType.NORMAL, encode_command(Command(
+        CommandType.EXECUTE, [small], [result_op(20_000)])))
+    assert fsm.apply([e])[0]["results"][0][0]["values"] == [[1], [2], [3]]
+    out = fsm.apply([ex(5, req("UPDATE t SET a = zeroblob(2000) RETURNING a"))])[0]["results"]
+    assert len(out[0][0]["values"]) == 50
