@@ -24,6 +24,25 @@ STATE_PRAGMAS = frozenset({
 })
 
 
+# SQL functions whose value is the connection's recent history (the previous statement's
+# changes, the last rowid inserted, changes since the connection opened), not the
+# database's. See uses_connection_state.
+_CONN_STATE_FN = re.compile(r"\b(?:total_changes|changes|last_insert_rowid)\s*\(", re.I)
+_conn_state_cache = {}
+
+
+def uses_connection_state(sql: str) -> bool:
+    """Whether ``sql`` calls changes(), total_changes() or last_insert_rowid(). The apply
+    path then starts its request from a reset connection (``Database.reset_conn_state``),
+    so every member computes them alike, whatever ran on its writer before."""
+    got = _conn_state_cache.get(sql)
+    if got is None:
+        if len(_conn_state_cache) > 4096:
+            _conn_state_cache.clear()
+        got = _conn_state_cache[sql] = _CONN_STATE_FN.search(sql) is not None
+    return got
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
