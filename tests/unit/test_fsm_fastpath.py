@@ -295,9 +295,9 @@ def test_runs_of_single_statement_requests_are_used(tmp_path):
     calls = []
     real = db_mod.Database.run_user
 
-    def counting(self, sql, params=None):
+    def counting(self, sql, params=None, *rest):
         calls.append(sql)
-        return real(self, sql, params)
+        return real(self, sql, params, *rest)
     db_mod.Database.run_user = counting
     try:
         reqs = [Request([Statement("INSERT INTO p(k, v) VALUES (?, ?)", [i, "x"])])
@@ -423,9 +423,9 @@ def test_runs_of_requests_with_ids_are_used(tmp_path):
     calls = []
     real = db_mod.Database.run_user
 
-    def counting(self, sql, params=None):
+    def counting(self, sql, params=None, *rest):
         calls.append(sql)
-        return real(self, sql, params)
+        return real(self, sql, params, *rest)
     reqs = [Request([Statement("INSERT INTO p(k, v) VALUES (?, ?)", [i, "x"])],
                     request_id=b"id%d" % i) for i in range(20)]
     db_mod.Database.run_user = counting
