@@ -557,6 +557,10 @@ class ShardingService:
                 b = await self._fetch_catalog(-1, 0)
                 break
             except errors.RaftSQLiteError as e:
+                why = await _tls_refusal(cfg, self.seeds, e)
+                if why:     # a refused certificate does not heal by retrying
+                    raise errors.ConfigError(f"cannot read the catalog through "
+                                             f"{', '.join(self.seeds)}: {why}") from None
                 if asyncio.get_running_loop().time() > deadline:
                     raise errors.Unavailable(f"cannot read the catalog through "
                                              f"{', '.join(self.seeds)}: {e}") from None
@@ -802,6 +806,18 @@ def _needs_push(have, want):
 
 __all__ = ["ShardingService", "NodeGroupExecutor", "RouterSQL", "error_from", "dump_results",
            "load_results", "unb64"]
+
+
+async def _tls_refusal(cfg, addrs, exc):
+    """Why every one of ``addrs`` refuses this node's certificate (or this node theirs),
+    or None when the failure ``exc`` may be transient (tlsconf.refused)."""
+    tls = getattr(cfg, "tls", None)
+    if tls is None or not tls.enabled or not addrs:
+        return None
+    from raftsqlite.client import base_url
+    whys = [await tls.refused(base_url(a, tls.scheme) + "/shard/catalog", exc.__cause__ or exc)
+            for a in addrs]
+    return "; ".join(f"{a}: {w}" for a, w in zip(addrs, whys)) if all(whys) else None
 
 
 def _tls_kw(node):

@@ -272,6 +272,39 @@ def test_node_with_wrong_ca_cannot_join(group, tmp_path):
     assert st == 200 and res["results"][0].get("rows_affected") == 1, res
 
 
+@pytest.mark.parametrize("kind,shard", [("cert", None), ("cert", "shard9"), ("all", "shard9")])
+def test_node_whose_certificate_the_group_refuses_fails_fast(group, tmp_path, kind, shard):
+    """Invariant: a node presenting a certificate of another CA is refused by the members
+    (under TLS 1.3 only after its own handshake completed, as a dropped connection), and
+    one trusting another CA refuses theirs. Neither heals by retrying: the node, a
+    default-group member joining or a shard node reading the catalog, exits well before
+    -join-timeout with an error naming the refusal and the verification error, and the
+    group is unaffected."""
+    import time
+    flags = group.files.node_flags(rogue_cert=kind == "cert", rogue=kind == "all")
+    rogue = NodeProc(str(tmp_path), "rogue2", free_port(), free_port(), [group.nodes[0].http],
+                     flags + ["-join-timeout", "60"] + (["-shard", shard] if shard else []))
+    t0 = time.monotonic()
+    rogue.start()
+    try:
+        rc = rogue.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        rogue.kill()
+        raise AssertionError("the rogue node kept retrying: " + rogue.tail())
+    out = rogue.tail()
+    assert rc != 0 and time.monotonic() - t0 < 30, (rc, out)
+    if kind == "cert":
+        assert "refused this node's certificate" in out, out
+        assert "unable to get local issuer certificate" in out, out  # named by own_check
+    else:
+        assert "rejected the peer's certificate" in out, out
+    if shard:
+        assert "catalog" in out, out
+    lead = group.leader()
+    assert sorted(m["node_id"] for m in group.status(lead)["store"]["members"]) == \
+        sorted(n.node_id for n in group.nodes)
+
+
 def test_new_member_catches_up_from_a_snapshot_over_tls(group):
     """Invariant: after enough writes that the leader compacted its log, a new member
     joining over TLS restores the leader's snapshot streamed on the TLS Raft connection
