@@ -375,3 +375,36 @@ def test_sharded_insert_and_select_with_node_tls(group):
     assert st == 200, dump
     text = dump.decode() if isinstance(dump, bytes) else str(dump)
     assert "'seven'" in text, text[-2000:]
+
+
+def test_shell_and_rebalance_over_mutual_tls(group, capsys):
+    """Invariant: ``raft-sqlite shell`` with rqlite shell's client flags (-c CA, -d client
+    certificate, -k key) works against a -http-verify-client node (writes, then reads
+    them back); without the client certificate it fails with exit 1 and an error, not a
+    hang; ``raft-sqlite rebalance`` with the same flags gets the node's own answer (an
+    unknown table) where without them it cannot connect."""
+    import io
+
+    from raftsqlite.commands import shell
+    from raftsqlite.sharding import rebalance_cli
+    lead = group.leader()
+    host, port = lead.http.split("://")[-1].rsplit(":", 1)
+    ca, (cert, key) = group.files.ca[0], group.files.client
+    base = ["-H", host, "-p", port, "-s", "https", "-c", ca]
+    out = io.StringIO()
+    script = ("CREATE TABLE IF NOT EXISTS sh_tls (id INTEGER PRIMARY KEY, v TEXT)\n"
+              "INSERT INTO sh_tls VALUES (1, 'over-mtls')\nSELECT v FROM sh_tls\n")
+    rc = shell.main(base + ["-d", cert, "-k", key], stdin=io.StringIO(script), stdout=out)
+    assert rc == 0 and "over-mtls" in out.getvalue(), out.getvalue()
+    out = io.StringIO()
+    rc = shell.main(base, stdin=io.StringIO("SELECT 1\n"), stdout=out)
+    assert rc == 1 and "ERR!" in out.getvalue(), out.getvalue()
+    assert shell.main(base + ["-d", cert], stdin=io.StringIO(""), stdout=io.StringIO()) == 2
+    capsys.readouterr()
+    rc = rebalance_cli.main(["no_such_table", "--dry-run", "--host", lead.http,
+                             "-c", ca, "-d", cert, "-k", key])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no_such_table" in err and "cannot reach" not in err, err
+    rc = rebalance_cli.main(["no_such_table", "--dry-run", "--host", lead.http, "-c", ca])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach" in err, err
