@@ -2,6 +2,8 @@
 seam between the HTTP handlers and the router: the three SQL calls, and the backup and
 load seams (``backup.backup_for``, ``load.load_for``). Moved out of ``service.py``, which
 keeps the service itself (FSM wiring, catalog transport, executor)."""
+import time
+
 from raftsqlite import errors
 from raftsqlite.codec.model import BulkStatements
 from raftsqlite.sharding.backup import backup_for
@@ -30,6 +32,37 @@ class RouterSQL:
     def __init__(self, svc):
         self.svc = svc
         self.store = svc.node.store
+        self._default_seen = -1e9     # monotonic time the default group last answered
+
+    async def check_queue(self, statements):
+        """rqlite answers a queued write 503 when there is no leader to write it to, since
+        the write happens after the answer. The HTTP layer checks this node's own group;
+        on a shard node, statements that plan to the default group (unsharded tables,
+        DDL) need that group's leader too, or they were answered 200 and then lost. A
+        catalog read tells: a default member without a leader refuses to serve it. One
+        success covers a second of queued writes."""
+        svc = self.svc
+        if svc.is_default or not svc.catalog_loaded():
+            return
+        cat = svc.cache.current()
+        plan = self.router.planner.plan
+        try:
+            if type(statements) is BulkStatements:
+                to_default = plan(statements.sql, cat).kind == "default"
+            else:
+                to_default = any(plan(getattr(s, "sql", s), cat).kind == "default"
+                                 for s in statements)
+        except errors.RaftSQLiteError:
+            return      # the write itself will say why it cannot run
+        if not to_default or time.monotonic() - self._default_seen < 1.0:
+            return
+        try:
+            await svc.cache.refresh()
+        except svc.cache.UNREACHABLE as e:
+            raise errors.LeaderNotFound(
+                "leader not found: the default group, which holds the unsharded tables this "
+                f"write goes to, has no leader ({e}); nothing was queued") from None
+        self._default_seen = time.monotonic()
 
     @property
     def router(self):

@@ -206,8 +206,11 @@ def test_catalog_admin_from_any_member(cl):
 def test_shard_member_shows_its_cached_catalog_when_the_default_group_is_down(cl):
     """Invariant: with no default-group leader, a shard member still answers ``/tables``
     and ``/shards`` from its cached catalog, marked ``stale`` with the reason; with the
-    default group up the same answers carry no ``stale`` key. Runs last in the module:
-    it stops two of the three default members."""
+    default group up the same answers carry no ``stale`` key. And a queued write
+    (``?queue``) meant for the default group answers 503 leader_not_found on a default
+    member and on a shard member (rqlite's check; nothing is queued to be lost), while a
+    shard member still queues writes for its shards. Runs last in the module: it stops
+    two of the three default members."""
     sh = _shard_node(cl, "shard1").http_addr
     up_tables = _ok(call(sh, "GET", "/tables", timeout=20))
     up_shards = _ok(call(sh, "GET", "/shards", timeout=20))
@@ -232,3 +235,13 @@ def test_shard_member_shows_its_cached_catalog_when_the_default_group_is_down(cl
     assert [g["group"] for g in shards["shards"]] == [g["group"] for g in up_shards["shards"]]
     assert "shard1" in [g["group"] for g in shards["shards"]]
     assert time.monotonic() - t0 < 25
+    # rqlite answers a queued write 503 when no leader can write it; a shard member
+    # queued writes for the default group (unsharded tables, DDL) and lost them
+    for addr in (keep.http_addr, sh):
+        for stmts in ([["INSERT INTO plain_q VALUES (1)"]], [["CREATE TABLE q2 (id INTEGER)"]]):
+            st, body = call(addr, "POST", "/db/execute?queue", stmts, headers=JSON, timeout=20)
+            assert st == 503 and body["code"] == "leader_not_found", (addr, stmts, body)
+    # a sharded table's write from the shard member goes to the shards, which have leaders
+    st, body = call(sh, "POST", "/db/execute?queue&wait&timeout=10s",
+                    [["INSERT OR REPLACE INTO kv VALUES (5, 'queued')"]], headers=JSON, timeout=20)
+    assert st == 200 and "sequence_number" in body, body
