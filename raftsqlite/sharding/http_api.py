@@ -46,7 +46,11 @@ async def _elsewhere(request, rebalancer=False):
             raise svc.not_default_leader()
         return None
     except errors.NotLeader as e:
-        return await fwd.forward(request, QueryParams(request.query_string), e)
+        p = QueryParams(request.query_string)
+        if p.redirect and not _svc(request).is_default:
+            # one 301, to the leader itself (not to the member last reached)
+            e.leader_addr = await _svc(request).default_leader_addr() or e.leader_addr
+        return await fwd.forward(request, p, e)
 
 
 async def _catalog_view(svc):

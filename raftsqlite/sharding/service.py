@@ -563,6 +563,23 @@ class ShardingService:
                 pass
         return e
 
+    async def default_leader_addr(self):
+        """The default group's leader's HTTP address as one of its members says it now
+        (``GET /leader``), or None. For a 301 (``redirect``) from a node outside the
+        group: the member this node last reached may have lost the leadership since, and
+        a 301 to it would be followed by a second one."""
+        for a in self.group_addrs(DEFAULT_GROUP):
+            try:
+                r = await self.client.request("GET", a, "/leader", timeout=2.0)
+            except errors.RaftSQLiteError:
+                continue
+            if r.status == 200:
+                addr = orjson.loads(r.body).get("api_addr")
+                if addr:
+                    self.executor.leaders[DEFAULT_GROUP] = addr
+                    return addr
+        return None
+
     async def post_group(self, group, path, body, ctype="application/json", lean=False):
         """POST to a member of ``group`` (it forwards to its leader); the answer, or the
         error it carried. Unreachable members are skipped. ``lean``: over the routed
