@@ -18,6 +18,9 @@ default group only, so rows left on the shards vanish from every view but
    group), unfence what is left (the colocation survives when other tables share it),
    then with ``drop_rows`` drop the table on every shard group that had it.
 
+A move in progress on the colocation group is refused before step 1: moves are the only
+other source of fences, so lifting the whole keyspace's fence lifts only ours.
+
 Moving the rows back into the default group instead was considered and not done: it is
 a move whose target is not a shard (no ownership, no guard, no fence on the target), and
 the router would have to send writes to the default group at the switch. Deleting the
