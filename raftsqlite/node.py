@@ -199,8 +199,10 @@ class Node:
                             last = f"{url}: HTTP {r.status} {text[:200]}"
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                         last = f"{url}: {type(e).__name__} {e}"
-                        if isinstance(e, aiohttp.ClientSSLError):
-                            tls_failed[a] = str(e)
+                        why = await tls.refused(url, e) or (
+                            isinstance(e, aiohttp.ClientSSLError) and str(e))
+                        if why:     # a refused certificate or handshake: not transient
+                            tls_failed[a] = why
                     log.info("join attempt failed: %s", last)
                 if len(tls_failed) == len(addrs):
                     # A certificate problem does not heal by retrying: say so now.
