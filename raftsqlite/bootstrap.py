@@ -188,7 +188,14 @@ class AutoBootstrap:
                              _names(detail))
                     continue        # ask again at once: the others may have declared too
                 if action == "bootstrap":
-                    await node.raft.bootstrap([Member(m["node_id"], m["raft_addr"],
+                    raft = node.raft
+                    if raft.term > 0 or raft.last_log_index or raft.last_snapshot_index:
+                        # the others bootstrapped the same set first and their leader
+                        # already reached us: its entries are the ones ours would be
+                        log.warning("%s: the group of %s formed; its leader reached this "
+                                    "node first", cfg.node_id, _names(detail))
+                        return
+                    await raft.bootstrap([Member(m["node_id"], m["raft_addr"],
                                                       m["http_addr"], True) for m in detail])
                     log.warning("%s: bootstrapped the group of %s (-bootstrap-expect %d)",
                                 cfg.node_id, _names(detail), cfg.bootstrap_expect)
