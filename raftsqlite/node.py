@@ -91,6 +91,7 @@ class Node:
         from raftsqlite.bootstrap import blueprint as bootstrap_blueprint
         self.http_blueprints = [sharding_blueprint, bootstrap_blueprint]
         self.bootstrap_plan = None
+        self.autoboot = None
         # #7: the rebalance coordinator and its routes (default-group nodes only)
         from raftsqlite.sharding.rebalance_node import attach as attach_rebalancer
         attach_rebalancer(self)
@@ -121,7 +122,8 @@ class Node:
             await self._serve_http()
             self._started = True
             from raftsqlite.bootstrap import AutoBootstrap
-            await AutoBootstrap(self).run()
+            self.autoboot = AutoBootstrap(self)
+            await self.autoboot.run()
             return
         shard_new = False
         if cfg.shard and cfg.shard != "default":
@@ -256,6 +258,17 @@ class Node:
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
                      "data_dir": os.path.abspath(self.config.data_dir)}
+        if self.config.bootstrap_expect:
+            if self.bootstrap_plan is None:
+                from raftsqlite.bootstrap import load_plan
+                try:
+                    self.bootstrap_plan = load_plan(self.config.data_dir)
+                except RaftSQLiteError:
+                    pass
+            s["node"]["bootstrap"] = dict(
+                self.autoboot.stats() if self.autoboot else {},
+                expect=self.config.bootstrap_expect,
+                initial_members=[m["node_id"] for m in self.bootstrap_plan or ()])
         return s
 
 

@@ -95,6 +95,11 @@ def test_three_started_at_once_form_one_group(group_a):
         assert st == 200 and "error" not in json.dumps(body), body
         for n in nodes:
             wait_for(lambda n=n: _rows(n.http) == [[42]], 15, f"the row on {n.node_id}")
+        # the catalog sees one healthy default group (sharding works on top of it)
+        st, body = call(nodes[0].http, "GET", "/shards", timeout=5)
+        assert st == 200 and [g["group"] for g in body["shards"]] == ["default"], body
+        wait_for(lambda: call(nodes[1].http, "GET", "/shards", timeout=5)[1]["shards"][0]
+                 .get("health") == "ok", 15, "default group healthy")
         # each bootstrapped once, from the same declared set
         plans = {open(os.path.join(n.data, "bootstrap.json")).read() for n in nodes}
         assert len(plans) == 1
