@@ -125,6 +125,21 @@ def _add_rqlite_flags(p, flag):
                    help="data directory, as rqlited's positional argument (same as -data)")
 
 
+def _check_flag_names(parser, argv):
+    """Flags are taken by their full names only, as Go's flag package (rqlited) does:
+    argparse would read an rqlite flag we lack as an abbreviation of one of ours, or
+    '-http-foo' as '-h' with an argument, instead of naming it."""
+    known = parser._option_string_actions
+    for a in argv:
+        if a == "--":
+            break
+        name = a.split("=", 1)[0]
+        if a.startswith("-") and len(a) > 1 and name not in known \
+                and not a[1:].replace(".", "", 1).isdigit():
+            raise ConfigError(f"unknown flag {name} (not a raft-sqlite flag, nor one of "
+                              f"rqlite's that raft-sqlite takes; see raft-sqlite --help)")
+
+
 def _rqlite_settings(args, argv):
     """The NodeConfig fields set by rqlite's flags, and the positional data dir checked
     against -data."""
@@ -154,7 +169,9 @@ def _rqlite_settings(args, argv):
 
 def config_from_args(argv=None) -> NodeConfig:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _check_flag_names(parser, argv)
+    args = parser.parse_args(argv)
     extra = _rqlite_settings(args, argv)
     join = tuple(a.strip() for a in args.join.split(",") if a.strip())
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,

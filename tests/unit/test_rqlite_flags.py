@@ -116,7 +116,20 @@ def test_version_exits_zero(argv, capsys):
 
 def test_unknown_rqlite_flags_are_named():
     """A rqlite flag we do not support stops the process with a message naming it."""
-    for flag in ("-disco-mode", "-on-disk", "-raft-log-level"):
+    for flag in ("-disco-mode", "-on-disk", "-raft-log-level", "-http-x-unknown"):
         r = subprocess.run([sys.executable, "-m", "raftsqlite", flag, "x", "./d"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and flag in r.stderr, r.stderr
+
+
+def test_flags_by_full_name_only():
+    """Invariant: as with rqlited (Go's flag package), a flag is its full name: an
+    abbreviation, or an unknown '-h...' flag, is refused by name instead of being read as
+    one of ours (argparse's default would take '-max-infl' for -max-inflight and
+    '-http-x' for -h)."""
+    for argv in (["-max-infl", "3"], ["-http-x", "1"], ["--snapshot", "5"]):
+        with pytest.raises(ConfigError, match=f"unknown flag {argv[0]}"):
+            config_from_args(argv)
+    cfg, _ = config_from_args(["-max-inflight=3", "--batch-max", "9", "-bootstrap-expect",
+                               "1", "-join", "a:1", "-no-fsync"])
+    assert cfg.store.max_inflight == 3 and cfg.store.batch_max_requests == 9
