@@ -210,9 +210,6 @@ class Node:
                             last = f"{url}: HTTP {r.status} {text[:200]}"
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                         last = f"{url}: {type(e).__name__} {e}"
-                        if isinstance(e, aiohttp.ServerDisconnectedError):
-                            # rqlite 8 joins through the Raft port; ours is HTTP
-                            last += " (a Raft address? -join takes HTTP API addresses)"
                         if isinstance(e, aiohttp.ClientSSLError):
                             tls_failed[a] = str(e)
                     log.info("join attempt failed: %s", last)
@@ -228,6 +225,9 @@ class Node:
                 await asyncio.sleep(cfg.join_interval or delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
         tried = f"{rounds} attempt{'s' if rounds != 1 else ''}"
+        if "ServerDisconnectedError" in last:
+            # rqlite 8 joins through the Raft port; ours is HTTP
+            last += " (a Raft address? -join takes HTTP API addresses)"
         raise Unavailable(f"could not join through {', '.join(addrs)} ({tried} in at most "
                           f"{cfg.join_timeout:g}s; last error: {last})")
 
