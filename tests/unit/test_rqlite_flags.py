@@ -133,3 +133,20 @@ def test_flags_by_full_name_only():
     cfg, _ = config_from_args(["-max-inflight=3", "--batch-max", "9", "-bootstrap-expect",
                                "1", "-join", "a:1", "-no-fsync"])
     assert cfg.store.max_inflight == 3 and cfg.store.batch_max_requests == 9
+
+
+def test_join_attempts_bound_the_join(tmp_path):
+    """Invariant: -join-attempts N stops the join after N rounds (exit 1, saying how many),
+    long before -join-timeout; the pause between them is -join-interval."""
+    import time
+    from raftsqlite.testing.procs import free_port
+    dead = f"127.0.0.1:{free_port()}"          # nothing listens there
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "raftsqlite", "-node-id", "j",
+                        "-http-addr", f"127.0.0.1:{free_port()}",
+                        "-raft-addr", f"127.0.0.1:{free_port()}", "-join", f"http://{dead}",
+                        "-join-attempts", "3", "-join-interval", "300ms",
+                        str(tmp_path / "j")], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 1 and "3 attempts" in r.stderr, r.stderr
+    assert 0.6 <= took < 30
