@@ -10,6 +10,9 @@ included, cannot tell it ever belonged to a group: restart it with ``-join <a me
 (its join says its log is empty, so the leader removes and re-adds it and catches it up;
 ``Store.join``); started without ``-join`` it would begin a new group. A data dir whose Raft log is gone but whose database has applied entries is
 refused by the Raft driver at start ("the log was lost"), never bootstrapped.
+With ``-bootstrap-expect N`` a fresh node serves HTTP first and then forms the group
+together with the other N-1 (``bootstrap.py``; the safety argument is in
+docs/design/bootstrap.md); with a log it ignores that flag like any restarted node.
 
 Stop (SIGTERM): stop accepting HTTP -> Raft stop (a leader hands leadership over first)
 -> store and SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
