@@ -231,7 +231,11 @@ class AutoBootstrap:
                     return f"HTTP {r.status} {text[:120]}"
                 info = json.loads(text)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
-            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if isinstance(e, aiohttp.ServerDisconnectedError):
+                # rqlite 8 scripts list Raft addresses in -join; ours are HTTP ones
+                why += " (a Raft address? -join takes HTTP API addresses)"
+            return why
         if not isinstance(info, dict) or not info.get("node_id") or "fresh" not in info:
             return "not a raft-sqlite node (bad /notify answer)"
         return info

@@ -138,6 +138,11 @@ class NodeConfig(_Help):
         self._check_bootstrap()
 
     def _check_bootstrap(self):
+        own_raft = {join_key(self.raft_advertise), join_key(self.raft_addr)}
+        if any(join_key(a) in own_raft for a in self.join):
+            raise ConfigError(f"-join lists this node's own Raft address ({self.raft_addr}): "
+                              f"-join takes HTTP API addresses (rqlite 8 scripts list Raft "
+                              f"addresses there; use the -http-addr ports instead)")
         if self.join_attempts < 0 or self.join_interval < 0:
             raise ConfigError("join_attempts and join_interval must be >= 0")
         n = self.bootstrap_expect

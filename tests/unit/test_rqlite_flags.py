@@ -102,7 +102,9 @@ def test_bootstrap_expect_checks():
                       ("-bootstrap-expect 2 -join a:1,b:1 -shard s1", "default group"),
                       ("-bootstrap-expect -1 -join a:1", ">= 0"),
                       ("-join-attempts -1 -join a:1", ">= 0"),
-                      ("-join a:1 -join-timeout 0", "join_timeout > 0")]:
+                      ("-join a:1 -join-timeout 0", "join_timeout > 0"),
+                      ("-raft-addr 127.0.0.1:4002 -join 127.0.0.1:4001,http://127.0.0.1:4002",
+                       "own Raft address")]:
         with pytest.raises(ConfigError, match=why):
             config_from_args(argv.split())
 
