@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from raftsqlite.cli import _is_command, config_from_args, main
-from raftsqlite.config import join_key, parse_duration
+from raftsqlite.config import initial_addresses, join_key, parse_duration
 from raftsqlite.errors import ConfigError
 
 
@@ -95,9 +95,16 @@ def test_bootstrap_expect_checks():
     cfg, _ = config_from_args("-bootstrap-expect 1 -join a:1 -bootstrap-expect-timeout 2m"
                               .split())
     assert cfg.bootstrap_expect_timeout == 120.0
-    for argv, why in [("-bootstrap-expect 3 -join a:1,b:1", "exactly 3"),
-                      ("-bootstrap-expect 2 -join a:1,b:1,c:1", "exactly 2"),
-                      ("-bootstrap-expect 3", "exactly 3"),
+    # more addresses than N: the first N in sorted order are the initial members
+    cfg, _ = config_from_args("-bootstrap-expect 2 -join c:1,http://b:1,a:1".split())
+    assert initial_addresses(cfg.join, 2) == ["a:1", "http://b:1"]
+    pods = [f"rqlite-{i}.rqlite:4001" for i in (10, 2, 0, 1, 11)]
+    assert initial_addresses(pods, 3) == ["rqlite-0.rqlite:4001", "rqlite-1.rqlite:4001",
+                                          "rqlite-2.rqlite:4001"]
+    assert initial_addresses(["10.0.0.10:1", "10.0.0.9:2", "10.0.0.9:1"], 2) == \
+        ["10.0.0.9:1", "10.0.0.9:2"]
+    for argv, why in [("-bootstrap-expect 3 -join a:1,b:1", "at least 3"),
+                      ("-bootstrap-expect 3", "at least 3"),
                       ("-bootstrap-expect 2 -join a:1,http://A:1/", "twice"),
                       ("-bootstrap-expect 2 -join a:1,b:1 -shard s1", "default group"),
                       ("-bootstrap-expect -1 -join a:1", ">= 0"),
