@@ -147,6 +147,12 @@ class Database:
         conn.create_scalar_function("random", lambda: self._seeded().getrandbits(64) - (1 << 63),
                                     0, deterministic=False)
         conn.create_scalar_function("randomblob", self._randomblob, 1, deterministic=False)
+        # total_changes() counts from the request's start (reset_conn_state), not from
+        # when this member's connection opened
+        self._tc_base = 0
+        conn.create_scalar_function("total_changes",
+                                    lambda: conn.total_changes() - self._tc_base, 0,
+                                    deterministic=False)
         return conn
 
     def _randomblob(self, n):
@@ -178,6 +184,15 @@ class Database:
         self.step_budget = steps if steps > 0 else 0
         self.budget_tripped = False
         self._budget_calls = max(1, steps // PROGRESS_STEPS) if steps > 0 else 0
+
+    def reset_conn_state(self):
+        """Start a request from a known connection state: changes() and
+        last_insert_rowid() 0, total_changes() counting from here. What ran on the writer
+        before (the previous request, our own statements, where an apply call began)
+        differs between members, so a request that reads these must not see it."""
+        self.writer.set_last_insert_rowid(0)
+        self.internal("DELETE FROM _raftsqlite_meta WHERE 0")   # changes() = 0
+        self._tc_base = self.writer.total_changes()
 
     def set_result_bound(self, max_bytes):
         """The current entry's bound on the rows a write request's statements return
