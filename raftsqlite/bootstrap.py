@@ -103,7 +103,7 @@ def initial_set(infos):
                     "http_addr": i["http_addr"]} for i in infos), key=lambda m: m["node_id"])
 
 
-def decide(me, plan, answers, expect, voter=True, others=()):
+def decide(me, plan, answers, expect, voter=True, others=(), my_raft=None):
     """-> (action, detail). ``answers``: [(address, info dict or an error string)], one per
     initial address (``config.initial_addresses``); ``others``: the same for the rest of
     the -join list, looked at only to find an existing group; ``plan``: the set this node
@@ -139,6 +139,10 @@ def decide(me, plan, answers, expect, voter=True, others=()):
                         f"member once, and give every node its own -node-id")
     if me not in ids or not voter:
         return "wait", "not one of the initial members: waiting for them to form the group"
+    mine = next(i for i in infos if i["node_id"] == me)
+    if my_raft is not None and mine["raft_addr"] != my_raft:
+        return "wait", (f"another node ({mine['raft_addr']}) answers with this node's id "
+                        f"{me}: give every node its own -node-id")
     odd = [i for i in infos if not i["voter"] or i.get("bootstrap_expect") != expect]
     if odd:
         i = odd[0]
@@ -189,7 +193,8 @@ class AutoBootstrap:
                 answers = list(zip(initial + rest, got))
                 action, detail = decide(cfg.node_id, plan, answers[:len(initial)],
                                         cfg.bootstrap_expect, cfg.voter,
-                                        others=answers[len(initial):])
+                                        others=answers[len(initial):],
+                                        my_raft=cfg.raft_advertise)
                 if action == "declare":
                     save_plan(cfg.data_dir, detail)
                     plan = node.bootstrap_plan = detail

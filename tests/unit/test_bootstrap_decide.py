@@ -98,6 +98,9 @@ def test_mismatched_flags_and_duplicates_wait_with_a_reason():
     assert act == "wait" and "same flags" in why
     act, why = decide("a", None, answers(info("a"), info("b", voter=False), info("c")), 3)
     assert act == "wait" and "non-voter" in why
+    act, why = decide("a", None, answers(info("a"), info("b"), info("c")), 3,
+                      my_raft="elsewhere:2")
+    assert act == "wait" and "its own -node-id" in why
     act, why = decide("a", None, answers(info("a"), info("a"), info("c")), 3)
     assert act == "wait" and "two -join addresses" in why
 
