@@ -101,6 +101,15 @@ class NodeConfig(_Help):
     join_as: str = _f("", "User in the auth file whose credentials this node uses on its "
                           "own calls to other nodes (join, sharding, forwarding).")
     tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; default: none).")
+    # rqlite's join retry and automatic bootstrapping (docs/design/bootstrap.md)
+    join_attempts: int = _f(0, "Rounds of join attempts over the -join addresses before "
+                               "giving up (0 = until join_timeout; rqlite's -join-attempts).")
+    join_interval: float = _f(0.0, "Seconds between join rounds (0 = backoff from 0.1 s to "
+                                   "2 s; rqlite's -join-interval).")
+    bootstrap_expect: int = _f(0, "Form a new group once this many nodes at the -join "
+                                  "addresses are up (0 = off; rqlite's -bootstrap-expect).")
+    bootstrap_expect_timeout: float = _f(120.0, "Seconds to wait for -bootstrap-expect "
+                                                "nodes before the node gives up.")
     # -- fk8: rqlite's -fk, -extensions-path, -http-allow-origin (group_settings.py) --
     foreign_keys: bool = _f(False, "Enforce SQLite foreign key constraints (rqlite's -fk). "
                                    "A group setting: every member must have the same.")
@@ -138,6 +147,32 @@ class NodeConfig(_Help):
             raise ConfigError("http_allow_origin must be one header value (no line breaks)")
         if self.snapshot_threshold < 0 or self.join_timeout <= 0:
             raise ConfigError("snapshot_threshold must be >= 0 and join_timeout > 0")
+        self._check_bootstrap()
+
+    def _check_bootstrap(self):
+        own_raft = {join_key(self.raft_advertise), join_key(self.raft_addr)}
+        if any(join_key(a) in own_raft for a in self.join):
+            raise ConfigError(f"-join lists this node's own Raft address ({self.raft_addr}): "
+                              f"-join takes HTTP API addresses (rqlite 8 scripts list Raft "
+                              f"addresses there; use the -http-addr ports instead)")
+        if self.join_attempts < 0 or self.join_interval < 0:
+            raise ConfigError("join_attempts and join_interval must be >= 0")
+        n = self.bootstrap_expect
+        if n < 0 or self.bootstrap_expect_timeout <= 0:
+            raise ConfigError("bootstrap_expect must be >= 0 and bootstrap_expect_timeout > 0")
+        if not n:
+            return
+        if self.shard and self.shard != "default":
+            raise ConfigError("-bootstrap-expect forms the default group only; a shard group "
+                              "is created through the catalog (start its first node with "
+                              "-shard NAME -join <any member>, then the others the same way)")
+        distinct = {join_key(a) for a in self.join}
+        if len(distinct) != len(self.join):
+            raise ConfigError(f"-join names an address twice: {', '.join(self.join)}")
+        if len(self.join) < n:
+            raise ConfigError(f"-bootstrap-expect {n} needs at least {n} -join addresses (the "
+                              f"initial members, this node's own included), got "
+                              f"{len(self.join)}")
 
     @property
     def http_advertise(self) -> str:
@@ -171,6 +206,41 @@ def parse_addr(addr: str, name: str = "address"):
     if not sep or not port.isdigit() or not (0 < int(port) < 65536):
         raise ConfigError(f"{name} must be host:port or :port, got {addr!r}")
     return host.strip("[]"), int(port)
+
+
+def initial_addresses(join, n):
+    """The -bootstrap-expect initial members: the first ``n`` -join addresses in natural
+    order (numbers compared as numbers: rqlite-2 before rqlite-10, 10.0.0.9 before
+    10.0.0.10), the same on every node given the same list in any order."""
+    import re
+
+    def natural(addr):
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t)
+                for t in re.findall(r"\d+|\D+", join_key(addr))]
+    return sorted(join, key=natural)[:n]
+
+
+def join_key(addr: str) -> str:
+    """A -join address without its scheme or trailing slash, lower-cased: 'http://H:1/'
+    and 'h:1' name the same member."""
+    host, port = parse_addr(addr, "join")
+    return f"{host.lower()}:{port}"
+
+
+def parse_duration(v, name="duration") -> float:
+    """Seconds from '3', '2.5', or a Go duration as rqlite takes it: '500ms', '3s', '1m',
+    '1h', '1m30s'."""
+    import re
+    s = str(v).strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", s)
+    if not parts or "".join(a + b for a, b in parts) != s:
+        raise ConfigError(f"{name} must be seconds or a duration like 500ms, 3s, 1m; got {v!r}")
+    return sum(float(a) * units[b] for a, b in parts)
 
 
 def listen_addr(addr: str):

@@ -27,19 +27,25 @@ STATE_PRAGMAS = frozenset({
 # SQL functions whose value is the connection's recent history (the previous statement's
 # changes, the last rowid inserted, changes since the connection opened), not the
 # database's. See uses_connection_state.
-_CONN_STATE_FN = re.compile(r"\b(?:total_changes|changes|last_insert_rowid)\s*\(", re.I)
+# TEMP objects (tables, views, triggers, indexes) live on the connection, not in the file.
+_CONN_FN = r"\b(?:total_changes|changes|last_insert_rowid)\s*\("
+_CONN_STATE = re.compile(_CONN_FN + r"|\btemp(?:orary)?\b", re.I)
+CONN_FUNCTIONS = re.compile(_CONN_FN, re.I)
 _conn_state_cache = {}
 
 
 def uses_connection_state(sql: str) -> bool:
-    """Whether ``sql`` calls changes(), total_changes() or last_insert_rowid(). The apply
-    path then starts its request from a reset connection (``Database.reset_conn_state``),
-    so every member computes them alike, whatever ran on its writer before."""
+    """Whether ``sql`` calls changes(), total_changes() or last_insert_rowid(), or may
+    touch TEMP objects (any word ``temp``/``temporary``; a false alarm costs a little).
+    The apply path then runs its request from a reset connection
+    (``Database.reset_conn_state``) and drops the TEMP objects it left
+    (``Database.drop_temp``), so every member computes the same, whatever ran on its
+    writer before, and nothing outlives the request that a restarted member would lack."""
     got = _conn_state_cache.get(sql)
     if got is None:
         if len(_conn_state_cache) > 4096:
             _conn_state_cache.clear()
-        got = _conn_state_cache[sql] = _CONN_STATE_FN.search(sql) is not None
+        got = _conn_state_cache[sql] = _CONN_STATE.search(sql) is not None
     return got
 
 

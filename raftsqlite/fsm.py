@@ -429,6 +429,8 @@ class FSM:
         self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP))
         self.db.set_result_bound(_op_int(cmd.ops, RESULT_OP))
         if t == CommandType.EXECUTE:
+            if self.db.schema_calls_conn_functions():
+                self.db.reset_conn_state()
             out, added = [], 0
             self._first_seq = None
             reqs = cmd.requests
@@ -506,7 +508,7 @@ class FSM:
                 db.reset_conn_state()
             if careful:
                 failed = self._run_careful(req.statements, key, results, exact)
-            elif self.fast_path and not exact and not conn_state:
+            elif self.fast_path and not exact:
                 failed = self._run_fast(req.statements, txn, key, results, rid)
             else:
                 failed = self._run_slow(req.statements, txn, key, results, exact)
@@ -522,6 +524,8 @@ class FSM:
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
                 db.internal("RELEASE _raftsqlite_req")
+            if conn_state:
+                db.drop_temp()
         if rid and refused is None:
             # A refused request ran nothing: its retry (after the router refreshed, or once
             # this shard applied its new ownership) must run, not replay the refusal.

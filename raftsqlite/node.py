@@ -10,6 +10,9 @@ included, cannot tell it ever belonged to a group: restart it with ``-join <a me
 (its join says its log is empty, so the leader removes and re-adds it and catches it up;
 ``Store.join``); started without ``-join`` it would begin a new group. A data dir whose Raft log is gone but whose database has applied entries is
 refused by the Raft driver at start ("the log was lost"), never bootstrapped.
+With ``-bootstrap-expect N`` a fresh node serves HTTP first and then forms the group
+together with the other N-1 (``bootstrap.py``; the safety argument is in
+docs/design/bootstrap.md); with a log it ignores that flag like any restarted node.
 
 Stop (SIGTERM): stop accepting HTTP -> Raft stop (a leader hands leadership over first)
 -> store and SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
@@ -101,7 +104,11 @@ class Node:
         from raftsqlite.sharding.service import ShardingService
         self.sharding = ShardingService(self)
         self.sql_backend = self.sharding.sql
-        self.http_blueprints = [sharding_blueprint]
+        # POST /notify: what -bootstrap-expect nodes ask each other (bootstrap.py)
+        from raftsqlite.bootstrap import blueprint as bootstrap_blueprint
+        self.http_blueprints = [sharding_blueprint, bootstrap_blueprint]
+        self.bootstrap_plan = None
+        self.autoboot = None
         # #7: the rebalance coordinator and its routes (default-group nodes only)
         from raftsqlite.sharding.rebalance_node import attach as attach_rebalancer
         attach_rebalancer(self)
@@ -126,6 +133,16 @@ class Node:
                         "(wiped on purpose? remove the data dir and start with -join)",
                         cfg.node_id, self.raft.term)
             fresh = False
+        if cfg.bootstrap_expect and fresh:
+            # rqlite's automatic bootstrapping (bootstrap.py): HTTP first, since the
+            # nodes find each other through it, then one group formed by all of them
+            await self.sharding.start()
+            await self._serve_http()
+            self._started = True
+            from raftsqlite.bootstrap import AutoBootstrap
+            self.autoboot = AutoBootstrap(self)
+            await self.autoboot.run()
+            return
         shard_new = False
         if cfg.shard and cfg.shard != "default":
             # A shard node's -join names any member (of the default group or of its own
@@ -226,16 +243,13 @@ class Node:
         deadline = loop.time() + cfg.join_timeout
         from raftsqlite.group_settings import HEADER
         settings_hdr = {HEADER: self.group_settings.encode().decode()}
-        delay, last = 0.1, "no attempt"
+        delay, last, rounds = 0.1, "no attempt", 0
         tls_failed = {}
         tls = cfg.tls
-        conn = aiohttp.TCPConnector(ssl=tls.http_client) if tls.http_client else None
-        name = {"server_hostname": tls.node_verify_server_name} \
-            if tls.node_verify_server_name else {}
-        auth = {"Authorization": self.identity_header} if self.identity_header else None
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                         headers=auth, connector=conn) as s:
+        s, name = self.peer_session(30)
+        async with s:
             while loop.time() < deadline:
+                rounds += 1
                 for a in addrs:
                     # an empty log now: the leader must not count on what an earlier
                     # life of this member acknowledged (store.join)
@@ -255,8 +269,10 @@ class Node:
                             last = f"{url}: HTTP {r.status} {text[:200]}"
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                         last = f"{url}: {type(e).__name__} {e}"
-                        if isinstance(e, aiohttp.ClientSSLError):
-                            tls_failed[a] = str(e)
+                        why = await tls.refused(url, e) or (
+                            isinstance(e, aiohttp.ClientSSLError) and str(e))
+                        if why:     # a refused certificate or handshake: not transient
+                            tls_failed[a] = why
                     log.info("join attempt failed: %s", last)
                 if len(tls_failed) == len(addrs):
                     # A certificate problem does not heal by retrying: say so now.
@@ -264,10 +280,30 @@ class Node:
                                       "member given (check -node-ca-cert/-http-ca-cert and "
                                       "the certificates): " + "; ".join(
                                           f"{a}: {w}" for a, w in tls_failed.items()))
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                if cfg.join_attempts and rounds >= cfg.join_attempts:
+                    break
+                # rqlite's -join-interval is a fixed pause; ours otherwise backs off
+                await asyncio.sleep(cfg.join_interval or delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
-        raise Unavailable(f"could not join through {', '.join(addrs)} within "
-                          f"{cfg.join_timeout:g}s (last error: {last})")
+        tried = f"{rounds} attempt{'s' if rounds != 1 else ''}"
+        if "ServerDisconnectedError" in last:
+            # rqlite 8 joins through the Raft port; ours is HTTP
+            last += " (a Raft address? -join takes HTTP API addresses)"
+        raise Unavailable(f"could not join through {', '.join(addrs)} ({tried} in at most "
+                          f"{cfg.join_timeout:g}s; last error: {last})")
+
+    def peer_session(self, timeout):
+        """(aiohttp session, per-request kwargs) for this node's own calls to other
+        nodes' HTTP APIs: the -join-as identity, the client side of -http-ca-cert /
+        -node-verify-server-name."""
+        import aiohttp
+        tls = self.config.tls
+        conn = aiohttp.TCPConnector(ssl=tls.http_client) if tls.http_client else None
+        name = {"server_hostname": tls.node_verify_server_name} \
+            if tls.node_verify_server_name else {}
+        auth = {"Authorization": self.identity_header} if self.identity_header else None
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                     headers=auth, connector=conn), name
 
     async def _join_quietly(self, addrs):
         try:
@@ -284,6 +320,17 @@ class Node:
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
                      "data_dir": os.path.abspath(self.config.data_dir)}
+        if self.config.bootstrap_expect:
+            if self.bootstrap_plan is None:
+                from raftsqlite.bootstrap import load_plan
+                try:
+                    self.bootstrap_plan = load_plan(self.config.data_dir)
+                except RaftSQLiteError:
+                    pass
+            s["node"]["bootstrap"] = dict(
+                self.autoboot.stats() if self.autoboot else {},
+                expect=self.config.bootstrap_expect,
+                initial_members=[m["node_id"] for m in self.bootstrap_plan or ()])
         return s
 
 

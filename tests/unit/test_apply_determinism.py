@@ -77,3 +77,49 @@ def test_fast_and_reference_paths_agree(tmp_path):
         rows(b, "SELECT k, v FROM log ORDER BY rowid")
     assert [v for _, v in rows(a, "SELECT k, v FROM log ORDER BY rowid")][5:] == \
         [0, 1, 2, 3, 4]
+
+
+def test_temp_objects_do_not_outlive_their_request(tmp_path):
+    """TEMP tables and triggers work inside the request that makes them and are gone
+    after it, on every member alike: a later request cannot see them (as a restarted
+    member could not), and a TEMP trigger fires for nothing after its request."""
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    entries = [
+        ex(2, req("CREATE TABLE m (x)", "CREATE TABLE audit (x)")),
+        ex(3, req("CREATE TEMP TABLE stage (x)", "INSERT INTO stage VALUES (1), (2)",
+                  "CREATE TEMPORARY TRIGGER tr AFTER INSERT ON m BEGIN "
+                  "INSERT INTO audit VALUES (new.x); END",
+                  "INSERT INTO m SELECT x FROM stage")),
+        ex(4, req("INSERT INTO m SELECT x FROM stage"), req("INSERT INTO m VALUES (3)")),
+    ]
+    a.apply(entries)
+    for e in entries:
+        b.apply([e])
+        b.db.close()
+        b = FSM(Database(b.db.path))      # a restart after every entry
+    for f in (a, b):
+        assert rows(f, "SELECT x FROM m ORDER BY x") == [[1], [2], [3]]
+        assert rows(f, "SELECT x FROM audit ORDER BY x") == [[1], [2]]
+    out = a.apply([ex(5, req("SELECT * FROM stage"))])[0]["results"][0][0]
+    assert "no such table" in out["error"]
+
+
+def test_schema_that_calls_them_is_reset_at_every_entry(tmp_path):
+    """A column DEFAULT (changes()) (or a trigger calling them) is not in the request's
+    text: when the schema calls them, every entry starts from a reset connection, so
+    members that split the log into apply calls differently, or restarted, agree."""
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    entries = [ex(2, req("CREATE TABLE c (k, n DEFAULT (changes() * 100 + last_insert_rowid()))")),
+               ex(3, req("INSERT INTO t VALUES (1), (2)")),
+               ex(4, req(("INSERT INTO c(k) VALUES (?)", [1]))),
+               ex(5, req("INSERT INTO t VALUES (3)"), req(("INSERT INTO c(k) VALUES (?)", [2]))),
+               ex(6, req(("INSERT INTO c(k) VALUES (?)", [3])))]
+    a.apply(entries)
+    for e in entries:
+        b.apply([e])
+        b.db.close()
+        b = FSM(Database(b.db.path))
+    got = rows(a, "SELECT k, n FROM c ORDER BY k")
+    assert got == rows(b, "SELECT k, n FROM c ORDER BY k")
+    # entry 5: the default sees the previous request of its own entry (one row, rowid 3)
+    assert got == [[1, 0], [2, 103], [3, 0]]
