@@ -29,6 +29,7 @@ from raftsqlite.codec.model import (BulkStatements, Command, CommandType, Insert
 from raftsqlite.config import StoreConfig
 from raftsqlite.db import ReadCancel
 from raftsqlite.fsm import clock_op, result_op, steps_op
+from raftsqlite.fsm_vacuum import is_vacuum_sql
 from raftsqlite.raft import trace
 from raftsqlite.store_admin import StoreAdmin
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotLeader,
@@ -172,6 +173,8 @@ class Store(StoreAdmin):
         rid = _request_id(request_id)
         if guard is not None and not isinstance(guard, (bytes, bytearray)):
             raise BadRequest("guard must be bytes")
+        if type(stmts) is list and any(is_vacuum_sql(st.sql) for st in stmts):
+            return await self._vacuum(stmts, rid, timeout)
         index, results = await self._submit(
             Request(stmts, bool(transaction), rid, bytes(guard) if guard is not None else None),
             timeout or self.config.write_timeout, lazy_results)
@@ -180,6 +183,19 @@ class Store(StoreAdmin):
                 and type(results) is not InsertRun:     # a refusal is one plain result
             _raise_guard_refusal(results[0])
         return {"results": results, "raft_index": index}
+
+    async def _vacuum(self, stmts, rid, timeout):
+        """VACUUM runs outside any transaction, so it is an entry of its own, never
+        group-committed with other requests (fsm_vacuum.py)."""
+        if len(stmts) != 1 or stmts[0].params:
+            raise BadRequest("VACUUM must be the only statement of its request (it runs "
+                             "outside any transaction); send it on its own")
+        res = await self._propose_one(
+            Command(CommandType.EXECUTE, [Request(stmts, False, rid, None)],
+                    [clock_op(self.db.clock_now_ms()), *self._limit_ops]),
+            timeout or self.config.write_timeout)
+        self.counters["writes"] += 1
+        return {"results": res["results"][0], "raft_index": res["index"]}
 
     def _submit(self, req, timeout, lazy=False):
         loop = asyncio.get_running_loop()
@@ -227,6 +243,9 @@ class Store(StoreAdmin):
                 if not stmts:
                     outs[i] = {"results": [], "raft_index": self.fsm.applied_index()}
                     continue
+                if type(stmts) is list and any(is_vacuum_sql(st.sql) for st in stmts):
+                    raise BadRequest("VACUUM cannot be sent in a coalesced call; send it "
+                                     "on its own to the group's leader")
                 stmts = sqlrewrite.rewrite_statements(stmts, rng=self._rng)
                 g = rq.guard
                 if g is not None and not isinstance(g, (bytes, bytearray)):
