@@ -94,6 +94,16 @@ class NodeConfig(_Help):
     join_as: str = _f("", "User in the auth file whose credentials this node uses on its "
                           "own calls to other nodes (join, sharding, forwarding).")
     tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; default: none).")
+    # -- membership housekeeping (rqlite's -raft-reap-* and -raft-cluster-remove-shutdown)
+    reap_node_timeout: float = _f(0.0, "Seconds after which the leader removes a voter it "
+                                       "has not heard from (0 = never; raft/reaper.py).")
+    reap_read_only_node_timeout: float = _f(0.0, "Seconds after which the leader removes a "
+                                                 "non-voter it has not heard from (0 = never).")
+    cluster_remove_shutdown: bool = _f(False, "On a graceful shutdown (SIGTERM/SIGINT) the "
+                                              "node removes itself from its group first (a "
+                                              "leader hands leadership over, then the new "
+                                              "leader removes it); bounded by "
+                                              "LEAVE_TIMEOUT seconds.")
 
     def __post_init__(self):
         if self.store is None:
@@ -117,6 +127,8 @@ class NodeConfig(_Help):
         if self.shard and not all(c.isalnum() or c in "-_." for c in self.shard):
             raise ConfigError(f"shard name must be letters, digits, '-', '_' or '.', "
                               f"got {self.shard!r}")
+        if self.reap_node_timeout < 0 or self.reap_read_only_node_timeout < 0:
+            raise ConfigError("reap timeouts must be >= 0 (0 = never reap)")
         if self.snapshot_threshold < 0 or self.join_timeout <= 0:
             raise ConfigError("snapshot_threshold must be >= 0 and join_timeout > 0")
 
@@ -180,3 +192,36 @@ def _reachable_hostname() -> str:
 
 def default_node_id(raft_advertise: str) -> str:
     return raft_advertise.replace(":", "-").replace("[", "").replace("]", "")
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+
+
+def parse_duration(text) -> float:
+    """A Go duration (``72h``, ``30s``, ``1h30m``, ``500ms``, ``0``) or plain seconds
+    (``2.5``) -> seconds. Anything else is a ConfigError naming the value."""
+    v = str(text).strip()
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    total, i, n = 0.0, 0, len(v)
+    if not v:
+        raise ConfigError("empty duration")
+    while i < n:
+        j = i
+        while j < n and (v[j].isdigit() or v[j] == "."):
+            j += 1
+        k = j
+        while k < n and not (v[k].isdigit() or v[k] == "."):
+            k += 1
+        num, unit = v[i:j], v[j:k]
+        if not num or unit not in _DURATION_UNITS:
+            raise ConfigError(f"bad duration {text!r}: use e.g. 30s, 5m, 72h, 1h30m")
+        try:
+            total += float(num) * _DURATION_UNITS[unit]
+        except ValueError:
+            raise ConfigError(f"bad duration {text!r}") from None
+        i = k
+    return total

@@ -67,7 +67,9 @@ class Node:
         kw = dict(node_id=config.node_id, data_dir=config.raft_dir, raft_addr=f"{host}:{port}",
                   advertise_addr=config.raft_advertise, http_addr=config.http_advertise,
                   fsync=config.fsync, snapshot_threshold=config.snapshot_threshold,
-                  election_ticks=NODE_ELECTION_TICKS)
+                  election_ticks=NODE_ELECTION_TICKS,
+                  reap_voter_after=config.reap_node_timeout,
+                  reap_learner_after=config.reap_read_only_node_timeout)
         if config.tls.raft_server is not None:
             kw.update(ssl_server=config.tls.raft_server, ssl_client=config.tls.raft_client,
                       ssl_server_name=config.tls.node_verify_server_name)
@@ -146,6 +148,9 @@ class Node:
     async def stop(self):
         if self._join_task is not None:
             self._join_task.cancel()
+        if self.config.cluster_remove_shutdown and self._started:
+            from raftsqlite.node_leave import leave_group
+            await leave_group(self)
         try:
             await self.sharding.stop()
         except Exception as e:

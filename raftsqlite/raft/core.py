@@ -129,10 +129,11 @@ from raftsqlite.raft.corebase import (  # noqa: F401
     _E_CONF_CHANGE, _M_APPEND, _M_APPEND_RESP, _M_HEARTBEAT,
     _M_HEARTBEAT_RESP, _M_PREVOTE, _M_PREVOTE_RESP, _M_READ_INDEX,
     _M_READ_INDEX_RESP, _M_SNAPSHOT, _M_SNAPSHOT_RESP, _M_TIMEOUT_NOW,
-    _M_TRANSFER_LEADER, _M_VOTE, _R_CANDIDATE,
+    _M_TRANSFER_LEADER, _M_VOTE, _M_VOTE_RESP, _R_CANDIDATE,
     _R_FOLLOWER, _R_LEADER, _R_LEARNER, _R_PRE_CANDIDATE)
 from raftsqlite.raft.corebase import (CoreConfig, LogViewMixin, MembershipMixin,  # noqa: F401
-                                      RaftInvariantError, ReplicationMixin, _TRANSFER)
+                                      RaftInvariantError, ReplicationMixin, _NOT_MEMBER,
+                                      _TRANSFER)
 from raftsqlite.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftsqlite.raft.corebase import LOST_LOG_STRIKES
 from raftsqlite.raft.corefollow import FollowerMixin
@@ -171,6 +172,8 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self._members = {}
         self._voters = set()
         self._learners = set()
+        self._was_member = False          # this node was in some configuration it held
+        self._removed_notice = None       # (leader, term) that said we are not a member
         self._set_members(snap.members)
         self._conf_history = [(snap.index, self.members)]   # (index, members) per change
         self._leaving = False             # leader whose own removal is in its log
@@ -184,6 +187,7 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self._rand_timeout = self._new_timeout()
         self._transferee = None
         self._transfer_elapsed = 0
+        self._lead_ticks = 0              # ticks since this node became leader (this term)
         # outputs
         self._msgs = []
         self._read_states = []
@@ -264,6 +268,9 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self.role_ = _R_LEADER
         self.leader = self.node_id
         last = self.last_index
+        # Every peer's silence is counted from now (Progress.heard = 0): a new leader has
+        # heard from nobody yet, so nobody may look long silent to it (reaper.py).
+        self._lead_ticks = 0
         self._prs = {nid: Progress(last + 1) for nid in self._members}
         me = self._prs.get(self.node_id)
         if me is not None:
@@ -380,9 +387,15 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             self._election_elapsed = 0
             self._rand_timeout = self._new_timeout()
             self._hup(transfer=False)
+        elif self.leader is not None and self._election_elapsed >= 2 * self.cfg.election_tick:
+            # A member that cannot campaign (a learner, a removed voter) heard nothing
+            # from its leader for two election timeouts: forget it, as a voter does when
+            # it campaigns, so "no leader" is visible (/readyz) instead of a stale one.
+            self.leader = None
 
     def _tick_leader(self):
         cfg = self.cfg
+        self._lead_ticks += 1
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
         if self._transferee is not None:
@@ -545,6 +558,14 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             return
         t = m.term
         typ = m.type
+        if typ == _M_PREVOTE or typ == _M_VOTE:
+            if self.role_ is _R_LEADER and m.frm not in self._members \
+                    and self._conf_history[-1][0] <= self.commit:
+                self._tell_not_member(m)
+                return
+        elif (typ == _M_PREVOTE_RESP or typ == _M_VOTE_RESP) and m.reject \
+                and m.context == _NOT_MEMBER:
+            self._removed_notice = (m.frm, t)
         if t > self.term:
             if typ == _M_VOTE or typ == _M_PREVOTE:
                 in_lease = (self.cfg.check_quorum and self.leader is not None
@@ -587,6 +608,7 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             if pr is None:
                 return
             pr.recent_active = True
+            pr.heard = self._lead_ticks
             if m.reject:
                 if m.reject_hint < pr.match <= m.index:
                     # It says its log ends (or stops matching) below what it acknowledged
@@ -627,6 +649,7 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             if pr is None:
                 return
             pr.recent_active = True
+            pr.heard = self._lead_ticks
             if m.reject and m.reject_hint < pr.match:
                 pr.lost_strikes += 1
                 if pr.lost_strikes >= LOST_LOG_STRIKES:

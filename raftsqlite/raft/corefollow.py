@@ -52,10 +52,12 @@ class FollowerMixin:
         if typ == _M_APPEND:
             self._election_elapsed = 0
             self.leader = m.frm
+            self._removed_notice = None   # a leader replicates to us: we are a member
             self._handle_append(m)
         elif typ == _M_HEARTBEAT:
             self._election_elapsed = 0
             self.leader = m.frm
+            self._removed_notice = None
             self._commit_to(min(m.commit, self.last_index))
             if m.commit > self.last_index:
                 # The leader counts on entries up to m.commit (it sends min(match,
