@@ -129,6 +129,10 @@ def test_a_new_leader_restarts_the_clock():
     assert b.silent_ticks()["e"] == 0
     k, pick = _tick_until_pick(net, "b", reaper, 60, ids=["a", "b", "c", "d"])
     assert pick is not None and pick[0] == "e" and k == 30, (k, pick)
+    # a leader elected again starts over too (its tick count is per leadership)
+    a = net.elect("a")
+    assert a.silent_ticks()["e"] == 0
+    assert reaper.pick(a) is None
 
 
 def test_a_paused_member_that_answers_again_is_not_reaped():
