@@ -178,6 +178,16 @@ def test_reaped_voter_that_comes_back_knows_and_disrupts_nothing(reaping):
     assert _members(lead) == {p.node_id for p in live}
     _write(lead, 100)
     assert _raft(lead)["term"] == term
+    # restarted with -join it is added back, catches up, and is no longer "removed"
+    gone.terminate()
+    gone.join = [lead.http]
+    gone.start()
+    wait_for(lambda: gone.node_id in _members(_leader(live), voters_only=True), 30,
+             "the reaped node joined again")
+    wait_for(lambda: gone.ready() and not gone.status()["store"]["removed"], 20,
+             "it is a ready member again")
+    wait_for(lambda: values(gone.http, "SELECT count(*) FROM t") == [[6]], 10,
+             "it caught up")
 
 
 @pytest.fixture(scope="module")
