@@ -129,11 +129,11 @@ from raftsqlite.raft.corebase import (  # noqa: F401
     _E_CONF_CHANGE, _M_APPEND, _M_APPEND_RESP, _M_HEARTBEAT,
     _M_HEARTBEAT_RESP, _M_PREVOTE, _M_PREVOTE_RESP, _M_READ_INDEX,
     _M_READ_INDEX_RESP, _M_SNAPSHOT, _M_SNAPSHOT_RESP, _M_TIMEOUT_NOW,
-    _M_TRANSFER_LEADER, _M_VOTE, _M_VOTE_RESP, _R_CANDIDATE,
+    _M_TRANSFER_LEADER, _M_VOTE, _R_CANDIDATE,
     _R_FOLLOWER, _R_LEADER, _R_LEARNER, _R_PRE_CANDIDATE)
 from raftsqlite.raft.corebase import (CoreConfig, LogViewMixin, MembershipMixin,  # noqa: F401
-                                      RaftInvariantError, ReplicationMixin, _NOT_MEMBER,
-                                      _TRANSFER)
+                                      RaftInvariantError, ReplicationMixin, _TRANSFER,
+                                      _VOTE_MSGS)
 from raftsqlite.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftsqlite.raft.corebase import LOST_LOG_STRIKES
 from raftsqlite.raft.corefollow import FollowerMixin
@@ -558,16 +558,12 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             return
         t = m.term
         typ = m.type
-        if typ == _M_PREVOTE or typ == _M_VOTE:
-            if self.role_ is _R_LEADER and m.frm not in self._members \
-                    and self._conf_history[-1][0] <= self.commit:
-                self._tell_not_member(m)
-                return
-        elif (typ == _M_PREVOTE_RESP or typ == _M_VOTE_RESP) and m.reject \
-                and m.context == _NOT_MEMBER:
-            self._removed_notice = (m.frm, t)
+        # (pre)votes from outside a leader's configuration and the answers saying so:
+        # _vote_from_outside, on these rare paths only (never an APPEND's or heartbeat's)
         if t > self.term:
             if typ == _M_VOTE or typ == _M_PREVOTE:
+                if self._vote_from_outside(m):
+                    return
                 in_lease = (self.cfg.check_quorum and self.leader is not None
                             and self._election_elapsed < self.cfg.election_tick)
                 if in_lease and m.context != _TRANSFER:
@@ -579,6 +575,8 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             elif typ in (_M_APPEND, _M_HEARTBEAT, _M_SNAPSHOT):
                 self._become_follower(t, m.frm)
             else:
+                if typ in _VOTE_MSGS:
+                    self._vote_from_outside(m)
                 self._become_follower(t, None)
         elif 0 < t < self.term:
             if typ in (_M_APPEND, _M_HEARTBEAT):
@@ -587,11 +585,14 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
                 # its votes to nobody reachable would ignore the leader forever: sim seed
                 # 312506.)
                 self._send(Message(_M_APPEND_RESP, to=m.frm))
+            elif typ in _VOTE_MSGS and self._vote_from_outside(m):
+                pass
             elif typ == _M_PREVOTE:
                 self._send(Message(_M_PREVOTE_RESP, to=m.frm, term=self.term, reject=True))
             return
         if typ == _M_VOTE or typ == _M_PREVOTE:
-            self._handle_vote(m)
+            if not self._vote_from_outside(m):
+                self._handle_vote(m)
             return
         role = self.role_
         if role is _R_LEADER:
@@ -742,6 +743,8 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self._read_states = []
         rl = (self.role, self.leader)
         if rl != self._rl_handed:
+            if rl[1] is not None:
+                self._removed_notice = None   # a leader leads us: we are a member again
             rd.role, rd.leader = rl
             self._rl_handed = rl
         rd.send_early = (self.role_ is _R_LEADER and rd.snapshot is None

@@ -47,6 +47,7 @@ _C_PROMOTE = ConfChangeType.PROMOTE
 _C_REMOVE = ConfChangeType.REMOVE
 _TRANSFER = b"transfer"      # VOTE context of a campaign started by TIMEOUT_NOW
 _NOT_MEMBER = b"not-member"  # (PRE)VOTE_RESP context: the leader's configuration omits you
+_VOTE_MSGS = frozenset((_M_PREVOTE, _M_VOTE, _M_PREVOTE_RESP, _M_VOTE_RESP))
 _ENTRY_OVERHEAD = 24         # per-entry bytes counted on top of the payload
 
 
@@ -324,6 +325,20 @@ class MembershipMixin:
         if n is not None:
             return f"leader {n[0]} of term {n[1]} says it is not a member"
         return None
+
+    def _vote_from_outside(self, m):
+        """(Pre)votes and their answers, before the term rules: a leader answers a node
+        outside its committed configuration (True: the message is handled); a refusal
+        saying "not a member" is recorded (``removed``) and then handled as usual."""
+        typ = m.type
+        if typ == _M_PREVOTE or typ == _M_VOTE:
+            if self.role_ is _R_LEADER and m.frm not in self._members \
+                    and self._conf_history[-1][0] <= self.commit:
+                self._tell_not_member(m)
+                return True
+        elif m.reject and m.context == _NOT_MEMBER:
+            self._removed_notice = (m.frm, m.term)
+        return False
 
     def _tell_not_member(self, m):
         """A leader whose configuration is committed got a (pre)vote request from a node

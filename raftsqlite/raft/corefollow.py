@@ -33,6 +33,7 @@ class FollowerMixin:
             self._become_follower(m.term, m.frm)
             self._step_follower(m)
         elif (pre and typ == _M_PREVOTE_RESP) or (not pre and typ == _M_VOTE_RESP):
+            self._vote_from_outside(m)
             if m.frm not in self._votes:
                 self._votes[m.frm] = not m.reject
             g, r = self._tally()
@@ -52,12 +53,10 @@ class FollowerMixin:
         if typ == _M_APPEND:
             self._election_elapsed = 0
             self.leader = m.frm
-            self._removed_notice = None   # a leader replicates to us: we are a member
             self._handle_append(m)
         elif typ == _M_HEARTBEAT:
             self._election_elapsed = 0
             self.leader = m.frm
-            self._removed_notice = None
             self._commit_to(min(m.commit, self.last_index))
             if m.commit > self.last_index:
                 # The leader counts on entries up to m.commit (it sends min(match,

@@ -264,4 +264,6 @@ def test_sigterm_with_the_flag_removes_a_follower_then_the_leader(leaving):
     for p in left:
         wait_for(lambda: values(p.http, "SELECT count(*) FROM t") == [[2]], 10,
                  f"writes on {p.node_id}")
-    assert "removed itself from its group" in open(lead.log_path).read()
+    text = open(lead.log_path).read()
+    assert "removed itself from its group" in text
+    assert "hand-over before leaving failed" not in text    # it handed leadership over
