@@ -73,6 +73,9 @@ def build_parser():
     flag("max-result-bytes", dest="max_result_bytes", type=int,
          default=_SDEFAULTS["max_result_bytes"][0], metavar="BYTES",
          help=_SDEFAULTS["max_result_bytes"][1] + " (default: %(default)s)")
+    flag("max-apply-steps", dest="max_apply_steps", type=int,
+         default=_SDEFAULTS["max_apply_steps"][0], metavar="STEPS",
+         help=_SDEFAULTS["max_apply_steps"][1] + " (default: %(default)s)")
     flag("raft-opt", dest="raft_opts", action="append", default=[], metavar="NAME=VALUE",
          help="set a Raft engine setting (repeatable), e.g. snapshot_trailing=100; "
               "for tests, benchmarks and tuning")
@@ -130,7 +133,8 @@ def config_from_args(argv=None) -> NodeConfig:
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
                         batch_max_requests=args.batch_max_requests,
                         inline_read_budget=args.inline_read_budget,
-                        max_result_bytes=args.max_result_bytes)
+                        max_result_bytes=args.max_result_bytes,
+                        max_apply_steps=args.max_apply_steps)
     overrides = []
     for opt in args.raft_opts:
         name, sep, value = opt.partition("=")

@@ -50,6 +50,13 @@ class StoreConfig(_Help):
     max_result_bytes: int = _f(256 << 20, "Most row data (estimated) one query may return; "
                                           "a bigger result is an error rather than a node "
                                           "out of memory (0 = no bound).")
+    max_apply_steps: int = _f(1_000_000_000, "Most SQLite VM steps the statements of one "
+                                             "write request (or read at level strong) may "
+                                             "run when applied; past it the request is "
+                                             "refused identically on every member, so a "
+                                             "runaway statement cannot wedge the group. The "
+                                             "leader's value travels in each log entry "
+                                             "(0 = no bound).")
 
     def __post_init__(self):
         for name in ("batch_max_requests", "batch_max_bytes", "max_inflight", "read_threads",
@@ -57,7 +64,7 @@ class StoreConfig(_Help):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("batch_wait", "busy_timeout_ms", "inline_read_budget",
-                     "max_result_bytes"):
+                     "max_result_bytes", "max_apply_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("write_timeout", "read_timeout"):

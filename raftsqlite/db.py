@@ -22,7 +22,7 @@ import apsw
 
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
-from raftsqlite.db_exec import (_BAD_PARAMS, _Access, run_many, run_many_recorded,
+from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
                                  run_many_unreported, run_statement)
 from raftsqlite.db_shapes import insert_shape, quote_ident
 
@@ -53,11 +53,31 @@ class _ClockVFS(apsw.VFS):
         return super().xCurrentTimeInt64()
 
 
+class ReadCancel:
+    """Set ``cancelled`` (from any thread) to stop a ``Database.read`` in progress."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self):
+        self.cancelled = False
+
+
 class Interrupted(Exception):
     """A read ran past its db_timeout and was interrupted."""
 
 
 _MAX_ROWID = (1 << 63) - 1
+
+# The writer's progress handler runs every this many SQLite VM steps. A statement below
+# it never calls into Python, so the apply budget costs nothing on ordinary writes.
+PROGRESS_STEPS = 10_000
+
+
+def budget_error(steps):
+    return (f"request not applied: it ran past the write budget of {steps:,} SQLite steps "
+            "(the leader's -max-apply-steps), so every member stopped it at the same "
+            "point. Split the work into smaller statements (e.g. by key ranges), or raise "
+            "-max-apply-steps on the leader (0 = no limit)")
 
 
 class Database:
@@ -75,6 +95,16 @@ class Database:
         self._readers_lock = threading.Lock()
         self._write_access = _Access()
         self._functions = {}
+        # The apply budget (see set_step_budget) and the inline-apply deadline, both
+        # enforced by the writer's progress handler on user statements only.
+        self.step_budget = 0
+        self._result_bound = 0        # rows a write's statements may return (bytes; 0 = any)
+        self.result_refused = None    # the error, once a write's rows passed that bound
+        self._budget_calls = 0        # progress calls a request may make (0 = no limit)
+        self._calls = 0
+        self.budget_tripped = False
+        self._deadline = None         # time.monotonic() bound of an inline apply, or None
+        self.deadline_passed = False
         self.writer = self._open_writer()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
                                "snapshots": 0, "restores": 0, "inline_reads": 0,
@@ -108,6 +138,7 @@ class Database:
             raise apsw.CantOpenError(f"could not switch {self.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.authorizer = self._write_access.authorize
+        conn.set_progress_handler(self._progress, PROGRESS_STEPS)
         # random()/randomblob() evaluated while applying (in defaults, triggers, or any
         # form the rewriter left alone) come from a generator seeded per log entry; the
         # seeding (a few µs) waits for the first use, as almost no entry calls them
@@ -139,6 +170,56 @@ class Database:
         if self._clock is not None:
             self._clock.now_ms = clock_ms
         self._rng_seed = index * 1_000_003 + term
+
+    # ---- the apply budget (writer, apply thread) ------------------------------------
+    def set_step_budget(self, steps):
+        """The current entry's budget of SQLite VM steps per request (0 = none): the
+        leader's -max-apply-steps, carried in the entry, so every member uses the same."""
+        self.step_budget = steps if steps > 0 else 0
+        self.budget_tripped = False
+        self._budget_calls = max(1, steps // PROGRESS_STEPS) if steps > 0 else 0
+
+    def set_result_bound(self, max_bytes):
+        """The current entry's bound on the rows a write request's statements return
+        (RETURNING): the leader's -max-result-bytes, carried in the entry (0 = none)."""
+        self._result_bound = max_bytes if max_bytes > 0 else 0
+
+    def budget_begin(self):
+        """A request (or a run of one-statement requests) starts: its count starts at 0.
+
+        The count is the number of progress-handler calls during its user statements.
+        For a prepared statement reused from the cache, the first call comes after fewer
+        than PROGRESS_STEPS steps (SQLite counts steps over the statement's whole life),
+        so this count is at least the exact one, floor(steps / PROGRESS_STEPS) per
+        statement run, that a freshly prepared statement gives (``fresh``), and at most
+        one more per statement run. The state machine uses that: within budget on the
+        cached count means within budget exactly; past it, it re-runs the request
+        with fresh statements, whose count is the same on every member."""
+        self._calls = 0
+        self.budget_tripped = False
+        self.result_refused = None
+
+    def set_apply_deadline(self, deadline):
+        """``time.monotonic()`` after which user statements are interrupted (an inline
+        apply on the event loop; the state machine then undoes the whole apply), or
+        None."""
+        self._deadline = deadline
+        self.deadline_passed = False
+
+    def _progress(self):
+        if self._write_access.internal:
+            return False        # our own statements: never counted, never stopped
+        d = self._deadline
+        if d is not None and time.monotonic() > d:
+            self.deadline_passed = True
+            return True
+        lim = self._budget_calls
+        if lim:
+            self._calls += 1
+            if self._calls > lim:
+                self.budget_tripped = True
+                return True
+        return False
 
     @staticmethod
     def clock_now_ms() -> int:
@@ -191,9 +272,20 @@ class Database:
         finally:
             acc.internal = prev
 
-    def run_user(self, sql, params=None):
-        """Run a client statement on the writer (inside the apply transaction)."""
-        return run_statement(self.writer, sql, params, self.max_result_bytes)
+    def run_user(self, sql, params=None, fresh=False):
+        """Run a client statement on the writer (inside the apply transaction).
+        ``fresh``: prepare it anew instead of taking it from the statement cache, so its
+        step count (``budget_begin``) is exact."""
+        r = run_statement(self.writer, sql, params, self._result_bound, fresh)
+        if self._result_bound and "error" in r and r["error"].startswith(TOO_LARGE):
+            # The statement's changes are made by then (RETURNING runs the whole write
+            # first): the state machine undoes the request rather than answer an error
+            # for a write that was applied.
+            self.result_refused = (
+                f"request not applied: a statement returned more than "
+                f"{self._result_bound:,} bytes of rows (the leader's -max-result-bytes); "
+                "return fewer columns or rows (e.g. RETURNING id), or split the write")
+        return r
 
     def run_user_many(self, sql, params_list, out, stop_on_error=False):
         """Run one SQL text (known to return no rows: a previous execution of it gave a
@@ -286,16 +378,25 @@ class Database:
         return self.writer.in_transaction
 
     # ---- reads (reader threads) ----------------------------------------------------
-    def read(self, statements, *, transaction=False, db_timeout=None, internal=False):
+    def read(self, statements, *, transaction=False, db_timeout=None, internal=False,
+             cancel=None):
         """Run (sql, params) pairs on this thread's reader; one result dict each. With
         ``transaction`` all statements see one snapshot. ``db_timeout`` (seconds)
-        interrupts SQLite when exceeded."""
+        interrupts SQLite when exceeded; so does ``cancel.cancelled`` turning true (a
+        ``ReadCancel``: the client went away)."""
         conn = self.reader()
         access = self._local.access
         access.internal = internal
-        if db_timeout:
-            deadline = time.monotonic() + db_timeout
-            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+        bounded = bool(db_timeout) or cancel is not None
+        if bounded:
+            deadline = time.monotonic() + db_timeout if db_timeout else None
+            if cancel is None:
+                conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            elif deadline is None:
+                conn.set_progress_handler(lambda: cancel.cancelled, 1000)
+            else:
+                conn.set_progress_handler(
+                    lambda: cancel.cancelled or time.monotonic() > deadline, 1000)
         results = []
         try:
             if transaction:
@@ -316,7 +417,7 @@ class Database:
                     conn.execute("COMMIT" if conn.in_transaction else "SELECT 1")
         finally:
             access.internal = False
-            if db_timeout:
+            if bounded:
                 conn.set_progress_handler(None)
         self.stats_counters["reads"] += len(results)
         return results

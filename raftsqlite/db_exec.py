@@ -118,17 +118,22 @@ def fetch_more_bounded(cur, rows, max_bytes):
         rows.extend(chunk)
 
 
+TOO_LARGE = "result too large"
+
+
 def too_large(max_bytes):
-    return (f"result too large: more than {max_bytes >> 20} MiB of row data (the node's "
+    size = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes:,} bytes"
+    return (f"{TOO_LARGE}: more than {size} of row data (the node's "
             "max_result_bytes); nothing is returned. Add a LIMIT, select fewer columns, or "
             "page through the rows (WHERE key > last key ORDER BY key LIMIT n)")
 
 
-def run_statement(conn, sql, params=None, max_bytes=0):
+def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
     """Run one SQL text on ``conn``; return a neutral result dict:
     write -> {"last_insert_id", "rows_affected"}; read -> {"columns", "types", "values"};
     failure -> {"error"}; always "time" (seconds). Never raises for SQL errors.
-    ``max_bytes`` > 0 bounds a read's rows (``fetch_more_bounded``)."""
+    ``max_bytes`` > 0 bounds a read's rows (``fetch_more_bounded``). ``fresh``: bypass
+    the statement cache (a newly prepared statement)."""
     t0 = time.perf_counter()
     desc = None
 
@@ -143,7 +148,9 @@ def run_statement(conn, sql, params=None, max_bytes=0):
     try:
         cur = conn.cursor()
         cur.exec_trace = trace
-        if params is None:
+        if fresh:
+            cur.execute(sql, params, can_cache=False)
+        elif params is None:
             cur.execute(sql)
         else:
             cur.execute(sql, params)

@@ -26,6 +26,18 @@ Called by the Raft driver from one executor thread, never on the event loop.
   with each request's hooks, results and re-run marking exactly as when applied alone.
 * QUERY entries (reads at level ``strong``) run inside a savepoint that is always rolled
   back, so nothing a read does can change the database.
+* **The write budget.** An EXECUTE or QUERY entry carries the proposing leader's
+  ``-max-apply-steps`` (op ``steps``). A request whose user statements run more SQLite VM
+  steps than that is not applied: every member stops it at the same point and answers the
+  same error, so one statement that loops forever (a recursive CTE without a bound) cannot
+  wedge the group; every member would otherwise run it forever, and replay it forever on
+  restart. The count is exact only for freshly prepared statements (``Database.budget_begin``),
+  so a request first runs as usual; if its count passes the budget, the batch is re-run
+  with that request's statements prepared fresh, where the count is the same everywhere.
+  Entries without the op (older ones, SYSTEM) have no budget.
+* **An inline apply has a deadline** (``apply_bounded``, used by the Raft driver on the
+  event loop): past it, the whole apply is undone and ``None`` returned, and the driver
+  runs it again on the apply thread. Nothing of it stays, so it cannot make members differ.
 * SYSTEM entries dispatch ``(name, args)`` ops to handlers registered by name; they run
   inside the apply transaction (the sharding catalog uses this).
 """
@@ -39,6 +51,7 @@ from raftsqlite import fsm_load
 from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
+from raftsqlite.db import budget_error
 from raftsqlite.db_shapes import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError
 from raftsqlite.metrics import LATENCY_BUCKETS, Histogram
@@ -55,6 +68,19 @@ _ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBA
 _UNREPORTED = {"last_insert_id": 0, "rows_affected": 0, "time": 0.0, "unreported": True}
 _INTERNAL_REFUSED = (f"statement refers to internal tables ({INTERNAL_PREFIX}*), which only "
                      f"the node itself may touch")
+
+
+class _OverBudget(Exception):
+    """Requests (their positions) whose count passed the write budget, or whose run
+    passed an inline apply's deadline."""
+
+    def __init__(self, keys):
+        super().__init__(keys)
+        self.keys = keys
+
+
+class _DeadlinePassed(Exception):
+    """An inline apply ran past its deadline; everything it did was undone."""
 
 
 class _TxnLost(Exception):
@@ -123,7 +149,9 @@ class FSM:
         self._applied, self._applied_term = self._read_meta()
         self.counters = {"entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
-                         "single_runs": 0,
+                         "single_runs": 0, "over_budget": 0, "budget_recounts": 0,
+                         "result_refused": 0,
+                         "deadline_undone": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
         # One observation per apply() call that applied something (GET /metrics)
         self.apply_hist = Histogram(LATENCY_BUCKETS)
@@ -151,6 +179,19 @@ class FSM:
         """``fn()`` is called after the database was replaced by a snapshot."""
         self._restore_listeners.append(fn)
 
+    def apply_bounded(self, entries, budget_s):
+        """``apply`` if it takes at most ``budget_s`` seconds of user statements; else
+        everything it did is undone and None is returned (run it again with ``apply``)."""
+        db = self.db
+        db.set_apply_deadline(time.monotonic() + budget_s)
+        try:
+            return self.apply(entries)
+        except _DeadlinePassed:
+            self.counters["deadline_undone"] += 1
+            return None
+        finally:
+            db.set_apply_deadline(None)
+
     def apply(self, entries):
         """One result per entry, same order. Already applied entries (index <= applied
         index) are skipped and yield None."""
@@ -161,13 +202,14 @@ class FSM:
             return results
         self._apply_thread = threading.get_ident()
         with self._lock:
-            poisoned = set()
+            poisoned = {}     # request position -> the error it answers instead of running
+            exact = set()     # positions to run with freshly prepared statements
             while True:
                 db = self.db
                 db.internal("BEGIN IMMEDIATE")
                 try:
                     for pos, e in todo:
-                        res, added = self._apply_entry(e, pos, poisoned)
+                        res, added = self._apply_entry(e, pos, poisoned, exact)
                         results[pos] = res
                         if added:
                             self._trim(added)
@@ -178,8 +220,21 @@ class FSM:
                     db.internal("COMMIT")
                 except _TxnLost as lost:
                     # SQLite already rolled everything back; re-run without that request
-                    poisoned.add(lost.key)
                     self.counters["txn_reruns"] += 1
+                    if db.deadline_passed:
+                        raise _DeadlinePassed() from None
+                    if db.budget_tripped:   # interrupted by the budget, not the SQL's doing
+                        self._over_budget([lost.key], exact, poisoned)
+                    else:
+                        poisoned[lost.key] = _ROLLED_BACK
+                    continue
+                except _OverBudget as ob:
+                    if db.in_transaction():
+                        db.internal("ROLLBACK")
+                    if db.deadline_passed:
+                        raise _DeadlinePassed() from None
+                    self.counters["txn_reruns"] += 1
+                    self._over_budget(ob.keys, exact, poisoned)
                     continue
                 except BaseException:
                     if db.in_transaction():
@@ -188,6 +243,8 @@ class FSM:
                 break
             self._applied, self._applied_term = last.index, last.term
             self.db.set_entry_context(0, 0, None)
+            self.db.set_step_budget(0)
+            self.db.set_result_bound(0)
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
@@ -195,6 +252,22 @@ class FSM:
         c["apply_seconds"] += dt
         self.apply_hist.observe(dt)
         return results
+
+    def _over_budget(self, keys, exact, poisoned):
+        """Requests past the budget: those counted on cached statements are re-run with
+        fresh ones (exact count); those already counted exactly are refused."""
+        steps = self.db.step_budget
+        for k in keys:
+            if self.db.result_refused:
+                # the size of rows is the same on every member: no recount needed
+                poisoned[k] = self.db.result_refused
+                self.counters["result_refused"] += 1
+            elif k in exact:
+                poisoned[k] = budget_error(steps)
+                self.counters["over_budget"] += 1
+            else:
+                exact.add(k)
+                self.counters["budget_recounts"] += 1
 
     def snapshot(self, path):
         """Consistent copy of the database at some applied index; returns that
@@ -292,7 +365,7 @@ class FSM:
             self._decode = decode_command
         return self._decode(data)
 
-    def _apply_entry(self, e, pos, poisoned):
+    def _apply_entry(self, e, pos, poisoned, exact=frozenset()):
         """-> (result, dedup rows added)."""
         if e.type != EntryType.NORMAL or not e.data:
             return None, 0
@@ -306,6 +379,8 @@ class FSM:
         rw = self.results_wanted
         self._want = rw is None or rw(e.index)
         self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
+        self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP))
+        self.db.set_result_bound(_op_int(cmd.ops, RESULT_OP))
         if t == CommandType.EXECUTE:
             out, added = [], 0
             self._first_seq = None
@@ -320,33 +395,38 @@ class FSM:
                     sql = _single_sql(req)
                     if sql is not None and _single_sql(reqs[ri + 1]) == sql \
                             and (pos, ri) not in poisoned and (pos, ri + 1) not in poisoned \
+                            and (pos, ri) not in exact and (pos, ri + 1) not in exact \
                             and INTERNAL_PREFIX not in sql.lower():
                         j = ri + 2
-                        while j < n and _single_sql(reqs[j]) == sql and (pos, j) not in poisoned:
+                        while j < n and _single_sql(reqs[j]) == sql and (pos, j) not in poisoned \
+                                and (pos, j) not in exact:
                             j += 1
                         j, new = self._run_singles(reqs, ri, j, sql, pos, out)
                         added += new
                         ri = j
                         continue
-                res, new = self._execute_request(req, (pos, ri) in poisoned, (pos, ri))
+                res, new = self._execute_request(req, poisoned.get((pos, ri)), (pos, ri),
+                                                 (pos, ri) in exact)
                 out.append(res)
                 added += new
                 ri += 1
             return {"index": e.index, "results": out}, added
         if t == CommandType.QUERY:
-            if any((pos, ri) in poisoned for ri in range(len(cmd.requests))):
-                return {"index": e.index, "results": [[{"error": _ROLLED_BACK, "time": 0.0}]
-                                                      for _ in cmd.requests]}, 0
-            return {"index": e.index, "results": [self._query_request(r, (pos, ri))
-                                                  for ri, r in enumerate(cmd.requests)]}, 0
+            return {"index": e.index, "results": [
+                [{"error": poisoned[(pos, ri)], "time": 0.0}] if (pos, ri) in poisoned
+                else self._query_request(r, (pos, ri), (pos, ri) in exact)
+                for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
             return {"index": e.index, "results": [
                 self._system_op(e, n, a, (pos, "op", k)) if (pos, "op", k) not in poisoned
                 else {"error": f"system op {n} ended the transaction; it was undone"}
-                for k, (n, a) in enumerate(cmd.ops) if n != CLOCK_OP]}, 0
+                for k, (n, a) in enumerate(cmd.ops) if n not in _LIMIT_OPS]}, 0
         return {"index": e.index, "results": []}, 0
 
-    def _execute_request(self, req, poisoned, key):
+    def _execute_request(self, req, poisoned, key, exact=False):
+        """``poisoned``: the error this request answers without running, or None.
+        ``exact``: run it statement by statement, freshly prepared (the budget's exact
+        count)."""
         db = self.db
         rid = req.request_id
         if rid:
@@ -358,7 +438,7 @@ class FSM:
         self.counters["requests"] += 1
         refused = self._refusal(req, True)
         if poisoned:
-            results = [{"error": _ROLLED_BACK, "time": 0.0}]
+            results = [{"error": poisoned, "time": 0.0}]
         elif refused is not None:
             results = [refused]
         else:
@@ -367,10 +447,13 @@ class FSM:
             txn = req.transaction
             if txn:
                 db.internal("SAVEPOINT _raftsqlite_req")
-            if self.fast_path:
+            db.budget_begin()
+            if self.fast_path and not exact:
                 failed = self._run_fast(req.statements, txn, key, results, rid)
             else:
-                failed = self._run_slow(req.statements, txn, key, results)
+                failed = self._run_slow(req.statements, txn, key, results, exact)
+            if db.budget_tripped or db.deadline_passed or db.result_refused:
+                raise _OverBudget([key])
             self.counters["statements"] += (results.total() if type(results) is InsertRun
                                             else len(results))
             if txn:
@@ -441,6 +524,7 @@ class FSM:
         c["statements"] += len(todo)
         added = 0
         k = 0
+        db.budget_begin()   # the run counts as one: past the budget, each is re-run alone
         while k < len(todo):
             ri, params, rid = todo[k]
             r = db.run_user(sql, params)
@@ -478,18 +562,21 @@ class FSM:
                     bad = k + len(got) - 1 if got and "error" in got[-1] else k + len(got)
                     raise _TxnLost((pos, todo[bad][0]))
                 k += len(got)   # stop: an error on the last one; go on after it
+        if db.budget_tripped or db.deadline_passed or db.result_refused:
+            raise _OverBudget([(pos, ri) for ri, _, _ in todo])
         out.extend(results)
         return j, added
 
-    def _run_slow(self, stmts, txn, key, results):
+    def _run_slow(self, stmts, txn, key, results, fresh=False):
         """One statement at a time through ``Database.run_user`` (the reference path).
-        Appends one result per statement run; True when a transaction stopped early."""
+        Appends one result per statement run; True when a transaction stopped early.
+        ``fresh``: each statement prepared anew (exact budget count)."""
         db = self.db
         for st in stmts:
             if INTERNAL_PREFIX in st.sql.lower():
                 r = {"error": _INTERNAL_REFUSED, "time": 0.0}
             else:
-                r = db.run_user(st.sql, st.params)
+                r = db.run_user(st.sql, st.params, fresh)
                 if not db.in_transaction():
                     raise _TxnLost(key)
             results.append(r)
@@ -614,7 +701,7 @@ class FSM:
                 return {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
         return None
 
-    def _query_request(self, req, key):
+    def _query_request(self, req, key, exact=False):
         db = self.db
         if req.guard is not None:
             # checked here, in log order, so a read cannot pass a check made before an
@@ -624,11 +711,12 @@ class FSM:
                 return [refused]
         results = []
         db.internal("SAVEPOINT _raftsqlite_q")
+        db.budget_begin()
         for st in req.statements:
             if INTERNAL_PREFIX in st.sql.lower():
                 r = {"error": _INTERNAL_REFUSED, "time": 0.0}
             else:
-                r = db.run_user(st.sql, st.params)
+                r = db.run_user(st.sql, st.params, exact)
                 if not db.in_transaction():
                     # cannot happen for a read; if it does, treat it like a write that
                     # ended the transaction: re-run the batch without it
@@ -638,6 +726,8 @@ class FSM:
                 break
         db.internal("ROLLBACK TO _raftsqlite_q")
         db.internal("RELEASE _raftsqlite_q")
+        if db.budget_tripped or db.deadline_passed:
+            raise _OverBudget([key])
         return results
 
     def _system_op(self, e, name, args, key=None):
@@ -661,11 +751,33 @@ class FSM:
 
 
 CLOCK_OP = "clock"
+STEPS_OP = "steps"
+RESULT_OP = "rbytes"
+_LIMIT_OPS = (CLOCK_OP, STEPS_OP, RESULT_OP)
 
 
 def clock_op(ms):
     """The op that carries the proposing leader's instant (Julian-day milliseconds)."""
     return (CLOCK_OP, int(ms).to_bytes(8, "big"))
+
+
+def steps_op(steps):
+    """The op that carries the proposing leader's write budget (SQLite VM steps per
+    request; 0 = none)."""
+    return (STEPS_OP, int(steps).to_bytes(8, "big"))
+
+
+def result_op(max_bytes):
+    """The op that carries the proposing leader's -max-result-bytes: the bound on rows a
+    write request's statements return (RETURNING), the same on every member."""
+    return (RESULT_OP, int(max_bytes).to_bytes(8, "big"))
+
+
+def _op_int(ops, op):
+    for name, args in ops:
+        if name == op and len(args) == 8:
+            return int.from_bytes(args, "big")
+    return 0
 
 
 def _single_sql(req):

@@ -27,7 +27,8 @@ from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import (BulkStatements, Command, CommandType, InsertRun, Request,
                                     Statement)
 from raftsqlite.config import StoreConfig
-from raftsqlite.fsm import clock_op
+from raftsqlite.db import ReadCancel
+from raftsqlite.fsm import clock_op, result_op, steps_op
 from raftsqlite.raft import trace
 from raftsqlite.store_admin import StoreAdmin
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotLeader,
@@ -50,6 +51,9 @@ class Store(StoreAdmin):
         self.fsm = fsm
         self.db = db
         self.config = config or StoreConfig()
+        # every write entry carries this leader's limits (fsm.py, "The write budget")
+        self._limit_ops = [steps_op(self.config.max_apply_steps),
+                           result_op(self.config.max_result_bytes)]
         self.node_id = node_id
         self.voter = voter
         if encode is None:
@@ -79,7 +83,8 @@ class Store(StoreAdmin):
         self.guard_check = None     # fn(guard: bytes) for reads; the sharding layer sets it
         self.ready_check = None     # fn() -> bool, also required by ready(); sharding sets it
         self.counters = {"writes": 0, "write_batches": 0, "batched_requests": 0,
-                         "max_batch": 0, "reads_local": 0, "reads_linearizable": 0,
+                         "max_batch": 0, "reads_local": 0, "reads_cancelled": 0,
+                         "reads_linearizable": 0,
                          "reads_strong": 0, "not_leader": 0, "write_errors": 0}
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -326,7 +331,8 @@ class Store(StoreAdmin):
         no task per batch, the outcome arrives in ``_batch_done``."""
         try:
             data = self._encode(Command(CommandType.EXECUTE, [b[0] for b in batch],
-                                        [clock_op(self.db.clock_now_ms())]))
+                                        [clock_op(self.db.clock_now_ms()),
+                                         *self._limit_ops]))
         except (EncodeError, ValueError, TypeError, OverflowError) as exc:
             if len(batch) == 1:
                 self._batch_failed(batch, exc)
@@ -452,7 +458,7 @@ class Store(StoreAdmin):
             g = bytes(guard) if guard is not None else None
             res = await self._propose_one(
                 Command(CommandType.QUERY, [Request(runnable, bool(transaction), None, g)],
-                        [clock_op(self.db.clock_now_ms())]), timeout)
+                        [clock_op(self.db.clock_now_ms()), *self._limit_ops]), timeout)
             self.counters["reads_strong"] += 1
             if g is not None and runnable and len(res["results"][0]) == 1:
                 _raise_guard_refusal(res["results"][0][0])
@@ -480,9 +486,17 @@ class Store(StoreAdmin):
                 self.counters["reads_local"] += 1
                 return _merge_refused(reads, res)
         loop = asyncio.get_running_loop()
-        res = await loop.run_in_executor(
-            self._reads, lambda: self.db.read(pairs, transaction=bool(transaction),
-                                              db_timeout=db_timeout))
+        cancel = ReadCancel()
+        try:
+            res = await loop.run_in_executor(
+                self._reads, lambda: self.db.read(pairs, transaction=bool(transaction),
+                                                  db_timeout=db_timeout, cancel=cancel))
+        except asyncio.CancelledError:
+            # The caller is gone (the client closed its connection): stop SQLite rather
+            # than let an unbounded query hold a reader thread and a core.
+            cancel.cancelled = True
+            self.counters["reads_cancelled"] += 1
+            raise
         self.counters["reads_local"] += 1
         return _merge_refused(reads, res)
 

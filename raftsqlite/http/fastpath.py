@@ -154,7 +154,7 @@ def response_bytes(res):
 class FastHttpProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol with the fast lane in front (see the module doc)."""
 
-    __slots__ = ("_fast_busy", "_fast_held", "_fast_waiting", "_fast_t0", "_hm")
+    __slots__ = ("_fast_busy", "_fast_held", "_fast_waiting", "_fast_t0", "_hm", "_fast_task")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -162,6 +162,7 @@ class FastHttpProtocol(HttpProtocol):
         self._fast_held = None
         self._fast_waiting = False
         self._fast_t0 = 0.0
+        self._fast_task = None
         # Request counts and latency for GET /metrics, kept by both lanes (metrics.py);
         # the fast lane's requests in flight are counted at scrape time, from here.
         self._hm = http_metrics(self.app)
@@ -201,10 +202,19 @@ class FastHttpProtocol(HttpProtocol):
                 # request's latency for /metrics)
                 self._fast_t0 = t0 = monotonic()
                 self._time = t0 + _FAR
-                self.loop.create_task(self._fast(handler, FastRequest(
+                self._fast_task = self.loop.create_task(self._fast(handler, FastRequest(
                     self.app, method, path, query, headers, body, data)))
                 return
         super().data_received(data)
+
+    def connection_lost(self, exc):
+        # As Sanic does with its own handler task: the client is gone, so its request
+        # stops (a long read is interrupted rather than left to run to its end).
+        t = self._fast_task
+        if t is not None and not t.done():
+            t.cancel()
+        self._fast_task = None
+        super().connection_lost(exc)
 
     def close_if_idle(self):
         # Sanic believes a connection with one of our requests in flight is idle.

@@ -80,6 +80,11 @@ class RaftConfig:
                                        "applied on the event loop, without the apply thread's "
                                        "two thread hand-offs, when no apply is queued there "
                                        "(0 = always on the thread).")
+    apply_inline_budget: float = _f(0.02, "Seconds an apply on the event loop may run before "
+                                          "it is undone and run again on the apply thread, "
+                                          "for state machines that offer apply_bounded "
+                                          "(one slow statement must not stall the loop: "
+                                          "heartbeats, other requests).")
     commit_notify_delay: float = _f(0.002, "Seconds a leader holds an APPEND that only tells a "
                                            "caught-up follower the new commit index, so that "
                                            "the next APPEND carries it instead (0 = send at "
@@ -117,6 +122,8 @@ class RaftConfig:
                 or not (0 <= self.commit_notify_delay <= 1.0):
             raise ConfigError("need apply_inline_bytes >= 0, 0 <= persist_wait <= 0.1 and "
                               "0 <= commit_notify_delay <= 1")
+        if not (0 < self.apply_inline_budget <= 10):
+            raise ConfigError("apply_inline_budget must be > 0 and <= 10 seconds")
         if not (0 <= self.slow_disk_handoff <= 60):
             raise ConfigError("slow_disk_handoff must be between 0 and 60 seconds")
         et = self.election_ticks * self.tick_interval

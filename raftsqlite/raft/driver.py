@@ -96,7 +96,7 @@ class RaftNode(SnapshotMixin, ReapMixin):
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
                        "persist_s": 0.0, "persists": 0, "heartbeats_during_persist": 0,
-                       "applied_inline": 0, "persist_waited": 0, "commit_piggybacked": 0,
+                       "applied_inline": 0, "inline_undone": 0, "persist_waited": 0, "commit_piggybacked": 0,
                        "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0,
                        "committed_at_persist": 0, "leader_changes": 0}
         self._leader_seen = None
@@ -771,14 +771,20 @@ class RaftNode(SnapshotMixin, ReapMixin):
             if small and self._apply_queued == self._applied and not self._apply_on_thread \
                     and self._failed is None and sum(len(e.data) for e in chunk) <= small:
                 self._apply_queued = chunk[-1].index
-                self._stats["applied_inline"] += 1
+                bounded = getattr(self.fsm, "apply_bounded", None)
                 try:
-                    results = self.fsm.apply(chunk)
+                    results = self.fsm.apply(chunk) if bounded is None \
+                        else bounded(chunk, self.config.apply_inline_budget)
                 except Exception as e:  # noqa: BLE001 - fail-stop, as on the thread
                     self._applied_done(chunk, None, e)
                     return
-                self._applied_done(chunk, results, None)
-                continue
+                if results is not None:
+                    self._stats["applied_inline"] += 1
+                    self._applied_done(chunk, results, None)
+                    continue
+                # Too slow for the loop: it was undone; the apply thread runs it (and,
+                # to keep the order, everything after it that is already committed).
+                self._stats["inline_undone"] += 1
             self._apply_queued = chunk[-1].index
             fut = self._in(self._apply_exec, self.fsm.apply, chunk)
             fut.add_done_callback(lambda f, c=chunk: self._on_applied(c, f))

@@ -217,7 +217,13 @@ def test_results_past_max_result_bytes_are_an_error_not_a_full_memory(tmp_path):
         d.internal("COMMIT")
         r = d.read([("SELECT id, v FROM t WHERE id > 0", None)])[0]
         assert "result too large" in r["error"] and "LIMIT" in r["error"], r
+        # the writer (apply) uses the bound carried in the entry, not the node's own
+        assert "values" in d.run_user("SELECT id, v FROM t WHERE id > 0")
+        d.set_result_bound(200_000)
+        d.budget_begin()
         assert "result too large" in d.run_user("SELECT id, v FROM t WHERE id > 0")["error"]
+        assert "200,000 bytes" in d.result_refused
+        d.set_result_bound(0)
         r = d.read([("SELECT id, v FROM t WHERE id > 0 AND id <= 4000", None)])[0]
         assert len(r["values"]) == 4000 and r["values"][-1] == [4000, "x" * 30]
         r = d.read([("SELECT id FROM t WHERE id > 0", None)])[0]     # 20,000 x 8 bytes
