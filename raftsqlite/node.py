@@ -11,8 +11,9 @@ included, cannot tell it ever belonged to a group: restart it with ``-join <a me
 ``Store.join``); started without ``-join`` it would begin a new group. A data dir whose Raft log is gone but whose database has applied entries is
 refused by the Raft driver at start ("the log was lost"), never bootstrapped.
 
-Stop (SIGTERM): stop accepting HTTP -> Raft stop (a leader hands leadership over first)
--> store and SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
+Stop (SIGTERM): [with -raft-cluster-remove-shutdown: leave the group, bounded, node_leave.py]
+-> stop accepting HTTP -> Raft stop (a leader hands leadership over first) -> store and
+SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
 before anything is acknowledged, and SQLite replays from it.
 """
 import asyncio
