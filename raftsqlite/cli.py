@@ -58,8 +58,9 @@ def build_parser():
     flag("snapshot-threshold", dest="snapshot_threshold", type=int,
          default=_DEFAULTS["snapshot_threshold"][0], metavar="N",
          help="applied entries between automatic snapshots (default: %(default)s)")
-    flag("join-timeout", dest="join_timeout", type=float, default=_DEFAULTS["join_timeout"][0],
-         metavar="SECONDS", help="how long to retry -join (default: %(default)s)")
+    flag("join-timeout", dest="join_timeout", type=float, default=None,
+         metavar="SECONDS", help=f"how long to retry -join (default: "
+                                 f"{_DEFAULTS['join_timeout'][0]:g})")
     flag("batch-wait", dest="batch_wait", type=float, default=_SDEFAULTS["batch_wait"][0],
          metavar="SECONDS", help=_SDEFAULTS["batch_wait"][1])
     flag("max-inflight", dest="max_inflight", type=int, default=_SDEFAULTS["max_inflight"][0],
@@ -100,6 +101,7 @@ def build_parser():
     tlsconf.add_flags(flag)
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
+    _add_rqlite_flags(p, flag)
     return p
 
 
@@ -127,8 +129,88 @@ def _go_bool_flags(argv):
     return out
 
 
+# ---- rqlite's flag names (rqlited's command line; docs/operations.md) ---------------------
+#: rqlite's name -> our dest: the same flag under the name rqlited scripts use.
+RQLITE_ALIASES = {"node-id": "node_id", "http-addr": "http_addr", "raft-addr": "raft_addr",
+                  "http-adv-addr": "http_adv", "raft-adv-addr": "raft_adv",
+                  "raft-non-voter": "non_voter", "raft-snap": "snapshot_threshold"}
+
+
+def _add_rqlite_flags(p, flag):
+    for name, dest in RQLITE_ALIASES.items():
+        orig = next(a for a in p._actions if a.dest == dest)
+        # SUPPRESS: the alias sets the value only when given, never its default
+        kw = dict(dest=dest, default=argparse.SUPPRESS,
+                  help=f"rqlite's name for {orig.option_strings[0]}")
+        if orig.nargs == 0:
+            kw["action"] = "store_true"
+        else:
+            kw.update(type=orig.type, metavar=orig.metavar)
+        flag(name, **kw)
+    flag("join-attempts", dest="join_attempts", type=int, default=None, metavar="N",
+         help="rounds of join attempts over the -join addresses (rqlite); without "
+              "-join-timeout the join then lasts as long as N rounds take")
+    flag("join-interval", dest="join_interval", default=None, metavar="DURATION",
+         help="pause between join rounds, e.g. 3s (rqlite; default: backoff 0.1-2 s)")
+    flag("bootstrap-expect", dest="bootstrap_expect", type=int, default=0, metavar="N",
+         help="form a new group once the N nodes at the -join addresses (this one "
+              "included) are up; every node gets the same flags (rqlite)")
+    flag("bootstrap-expect-timeout", dest="bootstrap_expect_timeout", default="120s",
+         metavar="DURATION", help="give up waiting for -bootstrap-expect nodes after this "
+                                  "(default: %(default)s)")
+    flag("version", dest="version", action="store_true", help="print the version and exit")
+    p.add_argument("data_dir_pos", nargs="?", default=None, metavar="DIR",
+                   help="data directory, as rqlited's positional argument (same as -data)")
+
+
+def _check_flag_names(parser, argv):
+    """Flags are taken by their full names only, as Go's flag package (rqlited) does:
+    argparse would read an rqlite flag we lack as an abbreviation of one of ours, or
+    '-http-foo' as '-h' with an argument, instead of naming it."""
+    known = parser._option_string_actions
+    for a in argv:
+        if a == "--":
+            break
+        name = a.split("=", 1)[0]
+        if a.startswith("-") and len(a) > 1 and name not in known \
+                and not a[1:].replace(".", "", 1).isdigit():
+            raise ConfigError(f"unknown flag {name} (not a raft-sqlite flag, nor one of "
+                              f"rqlite's that raft-sqlite takes; see raft-sqlite --help)")
+
+
+def _rqlite_settings(args, argv):
+    """The NodeConfig fields set by rqlite's flags, and the positional data dir checked
+    against -data."""
+    import os
+    from raftsqlite.config import parse_duration
+    out = {}
+    if args.data_dir_pos is not None:
+        given = any(a.lstrip("-").split("=", 1)[0] == "data" for a in argv if a.startswith("-"))
+        if given and os.path.abspath(args.data_dir) != os.path.abspath(args.data_dir_pos):
+            raise ConfigError(f"two data directories: -data {args.data_dir} and the "
+                              f"positional {args.data_dir_pos}; give one")
+        out["data_dir"] = args.data_dir_pos
+    attempts = args.join_attempts
+    interval = parse_duration(args.join_interval, "-join-interval") \
+        if args.join_interval is not None else 0.0
+    out.update(join_attempts=attempts or 0, join_interval=interval,
+               bootstrap_expect=args.bootstrap_expect,
+               bootstrap_expect_timeout=parse_duration(args.bootstrap_expect_timeout,
+                                                       "-bootstrap-expect-timeout"))
+    if attempts and args.join_timeout is None:
+        # rqlite scripts bound the join by attempts x interval; our 60 s default must not
+        # cut that short (2.5 s: a round's share of our backoff when no interval is given)
+        out["join_timeout"] = max(_DEFAULTS["join_timeout"][0],
+                                  attempts * ((interval or 2.0) + 2.5))
+    return out
+
+
 def config_from_args(argv=None) -> NodeConfig:
-    args = build_parser().parse_args(_go_bool_flags(sys.argv[1:] if argv is None else argv))
+    argv = _go_bool_flags(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser()
+    _check_flag_names(parser, argv)
+    args = parser.parse_args(argv)
+    extra = _rqlite_settings(args, argv)
     join = tuple(a.strip() for a in args.join.split(",") if a.strip())
     store = StoreConfig(batch_wait=args.batch_wait, max_inflight=args.max_inflight,
                         batch_max_requests=args.batch_max_requests,
@@ -141,16 +223,18 @@ def config_from_args(argv=None) -> NodeConfig:
         if not sep or not name:
             raise ConfigError(f"-raft-opt wants NAME=VALUE, got {opt!r}")
         overrides.append((name.strip(), _parse_value(value.strip())))
-    cfg = NodeConfig(node_id=args.node_id, data_dir=args.data_dir, http_addr=args.http_addr,
+    cfg = NodeConfig(node_id=args.node_id, data_dir=extra.pop("data_dir", args.data_dir),
+                     http_addr=args.http_addr,
                      raft_addr=args.raft_addr, http_adv=args.http_adv, raft_adv=args.raft_adv,
                      join=join, voter=not args.non_voter, shard=args.shard,
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
-                     join_timeout=args.join_timeout, store=store,
-                     raft_overrides=tuple(overrides), auth_file=args.auth_file,
+                     join_timeout=extra.pop("join_timeout", args.join_timeout
+                                            or _DEFAULTS["join_timeout"][0]),
+                     store=store, raft_overrides=tuple(overrides), auth_file=args.auth_file,
                      join_as=args.join_as, tls=_tls(args),
                      reap_node_timeout=args.reap_node_timeout,
                      reap_read_only_node_timeout=args.reap_read_only_node_timeout,
-                     cluster_remove_shutdown=args.cluster_remove_shutdown)
+                     cluster_remove_shutdown=args.cluster_remove_shutdown, **extra)
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args
@@ -173,6 +257,22 @@ def _parse_value(v):
     return v
 
 
+def _is_command(word):
+    """A first word names a subcommand unless it looks like a path (rqlited's positional
+    data directory: ``raft-sqlite ./node1``, ``raft-sqlite /var/lib/x``, or an existing
+    directory); a bare unknown word stays an unknown command, so a typo never starts a
+    node in a directory named after it."""
+    import os
+    if "/" in word or word.startswith(".") or os.path.isdir(word):
+        import importlib.util
+        try:
+            return importlib.util.find_spec(
+                f"raftsqlite.commands.{word.replace('-', '_')}") is not None
+        except (ImportError, ValueError):
+            return False
+    return True
+
+
 def _subcommand(argv):
     """``raft-sqlite NAME ...`` runs ``raftsqlite.commands.NAME.main(argv)`` (e.g. the
     sharding layer's ``demo`` or ``rebalance``); other layers add modules there."""
@@ -185,15 +285,20 @@ def _subcommand(argv):
         mod = importlib.import_module(f"raftsqlite.commands.{name.replace('-', '_')}")
     except ModuleNotFoundError:
         print(f"raft-sqlite: unknown command {name!r} (run raft-sqlite --help for the node's "
-              f"flags)", file=sys.stderr)
+              f"flags; a data directory as the first word is written ./{name})",
+              file=sys.stderr)
         return 2
     return mod.main(argv[1:])
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and not argv[0].startswith("-"):
+    if argv and not argv[0].startswith("-") and _is_command(argv[0]):
         return _subcommand(argv)
+    if "-version" in argv or "--version" in argv:
+        from raftsqlite import __version__
+        print(f"raft-sqlite {__version__}")
+        return 0
     try:
         cfg, args = config_from_args(argv)
     except ConfigError as e:

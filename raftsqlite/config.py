@@ -101,6 +101,15 @@ class NodeConfig(_Help):
     join_as: str = _f("", "User in the auth file whose credentials this node uses on its "
                           "own calls to other nodes (join, sharding, forwarding).")
     tls: object = _f(None, "TLS settings (raftsqlite.tlsconf.TLSConfig; default: none).")
+    # rqlite's join retry and automatic bootstrapping (docs/design/bootstrap.md)
+    join_attempts: int = _f(0, "Rounds of join attempts over the -join addresses before "
+                               "giving up (0 = until join_timeout; rqlite's -join-attempts).")
+    join_interval: float = _f(0.0, "Seconds between join rounds (0 = backoff from 0.1 s to "
+                                   "2 s; rqlite's -join-interval).")
+    bootstrap_expect: int = _f(0, "Form a new group once this many nodes at the -join "
+                                  "addresses are up (0 = off; rqlite's -bootstrap-expect).")
+    bootstrap_expect_timeout: float = _f(120.0, "Seconds to wait for -bootstrap-expect "
+                                                "nodes before the node gives up.")
     # -- membership housekeeping (rqlite's -raft-reap-* and -raft-cluster-remove-shutdown)
     reap_node_timeout: float = _f(0.0, "Seconds after which the leader removes a voter it "
                                        "has not heard from (0 = never; raft/reaper.py).")
@@ -138,6 +147,28 @@ class NodeConfig(_Help):
             raise ConfigError("reap timeouts must be >= 0 (0 = never reap)")
         if self.snapshot_threshold < 0 or self.join_timeout <= 0:
             raise ConfigError("snapshot_threshold must be >= 0 and join_timeout > 0")
+        self._check_bootstrap()
+
+    def _check_bootstrap(self):
+        if self.join_attempts < 0 or self.join_interval < 0:
+            raise ConfigError("join_attempts and join_interval must be >= 0")
+        n = self.bootstrap_expect
+        if n < 0 or self.bootstrap_expect_timeout <= 0:
+            raise ConfigError("bootstrap_expect must be >= 0 and bootstrap_expect_timeout > 0")
+        if not n:
+            return
+        if self.shard and self.shard != "default":
+            raise ConfigError("-bootstrap-expect forms the default group only; a shard group "
+                              "is created through the catalog (start its first node with "
+                              "-shard NAME -join <any member>, then the others the same way)")
+        distinct = {join_key(a) for a in self.join}
+        if len(distinct) != len(self.join):
+            raise ConfigError(f"-join names an address twice: {', '.join(self.join)}")
+        if len(self.join) != n:
+            raise ConfigError(f"-bootstrap-expect {n} needs exactly {n} -join addresses, the "
+                              f"initial members (this node's own included), got "
+                              f"{len(self.join)}: the initial voter set is read from them, so "
+                              f"every node started with these flags forms the same group")
 
     @property
     def http_advertise(self) -> str:
@@ -173,6 +204,29 @@ def parse_addr(addr: str, name: str = "address"):
     return host.strip("[]"), int(port)
 
 
+def join_key(addr: str) -> str:
+    """A -join address without its scheme or trailing slash, lower-cased: 'http://H:1/'
+    and 'h:1' name the same member."""
+    host, port = parse_addr(addr, "join")
+    return f"{host.lower()}:{port}"
+
+
+def parse_duration(v, name="duration") -> float:
+    """Seconds from '3', '2.5', or a Go duration as rqlite takes it: '500ms', '3s', '1m',
+    '1h', '1m30s'."""
+    import re
+    s = str(v).strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", s)
+    if not parts or "".join(a + b for a, b in parts) != s:
+        raise ConfigError(f"{name} must be seconds or a duration like 500ms, 3s, 1m; got {v!r}")
+    return sum(float(a) * units[b] for a, b in parts)
+
+
 def listen_addr(addr: str):
     """Where to bind: a host-less address listens on every interface."""
     host, port = parse_addr(addr)
@@ -199,36 +253,3 @@ def _reachable_hostname() -> str:
 
 def default_node_id(raft_advertise: str) -> str:
     return raft_advertise.replace(":", "-").replace("[", "").replace("]", "")
-
-
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-                   "h": 3600.0}
-
-
-def parse_duration(text) -> float:
-    """A Go duration (``72h``, ``30s``, ``1h30m``, ``500ms``, ``0``) or plain seconds
-    (``2.5``) -> seconds. Anything else is a ConfigError naming the value."""
-    v = str(text).strip()
-    try:
-        return float(v)
-    except ValueError:
-        pass
-    total, i, n = 0.0, 0, len(v)
-    if not v:
-        raise ConfigError("empty duration")
-    while i < n:
-        j = i
-        while j < n and (v[j].isdigit() or v[j] == "."):
-            j += 1
-        k = j
-        while k < n and not (v[k].isdigit() or v[k] == "."):
-            k += 1
-        num, unit = v[i:j], v[j:k]
-        if not num or unit not in _DURATION_UNITS:
-            raise ConfigError(f"bad duration {text!r}: use e.g. 30s, 5m, 72h, 1h30m")
-        try:
-            total += float(num) * _DURATION_UNITS[unit]
-        except ValueError:
-            raise ConfigError(f"bad duration {text!r}") from None
-        i = k
-    return total

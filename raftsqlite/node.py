@@ -90,7 +90,11 @@ class Node:
         from raftsqlite.sharding.service import ShardingService
         self.sharding = ShardingService(self)
         self.sql_backend = self.sharding.sql
-        self.http_blueprints = [sharding_blueprint]
+        # POST /notify: what -bootstrap-expect nodes ask each other (bootstrap.py)
+        from raftsqlite.bootstrap import blueprint as bootstrap_blueprint
+        self.http_blueprints = [sharding_blueprint, bootstrap_blueprint]
+        self.bootstrap_plan = None
+        self.autoboot = None
         # #7: the rebalance coordinator and its routes (default-group nodes only)
         from raftsqlite.sharding.rebalance_node import attach as attach_rebalancer
         attach_rebalancer(self)
@@ -114,6 +118,16 @@ class Node:
                         "(wiped on purpose? remove the data dir and start with -join)",
                         cfg.node_id, self.raft.term)
             fresh = False
+        if cfg.bootstrap_expect and fresh:
+            # rqlite's automatic bootstrapping (bootstrap.py): HTTP first, since the
+            # nodes find each other through it, then one group formed by all of them
+            await self.sharding.start()
+            await self._serve_http()
+            self._started = True
+            from raftsqlite.bootstrap import AutoBootstrap
+            self.autoboot = AutoBootstrap(self)
+            await self.autoboot.run()
+            return
         shard_new = False
         if cfg.shard and cfg.shard != "default":
             # A shard node's -join names any member (of the default group or of its own
@@ -181,16 +195,13 @@ class Node:
                 "http_addr": cfg.http_advertise, "voter": cfg.voter}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.join_timeout
-        delay, last = 0.1, "no attempt"
+        delay, last, rounds = 0.1, "no attempt", 0
         tls_failed = {}
         tls = cfg.tls
-        conn = aiohttp.TCPConnector(ssl=tls.http_client) if tls.http_client else None
-        name = {"server_hostname": tls.node_verify_server_name} \
-            if tls.node_verify_server_name else {}
-        auth = {"Authorization": self.identity_header} if self.identity_header else None
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                         headers=auth, connector=conn) as s:
+        s, name = self.peer_session(30)
+        async with s:
             while loop.time() < deadline:
+                rounds += 1
                 for a in addrs:
                     # an empty log now: the leader must not count on what an earlier
                     # life of this member acknowledged (store.join)
@@ -205,6 +216,9 @@ class Node:
                             last = f"{url}: HTTP {r.status} {text[:200]}"
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                         last = f"{url}: {type(e).__name__} {e}"
+                        if isinstance(e, aiohttp.ServerDisconnectedError):
+                            # rqlite 8 joins through the Raft port; ours is HTTP
+                            last += " (a Raft address? -join takes HTTP API addresses)"
                         if isinstance(e, aiohttp.ClientSSLError):
                             tls_failed[a] = str(e)
                     log.info("join attempt failed: %s", last)
@@ -214,10 +228,27 @@ class Node:
                                       "member given (check -node-ca-cert/-http-ca-cert and "
                                       "the certificates): " + "; ".join(
                                           f"{a}: {w}" for a, w in tls_failed.items()))
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                if cfg.join_attempts and rounds >= cfg.join_attempts:
+                    break
+                # rqlite's -join-interval is a fixed pause; ours otherwise backs off
+                await asyncio.sleep(cfg.join_interval or delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
-        raise Unavailable(f"could not join through {', '.join(addrs)} within "
-                          f"{cfg.join_timeout:g}s (last error: {last})")
+        tried = f"{rounds} attempt{'s' if rounds != 1 else ''}"
+        raise Unavailable(f"could not join through {', '.join(addrs)} ({tried} in at most "
+                          f"{cfg.join_timeout:g}s; last error: {last})")
+
+    def peer_session(self, timeout):
+        """(aiohttp session, per-request kwargs) for this node's own calls to other
+        nodes' HTTP APIs: the -join-as identity, the client side of -http-ca-cert /
+        -node-verify-server-name."""
+        import aiohttp
+        tls = self.config.tls
+        conn = aiohttp.TCPConnector(ssl=tls.http_client) if tls.http_client else None
+        name = {"server_hostname": tls.node_verify_server_name} \
+            if tls.node_verify_server_name else {}
+        auth = {"Authorization": self.identity_header} if self.identity_header else None
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                     headers=auth, connector=conn), name
 
     async def _join_quietly(self, addrs):
         try:
@@ -233,6 +264,17 @@ class Node:
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
                      "data_dir": os.path.abspath(self.config.data_dir)}
+        if self.config.bootstrap_expect:
+            if self.bootstrap_plan is None:
+                from raftsqlite.bootstrap import load_plan
+                try:
+                    self.bootstrap_plan = load_plan(self.config.data_dir)
+                except RaftSQLiteError:
+                    pass
+            s["node"]["bootstrap"] = dict(
+                self.autoboot.stats() if self.autoboot else {},
+                expect=self.config.bootstrap_expect,
+                initial_members=[m["node_id"] for m in self.bootstrap_plan or ()])
         return s
 
 

@@ -50,6 +50,7 @@ PERMS = {
     "/remove": ("remove",),
     "/snapshot": ("snapshot",),
     "/join": ("join",),          # a non-voter may instead hold join-read-only/-replica
+    "/notify": ("join",),        # -bootstrap-expect nodes finding each other (as rqlite)
     "/metrics": ("status",),     # as rqlite's /debug/vars
     "/debug/vars": ("status",),
     # the seed's API
