@@ -105,7 +105,7 @@ def test_paused_member_and_leader_change_reap_nobody(reaping):
     want = {p.node_id for p in procs}
     paused = _follower(procs)
     os.kill(paused.proc.pid, signal.SIGSTOP)
-    time.sleep(REAP_S / 2)
+    time.sleep(0.4 * REAP_S)
     os.kill(paused.proc.pid, signal.SIGCONT)
     lead = _leader(procs)
     to = next(p for p in procs if p is not lead and p is not paused
