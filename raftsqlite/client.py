@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 
 from raftsqlite import errors
+from raftsqlite.tlsconf import cert_failure
 
 #: Set on a request one node forwards to another; its value counts hops, so a request
 #: never bounces between nodes that each believe the other leads.
@@ -117,12 +118,14 @@ class Client:
                                  f"or may not have been applied") from None
         except aiohttp.ClientConnectorError as e:
             self.failures += 1
-            raise errors.Unreachable(f"cannot reach {addr}: {e} (nothing was sent)") from None
+            # the cause is kept: tlsconf.refused tells a refused certificate from it
+            raise errors.Unreachable(f"cannot reach {addr}: {cert_failure(e) or e} "
+                                     f"(nothing was sent)") from e
         except aiohttp.ClientError as e:
             # The connection broke after the request may have been sent: outcome unknown.
             self.failures += 1
-            raise errors.Unavailable(f"connection to {addr} failed: {e}; a write may or "
-                                     f"may not have been applied") from None
+            raise errors.Unavailable(f"connection to {addr} failed: {cert_failure(e) or e}; "
+                                     f"a write may or may not have been applied") from e
 
     async def stream(self, method, addr, path, *, body=None, headers=None, timeout=None):
         """A request whose response is consumed in chunks: returns (status, headers,

@@ -24,7 +24,7 @@ from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
 from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
                                  run_many_unreported, run_statement)
-from raftsqlite.db_shapes import insert_shape, quote_ident
+from raftsqlite.db_shapes import CONN_FUNCTIONS, insert_shape, quote_ident
 
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
@@ -147,6 +147,14 @@ class Database:
         conn.create_scalar_function("random", lambda: self._seeded().getrandbits(64) - (1 << 63),
                                     0, deterministic=False)
         conn.create_scalar_function("randomblob", self._randomblob, 1, deterministic=False)
+        # total_changes() counts from the request's start (reset_conn_state), not from
+        # when this member's connection opened
+        self._tc_base = 0
+        self._schema_v = None
+        self._schema_cs = False
+        conn.create_scalar_function("total_changes",
+                                    lambda: conn.total_changes() - self._tc_base, 0,
+                                    deterministic=False)
         return conn
 
     def _randomblob(self, n):
@@ -178,6 +186,39 @@ class Database:
         self.step_budget = steps if steps > 0 else 0
         self.budget_tripped = False
         self._budget_calls = max(1, steps // PROGRESS_STEPS) if steps > 0 else 0
+
+    def reset_conn_state(self):
+        """Start a request from a known connection state: changes() and
+        last_insert_rowid() 0, total_changes() counting from here. What ran on the writer
+        before (the previous request, our own statements, where an apply call began)
+        differs between members, so a request that reads these must not see it."""
+        self.writer.set_last_insert_rowid(0)
+        self.internal("DELETE FROM _raftsqlite_meta WHERE 0")   # changes() = 0
+        self._tc_base = self.writer.total_changes()
+
+    def schema_calls_conn_functions(self) -> bool:
+        """Whether a table default, trigger or view calls changes(), total_changes() or
+        last_insert_rowid() (then every entry starts from a reset connection: what ran
+        before it on this member's writer differs between members). Recomputed when the
+        schema version moves."""
+        v = self.internal("PRAGMA schema_version")[0][0]
+        if v != self._schema_v:
+            self._schema_v = v
+            self._schema_cs = any(
+                sql and CONN_FUNCTIONS.search(sql)
+                for (sql,) in self.internal("SELECT sql FROM sqlite_master"))
+        return self._schema_cs
+
+    def drop_temp(self):
+        """Drop every TEMP object on the writer: they live on the connection, so one left
+        by a request would be there for later requests on this member only until it
+        restarts or restores a snapshot (then the replicas would differ)."""
+        objs = self.internal("SELECT type, name FROM temp.sqlite_master "
+                             "WHERE type IN ('table', 'view', 'trigger')")
+        for typ, name in objs:
+            if typ == "table" and name.startswith("sqlite_"):
+                continue
+            self.internal(f"DROP {typ.upper()} IF EXISTS temp.{quote_ident(name)}")
 
     def set_result_bound(self, max_bytes):
         """The current entry's bound on the rows a write request's statements return

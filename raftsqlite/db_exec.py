@@ -10,7 +10,7 @@ from itertools import islice
 
 import apsw
 
-from raftsqlite.db_shapes import INTERNAL_PREFIX
+from raftsqlite.db_shapes import INTERNAL_PREFIX, STATE_PRAGMAS
 
 # Pragmas a user statement may not run: they change durability or the file format
 # underneath replication, or let SQL rewrite the schema table directly.
@@ -53,7 +53,11 @@ class _Access:
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
             return apsw.SQLITE_DENY
         if op == apsw.SQLITE_PRAGMA:
-            return apsw.SQLITE_DENY if (p1 or "").lower() in _DENIED_PRAGMAS else apsw.SQLITE_OK
+            name = (p1 or "").lower()
+            if name in _DENIED_PRAGMAS or (p2 is not None and name in STATE_PRAGMAS) \
+                    or name == "optimize":
+                return apsw.SQLITE_DENY
+            return apsw.SQLITE_OK
         if op in _table_ops():
             for p in (p1, p2):
                 if p and p.lower().startswith(INTERNAL_PREFIX):

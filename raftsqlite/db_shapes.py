@@ -7,6 +7,47 @@ from raftsqlite.codec import check_rows, flat_rows
 
 INTERNAL_PREFIX = "_raftsqlite_"
 
+# Pragmas that set state of the connection, not of the database file. Set by a statement,
+# the setting would hold on the connection that ran it (every member's writer, or one
+# reader thread's connection shared by all clients) and vanish on a restart or a snapshot
+# restore, so replicas would apply the same log differently (LIKE, triggers, CHECK
+# constraints, row order of INSERT ... SELECT, query plans and so step counts), or it
+# would change the process for everyone (memory limits). Reading them is allowed.
+STATE_PRAGMAS = frozenset({
+    "case_sensitive_like", "recursive_triggers", "reverse_unordered_selects",
+    "ignore_check_constraints", "legacy_alter_table", "trusted_schema", "query_only",
+    "defer_foreign_keys", "automatic_index", "analysis_limit", "count_changes",
+    "full_column_names", "short_column_names", "empty_result_callbacks", "cell_size_check",
+    "cache_size", "default_cache_size", "cache_spill", "soft_heap_limit", "hard_heap_limit",
+    "threads", "max_page_count", "temp_store", "busy_timeout", "fullfsync",
+    "checkpoint_fullfsync", "secure_delete", "schema_version", "legacy_file_format",
+})
+
+
+# SQL functions whose value is the connection's recent history (the previous statement's
+# changes, the last rowid inserted, changes since the connection opened), not the
+# database's. See uses_connection_state.
+# TEMP objects (tables, views, triggers, indexes) live on the connection, not in the file.
+_CONN_FN = r"\b(?:total_changes|changes|last_insert_rowid)\s*\("
+_CONN_STATE = re.compile(_CONN_FN + r"|\btemp(?:orary)?\b", re.I)
+CONN_FUNCTIONS = re.compile(_CONN_FN, re.I)
+_conn_state_cache = {}
+
+
+def uses_connection_state(sql: str) -> bool:
+    """Whether ``sql`` calls changes(), total_changes() or last_insert_rowid(), or may
+    touch TEMP objects (any word ``temp``/``temporary``; a false alarm costs a little).
+    The apply path then runs its request from a reset connection
+    (``Database.reset_conn_state``) and drops the TEMP objects it left
+    (``Database.drop_temp``), so every member computes the same, whatever ran on its
+    writer before, and nothing outlives the request that a restarted member would lack."""
+    got = _conn_state_cache.get(sql)
+    if got is None:
+        if len(_conn_state_cache) > 4096:
+            _conn_state_cache.clear()
+        got = _conn_state_cache[sql] = _CONN_STATE.search(sql) is not None
+    return got
+
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'

@@ -37,6 +37,13 @@ class PayloadTooLarge(BadRequest):
     code = "payload_too_large"
 
 
+class Conflict(BadRequest):
+    """A valid request that the current state forbids (e.g. it would hide rows); nothing
+    was changed. The message says what to do first."""
+
+    code = "conflict"
+
+
 class StatementRefused(BadRequest):
     """A statement that cannot be replicated safely (ATTACH, load_extension, ...)."""
 

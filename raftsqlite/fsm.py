@@ -52,7 +52,7 @@ from raftsqlite.b64json import b64_default, unb64
 from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import budget_error
-from raftsqlite.db_shapes import INTERNAL_PREFIX
+from raftsqlite.db_shapes import INTERNAL_PREFIX, uses_connection_state
 from raftsqlite.errors import DecodeError, RaftSQLiteError
 from raftsqlite.metrics import LATENCY_BUCKETS, Histogram
 
@@ -382,6 +382,8 @@ class FSM:
         self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP))
         self.db.set_result_bound(_op_int(cmd.ops, RESULT_OP))
         if t == CommandType.EXECUTE:
+            if self.db.schema_calls_conn_functions():
+                self.db.reset_conn_state()
             out, added = [], 0
             self._first_seq = None
             reqs = cmd.requests
@@ -448,6 +450,9 @@ class FSM:
             if txn:
                 db.internal("SAVEPOINT _raftsqlite_req")
             db.budget_begin()
+            conn_state = _conn_state(req)
+            if conn_state:
+                db.reset_conn_state()
             if self.fast_path and not exact:
                 failed = self._run_fast(req.statements, txn, key, results, rid)
             else:
@@ -460,6 +465,8 @@ class FSM:
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
                 db.internal("RELEASE _raftsqlite_req")
+            if conn_state:
+                db.drop_temp()
         if rid and refused is None:
             # A refused request ran nothing: its retry (after the router refreshed, or once
             # this shard applied its new ownership) must run, not replay the refusal.
@@ -712,6 +719,8 @@ class FSM:
         results = []
         db.internal("SAVEPOINT _raftsqlite_q")
         db.budget_begin()
+        if _conn_state(req):
+            db.reset_conn_state()
         for st in req.statements:
             if INTERNAL_PREFIX in st.sql.lower():
                 r = {"error": _INTERNAL_REFUSED, "time": 0.0}
@@ -786,7 +795,19 @@ def _single_sql(req):
     sts = req.statements
     if type(sts) is not list or len(sts) != 1 or req.transaction:
         return None
-    return sts[0].sql
+    sql = sts[0].sql
+    return None if uses_connection_state(sql) else sql
+
+
+def _conn_state(req):
+    """Whether a statement of ``req`` reads the connection's history (changes(), ...)."""
+    sts = req.statements
+    if type(sts) is BulkStatements:
+        return uses_connection_state(sts.sql)
+    for st in sts:
+        if uses_connection_state(st.sql):
+            return True
+    return False
 
 
 def _clock(ops):

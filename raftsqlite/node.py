@@ -219,8 +219,10 @@ class Node:
                         if isinstance(e, aiohttp.ServerDisconnectedError):
                             # rqlite 8 joins through the Raft port; ours is HTTP
                             last += " (a Raft address? -join takes HTTP API addresses)"
-                        if isinstance(e, aiohttp.ClientSSLError):
-                            tls_failed[a] = str(e)
+                        why = await tls.refused(url, e) or (
+                            isinstance(e, aiohttp.ClientSSLError) and str(e))
+                        if why:     # a refused certificate or handshake: not transient
+                            tls_failed[a] = why
                     log.info("join attempt failed: %s", last)
                 if len(tls_failed) == len(addrs):
                     # A certificate problem does not heal by retrying: say so now.

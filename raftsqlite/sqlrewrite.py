@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 
 from raftsqlite.codec.model import BulkStatements, Statement
+from raftsqlite.db_shapes import STATE_PRAGMAS
 from raftsqlite.errors import StatementRefused
 
 INTERNAL_PREFIX = "_raftsqlite_"
@@ -126,6 +127,16 @@ def _refuse_check(stmt, text):
             raise StatementRefused(f"PRAGMA {name} is not allowed: it changes durability or "
                                    f"the file format underneath replication "
                                    f"(statement: {snippet})")
+        if name == "optimize":
+            raise StatementRefused(f"PRAGMA optimize is not allowed: what it analyzes "
+                                   f"depends on each connection's history, so replicas would "
+                                   f"differ; run ANALYZE instead (statement: {snippet})")
+        named_at = 3 if len(sig) > 3 and stmt[sig[2]][1] == "." else 1
+        if name in STATE_PRAGMAS and len(sig) > named_at + 1:
+            raise StatementRefused(f"PRAGMA {name} cannot be set by a statement: it is "
+                                   f"connection state, not database state, so replicas and "
+                                   f"restarted members would differ (reading it is allowed; "
+                                   f"statement: {snippet})")
     for n, i in enumerate(sig):
         k, t = stmt[i]
         if k == "word" and t.lower() == "load_extension" and n + 1 < len(sig) \

@@ -25,6 +25,7 @@ Every file is read when the config is built, so a missing file, a key that does 
 its certificate or an unreadable CA stops the node at start with a ``ConfigError`` naming
 the flag. Without any flag nothing here is used and no code path changes.
 """
+import asyncio
 import ssl
 from dataclasses import dataclass, field, fields
 
@@ -110,6 +111,70 @@ class TLSConfig:
     def http_client(self):
         return self._ctx.http_client if self._ctx else None
 
+    def http_client_tls12(self):
+        """The ``http_client`` context capped at TLS 1.2 (``refused``'s probe), built on
+        first use."""
+        c = self.__dict__.get("_tls12")
+        if c is None and self._ctx:
+            c = self._ctx.client_for_http(self, ssl.TLSVersion.TLSv1_2)
+            object.__setattr__(self, "_tls12", c)
+        return c
+
+    async def refused(self, url, exc, timeout=5.0):
+        """Why the failure ``exc`` of a call to ``url`` is this node's certificate being
+        refused (one line), or None when it may be transient.
+
+        Under TLS 1.3 a server checks the client's certificate after the client's side of
+        the handshake is done; ours then drops the connection without an alert, and the
+        client sees only "server disconnected" or a reset, as for a restart. So after such
+        a failure one TLS 1.2 handshake decides it: there the server checks the
+        certificate inside the handshake, and a drop during it is the refusal. A server
+        that completes it (or cannot be reached) is not refusing the certificate."""
+        why = cert_failure(exc)
+        if why or not self._ctx or not url.startswith("https://"):
+            return why
+        import aiohttp      # the node's HTTP client library; only needed here
+        if isinstance(exc, (aiohttp.ClientConnectorError, asyncio.TimeoutError)) or \
+                not isinstance(exc, (aiohttp.ClientError, OSError)):
+            return None
+        hostport = url[len("https://"):].split("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        w = None
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(
+                host.strip("[]"), int(port), ssl=self.http_client_tls12(),
+                server_hostname=self.node_verify_server_name or host.strip("[]")), timeout)
+        except ssl.SSLError as e:
+            if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                return _DROPPED + self.own_check()
+            return cert_failure(e)
+        except (ConnectionResetError, ConnectionAbortedError, EOFError):
+            return _DROPPED + self.own_check()
+        except (OSError, asyncio.TimeoutError, ValueError):
+            return None
+        finally:
+            if w is not None:
+                w.close()
+        return None
+
+    def own_check(self) -> str:
+        """Our client certificate checked against our own CA files, as a member would
+        check it if it trusts the same CA: names the verification error the member does
+        not send us (``; checked here: ...``)."""
+        cert, key = (self.node_cert, self.node_key) if self.node_cert else (self.http_cert,
+                                                                          self.http_key)
+        cas = [p for p in (self.http_ca_cert, self.node_ca_cert) if p]
+        if not cert or not cas:
+            return ""
+        try:
+            why = _verify_in_memory(cert, key, cas)
+        except (ssl.SSLError, OSError) as e:
+            return f"; could not check it here: {e}"
+        if why is None:
+            return ("; checked here: it verifies against this node's own CA files, so the "
+                    "members trust a different CA")
+        return f"; checked here against this node's own CA files: {why}"
+
     def client_kw(self) -> dict:
         """Keyword arguments for ``client.Client`` / ``CallClient`` calling other nodes'
         HTTP APIs; empty (so nothing changes) without TLS."""
@@ -192,17 +257,22 @@ class _Contexts:
         elif t.node_ca_cert:
             _read_check(t.node_ca_cert, "node-ca-cert")
         # Calls to other nodes' HTTP APIs (which present -http-cert).
+        self.http_client = self.client_for_http(t)
+
+    def client_for_http(self, t, max_version=None):
         if t.node_cert:
             cert, key = t.node_cert, t.node_key
         else:
             cert, key = t.http_cert, t.http_key
-        self.http_client = self._client(t, cert, key, [(t.http_ca_cert, "http-ca-cert"),
-                                                        (t.node_ca_cert, "node-ca-cert")])
+        return self._client(t, cert, key, [(t.http_ca_cert, "http-ca-cert"),
+                                           (t.node_ca_cert, "node-ca-cert")], max_version)
 
     @staticmethod
-    def _client(t, cert, key, cas):
+    def _client(t, cert, key, cas, max_version=None):
         c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         c.minimum_version = ssl.TLSVersion.TLSv1_2
+        if max_version is not None:
+            c.maximum_version = max_version
         if cert:
             _load_chain(c, cert, key, "node-cert" if cert == t.node_cert else "http-cert",
                         "node-key" if key == t.node_key else "http-key")
@@ -219,6 +289,78 @@ class _Contexts:
 
 
 NO_TLS = TLSConfig()
+
+_DROPPED = ("the peer refused this node's certificate: it dropped the connection during "
+            "the TLS handshake, after this node presented its certificate (is it signed by "
+            "the CA the members trust, their -http-ca-cert?)")
+
+# OpenSSL reasons that say a certificate was refused, by us or by the peer (its alert).
+# Retrying changes none of them: the files must change. Under TLS 1.3 the server checks
+# the client's certificate after the client's handshake has completed, so the client
+# learns of the refusal as an alert on its first read (an OSError in aiohttp, not an
+# ssl error of the connect), which is why the chain is searched.
+_CERT_REASONS = ("CERTIFICATE_VERIFY_FAILED", "UNKNOWN_CA", "BAD_CERTIFICATE",
+                 "CERTIFICATE_REQUIRED", "CERTIFICATE_UNKNOWN", "UNSUPPORTED_CERTIFICATE",
+                 "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED", "HOSTNAME_MISMATCH")
+
+
+def _verify_in_memory(cert, key, cas):
+    """A handshake in memory between a client presenting ``cert`` and a server trusting
+    ``cas`` and requiring a client certificate -> the server's verification error, or
+    None when it accepts ``cert``."""
+    srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv.load_cert_chain(cert, key)
+    for p in cas:
+        srv.load_verify_locations(cafile=p)
+    srv.verify_mode = ssl.CERT_REQUIRED
+    cli = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cli.check_hostname = False
+    cli.verify_mode = ssl.CERT_NONE
+    cli.load_cert_chain(cert, key)
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = cli.wrap_bio(c_in, c_out)
+    s = srv.wrap_bio(s_in, s_out, server_side=True)
+    done = set()
+    for _ in range(10):
+        for side in (c, s):
+            try:
+                side.do_handshake()
+                done.add(side)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError as e:
+                return e.verify_message or str(e)
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(done) == 2:
+            return None
+    return None
+
+
+def cert_failure(exc):
+    """Why ``exc`` (an exception of a TLS connection, or one raised from it) is a
+    certificate refusal that no retry can heal, as one line; None when it may be
+    transient (a reset, a timeout, a refused port)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        seen += 1
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            inner = getattr(exc, "certificate_error", exc)       # aiohttp wraps it
+            why = getattr(inner, "verify_message", None) or str(inner).split("(_ssl")[0].strip()
+            return f"this node rejected the peer's certificate: {why}"
+        reason = getattr(exc, "reason", None) or ""
+        text = str(exc)
+        if isinstance(exc, ssl.SSLError) or "[SSL:" in text:
+            for r in _CERT_REASONS:
+                if r in reason or r in text:
+                    who = "the peer refused this node's certificate" if "ALERT" in (reason + text) \
+                        else "certificate check failed"
+                    return f"{who}: {text.split('(_ssl')[0].strip()}"
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None and getattr(exc, "os_error", None) is not exc:
+            nxt = getattr(exc, "os_error", None)     # aiohttp's connector errors
+        exc = nxt
+    return None
 
 
 def add_flags(flag):

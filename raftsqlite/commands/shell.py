@@ -1,7 +1,7 @@
 """``raft-sqlite shell``: an interactive SQL shell for a node, in the manner of rqlite's.
 
-    raft-sqlite shell [-H HOST] [-p PORT] [-s http|https] [-u USER:PASS] [-c CA] [-i]
-                      [-a HOST:PORT,...]
+    raft-sqlite shell [-H HOST] [-p PORT] [-s http|https] [-u USER:PASS] [-c CA]
+                      [-d CLIENT_CERT -k CLIENT_KEY] [-i] [-a HOST:PORT,...]
 
 Each line of SQL is one statement, as in rqlite's shell (a line left open inside
 parentheses, quotes or a trigger body continues on the next); it goes to ``/db/request``,
@@ -11,16 +11,15 @@ statement failed. It speaks only HTTP (stdlib ``urllib``), so it works against a
 rqlite's too for the rqlite-compatible commands.
 """
 import argparse
-import base64
 import json
-import os
 import sqlite3
-import ssl
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from raftsqlite.commands import clientargs
 
 HELP = """\
 .backup FILE                 write a SQLite backup of the database to FILE
@@ -56,7 +55,7 @@ class Conn:
         self.scheme = scheme
         self.ctx = ctx
         self.timeout = timeout
-        self.auth = ("Basic " + base64.b64encode(user.encode()).decode()) if user else None
+        self.auth = clientargs.auth_header(user)
 
     def request(self, method, path, body=None, ctype="application/json", raw=False):
         last = None
@@ -344,11 +343,7 @@ def _parse(argv):
     ap.add_argument("-s", "--scheme", default="http", choices=("http", "https"))
     ap.add_argument("-a", "--alternatives", default="",
                     help="comma-separated host:port pairs to try when the node is unreachable")
-    ap.add_argument("-u", "--user", default=os.environ.get("RAFTSQLITE_USER", ""),
-                    help="basic-auth credentials as USER:PASSWORD (or $RAFTSQLITE_USER)")
-    ap.add_argument("-c", "--ca-cert", default="", help="CA certificate to verify HTTPS with")
-    ap.add_argument("-i", "--insecure", action="store_true",
-                    help="do not verify the node's HTTPS certificate")
+    clientargs.add_flags(ap)      # -u -c -d -k -i, as rqlite's shell
     ap.add_argument("--consistency", default="weak",
                     choices=("none", "weak", "linearizable", "strong"))
     return ap.parse_args(argv)
@@ -358,15 +353,15 @@ def main(argv, stdin=None, stdout=None):
     args = _parse(argv)
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    ctx = None
-    if args.scheme == "https":
-        ctx = ssl.create_default_context(cafile=args.ca_cert or None)
-        if args.insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
     hosts = [f"{args.host}:{args.port}"] + [a.strip() for a in args.alternatives.split(",")
                                              if a.strip()]
-    sh = Shell(Conn(hosts, args.scheme, args.user, ctx), stdout, level=args.consistency)
+    try:
+        ctx = clientargs.ssl_context(args) if args.scheme == "https" else None
+        conn = Conn(hosts, args.scheme, args.user, ctx)
+    except clientargs.ClientArgsError as e:
+        sys.stderr.write(f"raft-sqlite shell: {e}\n")
+        return 2
+    sh = Shell(conn, stdout, level=args.consistency)
     interactive = hasattr(stdin, "isatty") and stdin.isatty()
     if interactive:
         try:

@@ -48,6 +48,9 @@ async def _queued(request, p, started):
         if not (p.wait and not (request.body or b"").strip(b" \t\r\n[]")):
             raise
         stmts = []  # rqlite: an empty queued request with `wait` just waits for a flush
+    check = getattr(ctx.sql, "check_queue", None)   # sharding: the other groups' leaders
+    if check is not None and not p.noleader and stmts:
+        await check(stmts)
     seq, fut = ctx.queue.put(stmts, p.wait)
     if fut is not None:
         timeout = p.timeout or ctx.settings.default_timeout

@@ -30,6 +30,7 @@ JSON_CT = "application/json; charset=utf-8"
 # Most specific first. (exception class, HTTP status)
 STATUS = (
     (errors.PayloadTooLarge, 413),
+    (errors.Conflict, 409),              # valid, but the state forbids it (rows would be hidden)
     (errors.BadRequest, 400),            # includes StatementRefused, RoutingRefused
     (errors.DecodeError, 400),
     (errors.EncodeError, 400),

@@ -22,6 +22,7 @@ from raftsqlite.http.params import QueryParams
 from raftsqlite.sharding import ops
 from raftsqlite.sharding.catalog import DEFAULT_GROUP
 from raftsqlite.sharding.coalesce import outcome_doc
+from raftsqlite.sharding.remove import remove_table
 from raftsqlite.sharding.service import dump_requests, dump_results
 
 _OCTET = "application/octet-stream"
@@ -45,7 +46,11 @@ async def _elsewhere(request, rebalancer=False):
             raise svc.not_default_leader()
         return None
     except errors.NotLeader as e:
-        return await fwd.forward(request, QueryParams(request.query_string), e)
+        p = QueryParams(request.query_string)
+        if p.redirect and not _svc(request).is_default:
+            # one 301, to the leader itself (not to the member last reached)
+            e.leader_addr = await _svc(request).default_leader_addr() or e.leader_addr
+        return await fwd.forward(request, p, e)
 
 
 async def _catalog_view(svc):
@@ -274,18 +279,7 @@ def blueprint():
         there = await _elsewhere(request)
         if there is not None:
             return there
-        svc = _svc(request)
-        body = _body(request)
-        op, args = ops.remove(body)
-        table = orjson.loads(args)["table"]
-        before = svc.cache.current()
-        holders = before.owning_groups(table) if table in before.tables else []
-        res = await svc.catalog_op(op, args)
-        for g in holders:
-            await svc.push_ownership(g)
-        return wire.json_response({"removed": table, "result": res,
-                                   "note": "the rows stay where they are; shard_id=NAME reads "
-                                           "them from each shard"})
+        return wire.json_response(await remove_table(_svc(request), _body(request)))
 
     @bp.post("/table/remove-from-shard")
     async def remove_from_shard(request):

@@ -49,7 +49,8 @@ def add_to_shard(body):
 
 
 def remove(body):
-    """``POST /table/remove {"table_name"}``: unregister (the rows stay where they are)."""
+    """``POST /table/remove {"table_name"[,"drop_rows"]}``: the unregister op (``remove.py``
+    runs it only when no shard holds rows, or with ``drop_rows``)."""
     return _op("unregister_table", table=_field(body, "table_name").lower())
 
 

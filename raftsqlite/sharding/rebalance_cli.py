@@ -1,4 +1,5 @@
-"""``raft-sqlite rebalance TABLE [--wait]``: ask a node of the default group to rebalance
+"""``raft-sqlite rebalance TABLE [--wait] [--host ADDR] [-u USER:PASS] [-c CA] [-d CERT -k KEY]
+[-i]``: ask a node of the default group to rebalance
 a table and, with ``--wait``, show a progress bar until every move has ended.
 
 Exit status: 0 when every move is done (or the dry run printed its plan), 1 when a move
@@ -11,14 +12,18 @@ import time
 import urllib.error
 import urllib.request
 
+from raftsqlite.commands import clientargs
 
-def _call(host, method, path, body=None, timeout=30):
-    url = ("" if "://" in host else "http://") + host + path
+
+def _call(host, method, path, body=None, timeout=30, ctx=None, auth=None):
+    url = ("" if "://" in host else ("https://" if ctx else "http://")) + host + path
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = auth
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
             return r.status, json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         try:
@@ -50,14 +55,25 @@ def main(argv=None):
                    help="drain SHARD's ranges to the other shards and remove it from the table")
     p.add_argument("--wait", action="store_true", help="show progress until every move ends")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this many seconds")
+    clientargs.add_flags(p)   # -u USER:PASS and TLS, as raft-sqlite shell
     a = p.parse_args(argv)
     try:
+        https = a.host.startswith("https://") or ("://" not in a.host and clientargs.wants_tls(a))
+        ctx = clientargs.ssl_context(a) if https else None
+        auth = clientargs.auth_header(a.user)
+    except clientargs.ClientArgsError as e:
+        print(f"raft-sqlite rebalance: {e}", file=sys.stderr)
+        return 2
+
+    def call(method, path, body=None):
+        return _call(a.host, method, path, body, ctx=ctx, auth=auth)
+    try:
         if a.remove_shard:
-            st, plan = _call(a.host, "POST", "/table/remove-from-shard",
-                             {"table_name": a.table, "shard_id": a.remove_shard})
+            st, plan = call("POST", "/table/remove-from-shard",
+                            {"table_name": a.table, "shard_id": a.remove_shard})
         else:
-            st, plan = _call(a.host, "POST", "/table/rebalance",
-                             {"table_name": a.table, "dry_run": a.dry_run})
+            st, plan = call("POST", "/table/rebalance",
+                            {"table_name": a.table, "dry_run": a.dry_run})
     except OSError as e:
         print(f"raft-sqlite rebalance: cannot reach {a.host}: {e}", file=sys.stderr)
         return 2
@@ -78,7 +94,7 @@ def main(argv=None):
     last = None
     while time.monotonic() < deadline:
         try:
-            st, s = _call(a.host, "GET", "/table/rebalance/status")
+            st, s = call("GET", "/table/rebalance/status")
         except OSError:
             time.sleep(0.5)   # the coordinator may be restarting; moves resume
             continue

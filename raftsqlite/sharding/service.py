@@ -25,17 +25,15 @@ import logging
 import orjson
 
 from raftsqlite import errors
-from raftsqlite.codec.model import BulkStatements
 from raftsqlite.http.forward import alternate
 from raftsqlite.sharding import keyspace as ks
-from raftsqlite.sharding.backup import backup_for
-from raftsqlite.sharding.load import load_for
+from raftsqlite.sharding.backend import RouterSQL  # noqa: F401  (re-exported)
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
                                           error_from, load_results, unb64)
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.glue import CatalogState, ShardState, op_args
-from raftsqlite.sharding.ownership import catalog_guard, is_catalog_guard, is_token_guard
+from raftsqlite.sharding.ownership import is_catalog_guard, is_token_guard
 from raftsqlite.sharding.router import Router
 
 log = logging.getLogger("raftsqlite.sharding")
@@ -108,168 +106,6 @@ class NodeGroupExecutor:
 
     def stats(self):
         return dict(self.counts, leaders=dict(self.leaders), coalesced=self.caller.stats())
-
-
-_LAZY = {"lazy_results": True}
-
-
-class RouterSQL:
-    """``node.sql_backend``: the HTTP handlers' SQL seam, through the router. Statements
-    on registered tables are always routed (``auto_route`` is accepted and implied);
-    ``shard_id`` sends them to one group unchanged.
-
-    The unsharded path skips the router: on a default-group node whose catalog is
-    loaded, a request without ``shard_id`` whose statements all plan to the default
-    group goes to this node's store as without sharding (every flag, the client's
-    request id, ``raft_index``; a follower raises ``NotLeader`` and the HTTP layer
-    forwards or redirects the original request), carrying the catalog guard of the
-    catalog it was planned with, like every default plan (router.py): the default group
-    refuses it with ``StaleCatalog`` (nothing ran) when a registration it missed makes
-    the plan wrong, and then the request is planned again, through the router. With no
-    table registered the plan is one attribute check; otherwise one cached plan lookup
-    per SQL text."""
-
-    def __init__(self, svc):
-        self.svc = svc
-        self.store = svc.node.store
-
-    @property
-    def router(self):
-        return self.svc.router
-
-    def _unsharded(self, statements, p):
-        """The catalog the request was planned with when it takes the unsharded path,
-        else None."""
-        svc = self.svc
-        if not svc.is_default or not svc._synced or \
-                (p is not None and getattr(p, "shard_id", None) is not None):
-            return None
-        cat = svc.cache.current()
-        if not cat.tables:
-            return cat
-        plan = self.router.planner.plan
-        try:
-            if type(statements) is BulkStatements:
-                return cat if plan(statements.sql, cat).kind == "default" else None
-            seen = set()
-            for st in statements:
-                sql = getattr(st, "sql", st)
-                if sql not in seen:
-                    if plan(sql, cat).kind != "default":
-                        return None
-                    seen.add(sql)
-            return cat
-        except errors.RaftSQLiteError:
-            return None   # the router words the refusal
-
-    async def _ready(self):
-        # Without the catalog every statement plans as an unsharded one, so a write for
-        # a sharded table would reach the default group's empty template table (found
-        # by the sharded fault suite: a shard member restarted after kill -9 answered a
-        # compare-and-set as "0 rows" from the default group before its first poll).
-        if not self.svc.catalog_loaded() and self.svc.is_default:
-            # Usually a matter of milliseconds (a new leader's barrier, a restarted
-            # member's replay): wait a little rather than refuse at once.
-            await self.svc.wait_caught_up(self.svc.catch_up_wait)
-        if not self.svc.catalog_loaded():
-            if self.svc.is_default:
-                raise errors.Unavailable("this default-group node has not caught up with the "
-                                         "shard catalog yet (it is starting, joining or "
-                                         "cut off from its leader); retry")
-            raise errors.Unavailable("this node has not loaded the shard catalog yet (it is "
-                                     "starting, or cannot reach the default group); retry")
-
-    async def _shard(self, p):
-        await self._ready()
-        sid = getattr(p, "shard_id", None) if p is not None else None
-        if sid is not None and sid not in self.svc.cache.current().groups:
-            raise errors.NotFound(f"shard {sid!r} is not a known group; GET /shards lists them")
-        return sid
-
-    async def backup(self, p, spool_dir):
-        """A whole-cluster (or one group's) backup file, or None for the plain one."""
-        await self._ready()
-        return await backup_for(self.svc, p, spool_dir)
-
-    async def load(self, path, fmt, p, spool_dir):
-        """A load that fills registered tables on their shards, or None for the plain one."""
-        await self._ready()
-        return await load_for(self.svc, path, fmt, p, spool_dir)
-
-    # ---- the three calls ------------------------------------------------------------
-    async def execute(self, statements, p):
-        cat = self._unsharded(statements, p)
-        if cat is None:
-            sid = await self._shard(p)
-            cat = self._unsharded(statements, p) if sid is None else None
-        if cat is not None:
-            try:
-                return await self.store.execute(
-                    statements, transaction=bool(p is not None and p.transaction),
-                    request_id=getattr(p, "request_id", None),
-                    timeout=p.timeout if p is not None else None,
-                    guard=catalog_guard(cat.schema_version),
-                    # the rqlite handler renders the results unbuilt (Store.execute)
-                    **_LAZY if getattr(p, "lazy_results", False) else {})
-            except errors.StaleCatalog:
-                await self.svc.cache.refresh()   # nothing ran: plan again, routed
-            sid = None
-        # Routed: every call the router makes carries an id derived from the client's
-        # (Router module doc), so a retried request is idempotent on each shard too.
-        res = await self.router.execute(statements, transaction=bool(p is not None and
-                                                                     p.transaction),
-                                        shard_id=sid, request_id=getattr(p, "request_id", None))
-        return {"results": res}
-
-    async def query(self, statements, p, level):
-        cat = self._unsharded(statements, p)
-        if cat is None:
-            sid = await self._shard(p)
-            cat = self._unsharded(statements, p) if sid is None else None
-        if cat is not None:
-            timeout = p.timeout
-            if level == "linearizable" and p.linearizable_timeout:
-                timeout = p.linearizable_timeout  # rqlite's bound on the leadership check
-            try:
-                return await self.store.query(
-                    statements, level=level, freshness=p.freshness,
-                    freshness_strict=p.freshness_strict, transaction=p.transaction,
-                    db_timeout=p.db_timeout, timeout=timeout,
-                    guard=catalog_guard(cat.schema_version))
-            except errors.StaleCatalog:
-                await self.svc.cache.refresh()
-            sid = None
-        opts = {"level": level}
-        if p is not None:
-            if p.freshness:
-                opts["freshness"] = p.freshness
-            if p.db_timeout:
-                opts["db_timeout"] = p.db_timeout
-        return {"results": await self.router.query(statements, shard_id=sid, **opts)}
-
-    async def request(self, statements, p, level):
-        cat = self._unsharded(statements, p)
-        if cat is None:
-            sid = await self._shard(p)
-            cat = self._unsharded(statements, p) if sid is None else None
-        if cat is not None:
-            try:
-                return await self.store.request(
-                    statements, transaction=p.transaction,
-                    request_id=getattr(p, "request_id", None), level=level,
-                    freshness=p.freshness, freshness_strict=p.freshness_strict,
-                    db_timeout=p.db_timeout, timeout=p.timeout,
-                    guard=catalog_guard(cat.schema_version))
-            except errors.StaleCatalog:
-                await self.svc.cache.refresh()
-            sid = None
-        if sid is not None:
-            res = await self.router.ex.request(sid, list(statements),
-                                               transaction=bool(p.transaction), level=level)
-        else:
-            res = await self.router.request(statements, transaction=bool(p.transaction),
-                                            level=level)
-        return {"results": res}
 
 
 class ShardingService:
@@ -557,6 +393,10 @@ class ShardingService:
                 b = await self._fetch_catalog(-1, 0)
                 break
             except errors.RaftSQLiteError as e:
+                why = await _tls_refusal(cfg, self.seeds, e)
+                if why:     # a refused certificate does not heal by retrying
+                    raise errors.ConfigError(f"cannot read the catalog through "
+                                             f"{', '.join(self.seeds)}: {why}") from None
                 if asyncio.get_running_loop().time() > deadline:
                     raise errors.Unavailable(f"cannot read the catalog through "
                                              f"{', '.join(self.seeds)}: {e}") from None
@@ -723,6 +563,23 @@ class ShardingService:
                 pass
         return e
 
+    async def default_leader_addr(self):
+        """The default group's leader's HTTP address as one of its members says it now
+        (``GET /leader``), or None. For a 301 (``redirect``) from a node outside the
+        group: the member this node last reached may have lost the leadership since, and
+        a 301 to it would be followed by a second one."""
+        for a in self.group_addrs(DEFAULT_GROUP):
+            try:
+                r = await self.client.request("GET", a, "/leader", timeout=2.0)
+            except errors.RaftSQLiteError:
+                continue
+            if r.status == 200:
+                addr = orjson.loads(r.body).get("api_addr")
+                if addr:
+                    self.executor.leaders[DEFAULT_GROUP] = addr
+                    return addr
+        return None
+
     async def post_group(self, group, path, body, ctype="application/json", lean=False):
         """POST to a member of ``group`` (it forwards to its leader); the answer, or the
         error it carried. Unreachable members are skipped. ``lean``: over the routed
@@ -802,6 +659,18 @@ def _needs_push(have, want):
 
 __all__ = ["ShardingService", "NodeGroupExecutor", "RouterSQL", "error_from", "dump_results",
            "load_results", "unb64"]
+
+
+async def _tls_refusal(cfg, addrs, exc):
+    """Why every one of ``addrs`` refuses this node's certificate (or this node theirs),
+    or None when the failure ``exc`` may be transient (tlsconf.refused)."""
+    tls = getattr(cfg, "tls", None)
+    if tls is None or not tls.enabled or not addrs:
+        return None
+    from raftsqlite.client import base_url
+    whys = [await tls.refused(base_url(a, tls.scheme) + "/shard/catalog", exc.__cause__ or exc)
+            for a in addrs]
+    return "; ".join(f"{a}: {w}" for a, w in zip(addrs, whys)) if all(whys) else None
 
 
 def _tls_kw(node):

@@ -64,11 +64,13 @@ class TLSFiles:
         self.rogue_ca = make_ca(d, "rogue-ca")
         self.rogue = make_cert(d, "rogue", self.rogue_ca)
 
-    def node_flags(self, *, http=True, node=True, verify_client=True, rogue=False):
+    def node_flags(self, *, http=True, node=True, verify_client=True, rogue=False,
+                   rogue_cert=False):
         """CLI flags for a node: TLS on the HTTP API and/or between nodes, mutual TLS
-        with ``verify_client``; ``rogue`` uses the other CA's files."""
+        with ``verify_client``; ``rogue`` uses the other CA's files; ``rogue_cert`` only
+        the other CA's certificate (it trusts the right CA, so only the peer refuses)."""
         ca = self.rogue_ca[0] if rogue else self.ca[0]
-        cert, key = self.rogue if rogue else self.node
+        cert, key = self.rogue if rogue or rogue_cert else self.node
         f = []
         if http:
             f += ["-http-cert", cert, "-http-key", key, "-http-ca-cert", ca]

@@ -15,7 +15,7 @@ import orjson
 
 from raftsqlite.sharding import keyspace as ks
 from raftsqlite.sharding.catalog import Catalog
-from raftsqlite.sharding.rebalance_remote import HttpCatalogSource, HttpExecutor
+from tests.cluster.rebalance_remote import HttpCatalogSource, HttpExecutor
 from raftsqlite.sharding.router import Router
 
 from tests.cluster.node_harness import NodeProc, call, free_port, wait_for

@@ -203,11 +203,42 @@ def test_catalog_admin_from_any_member(cl):
     assert "kv2" not in tables()
 
 
+def test_redirect_from_a_shard_member_names_the_current_leader(cl):
+    """Invariant: ``redirect`` on a shard member answers one 301 whose Location is the
+    default group's leader now, even when the member this node last reached has lost the
+    leadership since (it used to name that member, a follower, which answered a second
+    301). Nothing runs on the redirected request."""
+    sh = _shard_node(cl, "shard1").http_addr
+    _ok(_post(sh, "/table/register", {"table_name": "kv", "shard_key": "id", "shard_func": "hash"}))
+    old = _leader(cl)                     # the shard member just reached it
+    other = next(m for m in cl.default.members.values() if m.id != old.id)
+    _ok(_post(old.http_addr, "/leader", {"id": other.id}))
+    new = _until(lambda: (lambda n: n if n.id != old.id else None)(_leader(cl)), 20,
+                 "the leadership to move")
+    want = _ok(call(new.http_addr, "GET", "/leader"))["api_addr"]
+    host, port = sh.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=20)
+    try:
+        c.request("POST", "/table/register?redirect",
+                  body='{"table_name": "kv_r", "shard_key": "id"}', headers=JSON)
+        r = c.getresponse()
+        r.read()
+    finally:
+        c.close()
+    assert r.status == 301 and r.getheader("Location") == want + "/table/register?redirect", \
+        (r.status, r.getheader("Location"), want)
+    tables = _ok(call(new.http_addr, "GET", "/tables"))["tables"]
+    assert "kv_r" not in {t["table_name"] for t in tables}
+
+
 def test_shard_member_shows_its_cached_catalog_when_the_default_group_is_down(cl):
     """Invariant: with no default-group leader, a shard member still answers ``/tables``
     and ``/shards`` from its cached catalog, marked ``stale`` with the reason; with the
-    default group up the same answers carry no ``stale`` key. Runs last in the module:
-    it stops two of the three default members."""
+    default group up the same answers carry no ``stale`` key. And a queued write
+    (``?queue``) meant for the default group answers 503 leader_not_found on a default
+    member and on a shard member (rqlite's check; nothing is queued to be lost), while a
+    shard member still queues writes for its shards. Runs last in the module: it stops
+    two of the three default members."""
     sh = _shard_node(cl, "shard1").http_addr
     up_tables = _ok(call(sh, "GET", "/tables", timeout=20))
     up_shards = _ok(call(sh, "GET", "/shards", timeout=20))
@@ -232,3 +263,13 @@ def test_shard_member_shows_its_cached_catalog_when_the_default_group_is_down(cl
     assert [g["group"] for g in shards["shards"]] == [g["group"] for g in up_shards["shards"]]
     assert "shard1" in [g["group"] for g in shards["shards"]]
     assert time.monotonic() - t0 < 25
+    # rqlite answers a queued write 503 when no leader can write it; a shard member
+    # queued writes for the default group (unsharded tables, DDL) and lost them
+    for addr in (keep.http_addr, sh):
+        for stmts in ([["INSERT INTO plain_q VALUES (1)"]], [["CREATE TABLE q2 (id INTEGER)"]]):
+            st, body = call(addr, "POST", "/db/execute?queue", stmts, headers=JSON, timeout=20)
+            assert st == 503 and body["code"] == "leader_not_found", (addr, stmts, body)
+    # a sharded table's write from the shard member goes to the shards, which have leaders
+    st, body = call(sh, "POST", "/db/execute?queue&wait&timeout=10s",
+                    [["INSERT OR REPLACE INTO kv VALUES (5, 'queued')"]], headers=JSON, timeout=20)
+    assert st == 200 and "sequence_number" in body, body

@@ -179,6 +179,8 @@ def test_refusals_are_clear_and_change_nothing(loaded):
         ("POST", "/db/execute", [["UPDATE users SET id = id + 1 WHERE age > 30"]], "shard key"),
         ("POST", "/db/query", [["SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)"]], "What to do"),
         ("POST", "/db/query?shard_id=nowhere", [["SELECT 1"]], "nowhere"),
+        ("POST", "/table/remove", {"table_name": "orders"}, "drop_rows"),
+        ("POST", "/table/remove", {"table_name": "users", "drop_rows": "yes"}, "drop_rows"),
     ]
     for method, path, body, needle in cases:
         st, res = http(method, d, path, body)
@@ -187,6 +189,89 @@ def test_refusals_are_clear_and_change_nothing(loaded):
     assert _snapshot(cl) == before
     st, cat_after = http("GET", d, "/tables")
     assert cat_after == cat_before
+    st, res = http("POST", cl.addrs["shard2"], "/table/remove", {"table_name": "users"})
+    assert st == 409 and res["code"] == "conflict", res
+    assert f"{before['shard1'][0]} row" in res["error"] or f"shard1: {before['shard1'][0]}" in res["error"]
+    # the refusal lifted its fence: a write to the colocation group goes through at once
+    t0 = time.monotonic()
+    execute(d, [["INSERT INTO orders (order_id, user_id, amount) VALUES (999999, 1, 1)"]])
+    execute(d, [["DELETE FROM orders WHERE order_id = 999999"]])
+    assert time.monotonic() - t0 < 5
+    assert _snapshot(cl) == before
+
+
+def _table_on(d, table, shard):
+    """Rows of ``table`` on ``shard`` read directly (None: the shard has no such table)."""
+    st, body = query(d, [[f"SELECT COUNT(*) FROM {table}"]], shard_id=shard)
+    assert st == 200, body
+    r = body["results"][0]
+    if "no such table" in r.get("error", ""):
+        return None
+    return r["values"][0][0]
+
+
+def _scratch(d, name):
+    execute(d, [[f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, v TEXT)"]])
+    assert http("POST", d, "/table/register", {"table_name": name, "shard_key": "id"})[0] == 200
+    for s in ("shard1", "shard2"):
+        assert http("POST", d, "/table/add-to-shard", {"table_name": name, "shard_id": s})[0] == 200
+    assert http("POST", d, "/table/rebalance", {"table_name": name})[1]["status"] == "applied"
+
+
+@pytest.mark.parametrize("writer_first", [True, False])
+def test_remove_hides_no_rows_under_concurrent_writes(loaded, writer_first):
+    """Invariants of POST /table/remove: with rows on the shards and no drop_rows it
+    answers 409 and the table stays registered with every row; while writes race the
+    removal no acknowledged row ends up hidden (each one is readable through the router
+    afterwards, from the shards while registered or from the default group once not);
+    with drop_rows the table is dropped on every shard and the registration is gone.
+    ``writer_first=False`` starts the writes just after the removal began (the removal
+    usually wins: 200); True starts them first (409, then drop_rows). The order of the
+    fence, counts and catalog change is pinned in tests/unit/test_sharding_remove.py."""
+    import threading
+    cl, *_ = loaded
+    d = cl.addrs["default"]
+    name = f"scratch_{int(writer_first)}"
+    _scratch(d, name)
+    acked, stop, out = [], threading.Event(), {}
+
+    def writer():
+        i, t_end = 0, time.monotonic() + 20
+        while not stop.is_set() and i < 400 and time.monotonic() < t_end:
+            i += 1
+            st, body = http("POST", cl.addrs["shard1"], "/db/execute", [[f"INSERT INTO {name} VALUES ({i}, 'w')"]])
+            if st == 200 and "error" not in body["results"][0]:
+                acked.append(i)
+
+    def remover():
+        out["r"] = http("POST", d, "/table/remove", {"table_name": name})
+    w, r = threading.Thread(target=writer), threading.Thread(target=remover)
+    first, second = (w, r) if writer_first else (r, w)
+    first.start()
+    time.sleep(0.05 if writer_first else 0.01)
+    second.start()
+    r.join(30)
+    time.sleep(0.2)             # let the writer run on after the outcome
+    stop.set()
+    w.join(30)
+    st, res = out["r"]
+    assert acked
+    registered = any(t["table_name"] == name for t in http("GET", d, "/tables")[1]["tables"])
+    st_q, body = query(d, [[f"SELECT id FROM {name} ORDER BY id"]])
+    seen = {r[0] for r in body["results"][0].get("values", [])}
+    assert set(acked) <= seen, (st, res, sorted(set(acked) - seen)[:10])
+    if st == 200:
+        assert not registered and res["rows_on_shards"] == 0
+        assert all(_table_on(d, name, g) in (0, None) for g in ("shard1", "shard2")), res
+        return
+    assert st == 409 and registered and "drop_rows" in res["error"], res
+    on_shards = [_table_on(d, name, g) for g in ("shard1", "shard2")]
+    assert sum(on_shards) == len(seen) and _table_on(d, name, "default") == 0
+    st, res = http("POST", d, "/table/remove", {"table_name": name, "drop_rows": True})
+    assert st == 200 and res["rows_on_shards"] == len(seen) and res["dropped_on"] == ["shard1", "shard2"], res
+    assert [_table_on(d, name, g) for g in ("shard1", "shard2")] == [None, None]
+    assert not any(t["table_name"] == name for t in http("GET", d, "/tables")[1]["tables"])
+    assert _table_on(d, name, "default") == 0
 
 
 def test_stale_router_write_is_rejected_and_retried(loaded):

@@ -251,24 +251,39 @@ def test_plaintext_and_bad_handshakes_fail_cleanly(group):
     assert st == 200 and res["results"][0].get("rows_affected") == 1, res
 
 
-def test_node_with_wrong_ca_cannot_join(group, tmp_path):
-    """Invariant: a node whose certificates come from another CA cannot join a TLS group:
-    it exits with an error naming the TLS failure, and the group's membership and writes
-    are unaffected."""
-    rogue = NodeProc(str(tmp_path), "rogue", free_port(), free_port(), [group.nodes[0].http],
-                     group.files.node_flags(rogue=True) + ["-join-timeout", "8"])
+@pytest.mark.parametrize("kind,shard", [("all", None), ("cert", None), ("cert", "shard9"),
+                                        ("all", "shard9")])
+def test_node_whose_certificate_the_group_refuses_fails_fast(group, tmp_path, kind, shard):
+    """Invariant: a node presenting a certificate of another CA is refused by the members
+    (under TLS 1.3 only after its own handshake completed, as a dropped connection), and
+    one trusting another CA refuses theirs. Neither heals by retrying: the node, a
+    default-group member joining or a shard node reading the catalog, exits well before
+    -join-timeout with an error naming the refusal and the verification error, and the
+    group is unaffected."""
+    import time
+    flags = group.files.node_flags(rogue_cert=kind == "cert", rogue=kind == "all")
+    rogue = NodeProc(str(tmp_path), "rogue2", free_port(), free_port(), [group.nodes[0].http],
+                     flags + ["-join-timeout", "60"] + (["-shard", shard] if shard else []))
+    t0 = time.monotonic()
     rogue.start()
     try:
-        rc = rogue.proc.wait(20)
+        rc = rogue.proc.wait(30)
     except subprocess.TimeoutExpired:
         rogue.kill()
-        raise AssertionError("the rogue node neither joined nor gave up: " + rogue.tail())
+        raise AssertionError("the rogue node kept retrying: " + rogue.tail())
     out = rogue.tail()
-    assert rc != 0 and ("TLS" in out or "certificate" in out.lower()), (rc, out)
+    assert rc != 0 and time.monotonic() - t0 < 30, (rc, out)
+    if kind == "cert":
+        assert "refused this node's certificate" in out, out
+        assert "unable to get local issuer certificate" in out, out  # named by own_check
+    else:
+        assert "rejected the peer's certificate" in out, out
+    if shard:
+        assert "catalog" in out, out
     lead = group.leader()
-    members = group.status(lead)["store"]["members"]
-    assert sorted(m["node_id"] for m in members) == sorted(n.node_id for n in group.nodes)
-    st, _, res = group.call(lead, "POST", "/db/execute", [["INSERT INTO kv VALUES (30, 'x')"]])
+    assert sorted(m["node_id"] for m in group.status(lead)["store"]["members"]) == \
+        sorted(n.node_id for n in group.nodes)
+    st, _, res = group.call(lead, "POST", "/db/execute", [["INSERT OR REPLACE INTO kv VALUES (30, 'x')"]])
     assert st == 200 and res["results"][0].get("rows_affected") == 1, res
 
 
@@ -342,3 +357,36 @@ def test_sharded_insert_and_select_with_node_tls(group):
     assert st == 200, dump
     text = dump.decode() if isinstance(dump, bytes) else str(dump)
     assert "'seven'" in text, text[-2000:]
+
+
+def test_shell_and_rebalance_over_mutual_tls(group, capsys):
+    """Invariant: ``raft-sqlite shell`` with rqlite shell's client flags (-c CA, -d client
+    certificate, -k key) works against a -http-verify-client node (writes, then reads
+    them back); without the client certificate it fails with exit 1 and an error, not a
+    hang; ``raft-sqlite rebalance`` with the same flags gets the node's own answer (an
+    unknown table) where without them it cannot connect."""
+    import io
+
+    from raftsqlite.commands import shell
+    from raftsqlite.sharding import rebalance_cli
+    lead = group.leader()
+    host, port = lead.http.split("://")[-1].rsplit(":", 1)
+    ca, (cert, key) = group.files.ca[0], group.files.client
+    base = ["-H", host, "-p", port, "-s", "https", "-c", ca]
+    out = io.StringIO()
+    script = ("CREATE TABLE IF NOT EXISTS sh_tls (id INTEGER PRIMARY KEY, v TEXT)\n"
+              "INSERT INTO sh_tls VALUES (1, 'over-mtls')\nSELECT v FROM sh_tls\n")
+    rc = shell.main(base + ["-d", cert, "-k", key], stdin=io.StringIO(script), stdout=out)
+    assert rc == 0 and "over-mtls" in out.getvalue(), out.getvalue()
+    out = io.StringIO()
+    rc = shell.main(base, stdin=io.StringIO("SELECT 1\n"), stdout=out)
+    assert rc == 1 and "ERR!" in out.getvalue(), out.getvalue()
+    assert shell.main(base + ["-d", cert], stdin=io.StringIO(""), stdout=io.StringIO()) == 2
+    capsys.readouterr()
+    rc = rebalance_cli.main(["no_such_table", "--dry-run", "--host", lead.http,
+                             "-c", ca, "-d", cert, "-k", key])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no_such_table" in err and "cannot reach" not in err, err
+    rc = rebalance_cli.main(["no_such_table", "--dry-run", "--host", lead.http, "-c", ca])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach" in err, err

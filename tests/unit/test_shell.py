@@ -31,3 +31,24 @@ def test_table_layout():
         "+----+-------+", "| id | name  |", "+----+-------+",
         "| 1  | fiona |", "| 22 |       |", "+----+-------+"])
     assert table(["n"], []) == "+---+\n| n |\n+---+"
+
+
+def test_client_flags_refuse_bad_combinations_before_any_call(tmp_path):
+    """Invariant: the commands' client flags (rqlite shell's -u -c -d -k -i) refuse a
+    certificate without its key, a missing file and credentials without a colon with a
+    message naming the flag; good ones give a context and a Basic header."""
+    import argparse
+
+    import pytest
+
+    from raftsqlite.commands import clientargs
+    ap = argparse.ArgumentParser()
+    clientargs.add_flags(ap)
+    for argv, flag in ((["-d", "x.crt"], "--client-key"), (["-c", str(tmp_path / "nope.pem")], "--ca-cert")):
+        with pytest.raises(clientargs.ClientArgsError, match=flag):
+            clientargs.ssl_context(ap.parse_args(argv))
+    with pytest.raises(clientargs.ClientArgsError, match="USER:PASSWORD"):
+        clientargs.auth_header("alice")
+    a = ap.parse_args(["-i", "-u", "alice:pw"])
+    assert clientargs.wants_tls(a) and clientargs.ssl_context(a).check_hostname is False
+    assert clientargs.auth_header(a.user) == "Basic YWxpY2U6cHc="

@@ -147,3 +147,42 @@ def test_repeated_texts_in_one_request():
     assert len({s.sql for s in out}) == 5 and all("random" not in s.sql for s in out)
     with pytest.raises(StatementRefused):
         sqlrewrite.rewrite_statements(plain + [Statement("ATTACH 'x' AS y")])
+
+
+@pytest.mark.parametrize("name", sorted(sqlrewrite.STATE_PRAGMAS))
+def test_connection_state_pragmas_cannot_be_set(name, tmp_path):
+    """Invariant: a pragma whose setting lives on the connection (not in the file) cannot
+    be set by a statement, before logging (sqlrewrite) nor on any connection (the
+    authorizer), in any spelling; reading it is allowed."""
+    for sql in (f"PRAGMA {name}=1", f"pragma main.{name} = 1", f"PRAGMA {name}(1)",
+                f'PRAGMA "{name}"=0'):
+        with pytest.raises(StatementRefused, match="cannot be set by a statement"):
+            check(sql)
+    check(f"PRAGMA {name}")
+    db = Database(str(tmp_path / "db.sqlite"))
+    try:
+        r = db.run_user(f"PRAGMA {name}=1")
+        assert "not authorized" in r["error"], r
+        assert "error" not in db.read([(f"PRAGMA {name}", None)])[0]
+        assert "not authorized" in db.read([(f"PRAGMA {name}=1", None)])[0]["error"]
+    finally:
+        db.close()
+
+
+def test_file_pragmas_and_read_pragmas_stay_allowed(tmp_path):
+    """Pragmas that act on the database file (replicated like any write) and pragmas
+    with an argument that only read are not refused; PRAGMA optimize is."""
+    for sql in ("PRAGMA user_version=7", "PRAGMA application_id=5", "PRAGMA table_info(t)",
+                "PRAGMA index_list(t)", "PRAGMA integrity_check", "PRAGMA page_count"):
+        check(sql)
+    with pytest.raises(StatementRefused, match="ANALYZE"):
+        check("PRAGMA optimize")
+    db = Database(str(tmp_path / "db.sqlite"))
+    try:
+        db.run_user("CREATE TABLE t (a)")
+        assert "error" not in db.run_user("PRAGMA user_version=7")
+        assert db.read([("PRAGMA user_version", None)])[0]["values"] == [[7]]
+        assert db.read([("PRAGMA table_info(t)", None)])[0]["values"][0][1] == "a"
+        assert "not authorized" in db.run_user("PRAGMA optimize")["error"]
+    finally:
+        db.close()

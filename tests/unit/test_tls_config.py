@@ -141,3 +141,63 @@ def test_raft_transport_over_tls_and_refuses_foreign_cert(files):
 def test_node_config_default_tls_is_none():
     """Invariant: a NodeConfig built without tls (tests, embedders) has no TLS."""
     assert NodeConfig().tls is NO_TLS
+
+
+def test_certificate_refusals_are_told_from_transient_failures(files):
+    """Invariant: ``cert_failure`` names a certificate rejected by us or refused by the
+    peer (also when wrapped, as aiohttp wraps it) and says None for transient failures;
+    ``own_check`` names the verification error of a certificate from another CA and
+    accepts the right one."""
+    import ssl
+
+    from raftsqlite.tlsconf import cert_failure
+    bad = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    bad.verify_message = "unable to get local issuer certificate"
+    assert "unable to get local issuer" in cert_failure(bad)
+    alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)")
+    wrapped = OSError("connection failed")
+    wrapped.__cause__ = alert
+    assert "refused this node's certificate" in cert_failure(wrapped)
+    for transient in (ConnectionResetError(104, "reset"), asyncio.TimeoutError(),
+                      ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")):
+        assert cert_failure(transient) is None
+    rogue = TLSConfig(**dict(zip(("http_cert", "http_key"), files.rogue)),
+                      http_ca_cert=files.ca[0])
+    assert "unable to get local issuer certificate" in rogue.own_check()
+    good = TLSConfig(**dict(zip(("http_cert", "http_key"), files.node)), http_ca_cert=files.ca[0])
+    assert "verifies against this node's own CA files" in good.own_check()
+
+
+def test_refused_probe_tells_a_refusal_from_a_drop(files):
+    """Invariant: after a dropped call, ``refused`` tells a server that refuses our
+    certificate (TLS 1.2 handshake dropped) from one that accepts it and from one that
+    cannot be reached; plain http:// URLs are never probed."""
+    import ssl
+
+    import aiohttp
+    srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv.load_cert_chain(*files.node)
+    srv.load_verify_locations(cafile=files.ca[0])
+    srv.verify_mode = ssl.CERT_REQUIRED
+
+    async def go():
+        async def handle(r, w):
+            w.close()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=srv)
+        port = server.sockets[0].getsockname()[1]
+        url = f"https://127.0.0.1:{port}/join"
+        drop = aiohttp.ServerDisconnectedError()
+        try:
+            rogue = TLSConfig(**dict(zip(("http_cert", "http_key"), files.rogue)),
+                              http_ca_cert=files.ca[0])
+            good = TLSConfig(**dict(zip(("http_cert", "http_key"), files.node)),
+                             http_ca_cert=files.ca[0])
+            why = await rogue.refused(url, drop)
+            assert why and "refused this node's certificate" in why, why
+            assert await good.refused(url, drop) is None
+            assert await rogue.refused(url.replace("https", "http"), drop) is None
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert await rogue.refused(url, drop) is None       # nobody listens any more
+    asyncio.run(go())

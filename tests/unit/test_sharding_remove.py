@@ -1,0 +1,107 @@
+"""POST /table/remove's order of steps (sharding/remove.py) against a recording fake of the
+service: the fence comes before the counts, the catalog changes only after them, every
+fence is lifted, and a refusal changes nothing but the fence it lifts again."""
+import asyncio
+
+import pytest
+
+from raftsqlite import errors
+from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
+from raftsqlite.sharding.remove import remove_table
+
+
+class _Cache:
+    def __init__(self, cat):
+        self.cat = cat
+
+    async def refresh(self):
+        pass
+
+    def current(self):
+        return self.cat
+
+
+class _Exec:
+    def __init__(self, svc):
+        self.svc = svc
+
+    async def query(self, group, stmts, level="weak", **kw):
+        assert level == "linearizable"
+        self.svc.log.append(("count", group))
+        n = self.svc.rows.get(group)
+        if n is None:
+            return [{"error": "no such table: t"}]
+        return [{"values": [[n]]}]
+
+    async def execute(self, group, stmts, **kw):
+        self.svc.log.append(("drop", group))
+        self.svc.rows.pop(group, None)
+        return [{}]
+
+
+class FakeSvc:
+    def __init__(self, rows):
+        cat = Catalog()
+        for g in ("s1", "s2", "s3"):
+            cat.apply("catalog.add_group", {"group": g})
+        cat.apply("catalog.register_table", {"table": "t", "shard_key": "id"})
+        cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s1"})
+        self.cache = _Cache(cat)
+        self.executor = _Exec(self)
+        self.rows = dict(rows)
+        self.log = []
+
+    async def system(self, group, ops):
+        self.log += [(n, group) for n, _ in ops]
+        return [{}]
+
+    async def catalog_op(self, name, args):
+        self.log.append(("catalog", DEFAULT_GROUP))
+        self.cache.cat.apply(name, args)
+        return {}
+
+    async def push_ownership(self, group, cat=None):
+        self.log.append(("push", group))
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_refusal_fences_counts_unfences_and_changes_nothing_else():
+    """Invariant: with rows on a shard and no drop_rows, the owners are fenced before any
+    count, the answer is a Conflict naming the count, the catalog keeps the table, and
+    the fence is lifted; nothing else is proposed anywhere."""
+    svc = FakeSvc({"s1": 5, "s3": 2})          # s3: rows held without owning (a leftover)
+    before = svc.cache.cat.to_bytes()
+    with pytest.raises(errors.Conflict) as e:
+        _run(remove_table(svc, {"table_name": "t"}))
+    assert "7 row(s)" in str(e.value) and "s3: 2" in str(e.value) and "drop_rows" in str(e.value)
+    assert svc.cache.cat.to_bytes() == before
+    assert svc.log == [("own.fence", "s1"), ("count", "s1"), ("count", "s2"), ("count", "s3"),
+                       ("own.unfence", "s1")]
+
+
+def test_removal_order_and_drop_rows():
+    """Invariant: fence, counts, catalog op, ownership push, unfence, then (drop_rows)
+    drops on exactly the groups that had the table."""
+    svc = FakeSvc({"s1": 5, "s2": 0})
+    doc = _run(remove_table(svc, {"table_name": "t", "drop_rows": True}))
+    assert doc["rows_on_shards"] == 5 and doc["dropped_on"] == ["s1", "s2"]
+    assert "t" not in svc.cache.cat.tables
+    assert svc.log == [("own.fence", "s1"), ("count", "s1"), ("count", "s2"), ("count", "s3"),
+                       ("catalog", DEFAULT_GROUP), ("push", "s1"), ("own.unfence", "s1"),
+                       ("drop", "s1"), ("drop", "s2")]
+
+
+def test_empty_table_is_removed_without_drop_rows_and_bad_flag_refused():
+    """Invariant: an empty table needs no flag (its empty shard tables stay); a drop_rows
+    that is not a boolean is a 400 before anything happens."""
+    svc = FakeSvc({"s1": 0})
+    with pytest.raises(errors.BadRequest):
+        _run(remove_table(svc, {"table_name": "t", "drop_rows": "yes"}))
+    assert svc.log == []
+    doc = _run(remove_table(svc, {"table_name": "t"}))
+    assert doc["rows_on_shards"] == 0 and "dropped_on" not in doc and ("drop", "s1") not in svc.log
+    with pytest.raises(errors.NotFound):
+        _run(remove_table(svc, {"table_name": "t"}))
