@@ -1,8 +1,9 @@
 """rqlite's automatic bootstrapping (``-bootstrap-expect N -join a,b,c``), made safe.
 
-Every node is started with the same flags; the N ``-join`` addresses are the initial
-members (etcd's ``initial-cluster``, written the rqlite way). A fresh node asks every
-address ``POST /notify`` ("who are you, what is your state") until all N answer, then
+Every node is started with the same flags; the first N ``-join`` addresses in natural
+sorted order are the initial members (etcd's ``initial-cluster``, written the rqlite way; any
+further addresses are nodes that join later). A fresh node asks every address
+``POST /notify`` ("who are you, what is your state") until the N initial ones answer, then
 *declares* the initial voter set S = the N (node id, Raft address, HTTP address) it saw,
 stored durably in ``<data>/bootstrap.json`` before any other node can see it. A node
 bootstraps the Raft group with S only when every member of S has declared exactly S, or
@@ -25,6 +26,7 @@ import logging
 import os
 
 from raftsqlite.codec.model import Member
+from raftsqlite.config import initial_addresses
 from raftsqlite.errors import ConfigError, Unavailable
 
 log = logging.getLogger("raftsqlite.bootstrap")
@@ -101,11 +103,14 @@ def initial_set(infos):
                     "http_addr": i["http_addr"]} for i in infos), key=lambda m: m["node_id"])
 
 
-def decide(me, plan, answers, expect, voter=True):
+def decide(me, plan, answers, expect, voter=True, others=(), my_raft=None):
     """-> (action, detail). ``answers``: [(address, info dict or an error string)], one per
-    -join address; ``plan``: the set this node declared, or None. Actions: "bootstrap"
-    (detail: the set), "declare" (the set to store first), "join", "wait" (why)."""
+    initial address (``config.initial_addresses``); ``others``: the same for the rest of
+    the -join list, looked at only to find an existing group; ``plan``: the set this node
+    declared, or None. Actions: "bootstrap" (detail: the set), "declare" (the set to store
+    first), "join", "wait" (why)."""
     infos = [i for _, i in answers if isinstance(i, dict)]
+    anyone = infos + [i for _, i in others if isinstance(i, dict)]
     if plan is not None:
         ids = [m["node_id"] for m in plan]
         if any(not i["fresh"] and i.get("plan") == plan for i in infos):
@@ -121,7 +126,7 @@ def decide(me, plan, answers, expect, voter=True):
                             f"and -bootstrap-expect")
         missing = [n for n in ids if by_id.get(n, {}).get("plan") != plan]
         return "wait", f"waiting for {', '.join(missing)} to confirm the initial members"
-    if any(not i["fresh"] for i in infos):
+    if any(not i["fresh"] for i in anyone):
         return "join", None
     down = [f"{a} ({i})" for a, i in answers if not isinstance(i, dict)]
     if down:
@@ -134,6 +139,10 @@ def decide(me, plan, answers, expect, voter=True):
                         f"member once, and give every node its own -node-id")
     if me not in ids or not voter:
         return "wait", "not one of the initial members: waiting for them to form the group"
+    mine = next(i for i in infos if i["node_id"] == me)
+    if my_raft is not None and mine["raft_addr"] != my_raft:
+        return "wait", (f"another node ({mine['raft_addr']}) answers with this node's id "
+                        f"{me}: give every node its own -node-id")
     odd = [i for i in infos if not i["voter"] or i.get("bootstrap_expect") != expect]
     if odd:
         i = odd[0]
@@ -171,16 +180,21 @@ class AutoBootstrap:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.bootstrap_expect_timeout
         plan = node.bootstrap_plan = load_plan(cfg.data_dir)
+        initial = initial_addresses(cfg.join, cfg.bootstrap_expect)
+        rest = [a for a in cfg.join if a not in initial]
         interval = cfg.join_interval or 0.5
         warned = loop.time()
         session, kw = node.peer_session(5)
         async with session:
             while True:
                 self.rounds += 1
-                answers = list(zip(cfg.join, await asyncio.gather(
-                    *(self._notify(session, kw, a, aiohttp) for a in cfg.join))))
-                action, detail = decide(cfg.node_id, plan, answers, cfg.bootstrap_expect,
-                                        cfg.voter)
+                got = await asyncio.gather(*(self._notify(session, kw, a, aiohttp)
+                                             for a in initial + rest))
+                answers = list(zip(initial + rest, got))
+                action, detail = decide(cfg.node_id, plan, answers[:len(initial)],
+                                        cfg.bootstrap_expect, cfg.voter,
+                                        others=answers[len(initial):],
+                                        my_raft=cfg.raft_advertise)
                 if action == "declare":
                     save_plan(cfg.data_dir, detail)
                     plan = node.bootstrap_plan = detail
@@ -231,7 +245,11 @@ class AutoBootstrap:
                     return f"HTTP {r.status} {text[:120]}"
                 info = json.loads(text)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
-            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if isinstance(e, aiohttp.ServerDisconnectedError):
+                # rqlite 8 scripts list Raft addresses in -join; ours are HTTP ones
+                why += " (a Raft address? -join takes HTTP API addresses)"
+            return why
         if not isinstance(info, dict) or not info.get("node_id") or "fresh" not in info:
             return "not a raft-sqlite node (bad /notify answer)"
         return info

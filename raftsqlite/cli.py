@@ -228,8 +228,9 @@ def config_from_args(argv=None) -> NodeConfig:
                      raft_addr=args.raft_addr, http_adv=args.http_adv, raft_adv=args.raft_adv,
                      join=join, voter=not args.non_voter, shard=args.shard,
                      fsync=not args.no_fsync, snapshot_threshold=args.snapshot_threshold,
-                     join_timeout=extra.pop("join_timeout", args.join_timeout
-                                            or _DEFAULTS["join_timeout"][0]),
+                     join_timeout=extra.pop("join_timeout", _DEFAULTS["join_timeout"][0]
+                                            if args.join_timeout is None
+                                            else args.join_timeout),
                      store=store, raft_overrides=tuple(overrides), auth_file=args.auth_file,
                      join_as=args.join_as, tls=_tls(args),
                      reap_node_timeout=args.reap_node_timeout,

@@ -150,6 +150,11 @@ class NodeConfig(_Help):
         self._check_bootstrap()
 
     def _check_bootstrap(self):
+        own_raft = {join_key(self.raft_advertise), join_key(self.raft_addr)}
+        if any(join_key(a) in own_raft for a in self.join):
+            raise ConfigError(f"-join lists this node's own Raft address ({self.raft_addr}): "
+                              f"-join takes HTTP API addresses (rqlite 8 scripts list Raft "
+                              f"addresses there; use the -http-addr ports instead)")
         if self.join_attempts < 0 or self.join_interval < 0:
             raise ConfigError("join_attempts and join_interval must be >= 0")
         n = self.bootstrap_expect
@@ -164,11 +169,10 @@ class NodeConfig(_Help):
         distinct = {join_key(a) for a in self.join}
         if len(distinct) != len(self.join):
             raise ConfigError(f"-join names an address twice: {', '.join(self.join)}")
-        if len(self.join) != n:
-            raise ConfigError(f"-bootstrap-expect {n} needs exactly {n} -join addresses, the "
-                              f"initial members (this node's own included), got "
-                              f"{len(self.join)}: the initial voter set is read from them, so "
-                              f"every node started with these flags forms the same group")
+        if len(self.join) < n:
+            raise ConfigError(f"-bootstrap-expect {n} needs at least {n} -join addresses (the "
+                              f"initial members, this node's own included), got "
+                              f"{len(self.join)}")
 
     @property
     def http_advertise(self) -> str:
@@ -202,6 +206,18 @@ def parse_addr(addr: str, name: str = "address"):
     if not sep or not port.isdigit() or not (0 < int(port) < 65536):
         raise ConfigError(f"{name} must be host:port or :port, got {addr!r}")
     return host.strip("[]"), int(port)
+
+
+def initial_addresses(join, n):
+    """The -bootstrap-expect initial members: the first ``n`` -join addresses in natural
+    order (numbers compared as numbers: rqlite-2 before rqlite-10, 10.0.0.9 before
+    10.0.0.10), the same on every node given the same list in any order."""
+    import re
+
+    def natural(addr):
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t)
+                for t in re.findall(r"\d+|\D+", join_key(addr))]
+    return sorted(join, key=natural)[:n]
 
 
 def join_key(addr: str) -> str:

@@ -10,6 +10,9 @@ included, cannot tell it ever belonged to a group: restart it with ``-join <a me
 (its join says its log is empty, so the leader removes and re-adds it and catches it up;
 ``Store.join``); started without ``-join`` it would begin a new group. A data dir whose Raft log is gone but whose database has applied entries is
 refused by the Raft driver at start ("the log was lost"), never bootstrapped.
+With ``-bootstrap-expect N`` a fresh node serves HTTP first and then forms the group
+together with the other N-1 (``bootstrap.py``; the safety argument is in
+docs/design/bootstrap.md); with a log it ignores that flag like any restarted node.
 
 Stop (SIGTERM): [with -raft-cluster-remove-shutdown: leave the group, bounded, node_leave.py]
 -> stop accepting HTTP -> Raft stop (a leader hands leadership over first) -> store and
@@ -216,9 +219,6 @@ class Node:
                             last = f"{url}: HTTP {r.status} {text[:200]}"
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                         last = f"{url}: {type(e).__name__} {e}"
-                        if isinstance(e, aiohttp.ServerDisconnectedError):
-                            # rqlite 8 joins through the Raft port; ours is HTTP
-                            last += " (a Raft address? -join takes HTTP API addresses)"
                         why = await tls.refused(url, e) or (
                             isinstance(e, aiohttp.ClientSSLError) and str(e))
                         if why:     # a refused certificate or handshake: not transient
@@ -236,6 +236,9 @@ class Node:
                 await asyncio.sleep(cfg.join_interval or delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
         tried = f"{rounds} attempt{'s' if rounds != 1 else ''}"
+        if "ServerDisconnectedError" in last:
+            # rqlite 8 joins through the Raft port; ours is HTTP
+            last += " (a Raft address? -join takes HTTP API addresses)"
         raise Unavailable(f"could not join through {', '.join(addrs)} ({tried} in at most "
                           f"{cfg.join_timeout:g}s; last error: {last})")
 

@@ -1,9 +1,9 @@
 """-bootstrap-expect on real processes (rqlite's automatic bootstrapping) and rqlite's flag
 spelling end to end.
 
-Group A (our flag names): three nodes started at once with identical flags form one
-group; restarted with the same flags they keep it (no second bootstrap); a 4th node with
-the same flags joins it. Group B (rqlite's names: -node-id, -http-addr, -raft-addr, a
+Group A (our flag names): three nodes started at once with identical flags (a -join list
+of four, -bootstrap-expect 3) form one group; restarted with the same flags they keep it
+(no second bootstrap); the 4th node, started later with the same flags, joins it. Group B (rqlite's names: -node-id, -http-addr, -raft-addr, a
 positional data dir, http(s):// join addresses, -join-interval) with -auth/-join-as and
 TLS on the HTTP API and between nodes: two of three started form nothing and are not
 ready; the third arriving forms the group."""
@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from raftsqlite.config import initial_addresses
 from raftsqlite.testing.procs import free_port
 from tests.cluster.node_harness import NodeProc, call, wait_for
 
@@ -34,8 +35,10 @@ def log_bytes(n):
         return b""
 
 
-def start_group_a(wd, n_nodes, ports, names):
-    join = ",".join(f"127.0.0.1:{hp}" for hp, _ in ports[:3])
+def start_group_a(wd, ports, names):
+    # every node gets all four addresses, as a StatefulSet of 4 would; the initial members
+    # are the first three in sorted order (``ports`` is sorted so: a1..a3)
+    join = ",".join(f"127.0.0.1:{hp}" for hp, _ in ports)
     procs = []
     for name, (hp, rp) in zip(names, ports):
         p = NodeProc(wd, name, hp, rp)
@@ -67,8 +70,10 @@ def one_group(nodes, want_voters):
 @pytest.fixture(scope="module")
 def group_a(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("bootexpect"))
-    ports = [(free_port(), free_port()) for _ in range(4)]
-    nodes = start_group_a(wd, 4, ports, ["a1", "a2", "a3", "a4"])
+    ports = sorted((free_port(), free_port()) for _ in range(4))
+    assert initial_addresses([f"127.0.0.1:{hp}" for hp, _ in ports], 3) == \
+        [f"127.0.0.1:{hp}" for hp, _ in ports[:3]]
+    nodes = start_group_a(wd, ports, ["a1", "a2", "a3", "a4"])
     try:
         for n in nodes[:3]:             # at once, identical flags but for id/addresses
             n.start()
@@ -143,8 +148,8 @@ def test_restart_with_same_flags_keeps_the_group(group_a):
 
 
 def test_fourth_node_with_same_flags_joins(group_a):
-    """Invariant: a node started later with the same flags, not one of the N initial
-    members, joins the existing group (it never bootstraps one of its own)."""
+    """Invariant: a node started later with the same flags (its address is in the -join
+    list, after the N initial ones) joins the existing group; it never bootstraps."""
     nodes = group_a
     try:
         nodes[3].start()

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from raftsqlite.bootstrap import decide, initial_set, load_plan, save_plan
+from raftsqlite.config import initial_addresses
 from raftsqlite.errors import ConfigError
 
 
@@ -74,6 +75,17 @@ def test_existing_group_means_join():
         assert act == "join"
 
 
+def test_addresses_beyond_the_initial_ones_only_reveal_a_group():
+    """With more -join addresses than N, the extra ones never enter the set; a node there
+    with a log still means "a group exists: join it"."""
+    act, s = decide("a", None, answers(info("a"), info("b"), info("c")), 3,
+                    others=[("x", info("d")), ("y", "down")])
+    assert act == "declare" and s == ABC
+    act, _ = decide("a", None, answers(info("a"), info("b"), "down"), 3,
+                    others=[("x", info("d", fresh=False))])
+    assert act == "join"
+
+
 def test_not_an_initial_member_waits_then_joins():
     act, why = decide("d", None, answers(info("a"), info("b"), info("c")), 3)
     assert act == "wait" and "not one of the initial members" in why
@@ -86,21 +98,24 @@ def test_mismatched_flags_and_duplicates_wait_with_a_reason():
     assert act == "wait" and "same flags" in why
     act, why = decide("a", None, answers(info("a"), info("b", voter=False), info("c")), 3)
     assert act == "wait" and "non-voter" in why
+    act, why = decide("a", None, answers(info("a"), info("b"), info("c")), 3,
+                      my_raft="elsewhere:2")
+    assert act == "wait" and "its own -node-id" in why
     act, why = decide("a", None, answers(info("a"), info("a"), info("c")), 3)
     assert act == "wait" and "two -join addresses" in why
 
 
 def test_random_views_never_bootstrap_two_sets():
-    """Simulate nodes a..e (any subset up, any declarations so far, -join lists that
-    differ) deciding in random order: no two different sets are ever bootstrapped, and
+    """Simulate nodes a..e (any subset up, any declarations so far, -join lists of 3 or 4
+    that differ, or the same list in different orders) deciding in random order: no two different sets are ever bootstrapped, and
     no node declares twice."""
     rng = random.Random(5)
     names = "abcde"
     for trial in range(300):
-        lists = {n: sorted(rng.sample(names, 3)) for n in names}
+        lists = {n: rng.sample(names, rng.choice((3, 4))) for n in names}
         if rng.random() < 0.5:
-            same = sorted(rng.sample(names, 3))
-            lists = {n: same for n in names}
+            same = rng.sample(names, rng.choice((3, 4)))
+            lists = {n: rng.sample(same, len(same)) for n in names}   # any order
         state = {n: {"fresh": True, "plan": None, "up": rng.random() < 0.9} for n in names}
         booted = set()
         for _ in range(40):
@@ -109,13 +124,15 @@ def test_random_views_never_bootstrap_two_sets():
             if not st["up"] or not st["fresh"]:
                 continue
             ans = []
-            for peer in lists[me]:
+            initial = [a.split(":")[0]
+                       for a in initial_addresses([f"{p}:1" for p in lists[me]], 3)]
+            for peer in initial + [p for p in lists[me] if p not in initial]:
                 ps = state[peer]
                 if not ps["up"] or rng.random() < 0.2:
                     ans.append((peer, "down"))
                 else:
                     ans.append((peer, info(peer, fresh=ps["fresh"], plan=ps["plan"])))
-            act, d = decide(me, st["plan"], ans, 3)
+            act, d = decide(me, st["plan"], ans[:3], 3, others=ans[3:])
             if act == "declare":
                 assert st["plan"] is None
                 st["plan"] = d

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from raftsqlite.cli import _is_command, config_from_args, main
-from raftsqlite.config import join_key, parse_duration
+from raftsqlite.config import initial_addresses, join_key, parse_duration
 from raftsqlite.errors import ConfigError
 
 
@@ -95,13 +95,23 @@ def test_bootstrap_expect_checks():
     cfg, _ = config_from_args("-bootstrap-expect 1 -join a:1 -bootstrap-expect-timeout 2m"
                               .split())
     assert cfg.bootstrap_expect_timeout == 120.0
-    for argv, why in [("-bootstrap-expect 3 -join a:1,b:1", "exactly 3"),
-                      ("-bootstrap-expect 2 -join a:1,b:1,c:1", "exactly 2"),
-                      ("-bootstrap-expect 3", "exactly 3"),
+    # more addresses than N: the first N in sorted order are the initial members
+    cfg, _ = config_from_args("-bootstrap-expect 2 -join c:1,http://b:1,a:1".split())
+    assert initial_addresses(cfg.join, 2) == ["a:1", "http://b:1"]
+    pods = [f"rqlite-{i}.rqlite:4001" for i in (10, 2, 0, 1, 11)]
+    assert initial_addresses(pods, 3) == ["rqlite-0.rqlite:4001", "rqlite-1.rqlite:4001",
+                                          "rqlite-2.rqlite:4001"]
+    assert initial_addresses(["10.0.0.10:1", "10.0.0.9:2", "10.0.0.9:1"], 2) == \
+        ["10.0.0.9:1", "10.0.0.9:2"]
+    for argv, why in [("-bootstrap-expect 3 -join a:1,b:1", "at least 3"),
+                      ("-bootstrap-expect 3", "at least 3"),
                       ("-bootstrap-expect 2 -join a:1,http://A:1/", "twice"),
                       ("-bootstrap-expect 2 -join a:1,b:1 -shard s1", "default group"),
                       ("-bootstrap-expect -1 -join a:1", ">= 0"),
-                      ("-join-attempts -1 -join a:1", ">= 0")]:
+                      ("-join-attempts -1 -join a:1", ">= 0"),
+                      ("-join a:1 -join-timeout 0", "join_timeout > 0"),
+                      ("-raft-addr 127.0.0.1:4002 -join 127.0.0.1:4001,http://127.0.0.1:4002",
+                       "own Raft address")]:
         with pytest.raises(ConfigError, match=why):
             config_from_args(argv.split())
 
@@ -133,3 +143,20 @@ def test_flags_by_full_name_only():
     cfg, _ = config_from_args(["-max-inflight=3", "--batch-max", "9", "-bootstrap-expect",
                                "1", "-join", "a:1", "-no-fsync"])
     assert cfg.store.max_inflight == 3 and cfg.store.batch_max_requests == 9
+
+
+def test_join_attempts_bound_the_join(tmp_path):
+    """Invariant: -join-attempts N stops the join after N rounds (exit 1, saying how many),
+    long before -join-timeout; the pause between them is -join-interval."""
+    import time
+    from raftsqlite.testing.procs import free_port
+    dead = f"127.0.0.1:{free_port()}"          # nothing listens there
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "raftsqlite", "-node-id", "j",
+                        "-http-addr", f"127.0.0.1:{free_port()}",
+                        "-raft-addr", f"127.0.0.1:{free_port()}", "-join", f"http://{dead}",
+                        "-join-attempts", "3", "-join-interval", "300ms",
+                        str(tmp_path / "j")], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 1 and "3 attempts" in r.stderr, r.stderr
+    assert 0.6 <= took < 30
