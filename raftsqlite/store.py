@@ -132,12 +132,17 @@ class Store(StoreAdmin):
 
     def ready(self) -> bool:
         """A leader is known and this node has applied what it knew to be committed."""
-        if not self.raft.leader_id or getattr(self.raft, "failed", None):
+        if not self.raft.leader_id or getattr(self.raft, "failed", None) or self.removed():
             return False
         if self.ready_check is not None and not self.ready_check():
             return False
         return self.fsm.applied_index() >= min(self.raft.commit_index,
                                                self.raft.last_log_index)
+
+    def removed(self):
+        """Why this node believes it is no longer a member of its group (reaped, or
+        removed while it was away), or None. driver_reap.py / core ``removed``."""
+        return getattr(self.raft, "removed", None)
 
     async def wait_ready(self, timeout=1.0) -> bool:
         """``ready()`` as of the moment asked. While a node takes writes its commit index
@@ -645,6 +650,7 @@ class Store(StoreAdmin):
                        "api_addr": lead.http_addr if lead else ""},
             "is_leader": self.is_leader(),
             "ready": self.ready(),
+            "removed": self.removed(),
             "fsm_index": self.fsm.applied_index(),
             "db_applied_index": self.fsm.applied_index(),
             "sqlite3": {"path": self.db.path, "size": self.db.file_size()},
