@@ -86,6 +86,17 @@ def build_parser():
     flag("join-as", dest="join_as", default="", metavar="USER",
          help="user in the -auth file whose credentials this node uses on its calls to "
               "other nodes (join, sharding)")
+    # -- membership housekeeping (rqlite's flags; docs/operations.md "Reaping")
+    flag("raft-reap-node-timeout", dest="reap_node_timeout", type=_duration, default=0.0,
+         metavar="DURATION", help="the leader removes a voter it has not heard from for "
+                                  "this long, e.g. 72h (default: 0, never)")
+    flag("raft-reap-read-only-node-timeout", dest="reap_read_only_node_timeout",
+         type=_duration, default=0.0, metavar="DURATION",
+         help="the leader removes a non-voter it has not heard from for this long, e.g. 30m "
+              "(default: 0, never)")
+    flag("raft-cluster-remove-shutdown", dest="cluster_remove_shutdown", action="store_true",
+         help="on SIGTERM/SIGINT, remove this node from its group before exiting "
+              "(bounded: a shutdown never waits more than a few seconds for it)")
     from raftsqlite import tlsconf
     tlsconf.add_flags(flag)
     # -- fk8: rqlite's -fk, -extensions-path, -http-allow-origin --
@@ -102,6 +113,30 @@ def build_parser():
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     _add_rqlite_flags(p, flag)
     return p
+
+
+def _duration(text):
+    from raftsqlite.config import parse_duration
+    try:
+        return parse_duration(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _go_bool_flags(argv):
+    """Go's flag package takes ``-flag=true|false`` for a boolean; argparse's store_true
+    takes none. Only our rqlite-named boolean is translated here."""
+    out = []
+    for a in argv:
+        name, sep, val = a.partition("=")
+        if sep and name.lstrip("-") == "raft-cluster-remove-shutdown":
+            if val.lower() in ("true", "1", "t"):
+                out.append(name)
+            elif val.lower() not in ("false", "0", "f"):
+                raise ConfigError(f"{name} takes true or false, got {val!r}")
+            continue
+        out.append(a)
+    return out
 
 
 # ---- rqlite's flag names (rqlited's command line; docs/operations.md) ---------------------
@@ -181,7 +216,7 @@ def _rqlite_settings(args, argv):
 
 
 def config_from_args(argv=None) -> NodeConfig:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _go_bool_flags(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     _check_flag_names(parser, argv)
     args = parser.parse_args(argv)
@@ -207,7 +242,10 @@ def config_from_args(argv=None) -> NodeConfig:
                                             if args.join_timeout is None
                                             else args.join_timeout),
                      store=store, raft_overrides=tuple(overrides), auth_file=args.auth_file,
-                     join_as=args.join_as, tls=_tls(args), **extra,
+                     join_as=args.join_as, tls=_tls(args),
+                     reap_node_timeout=args.reap_node_timeout,
+                     reap_read_only_node_timeout=args.reap_read_only_node_timeout,
+                     cluster_remove_shutdown=args.cluster_remove_shutdown, **extra,
                      foreign_keys=args.foreign_keys, http_allow_origin=args.http_allow_origin,
                      extensions_path=tuple(p.strip() for p in args.extensions_path.split(",")
                                            if p.strip()))

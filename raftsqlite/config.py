@@ -110,6 +110,16 @@ class NodeConfig(_Help):
                                   "addresses are up (0 = off; rqlite's -bootstrap-expect).")
     bootstrap_expect_timeout: float = _f(120.0, "Seconds to wait for -bootstrap-expect "
                                                 "nodes before the node gives up.")
+    # -- membership housekeeping (rqlite's -raft-reap-* and -raft-cluster-remove-shutdown)
+    reap_node_timeout: float = _f(0.0, "Seconds after which the leader removes a voter it "
+                                       "has not heard from (0 = never; raft/reaper.py).")
+    reap_read_only_node_timeout: float = _f(0.0, "Seconds after which the leader removes a "
+                                                 "non-voter it has not heard from (0 = never).")
+    cluster_remove_shutdown: bool = _f(False, "On a graceful shutdown (SIGTERM/SIGINT) the "
+                                              "node removes itself from its group first (a "
+                                              "leader hands leadership over, then the new "
+                                              "leader removes it); bounded by "
+                                              "LEAVE_TIMEOUT seconds.")
     # -- fk8: rqlite's -fk, -extensions-path, -http-allow-origin (group_settings.py) --
     foreign_keys: bool = _f(False, "Enforce SQLite foreign key constraints (rqlite's -fk). "
                                    "A group setting: every member must have the same.")
@@ -143,6 +153,8 @@ class NodeConfig(_Help):
         if self.shard and not all(c.isalnum() or c in "-_." for c in self.shard):
             raise ConfigError(f"shard name must be letters, digits, '-', '_' or '.', "
                               f"got {self.shard!r}")
+        if self.reap_node_timeout < 0 or self.reap_read_only_node_timeout < 0:
+            raise ConfigError("reap timeouts must be >= 0 (0 = never reap)")
         if any(c in self.http_allow_origin for c in "\r\n\0"):
             raise ConfigError("http_allow_origin must be one header value (no line breaks)")
         if self.snapshot_threshold < 0 or self.join_timeout <= 0:

@@ -45,15 +45,15 @@ import collections
 import threading
 import time
 
-import orjson
-
-from raftsqlite import fsm_load
-from raftsqlite.b64json import b64_default, unb64
+from raftsqlite import fsm_load, fsm_vacuum
 from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import budget_error
-from raftsqlite.db_shapes import INTERNAL_PREFIX, uses_connection_state
+from raftsqlite.db_shapes import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError, SettingsMismatch
+from raftsqlite.fsm_ops import (  # noqa: F401 - also imported from fsm by others
+    CLOCK_OP, STEPS_OP, RESULT_OP, _LIMIT_OPS, clock_op, steps_op, result_op, _op_int,
+    _single_sql, _conn_state, _clock, _dedup_lookup, _dump_result, _load_result)
 from raftsqlite.group_settings import (META_KEY, RECORD_OP, GroupSettings,
                                        make_record_handler)
 from raftsqlite.metrics import LATENCY_BUCKETS, Histogram
@@ -174,7 +174,7 @@ class FSM:
         self.counters = {"fk_reruns": 0, "entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
                          "single_runs": 0, "over_budget": 0, "budget_recounts": 0,
-                         "result_refused": 0,
+                         "result_refused": 0, "vacuums": 0,
                          "deadline_undone": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
         # One observation per apply() call that applied something (GET /metrics)
@@ -207,6 +207,8 @@ class FSM:
         """``apply`` if it takes at most ``budget_s`` seconds of user statements; else
         everything it did is undone and None is returned (run it again with ``apply``)."""
         db = self.db
+        if any(fsm_vacuum.is_vacuum(self, e) for e in entries if e.index > self._applied):
+            return None     # a VACUUM commits on its own: not undoable, never inline
         db.set_apply_deadline(time.monotonic() + budget_s)
         try:
             return self.apply(entries)
@@ -226,54 +228,21 @@ class FSM:
             return results
         self._apply_thread = threading.get_ident()
         with self._lock:
-            poisoned = {}     # request position -> the error it answers instead of running
-            exact = set()     # positions to run with freshly prepared statements
-            while True:
-                db = self.db
-                db.internal("BEGIN IMMEDIATE")
-                try:
-                    for pos, e in todo:
-                        res, added = self._apply_entry(e, pos, poisoned, exact)
-                        results[pos] = res
-                        if added:
-                            self._trim(added)
-                    last = todo[-1][1]
-                    db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
-                                "('applied_index', ?), ('applied_term', ?)",
-                                (last.index, last.term))
-                    db.internal("COMMIT")
-                except _TxnLost as lost:
-                    # SQLite already rolled everything back; re-run without that request
-                    self.counters["txn_reruns"] += 1
-                    if db.deadline_passed:
-                        raise _DeadlinePassed() from None
-                    if db.budget_tripped:   # interrupted by the budget, not the SQL's doing
-                        self._over_budget([lost.key], exact, poisoned)
-                    else:
-                        poisoned[lost.key] = _ROLLED_BACK
-                    continue
-                except _OverBudget as ob:
-                    if db.in_transaction():
-                        db.internal("ROLLBACK")
-                    if db.deadline_passed:
-                        raise _DeadlinePassed() from None
-                    self.counters["txn_reruns"] += 1
-                    self._over_budget(ob.keys, exact, poisoned)
-                    continue
-                except _FkRerun as rr:
-                    db.internal("ROLLBACK")
-                    poisoned[("fk",) + rr.key] = True     # not an error: run it carefully
-                    self.counters["fk_reruns"] += 1
-                    continue
-                except BaseException:
-                    if db.in_transaction():
-                        db.internal("ROLLBACK")
-                    raise
-                break
-            self._applied, self._applied_term = last.index, last.term
-            self.db.set_entry_context(0, 0, None)
-            self.db.set_step_budget(0)
-            self.db.set_result_bound(0)
+            vac = [k for k, (_, e) in enumerate(todo) if fsm_vacuum.is_vacuum(self, e)]
+            if not vac:
+                self._apply_txn(todo, results)
+            else:
+                # A VACUUM entry runs alone, outside the apply transaction (fsm_vacuum.py)
+                start = 0
+                for k in vac:
+                    if k > start:
+                        self._apply_txn(todo[start:k], results)
+                    pos, e = todo[k]
+                    results[pos] = fsm_vacuum.apply_vacuum(self, e)
+                    self._applied, self._applied_term = e.index, e.term
+                    start = k + 1
+                if start < len(todo):
+                    self._apply_txn(todo[start:], results)
         c = self.counters
         c["entries"] += len(todo)
         c["batches"] += 1
@@ -281,6 +250,58 @@ class FSM:
         c["apply_seconds"] += dt
         self.apply_hist.observe(dt)
         return results
+
+    def _apply_txn(self, todo, results):
+        """Apply ``todo`` [(position, entry)] in one SQLite transaction with their last
+        index (re-running it while requests are marked failed or over budget)."""
+        poisoned = {}     # request position -> the error it answers instead of running
+        exact = set()     # positions to run with freshly prepared statements
+        while True:
+            db = self.db
+            db.internal("BEGIN IMMEDIATE")
+            try:
+                for pos, e in todo:
+                    res, added = self._apply_entry(e, pos, poisoned, exact)
+                    results[pos] = res
+                    if added:
+                        self._trim(added)
+                last = todo[-1][1]
+                db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
+                            "('applied_index', ?), ('applied_term', ?)",
+                            (last.index, last.term))
+                db.internal("COMMIT")
+            except _TxnLost as lost:
+                # SQLite already rolled everything back; re-run without that request
+                self.counters["txn_reruns"] += 1
+                if db.deadline_passed:
+                    raise _DeadlinePassed() from None
+                if db.budget_tripped:   # interrupted by the budget, not the SQL's doing
+                    self._over_budget([lost.key], exact, poisoned)
+                else:
+                    poisoned[lost.key] = _ROLLED_BACK
+                continue
+            except _OverBudget as ob:
+                if db.in_transaction():
+                    db.internal("ROLLBACK")
+                if db.deadline_passed:
+                    raise _DeadlinePassed() from None
+                self.counters["txn_reruns"] += 1
+                self._over_budget(ob.keys, exact, poisoned)
+                continue
+            except _FkRerun as rr:
+                db.internal("ROLLBACK")
+                poisoned[("fk",) + rr.key] = True     # not an error: run it carefully
+                self.counters["fk_reruns"] += 1
+                continue
+            except BaseException:
+                if db.in_transaction():
+                    db.internal("ROLLBACK")
+                raise
+            break
+        self._applied, self._applied_term = last.index, last.term
+        self.db.set_entry_context(0, 0, None)
+        self.db.set_step_budget(0)
+        self.db.set_result_bound(0)
 
     def _over_budget(self, keys, exact, poisoned):
         """Requests past the budget: those counted on cached statements are re-run with
@@ -856,98 +877,6 @@ class FSM:
         return result
 
 
-CLOCK_OP = "clock"
-STEPS_OP = "steps"
-RESULT_OP = "rbytes"
-_LIMIT_OPS = (CLOCK_OP, STEPS_OP, RESULT_OP)
-
-
-def clock_op(ms):
-    """The op that carries the proposing leader's instant (Julian-day milliseconds)."""
-    return (CLOCK_OP, int(ms).to_bytes(8, "big"))
-
-
-def steps_op(steps):
-    """The op that carries the proposing leader's write budget (SQLite VM steps per
-    request; 0 = none)."""
-    return (STEPS_OP, int(steps).to_bytes(8, "big"))
-
-
-def result_op(max_bytes):
-    """The op that carries the proposing leader's -max-result-bytes: the bound on rows a
-    write request's statements return (RETURNING), the same on every member."""
-    return (RESULT_OP, int(max_bytes).to_bytes(8, "big"))
-
-
-def _op_int(ops, op):
-    for name, args in ops:
-        if name == op and len(args) == 8:
-            return int.from_bytes(args, "big")
-    return 0
-
-
-def _single_sql(req):
-    """The text of a request that is one statement, without transaction (what
-    ``_run_singles`` may run together with its neighbours), else None."""
-    sts = req.statements
-    if type(sts) is not list or len(sts) != 1 or req.transaction:
-        return None
-    sql = sts[0].sql
-    return None if uses_connection_state(sql) else sql
-
-
-def _conn_state(req):
-    """Whether a statement of ``req`` reads the connection's history (changes(), ...)."""
-    sts = req.statements
-    if type(sts) is BulkStatements:
-        return uses_connection_state(sts.sql)
-    for st in sts:
-        if uses_connection_state(st.sql):
-            return True
-    return False
-
-
-def _clock(ops):
-    for name, args in ops:
-        if name == CLOCK_OP and len(args) == 8:
-            return int.from_bytes(args, "big")
-    return None
-
-
-_IN_SQL = {}
-_IN_MAX = 64
-
-
-def _dedup_lookup(db, rids):
-    """{request id: stored result} for those of ``rids`` (distinct bytes) in the table."""
-    found = {}
-    for k in range(0, len(rids), _IN_MAX):
-        part = rids[k:k + _IN_MAX]
-        sql = _IN_SQL.get(len(part))
-        if sql is None:
-            sql = _IN_SQL[len(part)] = ("SELECT request_id, result FROM _raftsqlite_requests "
-                                        "WHERE request_id IN (" + ",".join("?" * len(part)) + ")")
-        for rid, blob in db.internal(sql, part):
-            found[bytes(rid)] = blob
-    return found
-
-
-_WRITE_KEYS = ("last_insert_id", "rows_affected", "time")
-
-
-def _dump_result(results) -> bytes:
-    if type(results) is list and len(results) == 1:
-        r = results[0]
-        if tuple(r) == _WRITE_KEYS:     # the commonest: one write's result
-            return orjson.dumps([{"last_insert_id": r["last_insert_id"],
-                                  "rows_affected": r["rows_affected"]}])
-    if type(results) is InsertRun:
-        results.materialize()
-    # "time" differs per replica; stored rows must not, so replicas stay byte-identical
-    return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
-                        default=b64_default)
-
-
 def _fk_failed(results):
     """A transaction request's results when its end found a foreign key violation: the
     last statement's result becomes SQLite's error (the commit would have failed)."""
@@ -960,7 +889,3 @@ def _fk_failed(results):
     else:
         out.append(err)
     return out
-
-
-def _load_result(blob):
-    return unb64(orjson.loads(blob))

@@ -14,8 +14,9 @@ With ``-bootstrap-expect N`` a fresh node serves HTTP first and then forms the g
 together with the other N-1 (``bootstrap.py``; the safety argument is in
 docs/design/bootstrap.md); with a log it ignores that flag like any restarted node.
 
-Stop (SIGTERM): stop accepting HTTP -> Raft stop (a leader hands leadership over first)
--> store and SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
+Stop (SIGTERM): [with -raft-cluster-remove-shutdown: leave the group, bounded, node_leave.py]
+-> stop accepting HTTP -> Raft stop (a leader hands leadership over first) -> store and
+SQLite closed. SIGKILL loses nothing acknowledged: the Raft log is fsynced
 before anything is acknowledged, and SQLite replays from it.
 """
 import asyncio
@@ -84,7 +85,9 @@ class Node:
         kw = dict(node_id=config.node_id, data_dir=config.raft_dir, raft_addr=f"{host}:{port}",
                   advertise_addr=config.raft_advertise, http_addr=config.http_advertise,
                   fsync=config.fsync, snapshot_threshold=config.snapshot_threshold,
-                  election_ticks=NODE_ELECTION_TICKS)
+                  election_ticks=NODE_ELECTION_TICKS,
+                  reap_voter_after=config.reap_node_timeout,
+                  reap_learner_after=config.reap_read_only_node_timeout)
         if config.tls.raft_server is not None:
             kw.update(ssl_server=config.tls.raft_server, ssl_client=config.tls.raft_client,
                       ssl_server_name=config.tls.node_verify_server_name)
@@ -212,6 +215,9 @@ class Node:
             self._record_task.cancel()
         if self._join_task is not None:
             self._join_task.cancel()
+        if self.config.cluster_remove_shutdown and self._started:
+            from raftsqlite.node_leave import leave_group
+            await leave_group(self)
         try:
             await self.sharding.stop()
         except Exception as e:

@@ -30,6 +30,7 @@ from raftsqlite.codec.model import (BulkStatements, Command, CommandType, Insert
 from raftsqlite.config import StoreConfig
 from raftsqlite.db import ReadCancel
 from raftsqlite.fsm import clock_op, result_op, steps_op
+from raftsqlite.fsm_vacuum import is_vacuum_sql
 from raftsqlite.raft import trace
 from raftsqlite.store_admin import StoreAdmin
 from raftsqlite.errors import (BadRequest, EncodeError, LeaderNotFound, NotLeader,
@@ -132,12 +133,17 @@ class Store(StoreAdmin):
 
     def ready(self) -> bool:
         """A leader is known and this node has applied what it knew to be committed."""
-        if not self.raft.leader_id or getattr(self.raft, "failed", None):
+        if not self.raft.leader_id or getattr(self.raft, "failed", None) or self.removed():
             return False
         if self.ready_check is not None and not self.ready_check():
             return False
         return self.fsm.applied_index() >= min(self.raft.commit_index,
                                                self.raft.last_log_index)
+
+    def removed(self):
+        """Why this node believes it is no longer a member of its group (reaped, or
+        removed while it was away), or None. driver_reap.py / core ``removed``."""
+        return getattr(self.raft, "removed", None)
 
     async def wait_ready(self, timeout=1.0) -> bool:
         """``ready()`` as of the moment asked. While a node takes writes its commit index
@@ -173,6 +179,8 @@ class Store(StoreAdmin):
         rid = _request_id(request_id)
         if guard is not None and not isinstance(guard, (bytes, bytearray)):
             raise BadRequest("guard must be bytes")
+        if type(stmts) is list and any(is_vacuum_sql(st.sql) for st in stmts):
+            return await self._vacuum(stmts, rid, timeout)
         index, results = await self._submit(
             Request(stmts, bool(transaction), rid, bytes(guard) if guard is not None else None),
             timeout or self.config.write_timeout, lazy_results)
@@ -181,6 +189,19 @@ class Store(StoreAdmin):
                 and type(results) is not InsertRun:     # a refusal is one plain result
             _raise_guard_refusal(results[0])
         return {"results": results, "raft_index": index}
+
+    async def _vacuum(self, stmts, rid, timeout):
+        """VACUUM runs outside any transaction, so it is an entry of its own, never
+        group-committed with other requests (fsm_vacuum.py)."""
+        if len(stmts) != 1 or stmts[0].params:
+            raise BadRequest("VACUUM must be the only statement of its request (it runs "
+                             "outside any transaction); send it on its own")
+        res = await self._propose_one(
+            Command(CommandType.EXECUTE, [Request(stmts, False, rid, None)],
+                    [clock_op(self.db.clock_now_ms()), *self._limit_ops]),
+            timeout or self.config.write_timeout)
+        self.counters["writes"] += 1
+        return {"results": res["results"][0], "raft_index": res["index"]}
 
     def _submit(self, req, timeout, lazy=False):
         loop = asyncio.get_running_loop()
@@ -228,6 +249,9 @@ class Store(StoreAdmin):
                 if not stmts:
                     outs[i] = {"results": [], "raft_index": self.fsm.applied_index()}
                     continue
+                if type(stmts) is list and any(is_vacuum_sql(st.sql) for st in stmts):
+                    raise BadRequest("VACUUM cannot be sent in a coalesced call; send it "
+                                     "on its own to the group's leader")
                 stmts = sqlrewrite.rewrite_statements(stmts, rng=self._rng)
                 g = rq.guard
                 if g is not None and not isinstance(g, (bytes, bytearray)):
@@ -627,6 +651,7 @@ class Store(StoreAdmin):
                        "api_addr": lead.http_addr if lead else ""},
             "is_leader": self.is_leader(),
             "ready": self.ready(),
+            "removed": self.removed(),
             "fsm_index": self.fsm.applied_index(),
             "db_applied_index": self.fsm.applied_index(),
             "sqlite3": {"path": self.db.path, "size": self.db.file_size(),

@@ -161,6 +161,10 @@ def blueprint():
         ctx.counters["readyz"] += 1
         if p.noleader:
             return _text(200, "[+]node ok")
+        removed = getattr(ctx.store, "removed", None)
+        why = removed() if removed is not None else None
+        if why:
+            return _text(503, f"[+]node ok\n[+]removed from the cluster: {why}")
         if ctx.store.leader() is None:
             return _text(503, "[+]node ok\n[+]leader does not exist")
         wait = getattr(ctx.store, "wait_ready", None)

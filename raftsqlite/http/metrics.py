@@ -236,6 +236,15 @@ def _raft(exp, node, stats, group):
     c("raftsqlite_raft_slow_disk_handoffs_total",
       "Leadership hand-overs because this leader's disk held its group back.",
       r.get("slow_disk_handoffs"))
+    exp.counter("raftsqlite_raft_members_reaped_total",
+                "Members this node removed as leader after they stayed silent past "
+                "-raft-reap-node-timeout (voter) or -raft-reap-read-only-node-timeout.",
+                samples=[({**g, "kind": k}, _num(r.get(key))) for k, key in (
+                    ("voter", "reaped_voters"), ("non_voter", "reaped_non_voters"))])
+    c("raftsqlite_raft_reap_failures_total", "Reaping removals that could not start or "
+      "did not commit.", r.get("reap_failures"))
+    gauge("raftsqlite_raft_removed", "1 if this node knows it is no longer a member of its "
+          "group (reaped or removed while away).", int(bool(r.get("removed"))))
     c("raftsqlite_raft_messages_sent_total", "Raft messages sent.", tr.get("msgs_out"))
     c("raftsqlite_raft_messages_received_total", "Raft messages received.", tr.get("msgs_in"))
     c("raftsqlite_raft_transport_bytes_sent_total", "Raft bytes sent.", tr.get("bytes_out"))

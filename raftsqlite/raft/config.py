@@ -69,6 +69,12 @@ class RaftConfig:
     ssl_server_name: str = _f("", "Name checked in a peer's certificate instead of the "
                                   "host dialled ('' = the host).")
     transfer_on_stop: bool = _f(True, "A leader that stops hands leadership over first.")
+    reap_voter_after: float = _f(0.0, "Seconds a leader waits, with no answer from a voter, "
+                                      "before removing it from the group (0 = never; "
+                                      "counted in ticks from the leader's election; "
+                                      "raft/reaper.py).")
+    reap_learner_after: float = _f(0.0, "Seconds a leader waits, with no answer from a "
+                                        "non-voter, before removing it (0 = never).")
     apply_batch: int = _f(4096, "Most committed entries passed to one state-machine apply call.")
     apply_inline_bytes: int = _f(8192, "Committed entries up to this many bytes in all are "
                                        "applied on the event loop, without the apply thread's "
@@ -120,6 +126,14 @@ class RaftConfig:
             raise ConfigError("apply_inline_budget must be > 0 and <= 10 seconds")
         if not (0 <= self.slow_disk_handoff <= 60):
             raise ConfigError("slow_disk_handoff must be between 0 and 60 seconds")
+        et = self.election_ticks * self.tick_interval
+        for name in ("reap_voter_after", "reap_learner_after"):
+            v = getattr(self, name)
+            if v < 0 or (0 < v < et):
+                # shorter than an election timeout: a member would be removed for a
+                # silence the group itself does not yet treat as a failure
+                raise ConfigError(f"{name} must be 0 (never) or at least the election "
+                                  f"timeout ({et:g}s), got {v:g}")
         if self.recycle_bytes < 0:
             raise ConfigError(f"recycle_bytes must be >= 0, got {self.recycle_bytes}")
         if self.snapshot_threshold < 0 or self.snapshot_trailing < 0:

@@ -132,7 +132,8 @@ from raftsqlite.raft.corebase import (  # noqa: F401
     _M_TRANSFER_LEADER, _M_VOTE, _R_CANDIDATE,
     _R_FOLLOWER, _R_LEADER, _R_LEARNER, _R_PRE_CANDIDATE)
 from raftsqlite.raft.corebase import (CoreConfig, LogViewMixin, MembershipMixin,  # noqa: F401
-                                      RaftInvariantError, ReplicationMixin, _TRANSFER)
+                                      RaftInvariantError, ReplicationMixin, _TRANSFER,
+                                      _VOTE_MSGS)
 from raftsqlite.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftsqlite.raft.corebase import LOST_LOG_STRIKES
 from raftsqlite.raft.corefollow import FollowerMixin
@@ -171,6 +172,8 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self._members = {}
         self._voters = set()
         self._learners = set()
+        self._was_member = False          # this node was in some configuration it held
+        self._removed_notice = None       # (leader, term) that said we are not a member
         self._set_members(snap.members)
         self._conf_history = [(snap.index, self.members)]   # (index, members) per change
         self._leaving = False             # leader whose own removal is in its log
@@ -184,6 +187,7 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self._rand_timeout = self._new_timeout()
         self._transferee = None
         self._transfer_elapsed = 0
+        self._lead_ticks = 0              # ticks since this node became leader (this term)
         # outputs
         self._msgs = []
         self._read_states = []
@@ -264,6 +268,9 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self.role_ = _R_LEADER
         self.leader = self.node_id
         last = self.last_index
+        # Every peer's silence is counted from now (Progress.heard = 0): a new leader has
+        # heard from nobody yet, so nobody may look long silent to it (reaper.py).
+        self._lead_ticks = 0
         self._prs = {nid: Progress(last + 1) for nid in self._members}
         me = self._prs.get(self.node_id)
         if me is not None:
@@ -380,9 +387,15 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             self._election_elapsed = 0
             self._rand_timeout = self._new_timeout()
             self._hup(transfer=False)
+        elif self.leader is not None and self._election_elapsed >= 2 * self.cfg.election_tick:
+            # A member that cannot campaign (a learner, a removed voter) heard nothing
+            # from its leader for two election timeouts: forget it, as a voter does when
+            # it campaigns, so "no leader" is visible (/readyz) instead of a stale one.
+            self.leader = None
 
     def _tick_leader(self):
         cfg = self.cfg
+        self._lead_ticks += 1
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
         if self._transferee is not None:
@@ -545,8 +558,12 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             return
         t = m.term
         typ = m.type
+        # (pre)votes from outside a leader's configuration and the answers saying so:
+        # _vote_from_outside, on these rare paths only (never an APPEND's or heartbeat's)
         if t > self.term:
             if typ == _M_VOTE or typ == _M_PREVOTE:
+                if self._vote_from_outside(m):
+                    return
                 in_lease = (self.cfg.check_quorum and self.leader is not None
                             and self._election_elapsed < self.cfg.election_tick)
                 if in_lease and m.context != _TRANSFER:
@@ -558,6 +575,8 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             elif typ in (_M_APPEND, _M_HEARTBEAT, _M_SNAPSHOT):
                 self._become_follower(t, m.frm)
             else:
+                if typ in _VOTE_MSGS:
+                    self._vote_from_outside(m)
                 self._become_follower(t, None)
         elif 0 < t < self.term:
             if typ in (_M_APPEND, _M_HEARTBEAT):
@@ -566,11 +585,14 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
                 # its votes to nobody reachable would ignore the leader forever: sim seed
                 # 312506.)
                 self._send(Message(_M_APPEND_RESP, to=m.frm))
+            elif typ in _VOTE_MSGS and self._vote_from_outside(m):
+                pass
             elif typ == _M_PREVOTE:
                 self._send(Message(_M_PREVOTE_RESP, to=m.frm, term=self.term, reject=True))
             return
         if typ == _M_VOTE or typ == _M_PREVOTE:
-            self._handle_vote(m)
+            if not self._vote_from_outside(m):
+                self._handle_vote(m)
             return
         role = self.role_
         if role is _R_LEADER:
@@ -587,6 +609,7 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             if pr is None:
                 return
             pr.recent_active = True
+            pr.heard = self._lead_ticks
             if m.reject:
                 if m.reject_hint < pr.match <= m.index:
                     # It says its log ends (or stops matching) below what it acknowledged
@@ -627,6 +650,7 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
             if pr is None:
                 return
             pr.recent_active = True
+            pr.heard = self._lead_ticks
             if m.reject and m.reject_hint < pr.match:
                 pr.lost_strikes += 1
                 if pr.lost_strikes >= LOST_LOG_STRIKES:
@@ -719,6 +743,8 @@ class RaftCore(LogViewMixin, MembershipMixin, ReplicationMixin, FollowerMixin):
         self._read_states = []
         rl = (self.role, self.leader)
         if rl != self._rl_handed:
+            if rl[1] is not None:
+                self._removed_notice = None   # a leader leads us: we are a member again
             rd.role, rd.leader = rl
             self._rl_handed = rl
         rd.send_early = (self.role_ is _R_LEADER and rd.snapshot is None

@@ -46,6 +46,8 @@ _C_DEMOTE = ConfChangeType.DEMOTE
 _C_PROMOTE = ConfChangeType.PROMOTE
 _C_REMOVE = ConfChangeType.REMOVE
 _TRANSFER = b"transfer"      # VOTE context of a campaign started by TIMEOUT_NOW
+_NOT_MEMBER = b"not-member"  # (PRE)VOTE_RESP context: the leader's configuration omits you
+_VOTE_MSGS = frozenset((_M_PREVOTE, _M_VOTE, _M_PREVOTE_RESP, _M_VOTE_RESP))
 _ENTRY_OVERHEAD = 24         # per-entry bytes counted on top of the payload
 
 
@@ -219,6 +221,8 @@ class MembershipMixin:
             self._members[m.node_id] = Member(m.node_id, m.raft_addr, m.http_addr, m.voter)
         self._voters = {i for i, m in self._members.items() if m.voter}
         self._learners = {i for i, m in self._members.items() if not m.voter}
+        if self.node_id in self._members:
+            self._was_member = True
 
     def _replay_conf_changes(self, lo, hi):
         i = lo + 1
@@ -263,13 +267,15 @@ class MembershipMixin:
                 del ms[cc.node_id]
         self._voters = {i for i, m in ms.items() if m.voter}
         self._learners = {i for i, m in ms.items() if not m.voter}
+        if self.node_id in ms:
+            self._was_member = True
         self._conf_history.append((e.index, self.members))
         self._prune_conf_history()
         if self.role_ is _R_LEADER:
             last = self.last_index
             for nid in ms:
                 if nid not in self._prs:
-                    self._prs[nid] = Progress(last + 1)
+                    self._prs[nid] = Progress(last + 1, heard=self._lead_ticks)
                     self._prs[nid].recent_active = True
             for nid in list(self._prs):
                 if nid not in ms:
@@ -286,6 +292,64 @@ class MembershipMixin:
         snap_idx = self._log.first_index() - 1
         while len(h) > 1 and h[1][0] <= snap_idx:
             h.pop(0)
+
+    # ---- membership housekeeping (reaper.py, removed members) -----------------------
+
+    def silent_ticks(self):
+        """Leader only: peer -> ticks since this leader last heard from it (an APPEND or
+        heartbeat answer), counted from this leader's election or the peer's addition,
+        whichever is later. Empty on a non-leader."""
+        if self.role_ is not _R_LEADER:
+            return {}
+        now = self._lead_ticks
+        return {nid: now - pr.heard for nid, pr in self._prs.items() if nid != self.node_id}
+
+    def conf_change_allowed(self):
+        """Whether ``propose_conf_change`` would accept a change now: this node leads, is
+        not transferring leadership nor being removed, no change is pending, and it has
+        committed an entry of its own term."""
+        return (self.role_ is _R_LEADER and self._transferee is None and not self._leaving
+                and self._conf_history[-1][0] <= self.commit
+                and self.log_term(self.commit) == self.term)
+
+    @property
+    def removed(self):
+        """Why this node believes it is no longer a member, or None: ``"removed"`` when
+        it was in a configuration it held and the latest one leaves it out (its own
+        removal is in its log), ``"leader <id> of term <t> says so"`` when a leader
+        refused its campaign for not being a member (``_tell_not_member``; cleared once a
+        leader replicates to it again, i.e. it was added back)."""
+        if self._was_member and self.node_id not in self._members:
+            return "its removal is in its log"
+        n = self._removed_notice
+        if n is not None:
+            return f"leader {n[0]} of term {n[1]} says it is not a member"
+        return None
+
+    def _vote_from_outside(self, m):
+        """(Pre)votes and their answers, before the term rules: a leader answers a node
+        outside its committed configuration (True: the message is handled); a refusal
+        saying "not a member" is recorded (``removed``) and then handled as usual."""
+        typ = m.type
+        if typ == _M_PREVOTE or typ == _M_VOTE:
+            if self.role_ is _R_LEADER and m.frm not in self._members \
+                    and self._conf_history[-1][0] <= self.commit:
+                self._tell_not_member(m)
+                return True
+        elif m.reject and m.context == _NOT_MEMBER:
+            self._removed_notice = (m.frm, m.term)
+        return False
+
+    def _tell_not_member(self, m):
+        """A leader whose configuration is committed got a (pre)vote request from a node
+        outside it: a member removed while it was away (reaped, or removed while down)
+        that still holds the old configuration. Its campaign is refused as before (a
+        leader in its lease ignores it), and the refusal says why, so the node can tell
+        its operator (``removed``). The leader's term is not raised by it: without
+        CheckQuorum a removed node's higher-term VOTE used to depose the leader; ignoring
+        a message is always safe, and this answer only adds a refusal."""
+        rtype = _M_PREVOTE_RESP if m.type == _M_PREVOTE else _M_VOTE_RESP
+        self._send(Message(rtype, to=m.frm, term=self.term, reject=True, context=_NOT_MEMBER))
 
     def _step_down_removed(self):
         # Our removal is committed: the remaining voters hold it and use the new

@@ -33,6 +33,7 @@ class FollowerMixin:
             self._become_follower(m.term, m.frm)
             self._step_follower(m)
         elif (pre and typ == _M_PREVOTE_RESP) or (not pre and typ == _M_VOTE_RESP):
+            self._vote_from_outside(m)
             if m.frm not in self._votes:
                 self._votes[m.frm] = not m.reject
             g, r = self._tally()

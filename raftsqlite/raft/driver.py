@@ -23,6 +23,8 @@ from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.diskwatch import SlowDiskWatch
 from raftsqlite.raft.driver_snap import SnapshotMixin
 from raftsqlite.raft.lane import Lane
+from raftsqlite.raft.driver_reap import ReapMixin
+from raftsqlite.raft.reaper import Reaper
 from raftsqlite.raft.log import RaftLog
 from raftsqlite.raft import trace
 from raftsqlite.raft.segfiles import lower_thread_priority
@@ -31,7 +33,7 @@ from raftsqlite.raft.types import Role
 
 log = logging.getLogger(__name__)
 
-class RaftNode(SnapshotMixin):
+class RaftNode(SnapshotMixin, ReapMixin):
     def __init__(self, config, state_machine, loop=None):
         self.config = config
         self.fsm = state_machine
@@ -86,6 +88,10 @@ class RaftNode(SnapshotMixin):
         self._inline_ok = True
         self._diskwatch = SlowDiskWatch(config.slow_disk_handoff)   # diskwatch.py
         self._handoff = False
+        self._reaper = Reaper.from_seconds(config.reap_voter_after, config.reap_learner_after,
+                                           config.tick_interval, config.election_ticks)
+        self._reaped = {"reaped_voters": 0, "reaped_non_voters": 0, "reap_failures": 0,
+                        "last_reaped": None}
         self._stats = {"proposals": 0, "batches": 0, "ready": 0, "applied_entries": 0,
                        "apply_calls": 0, "reads": 0, "read_rounds": 0, "snapshots_taken": 0,
                        "snapshots_sent": 0, "snapshots_received": 0, "timeouts": 0,
@@ -376,6 +382,9 @@ class RaftNode(SnapshotMixin):
     def stats(self):
         s = dict(self._stats)
         s.update(self._diskwatch.stats())
+        s.update(self._reaped, reap_voter_after_s=self.config.reap_voter_after,
+                 reap_non_voter_after_s=self.config.reap_learner_after,
+                 removed=self.removed)
         s.update(node_id=self.node_id, role=self.core.role.value if self.core else None,
                  leader=self.leader_id if self.core else None,
                  term=self.core.term if self.core else 0,
@@ -403,6 +412,8 @@ class RaftNode(SnapshotMixin):
             self.core.tick()
             if self._persisting:
                 self._send_heartbeats()
+            if self._reaper.on and self.core.role == Role.LEADER and not self._reaper.busy:
+                self._maybe_reap()
         except Exception:
             log.exception("core.tick failed")
         self._expire(self._loop.time())

@@ -12,9 +12,9 @@ STATE_NAMES = {PROBE: "probe", REPLICATE: "replicate", SNAPSHOT: "snapshot"}
 
 class Progress:
     __slots__ = ("match", "next", "state", "paused", "inflight", "pending_snapshot",
-                 "recent_active", "commit_sent", "lost_strikes")
+                 "recent_active", "commit_sent", "lost_strikes", "heard")
 
-    def __init__(self, next_index, match=0):
+    def __init__(self, next_index, match=0, heard=0):
         self.match = match
         self.next = next_index
         self.state = PROBE
@@ -24,6 +24,7 @@ class Progress:
         self.recent_active = False   # heard from since the last CheckQuorum round
         self.commit_sent = 0         # highest commit index sent (avoids empty appends)
         self.lost_strikes = 0        # rejections in a row saying its log ends below match
+        self.heard = heard           # leader's tick count (this term) when last heard from
 
     def become_probe(self):
         if self.state == SNAPSHOT:

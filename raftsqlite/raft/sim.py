@@ -27,9 +27,11 @@ import time
 
 from raftsqlite import errors
 from raftsqlite.codec import decode_conf_change
-from raftsqlite.codec.model import ConfChangeType, EntryType, Member, Message, MsgType
+from raftsqlite.codec.model import (ConfChange, ConfChangeType, EntryType, Member, Message,
+                                    MsgType)
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.memlog import MemLog
+from raftsqlite.raft.reaper import Reaper
 from raftsqlite.raft.simcheck import check_linearizable
 from raftsqlite.raft.simfaults import FaultsMixin
 
@@ -116,10 +118,14 @@ class SimNode:
 
 
 class Sim(FaultsMixin):
-    def __init__(self, seed, duration=DURATION, verbose=False):
+    def __init__(self, seed, duration=DURATION, verbose=False, reap=None):
         self.seed = seed
+        # reap=(voter ticks, learner ticks): leaders reap silent members (raft/reaper.py).
+        # Off by default, and drawing nothing from the seed's generator, so every seed
+        # without it replays as before.
         self.rng = random.Random(seed)
         self.p = Params(self.rng, duration)
+        self.reaper = Reaper(reap[0], reap[1], self.p.cfg.election_tick) if reap else None
         self.verbose = verbose
         self.now = 0
         self._q = []
@@ -139,7 +145,7 @@ class Sim(FaultsMixin):
         self.client_leader = {}
         self.stats = {"events": 0, "msgs": 0, "crashes": 0, "partitions": 0,
                       "conf_changes": 0, "transfers": 0, "snapshots": 0,
-                      "snapshots_installed": 0, "leaders": 0}
+                      "snapshots_installed": 0, "leaders": 0, "reaped": 0}
 
     # ---- event queue -------------------------------------------------------------
 
@@ -423,8 +429,21 @@ class Sim(FaultsMixin):
         if node.inc != inc or node.core is None:
             return
         node.core.tick()
+        if self.reaper is not None and node.core.is_leader:
+            self._reap(node.core)
         self._after(node)
         self.at(self.now + TICK, self._tick, node, inc)
+
+    def _reap(self, core):
+        pick = self.reaper.pick(core)
+        if pick is None:
+            return
+        try:
+            core.propose_conf_change(ConfChange(ConfChangeType.REMOVE, pick[0]))
+        except (errors.ProposalDropped, errors.BadRequest) as e:
+            self.fail(f"reaper picked {pick} but the core refused: {e}")
+        self.stats["reaped"] += 1
+        self.log("reap", pick)
 
     # ---- clients ---------------------------------------------------------------------
 
@@ -621,12 +640,14 @@ class Sim(FaultsMixin):
                 f"commit={max(self.global_log, default=0)} nodes={len(self.nodes)} {self.stats}")
 
 
-def run_seed(seed, duration=DURATION, verbose=False):
-    return Sim(seed, duration, verbose).run()
+def run_seed(seed, duration=DURATION, verbose=False, reap=None):
+    return Sim(seed, duration, verbose, reap).run()
 
 
-def replay_command(seed, duration):
+def replay_command(seed, duration, reap=None):
     extra = f" --duration {duration}" if duration != DURATION else ""
+    if reap:
+        extra += f" --reap {reap[0]},{reap[1]}"
     return f"python -m raftsqlite.raft.sim --seed {seed}{extra} -v"
 
 
@@ -661,11 +682,15 @@ def main(argv=None):
     ap.add_argument("--duration", type=int, default=DURATION, help="simulated ms of faults and load")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--bench", action="store_true", help="measure core throughput instead")
+    ap.add_argument("--reap", metavar="VOTER,LEARNER",
+                    help="leaders reap members silent this many ticks (0 = never), "
+                         "e.g. 30,20 (raft/reaper.py)")
     a = ap.parse_args(argv)
     if a.bench:
         bench()
         return 0
     seeds = [a.seed] if a.seed is not None else range(a.start, a.start + a.seeds)
+    reap = tuple(int(x) for x in a.reap.split(",")) if a.reap else None
     t0 = time.time()
     failures = 0
     n = 0
@@ -673,7 +698,7 @@ def main(argv=None):
     for seed in seeds:
         n += 1
         try:
-            sim = run_seed(seed, a.duration, a.verbose)
+            sim = run_seed(seed, a.duration, a.verbose, reap)
             if a.verbose or a.seed is not None:
                 print(sim.summary())
             for k, v in sim.totals().items():
@@ -681,7 +706,7 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001 - any failure of a seed is reported the same way
             failures += 1
             print(f"FAIL seed {seed}: {type(e).__name__}: {e}", file=sys.stderr)
-            print(f"  replay: {replay_command(seed, a.duration)}", file=sys.stderr)
+            print(f"  replay: {replay_command(seed, a.duration, reap)}", file=sys.stderr)
         if n % 100 == 0:
             print(f"{n} seeds, {failures} failures, {time.time() - t0:.1f}s", flush=True)
     print("exercised: " + " ".join(f"{k}={v}" for k, v in sorted(totals.items())))

@@ -140,3 +140,25 @@ def test_abandoned_read_stops_using_the_cpu(cluster):
     time.sleep(0.5)
     idle = (_cpu_seconds(pid) - c1) / (time.monotonic() - t1)
     assert idle < max(0.15, busy / 2), (busy, idle)
+
+
+def test_vacuum_goes_through_the_log_on_every_member(cluster):
+    """VACUUM sent to a follower (forwarded) answers like any statement without rows and
+    every member gives pages back; VACUUM beside another statement is a clear 400 that
+    changes nothing."""
+    lead = cluster.leader()
+    st, body = execute(lead.http, [["CREATE TABLE junk (v)"],
+                                   ["INSERT INTO junk SELECT zeroblob(4000) FROM (WITH RECURSIVE "
+                                    "c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 400) "
+                                    "SELECT x FROM c)"], ["DELETE FROM junk"]])
+    assert st == 200, body
+    before = {n.node_id: values(n.http, "PRAGMA page_count")[0][0] for n in cluster.nodes}
+    f = next(n for n in cluster.nodes if n is not lead)
+    st, body = execute(f.http, [["VACUUM"]], timeout=30)
+    assert st == 200 and body["results"] == [{}], body
+    for n in cluster.nodes:
+        wait_for(lambda n=n: values(n.http, "PRAGMA page_count")[0][0] < before[n.node_id] / 4,
+                 20, f"{n.node_id} vacuumed")
+    st, body = execute(lead.http, [["VACUUM"], ["INSERT INTO junk VALUES (1)"]])
+    assert st == 400 and "only statement" in body["error"], body
+    assert values(lead.http, "SELECT count(*) FROM junk") == [[0]]

@@ -1,0 +1,103 @@
+"""Helpers of the state machine (fsm.py): the ops an entry carries besides its requests
+(the leader's clock and limits), which requests may run together, and the dedup table's
+rows."""
+import orjson
+
+from raftsqlite.b64json import b64_default, unb64
+from raftsqlite.codec.model import BulkStatements, InsertRun
+from raftsqlite.db_shapes import uses_connection_state
+
+CLOCK_OP = "clock"
+STEPS_OP = "steps"
+RESULT_OP = "rbytes"
+_LIMIT_OPS = (CLOCK_OP, STEPS_OP, RESULT_OP)
+
+
+def clock_op(ms):
+    """The op that carries the proposing leader's instant (Julian-day milliseconds)."""
+    return (CLOCK_OP, int(ms).to_bytes(8, "big"))
+
+
+def steps_op(steps):
+    """The op that carries the proposing leader's write budget (SQLite VM steps per
+    request; 0 = none)."""
+    return (STEPS_OP, int(steps).to_bytes(8, "big"))
+
+
+def result_op(max_bytes):
+    """The op that carries the proposing leader's -max-result-bytes: the bound on rows a
+    write request's statements return (RETURNING), the same on every member."""
+    return (RESULT_OP, int(max_bytes).to_bytes(8, "big"))
+
+
+def _op_int(ops, op):
+    for name, args in ops:
+        if name == op and len(args) == 8:
+            return int.from_bytes(args, "big")
+    return 0
+
+
+def _single_sql(req):
+    """The text of a request that is one statement, without transaction (what
+    ``_run_singles`` may run together with its neighbours), else None."""
+    sts = req.statements
+    if type(sts) is not list or len(sts) != 1 or req.transaction:
+        return None
+    sql = sts[0].sql
+    return None if uses_connection_state(sql) else sql
+
+
+def _conn_state(req):
+    """Whether a statement of ``req`` reads the connection's history (changes(), ...)."""
+    sts = req.statements
+    if type(sts) is BulkStatements:
+        return uses_connection_state(sts.sql)
+    for st in sts:
+        if uses_connection_state(st.sql):
+            return True
+    return False
+
+
+def _clock(ops):
+    for name, args in ops:
+        if name == CLOCK_OP and len(args) == 8:
+            return int.from_bytes(args, "big")
+    return None
+
+
+_IN_SQL = {}
+_IN_MAX = 64
+
+
+def _dedup_lookup(db, rids):
+    """{request id: stored result} for those of ``rids`` (distinct bytes) in the table."""
+    found = {}
+    for k in range(0, len(rids), _IN_MAX):
+        part = rids[k:k + _IN_MAX]
+        sql = _IN_SQL.get(len(part))
+        if sql is None:
+            sql = _IN_SQL[len(part)] = ("SELECT request_id, result FROM _raftsqlite_requests "
+                                        "WHERE request_id IN (" + ",".join("?" * len(part)) + ")")
+        for rid, blob in db.internal(sql, part):
+            found[bytes(rid)] = blob
+    return found
+
+
+_WRITE_KEYS = ("last_insert_id", "rows_affected", "time")
+
+
+def _dump_result(results) -> bytes:
+    if type(results) is list and len(results) == 1:
+        r = results[0]
+        if tuple(r) == _WRITE_KEYS:     # the commonest: one write's result
+            return orjson.dumps([{"last_insert_id": r["last_insert_id"],
+                                  "rows_affected": r["rows_affected"]}])
+    if type(results) is InsertRun:
+        results.materialize()
+    # "time" differs per replica; stored rows must not, so replicas stay byte-identical
+    return orjson.dumps([{k: v for k, v in r.items() if k != "time"} for r in results],
+                        default=b64_default)
+
+
+def _load_result(blob):
+    return unb64(orjson.loads(blob))
