@@ -32,7 +32,9 @@ def is_vacuum_sql(sql: str) -> bool:
 
 def is_vacuum(fsm, e) -> bool:
     """Whether entry ``e`` is one request of one VACUUM statement."""
-    if e.type != EntryType.NORMAL or not e.data or len(e.data) > _SMALL:
+    data = e.data
+    if e.type != EntryType.NORMAL or not data or len(data) > _SMALL \
+            or b"acuum" not in bytes(data).lower():   # no decoding for the other entries
         return False
     try:
         cmd = fsm._decode_command(e.data)
