@@ -156,8 +156,7 @@ class Database:
         # total_changes() counts from the request's start (reset_conn_state), not from
         # when this member's connection opened
         self._tc_base = 0
-        self._schema_v = None
-        self._schema_cs = False
+        self._schema_cs = None      # unknown until the first entry
         conn.create_scalar_function("total_changes",
                                     lambda: conn.total_changes() - self._tc_base, 0,
                                     deterministic=False)
@@ -229,11 +228,13 @@ class Database:
     def schema_calls_conn_functions(self) -> bool:
         """Whether a table default, trigger or view calls changes(), total_changes() or
         last_insert_rowid() (then every entry starts from a reset connection: what ran
-        before it on this member's writer differs between members). Recomputed when the
-        schema version moves."""
-        v = self.internal("PRAGMA schema_version")[0][0]
-        if v != self._schema_v:
-            self._schema_v = v
+        before it on this member's writer differs between members). Recomputed after a
+        schema change on the writer or a restore."""
+        acc = self._write_access
+        if acc.ddl or self._schema_cs is None:
+            # (a schema change is always authorized after the previous one: SQLite
+            # prepares a DDL statement again once the schema moved, so the flag is sound)
+            acc.ddl = False
             self._schema_cs = any(
                 sql and CONN_FUNCTIONS.search(sql)
                 for (sql,) in self.internal("SELECT sql FROM sqlite_master"))
@@ -269,6 +270,11 @@ class Database:
         self._calls = 0
         self.budget_tripped = False
         self.result_refused = None
+        # A result's last_insert_id is the connection's last rowid, which for a request
+        # that inserts nothing (a DELETE) is whatever ran before on this member's writer
+        # (our own bookkeeping rows included), and it is stored with the request id: so
+        # each request starts from 0, the same on every member.
+        self.writer.set_last_insert_rowid(0)
 
     def set_apply_deadline(self, deadline):
         """``time.monotonic()`` after which user statements are interrupted (an inline
@@ -603,6 +609,7 @@ class Database:
     def restore_from(self, path):
         """Replace the whole database by the SQLite file at ``path`` (writer thread).
         Readers keep working and see the new state once it commits."""
+        self._schema_cs = None      # the schema may be another one now
         src = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO)
         try:
             acc = self._write_access

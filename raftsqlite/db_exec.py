@@ -36,6 +36,19 @@ def _table_ops():
     return _TABLE_OPS
 
 
+_DDL_OPS = None
+
+
+def _ddl_ops():
+    global _DDL_OPS
+    if _DDL_OPS is None:
+        _DDL_OPS = frozenset(getattr(apsw, "SQLITE_" + n) for n in (
+            "CREATE_INDEX", "CREATE_TABLE", "CREATE_TRIGGER", "CREATE_VIEW", "CREATE_VTABLE",
+            "DROP_INDEX", "DROP_TABLE", "DROP_TRIGGER", "DROP_VIEW", "DROP_VTABLE",
+            "ALTER_TABLE"))
+    return _DDL_OPS
+
+
 class _Access:
     """Per-connection switch: internal statements (ours) may touch _raftsqlite_* tables
     and run transaction control; user statements may not. ``fk``: the group's foreign
@@ -43,13 +56,16 @@ class _Access:
     (it is a group setting, group_settings.py: changed on one connection it would apply
     the log differently there, and be lost on a restart or snapshot restore)."""
 
-    __slots__ = ("internal", "fk")
+    __slots__ = ("internal", "fk", "ddl")
 
     def __init__(self, fk=False):
         self.internal = False
         self.fk = fk
+        self.ddl = False    # set when a schema change is prepared (Database watches it)
 
     def authorize(self, op, p1, p2, dbname, trigger):
+        if op in _ddl_ops():
+            self.ddl = True
         if self.internal:
             return apsw.SQLITE_OK
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
@@ -288,6 +304,7 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
                     access.internal = False
                 if first is not None and not first:
                     first.append(rowid())
+                conn.set_last_insert_rowid(0)   # as the next request starts alone
         if failed and stop_on_error:
             return True
     return False

@@ -45,15 +45,16 @@ import collections
 import threading
 import time
 
-from raftsqlite import fsm_load, fsm_vacuum
+from raftsqlite import fsm_load, fsm_runs, fsm_vacuum
 from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import budget_error
 from raftsqlite.db_shapes import INTERNAL_PREFIX
 from raftsqlite.errors import DecodeError, RaftSQLiteError, SettingsMismatch
-from raftsqlite.fsm_ops import (  # noqa: F401 - also imported from fsm by others
+from raftsqlite.fsm_ops import (  # noqa: F401 - clock_op etc. are imported from fsm too
     CLOCK_OP, STEPS_OP, RESULT_OP, _LIMIT_OPS, clock_op, steps_op, result_op, _op_int,
-    _single_sql, _conn_state, _clock, _dedup_lookup, _dump_result, _load_result)
+    _single_sql, _conn_state, _clock, _dump_result, _load_result, SystemContext,
+    _DeadlinePassed, _OverBudget, _TxnLost)
 from raftsqlite.group_settings import (META_KEY, RECORD_OP, GroupSettings,
                                        make_record_handler)
 from raftsqlite.metrics import LATENCY_BUCKETS, Histogram
@@ -75,27 +76,6 @@ _INTERNAL_REFUSED = (f"statement refers to internal tables ({INTERNAL_PREFIX}*),
                      f"the node itself may touch")
 
 
-class _OverBudget(Exception):
-    """Requests (their positions) whose count passed the write budget, or whose run
-    passed an inline apply's deadline."""
-
-    def __init__(self, keys):
-        super().__init__(keys)
-        self.keys = keys
-
-
-class _DeadlinePassed(Exception):
-    """An inline apply ran past its deadline; everything it did was undone."""
-
-
-class _TxnLost(Exception):
-    """A user statement ended the SQLite transaction; carries the request's position."""
-
-    def __init__(self, key):
-        super().__init__(key)
-        self.key = key
-
-
 class _FkRerun(Exception):
     """With foreign keys on: a statement outside a transaction request left a deferred
     violation behind. It cannot be undone alone, so the batch is rolled back and re-run
@@ -104,30 +84,6 @@ class _FkRerun(Exception):
     def __init__(self, key):
         super().__init__(key)
         self.key = key
-
-
-class SystemContext:
-    """What a SYSTEM handler may use: SQL inside the apply transaction (internal access,
-    so it may keep its own ``_raftsqlite_*`` tables), and the entry's index and term."""
-
-    __slots__ = ("_db", "index", "term")
-
-    def __init__(self, db, index, term):
-        self._db = db
-        self.index = index
-        self.term = term
-
-    def execute(self, sql, params=None):
-        return self._db.internal(sql, params)
-
-    def run_user(self, sql, params=None):
-        """Run a statement with user rights (results as for EXECUTE)."""
-        return self._db.run_user(sql, params)
-
-    def in_transaction(self):
-        """False once a statement ended the apply transaction (then raise: the FSM
-        re-runs the entry with this op failed)."""
-        return self._db.in_transaction()
 
 
 class FSM:
@@ -557,102 +513,7 @@ class FSM:
         return results, 0
 
     def _run_singles(self, reqs, i, j, sql, pos, out):
-        """Requests ``i..j-1`` of an EXECUTE entry, each one statement of text ``sql`` (no
-        transaction, not poisoned), with exactly the results and effects of
-        ``_execute_request`` on each in turn. -> (where the run ended, dedup rows added).
-
-        First, for every request in order: its id is looked up (a hit answers it, as
-        alone), then the request hooks run (they read only internal state, which user
-        statements cannot change; nor can they change the dedup table). The run ends
-        before a request whose id an earlier one of the run carries (its lookup must see
-        that one's row). Then the statements of the requests neither answered nor
-        refused run in order, the first through the traced path, and once one gave a
-        write result the rest through one cursor (``run_user_many``; with ids,
-        ``run_user_many_recorded``, which inserts each id's row right after its
-        statement, where running them one by one puts it). A statement that ends the
-        SQLite transaction raises ``_TxnLost`` for its own request, so the re-run marks
-        exactly the request the statement-at-a-time path would."""
-        db = self.db
-        c = self.counters
-        c["single_runs"] += 1
-        ctx = (SystemContext(db, self._current[0], self._current[1])
-               if self._request_hooks else None)     # one (read-only) context per run
-        rids = [reqs[ri].request_id for ri in range(i, j)]
-        seen = found = None
-        if any(rids):
-            seen = set()
-            for k, rid in enumerate(rids):
-                if rid:
-                    rid = rids[k] = bytes(rid)
-                    if rid in seen:
-                        j = i + k
-                        break
-                    seen.add(rid)
-            # the run's ids looked up at once: only this run's own rows could change the
-            # answers in between, and it ends before a repeated id
-            found = _dedup_lookup(db, list(seen))
-        results = [None] * (j - i)
-        todo = []
-        for ri in range(i, j):
-            req = reqs[ri]
-            rid = rids[ri - i]
-            if rid:
-                blob = found.get(rid)
-                if blob is not None:
-                    c["dedup_hits"] += 1
-                    results[ri - i] = _load_result(blob)
-                    continue
-            c["requests"] += 1
-            refused = self._refusal(req, True, ctx) if ctx is not None else None
-            if refused is not None:
-                results[ri - i] = [refused]
-            else:
-                todo.append((ri, req.statements[0].params, rid))
-        c["statements"] += len(todo)
-        added = 0
-        k = 0
-        db.budget_begin()   # the run counts as one: past the budget, each is re-run alone
-        while k < len(todo):
-            ri, params, rid = todo[k]
-            r = db.run_user(sql, params)
-            if not db.in_transaction():
-                raise _TxnLost((pos, ri))
-            results[ri - i] = [r]
-            if rid:
-                db.internal("INSERT INTO _raftsqlite_requests(request_id, result) "
-                            "VALUES (?, ?)", (rid, _dump_result([r])))
-                self._note_seq()
-                added += 1
-            k += 1
-            if "last_insert_id" not in r:
-                continue        # an error, or rows came back: the next one alone too
-            while k < len(todo):
-                got = []
-                rest = todo[k:]
-                if seen is None:
-                    stop = db.run_user_many(sql, [p for _, p, _ in rest], got, True)
-                else:
-                    first = []
-                    stop = db.run_user_many_recorded(sql, [p for _, p, _ in rest],
-                                                     [d for _, _, d in rest], _dump_result,
-                                                     got, first)
-                    if first and self._first_seq is None:
-                        self._first_seq = first[0]
-                    # every statement that stayed in the transaction recorded its row
-                    added += sum(1 for _, _, d in rest[:len(got)] if d) if stop is not None \
-                        else 0
-                for m, r in enumerate(got):
-                    results[todo[k + m][0] - i] = [r]
-                if stop is None:
-                    # the failing statement appended its error; one that succeeded and
-                    # still ended the transaction appended nothing
-                    bad = k + len(got) - 1 if got and "error" in got[-1] else k + len(got)
-                    raise _TxnLost((pos, todo[bad][0]))
-                k += len(got)   # stop: an error on the last one; go on after it
-        if db.budget_tripped or db.deadline_passed or db.result_refused:
-            raise _OverBudget([(pos, ri) for ri, _, _ in todo])
-        out.extend(results)
-        return j, added
+        return fsm_runs.run_singles(self, reqs, i, j, sql, pos, out)
 
     def _run_slow(self, stmts, txn, key, results, fresh=False):
         """One statement at a time through ``Database.run_user`` (the reference path).

@@ -1,6 +1,6 @@
 """Helpers of the state machine (fsm.py): the ops an entry carries besides its requests
-(the leader's clock and limits), which requests may run together, and the dedup table's
-rows."""
+(the leader's clock and limits), which requests may run together, the dedup table's rows,
+the exceptions its apply loop re-runs on, and what a SYSTEM handler may use."""
 import orjson
 
 from raftsqlite.b64json import b64_default, unb64
@@ -101,3 +101,48 @@ def _dump_result(results) -> bytes:
 
 def _load_result(blob):
     return unb64(orjson.loads(blob))
+
+
+class _OverBudget(Exception):
+    """Requests (their positions) whose count passed the write budget, or whose run
+    passed an inline apply's deadline."""
+
+    def __init__(self, keys):
+        super().__init__(keys)
+        self.keys = keys
+
+
+class _DeadlinePassed(Exception):
+    """An inline apply ran past its deadline; everything it did was undone."""
+
+
+class _TxnLost(Exception):
+    """A user statement ended the SQLite transaction; carries the request's position."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+class SystemContext:
+    """What a SYSTEM handler may use: SQL inside the apply transaction (internal access,
+    so it may keep its own ``_raftsqlite_*`` tables), and the entry's index and term."""
+
+    __slots__ = ("_db", "index", "term")
+
+    def __init__(self, db, index, term):
+        self._db = db
+        self.index = index
+        self.term = term
+
+    def execute(self, sql, params=None):
+        return self._db.internal(sql, params)
+
+    def run_user(self, sql, params=None):
+        """Run a statement with user rights (results as for EXECUTE)."""
+        return self._db.run_user(sql, params)
+
+    def in_transaction(self):
+        """False once a statement ended the apply transaction (then raise: the FSM
+        re-runs the entry with this op failed)."""
+        return self._db.in_transaction()

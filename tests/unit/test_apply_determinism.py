@@ -121,5 +121,23 @@ def test_schema_that_calls_them_is_reset_at_every_entry(tmp_path):
         b = FSM(Database(b.db.path))
     got = rows(a, "SELECT k, n FROM c ORDER BY k")
     assert got == rows(b, "SELECT k, n FROM c ORDER BY k")
-    # entry 5: the default sees the previous request of its own entry (one row, rowid 3)
-    assert got == [[1, 0], [2, 103], [3, 0]]
+    # entry 5: changes() is the previous request's of its own entry (one row);
+    # last_insert_rowid() starts at 0 in every request (Database.budget_begin)
+    assert got == [[1, 0], [2, 100], [3, 0]]
+
+
+def test_last_insert_id_of_a_delete_is_the_same_on_every_member(tmp_path):
+    """A DELETE inserts nothing: its result's last_insert_id (stored with its request id
+    in the replicated dedup table) is 0, not whatever the member's writer ran before."""
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    entries = [ex(2, req("INSERT INTO t VALUES (1), (2), (3)")),
+               ex(3, req("DELETE FROM t WHERE a = 2", request_id=b"del-1"))]
+    out_a = a.apply(entries)
+    b.apply(entries[:1])
+    b.db.close()
+    b = FSM(Database(b.db.path))
+    out_b = b.apply(entries[1:])
+    assert out_a[1]["results"][0][0]["last_insert_id"] == 0
+    assert out_b[0]["results"][0][0]["last_insert_id"] == 0
+    assert rows(a, "SELECT request_id, result FROM _raftsqlite_requests") == \
+        rows(b, "SELECT request_id, result FROM _raftsqlite_requests")
