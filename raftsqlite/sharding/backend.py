@@ -128,11 +128,18 @@ class RouterSQL:
         return await load_for(self.svc, path, fmt, p, spool_dir)
 
     # ---- the three calls ------------------------------------------------------------
-    async def execute(self, statements, p):
+    async def _unrouted(self, statements, p):
+        """-> (catalog, None) when the default group answers ``statements`` as they are
+        (nothing touches a registered table, no ``shard_id``), else (None, the
+        ``shard_id`` asked for or None): route them."""
         cat = self._unsharded(statements, p)
-        if cat is None:
-            sid = await self._shard(p)
-            cat = self._unsharded(statements, p) if sid is None else None
+        if cat is not None:
+            return cat, None
+        sid = await self._shard(p)
+        return (self._unsharded(statements, p) if sid is None else None), sid
+
+    async def execute(self, statements, p):
+        cat, sid = await self._unrouted(statements, p)
         if cat is not None:
             try:
                 return await self.store.execute(
@@ -144,7 +151,6 @@ class RouterSQL:
                     **_LAZY if getattr(p, "lazy_results", False) else {})
             except errors.StaleCatalog:
                 await self.svc.cache.refresh()   # nothing ran: plan again, routed
-            sid = None
         # Routed: every call the router makes carries an id derived from the client's
         # (Router module doc), so a retried request is idempotent on each shard too.
         res = await self.router.execute(statements, transaction=bool(p is not None and
@@ -153,10 +159,7 @@ class RouterSQL:
         return {"results": res}
 
     async def query(self, statements, p, level):
-        cat = self._unsharded(statements, p)
-        if cat is None:
-            sid = await self._shard(p)
-            cat = self._unsharded(statements, p) if sid is None else None
+        cat, sid = await self._unrouted(statements, p)
         if cat is not None:
             timeout = p.timeout
             if level == "linearizable" and p.linearizable_timeout:
@@ -169,7 +172,6 @@ class RouterSQL:
                     guard=catalog_guard(cat.schema_version))
             except errors.StaleCatalog:
                 await self.svc.cache.refresh()
-            sid = None
         opts = {"level": level}
         if p is not None:
             if p.freshness:
@@ -179,10 +181,7 @@ class RouterSQL:
         return {"results": await self.router.query(statements, shard_id=sid, **opts)}
 
     async def request(self, statements, p, level):
-        cat = self._unsharded(statements, p)
-        if cat is None:
-            sid = await self._shard(p)
-            cat = self._unsharded(statements, p) if sid is None else None
+        cat, sid = await self._unrouted(statements, p)
         if cat is not None:
             try:
                 return await self.store.request(
@@ -193,7 +192,6 @@ class RouterSQL:
                     guard=catalog_guard(cat.schema_version))
             except errors.StaleCatalog:
                 await self.svc.cache.refresh()
-            sid = None
         if sid is not None:
             res = await self.router.ex.request(sid, list(statements),
                                                transaction=bool(p.transaction), level=level)
