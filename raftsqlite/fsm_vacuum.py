@@ -5,11 +5,12 @@ inside one (with their applied index), so a VACUUM sent like any write answered 
 VACUUM from within a transaction". The store now proposes a request that is one VACUUM
 statement as an entry of its own (``Store.execute``), and the state machine applies such
 an entry alone: the entries before it are committed first, then VACUUM runs outside any
-transaction, then the entry's index (and its request id's result) is recorded. VACUUM may renumber the
-rowids of tables without an INTEGER PRIMARY KEY (densely, in rowid order), from the
-content alone, so every member applying it at the same point of the log ends identical; a
-crash between VACUUM and the recorded index replays it on a database it already left in
-that form, which it leaves unchanged.
+transaction, then the entry's index (and its request id's result) is recorded.
+
+VACUUM may renumber the rowids of tables without an INTEGER PRIMARY KEY (densely, in rowid
+order), from the content alone, so every member applying it at the same point of the log
+ends identical. A crash between VACUUM and the recorded index replays it on a database it
+already left in that form, which it leaves unchanged.
 
 An entry that holds VACUUM among other requests (not proposed by this version) is applied
 as before: the statement fails inside the transaction, the same on every member.
