@@ -27,7 +27,7 @@ import os
 
 from raftsqlite.codec.model import Member
 from raftsqlite.config import initial_addresses
-from raftsqlite.errors import ConfigError, Unavailable
+from raftsqlite.errors import ConfigError, SettingsMismatch, Unavailable
 
 log = logging.getLogger("raftsqlite.bootstrap")
 
@@ -80,7 +80,37 @@ def node_info(node) -> dict:
     return {"node_id": cfg.node_id, "raft_addr": cfg.raft_advertise,
             "http_addr": cfg.http_advertise, "voter": cfg.voter, "fresh": fresh,
             "bootstrap_expect": cfg.bootstrap_expect, "plan": plan,
-            "leader": raft.leader_id}
+            "leader": raft.leader_id, "settings": _settings_doc(node)}
+
+
+def _settings_doc(node):
+    gs = getattr(node, "group_settings", None)
+    return gs.doc() if gs is not None else None
+
+
+def settings_conflict(mine, answers):
+    """The first /notify answer whose group settings (-fk, -extensions-path;
+    group_settings.py) differ from ``mine``, as a SettingsMismatch naming both, else
+    None. Caught here, before anyone bootstraps: a member applying the log otherwise
+    would only be stopped when it applied the group's settings record, with entries
+    before it possibly applied differently already."""
+    if mine is None:
+        return None
+    from raftsqlite.group_settings import GroupSettings
+    for addr, info in answers:
+        if not isinstance(info, dict) or info.get("settings") is None:
+            continue
+        try:
+            theirs = GroupSettings.from_doc(info["settings"])
+        except ConfigError as e:
+            return SettingsMismatch(f"-bootstrap-expect: {addr} sent bad settings: {e}")
+        if theirs != mine:
+            return SettingsMismatch(
+                f"-bootstrap-expect: node {info.get('node_id')} ({addr}) has "
+                f"{theirs.describe()}; this node has {mine.describe()}. Every member must "
+                f"apply the log the same way: start them all with the same -fk and "
+                f"-extensions-path")
+    return None
 
 
 def blueprint():
@@ -191,6 +221,9 @@ class AutoBootstrap:
                 got = await asyncio.gather(*(self._notify(session, kw, a, aiohttp)
                                              for a in initial + rest))
                 answers = list(zip(initial + rest, got))
+                err = settings_conflict(getattr(node, "group_settings", None), answers)
+                if err is not None:
+                    raise err
                 action, detail = decide(cfg.node_id, plan, answers[:len(initial)],
                                         cfg.bootstrap_expect, cfg.voter,
                                         others=answers[len(initial):],

@@ -260,3 +260,30 @@ def test_rqlite_spelling_tls_auth_two_of_three_then_third(tmp_path):
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_members_with_different_fk_settings_never_form_a_group(tmp_path):
+    """Two nodes started at once with -bootstrap-expect 2, one with -fk: neither
+    bootstraps; they stop with a message naming both settings (group_settings.py),
+    instead of forming a group whose members would apply the log differently."""
+    ports = sorted((free_port(), free_port()) for _ in range(2))
+    join = ",".join(f"127.0.0.1:{hp}" for hp, _ in ports)
+    procs = []
+    for i, (hp, rp) in enumerate(ports):
+        p = NodeProc(str(tmp_path), f"f{i + 1}", hp, rp)
+        extra = ["-fk"] if i == 0 else []
+        p.argv = (lambda p=p, extra=extra: [*NodeProc.argv(p), "-bootstrap-expect", "2",
+                                            "-join", join, "-join-interval", "200ms", *extra])
+        procs.append(p)
+    try:
+        for p in procs:
+            p.start()
+        wait_for(lambda: all(not p.alive() for p in procs), 60, "both nodes to stop")
+        for p in procs:
+            out = log_bytes(p)
+            assert b"foreign keys enforced (-fk)" in out and b"not enforced" in out, out[-800:]
+            assert BOOTED not in out
+            assert p.proc.returncode != 0
+    finally:
+        for p in procs:
+            p.kill()

@@ -154,3 +154,24 @@ def test_plan_file_roundtrip_and_damage(tmp_path):
     (tmp_path / "bootstrap.json").write_bytes(b"{}")
     with pytest.raises(ConfigError):
         load_plan(d)
+
+
+def test_different_group_settings_stop_the_bootstrap_before_it_starts():
+    """Invariant: a /notify answer whose -fk / -extensions-path settings differ from this
+    node's is a SettingsMismatch naming both (before anyone bootstraps); equal settings,
+    answers without settings (older nodes) and unreachable nodes are not."""
+    from raftsqlite.bootstrap import settings_conflict
+    from raftsqlite.errors import SettingsMismatch
+    from raftsqlite.group_settings import GroupSettings
+    mine = GroupSettings(True)
+    same = {"node_id": "b", "settings": GroupSettings(True).doc()}
+    other = {"node_id": "c", "settings": GroupSettings(False).doc()}
+    assert settings_conflict(mine, [("h1:1", same), ("h2:1", "ConnectionRefused"),
+                                    ("h3:1", {"node_id": "d"})]) is None
+    err = settings_conflict(mine, [("h1:1", same), ("h3:1", other)])
+    assert isinstance(err, SettingsMismatch)
+    assert "node c (h3:1)" in str(err) and "not enforced" in str(err) \
+        and "foreign keys enforced" in str(err)
+    assert isinstance(settings_conflict(mine, [("h4:1", {"node_id": "e", "settings": 5})]),
+                      SettingsMismatch)
+    assert settings_conflict(None, [("h3:1", other)]) is None
