@@ -163,20 +163,18 @@ class FSM:
         """``apply`` if it takes at most ``budget_s`` seconds of user statements; else
         everything it did is undone and None is returned (run it again with ``apply``)."""
         db = self.db
-        if any(fsm_vacuum.is_vacuum(self, e) for e in entries if e.index > self._applied):
-            return None     # a VACUUM commits on its own: not undoable, never inline
         db.set_apply_deadline(time.monotonic() + budget_s)
         try:
-            return self.apply(entries)
+            return self.apply(entries, _bounded=True)
         except _DeadlinePassed:
             self.counters["deadline_undone"] += 1
             return None
         finally:
             db.set_apply_deadline(None)
 
-    def apply(self, entries):
+    def apply(self, entries, _bounded=False):
         """One result per entry, same order. Already applied entries (index <= applied
-        index) are skipped and yield None."""
+        index) are skipped and yield None. (``_bounded``: called by ``apply_bounded``.)"""
         t0 = time.perf_counter()
         results = [None] * len(entries)
         todo = [(i, e) for i, e in enumerate(entries) if e.index > self._applied]
@@ -185,6 +183,8 @@ class FSM:
         self._apply_thread = threading.get_ident()
         with self._lock:
             vac = [k for k, (_, e) in enumerate(todo) if fsm_vacuum.is_vacuum(self, e)]
+            if vac and _bounded:
+                return None     # a VACUUM commits on its own: not undoable, never inline
             if not vac:
                 self._apply_txn(todo, results)
             else:
