@@ -226,9 +226,15 @@ def check_placement(cl, ref_rows, table="kv", skip_keys=()):
 
 
 async def write_load(router, ref, stop, seed, stats, n_max=100000, key_max=None, rate=None,
-                     table="kv", tolerant=False):
+                     table="kv", tolerant=False, writers=1):
     """Random insert/update/delete through the router; the reference (a sqlite3
-    connection) gets a write only once it was acknowledged. Latencies recorded."""
+    connection) gets a write only once it was acknowledged. Latencies recorded.
+
+    With several concurrent writers each must pass ``writers`` (their count) and a distinct
+    ``seed`` below it: writer ``seed`` then only touches keys ``k % writers == seed % writers``.
+    Two writers with the same key in flight at once could be applied in one order and
+    acknowledged in the other, and the reference (applied in acknowledgement order) would then
+    differ from a correct cluster."""
     import random
     rnd = random.Random(seed)
     t_next = time.monotonic()
@@ -241,7 +247,7 @@ async def write_load(router, ref, stop, seed, stats, n_max=100000, key_max=None,
             if d > 0:
                 await asyncio.sleep(d)
         op = rnd.random()
-        k = rnd.randint(1, key_max)
+        k = rnd.randrange(seed % writers or writers, key_max + 1, writers)
         uncertain = stats.setdefault("uncertain", set())
         if k in uncertain:
             continue

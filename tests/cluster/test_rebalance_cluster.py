@@ -60,7 +60,8 @@ def test_dry_run_then_move_with_concurrent_writes(cluster):
         # clients write through the default node's router (the product's path) and
         # through a router in this process (guards over /shard/call)
         node_sql = NodeSQL(cl.addr("default"))
-        ws = [asyncio.create_task(write_load(w, ref, stop, s, stats, key_max=N_ROWS + 5000))
+        ws = [asyncio.create_task(write_load(w, ref, stop, s, stats, key_max=N_ROWS + 5000,
+                                                 writers=3))
               for s, w in enumerate((node_sql, node_sql, router))]
         await asyncio.sleep(0.5)
         st, plan = await asyncio.to_thread(cl.rebalance, {"table_name": "kv"})

@@ -49,7 +49,8 @@ def test_kill_at_step(tmp_path, who, step):
             stop = asyncio.Event()
             stats = {}
             ws = [asyncio.create_task(write_load(router, ref, stop, s, stats, key_max=N_ROWS + 500,
-                                                 rate=100, tolerant=True)) for s in range(2)]
+                                                 rate=100, tolerant=True, writers=2))
+                  for s in range(2)]
             st, plan = await asyncio.to_thread(cl.rebalance, {"table_name": "kv"})
             assert st == 200, plan
             if who == "coordinator":
