@@ -20,6 +20,7 @@ import time
 
 import apsw
 
+from raftsqlite import db_ckpt
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
 from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
@@ -142,6 +143,7 @@ class Database:
         if mode.lower() != "wal":
             raise apsw.CantOpenError(f"could not switch {self.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        db_ckpt.install_traced(conn)
         self._group_setup(conn)
         conn.authorizer = self._write_access.authorize
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)

@@ -408,6 +408,13 @@ class RaftNode(SnapshotMixin, ReapMixin):
         if not self._running:
             return
         self._tick_handle = self._loop.call_later(self.config.tick_interval, self._on_tick)
+        if trace.ON:
+            # a tick that ran late is a loop that was blocked (or starved of a core)
+            now = time.monotonic_ns()
+            due = getattr(self, "_tick_due", 0)
+            if due and now - due > 3_000_000:
+                trace.span("loop_late", due)
+            self._tick_due = now + int(self.config.tick_interval * 1e9)
         try:
             self.core.tick()
             if self._persisting:
@@ -772,9 +779,13 @@ class RaftNode(SnapshotMixin, ReapMixin):
                     and self._failed is None and sum(len(e.data) for e in chunk) <= small:
                 self._apply_queued = chunk[-1].index
                 bounded = getattr(self.fsm, "apply_bounded", None)
+                if trace.ON:
+                    t0n = time.monotonic_ns()
                 try:
                     results = self.fsm.apply(chunk) if bounded is None \
                         else bounded(chunk, self.config.apply_inline_budget)
+                    if trace.ON:
+                        trace.span(f"apply_inline:{len(chunk)}", t0n)
                 except Exception as e:  # noqa: BLE001 - fail-stop, as on the thread
                     self._applied_done(chunk, None, e)
                     return
@@ -786,7 +797,8 @@ class RaftNode(SnapshotMixin, ReapMixin):
                 # to keep the order, everything after it that is already committed).
                 self._stats["inline_undone"] += 1
             self._apply_queued = chunk[-1].index
-            fut = self._in(self._apply_exec, self.fsm.apply, chunk)
+            fut = self._in(self._apply_exec, self.fsm.apply if not trace.ON
+                           else _traced_apply(self.fsm.apply), chunk)
             fut.add_done_callback(lambda f, c=chunk: self._on_applied(c, f))
 
     def _on_applied(self, entries, fut):
@@ -831,6 +843,16 @@ class RaftNode(SnapshotMixin, ReapMixin):
                 self._applied - self._snap_index >= th:
             self._snapshotting = True
             self._loop.create_task(self._take_snapshot())
+
+
+def _traced_apply(apply):
+    def run(chunk):
+        t0 = time.monotonic_ns()
+        try:
+            return apply(chunk)
+        finally:
+            trace.span(f"apply:{len(chunk)}:{sum(len(e.data) for e in chunk)}", t0)
+    return run
 
 
 def _settle(fut):

@@ -5,10 +5,12 @@ import asyncio
 import heapq
 import logging
 import os
+import time
 
 from raftsqlite import errors
 from raftsqlite.codec.model import Message, MsgType, SnapshotMeta
 from raftsqlite.raft.log import fsync_dir
+from raftsqlite.raft import trace
 from raftsqlite.raft.segfiles import fdatasync_quiet, remove_gradually
 
 log = logging.getLogger("raftsqlite.raft.driver")
@@ -67,8 +69,12 @@ class SnapshotMixin:
             if ex is self._apply_exec:
                 # It must see exactly the applied prefix: no inline applies meanwhile.
                 self._apply_on_thread = True
+            if trace.ON:
+                t0n = time.monotonic_ns()
             try:
                 index, term = await self._in(ex, self.fsm.snapshot, tmp)
+                if trace.ON:
+                    trace.span("snapshot", t0n)
             finally:
                 self._apply_on_thread = False
             if index <= self.log.snapshot_meta().index:

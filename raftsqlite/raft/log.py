@@ -338,6 +338,7 @@ class RaftLog(RecoveryMixin):
         t0 = time.perf_counter()
         if trace.ON:
             trace.mark("w0")
+            t0n = time.monotonic_ns()
         if b.reset:
             write_atomic(os.path.join(self.dir, "snapshot"), b.meta_bytes, self.fsync)
         if b.truncate is not None:
@@ -407,6 +408,11 @@ class RaftLog(RecoveryMixin):
             self._stats["state_writes"] += 1
         self._stats["batches"] += 1
         self.write_hist.observe(time.perf_counter() - t0)
+        if trace.ON:
+            # one interval per log write; "+seg" marks a rollover, "+state" a state file
+            trace.span("logw" + ("+seg" if b.new_segment is not None else "")
+                       + ("+state" if b.state_bytes is not None else "")
+                       + (f":{len(b.blob)}" if b.blob else ""), t0n)
 
     def finish(self, b):
         """Loop side: make the written batch visible."""

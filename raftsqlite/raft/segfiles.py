@@ -14,6 +14,7 @@ import time
 
 
 from raftsqlite import codec
+from raftsqlite.raft import trace
 from raftsqlite.errors import DecodeError
 
 log = logging.getLogger("raftsqlite.raft.log")
@@ -255,6 +256,8 @@ class Spare:
             if self._stop.is_set():
                 return False
             t0 = time.monotonic()
+            if trace.ON:
+                t0n = time.monotonic_ns()
             n = min(step, size - off)
             write_zeros(fd, off, n)
             off += n
@@ -265,6 +268,8 @@ class Spare:
                 # least half of the time. A spare is wanted only when a segment
                 # fills, which takes far longer than this at any real load.
                 os.fdatasync(fd)
+                if trace.ON:
+                    trace.span("spare_fill", t0n)
                 self._stop.wait(min(0.1, time.monotonic() - t0))
         return True
 

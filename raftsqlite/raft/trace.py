@@ -55,3 +55,27 @@ def flush():
 if ON:
     os.makedirs(_DIR, exist_ok=True)
     atexit.register(flush)
+
+
+def span(name, t0):
+    """Stamp the end of an event that began at ``t0`` (``monotonic_ns``): one line
+    ``<end> ev:<name>:<t0>`` that bench/tail_trace.py turns into an interval."""
+    mark(f"ev:{name}:{t0}")
+
+
+_gc_t0 = [0]
+
+
+def _gc_cb(phase, info):
+    # Collections run on whichever thread allocated; the GIL is held throughout, so a
+    # gen-2 pass stalls the loop, the apply thread and the persist thread's hand-back.
+    if phase == "start":
+        _gc_t0[0] = monotonic_ns()
+    elif _gc_t0[0]:
+        span(f"gc{info.get('generation', '?')}:{info.get('collected', 0)}", _gc_t0[0])
+        _gc_t0[0] = 0
+
+
+if ON:
+    import gc
+    gc.callbacks.append(_gc_cb)
