@@ -12,6 +12,7 @@ that run statements on a connection); nothing else imports apsw, and only this m
 sets pragmas. Statement results are neutral dicts (see ``db_exec.run_statement``);
 nothing here knows HTTP.
 """
+import contextlib
 import itertools
 import os
 import random
@@ -85,8 +86,14 @@ class Database:
     """The node's SQLite file: one writer, per-thread readers, backup and restore."""
 
     def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL",
-                 max_result_bytes=0, foreign_keys=False, extensions=()):
+                 max_result_bytes=0, foreign_keys=False, extensions=(), checkpoint="background"):
         self.path = os.path.abspath(path)
+        # "background": WAL checkpoints on a thread of their own, bounded (db_ckpt.py);
+        # "inline": SQLite's default, by the committing connection (the apply path).
+        if checkpoint not in ("background", "inline"):
+            raise ValueError(f"checkpoint must be 'background' or 'inline', not {checkpoint!r}")
+        self._ckpt = db_ckpt.Checkpointer(self._open_checkpointer) \
+            if checkpoint == "background" else None
         # Group settings (group_settings.py): the same on every member, so every
         # connection of every member enforces foreign keys, and loads the same
         # extension files, alike. ``extensions``: paths of extension files.
@@ -143,7 +150,10 @@ class Database:
         if mode.lower() != "wal":
             raise apsw.CantOpenError(f"could not switch {self.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        db_ckpt.install_traced(conn)
+        if self._ckpt is not None:
+            conn.set_wal_hook(self._ckpt.hook)
+        else:
+            db_ckpt.install_traced(conn)
         self._group_setup(conn)
         conn.authorizer = self._write_access.authorize
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
@@ -162,6 +172,13 @@ class Database:
         conn.create_scalar_function("total_changes",
                                     lambda: conn.total_changes() - self._tc_base, 0,
                                     deterministic=False)
+        return conn
+
+    def _open_checkpointer(self):
+        conn = apsw.Connection(self.path, flags=_RW)
+        conn.set_busy_timeout(self.busy_timeout_ms)
+        # a checkpoint syncs as its connection's setting says: the writer's
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
         return conn
 
     def _group_setup(self, conn):
@@ -323,6 +340,8 @@ class Database:
         return conn
 
     def close(self):
+        if self._ckpt is not None:
+            self._ckpt.close()
         with self._readers_lock:
             readers, self._readers = self._readers, []
         for c in readers:
@@ -595,9 +614,10 @@ class Database:
         for p in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
             if os.path.exists(p):
                 os.unlink(p)
-        shutil.copyfile(self.path, tmp)
-        if os.path.exists(self.path + "-wal"):
-            shutil.copyfile(self.path + "-wal", tmp + "-wal")
+        with self._paused():
+            shutil.copyfile(self.path, tmp)
+            if os.path.exists(self.path + "-wal"):
+                shutil.copyfile(self.path + "-wal", tmp + "-wal")
         dst = apsw.Connection(tmp, flags=_RW)
         try:
             dst.execute("PRAGMA journal_mode=DELETE")   # checkpoints and drops the WAL
@@ -612,6 +632,16 @@ class Database:
         """Replace the whole database by the SQLite file at ``path`` (writer thread).
         Readers keep working and see the new state once it commits."""
         self._schema_cs = None      # the schema may be another one now
+        with self._paused():
+            self._restore_from(path)
+        self.stats_counters["restores"] += 1
+
+    def _paused(self):
+        """No background checkpoint inside: the raw file copy above assumes only the
+        writer (this thread) may change the files."""
+        return self._ckpt.paused() if self._ckpt is not None else contextlib.nullcontext()
+
+    def _restore_from(self, path):
         src = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO)
         try:
             acc = self._write_access
@@ -629,7 +659,6 @@ class Database:
             self.writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         except apsw.BusyError:
             pass
-        self.stats_counters["restores"] += 1
 
     @staticmethod
     def read_file_internal(path, sql, params=()):
@@ -727,7 +756,8 @@ class Database:
         return dict(self.stats_counters, path=self.path, size_bytes=self.file_size(),
                     fk_constraints="enabled" if self.foreign_keys else "disabled",
                     extensions=[os.path.basename(p) for p in self.extensions],
-                    reader_connections=len(self._readers), sqlite_version=apsw.sqlite_lib_version())
+                    reader_connections=len(self._readers), sqlite_version=apsw.sqlite_lib_version(),
+                    checkpoints=self._ckpt.stats() if self._ckpt is not None else "inline")
 
 
 def _internal_query(conn, sql):
