@@ -176,6 +176,29 @@ def report(reqs, evs, roles, top, start_ns):
                            for kk, vv in t.items()} for k, t in table.items()}}
 
 
+def _status(url):
+    """The members' own counters that bear on the tail: log segments taken from a
+    prepared spare or grown, and the database's checkpoints."""
+    from bench.cluster import http
+    try:
+        st = http("GET", url + "/status", timeout=10)[1]
+    except OSError as e:
+        return {"error": repr(e)}
+
+    def find(d, key):
+        if isinstance(d, dict):
+            if key in d:
+                return d[key]
+            for v in d.values():
+                r = find(v, key)
+                if r is not None:
+                    return r
+        return None
+    return {k: find(st, k) for k in ("segments_from_spare", "segments_grown",
+                                     "spares_zero_filled", "spares_recycled", "checkpoints",
+                                     "snapshots_taken")}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=ROOT)
@@ -209,6 +232,7 @@ def main(argv=None):
                 c.execute(json.loads(RqliteBulk().body), transaction=True, timeout=60)
         drive(url, wl, a.clients, 1.0)       # warm-up
         reqs = drive(url, wl, a.clients, a.duration)
+        statuses = [_status(u) for u in c.urls]
     finally:
         c.stop()
     roles = {p: ("leader" if p == lpid else f"follower{i + 1}") for i, p in enumerate(pids)}
@@ -223,6 +247,8 @@ def main(argv=None):
     bad = sum(1 for r in reqs if r[3] >= 300 or r[4])
     print(f"# {a.workload}, {a.clients} connections, {a.duration} s, root {a.root}, "
           f"load {os.getloadavg()[0]:.1f}; {len(reqs) / wall:.0f} req/s, {bad} errors")
+    for p, st in zip(pids, statuses):
+        print(f"{roles[p]}: {st}")
     out = report(reqs, evs, roles, a.top, start)
     out.update(workload=a.workload, clients=a.clients, rps=round(len(reqs) / wall, 1),
                errors=bad)

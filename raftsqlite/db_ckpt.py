@@ -13,12 +13,12 @@ waiting. A PASSIVE checkpoint from another connection never blocks the writer (i
 frames up to the last commit it sees; the writer appends behind it), so applies go on.
 It cannot *restart* the WAL, though: SQLite starts writing the WAL from its beginning
 again only when a writer finds every frame copied, and under continuous writes some
-frames always arrived during the last background pass. So when the WAL reaches
-``max_pages`` frames the writer checkpoints once itself, copying only what arrived since
-the last background pass, and its next commit restarts the WAL: the file stays bounded
-at about ``max_pages`` frames, and the writer pays for a fraction of the copying.
-If the background pass is still running then, the writer leaves it be until the WAL
-reaches twice ``max_pages``, and then waits for it (a hard bound).
+frames always arrived during the last background pass. So once the WAL holds
+``max_pages`` frames, the writer checkpoints once itself at the first commit that finds
+little left to copy (at most ``pages // 4`` frames since the last background pass), and
+its next commit restarts the WAL: the file stays bounded at about ``max_pages`` frames,
+and the writer copies a few hundred frames instead of a thousand. At twice ``max_pages``
+the writer catches up whatever is left, waiting for a running pass (a hard bound).
 
 Durability is unchanged: a checkpoint only moves committed pages from the WAL into the
 database file, with the same fsyncs (the thread's connection has the writer's
@@ -83,7 +83,8 @@ class Checkpointer:
         self._done = 0        # WAL frames the last pass left copied (0 after a restart)
         self._trace = _trace()
         self.counters = {"background": 0, "background_seconds": 0.0, "inline": 0,
-                         "inline_seconds": 0.0, "inline_waited": 0, "max_wal_pages": 0,
+                         "inline_seconds": 0.0, "inline_waited": 0, "catchup_max_frames": 0,
+                         "max_wal_pages": 0,
                          "errors": 0}
 
     # ---- the writer's side ---------------------------------------------------------
@@ -95,7 +96,12 @@ class Checkpointer:
         if npages < self._done:
             self._done = 0          # the writer restarted the WAL
         if npages >= self.max_pages:
-            if self.lock.acquire(blocking=npages >= 2 * self.max_pages):
+            # Catch up only when little is left to copy (a background pass just ran), so
+            # the writer's own checkpoint is short; otherwise a pass first shrinks what
+            # is left. At twice the bound the writer catches up whatever is left.
+            hard = npages >= 2 * self.max_pages
+            if (hard or npages - self._done <= self.pages // 4) \
+                    and self.lock.acquire(blocking=hard):
                 try:
                     self._inline(conn, name, npages)
                 finally:
@@ -114,6 +120,8 @@ class Checkpointer:
         c = self.counters
         if npages >= 2 * self.max_pages:
             c["inline_waited"] += 1
+        elif npages - self._done > c["catchup_max_frames"]:
+            c["catchup_max_frames"] = npages - self._done
         t0 = perf_counter()
         t0n = monotonic_ns()
         try:
