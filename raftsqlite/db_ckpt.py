@@ -33,8 +33,8 @@ log = logging.getLogger("raftsqlite.db")
 
 # SQLite's own default (wal_autocheckpoint): a checkpoint once the WAL holds this many frames.
 AUTOCHECKPOINT_PAGES = 1000
-# The writer checkpoints itself (and so restarts the WAL) at this many frames: 32 MB at 4 KB.
-MAX_WAL_PAGES = 8000
+# The writer checkpoints itself (and so restarts the WAL) at this many frames: 64 MB at 4 KB.
+MAX_WAL_PAGES = 16000
 
 
 def _trace():
