@@ -81,6 +81,7 @@ class Checkpointer:
         self._closed = False
         self._busy = False
         self._done = 0        # WAL frames the last pass left copied (0 after a restart)
+        self._next = 0        # the WAL's frame count at which the next pass may start
         self._trace = _trace()
         self.counters = {"background": 0, "background_seconds": 0.0, "inline": 0,
                          "inline_seconds": 0.0, "inline_waited": 0, "catchup_max_frames": 0,
@@ -93,8 +94,9 @@ class Checkpointer:
         c = self.counters
         if npages > c["max_wal_pages"]:
             c["max_wal_pages"] = npages
-        if npages < self._done:
+        if npages < self._done or npages < self._next - self.pages:
             self._done = 0          # the writer restarted the WAL
+            self._next = 0
         if npages >= self.max_pages:
             # Catch up only when little is left to copy (a background pass just ran), so
             # the writer's own checkpoint is short; otherwise a pass first shrinks what
@@ -107,8 +109,12 @@ class Checkpointer:
                 finally:
                     self.lock.release()
                 return 0
-        if npages - self._done >= self.pages and not self._busy and not self._closed:
+        # At most one pass per ``pages`` new frames: a reader that pins an old snapshot
+        # keeps a pass from copying anything, and must not make the thread spin.
+        if npages - self._done >= self.pages and npages >= self._next and not self._busy \
+                and not self._closed:
             self._busy = True
+            self._next = npages + self.pages
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint",
                                                 daemon=True)
