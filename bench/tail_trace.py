@@ -30,7 +30,6 @@ import glob
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time

@@ -83,6 +83,7 @@ class Checkpointer:
         self._done = 0        # WAL frames the last pass left copied (0 after a restart)
         self._next = 0        # the WAL's frame count at which the next pass may start
         self._trace = _trace()
+        self._warned = 0
         self.counters = {"background": 0, "background_seconds": 0.0, "inline": 0,
                          "inline_seconds": 0.0, "inline_waited": 0, "catchup_max_frames": 0,
                          "max_wal_pages": 0,
@@ -133,8 +134,7 @@ class Checkpointer:
         try:
             _, done = conn.wal_checkpoint(name)
         except Exception as e:  # noqa: BLE001 - a checkpoint that fails is retried later
-            c["errors"] += 1
-            log.warning("WAL checkpoint failed: %r", e)
+            self._failed(e)
             return
         self._done = done
         c["inline"] += 1
@@ -165,10 +165,18 @@ class Checkpointer:
                     if self._trace is not None:
                         self._trace.span(f"ckpt_bg:{nlog}:{done}", t0n)
             except Exception as e:  # noqa: BLE001 - the writer's bound still holds
-                c["errors"] += 1
-                log.warning("background WAL checkpoint failed: %r", e)
+                self._failed(e)
             finally:
                 self._busy = False
+
+    def _failed(self, e):
+        # e.g. a full disk: retried at later commits, so say it once a minute, not per commit
+        self.counters["errors"] += 1
+        now = monotonic_ns()
+        if now - self._warned >= 60_000_000_000 or not self._warned:
+            self._warned = now
+            log.warning("WAL checkpoint failed (%d so far; retried later): %r",
+                        self.counters["errors"], e)
 
     def paused(self):
         """``with checkpointer.paused():`` no background pass runs inside."""

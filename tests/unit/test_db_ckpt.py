@@ -198,3 +198,22 @@ def test_a_pinned_reader_keeps_the_file_correct(db):
     finally:
         r.execute("COMMIT")
     assert r.execute("SELECT count(*) FROM t").fetchall() == [(310,)]
+
+
+def test_a_failing_checkpoint_is_counted_and_retried_not_raised(caplog):
+    """Invariant: a checkpoint that fails (a full disk, say) never fails the commit that
+    triggered it: it is counted, said once (not per commit), and tried again later."""
+    from raftsqlite.db_ckpt import Checkpointer
+
+    class Conn:
+        calls = 0
+
+        def wal_checkpoint(self, *a):
+            Conn.calls += 1
+            raise OSError("disk full")
+    ck = Checkpointer(lambda: Conn(), pages=10, max_pages=20)
+    for npages in (45, 46, 47):                       # past twice the bound: writer's own
+        assert ck.hook(Conn(), "main", npages) == 0
+    assert Conn.calls == 3 and ck.counters["errors"] == 3
+    assert sum("WAL checkpoint failed" in r.message for r in caplog.records) == 1
+    ck.close()
