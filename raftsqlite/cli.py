@@ -109,10 +109,27 @@ def build_parser():
     flag("http-allow-origin", dest="http_allow_origin", default="", metavar="ORIGIN",
          help="value of the Access-Control-Allow-Origin header on every HTTP response; "
               "OPTIONS (CORS preflight) is answered 200 (default: off)")
+    flag("min-free-disk", dest="min_free_disk", type=_bytes, default=None, metavar="BYTES",
+         help="free space the data dir's disk must keep: below it the leader refuses new "
+              "writes (HTTP 507) before the disk is full, e.g. 64MB, 1GB, 0 = off "
+              "(default: 64MB; docs/operations.md \"Disk full and I/O errors\")")
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     _add_rqlite_flags(p, flag)
     return p
+
+
+def _bytes(text):
+    """A byte count: 1048576, 64MB, 64MiB, 1G (powers of 1024, as etcd's quota)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return n
 
 
 def _duration(text):
@@ -233,6 +250,8 @@ def config_from_args(argv=None) -> NodeConfig:
         if not sep or not name:
             raise ConfigError(f"-raft-opt wants NAME=VALUE, got {opt!r}")
         overrides.append((name.strip(), _parse_value(value.strip())))
+    if args.min_free_disk is not None:
+        overrides.append(("min_free_disk", args.min_free_disk))
     cfg = NodeConfig(node_id=args.node_id, data_dir=extra.pop("data_dir", args.data_dir),
                      http_addr=args.http_addr,
                      raft_addr=args.raft_addr, http_adv=args.http_adv, raft_adv=args.raft_adv,
