@@ -77,7 +77,9 @@ class DiskState:
     def failed(self, op, exc, what):
         """Note a failed attempt of ``op``; the message for the log and for callers."""
         d = classify(exc) or exc
-        msg = f"{d} {what} in data dir {self.data_dir}"
+        msg = f"{d} {what}"
+        if self.data_dir not in what:
+            msg += f" (data dir {self.data_dir})"
         now = time.monotonic()
         with self._lock:
             self.errors_total += 1

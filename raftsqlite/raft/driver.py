@@ -940,7 +940,8 @@ class RaftNode(SnapshotMixin, ReapMixin):
         that would make the replicas differ. Later batches queue behind it on this one
         thread, so nothing is applied out of order. ``stop`` ends the wait."""
         return self._retry_disk(
-            "apply", f"applying entries {entries[0].index}-{entries[-1].index} to SQLite",
+            "apply", f"applying entries {entries[0].index}-{entries[-1].index} to the "
+                     f"state machine",
             self.fsm.apply, entries)
 
     def _retry_disk(self, op, what, fn, *args):

@@ -1,0 +1,217 @@
+"""A full or failing disk (ENOSPC, EIO, SQLITE_FULL) is retried, never skipped, never
+turned into a result some members have and others do not (raft/diskerr.py; the cluster
+test with a real full tmpfs is tests/cluster/test_disk_full.py)."""
+import asyncio
+import errno
+import os
+
+import pytest
+
+from raftsqlite import errors
+from raftsqlite.codec.model import Entry
+from raftsqlite.db import Database
+from raftsqlite.fsm import FSM
+from raftsqlite.raft import diskerr
+from raftsqlite.raft import log as rlog
+from raftsqlite.raft.demo import KVStateMachine
+from raftsqlite.raft.log import RaftLog
+from raftsqlite.raft.types import HardState
+
+from tests.cluster.test_raft_driver import cfg, run, single
+from tests.unit.test_fsm import ex, req
+
+
+def _entries(lo, hi, term=1, size=300):
+    return [Entry(term, i, data=b"%06d" % i * (size // 6)) for i in range(lo, hi)]
+
+
+def _enospc_after_half(real):
+    """A pwrite that writes about half its bytes, then fails as a full disk does."""
+    def torn(fd, data, off):
+        blob = data[0] if isinstance(data, list) else data
+        os.pwrite(fd, bytes(blob[:len(blob) // 2 + 7]), off)   # mid-record
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return torn
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_log_write_retried_after_a_torn_enospc_keeps_every_record(tmp_path, monkeypatch,
+                                                                  fsync):
+    """Invariant: a batch whose write failed half-way (ENOSPC) and is written again by the
+    same call succeeds whole; the log then reopens with every record of both batches."""
+    lg = RaftLog(str(tmp_path), fsync=fsync)
+    lg.open()
+    lg.persist(HardState(1, "", 0), _entries(1, 20))
+    b = lg.prepare(None, _entries(20, 40))
+    with monkeypatch.context() as m:
+        m.setattr(rlog, "pwrite_all", _enospc_after_half(rlog.pwrite_all))
+        m.setattr(rlog, "pwritev_all", _enospc_after_half(rlog.pwritev_all))
+        with pytest.raises(OSError) as ei:
+            lg.write(b)
+        assert diskerr.classify(ei.value).code == "disk_full"
+    assert lg.last_index() == 19          # nothing of the failed batch is visible
+    lg.write(b)                           # the retry
+    lg.finish(b)
+    assert lg.last_index() == 39
+    lg.close()
+    again = RaftLog(str(tmp_path), fsync=fsync)
+    again.open()
+    assert again.last_index() == 39
+    assert again.entries(1, 40) == _entries(1, 40)
+    again.close()
+
+
+def test_torn_tail_left_by_enospc_is_dropped_at_reopen(tmp_path, monkeypatch):
+    """Invariant: a member that stops (or crashes) after a half-written batch reopens at
+    its last whole record (the torn one ignored, no StorageCorrupt: the batch was never
+    acknowledged, so its whole records are just uncommitted entries), and a new leader's
+    conflicting entries replace them normally."""
+    lg = RaftLog(str(tmp_path), fsync=False)
+    lg.open()
+    lg.persist(HardState(1, "", 0), _entries(1, 20))
+    b = lg.prepare(None, _entries(20, 40))
+    monkeypatch.setattr(rlog, "pwrite_all", _enospc_after_half(rlog.pwrite_all))
+    monkeypatch.setattr(rlog, "pwritev_all", _enospc_after_half(rlog.pwritev_all))
+    with pytest.raises(OSError):
+        lg.write(b)
+    lg.close()
+    monkeypatch.undo()
+    again = RaftLog(str(tmp_path), fsync=False)
+    again.open()
+    last = again.last_index()
+    assert 19 <= last < 39
+    assert again.entries(1, last + 1) == _entries(1, last + 1)
+    st = again.stats()
+    assert st["truncated_tail_bytes"] + st["stale_tail_bytes"] > 0   # the torn bytes seen
+    again.persist(None, _entries(20, 25, term=2))
+    again.close()
+    third = RaftLog(str(tmp_path), fsync=False)
+    third.open()
+    assert third.entries(1, 25) == _entries(1, 20) + _entries(20, 25, term=2)
+    third.close()
+
+
+def test_fdatasync_eio_is_retried_with_every_byte_written_again(tmp_path, monkeypatch):
+    """Invariant: after an fdatasync that failed (EIO), the retried write writes the whole
+    batch again before syncing (pages whose writeback failed may have been marked clean),
+    and the log holds the batch exactly."""
+    lg = RaftLog(str(tmp_path), fsync=True, preallocate=False)
+    lg.open()
+    lg.persist(HardState(1, "", 0), _entries(1, 5))
+    b = lg.prepare(None, _entries(5, 9))
+    real_sync, real_pw = os.fdatasync, rlog.pwrite_all
+    calls = {"sync": 0, "pw": 0}
+
+    def bad_sync(fd):
+        calls["sync"] += 1
+        if calls["sync"] == 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_sync(fd)
+
+    def counting_pw(fd, data, off):
+        calls["pw"] += 1
+        real_pw(fd, data, off)
+    monkeypatch.setattr(rlog.os, "fdatasync", bad_sync)
+    monkeypatch.setattr(rlog, "pwrite_all", counting_pw)
+    with pytest.raises(OSError) as ei:
+        lg.write(b)
+    assert diskerr.classify(ei.value).code == "disk_error"
+    lg.write(b)
+    lg.finish(b)
+    assert calls == {"sync": 2, "pw": 2}
+    lg.close()
+    monkeypatch.undo()
+    again = RaftLog(str(tmp_path), fsync=True)
+    again.open()
+    assert again.entries(1, 9) == _entries(1, 9)
+    again.close()
+
+
+def _rows(f):
+    return f.db.read([("SELECT * FROM t ORDER BY rowid", None)])[0]["values"]
+
+
+def _strip(res):
+    return [[{k: v for k, v in r.items() if k != "time"} for r in rs] for rs in res["results"]]
+
+
+def test_sqlite_full_is_never_a_statement_result(tmp_path):
+    """Invariant: SQLITE_FULL on one member (the other had room) is not turned into a
+    per-statement error: the apply raises a disk error, nothing of it stays (rows,
+    applied index), and applying the same entries once there is room gives exactly the
+    results and rows of the member that had room, including a constraint error that is
+    deterministic (the same on both)."""
+    a = FSM(Database(str(tmp_path / "a.sqlite")))
+    b = FSM(Database(str(tmp_path / "b.sqlite")))
+    setup = [Entry(1, 1), ex(2, req("CREATE TABLE t (v TEXT NOT NULL)"))]
+    a.apply(setup)
+    b.apply(setup)
+    pages = b.db.internal("PRAGMA page_count")[0][0]
+    b.db.internal(f"PRAGMA max_page_count={pages}")   # no room to grow: SQLITE_FULL
+    big = "x" * 50_000
+    entries = [ex(3, req(("INSERT INTO t VALUES (?)", [big])),
+                  req(("INSERT INTO t VALUES (?)", [None])), req(("INSERT INTO t VALUES (?)", ["y"])))]
+    want = a.apply(entries)
+    assert "NOT NULL" in _strip(want[0])[1][0]["error"]
+    with pytest.raises(Exception) as ei:
+        b.apply(entries)
+    assert diskerr.classify(ei.value) is not None, repr(ei.value)
+    assert b.applied_index() == 2 and _rows(b) == []
+    b.db.internal("PRAGMA max_page_count=1073741823")
+    got = b.apply(entries)
+    assert _strip(got[0]) == _strip(want[0])
+    assert _rows(b) == _rows(a) and b.applied_index() == a.applied_index() == 3
+    a.db.close()
+    b.db.close()
+
+
+class _FullFirst(KVStateMachine):
+    """Raises ENOSPC for the first ``n`` apply calls that hold ``key``."""
+
+    def __init__(self, key, n):
+        super().__init__()
+        self.key, self.left, self.order = key, n, []
+
+    def apply(self, entries):
+        if self.left and any(self.key in e.data for e in entries):
+            self.left -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        out = super().apply(entries)
+        self.order.extend(e.index for e in entries if e.data)
+        return out
+
+
+def test_driver_retries_a_failed_apply_in_order_and_refuses_writes_meanwhile(tmp_path):
+    """Invariants: an apply that fails with a disk error is retried with the same entries
+    until it succeeds (never skipped: applied in log order), the member does not
+    fail-stop, new writes are refused with DiskFull (HTTP 507) while it lasts, the error
+    shows in stats while present and is counted, and writes work again afterwards."""
+    async def main():
+        fsm = _FullFirst(b"bad", 6)
+        node, _ = await single(cfg(tmp_path), fsm)
+        await node.propose(b"a=1")
+        fut = node.propose_future(b"bad=1")
+        for _ in range(300):
+            if node.disk_error:
+                break
+            await asyncio.sleep(0.01)
+        assert "disk full" in node.disk_error and "applying entries" in node.disk_error
+        assert node.stats()["writes_refused"]
+        with pytest.raises(errors.DiskFull):
+            node.propose_future(b"c=1")
+        with pytest.raises((errors.OutcomeUnknown, errors.DiskError)):
+            await fut       # its proposer is told at once, not left to time out
+        for _ in range(500):
+            if fsm.data.get(b"bad") == b"1" and node.disk_error is None:
+                break
+            await asyncio.sleep(0.01)
+        assert fsm.data.get(b"bad") == b"1" and node.disk_error is None
+        await node.propose(b"c=2")
+        s = node.stats()
+        # (the first of the 6 failures may be the inline attempt, which hands the batch
+        # to the apply thread without counting)
+        assert s["failed"] is None and s["disk_errors_total"] >= 5 and s["disk_recoveries"] >= 1
+        assert fsm.order == sorted(fsm.order) and len(fsm.order) == len(set(fsm.order))
+        assert fsm.data[b"c"] == b"2"
+        await node.stop()
+    run(main())
