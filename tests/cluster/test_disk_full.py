@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.cluster.node_harness import (Cluster, NodeProc, call, execute, free_port,
-                                        values, wait_for)
+                                        query, values, wait_for)
 
 TMPFS = "16m"
 
@@ -175,8 +175,10 @@ def test_follower_disk_full_no_ack_lost_replicas_identical(cluster):
         assert _acked(st, body), (st, body)
         acked.add(i)
     n3.fill()
-    for i in range(11, 61):
-        st, body = _insert(lead.http, i)
+    for i in range(11, 131):
+        # small rows first (SQLite runs out), then large ones: the follower's log has
+        # preallocated room for a while, then its appends fail too
+        st, body = _insert(lead.http, i, size=2000 if i < 61 else 60000)
         assert _acked(st, body), (st, body)     # two of three members have room
         acked.add(i)
     err = wait_for(lambda: _status(n3)["store"].get("disk_error"), 15, "node3 disk_error")
@@ -249,7 +251,8 @@ def test_leader_disk_full_refused_clearly_then_new_leader(cluster):
 def test_min_free_disk_guard_refuses_writes_keeps_reads(flags, tmp_path):
     """Invariants of -min-free-disk: below it the leader refuses writes with HTTP 507 (the
     one JSON error shape, naming the data dir) before the disk is full, reads keep
-    working, nothing refused is applied, and writes are taken again once space is freed."""
+    working, nothing refused is applied, and writes are taken again once space is freed.
+    And a /db/load bigger than the disk can hold is refused (507) with nothing loaded."""
     work = str(tmp_path)
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt)
@@ -261,6 +264,20 @@ def test_min_free_disk_guard_refuses_writes_keeps_reads(flags, tmp_path):
         st, body = execute(n.http, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
         assert _acked(st, body), body
         assert _acked(*_insert(n.http, 1))
+        # A load the disk cannot hold is refused before anything is proposed.
+        free = n.free_bytes()
+        line = "INSERT INTO big VALUES('%s');\n" % ("z" * 1000)
+        dump = ("CREATE TABLE big (v TEXT);\n" + line * (free // 3000 + 100)).encode()
+        st, body = call(n.http, "POST", "/db/load", dump, timeout=30,
+                        headers={"Content-Type": "application/octet-stream"})
+        assert st == 507 and "nothing was loaded" in body["error"] and mnt in body["error"], \
+            (st, body)
+        st, body = query(n.http, "SELECT count(*) FROM big")
+        assert "no such table" in body["results"][0].get("error", ""), body
+        st, body = call(n.http, "POST", "/db/load", b"CREATE TABLE small (v);\n"
+                        b"INSERT INTO small VALUES(1);\n", timeout=30,
+                        headers={"Content-Type": "application/octet-stream"})
+        assert st == 200 and values(n.http, "SELECT v FROM small") == [[1]], (st, body)
         n.fill(leave=3 << 20)
         assert n.free_bytes() < 6 << 20
 
