@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -54,7 +55,10 @@ class TmpfsNode(NodeProc):
         return f"/proc/{self.proc.pid}/root{self.mnt}/{name}"
 
     def fill(self, leave=0):
-        """Fill the tmpfs up to ``leave`` bytes free (as closely as 64 KiB steps allow)."""
+        """Fill the tmpfs up to ``leave`` bytes free (as closely as 64 KiB steps allow).
+        With ``leave=0`` a thread keeps it full until ``free``: space the node gives back
+        (a preallocated spare it drops after ENOSPC) is taken again at once, as by
+        another process writing to the same disk."""
         path = self._inside("filler")
         chunk = b"\xa5" * (64 << 10)
         with open(path, "ab") as f:
@@ -68,18 +72,32 @@ class TmpfsNode(NodeProc):
                 except OSError as e:
                     assert e.errno == errno.ENOSPC, e
                     break
-        if not leave:
-            # the last bytes, so that nothing at all is left
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        if leave:
+            return
+        self._stop = threading.Event()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+        def top_up():
             try:
-                while True:
-                    os.write(fd, b"\xa5" * 4096)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
+                while not self._stop.is_set():
+                    try:
+                        while True:
+                            os.write(fd, b"\xa5" * 4096)
+                    except OSError as e:
+                        assert e.errno == errno.ENOSPC, e
+                    self._stop.wait(0.005)
             finally:
                 os.close(fd)
+        self._filler = threading.Thread(target=top_up, daemon=True)
+        self._filler.start()
+        while self.free_bytes() >= 4096:
+            time.sleep(0.005)
 
     def free(self):
+        if getattr(self, "_filler", None) is not None:
+            self._stop.set()
+            self._filler.join(5)
+            self._filler = None
         os.unlink(self._inside("filler"))
 
     def free_bytes(self):
@@ -113,6 +131,9 @@ def cluster(flags, tmp_path_factory):
         st, body = execute(c.nodes[0].http,
                            ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"])
         assert st == 200 and "error" not in body["results"][0], body
+        for n in c.nodes:
+            wait_for(lambda: values(n.http, "SELECT count(*) FROM t") == [[0]], 15,
+                     f"the table on {n.node_id}")
         yield c
     except BaseException:
         print(c.logs())
@@ -228,6 +249,7 @@ def test_leader_disk_full_refused_clearly_then_new_leader(cluster):
         else:
             errors_seen.append((st, body))
             time.sleep(0.05)
+    print("leader with a full disk answered:", errors_seen[:3], "...", len(errors_seen))
     assert errors_seen, "the leader with a full disk acknowledged every write"
     assert ok_after_error, f"no member took over: {errors_seen[-3:]}"
     st, body = errors_seen[0]

@@ -215,3 +215,65 @@ def test_driver_retries_a_failed_apply_in_order_and_refuses_writes_meanwhile(tmp
         assert fsm.data[b"c"] == b"2"
         await node.stop()
     run(main())
+
+
+def test_leader_whose_log_cannot_be_written_gives_way_and_catches_up(tmp_path):
+    """Invariants: a leader whose log writes fail with ENOSPC (i) acknowledges nothing it
+    could not persist (its waiting proposer is answered OutcomeUnknown/DiskFull, never a
+    result), (ii) stops holding the group: the others elect a leader and commit writes,
+    (iii) does not fail-stop, and (iv) once its disk works again it finishes the retried
+    write, catches up and holds exactly the same data as the others."""
+    from raftsqlite.codec.model import Member
+    from raftsqlite.raft.config import RaftConfig
+    from raftsqlite.raft.driver import RaftNode
+    from raftsqlite.testing.procs import free_port
+    from tests.cluster.test_raft_driver import bootstrap_and_elect
+
+    async def main():
+        ports = [free_port() for _ in range(3)]
+        ids = ["a", "b", "c"]
+        members = [Member(i, f"127.0.0.1:{p}") for i, p in zip(ids, ports)]
+        nodes, fsms = [], []
+        for nid, port in zip(ids, ports):
+            fsm = KVStateMachine()
+            node = RaftNode(RaftConfig(node_id=nid, data_dir=str(tmp_path / nid),
+                                       tick_interval=0.02, raft_addr=f"127.0.0.1:{port}",
+                                       min_free_disk=0), fsm)
+            await node.start()
+            nodes.append(node)
+            fsms.append(fsm)
+        lead = await bootstrap_and_elect(nodes, members)
+        await lead.propose(b"a=1")
+        real = lead.log.write
+        full = {"on": True}
+
+        def write(b):
+            if full["on"]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(b)
+        lead.log.write = write
+        fut = lead.propose_future(b"b=1")
+        with pytest.raises((errors.OutcomeUnknown, errors.DiskError)):
+            await asyncio.wait_for(fut, 5)
+        assert "writing the Raft log" in lead.disk_error
+        new = None
+        for _ in range(500):
+            new = next((n for n in nodes if n is not lead and n.is_leader), None)
+            if new is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert new is not None, "no member took over from the leader with a full disk"
+        await new.propose(b"c=1")
+        assert lead.stats()["failed"] is None and lead.disk_error
+        full["on"] = False
+        for _ in range(500):
+            if lead.disk_error is None and lead.applied_index >= new.applied_index \
+                    and fsms[nodes.index(lead)].data == fsms[nodes.index(new)].data:
+                break
+            await asyncio.sleep(0.01)
+        datas = [f.data for f in fsms]
+        assert lead.disk_error is None and all(d == datas[0] for d in datas), datas
+        assert datas[0][b"c"] == b"1" and datas[0][b"a"] == b"1"
+        for n in nodes:
+            await n.stop()
+    run(main())
