@@ -111,6 +111,7 @@ class RaftNode(SnapshotMixin, ReapMixin):
         self._apply_stop = threading.Event()    # stop(): a retried apply gives up
         self._snap_retry_at = 0.0   # a failed snapshot is tried again after this
         self._snap_delay = 0.0
+        self._compact_error = None  # why the last compaction failed (snapshot() answers it)
 
     # ---- lifecycle ------------------------------------------------------------------
 

@@ -50,7 +50,13 @@ class SnapshotMixin:
         if not res:
             return False
         # the log is compacted between two Ready cycles; answer once it is
-        await self._until(lambda: self.log.snapshot_meta().index >= res[0],
+        self._compact_error = None
+
+        def compacted():
+            if self._compact_error is not None:
+                raise self._compact_error
+            return self.log.snapshot_meta().index >= res[0]
+        await self._until(compacted,
                           max(1.0, deadline - self._loop.time()),
                           errors.Timeout("snapshot taken but the log was not compacted in time"))
         return {"index": res[0], "term": res[1]}
@@ -142,6 +148,10 @@ class SnapshotMixin:
             if diskerr.classify(e) is None:
                 raise
             self._snapshot_failed(e, "compacting the log")
+            d = diskerr.classify(e)
+            self._compact_error = type(d)(f"{d} compacting the log in {self.log.dir}; the "
+                                          f"snapshot file is kept, the log is not compacted "
+                                          f"yet (tried again later)")
             return
         self._snapshot_ok()
         self.log.finish_compact(b)
