@@ -47,8 +47,6 @@ NODE_ELECTION_TICKS = 20
 
 class Node:
     def __init__(self, config: NodeConfig):
-        from raftsqlite.raft.config import RaftConfig
-        from raftsqlite.raft.driver import RaftNode
         self.config = config
         # -auth / -join-as (http/auth.py): a bad file stops the node here, before it
         # opens anything. identity_header: what this node sends on its own calls.
@@ -63,6 +61,28 @@ class Node:
         elif config.join_as:
             raise ConfigError("-join-as needs -auth: the user's password comes from that file")
         os.makedirs(config.data_dir, exist_ok=True)
+        # one process per data directory (datalock.py); held until stop() or exit
+        from raftsqlite.datalock import DataDirLock
+        self._lock = DataDirLock(config.data_dir).acquire("node")
+        try:
+            self._open(config)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, config):
+        from raftsqlite.raft.config import RaftConfig
+        from raftsqlite.raft.driver import RaftNode
+        peers_json = os.path.join(config.raft_dir, "peers.json")
+        if os.path.exists(peers_json):
+            # rqlite's way to recover a group that lost its majority; silently ignoring it
+            # would leave an operator following rqlite's runbook with a group that never
+            # comes back
+            raise ConfigError(
+                f"{peers_json} exists: raft-sqlite does not read rqlite's peers.json. To recover "
+                f"a group that lost its majority for good, stop this node, remove peers.json and "
+                f"run 'raft-sqlite recover -id {config.node_id} -data {config.data_dir}' "
+                f"(docs/operations.md, 'Losing the majority for good')")
         # -fk / -extensions-path: settings the whole group shares (group_settings.py)
         from raftsqlite import group_settings as gs
         exts = gs.collect_extensions(config.extensions_path,
@@ -236,6 +256,7 @@ class Node:
         self.store.close()
         self.db.close()
         self._started = False
+        self._lock.release()
 
     # ---- joining ----------------------------------------------------------------------
     async def _join(self, addrs):
