@@ -182,6 +182,8 @@ class Node:
         await self.sharding.start()
         await self._serve_http()
         self._started = True
+        if not join and not fresh:
+            join = self._peers_if_moved()
         if join and not shard_new:
             if fresh:
                 await self._join(join)
@@ -331,6 +333,29 @@ class Node:
         auth = {"Authorization": self.identity_header} if self.identity_header else None
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
                                      headers=auth, connector=conn), name
+
+    def _peers_if_moved(self):
+        """A member restarted under new addresses (a pod or VM that got a new IP) without
+        -join: the others still send to the old ones, so it would never hear its leader
+        again. It asks them, as a -join would, to take its new addresses: the HTTP addresses
+        of the other members in its own configuration."""
+        cfg = self.config
+        members = self.raft.members
+        me = next((m for m in members if m.node_id == cfg.node_id), None)
+        if me is None or (me.raft_addr == cfg.raft_advertise
+                          and me.http_addr in ("", cfg.http_advertise)):
+            return []
+        peers = [m.http_addr for m in members if m.node_id != cfg.node_id and m.http_addr]
+        if peers:
+            log.warning("%s: this member's addresses changed (Raft %s -> %s, HTTP %s -> %s); "
+                        "asking the other members (%s) to take the new ones", cfg.node_id,
+                        me.raft_addr, cfg.raft_advertise, me.http_addr, cfg.http_advertise,
+                        ", ".join(peers))
+        else:
+            log.warning("%s: this member's addresses changed (Raft %s -> %s) but it is its "
+                        "group's only member: the configuration keeps the old ones",
+                        cfg.node_id, me.raft_addr, cfg.raft_advertise)
+        return peers
 
     async def _join_quietly(self, addrs):
         try:
