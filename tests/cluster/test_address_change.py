@@ -41,3 +41,18 @@ def test_member_restarted_with_new_addresses_and_no_join_rejoins(cluster):
     assert st == 200 and "error" not in body["results"][0], body
     wait_for(lambda: [r[0] for r in values(victim.http, "SELECT v FROM t ORDER BY id")]
              == ["before", "after"], 30, "the moved member to apply the new write")
+
+
+def test_http_request_on_the_raft_port_is_named_as_such(cluster):
+    """Invariant: an HTTP request sent to a member's Raft port (an operator giving -join or a
+    load balancer the wrong address) is closed, logged as a warning that says which address
+    to use, and the member keeps serving."""
+    import socket
+    n = cluster.nodes[0]
+    with socket.create_connection(("127.0.0.1", n.raft_port), timeout=5) as s:
+        s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        while s.recv(4096):   # the member closes the connection
+            pass
+    wait_for(lambda: "HTTP request reached the Raft port" in n.tail(20), 10, "the warning")
+    assert n.ready()
