@@ -336,7 +336,8 @@ def test_shell_script_against_a_follower(cluster, tmp_path):
         "                 name TEXT);",
         "INSERT INTO sh(name) VALUES('a'), ('b')",
         "SELECT id, name FROM sh ORDER BY id;",
-        ".tables", ".schema sh", ".consistency linearizable", ".consistency",
+        "CREATE TABLE _own (x)",
+        ".tables", ".schema sh", ".schema", ".consistency linearizable", ".consistency",
         "SELECT COUNT(*) AS n FROM sh", ".nodes", f".dump {dump}", "SELECT * FROM nope",
         ".bogus", ""])
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -352,6 +353,9 @@ def test_shell_script_against_a_follower(cluster, tmp_path):
     assert "| id | name |" in out and "| 1  | a    |" in out and "| 2  | b    |" in out
     import re
     assert re.search(r"^\| sh +\|$", out, re.M) and "CREATE TABLE sh (id INTEGER PRIMARY KEY," in out
+    # a user's table named with "_" is listed; the node's bookkeeping tables never are
+    assert re.search(r"^\| _own +\|$", out, re.M) and "CREATE TABLE _own (x)" in out
+    assert "_raftsqlite_" not in out
     assert "linearizable\n" in out and "| n |" in out and "| 2 |" in out
     ids = [n["id"] for n in json.loads(http("GET", f"http://{cluster.leader()}/nodes?ver=2")[1])["nodes"]]
     assert all(f"| {i}" in out for i in ids) and len(ids) == 3
