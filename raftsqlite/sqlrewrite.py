@@ -266,6 +266,8 @@ def rewrite(sql, *, now=None, rng=None):
     per request so every statement of it sees the same instant."""
     if not isinstance(sql, str):
         raise StatementRefused(f"statement must be a string, got {type(sql).__name__}")
+    if may_name_schema(sql):
+        sql = hide_internal(sql)   # reads through the log (level=strong, /db/request) too
     if not _maybe(sql):
         return sql
     if INTERNAL_PREFIX in sql.lower():
@@ -401,11 +403,12 @@ def _select_only(st):
 # ORMs and tools list tables by reading sqlite_master (SQLAlchemy's reflection, Alembic's
 # autogenerate, Django's inspectdb, rqlite's own shell's .tables and .schema) or PRAGMA
 # table_list. They would see the node's bookkeeping tables (_raftsqlite_*) and, worse,
-# propose to drop them. So a read naming main.sqlite_master / sqlite_schema as a table reads
-# a subquery without them instead, under the same name or the user's alias, and a bare
-# PRAGMA table_list becomes the same query on pragma_table_list without them. Only reads are
-# rewritten (a write reading sqlite_master is deterministic either way); naming an internal
-# table outright is refused as before.
+# propose to drop them. So a statement naming main.sqlite_master / sqlite_schema as a table
+# reads a subquery without them instead, under the same name or the user's alias, and a bare
+# PRAGMA table_list becomes the same query on pragma_table_list without them. Reads are
+# rewritten where they run (Database.read); statements through the log (writes, level=strong
+# reads, /db/request) in ``rewrite``, before logging, so every member applies the same text.
+# Naming an internal table outright is refused as before.
 _SCHEMA_TABLES = {"sqlite_master", "sqlite_schema"}
 _VISIBLE_SCHEMA = ("(SELECT * FROM main.sqlite_master WHERE tbl_name NOT LIKE "
                    "'\\_raftsqlite\\_%' ESCAPE '\\')")

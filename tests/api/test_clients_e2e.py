@@ -368,3 +368,25 @@ def test_shell_script_against_a_follower(cluster, tmp_path):
     assert "ERR! no such table: nope" in out and "ERR! unknown command .bogus" in out
     ok = shell("SELECT name FROM sh WHERE id = 2\n.exit\nSELECT * FROM nope\n")
     assert ok.returncode == 0 and "| b    |" in ok.stdout and "ERR!" not in ok.stdout
+
+
+@pytest.mark.parametrize("how", ["none", "weak", "linearizable", "strong", "request"])
+def test_schema_listing_never_shows_the_node_tables(cluster, how):
+    """Invariant: listing tables from sqlite_master, whichever path the read takes (a reader
+    connection, or the log at level=strong, or /db/request beside a write), shows the user's
+    tables and none of the node's _raftsqlite_ ones."""
+    import urllib.parse
+    leader = f"http://{cluster.leader()}"
+    st, _ = http("POST", leader + "/db/execute", ["CREATE TABLE IF NOT EXISTS listed (x)"])
+    assert st == 200
+    q = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    if how == "request":
+        st, body = http("POST", leader + "/db/request",
+                        [q, "INSERT INTO listed VALUES (1)"])
+    else:
+        st, body = http("GET", leader + "/db/query?" + urllib.parse.urlencode(
+            {"q": q, "level": how}))
+    assert st == 200, body
+    body = json.loads(body) if isinstance(body, (str, bytes)) else body
+    names = [r[0] for r in body["results"][0]["values"]]
+    assert "listed" in names and not [n for n in names if n.startswith("_raftsqlite_")], names
