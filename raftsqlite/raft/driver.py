@@ -722,8 +722,10 @@ class RaftNode(SnapshotMixin, ReapMixin):
             await self._persist(b, rd)
             return
         except Exception as e:      # noqa: BLE001 - sorted just below
-            if diskerr.classify(e) is None or not self._running:
+            if diskerr.classify(e) is None:
                 raise
+            if not self._running:
+                raise _Stopping() from e
             err = e
         delay = diskerr.RETRY_MIN
         self._log_stuck = True

@@ -18,7 +18,11 @@ import pytest
 from tests.cluster.node_harness import (Cluster, NodeProc, call, execute, free_port,
                                         query, values, wait_for)
 
-TMPFS = "16m"
+TMPFS = "32m"
+# Small log segments (and so small preallocated spares): the follower's log runs out of
+# preallocated room soon after its disk is full, and all of a member's files (log, spares,
+# SQLite and its WAL) stay well inside TMPFS once the filler is gone.
+SEGMENT = ["-raft-opt", "segment_bytes=1048576"]
 
 
 def _tmpfs_prefix(probe_dir):
@@ -119,7 +123,7 @@ def flags(tmp_path_factory):
 def cluster(flags, tmp_path_factory):
     """node1 (the first leader) and node3 on tmpfs data dirs; node2 on the normal disk."""
     work = str(tmp_path_factory.mktemp("diskfull"))
-    c = Cluster(work, n=3, extra=["-min-free-disk", "0"])
+    c = Cluster(work, n=3, extra=["-min-free-disk", "0"] + SEGMENT)
     for i in (0, 2):
         old = c.nodes[i]
         mnt = os.path.join(work, f"mnt{i + 1}")
@@ -196,10 +200,10 @@ def test_follower_disk_full_no_ack_lost_replicas_identical(cluster):
         assert _acked(st, body), (st, body)
         acked.add(i)
     n3.fill()
-    for i in range(11, 131):
+    for i in range(11, 101):
         # small rows first (SQLite runs out), then large ones: the follower's log has
         # preallocated room for a while, then its appends fail too
-        st, body = _insert(lead.http, i, size=2000 if i < 61 else 60000)
+        st, body = _insert(lead.http, i, size=2000 if i < 51 else 60000)
         assert _acked(st, body), (st, body)     # two of three members have room
         acked.add(i)
     err = wait_for(lambda: _status(n3)["store"].get("disk_error"), 15, "node3 disk_error")
@@ -229,6 +233,7 @@ def test_leader_disk_full_refused_clearly_then_new_leader(cluster):
     acknowledged write present."""
     c = cluster
     n1 = c.nodes[0]
+    _wait_all_ready(c)
     if not n1.is_leader():
         st, _ = call(n1.http, "POST", "/leader", {"id": n1.node_id}, timeout=10)
         wait_for(n1.is_leader, 15, "node1 leads")
@@ -279,7 +284,7 @@ def test_min_free_disk_guard_refuses_writes_keeps_reads(flags, tmp_path):
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt)
     n = TmpfsNode(flags, mnt, work, "solo", free_port(), free_port(), (),
-                  ["-min-free-disk", "6MB"])
+                  ["-min-free-disk", "6MB"] + SEGMENT)
     n.start()
     try:
         wait_for(n.ready, 30, "solo ready")
