@@ -149,8 +149,8 @@ def test_sqlite_full_is_never_a_statement_result(tmp_path):
     pages = b.db.internal("PRAGMA page_count")[0][0]
     b.db.internal(f"PRAGMA max_page_count={pages}")   # no room to grow: SQLITE_FULL
     big = "x" * 50_000
-    entries = [ex(3, req(("INSERT INTO t VALUES (?)", [big])),
-                  req(("INSERT INTO t VALUES (?)", [None])), req(("INSERT INTO t VALUES (?)", ["y"])))]
+    ins = "INSERT INTO t VALUES (?)"
+    entries = [ex(3, req((ins, [big])), req((ins, [None])), req((ins, ["y"])))]
     want = a.apply(entries)
     assert "NOT NULL" in _strip(want[0])[1][0]["error"]
     with pytest.raises(Exception) as ei:
