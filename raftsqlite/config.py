@@ -130,6 +130,15 @@ class NodeConfig(_Help):
     http_allow_origin: str = _f("", "Access-Control-Allow-Origin value sent on every HTTP "
                                     "response, and CORS preflight (OPTIONS) answered "
                                     "('' = off; rqlite's -http-allow-origin).")
+    # -- rqlite's queued-write flags (-write-queue-*); None keeps HTTPConfig's default
+    http_queue_capacity: int = _f(None, "Queued-write requests held before `queue` answers "
+                                        "503 (rqlite's -write-queue-capacity).")
+    http_queue_batch: int = _f(None, "Most statements per queued batch (rqlite's "
+                                     "-write-queue-batch-size).")
+    http_queue_interval: float = _f(None, "Seconds a queued write waits for more to batch "
+                                          "with (rqlite's -write-queue-timeout).")
+    http_queue_tx: bool = _f(None, "Write each queued batch in one transaction (rqlite's "
+                                   "-write-queue-tx).")
 
     def __post_init__(self):
         if self.store is None:
