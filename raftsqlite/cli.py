@@ -203,6 +203,9 @@ def _add_rqlite_flags(p, flag):
                    action="store_false", help=argparse.SUPPRESS)
     flag("raft-log-level", dest="raft_log_level", default=None, metavar="LEVEL",
          help="log level of the Raft engine alone: DEBUG, INFO, WARN, ERROR (rqlite)")
+    flag("auto-vacuum-int", dest="auto_vacuum_int", type=_duration, default=0.0,
+         metavar="DURATION", help="the group's leader runs VACUUM through the log this often, "
+                                  "e.g. 24h (rqlite; default: 0, never)")
     flag("write-queue-capacity", dest="write_queue_capacity", type=int, default=None,
          metavar="N", help="queued-write requests held before ?queue answers 503 "
                            "(rqlite; default 1024)")
@@ -286,6 +289,7 @@ def _rqlite_settings(args, argv):
                bootstrap_expect=args.bootstrap_expect,
                bootstrap_expect_timeout=parse_duration(args.bootstrap_expect_timeout,
                                                        "-bootstrap-expect-timeout"))
+    out["auto_vacuum_interval"] = args.auto_vacuum_int
     if args.write_queue_capacity is not None:
         out["http_queue_capacity"] = args.write_queue_capacity
     if args.write_queue_batch_size is not None:

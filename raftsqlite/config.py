@@ -130,6 +130,9 @@ class NodeConfig(_Help):
     http_allow_origin: str = _f("", "Access-Control-Allow-Origin value sent on every HTTP "
                                     "response, and CORS preflight (OPTIONS) answered "
                                     "('' = off; rqlite's -http-allow-origin).")
+    auto_vacuum_interval: float = _f(0.0, "Seconds between VACUUMs the group's leader runs "
+                                          "through the log (0 = never; rqlite's "
+                                          "-auto-vacuum-int; auto_vacuum.py).")
     # -- rqlite's queued-write flags (-write-queue-*); None keeps HTTPConfig's default
     http_queue_capacity: int = _f(None, "Queued-write requests held before `queue` answers "
                                         "503 (rqlite's -write-queue-capacity).")
@@ -162,6 +165,8 @@ class NodeConfig(_Help):
         if self.shard and not all(c.isalnum() or c in "-_." for c in self.shard):
             raise ConfigError(f"shard name must be letters, digits, '-', '_' or '.', "
                               f"got {self.shard!r}")
+        if self.auto_vacuum_interval < 0:
+            raise ConfigError("auto_vacuum_interval must be >= 0 (0 = off)")
         if self.reap_node_timeout < 0 or self.reap_read_only_node_timeout < 0:
             raise ConfigError("reap timeouts must be >= 0 (0 = never reap)")
         if any(c in self.http_allow_origin for c in "\r\n\0"):
