@@ -139,6 +139,7 @@ class Node:
         self._server = None
         self._join_task = None
         self._record_task = None
+        self.auto_vacuum = None
         self._started = False
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -193,6 +194,10 @@ class Node:
                     self._join_quietly(join))
         if cfg.shard and cfg.shard != "default":
             await self.sharding.register_member(shard_new)
+        if cfg.auto_vacuum_interval:
+            from raftsqlite.auto_vacuum import AutoVacuum
+            self.auto_vacuum = AutoVacuum(self, cfg.auto_vacuum_interval)
+            self.auto_vacuum.start()
 
     async def _serve_http(self):
         from raftsqlite.http.app import create_app, start_server
@@ -233,6 +238,8 @@ class Node:
             await asyncio.sleep(0.05 if once else 1.0)
 
     async def stop(self):
+        if self.auto_vacuum is not None:
+            await self.auto_vacuum.stop()
         if self._record_task is not None:
             self._record_task.cancel()
         if self._join_task is not None:
@@ -368,6 +375,8 @@ class Node:
         s = self.store.stats()
         s["sharding"] = self.sharding.stats()
         s["group_settings"] = s["fsm"].pop("group_settings", None)
+        if self.auto_vacuum is not None:
+            s["auto_vacuum"] = self.auto_vacuum.stats()
         s["node"] = {"node_id": self.config.node_id, "shard": self.config.shard,
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
