@@ -24,9 +24,10 @@ import apsw
 from raftsqlite import db_ckpt
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
-from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
-                                 run_many_unreported, run_statement)
+from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, raise_disk_error, run_many,
+                                 run_many_recorded, run_many_unreported, run_statement)
 from raftsqlite.db_shapes import CONN_FUNCTIONS, insert_shape, quote_ident
+from raftsqlite.sqlrewrite import hide_internal, may_name_schema
 
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
@@ -411,7 +412,8 @@ class Database:
             conn = self.writer
             try:
                 shape.insert(conn, rows)
-            except (apsw.Error, *_BAD_PARAMS):
+            except (apsw.Error, *_BAD_PARAMS) as e:
+                raise_disk_error(e)
                 return True if conn.in_transaction else None
             self.stats_counters["multirow_runs"] += 1
             return False if conn.in_transaction else None
@@ -454,7 +456,8 @@ class Database:
             ok = (conn.total_changes() - before == n and conn.last_insert_rowid() == last
                   and self.internal(f"SELECT max(rowid) FROM {quote_ident(shape.table)}")
                   == [(last,)])
-        except (apsw.Error, *_BAD_PARAMS):
+        except (apsw.Error, *_BAD_PARAMS) as e:
+            raise_disk_error(e)
             ok = False
         if not conn.in_transaction:
             return None     # a row ended the transaction (the caller re-runs the batch)
@@ -504,6 +507,8 @@ class Database:
                 access.internal = internal
             try:
                 for sql, params in statements:
+                    if not internal and may_name_schema(sql):
+                        sql = hide_internal(sql)   # the node's tables stay out of sight
                     r = run_statement(conn, sql, params, self.max_result_bytes)
                     if "error" in r:
                         self.stats_counters["read_errors"] += 1

@@ -10,7 +10,7 @@ from itertools import islice
 
 import apsw
 
-from raftsqlite.db_shapes import INTERNAL_PREFIX, STATE_PRAGMAS
+from raftsqlite.db_shapes import INTERNAL_PREFIX, STATE_PRAGMAS, fill_types
 
 # Pragmas a user statement may not run: they change durability or the file format
 # underneath replication, or let SQL rewrite the schema table directly.
@@ -109,6 +109,20 @@ def error_message(exc: BaseException) -> str:
     return msg or type(exc).__name__
 
 
+# SQLITE_FULL and SQLITE_IOERR say the disk is full or failing: never a statement's result
+# (another member may run the same statement fine, so an error result on this one would
+# make the replicas differ). They propagate as DiskFull / DiskError instead: the apply is
+# undone and retried by the Raft driver, a read answers HTTP 507 / 503.
+_DISK_ERRORS = (apsw.FullError, apsw.IOError)
+
+
+def raise_disk_error(e):
+    """Raise ``e`` as the project's disk error if it is one (call in an ``except``)."""
+    if isinstance(e, _DISK_ERRORS):
+        from raftsqlite.raft.diskerr import classify
+        raise classify(e) from e
+
+
 # A missing named parameter raises KeyError from apsw; it must be a statement error
 # (the same on every replica), never an exception out of apply, which fail-stops a node.
 _BAD_PARAMS = (TypeError, ValueError, OverflowError, KeyError, IndexError)
@@ -202,18 +216,13 @@ def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
         else:
             rows = cur.fetchall()
     except apsw.Error as e:
+        raise_disk_error(e)
         return {"error": error_message(e), "time": time.perf_counter() - t0}
     except _BAD_PARAMS as e:
         return {"error": _bad_param(e), "time": time.perf_counter() - t0}
     if desc is not None:
         columns = [d[0] for d in desc]
-        types = [(d[1] or "").lower() for d in desc]
-        if rows and "" in types:
-            # rqlite's rule: no declared type -> the first row's storage class
-            first = rows[0]
-            for i, t in enumerate(types):
-                if not t:
-                    types[i] = _storage_class(first[i])
+        types = fill_types([(d[1] or "").lower() for d in desc], rows)
         return {"columns": columns, "types": types, "values": [list(r) for r in rows],
                 "time": time.perf_counter() - t0}
     changed = conn.total_changes() - before
@@ -268,6 +277,7 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
             # apsw takes None as "no bindings", the same as leaving the argument out
             execute(sql, params)
         except apsw.Error as e:
+            raise_disk_error(e)
             r = {"error": error_message(e), "time": clock() - t0}
             append(r)
             if not conn.in_transaction:
@@ -317,18 +327,9 @@ def run_many_unreported(conn, sql, rows):
     statement ended the transaction."""
     try:
         conn.cursor().executemany(sql, rows)
-    except (apsw.Error, *_BAD_PARAMS):
+    except (apsw.Error, *_BAD_PARAMS) as e:
+        raise_disk_error(e)
         return True if conn.in_transaction else None
     return False if conn.in_transaction else None
 
 
-def _storage_class(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "real"
-    if isinstance(v, str):
-        return "text"
-    return "blob"

@@ -133,12 +133,18 @@ class Store(StoreAdmin):
 
     def ready(self) -> bool:
         """A leader is known and this node has applied what it knew to be committed."""
-        if not self.raft.leader_id or getattr(self.raft, "failed", None) or self.removed():
+        if not self.raft.leader_id or getattr(self.raft, "failed", None) or self.removed() \
+                or self.disk_error():
             return False
         if self.ready_check is not None and not self.ready_check():
             return False
         return self.fsm.applied_index() >= min(self.raft.commit_index,
                                                self.raft.last_log_index)
+
+    def disk_error(self):
+        """The disk error this node is retrying (its Raft log or SQLite cannot be
+        written: full or failing), or None. diskerr.py."""
+        return getattr(self.raft, "disk_error", None)
 
     def removed(self):
         """Why this node believes it is no longer a member of its group (reaped, or
@@ -474,7 +480,7 @@ class Store(StoreAdmin):
         if level == "strong":
             self._require_leader()
             reads = [st if sqlrewrite.is_read_only(st.sql) else None for st in stmts]
-            runnable = [st for st in reads if st is not None]
+            runnable = [_schema_hidden(st) for st in reads if st is not None]
             g = bytes(guard) if guard is not None else None
             res = await self._propose_one(
                 Command(CommandType.QUERY, [Request(runnable, bool(transaction), None, g)],
@@ -652,6 +658,7 @@ class Store(StoreAdmin):
             "is_leader": self.is_leader(),
             "ready": self.ready(),
             "removed": self.removed(),
+            "disk_error": self.disk_error(),
             "fsm_index": self.fsm.applied_index(),
             "db_applied_index": self.fsm.applied_index(),
             "sqlite3": {"path": self.db.path, "size": self.db.file_size(),
@@ -706,6 +713,17 @@ def _request_size(statements):
         rows = statements.rows
         return len(statements.sql) + 16 * len(rows) * (len(rows[0]) if rows else 0)
     return sum(len(s.sql) + 16 * (len(s.params) if s.params else 0) for s in statements)
+
+
+def _schema_hidden(st):
+    """A strong read runs in the log on every member's writer, where ``Database.read``'s
+    rewrite does not reach: the node's tables are left out of sqlite_master here, before
+    logging (sqlrewrite.hide_internal)."""
+    if sqlrewrite.may_name_schema(st.sql):
+        sql = sqlrewrite.hide_internal(st.sql)
+        if sql is not st.sql:
+            return Statement(sql, st.params)
+    return st
 
 
 def _raise_guard_refusal(r):
