@@ -395,6 +395,9 @@ def test_sealed_spare_is_trimmed_and_untrimmed_tail_accepted(tmp_path):
     lg, ents = in_spare(tmp_path)
     i = 81
     while lg.stats()["segments_from_spare"] < 2:
+        # the spare is prepared in the idle I/O class: under other I/O it may take a while,
+        # and without it the log would rotate into a plain segment
+        assert lg.wait_spare(20)
         batch = [mk(j, 3, 1000) for j in range(i, i + 5)]
         lg.persist(None, batch)
         ents += batch
