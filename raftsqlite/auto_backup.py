@@ -283,15 +283,21 @@ class FileTarget:
                     pass
 
     def latest(self):
-        """The backup to restore: ``dir/file`` when it exists, else the one METADATA.json
-        names (backups written with timestamped names), else None."""
+        """The backup to restore: ``dir/file`` when it exists; else the one METADATA.json
+        names when ``file`` is empty or that name is ``file`` with a timestamp prefix
+        (backups written with ``"timestamp": true``); else None."""
         if self.file:
             p = os.path.join(self.dir, self.file)
             if os.path.exists(p):
                 return p
         md = self.metadata()
         p = self.resolve(md.get("name")) if md else None
-        return p if p and os.path.exists(p) else None
+        if not p or not os.path.exists(p):
+            return None
+        base = os.path.basename(p)
+        if self.file and not (base.endswith("_" + self.file) and base[:14].isdigit()):
+            return None
+        return p
 
 
 class _Stopped(Exception):
@@ -495,8 +501,10 @@ def _fetch(cfg: RestoreConfig, dest):
     src = target.latest()
     if src is None:
         named = os.path.join(cfg.dir, cfg.file) if cfg.file else None
-        raise RaftSQLiteError(f"no backup found: {named + ' does not exist and ' if named else ''}"
-                              f"{target.meta_path} names no existing file")
+        raise RaftSQLiteError(
+            f"no backup found: {named + ' does not exist and ' if named else ''}"
+            f"{target.meta_path} names no existing "
+            f"{'timestamped copy of it' if named else 'file'}")
     with open(src, "rb") as f:
         gz = f.read(2) == GZIP_MAGIC
     try:
