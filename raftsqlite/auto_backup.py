@@ -47,6 +47,7 @@ METADATA = "METADATA.json"
 TMP_PREFIX = ".auto-backup-"
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
+BACKUP_NICE = 10            # the backup thread's niceness (a background job)
 FLUSH_BYTES = 8 << 20       # fdatasync a copy this often: no GB of writeback at the end
 
 
@@ -367,7 +368,8 @@ class AutoBackup:
                 except OSError:
                     pass
         # its own thread: a long copy never waits behind, nor delays, /db/backup and loads
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="raftsqlite-auto-backup")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="raftsqlite-auto-backup",
+                                        initializer=_lower_priority)
         self._task = asyncio.get_running_loop().create_task(self._run())
         log.info("auto-backup to %s every %gs (%s)", self.target, self.cfg.interval,
                  "leader only")
@@ -485,6 +487,16 @@ class AutoBackup:
                 "skipped_unchanged": c["skipped_same_index"] + c["skipped_same_content"],
                 **c, "last_error": self.last_error,
                 "last_error_time": _iso(self.last_error_time)}
+
+
+def _lower_priority():
+    """The backup thread yields the CPU to the event loop and the apply thread (Linux
+    lets one thread of a process be niced); best effort elsewhere."""
+    try:
+        import threading
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKUP_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 def _iso(t):
