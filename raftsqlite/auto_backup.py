@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from raftsqlite.config import parse_duration
-from raftsqlite.errors import ConfigError, RaftSQLiteError
+from raftsqlite.errors import ConfigError, LeaderNotFound, NotLeader, RaftSQLiteError
 
 log = logging.getLogger("raftsqlite.auto_backup")
 
@@ -411,7 +411,11 @@ class AutoBackup:
             # A new leader may not have applied all its predecessor committed; a copy
             # taken now could be older than the last backup. Once its barrier applies,
             # everything committed before it is in its database.
-            await store.barrier(timeout=max(10.0, self.cfg.interval))
+            try:
+                await store.barrier(timeout=max(10.0, self.cfg.interval))
+            except (NotLeader, LeaderNotFound):
+                self.counters["skipped_not_leader"] += 1
+                return "not_leader"
             self._barrier_term = term
         index = self.node.fsm.applied_index()
         if index == self._last_index:

@@ -177,3 +177,61 @@ def test_restore_fetch_gzip_and_plain_and_corrupt(tmp_path):
         ab._fetch(ab.RestoreConfig(dir=str(d), file="junk.sqlite"), out)
     with pytest.raises(Exception, match="no backup found"):
         ab._fetch(ab.RestoreConfig(dir=str(d), file="missing.sqlite"), out)
+
+
+class _FakeStore:
+    def __init__(self):
+        self.leader = True
+        self.barriers = 0
+
+    def is_leader(self):
+        return self.leader
+
+    async def barrier(self, timeout=None):
+        self.barriers += 1
+
+
+def _node(tmp_path, shard=""):
+    from types import SimpleNamespace
+    from raftsqlite.db import Database
+    from raftsqlite.fsm import FSM
+    (tmp_path / "data").mkdir()
+    db = Database(str(tmp_path / "data" / "db.sqlite"))
+    fsm = FSM(db)
+    cfg = SimpleNamespace(shard=shard, data_dir=str(tmp_path / "data"), node_id="n1")
+    return SimpleNamespace(config=cfg, db=db, fsm=fsm, store=_FakeStore(),
+                           raft=SimpleNamespace(term=1))
+
+
+def test_service_shard_prefix_skip_and_upload(tmp_path):
+    """A shard group's leader writes <shard>_<file> and <shard>_METADATA.json; a second
+    run with the same content (applied index moved or not) writes nothing; a follower
+    writes nothing; a changed row is written again."""
+    import asyncio
+    node = _node(tmp_path, shard="s1")
+    cfg = ab.BackupConfig(interval=1.0, dir=str(tmp_path / "bk"), file="b.sqlite")
+    svc = ab.AutoBackup(node, cfg)
+
+    async def run():
+        svc.start()
+        try:
+            node.db.internal("CREATE TABLE t(x)")
+            node.db.internal("INSERT INTO t VALUES (1)")
+            assert await svc.tick() == "uploaded"
+            assert await svc.tick() == "same_index"
+            node.fsm._applied += 1          # a no-op entry: index moves, rows do not
+            assert await svc.tick() == "same_content"
+            node.store.leader = False
+            assert await svc.tick() == "not_leader"
+            node.store.leader = True
+            node.db.internal("UPDATE t SET x = 2")
+            node.fsm._applied += 1
+            assert await svc.tick() == "uploaded"
+        finally:
+            await svc.stop()
+    asyncio.run(run())
+    assert sorted(os.listdir(tmp_path / "bk")) == ["s1_METADATA.json", "s1_b.sqlite"]
+    s = svc.stats()
+    assert (s["backups_ok"], s["skipped_unchanged"], s["skipped_not_leader"]) == (2, 2, 1)
+    assert node.store.barriers == 2     # once per term led (leadership was lost between)
+    node.db.close()
