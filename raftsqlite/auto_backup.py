@@ -47,6 +47,9 @@ METADATA = "METADATA.json"
 TMP_PREFIX = ".auto-backup-"
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
+# gzip level 1: on table data it took a sixth of level 6's CPU for ~6% more bytes (29 MB
+# of digits: 0.26 s -> 14.4 MB against 1.53 s -> 13.6 MB), and the CPU is the node's
+GZIP_LEVEL = 1
 BACKUP_NICE = 10            # the backup thread's niceness (a background job)
 FLUSH_BYTES = 8 << 20       # fdatasync a copy this often: no GB of writeback at the end
 
@@ -311,7 +314,7 @@ def _copy_out(src, dest, compress, stopping):
     written = 0
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with open(fd, "wb", closefd=True) as raw, open(src, "rb") as inp:
-        out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) \
+        out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) \
             if compress else raw
         pending = 0
         while True:
