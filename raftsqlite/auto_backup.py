@@ -361,6 +361,7 @@ class AutoBackup:
         self.last = {}
         self.last_error = None
         self.last_error_time = None
+        self.last_outcome = None
 
     def start(self):
         os.makedirs(self.tmp_dir, exist_ok=True)
@@ -392,10 +393,11 @@ class AutoBackup:
         while not self._stopping:
             await asyncio.sleep(self.cfg.interval)
             try:
-                await self.tick()
+                self.last_outcome = await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - report, keep the schedule
+                self.last_outcome = "failed"
                 self.counters["backups_failed"] += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.last_error_time = time.time()
@@ -485,6 +487,9 @@ class AutoBackup:
                 "metadata": self.target.meta_path, "interval": self.cfg.interval,
                 "compress": not self.cfg.no_compress, "vacuum": self.cfg.vacuum,
                 "timestamp": self.cfg.timestamp, "leader_only": True,
+                # the last scheduled run: uploaded, same_index, same_content, not_leader,
+                # failed (last_error says why)
+                "last_outcome": self.last_outcome,
                 "last_backup_time": last.get("time"),
                 "last_backup_time_iso": _iso(last.get("time")),
                 "last_backup_id": last.get("id"), "last_backup_name": last.get("name"),
