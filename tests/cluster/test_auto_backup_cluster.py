@@ -169,9 +169,16 @@ def test_bad_configs_stop_the_node(env):
         finally:
             n.kill()
         assert n.proc.returncode != 0 and needle in n.tail(), n.tail()
-        # nothing was bootstrapped: a later start with a fixed config may still restore
-        assert not os.path.exists(os.path.join(n.data, "raft", "log")) or \
-            not os.listdir(os.path.join(n.data, "raft", "log"))
+    # the failed restore formed no group: started again with a good file, it restores
+    good = _write(os.path.join(wd, "good.json"), {"version": 1, "type": "file",
+                                                  "sub": {"dir": bdir, "file": ""}})
+    n.extra = ["-auto-restore", good]
+    try:
+        n.start(n.argv())
+        wait_for(n.ready, 30, "bad2 started again")
+        assert n.status()["auto_restore"]["outcome"] == "restored"
+    finally:
+        n.kill()
     ok = _write(os.path.join(wd, "cont.json"), {"version": 1, "type": "file",
                                                 "sub": {"dir": bdir, "file": "nope.sqlite"},
                                                 "continue_on_failure": True})
