@@ -21,7 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tests.cluster.node_harness import NodeProc, call, execute, wait_for  # noqa: E402
+from tests.cluster.node_harness import NodeProc, execute, wait_for  # noqa: E402
 from raftsqlite.testing.procs import free_port  # noqa: E402
 
 

@@ -69,7 +69,8 @@ def test_backup_written_skipped_when_unchanged_rewritten_after_write(env):
     cl, wd, bdir = env
     lead = cl.leader()
     st, body = execute(lead.http, ["CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
-                                   "INSERT INTO t VALUES (1, 'one')", "INSERT INTO t VALUES (2, 'two')"])
+                                   "INSERT INTO t VALUES (1, 'one')",
+                                   "INSERT INTO t VALUES (2, 'two')"])
     assert st == 200 and all("error" not in r for r in body["results"]), body
     md = wait_for(lambda: (m := _meta(bdir)) and os.path.exists(m["name"])
                   and _rows_in_backup(m["name"], wd) == [(1, "one"), (2, "two")] and m,
