@@ -147,6 +147,7 @@ class Node:
         self._server = None
         self._join_task = None
         self._record_task = None
+        self.auto_vacuum = None
         self._started = False
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -209,6 +210,10 @@ class Node:
                     self._join_quietly(join))
         if cfg.shard and cfg.shard != "default":
             await self.sharding.register_member(shard_new)
+        if cfg.auto_vacuum_interval:
+            from raftsqlite.auto_vacuum import AutoVacuum
+            self.auto_vacuum = AutoVacuum(self, cfg.auto_vacuum_interval)
+            self.auto_vacuum.start()
 
     def _start_auto_backup(self):
         if self.auto_backup is not None:
@@ -255,6 +260,8 @@ class Node:
     async def stop(self):
         if self.auto_backup is not None:
             await self.auto_backup.stop()
+        if self.auto_vacuum is not None:
+            await self.auto_vacuum.stop()
         if self._record_task is not None:
             self._record_task.cancel()
         if self._join_task is not None:
@@ -390,6 +397,8 @@ class Node:
         s = self.store.stats()
         s["sharding"] = self.sharding.stats()
         s["group_settings"] = s["fsm"].pop("group_settings", None)
+        if self.auto_vacuum is not None:
+            s["auto_vacuum"] = self.auto_vacuum.stats()
         s["node"] = {"node_id": self.config.node_id, "shard": self.config.shard,
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
