@@ -119,10 +119,27 @@ def build_parser():
     flag("auto-restore", dest="auto_restore", default="", metavar="FILE",
          help="JSON file (rqlite's format, type \"file\"): a node started with an empty "
               "data directory that forms a new group first loads that backup")
+    flag("min-free-disk", dest="min_free_disk", type=_bytes, default=None, metavar="BYTES",
+         help="free space the data dir's disk must keep: below it the leader refuses new "
+              "writes (HTTP 507) before the disk is full, e.g. 64MB, 1GB, 0 = off "
+              "(default: 64MB; docs/operations.md \"Disk full and I/O errors\")")
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     _add_rqlite_flags(p, flag)
     return p
+
+
+def _bytes(text):
+    """A byte count: 1048576, 64MB, 64MiB, 1G (powers of 1024, as etcd's quota)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return n
 
 
 def _duration(text):
@@ -331,6 +348,8 @@ def config_from_args(argv=None) -> NodeConfig:
         if not sep or not name:
             raise ConfigError(f"-raft-opt wants NAME=VALUE, got {opt!r}")
         overrides.append((name.strip(), _parse_value(value.strip())))
+    if args.min_free_disk is not None and all(n != "min_free_disk" for n, _ in overrides):
+        overrides.append(("min_free_disk", args.min_free_disk))
     overrides = _rqlite_raft_overrides(args, overrides)
     if args.raft_log_level and args.raft_log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"-raft-log-level takes one of {', '.join(sorted(_LOG_LEVELS))}, "

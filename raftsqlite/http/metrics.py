@@ -176,6 +176,14 @@ def _raft(exp, node, stats, group):
     gauge("raftsqlite_raft_failed", "1 if the Raft member stopped after a failed log "
           "write or apply (fail-stop); it acknowledges nothing until restarted.",
           int(bool(r.get("failed"))))
+    gauge("raftsqlite_disk_error", "1 while a write to this node's disk (Raft log or "
+          "SQLite) fails and is being retried: disk full or an I/O error.",
+          int(bool(r.get("disk_error"))))
+    c("raftsqlite_disk_errors_total", "Failed attempts to write the disk (log, apply, "
+      "snapshot), each retry counted.", r.get("disk_errors_total"))
+    gauge("raftsqlite_disk_writes_refused", "1 while this node refuses new writes for its "
+          "disk (an error, or free space below -min-free-disk).",
+          int(bool(r.get("writes_refused"))))
     gauge("raftsqlite_raft_commit_index", "Highest log index known committed.", r.get("commit"))
     gauge("raftsqlite_raft_applied_index", "Highest log index applied to SQLite.",
           r.get("applied"))
