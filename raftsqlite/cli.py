@@ -112,6 +112,13 @@ def build_parser():
     flag("http-allow-origin", dest="http_allow_origin", default="", metavar="ORIGIN",
          help="value of the Access-Control-Allow-Origin header on every HTTP response; "
               "OPTIONS (CORS preflight) is answered 200 (default: off)")
+    # -- autobk9: rqlite's automatic backups, "file" storage (docs/operations.md) --
+    flag("auto-backup", dest="auto_backup", default="", metavar="FILE",
+         help="JSON file (rqlite's format, type \"file\"): the group's leader writes a "
+              "backup into a directory every interval when the data changed")
+    flag("auto-restore", dest="auto_restore", default="", metavar="FILE",
+         help="JSON file (rqlite's format, type \"file\"): a node started with an empty "
+              "data directory that forms a new group first loads that backup")
     flag("min-free-disk", dest="min_free_disk", type=_bytes, default=None, metavar="BYTES",
          help="free space the data dir's disk must keep: below it the leader refuses new "
               "writes (HTTP 507) before the disk is full, e.g. 64MB, 1GB, 0 = off "
@@ -365,6 +372,7 @@ def config_from_args(argv=None) -> NodeConfig:
                      reap_read_only_node_timeout=args.reap_read_only_node_timeout,
                      cluster_remove_shutdown=args.cluster_remove_shutdown, **extra,
                      foreign_keys=args.foreign_keys, http_allow_origin=args.http_allow_origin,
+                     auto_backup=args.auto_backup, auto_restore=args.auto_restore,
                      extensions_path=tuple(p.strip() for p in args.extensions_path.split(",")
                                            if p.strip()))
     if not cfg.voter and not cfg.join:

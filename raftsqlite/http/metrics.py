@@ -463,6 +463,25 @@ def _sharding(exp, node, stats, group):
                   len(getattr(reb, "finished", {}) or {}))
 
 
+def _auto_backup(exp, stats, group):
+    ab = stats.get("auto_backup")
+    if not ab:
+        return
+    g = {"group": group}
+    exp.counter("raftsqlite_auto_backups_total", "Automatic backups (-auto-backup) by "
+                "outcome: written, failed, skipped because nothing changed.", samples=[
+                    (dict(g, outcome="ok"), _num(ab.get("backups_ok"))),
+                    (dict(g, outcome="failed"), _num(ab.get("backups_failed"))),
+                    (dict(g, outcome="skipped_same_index"), _num(ab.get("skipped_same_index"))),
+                    (dict(g, outcome="skipped_same_content"),
+                     _num(ab.get("skipped_same_content")))])
+    exp.counter("raftsqlite_auto_backup_bytes_total", "Bytes of automatic backups written.",
+                samples=[(g, _num(ab.get("bytes_total")))])
+    exp.gauge("raftsqlite_auto_backup_last_time_seconds", "Unix time of the last automatic "
+              "backup this node wrote (0 = none yet).",
+              samples=[(g, _num(ab.get("last_backup_time") or 0))])
+
+
 def render_metrics(ctx):
     """The whole exposition for the node behind ``ctx`` (an ``AppContext``)."""
     hm = ctx.http_metrics if getattr(ctx, "http_metrics", None) is not None \
@@ -479,6 +498,7 @@ def render_metrics(ctx):
                      ("sqlite", lambda: _sqlite(exp, node, stats)),
                      ("http", lambda: _http(exp, ctx, hm)),
                      ("sharding", lambda: _sharding(exp, node, stats, group)),
+                     ("auto_backup", lambda: _auto_backup(exp, stats, group)),
                      ("process", lambda: write_process(exp, ctx.started_wall))):
         try:
             fn()

@@ -88,8 +88,8 @@ class DiskMixin:
         if err is not None:
             if self._pending:
                 exc = errors.OutcomeUnknown(
-                    f"{err}: the write was not acknowledged by this node's disk; it may "
-                    f"still be applied if the other members commit it")
+                    f"{err}: this node cannot finish the write now; it may still be "
+                    f"applied (by the other members, or here once the disk recovers)")
                 pend, self._pending = self._pending, {}
                 for _, f in pend.values():
                     if not f.done():

@@ -328,3 +328,19 @@ def test_snapshot_and_compaction_without_room_keep_the_old_ones(tmp_path):
         assert node.stats()["failed"] is None and fsm.data[b"after"] == b"1"
         await node.stop()
     run(main())
+
+
+def test_min_free_disk_flag():
+    """-min-free-disk takes a byte count with K/M/G suffixes (powers of 1024) into the
+    Raft settings; an explicit -raft-opt min_free_disk wins; a bad value is refused."""
+    from raftsqlite.cli import config_from_args
+    from raftsqlite.raft.config import RaftConfig
+
+    def opt(argv):
+        return dict(config_from_args(argv)[0].raft_overrides).get("min_free_disk")
+    assert opt([]) is None and RaftConfig.min_free_disk == 64 << 20
+    assert opt(["-min-free-disk", "128MB"]) == 128 << 20
+    assert opt(["-min-free-disk", "0"]) == 0
+    assert opt(["-min-free-disk", "1G", "-raft-opt", "min_free_disk=5"]) == 5
+    with pytest.raises(SystemExit):
+        config_from_args(["-min-free-disk", "lots"])
