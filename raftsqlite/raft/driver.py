@@ -424,12 +424,7 @@ class RaftNode(SnapshotMixin, ReapMixin, DiskMixin):
             return
         self._tick_handle = self._loop.call_later(self.config.tick_interval, self._on_tick)
         if trace.ON:
-            # a tick that ran late is a loop that was blocked (or starved of a core)
-            now = time.monotonic_ns()
-            due = getattr(self, "_tick_due", 0)
-            if due and now - due > 3_000_000:
-                trace.span("loop_late", due)
-            self._tick_due = now + int(self.config.tick_interval * 1e9)
+            trace.tick(self.config.tick_interval)
         if self.config.min_free_disk and self._loop.time() >= self._space_at:
             self._space_at = self._loop.time() + 1.0
             self._check_space()
@@ -825,7 +820,7 @@ class RaftNode(SnapshotMixin, ReapMixin, DiskMixin):
                 self._stats["inline_undone"] += 1
             self._apply_queued = chunk[-1].index
             fut = self._in(self._apply_exec, self._apply_retrying if not trace.ON
-                           else _traced_apply(self._apply_retrying), chunk)
+                           else trace.traced_apply(self._apply_retrying), chunk)
             fut.add_done_callback(lambda f, c=chunk: self._on_applied(c, f))
 
     def _on_applied(self, entries, fut):
@@ -871,16 +866,6 @@ class RaftNode(SnapshotMixin, ReapMixin, DiskMixin):
                 (not self._snap_retry_at or self._loop.time() >= self._snap_retry_at):
             self._snapshotting = True
             self._loop.create_task(self._take_snapshot())
-
-
-def _traced_apply(apply):
-    def run(chunk):
-        t0 = time.monotonic_ns()
-        try:
-            return apply(chunk)
-        finally:
-            trace.span(f"apply:{len(chunk)}:{sum(len(e.data) for e in chunk)}", t0)
-    return run
 
 
 def _settle(fut):

@@ -63,6 +63,31 @@ def span(name, t0):
     mark(f"ev:{name}:{t0}")
 
 
+_tick_due = [0]
+
+
+def tick(interval):
+    """Called by every Raft tick: one that ran more than 3 ms late means the loop was
+    blocked (or had no core) that long; stamped as ``loop_late``. One clock per process:
+    a member process runs one node."""
+    now = monotonic_ns()
+    due = _tick_due[0]
+    if due and now - due > 3_000_000:
+        span("loop_late", due)
+    _tick_due[0] = now + int(interval * 1e9)
+
+
+def traced_apply(apply):
+    """``apply`` (entries -> results) that stamps each call as ``apply:<n>:<bytes>``."""
+    def run(chunk):
+        t0 = monotonic_ns()
+        try:
+            return apply(chunk)
+        finally:
+            span(f"apply:{len(chunk)}:{sum(len(e.data) for e in chunk)}", t0)
+    return run
+
+
 _gc_t0 = [0]
 
 
