@@ -19,7 +19,7 @@ op's arguments, chosen once by the proposer.
 """
 import orjson
 
-from raftsqlite.errors import BadRequest, CoordinatorFenced, NotFound, RaftSQLiteError
+from raftsqlite.errors import BadRequest, Conflict, CoordinatorFenced, NotFound, RaftSQLiteError
 from raftsqlite.sharding import keyspace as ks
 
 DEFAULT_GROUP = "default"
@@ -177,6 +177,26 @@ class Catalog:
         g = self._group(a["group"])
         self.groups[g]["members"].pop(a["node_id"], None)
 
+    def _op_sync_members(self, a):
+        """A group's leader reports its Raft configuration (``members``, as of log index
+        ``conf_index`` of that group): the member list becomes exactly it, so removed,
+        reaped and departed members stop being listed (routers and GET /shards use it).
+        A report older than the last one applied (a deposed leader's, arriving late) is
+        ignored: configurations only move forward in a group's log."""
+        g = self._group(a["group"])
+        idx = int(a["conf_index"])
+        grp = self.groups[g]
+        if idx < grp.get("conf_index", 0):
+            return {"group": g, "stale": True}
+        ms = a["members"]
+        if not ms:
+            raise BadRequest("a group's configuration has at least one member")
+        grp["members"] = {}
+        for m in ms:
+            self._set_member(g, m)
+        grp["conf_index"] = idx
+        return {"group": g, "members": sorted(grp["members"])}
+
     # tables ---------------------------------------------------------------------------
     def _op_register_table(self, a):
         t = _name(a["table"], "table_name").lower()
@@ -239,13 +259,37 @@ class Catalog:
             rec["create_sql"] = a["create_sql"]
         self.schema_version += 1
 
+    def _moving(self, cname):
+        return sorted(m["id"] for m in self.moves.values()
+                      if m["colocation"] == cname and m["phase"] not in MOVE_END)
+
+    def _op_remove_begin(self, a):
+        """``POST /table/remove`` marks the colocation before it fences it: no move may
+        start until ``remove_end`` (a move's fence would merge into the removal's whole-
+        keyspace fence, and lifting ours would lift it). Refused while a move runs."""
+        t = self._table(a["table"])
+        col = self._col_of(t)
+        moving = self._moving(self.tables[t]["colocation"])
+        if moving:
+            raise Conflict(f"table {t} has a rebalance move in progress ({', '.join(moving)})")
+        col["removing"] = {"table": t, "since": a.get("now")}
+
+    def _op_remove_end(self, a):
+        cname = a.get("colocation") or self.tables[self._table(a["table"])]["colocation"]
+        col = self.colocations.get(cname)
+        if col is not None:
+            col.pop("removing", None)
+
     def _op_unregister_table(self, a):
         t = self._table(a["table"])
         cname = self.tables[t]["colocation"]
+        moving = self._moving(cname)
+        if moving:
+            raise Conflict(f"table {t} has a rebalance move in progress ({', '.join(moving)}); "
+                           "wait for it or cancel it first")
         del self.tables[t]
+        self.colocations[cname].pop("removing", None)
         if not any(x["colocation"] == cname for x in self.tables.values()):
-            if any(m["colocation"] == cname and m["phase"] not in MOVE_END for m in self.moves.values()):
-                raise BadRequest(f"table {t} has a rebalance move in progress; cancel it first")
             del self.colocations[cname]
             self.epoch += 1
         self.schema_version += 1
@@ -334,6 +378,12 @@ class Catalog:
         col = self.colocations[cname]
         start, end = int(a["start"]), int(ks.end_from_json(a.get("end")))
         target = self._group(a["target"])
+        if col.get("removing"):
+            r = col["removing"]
+            raise Conflict(f"table {r['table']} (colocation {cname}) is being removed "
+                           "(POST /table/remove); no move starts until that ends. If no "
+                           "removal is running (its node failed), repeat POST /table/remove: "
+                           "it clears the mark either way")
         if target not in col["shards"]:
             raise BadRequest(f"group {target} is not a shard of {t}; add it first")
         for m in self.moves.values():

@@ -26,7 +26,7 @@ import orjson
 
 from raftsqlite import errors
 from raftsqlite.http.forward import alternate
-from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding import keyspace as ks, members
 from raftsqlite.sharding.backend import RouterSQL  # noqa: F401  (re-exported)
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
@@ -263,6 +263,7 @@ class ShardingService:
                 if b:
                     await self.cache.publish(b)
                 await self._follow_ownership()
+                await members.sync(self)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -330,23 +331,8 @@ class ShardingService:
 
     async def _record_default_members(self):
         """The default group's leader keeps its members in the catalog (GET /shards, and
-        where shard nodes find the catalog after a restart)."""
-        st = self.node.store
-        if not st.is_leader():
-            return
-        have = self.cache.current().groups.get(DEFAULT_GROUP, {}).get("members", {})
-        ops_ = []
-        for m in st.members():
-            cur = have.get(m.node_id)
-            if cur is None or cur.get("http_addr") != m.http_addr or cur.get("voter") != m.voter:
-                ops_.append(("catalog.set_member", op_args({
-                    "group": DEFAULT_GROUP, "node_id": m.node_id, "raft_addr": m.raft_addr,
-                    "http_addr": m.http_addr, "voter": m.voter})))
-        gone = set(have) - {m.node_id for m in st.members()}
-        ops_ += [("catalog.remove_member", op_args({"group": DEFAULT_GROUP, "node_id": n}))
-                 for n in sorted(gone)]
-        if ops_:
-            await st.system(ops_)
+        where shard nodes find the catalog after a restart); members.py."""
+        await members.sync(self)
 
     async def _follow_ownership(self):
         if self.is_default or not self.node.store.is_leader():
