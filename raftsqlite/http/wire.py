@@ -141,6 +141,8 @@ def _render_one(r, timings, associative, query_family):
         out = {"rows": [], "error": err}  # rqlite's AssociativeRows: rows never omitted
     elif err:
         out = {"error": err}
+        if "vacuumed" in r:     # a sharded VACUUM: which groups it compacted before this
+            out["vacuumed"] = r["vacuumed"]
     elif "columns" in r:
         if associative:
             cols = r.get("columns") or ()
@@ -170,6 +172,8 @@ def _render_one(r, timings, associative, query_family):
             out["rows_affected"] = ra
         if associative:
             out["rows"] = None
+        if "vacuumed" in r:     # a sharded VACUUM: the groups it compacted
+            out["vacuumed"] = r["vacuumed"]
     if timings:
         t = r.get("time")
         if t:
@@ -191,7 +195,7 @@ def render_results(results, *, timings=False, associative=False, query_family=Fa
     out = []
     append = out.append
     for r in results:
-        if "columns" in r or r.get("error"):
+        if "columns" in r or r.get("error") or "vacuumed" in r:
             append(_render_one(r, False, False, query_family))
             continue
         lid = r.get("last_insert_id")

@@ -600,6 +600,8 @@ class Catalog:
                                     "start": ks.range_of(col["starts"], i)[0],
                                     "owner": o} for i, o in enumerate(col["owners"])],
                         "fenced": [ks.fmt_range(*f) for f in col["fences"]]})
+            if col.get("removing"):     # a /table/remove in progress (or one that failed)
+                out[-1]["removing"] = col["removing"]
         return out
 
     def describe_groups(self):
