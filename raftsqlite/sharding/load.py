@@ -150,23 +150,29 @@ class ShardedLoad:
         return out
 
     def _count_groups(self, r, sql, params):
-        """Add a batch's applied rows to ``per_group``: a multi-group insert's result
-        says per group; a one-group one does not name it, so route it (cached plan)."""
+        """Add a batch's applied rows to ``per_group`` -> how many applied: a multi-group
+        insert's result says per group; a one-group one does not name it, so route it
+        (cached plan)."""
         per = r.get("shards")
         if isinstance(per, dict):
+            n = 0
             for g, gr in per.items():
                 if isinstance(gr, dict) and not gr.get("error"):
-                    self.per_group[g] = self.per_group.get(g, 0) + (gr.get("rows_affected") or 0)
-            return
+                    k = gr.get("rows_affected") or 0
+                    self.per_group[g] = self.per_group.get(g, 0) + k
+                    n += k
+            return n
         if r.get("error"):
-            return
+            return 0
         try:
             cat = self.svc.cache.current()
             calls = self.svc.router.planner.plan(sql, cat).route(cat, params).calls
             g = calls[0].group if len(calls) == 1 else "?"
         except (errors.RaftSQLiteError, AttributeError, IndexError):
             g = "?"
-        self.per_group[g] = self.per_group.get(g, 0) + (r.get("rows_affected") or 0)
+        n = r.get("rows_affected") or 0
+        self.per_group[g] = self.per_group.get(g, 0) + n
+        return n
 
     async def _check(self, registered, have):
         db = self.svc.node.store.db
@@ -221,12 +227,13 @@ class ShardedLoad:
             rid = f"{request_id}:{table}:{k}"
             params = [v for row in batch for v in row]
             res = await self.svc.router.execute([(sql, params)], request_id=rid)
-            if res and isinstance(res[0], dict):
-                self._count_groups(res[0], sql, params)
+            applied = self._count_groups(res[0], sql, params) \
+                if res and isinstance(res[0], dict) else 0
+            # a batch split over groups may apply on some of them and fail on another
+            loaded[table.lower()] += applied
             errs = [r["error"] for r in res if isinstance(r, dict) and r.get("error")]
             if errs:
                 raise errors.BadRequest(f"inserting rows of {table}: {errs[0]}")
-            loaded[table.lower()] += len(batch)
             k += 1
 
 

@@ -2,9 +2,13 @@
 and two shard groups): VACUUM on every group, /table/remove while a move of the table
 runs, and the catalog's member lists following removals, reaping and leaving on
 shutdown (routers and GET /shards use them)."""
+import json
 import os
 import signal
+import sqlite3
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -115,6 +119,57 @@ def test_remove_during_a_move_is_refused_and_leaves_no_fence(cluster):
     assert res.get("rows_affected") == n, res
     st, body = http("POST", d, "/table/remove", {"table_name": "items", "drop_rows": True})
     assert st == 200 and body["rows_on_shards"] == n, body
+
+
+def _raw(method, addr, path, data=None):
+    req = urllib.request.Request(f"http://{addr}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_a_load_failing_on_one_group_says_what_each_group_kept(cluster, tmp_path):
+    """Invariant: /db/load is not atomic across groups, and says so: when one group
+    refuses its rows (here a unique index only shard2 has, drift an operator made with
+    shard_id), the answer names, per table and per group, exactly the rows that stayed
+    (checked against each group's count) and what to do; doing that (DELETE FROM, fix,
+    load again) restores every row, and the success answer counts rows per group."""
+    d = cluster.addrs["default"]
+    execute(d, [["CREATE TABLE loadme (id INTEGER PRIMARY KEY, v TEXT)"]])
+    assert http("POST", d, "/table/register", {"table_name": "loadme", "shard_key": "id"})[0] == 200
+    for g in ("shard1", "shard2"):
+        assert http("POST", d, "/table/add-to-shard", {"table_name": "loadme", "shard_id": g})[0] == 200
+    st, plan = http("POST", d, "/table/rebalance", {"table_name": "loadme"})
+    assert st == 200 and plan["status"] == "applied", plan
+    st, body = http("POST", d, "/db/execute?shard_id=shard2",
+                    [["CREATE UNIQUE INDEX loadme_v ON loadme (v)"]])
+    assert st == 200 and "error" not in body["results"][0], body
+    st, raw = _raw("GET", d, "/db/backup")
+    assert st == 200
+    f = tmp_path / "b.sqlite"
+    f.write_bytes(raw)
+    c = sqlite3.connect(str(f))
+    c.executemany("INSERT INTO loadme VALUES (?, 'dup')", [(i,) for i in range(60)])
+    c.commit()
+    c.close()
+    st, body = _raw("POST", d, "/db/load", f.read_bytes())
+    assert st == 400, body
+    msg = json.loads(body)["error"]
+    c1, c2 = count(d, "loadme", shard_id="shard1"), count(d, "loadme", shard_id="shard2")
+    assert c1 > 0 and c2 == 0, (c1, c2)
+    assert "not atomic" in msg and f"loadme: {c1} rows" in msg and f"shard1: {c1}" in msg \
+        and "shard2:" not in msg.split("; then:")[0] and "DELETE FROM" in msg, msg
+    execute(d, [["DELETE FROM loadme"]])
+    execute(d, [["DROP INDEX loadme_v"]])
+    st, body = _raw("POST", d, "/db/load", f.read_bytes())
+    assert st == 200, body
+    doc = json.loads(body)
+    c1, c2 = count(d, "loadme", shard_id="shard1"), count(d, "loadme", shard_id="shard2")
+    assert doc["sharded_rows"] == {"loadme": 60} and c1 + c2 == 60, doc
+    assert doc["rows_per_group"] == {"shard1": c1, "shard2": c2}, (doc, c1, c2)
 
 
 def _find(doc, key):
