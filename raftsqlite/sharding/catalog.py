@@ -350,6 +350,9 @@ class Catalog:
         cname = self.tables[self._table(a["table"])]["colocation"]
         col = self.colocations[cname]
         self._expect(col, a)
+        if col.get("removing"):
+            raise Conflict(f"table {col['removing']['table']} (colocation {cname}) is being "
+                           "removed (POST /table/remove); rebalance after that ends")
         owner = self._group(a["owner"])
         if owner not in col["shards"]:
             raise BadRequest(f"group {owner} is not a shard of this table; add it first")
