@@ -271,11 +271,24 @@ def blueprint():
                          [t for t, r in cur.tables.items()
                           if r["colocation"] == cur.tables[table]["colocation"]] or [table])
         res = await svc.catalog_op(op, args)
+        late = []
         for g in cur.copy().groups:
             if g != DEFAULT_GROUP and (g == shard or g in svc.cache.current().owning_groups(table)):
-                await svc.push_ownership(g)
-        return wire.json_response({"table_name": table, "shard_id": shard, "result": res,
-                                   "table": _table_doc(svc, table)})
+                try:
+                    await svc.push_ownership(g)
+                except (errors.Unavailable, errors.LeaderNotFound, errors.Timeout) as e:
+                    # The catalog has changed: answering an error would make a retry fail
+                    # ("already on the shard"). The group's leader takes its ownership from
+                    # the catalog once it has one (_follow_ownership); until then its
+                    # routed calls are refused, never misplaced.
+                    late.append(f"{g}: {e}")
+        doc = {"table_name": table, "shard_id": shard, "result": res,
+               "table": _table_doc(svc, table)}
+        if late:
+            doc["note"] = ("done in the catalog; not yet acknowledged by " + "; ".join(late) +
+                           ". The group takes its ranges when it has a leader again; until "
+                           "then its rows cannot be reached (GET /shards)")
+        return wire.json_response(doc)
 
     @bp.post("/table/remove")
     async def remove(request):
