@@ -88,7 +88,8 @@ class AppContext:
         self.sql = getattr(node, "sql_backend", None) or StoreSQL(node.store)
         self.client = None
         self.queue = WriteQueue(self, capacity=settings.queue_capacity,
-                                batch=settings.queue_batch, interval=settings.queue_interval)
+                                batch=settings.queue_batch, interval=settings.queue_interval,
+                                tx=settings.queue_tx)
         self.counters = collections.Counter()
         # Routes the HTTP fast lane serves without Sanic's request machinery (fastpath.py)
         fast = [("POST", "/db/execute", rqlite.execute), ("GET", "/db/query", rqlite.query),
