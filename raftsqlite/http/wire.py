@@ -141,8 +141,6 @@ def _render_one(r, timings, associative, query_family):
         out = {"rows": [], "error": err}  # rqlite's AssociativeRows: rows never omitted
     elif err:
         out = {"error": err}
-        if "vacuumed" in r:     # a sharded VACUUM: which groups it compacted before this
-            out["vacuumed"] = r["vacuumed"]
     elif "columns" in r:
         if associative:
             cols = r.get("columns") or ()
@@ -172,8 +170,6 @@ def _render_one(r, timings, associative, query_family):
             out["rows_affected"] = ra
         if associative:
             out["rows"] = None
-        if "vacuumed" in r:     # a sharded VACUUM: the groups it compacted
-            out["vacuumed"] = r["vacuumed"]
     if timings:
         t = r.get("time")
         if t:
@@ -195,7 +191,7 @@ def render_results(results, *, timings=False, associative=False, query_family=Fa
     out = []
     append = out.append
     for r in results:
-        if "columns" in r or r.get("error") or "vacuumed" in r:
+        if "columns" in r or r.get("error"):
             append(_render_one(r, False, False, query_family))
             continue
         lid = r.get("last_insert_id")
@@ -218,6 +214,8 @@ def rqlite_body(result, p, *, started=None, query_family=False, now=None):
                                      associative=p.associative, query_family=query_family)}
     if result.get("error"):
         out["error"] = result["error"]
+    if "vacuumed" in result:    # a sharded VACUUM: the groups it compacted (one per request)
+        out["vacuumed"] = result["vacuumed"]
     if p.timings and started is not None and now is not None:
         out["time"] = now - started
     if p.raft_index and result.get("raft_index"):

@@ -164,9 +164,10 @@ class RouterSQL:
                 r = {"error": f"{type(e).__name__}: {e}"}
             per.append((g, dict(r)))
         out = merge_writes(per)
-        out["vacuumed"] = [g for g, r in per if not r.get("error")]
         out.pop("shards", None)     # per-group results: the error (if any) names them
-        return {"results": [out]}
+        out.pop("applied_on", None)
+        # beside "results" (wire.rqlite_body): one check per request, none per result
+        return {"results": [out], "vacuumed": [g for g, r in per if not r.get("error")]}
 
     async def execute(self, statements, p):
         if self._vacuum_everywhere(statements, p):
