@@ -159,7 +159,8 @@ class RouterSQL:
         per = []
         for g in groups:
             try:
-                r = (await self.router.ex.execute(g, [Statement(sql)]))[0]
+                # alone in its call: a coalesced batch with other writes is refused
+                r = (await self.router.ex.execute_alone(g, [Statement(sql)]))[0]
             except errors.RaftSQLiteError as e:
                 r = {"error": f"{type(e).__name__}: {e}"}
             per.append((g, dict(r)))

@@ -65,6 +65,17 @@ class NodeGroupExecutor:
         return await self.remote(group, "execute", statements, transaction, guard,
                                  request_id=request_id)
 
+    async def execute_alone(self, group, statements):
+        """``execute`` never coalesced with other routed writes (VACUUM)."""
+        if self._local(group):
+            self.counts["local"] += 1
+            try:
+                return (await self.svc.node.store.execute(statements))["results"]
+            except errors.NotLeader:
+                pass
+        self.counts["remote"] += 1
+        return await self.caller.call_alone(group, statements)
+
     async def query(self, group, statements, *, guard=None, level="weak", **opts):
         # Every named level is served by the local store when this node is in the group
         # (it raises NotLeader when the level needs the leader); ``none`` must read this
