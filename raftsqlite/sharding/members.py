@@ -19,6 +19,8 @@ deposed leader's late report cannot bring a removed member back.
 """
 import logging
 
+from raftsqlite.errors import NotFound
+
 from raftsqlite.sharding.catalog import DEFAULT_GROUP
 from raftsqlite.sharding.glue import op_args
 
@@ -63,3 +65,18 @@ async def sync(svc):
              ", ".join(m["node_id"] for m in args["members"]))
     await svc.cache.refresh()
     return True
+
+
+def elsewhere(svc, node_id):
+    """``DELETE /remove`` of a node that is not in this node's group: the NotFound that
+    names the group it is in (per the catalog) and where to send the removal, or None."""
+    if svc is None:
+        return None
+    for g, grp in sorted(svc.cache.current().groups.items()):
+        if g != svc.group and node_id in grp.get("members", {}):
+            addrs = [m["http_addr"] for n, m in sorted(grp["members"].items())
+                     if m.get("http_addr") and n != node_id]
+            return NotFound(f"node {node_id!r} is a member of group {g!r}, not of this node's "
+                            f"group {svc.group!r}; send DELETE /remove to a member of {g!r}"
+                            + (f" ({', '.join(addrs)})" if addrs else ""))
+    return None

@@ -243,7 +243,9 @@ def test_catalog_members_follow_removal_reaping_and_leaving(cluster):
     wait_until(lambda: members(d, "shard2")[0] == every - {"shard2-3"}, 30, "shard2-3 reaped")
     assert time.monotonic() - t0 >= REAP - 1.0
 
-    # removed by the operator
+    # removed by the operator; sent to a node of another group, it says where to go
+    st, body = http("DELETE", d, "/remove", {"id": "shard2-2"})
+    assert st == 404 and "group 'shard2'" in body["error"] and lead in body["error"], body
     st, body = http("DELETE", lead, "/remove", {"id": "shard2-2"})
     assert st == 200, body
     wait_until(lambda: members(d, "shard2")[0] == {"shard2-1", "shard2-4"}, 15, "shard2-2 removed")
