@@ -179,14 +179,18 @@ class Catalog:
 
     def _op_sync_members(self, a):
         """A group's leader reports its Raft configuration (``members``, as of log index
-        ``conf_index`` of that group): the member list becomes exactly it, so removed,
-        reaped and departed members stop being listed (routers and GET /shards use it).
-        A report older than the last one applied (a deposed leader's, arriving late) is
-        ignored: configurations only move forward in a group's log."""
+        ``conf_index`` of that group, reported in the leader's ``term``): the member list
+        becomes exactly it, so removed, reaped and departed members stop being listed
+        (routers and GET /shards use it). A report older than the last one applied, by
+        (term, conf_index), is ignored: a deposed leader's, arriving late, has a lower term;
+        a settled leader (it committed an entry of its term) holds every committed
+        configuration, so a higher term never reports an older one. The term also orders
+        a group rebuilt by ``raft-sqlite recover``, whose configuration may sit at a lower
+        index than the lost leader's but always in a higher term."""
         g = self._group(a["group"])
-        idx = int(a["conf_index"])
+        idx, term = int(a["conf_index"]), int(a.get("term", 0))
         grp = self.groups[g]
-        if idx < grp.get("conf_index", 0):
+        if (term, idx) < (grp.get("conf_term", 0), grp.get("conf_index", 0)):
             return {"group": g, "stale": True}
         ms = a["members"]
         if not ms:
@@ -195,6 +199,7 @@ class Catalog:
         for m in ms:
             self._set_member(g, m)
         grp["conf_index"] = idx
+        grp["conf_term"] = term
         return {"group": g, "members": sorted(grp["members"])}
 
     # tables ---------------------------------------------------------------------------

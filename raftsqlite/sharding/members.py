@@ -14,8 +14,8 @@ catalog's list on every poll round (at least every 0.5 s) and, when they differ,
 until the catalog matches. Only a leader that may change the configuration now
 (``conf_change_allowed``: it leads, has committed an entry of its term, and no change is
 pending) reports, so a change still in flight is never published; and the catalog
-ignores a report with an older configuration index than the last one it applied, so a
-deposed leader's late report cannot bring a removed member back.
+ignores a report older, by (leader term, configuration index), than the last one it
+applied, so a deposed leader's late report cannot bring a removed member back.
 """
 import logging
 
@@ -44,10 +44,10 @@ def report(store, cat, group):
     conf = {m.node_id: _entry(m) for m in store.members()}
     if not conf or conf == grp.get("members", {}):
         return None
-    idx = core.conf_index
-    if idx < grp.get("conf_index", 0):
+    idx, term = core.conf_index, core.term
+    if (term, idx) < (grp.get("conf_term", 0), grp.get("conf_index", 0)):
         return None     # the catalog has a newer configuration than this node knows
-    return {"group": group, "conf_index": idx,
+    return {"group": group, "conf_index": idx, "term": term,
             "members": [dict(node_id=n, **e) for n, e in sorted(conf.items())]}
 
 
