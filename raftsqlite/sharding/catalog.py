@@ -277,6 +277,11 @@ class Catalog:
         moving = self._moving(self.tables[t]["colocation"])
         if moving:
             raise Conflict(f"table {t} has a rebalance move in progress ({', '.join(moving)})")
+        other = (col.get("removing") or {}).get("table")
+        if other not in (None, t):
+            raise Conflict(f"table {other}, colocated with {t}, is being removed; remove {t} "
+                           f"after that (if that removal's node failed, repeat POST "
+                           f"/table/remove for {other}: it clears the mark)")
         col["removing"] = {"table": t, "since": a.get("now")}
 
     def _op_remove_end(self, a):

@@ -128,8 +128,10 @@ async def _mark(svc, name, table, cname, now=None):
         if res.get("code") == "conflict":
             await svc.cache.refresh()
             cat = svc.cache.current()
-            raise _busy(table, sorted(m["id"] for m in cat.moves.values()
-                                      if m["colocation"] == cname and m["phase"] not in MOVE_END))
+            moving = sorted(m["id"] for m in cat.moves.values()
+                            if m["colocation"] == cname and m["phase"] not in MOVE_END)
+            raise _busy(table, moving) if moving else \
+                errors.Conflict(f"{res['error']}; nothing was changed")
         raise errors.Unavailable(f"catalog.{name} failed: {res['error']}; nothing was changed")
 
 

@@ -172,3 +172,20 @@ def test_no_move_starts_while_a_removal_holds_the_mark():
     cat.apply("catalog.register_table", {"table": "u", "shard_key": "id", "colocate_with": "t"})
     with pytest.raises(errors.Conflict, match="move in progress"):
         cat.apply("catalog.unregister_table", {"table": "u"})   # even if t keeps the colocation
+
+
+def test_a_second_table_of_the_colocation_waits_for_the_first_removal():
+    """Invariant: while one table's removal holds the colocation's mark, removing another
+    table of it is refused (409 naming the first) without a fence; repeating the first
+    (its node failed) is allowed and clears the mark."""
+    svc = FakeSvc({"s1": 0})
+    cat = svc.cache.cat
+    cat.apply("catalog.register_table", {"table": "u", "shard_key": "id", "colocate_with": "t"})
+    cat.apply("catalog.remove_begin", {"table": "t"})      # a removal whose node died
+    with pytest.raises(errors.Conflict, match="table t, colocated with u, is being removed"):
+        _run(remove_table(svc, {"table_name": "u"}))
+    assert not any(n.startswith("own.") for n, _ in svc.log)
+    _run(remove_table(svc, {"table_name": "t"}))
+    assert "t" not in cat.tables and "removing" not in cat.colocations["t"]
+    _run(remove_table(svc, {"table_name": "u"}))
+    assert not cat.tables
