@@ -74,6 +74,14 @@ class AutoVacuum:
             return False
         if not self.due(node.db.clock_now_ms()):
             return False
+        short = self._space_short()
+        if short:
+            # every member would stop applying at the VACUUM until it had room (disk-full
+            # handling never lets a member skip an entry): better not to propose it
+            self.counters["skipped_no_space"] = self.counters.get("skipped_no_space", 0) + 1
+            self.last_error = short
+            log.warning("auto VACUUM skipped: %s", short)
+            return False
         t0 = time.monotonic()
         try:
             res = await node.store.execute([Statement("VACUUM")],
@@ -93,6 +101,24 @@ class AutoVacuum:
         self.last_seconds = round(time.monotonic() - t0, 3)
         log.info("auto VACUUM done in %.3fs (every %gs)", self.last_seconds, self.interval)
         return True
+
+    def _space_short(self):
+        """Why this leader's disk cannot take a VACUUM now, or "" (it writes a copy of the
+        database, so it wants about the database's size free, beyond -min-free-disk)."""
+        import os
+        from raftsqlite.raft.diskerr import free_bytes
+        node = self.node
+        path = node.config.db_path
+        try:
+            size = os.path.getsize(path)
+            free = free_bytes(os.path.dirname(os.path.abspath(path)))
+        except OSError:
+            return ""
+        keep = getattr(node.raft.config, "min_free_disk", 0) or 0
+        if free is not None and free < size + keep:
+            return (f"{free} bytes free, a VACUUM of this {size}-byte database needs about "
+                    f"{size + keep} (its size plus -min-free-disk)")
+        return ""
 
     def stats(self):
         last = last_vacuum_clock(self.node.db)

@@ -112,10 +112,34 @@ def build_parser():
     flag("http-allow-origin", dest="http_allow_origin", default="", metavar="ORIGIN",
          help="value of the Access-Control-Allow-Origin header on every HTTP response; "
               "OPTIONS (CORS preflight) is answered 200 (default: off)")
+    # -- autobk9: rqlite's automatic backups, "file" storage (docs/operations.md) --
+    flag("auto-backup", dest="auto_backup", default="", metavar="FILE",
+         help="JSON file (rqlite's format, type \"file\"): the group's leader writes a "
+              "backup into a directory every interval when the data changed")
+    flag("auto-restore", dest="auto_restore", default="", metavar="FILE",
+         help="JSON file (rqlite's format, type \"file\"): a node started with an empty "
+              "data directory that forms a new group first loads that backup")
+    flag("min-free-disk", dest="min_free_disk", type=_bytes, default=None, metavar="BYTES",
+         help="free space the data dir's disk must keep: below it the leader refuses new "
+              "writes (HTTP 507) before the disk is full, e.g. 64MB, 1GB, 0 = off "
+              "(default: 64MB; docs/operations.md \"Disk full and I/O errors\")")
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     _add_rqlite_flags(p, flag)
     return p
+
+
+def _bytes(text):
+    """A byte count: 1048576, 64MB, 64MiB, 1G (powers of 1024, as etcd's quota)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return n
 
 
 def _duration(text):
@@ -324,6 +348,8 @@ def config_from_args(argv=None) -> NodeConfig:
         if not sep or not name:
             raise ConfigError(f"-raft-opt wants NAME=VALUE, got {opt!r}")
         overrides.append((name.strip(), _parse_value(value.strip())))
+    if args.min_free_disk is not None and all(n != "min_free_disk" for n, _ in overrides):
+        overrides.append(("min_free_disk", args.min_free_disk))
     overrides = _rqlite_raft_overrides(args, overrides)
     if args.raft_log_level and args.raft_log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"-raft-log-level takes one of {', '.join(sorted(_LOG_LEVELS))}, "
@@ -346,6 +372,7 @@ def config_from_args(argv=None) -> NodeConfig:
                      reap_read_only_node_timeout=args.reap_read_only_node_timeout,
                      cluster_remove_shutdown=args.cluster_remove_shutdown, **extra,
                      foreign_keys=args.foreign_keys, http_allow_origin=args.http_allow_origin,
+                     auto_backup=args.auto_backup, auto_restore=args.auto_restore,
                      extensions_path=tuple(p.strip() for p in args.extensions_path.split(",")
                                            if p.strip()))
     if not cfg.voter and not cfg.join:

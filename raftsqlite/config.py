@@ -130,6 +130,13 @@ class NodeConfig(_Help):
     http_allow_origin: str = _f("", "Access-Control-Allow-Origin value sent on every HTTP "
                                     "response, and CORS preflight (OPTIONS) answered "
                                     "('' = off; rqlite's -http-allow-origin).")
+    # -- autobk9: rqlite's -auto-backup / -auto-restore, "file" storage (auto_backup.py) --
+    auto_backup: str = _f("", "rqlite-style JSON file: the group's leader writes a backup "
+                              "into a directory every interval when the data changed "
+                              "('' = off).")
+    auto_restore: str = _f("", "rqlite-style JSON file: a node starting with an empty data "
+                               "directory that bootstraps a new group loads the backup it "
+                               "names first ('' = off).")
     auto_vacuum_interval: float = _f(0.0, "Seconds between VACUUMs the group's leader runs "
                                           "through the log (0 = never; rqlite's "
                                           "-auto-vacuum-int; auto_vacuum.py).")
@@ -171,6 +178,10 @@ class NodeConfig(_Help):
             raise ConfigError("reap timeouts must be >= 0 (0 = never reap)")
         if any(c in self.http_allow_origin for c in "\r\n\0"):
             raise ConfigError("http_allow_origin must be one header value (no line breaks)")
+        if self.auto_restore and self.shard and self.shard != "default":
+            raise ConfigError("-auto-restore is for the default group: a shard group's rows "
+                              "are placed by the catalog (restore a sharded backup with "
+                              "POST /db/load on any node)")
         if self.snapshot_threshold < 0 or self.join_timeout <= 0:
             raise ConfigError("snapshot_threshold must be >= 0 and join_timeout > 0")
         self._check_bootstrap()

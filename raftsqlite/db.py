@@ -22,8 +22,8 @@ import apsw
 
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
-from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
-                                 run_many_unreported, run_statement)
+from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, raise_disk_error, run_many,
+                                 run_many_recorded, run_many_unreported, run_statement)
 from raftsqlite.db_shapes import CONN_FUNCTIONS, insert_shape, quote_ident
 from raftsqlite.sqlrewrite import hide_internal, may_name_schema
 
@@ -391,7 +391,8 @@ class Database:
             conn = self.writer
             try:
                 shape.insert(conn, rows)
-            except (apsw.Error, *_BAD_PARAMS):
+            except (apsw.Error, *_BAD_PARAMS) as e:
+                raise_disk_error(e)
                 return True if conn.in_transaction else None
             self.stats_counters["multirow_runs"] += 1
             return False if conn.in_transaction else None
@@ -434,7 +435,8 @@ class Database:
             ok = (conn.total_changes() - before == n and conn.last_insert_rowid() == last
                   and self.internal(f"SELECT max(rowid) FROM {quote_ident(shape.table)}")
                   == [(last,)])
-        except (apsw.Error, *_BAD_PARAMS):
+        except (apsw.Error, *_BAD_PARAMS) as e:
+            raise_disk_error(e)
             ok = False
         if not conn.in_transaction:
             return None     # a row ended the transaction (the caller re-runs the batch)

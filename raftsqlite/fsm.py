@@ -50,7 +50,7 @@ from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import budget_error
 from raftsqlite.db_shapes import INTERNAL_PREFIX
-from raftsqlite.errors import DecodeError, RaftSQLiteError, SettingsMismatch
+from raftsqlite.errors import DecodeError, DiskError, RaftSQLiteError, SettingsMismatch
 from raftsqlite.fsm_ops import (  # noqa: F401 - clock_op etc. are imported from fsm too
     CLOCK_OP, STEPS_OP, RESULT_OP, _LIMIT_OPS, clock_op, steps_op, result_op, _op_int,
     _single_sql, _conn_state, _clock, _dump_result, _load_result, SystemContext,
@@ -673,6 +673,8 @@ class FSM:
                     hook(ctx, req)
                 else:
                     hook(ctx, req, write=False)
+            except DiskError:
+                raise       # never a result: the apply is undone and retried (diskerr.py)
             except RaftSQLiteError as exc:
                 return {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
         return None
@@ -719,6 +721,8 @@ class FSM:
         except SettingsMismatch:
             raise       # this member applies the log differently: fail-stop (group_settings)
         except Exception as exc:  # a handler's failure is data, the same on every replica
+            if _is_disk_error(exc):
+                raise   # ...but a full or failing disk is this member's: retried, never data
             if not db.in_transaction():
                 # SQLite rolled the whole apply transaction back: re-run without this op
                 raise _TxnLost(key) from None
@@ -736,6 +740,11 @@ class FSM:
             db.internal("PRAGMA defer_foreign_keys=OFF")
         db.internal("RELEASE _raftsqlite_sys")
         return result
+
+
+def _is_disk_error(exc):
+    from raftsqlite.raft.diskerr import classify
+    return classify(exc) is not None
 
 
 def _fk_failed(results):

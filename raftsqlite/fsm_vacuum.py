@@ -80,6 +80,9 @@ def apply_vacuum(fsm, e):
                     r = {"last_insert_id": 0, "rows_affected": 0,
                          "time": time.perf_counter() - t0}
                 except Exception as exc:   # noqa: BLE001 - a SQL error is a result
+                    from raftsqlite.raft.diskerr import classify
+                    if classify(exc) is not None:
+                        raise   # not a result: no room for the copy here; retried
                     r = {"error": f"VACUUM failed: {exc}", "time": time.perf_counter() - t0}
                 results, record = [r], bool(rid)
                 fsm.counters["vacuums"] += 1
