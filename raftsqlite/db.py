@@ -12,6 +12,7 @@ that run statements on a connection); nothing else imports apsw, and only this m
 sets pragmas. Statement results are neutral dicts (see ``db_exec.run_statement``);
 nothing here knows HTTP.
 """
+import collections
 import itertools
 import os
 import random
@@ -73,6 +74,13 @@ _MAX_ROWID = (1 << 63) - 1
 PROGRESS_STEPS = 10_000
 
 
+def rowid_error(table):
+    return (f"request not applied: it would leave rowid {_MAX_ROWID} (the largest) in table "
+            f"{table}; SQLite then gives new rows of that table random rowids, which the "
+            "members of the group would choose differently. Use smaller rowids (INTEGER "
+            "PRIMARY KEY values)")
+
+
 def budget_error(steps):
     return (f"request not applied: it ran past the write budget of {steps:,} SQLite steps "
             "(the leader's -max-apply-steps), so every member stopped it at the same "
@@ -98,8 +106,16 @@ class Database:
         self._local = threading.local()
         self._readers = []            # every reader opened, so close() can close them
         self._readers_lock = threading.Lock()
-        self._write_access = _Access(self.foreign_keys)
+        self._write_access = _Access(self.foreign_keys, track=True)
         self._functions = {}
+        # Random rowids (check_rowid_limit): the tables each user SQL text writes, in
+        # least-recently-used order; larger than apsw's statement cache (100 texts), so
+        # a text served from that cache is always found here
+        self._targets = collections.OrderedDict()
+        self.req_written = set()      # tables the current request wrote
+        self._rowid_q = {}            # (schema, table) -> query of its largest rowid, or ""
+        self._rowid_gen = -1
+        self.rowid_refused = False
         # The apply budget (see set_step_budget) and the inline-apply deadline, both
         # enforced by the writer's progress handler on user statements only.
         self.step_budget = 0
@@ -270,11 +286,91 @@ class Database:
         self._calls = 0
         self.budget_tripped = False
         self.result_refused = None
+        self.rowid_refused = False
+        self.req_written.clear()
         # A result's last_insert_id is the connection's last rowid, which for a request
         # that inserts nothing (a DELETE) is whatever ran before on this member's writer
         # (our own bookkeeping rows included), and it is stored with the request id: so
         # each request starts from 0, the same on every member.
         self.writer.set_last_insert_rowid(0)
+
+    # ---- random rowids (writer, apply thread) ---------------------------------------
+    def note_targets(self, sql):
+        """After a user text ran on the writer: add the tables it inserts into or updates
+        to the request's (``req_written``). SQLite calls the authorizer only when it
+        prepares a text, so what a text writes is kept per text; a text served from the
+        statement cache was prepared on this connection earlier and is found here."""
+        acc = self._write_access
+        tm = self._targets
+        if acc.prepared:
+            acc.prepared = False
+            t = frozenset(acc.written)
+            acc.written.clear()
+            tm[sql] = t
+            if len(tm) > 1024:
+                tm.popitem(last=False)
+        else:
+            t = tm.get(sql)
+            if t is None:
+                t = self._learn_targets(sql)
+            else:
+                tm.move_to_end(sql)
+        if t:
+            self.req_written.update(t)
+
+    def _learn_targets(self, sql):
+        """What ``sql`` writes, from a fresh prepare (only for a text that reached the
+        statement cache without our knowing it, e.g. first run by our own code)."""
+        acc = self._write_access
+        acc.written.clear()
+        self.writer.set_progress_handler(None)      # not counted in any budget
+        try:
+            self.writer.cursor().execute("EXPLAIN " + sql, can_cache=False)
+        except (apsw.Error, *_BAD_PARAMS):
+            pass        # the prepare, and so the authorizer, ran before any binding
+        finally:
+            self.writer.set_progress_handler(self._progress, PROGRESS_STEPS)
+        acc.prepared = False
+        t = frozenset(acc.written)
+        acc.written.clear()
+        self._targets[sql] = t
+        return t
+
+    def check_rowid_limit(self):
+        """After a request: True (and ``result_refused`` set) when a rowid table it wrote
+        holds rowid 2^63-1. SQLite gives any later row without a rowid a random one from
+        its process-wide generator, which differs between members, so such a request is
+        refused on every member alike (store.md, "Random rowids"). One B-tree lookup per
+        table written."""
+        acc = self._write_access
+        if acc.gen != self._rowid_gen:
+            self._rowid_gen = acc.gen
+            self._rowid_q.clear()
+        for key in self.req_written:
+            q = self._rowid_q.get(key)
+            if q is None:
+                q = self._rowid_q[key] = self._rowid_query(*key)
+            if q and self.internal(q)[0][0] == _MAX_ROWID:
+                self.rowid_refused = True
+                self.result_refused = rowid_error(key[1])
+                return True
+        return False
+
+    def _rowid_query(self, schema, table):
+        """The query of a table's largest rowid ("" for a view, a virtual or WITHOUT ROWID
+        table, or a table whose columns hide every name of its rowid)."""
+        qs, qt = quote_ident(schema), quote_ident(table)
+        try:
+            info = self.internal(f"PRAGMA {qs}.table_list({qt})")
+            if not info or info[0][2] != "table" or info[0][4]:
+                return ""
+            cols = {r[1].lower() for r in self.internal(f"PRAGMA {qs}.table_xinfo({qt})")}
+        except apsw.Error:
+            return ""
+        for name in ("rowid", "_rowid_", "oid"):
+            if name not in cols:
+                return f"SELECT max({name}) FROM {qs}.{qt}"
+        return ""
 
     def set_apply_deadline(self, deadline):
         """``time.monotonic()`` after which user statements are interrupted (an inline
@@ -355,6 +451,7 @@ class Database:
         ``fresh``: prepare it anew instead of taking it from the statement cache, so its
         step count (``budget_begin``) is exact."""
         r = run_statement(self.writer, sql, params, self._result_bound, fresh)
+        self.note_targets(sql)
         if self._result_bound and "error" in r and r["error"].startswith(TOO_LARGE):
             # The statement's changes are made by then (RETURNING runs the whole write
             # first): the state machine undoes the request rather than answer an error
@@ -371,13 +468,19 @@ class Database:
         ``run_user`` would give. Returns True when ``stop_on_error`` stopped it at a
         failing statement, False when all ran, None when a statement ended the
         transaction (the caller re-runs its batch)."""
-        return run_many(self.writer, sql, params_list, out, stop_on_error, fk_check)
+        try:
+            return run_many(self.writer, sql, params_list, out, stop_on_error, fk_check)
+        finally:
+            self.note_targets(sql)
 
     def run_user_many_recorded(self, sql, params_list, rids, dump, out, first=None):
         """``run_user_many`` (stopping at a failing statement) that also records each
         request's dedup row right after its statement (see ``run_many_recorded``)."""
-        return run_many_recorded(self.writer, self._write_access, sql, params_list, rids,
-                                 dump, out, first)
+        try:
+            return run_many_recorded(self.writer, self._write_access, sql, params_list,
+                                     rids, dump, out, first)
+        finally:
+            self.note_targets(sql)
 
     def last_insert_rowid(self) -> int:
         return self.writer.last_insert_rowid()
@@ -385,6 +488,12 @@ class Database:
     def run_user_unreported(self, sql, rows):
         """``run_many_unreported`` on the writer (see there), through multi-row
         statements when ``sequential_insert`` allows them (``InsertShape``)."""
+        try:
+            return self._run_unreported(sql, rows)
+        finally:
+            self.note_targets(sql)
+
+    def _run_unreported(self, sql, rows):
         shape = self.sequential_insert(sql)
         if shape is not None and shape.fits(rows):
             conn = self.writer
@@ -435,6 +544,8 @@ class Database:
                   == [(last,)])
         except (apsw.Error, *_BAD_PARAMS):
             ok = False
+        finally:
+            self.note_targets(sql)
         if not conn.in_transaction:
             return None     # a row ended the transaction (the caller re-runs the batch)
         if not ok:
@@ -610,6 +721,7 @@ class Database:
         """Replace the whole database by the SQLite file at ``path`` (writer thread).
         Readers keep working and see the new state once it commits."""
         self._schema_cs = None      # the schema may be another one now
+        self._rowid_q.clear()
         src = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO)
         try:
             acc = self._write_access

@@ -56,18 +56,32 @@ class _Access:
     (it is a group setting, group_settings.py: changed on one connection it would apply
     the log differently there, and be lost on a restart or snapshot restore)."""
 
-    __slots__ = ("internal", "fk", "ddl")
+    __slots__ = ("internal", "fk", "ddl", "gen", "written", "prepared")
 
-    def __init__(self, fk=False):
+    def __init__(self, fk=False, track=False):
         self.internal = False
         self.fk = fk
         self.ddl = False    # set when a schema change is prepared (Database watches it)
+        self.gen = 0        # counts schema changes prepared (never reset)
+        # On the writer (``track``): the tables a user statement prepared since the last
+        # look inserts into or updates (trigger bodies included, as SQLite prepares them
+        # with the statement), and whether anything was prepared at all (a statement
+        # from the cache calls nothing; Database.note_targets keeps what each text
+        # writes, see "Random rowids" in store.md).
+        self.written = set() if track else None
+        self.prepared = False
 
     def authorize(self, op, p1, p2, dbname, trigger):
         if op in _ddl_ops():
             self.ddl = True
+            self.gen += 1
         if self.internal:
             return apsw.SQLITE_OK
+        w = self.written
+        if w is not None:
+            self.prepared = True
+            if (op == apsw.SQLITE_INSERT or op == apsw.SQLITE_UPDATE) and p1:
+                w.add((dbname or "main", p1))
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
             return apsw.SQLITE_DENY
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):

@@ -65,8 +65,11 @@ _SCHEMA = (
     "request_id BLOB NOT NULL UNIQUE, result BLOB NOT NULL)",
 )
 
-_ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBACK or "
-                "RAISE(ROLLBACK)); this request was not applied")
+# (SQLite also rolls everything back on some errors, e.g. SQLITE_FULL: an AUTOINCREMENT
+# table whose rowid reached 2^63-1; the message is the same whichever path ran it)
+_ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBACK, "
+                "RAISE(ROLLBACK), or an error that SQLite answers so, such as a full "
+                "AUTOINCREMENT table); this request was not applied")
 # What a member reports for a statement whose result nobody reads (see _bulk_rest).
 _UNREPORTED = {"last_insert_id": 0, "rows_affected": 0, "time": 0.0, "unreported": True}
 # SQLite's own message for an immediate foreign key violation: a deferred one that a
@@ -130,7 +133,7 @@ class FSM:
         self.counters = {"fk_reruns": 0, "entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
                          "single_runs": 0, "over_budget": 0, "budget_recounts": 0,
-                         "result_refused": 0, "vacuums": 0,
+                         "result_refused": 0, "rowid_refused": 0, "vacuums": 0,
                          "deadline_undone": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
         # One observation per apply() call that applied something (GET /metrics)
@@ -263,8 +266,17 @@ class FSM:
         """Requests past the budget: those counted on cached statements are re-run with
         fresh ones (exact count); those already counted exactly are refused."""
         steps = self.db.step_budget
+        if self.db.rowid_refused and len(keys) > 1:
+            # a run of one-statement requests: which of them wrote the largest rowid is
+            # decided with each alone, as when applied one by one
+            exact.update(keys)
+            self.counters["budget_recounts"] += len(keys)
+            return
         for k in keys:
-            if self.db.result_refused:
+            if self.db.rowid_refused:
+                poisoned[k] = self.db.result_refused
+                self.counters["rowid_refused"] += 1
+            elif self.db.result_refused:
                 # the size of rows is the same on every member: no recount needed
                 poisoned[k] = self.db.result_refused
                 self.counters["result_refused"] += 1
@@ -501,6 +513,8 @@ class FSM:
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
                 db.internal("RELEASE _raftsqlite_req")
+            if db.req_written and db.check_rowid_limit():
+                raise _OverBudget([key])    # undone and refused, as on every member
             if conn_state:
                 db.drop_temp()
         if rid and refused is None:

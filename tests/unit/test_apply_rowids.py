@@ -1,0 +1,117 @@
+"""Rowids, the load budget and other ways one log could be applied differently
+(docs/design/store.md, "Determinism").
+
+Once a rowid table holds rowid 9223372036854775807, SQLite gives a new row without a
+rowid a random one from its own process-wide generator, which no member controls: the
+same log would leave different rowids on different members. A request that leaves that
+rowid in a table it wrote is refused, the same way on every member."""
+import pytest
+
+from raftsqlite.db import Database
+from raftsqlite.fsm import FSM
+from tests.unit.test_apply_budget import ex, make, req, rows
+
+MAX = (1 << 63) - 1
+
+
+def _both(tmp_path, entries, split=True):
+    """Apply ``entries`` on two members with different histories: a applies them one per
+    call after consuming SQLite's generator; b in one call after a restart."""
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    a.apply([ex(2, req("SELECT randomblob(64)"))])
+    b.apply([ex(2, req("SELECT 1"))])
+    b.db.close()
+    b = FSM(Database(b.db.path))
+    for e in entries:
+        a.apply([e])
+    b.apply(entries)
+    return a, b
+
+
+def _dump(f):
+    return list(f.db.iterdump())
+
+
+def test_random_rowids_never_make_members_differ(tmp_path):
+    """Invariant: the same log gives the same rows and rowids on every member, also when a
+    table reaches the largest rowid (requests alone, group-committed runs, bulk rows,
+    inserts made by a trigger)."""
+    entries = [
+        ex(3, req("CREATE TABLE k (id INTEGER PRIMARY KEY, v)"),
+           req("CREATE TABLE plain (v)"), req("CREATE TABLE side (v)"),
+           req("CREATE TRIGGER tr AFTER INSERT ON k BEGIN INSERT INTO side VALUES "
+               "(new.v); END")),
+        ex(4, req(("INSERT INTO k VALUES (?, 'top')", [MAX]))),
+        ex(5, *[req(("INSERT INTO k(v) VALUES (?)", [f"s{i}"])) for i in range(4)]),
+        ex(6, req(*[("INSERT INTO k(v) VALUES (?)", [f"b{i}"]) for i in range(4)])),
+        ex(7, req(f"INSERT INTO plain(rowid, v) VALUES ({MAX - 1}, 'x')"),
+           req("INSERT INTO plain(v) VALUES ('reaches-max')"),
+           req("INSERT INTO plain(v) VALUES ('random')")),
+        ex(8, req(f"INSERT INTO side(rowid, v) VALUES ({MAX}, 'top')"),
+           req("INSERT INTO k(id, v) VALUES (5, 'fires-trigger')")),
+    ]
+    a, b = _both(tmp_path, entries)
+    q = "SELECT rowid, * FROM {} ORDER BY rowid"
+    for t in ("k", "plain", "side"):
+        assert rows(a, q.format(t)) == rows(b, q.format(t)), t
+    assert _dump(a) == _dump(b)
+
+
+def _errors(res):
+    return [r.get("error") for rs in res["results"] for r in rs]
+
+
+def test_the_request_that_writes_the_largest_rowid_is_refused_alone(tmp_path):
+    """Invariant: only the request that would leave rowid 2^63-1 is refused (with a clear
+    error, nothing of it kept); its neighbours in a group-committed run, and in the same
+    entry, are applied; a later insert into the table works as usual."""
+    f = make(tmp_path, "one")
+    f.apply([ex(2, req("CREATE TABLE k (id INTEGER PRIMARY KEY, v)"))])
+    text = "INSERT INTO k(id, v) VALUES (?, ?)"
+    res = f.apply([ex(3, *[req((text, p)) for p in
+                           ([None, "s0"], [MAX, "s1"], [None, "s2"], [None, "s3"])])])[0]
+    errs = _errors(res)
+    assert errs[0] is None and errs[2] is None and errs[3] is None
+    assert errs[1].startswith("request not applied") and "9223372036854775807" in errs[1]
+    assert rows(f, "SELECT id, v FROM k ORDER BY id") == [[1, "s0"], [2, "s2"], [3, "s3"]]
+    # MAX - 1 is allowed; the next row without a rowid would take MAX: refused too
+    res = f.apply([ex(4, req((text, [MAX - 1, "near"])), req((text, [None, "next"])),
+                      req((text, [10, "ten"]), "SELECT 1"))])[0]
+    assert [e is None for e in _errors(res)] == [True, False, True, True]
+    assert rows(f, "SELECT v FROM k ORDER BY id") == [["s0"], ["s2"], ["s3"], ["ten"],
+                                                      ["near"]]
+    assert f.counters["rowid_refused"] == 2
+    f.db.close()
+
+
+def test_writes_through_triggers_and_updates_are_checked(tmp_path):
+    """Invariant: a table already holding the largest rowid (data from before this check
+    existed, or loaded) refuses new rows without a rowid whoever inserts them, a trigger
+    included; an UPDATE moving a row to that rowid is refused; AUTOINCREMENT tables fail
+    with SQLite's own error, the same everywhere."""
+    entries = [
+        ex(3, req("CREATE TABLE k (id INTEGER PRIMARY KEY, v)"), req("CREATE TABLE side (v)"),
+           req("CREATE TABLE inc (id INTEGER PRIMARY KEY AUTOINCREMENT, v)"),
+           req("CREATE TRIGGER tr AFTER INSERT ON k BEGIN INSERT INTO side VALUES "
+               "(new.v); END")),
+    ]
+    a, b = _both(tmp_path, entries)
+    for f in (a, b):        # as if written before the check existed
+        f.db.internal(f"INSERT INTO side(rowid, v) VALUES ({MAX}, 'old')")
+        f.db.internal(f"INSERT INTO inc(id, v) VALUES ({MAX}, 'old')")
+    more = [ex(4, req("INSERT INTO k(v) VALUES ('fires')"), req("INSERT INTO side VALUES (1)"),
+               req("INSERT INTO k(id, v) VALUES (7, 'plain')"),
+               req("INSERT INTO inc(v) VALUES ('full')")),
+            ex(5, req("DROP TRIGGER tr"), req("INSERT INTO k(id, v) VALUES (7, 'plain')"),
+               req(f"UPDATE k SET id = {MAX} WHERE id = 7"))]
+    ra = [a.apply([e])[0] for e in more]
+    rb = b.apply(more)
+    assert ra == rb or [_errors(r) for r in ra] == [_errors(r) for r in rb]
+    e4, e5 = _errors(ra[0]), _errors(ra[1])
+    assert e4[0].startswith("request not applied") and "side" in e4[0]
+    assert e4[1].startswith("request not applied")
+    assert e4[2].startswith("request not applied")   # its trigger writes side
+    assert "AUTOINCREMENT" in e4[3]    # SQLITE_FULL, which rolls everything back
+    assert e5[:2] == [None, None] and e5[2].startswith("request not applied")
+    assert _dump(a) == _dump(b)
+    assert rows(a, "SELECT id, v FROM k") == [[7, "plain"]]
