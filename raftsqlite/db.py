@@ -127,6 +127,7 @@ class Database:
         self._deadline = None         # time.monotonic() bound of an inline apply, or None
         self.deadline_passed = False
         self.writer = self._open_writer()
+        self._rowid_cur = self.writer.cursor()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
                                "snapshots": 0, "restores": 0, "inline_reads": 0,
                                "inline_fallbacks": 0, "sequential_runs": 0,
@@ -346,11 +347,19 @@ class Database:
         if acc.gen != self._rowid_gen:
             self._rowid_gen = acc.gen
             self._rowid_q.clear()
+        cur = self._rowid_cur
         for key in self.req_written:
             q = self._rowid_q.get(key)
             if q is None:
                 q = self._rowid_q[key] = self._rowid_query(*key)
-            if q and self.internal(q)[0][0] == _MAX_ROWID:
+            if not q:
+                continue
+            prev, acc.internal = acc.internal, True     # ours: never counted in a budget
+            try:
+                top = cur.execute(q).get
+            finally:
+                acc.internal = prev
+            if top == _MAX_ROWID:
                 self.rowid_refused = True
                 self.result_refused = rowid_error(key[1])
                 return True

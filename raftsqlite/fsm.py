@@ -50,9 +50,10 @@ from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import budget_error
 from raftsqlite.db_shapes import INTERNAL_PREFIX
-from raftsqlite.errors import DecodeError, RaftSQLiteError, SettingsMismatch
+from raftsqlite.errors import DecodeError, OverBudget, RaftSQLiteError, SettingsMismatch
 from raftsqlite.fsm_ops import (  # noqa: F401 - clock_op etc. are imported from fsm too
-    CLOCK_OP, STEPS_OP, RESULT_OP, _LIMIT_OPS, clock_op, steps_op, result_op, _op_int,
+    CLOCK_OP, STEPS_OP, RESULT_OP, LOAD_STEPS_OP, _LIMIT_OPS, clock_op, steps_op, result_op,
+    load_steps_op, _op_int,
     _single_sql, _conn_state, _clock, _dump_result, _load_result, SystemContext,
     _DeadlinePassed, _OverBudget, _TxnLost)
 from raftsqlite.group_settings import (META_KEY, RECORD_OP, GroupSettings,
@@ -234,7 +235,12 @@ class FSM:
                 self.counters["txn_reruns"] += 1
                 if db.deadline_passed:
                     raise _DeadlinePassed() from None
-                if db.budget_tripped:   # interrupted by the budget, not the SQL's doing
+                if db.budget_tripped and lost.key[1:2] == ("op",):
+                    # a load statement past its budget (counted exactly: fresh statements)
+                    poisoned[lost.key] = OverBudget(
+                        getattr(lost, "error", None) or budget_error(db.step_budget))
+                    self.counters["over_budget"] += 1
+                elif db.budget_tripped:   # interrupted by the budget, not the SQL's doing
                     self._over_budget([lost.key], exact, poisoned)
                 else:
                     poisoned[lost.key] = _ROLLED_BACK
@@ -415,7 +421,8 @@ class FSM:
         rw = self.results_wanted
         self._want = rw is None or rw(e.index)
         self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
-        self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP))
+        self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP) if t != CommandType.SYSTEM
+                                else _op_int(cmd.ops, LOAD_STEPS_OP))
         self.db.set_result_bound(_op_int(cmd.ops, RESULT_OP))
         if t == CommandType.EXECUTE:
             if self.db.schema_calls_conn_functions():
@@ -458,7 +465,7 @@ class FSM:
         if t == CommandType.SYSTEM:
             return {"index": e.index, "results": [
                 self._system_op(e, n, a, (pos, "op", k)) if (pos, "op", k) not in poisoned
-                else {"error": f"system op {n} ended the transaction; it was undone"}
+                else _sys_poisoned(poisoned[(pos, "op", k)], n)
                 for k, (n, a) in enumerate(cmd.ops) if n not in _LIMIT_OPS]}, 0
         return {"index": e.index, "results": []}, 0
 
@@ -735,7 +742,9 @@ class FSM:
         except Exception as exc:  # a handler's failure is data, the same on every replica
             if not db.in_transaction():
                 # SQLite rolled the whole apply transaction back: re-run without this op
-                raise _TxnLost(key) from None
+                lost = _TxnLost(key)
+                lost.error = str(exc)
+                raise lost from None
             db.internal("ROLLBACK TO _raftsqlite_sys")
             result = {"error": str(exc) or type(exc).__name__}
             if isinstance(exc, RaftSQLiteError):
@@ -750,6 +759,14 @@ class FSM:
             db.internal("PRAGMA defer_foreign_keys=OFF")
         db.internal("RELEASE _raftsqlite_sys")
         return result
+
+
+def _sys_poisoned(mark, name):
+    """The result of a SYSTEM op re-run as failed: its own error when it is one (a load
+    past the budget), else that it ended the apply transaction."""
+    if isinstance(mark, RaftSQLiteError):
+        return {"error": str(mark), "code": mark.code}
+    return {"error": f"system op {name} ended the transaction; it was undone"}
 
 
 def _fk_failed(results):

@@ -115,3 +115,63 @@ def test_writes_through_triggers_and_updates_are_checked(tmp_path):
     assert e5[:2] == [None, None] and e5[2].startswith("request not applied")
     assert _dump(a) == _dump(b)
     assert rows(a, "SELECT id, v FROM k") == [[7, "plain"]]
+
+
+# ---- /db/load's budget -----------------------------------------------------------------
+
+def _load_entries(start, stmts, steps, load_id="l1", chunk=3):
+    import orjson
+    from raftsqlite import fsm_load
+    from raftsqlite.codec import encode_command
+    from raftsqlite.codec.model import Command, CommandType, Entry, EntryType, Request, \
+        Statement
+    from raftsqlite.fsm import clock_op, load_steps_op
+
+    def sys_entry(index, ops):
+        return Entry(1, index, EntryType.NORMAL,
+                     encode_command(Command(CommandType.SYSTEM, ops=ops)))
+    out, idx = [], start
+    parts = [stmts[i:i + chunk] for i in range(0, len(stmts), chunk)]
+    for seq, part in enumerate(parts):
+        data = encode_command(Command(CommandType.EXECUTE,
+                                      [Request([Statement(s) for s in part])]))
+        out.append(sys_entry(idx, [("load.stage", fsm_load.stage_args(load_id, seq, data))]))
+        idx += 1
+    args = orjson.dumps({"id": load_id, "chunks": len(parts), "drop": False})
+    ops = [clock_op(Database.clock_now_ms()), ("load.commit", args), ("load.discard", args)]
+    if steps is not None:
+        ops.append(load_steps_op(steps))
+    out.append(sys_entry(idx, ops))
+    return out
+
+
+RUNAWAY_LOAD = ("INSERT INTO big WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 "
+                "FROM c) SELECT x FROM c;")
+
+
+@pytest.mark.timeout(60)      # without the budget the load never ends
+def test_load_statement_past_the_budget_undoes_the_whole_load(tmp_path):
+    """Invariant: a load statement that never ends stops at the entry's budget on every
+    member alike (members with different histories), the load is undone whole, and its
+    result says why with code over_budget. Without the op (older entries) nothing
+    changes for loads that end."""
+    dump = ["CREATE TABLE big (x);", "INSERT INTO big VALUES (1);", "CREATE TABLE other (y);",
+            RUNAWAY_LOAD, "INSERT INTO other VALUES (2);"]
+    entries = _load_entries(3, dump, steps=20_000)
+    a, b = _both(tmp_path, entries)
+    for f in (a, b):
+        res = rows(f, "SELECT name FROM sqlite_schema WHERE name IN ('big', 'other')")
+        assert res == []
+    assert _dump(a) == _dump(b)
+    # the commit's result, replayed on a fresh member
+    c = make(tmp_path, "c")
+    out = c.apply(entries)[-1]["results"][0]
+    assert out["code"] == "over_budget" and "statement 4" in out["error"]
+    assert "whole load was undone" in out["error"]
+    assert c.counters["over_budget"] == 1
+    # a plain dump of many rows loads within the same budget (per statement; the whole
+    # load runs several times the budget's steps)
+    ok = ["CREATE TABLE big (x);"] + [f"INSERT INTO big VALUES ({i});" for i in range(3000)]
+    out = c.apply(_load_entries(30, ok, steps=20_000, load_id="l2", chunk=500))[-1]
+    assert out["results"][0] == {"statements": 3001}
+    assert rows(c, "SELECT count(*) FROM big") == [[3000]]
