@@ -95,6 +95,13 @@ class _Access:
                     and _truth(p2) is not self.fk:
                 return apsw.SQLITE_DENY
             return apsw.SQLITE_OK
+        if op == apsw.SQLITE_ANALYZE:
+            # A plain ANALYZE visits every table: ours are skipped, not refused (their
+            # statistics would differ between members: our meta rows are replaced per
+            # apply call, so their rowids, which sqlite_stat4 samples, do)
+            if p1 and p1.lower().startswith(INTERNAL_PREFIX):
+                return apsw.SQLITE_IGNORE
+            return apsw.SQLITE_OK
         if op in _table_ops():
             for p in (p1, p2):
                 if p and p.lower().startswith(INTERNAL_PREFIX):
