@@ -25,7 +25,8 @@ from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
 from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
                                  run_many_unreported, run_statement)
-from raftsqlite.db_shapes import CONN_FUNCTIONS, insert_shape, quote_ident
+from raftsqlite.db_shapes import (_PLAIN_INSERT, _ROWID_NAMES, CONN_FUNCTIONS, _unquote,
+                                  insert_shape, quote_ident)
 
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
@@ -116,6 +117,11 @@ class Database:
         self._rowid_q = {}            # (schema, table) -> query of its largest rowid, or ""
         self._rowid_gen = -1
         self.rowid_refused = False
+        # (schema, table) -> an upper bound of its largest rowid (see check_rowid_limit),
+        # kept while every write to it is a checked request; dropped on anything else
+        self._top = {}
+        self._req_auto = None         # the one table the request inserted into, auto rowids
+        self._tc0 = 0
         # The apply budget (see set_step_budget) and the inline-apply deadline, both
         # enforced by the writer's progress handler on user statements only.
         self.step_budget = 0
@@ -131,7 +137,8 @@ class Database:
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
                                "snapshots": 0, "restores": 0, "inline_reads": 0,
                                "inline_fallbacks": 0, "sequential_runs": 0,
-                               "multirow_runs": 0}
+                               "multirow_runs": 0, "targets_learned": 0,
+                               "rowid_bound_hits": 0}
 
     # ---- connections ---------------------------------------------------------------
     def create_function(self, name, nargs, fn, deterministic=True):
@@ -289,6 +296,8 @@ class Database:
         self.result_refused = None
         self.rowid_refused = False
         self.req_written.clear()
+        self._req_auto = True
+        self._tc0 = self.writer.total_changes()
         # A result's last_insert_id is the connection's last rowid, which for a request
         # that inserts nothing (a DELETE) is whatever ran before on this member's writer
         # (our own bookkeeping rows included), and it is stored with the request id: so
@@ -304,10 +313,7 @@ class Database:
         acc = self._write_access
         tm = self._targets
         if acc.prepared:
-            acc.prepared = False
-            t = frozenset(acc.written)
-            acc.written.clear()
-            tm[sql] = t
+            t = self._targets_prepared(sql)
             if len(tm) > 1024:
                 tm.popitem(last=False)
         else:
@@ -316,14 +322,57 @@ class Database:
                 t = self._learn_targets(sql)
             else:
                 tm.move_to_end(sql)
-        if t:
-            self.req_written.update(t)
+        written, auto = t
+        if written:
+            self.req_written.update(written)
+            ra = self._req_auto
+            if ra is not None and ra is not auto:
+                self._req_auto = auto if ra is True else None
+
+    def _targets_prepared(self, sql):
+        """(tables written, the table when ``sql`` only inserts rows that take rowid =
+        largest + 1 into it, else None), from what the authorizer saw of a prepare."""
+        acc = self._write_access
+        written = frozenset(acc.written)
+        plain = acc.plain
+        acc.prepared = False
+        acc.plain = True
+        acc.written.clear()
+        auto = None
+        if plain and len(written) == 1:
+            (key,) = written
+            if self._auto_rowid_insert(sql, key):
+                auto = key
+        t = self._targets[sql] = (written, auto)
+        return t
+
+    def _auto_rowid_insert(self, sql, key):
+        """Whether ``sql`` is a plain ``INSERT INTO t(cols) VALUES (?, ...)`` into ``key``
+        naming neither the rowid nor a column that is its alias: each row it inserts
+        then takes rowid = largest + 1 (or a random one past 2^63-1)."""
+        m = _PLAIN_INSERT.match(sql)
+        if m is None or _unquote(m.group(1)).lower() != key[1].lower():
+            return False
+        cols = {_unquote(c).lower() for c in m.group(2).split(",")}
+        if cols & _ROWID_NAMES:
+            return False
+        try:
+            info = self.internal(f"PRAGMA {quote_ident(key[0])}.table_xinfo"
+                                 f"({quote_ident(key[1])})")
+        except apsw.Error:
+            return False
+        pks = [r for r in info if r[5]]
+        # a lone INTEGER PRIMARY KEY is the rowid (an alias taken for one when it is not,
+        # "INTEGER PRIMARY KEY DESC", only makes this more careful)
+        return not (len(pks) == 1 and (pks[0][2] or "").upper() == "INTEGER"
+                    and pks[0][1].lower() in cols)
 
     def _learn_targets(self, sql):
         """What ``sql`` writes, from a fresh prepare (only for a text that reached the
         statement cache without our knowing it, e.g. first run by our own code)."""
         acc = self._write_access
         acc.written.clear()
+        acc.plain = True
         self.writer.set_progress_handler(None)      # not counted in any budget
         try:
             self.writer.cursor().execute("EXPLAIN " + sql, can_cache=False)
@@ -331,11 +380,8 @@ class Database:
             pass        # the prepare, and so the authorizer, ran before any binding
         finally:
             self.writer.set_progress_handler(self._progress, PROGRESS_STEPS)
-        acc.prepared = False
-        t = frozenset(acc.written)
-        acc.written.clear()
-        self._targets[sql] = t
-        return t
+        self.stats_counters["targets_learned"] += 1
+        return self._targets_prepared(sql)
 
     def check_rowid_limit(self):
         """After a request: True (and ``result_refused`` set) when a rowid table it wrote
@@ -347,8 +393,23 @@ class Database:
         if acc.gen != self._rowid_gen:
             self._rowid_gen = acc.gen
             self._rowid_q.clear()
+            self._top.clear()
+        w = self.req_written
+        auto = self._req_auto
+        if auto is not None and auto is not True:
+            # The request only inserted rows with rowid = largest + 1 into one table, at
+            # most n of them: from an upper bound u of its largest rowid, the new largest
+            # is at most u + n. Below 2^63-1 that is the exact check's answer too, with
+            # no query (the bulk and single-row insert paths).
+            u = self._top.get(auto)
+            if u is not None:
+                u += self.writer.total_changes() - self._tc0
+                if u < _MAX_ROWID:
+                    self._top[auto] = u
+                    self.stats_counters["rowid_bound_hits"] += 1
+                    return False
         cur = self._rowid_cur
-        for key in self.req_written:
+        for key in w:
             q = self._rowid_q.get(key)
             if q is None:
                 q = self._rowid_q[key] = self._rowid_query(*key)
@@ -363,7 +424,14 @@ class Database:
                 self.rowid_refused = True
                 self.result_refused = rowid_error(key[1])
                 return True
+            self._top[key] = top or 0
         return False
+
+    def forget_rowid_bounds(self):
+        """Drop the upper bounds of check_rowid_limit: the apply transaction (or part of
+        it) was rolled back, restored rows may lie above them, or something other than a
+        checked request (a SYSTEM op, a restore) wrote."""
+        self._top.clear()
 
     def _rowid_query(self, schema, table):
         """The query of a table's largest rowid ("" for a view, a virtual or WITHOUT ROWID
@@ -731,6 +799,7 @@ class Database:
         Readers keep working and see the new state once it commits."""
         self._schema_cs = None      # the schema may be another one now
         self._rowid_q.clear()
+        self._top.clear()
         src = apsw.Connection(f"file:{os.path.abspath(path)}?immutable=1", flags=_RO)
         try:
             acc = self._write_access

@@ -56,7 +56,7 @@ class _Access:
     (it is a group setting, group_settings.py: changed on one connection it would apply
     the log differently there, and be lost on a restart or snapshot restore)."""
 
-    __slots__ = ("internal", "fk", "ddl", "gen", "written", "prepared")
+    __slots__ = ("internal", "fk", "ddl", "gen", "written", "prepared", "plain")
 
     def __init__(self, fk=False, track=False):
         self.internal = False
@@ -70,6 +70,7 @@ class _Access:
         # writes, see "Random rowids" in store.md).
         self.written = set() if track else None
         self.prepared = False
+        self.plain = True   # no UPDATE, DELETE or trigger body among those prepares
 
     def authorize(self, op, p1, p2, dbname, trigger):
         if op in _ddl_ops():
@@ -81,7 +82,16 @@ class _Access:
         if w is not None:
             self.prepared = True
             if (op == apsw.SQLITE_INSERT or op == apsw.SQLITE_UPDATE) and p1:
-                w.add((dbname or "main", p1))
+                if p1[:7].lower() == "sqlite_":
+                    # the schema, or sqlite_sequence: an AUTOINCREMENT table's next
+                    # rowid follows that, not its largest one
+                    self.plain = False
+                else:
+                    w.add((dbname or "main", p1))
+                    if op == apsw.SQLITE_UPDATE or trigger:
+                        self.plain = False
+            elif op == apsw.SQLITE_DELETE:
+                self.plain = False
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
             return apsw.SQLITE_DENY
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):

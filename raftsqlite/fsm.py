@@ -232,6 +232,7 @@ class FSM:
                 db.internal("COMMIT")
             except _TxnLost as lost:
                 # SQLite already rolled everything back; re-run without that request
+                db.forget_rowid_bounds()
                 self.counters["txn_reruns"] += 1
                 if db.deadline_passed:
                     raise _DeadlinePassed() from None
@@ -246,6 +247,7 @@ class FSM:
                     poisoned[lost.key] = _ROLLED_BACK
                 continue
             except _OverBudget as ob:
+                db.forget_rowid_bounds()
                 if db.in_transaction():
                     db.internal("ROLLBACK")
                 if db.deadline_passed:
@@ -254,11 +256,13 @@ class FSM:
                 self._over_budget(ob.keys, exact, poisoned)
                 continue
             except _FkRerun as rr:
+                db.forget_rowid_bounds()
                 db.internal("ROLLBACK")
                 poisoned[("fk",) + rr.key] = True     # not an error: run it carefully
                 self.counters["fk_reruns"] += 1
                 continue
             except BaseException:
+                db.forget_rowid_bounds()
                 if db.in_transaction():
                     db.internal("ROLLBACK")
                 raise
@@ -463,6 +467,7 @@ class FSM:
                 else self._query_request(r, (pos, ri), (pos, ri) in exact)
                 for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
+            self.db.forget_rowid_bounds()   # its handlers write without the check
             return {"index": e.index, "results": [
                 self._system_op(e, n, a, (pos, "op", k)) if (pos, "op", k) not in poisoned
                 else _sys_poisoned(poisoned[(pos, "op", k)], n)

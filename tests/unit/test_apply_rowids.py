@@ -232,3 +232,80 @@ def test_analyze_goes_through_the_log_with_the_same_statistics(tmp_path):
     assert rows(a, "SELECT count(*) FROM sqlite_stat1 WHERE tbl LIKE '\\_raftsqlite%' "
                    "ESCAPE '\\'") == [[0]]
     assert rows(a, "SELECT count(*) FROM sqlite_stat1") == [[2]]
+
+
+def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
+    """Invariant: the shortcut of the check (an upper bound of a table's largest rowid,
+    kept across plain inserts) never decides differently from querying every time: a
+    member that keeps its bounds across entries, rollbacks, loads and refusals, one that
+    restarts every few entries (no bounds), and one that always queries give the same
+    results and databases, near the largest rowid."""
+    import random
+    rnd = random.Random(7)
+    auto = "INSERT INTO u(v) VALUES (?)"
+    entries = [ex(3, req("CREATE TABLE u (v UNIQUE)")), ex(4, req((auto, ["first"]))),
+               ex(5, req((auto, ["second"])))]
+    # a load writes near the top behind the bounds' back: the next inserts reach it
+    entries += _load_entries(6, [f"INSERT INTO u(rowid, v) VALUES ({MAX - 2}, 'ld');"],
+                             steps=None, load_id="l0")
+    entries += [ex(8, req((auto, ["below-top"]))), ex(9, req((auto, ["at-top"])))]
+    # an exact check inside a batch that is rolled back must not leave its bound behind
+    entries += [ex(10, req("DELETE FROM u WHERE rowid > 100")),
+                ex(11, req((auto, ["low"])), req((f"INSERT INTO u(rowid, v) VALUES (?, ?)",
+                                                  [MAX - 3, "hi"]))),
+                ex(12, req("DELETE FROM u WHERE rowid > 100"), req("UPDATE u SET v = v"),
+                   req("INSERT OR ROLLBACK INTO u(v) VALUES ('low')")),
+                ex(13, *[req((auto, [f"after-rb{i}"])) for i in range(3)])]
+    # AUTOINCREMENT: the next rowid follows the largest ever, not the largest left
+    ai = "INSERT INTO ai(v) VALUES (?)"
+    entries += [ex(14, req("CREATE TABLE ai (id INTEGER PRIMARY KEY AUTOINCREMENT, v)"),
+                   req((ai, ["a0"]))),
+                ex(15, req((ai, ["a1"])), req(f"INSERT INTO ai(id, v) VALUES ({MAX - 2}, 'x')"),
+                   req(f"DELETE FROM ai WHERE id = {MAX - 2}")),
+                ex(16, *[req((ai, [f"a{i}"])) for i in range(2, 6)])]
+    idx, n = 17, 0
+    for _ in range(70):
+        kind = rnd.choice(["auto", "auto", "near", "delete", "rollback", "load", "run"])
+        n += 1
+        if kind == "auto":
+            e = [ex(idx, req((auto, [f"a{n}"])))]
+        elif kind == "run":
+            e = [ex(idx, *[req((auto, [f"r{n}.{i}"])) for i in range(3)])]
+        elif kind == "near":
+            e = [ex(idx, req((f"INSERT INTO u(rowid, v) VALUES (?, ?)",
+                              [MAX - rnd.choice([1, 1, 2, 3, 40]), f"n{n}"])))]
+        elif kind == "delete":
+            e = [ex(idx, req("DELETE FROM u WHERE rowid = (SELECT max(rowid) FROM u)"))]
+        elif kind == "rollback":
+            e = [ex(idx, req((auto, [f"x{n}"])), req("DELETE FROM u WHERE rowid > 100"),
+                    req("UPDATE u SET v = v"), req((auto, [f"y{n}"])),
+                    req("INSERT OR ROLLBACK INTO u(v) VALUES ('dup'), ('dup')"),
+                    req((auto, [f"z{n}"])))]
+        else:
+            e = _load_entries(idx, [f"INSERT INTO u(rowid, v) VALUES ({MAX - 2}, 'l{n}');"],
+                              steps=None, load_id=f"l{n}")
+        entries.extend(e)
+        idx += len(e)
+    keep, fresh, exact = make(tmp_path, "keep"), make(tmp_path, "fresh"), \
+        make(tmp_path, "exact")
+    exact.db._auto_rowid_insert = lambda sql, key: False     # always the query
+    out = {"keep": [], "fresh": [], "exact": []}
+    for i in range(0, len(entries), 5):
+        part = entries[i:i + 5]
+        out["keep"].extend(keep.apply(part))
+        out["exact"].extend(exact.apply(part))
+        out["fresh"].extend(fresh.apply(part))
+        fresh.db.close()
+        fresh = FSM(Database(fresh.db.path))
+
+    def strip(res):
+        return [[{k: v for k, v in r.items() if k != "time"} for r in rs]
+                for e in res if e for rs in e.get("results", [])
+                if isinstance(rs, list)]
+    assert strip(out["keep"]) == strip(out["exact"]) == strip(out["fresh"])
+    assert _dump(keep) == _dump(exact) == _dump(fresh)
+    assert keep.counters["rowid_refused"] > 3
+    assert keep.db.stats_counters["rowid_bound_hits"] > 20, "the shortcut ran"
+    assert exact.db.stats_counters["rowid_bound_hits"] == 0
+    assert rows(keep, f"SELECT count(*) FROM u WHERE rowid = {MAX}") == [[0]]
+    assert rows(keep, "SELECT max(id) FROM ai") == [[MAX - 1]]
