@@ -13,7 +13,7 @@ become visible until all of it has arrived and run:
   drop every user object when ``drop`` (loading a SQLite file replaces the database),
   then run every staged statement in order. Any failure (a missing chunk, a failing
   statement) raises, so the FSM rolls the op back: the old database stays as it was.
-  Each statement has the write budget the entry carries (op ``steps``, the leader's
+  Each statement has the write budget the entry carries (op ``lsteps``, the leader's
   -max-apply-steps, counted for that statement alone and prepared fresh, so the count
   is exact and the same on every member): a statement that never ends (a recursive CTE
   without a bound) stops the load with ``OverBudget`` instead of freezing every member,

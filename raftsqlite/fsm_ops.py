@@ -154,7 +154,7 @@ class SystemContext:
         return self._db.run_user(sql, params)
 
     def run_user_budgeted(self, sql, params=None):
-        """``run_user`` within the entry's write budget (op ``steps``, 0 = none), counted
+        """``run_user`` within the entry's write budget (op ``lsteps``, 0 = none), counted
         for this statement alone and exactly (prepared fresh, so the count is the same on
         every member). -> (result, True when it ran past the budget and was stopped)."""
         db = self._db

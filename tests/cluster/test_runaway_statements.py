@@ -179,7 +179,7 @@ def test_load_with_a_runaway_statement_is_refused_and_undone_everywhere(cluster)
     t0 = time.monotonic()
     st, body = call(follower.http, "POST", "/db/load", dump,
                     headers={"Content-Type": "text/plain"}, timeout=30)
-    assert st == 400 and "write budget" in str(body) and "statement 2" in str(body), \
+    assert st == 400 and "write budget" in str(body) and "statement 3" in str(body), \
         (st, body)
     assert time.monotonic() - t0 < 10
     st, body = execute(lead.http, [["INSERT INTO t(v) VALUES (?)", "after-load"]])
