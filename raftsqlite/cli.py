@@ -25,8 +25,10 @@ def build_parser():
         epilog="Example: raft-sqlite -id node1 -data ./node1 -http :11000 -raft :12000; "
                "then raft-sqlite -id node2 -data ./node2 -http :11001 -raft :12001 "
                "-join localhost:11000. Shard groups: raft-sqlite -id s1 -data ./s1 -http :11010 "
-               "-raft :12010 -shard shard1 -join localhost:11000. Local sharded demo: "
-               "raft-sqlite demo")
+               "-raft :12010 -shard shard1 -join localhost:11000. Commands: raft-sqlite demo "
+               "(a local sharded cluster), shell (SQL shell), rebalance TABLE, recover (make a "
+               "stopped member the only voter after its group lost its majority for good); "
+               "each takes --help.")
 
     def flag(name, **kw):
         p.add_argument("-" + name, "--" + name, **kw)

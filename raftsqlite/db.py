@@ -27,6 +27,7 @@ from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_m
                                  run_many_unreported, run_statement)
 from raftsqlite.db_shapes import (_PLAIN_INSERT, _ROWID_NAMES, CONN_FUNCTIONS, _unquote,
                                   insert_shape, quote_ident)
+from raftsqlite.sqlrewrite import hide_internal, may_name_schema
 
 
 _RO = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
@@ -671,6 +672,8 @@ class Database:
                 access.internal = internal
             try:
                 for sql, params in statements:
+                    if not internal and may_name_schema(sql):
+                        sql = hide_internal(sql)   # the node's tables stay out of sight
                     r = run_statement(conn, sql, params, self.max_result_bytes)
                     if "error" in r:
                         self.stats_counters["read_errors"] += 1

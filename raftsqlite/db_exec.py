@@ -10,7 +10,7 @@ from itertools import islice
 
 import apsw
 
-from raftsqlite.db_shapes import INTERNAL_PREFIX, STATE_PRAGMAS
+from raftsqlite.db_shapes import INTERNAL_PREFIX, STATE_PRAGMAS, fill_types
 
 # Pragmas a user statement may not run: they change durability or the file format
 # underneath replication, or let SQL rewrite the schema table directly.
@@ -238,13 +238,7 @@ def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
         return {"error": _bad_param(e), "time": time.perf_counter() - t0}
     if desc is not None:
         columns = [d[0] for d in desc]
-        types = [(d[1] or "").lower() for d in desc]
-        if rows and "" in types:
-            # rqlite's rule: no declared type -> the first row's storage class
-            first = rows[0]
-            for i, t in enumerate(types):
-                if not t:
-                    types[i] = _storage_class(first[i])
+        types = fill_types([(d[1] or "").lower() for d in desc], rows)
         return {"columns": columns, "types": types, "values": [list(r) for r in rows],
                 "time": time.perf_counter() - t0}
     changed = conn.total_changes() - before
@@ -353,13 +347,3 @@ def run_many_unreported(conn, sql, rows):
     return False if conn.in_transaction else None
 
 
-def _storage_class(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "real"
-    if isinstance(v, str):
-        return "text"
-    return "blob"

@@ -163,3 +163,27 @@ def insert_shape(sql, internal, clock_pinned=True):
         return InsertShape(table)
     return InsertShape(table, f"INSERT INTO {m.group(1)}({m.group(2)}) VALUES ",
                        m.group(3).count("?"))
+
+
+def storage_class(v) -> str:
+    """SQLite's storage class of a value, as rqlite names it in ``types``."""
+    if v is None:
+        return ""
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "real"
+    if isinstance(v, str):
+        return "text"
+    return "blob"
+
+
+def fill_types(types, rows):
+    """rqlite's rule for a result's ``types``: a column without a declared type takes the
+    storage class of its value in the first row. ``types`` is changed in place."""
+    if rows and "" in types:
+        first = rows[0]
+        for i, t in enumerate(types):
+            if not t and i < len(first):
+                types[i] = storage_class(first[i])
+    return types

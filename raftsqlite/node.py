@@ -47,8 +47,6 @@ NODE_ELECTION_TICKS = 20
 
 class Node:
     def __init__(self, config: NodeConfig):
-        from raftsqlite.raft.config import RaftConfig
-        from raftsqlite.raft.driver import RaftNode
         self.config = config
         # -auth / -join-as (http/auth.py): a bad file stops the node here, before it
         # opens anything. identity_header: what this node sends on its own calls.
@@ -63,6 +61,28 @@ class Node:
         elif config.join_as:
             raise ConfigError("-join-as needs -auth: the user's password comes from that file")
         os.makedirs(config.data_dir, exist_ok=True)
+        # one process per data directory (datalock.py); held until stop() or exit
+        from raftsqlite.datalock import DataDirLock
+        self._lock = DataDirLock(config.data_dir).acquire("node")
+        try:
+            self._open(config)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, config):
+        from raftsqlite.raft.config import RaftConfig
+        from raftsqlite.raft.driver import RaftNode
+        peers_json = os.path.join(config.raft_dir, "peers.json")
+        if os.path.exists(peers_json):
+            # rqlite's way to recover a group that lost its majority; silently ignoring it
+            # would leave an operator following rqlite's runbook with a group that never
+            # comes back
+            raise ConfigError(
+                f"{peers_json} exists: raft-sqlite does not read rqlite's peers.json. To recover "
+                f"a group that lost its majority for good, stop this node, remove peers.json and "
+                f"run 'raft-sqlite recover -id {config.node_id} -data {config.data_dir}' "
+                f"(docs/operations.md, 'Losing the majority for good')")
         # -fk / -extensions-path: settings the whole group shares (group_settings.py)
         from raftsqlite import group_settings as gs
         exts = gs.collect_extensions(config.extensions_path,
@@ -162,6 +182,8 @@ class Node:
         await self.sharding.start()
         await self._serve_http()
         self._started = True
+        if not join and not fresh:
+            join = self._peers_if_moved()
         if join and not shard_new:
             if fresh:
                 await self._join(join)
@@ -236,6 +258,7 @@ class Node:
         self.store.close()
         self.db.close()
         self._started = False
+        self._lock.release()
 
     # ---- joining ----------------------------------------------------------------------
     async def _join(self, addrs):
@@ -310,6 +333,29 @@ class Node:
         auth = {"Authorization": self.identity_header} if self.identity_header else None
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
                                      headers=auth, connector=conn), name
+
+    def _peers_if_moved(self):
+        """A member restarted under new addresses (a pod or VM that got a new IP) without
+        -join: the others still send to the old ones, so it would never hear its leader
+        again. It asks them, as a -join would, to take its new addresses: the HTTP addresses
+        of the other members in its own configuration."""
+        cfg = self.config
+        members = self.raft.members
+        me = next((m for m in members if m.node_id == cfg.node_id), None)
+        if me is None or (me.raft_addr == cfg.raft_advertise
+                          and me.http_addr in ("", cfg.http_advertise)):
+            return []
+        peers = [m.http_addr for m in members if m.node_id != cfg.node_id and m.http_addr]
+        if peers:
+            log.warning("%s: this member's addresses changed (Raft %s -> %s, HTTP %s -> %s); "
+                        "asking the other members (%s) to take the new ones", cfg.node_id,
+                        me.raft_addr, cfg.raft_advertise, me.http_addr, cfg.http_advertise,
+                        ", ".join(peers))
+        else:
+            log.warning("%s: this member's addresses changed (Raft %s -> %s) but it is its "
+                        "group's only member: the configuration keeps the old ones",
+                        cfg.node_id, me.raft_addr, cfg.raft_advertise)
+        return peers
 
     async def _join_quietly(self, addrs):
         try:

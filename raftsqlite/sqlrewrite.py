@@ -266,6 +266,8 @@ def rewrite(sql, *, now=None, rng=None):
     per request so every statement of it sees the same instant."""
     if not isinstance(sql, str):
         raise StatementRefused(f"statement must be a string, got {type(sql).__name__}")
+    if may_name_schema(sql):
+        sql = hide_internal(sql)   # reads through the log (level=strong, /db/request) too
     if not _maybe(sql):
         return sql
     if INTERNAL_PREFIX in sql.lower():
@@ -395,3 +397,92 @@ def _select_only(st):
                 continue
             return False
     return True
+
+
+# ---- the node's own tables, hidden from schema introspection --------------------------
+# ORMs and tools list tables by reading sqlite_master (SQLAlchemy's reflection, Alembic's
+# autogenerate, Django's inspectdb, rqlite's own shell's .tables and .schema) or PRAGMA
+# table_list. They would see the node's bookkeeping tables (_raftsqlite_*) and, worse,
+# propose to drop them. So a statement naming main.sqlite_master / sqlite_schema as a table
+# reads a subquery without them instead, under the same name or the user's alias, and a bare
+# PRAGMA table_list becomes the same query on pragma_table_list without them. Reads are
+# rewritten where they run (Database.read); statements through the log (writes, level=strong
+# reads, /db/request) in ``rewrite``, before logging, so every member applies the same text.
+# Naming an internal table outright is refused as before.
+_SCHEMA_TABLES = {"sqlite_master", "sqlite_schema"}
+_VISIBLE_SCHEMA = ("(SELECT * FROM main.sqlite_master WHERE tbl_name NOT LIKE "
+                   "'\\_raftsqlite\\_%' ESCAPE '\\')")
+_VISIBLE_TABLE_LIST = ("SELECT * FROM pragma_table_list WHERE name NOT LIKE "
+                       "'\\_raftsqlite\\_%' ESCAPE '\\'")
+# words that may follow a table in a FROM clause and are not an alias
+_AFTER_TABLE = {"where", "join", "left", "right", "full", "inner", "cross", "natural", "on",
+                "using", "group", "order", "limit", "union", "except", "intersect", "window",
+                "having", "indexed", "not", "outer", "returning"}
+_hide_cache = OrderedDict()
+_HIDE_CACHE_MAX = 256
+
+
+def may_name_schema(sql):
+    """Cheap test: could ``hide_internal`` change ``sql``?"""
+    low = sql.lower()
+    return "sqlite_" in low or "table_list" in low
+
+
+def _ident(kind, text):
+    if kind == "word":
+        return text.lower()
+    if kind == "ident":
+        return text[1:-1].lower()
+    return None
+
+
+def hide_internal(sql):
+    """``sql`` with the node's tables left out of sqlite_master / PRAGMA table_list (see
+    above); ``sql`` itself when it names neither."""
+    hit = _hide_cache.get(sql)
+    if hit is not None:
+        return hit
+    out = _hide(sql)
+    _hide_cache[sql] = out
+    if len(_hide_cache) > _HIDE_CACHE_MAX:
+        _hide_cache.popitem(last=False)
+    return out
+
+
+def _hide(sql):
+    toks = tokenize(sql)
+    sig = _sig(toks)
+    words = [_ident(*toks[i]) for i in sig]
+    texts = [t for _, t in toks]
+    changed = False
+    if 2 <= len(sig) <= 5 and words[0] == "pragma":
+        rest = [toks[i][1].lower() for i in sig[1:]]
+        if rest[-1] == ";":
+            rest.pop()
+        if rest == ["table_list"]:
+            return _VISIBLE_TABLE_LIST
+        if rest == ["main", ".", "table_list"]:
+            return _VISIBLE_TABLE_LIST + " AND schema = 'main'"
+    for p, i in enumerate(sig):
+        if words[p] not in _SCHEMA_TABLES:
+            continue
+        start = p
+        if p >= 2 and toks[sig[p - 1]] == ("op", "."):
+            if words[p - 2] != "main":
+                continue          # temp.sqlite_master, or a column of that name
+            start = p - 2
+        before = words[start - 1] if start >= 1 else None
+        if before not in ("from", "join") and toks[sig[start - 1]] != ("op", ","):
+            continue
+        nxt = sig[p + 1] if p + 1 < len(sig) else None
+        if nxt is not None and toks[nxt] == ("op", "."):
+            continue              # sqlite_master.name: a qualifier, not the table
+        aliased = nxt is not None and (
+            toks[nxt][0] == "ident" or (toks[nxt][0] == "word"
+                                        and words[p + 1] not in _AFTER_TABLE))
+        repl = _VISIBLE_SCHEMA if aliased else f"{_VISIBLE_SCHEMA} AS {toks[i][1]}"
+        for j in range(sig[start], i + 1):
+            texts[j] = ""
+        texts[sig[start]] = repl
+        changed = True
+    return "".join(texts) if changed else sql

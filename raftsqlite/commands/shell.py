@@ -43,6 +43,13 @@ HELP = """\
 .timer on|off                show how long each statement took"""
 
 
+# Objects the user made: not SQLite's own (sqlite_*), not the node's bookkeeping tables
+# (_raftsqlite_*: its dedup and meta tables, db_shapes.INTERNAL_PREFIX). A user's own table
+# may well start with "_".
+_USER_OBJECT = ("name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "AND tbl_name NOT LIKE '\\_raftsqlite\\_%' ESCAPE '\\'")
+
+
 class ShellError(Exception):
     pass
 
@@ -198,15 +205,14 @@ class Shell:
 
     def cmd_tables(self, arg):
         self.say(table(*self._query("SELECT name FROM sqlite_master WHERE type = 'table' AND "
-                                    "name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_%' ESCAPE "
-                                    "'\\' ORDER BY 1")))
+                                    f"{_USER_OBJECT} ORDER BY 1")))
 
     def cmd_indexes(self, arg):
         self.say(table(*self._query("SELECT name FROM sqlite_master WHERE type = 'index' AND "
-                                    "name NOT LIKE 'sqlite_%' ORDER BY 1")))
+                                    f"{_USER_OBJECT} ORDER BY 1")))
 
     def cmd_schema(self, arg):
-        where = "sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+        where = f"sql IS NOT NULL AND {_USER_OBJECT}"
         if arg:
             where += " AND tbl_name = " + "'" + arg.replace("'", "''") + "'"
         self.say(table(*self._query(f"SELECT sql FROM sqlite_master WHERE {where} ORDER BY "

@@ -286,7 +286,9 @@ class RaftNode(SnapshotMixin, ReapMixin):
             raise self._not_leader()
         if len(data) > self.config.max_proposal_bytes:
             raise errors.PayloadTooLarge(
-                f"proposal of {len(data)} bytes exceeds {self.config.max_proposal_bytes}")
+                f"this write's log entry is {len(data)} bytes, over the largest the group "
+                f"takes ({self.config.max_proposal_bytes} bytes, set on every member with "
+                f"-raft-opt max_proposal_bytes=N); split it into several requests")
         if len(self._pending) + len(self._props) >= self.config.max_pending_proposals:
             raise errors.ProposalDropped("too many proposals in flight")
         fut = self._loop.create_future()

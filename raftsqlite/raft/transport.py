@@ -64,7 +64,12 @@ class _Inbound(asyncio.Protocol):
         try:
             frames = self.decoder.feed(data)
         except DecodeError as e:
-            log.error("closing raft connection from %s: %s", self.peer or _peername(self.tr), e)
+            who = self.peer or _peername(self.tr)
+            hint = _foreign_protocol(data) if self.peer is None else None
+            if hint:
+                log.warning("closing connection from %s on the Raft port: %s", who, hint)
+            else:
+                log.error("closing raft connection from %s: %s", who, e)
             self.owner.stats_["bad_frames"] += 1
             self.tr.close()
             return
@@ -437,6 +442,23 @@ class Transport:
 def _retrieve(fut):
     if not fut.cancelled():
         fut.exception()
+
+
+_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ")
+
+
+def _foreign_protocol(data):
+    """What a first packet that is no Raft frame most likely is, as advice (or None). An
+    HTTP client or a TLS handshake on the Raft port is an operator's address mix-up (a -join
+    or a load balancer given the -raft address), not a broken member."""
+    head = bytes(data[:8])
+    if head.startswith(_HTTP_METHODS):
+        return ("an HTTP request reached the Raft port; clients, -join and load balancers "
+                "take the -http address")
+    if head[:1] == b"\x16" and head[1:2] == b"\x03":
+        return ("a TLS handshake reached the Raft port, which this member serves without "
+                "TLS; give every member the same -node-cert/-node-key settings")
+    return None
 
 
 def _nodelay(tr):

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from itertools import islice
 
+from raftsqlite.db_shapes import fill_types
 from raftsqlite.errors import RoutingRefused
 
 PARTIALS = "__rs_partials"
@@ -165,7 +166,8 @@ def merge_rows(results, spec, params):
         cols, types = cols[:-hidden], (types[:-hidden] if types else types)
     else:
         out = [list(r) for r in rows]
-    return {"columns": list(cols), "types": list(types or []), "values": out}
+    # a shard that had no rows could not infer an undeclared column's type (db_shapes)
+    return {"columns": list(cols), "types": fill_types(list(types or []), out), "values": out}
 
 
 def _distinct(rows, colls=None):
@@ -234,7 +236,8 @@ def merge_aggregates(results, spec, params):
         c.execute(f"DROP TABLE IF EXISTS temp.{PARTIALS}")
     types = [shard_types[i] if i is not None and shard_types and i < len(shard_types) else ""
              for i in (spec.get("types_from") or [None] * len(names))]
-    return {"columns": names, "types": types, "values": values}
+    # computed in the final query here (COUNT, SUM, AVG, ...): the unsharded answer's type
+    return {"columns": names, "types": fill_types(types, values), "values": values}
 
 
 def _final_params(spec, params):

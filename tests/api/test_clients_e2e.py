@@ -74,6 +74,11 @@ def test_sqlalchemy_orm(cluster, role):
         s.delete(bob)
         s.commit()
         assert s.query(User).count() == 1
+    # reflection (what Alembic's autogenerate compares against) sees the user's tables and
+    # never the node's own, which it would otherwise propose to drop
+    names = sa.inspect(engine).get_table_names()
+    assert User.__tablename__ in names
+    assert not [n for n in names if n.startswith("_raftsqlite_")], names
     engine.dispose()
 
 
@@ -336,7 +341,8 @@ def test_shell_script_against_a_follower(cluster, tmp_path):
         "                 name TEXT);",
         "INSERT INTO sh(name) VALUES('a'), ('b')",
         "SELECT id, name FROM sh ORDER BY id;",
-        ".tables", ".schema sh", ".consistency linearizable", ".consistency",
+        "CREATE TABLE _own (x)",
+        ".tables", ".schema sh", ".schema", ".consistency linearizable", ".consistency",
         "SELECT COUNT(*) AS n FROM sh", ".nodes", f".dump {dump}", "SELECT * FROM nope",
         ".bogus", ""])
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -352,6 +358,9 @@ def test_shell_script_against_a_follower(cluster, tmp_path):
     assert "| id | name |" in out and "| 1  | a    |" in out and "| 2  | b    |" in out
     import re
     assert re.search(r"^\| sh +\|$", out, re.M) and "CREATE TABLE sh (id INTEGER PRIMARY KEY," in out
+    # a user's table named with "_" is listed; the node's bookkeeping tables never are
+    assert re.search(r"^\| _own +\|$", out, re.M) and "CREATE TABLE _own (x)" in out
+    assert "_raftsqlite_" not in out
     assert "linearizable\n" in out and "| n |" in out and "| 2 |" in out
     ids = [n["id"] for n in json.loads(http("GET", f"http://{cluster.leader()}/nodes?ver=2")[1])["nodes"]]
     assert all(f"| {i}" in out for i in ids) and len(ids) == 3
@@ -359,3 +368,25 @@ def test_shell_script_against_a_follower(cluster, tmp_path):
     assert "ERR! no such table: nope" in out and "ERR! unknown command .bogus" in out
     ok = shell("SELECT name FROM sh WHERE id = 2\n.exit\nSELECT * FROM nope\n")
     assert ok.returncode == 0 and "| b    |" in ok.stdout and "ERR!" not in ok.stdout
+
+
+@pytest.mark.parametrize("how", ["none", "weak", "linearizable", "strong", "request"])
+def test_schema_listing_never_shows_the_node_tables(cluster, how):
+    """Invariant: listing tables from sqlite_master, whichever path the read takes (a reader
+    connection, or the log at level=strong, or /db/request beside a write), shows the user's
+    tables and none of the node's _raftsqlite_ ones."""
+    import urllib.parse
+    leader = f"http://{cluster.leader()}"
+    st, _ = http("POST", leader + "/db/execute", ["CREATE TABLE IF NOT EXISTS listed (x)"])
+    assert st == 200
+    q = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    if how == "request":
+        st, body = http("POST", leader + "/db/request",
+                        [q, "INSERT INTO listed VALUES (1)"])
+    else:
+        st, body = http("GET", leader + "/db/query?" + urllib.parse.urlencode(
+            {"q": q, "level": how}))
+    assert st == 200, body
+    body = json.loads(body) if isinstance(body, (str, bytes)) else body
+    names = [r[0] for r in body["results"][0]["values"]]
+    assert "listed" in names and not [n for n in names if n.startswith("_raftsqlite_")], names

@@ -504,3 +504,16 @@ def test_route_one_matches_route_and_follows_catalog_changes(env):
     assert plan.route_one(cl.catalog, [k, "x"])[0] == "s2"
     same(cl.catalog)
     same(Catalog.from_bytes(cl.catalog.to_bytes()))
+
+
+def test_merged_answers_type_undeclared_columns_as_one_node_does(env):
+    """Invariant: a scattered answer's ``types`` follow rqlite's rule as an unsharded answer
+    does: a column with no declared type (an aggregate computed in the merge, or a column of
+    shards that returned no rows) takes the first row's storage class, never ""."""
+    cl, router, plain, users, orders = env
+    res = run(router.query(["SELECT COUNT(*) AS n, AVG(age) AS a, MAX(name) FROM users"]))[0]
+    assert res["types"] == ["integer", "real", "text"], res
+    res = run(router.query(["SELECT id, name FROM users ORDER BY id LIMIT 3"]))[0]
+    assert res["types"] == ["integer", "text"] and len(res["values"]) == 3, res
+    res = run(router.query(["SELECT id FROM users WHERE id < -100000"]))[0]
+    assert not res.get("values"), res        # no row: nothing to take a type from

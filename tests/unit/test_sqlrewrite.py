@@ -186,3 +186,47 @@ def test_file_pragmas_and_read_pragmas_stay_allowed(tmp_path):
         assert "not authorized" in db.run_user("PRAGMA optimize")["error"]
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("sql,hidden", [
+    ("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name", True),
+    ("SELECT name FROM main.sqlite_master WHERE type = 'table'", True),
+    ("select m.name from sqlite_schema m where m.type = 'table'", True),
+    ('SELECT x.name FROM "sqlite_master" AS x', True),
+    ("SELECT sqlite_master.name FROM sqlite_master", True),
+    ("SELECT u.name FROM sqlite_master u, sqlite_schema WHERE u.name = sqlite_schema.name",
+     True),
+    ("PRAGMA table_list", True),
+    ("pragma main.table_list;", True),
+    ("SELECT * FROM temp.sqlite_master", False),
+    ("SELECT 'sqlite_master'", False),
+])
+def test_schema_reads_leave_the_node_tables_out(tmp_path, sql, hidden):
+    """Invariant: a read of sqlite_master / sqlite_schema / PRAGMA table_list through the
+    user path lists every user object and none of the node's _raftsqlite_ tables (ORMs
+    reflect from them); the node's own internal reads still see everything."""
+    from raftsqlite.fsm import FSM
+    db = Database(str(tmp_path / "db.sqlite"))
+    FSM(db)                                   # creates the node's tables
+    db.writer.execute("CREATE TABLE _mine (x); CREATE TABLE users (id INTEGER PRIMARY KEY, "
+                      "v TEXT UNIQUE); CREATE INDEX users_v ON users(v)")
+    r = db.read([(sql, None)])[0]
+    flat = " ".join(str(c) for row in r.get("values", []) for c in row)
+    assert "error" not in r, r
+    if hidden:
+        assert "_raftsqlite_" not in flat and "users" in flat and "_mine" in flat, flat
+    internal = [n for (n,) in db.read_internal("SELECT name FROM sqlite_master")]
+    assert any(n.startswith("_raftsqlite_") for n in internal)
+    db.close()
+
+
+def test_schema_rewrite_keeps_other_text_and_is_cached():
+    """Invariant: statements not naming the schema table come back as the same object;
+    a rewrite changes only the table reference."""
+    s = "SELECT * FROM t WHERE a = 'sqlite_master'"
+    assert sqlrewrite.hide_internal(s) is s
+    q = "SELECT name FROM sqlite_master WHERE type = 'table' -- sqlite_master"
+    out = sqlrewrite.hide_internal(q)
+    assert out.startswith("SELECT name FROM (SELECT * FROM main.sqlite_master WHERE tbl_name")
+    assert out.endswith(") AS sqlite_master WHERE type = 'table' -- sqlite_master")
+    assert sqlrewrite.hide_internal(q) is out
