@@ -121,7 +121,9 @@ class Database:
         # (schema, table) -> an upper bound of its largest rowid (see check_rowid_limit),
         # kept while every write to it is a checked request; dropped on anything else
         self._top = {}
-        self._req_auto = None         # the one table the request inserted into, auto rowids
+        self._req_auto = None         # the one table the request inserted into, single rows
+        self._req_rowmax = 0          # the largest rowid its single-row inserts reported
+        self._req_unseen = False      # True: one naming the rowid ran where none is reported
         self._tc0 = 0
         # The apply budget (see set_step_budget) and the inline-apply deadline, both
         # enforced by the writer's progress handler on user statements only.
@@ -298,6 +300,8 @@ class Database:
         self.rowid_refused = False
         self.req_written.clear()
         self._req_auto = True
+        self._req_rowmax = 0
+        self._req_unseen = False
         self._tc0 = self.writer.total_changes()
         # A result's last_insert_id is the connection's last rowid, which for a request
         # that inserts nothing (a DELETE) is whatever ran before on this member's writer
@@ -306,11 +310,12 @@ class Database:
         self.writer.set_last_insert_rowid(0)
 
     # ---- random rowids (writer, apply thread) ---------------------------------------
-    def note_targets(self, sql):
+    def note_targets(self, sql, reported=False):
         """After a user text ran on the writer: add the tables it inserts into or updates
         to the request's (``req_written``). SQLite calls the authorizer only when it
         prepares a text, so what a text writes is kept per text; a text served from the
-        statement cache was prepared on this connection earlier and is found here."""
+        statement cache was prepared on this connection earlier and is found here.
+        ``reported``: it ran through ``run_user``, whose result gave its rowid."""
         acc = self._write_access
         tm = self._targets
         if acc.prepared:
@@ -323,50 +328,56 @@ class Database:
                 t = self._learn_targets(sql)
             else:
                 tm.move_to_end(sql)
-        written, auto = t
+        written, auto, named = t
         if written:
             self.req_written.update(written)
             ra = self._req_auto
             if ra is not None and ra is not auto:
                 self._req_auto = auto if ra is True else None
+            if named and not reported:
+                self._req_unseen = True
 
     def _targets_prepared(self, sql):
-        """(tables written, the table when ``sql`` only inserts rows that take rowid =
-        largest + 1 into it, else None), from what the authorizer saw of a prepare."""
+        """(tables written, the table when ``sql`` only inserts one row into it (see
+        ``_single_row_insert``) else None, whether it names the rowid), from what the
+        authorizer saw of a prepare."""
         acc = self._write_access
         written = frozenset(acc.written)
         plain = acc.plain
         acc.prepared = False
         acc.plain = True
         acc.written.clear()
-        auto = None
+        auto = named = None
         if plain and len(written) == 1:
             (key,) = written
-            if self._auto_rowid_insert(sql, key):
+            named = self._single_row_insert(sql, key)
+            if named is not None:
                 auto = key
-        t = self._targets[sql] = (written, auto)
+        t = self._targets[sql] = (written, auto, named)
         return t
 
-    def _auto_rowid_insert(self, sql, key):
-        """Whether ``sql`` is a plain ``INSERT INTO t(cols) VALUES (?, ...)`` into ``key``
-        naming neither the rowid nor a column that is its alias: each row it inserts
-        then takes rowid = largest + 1 (or a random one past 2^63-1)."""
+    def _single_row_insert(self, sql, key):
+        """When ``sql`` is a plain ``INSERT INTO t(cols) VALUES (?, ...)`` into ``key``
+        (one row per execution; no trigger, UPDATE or DELETE, known from the authorizer):
+        whether it names the rowid or a column that is its alias (False: each row takes
+        rowid = largest + 1, or a random one past 2^63-1; True: the row's rowid may be
+        given, and the result's last_insert_id reports it). None otherwise."""
         m = _PLAIN_INSERT.match(sql)
         if m is None or _unquote(m.group(1)).lower() != key[1].lower():
-            return False
+            return None
         cols = {_unquote(c).lower() for c in m.group(2).split(",")}
         if cols & _ROWID_NAMES:
-            return False
+            return True
         try:
             info = self.internal(f"PRAGMA {quote_ident(key[0])}.table_xinfo"
                                  f"({quote_ident(key[1])})")
         except apsw.Error:
-            return False
+            return None
         pks = [r for r in info if r[5]]
         # a lone INTEGER PRIMARY KEY is the rowid (an alias taken for one when it is not,
         # "INTEGER PRIMARY KEY DESC", only makes this more careful)
-        return not (len(pks) == 1 and (pks[0][2] or "").upper() == "INTEGER"
-                    and pks[0][1].lower() in cols)
+        return len(pks) == 1 and (pks[0][2] or "").upper() == "INTEGER" \
+            and pks[0][1].lower() in cols
 
     def _learn_targets(self, sql):
         """What ``sql`` writes, from a fresh prepare (only for a text that reached the
@@ -397,14 +408,16 @@ class Database:
             self._top.clear()
         w = self.req_written
         auto = self._req_auto
-        if auto is not None and auto is not True:
-            # The request only inserted rows with rowid = largest + 1 into one table, at
-            # most n of them: from an upper bound u of its largest rowid, the new largest
-            # is at most u + n. Below 2^63-1 that is the exact check's answer too, with
-            # no query (the bulk and single-row insert paths).
+        if auto is not None and auto is not True and not self._req_unseen:
+            # The request only inserted single rows into one table, at most n of them,
+            # each taking rowid = largest + 1 or one its result reported (the largest of
+            # those: r). From an upper bound u of the table's largest rowid, the new
+            # largest is at most max(u, r) + n. Below 2^63-1 that is the exact check's
+            # answer too, with no query (the bulk and single-row insert paths).
             u = self._top.get(auto)
             if u is not None:
-                u += self.writer.total_changes() - self._tc0
+                r = self._req_rowmax
+                u = (u if u > r else r) + self.writer.total_changes() - self._tc0
                 if u < _MAX_ROWID:
                     self._top[auto] = u
                     self.stats_counters["rowid_bound_hits"] += 1
@@ -529,7 +542,10 @@ class Database:
         ``fresh``: prepare it anew instead of taking it from the statement cache, so its
         step count (``budget_begin``) is exact."""
         r = run_statement(self.writer, sql, params, self._result_bound, fresh)
-        self.note_targets(sql)
+        lid = r.get("last_insert_id")
+        if lid is not None and lid > self._req_rowmax:
+            self._req_rowmax = lid
+        self.note_targets(sql, True)
         if self._result_bound and "error" in r and r["error"].startswith(TOO_LARGE):
             # The statement's changes are made by then (RETURNING runs the whole write
             # first): the state machine undoes the request rather than answer an error

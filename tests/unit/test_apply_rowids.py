@@ -263,9 +263,17 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
                 ex(15, req((ai, ["a1"])), req(f"INSERT INTO ai(id, v) VALUES ({MAX - 2}, 'x')"),
                    req(f"DELETE FROM ai WHERE id = {MAX - 2}")),
                 ex(16, *[req((ai, [f"a{i}"])) for i in range(2, 6)])]
-    idx, n = 17, 0
+    # a run of one text naming the rowid: only its first row's rowid is reported
+    named = "INSERT INTO u(rowid, v) VALUES (?, ?)"
+    entries += [ex(17, req((auto, ["warm"]))),
+                ex(18, *[req((named, p)) for p in ([5000, "p0"], [MAX, "p1"], [6000, "p2"],
+                                                   [MAX - 1, "p3"])]),
+                ex(19, req((auto, ["after-named-run"]))),
+                ex(20, req(f"DELETE FROM u WHERE rowid > 100"))]
+    idx, n = 21, 0
     for _ in range(70):
-        kind = rnd.choice(["auto", "auto", "near", "delete", "rollback", "load", "run"])
+        kind = rnd.choice(["auto", "auto", "near", "delete", "rollback", "load", "run",
+                           "nearrun"])
         n += 1
         if kind == "auto":
             e = [ex(idx, req((auto, [f"a{n}"])))]
@@ -274,6 +282,10 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
         elif kind == "near":
             e = [ex(idx, req((f"INSERT INTO u(rowid, v) VALUES (?, ?)",
                               [MAX - rnd.choice([1, 1, 2, 3, 40]), f"n{n}"])))]
+        elif kind == "nearrun":
+            e = [ex(idx, *[req((f"INSERT INTO u(rowid, v) VALUES (?, ?)",
+                                [MAX - rnd.choice([1, 2, 3, 50]), f"m{n}.{i}"]))
+                           for i in range(3)])]
         elif kind == "delete":
             e = [ex(idx, req("DELETE FROM u WHERE rowid = (SELECT max(rowid) FROM u)"))]
         elif kind == "rollback":
@@ -288,7 +300,7 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
         idx += len(e)
     keep, fresh, exact = make(tmp_path, "keep"), make(tmp_path, "fresh"), \
         make(tmp_path, "exact")
-    exact.db._auto_rowid_insert = lambda sql, key: False     # always the query
+    exact.db._single_row_insert = lambda sql, key: None     # always the query
     out = {"keep": [], "fresh": [], "exact": []}
     for i in range(0, len(entries), 5):
         part = entries[i:i + 5]
