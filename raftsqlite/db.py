@@ -12,7 +12,6 @@ that run statements on a connection); nothing else imports apsw, and only this m
 sets pragmas. Statement results are neutral dicts (see ``db_exec.run_statement``);
 nothing here knows HTTP.
 """
-import collections
 import itertools
 import os
 import random
@@ -110,10 +109,11 @@ class Database:
         self._readers_lock = threading.Lock()
         self._write_access = _Access(self.foreign_keys, track=True)
         self._functions = {}
-        # Random rowids (check_rowid_limit): the tables each user SQL text writes, in
-        # least-recently-used order; larger than apsw's statement cache (100 texts), so
-        # a text served from that cache is always found here
-        self._targets = collections.OrderedDict()
+        # Random rowids (check_rowid_limit): what each user SQL text writes. A text served
+        # from apsw's statement cache (100 texts) is almost always here; one that is not
+        # (pushed out by 4096 newer texts, or first run by our own code) is learned again
+        # from a fresh prepare (_learn_targets)
+        self._targets = {}
         self.req_written = set()      # tables the current request wrote
         self._rowid_q = {}            # (schema, table) -> query of its largest rowid, or ""
         self._rowid_gen = -1
@@ -313,21 +313,19 @@ class Database:
     def note_targets(self, sql, reported=False):
         """After a user text ran on the writer: add the tables it inserts into or updates
         to the request's (``req_written``). SQLite calls the authorizer only when it
-        prepares a text, so what a text writes is kept per text; a text served from the
-        statement cache was prepared on this connection earlier and is found here.
-        ``reported``: it ran through ``run_user``, whose result gave its rowid."""
+        prepares a text, so what a text writes is kept per text (a text served from the
+        statement cache was prepared on this connection earlier; if it is no longer
+        kept here, a fresh prepare tells again). ``reported``: it ran through ``run_user``, whose result gave its rowid."""
         acc = self._write_access
         tm = self._targets
         if acc.prepared:
+            if len(tm) >= 4096:
+                del tm[next(iter(tm))]
             t = self._targets_prepared(sql)
-            if len(tm) > 1024:
-                tm.popitem(last=False)
         else:
             t = tm.get(sql)
             if t is None:
                 t = self._learn_targets(sql)
-            else:
-                tm.move_to_end(sql)
         written, auto, named = t
         if written:
             self.req_written.update(written)
