@@ -560,19 +560,25 @@ class Database:
         ``run_user`` would give. Returns True when ``stop_on_error`` stopped it at a
         failing statement, False when all ran, None when a statement ended the
         transaction (the caller re-runs its batch)."""
+        top = [0]
         try:
-            return run_many(self.writer, sql, params_list, out, stop_on_error, fk_check)
+            return run_many(self.writer, sql, params_list, out, stop_on_error, fk_check, top)
         finally:
-            self.note_targets(sql)
+            if top[0] > self._req_rowmax:
+                self._req_rowmax = top[0]
+            self.note_targets(sql, True)
 
     def run_user_many_recorded(self, sql, params_list, rids, dump, out, first=None):
         """``run_user_many`` (stopping at a failing statement) that also records each
         request's dedup row right after its statement (see ``run_many_recorded``)."""
+        top = [0]
         try:
             return run_many_recorded(self.writer, self._write_access, sql, params_list,
-                                     rids, dump, out, first)
+                                     rids, dump, out, first, top)
         finally:
-            self.note_targets(sql)
+            if top[0] > self._req_rowmax:
+                self._req_rowmax = top[0]
+            self.note_targets(sql, True)
 
     def last_insert_rowid(self) -> int:
         return self.writer.last_insert_rowid()

@@ -247,31 +247,34 @@ def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
             "time": time.perf_counter() - t0}
 
 
-def run_many(conn, sql, params_list, out, stop_on_error=False, fk_check=False):
+def run_many(conn, sql, params_list, out, stop_on_error=False, fk_check=False, top=None):
     """``run_statement`` for each parameter set of a write-shaped SQL text, in a tight
     loop on one cursor (no exec tracer, no per-call setup). See Database.run_user_many.
     ``fk_check``: after each statement that succeeded, stop and return "fk" if it left
-    a foreign key violation pending (a deferred constraint)."""
+    a foreign key violation pending (a deferred constraint). ``top`` (a one-item list):
+    raised to the largest rowid a statement reported."""
     return _run_rows(conn, sql, params_list, out, stop_on_error, None, None, None, None,
-                     fk_check)
+                     fk_check, top)
 
 
 _RECORD_SQL = "INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)"
 
 
-def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=None):
+def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=None,
+                      top=None):
     """``run_many`` with ``stop_on_error``, where after each statement whose request has
     an id (``rids[k]``: bytes or None) that request's dedup row ``(rid, dump([result]))``
     is inserted right away, exactly where running the requests one by one puts it (SQL
     functions such as ``changes()`` and ``last_insert_rowid()`` in the next statement see
     the same values). Returns as ``run_many``; the row of a statement that ended the
     transaction is not inserted (the caller re-runs its batch). ``first`` (a list) gets
-    the seq of the first row inserted, if any."""
-    return _run_rows(conn, sql, params_list, out, True, access, rids, dump, first)
+    the seq of the first row inserted, if any; ``top`` as for ``run_many``."""
+    return _run_rows(conn, sql, params_list, out, True, access, rids, dump, first,
+                     top=top)
 
 
 def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, first,
-              fk_check=False):
+              fk_check=False, top=None):
     """The loop of ``run_many`` and ``run_many_recorded`` (``rids`` None: no recording).
     -> True when ``stop_on_error`` stopped it at a failing statement (its error result
     appended), False when every statement ran, None when a statement ended the
@@ -308,8 +311,11 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
             if not conn.in_transaction:
                 return None
             if total() != before:
-                r = {"last_insert_id": rowid(), "rows_affected": changes(),
+                lid = rowid()
+                r = {"last_insert_id": lid, "rows_affected": changes(),
                      "time": clock() - t0}
+                if top is not None and lid > top[0]:
+                    top[0] = lid
             else:
                 r = {"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0}
             append(r)
