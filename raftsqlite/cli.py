@@ -5,6 +5,7 @@ Flags are accepted the way the seed's README writes them (Go style, one dash:
 dashes (``--id node1``), and as ``-flag=value``.
 """
 import argparse
+import dataclasses
 import gc
 import logging
 import sys
@@ -111,10 +112,34 @@ def build_parser():
     flag("http-allow-origin", dest="http_allow_origin", default="", metavar="ORIGIN",
          help="value of the Access-Control-Allow-Origin header on every HTTP response; "
               "OPTIONS (CORS preflight) is answered 200 (default: off)")
+    # -- autobk9: rqlite's automatic backups, "file" storage (docs/operations.md) --
+    flag("auto-backup", dest="auto_backup", default="", metavar="FILE",
+         help="JSON file (rqlite's format, type \"file\"): the group's leader writes a "
+              "backup into a directory every interval when the data changed")
+    flag("auto-restore", dest="auto_restore", default="", metavar="FILE",
+         help="JSON file (rqlite's format, type \"file\"): a node started with an empty "
+              "data directory that forms a new group first loads that backup")
+    flag("min-free-disk", dest="min_free_disk", type=_bytes, default=None, metavar="BYTES",
+         help="free space the data dir's disk must keep: below it the leader refuses new "
+              "writes (HTTP 507) before the disk is full, e.g. 64MB, 1GB, 0 = off "
+              "(default: 64MB; docs/operations.md \"Disk full and I/O errors\")")
     flag("log-level", dest="log_level", default="WARNING", metavar="LEVEL",
          help="logging level: DEBUG, INFO, WARNING (default), ERROR")
     _add_rqlite_flags(p, flag)
     return p
+
+
+def _bytes(text):
+    """A byte count: 1048576, 64MB, 64MiB, 1G (powers of 1024, as etcd's quota)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return n
 
 
 def _duration(text):
@@ -125,16 +150,26 @@ def _duration(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+# rqlite's boolean flags, which Go lets a script write as -flag=true|false
+_GO_BOOLS = {"raft-cluster-remove-shutdown", "raft-shutdown-stepdown", "write-queue-tx",
+             "fk", "raft-non-voter", "node-no-verify", "http-verify-client",
+             "node-verify-client"}
+_GO_BOOLS_DEFAULT_TRUE = {"raft-shutdown-stepdown"}
+
+
 def _go_bool_flags(argv):
     """Go's flag package takes ``-flag=true|false`` for a boolean; argparse's store_true
     takes none. Only our rqlite-named boolean is translated here."""
     out = []
     for a in argv:
         name, sep, val = a.partition("=")
-        if sep and name.lstrip("-") == "raft-cluster-remove-shutdown":
+        if sep and name.lstrip("-") in _GO_BOOLS:
             if val.lower() in ("true", "1", "t"):
                 out.append(name)
-            elif val.lower() not in ("false", "0", "f"):
+            elif val.lower() in ("false", "0", "f"):
+                if name.lstrip("-") in _GO_BOOLS_DEFAULT_TRUE:
+                    out.append(f"--no-{name.lstrip('-')}")
+            else:
                 raise ConfigError(f"{name} takes true or false, got {val!r}")
             continue
         out.append(a)
@@ -171,8 +206,74 @@ def _add_rqlite_flags(p, flag):
          metavar="DURATION", help="give up waiting for -bootstrap-expect nodes after this "
                                   "(default: %(default)s)")
     flag("version", dest="version", action="store_true", help="print the version and exit")
+    # rqlited's Raft timing and queued-write flags, with their meaning here
+    flag("raft-timeout", dest="raft_timeout", type=_duration, default=None,
+         metavar="DURATION", help="how long a follower waits without hearing its leader "
+                                  "before it campaigns (rqlite; here: the election timeout, "
+                                  "default 1s)")
+    flag("raft-heartbeat-timeout", dest="raft_timeout", type=_duration,
+         default=argparse.SUPPRESS, metavar="DURATION",
+         help="newer rqlite name for -raft-timeout")
+    flag("raft-election-timeout", dest="raft_election_timeout", type=_duration, default=None,
+         metavar="DURATION", help="rqlite's candidate timeout; here the same election "
+                                  "timeout as -raft-timeout (given both: the larger)")
+    flag("raft-apply-timeout", dest="raft_apply_timeout", type=_duration, default=None,
+         metavar="DURATION", help="how long a write waits to be committed and applied when "
+                                  "it gives no timeout (rqlite; default 10s)")
+    flag("raft-shutdown-stepdown", dest="raft_shutdown_stepdown", default=None,
+         action="store_true", help="a leader hands leadership over when it stops (the "
+                                   "default; -raft-shutdown-stepdown=false turns it off)")
+    p.add_argument("--no-raft-shutdown-stepdown", dest="raft_shutdown_stepdown",
+                   action="store_false", help=argparse.SUPPRESS)
+    flag("raft-log-level", dest="raft_log_level", default=None, metavar="LEVEL",
+         help="log level of the Raft engine alone: DEBUG, INFO, WARN, ERROR (rqlite)")
+    flag("auto-vacuum-int", dest="auto_vacuum_int", type=_duration, default=0.0,
+         metavar="DURATION", help="the group's leader runs VACUUM through the log this often, "
+                                  "e.g. 24h (rqlite; default: 0, never)")
+    flag("write-queue-capacity", dest="write_queue_capacity", type=int, default=None,
+         metavar="N", help="queued-write requests held before ?queue answers 503 "
+                           "(rqlite; default 1024)")
+    flag("write-queue-batch-size", dest="write_queue_batch_size", type=int, default=None,
+         metavar="N", help="most statements per queued batch (rqlite; default 128)")
+    flag("write-queue-timeout", dest="write_queue_timeout", type=_duration, default=None,
+         metavar="DURATION", help="how long a queued write waits for more to batch with "
+                                  "(rqlite; default 100ms)")
+    flag("write-queue-tx", dest="write_queue_tx", default=None, action="store_true",
+         help="write each queued batch in one transaction (rqlite)")
     p.add_argument("data_dir_pos", nargs="?", default=None, metavar="DIR",
                    help="data directory, as rqlited's positional argument (same as -data)")
+
+
+#: rqlited flags raft-sqlite does not take, and what to do instead (the node refuses to
+#: start rather than run with a setting silently ignored)
+RQLITE_NOT_TAKEN = {
+    "raft-leader-lease-timeout": "a leader steps down once it has not heard a majority for "
+                                 "one election timeout (CheckQuorum); set -raft-timeout",
+    "raft-commit-timeout": "commits are sent as soon as they are known; nothing to set",
+    "raft-snap-int": "the snapshot threshold (-raft-snap) is checked after every apply",
+    "raft-snap-wal-size": "snapshots are taken by entry count (-raft-snap)",
+    "raft-remove-shutdown": "a removed member keeps running and says so in /readyz "
+                            "(503 'removed from the cluster'); stop it yourself",
+    "on-disk": "the database is always a file in the data directory",
+    "on-disk-path": "the database is always <data>/db.sqlite",
+    "on-disk-startup": "the database is always a file in the data directory",
+    "disco-mode": "list the members' HTTP addresses in -join (with -bootstrap-expect N for "
+                  "a new group): docs/operations.md, 'Deploying like rqlite'",
+    "disco-key": "see -disco-mode: list the members in -join",
+    "disco-config": "see -disco-mode: list the members in -join",
+    "auto-optimize-int": "PRAGMA optimize depends on each connection's history, so members "
+                         "would differ; run ANALYZE, which goes through the log",
+    "db-max-ro-conns": "reads use one connection per reader thread",
+    "compress-snap-transport": "snapshots are sent uncompressed",
+    "cdc-config": "change data capture is not available",
+    "http-verify-common-name": "use -http-verify-client with a CA that signs only your "
+                               "clients' certificates",
+    "node-verify-common-name": "use -node-verify-client with a CA that signs only your "
+                               "nodes' certificates",
+    "cpu-profile": "profile a running node with py-spy instead",
+    "mem-profile": "profile a running node with py-spy instead",
+    "trace-profile": "profile a running node with py-spy instead",
+}
 
 
 def _check_flag_names(parser, argv):
@@ -186,6 +287,9 @@ def _check_flag_names(parser, argv):
         name = a.split("=", 1)[0]
         if a.startswith("-") and len(a) > 1 and name not in known \
                 and not a[1:].replace(".", "", 1).isdigit():
+            why = RQLITE_NOT_TAKEN.get(name.lstrip("-"))
+            if why:
+                raise ConfigError(f"rqlite's {name} is not taken by raft-sqlite: {why}")
             raise ConfigError(f"unknown flag {name} (not a raft-sqlite flag, nor one of "
                               f"rqlite's that raft-sqlite takes; see raft-sqlite --help)")
 
@@ -209,6 +313,15 @@ def _rqlite_settings(args, argv):
                bootstrap_expect=args.bootstrap_expect,
                bootstrap_expect_timeout=parse_duration(args.bootstrap_expect_timeout,
                                                        "-bootstrap-expect-timeout"))
+    out["auto_vacuum_interval"] = args.auto_vacuum_int
+    if args.write_queue_capacity is not None:
+        out["http_queue_capacity"] = args.write_queue_capacity
+    if args.write_queue_batch_size is not None:
+        out["http_queue_batch"] = args.write_queue_batch_size
+    if args.write_queue_timeout is not None:
+        out["http_queue_interval"] = args.write_queue_timeout
+    if args.write_queue_tx is not None:
+        out["http_queue_tx"] = args.write_queue_tx
     if attempts and args.join_timeout is None:
         # rqlite scripts bound the join by attempts x interval; our 60 s default must not
         # cut that short (2.5 s: a round's share of our backoff when no interval is given)
@@ -235,6 +348,16 @@ def config_from_args(argv=None) -> NodeConfig:
         if not sep or not name:
             raise ConfigError(f"-raft-opt wants NAME=VALUE, got {opt!r}")
         overrides.append((name.strip(), _parse_value(value.strip())))
+    if args.min_free_disk is not None and all(n != "min_free_disk" for n, _ in overrides):
+        overrides.append(("min_free_disk", args.min_free_disk))
+    overrides = _rqlite_raft_overrides(args, overrides)
+    if args.raft_log_level and args.raft_log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"-raft-log-level takes one of {', '.join(sorted(_LOG_LEVELS))}, "
+                          f"got {args.raft_log_level!r}")
+    if args.raft_apply_timeout is not None:
+        if args.raft_apply_timeout <= 0:
+            raise ConfigError("-raft-apply-timeout must be > 0")
+        store = dataclasses.replace(store, write_timeout=args.raft_apply_timeout)
     cfg = NodeConfig(node_id=args.node_id, data_dir=extra.pop("data_dir", args.data_dir),
                      http_addr=args.http_addr,
                      raft_addr=args.raft_addr, http_adv=args.http_adv, raft_adv=args.raft_adv,
@@ -249,11 +372,39 @@ def config_from_args(argv=None) -> NodeConfig:
                      reap_read_only_node_timeout=args.reap_read_only_node_timeout,
                      cluster_remove_shutdown=args.cluster_remove_shutdown, **extra,
                      foreign_keys=args.foreign_keys, http_allow_origin=args.http_allow_origin,
+                     auto_backup=args.auto_backup, auto_restore=args.auto_restore,
                      extensions_path=tuple(p.strip() for p in args.extensions_path.split(",")
                                            if p.strip()))
     if not cfg.voter and not cfg.join:
         raise ConfigError("-non-voter needs -join: a read replica joins an existing group")
     return cfg, args
+
+
+_LOG_LEVELS = {"DEBUG", "INFO", "WARN", "WARNING", "ERROR"}
+
+
+def _rqlite_raft_overrides(args, overrides):
+    """-raft-timeout / -raft-election-timeout / -raft-shutdown-stepdown as Raft settings.
+    Our core (etcd's shape) has one election timeout where hashicorp's Raft, rqlite's, has a
+    follower timeout and a candidate timeout: either flag sets it, the larger wins. An
+    explicit -raft-opt of the same setting wins over both."""
+    given = {n for n, _ in overrides}
+    out = list(overrides)
+    timeouts = [t for t in (args.raft_timeout, args.raft_election_timeout) if t is not None]
+    if timeouts and "election_ticks" not in given:
+        from raftsqlite.raft.config import RaftConfig
+        tick = dict(overrides).get("tick_interval", RaftConfig.tick_interval)
+        t = max(timeouts)
+        heartbeat = dict(overrides).get("heartbeat_ticks", RaftConfig.heartbeat_ticks)
+        ticks = round(t / tick)
+        if ticks <= heartbeat:
+            raise ConfigError(f"an election timeout of {t:g}s is not longer than the "
+                              f"heartbeat interval ({heartbeat * tick:g}s): give at least "
+                              f"{(heartbeat + 1) * tick:g}s")
+        out.append(("election_ticks", ticks))
+    if args.raft_shutdown_stepdown is not None and "transfer_on_stop" not in given:
+        out.append(("transfer_on_stop", bool(args.raft_shutdown_stepdown)))
+    return out
 
 
 def _tls(args):
@@ -322,6 +473,9 @@ def main(argv=None):
         return 2
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.raft_log_level:
+        level = {"WARN": "WARNING"}.get(args.raft_log_level.upper(), args.raft_log_level.upper())
+        logging.getLogger("raftsqlite.raft").setLevel(getattr(logging, level))
     from raftsqlite.node import run_node
     # A node allocates thousands of short-lived containers per bulk request (JSON rows,
     # parameter lists, result dicts). At the default gen-0 threshold (700) the collector

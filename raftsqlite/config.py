@@ -130,6 +130,25 @@ class NodeConfig(_Help):
     http_allow_origin: str = _f("", "Access-Control-Allow-Origin value sent on every HTTP "
                                     "response, and CORS preflight (OPTIONS) answered "
                                     "('' = off; rqlite's -http-allow-origin).")
+    # -- autobk9: rqlite's -auto-backup / -auto-restore, "file" storage (auto_backup.py) --
+    auto_backup: str = _f("", "rqlite-style JSON file: the group's leader writes a backup "
+                              "into a directory every interval when the data changed "
+                              "('' = off).")
+    auto_restore: str = _f("", "rqlite-style JSON file: a node starting with an empty data "
+                               "directory that bootstraps a new group loads the backup it "
+                               "names first ('' = off).")
+    auto_vacuum_interval: float = _f(0.0, "Seconds between VACUUMs the group's leader runs "
+                                          "through the log (0 = never; rqlite's "
+                                          "-auto-vacuum-int; auto_vacuum.py).")
+    # -- rqlite's queued-write flags (-write-queue-*); None keeps HTTPConfig's default
+    http_queue_capacity: int = _f(None, "Queued-write requests held before `queue` answers "
+                                        "503 (rqlite's -write-queue-capacity).")
+    http_queue_batch: int = _f(None, "Most statements per queued batch (rqlite's "
+                                     "-write-queue-batch-size).")
+    http_queue_interval: float = _f(None, "Seconds a queued write waits for more to batch "
+                                          "with (rqlite's -write-queue-timeout).")
+    http_queue_tx: bool = _f(None, "Write each queued batch in one transaction (rqlite's "
+                                   "-write-queue-tx).")
 
     def __post_init__(self):
         if self.store is None:
@@ -153,10 +172,16 @@ class NodeConfig(_Help):
         if self.shard and not all(c.isalnum() or c in "-_." for c in self.shard):
             raise ConfigError(f"shard name must be letters, digits, '-', '_' or '.', "
                               f"got {self.shard!r}")
+        if self.auto_vacuum_interval < 0:
+            raise ConfigError("auto_vacuum_interval must be >= 0 (0 = off)")
         if self.reap_node_timeout < 0 or self.reap_read_only_node_timeout < 0:
             raise ConfigError("reap timeouts must be >= 0 (0 = never reap)")
         if any(c in self.http_allow_origin for c in "\r\n\0"):
             raise ConfigError("http_allow_origin must be one header value (no line breaks)")
+        if self.auto_restore and self.shard and self.shard != "default":
+            raise ConfigError("-auto-restore is for the default group: a shard group's rows "
+                              "are placed by the catalog (restore a sharded backup with "
+                              "POST /db/load on any node)")
         if self.snapshot_threshold < 0 or self.join_timeout <= 0:
             raise ConfigError("snapshot_threshold must be >= 0 and join_timeout > 0")
         self._check_bootstrap()

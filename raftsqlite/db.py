@@ -22,8 +22,8 @@ import apsw
 
 from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
-from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, run_many, run_many_recorded,
-                                 run_many_unreported, run_statement)
+from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, raise_disk_error, run_many,
+                                 run_many_recorded, run_many_unreported, run_statement)
 from raftsqlite.db_shapes import (_PLAIN_INSERT, _ROWID_NAMES, CONN_FUNCTIONS, _unquote,
                                   insert_shape, quote_ident)
 from raftsqlite.sqlrewrite import hide_internal, may_name_schema
@@ -444,6 +444,10 @@ class Database:
         it) was rolled back, restored rows may lie above them, or something other than a
         checked request (a SYSTEM op, a restore) wrote."""
         self._top.clear()
+        acc = self._write_access     # a statement that raised left its prepare unnoted
+        acc.written.clear()
+        acc.prepared = False
+        acc.plain = True
 
     def _rowid_query(self, schema, table):
         """The query of a table's largest rowid ("" for a view, a virtual or WITHOUT ROWID
@@ -597,7 +601,8 @@ class Database:
             conn = self.writer
             try:
                 shape.insert(conn, rows)
-            except (apsw.Error, *_BAD_PARAMS):
+            except (apsw.Error, *_BAD_PARAMS) as e:
+                raise_disk_error(e)
                 return True if conn.in_transaction else None
             self.stats_counters["multirow_runs"] += 1
             return False if conn.in_transaction else None
@@ -640,7 +645,8 @@ class Database:
             ok = (conn.total_changes() - before == n and conn.last_insert_rowid() == last
                   and self.internal(f"SELECT max(rowid) FROM {quote_ident(shape.table)}")
                   == [(last,)])
-        except (apsw.Error, *_BAD_PARAMS):
+        except (apsw.Error, *_BAD_PARAMS) as e:
+            raise_disk_error(e)
             ok = False
         finally:
             self.note_targets(sql)

@@ -140,6 +140,20 @@ def error_message(exc: BaseException) -> str:
     return msg or type(exc).__name__
 
 
+# SQLITE_FULL and SQLITE_IOERR say the disk is full or failing: never a statement's result
+# (another member may run the same statement fine, so an error result on this one would
+# make the replicas differ). They propagate as DiskFull / DiskError instead: the apply is
+# undone and retried by the Raft driver, a read answers HTTP 507 / 503.
+_DISK_ERRORS = (apsw.FullError, apsw.IOError)
+
+
+def raise_disk_error(e):
+    """Raise ``e`` as the project's disk error if it is one (call in an ``except``)."""
+    if isinstance(e, _DISK_ERRORS):
+        from raftsqlite.raft.diskerr import classify
+        raise classify(e) from e
+
+
 # A missing named parameter raises KeyError from apsw; it must be a statement error
 # (the same on every replica), never an exception out of apply, which fail-stops a node.
 _BAD_PARAMS = (TypeError, ValueError, OverflowError, KeyError, IndexError)
@@ -233,6 +247,7 @@ def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
         else:
             rows = cur.fetchall()
     except apsw.Error as e:
+        raise_disk_error(e)
         return {"error": error_message(e), "time": time.perf_counter() - t0}
     except _BAD_PARAMS as e:
         return {"error": _bad_param(e), "time": time.perf_counter() - t0}
@@ -296,6 +311,7 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
             # apsw takes None as "no bindings", the same as leaving the argument out
             execute(sql, params)
         except apsw.Error as e:
+            raise_disk_error(e)
             r = {"error": error_message(e), "time": clock() - t0}
             append(r)
             if not conn.in_transaction:
@@ -348,7 +364,8 @@ def run_many_unreported(conn, sql, rows):
     statement ended the transaction."""
     try:
         conn.cursor().executemany(sql, rows)
-    except (apsw.Error, *_BAD_PARAMS):
+    except (apsw.Error, *_BAD_PARAMS) as e:
+        raise_disk_error(e)
         return True if conn.in_transaction else None
     return False if conn.in_transaction else None
 

@@ -187,3 +187,21 @@ class SettingsMismatch(ConfigError):
     when it applies the group's settings record). HTTP 409 when answering a join."""
 
     code = "settings_mismatch"
+
+
+class DiskError(Unavailable):
+    """A write to this node's disk failed (an I/O error, or the disk is full). Never a
+    result of the statement: another member may have written the same data fine, so the
+    node retries the write itself (docs/operations.md, "Disk full and I/O errors");
+    nothing that failed this way was acknowledged. HTTP 503."""
+
+    code = "disk_error"
+    definite = True
+
+
+class DiskFull(DiskError):
+    """The disk holding the node's data dir is full (ENOSPC, EDQUOT, EFBIG, SQLITE_FULL)
+    or below ``-min-free-disk``: the write was refused before it was proposed, or the node
+    is waiting for space to finish a write. HTTP 507, as WebDAV's Insufficient Storage."""
+
+    code = "disk_full"

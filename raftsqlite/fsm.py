@@ -50,7 +50,8 @@ from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import budget_error
 from raftsqlite.db_shapes import INTERNAL_PREFIX
-from raftsqlite.errors import DecodeError, OverBudget, RaftSQLiteError, SettingsMismatch
+from raftsqlite.errors import (DecodeError, DiskError, OverBudget, RaftSQLiteError,
+                               SettingsMismatch)
 from raftsqlite.fsm_ops import (  # noqa: F401 - clock_op etc. are imported from fsm too
     CLOCK_OP, STEPS_OP, RESULT_OP, LOAD_STEPS_OP, _LIMIT_OPS, clock_op, steps_op, result_op,
     load_steps_op, _op_int,
@@ -699,6 +700,8 @@ class FSM:
                     hook(ctx, req)
                 else:
                     hook(ctx, req, write=False)
+            except DiskError:
+                raise       # never a result: the apply is undone and retried (diskerr.py)
             except RaftSQLiteError as exc:
                 return {"error": str(exc) or exc.code, "code": exc.code, "time": 0.0}
         return None
@@ -745,6 +748,8 @@ class FSM:
         except SettingsMismatch:
             raise       # this member applies the log differently: fail-stop (group_settings)
         except Exception as exc:  # a handler's failure is data, the same on every replica
+            if _is_disk_error(exc):
+                raise   # ...but a full or failing disk is this member's: retried, never data
             if not db.in_transaction():
                 # SQLite rolled the whole apply transaction back: re-run without this op
                 lost = _TxnLost(key)
@@ -772,6 +777,11 @@ def _sys_poisoned(mark, name):
     if isinstance(mark, RaftSQLiteError):
         return {"error": str(mark), "code": mark.code}
     return {"error": f"system op {name} ended the transaction; it was undone"}
+
+
+def _is_disk_error(exc):
+    from raftsqlite.raft.diskerr import classify
+    return classify(exc) is not None
 
 
 def _fk_failed(results):

@@ -24,6 +24,7 @@ from raftsqlite.fsm_ops import _clock, _dump_result, _load_result
 
 # ``VACUUM`` or ``VACUUM schema`` (never ``VACUUM INTO``, refused before logging)
 _VACUUM = re.compile(r'\s*vacuum(?:\s+(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_]*))?\s*;?\s*\Z', re.I)
+LAST_VACUUM_KEY = "last_vacuum_clock"   # _raftsqlite_meta: the clock VFS's ms of the last one
 _SMALL = 512    # bytes: a VACUUM entry is tiny; bigger entries are not decoded here
 
 
@@ -53,6 +54,7 @@ def apply_vacuum(fsm, e):
     db = fsm.db
     cmd = fsm._decode_command(e.data)
     req = cmd.requests[0]
+    done_at = None
     fsm._current = (e.index, e.term)
     db.set_entry_context(e.index, e.term, _clock(cmd.ops))
     rid = bytes(req.request_id) if req.request_id else None
@@ -78,9 +80,14 @@ def apply_vacuum(fsm, e):
                     r = {"last_insert_id": 0, "rows_affected": 0,
                          "time": time.perf_counter() - t0}
                 except Exception as exc:   # noqa: BLE001 - a SQL error is a result
+                    from raftsqlite.raft.diskerr import classify
+                    if classify(exc) is not None:
+                        raise   # not a result: no room for the copy here; retried
                     r = {"error": f"VACUUM failed: {exc}", "time": time.perf_counter() - t0}
                 results, record = [r], bool(rid)
                 fsm.counters["vacuums"] += 1
+                if "error" not in r and _clock(cmd.ops) is not None:
+                    done_at = _clock(cmd.ops)   # the leader's instant, the same everywhere
         db.internal("BEGIN IMMEDIATE")
         try:
             if record:
@@ -91,6 +98,9 @@ def apply_vacuum(fsm, e):
                 fsm._trim(1)
             db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
                         "('applied_index', ?), ('applied_term', ?)", (e.index, e.term))
+            if done_at is not None:   # what -auto-vacuum-int counts from (auto_vacuum.py)
+                db.internal("INSERT OR REPLACE INTO _raftsqlite_meta(k, v) VALUES "
+                            f"('{LAST_VACUUM_KEY}', ?)", (done_at,))
             db.internal("COMMIT")
         except BaseException:
             if db.in_transaction():
@@ -99,3 +109,10 @@ def apply_vacuum(fsm, e):
     finally:
         db.set_entry_context(0, 0, None)
     return {"index": e.index, "results": [results]}
+
+
+def last_vacuum_clock(db):
+    """The clock-VFS instant (ms, ``Database.clock_now_ms``'s unit) of the last VACUUM this
+    database applied through the log, or None."""
+    rows = db.read_internal("SELECT v FROM _raftsqlite_meta WHERE k = ?", (LAST_VACUUM_KEY,))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None

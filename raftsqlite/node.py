@@ -60,12 +60,20 @@ class Node:
                 self.auth.check_anonymous_node(bool(config.join), log)
         elif config.join_as:
             raise ConfigError("-join-as needs -auth: the user's password comes from that file")
+        # -auto-backup / -auto-restore (auto_backup.py): a bad file stops the node here too
+        from raftsqlite import auto_backup as ab
+        backup_cfg = ab.BackupConfig.load(config.auto_backup) if config.auto_backup else None
+        self.auto_restore = ab.Restore(self, ab.RestoreConfig.load(config.auto_restore)) \
+            if config.auto_restore else None
+        self.auto_backup = None
         os.makedirs(config.data_dir, exist_ok=True)
         # one process per data directory (datalock.py); held until stop() or exit
         from raftsqlite.datalock import DataDirLock
         self._lock = DataDirLock(config.data_dir).acquire("node")
         try:
             self._open(config)
+            if backup_cfg is not None:
+                self.auto_backup = ab.AutoBackup(self, backup_cfg)
         except BaseException:
             self._lock.release()
             raise
@@ -139,6 +147,7 @@ class Node:
         self._server = None
         self._join_task = None
         self._record_task = None
+        self.auto_vacuum = None
         self._started = False
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -156,12 +165,17 @@ class Node:
                         "(wiped on purpose? remove the data dir and start with -join)",
                         cfg.node_id, self.raft.term)
             fresh = False
+        restoring = False
+        if self.auto_restore is not None:
+            restoring = await self.auto_restore.prepare(fresh, bool(join) or (
+                bool(cfg.shard) and cfg.shard != "default"))
         if cfg.bootstrap_expect and fresh:
             # rqlite's automatic bootstrapping (bootstrap.py): HTTP first, since the
             # nodes find each other through it, then one group formed by all of them
             await self.sharding.start()
             await self._serve_http()
             self._started = True
+            self._start_auto_backup()
             from raftsqlite.bootstrap import AutoBootstrap
             self.autoboot = AutoBootstrap(self)
             await self.autoboot.run()
@@ -179,9 +193,12 @@ class Node:
             log.info("bootstrapped a new group as %s", cfg.node_id)
             # the group's settings are its first entry, before any client write
             await self._record_settings(once=True)
+            if restoring:
+                await self.auto_restore.load()
         await self.sharding.start()
         await self._serve_http()
         self._started = True
+        self._start_auto_backup()
         if not join and not fresh:
             join = self._peers_if_moved()
         if join and not shard_new:
@@ -193,6 +210,14 @@ class Node:
                     self._join_quietly(join))
         if cfg.shard and cfg.shard != "default":
             await self.sharding.register_member(shard_new)
+        if cfg.auto_vacuum_interval:
+            from raftsqlite.auto_vacuum import AutoVacuum
+            self.auto_vacuum = AutoVacuum(self, cfg.auto_vacuum_interval)
+            self.auto_vacuum.start()
+
+    def _start_auto_backup(self):
+        if self.auto_backup is not None:
+            self.auto_backup.start()
 
     async def _serve_http(self):
         from raftsqlite.http.app import create_app, start_server
@@ -233,6 +258,10 @@ class Node:
             await asyncio.sleep(0.05 if once else 1.0)
 
     async def stop(self):
+        if self.auto_backup is not None:
+            await self.auto_backup.stop()
+        if self.auto_vacuum is not None:
+            await self.auto_vacuum.stop()
         if self._record_task is not None:
             self._record_task.cancel()
         if self._join_task is not None:
@@ -368,10 +397,16 @@ class Node:
         s = self.store.stats()
         s["sharding"] = self.sharding.stats()
         s["group_settings"] = s["fsm"].pop("group_settings", None)
+        if self.auto_vacuum is not None:
+            s["auto_vacuum"] = self.auto_vacuum.stats()
         s["node"] = {"node_id": self.config.node_id, "shard": self.config.shard,
                      "http_addr": self.config.http_advertise,
                      "raft_addr": self.config.raft_advertise, "voter": self.config.voter,
                      "data_dir": os.path.abspath(self.config.data_dir)}
+        if self.auto_backup is not None:
+            s["auto_backup"] = self.auto_backup.stats()
+        if self.auto_restore is not None:
+            s["auto_restore"] = self.auto_restore.stats()
         if self.config.bootstrap_expect:
             if self.bootstrap_plan is None:
                 from raftsqlite.bootstrap import load_plan

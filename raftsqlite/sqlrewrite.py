@@ -340,15 +340,20 @@ def is_read_only(sql) -> bool:
         return False
     if _SIMPLE_SELECT.match(sql):
         return True
-    hit = _RO_CACHE.get(sql)
+    return _cached(_RO_CACHE, _RO_CACHE_MAX, sql, _classify)
+
+
+def _cached(cache, limit, sql, fn):
+    """``fn(sql)`` through ``cache``, an OrderedDict kept to ``limit`` recent texts."""
+    hit = cache.get(sql)
     if hit is not None:
-        _RO_CACHE.move_to_end(sql)
+        cache.move_to_end(sql)
         return hit
-    result = _classify(sql)
-    _RO_CACHE[sql] = result
-    if len(_RO_CACHE) > _RO_CACHE_MAX:
-        _RO_CACHE.popitem(last=False)
-    return result
+    out = fn(sql)
+    cache[sql] = out
+    if len(cache) > limit:
+        cache.popitem(last=False)
+    return out
 
 
 def _classify(sql):
@@ -439,14 +444,7 @@ def _ident(kind, text):
 def hide_internal(sql):
     """``sql`` with the node's tables left out of sqlite_master / PRAGMA table_list (see
     above); ``sql`` itself when it names neither."""
-    hit = _hide_cache.get(sql)
-    if hit is not None:
-        return hit
-    out = _hide(sql)
-    _hide_cache[sql] = out
-    if len(_hide_cache) > _HIDE_CACHE_MAX:
-        _hide_cache.popitem(last=False)
-    return out
+    return _cached(_hide_cache, _HIDE_CACHE_MAX, sql, _hide)
 
 
 def _hide(sql):

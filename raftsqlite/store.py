@@ -133,12 +133,18 @@ class Store(StoreAdmin):
 
     def ready(self) -> bool:
         """A leader is known and this node has applied what it knew to be committed."""
-        if not self.raft.leader_id or getattr(self.raft, "failed", None) or self.removed():
+        if not self.raft.leader_id or getattr(self.raft, "failed", None) or self.removed() \
+                or self.disk_error():
             return False
         if self.ready_check is not None and not self.ready_check():
             return False
         return self.fsm.applied_index() >= min(self.raft.commit_index,
                                                self.raft.last_log_index)
+
+    def disk_error(self):
+        """The disk error this node is retrying (its Raft log or SQLite cannot be
+        written: full or failing), or None. diskerr.py."""
+        return getattr(self.raft, "disk_error", None)
 
     def removed(self):
         """Why this node believes it is no longer a member of its group (reaped, or
@@ -652,6 +658,7 @@ class Store(StoreAdmin):
             "is_leader": self.is_leader(),
             "ready": self.ready(),
             "removed": self.removed(),
+            "disk_error": self.disk_error(),
             "fsm_index": self.fsm.applied_index(),
             "db_applied_index": self.fsm.applied_index(),
             "sqlite3": {"path": self.db.path, "size": self.db.file_size(),

@@ -12,10 +12,14 @@ import orjson
 
 from raftsqlite import fsm_load, sqlrewrite
 from raftsqlite.codec.model import Command, CommandType, Request, Statement
-from raftsqlite.errors import BadRequest, EncodeError, NotFound, OverBudget, RaftSQLiteError
+from raftsqlite.errors import (BadRequest, DiskFull, EncodeError, NotFound, OverBudget,
+                               RaftSQLiteError)
 from raftsqlite.fsm import clock_op, load_steps_op
 
 log = logging.getLogger("raftsqlite.store")
+
+# A load is written about this many times its size before it is done (_check_room).
+LOAD_SPACE_FACTOR = 3
 
 
 class StoreAdmin:
@@ -151,6 +155,7 @@ class StoreAdmin:
         try:
             if not isinstance(source, str) or not os.path.exists(source):
                 raise BadRequest(f"load: no such file {source}")
+            self._check_room(source)
             is_db = self.db.is_sqlite_file(source)
             if is_db:
                 await loop.run_in_executor(self._io, self._check_file, source)
@@ -159,6 +164,26 @@ class StoreAdmin:
         finally:
             if tmp:
                 os.unlink(tmp)
+
+    def _check_room(self, source):
+        """Refuse a load the data dir's disk cannot hold before anything is proposed: it
+        is written about three times (the log, the staged rows, the tables and their
+        WAL), and -min-free-disk must stay free. A load that a member still cannot apply
+        would stop that member's applies until space is freed (never half-applied)."""
+        from raftsqlite.raft.diskerr import free_bytes
+        d = os.path.dirname(os.path.abspath(self.db.path))
+        try:
+            free = free_bytes(d)
+        except OSError:
+            return
+        size = os.path.getsize(source)
+        keep = getattr(getattr(self.raft, "config", None), "min_free_disk", 0) or 0
+        need = LOAD_SPACE_FACTOR * size + keep
+        if free is not None and free < need:
+            raise DiskFull(f"load of {size} bytes refused: it needs about {need} bytes free "
+                           f"on the disk of data dir {d} ({LOAD_SPACE_FACTOR}x its size for "
+                           f"the log, the staged copy and the tables, plus -min-free-disk "
+                           f"{keep}), {free} are free; nothing was loaded")
 
     def _load_statements(self, path, is_db):
         if is_db:

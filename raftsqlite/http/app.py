@@ -88,7 +88,8 @@ class AppContext:
         self.sql = getattr(node, "sql_backend", None) or StoreSQL(node.store)
         self.client = None
         self.queue = WriteQueue(self, capacity=settings.queue_capacity,
-                                batch=settings.queue_batch, interval=settings.queue_interval)
+                                batch=settings.queue_batch, interval=settings.queue_interval,
+                                tx=settings.queue_tx)
         self.counters = collections.Counter()
         # Routes the HTTP fast lane serves without Sanic's request machinery (fastpath.py)
         fast = [("POST", "/db/execute", rqlite.execute), ("GET", "/db/query", rqlite.query),
@@ -258,11 +259,27 @@ async def _on_error(request, exc):
         ctx.counters[f"status_{status}"] += 1
         headers = getattr(exc, "headers", None) or None
         return wire.error_response(status, msg, _SANIC_CODES.get(status, "error"), headers)
+    disk = _disk_error(exc)
+    if disk is not None:
+        # A full or failing disk (spooling a load, writing a backup): 507 / 503, named
+        resp = wire.exception_response(disk)
+        ctx.counters[f"status_{resp.status}"] += 1
+        return resp
     # A bug: say so honestly (500), log it, keep serving.
     log.exception("unhandled error on %s %s", request.method, request.path)
     ctx.counters["status_500"] += 1
     return wire.error_response(500, f"internal error: {type(exc).__name__}: {exc}",
                                "internal")
+
+
+def _disk_error(exc):
+    from raftsqlite.raft.diskerr import classify
+    d = classify(exc)
+    if d is None or d is exc:
+        return d
+    where = getattr(exc, "filename", None)
+    return type(d)(f"{d}" + (f" writing {where}" if where else "")
+                   + "; free space on that disk")
 
 
 async def _on_cancelled(request, exc):

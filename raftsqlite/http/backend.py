@@ -70,6 +70,8 @@ class HTTPConfig:
     queue_capacity: int = _f(1024, "Queued-write requests held before `queue` answers 503.")
     queue_batch: int = _f(128, "Most statements written per queued batch.")
     queue_interval: float = _f(0.1, "Seconds a queued write waits for more to batch with.")
+    queue_tx: bool = _f(False, "Write each queued batch in one transaction (all of its "
+                               "statements or none).")
     keep_alive_timeout: float = _f(75.0, "Seconds an idle client connection is kept open.")
     nodes_probe_timeout: float = _f(5.0, "Default seconds /nodes waits for each member.")
     spool_dir: str = _f("", "Where /db/load and /db/backup spool files (default: the "

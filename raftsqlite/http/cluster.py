@@ -165,6 +165,10 @@ def blueprint():
         why = removed() if removed is not None else None
         if why:
             return _text(503, f"[+]node ok\n[+]removed from the cluster: {why}")
+        disk = getattr(ctx.store, "disk_error", None)
+        why = disk() if disk is not None else None
+        if why:
+            return _text(503, f"[+]node ok\n[+]disk error: {why}")
         if ctx.store.leader() is None:
             return _text(503, "[+]node ok\n[+]leader does not exist")
         wait = getattr(ctx.store, "wait_ready", None)

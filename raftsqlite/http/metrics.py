@@ -176,6 +176,14 @@ def _raft(exp, node, stats, group):
     gauge("raftsqlite_raft_failed", "1 if the Raft member stopped after a failed log "
           "write or apply (fail-stop); it acknowledges nothing until restarted.",
           int(bool(r.get("failed"))))
+    gauge("raftsqlite_disk_error", "1 while a write to this node's disk (Raft log or "
+          "SQLite) fails and is being retried: disk full or an I/O error.",
+          int(bool(r.get("disk_error"))))
+    c("raftsqlite_disk_errors_total", "Failed attempts to write the disk (log, apply, "
+      "snapshot), each retry counted.", r.get("disk_errors_total"))
+    gauge("raftsqlite_disk_writes_refused", "1 while this node refuses new writes for its "
+          "disk (an error, or free space below -min-free-disk).",
+          int(bool(r.get("writes_refused"))))
     gauge("raftsqlite_raft_commit_index", "Highest log index known committed.", r.get("commit"))
     gauge("raftsqlite_raft_applied_index", "Highest log index applied to SQLite.",
           r.get("applied"))
@@ -455,6 +463,25 @@ def _sharding(exp, node, stats, group):
                   len(getattr(reb, "finished", {}) or {}))
 
 
+def _auto_backup(exp, stats, group):
+    ab = stats.get("auto_backup")
+    if not ab:
+        return
+    g = {"group": group}
+    exp.counter("raftsqlite_auto_backups_total", "Automatic backups (-auto-backup) by "
+                "outcome: written, failed, skipped because nothing changed.", samples=[
+                    (dict(g, outcome="ok"), _num(ab.get("backups_ok"))),
+                    (dict(g, outcome="failed"), _num(ab.get("backups_failed"))),
+                    (dict(g, outcome="skipped_same_index"), _num(ab.get("skipped_same_index"))),
+                    (dict(g, outcome="skipped_same_content"),
+                     _num(ab.get("skipped_same_content")))])
+    exp.counter("raftsqlite_auto_backup_bytes_total", "Bytes of automatic backups written.",
+                samples=[(g, _num(ab.get("bytes_total")))])
+    exp.gauge("raftsqlite_auto_backup_last_time_seconds", "Unix time of the last automatic "
+              "backup this node wrote (0 = none yet).",
+              samples=[(g, _num(ab.get("last_backup_time") or 0))])
+
+
 def render_metrics(ctx):
     """The whole exposition for the node behind ``ctx`` (an ``AppContext``)."""
     hm = ctx.http_metrics if getattr(ctx, "http_metrics", None) is not None \
@@ -471,6 +498,7 @@ def render_metrics(ctx):
                      ("sqlite", lambda: _sqlite(exp, node, stats)),
                      ("http", lambda: _http(exp, ctx, hm)),
                      ("sharding", lambda: _sharding(exp, node, stats, group)),
+                     ("auto_backup", lambda: _auto_backup(exp, stats, group)),
                      ("process", lambda: write_process(exp, ctx.started_wall))):
         try:
             fn()

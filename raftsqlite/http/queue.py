@@ -29,9 +29,24 @@ def statement_json(st):
     return [st.sql] + [list(v) if isinstance(v, bytes) else v for v in st.params]
 
 
+class _TxParams:
+    """What the SQL backend reads of a request's parameters, for a queued batch written in
+    one transaction."""
+    transaction = True
+    timeout = None
+    request_id = None
+    lazy_results = False
+    shard_id = None
+    auto_route = False
+
+
+_TX = _TxParams()
+
+
 class WriteQueue:
-    def __init__(self, ctx, *, capacity, batch, interval):
+    def __init__(self, ctx, *, capacity, batch, interval, tx=False):
         self.ctx = ctx
+        self.tx = tx              # each batch in one transaction (rqlite's -write-queue-tx)
         self.capacity = capacity
         self.batch = batch
         self.interval = interval
@@ -128,14 +143,15 @@ class WriteQueue:
     async def _write(self, stmts):
         ctx = self.ctx
         try:
-            await ctx.sql.execute(stmts, None)
+            await ctx.sql.execute(stmts, _TX if self.tx else None)
         except errors.NotLeader as e:
             from raftsqlite.http.forward import leader_http_addr
             addr = leader_http_addr(ctx, e)
             if not addr:
                 raise errors.LeaderNotFound("leader not found") from None
             body = orjson.dumps([statement_json(s) for s in stmts])
-            r = await ctx.client.request("POST", addr, "/db/execute", body=body, headers={
+            path = "/db/execute?transaction" if self.tx else "/db/execute"
+            r = await ctx.client.request("POST", addr, path, body=body, headers={
                 "Content-Type": "application/json", FORWARDED_HEADER: "1"},
                 timeout=ctx.settings.default_timeout)
             if r.status != 200:

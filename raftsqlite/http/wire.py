@@ -40,6 +40,7 @@ STATUS = (
     (errors.Unauthorized, 401),          # -auth: bad credentials or a missing permission
     (errors.QueueWaitTimeout, 408),      # rqlite's status for ?queue&wait timing out
     (errors.Timeout, 504),
+    (errors.DiskFull, 507),              # disk full or below -min-free-disk: nothing written
     (errors.LeaderNotFound, 503),
     (errors.NotLeader, 503),             # only when forwarding was impossible
     (errors.Unavailable, 503),

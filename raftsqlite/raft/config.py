@@ -99,6 +99,12 @@ class RaftConfig:
                                         "followers had committed them at least half that "
                                         "sooner (0 = never; docs/design/raft-io.md).")
 
+    min_free_disk: int = _f(64 << 20, "Bytes that must stay free on the data dir's disk: "
+                                      "below it a leader refuses new proposals (HTTP 507) "
+                                      "and hands leadership to a member with room, so the "
+                                      "log and SQLite do not run into a full disk mid-write "
+                                      "(checked once a second; 0 = off; docs/operations.md).")
+
     def __post_init__(self):
         if not self.node_id or any(c.isspace() for c in self.node_id):
             raise ConfigError(f"node_id must be a non-empty word, got {self.node_id!r}")
@@ -124,6 +130,8 @@ class RaftConfig:
                               "0 <= commit_notify_delay <= 1")
         if not (0 < self.apply_inline_budget <= 10):
             raise ConfigError("apply_inline_budget must be > 0 and <= 10 seconds")
+        if self.min_free_disk < 0:
+            raise ConfigError(f"min_free_disk must be >= 0 bytes, got {self.min_free_disk}")
         if not (0 <= self.slow_disk_handoff <= 60):
             raise ConfigError("slow_disk_handoff must be between 0 and 60 seconds")
         et = self.election_ticks * self.tick_interval

@@ -21,19 +21,20 @@ from raftsqlite import errors
 from raftsqlite.codec.model import ConfChange, ConfChangeType, MsgType
 from raftsqlite.raft.core import CoreConfig, RaftCore
 from raftsqlite.raft.diskwatch import SlowDiskWatch
+from raftsqlite.raft.driver_disk import DiskMixin, _Stopping
 from raftsqlite.raft.driver_snap import SnapshotMixin
 from raftsqlite.raft.lane import Lane
 from raftsqlite.raft.driver_reap import ReapMixin
 from raftsqlite.raft.reaper import Reaper
 from raftsqlite.raft.log import RaftLog
-from raftsqlite.raft import trace
+from raftsqlite.raft import diskerr, trace
 from raftsqlite.raft.segfiles import lower_thread_priority
 from raftsqlite.raft.transport import Transport
 from raftsqlite.raft.types import Role
 
 log = logging.getLogger(__name__)
 
-class RaftNode(SnapshotMixin, ReapMixin):
+class RaftNode(SnapshotMixin, ReapMixin, DiskMixin):
     def __init__(self, config, state_machine, loop=None):
         self.config = config
         self.fsm = state_machine
@@ -100,6 +101,7 @@ class RaftNode(SnapshotMixin, ReapMixin):
                        "persist_inline": 0, "inline_slow": 0, "persist_threaded": 0,
                        "committed_at_persist": 0, "leader_changes": 0}
         self._leader_seen = None
+        self._init_disk(config)     # driver_disk.py
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class RaftNode(SnapshotMixin, ReapMixin):
             except errors.RaftSQLiteError as e:
                 log.warning("leadership transfer on stop failed: %s", e)
         self._running = False
+        self._apply_stop.set()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._wake.set()
@@ -177,13 +180,19 @@ class RaftNode(SnapshotMixin, ReapMixin):
         # The commit index is written lazily while running; write it once more on the way out.
         # Never core.commit itself: it may cover entries that are not durable yet.
         hs = self.core.hard_state()
-        await self._in(self._persist_exec, self.log.persist, hs, (), None, True)
+        try:
+            await self._in(self._persist_exec, self.log.persist, hs, (), None, True)
+        except OSError as e:
+            # The commit index is recoverable (leader, applied index): a full disk must
+            # not keep the member from stopping.
+            log.warning("could not write the final commit index on stop: %r", e)
         self.log.close()
         for ex in (self._persist_exec, self._apply_exec, self._io_exec, self._snap_exec):
             ex.shutdown(wait=True)
 
     async def _close_failed(self):
         """Release sockets, files and threads of a member that failed; write nothing."""
+        self._apply_stop.set()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         for t in list(self._streams.values()):
@@ -284,6 +293,8 @@ class RaftNode(SnapshotMixin, ReapMixin):
             raise errors.ProposalDropped("node is not running")
         if self.core.role != Role.LEADER:
             raise self._not_leader()
+        if self._refuse is not None:
+            raise errors.DiskFull(self._refuse)
         if len(data) > self.config.max_proposal_bytes:
             raise errors.PayloadTooLarge(
                 f"this write's log entry is {len(data)} bytes, over the largest the group "
@@ -384,6 +395,8 @@ class RaftNode(SnapshotMixin, ReapMixin):
     def stats(self):
         s = dict(self._stats)
         s.update(self._diskwatch.stats())
+        s.update(self.disk.stats(), min_free_disk=self.config.min_free_disk,
+                 disk_space_low=self._space_low, writes_refused=self._refuse)
         s.update(self._reaped, reap_voter_after_s=self.config.reap_voter_after,
                  reap_non_voter_after_s=self.config.reap_learner_after,
                  removed=self.removed)
@@ -410,6 +423,9 @@ class RaftNode(SnapshotMixin, ReapMixin):
         if not self._running:
             return
         self._tick_handle = self._loop.call_later(self.config.tick_interval, self._on_tick)
+        if self.config.min_free_disk and self._loop.time() >= self._space_at:
+            self._space_at = self._loop.time() + 1.0
+            self._check_space()
         try:
             self.core.tick()
             if self._persisting:
@@ -431,6 +447,10 @@ class RaftNode(SnapshotMixin, ReapMixin):
         if (core.term, core.vote) != self._durable_tv:
             return
         msgs = core.take_heartbeats()
+        if self._log_stuck and core.role == Role.LEADER:
+            # This leader cannot write its log: let the followers time out and elect
+            # one that can (it would otherwise hold the group with heartbeats alone).
+            return
         if msgs:
             tr = self.transport
             for m in msgs:
@@ -510,9 +530,12 @@ class RaftNode(SnapshotMixin, ReapMixin):
                     self._feed_core()
                 if self._compact_req is not None:
                     await self._compact()
+            except _Stopping:
+                return
             except Exception as e:
                 # A failed fsync or write leaves the log in an unknown state: stop here
-                # rather than acknowledge anything more (fail-stop).
+                # rather than acknowledge anything more (fail-stop). (A disk error is
+                # retried instead, in _persist_retrying.)
                 log.exception("raft node %s failed", self.node_id)
                 self._failed = repr(e)
                 self._fail_all(errors.Unavailable(f"raft node failed: {e!r}"), proposed_only=False)
@@ -570,7 +593,7 @@ class RaftNode(SnapshotMixin, ReapMixin):
                     dw.begin(rd.entries[-1].index)
                 self._persisting = True
                 try:
-                    await self._persist(b, rd)
+                    await self._persist_retrying(b, rd)
                 finally:
                     self._persisting = False
                 if dw.watching:
@@ -778,8 +801,10 @@ class RaftNode(SnapshotMixin, ReapMixin):
                     results = self.fsm.apply(chunk) if bounded is None \
                         else bounded(chunk, self.config.apply_inline_budget)
                 except Exception as e:  # noqa: BLE001 - fail-stop, as on the thread
-                    self._applied_done(chunk, None, e)
-                    return
+                    if diskerr.classify(e) is None:
+                        self._applied_done(chunk, None, e)
+                        return
+                    results = None  # undone: the apply thread retries it (_apply_retrying)
                 if results is not None:
                     self._stats["applied_inline"] += 1
                     self._applied_done(chunk, results, None)
@@ -788,7 +813,7 @@ class RaftNode(SnapshotMixin, ReapMixin):
                 # to keep the order, everything after it that is already committed).
                 self._stats["inline_undone"] += 1
             self._apply_queued = chunk[-1].index
-            fut = self._in(self._apply_exec, self.fsm.apply, chunk)
+            fut = self._in(self._apply_exec, self._apply_retrying, chunk)
             fut.add_done_callback(lambda f, c=chunk: self._on_applied(c, f))
 
     def _on_applied(self, entries, fut):
@@ -799,7 +824,7 @@ class RaftNode(SnapshotMixin, ReapMixin):
             self._applied_done(entries, None if exc is not None else fut.result(), exc)
 
     def _applied_done(self, entries, results, exc):
-        if self._failed is not None:
+        if self._failed is not None or isinstance(exc, _Stopping):
             return   # a member that failed acknowledges nothing more
         if exc is not None:
             # The state machine's contract is to never raise; if it does, its state is
@@ -830,7 +855,8 @@ class RaftNode(SnapshotMixin, ReapMixin):
                     f.set_result(None)
         th = self.config.snapshot_threshold
         if th and self._running and not self._snapshotting and \
-                self._applied - self._snap_index >= th:
+                self._applied - self._snap_index >= th and \
+                (not self._snap_retry_at or self._loop.time() >= self._snap_retry_at):
             self._snapshotting = True
             self._loop.create_task(self._take_snapshot())
 

@@ -8,6 +8,7 @@ import os
 
 from raftsqlite import errors
 from raftsqlite.codec.model import Message, MsgType, SnapshotMeta
+from raftsqlite.raft import diskerr
 from raftsqlite.raft.log import fsync_dir
 from raftsqlite.raft.segfiles import fdatasync_quiet, remove_gradually
 
@@ -49,7 +50,13 @@ class SnapshotMixin:
         if not res:
             return False
         # the log is compacted between two Ready cycles; answer once it is
-        await self._until(lambda: self.log.snapshot_meta().index >= res[0],
+        self._compact_error = None
+
+        def compacted():
+            if self._compact_error is not None:
+                raise self._compact_error
+            return self.log.snapshot_meta().index >= res[0]
+        await self._until(compacted,
                           max(1.0, deadline - self._loop.time()),
                           errors.Timeout("snapshot taken but the log was not compacted in time"))
         return {"index": res[0], "term": res[1]}
@@ -89,13 +96,40 @@ class SnapshotMixin:
             self._stats["snapshots_taken"] += 1
             self._wake.set()
             return index, term
-        except Exception:
+        except Exception as e:
+            self._snapshot_failed(e, "taking a snapshot")
+            try:
+                await self._in(self._snap_exec, remove_gradually, tmp)
+            except OSError:
+                pass
             if raise_errors:
+                d = diskerr.classify(e)
+                if d is not None:
+                    raise type(d)(f"{d} taking a snapshot in {self.log.snap_dir}; the "
+                                  f"previous snapshot and the log are kept") from e
                 raise
-            log.exception("taking a snapshot failed")
             return None
         finally:
             self._snapshotting = False
+
+    def _snapshot_failed(self, exc, what):
+        """A snapshot or compaction failed: the previous snapshot and the whole log stay
+        as they were (nothing is lost), and the threshold tries again after a backoff
+        (up to a minute) rather than after every apply. A disk error is recorded
+        (/status raft.disk_errors_now "snapshot"); the member keeps serving."""
+        self._snap_delay = min(60.0, max(1.0, self._snap_delay * 2))
+        self._snap_retry_at = self._loop.time() + self._snap_delay
+        self._snap_index = self.log.snapshot_meta().index
+        if diskerr.classify(exc) is not None:
+            self.disk.failed("snapshot", exc, f"{what} in {self.log.dir}")
+        else:
+            log.error("%s failed (retrying in %.0f s): %r", what, self._snap_delay, exc,
+                      exc_info=exc)
+
+    def _snapshot_ok(self):
+        self._snap_delay = 0.0
+        self._snap_retry_at = 0.0
+        self.disk.ok("snapshot")
 
     async def _compact(self):
         meta, keep = self._compact_req
@@ -106,7 +140,20 @@ class SnapshotMixin:
         # Only the meta write is on the persist path (the log's appends wait for it);
         # the files it frees are deleted in the background, never awaited here: the Ready
         # loop went quiet for the 100s of ms a 1 GB deletion takes.
-        await self._in(self._persist_exec, self.log.write_compact, b)
+        try:
+            await self._in(self._persist_exec, self.log.write_compact, b)
+        except OSError as e:
+            # The meta file is replaced atomically: the old one (and every segment) is
+            # still in place. Try again with a later snapshot.
+            if diskerr.classify(e) is None:
+                raise
+            self._snapshot_failed(e, "compacting the log")
+            d = diskerr.classify(e)
+            self._compact_error = type(d)(f"{d} compacting the log in {self.log.dir}; the "
+                                          f"snapshot file is kept, the log is not compacted "
+                                          f"yet (tried again later)")
+            return
+        self._snapshot_ok()
         self.log.finish_compact(b)
         self._cleanups += 1
         fut = self._in(self._snap_exec, self._remove_old, b, meta, set(self._sending))
@@ -195,8 +242,24 @@ class SnapshotMixin:
         # file is complete never has a whole snapshot to write out at once: that queued up
         # to 1 GB in front of the log's fdatasync on the same disk.
         view = memoryview(m.data)
-        while view:
-            view = view[os.write(st.fd, view):]
+        try:
+            while view:
+                view = view[os.write(st.fd, view):]
+        except OSError as e:
+            # No room for the snapshot: drop what was received (the space is wanted)
+            # and reject, so the leader's core sends it again later.
+            self._recv.pop(m.frm, None)
+            os.close(st.fd)
+            try:
+                os.unlink(st.tmp)
+            except OSError:
+                pass
+            self.disk.failed("snapshot", e, f"receiving snapshot {meta.index} into "
+                                            f"{self.log.snap_dir}")
+            self.transport.send(Message(MsgType.SNAPSHOT_RESP, frm=self.node_id, to=m.frm,
+                                        term=self.core.term, index=meta.index, reject=True))
+            self.transport.flush()
+            return
         st.offset += len(m.data)
         st.unsynced += len(m.data)
         if st.unsynced >= _RECV_FLUSH_BYTES and self.config.fsync:
@@ -222,10 +285,17 @@ class SnapshotMixin:
                     fsync_dir(self.log.snap_dir)
             await self._in(self._io_exec, finalize)
             self._stats["snapshots_received"] += 1
+            self.disk.ok("snapshot")
             self.core.step(Message(MsgType.SNAPSHOT, frm=m.frm, to=self.node_id, term=m.term,
                                    snapshot=st.meta, done=True))
-        except Exception:
+        except Exception as e:
             log.exception("receiving snapshot %d from %s failed", st.meta.index, m.frm)
+            if diskerr.classify(e) is not None:
+                self.disk.failed("snapshot", e, f"receiving snapshot {st.meta.index}")
+                try:
+                    os.unlink(st.tmp)
+                except OSError:
+                    pass
         finally:
             held, self._held = self._held, None
             for msg in held or ():
@@ -235,7 +305,11 @@ class SnapshotMixin:
     async def _install_snapshot(self, meta):
         """Restore the state machine from a received snapshot (after queued applies)."""
         path = self.log.snapshot_path(meta.index, meta.term)
-        await self._in(self._apply_exec, self.fsm.restore, path, meta)
+        # Retried while the disk is full: the log already points at this snapshot, and
+        # a member restarted meanwhile restores from it at start.
+        await self._in(self._apply_exec, self._retry_disk, "apply",
+                       f"restoring snapshot {meta.index} into SQLite", self.fsm.restore,
+                       path, meta)
         self._applied = self._apply_queued = meta.index
         self._snap_index = meta.index
         rw = self._read_wait

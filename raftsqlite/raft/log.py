@@ -61,7 +61,7 @@ class _Batch:
 
     __slots__ = ("snapshot", "meta_bytes", "reset", "truncate", "delete", "new_segment",
                  "segment", "blob", "offsets", "entries", "state", "state_bytes",
-                 "drop_before", "use_spare", "seal")
+                 "drop_before", "use_spare", "seal", "spare_taken")
 
     def __init__(self):
         self.snapshot = None      # SnapshotMeta being installed (log reset)
@@ -79,6 +79,7 @@ class _Batch:
         self.drop_before = None   # compaction: drop segments wholly below this index
         self.use_spare = False    # new_segment is the prepared spare, renamed into place
         self.seal = None          # (segment, data end): the segment left behind, trimmed
+        self.spare_taken = False  # write() renamed the spare already (a retried write)
 
 
 class RaftLog(RecoveryMixin):
@@ -334,7 +335,14 @@ class RaftLog(RecoveryMixin):
         return b
 
     def write(self, b):
-        """Executor side: the syscalls of a planned batch. Entries are durable on return."""
+        """Executor side: the syscalls of a planned batch. Entries are durable on return.
+
+        A write that raised (a full disk, an I/O error) may be called again with the same
+        batch until it succeeds: every step is repeatable, and all of the batch's bytes
+        are written again before the fdatasync, so pages whose writeback failed (and that
+        the kernel may have marked clean) are dirtied and written once more. Nothing of
+        the batch is visible (``finish``) until one call returned; a crash meanwhile
+        leaves at most a torn tail, which ``open`` drops (docs/operations.md)."""
         t0 = time.perf_counter()
         if trace.ON:
             trace.mark("w0")
@@ -364,10 +372,11 @@ class RaftLog(RecoveryMixin):
             # already durable and the scan accepts a zero tail, so no sync is needed.
             seg, end = b.seal
             os.ftruncate(seg.open(), end)
-        if b.new_segment is not None:
+        if b.new_segment is not None and not b.spare_taken:
             if b.use_spare:
                 try:
                     self._spare.take(b.new_segment.path)
+                    b.spare_taken = True
                     self._stats["segments_from_spare"] += 1
                 except FileNotFoundError:
                     # Removed behind our back: carry on with a plain, growing segment.

@@ -9,18 +9,10 @@ from types import SimpleNamespace
 
 from raftsqlite import errors
 from raftsqlite.codec.model import Member
+from raftsqlite.db_shapes import storage_class
 
 
-def _type_of(v):
-    if v is None:
-        return ""
-    if isinstance(v, bool) or isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "real"
-    if isinstance(v, bytes):
-        return "blob"
-    return "text"
+_type_of = storage_class   # rqlite's name for a value's type (db_shapes)
 
 
 class Cluster:

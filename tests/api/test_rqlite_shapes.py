@@ -2,6 +2,8 @@
 import base64
 import json
 
+import pytest
+
 
 def setup_table(h):
     r = h.post("/db/execute", ["CREATE TABLE foo (id INTEGER PRIMARY KEY, name TEXT, "
@@ -171,6 +173,25 @@ def test_queued_writes(single):
     assert r2["sequence_number"] > r1["sequence_number"] > 0
     vals = h.get("/db/query?q=SELECT+name+FROM+foo+ORDER+BY+id").json()["results"][0]["values"]
     assert vals == [["q1"], ["q2"]]
+
+
+@pytest.mark.parametrize("tx", [False, True])
+def test_queued_batch_in_one_transaction_with_write_queue_tx(serve, tx):
+    """Invariant: with -write-queue-tx (queue_tx) a queued batch is all-or-nothing: a
+    failing statement leaves none of the batch written; without it the other statements of
+    the batch are written."""
+    from raftsqlite.http.backend import HTTPConfig
+    from tests.api.fakes import Cluster, FakeNode, FakeStore
+    cl = Cluster()
+    store = FakeStore(cl, "node1")
+    cl.leader_id = "node1"
+    s = serve(FakeNode(store), HTTPConfig(queue_tx=tx, queue_interval=30))
+    h = s.http
+    assert h.post("/db/execute", ["CREATE TABLE q (x INTEGER PRIMARY KEY)"]).status == 200
+    h.post("/db/execute?queue", ["INSERT INTO q VALUES (1)"])
+    h.post("/db/execute?queue&wait", ["INSERT INTO q VALUES (1)"])   # same batch; fails
+    vals = h.get("/db/query?q=SELECT+x+FROM+q").json()["results"][0].get("values", [])
+    assert vals == ([] if tx else [[1]])
 
 
 def test_queue_wait_timeout_is_408(single):

@@ -156,9 +156,15 @@ def test_killing_the_leader_raises_the_new_leaders_leader_changes(cluster):
     new = wait_for(lambda: next((n for n in cluster.nodes if n.alive() and n.is_leader()),
                                 None), 20, "a new leader")
     assert new is not old
-    m = scrape(new)
-    assert val(m, "raftsqlite_raft_leader_changes_seen_total", **g) > before[new.node_id]
-    assert val(m, "raftsqlite_raft_is_leader", **g) == 1
+
+    def counted():
+        # is_leader reads the core's role, which can turn before the Ready that counts the
+        # leader change is handled: poll the scrape, do not take the first one
+        m = scrape(new)
+        return m if (val(m, "raftsqlite_raft_leader_changes_seen_total", **g)
+                     > before[new.node_id]
+                     and val(m, "raftsqlite_raft_is_leader", **g) == 1) else None
+    m = wait_for(counted, 10, "the new leader's metrics to count its election")
     assert val(m, "raftsqlite_raft_leader_terms_total", **g) >= 1
     peers = {lab["peer"] for _, lab, _ in m["raftsqlite_raft_replication_lag_entries"].samples}
     assert peers == {n.node_id for n in cluster.nodes if n is not new}

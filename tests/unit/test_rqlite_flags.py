@@ -126,7 +126,7 @@ def test_version_exits_zero(argv, capsys):
 
 def test_unknown_rqlite_flags_are_named():
     """A rqlite flag we do not support stops the process with a message naming it."""
-    for flag in ("-disco-mode", "-on-disk", "-raft-log-level", "-http-x-unknown"):
+    for flag in ("-disco-mode", "-on-disk", "-raft-snap-int", "-http-x-unknown"):
         r = subprocess.run([sys.executable, "-m", "raftsqlite", flag, "x", "./d"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and flag in r.stderr, r.stderr
@@ -160,3 +160,35 @@ def test_join_attempts_bound_the_join(tmp_path):
     took = time.monotonic() - t0
     assert r.returncode == 1 and "3 attempts" in r.stderr, r.stderr
     assert 0.6 <= took < 30
+
+
+def test_rqlite_raft_timing_and_queue_flags_take_effect():
+    """Invariant: rqlite's timing and queued-write flags set the settings they name here
+    (election timeout in ticks of 50 ms, the write timeout, the hand-over on stop, the
+    queue's capacity, batch, wait and transaction), an explicit -raft-opt wins, and a flag
+    we do not take is refused with what to do instead."""
+    from raftsqlite.http.backend import HTTPConfig
+    cfg, _ = config_from_args(["-raft-timeout", "2s", "-raft-election-timeout", "500ms",
+                               "-raft-apply-timeout", "3s", "-raft-shutdown-stepdown=false",
+                               "-write-queue-capacity", "10", "-write-queue-batch-size", "5",
+                               "-write-queue-timeout", "20ms", "-write-queue-tx=true",
+                               "-raft-log-level", "WARN"])
+    assert dict(cfg.raft_overrides) == {"election_ticks": 40, "transfer_on_stop": False}
+    assert cfg.store.write_timeout == 3.0
+    h = HTTPConfig.from_node_config(cfg)
+    assert (h.queue_capacity, h.queue_batch, h.queue_interval, h.queue_tx) == (10, 5, 0.02, True)
+    cfg, _ = config_from_args(["-raft-heartbeat-timeout", "1500ms", "-raft-opt",
+                               "transfer_on_stop=true", "-raft-shutdown-stepdown=false"])
+    assert dict(cfg.raft_overrides) == {"election_ticks": 30, "transfer_on_stop": True}
+    cfg, _ = config_from_args(["-raft-opt", "election_ticks=7", "-raft-timeout", "3s"])
+    assert dict(cfg.raft_overrides) == {"election_ticks": 7}
+    default = HTTPConfig.from_node_config(config_from_args([])[0])
+    assert (default.queue_capacity, default.queue_tx) == (1024, False)
+    for argv, msg in ((["-raft-timeout", "60ms"], "not longer than the heartbeat"),
+                      (["-raft-log-level", "loud"], "-raft-log-level takes one of"),
+                      (["-raft-shutdown-stepdown=maybe"], "takes true or false"),
+                      (["-raft-apply-timeout", "0s"], "must be > 0"),
+                      (["-disco-mode", "dns"], "list the members' HTTP addresses in -join"),
+                      (["-raft-leader-lease-timeout", "1s"], "CheckQuorum")):
+        with pytest.raises(ConfigError, match=msg):
+            config_from_args(argv)
