@@ -76,6 +76,10 @@ PROGRESS_STEPS = 10_000
 
 
 def rowid_error(table):
+    if table.lower() == "sqlite_sequence":
+        return (f"request not applied: it would leave {_MAX_ROWID} (the largest rowid) as an "
+                "AUTOINCREMENT counter in sqlite_sequence, after which every insert into "
+                "that table fails. Use smaller values")
     return (f"request not applied: it would leave rowid {_MAX_ROWID} (the largest) in table "
             f"{table}; SQLite then gives new rows of that table random rowids, which the "
             "members of the group would choose differently. Use smaller rowids (INTEGER "
@@ -371,6 +375,10 @@ class Database:
                                  f"({quote_ident(key[1])})")
         except apsw.Error:
             return None
+        ddl = self.internal(f"SELECT sql FROM {quote_ident(key[0])}.sqlite_schema WHERE "
+                            "type = 'table' AND name = ? COLLATE NOCASE", (key[1],))
+        if not ddl or "AUTOINCREMENT" in (ddl[0][0] or "").upper():
+            return None     # its next rowid follows its counter, not its largest rowid
         pks = [r for r in info if r[5]]
         # a lone INTEGER PRIMARY KEY is the rowid (an alias taken for one when it is not,
         # "INTEGER PRIMARY KEY DESC", only makes this more careful)
@@ -439,6 +447,16 @@ class Database:
             self._top[key] = top or 0
         return False
 
+    def table_at_rowid_limit(self):
+        """The first table (or "sqlite_sequence") holding 2^63-1, else None: a check of
+        the whole database (after a load, which may bring such rows)."""
+        for (name,) in self.internal("SELECT name FROM sqlite_schema WHERE type = 'table' "
+                                     "AND name NOT LIKE 'sqlite\\_stat%' ESCAPE '\\'"):
+            q = self._rowid_query("main", name)
+            if q and self.internal(q)[0][0] == _MAX_ROWID:
+                return name
+        return None
+
     def forget_rowid_bounds(self):
         """Drop the upper bounds of check_rowid_limit: the apply transaction (or part of
         it) was rolled back, restored rows may lie above them, or something other than a
@@ -453,6 +471,8 @@ class Database:
         """The query of a table's largest rowid ("" for a view, a virtual or WITHOUT ROWID
         table, or a table whose columns hide every name of its rowid)."""
         qs, qt = quote_ident(schema), quote_ident(table)
+        if table.lower() == "sqlite_sequence":
+            return f"SELECT max(seq) FROM {qs}.sqlite_sequence"
         try:
             info = self.internal(f"PRAGMA {qs}.table_list({qt})")
             if not info or info[0][2] != "table" or info[0][4]:

@@ -83,9 +83,11 @@ class _Access:
             self.prepared = True
             if (op == apsw.SQLITE_INSERT or op == apsw.SQLITE_UPDATE) and p1:
                 if p1[:7].lower() == "sqlite_":
-                    # the schema, or sqlite_sequence: an AUTOINCREMENT table's next
-                    # rowid follows that, not its largest one
+                    # the schema, or sqlite_sequence (the AUTOINCREMENT counters, checked
+                    # too: one at 2^63-1 makes the table's next insert fail)
                     self.plain = False
+                    if p1.lower() == "sqlite_sequence":
+                        w.add((dbname or "main", "sqlite_sequence"))
                 else:
                     w.add((dbname or "main", p1))
                     if op == apsw.SQLITE_UPDATE or trigger:

@@ -89,6 +89,12 @@ def commit(ctx, args):
             if "error" in r:
                 raise BadRequest(f"load: statement {n} failed: {r['error']}; nothing was "
                                  "changed")
+    top = ctx.table_at_rowid_limit()
+    if top is not None:
+        # a table at the largest rowid gives its next rows random rowids (members would
+        # differ), or with AUTOINCREMENT fails every insert (db.check_rowid_limit)
+        raise BadRequest(f"load: {top} holds {(1 << 63) - 1} (the largest rowid), which "
+                         "this database does not accept; nothing was changed")
     return {"statements": n}
 
 

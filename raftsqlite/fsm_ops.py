@@ -167,6 +167,10 @@ class SystemContext:
     def step_budget(self):
         return self._db.step_budget
 
+    def table_at_rowid_limit(self):
+        """The first table holding rowid 2^63-1 (or an AUTOINCREMENT counter at it)."""
+        return self._db.table_at_rowid_limit()
+
     def in_transaction(self):
         """False once a statement ended the apply transaction (then raise: the FSM
         re-runs the entry with this op failed)."""

@@ -87,8 +87,9 @@ def test_the_request_that_writes_the_largest_rowid_is_refused_alone(tmp_path):
 def test_writes_through_triggers_and_updates_are_checked(tmp_path):
     """Invariant: a table already holding the largest rowid (data from before this check
     existed, or loaded) refuses new rows without a rowid whoever inserts them, a trigger
-    included; an UPDATE moving a row to that rowid is refused; AUTOINCREMENT tables fail
-    with SQLite's own error, the same everywhere."""
+    included; an UPDATE moving a row to that rowid is refused; so are an AUTOINCREMENT
+    row or counter at it (every later insert into that table would fail with SQLITE_FULL,
+    which a member cannot tell from a full disk)."""
     entries = [
         ex(3, req("CREATE TABLE k (id INTEGER PRIMARY KEY, v)"), req("CREATE TABLE side (v)"),
            req("CREATE TABLE inc (id INTEGER PRIMARY KEY AUTOINCREMENT, v)"),
@@ -98,10 +99,13 @@ def test_writes_through_triggers_and_updates_are_checked(tmp_path):
     a, b = _both(tmp_path, entries)
     for f in (a, b):        # as if written before the check existed
         f.db.internal(f"INSERT INTO side(rowid, v) VALUES ({MAX}, 'old')")
-        f.db.internal(f"INSERT INTO inc(id, v) VALUES ({MAX}, 'old')")
     more = [ex(4, req("INSERT INTO k(v) VALUES ('fires')"), req("INSERT INTO side VALUES (1)"),
                req("INSERT INTO k(id, v) VALUES (7, 'plain')"),
-               req("INSERT INTO inc(v) VALUES ('full')")),
+               req(f"INSERT INTO inc(id, v) VALUES ({MAX}, 'top')"),
+               req("INSERT INTO inc(v) VALUES ('one')"),
+               req(f"UPDATE sqlite_sequence SET seq = {MAX} WHERE name = 'inc'"),
+               req(f"UPDATE sqlite_sequence SET seq = {MAX - 5} WHERE name = 'inc'"),
+               req("INSERT INTO inc(v) VALUES ('two')")),
             ex(5, req("DROP TRIGGER tr"), req("INSERT INTO k(id, v) VALUES (7, 'plain')"),
                req(f"UPDATE k SET id = {MAX} WHERE id = 7"))]
     ra = [a.apply([e])[0] for e in more]
@@ -111,7 +115,11 @@ def test_writes_through_triggers_and_updates_are_checked(tmp_path):
     assert e4[0].startswith("request not applied") and "side" in e4[0]
     assert e4[1].startswith("request not applied")
     assert e4[2].startswith("request not applied")   # its trigger writes side
-    assert "AUTOINCREMENT" in e4[3]    # SQLITE_FULL, which rolls everything back
+    assert e4[3].startswith("request not applied") and "inc" in e4[3]
+    assert e4[4] is None
+    assert e4[5].startswith("request not applied") and "AUTOINCREMENT counter" in e4[5]
+    assert e4[6] is None and e4[7] is None
+    assert rows(a, "SELECT id, v FROM inc ORDER BY id") == [[1, "one"], [MAX - 4, "two"]]
     assert e5[:2] == [None, None] and e5[2].startswith("request not applied")
     assert _dump(a) == _dump(b)
     assert rows(a, "SELECT id, v FROM k") == [[7, "plain"]]
@@ -262,15 +270,18 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
                    req((ai, ["a0"]))),
                 ex(15, req((ai, ["a1"])), req(f"INSERT INTO ai(id, v) VALUES ({MAX - 2}, 'x')"),
                    req(f"DELETE FROM ai WHERE id = {MAX - 2}")),
-                ex(16, *[req((ai, [f"a{i}"])) for i in range(2, 6)])]
+                # (not a third insert in the run: past the counter's end SQLite answers
+                # SQLITE_FULL, which the apply takes for a full disk; see the report)
+                ex(16, *[req((ai, [f"a{i}"])) for i in range(2, 4)]),
+                ex(17, req((ai, ["a4"])))]
     # a run of one text naming the rowid: only its first row's rowid is reported
     named = "INSERT INTO u(rowid, v) VALUES (?, ?)"
-    entries += [ex(17, req((auto, ["warm"]))),
-                ex(18, *[req((named, p)) for p in ([5000, "p0"], [MAX, "p1"], [6000, "p2"],
+    entries += [ex(18, req((auto, ["warm"]))),
+                ex(19, *[req((named, p)) for p in ([5000, "p0"], [MAX, "p1"], [6000, "p2"],
                                                    [MAX - 1, "p3"])]),
-                ex(19, req((auto, ["after-named-run"]))),
-                ex(20, req(f"DELETE FROM u WHERE rowid > 100"))]
-    idx, n = 21, 0
+                ex(20, req((auto, ["after-named-run"]))),
+                ex(21, req(f"DELETE FROM u WHERE rowid > 100"))]
+    idx, n = 22, 0
     for _ in range(70):
         kind = rnd.choice(["auto", "auto", "near", "delete", "rollback", "load", "run",
                            "nearrun"])
@@ -321,3 +332,19 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
     assert exact.db.stats_counters["rowid_bound_hits"] == 0
     assert rows(keep, f"SELECT count(*) FROM u WHERE rowid = {MAX}") == [[0]]
     assert rows(keep, "SELECT max(id) FROM ai") == [[MAX - 1]]
+
+
+def test_load_bringing_the_largest_rowid_is_refused(tmp_path):
+    """Invariant: a load that would leave rowid 2^63-1 in a table (or an AUTOINCREMENT
+    counter at it) is undone with a clear error, like a request that would."""
+    f = make(tmp_path, "ld")
+    for i, stmts in enumerate(([f"CREATE TABLE big (x);",
+                                f"INSERT INTO big(rowid, x) VALUES ({MAX}, 1);"],
+                               ["CREATE TABLE ai (id INTEGER PRIMARY KEY AUTOINCREMENT, v);",
+                                "INSERT INTO ai(v) VALUES (1);",
+                                f"UPDATE sqlite_sequence SET seq = {MAX} WHERE name = 'ai';"])):
+        out = f.apply(_load_entries(3 + 10 * i, stmts, steps=None, load_id=f"m{i}"))[-1]
+        err = out["results"][0]["error"]
+        assert "9223372036854775807" in err and "nothing was changed" in err, err
+    assert rows(f, "SELECT name FROM sqlite_schema WHERE name IN ('big', 'ai')") == []
+    f.db.close()
