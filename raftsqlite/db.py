@@ -377,8 +377,10 @@ class Database:
             return None
         ddl = self.internal(f"SELECT sql FROM {quote_ident(key[0])}.sqlite_schema WHERE "
                             "type = 'table' AND name = ? COLLATE NOCASE", (key[1],))
-        if not ddl or "AUTOINCREMENT" in (ddl[0][0] or "").upper():
-            return None     # its next rowid follows its counter, not its largest rowid
+        text = " ".join((ddl[0][0] or "").upper().split()) if ddl else ""
+        if not text.startswith("CREATE TABLE") or "AUTOINCREMENT" in text:
+            return None     # virtual (its module picks rowids), or its next rowid follows
+            #                 its AUTOINCREMENT counter, not its largest rowid
         pks = [r for r in info if r[5]]
         # a lone INTEGER PRIMARY KEY is the rowid (an alias taken for one when it is not,
         # "INTEGER PRIMARY KEY DESC", only makes this more careful)
@@ -468,15 +470,38 @@ class Database:
         acc.plain = True
 
     def _rowid_query(self, schema, table):
-        """The query of a table's largest rowid ("" for a view, a virtual or WITHOUT ROWID
-        table, or a table whose columns hide every name of its rowid)."""
+        """The query of a table's largest rowid ("" for a view, a WITHOUT ROWID table, a
+        shadow table, or a table whose columns hide every name of its rowid). For a
+        virtual table, the largest over its shadow tables (FTS5's content, R-Tree's
+        rowid table...: rowid tables its module inserts into, rowids picked the same
+        way); shadow tables are checked only so, as their module prepares its statements
+        whenever it first needs them, so which user text they were noted under varies."""
         qs, qt = quote_ident(schema), quote_ident(table)
         if table.lower() == "sqlite_sequence":
             return f"SELECT max(seq) FROM {qs}.sqlite_sequence"
         try:
             info = self.internal(f"PRAGMA {qs}.table_list({qt})")
-            if not info or info[0][2] != "table" or info[0][4]:
+            if not info or info[0][4]:
                 return ""
+            if info[0][2] == "virtual":
+                prefix = table.lower() + "_"
+                parts = [q for (_s, name, typ, _n, wr, _st) in
+                         self.internal(f"PRAGMA {qs}.table_list")
+                         if typ == "shadow" and not wr and name.lower().startswith(prefix)
+                         for q in (self._rowid_query_plain(qs, name),) if q]
+                if not parts:
+                    return ""
+                return "SELECT max(m) FROM (" + " UNION ALL ".join(
+                    p.replace(") FROM", ") AS m FROM", 1) for p in parts) + ")"
+            if info[0][2] != "table":
+                return ""
+        except apsw.Error:
+            return ""
+        return self._rowid_query_plain(qs, table)
+
+    def _rowid_query_plain(self, qs, table):
+        qt = quote_ident(table)
+        try:
             cols = {r[1].lower() for r in self.internal(f"PRAGMA {qs}.table_xinfo({qt})")}
         except apsw.Error:
             return ""

@@ -348,3 +348,24 @@ def test_load_bringing_the_largest_rowid_is_refused(tmp_path):
         assert "9223372036854775807" in err and "nothing was changed" in err, err
     assert rows(f, "SELECT name FROM sqlite_schema WHERE name IN ('big', 'ai')") == []
     f.db.close()
+
+
+def test_virtual_tables_are_checked_through_their_shadow_tables(tmp_path):
+    """Invariant: FTS5 and R-Tree keep rows in rowid tables of their own (shadow tables)
+    that pick rowids the same way: a write leaving 2^63-1 there is refused, on members
+    with different histories alike, and later rows get the same rowids everywhere."""
+    entries = [
+        ex(3, req("CREATE VIRTUAL TABLE ft USING fts5(x)"),
+           req("CREATE VIRTUAL TABLE rt USING rtree(id, a, b)")),
+        ex(4, req(("INSERT INTO ft(rowid, x) VALUES (?, 'top')", [MAX])),
+           req(("INSERT INTO rt(id, a, b) VALUES (?, 1, 2)", [MAX])),
+           req("INSERT INTO ft(x) VALUES ('one')"), req("INSERT INTO rt(a, b) VALUES (3, 4)")),
+        ex(5, *[req(("INSERT INTO ft(x) VALUES (?)", [f"w{i}"])) for i in range(3)],
+           *[req(("INSERT INTO rt(a, b) VALUES (?, ?)", [i, i + 1])) for i in range(3)]),
+    ]
+    a, b = _both(tmp_path, entries)
+    for q in ("SELECT rowid, x FROM ft ORDER BY rowid", "SELECT * FROM rt ORDER BY id"):
+        assert rows(a, q) == rows(b, q)
+    assert rows(a, "SELECT rowid FROM ft ORDER BY rowid") == [[1], [2], [3], [4]]
+    assert rows(a, "SELECT max(id) FROM rt") == [[4]]
+    assert a.counters["rowid_refused"] == 2
