@@ -156,6 +156,9 @@ def raise_disk_error(e):
         raise classify(e) from e
 
 
+# Any SQLite error, for modules of the db layer that do not import apsw (db_rowids.py)
+SQL_ERROR = apsw.Error
+
 # A missing named parameter raises KeyError from apsw; it must be a statement error
 # (the same on every replica), never an exception out of apply, which fail-stops a node.
 _BAD_PARAMS = (TypeError, ValueError, OverflowError, KeyError, IndexError)

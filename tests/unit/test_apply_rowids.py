@@ -259,7 +259,7 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
     entries += [ex(8, req((auto, ["below-top"]))), ex(9, req((auto, ["at-top"])))]
     # an exact check inside a batch that is rolled back must not leave its bound behind
     entries += [ex(10, req("DELETE FROM u WHERE rowid > 100")),
-                ex(11, req((auto, ["low"])), req((f"INSERT INTO u(rowid, v) VALUES (?, ?)",
+                ex(11, req((auto, ["low"])), req(("INSERT INTO u(rowid, v) VALUES (?, ?)",
                                                   [MAX - 3, "hi"]))),
                 ex(12, req("DELETE FROM u WHERE rowid > 100"), req("UPDATE u SET v = v"),
                    req("INSERT OR ROLLBACK INTO u(v) VALUES ('low')")),
@@ -280,7 +280,7 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
                 ex(19, *[req((named, p)) for p in ([5000, "p0"], [MAX, "p1"], [6000, "p2"],
                                                    [MAX - 1, "p3"])]),
                 ex(20, req((auto, ["after-named-run"]))),
-                ex(21, req(f"DELETE FROM u WHERE rowid > 100"))]
+                ex(21, req("DELETE FROM u WHERE rowid > 100"))]
     idx, n = 22, 0
     for _ in range(70):
         kind = rnd.choice(["auto", "auto", "near", "delete", "rollback", "load", "run",
@@ -291,10 +291,10 @@ def test_the_check_without_a_query_decides_as_the_exact_one(tmp_path):
         elif kind == "run":
             e = [ex(idx, *[req((auto, [f"r{n}.{i}"])) for i in range(3)])]
         elif kind == "near":
-            e = [ex(idx, req((f"INSERT INTO u(rowid, v) VALUES (?, ?)",
+            e = [ex(idx, req(("INSERT INTO u(rowid, v) VALUES (?, ?)",
                               [MAX - rnd.choice([1, 1, 2, 3, 40]), f"n{n}"])))]
         elif kind == "nearrun":
-            e = [ex(idx, *[req((f"INSERT INTO u(rowid, v) VALUES (?, ?)",
+            e = [ex(idx, *[req(("INSERT INTO u(rowid, v) VALUES (?, ?)",
                                 [MAX - rnd.choice([1, 2, 3, 50]), f"m{n}.{i}"]))
                            for i in range(3)])]
         elif kind == "delete":
@@ -338,7 +338,7 @@ def test_load_bringing_the_largest_rowid_is_refused(tmp_path):
     """Invariant: a load that would leave rowid 2^63-1 in a table (or an AUTOINCREMENT
     counter at it) is undone with a clear error, like a request that would."""
     f = make(tmp_path, "ld")
-    for i, stmts in enumerate(([f"CREATE TABLE big (x);",
+    for i, stmts in enumerate((["CREATE TABLE big (x);",
                                 f"INSERT INTO big(rowid, x) VALUES ({MAX}, 1);"],
                                ["CREATE TABLE ai (id INTEGER PRIMARY KEY AUTOINCREMENT, v);",
                                 "INSERT INTO ai(v) VALUES (1);",
@@ -380,7 +380,7 @@ def test_autoincrement_past_its_end_inside_one_request_is_an_answer(tmp_path):
     itself gets an error result, the same on every member, and the group goes on."""
     f = make(tmp_path, "ai")
     f.apply([ex(2, req("CREATE TABLE ai (id INTEGER PRIMARY KEY AUTOINCREMENT, v)"))])
-    res = f.apply([ex(3, req((f"INSERT INTO ai(id, v) VALUES (?, 'a')", [MAX - 1]),
+    res = f.apply([ex(3, req(("INSERT INTO ai(id, v) VALUES (?, 'a')", [MAX - 1]),
                              "INSERT INTO ai(v) VALUES ('b')", "INSERT INTO ai(v) VALUES ('c')"))])
     assert "error" in res[0]["results"][0][-1]
     assert f.apply([ex(4, req("INSERT INTO t VALUES (1)"))])[0]["results"][0][0].get("error") \
