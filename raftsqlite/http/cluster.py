@@ -200,7 +200,12 @@ def blueprint():
         ctx = request.app.ctx
         p = QueryParams(request.query_string)
         node_id = parse_remove(request.body)
-        res = await fwd.on_leader(request, p, lambda: ctx.store.remove(node_id))
+        try:
+            res = await fwd.on_leader(request, p, lambda: ctx.store.remove(node_id))
+        except errors.NotFound as e:
+            # sharded: a member of another group is removed through that group
+            from raftsqlite.sharding.members import elsewhere
+            raise elsewhere(getattr(ctx.node, "sharding", None), node_id) or e from None
         if isinstance(res, HTTPResponse):
             return res
         return HTTPResponse(b"", status=200)

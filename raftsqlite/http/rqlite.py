@@ -202,6 +202,12 @@ def blueprint():
                     res = await ctx.store.load(path, fmt=fmt)
             except errors.NotLeader as e:
                 return await _forward_file(request, p, e, path)
+            if isinstance(res, dict) and "sharded_rows" in res:
+                # a sharded load: not one transaction, so it says what went where
+                body = wire.rqlite_body(res, p, started=started, now=perf_counter())
+                body["sharded_rows"] = res["sharded_rows"]
+                body["rows_per_group"] = res.get("rows_per_group", {})
+                return wire.json_response(body, pretty=p.pretty)
             return _render(p, res if isinstance(res, dict) else {"results": []}, started)
         finally:
             if fd is not None:

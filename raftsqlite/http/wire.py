@@ -215,6 +215,8 @@ def rqlite_body(result, p, *, started=None, query_family=False, now=None):
                                      associative=p.associative, query_family=query_family)}
     if result.get("error"):
         out["error"] = result["error"]
+    if "vacuumed" in result:    # a sharded VACUUM: the groups it compacted (one per request)
+        out["vacuumed"] = result["vacuumed"]
     if p.timings and started is not None and now is not None:
         out["time"] = now - started
     if p.raft_index and result.get("raft_index"):

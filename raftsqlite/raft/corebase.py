@@ -205,6 +205,12 @@ class MembershipMixin:
         m = self._members.get(node_id)
         return None if m is None else Member(m.node_id, m.raft_addr, m.http_addr, m.voter)
 
+    @property
+    def conf_index(self):
+        """Log index of the configuration in force (the latest appended; a snapshot's
+        index when no change came after it). Grows with every change."""
+        return self._conf_history[-1][0]
+
     def members_at(self, index):
         """Membership as of committed index ``index`` (for the snapshot a driver takes)."""
         best = self._conf_history[0][1]

@@ -5,9 +5,11 @@ keeps the service itself (FSM wiring, catalog transport, executor)."""
 import time
 
 from raftsqlite import errors
-from raftsqlite.codec.model import BulkStatements
+from raftsqlite.codec.model import BulkStatements, Statement
+from raftsqlite.fsm_vacuum import is_vacuum_sql
 from raftsqlite.sharding.backup import backup_for
 from raftsqlite.sharding.load import load_for
+from raftsqlite.sharding.merge import merge_writes
 from raftsqlite.sharding.ownership import catalog_guard
 
 _LAZY = {"lazy_results": True}
@@ -138,7 +140,39 @@ class RouterSQL:
         sid = await self._shard(p)
         return (self._unsharded(statements, p) if sid is None else None), sid
 
+    def _vacuum_everywhere(self, statements, p):
+        """A lone ``VACUUM`` without ``shard_id`` or a transaction, on a cluster with
+        shard groups: compact every group, not only the default one."""
+        if type(statements) is not list or len(statements) != 1 or p is None or \
+                getattr(p, "shard_id", None) is not None or p.transaction:
+            return False
+        return is_vacuum_sql(getattr(statements[0], "sql", statements[0])) and \
+            len(self.svc.cache.current().groups) > 1
+
+    async def _vacuum_all(self, statements):
+        """VACUUM on every group, one after another (each holds up its own group's writes
+        while it runs; one at a time keeps the cluster's disk I/O to one copy). Not one
+        operation: the result says, per group, what was compacted (decision 15)."""
+        await self._ready()
+        sql = getattr(statements[0], "sql", statements[0])
+        groups = sorted(self.svc.cache.current().groups, key=lambda g: (g != "default", g))
+        per = []
+        for g in groups:
+            try:
+                # alone in its call: a coalesced batch with other writes is refused
+                r = (await self.router.ex.execute_alone(g, [Statement(sql)]))[0]
+            except errors.RaftSQLiteError as e:
+                r = {"error": f"{type(e).__name__}: {e}"}
+            per.append((g, dict(r)))
+        out = merge_writes(per)
+        out.pop("shards", None)     # per-group results: the error (if any) names them
+        out.pop("applied_on", None)
+        # beside "results" (wire.rqlite_body): one check per request, none per result
+        return {"results": [out], "vacuumed": [g for g, r in per if not r.get("error")]}
+
     async def execute(self, statements, p):
+        if self._vacuum_everywhere(statements, p):
+            return await self._vacuum_all(statements)
         cat, sid = await self._unrouted(statements, p)
         if cat is not None:
             try:

@@ -19,7 +19,7 @@ op's arguments, chosen once by the proposer.
 """
 import orjson
 
-from raftsqlite.errors import BadRequest, CoordinatorFenced, NotFound, RaftSQLiteError
+from raftsqlite.errors import BadRequest, Conflict, CoordinatorFenced, NotFound, RaftSQLiteError
 from raftsqlite.sharding import keyspace as ks
 
 DEFAULT_GROUP = "default"
@@ -177,6 +177,31 @@ class Catalog:
         g = self._group(a["group"])
         self.groups[g]["members"].pop(a["node_id"], None)
 
+    def _op_sync_members(self, a):
+        """A group's leader reports its Raft configuration (``members``, as of log index
+        ``conf_index`` of that group, reported in the leader's ``term``): the member list
+        becomes exactly it, so removed, reaped and departed members stop being listed
+        (routers and GET /shards use it). A report older than the last one applied, by
+        (term, conf_index), is ignored: a deposed leader's, arriving late, has a lower term;
+        a settled leader (it committed an entry of its term) holds every committed
+        configuration, so a higher term never reports an older one. The term also orders
+        a group rebuilt by ``raft-sqlite recover``, whose configuration may sit at a lower
+        index than the lost leader's but always in a higher term."""
+        g = self._group(a["group"])
+        idx, term = int(a["conf_index"]), int(a.get("term", 0))
+        grp = self.groups[g]
+        if (term, idx) < (grp.get("conf_term", 0), grp.get("conf_index", 0)):
+            return {"group": g, "stale": True}
+        ms = a["members"]
+        if not ms:
+            raise BadRequest("a group's configuration has at least one member")
+        grp["members"] = {}
+        for m in ms:
+            self._set_member(g, m)
+        grp["conf_index"] = idx
+        grp["conf_term"] = term
+        return {"group": g, "members": sorted(grp["members"])}
+
     # tables ---------------------------------------------------------------------------
     def _op_register_table(self, a):
         t = _name(a["table"], "table_name").lower()
@@ -239,13 +264,42 @@ class Catalog:
             rec["create_sql"] = a["create_sql"]
         self.schema_version += 1
 
+    def _moving(self, cname):
+        return sorted(m["id"] for m in self.moves.values()
+                      if m["colocation"] == cname and m["phase"] not in MOVE_END)
+
+    def _op_remove_begin(self, a):
+        """``POST /table/remove`` marks the colocation before it fences it: no move may
+        start until ``remove_end`` (a move's fence would merge into the removal's whole-
+        keyspace fence, and lifting ours would lift it). Refused while a move runs."""
+        t = self._table(a["table"])
+        col = self._col_of(t)
+        moving = self._moving(self.tables[t]["colocation"])
+        if moving:
+            raise Conflict(f"table {t} has a rebalance move in progress ({', '.join(moving)})")
+        other = (col.get("removing") or {}).get("table")
+        if other not in (None, t):
+            raise Conflict(f"table {other}, colocated with {t}, is being removed; remove {t} "
+                           f"after that (if that removal's node failed, repeat POST "
+                           f"/table/remove for {other}: it clears the mark)")
+        col["removing"] = {"table": t, "since": a.get("now")}
+
+    def _op_remove_end(self, a):
+        cname = a.get("colocation") or self.tables[self._table(a["table"])]["colocation"]
+        col = self.colocations.get(cname)
+        if col is not None:
+            col.pop("removing", None)
+
     def _op_unregister_table(self, a):
         t = self._table(a["table"])
         cname = self.tables[t]["colocation"]
+        moving = self._moving(cname)
+        if moving:
+            raise Conflict(f"table {t} has a rebalance move in progress ({', '.join(moving)}); "
+                           "wait for it or cancel it first")
         del self.tables[t]
+        self.colocations[cname].pop("removing", None)
         if not any(x["colocation"] == cname for x in self.tables.values()):
-            if any(m["colocation"] == cname and m["phase"] not in MOVE_END for m in self.moves.values()):
-                raise BadRequest(f"table {t} has a rebalance move in progress; cancel it first")
             del self.colocations[cname]
             self.epoch += 1
         self.schema_version += 1
@@ -306,6 +360,9 @@ class Catalog:
         cname = self.tables[self._table(a["table"])]["colocation"]
         col = self.colocations[cname]
         self._expect(col, a)
+        if col.get("removing"):
+            raise Conflict(f"table {col['removing']['table']} (colocation {cname}) is being "
+                           "removed (POST /table/remove); rebalance after that ends")
         owner = self._group(a["owner"])
         if owner not in col["shards"]:
             raise BadRequest(f"group {owner} is not a shard of this table; add it first")
@@ -334,6 +391,12 @@ class Catalog:
         col = self.colocations[cname]
         start, end = int(a["start"]), int(ks.end_from_json(a.get("end")))
         target = self._group(a["target"])
+        if col.get("removing"):
+            r = col["removing"]
+            raise Conflict(f"table {r['table']} (colocation {cname}) is being removed "
+                           "(POST /table/remove); no move starts until that ends. If no "
+                           "removal is running (its node failed), repeat POST /table/remove: "
+                           "it clears the mark either way")
         if target not in col["shards"]:
             raise BadRequest(f"group {target} is not a shard of {t}; add it first")
         for m in self.moves.values():
@@ -550,6 +613,8 @@ class Catalog:
                                     "start": ks.range_of(col["starts"], i)[0],
                                     "owner": o} for i, o in enumerate(col["owners"])],
                         "fenced": [ks.fmt_range(*f) for f in col["fences"]]})
+            if col.get("removing"):     # a /table/remove in progress (or one that failed)
+                out[-1]["removing"] = col["removing"]
         return out
 
     def describe_groups(self):

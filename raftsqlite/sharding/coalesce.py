@@ -296,6 +296,11 @@ class ShardCaller:
         # together anyway: the group commit applies them in one transaction.)
         return self._one(group, kind, level, req)
 
+    async def call_alone(self, group, statements):
+        """A write in a ``/shard/call`` of its own, never coalesced with others (a VACUUM
+        must be the only request of its entry; the shard refuses it in a batch)."""
+        return await self._one(group, "execute", "weak", Request(statements, False, None, None))
+
     async def _one(self, group, kind, level, req):
         res = (await self._send(group, kind, level, [req]))[0]
         if isinstance(res, BaseException):

@@ -6,6 +6,7 @@ Handlers raise ``raftsqlite.errors``; the HTTP layer's one error handler renders
 """
 import asyncio
 import base64
+import logging
 
 import orjson
 from sanic import Blueprint
@@ -20,10 +21,12 @@ from raftsqlite.http import wire
 from raftsqlite.http.fastpath import FastRequest, json_ok
 from raftsqlite.http.params import QueryParams
 from raftsqlite.sharding import ops
-from raftsqlite.sharding.catalog import DEFAULT_GROUP
+from raftsqlite.sharding.catalog import DEFAULT_GROUP, MOVE_END
 from raftsqlite.sharding.coalesce import outcome_doc
 from raftsqlite.sharding.remove import remove_table
 from raftsqlite.sharding.service import dump_requests, dump_results
+
+log = logging.getLogger("raftsqlite.sharding.http")
 
 _OCTET = "application/octet-stream"
 
@@ -268,11 +271,24 @@ def blueprint():
                          [t for t, r in cur.tables.items()
                           if r["colocation"] == cur.tables[table]["colocation"]] or [table])
         res = await svc.catalog_op(op, args)
+        late = []
         for g in cur.copy().groups:
             if g != DEFAULT_GROUP and (g == shard or g in svc.cache.current().owning_groups(table)):
-                await svc.push_ownership(g)
-        return wire.json_response({"table_name": table, "shard_id": shard, "result": res,
-                                   "table": _table_doc(svc, table)})
+                try:
+                    await svc.push_ownership(g)
+                except (errors.Unavailable, errors.LeaderNotFound, errors.Timeout) as e:
+                    # The catalog has changed: answering an error would make a retry fail
+                    # ("already on the shard"). The group's leader takes its ownership from
+                    # the catalog once it has one (_follow_ownership); until then its
+                    # routed calls are refused, never misplaced.
+                    late.append(f"{g}: {e}")
+        doc = {"table_name": table, "shard_id": shard, "result": res,
+               "table": _table_doc(svc, table)}
+        if late:
+            doc["note"] = ("done in the catalog; not yet acknowledged by " + "; ".join(late) +
+                           ". The group takes its ranges when it has a leader again; until "
+                           "then its rows cannot be reached (GET /shards)")
+        return wire.json_response(doc)
 
     @bp.post("/table/remove")
     async def remove(request):
@@ -314,20 +330,46 @@ def blueprint():
         if plan["dry_run"]:
             plan["status"] = "dry_run"
             return wire.json_response(plan)
-        sources = sorted({m["source"] for m in plan["moves"]})
+        return await _switch_empty_ranges(svc, cat, plan)
+
+    return bp
+
+
+async def _switch_empty_ranges(svc, cat, plan):
+    """``/table/rebalance`` when the sources hold no rows: switch the ranges at once
+    (``assign`` ops). The sources are fenced on the moving ranges first and checked
+    empty with a linearizable read after the fence, so a routed write that reached a
+    source between the check and its release cannot stay behind on a range it no longer
+    owns (invisible to routed reads); without the fence a write could land there. The
+    fence is lifted whatever happens (a released range drops it by itself)."""
+    cname = plan["colocation"]
+    moving = sorted(m["id"] for m in cat.moves.values()
+                    if m["colocation"] == cname and m["phase"] not in MOVE_END)
+    if cat.colocations[cname].get("removing"):
+        raise errors.Conflict(f"table {cat.colocations[cname]['removing']['table']} is being "
+                              "removed (POST /table/remove); rebalance after that ends")
+    if moving:
+        raise errors.Conflict(f"a move of {plan['table']} is in progress ({', '.join(moving)}); "
+                              "wait for it (GET /table/rebalance/status), then rebalance again")
+    sources = sorted({m["source"] for m in plan["moves"]})
+    fenced = []
+    try:
+        for m in plan["moves"]:
+            await _own_range(svc, m["source"], "own.fence", cname, m)
+            fenced.append(m)
         holding = []
         for g in sources:
             for t in plan["tables"]:
                 res = await svc.executor.query(g, [Statement(f"SELECT 1 FROM {quote_ident(t)} LIMIT 1")],
-                                               level="weak")
+                                               level="linearizable")
                 if res[0].get("values"):
                     holding.append(g)
                     break
         if holding:
             plan["status"] = "needs_data_movement"
-            plan["note"] = (f"shard(s) {', '.join(holding)} hold rows of the ranges to move; "
-                            "moving data online is the rebalancing workflow (issue #7). "
-                            "Nothing was changed.")
+            plan["note"] = (f"shard(s) {', '.join(holding)} hold rows of the ranges to move "
+                            "(written just now?); nothing was changed. Rebalance again to move "
+                            "them online.")
             return wire.json_response(plan)
         assigns = ops.assign_ops(plan)
         after = cat.copy()
@@ -343,11 +385,23 @@ def blueprint():
             await svc.push_ownership(g)
         if errs:
             raise errors.BadRequest("rebalance not applied: " + "; ".join(errs))
-        plan["status"] = "applied"
-        plan["table"] = _table_doc(svc, plan["table"])
-        return wire.json_response(plan)
+    finally:
+        for m in fenced:
+            try:
+                await _own_range(svc, m["source"], "own.unfence", cname, m)
+            except errors.RaftSQLiteError as e:
+                log.warning("could not lift the fence of %s on %s: %s", cname, m["source"], e)
+    plan["status"] = "applied"
+    plan["table"] = _table_doc(svc, plan["table"])
+    return wire.json_response(plan)
 
-    return bp
+
+async def _own_range(svc, group, name, cname, m):
+    res = await svc.system(group, [(name, orjson.dumps(
+        {"colocation": cname, "start": m["start"], "end": m["end"]}))])
+    err = isinstance(res[0], dict) and res[0].get("error")
+    if err and not (name == "own.unfence" and "holds no colocation" in err):
+        raise errors.Unavailable(f"{name} on {group} failed: {err}; nothing was changed")
 
 
 async def _execute_batch(st, requests):
@@ -418,7 +472,10 @@ async def _probe(svc, g):
     leaders = {m.get("leader_id") for m in members if m.get("leader_id")}
     g["leader"] = leaders.pop() if len(leaders) == 1 else None
     up = sum(1 for m in members if m.get("reachable"))
-    g["health"] = ("ok" if g["leader"] and up > len(members) // 2 else
+    # the majority that keeps a group writable counts voters only (read replicas do not)
+    voters = [m for m in members if m.get("voter", True)]
+    up_voters = sum(1 for m in voters if m.get("reachable"))
+    g["health"] = ("ok" if g["leader"] and up_voters > len(voters) // 2 else
                    "degraded" if up else "unreachable")
 
 

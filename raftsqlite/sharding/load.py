@@ -20,7 +20,17 @@ What a load does when tables are registered (``load_for``), on the default group
   are fanned out to their shards (routed DDL, idempotent), and the rows are inserted
   through the router in parameterized batches, each with a request id (fresh per load),
   so a batch the router retries applies once. Across groups this is not one transaction: if a batch fails, the answer
-  says which tables and how many rows were loaded before it, and nothing after.
+  says which tables and how many rows were loaded before it (per table and per group),
+  and nothing after, with what to do: ``DELETE FROM`` those tables and load again (the
+  sharded tables were empty before, which the load checked). A success answers
+  ``sharded_rows`` (per table) and ``rows_per_group``.
+  Why not all-or-nothing: the default group's part replaces its whole database (one
+  entry), and the sharded rows are inserts on other groups' logs; undoing them would
+  need the old default database kept and a delete that cannot tell a loaded row from one
+  a client wrote meanwhile. What makes a failure after the default part unlikely is
+  checked first: every filled table's groups answer (the emptiness check is a
+  ``strong`` read on every owner), and the rows come from a SQLite file with the
+  registered schema, so its constraints already hold for them.
 """
 import asyncio
 import os
@@ -118,17 +128,51 @@ class ShardedLoad:
         res = await svc.node.store.load(rest, fmt="sqlite")
         await self._fan_out_ddl(registered, db_path)
         loaded = {}
+        self.per_group = {}
         try:
             for t in filled:
                 loaded[t] = 0
                 await self._insert_rows(have[t][0], db_path, loaded, request_id)
         except errors.RaftSQLiteError as e:
-            done = ", ".join(f"{k}: {n} rows" for k, n in loaded.items())
-            raise type(e)(f"the default group's tables were loaded, and of the sharded "
-                          f"tables {done}; then: {e}. The rest was not loaded") from None
+            done = ", ".join(f"{k}: {n} rows" for k, n in loaded.items() if n) or "none"
+            where = ", ".join(f"{g}: {n}" for g, n in sorted(self.per_group.items()) if n)
+            raise type(e)(
+                f"load not complete (it is not atomic across groups): the default group's "
+                f"tables were loaded; rows of sharded tables loaded: {done}"
+                + (f" (per group: {where})" if where else "") + f"; then: {e}. The rest was "
+                "not loaded. What to do: DELETE FROM each sharded table named here "
+                "(through /db/execute), then repeat the load (it replaces the default "
+                "group's tables again and refuses sharded tables that still have rows)"
+            ) from None
         out = dict(res) if isinstance(res, dict) else {"results": []}
         out["sharded_rows"] = loaded
+        out["rows_per_group"] = dict(sorted(self.per_group.items()))
         return out
+
+    def _count_groups(self, r, sql, params):
+        """Add a batch's applied rows to ``per_group`` -> how many applied: a multi-group
+        insert's result says per group; a one-group one does not name it, so route it
+        (cached plan)."""
+        per = r.get("shards")
+        if isinstance(per, dict):
+            n = 0
+            for g, gr in per.items():
+                if isinstance(gr, dict) and not gr.get("error"):
+                    k = gr.get("rows_affected") or 0
+                    self.per_group[g] = self.per_group.get(g, 0) + k
+                    n += k
+            return n
+        if r.get("error"):
+            return 0
+        try:
+            cat = self.svc.cache.current()
+            calls = self.svc.router.planner.plan(sql, cat).route(cat, params).calls
+            g = calls[0].group if len(calls) == 1 else "?"
+        except (errors.RaftSQLiteError, AttributeError, IndexError):
+            g = "?"
+        n = r.get("rows_affected") or 0
+        self.per_group[g] = self.per_group.get(g, 0) + n
+        return n
 
     async def _check(self, registered, have):
         db = self.svc.node.store.db
@@ -181,12 +225,15 @@ class ShardedLoad:
                 return
             sql = f"INSERT INTO {quote_ident(table)} ({collist}) VALUES " + ",".join([one] * len(batch))
             rid = f"{request_id}:{table}:{k}"
-            res = await self.svc.router.execute([(sql, [v for row in batch for v in row])],
-                                                request_id=rid)
+            params = [v for row in batch for v in row]
+            res = await self.svc.router.execute([(sql, params)], request_id=rid)
+            applied = self._count_groups(res[0], sql, params) \
+                if res and isinstance(res[0], dict) else 0
+            # a batch split over groups may apply on some of them and fail on another
+            loaded[table.lower()] += applied
             errs = [r["error"] for r in res if isinstance(r, dict) and r.get("error")]
             if errs:
                 raise errors.BadRequest(f"inserting rows of {table}: {errs[0]}")
-            loaded[table.lower()] += len(batch)
             k += 1
 
 

@@ -18,8 +18,14 @@ default group only, so rows left on the shards vanish from every view but
    group), unfence what is left (the colocation survives when other tables share it),
    then with ``drop_rows`` drop the table on every shard group that had it.
 
-A move in progress on the colocation group is refused before step 1: moves are the only
-other source of fences, so lifting the whole keyspace's fence lifts only ours.
+A move in progress on the colocation group is refused (409 naming it) before step 1, and
+step 1 is preceded by a mark in the catalog (``catalog.remove_begin``, applied in the
+default group's log) that refuses a move in progress and that ``move_create`` refuses
+until the removal ends (``unregister_table`` or ``remove_end`` clears it). Moves are the
+only other source of fences, so lifting the whole keyspace's fence lifts only ours: a
+coordinator that planned a move just before the removal started cannot slip one in
+between the check and the unfence. A removal whose node fails leaves the mark (and its
+fence); repeating ``POST /table/remove`` clears both.
 
 Moving the rows back into the default group instead was considered and not done: it is
 a move whose target is not a shard (no ownership, no guard, no fence on the target), and
@@ -27,6 +33,7 @@ the router would have to send writes to the default group at the switch. Deletin
 rows through the router (``DELETE FROM t``) or taking a backup first covers the need.
 """
 import logging
+import time
 
 from raftsqlite import errors
 from raftsqlite.codec.model import Statement
@@ -60,13 +67,15 @@ async def remove_table(svc, body):
     moving = sorted(m["id"] for m in cat.moves.values()
                     if m["colocation"] == cname and m["phase"] not in MOVE_END)
     if moving:
-        raise errors.Conflict(
-            f"table {table} has a rebalance move in progress ({', '.join(moving)}); nothing was "
-            "changed. What to do: wait for it (GET /table/rebalance/status) or cancel it "
-            "(POST /table/rebalance/cancel), then remove the table.")
+        raise _busy(table, moving)
+    # Mark the colocation in the catalog first: no move starts from here on (checked in
+    # the log, so also against a coordinator that planned before this), and a move that
+    # started since the check above refuses the mark.
+    await _mark(svc, "remove_begin", table, cname, time.time())
     owners = cat.owning_groups(table)
     shards = sorted(g for g in cat.groups if g != DEFAULT_GROUP)
     fenced = []
+    unregistered = False
     try:
         for g in owners:
             await _own(svc, g, "own.fence", cname)
@@ -82,15 +91,48 @@ async def remove_table(svc, body):
                 f"(DELETE FROM {table}) or keep a copy first (GET /db/backup), or repeat with "
                 '"drop_rows": true to drop the table and its rows on every shard.')
         res = await svc.catalog_op(op, args)
+        unregistered = True
         for g in owners:
             await svc.push_ownership(g)
     finally:
         for g in fenced:
             await _unfence(svc, g, cname)
+        if not unregistered:
+            try:
+                await _mark(svc, "remove_end", table, cname)
+            except errors.RaftSQLiteError as e:
+                log.warning("could not clear the removal mark of %s: %s; moves of its "
+                            "colocation are refused until POST /table/remove is repeated",
+                            table, e)
     doc = {"removed": table, "result": res, "rows_on_shards": sum(held.values())}
     if drop:
         doc["dropped_on"] = await _drop(svc, [g for g, n in counts.items() if n is not None], table)
     return doc
+
+
+def _busy(table, moving):
+    return errors.Conflict(
+        f"table {table} has a rebalance move in progress ({', '.join(moving)}); nothing was "
+        "changed. What to do: wait for it (GET /table/rebalance/status) or cancel it "
+        "(POST /table/rebalance/cancel), then remove the table.")
+
+
+async def _mark(svc, name, table, cname, now=None):
+    """``catalog.remove_begin`` / ``remove_end`` (catalog.py): while the mark is set no
+    move of the colocation starts."""
+    args = {"table": table, "colocation": cname}
+    if now is not None:
+        args["now"] = now
+    res = (await svc.system(DEFAULT_GROUP, [(f"catalog.{name}", op_args(args))]))[0]
+    if isinstance(res, dict) and res.get("error"):
+        if res.get("code") == "conflict":
+            await svc.cache.refresh()
+            cat = svc.cache.current()
+            moving = sorted(m["id"] for m in cat.moves.values()
+                            if m["colocation"] == cname and m["phase"] not in MOVE_END)
+            raise _busy(table, moving) if moving else \
+                errors.Conflict(f"{res['error']}; nothing was changed")
+        raise errors.Unavailable(f"catalog.{name} failed: {res['error']}; nothing was changed")
 
 
 async def _own(svc, group, name, cname):

@@ -26,7 +26,7 @@ import orjson
 
 from raftsqlite import errors
 from raftsqlite.http.forward import alternate
-from raftsqlite.sharding import keyspace as ks
+from raftsqlite.sharding import keyspace as ks, members
 from raftsqlite.sharding.backend import RouterSQL  # noqa: F401  (re-exported)
 from raftsqlite.sharding.cache import CatalogCache
 from raftsqlite.sharding.coalesce import (ShardCaller, dump_requests, dump_results,  # noqa: F401
@@ -64,6 +64,17 @@ class NodeGroupExecutor:
                 pass
         return await self.remote(group, "execute", statements, transaction, guard,
                                  request_id=request_id)
+
+    async def execute_alone(self, group, statements):
+        """``execute`` never coalesced with other routed writes (VACUUM)."""
+        if self._local(group):
+            self.counts["local"] += 1
+            try:
+                return (await self.svc.node.store.execute(statements))["results"]
+            except errors.NotLeader:
+                pass
+        self.counts["remote"] += 1
+        return await self.caller.call_alone(group, statements)
 
     async def query(self, group, statements, *, guard=None, level="weak", **opts):
         # Every named level is served by the local store when this node is in the group
@@ -263,6 +274,7 @@ class ShardingService:
                 if b:
                     await self.cache.publish(b)
                 await self._follow_ownership()
+                await members.sync(self)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -330,23 +342,8 @@ class ShardingService:
 
     async def _record_default_members(self):
         """The default group's leader keeps its members in the catalog (GET /shards, and
-        where shard nodes find the catalog after a restart)."""
-        st = self.node.store
-        if not st.is_leader():
-            return
-        have = self.cache.current().groups.get(DEFAULT_GROUP, {}).get("members", {})
-        ops_ = []
-        for m in st.members():
-            cur = have.get(m.node_id)
-            if cur is None or cur.get("http_addr") != m.http_addr or cur.get("voter") != m.voter:
-                ops_.append(("catalog.set_member", op_args({
-                    "group": DEFAULT_GROUP, "node_id": m.node_id, "raft_addr": m.raft_addr,
-                    "http_addr": m.http_addr, "voter": m.voter})))
-        gone = set(have) - {m.node_id for m in st.members()}
-        ops_ += [("catalog.remove_member", op_args({"group": DEFAULT_GROUP, "node_id": n}))
-                 for n in sorted(gone)]
-        if ops_:
-            await st.system(ops_)
+        where shard nodes find the catalog after a restart); members.py."""
+        await members.sync(self)
 
     async def _follow_ownership(self):
         if self.is_default or not self.node.store.is_leader():
