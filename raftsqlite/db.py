@@ -26,6 +26,7 @@ from raftsqlite.codec import rowid_results
 from raftsqlite.codec.model import InsertRun
 from raftsqlite.db_exec import (_BAD_PARAMS, TOO_LARGE, _Access, raise_disk_error, run_many,
                                  run_many_recorded, run_many_unreported, run_statement)
+from raftsqlite.db_rowids import _MAX_ROWID, PROGRESS_STEPS, RowidCheck
 from raftsqlite.db_shapes import CONN_FUNCTIONS, insert_shape, quote_ident
 from raftsqlite.sqlrewrite import hide_internal, may_name_schema
 
@@ -69,11 +70,8 @@ class Interrupted(Exception):
     """A read ran past its db_timeout and was interrupted."""
 
 
-_MAX_ROWID = (1 << 63) - 1
-
-# The writer's progress handler runs every this many SQLite VM steps. A statement below
-# it never calls into Python, so the apply budget costs nothing on ordinary writes.
-PROGRESS_STEPS = 10_000
+# PROGRESS_STEPS (defined in db_rowids, imported above): the writer's progress handler
+# interval; a statement below it never calls into Python.
 
 
 def budget_error(steps):
@@ -83,7 +81,7 @@ def budget_error(steps):
             "-max-apply-steps on the leader (0 = no limit)")
 
 
-class Database:
+class Database(RowidCheck):
     """The node's SQLite file: one writer, per-thread readers, backup and restore."""
 
     def __init__(self, path, *, busy_timeout_ms=5000, synchronous="NORMAL",
@@ -107,8 +105,9 @@ class Database:
         self._local = threading.local()
         self._readers = []            # every reader opened, so close() can close them
         self._readers_lock = threading.Lock()
-        self._write_access = _Access(self.foreign_keys)
+        self._write_access = _Access(self.foreign_keys, track=True)
         self._functions = {}
+        self._rowid_init()            # random rowids (db_rowids.RowidCheck)
         # The apply budget (see set_step_budget) and the inline-apply deadline, both
         # enforced by the writer's progress handler on user statements only.
         self.step_budget = 0
@@ -120,10 +119,12 @@ class Database:
         self._deadline = None         # time.monotonic() bound of an inline apply, or None
         self.deadline_passed = False
         self.writer = self._open_writer()
+        self._rowid_cur = self.writer.cursor()
         self.stats_counters = {"reads": 0, "read_errors": 0, "interrupted": 0,
                                "snapshots": 0, "restores": 0, "inline_reads": 0,
                                "inline_fallbacks": 0, "sequential_runs": 0,
-                               "multirow_runs": 0}
+                               "multirow_runs": 0, "targets_learned": 0,
+                               "rowid_bound_hits": 0}
 
     # ---- connections ---------------------------------------------------------------
     def create_function(self, name, nargs, fn, deterministic=True):
@@ -290,6 +291,7 @@ class Database:
         self._calls = 0
         self.budget_tripped = False
         self.result_refused = None
+        self._rowid_begin()
         # A result's last_insert_id is the connection's last rowid, which for a request
         # that inserts nothing (a DELETE) is whatever ran before on this member's writer
         # (our own bookkeeping rows included), and it is stored with the request id: so
@@ -377,6 +379,10 @@ class Database:
         ``fresh``: prepare it anew instead of taking it from the statement cache, so its
         step count (``budget_begin``) is exact."""
         r = run_statement(self.writer, sql, params, self._result_bound, fresh)
+        lid = r.get("last_insert_id")
+        if lid is not None and lid > self._req_rowmax:
+            self._req_rowmax = lid
+        self.note_targets(sql, True)
         if self._result_bound and "error" in r and r["error"].startswith(TOO_LARGE):
             # The statement's changes are made by then (RETURNING runs the whole write
             # first): the state machine undoes the request rather than answer an error
@@ -393,13 +399,25 @@ class Database:
         ``run_user`` would give. Returns True when ``stop_on_error`` stopped it at a
         failing statement, False when all ran, None when a statement ended the
         transaction (the caller re-runs its batch)."""
-        return run_many(self.writer, sql, params_list, out, stop_on_error, fk_check)
+        top = [0]
+        try:
+            return run_many(self.writer, sql, params_list, out, stop_on_error, fk_check, top)
+        finally:
+            if top[0] > self._req_rowmax:
+                self._req_rowmax = top[0]
+            self.note_targets(sql, True)
 
     def run_user_many_recorded(self, sql, params_list, rids, dump, out, first=None):
         """``run_user_many`` (stopping at a failing statement) that also records each
         request's dedup row right after its statement (see ``run_many_recorded``)."""
-        return run_many_recorded(self.writer, self._write_access, sql, params_list, rids,
-                                 dump, out, first)
+        top = [0]
+        try:
+            return run_many_recorded(self.writer, self._write_access, sql, params_list,
+                                     rids, dump, out, first, top)
+        finally:
+            if top[0] > self._req_rowmax:
+                self._req_rowmax = top[0]
+            self.note_targets(sql, True)
 
     def last_insert_rowid(self) -> int:
         return self.writer.last_insert_rowid()
@@ -407,6 +425,12 @@ class Database:
     def run_user_unreported(self, sql, rows):
         """``run_many_unreported`` on the writer (see there), through multi-row
         statements when ``sequential_insert`` allows them (``InsertShape``)."""
+        try:
+            return self._run_unreported(sql, rows)
+        finally:
+            self.note_targets(sql)
+
+    def _run_unreported(self, sql, rows):
         shape = self.sequential_insert(sql)
         if shape is not None and shape.fits(rows):
             conn = self.writer
@@ -459,6 +483,8 @@ class Database:
         except (apsw.Error, *_BAD_PARAMS) as e:
             raise_disk_error(e)
             ok = False
+        finally:
+            self.note_targets(sql)
         if not conn.in_transaction:
             return None     # a row ended the transaction (the caller re-runs the batch)
         if not ok:
@@ -637,6 +663,8 @@ class Database:
         """Replace the whole database by the SQLite file at ``path`` (writer thread).
         Readers keep working and see the new state once it commits."""
         self._schema_cs = None      # the schema may be another one now
+        self._rowid_q.clear()
+        self._top.clear()
         with self._paused():
             self._restore_from(path)
         self.stats_counters["restores"] += 1

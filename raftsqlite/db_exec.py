@@ -56,18 +56,44 @@ class _Access:
     (it is a group setting, group_settings.py: changed on one connection it would apply
     the log differently there, and be lost on a restart or snapshot restore)."""
 
-    __slots__ = ("internal", "fk", "ddl")
+    __slots__ = ("internal", "fk", "ddl", "gen", "written", "prepared", "plain")
 
-    def __init__(self, fk=False):
+    def __init__(self, fk=False, track=False):
         self.internal = False
         self.fk = fk
         self.ddl = False    # set when a schema change is prepared (Database watches it)
+        self.gen = 0        # counts schema changes prepared (never reset)
+        # On the writer (``track``): the tables a user statement prepared since the last
+        # look inserts into or updates (trigger bodies included, as SQLite prepares them
+        # with the statement), and whether anything was prepared at all (a statement
+        # from the cache calls nothing; Database.note_targets keeps what each text
+        # writes, see "Random rowids" in store.md).
+        self.written = set() if track else None
+        self.prepared = False
+        self.plain = True   # no UPDATE, DELETE or trigger body among those prepares
 
     def authorize(self, op, p1, p2, dbname, trigger):
         if op in _ddl_ops():
             self.ddl = True
+            self.gen += 1
         if self.internal:
             return apsw.SQLITE_OK
+        w = self.written
+        if w is not None:
+            self.prepared = True
+            if (op == apsw.SQLITE_INSERT or op == apsw.SQLITE_UPDATE) and p1:
+                if p1[:7].lower() == "sqlite_":
+                    # the schema, or sqlite_sequence (the AUTOINCREMENT counters, checked
+                    # too: one at 2^63-1 makes the table's next insert fail)
+                    self.plain = False
+                    if p1.lower() == "sqlite_sequence":
+                        w.add((dbname or "main", "sqlite_sequence"))
+                else:
+                    w.add((dbname or "main", p1))
+                    if op == apsw.SQLITE_UPDATE or trigger:
+                        self.plain = False
+            elif op == apsw.SQLITE_DELETE:
+                self.plain = False
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
             return apsw.SQLITE_DENY
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
@@ -80,6 +106,13 @@ class _Access:
             if name == "foreign_keys" and p2 is not None \
                     and _truth(p2) is not self.fk:
                 return apsw.SQLITE_DENY
+            return apsw.SQLITE_OK
+        if op == apsw.SQLITE_ANALYZE:
+            # A plain ANALYZE visits every table: ours are skipped, not refused (their
+            # statistics would differ between members: our meta rows are replaced per
+            # apply call, so their rowids, which sqlite_stat4 samples, do)
+            if p1 and p1.lower().startswith(INTERNAL_PREFIX):
+                return apsw.SQLITE_IGNORE
             return apsw.SQLITE_OK
         if op in _table_ops():
             for p in (p1, p2):
@@ -122,6 +155,9 @@ def raise_disk_error(e):
         from raftsqlite.raft.diskerr import classify
         raise classify(e) from e
 
+
+# Any SQLite error, for modules of the db layer that do not import apsw (db_rowids.py)
+SQL_ERROR = apsw.Error
 
 # A missing named parameter raises KeyError from apsw; it must be a statement error
 # (the same on every replica), never an exception out of apply, which fail-stops a node.
@@ -231,31 +267,34 @@ def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
             "time": time.perf_counter() - t0}
 
 
-def run_many(conn, sql, params_list, out, stop_on_error=False, fk_check=False):
+def run_many(conn, sql, params_list, out, stop_on_error=False, fk_check=False, top=None):
     """``run_statement`` for each parameter set of a write-shaped SQL text, in a tight
     loop on one cursor (no exec tracer, no per-call setup). See Database.run_user_many.
     ``fk_check``: after each statement that succeeded, stop and return "fk" if it left
-    a foreign key violation pending (a deferred constraint)."""
+    a foreign key violation pending (a deferred constraint). ``top`` (a one-item list):
+    raised to the largest rowid a statement reported."""
     return _run_rows(conn, sql, params_list, out, stop_on_error, None, None, None, None,
-                     fk_check)
+                     fk_check, top)
 
 
 _RECORD_SQL = "INSERT INTO _raftsqlite_requests(request_id, result) VALUES (?, ?)"
 
 
-def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=None):
+def run_many_recorded(conn, access, sql, params_list, rids, dump, out, first=None,
+                      top=None):
     """``run_many`` with ``stop_on_error``, where after each statement whose request has
     an id (``rids[k]``: bytes or None) that request's dedup row ``(rid, dump([result]))``
     is inserted right away, exactly where running the requests one by one puts it (SQL
     functions such as ``changes()`` and ``last_insert_rowid()`` in the next statement see
     the same values). Returns as ``run_many``; the row of a statement that ended the
     transaction is not inserted (the caller re-runs its batch). ``first`` (a list) gets
-    the seq of the first row inserted, if any."""
-    return _run_rows(conn, sql, params_list, out, True, access, rids, dump, first)
+    the seq of the first row inserted, if any; ``top`` as for ``run_many``."""
+    return _run_rows(conn, sql, params_list, out, True, access, rids, dump, first,
+                     top=top)
 
 
 def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, first,
-              fk_check=False):
+              fk_check=False, top=None):
     """The loop of ``run_many`` and ``run_many_recorded`` (``rids`` None: no recording).
     -> True when ``stop_on_error`` stopped it at a failing statement (its error result
     appended), False when every statement ran, None when a statement ended the
@@ -293,8 +332,11 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
             if not conn.in_transaction:
                 return None
             if total() != before:
-                r = {"last_insert_id": rowid(), "rows_affected": changes(),
+                lid = rowid()
+                r = {"last_insert_id": lid, "rows_affected": changes(),
                      "time": clock() - t0}
+                if top is not None and lid > top[0]:
+                    top[0] = lid
             else:
                 r = {"last_insert_id": 0, "rows_affected": 0, "time": clock() - t0}
             append(r)

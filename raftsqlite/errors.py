@@ -141,6 +141,12 @@ class RoutingRefused(BadRequest):
     code = "routing_refused"
 
 
+class OverBudget(BadRequest):
+    """A statement of a ``/db/load`` ran past the write budget (the leader's
+    -max-apply-steps, per statement): the whole load was undone on every member."""
+    code = "over_budget"
+
+
 class SQLError(BadRequest):
     """A statement failed in SQLite where the API has no per-statement error slot
     (the seed's /execute and /query)."""

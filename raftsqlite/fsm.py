@@ -50,9 +50,11 @@ from raftsqlite.codec import check_rows
 from raftsqlite.codec.model import BulkStatements, CommandType, EntryType, InsertRun
 from raftsqlite.db import budget_error
 from raftsqlite.db_shapes import INTERNAL_PREFIX
-from raftsqlite.errors import DecodeError, DiskError, RaftSQLiteError, SettingsMismatch
+from raftsqlite.errors import (DecodeError, DiskError, OverBudget, RaftSQLiteError,
+                               SettingsMismatch)
 from raftsqlite.fsm_ops import (  # noqa: F401 - clock_op etc. are imported from fsm too
-    CLOCK_OP, STEPS_OP, RESULT_OP, _LIMIT_OPS, clock_op, steps_op, result_op, _op_int,
+    CLOCK_OP, STEPS_OP, RESULT_OP, LOAD_STEPS_OP, _LIMIT_OPS, clock_op, steps_op, result_op,
+    load_steps_op, _op_int,
     _single_sql, _conn_state, _clock, _dump_result, _load_result, SystemContext,
     _DeadlinePassed, _OverBudget, _TxnLost)
 from raftsqlite.group_settings import (META_KEY, RECORD_OP, GroupSettings,
@@ -65,8 +67,11 @@ _SCHEMA = (
     "request_id BLOB NOT NULL UNIQUE, result BLOB NOT NULL)",
 )
 
-_ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBACK or "
-                "RAISE(ROLLBACK)); this request was not applied")
+# (SQLite also rolls everything back on some errors, e.g. SQLITE_FULL: an AUTOINCREMENT
+# table whose rowid reached 2^63-1; the message is the same whichever path ran it)
+_ROLLED_BACK = ("statement rolled back the whole transaction (ON CONFLICT ROLLBACK, "
+                "RAISE(ROLLBACK), or an error that SQLite answers so, such as a full "
+                "AUTOINCREMENT table); this request was not applied")
 # What a member reports for a statement whose result nobody reads (see _bulk_rest).
 _UNREPORTED = {"last_insert_id": 0, "rows_affected": 0, "time": 0.0, "unreported": True}
 # SQLite's own message for an immediate foreign key violation: a deferred one that a
@@ -130,7 +135,7 @@ class FSM:
         self.counters = {"fk_reruns": 0, "entries": 0, "batches": 0, "requests": 0, "statements": 0,
                          "dedup_hits": 0, "txn_reruns": 0, "decode_errors": 0, "primed_applies": 0,
                          "single_runs": 0, "over_budget": 0, "budget_recounts": 0,
-                         "result_refused": 0, "vacuums": 0,
+                         "result_refused": 0, "rowid_refused": 0, "vacuums": 0,
                          "deadline_undone": 0,
                          "apply_seconds": 0.0, "snapshots": 0, "last_snapshot_seconds": 0.0}
         # One observation per apply() call that applied something (GET /metrics)
@@ -228,15 +233,22 @@ class FSM:
                 db.internal("COMMIT")
             except _TxnLost as lost:
                 # SQLite already rolled everything back; re-run without that request
+                db.forget_rowid_bounds()
                 self.counters["txn_reruns"] += 1
                 if db.deadline_passed:
                     raise _DeadlinePassed() from None
-                if db.budget_tripped:   # interrupted by the budget, not the SQL's doing
+                if db.budget_tripped and lost.key[1:2] == ("op",):
+                    # a load statement past its budget (counted exactly: fresh statements)
+                    poisoned[lost.key] = OverBudget(
+                        getattr(lost, "error", None) or budget_error(db.step_budget))
+                    self.counters["over_budget"] += 1
+                elif db.budget_tripped:   # interrupted by the budget, not the SQL's doing
                     self._over_budget([lost.key], exact, poisoned)
                 else:
                     poisoned[lost.key] = _ROLLED_BACK
                 continue
             except _OverBudget as ob:
+                db.forget_rowid_bounds()
                 if db.in_transaction():
                     db.internal("ROLLBACK")
                 if db.deadline_passed:
@@ -245,11 +257,13 @@ class FSM:
                 self._over_budget(ob.keys, exact, poisoned)
                 continue
             except _FkRerun as rr:
+                db.forget_rowid_bounds()
                 db.internal("ROLLBACK")
                 poisoned[("fk",) + rr.key] = True     # not an error: run it carefully
                 self.counters["fk_reruns"] += 1
                 continue
             except BaseException:
+                db.forget_rowid_bounds()
                 if db.in_transaction():
                     db.internal("ROLLBACK")
                 raise
@@ -263,8 +277,17 @@ class FSM:
         """Requests past the budget: those counted on cached statements are re-run with
         fresh ones (exact count); those already counted exactly are refused."""
         steps = self.db.step_budget
+        if self.db.rowid_refused and len(keys) > 1:
+            # a run of one-statement requests: which of them wrote the largest rowid is
+            # decided with each alone, as when applied one by one
+            exact.update(keys)
+            self.counters["budget_recounts"] += len(keys)
+            return
         for k in keys:
-            if self.db.result_refused:
+            if self.db.rowid_refused:
+                poisoned[k] = self.db.result_refused
+                self.counters["rowid_refused"] += 1
+            elif self.db.result_refused:
                 # the size of rows is the same on every member: no recount needed
                 poisoned[k] = self.db.result_refused
                 self.counters["result_refused"] += 1
@@ -403,7 +426,8 @@ class FSM:
         rw = self.results_wanted
         self._want = rw is None or rw(e.index)
         self.db.set_entry_context(e.index, e.term, _clock(cmd.ops))
-        self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP))
+        self.db.set_step_budget(_op_int(cmd.ops, STEPS_OP) if t != CommandType.SYSTEM
+                                else _op_int(cmd.ops, LOAD_STEPS_OP))
         self.db.set_result_bound(_op_int(cmd.ops, RESULT_OP))
         if t == CommandType.EXECUTE:
             if self.db.schema_calls_conn_functions():
@@ -444,9 +468,10 @@ class FSM:
                 else self._query_request(r, (pos, ri), (pos, ri) in exact)
                 for ri, r in enumerate(cmd.requests)]}, 0
         if t == CommandType.SYSTEM:
+            self.db.forget_rowid_bounds()   # its handlers write without the check
             return {"index": e.index, "results": [
                 self._system_op(e, n, a, (pos, "op", k)) if (pos, "op", k) not in poisoned
-                else {"error": f"system op {n} ended the transaction; it was undone"}
+                else _sys_poisoned(poisoned[(pos, "op", k)], n)
                 for k, (n, a) in enumerate(cmd.ops) if n not in _LIMIT_OPS]}, 0
         return {"index": e.index, "results": []}, 0
 
@@ -501,6 +526,8 @@ class FSM:
                 if failed:
                     db.internal("ROLLBACK TO _raftsqlite_req")
                 db.internal("RELEASE _raftsqlite_req")
+            if db.req_written and db.check_rowid_limit():
+                raise _OverBudget([key])    # undone and refused, as on every member
             if conn_state:
                 db.drop_temp()
         if rid and refused is None:
@@ -725,7 +752,9 @@ class FSM:
                 raise   # ...but a full or failing disk is this member's: retried, never data
             if not db.in_transaction():
                 # SQLite rolled the whole apply transaction back: re-run without this op
-                raise _TxnLost(key) from None
+                lost = _TxnLost(key)
+                lost.error = str(exc)
+                raise lost from None
             db.internal("ROLLBACK TO _raftsqlite_sys")
             result = {"error": str(exc) or type(exc).__name__}
             if isinstance(exc, RaftSQLiteError):
@@ -740,6 +769,14 @@ class FSM:
             db.internal("PRAGMA defer_foreign_keys=OFF")
         db.internal("RELEASE _raftsqlite_sys")
         return result
+
+
+def _sys_poisoned(mark, name):
+    """The result of a SYSTEM op re-run as failed: its own error when it is one (a load
+    past the budget), else that it ended the apply transaction."""
+    if isinstance(mark, RaftSQLiteError):
+        return {"error": str(mark), "code": mark.code}
+    return {"error": f"system op {name} ended the transaction; it was undone"}
 
 
 def _is_disk_error(exc):

@@ -13,6 +13,12 @@ become visible until all of it has arrived and run:
   drop every user object when ``drop`` (loading a SQLite file replaces the database),
   then run every staged statement in order. Any failure (a missing chunk, a failing
   statement) raises, so the FSM rolls the op back: the old database stays as it was.
+  Each statement has the write budget the entry carries (op ``lsteps``, the leader's
+  -max-apply-steps, counted for that statement alone and prepared fresh, so the count
+  is exact and the same on every member): a statement that never ends (a recursive CTE
+  without a bound) stops the load with ``OverBudget`` instead of freezing every member,
+  on each restart again. A dump of a million small INSERTs passes: the budget bounds
+  one statement, not the load.
 - ``load.discard`` {id}: forget the staged chunks. Sent in the same entry right after
   ``load.commit`` (so it runs whether the commit worked or not), and by the leader when
   it gives up on a load before committing.
@@ -20,7 +26,7 @@ become visible until all of it has arrived and run:
 import orjson
 
 from raftsqlite.codec import decode_command
-from raftsqlite.errors import BadRequest
+from raftsqlite.errors import BadRequest, OverBudget
 
 _TABLE = "_raftsqlite_load"
 _SCHEMA = (f"CREATE TABLE IF NOT EXISTS {_TABLE} (load_id TEXT NOT NULL, seq INTEGER NOT NULL, "
@@ -74,14 +80,29 @@ def commit(ctx, args):
                            (lid, seq))[0][0]
         for st in decode_command(bytes(data)).requests[0].statements:
             n += 1
-            r = ctx.run_user(st.sql, st.params)
+            r, over = ctx.run_user_budgeted(st.sql, st.params)
+            if over:
+                raise OverBudget(budget_error(n, ctx.step_budget(), st.sql))
             if not ctx.in_transaction():
                 # e.g. INSERT OR ROLLBACK: the FSM re-runs the entry with this op failed
                 raise BadRequest(f"load: statement {n} ended the transaction; nothing was changed")
             if "error" in r:
                 raise BadRequest(f"load: statement {n} failed: {r['error']}; nothing was "
                                  "changed")
+    top = ctx.table_at_rowid_limit()
+    if top is not None:
+        # a table at the largest rowid gives its next rows random rowids (members would
+        # differ), or with AUTOINCREMENT fails every insert (db.check_rowid_limit)
+        raise BadRequest(f"load: {top} holds {(1 << 63) - 1} (the largest rowid), which "
+                         "this database does not accept; nothing was changed")
     return {"statements": n}
+
+
+def budget_error(n, steps, sql):
+    head = sql if len(sql) <= 120 else sql[:117] + "..."
+    return (f"load: statement {n} ran past the write budget of {steps:,} SQLite steps per "
+            f"statement (the leader's -max-apply-steps), so every member stopped it and "
+            f"the whole load was undone; nothing was changed. Statement: {head}")
 
 
 def discard(ctx, args):

@@ -10,7 +10,12 @@ from raftsqlite.db_shapes import uses_connection_state
 CLOCK_OP = "clock"
 STEPS_OP = "steps"
 RESULT_OP = "rbytes"
-_LIMIT_OPS = (CLOCK_OP, STEPS_OP, RESULT_OP)
+# A /db/load commit's budget per statement. Not "steps": a member of an older version
+# would take that as one budget for the whole load (it never restarts the count there)
+# and could stop a load that newer members finish; it answers an unknown op instead
+# (an error result of its own, after the load's, changing nothing).
+LOAD_STEPS_OP = "lsteps"
+_LIMIT_OPS = (CLOCK_OP, STEPS_OP, RESULT_OP, LOAD_STEPS_OP)
 
 
 def clock_op(ms):
@@ -22,6 +27,12 @@ def steps_op(steps):
     """The op that carries the proposing leader's write budget (SQLite VM steps per
     request; 0 = none)."""
     return (STEPS_OP, int(steps).to_bytes(8, "big"))
+
+
+def load_steps_op(steps):
+    """The op that carries the proposing leader's -max-apply-steps into a load's commit:
+    the budget of each of its statements (fsm_load.py)."""
+    return (LOAD_STEPS_OP, int(steps).to_bytes(8, "big"))
 
 
 def result_op(max_bytes):
@@ -141,6 +152,24 @@ class SystemContext:
     def run_user(self, sql, params=None):
         """Run a statement with user rights (results as for EXECUTE)."""
         return self._db.run_user(sql, params)
+
+    def run_user_budgeted(self, sql, params=None):
+        """``run_user`` within the entry's write budget (op ``lsteps``, 0 = none), counted
+        for this statement alone and exactly (prepared fresh, so the count is the same on
+        every member). -> (result, True when it ran past the budget and was stopped)."""
+        db = self._db
+        if not db.step_budget:
+            return db.run_user(sql, params), False
+        db.budget_begin()
+        r = db.run_user(sql, params, fresh=True)
+        return r, db.budget_tripped
+
+    def step_budget(self):
+        return self._db.step_budget
+
+    def table_at_rowid_limit(self):
+        """The first table holding rowid 2^63-1 (or an AUTOINCREMENT counter at it)."""
+        return self._db.table_at_rowid_limit()
 
     def in_transaction(self):
         """False once a statement ended the apply transaction (then raise: the FSM

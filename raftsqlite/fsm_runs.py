@@ -98,7 +98,8 @@ def run_singles(fsm, reqs, i, j, sql, pos, out):
                 bad = k + len(got) - 1 if got and "error" in got[-1] else k + len(got)
                 raise _TxnLost((pos, todo[bad][0]))
             k += len(got)   # stop: an error on the last one; go on after it
-    if db.budget_tripped or db.deadline_passed or db.result_refused:
+    if db.budget_tripped or db.deadline_passed or db.result_refused or (
+            db.req_written and db.check_rowid_limit()):
         raise _OverBudget([(pos, ri) for ri, _, _ in todo])
     out.extend(results)
     return j, added

@@ -12,8 +12,9 @@ import orjson
 
 from raftsqlite import fsm_load, sqlrewrite
 from raftsqlite.codec.model import Command, CommandType, Request, Statement
-from raftsqlite.errors import BadRequest, DiskFull, EncodeError, NotFound, RaftSQLiteError
-from raftsqlite.fsm import clock_op
+from raftsqlite.errors import (BadRequest, DiskFull, EncodeError, NotFound, OverBudget,
+                               RaftSQLiteError)
+from raftsqlite.fsm import clock_op, load_steps_op
 
 log = logging.getLogger("raftsqlite.store")
 
@@ -247,9 +248,11 @@ class StoreAdmin:
                 n += len(chunk)
             args = orjson.dumps({"id": load_id, "chunks": chunks, "drop": is_db})
             # one entry, so the staged rows go whether the commit worked or not
+            # each statement's write budget travels in the entry: every member uses the same
             res = await self._propose_one(Command(CommandType.SYSTEM, ops=[
                 clock_op(self.db.clock_now_ms()), ("load.commit", args),
-                ("load.discard", args)]), timeout + n * 0.001)
+                ("load.discard", args), load_steps_op(self.config.max_apply_steps)]),
+                timeout + n * 0.001)
             staged = False
         finally:
             await loop.run_in_executor(self._io, gen.close)
@@ -258,6 +261,8 @@ class StoreAdmin:
         out = {"statements": n, "raft_index": res["index"]}
         r = res["results"][0]
         if isinstance(r, dict) and r.get("error"):
+            if r.get("code") == OverBudget.code:
+                raise OverBudget(r["error"])    # undone everywhere: a clear 400
             out["error"] = r["error"]
             out["statements"] = 0
         return out

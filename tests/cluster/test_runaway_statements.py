@@ -163,3 +163,41 @@ def test_vacuum_goes_through_the_log_on_every_member(cluster):
     st, body = execute(lead.http, [["VACUUM"], ["INSERT INTO junk VALUES (1)"]])
     assert st == 400 and "only statement" in body["error"], body
     assert values(lead.http, "SELECT count(*) FROM junk") == [[0]]
+
+
+def test_load_with_a_runaway_statement_is_refused_and_undone_everywhere(cluster):
+    """Invariant: a /db/load whose dump holds a statement that never ends answers a 400
+    naming the budget (sent to a follower, so it is forwarded), is undone whole on every
+    member (no table of it exists anywhere), and the members keep applying: a write
+    after it reaches all of them. A dump of plain INSERTs whose total steps pass the
+    per-statement budget many times loads."""
+    lead = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not lead)
+    dump = ("CREATE TABLE ld (x);\nINSERT INTO ld VALUES (1);\n"
+            "INSERT INTO ld WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) "
+            "SELECT x FROM c;\n")
+    t0 = time.monotonic()
+    st, body = call(follower.http, "POST", "/db/load", dump,
+                    headers={"Content-Type": "text/plain"}, timeout=30)
+    assert st == 400 and "write budget" in str(body) and "statement 3" in str(body), \
+        (st, body)
+    assert time.monotonic() - t0 < 10
+    st, body = execute(lead.http, [["INSERT INTO t(v) VALUES (?)", "after-load"]])
+    assert st == 200 and body["results"][0]["rows_affected"] == 1, body
+    for n in cluster.nodes:
+        wait_for(lambda n=n: ["after-load"] in values(n.http, "SELECT v FROM t"), 10,
+                 f"{n.node_id} applies after the refused load")
+        st, body = call(n.http, "GET", "/db/query?q=" + urllib.parse.quote(
+            "SELECT count(*) FROM ld"))
+        assert "no such table" in str(body), (n.node_id, body)
+    # two statements of ~22 M steps each (1 M rows): each within the 30 M budget, the
+    # load well past it in total, as a large dump is
+    fill = ("INSERT INTO ld2 SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+            "SELECT x+1 FROM c LIMIT 1000000) SELECT x FROM c);\n")
+    big = "CREATE TABLE ld2 (x);\n" + fill + fill
+    st, body = call(lead.http, "POST", "/db/load", big,
+                    headers={"Content-Type": "text/plain"}, timeout=30)
+    assert st == 200 and "error" not in str(body), body
+    for n in cluster.nodes:
+        wait_for(lambda n=n: values(n.http, "SELECT count(*) FROM ld2") == [[2000000]], 15,
+                 f"{n.node_id} loaded")
