@@ -437,7 +437,7 @@ class Database(RowidCheck):
             try:
                 shape.insert(conn, rows)
             except (apsw.Error, *_BAD_PARAMS) as e:
-                raise_disk_error(e)
+                raise_disk_error(e, conn)
                 return True if conn.in_transaction else None
             self.stats_counters["multirow_runs"] += 1
             return False if conn.in_transaction else None
@@ -481,7 +481,7 @@ class Database(RowidCheck):
                   and self.internal(f"SELECT max(rowid) FROM {quote_ident(shape.table)}")
                   == [(last,)])
         except (apsw.Error, *_BAD_PARAMS) as e:
-            raise_disk_error(e)
+            raise_disk_error(e, conn)
             ok = False
         finally:
             self.note_targets(sql)

@@ -5,6 +5,7 @@ Part of the apsw-owning layer with ``db.py`` (which owns the connections, snapsh
 dumps): only these two modules import apsw, and only ``db.py`` sets pragmas on the node's
 database. Nothing here knows HTTP, Raft or the FSM; ``Database`` in db.py is the way in.
 """
+import os
 import time
 from itertools import islice
 
@@ -149,11 +150,47 @@ def error_message(exc: BaseException) -> str:
 _DISK_ERRORS = (apsw.FullError, apsw.IOError)
 
 
-def raise_disk_error(e):
-    """Raise ``e`` as the project's disk error if it is one (call in an ``except``)."""
+def raise_disk_error(e, conn=None):
+    """Raise ``e`` as the project's disk error if it is one (call in an ``except``).
+
+    SQLITE_FULL has two causes SQLite does not tell apart: no room on a disk, and SQLite's
+    own limit (an AUTOINCREMENT table past rowid 2^63-1, or no free random rowid). The
+    second is the same on every member, so it must stay a statement's error: taken for a
+    full disk, every member would retry that entry for ever. A write that failed for lack
+    of room used up what was left (``write`` fills the disk before it fails), so when the
+    database's file system and SQLite's temp directory both still have ``LOGICAL_FULL_ROOM``
+    free, the failure was not theirs. ``conn``: the connection that failed (its file names
+    the database's directory); without it every SQLITE_FULL is the disk's."""
     if isinstance(e, _DISK_ERRORS):
+        if conn is not None and isinstance(e, apsw.FullError) and _room_left(conn):
+            return
         from raftsqlite.raft.diskerr import classify
         raise classify(e) from e
+
+
+LOGICAL_FULL_ROOM = 16 << 20
+
+
+def _room_left(conn):
+    from raftsqlite.raft.diskerr import free_bytes
+    try:
+        dirs = (os.path.dirname(os.path.abspath(conn.filename)), _sqlite_temp_dir())
+        for d in dirs:
+            free = free_bytes(d)
+            if free is None or free < LOGICAL_FULL_ROOM:
+                return False
+    except (OSError, apsw.Error, TypeError):
+        return False
+    return True
+
+
+def _sqlite_temp_dir():
+    """The directory SQLite's unix VFS puts temp files in (os_unix.c's unixTempFileDir)."""
+    for d in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp",
+              "/usr/tmp", "/tmp"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return "."
 
 
 # Any SQLite error, for modules of the db layer that do not import apsw (db_rowids.py)
@@ -252,7 +289,7 @@ def run_statement(conn, sql, params=None, max_bytes=0, fresh=False):
         else:
             rows = cur.fetchall()
     except apsw.Error as e:
-        raise_disk_error(e)
+        raise_disk_error(e, conn)
         return {"error": error_message(e), "time": time.perf_counter() - t0}
     except _BAD_PARAMS as e:
         return {"error": _bad_param(e), "time": time.perf_counter() - t0}
@@ -316,7 +353,7 @@ def _run_rows(conn, sql, params_list, out, stop_on_error, access, rids, dump, fi
             # apsw takes None as "no bindings", the same as leaving the argument out
             execute(sql, params)
         except apsw.Error as e:
-            raise_disk_error(e)
+            raise_disk_error(e, conn)
             r = {"error": error_message(e), "time": clock() - t0}
             append(r)
             if not conn.in_transaction:
@@ -370,7 +407,7 @@ def run_many_unreported(conn, sql, rows):
     try:
         conn.cursor().executemany(sql, rows)
     except (apsw.Error, *_BAD_PARAMS) as e:
-        raise_disk_error(e)
+        raise_disk_error(e, conn)
         return True if conn.in_transaction else None
     return False if conn.in_transaction else None
 

@@ -371,10 +371,6 @@ def test_virtual_tables_are_checked_through_their_shadow_tables(tmp_path):
     assert a.counters["rowid_refused"] == 2
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="open: SQLITE_FULL of an AUTOINCREMENT table past its end is taken "
-                          "for a full disk (db_exec.raise_disk_error), so every member "
-                          "retries the entry forever")
 def test_autoincrement_past_its_end_inside_one_request_is_an_answer(tmp_path):
     """Invariant (wanted): a request that drives an AUTOINCREMENT table past 2^63-1 within
     itself gets an error result, the same on every member, and the group goes on."""

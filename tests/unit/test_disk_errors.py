@@ -135,12 +135,16 @@ def _strip(res):
     return [[{k: v for k, v in r.items() if k != "time"} for r in rs] for rs in res["results"]]
 
 
-def test_sqlite_full_is_never_a_statement_result(tmp_path):
+def test_sqlite_full_is_never_a_statement_result(tmp_path, monkeypatch):
     """Invariant: SQLITE_FULL on one member (the other had room) is not turned into a
     per-statement error: the apply raises a disk error, nothing of it stays (rows,
     applied index), and applying the same entries once there is room gives exactly the
     results and rows of the member that had room, including a constraint error that is
-    deterministic (the same on both)."""
+    deterministic (the same on both). (max_page_count makes SQLite fail as a full disk
+    would; the file system's free space, which tells the two apart, is made to say "no
+    room" while it lasts.)"""
+    import raftsqlite.db_exec as dbx
+    monkeypatch.setattr(dbx, "_room_left", lambda conn: False)
     a = FSM(Database(str(tmp_path / "a.sqlite")))
     b = FSM(Database(str(tmp_path / "b.sqlite")))
     setup = [Entry(1, 1), ex(2, req("CREATE TABLE t (v TEXT NOT NULL)"))]
@@ -344,3 +348,24 @@ def test_min_free_disk_flag():
     assert opt(["-min-free-disk", "1G", "-raft-opt", "min_free_disk=5"]) == 5
     with pytest.raises(SystemExit):
         config_from_args(["-min-free-disk", "lots"])
+
+
+def test_sqlite_full_with_room_on_disk_is_sqlites_own_limit(tmp_path, monkeypatch):
+    """Invariant: SQLITE_FULL while the database's file system and SQLite's temp directory
+    still have room is SQLite's own limit, the same on every member: a statement error,
+    never a retried disk error (which would wedge the group); with no room it is the
+    disk's."""
+    import apsw
+    import raftsqlite.db_exec as dbx
+    db = Database(str(tmp_path / "c.sqlite"))
+    conn = db.writer
+    e = apsw.FullError("database or disk is full")
+    assert dbx._room_left(conn)          # this machine's disks have room
+    dbx.raise_disk_error(e, conn)        # returns: SQLite's limit
+    monkeypatch.setattr(dbx, "_room_left", lambda c: False)
+    with pytest.raises(Exception) as ei:
+        dbx.raise_disk_error(e, conn)
+    assert diskerr.classify(ei.value) is not None
+    with pytest.raises(Exception):
+        dbx.raise_disk_error(e)          # no connection: the disk's
+    db.close()
