@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from raftsqlite.config import parse_duration
 from raftsqlite.errors import ConfigError, LeaderNotFound, NotLeader, RaftSQLiteError
+from raftsqlite.raft.segfiles import fsync_dir
 
 log = logging.getLogger("raftsqlite.auto_backup")
 
@@ -185,14 +186,6 @@ class RestoreConfig:
 
 # ---- the directory: files, temp files, METADATA.json -----------------------------------
 
-def _fsync_dir(d):
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileTarget:
     """One backup directory. ``prefix`` names one group's files in a directory shared by
     several groups (shard groups: ``<shard>_backup.sqlite``, ``<shard>_METADATA.json``)."""
@@ -268,7 +261,7 @@ class FileTarget:
         try:
             size = _copy_out(src, tmp, compress, stopping)
             os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             md = {"id": digest, "timestamp": int(time.time() * 1000), "name": final}
             md.update(extra or {})
             mtmp = tmp + ".meta"
@@ -277,7 +270,7 @@ class FileTarget:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(mtmp, self.meta_path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             return final, size
         finally:
             for p in (tmp, tmp + ".meta"):
