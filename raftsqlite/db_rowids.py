@@ -8,11 +8,11 @@ authorizer (``db_exec._Access``), noted per text; the check is one lookup per ta
 written, skipped while an upper bound of the table's largest rowid proves the answer.
 """
 from raftsqlite.db_exec import _BAD_PARAMS, SQL_ERROR
+from raftsqlite.db_shapes import _PLAIN_INSERT, _ROWID_NAMES, _unquote, quote_ident
 
 # The writer's progress handler runs every this many SQLite VM steps (db.py). A statement
 # below it never calls into Python, so the apply budget costs nothing on ordinary writes.
 PROGRESS_STEPS = 10_000
-from raftsqlite.db_shapes import _PLAIN_INSERT, _ROWID_NAMES, _unquote, quote_ident
 
 _MAX_ROWID = (1 << 63) - 1
 
@@ -26,7 +26,6 @@ def rowid_error(table):
             f"{table}; SQLite then gives new rows of that table random rowids, which the "
             "members of the group would choose differently. Use smaller rowids (INTEGER "
             "PRIMARY KEY values)")
-
 
 
 class RowidCheck:
