@@ -189,6 +189,21 @@ def thread_cpu(pids):
     return out
 
 
+def start_traced_cluster(keep, prefix, root, extra_args=()):
+    """A 3-member cluster whose members write trace files (RAFTSQLITE_TRACE) into ``keep``
+    (emptied of old traces) or a new temp dir: -> (that dir, the started cluster)."""
+    tdir = keep or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(tdir, exist_ok=True)
+    for f in glob.glob(os.path.join(tdir, "*.trace")):
+        os.unlink(f)
+    os.environ["RAFTSQLITE_TRACE"] = tdir
+    try:
+        c = RaftsqliteCluster(3, root=os.path.abspath(root), extra_args=list(extra_args)).start()
+    finally:
+        del os.environ["RAFTSQLITE_TRACE"]
+    return tdir, c
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -197,15 +212,7 @@ def main(argv=None):
     ap.add_argument("--driver", choices=["auto", "wrk", "asyncio"], default="auto")
     ap.add_argument("--keep", default=None, help="keep the trace files in this directory")
     a = ap.parse_args(argv)
-    tdir = a.keep or tempfile.mkdtemp(prefix="lat-trace-")
-    os.makedirs(tdir, exist_ok=True)
-    for p in glob.glob(os.path.join(tdir, "*.trace")):
-        os.unlink(p)
-    os.environ["RAFTSQLITE_TRACE"] = tdir
-    try:
-        c = RaftsqliteCluster(3, root=os.path.abspath(a.root)).start()
-    finally:
-        del os.environ["RAFTSQLITE_TRACE"]
+    tdir, c = start_traced_cluster(a.keep, "lat-trace-", a.root)
     try:
         c.execute([["CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, v TEXT)"]])
         url = c.leader_url()

@@ -26,20 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import glob
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench.cluster import RaftsqliteCluster  # noqa: E402
 from bench.driver import RqliteBulk, RqliteInsert, _read_response  # noqa: E402
+from bench.lat_trace import start_traced_cluster  # noqa: E402
 
 MIN_OVERLAP_NS = 1_000_000
 
@@ -211,15 +209,7 @@ def main(argv=None):
                     help="extra raft-sqlite argument for every member (repeatable)")
     ap.add_argument("--keep", default=None, help="keep the trace files in this directory")
     a = ap.parse_args(argv)
-    tdir = a.keep or tempfile.mkdtemp(prefix="tail-trace-")
-    os.makedirs(tdir, exist_ok=True)
-    for f in glob.glob(os.path.join(tdir, "*.trace")):
-        os.unlink(f)
-    os.environ["RAFTSQLITE_TRACE"] = tdir
-    try:
-        c = RaftsqliteCluster(3, root=os.path.abspath(a.root), extra_args=a.node_arg).start()
-    finally:
-        del os.environ["RAFTSQLITE_TRACE"]
+    tdir, c = start_traced_cluster(a.keep, "tail-trace-", a.root, a.node_arg)
     wl = RqliteBulk() if a.workload == "bulk" else RqliteInsert()
     try:
         c.execute([["CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, v TEXT)"]])

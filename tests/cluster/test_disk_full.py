@@ -94,7 +94,9 @@ class TmpfsNode(NodeProc):
                 os.close(fd)
         self._filler = threading.Thread(target=top_up, daemon=True)
         self._filler.start()
+        deadline = time.monotonic() + 30
         while self.free_bytes() >= 4096:
+            assert time.monotonic() < deadline, "the tmpfs did not fill within 30 s"
             time.sleep(0.005)
 
     def free(self):

@@ -14,21 +14,11 @@ import urllib.request
 import pytest
 
 from raftsqlite.sharding.local import LocalCluster, http
+from tests.cluster.node_harness import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 REAP = 3.0      # -raft-reap-node-timeout of every node, seconds
-
-
-def wait_until(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 def execute(addr, statements):
@@ -99,7 +89,7 @@ def test_vacuum_compacts_every_group_and_says_so(cluster):
     for w in ws:
         w.start()
     try:
-        wait_until(lambda: len(acked) > 20, 20, "writes flowing")
+        wait_for(lambda: len(acked) > 20, 20, "writes flowing")
         for _ in range(3):
             st, body = http("POST", d, "/db/execute", [["VACUUM"]])
             assert st == 200 and "error" not in body["results"][0], body
@@ -138,7 +128,7 @@ def test_remove_during_a_move_is_refused_and_leaves_no_fence(cluster):
     def finished():
         st, s = http("GET", d, "/table/rebalance/status?table_name=items")
         return st == 200 and s["active"] == 0 and s
-    s = wait_until(finished, 60, "the move finished")
+    s = wait_for(finished, 60, "the move finished")
     assert {m["phase"] for m in s["moves"]} == {"done"}, s
     assert count(d, "items") == n
     assert count(d, "items", shard_id="shard1") + count(d, "items", shard_id="shard2") == n
@@ -232,7 +222,7 @@ def test_catalog_members_follow_removal_reaping_and_leaving(cluster):
     finally:
         cluster.extra = extra
     every = {"shard2-1", "shard2-2", "shard2-3", "shard2-4"}
-    wait_until(lambda: members(d, "shard2")[0] == every and members(d, "shard2")[1]["health"] == "ok",
+    wait_for(lambda: members(d, "shard2")[0] == every and members(d, "shard2")[1]["health"] == "ok",
                60, "the added members listed")
 
     # reaped: killed, silent past the timeout
@@ -240,7 +230,7 @@ def test_catalog_members_follow_removal_reaping_and_leaving(cluster):
     p.send_signal(signal.SIGKILL)
     p.wait(10)
     t0 = time.monotonic()
-    wait_until(lambda: members(d, "shard2")[0] == every - {"shard2-3"}, 30, "shard2-3 reaped")
+    wait_for(lambda: members(d, "shard2")[0] == every - {"shard2-3"}, 30, "shard2-3 reaped")
     assert time.monotonic() - t0 >= REAP - 1.0
 
     # removed by the operator; sent to a node of another group, it says where to go
@@ -248,7 +238,7 @@ def test_catalog_members_follow_removal_reaping_and_leaving(cluster):
     assert st == 404 and "group 'shard2'" in body["error"] and lead in body["error"], body
     st, body = http("DELETE", lead, "/remove", {"id": "shard2-2"})
     assert st == 200, body
-    wait_until(lambda: members(d, "shard2")[0] == {"shard2-1", "shard2-4"}, 15, "shard2-2 removed")
+    wait_for(lambda: members(d, "shard2")[0] == {"shard2-1", "shard2-4"}, 15, "shard2-2 removed")
     p = cluster.procs.pop("shard2-2")
     p.terminate()
     p.wait(15)
@@ -257,7 +247,7 @@ def test_catalog_members_follow_removal_reaping_and_leaving(cluster):
     p = cluster.procs.pop("shard2-4")
     p.send_signal(signal.SIGTERM)
     p.wait(20)
-    ms, g = wait_until(lambda: (lambda r: r[0] == {"shard2-1"} and r)(members(d, "shard2")),
+    ms, g = wait_for(lambda: (lambda r: r[0] == {"shard2-1"} and r)(members(d, "shard2")),
                        15, "shard2-4 gone")
     assert g["health"] == "ok" and g["leader"] == "shard2-1", g
     # a shard node's own view (its catalog copy) agrees, and routing to the group works

@@ -116,3 +116,16 @@ def checksum(cl):
             "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         out[g] = {t: sorted(map(repr, grp.conn.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tabs}
     return out
+
+
+class StaticCache:
+    """A catalog cache holding one Catalog object, for tests of the service's steps."""
+
+    def __init__(self, cat):
+        self.cat = cat
+
+    async def refresh(self):
+        pass
+
+    def current(self):
+        return self.cat

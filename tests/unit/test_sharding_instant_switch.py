@@ -12,16 +12,7 @@ from raftsqlite.sharding import ops
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.http_api import _switch_empty_ranges
 
-
-class _Cache:
-    def __init__(self, cat):
-        self.cat = cat
-
-    async def refresh(self):
-        pass
-
-    def current(self):
-        return self.cat
+from sharding_env import StaticCache
 
 
 class _Exec:
@@ -41,7 +32,7 @@ class FakeSvc:
         cat.apply("catalog.register_table", {"table": "t", "shard_key": "id"})
         cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s1"})
         cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s2"})
-        self.cache = _Cache(cat)
+        self.cache = StaticCache(cat)
         self.executor = _Exec(self)
         self.holding = set(holding)
         self.log = []

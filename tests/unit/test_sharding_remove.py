@@ -9,16 +9,7 @@ from raftsqlite import errors
 from raftsqlite.sharding.catalog import DEFAULT_GROUP, Catalog
 from raftsqlite.sharding.remove import remove_table
 
-
-class _Cache:
-    def __init__(self, cat):
-        self.cat = cat
-
-    async def refresh(self):
-        pass
-
-    def current(self):
-        return self.cat
+from sharding_env import StaticCache
 
 
 class _Exec:
@@ -46,7 +37,7 @@ class FakeSvc:
             cat.apply("catalog.add_group", {"group": g})
         cat.apply("catalog.register_table", {"table": "t", "shard_key": "id"})
         cat.apply("catalog.add_to_shard", {"table": "t", "shard": "s1"})
-        self.cache = _Cache(cat)
+        self.cache = StaticCache(cat)
         self.executor = _Exec(self)
         self.rows = dict(rows)
         self.log = []
